@@ -1,0 +1,7 @@
+// Built when the CUDA toolkit is absent: the CUDA backend reports why it is missing.
+#include "../ops.h"
+
+const Ops *ops_cuda(Error *err) {
+    fail(err, "this lora-train was built without CUDA (no nvcc was found at build time)");
+    return NULL;
+}

@@ -1,0 +1,138 @@
+// kernels: the op table the model is written against.
+//
+// One model, two backends. The CPU backend (kernels/cpu) is fp32 and the
+// oracle for every test; the CUDA backend (kernels/cuda) stores activations
+// and frozen weights in bf16 and accumulates in fp32.
+//
+// Conventions
+// - Activations and frozen weights live in device memory in the backend's
+//   `act_dtype` and are passed as `void *` (fp32 on the CPU, bf16 on CUDA).
+//   Trainable parameters' fp32 masters, their gradients, optimizer state,
+//   normalisation statistics and losses are fp32 (`float *`).
+// - All tensors are row-major and contiguous. Token-major activations are
+//   (N, C) with N = B * T tokens; per-head tensors are (N, n_head, head_dim).
+// - Backward ops ADD into every gradient they produce (dinp += ...), like
+//   llm.c: the caller zeroes gradient buffers when it needs them fresh.
+// - Ops are asynchronous on a GPU; `synchronize` waits for all of them.
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/core.h"
+
+// Rotary embedding frequencies. `llama3` is Llama 3.1's rope_scaling
+// (rope_type "llama3"): low frequencies divided by `factor`, high ones kept,
+// a smooth blend between.
+typedef struct RopeScaling {
+    bool llama3;
+    float factor;                  // 8 for Llama 3.1
+    float low_freq_factor;         // 1
+    float high_freq_factor;        // 4
+    int original_max_position;     // 8192
+} RopeScaling;
+
+// inv_freq[i] = theta^(-2i / head_dim), i < head_dim / 2, then scaled.
+void rope_inverse_frequencies(float *inv_freq, int head_dim, float theta, const RopeScaling *scaling);
+
+typedef struct Ops {
+    const char *name;  // "cpu" or "cuda"
+    DType act_dtype;   // storage of activations and frozen weights
+
+    // ---- memory (device memory for CUDA, host memory for the CPU) --------
+    void *(*alloc)(size_t bytes, Error *err);
+    void (*free)(void *ptr);
+    void (*upload)(void *dst, const void *src_host, size_t bytes);
+    void (*download)(void *dst_host, const void *src, size_t bytes);
+    void (*zero)(void *ptr, size_t bytes);
+    void (*synchronize)(void);
+
+    // act[i] = (act_dtype) src[i], src fp32 on the host. Loads weights.
+    void (*upload_f32)(void *dst_act, const float *src_host, size_t n);
+    // dst[i] = (float) act[i], onto the host. Reads results.
+    void (*download_f32)(float *dst_host, const void *src_act, size_t n);
+    // act[i] = (act_dtype) params[i], both on the device: the compute copy of
+    // the fp32 trainable parameters (an alias-free copy even on the CPU).
+    void (*params_to_act)(void *dst_act, const float *params, size_t n);
+
+    // ---- linear algebra --------------------------------------------------
+    // out (M, N) = alpha * op(a) @ op(b) + beta * out, with op(a) (M, K) and
+    // op(b) (K, N); a is stored (K, M) when trans_a, b is stored (N, K) when
+    // trans_b. A linear layer x W^T is matmul(y, x, W, M, N, K, false, true, 1, 0).
+    void (*matmul)(void *out, const void *a, const void *b, int M, int N, int K,
+                   bool trans_a, bool trans_b, float alpha, float beta);
+    // dweight (N, K) += alpha * dout^T @ inp, dout (M, N), inp (M, K): the
+    // weight gradient of y = x W^T, accumulated in fp32.
+    void (*matmul_weight_grad)(float *dweight, const void *dout, const void *inp,
+                               int M, int N, int K, float alpha);
+    // a[i] += b[i]
+    void (*add_inplace)(void *a, const void *b, size_t n);
+
+    // ---- embedding -------------------------------------------------------
+    // out (N, C) = table[ids[n]], table (V, C), ids on the device.
+    void (*embedding_forward)(void *out, const int32_t *ids, const void *table, int N, int C);
+
+    // ---- RMSNorm (Llama) -------------------------------------------------
+    // out = inp / sqrt(mean(inp^2) + eps) * weight; rstd (N) saved for backward.
+    void (*rmsnorm_forward)(void *out, float *rstd, const void *inp, const void *weight,
+                            int N, int C, float eps);
+    void (*rmsnorm_backward)(void *dinp, const void *dout, const void *inp, const void *weight,
+                             const float *rstd, int N, int C);
+
+    // ---- rotary position embedding (Hugging Face rotate_half layout) ------
+    // x (N, n_head, head_dim) rotated in place by positions (N) and
+    // inv_freq (head_dim / 2): x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin,
+    // x1 = x[:head_dim/2], x2 = x[head_dim/2:]. Backward rotates by -angle.
+    void (*rope_forward)(void *x, const int32_t *positions, const float *inv_freq,
+                         int N, int n_head, int head_dim);
+    void (*rope_backward)(void *dx, const int32_t *positions, const float *inv_freq,
+                          int N, int n_head, int head_dim);
+
+    // ---- causal self-attention with grouped-query heads -------------------
+    // q (B, T, n_head, hd), k and v (B, T, n_kv_head, hd), out like q.
+    // Query head h reads kv head h / (n_head / n_kv_head); scale 1/sqrt(hd).
+    // lse (B, n_head, T) = log-sum-exp of each row's scaled scores, saved for
+    // the backward, which recomputes the probabilities from q, k and lse.
+    void (*attention_forward)(void *out, float *lse, const void *q, const void *k, const void *v,
+                              int B, int T, int n_head, int n_kv_head, int head_dim);
+    void (*attention_backward)(void *dq, void *dk, void *dv, const void *dout, const void *out,
+                               const float *lse, const void *q, const void *k, const void *v,
+                               int B, int T, int n_head, int n_kv_head, int head_dim);
+
+    // ---- SwiGLU: out = silu(gate) * up, silu(x) = x / (1 + e^-x) ----------
+    void (*swiglu_forward)(void *out, const void *gate, const void *up, size_t n);
+    void (*swiglu_backward)(void *dgate, void *dup, const void *dout, const void *gate,
+                            const void *up, size_t n);
+
+    // ---- dropout (inverted): out = inp * keep / (1 - p) ------------------
+    // keep[i] = rng_uniform_at(seed, offset + i) >= p: counter-based, so the
+    // backward regenerates the mask and every backend draws the same one.
+    void (*dropout_forward)(void *out, const void *inp, size_t n, float p, uint64_t seed,
+                            uint64_t offset);
+    void (*dropout_backward)(void *dinp, const void *dout, size_t n, float p, uint64_t seed,
+                             uint64_t offset);
+
+    // ---- cross-entropy, forward and backward in one pass ------------------
+    // logits (N, V); targets (N) with -100 = ignore. Adds sum over kept rows of
+    // -log softmax(logits)[target] into *loss_sum (device fp32 scalar) and, if
+    // dlogits is not NULL, writes dlogits = grad_scale * (softmax - onehot)
+    // (zero rows where ignored). dlogits may alias logits.
+    void (*cross_entropy)(float *loss_sum, void *dlogits, const void *logits,
+                          const int32_t *targets, int N, int V, float grad_scale);
+
+    // ---- optimizer -------------------------------------------------------
+    // *out (device fp32 scalar) += sum(g[i]^2)
+    void (*sum_squares)(float *out, const float *g, size_t n);
+    // x[i] *= s
+    void (*scale_f32)(float *x, float s, size_t n);
+    // AdamW as torch.optim.AdamW (decoupled weight decay, bias correction
+    // folded into step size and denominator), step counts from 1.
+    void (*adamw)(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, int step);
+} Ops;
+
+// The CPU backend: always available.
+const Ops *ops_cpu(void);
+// The CUDA backend: NULL with a reason in err when built without CUDA or
+// when no device is usable.
+const Ops *ops_cuda(Error *err);

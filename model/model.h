@@ -1,0 +1,150 @@
+// model: a Llama-family decoder with LoRA adapters, forward and backward.
+//
+// Frozen base weights live in backend memory (act_dtype). Every trainable
+// parameter (LoRA A and B of each targeted linear) lives in one flat fp32
+// buffer described by a ParamTable; gradients mirror its layout. The flat
+// buffer is the unit of optimizer state, sharding, checkpointing and export.
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../core/core.h"
+#include "../kernels/ops.h"
+
+// ----------------------------------------------------------------------------
+// configuration
+
+typedef struct LlamaConfig {
+    int vocab_size;
+    int hidden_size;          // C
+    int intermediate_size;    // MLP width
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim;             // hidden_size / n_heads unless the checkpoint says otherwise
+    int max_position;         // max_position_embeddings
+    float rms_eps;
+    float rope_theta;
+    RopeScaling rope_scaling;
+    bool tie_embeddings;      // lm_head shares embed_tokens
+    int bos_token_id;
+    int eos_token_id;
+} LlamaConfig;
+
+// The seven linears LoRA can target, in Hugging Face module names.
+typedef enum LoraTarget {
+    LORA_Q, LORA_K, LORA_V, LORA_O, LORA_GATE, LORA_UP, LORA_DOWN, LORA_TARGET_COUNT
+} LoraTarget;
+
+extern const char *const LORA_TARGET_NAMES[LORA_TARGET_COUNT]; // "q_proj", ...
+bool lora_target_from_name(const char *name, LoraTarget *out);  // "q" or "q_proj"
+
+typedef enum LoraInit { LORA_INIT_KAIMING, LORA_INIT_GAUSSIAN } LoraInit;
+
+typedef struct LoraConfig {
+    int r;
+    float alpha;
+    float dropout;
+    bool rslora;                       // scale alpha / sqrt(r) instead of alpha / r
+    bool targets[LORA_TARGET_COUNT];
+    LoraInit init;
+} LoraConfig;
+
+float lora_scale(const LoraConfig *lora);
+bool llama_config_validate(const LlamaConfig *config, Error *err);
+// Named sizes for tests, benchmarks and the demo: "tiny", "small", "llama3-8b".
+bool llama_config_preset(const char *name, LlamaConfig *out, Error *err);
+
+// ----------------------------------------------------------------------------
+// trainable parameters: one flat fp32 buffer and its table
+
+#define PARAM_NAME_MAX 128
+
+typedef struct ParamEntry {
+    char name[PARAM_NAME_MAX]; // Hugging Face module path, e.g. model.layers.0.self_attn.q_proj.lora_A.weight
+    int64_t shape[2];
+    size_t offset;             // in floats, into the flat buffer
+    size_t numel;
+} ParamEntry;
+
+typedef struct ParamTable {
+    ParamEntry *entries;
+    int count;
+    size_t total;              // floats in the flat buffer
+} ParamTable;
+
+const ParamEntry *param_table_find(const ParamTable *table, const char *name);
+
+// ----------------------------------------------------------------------------
+// frozen weights: Hugging Face names, one tensor each
+
+typedef struct LayerWeights {
+    void *input_layernorm;    // (C)
+    void *post_attention_layernorm; // (C)
+    void *linear[LORA_TARGET_COUNT]; // q (n_heads*hd, C), k/v (n_kv*hd, C), o (C, n_heads*hd),
+                                     // gate/up (I, C), down (C, I)
+} LayerWeights;
+
+typedef struct Model Model;
+
+typedef struct ModelOptions {
+    const Ops *ops;
+    LlamaConfig config;
+    LoraConfig lora;
+    int max_batch;            // micro-batch size B the activations are sized for
+    int max_seq_len;          // T
+    bool activation_checkpointing; // keep only layer inputs; recompute each layer in backward
+    int lm_head_chunk;        // tokens per lm_head + cross-entropy chunk (0 = all at once)
+    uint64_t seed;            // LoRA init and dropout
+} ModelOptions;
+
+// Allocates frozen weights (uninitialised), the flat parameter buffer with
+// LoRA init, gradients and the activation arena.
+Model *model_create(const ModelOptions *options, Error *err);
+void model_destroy(Model *model);
+
+const LlamaConfig *model_config(const Model *model);
+const LoraConfig *model_lora(const Model *model);
+const Ops *model_ops(const Model *model);
+const ParamTable *model_params(const Model *model);
+float *model_param_data(Model *model);   // fp32 masters (backend memory), ParamTable layout
+float *model_grad_data(Model *model);    // fp32 gradients, same layout
+size_t model_activation_bytes(const Model *model);
+
+// Frozen weight by Hugging Face name ("model.embed_tokens.weight",
+// "model.layers.3.mlp.up_proj.weight", "lm_head.weight", "model.norm.weight").
+// Returns false (with the list of names in err) for an unknown name.
+bool model_frozen_tensor(Model *model, const char *name, Tensor *out, Error *err);
+// Calls visit for every frozen tensor, in a fixed order; `data` is backend memory.
+typedef bool (*FrozenVisitor)(void *context, const char *name, const Tensor *tensor, Error *err);
+bool model_visit_frozen(Model *model, FrozenVisitor visit, void *context, Error *err);
+// Random base weights as transformers' LlamaForCausalLM init: N(0, 0.02),
+// norms 1. For tests, benchmarks and the demo.
+void model_init_random_base(Model *model, uint64_t seed);
+// Re-initialise LoRA parameters (A per lora.init, B = 0).
+void model_init_lora(Model *model, uint64_t seed);
+
+// ----------------------------------------------------------------------------
+// training
+
+typedef struct Batch {
+    int B, T;
+    const int32_t *tokens;     // (B, T) input ids, host memory
+    const int32_t *targets;    // (B, T) next-token labels, -100 = no loss
+} Batch;
+
+typedef struct StepOptions {
+    float grad_scale;          // 1 / label tokens of the whole optimizer step
+    bool train;                // dropout on and gradients accumulated
+    uint64_t dropout_seed;     // per step and micro-batch: (seed, step, micro) hashed
+} StepOptions;
+
+// Forward (and, when options->train, backward adding into the gradients) of
+// one micro-batch. *loss_sum receives the sum over label tokens of -log p.
+bool model_step(Model *model, const Batch *batch, const StepOptions *options, double *loss_sum,
+                Error *err);
+// Logits (B, T, V) of a batch, fp32, onto the host (tests and evaluation).
+bool model_logits(Model *model, const Batch *batch, float *logits, Error *err);
+void model_zero_grads(Model *model);
+// After the optimizer changed the fp32 masters: refresh the compute copy.
+void model_sync_params(Model *model);

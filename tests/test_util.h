@@ -1,0 +1,24 @@
+// Shared helpers for the cmocka tests.
+#pragma once
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "core/core.h"
+
+// Fills x with uniform values in [lo, hi).
+void fill_uniform(float *x, size_t n, float lo, float hi, Rng *rng);
+// Fills x with NaN, so an op that leaves an output element unwritten fails.
+void poison(float *x, size_t n);
+// Largest |a - b| / max(|b|, floor) over n elements.
+double max_rel_error(const float *a, const double *b, size_t n, double floor);
+// Asserts every element of x is finite.
+void assert_all_finite(const float *x, size_t n);
+// A fresh empty directory under /tmp for this test; returns its path (static buffer).
+const char *make_temp_dir(const char *tag);
+// Path of a shared fixture ("../shared/fixtures/" + rel) or NULL when absent.
+const char *shared_fixture(const char *rel);
+// Runs a shell command through system(); returns its exit status.
+int run_command(const char *command);

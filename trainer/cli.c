@@ -1,0 +1,77 @@
+// lora-train's command line: subcommands, --config, --set and --offload.
+#include <stdio.h>
+#include <string.h>
+
+#include "trainer.h"
+
+static void print_usage(FILE *out) {
+    fprintf(out,
+            "usage: lora-train --config FILE [--set key.path=value]... [--offload cpu]\n"
+            "       lora-train demo [--set key.path=value]...\n"
+            "\n"
+            "Fine-tunes LoRA adapters on a Llama-family model as the YAML config describes.\n"
+            "  --config FILE        the recipe (see configs/)\n"
+            "  --set KEY=VALUE      override one config key, e.g. --set train.lr=1e-4\n"
+            "  --offload cpu        same as --set zero.offload=cpu\n"
+            "  demo                 train the embedded demo (configs/demo.yaml's recipe)\n");
+}
+
+// Applies the config file, then every --set / --offload in command-line order.
+static bool load_config(Config *config, const char *config_path, int argc, char **argv, Error *err) {
+    config_defaults(config);
+    if (config_path && !config_load_yaml(config, config_path, err)) return false;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
+            if (!config_set(config, argv[++i], err)) return fail_context(err, "--set: ");
+        } else if (strcmp(argv[i], "--offload") == 0 && i + 1 < argc) {
+            char assignment[CONFIG_NAME_MAX + 16];
+            snprintf(assignment, sizeof assignment, "zero.offload=%s", argv[++i]);
+            if (!config_set(config, assignment, err)) return fail_context(err, "--offload: ");
+        }
+    }
+    return config_validate(config, err);
+}
+
+// Returns the value of --config, NULL if absent; unknown flags are errors.
+static bool parse_flags(int argc, char **argv, const char **config_path, Error *err) {
+    *config_path = NULL;
+    for (int i = 0; i < argc; i++) {
+        bool takes_value = strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--set") == 0 ||
+                           strcmp(argv[i], "--offload") == 0;
+        if (!takes_value) return fail(err, "unknown argument '%s' (see lora-train --help)", argv[i]);
+        if (i + 1 >= argc) return fail(err, "%s needs a value", argv[i]);
+        if (strcmp(argv[i], "--config") == 0) *config_path = argv[i + 1];
+        i++;
+    }
+    return true;
+}
+
+int lora_train_main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        print_usage(argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    bool demo = strcmp(argv[1], "demo") == 0;
+    int flag_start = demo ? 2 : 1;
+    Error err = {{0}};
+    const char *config_path = NULL;
+    if (!parse_flags(argc - flag_start, argv + flag_start, &config_path, &err)) {
+        fprintf(stderr, "lora-train: %s\n", err.message);
+        return 2;
+    }
+    if (demo && !config_path) config_path = "configs/demo.yaml";
+    if (!config_path) {
+        fprintf(stderr, "lora-train: --config FILE is required (see lora-train --help)\n");
+        return 2;
+    }
+    Config config;
+    if (!load_config(&config, config_path, argc - flag_start, argv + flag_start, &err)) {
+        fprintf(stderr, "lora-train: %s\n", err.message);
+        return 2;
+    }
+    if (!train_run(&config, &err)) {
+        fprintf(stderr, "lora-train: %s\n", err.message);
+        return 1;
+    }
+    return 0;
+}

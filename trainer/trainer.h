@@ -1,0 +1,78 @@
+// trainer: configuration, the training loop and the lora-train command line.
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../core/core.h"
+#include "../model/model.h"
+#include "../optim/optim.h"
+
+#define CONFIG_PATH_MAX 1024
+#define CONFIG_NAME_MAX 64
+
+typedef struct Config {
+    struct {
+        char path[CONFIG_PATH_MAX];          // Hugging Face model folder
+        char create_if_missing[CONFIG_NAME_MAX]; // preset to write at path if absent ("" = never)
+        char quantize[CONFIG_NAME_MAX];      // "none" | "nf4"
+    } model;
+    struct {
+        int r;
+        float alpha;
+        float dropout;
+        bool targets[LORA_TARGET_COUNT];     // from lora.target: [q_proj, v_proj, ...] or "all"
+        bool rslora;
+        char init[CONFIG_NAME_MAX];          // "kaiming" | "gaussian"
+    } lora;
+    struct {
+        char path[CONFIG_PATH_MAX];          // JSONL dataset
+        char images[CONFIG_PATH_MAX];        // image folder or archive (vision issue)
+        char create_if_missing[CONFIG_NAME_MAX]; // synthetic generator to write at path ("" = never)
+        int max_seq_len;
+        bool shuffle;
+    } data;
+    struct {
+        int micro_batch;
+        int grad_accum;
+        int max_steps;                       // 0 = from epochs
+        int epochs;
+        float lr;
+        Schedule schedule;
+        float warmup;                        // < 1: ratio of total steps; >= 1: steps
+        float min_lr_ratio;                  // cosine floor as a fraction of lr
+        float weight_decay;
+        float beta1, beta2, eps;
+        float max_grad_norm;                 // 0 = no clipping
+        uint64_t seed;
+        int log_every;
+        bool activation_checkpointing;
+        char backend[CONFIG_NAME_MAX];       // "auto" | "cpu" | "cuda"
+    } train;
+    struct {
+        char dir[CONFIG_PATH_MAX];
+        int every_steps;                     // 0 = only at the end
+        int keep_last;                       // 0 = keep all
+    } checkpoint;
+    struct {
+        int stage;                           // 0 | 2
+        char offload[CONFIG_NAME_MAX];       // "none" | "cpu"
+    } zero;
+} Config;
+
+// Defaults for every key (a valid config needs only model.path and data.path).
+void config_defaults(Config *config);
+// Loads a YAML file over the defaults. Unknown keys, wrong types and bad
+// values fail with the key's path (and a did-you-mean for unknown keys).
+bool config_load_yaml(Config *config, const char *path, Error *err);
+// Applies one "key.path=value" override (value parsed as YAML scalar or flow list).
+bool config_set(Config *config, const char *assignment, Error *err);
+// Cross-field checks after all overrides (ranges, files that must exist).
+bool config_validate(const Config *config, Error *err);
+// The config as YAML text (malloc'd), for logs and trainer state.
+char *config_to_yaml(const Config *config, Error *err);
+
+// Runs the whole training job described by config. Progress goes to stdout.
+bool train_run(const Config *config, Error *err);
+
+// lora-train's command line: returns the process exit status.
+int lora_train_main(int argc, char **argv);
