@@ -129,6 +129,8 @@ typedef struct Ops {
     // folded into step size and denominator), step counts from 1.
     void (*adamw)(float *params, const float *grads, float *m, float *v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step);
+
+    bool (*check)(Error *err);  // first asynchronous failure since the last check, if any
 } Ops;
 
 // The CPU backend: always available.
