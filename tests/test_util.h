@@ -4,9 +4,11 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
 
+// core.h before cmocka.h: cmocka defines a fail() macro that would rewrite
+// core's fail() declaration.
 #include "core/core.h"
+#include <cmocka.h>
 
 // Fills x with uniform values in [lo, hi).
 void fill_uniform(float *x, size_t n, float lo, float hi, Rng *rng);
