@@ -1,0 +1,72 @@
+"""Reference numbers for tests/test_ops.c, written to tests/fixtures/ops/.
+
+- rope_inv_freq_llama31.txt: Llama-3.1-8B's inverse frequencies from
+  transformers' "llama3" rope init (theta 500000, factor 8, low 1, high 4,
+  original 8192, head_dim 128).
+- rope_inv_freq_theta10000.txt: the default rope init, theta 10000, head_dim 128.
+- attention_*.txt: q, k, v (B, T, H, hd) and the output of
+  torch.nn.functional.scaled_dot_product_attention(is_causal=True) with
+  grouped-query heads (kv repeated with repeat_interleave), plus its lse.
+
+Each file is whitespace-separated numbers; attention_shape.txt holds B T H KV hd.
+Run: python3 scripts/ref_ops.py
+"""
+import os
+
+import torch
+from transformers import LlamaConfig
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "ops")
+
+
+def save(name, tensor):
+    values = tensor.detach().to(torch.float64).flatten().tolist()
+    with open(os.path.join(OUT, name), "w") as f:
+        f.write("\n".join(f"{v:.9g}" for v in values) + "\n")
+
+
+def llama_config(rope_parameters):
+    return LlamaConfig(hidden_size=4096, num_attention_heads=32, head_dim=128,
+                       max_position_embeddings=131072, rope_parameters=rope_parameters)
+
+
+def rope_references():
+    llama31 = llama_config({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                            "original_max_position_embeddings": 8192})
+    inv_freq, _ = ROPE_INIT_FUNCTIONS["llama3"](llama31, "cpu")
+    save("rope_inv_freq_llama31.txt", inv_freq)
+    plain = llama_config({"rope_type": "default", "rope_theta": 10000.0})
+    inv_freq, _ = LlamaRotaryEmbedding.compute_default_rope_parameters(plain, device="cpu")
+    save("rope_inv_freq_theta10000.txt", inv_freq)
+
+
+def attention_reference():
+    B, T, H, KV, hd = 2, 7, 4, 2, 8
+    g = torch.Generator().manual_seed(1234)
+    q = torch.randn(B, T, H, hd, generator=g)
+    k = torch.randn(B, T, KV, hd, generator=g)
+    v = torch.randn(B, T, KV, hd, generator=g)
+    qh, kh, vh = (x.transpose(1, 2).to(torch.float64) for x in (q, k, v))  # (B, heads, T, hd)
+    kh = kh.repeat_interleave(H // KV, dim=1)
+    vh = vh.repeat_interleave(H // KV, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
+    scores = (qh @ kh.transpose(-1, -2)) / hd ** 0.5
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # (B, H, T)
+    with open(os.path.join(OUT, "attention_shape.txt"), "w") as f:
+        f.write(f"{B} {T} {H} {KV} {hd}\n")
+    save("attention_q.txt", q)
+    save("attention_k.txt", k)
+    save("attention_v.txt", v)
+    save("attention_out.txt", out.transpose(1, 2))
+    save("attention_lse.txt", lse)
+
+
+if __name__ == "__main__":
+    os.makedirs(OUT, exist_ok=True)
+    torch.manual_seed(0)
+    rope_references()
+    attention_reference()
