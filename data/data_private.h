@@ -1,0 +1,26 @@
+// data (private): shared between the files of the data module.
+#pragma once
+#include "data.h"
+
+// A growing sequence of token ids with per-token labels, the common form of
+// chat and text records before truncation.
+typedef struct TokenSequence {
+    int32_t *ids;
+    int32_t *labels;  // parallel to ids: the id where trained on, IGNORE_INDEX elsewhere
+    int length;
+    int ids_capacity;
+    int labels_capacity;
+} TokenSequence;
+
+// Grows *ids so that it holds at least `needed` ids (amortized doubling).
+bool token_ids_reserve(int32_t **ids, int *capacity, int64_t needed, Error *err);
+
+void token_sequence_free(TokenSequence *seq);
+// Renders a chat (see sample_from_messages) or a text record (sample_from_text)
+// after seq->length = 0, reusing seq's buffers.
+bool render_messages(const Tokenizer *tok, const char *const *roles, const char *const *contents,
+                     int n_turns, TokenSequence *seq, Error *err);
+bool render_text(const Tokenizer *tok, const char *text, TokenSequence *seq, Error *err);
+
+// The pad id of the tokenizer the dataset was opened with.
+int32_t dataset_pad_id(const Dataset *dataset);
