@@ -2,6 +2,7 @@
 #include "core.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -303,6 +304,16 @@ bool make_dirs(const char *path, Error *err) {
         *p = '/';
     }
     if (mkdir(buf, 0755) != 0 && errno != EEXIST) return fail(err, "mkdir %s: %s", buf, strerror(errno));
+    return true;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int type, struct FTW *ftw) {
+    return remove(path);
+}
+
+bool remove_tree(const char *path, Error *err) {
+    if (!path_exists(path)) return true;
+    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) return fail(err, "removing %s: %s", path, strerror(errno));
     return true;
 }
 

@@ -114,5 +114,6 @@ uint64_t fnv1a64(const void *data, size_t n, uint64_t hash);
 bool read_file(const char *path, char **data, size_t *size, Error *err);
 bool path_exists(const char *path);
 bool make_dirs(const char *path, Error *err);        // mkdir -p
+bool remove_tree(const char *path, Error *err);      // rm -r (no error if absent)
 // Levenshtein distance, for did-you-mean suggestions.
 int edit_distance(const char *a, const char *b);

@@ -69,7 +69,7 @@ int lora_train_main(int argc, char **argv) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 2;
     }
-    if (!train_run(&config, &err)) {
+    if (!train_run(&config, NULL, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 1;
     }

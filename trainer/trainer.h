@@ -71,8 +71,24 @@ bool config_validate(const Config *config, Error *err);
 // The config as YAML text (malloc'd), for logs and trainer state.
 char *config_to_yaml(const Config *config, Error *err);
 
-// Runs the whole training job described by config. Progress goes to stdout.
-bool train_run(const Config *config, Error *err);
+typedef struct TrainSummary {
+    int steps;                      // optimizer steps taken
+    int skipped_steps;              // steps without label tokens
+    double first_loss, last_loss;   // mean loss per label token of the first and last step
+    char adapter_dir[CONFIG_PATH_MAX + 32]; // the final adapter folder
+} TrainSummary;
+
+struct StepBatch;
+// Zeroes the gradients, then runs forward and backward over every micro-batch
+// of one optimizer step with grad_scale = 1 / (the step's label tokens);
+// *mean_loss = (sum of token losses) / (label tokens). Dropout masks are drawn
+// from (seed, step, micro-batch).
+bool train_accumulate(Model *model, const struct StepBatch *batch, uint64_t seed, int step, double *mean_loss,
+                      Error *err);
+
+// Runs the whole training job described by config. Progress goes to stdout;
+// summary (may be NULL) receives the outcome.
+bool train_run(const Config *config, TrainSummary *summary, Error *err);
 
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);

@@ -1,0 +1,622 @@
+// model: Llama decoder with LoRA on any of its seven linears.
+//
+// Per layer, with N = B * T tokens, C hidden, H query heads, KV kv heads:
+//   ln1 = rmsnorm(x)                      q, k, v = lora_linear(ln1)
+//   q, k = rope(q), rope(k)               att = causal_gqa_attention(q, k, v)
+//   mid = x + lora_linear_o(att)          ln2 = rmsnorm(mid)
+//   h = silu(lora_linear_gate(ln2)) * lora_linear_up(ln2)
+//   out = mid + lora_linear_down(h)
+// lora_linear(x) = x W^T + s * (dropout(x) A^T) B^T, W frozen, A and B trainable.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+
+typedef struct LoraSlot { // one targeted linear of one layer
+    const ParamEntry *A;  // (r, in)
+    const ParamEntry *B;  // (out, r)
+} LoraSlot;
+
+typedef struct LayerActs { // what one layer's backward reads; (N, ...) each
+    void *ln1, *ln2;        // (N, C) normalised inputs of attention and MLP
+    float *rstd1, *rstd2;   // (N)
+    void *q, *k, *v;        // (N, H*hd), (N, KV*hd), (N, KV*hd), after rope
+    void *att;              // (N, H*hd) attention output
+    float *lse;             // (B, H, T)
+    void *mid;              // (N, C) residual after attention
+    void *gate, *up, *h;    // (N, I), h = silu(gate) * up
+    void *lora_h[LORA_TARGET_COUNT]; // (N, r) dropout(x) A^T of each targeted linear
+} LayerActs;
+
+typedef struct FrozenEntry {
+    char name[PARAM_NAME_MAX];
+    Tensor tensor; // data in backend memory
+} FrozenEntry;
+
+struct Model {
+    const Ops *ops;
+    ModelOptions options;
+    LlamaConfig config;
+    LoraConfig lora;
+    size_t act_size; // bytes per activation element
+
+    // frozen weights: one allocation
+    void *frozen_block;
+    void *embed_tokens;       // (V, C)
+    LayerWeights *layers;     // (L)
+    void *final_norm;         // (C)
+    void *lm_head;            // (V, C), embed_tokens when tied
+    FrozenEntry *frozen;
+    int n_frozen;
+
+    // trainable parameters: fp32 masters, gradients, compute copy
+    ParamTable params;
+    float *param_data, *grad_data;
+    void *param_act;
+    LoraSlot *slots;          // (L, LORA_TARGET_COUNT), A == NULL where not targeted
+
+    // activations: one allocation sized for (max_batch, max_seq_len)
+    void *act_block;
+    size_t act_bytes;
+    void **layer_input;       // (L + 1) x (N, C); layer_input[L] feeds the final norm
+    LayerActs *acts;          // L of them, or 1 reused when checkpointing
+    void *final_ln;           // (N, C)
+    float *final_rstd;        // (N)
+    void *logits;             // (chunk, V)
+    void *d_res, *d_ln, *d_final_ln; // (N, C)
+    void *dq, *dk, *dv, *d_att;      // (N, H*hd), (N, KV*hd) x 2, (N, H*hd)
+    void *d_gate, *d_up, *d_h;       // (N, I)
+    void *lora_x, *lora_dx;          // (N, max in) dropout(x) and its gradient
+    void *lora_dh;                   // (N, r)
+    int32_t *tokens, *targets, *positions; // (N)
+    float *inv_freq;                 // (hd / 2)
+    float *loss;                     // scalar
+};
+
+// ----------------------------------------------------------------------------
+// shapes
+
+static int q_width(const LlamaConfig *c) { return c->n_heads * c->head_dim; }
+static int kv_width(const LlamaConfig *c) { return c->n_kv_heads * c->head_dim; }
+
+// in and out features of a targeted linear
+static void linear_shape(const LlamaConfig *c, LoraTarget t, int *in, int *out) {
+    switch (t) {
+    case LORA_Q: *in = c->hidden_size; *out = q_width(c); break;
+    case LORA_K:
+    case LORA_V: *in = c->hidden_size; *out = kv_width(c); break;
+    case LORA_O: *in = q_width(c); *out = c->hidden_size; break;
+    case LORA_GATE:
+    case LORA_UP: *in = c->hidden_size; *out = c->intermediate_size; break;
+    default: *in = c->intermediate_size; *out = c->hidden_size; break;
+    }
+}
+
+static const char *module_group(LoraTarget t) { return t <= LORA_O ? "self_attn" : "mlp"; }
+
+static int max_linear_in(const LlamaConfig *c) {
+    int widest = c->hidden_size;
+    if (q_width(c) > widest) widest = q_width(c);
+    if (c->intermediate_size > widest) widest = c->intermediate_size;
+    return widest;
+}
+
+// ----------------------------------------------------------------------------
+// memory layout: each layout function assigns pointers from a base and returns
+// the bytes used, so a first pass with base = NULL measures the block.
+
+typedef struct Carver {
+    uint8_t *base;
+    size_t used;
+} Carver;
+
+static void *carve(Carver *carver, size_t bytes) {
+    size_t start = (carver->used + 255) / 256 * 256;
+    carver->used = start + bytes;
+    return carver->base ? carver->base + start : NULL;
+}
+
+static void add_frozen(Model *m, Carver *carver, void **slot, const char *name, int64_t rows, int64_t cols) {
+    *slot = carve(carver, (size_t)(rows * (cols ? cols : 1)) * m->act_size);
+    if (!carver->base) return;
+    FrozenEntry *e = &m->frozen[m->n_frozen++];
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->tensor = (Tensor){.dtype = m->ops->act_dtype, .ndim = cols ? 2 : 1, .shape = {rows, cols}, .data = *slot};
+}
+
+static size_t layout_frozen(Model *m, uint8_t *base) {
+    const LlamaConfig *c = &m->config;
+    Carver carver = {base, 0};
+    char name[PARAM_NAME_MAX];
+    m->n_frozen = 0;
+    add_frozen(m, &carver, &m->embed_tokens, "model.embed_tokens.weight", c->vocab_size, c->hidden_size);
+    for (int l = 0; l < c->n_layers; l++) {
+        LayerWeights *w = &m->layers[l];
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        add_frozen(m, &carver, &w->input_layernorm, name, c->hidden_size, 0);
+        for (int t = 0; t < LORA_TARGET_COUNT; t++) {
+            int in, out;
+            linear_shape(c, (LoraTarget)t, &in, &out);
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, module_group(t), LORA_TARGET_NAMES[t]);
+            add_frozen(m, &carver, &w->linear[t], name, out, in);
+        }
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        add_frozen(m, &carver, &w->post_attention_layernorm, name, c->hidden_size, 0);
+    }
+    add_frozen(m, &carver, &m->final_norm, "model.norm.weight", c->hidden_size, 0);
+    if (c->tie_embeddings) {
+        m->lm_head = m->embed_tokens;
+    } else {
+        add_frozen(m, &carver, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size);
+    }
+    return carver.used;
+}
+
+static void layout_layer_acts(Model *m, Carver *carver, LayerActs *a) {
+    const LlamaConfig *c = &m->config;
+    size_t N = (size_t)m->options.max_batch * m->options.max_seq_len, s = m->act_size;
+    a->ln1 = carve(carver, N * c->hidden_size * s);
+    a->ln2 = carve(carver, N * c->hidden_size * s);
+    a->rstd1 = carve(carver, N * sizeof(float));
+    a->rstd2 = carve(carver, N * sizeof(float));
+    a->q = carve(carver, N * q_width(c) * s);
+    a->k = carve(carver, N * kv_width(c) * s);
+    a->v = carve(carver, N * kv_width(c) * s);
+    a->att = carve(carver, N * q_width(c) * s);
+    a->lse = carve(carver, N * c->n_heads * sizeof(float));
+    a->mid = carve(carver, N * c->hidden_size * s);
+    a->gate = carve(carver, N * c->intermediate_size * s);
+    a->up = carve(carver, N * c->intermediate_size * s);
+    a->h = carve(carver, N * c->intermediate_size * s);
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) {
+        a->lora_h[t] = m->lora.targets[t] ? carve(carver, N * m->lora.r * s) : NULL;
+    }
+}
+
+static int lm_head_chunk(const Model *m) {
+    int N = m->options.max_batch * m->options.max_seq_len;
+    int chunk = m->options.lm_head_chunk;
+    return chunk > 0 && chunk < N ? chunk : N;
+}
+
+static size_t layout_activations(Model *m, uint8_t *base) {
+    const LlamaConfig *c = &m->config;
+    size_t N = (size_t)m->options.max_batch * m->options.max_seq_len, s = m->act_size;
+    Carver carver = {base, 0};
+    for (int l = 0; l <= c->n_layers; l++) m->layer_input[l] = carve(&carver, N * c->hidden_size * s);
+    int n_acts = m->options.activation_checkpointing ? 1 : c->n_layers;
+    for (int l = 0; l < n_acts; l++) layout_layer_acts(m, &carver, &m->acts[l]);
+    m->final_ln = carve(&carver, N * c->hidden_size * s);
+    m->final_rstd = carve(&carver, N * sizeof(float));
+    m->logits = carve(&carver, (size_t)lm_head_chunk(m) * c->vocab_size * s);
+    m->d_res = carve(&carver, N * c->hidden_size * s);
+    m->d_ln = carve(&carver, N * c->hidden_size * s);
+    m->d_final_ln = carve(&carver, N * c->hidden_size * s);
+    m->dq = carve(&carver, N * q_width(c) * s);
+    m->dk = carve(&carver, N * kv_width(c) * s);
+    m->dv = carve(&carver, N * kv_width(c) * s);
+    m->d_att = carve(&carver, N * q_width(c) * s);
+    m->d_gate = carve(&carver, N * c->intermediate_size * s);
+    m->d_up = carve(&carver, N * c->intermediate_size * s);
+    m->d_h = carve(&carver, N * c->intermediate_size * s);
+    m->lora_x = carve(&carver, N * max_linear_in(c) * s);
+    m->lora_dx = carve(&carver, N * max_linear_in(c) * s);
+    m->lora_dh = carve(&carver, N * m->lora.r * s);
+    m->tokens = carve(&carver, N * sizeof(int32_t));
+    m->targets = carve(&carver, N * sizeof(int32_t));
+    m->positions = carve(&carver, N * sizeof(int32_t));
+    m->inv_freq = carve(&carver, (size_t)c->head_dim / 2 * sizeof(float));
+    m->loss = carve(&carver, sizeof(float));
+    return carver.used;
+}
+
+// ----------------------------------------------------------------------------
+// trainable parameters
+
+static bool build_param_table(Model *m, Error *err) {
+    const LlamaConfig *c = &m->config;
+    int per_layer = 0;
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) per_layer += m->lora.targets[t] ? 2 : 0;
+    ParamTable *table = &m->params;
+    table->entries = checked_calloc((size_t)per_layer * c->n_layers + 1, sizeof(ParamEntry), "parameter table", err);
+    m->slots = checked_calloc((size_t)c->n_layers * LORA_TARGET_COUNT, sizeof(LoraSlot), "LoRA slots", err);
+    if (!table->entries || !m->slots) return false;
+    for (int l = 0; l < c->n_layers; l++) {
+        for (int t = 0; t < LORA_TARGET_COUNT; t++) {
+            if (!m->lora.targets[t]) continue;
+            int in, out;
+            linear_shape(c, (LoraTarget)t, &in, &out);
+            for (int which = 0; which < 2; which++) { // lora_A (r, in), then lora_B (out, r)
+                ParamEntry *e = &table->entries[table->count++];
+                snprintf(e->name, sizeof e->name, "model.layers.%d.%s.%s.lora_%c.weight", l, module_group(t),
+                         LORA_TARGET_NAMES[t], which ? 'B' : 'A');
+                e->shape[0] = which ? out : m->lora.r;
+                e->shape[1] = which ? m->lora.r : in;
+                e->numel = (size_t)(e->shape[0] * e->shape[1]);
+                e->offset = table->total;
+                table->total += e->numel;
+            }
+            LoraSlot *slot = &m->slots[l * LORA_TARGET_COUNT + t];
+            slot->A = &table->entries[table->count - 2];
+            slot->B = &table->entries[table->count - 1];
+        }
+    }
+    return true;
+}
+
+const ParamEntry *param_table_find(const ParamTable *table, const char *name) {
+    for (int i = 0; i < table->count; i++) {
+        if (strcmp(table->entries[i].name, name) == 0) return &table->entries[i];
+    }
+    return NULL;
+}
+
+// PEFT's init: A kaiming_uniform_(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)),
+// or `gaussian` N(0, (1/r)^2); B = 0.
+void model_init_lora(Model *m, uint64_t seed) {
+    float *host = malloc(m->params.total * sizeof(float) + 1);
+    if (!host) return;
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (int i = 0; i < m->params.count; i++) {
+        const ParamEntry *e = &m->params.entries[i];
+        float *p = host + e->offset;
+        bool is_a = strstr(e->name, "lora_A") != NULL;
+        float bound = 1.0f / sqrtf((float)e->shape[1]);
+        for (size_t j = 0; j < e->numel; j++) {
+            if (!is_a) p[j] = 0.0f;
+            else if (m->lora.init == LORA_INIT_GAUSSIAN) p[j] = rng_normal(&rng) / (float)m->lora.r;
+            else p[j] = (2.0f * rng_uniform(&rng) - 1.0f) * bound;
+        }
+    }
+    m->ops->upload(m->param_data, host, m->params.total * sizeof(float));
+    free(host);
+    model_sync_params(m);
+}
+
+void model_sync_params(Model *m) { m->ops->params_to_act(m->param_act, m->param_data, m->params.total); }
+
+void model_zero_grads(Model *m) { m->ops->zero(m->grad_data, m->params.total * sizeof(float)); }
+
+// ----------------------------------------------------------------------------
+// creation
+
+static bool allocate(Model *m, Error *err) {
+    const Ops *ops = m->ops;
+    size_t frozen_bytes = layout_frozen(m, NULL);
+    m->frozen_block = ops->alloc(frozen_bytes, err);
+    if (!m->frozen_block) return fail_context(err, "frozen weights: ");
+    layout_frozen(m, m->frozen_block);
+
+    size_t n = m->params.total;
+    m->param_data = ops->alloc(n * sizeof(float), err);
+    m->grad_data = m->param_data ? ops->alloc(n * sizeof(float), err) : NULL;
+    m->param_act = m->grad_data ? ops->alloc(n * m->act_size, err) : NULL;
+    if (!m->param_act) return fail_context(err, "trainable parameters: ");
+
+    m->act_bytes = layout_activations(m, NULL);
+    m->act_block = ops->alloc(m->act_bytes, err);
+    if (!m->act_block) return fail_context(err, "activations: ");
+    layout_activations(m, m->act_block);
+    return true;
+}
+
+Model *model_create(const ModelOptions *options, Error *err) {
+    if (!llama_config_validate(&options->config, err)) return NULL;
+    if (options->lora.r < 1) return fail(err, "lora.r must be at least 1"), NULL;
+    if (options->max_batch < 1 || options->max_seq_len < 1)
+        return fail(err, "micro-batch and sequence length must be at least 1"), NULL;
+    Model *m = checked_calloc(1, sizeof *m, "model", err);
+    if (!m) return NULL;
+    m->ops = options->ops;
+    m->options = *options;
+    m->config = options->config;
+    m->lora = options->lora;
+    m->act_size = dtype_size(m->ops->act_dtype);
+    int L = m->config.n_layers;
+    m->layers = checked_calloc((size_t)L, sizeof(LayerWeights), "layer weights", err);
+    m->frozen = checked_calloc((size_t)L * 9 + 3, sizeof(FrozenEntry), "frozen tensor table", err);
+    m->layer_input = checked_calloc((size_t)L + 1, sizeof(void *), "layer inputs", err);
+    m->acts = checked_calloc((size_t)L, sizeof(LayerActs), "layer activations", err);
+    if (!m->layers || !m->frozen || !m->layer_input || !m->acts || !build_param_table(m, err) || !allocate(m, err)) {
+        model_destroy(m);
+        return NULL;
+    }
+    float inv_freq[m->config.head_dim / 2];
+    rope_inverse_frequencies(inv_freq, m->config.head_dim, m->config.rope_theta, &m->config.rope_scaling);
+    m->ops->upload(m->inv_freq, inv_freq, sizeof inv_freq);
+    model_init_lora(m, options->seed);
+    model_zero_grads(m);
+    return m;
+}
+
+void model_destroy(Model *m) {
+    if (!m) return;
+    const Ops *ops = m->ops;
+    ops->free(m->frozen_block);
+    ops->free(m->param_data);
+    ops->free(m->grad_data);
+    ops->free(m->param_act);
+    ops->free(m->act_block);
+    free(m->layers);
+    free(m->frozen);
+    free(m->layer_input);
+    free(m->acts);
+    free(m->params.entries);
+    free(m->slots);
+    free(m);
+}
+
+const LlamaConfig *model_config(const Model *m) { return &m->config; }
+const LoraConfig *model_lora(const Model *m) { return &m->lora; }
+const Ops *model_ops(const Model *m) { return m->ops; }
+const ParamTable *model_params(const Model *m) { return &m->params; }
+float *model_param_data(Model *m) { return m->param_data; }
+float *model_grad_data(Model *m) { return m->grad_data; }
+size_t model_activation_bytes(const Model *m) { return m->act_bytes; }
+
+bool model_frozen_tensor(Model *m, const char *name, Tensor *out, Error *err) {
+    for (int i = 0; i < m->n_frozen; i++) {
+        if (strcmp(m->frozen[i].name, name) == 0) {
+            *out = m->frozen[i].tensor;
+            return true;
+        }
+    }
+    return fail(err, "the model has no frozen tensor '%s' (it has %s, ..., %s)", name, m->frozen[0].name,
+                m->frozen[m->n_frozen - 1].name);
+}
+
+bool model_visit_frozen(Model *m, FrozenVisitor visit, void *context, Error *err) {
+    for (int i = 0; i < m->n_frozen; i++) {
+        if (!visit(context, m->frozen[i].name, &m->frozen[i].tensor, err)) return false;
+    }
+    return true;
+}
+
+// transformers' LlamaPreTrainedModel._init_weights: linears and embeddings
+// N(0, 0.02), RMSNorm weights 1.
+void model_init_random_base(Model *m, uint64_t seed) {
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (int i = 0; i < m->n_frozen; i++) {
+        Tensor *t = &m->frozen[i].tensor;
+        size_t n = (size_t)tensor_numel(t);
+        float *host = malloc(n * sizeof(float));
+        if (!host) return;
+        for (size_t j = 0; j < n; j++) host[j] = t->ndim == 1 ? 1.0f : 0.02f * rng_normal(&rng);
+        m->ops->upload_f32(t->data, host, n);
+        free(host);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// LoRA linear: forward and backward
+
+typedef struct StepState {
+    int B, T, N;
+    bool train;
+    uint64_t dropout_seed;
+} StepState;
+
+static void *act_at(const Model *m, void *base, size_t elements) {
+    return (uint8_t *)base + elements * m->act_size;
+}
+
+static bool dropout_active(const Model *m, const StepState *st) { return st->train && m->lora.dropout > 0; }
+
+// Each (layer, target) draws its own mask, as PEFT gives each module its own Dropout.
+static uint64_t dropout_seed_of(const StepState *st, int layer, LoraTarget t) {
+    return rng_hash(st->dropout_seed, (uint64_t)layer * LORA_TARGET_COUNT + t);
+}
+
+// The input LoRA sees: dropout(x) in m->lora_x when dropout is on, x otherwise.
+static const void *lora_input(Model *m, const StepState *st, int layer, LoraTarget t, const void *x, int in) {
+    if (!dropout_active(m, st)) return x;
+    m->ops->dropout_forward(m->lora_x, x, (size_t)st->N * in, m->lora.dropout, dropout_seed_of(st, layer, t), 0);
+    return m->lora_x;
+}
+
+// y (N, out) = x W^T + s * (dropout(x) A^T) B^T; lora_h (N, r) keeps dropout(x) A^T.
+static void linear_forward(Model *m, const StepState *st, int layer, LoraTarget t, void *y, const void *x,
+                           void *lora_h) {
+    const Ops *ops = m->ops;
+    int in, out, N = st->N;
+    linear_shape(&m->config, t, &in, &out);
+    ops->matmul(y, x, m->layers[layer].linear[t], N, out, in, false, true, 1.0f, 0.0f);
+    const LoraSlot *slot = &m->slots[layer * LORA_TARGET_COUNT + t];
+    if (!slot->A) return;
+    int r = m->lora.r;
+    const void *A = act_at(m, m->param_act, slot->A->offset), *B = act_at(m, m->param_act, slot->B->offset);
+    ops->matmul(lora_h, lora_input(m, st, layer, t, x, in), A, N, r, in, false, true, 1.0f, 0.0f);
+    ops->matmul(y, lora_h, B, N, out, r, false, true, lora_scale(&m->lora), 1.0f);
+}
+
+// Given dy (N, out): dx += dy W + dropout'(s * dy B A); dB += s dy^T h; dA += (s dy B)^T dropout(x).
+static void linear_backward(Model *m, const StepState *st, int layer, LoraTarget t, void *dx, const void *dy,
+                            const void *x, const void *lora_h) {
+    const Ops *ops = m->ops;
+    int in, out, N = st->N;
+    linear_shape(&m->config, t, &in, &out);
+    ops->matmul(dx, dy, m->layers[layer].linear[t], N, in, out, false, false, 1.0f, 1.0f);
+    const LoraSlot *slot = &m->slots[layer * LORA_TARGET_COUNT + t];
+    if (!slot->A) return;
+    int r = m->lora.r;
+    float s = lora_scale(&m->lora);
+    const void *A = act_at(m, m->param_act, slot->A->offset), *B = act_at(m, m->param_act, slot->B->offset);
+    ops->matmul_weight_grad(m->grad_data + slot->B->offset, dy, lora_h, N, out, r, s);
+    ops->matmul(m->lora_dh, dy, B, N, r, out, false, false, s, 0.0f);                 // (N, r)
+    const void *x_seen = lora_input(m, st, layer, t, x, in);
+    ops->matmul_weight_grad(m->grad_data + slot->A->offset, m->lora_dh, x_seen, N, r, in, 1.0f);
+    if (!dropout_active(m, st)) {
+        ops->matmul(dx, m->lora_dh, A, N, in, r, false, false, 1.0f, 1.0f);
+        return;
+    }
+    ops->matmul(m->lora_dx, m->lora_dh, A, N, in, r, false, false, 1.0f, 0.0f);
+    ops->dropout_backward(dx, m->lora_dx, (size_t)N * in, m->lora.dropout, dropout_seed_of(st, layer, t), 0);
+}
+
+// ----------------------------------------------------------------------------
+// one decoder layer
+
+static LayerActs *acts_of(Model *m, int layer) {
+    return &m->acts[m->options.activation_checkpointing ? 0 : layer];
+}
+
+static void layer_forward(Model *m, const StepState *st, int l, const void *x, void *x_out) {
+    const Ops *ops = m->ops;
+    const LlamaConfig *c = &m->config;
+    const LayerWeights *w = &m->layers[l];
+    LayerActs *a = acts_of(m, l);
+    int N = st->N, C = c->hidden_size;
+    ops->rmsnorm_forward(a->ln1, a->rstd1, x, w->input_layernorm, N, C, c->rms_eps);
+    linear_forward(m, st, l, LORA_Q, a->q, a->ln1, a->lora_h[LORA_Q]);
+    linear_forward(m, st, l, LORA_K, a->k, a->ln1, a->lora_h[LORA_K]);
+    linear_forward(m, st, l, LORA_V, a->v, a->ln1, a->lora_h[LORA_V]);
+    ops->rope_forward(a->q, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
+    ops->rope_forward(a->k, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
+    ops->attention_forward(a->att, a->lse, a->q, a->k, a->v, st->B, st->T, c->n_heads, c->n_kv_heads, c->head_dim);
+    linear_forward(m, st, l, LORA_O, a->mid, a->att, a->lora_h[LORA_O]);
+    ops->add_inplace(a->mid, x, (size_t)N * C);
+    ops->rmsnorm_forward(a->ln2, a->rstd2, a->mid, w->post_attention_layernorm, N, C, c->rms_eps);
+    linear_forward(m, st, l, LORA_GATE, a->gate, a->ln2, a->lora_h[LORA_GATE]);
+    linear_forward(m, st, l, LORA_UP, a->up, a->ln2, a->lora_h[LORA_UP]);
+    ops->swiglu_forward(a->h, a->gate, a->up, (size_t)N * c->intermediate_size);
+    linear_forward(m, st, l, LORA_DOWN, x_out, a->h, a->lora_h[LORA_DOWN]);
+    ops->add_inplace(x_out, a->mid, (size_t)N * C);
+}
+
+// On entry m->d_res holds dL/d(layer output); on return dL/d(layer input x).
+static void layer_backward(Model *m, const StepState *st, int l, const void *x) {
+    const Ops *ops = m->ops;
+    const LlamaConfig *c = &m->config;
+    const LayerWeights *w = &m->layers[l];
+    const LayerActs *a = acts_of(m, l);
+    int N = st->N, C = c->hidden_size;
+    size_t s = m->act_size, n_mlp = (size_t)N * c->intermediate_size;
+    // out = mid + down(h)
+    ops->zero(m->d_h, n_mlp * s);
+    linear_backward(m, st, l, LORA_DOWN, m->d_h, m->d_res, a->h, a->lora_h[LORA_DOWN]);
+    ops->zero(m->d_gate, n_mlp * s);
+    ops->zero(m->d_up, n_mlp * s);
+    ops->swiglu_backward(m->d_gate, m->d_up, m->d_h, a->gate, a->up, n_mlp);
+    ops->zero(m->d_ln, (size_t)N * C * s);
+    linear_backward(m, st, l, LORA_GATE, m->d_ln, m->d_gate, a->ln2, a->lora_h[LORA_GATE]);
+    linear_backward(m, st, l, LORA_UP, m->d_ln, m->d_up, a->ln2, a->lora_h[LORA_UP]);
+    ops->rmsnorm_backward(m->d_res, m->d_ln, a->mid, w->post_attention_layernorm, a->rstd2, N, C);
+    // mid = x + o(att)
+    ops->zero(m->d_att, (size_t)N * q_width(c) * s);
+    linear_backward(m, st, l, LORA_O, m->d_att, m->d_res, a->att, a->lora_h[LORA_O]);
+    ops->zero(m->dq, (size_t)N * q_width(c) * s);
+    ops->zero(m->dk, (size_t)N * kv_width(c) * s);
+    ops->zero(m->dv, (size_t)N * kv_width(c) * s);
+    ops->attention_backward(m->dq, m->dk, m->dv, m->d_att, a->att, a->lse, a->q, a->k, a->v, st->B, st->T,
+                            c->n_heads, c->n_kv_heads, c->head_dim);
+    ops->rope_backward(m->dq, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
+    ops->rope_backward(m->dk, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
+    ops->zero(m->d_ln, (size_t)N * C * s);
+    linear_backward(m, st, l, LORA_Q, m->d_ln, m->dq, a->ln1, a->lora_h[LORA_Q]);
+    linear_backward(m, st, l, LORA_K, m->d_ln, m->dk, a->ln1, a->lora_h[LORA_K]);
+    linear_backward(m, st, l, LORA_V, m->d_ln, m->dv, a->ln1, a->lora_h[LORA_V]);
+    ops->rmsnorm_backward(m->d_res, m->d_ln, x, w->input_layernorm, a->rstd1, N, C);
+}
+
+// ----------------------------------------------------------------------------
+// whole model
+
+static bool upload_batch(Model *m, const Batch *batch, StepState *st, Error *err) {
+    if (batch->B < 1 || batch->T < 1 || batch->B > m->options.max_batch || batch->T > m->options.max_seq_len)
+        return fail(err, "batch (%d, %d) does not fit the model's activations (%d, %d)", batch->B, batch->T,
+                    m->options.max_batch, m->options.max_seq_len);
+    st->B = batch->B;
+    st->T = batch->T;
+    st->N = batch->B * batch->T;
+    int32_t *positions = malloc((size_t)st->N * sizeof(int32_t));
+    if (!positions) return fail(err, "out of memory for positions");
+    for (int i = 0; i < st->N; i++) {
+        int id = batch->tokens[i], target = batch->targets ? batch->targets[i] : -100;
+        if (id < 0 || id >= m->config.vocab_size || target < -100 || target >= m->config.vocab_size ||
+            (target < 0 && target != -100)) {
+            free(positions);
+            return fail(err, "token %d or target %d at position %d is outside the vocabulary (%d)", id, target, i,
+                        m->config.vocab_size);
+        }
+        positions[i] = i % st->T;
+    }
+    m->ops->upload(m->tokens, batch->tokens, (size_t)st->N * sizeof(int32_t));
+    m->ops->upload(m->positions, positions, (size_t)st->N * sizeof(int32_t));
+    if (batch->targets) m->ops->upload(m->targets, batch->targets, (size_t)st->N * sizeof(int32_t));
+    free(positions);
+    return true;
+}
+
+// Embedding, every layer, final norm: m->final_ln holds the (N, C) hidden states.
+static void forward_trunk(Model *m, const StepState *st) {
+    const Ops *ops = m->ops;
+    const LlamaConfig *c = &m->config;
+    ops->embedding_forward(m->layer_input[0], m->tokens, m->embed_tokens, st->N, c->hidden_size);
+    for (int l = 0; l < c->n_layers; l++) layer_forward(m, st, l, m->layer_input[l], m->layer_input[l + 1]);
+    ops->rmsnorm_forward(m->final_ln, m->final_rstd, m->layer_input[c->n_layers], m->final_norm, st->N,
+                         c->hidden_size, c->rms_eps);
+}
+
+// lm_head + cross-entropy in chunks of tokens: logits never exceed (chunk, V).
+// With gradients, d_final_ln = sum over chunks of dlogits @ lm_head.
+static void lm_head_loss(Model *m, const StepState *st, float grad_scale) {
+    const Ops *ops = m->ops;
+    int C = m->config.hidden_size, V = m->config.vocab_size, chunk = lm_head_chunk(m);
+    ops->zero(m->loss, sizeof(float));
+    for (int start = 0; start < st->N; start += chunk) {
+        int rows = st->N - start < chunk ? st->N - start : chunk;
+        const void *hidden = act_at(m, m->final_ln, (size_t)start * C);
+        ops->matmul(m->logits, hidden, m->lm_head, rows, V, C, false, true, 1.0f, 0.0f);
+        ops->cross_entropy(m->loss, st->train ? m->logits : NULL, m->logits, m->targets + start, rows, V, grad_scale);
+        if (st->train) {
+            void *d_hidden = act_at(m, m->d_final_ln, (size_t)start * C);
+            ops->matmul(d_hidden, m->logits, m->lm_head, rows, C, V, false, false, 1.0f, 0.0f);
+        }
+    }
+}
+
+static void backward(Model *m, const StepState *st) {
+    const Ops *ops = m->ops;
+    const LlamaConfig *c = &m->config;
+    int L = c->n_layers;
+    ops->zero(m->d_res, (size_t)st->N * c->hidden_size * m->act_size);
+    ops->rmsnorm_backward(m->d_res, m->d_final_ln, m->layer_input[L], m->final_norm, m->final_rstd, st->N,
+                          c->hidden_size);
+    for (int l = L - 1; l >= 0; l--) {
+        // Recompute: layer l's output buffer is no longer read, and the
+        // recomputation writes the same values (dropout masks are counter-based).
+        if (m->options.activation_checkpointing) layer_forward(m, st, l, m->layer_input[l], m->layer_input[l + 1]);
+        layer_backward(m, st, l, m->layer_input[l]);
+    }
+}
+
+bool model_step(Model *m, const Batch *batch, const StepOptions *options, double *loss_sum, Error *err) {
+    StepState st = {.train = options->train, .dropout_seed = options->dropout_seed};
+    if (!batch->targets) return fail(err, "model_step needs targets");
+    if (!upload_batch(m, batch, &st, err)) return false;
+    forward_trunk(m, &st);
+    lm_head_loss(m, &st, options->grad_scale);
+    if (st.train) backward(m, &st);
+    float loss;
+    m->ops->download(&loss, m->loss, sizeof loss);
+    *loss_sum = loss;
+    return true;
+}
+
+bool model_logits(Model *m, const Batch *batch, float *logits, Error *err) {
+    StepState st = {.train = false};
+    if (!upload_batch(m, batch, &st, err)) return false;
+    forward_trunk(m, &st);
+    int C = m->config.hidden_size, V = m->config.vocab_size, chunk = lm_head_chunk(m);
+    for (int start = 0; start < st.N; start += chunk) {
+        int rows = st.N - start < chunk ? st.N - start : chunk;
+        m->ops->matmul(m->logits, act_at(m, m->final_ln, (size_t)start * C), m->lm_head, rows, V, C, false, true,
+                       1.0f, 0.0f);
+        m->ops->download_f32(logits + (size_t)start * V, m->logits, (size_t)rows * V);
+    }
+    return true;
+}

@@ -1,0 +1,294 @@
+// The training loop: backend, model, data, optimizer, progress, adapters.
+//
+// One optimizer step = grad_accum micro-batches. The loss of a step is the sum
+// over all its label tokens divided by their count across all micro-batches,
+// so accumulation gives the same update as one large batch.
+#include <dirent.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "checkpoints/checkpoints.h"
+#include "data/data.h"
+#include "trainer.h"
+
+typedef struct Run {
+    const Config *config;
+    const Ops *ops;
+    Model *model;
+    Tokenizer *tokenizer;
+    Dataset *dataset;
+    DataLoader *loader;
+    AdamW optimizer;
+    LrSchedule schedule;
+    float *norm_scratch; // device fp32 scalar
+    int total_steps;
+} Run;
+
+// ----------------------------------------------------------------------------
+// set-up
+
+static const Ops *choose_backend(const char *backend, Error *err) {
+    if (strcmp(backend, "cpu") == 0) return ops_cpu();
+    Error why = {{0}};
+    const Ops *cuda = ops_cuda(&why);
+    if (cuda) return cuda;
+    if (strcmp(backend, "cuda") == 0) {
+        fail(err, "train.backend is cuda, but %s", why.message);
+        return NULL;
+    }
+    printf("CUDA backend unavailable (%s); using the CPU backend\n", why.message);
+    return ops_cpu();
+}
+
+static LoraConfig lora_config_from(const Config *config) {
+    LoraConfig lora = {.r = config->lora.r, .alpha = config->lora.alpha, .dropout = config->lora.dropout,
+                       .rslora = config->lora.rslora,
+                       .init = strcmp(config->lora.init, "gaussian") == 0 ? LORA_INIT_GAUSSIAN : LORA_INIT_KAIMING};
+    memcpy(lora.targets, config->lora.targets, sizeof lora.targets);
+    return lora;
+}
+
+static Model *create_model(const Config *config, const Ops *ops, const LlamaConfig *llama, Error *err) {
+    ModelOptions options = {.ops = ops, .config = *llama, .lora = lora_config_from(config),
+                            .max_batch = config->train.micro_batch, .max_seq_len = config->data.max_seq_len,
+                            .activation_checkpointing = config->train.activation_checkpointing,
+                            .lm_head_chunk = 1024, .seed = config->train.seed};
+    return model_create(&options, err);
+}
+
+// Loads model.path, or first writes a random model of the preset named by
+// model.create_if_missing there.
+static Model *load_or_create_model(const Config *config, const Ops *ops, Error *err) {
+    const char *path = config->model.path;
+    LlamaConfig llama;
+    bool create = !path_exists(path) && config->model.create_if_missing[0];
+    if (create) {
+        if (!llama_config_preset(config->model.create_if_missing, &llama, err)) return NULL;
+    } else if (!hf_read_llama_config(path, &llama, err)) {
+        return NULL;
+    }
+    Model *model = create_model(config, ops, &llama, err);
+    if (!model) return NULL;
+    bool ok;
+    if (create) {
+        printf("creating a random '%s' model in %s\n", config->model.create_if_missing, path);
+        model_init_random_base(model, config->train.seed);
+        ok = make_dirs(path, err) && hf_save_model(model, path, err);
+    } else {
+        ok = hf_load_weights(model, path, err);
+    }
+    if (!ok) {
+        model_destroy(model);
+        return NULL;
+    }
+    return model;
+}
+
+static Dataset *open_dataset(const Config *config, const Tokenizer *tok, Error *err) {
+    const char *path = config->data.path;
+    if (!path_exists(path) && config->data.create_if_missing[0]) {
+        if (strcmp(config->data.create_if_missing, "demo") != 0) {
+            fail(err, "data.create_if_missing: unknown generator '%s' (known: demo)", config->data.create_if_missing);
+            return NULL;
+        }
+        char dir[CONFIG_PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = '\0';
+        printf("writing the demo dataset to %s\n", path);
+        if ((slash && !make_dirs(dir, err)) || !dataset_write_demo_jsonl(path, 2000, config->train.seed, err))
+            return NULL;
+    }
+    return dataset_open_jsonl(path, tok, config->data.max_seq_len, err);
+}
+
+static bool setup(Run *run, const Config *config, Error *err) {
+    run->config = config;
+    run->ops = choose_backend(config->train.backend, err);
+    if (!run->ops) return false;
+    run->tokenizer = tokenizer_bytes(err);
+    if (!run->tokenizer) return false;
+    run->model = load_or_create_model(config, run->ops, err);
+    if (!run->model) return false;
+    if (model_config(run->model)->vocab_size < tokenizer_vocab_size(run->tokenizer))
+        return fail(err, "%s: vocab_size %d is smaller than the tokenizer's %d", config->model.path,
+                    model_config(run->model)->vocab_size, tokenizer_vocab_size(run->tokenizer));
+    run->dataset = open_dataset(config, run->tokenizer, err);
+    if (!run->dataset) return false;
+    DataLoaderOptions loader_options = {.micro_batch = config->train.micro_batch,
+                                        .grad_accum = config->train.grad_accum,
+                                        .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
+                                        .shuffle = config->data.shuffle, .rank = 0, .world_size = 1};
+    run->loader = dataloader_create(run->dataset, &loader_options, err);
+    if (!run->loader) return false;
+    int64_t per_epoch = dataloader_steps_per_epoch(run->loader);
+    if (per_epoch < 1)
+        return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum = %d",
+                    config->data.path, (long long)dataset_size(run->dataset),
+                    config->train.micro_batch * config->train.grad_accum);
+    run->total_steps = config->train.max_steps > 0 ? config->train.max_steps : (int)(per_epoch * config->train.epochs);
+    run->schedule = (LrSchedule){.kind = config->train.schedule, .peak_lr = config->train.lr,
+                                 .warmup_steps = warmup_steps_from(config->train.warmup, run->total_steps),
+                                 .total_steps = run->total_steps, .min_lr_ratio = config->train.min_lr_ratio};
+    const ParamTable *params = model_params(run->model);
+    if (!adamw_init(&run->optimizer, run->ops, params->total, config->train.beta1, config->train.beta2,
+                    config->train.eps, config->train.weight_decay, err))
+        return false;
+    run->norm_scratch = run->ops->alloc(sizeof(float), err);
+    return run->norm_scratch != NULL;
+}
+
+static void teardown(Run *run) {
+    if (run->norm_scratch) run->ops->free(run->norm_scratch);
+    if (run->optimizer.m) adamw_destroy(&run->optimizer);
+    dataloader_destroy(run->loader);
+    dataset_destroy(run->dataset);
+    model_destroy(run->model);
+    tokenizer_destroy(run->tokenizer);
+}
+
+// ----------------------------------------------------------------------------
+// adapters on disk
+
+static bool save_adapter(Run *run, const char *name, char *dir_out, size_t dir_size, Error *err) {
+    snprintf(dir_out, dir_size, "%s/%s", run->config->checkpoint.dir, name);
+    AdapterInfo info = {.base_model_name_or_path = run->config->model.path};
+    if (!adapter_save(run->model, &info, dir_out, err)) return fail_context(err, "saving the adapter to %s: ", dir_out);
+    return true;
+}
+
+static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+// Removes step-NNNNNN folders beyond the newest keep_last, after a successful save.
+static void prune_step_adapters(const Run *run) {
+    int keep = run->config->checkpoint.keep_last;
+    DIR *dir = keep > 0 ? opendir(run->config->checkpoint.dir) : NULL;
+    if (!dir) return;
+    char *names[4096];
+    int count = 0;
+    for (struct dirent *e; (e = readdir(dir)) && count < 4096;) {
+        if (strncmp(e->d_name, "step-", 5) == 0) names[count++] = strdup(e->d_name);
+    }
+    closedir(dir);
+    qsort(names, (size_t)count, sizeof names[0], compare_names);
+    for (int i = 0; i < count; i++) {
+        if (i < count - keep && names[i]) {
+            char path[2 * CONFIG_PATH_MAX];
+            snprintf(path, sizeof path, "%s/%s", run->config->checkpoint.dir, names[i]);
+            Error err;
+            if (!remove_tree(path, &err)) printf("warning: could not prune an old adapter: %s\n", err.message);
+        }
+        free(names[i]);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the loop
+
+static void format_duration(double seconds, char *buf, size_t size) {
+    long s = (long)(seconds + 0.5);
+    snprintf(buf, size, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+}
+
+static void log_step(const Run *run, int step, double loss, float lr, float norm, double tokens, double elapsed) {
+    char elapsed_text[32], eta_text[32];
+    format_duration(elapsed, elapsed_text, sizeof elapsed_text);
+    format_duration(elapsed / step * (run->total_steps - step), eta_text, sizeof eta_text);
+    printf("step %d/%d | loss %.4f | lr %.3e | grad norm %.4f | %.0f tok/s | elapsed %s | eta %s\n", step,
+           run->total_steps, loss, lr, norm, tokens / elapsed, elapsed_text, eta_text);
+    fflush(stdout);
+}
+
+bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
+                      Error *err) {
+    model_zero_grads(model);
+    StepOptions options = {.grad_scale = (float)(1.0 / (double)batch->n_label_tokens), .train = true};
+    double loss_sum = 0;
+    size_t micro_tokens = (size_t)batch->B * batch->T;
+    for (int micro = 0; micro < batch->n_micro; micro++) {
+        Batch micro_batch = {.B = batch->B, .T = batch->T, .tokens = batch->tokens + micro * micro_tokens,
+                             .targets = batch->targets + micro * micro_tokens};
+        options.dropout_seed = rng_hash(seed ^ 0xd5d5d5d5ULL,
+                                        (uint64_t)step * (uint64_t)batch->n_micro + (uint64_t)micro);
+        double micro_loss;
+        if (!model_step(model, &micro_batch, &options, &micro_loss, err)) return false;
+        loss_sum += micro_loss;
+    }
+    *mean_loss = loss_sum / (double)batch->n_label_tokens;
+    return true;
+}
+
+static bool optimizer_step(Run *run, int step, float *norm_out, float *lr_out) {
+    Model *model = run->model;
+    size_t n = model_params(model)->total;
+    float norm = grad_norm(run->ops, model_grad_data(model), n, run->norm_scratch);
+    if (run->config->train.max_grad_norm > 0) clip_grads(run->ops, model_grad_data(model), n, norm, run->config->train.max_grad_norm);
+    float lr = lr_at_step(&run->schedule, step);
+    adamw_step(&run->optimizer, model_param_data(model), model_grad_data(model), lr);
+    model_sync_params(model);
+    *norm_out = norm;
+    *lr_out = lr;
+    return isfinite(norm);
+}
+
+static void print_header(const Run *run) {
+    const LlamaConfig *c = model_config(run->model);
+    printf("backend %s | model %d layers, hidden %d, vocab %d | LoRA r %d on %lld trainable parameters\n",
+           run->ops->name, c->n_layers, c->hidden_size, c->vocab_size, run->config->lora.r,
+           (long long)model_params(run->model)->total);
+    printf("data %s: %lld samples (%lld truncated to %d tokens) | %d steps of %d x %d micro-batches\n",
+           run->config->data.path, (long long)dataset_size(run->dataset),
+           (long long)dataset_truncated_count(run->dataset), run->config->data.max_seq_len, run->total_steps,
+           run->config->train.grad_accum, run->config->train.micro_batch);
+    fflush(stdout);
+}
+
+static bool train_loop(Run *run, TrainSummary *summary, Error *err) {
+    const Config *config = run->config;
+    double start = time_seconds(), tokens = 0;
+    for (int step = 0; step < run->total_steps; step++) {
+        const StepBatch *batch = dataloader_next(run->loader);
+        if (batch->n_label_tokens == 0) {
+            summary->skipped_steps++;
+            printf("step %d/%d | skipped: no label tokens in this step\n", step + 1, run->total_steps);
+            continue;
+        }
+        double loss;
+        float norm, lr;
+        if (!train_accumulate(run->model, batch, config->train.seed, step, &loss, err)) return fail_context(err, "step %d: ", step + 1);
+        if (!optimizer_step(run, step, &norm, &lr)) return fail(err, "step %d: non-finite gradient norm", step + 1);
+        tokens += (double)batch->n_micro * batch->B * batch->T;
+        if (summary->steps == 0) summary->first_loss = loss;
+        summary->last_loss = loss;
+        summary->steps++;
+        if ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps)
+            log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
+        if (config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
+            step + 1 < run->total_steps) {
+            char name[32], dir[CONFIG_PATH_MAX + 32];
+            snprintf(name, sizeof name, "step-%06d", step + 1);
+            if (!save_adapter(run, name, dir, sizeof dir, err)) return false;
+            printf("saved adapter %s\n", dir);
+            prune_step_adapters(run);
+        }
+    }
+    return save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
+}
+
+bool train_run(const Config *config, TrainSummary *summary, Error *err) {
+    TrainSummary local;
+    if (!summary) summary = &local;
+    *summary = (TrainSummary){0};
+    Run run = {0};
+    bool ok = setup(&run, config, err);
+    if (ok) {
+        print_header(&run);
+        ok = train_loop(&run, summary, err);
+    }
+    if (ok) printf("done: %d steps, loss %.4f -> %.4f | adapter saved to %s\n", summary->steps, summary->first_loss,
+                   summary->last_loss, summary->adapter_dir);
+    teardown(&run);
+    return ok;
+}
