@@ -1,0 +1,279 @@
+// Causal self-attention with grouped-query heads, flash-attention style:
+// the (T, T) score matrix is never stored. The forward keeps a running max
+// and sum per query row (online softmax) and saves lse; the backward
+// recomputes P = exp(s - lse) from q, k and lse.
+//
+// Layouts: q, out (B, T, n_head, hd); k, v (B, T, n_kv_head, hd);
+// lse (B, n_head, T). Query head h reads kv head h / (n_head / n_kv_head).
+//
+// One warp owns one row (a query row in the forward and for dq, a key row for
+// dk/dv); each lane holds elements d = lane + 32 j of that row in registers.
+// The rows a block's warps read from the other side come through shared
+// memory, TILE rows at a time.
+#include <math.h>
+
+#include "cuda_common.cuh"
+
+#define WARPS 8                       // rows owned per block
+#define TILE 32                       // rows staged in shared memory at a time
+#define HEAD_DIM_MAX 256
+#define PER_LANE (HEAD_DIM_MAX / 32)  // register slots per lane
+
+__device__ __forceinline__ void load_row(float *dst, const bf16 *row, int hd, int lane) {
+#pragma unroll
+    for (int j = 0; j < PER_LANE; j++) {
+        int d = lane + 32 * j;
+        dst[j] = d < hd ? __bfloat162float(row[d]) : 0.0f;
+    }
+}
+
+// Adds the register row src into the bf16 row dst.
+__device__ __forceinline__ void add_row(bf16 *dst, const float *src, int hd, int lane) {
+#pragma unroll
+    for (int j = 0; j < PER_LANE; j++) {
+        int d = lane + 32 * j;
+        if (d < hd) dst[d] = __float2bfloat16_rn(__bfloat162float(dst[d]) + src[j]);
+    }
+}
+
+// Dot product of a register row with a shared-memory row, summed over the warp.
+__device__ __forceinline__ float warp_dot(const float *reg, const bf16 *row, int hd, int lane) {
+    float partial = 0.0f;
+#pragma unroll
+    for (int j = 0; j < PER_LANE; j++) {
+        int d = lane + 32 * j;
+        if (d < hd) partial += reg[j] * __bfloat162float(row[d]);
+    }
+    return warp_sum(partial);
+}
+
+// Copies rows [first, first + n_rows) of a (B, T, n_heads, hd) tensor, for
+// batch b and head `head`, into tile (n_rows, hd).
+__device__ __forceinline__ void stage_rows(bf16 *tile, const bf16 *src, int b, int first, int n_rows, int T,
+                                           int n_heads, int head, int hd) {
+    for (int idx = threadIdx.x; idx < n_rows * hd; idx += blockDim.x) {
+        int row = idx / hd, d = idx % hd;
+        tile[idx] = src[(((size_t)b * T + first + row) * n_heads + head) * hd + d];
+    }
+}
+
+// ----------------------------------------------------------------------------
+// forward: grid (ceil(T / WARPS), n_head, B)
+
+__global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
+                                         int T, int n_head, int n_kv_head, int hd, float scale) {
+    extern __shared__ bf16 smem[];
+    bf16 *k_tile = smem, *v_tile = smem + TILE * hd;
+    int b = blockIdx.z, h = blockIdx.y, kv_head = h / (n_head / n_kv_head);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int first_query = blockIdx.x * WARPS;
+    int t = first_query + warp;
+    bool active = t < T;
+    int n_keys = min(T, first_query + WARPS);  // keys 0 .. last query of the block
+    size_t q_offset = (((size_t)b * T + (active ? t : 0)) * n_head + h) * hd;
+
+    float q_row[PER_LANE], acc[PER_LANE];
+    load_row(q_row, q + q_offset, hd, lane);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; j++) acc[j] = 0.0f;
+    float running_max = -INFINITY, running_sum = 0.0f;
+
+    for (int tile_start = 0; tile_start < n_keys; tile_start += TILE) {
+        int tile_rows = min(TILE, n_keys - tile_start);
+        __syncthreads();  // the previous tile is no longer read
+        stage_rows(k_tile, k, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
+        stage_rows(v_tile, v, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
+        __syncthreads();
+        if (!active) continue;
+        int last = min(tile_rows, t - tile_start + 1);  // causal: keys <= t
+        for (int key = 0; key < last; key++) {
+            float s = warp_dot(q_row, k_tile + key * hd, hd, lane) * scale;
+            float new_max = fmaxf(running_max, s);
+            float correction = expf(running_max - new_max);
+            float p = expf(s - new_max);
+            running_sum = running_sum * correction + p;
+#pragma unroll
+            for (int j = 0; j < PER_LANE; j++) {
+                int d = lane + 32 * j;
+                float v_d = d < hd ? __bfloat162float(v_tile[key * hd + d]) : 0.0f;
+                acc[j] = acc[j] * correction + p * v_d;
+            }
+            running_max = new_max;
+        }
+    }
+    if (!active) return;
+#pragma unroll
+    for (int j = 0; j < PER_LANE; j++) {
+        int d = lane + 32 * j;
+        if (d < hd) out[q_offset + d] = __float2bfloat16_rn(acc[j] / running_sum);
+    }
+    if (lane == 0) lse[((size_t)b * n_head + h) * T + t] = running_max + logf(running_sum);
+}
+
+// ----------------------------------------------------------------------------
+// backward, with s = scale q.k, P = exp(s - lse), dP = dout.v,
+// Di = sum_d dout_i out_i, dS = P (dP - Di):
+// dq_i += scale sum_j dS_ij k_j,  dk_j += scale sum_i dS_ij q_i,  dv_j += sum_i P_ij dout_i
+
+// D (B, n_head, T): one warp per query row.
+__global__ void attention_row_dot_kernel(float *D, const bf16 *dout, const bf16 *out, int T, int n_head,
+                                         int hd, size_t n_rows) {
+    size_t row = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;  // (b * T + t) * n_head + h
+    int lane = threadIdx.x % 32;
+    if (row >= n_rows) return;
+    float partial = 0.0f;
+    for (int d = lane; d < hd; d += 32)
+        partial += __bfloat162float(dout[row * hd + d]) * __bfloat162float(out[row * hd + d]);
+    float dot = warp_sum(partial);
+    size_t h = row % n_head, bt = row / n_head, b = bt / T, t = bt % T;
+    if (lane == 0) D[(b * n_head + h) * T + t] = dot;
+}
+
+// dq: grid (ceil(T / WARPS), n_head, B), a warp per query row, key tiles staged.
+__global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse, const float *D,
+                                    const bf16 *q, const bf16 *k, const bf16 *v, int T, int n_head,
+                                    int n_kv_head, int hd, float scale) {
+    extern __shared__ bf16 smem[];
+    bf16 *k_tile = smem, *v_tile = smem + TILE * hd;
+    int b = blockIdx.z, h = blockIdx.y, kv_head = h / (n_head / n_kv_head);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int first_query = blockIdx.x * WARPS;
+    int t = first_query + warp;
+    bool active = t < T;
+    int n_keys = min(T, first_query + WARPS);
+    size_t q_offset = (((size_t)b * T + (active ? t : 0)) * n_head + h) * hd;
+    size_t stat = ((size_t)b * n_head + h) * T + (active ? t : 0);
+
+    float q_row[PER_LANE], dout_row[PER_LANE], dq_acc[PER_LANE];
+    load_row(q_row, q + q_offset, hd, lane);
+    load_row(dout_row, dout + q_offset, hd, lane);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; j++) dq_acc[j] = 0.0f;
+    float row_lse = lse[stat], row_D = D[stat];
+
+    for (int tile_start = 0; tile_start < n_keys; tile_start += TILE) {
+        int tile_rows = min(TILE, n_keys - tile_start);
+        __syncthreads();
+        stage_rows(k_tile, k, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
+        stage_rows(v_tile, v, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
+        __syncthreads();
+        if (!active) continue;
+        int last = min(tile_rows, t - tile_start + 1);
+        for (int key = 0; key < last; key++) {
+            float p = expf(warp_dot(q_row, k_tile + key * hd, hd, lane) * scale - row_lse);
+            float dp = warp_dot(dout_row, v_tile + key * hd, hd, lane);
+            float ds_scaled = p * (dp - row_D) * scale;
+#pragma unroll
+            for (int j = 0; j < PER_LANE; j++) {
+                int d = lane + 32 * j;
+                if (d < hd) dq_acc[j] += ds_scaled * __bfloat162float(k_tile[key * hd + d]);
+            }
+        }
+    }
+    if (active) add_row(dq + q_offset, dq_acc, hd, lane);
+}
+
+// dk, dv: grid (ceil(T / WARPS), n_kv_head, B), a warp per key row; query
+// tiles of every query head in the group are staged, queries i >= key only.
+__global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
+                                      const bf16 *q, const bf16 *k, const bf16 *v, int T, int n_head,
+                                      int n_kv_head, int hd, float scale) {
+    extern __shared__ bf16 smem[];
+    bf16 *q_tile = smem, *dout_tile = smem + TILE * hd;
+    float *lse_tile = (float *)(smem + 2 * TILE * hd), *D_tile = lse_tile + TILE;
+    int b = blockIdx.z, kv_head = blockIdx.y, group = n_head / n_kv_head;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int first_key = blockIdx.x * WARPS;
+    int key = first_key + warp;
+    bool active = key < T;
+    size_t kv_offset = (((size_t)b * T + (active ? key : 0)) * n_kv_head + kv_head) * hd;
+
+    float k_row[PER_LANE], v_row[PER_LANE], dk_acc[PER_LANE], dv_acc[PER_LANE];
+    load_row(k_row, k + kv_offset, hd, lane);
+    load_row(v_row, v + kv_offset, hd, lane);
+#pragma unroll
+    for (int j = 0; j < PER_LANE; j++) dk_acc[j] = dv_acc[j] = 0.0f;
+
+    for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
+        const float *lse_bh = lse + ((size_t)b * n_head + h) * T, *D_bh = D + ((size_t)b * n_head + h) * T;
+        for (int tile_start = first_key; tile_start < T; tile_start += TILE) {
+            int tile_rows = min(TILE, T - tile_start);
+            __syncthreads();
+            stage_rows(q_tile, q, b, tile_start, tile_rows, T, n_head, h, hd);
+            stage_rows(dout_tile, dout, b, tile_start, tile_rows, T, n_head, h, hd);
+            for (int i = threadIdx.x; i < tile_rows; i += blockDim.x) {
+                lse_tile[i] = lse_bh[tile_start + i];
+                D_tile[i] = D_bh[tile_start + i];
+            }
+            __syncthreads();
+            if (!active) continue;
+            for (int query = max(0, key - tile_start); query < tile_rows; query++) {  // causal: i >= key
+                float p = expf(warp_dot(k_row, q_tile + query * hd, hd, lane) * scale - lse_tile[query]);
+                float dp = warp_dot(v_row, dout_tile + query * hd, hd, lane);
+                float ds_scaled = p * (dp - D_tile[query]) * scale;
+#pragma unroll
+                for (int j = 0; j < PER_LANE; j++) {
+                    int d = lane + 32 * j;
+                    if (d < hd) {
+                        dk_acc[j] += ds_scaled * __bfloat162float(q_tile[query * hd + d]);
+                        dv_acc[j] += p * __bfloat162float(dout_tile[query * hd + d]);
+                    }
+                }
+            }
+        }
+    }
+    if (!active) return;
+    add_row(dk + kv_offset, dk_acc, hd, lane);
+    add_row(dv + kv_offset, dv_acc, hd, lane);
+}
+
+// ----------------------------------------------------------------------------
+// launchers
+
+static bool shapes_supported(int n_head, int n_kv_head, int head_dim) {
+    if (head_dim > HEAD_DIM_MAX || n_kv_head <= 0 || n_head % n_kv_head != 0) {
+        record_failure(__FILE__, __LINE__, "attention",
+                       "unsupported shape: needs head_dim <= 256 and n_head a multiple of n_kv_head");
+        return false;
+    }
+    return true;
+}
+
+void cuda_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int B, int T,
+                            int n_head, int n_kv_head, int head_dim) {
+    if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
+    if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
+    dim3 grid(ceil_div(T, WARPS), n_head, B);
+    size_t smem = 2 * TILE * head_dim * sizeof(bf16);
+    attention_forward_kernel<<<grid, WARPS * 32, smem, cuda_ctx.stream>>>(
+        (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, T, n_head, n_kv_head, head_dim,
+        1.0f / sqrtf((float)head_dim));
+    launchCheck("attention_forward_kernel");
+}
+
+void cuda_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
+                             const void *q, const void *k, const void *v, int B, int T, int n_head,
+                             int n_kv_head, int head_dim) {
+    if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
+    if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
+    size_t n_rows = (size_t)B * T * n_head;
+    float *D = (float *)cuda_scratch(n_rows * sizeof(float));
+    if (!D) return;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    attention_row_dot_kernel<<<ceil_div(n_rows * 32, 256), 256, 0, cuda_ctx.stream>>>(
+        D, (const bf16 *)dout, (const bf16 *)out, T, n_head, head_dim, n_rows);
+    if (!launchCheck("attention_row_dot_kernel")) return;
+
+    size_t tile_bytes = 2 * TILE * head_dim * sizeof(bf16);
+    dim3 dq_grid(ceil_div(T, WARPS), n_head, B);
+    attention_dq_kernel<<<dq_grid, WARPS * 32, tile_bytes, cuda_ctx.stream>>>(
+        (bf16 *)dq, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, T, n_head,
+        n_kv_head, head_dim, scale);
+    if (!launchCheck("attention_dq_kernel")) return;
+
+    dim3 dkdv_grid(ceil_div(T, WARPS), n_kv_head, B);
+    attention_dkdv_kernel<<<dkdv_grid, WARPS * 32, tile_bytes + 2 * TILE * sizeof(float), cuda_ctx.stream>>>(
+        (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, T,
+        n_head, n_kv_head, head_dim, scale);
+    launchCheck("attention_dkdv_kernel");
+}

@@ -1,0 +1,126 @@
+// kernels/cuda private: the shared context, sticky error reporting, bf16 helpers
+// and the op functions each .cu file defines for the table in ops_cuda.cu.
+#pragma once
+#include <math.h>
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "../ops.h"
+}
+
+typedef __nv_bfloat16 bf16;
+
+// One stream, one cuBLASLt handle and workspace, one fp32 staging buffer for
+// host <-> device conversions, and a scratch buffer that grows on demand.
+typedef struct CudaContext {
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *lt_workspace;
+    size_t lt_workspace_bytes;
+    float *staging;         // device fp32, staging_floats long
+    size_t staging_floats;
+    void *scratch;
+    size_t scratch_bytes;
+    int sm_count;
+} CudaContext;
+
+extern CudaContext cuda_ctx;
+
+// The op functions return void: the first failure is recorded here and
+// reported by synchronize/check. Both helpers return true when call succeeded.
+void record_failure(const char *file, int line, const char *what, const char *why);
+bool cuda_check(cudaError_t status, const char *file, int line, const char *what);
+bool cublas_check(cublasStatus_t status, const char *file, int line, const char *what);
+#define cudaCheck(call) cuda_check((call), __FILE__, __LINE__, #call)
+#define cublasCheck(call) cublas_check((call), __FILE__, __LINE__, #call)
+#define launchCheck(kernel_name) cuda_check(cudaGetLastError(), __FILE__, __LINE__, kernel_name)
+
+// Device scratch of at least `bytes`, valid until the next call; NULL on failure.
+void *cuda_scratch(size_t bytes);
+
+static inline unsigned int ceil_div(size_t a, size_t b) { return (unsigned int)((a + b - 1) / b); }
+// Grid of `threads`-wide blocks covering n elements, capped for grid-stride loops.
+static inline unsigned int grid_for(size_t n, int threads) {
+    size_t blocks = (n + (size_t)threads - 1) / (size_t)threads;
+    size_t cap = (size_t)cuda_ctx.sm_count * 32;
+    if (blocks > cap) blocks = cap;
+    return blocks > 0 ? (unsigned int)blocks : 1u;
+}
+
+// for (size_t i ...) over [0, n), each thread striding by the whole grid.
+#define GRID_STRIDE(i, n) \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
+    return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+    for (int offset = 16; offset > 0; offset >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset));
+    return x;
+}
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ __forceinline__ float block_sum(float x) {
+    __shared__ float partial[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    x = warp_sum(x);
+    __syncthreads();  // partial may still be read by a previous call
+    if (lane == 0) partial[warp] = x;
+    __syncthreads();
+    x = lane < n_warps ? partial[lane] : 0.0f;
+    return warp_sum(x);
+}
+__device__ __forceinline__ float block_max(float x) {
+    __shared__ float partial[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    x = warp_max(x);
+    __syncthreads();
+    if (lane == 0) partial[warp] = x;
+    __syncthreads();
+    x = lane < n_warps ? partial[lane] : -INFINITY;
+    return warp_max(x);
+}
+
+// ---- op functions, defined in the .cu files beside ops_cuda.cu -----------
+// matmul.cu
+void cuda_matmul(void *out, const void *a, const void *b, int M, int N, int K, bool trans_a,
+                 bool trans_b, float alpha, float beta);
+void cuda_matmul_weight_grad(float *dweight, const void *dout, const void *inp, int M, int N, int K,
+                             float alpha);
+// layers.cu
+void cuda_add_inplace(void *a, const void *b, size_t n);
+void cuda_params_to_act(void *dst_act, const float *params, size_t n);
+void cuda_f32_to_act(void *dst_act, const float *src, size_t n);
+void cuda_act_to_f32(float *dst, const void *src_act, size_t n);
+void cuda_embedding_forward(void *out, const int32_t *ids, const void *table, int N, int C);
+void cuda_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *weight, int N, int C,
+                          float eps);
+void cuda_rmsnorm_backward(void *dinp, const void *dout, const void *inp, const void *weight,
+                           const float *rstd, int N, int C);
+void cuda_rope_forward(void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                       int head_dim);
+void cuda_rope_backward(void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                        int head_dim);
+void cuda_swiglu_forward(void *out, const void *gate, const void *up, size_t n);
+void cuda_swiglu_backward(void *dgate, void *dup, const void *dout, const void *gate, const void *up,
+                          size_t n);
+void cuda_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t seed,
+                          uint64_t offset);
+void cuda_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint64_t seed,
+                           uint64_t offset);
+// attention.cu
+void cuda_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int B,
+                            int T, int n_head, int n_kv_head, int head_dim);
+void cuda_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out,
+                             const float *lse, const void *q, const void *k, const void *v, int B,
+                             int T, int n_head, int n_kv_head, int head_dim);
+// loss_optim.cu
+void cuda_cross_entropy(float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
+                        int N, int V, float grad_scale);
+void cuda_sum_squares(float *out, const float *g, size_t n);
+void cuda_scale_f32(float *x, float s, size_t n);
+void cuda_adamw(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
+                float beta2, float eps, float weight_decay, int step);

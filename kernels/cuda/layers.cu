@@ -1,0 +1,228 @@
+// Element-wise and per-row kernels: conversions, embedding, RMSNorm, RoPE,
+// SwiGLU, dropout. bf16 storage, fp32 math.
+#include "cuda_common.cuh"
+
+#define THREADS 256
+
+// ----------------------------------------------------------------------------
+// conversions and sums
+
+__global__ void f32_to_bf16_kernel(bf16 *dst, const float *src, size_t n) {
+    GRID_STRIDE(i, n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+__global__ void bf16_to_f32_kernel(float *dst, const bf16 *src, size_t n) {
+    GRID_STRIDE(i, n) dst[i] = __bfloat162float(src[i]);
+}
+
+__global__ void add_inplace_kernel(bf16 *a, const bf16 *b, size_t n) {
+    GRID_STRIDE(i, n) a[i] = __float2bfloat16_rn(__bfloat162float(a[i]) + __bfloat162float(b[i]));
+}
+
+void cuda_f32_to_act(void *dst_act, const float *src, size_t n) {
+    if (n == 0) return;
+    f32_to_bf16_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)dst_act, src, n);
+    launchCheck("f32_to_bf16_kernel");
+}
+
+void cuda_act_to_f32(float *dst, const void *src_act, size_t n) {
+    if (n == 0) return;
+    bf16_to_f32_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(dst, (const bf16 *)src_act, n);
+    launchCheck("bf16_to_f32_kernel");
+}
+
+void cuda_params_to_act(void *dst_act, const float *params, size_t n) { cuda_f32_to_act(dst_act, params, n); }
+
+void cuda_add_inplace(void *a, const void *b, size_t n) {
+    if (n == 0) return;
+    add_inplace_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)a, (const bf16 *)b, n);
+    launchCheck("add_inplace_kernel");
+}
+
+// ----------------------------------------------------------------------------
+// embedding: out (N, C) = table[ids[n]], one block per token
+
+__global__ void embedding_forward_kernel(bf16 *out, const int32_t *ids, const bf16 *table, int C) {
+    const bf16 *row = table + (size_t)ids[blockIdx.x] * C;
+    bf16 *out_row = out + (size_t)blockIdx.x * C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) out_row[c] = row[c];
+}
+
+void cuda_embedding_forward(void *out, const int32_t *ids, const void *table, int N, int C) {
+    if (N == 0) return;
+    embedding_forward_kernel<<<N, THREADS, 0, cuda_ctx.stream>>>((bf16 *)out, ids, (const bf16 *)table, C);
+    launchCheck("embedding_forward_kernel");
+}
+
+// ----------------------------------------------------------------------------
+// RMSNorm, one block per row of C:
+// rstd = 1 / sqrt(mean(x^2) + eps), out = x * rstd * w
+// dx += rstd * w * dout - x * rstd^3 * mean(w * dout * x)
+
+__global__ void rmsnorm_forward_kernel(bf16 *out, float *rstd, const bf16 *inp, const bf16 *weight, int C,
+                                       float eps) {
+    const bf16 *x = inp + (size_t)blockIdx.x * C;
+    bf16 *y = out + (size_t)blockIdx.x * C;
+    float sum_sq = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float xc = __bfloat162float(x[c]);
+        sum_sq += xc * xc;
+    }
+    float row_rstd = rsqrtf(block_sum(sum_sq) / C + eps);
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        y[c] = __float2bfloat16_rn(__bfloat162float(x[c]) * row_rstd * __bfloat162float(weight[c]));
+    if (threadIdx.x == 0) rstd[blockIdx.x] = row_rstd;
+}
+
+__global__ void rmsnorm_backward_kernel(bf16 *dinp, const bf16 *dout, const bf16 *inp, const bf16 *weight,
+                                        const float *rstd, int C) {
+    size_t row = blockIdx.x;
+    const bf16 *x = inp + row * C, *dy = dout + row * C;
+    bf16 *dx = dinp + row * C;
+    float r = rstd[row];
+    float dot = 0.0f;  // sum(w * dout * x)
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        dot += __bfloat162float(weight[c]) * __bfloat162float(dy[c]) * __bfloat162float(x[c]);
+    float mean_dot = block_sum(dot) / C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float grad = r * __bfloat162float(weight[c]) * __bfloat162float(dy[c]) -
+                     __bfloat162float(x[c]) * r * r * r * mean_dot;
+        dx[c] = __float2bfloat16_rn(__bfloat162float(dx[c]) + grad);
+    }
+}
+
+void cuda_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *weight, int N, int C,
+                          float eps) {
+    if (N == 0) return;
+    rmsnorm_forward_kernel<<<N, THREADS, 0, cuda_ctx.stream>>>((bf16 *)out, rstd, (const bf16 *)inp,
+                                                               (const bf16 *)weight, C, eps);
+    launchCheck("rmsnorm_forward_kernel");
+}
+
+void cuda_rmsnorm_backward(void *dinp, const void *dout, const void *inp, const void *weight,
+                           const float *rstd, int N, int C) {
+    if (N == 0) return;
+    rmsnorm_backward_kernel<<<N, THREADS, 0, cuda_ctx.stream>>>(
+        (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, (const bf16 *)weight, rstd, C);
+    launchCheck("rmsnorm_backward_kernel");
+}
+
+// ----------------------------------------------------------------------------
+// RoPE, rotate_half layout, in place; one thread per (token, head, pair i):
+// x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, angle = direction * pos * inv_freq[i]
+
+__global__ void rope_kernel(bf16 *x, const int32_t *positions, const float *inv_freq, int n_head,
+                            int head_dim, size_t n_pairs, float direction) {
+    int half = head_dim / 2;
+    GRID_STRIDE(idx, n_pairs) {
+        int i = (int)(idx % half);
+        size_t token_head = idx / half;  // token * n_head + head
+        size_t token = token_head / n_head;
+        float angle = direction * (float)positions[token] * inv_freq[i];
+        float sin_a, cos_a;
+        sincosf(angle, &sin_a, &cos_a);
+        bf16 *row = x + token_head * head_dim;
+        float x1 = __bfloat162float(row[i]), x2 = __bfloat162float(row[i + half]);
+        row[i] = __float2bfloat16_rn(x1 * cos_a - x2 * sin_a);
+        row[i + half] = __float2bfloat16_rn(x2 * cos_a + x1 * sin_a);
+    }
+}
+
+static void rope(void *x, const int32_t *positions, const float *inv_freq, int N, int n_head, int head_dim,
+                 float direction) {
+    size_t n_pairs = (size_t)N * n_head * (head_dim / 2);
+    if (n_pairs == 0) return;
+    rope_kernel<<<grid_for(n_pairs, THREADS), THREADS, 0, cuda_ctx.stream>>>(
+        (bf16 *)x, positions, inv_freq, n_head, head_dim, n_pairs, direction);
+    launchCheck("rope_kernel");
+}
+
+void cuda_rope_forward(void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                       int head_dim) {
+    rope(x, positions, inv_freq, N, n_head, head_dim, 1.0f);
+}
+
+void cuda_rope_backward(void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                        int head_dim) {
+    rope(dx, positions, inv_freq, N, n_head, head_dim, -1.0f);
+}
+
+// ----------------------------------------------------------------------------
+// SwiGLU: out = silu(g) * u, silu(g) = g * s, s = sigmoid(g)
+// dg += dout * u * s * (1 + g * (1 - s)), du += dout * silu(g)
+
+__global__ void swiglu_forward_kernel(bf16 *out, const bf16 *gate, const bf16 *up, size_t n) {
+    GRID_STRIDE(i, n) {
+        float g = __bfloat162float(gate[i]);
+        float s = 1.0f / (1.0f + expf(-g));
+        out[i] = __float2bfloat16_rn(g * s * __bfloat162float(up[i]));
+    }
+}
+
+__global__ void swiglu_backward_kernel(bf16 *dgate, bf16 *dup, const bf16 *dout, const bf16 *gate,
+                                       const bf16 *up, size_t n) {
+    GRID_STRIDE(i, n) {
+        float g = __bfloat162float(gate[i]), u = __bfloat162float(up[i]), dy = __bfloat162float(dout[i]);
+        float s = 1.0f / (1.0f + expf(-g));
+        float dg = dy * u * s * (1.0f + g * (1.0f - s));
+        dgate[i] = __float2bfloat16_rn(__bfloat162float(dgate[i]) + dg);
+        dup[i] = __float2bfloat16_rn(__bfloat162float(dup[i]) + dy * g * s);
+    }
+}
+
+void cuda_swiglu_forward(void *out, const void *gate, const void *up, size_t n) {
+    if (n == 0) return;
+    swiglu_forward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
+        (bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n);
+    launchCheck("swiglu_forward_kernel");
+}
+
+void cuda_swiglu_backward(void *dgate, void *dup, const void *dout, const void *gate, const void *up,
+                          size_t n) {
+    if (n == 0) return;
+    swiglu_backward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
+        (bf16 *)dgate, (bf16 *)dup, (const bf16 *)dout, (const bf16 *)gate, (const bf16 *)up, n);
+    launchCheck("swiglu_backward_kernel");
+}
+
+// ----------------------------------------------------------------------------
+// dropout: keep[i] = uniform(seed, offset + i) >= p, the counter hash of
+// core/core.c (rng_uniform_at) with the same arithmetic, bit for bit.
+
+__host__ __device__ static inline uint64_t splitmix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+// rng_uniform_at(seed, counter) with seed_hash = splitmix64(seed) hoisted out.
+__device__ __forceinline__ float uniform_at(uint64_t seed_hash, uint64_t counter) {
+    return (float)(splitmix64(seed_hash ^ counter) >> 40) * (1.0f / 16777216.0f);
+}
+
+// out = inp * keep / (1 - p); `accumulate` adds into out instead (the backward).
+__global__ void dropout_kernel(bf16 *out, const bf16 *inp, size_t n, float p, float scale,
+                               uint64_t seed_hash, uint64_t offset, bool accumulate) {
+    GRID_STRIDE(i, n) {
+        float kept = uniform_at(seed_hash, offset + i) >= p ? __bfloat162float(inp[i]) * scale : 0.0f;
+        out[i] = __float2bfloat16_rn(accumulate ? __bfloat162float(out[i]) + kept : kept);
+    }
+}
+
+static void dropout(void *out, const void *inp, size_t n, float p, uint64_t seed, uint64_t offset,
+                    bool accumulate) {
+    if (n == 0) return;
+    float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    dropout_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
+        (bf16 *)out, (const bf16 *)inp, n, p, scale, splitmix64(seed), offset, accumulate);
+    launchCheck("dropout_kernel");
+}
+
+void cuda_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t seed, uint64_t offset) {
+    dropout(out, inp, n, p, seed, offset, false);
+}
+
+void cuda_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint64_t seed, uint64_t offset) {
+    dropout(dinp, dout, n, p, seed, offset, true);
+}

@@ -1,0 +1,191 @@
+// The CUDA backend's op table: context setup, memory, sticky error reporting.
+// Activations are bf16; every op runs on one stream and is asynchronous.
+#include <stdio.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+
+CudaContext cuda_ctx;
+
+#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
+#define STAGING_FLOATS ((size_t)8 << 20)  // 32 MB of fp32 per host <-> device chunk
+
+// ----------------------------------------------------------------------------
+// sticky error: the first failure since the last check
+
+static bool failure_pending;
+static char failure_message[ERROR_MESSAGE_MAX];
+
+void record_failure(const char *file, int line, const char *what, const char *why) {
+    if (failure_pending) return;
+    failure_pending = true;
+    snprintf(failure_message, sizeof failure_message, "CUDA backend: %s failed at %s:%d: %s", what,
+             file, line, why);
+}
+
+bool cuda_check(cudaError_t status, const char *file, int line, const char *what) {
+    if (status == cudaSuccess) return true;
+    record_failure(file, line, what, cudaGetErrorString(status));
+    return false;
+}
+
+bool cublas_check(cublasStatus_t status, const char *file, int line, const char *what) {
+    if (status == CUBLAS_STATUS_SUCCESS) return true;
+    char why[64];
+    snprintf(why, sizeof why, "cuBLAS status %d", (int)status);
+    record_failure(file, line, what, why);
+    return false;
+}
+
+static bool check(Error *err) {
+    cudaCheck(cudaGetLastError());
+    if (!failure_pending) return true;
+    failure_pending = false;
+    return fail(err, "%s", failure_message);
+}
+
+void *cuda_scratch(size_t bytes) {
+    if (bytes <= cuda_ctx.scratch_bytes) return cuda_ctx.scratch;
+    if (!cudaCheck(cudaStreamSynchronize(cuda_ctx.stream))) return NULL;
+    if (cuda_ctx.scratch && !cudaCheck(cudaFree(cuda_ctx.scratch))) return NULL;
+    cuda_ctx.scratch = NULL;
+    cuda_ctx.scratch_bytes = 0;
+    if (!cudaCheck(cudaMalloc(&cuda_ctx.scratch, bytes))) return NULL;
+    cuda_ctx.scratch_bytes = bytes;
+    return cuda_ctx.scratch;
+}
+
+// ----------------------------------------------------------------------------
+// memory
+
+static void *device_alloc(size_t bytes, Error *err) {
+    void *ptr = NULL;
+    cudaError_t status = cudaMalloc(&ptr, bytes > 0 ? bytes : 1);
+    if (status != cudaSuccess) {
+        fail(err, "cudaMalloc of %zu bytes: %s", bytes, cudaGetErrorString(status));
+        return NULL;
+    }
+    return ptr;
+}
+
+static void device_free(void *ptr) {
+    if (ptr) cudaCheck(cudaFree(ptr));
+}
+
+// Copies are stream-ordered and complete before returning, so the host
+// buffer may be reused at once.
+static void upload(void *dst, const void *src_host, size_t bytes) {
+    if (bytes == 0) return;
+    if (!cudaCheck(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, cuda_ctx.stream)))
+        return;
+    cudaCheck(cudaStreamSynchronize(cuda_ctx.stream));
+}
+
+static void download(void *dst_host, const void *src, size_t bytes) {
+    if (bytes == 0) return;
+    if (!cudaCheck(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, cuda_ctx.stream)))
+        return;
+    cudaCheck(cudaStreamSynchronize(cuda_ctx.stream));
+}
+
+static void zero(void *ptr, size_t bytes) {
+    if (bytes > 0) cudaCheck(cudaMemsetAsync(ptr, 0, bytes, cuda_ctx.stream));
+}
+
+static void synchronize(void) { cudaCheck(cudaStreamSynchronize(cuda_ctx.stream)); }
+
+// Host fp32 -> staging (fp32, device) -> bf16, one chunk at a time.
+static void upload_f32(void *dst_act, const float *src_host, size_t n) {
+    bf16 *dst = (bf16 *)dst_act;
+    for (size_t start = 0; start < n; start += cuda_ctx.staging_floats) {
+        size_t count = n - start < cuda_ctx.staging_floats ? n - start : cuda_ctx.staging_floats;
+        if (!cudaCheck(cudaMemcpyAsync(cuda_ctx.staging, src_host + start, count * sizeof(float),
+                                       cudaMemcpyHostToDevice, cuda_ctx.stream)))
+            return;
+        cuda_f32_to_act(dst + start, cuda_ctx.staging, count);
+        if (!cudaCheck(cudaStreamSynchronize(cuda_ctx.stream))) return;
+    }
+}
+
+static void download_f32(float *dst_host, const void *src_act, size_t n) {
+    const bf16 *src = (const bf16 *)src_act;
+    for (size_t start = 0; start < n; start += cuda_ctx.staging_floats) {
+        size_t count = n - start < cuda_ctx.staging_floats ? n - start : cuda_ctx.staging_floats;
+        cuda_act_to_f32(cuda_ctx.staging, src + start, count);
+        if (!cudaCheck(cudaMemcpyAsync(dst_host + start, cuda_ctx.staging, count * sizeof(float),
+                                       cudaMemcpyDeviceToHost, cuda_ctx.stream)))
+            return;
+        if (!cudaCheck(cudaStreamSynchronize(cuda_ctx.stream))) return;
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the table
+
+static const Ops cuda_ops = {
+    .name = "cuda",
+    .act_dtype = DTYPE_BF16,
+    .alloc = device_alloc,
+    .free = device_free,
+    .upload = upload,
+    .download = download,
+    .zero = zero,
+    .synchronize = synchronize,
+    .upload_f32 = upload_f32,
+    .download_f32 = download_f32,
+    .params_to_act = cuda_params_to_act,
+    .matmul = cuda_matmul,
+    .matmul_weight_grad = cuda_matmul_weight_grad,
+    .add_inplace = cuda_add_inplace,
+    .embedding_forward = cuda_embedding_forward,
+    .rmsnorm_forward = cuda_rmsnorm_forward,
+    .rmsnorm_backward = cuda_rmsnorm_backward,
+    .rope_forward = cuda_rope_forward,
+    .rope_backward = cuda_rope_backward,
+    .attention_forward = cuda_attention_forward,
+    .attention_backward = cuda_attention_backward,
+    .swiglu_forward = cuda_swiglu_forward,
+    .swiglu_backward = cuda_swiglu_backward,
+    .dropout_forward = cuda_dropout_forward,
+    .dropout_backward = cuda_dropout_backward,
+    .cross_entropy = cuda_cross_entropy,
+    .sum_squares = cuda_sum_squares,
+    .scale_f32 = cuda_scale_f32,
+    .adamw = cuda_adamw,
+    .check = check,
+};
+
+static bool context_init(Error *err) {
+    int device_count = 0;
+    cudaError_t status = cudaGetDeviceCount(&device_count);
+    if (status != cudaSuccess)
+        return fail(err, "no CUDA device: %s", cudaGetErrorString(status));
+    if (device_count == 0) return fail(err, "no CUDA device: cudaGetDeviceCount found none");
+    cudaDeviceProp prop;
+    if ((status = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess)
+        return fail(err, "CUDA device 0: %s", cudaGetErrorString(status));
+    if (prop.major < 8)
+        return fail(err, "CUDA device 0 (%s) has compute capability %d.%d; bf16 needs 8.0 or newer",
+                    prop.name, prop.major, prop.minor);
+    cuda_ctx.sm_count = prop.multiProcessorCount;
+    if ((status = cudaStreamCreate(&cuda_ctx.stream)) != cudaSuccess)
+        return fail(err, "cudaStreamCreate: %s", cudaGetErrorString(status));
+    cublasStatus_t lt_status = cublasLtCreate(&cuda_ctx.lt);
+    if (lt_status != CUBLAS_STATUS_SUCCESS) return fail(err, "cublasLtCreate: status %d", (int)lt_status);
+    cuda_ctx.lt_workspace_bytes = LT_WORKSPACE_BYTES;
+    cuda_ctx.lt_workspace = device_alloc(cuda_ctx.lt_workspace_bytes, err);
+    if (!cuda_ctx.lt_workspace) return fail_context(err, "cuBLASLt workspace: ");
+    cuda_ctx.staging_floats = STAGING_FLOATS;
+    cuda_ctx.staging = (float *)device_alloc(cuda_ctx.staging_floats * sizeof(float), err);
+    if (!cuda_ctx.staging) return fail_context(err, "staging buffer: ");
+    return true;
+}
+
+extern "C" const Ops *ops_cuda(Error *err) {
+    static bool ready;
+    if (!ready) {
+        if (!context_init(err)) return NULL;
+        ready = true;
+    }
+    return &cuda_ops;
+}
