@@ -2,7 +2,8 @@
 // follows one fixed rule a tiny byte-level model can pick up quickly:
 //   colour of (shape s, number k) = colours[(s + k) % N_COLOURS]
 // Three records in four are chats ("What colour is the circle number 3?" ->
-// "red."), the rest are {"text": "The circle number 3 is red."}.
+// "red."), the rest are {"text": "The circle number 3 is red."}. Every record
+// fits in 64 byte tokens.
 #include "data.h"
 
 #include <errno.h>
@@ -37,7 +38,7 @@ static json_object *demo_chat(const char *shape, int number, const char *colour,
     json_object *record = json_object_new_object(), *messages = json_object_new_array();
     bool ok = record && messages && json_object_object_add(record, "messages", messages) == 0;
     if (!ok) json_object_put(messages);
-    if (ok && with_system) ok = add_message(messages, "system", "Answer with a colour.");
+    if (ok && with_system) ok = add_message(messages, "system", "One colour.");
     ok = ok && add_message(messages, "user", question) && add_message(messages, "assistant", answer);
     if (ok) return record;
     json_object_put(record);

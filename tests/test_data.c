@@ -569,7 +569,7 @@ static void test_demo_data(void **state) {
     assert_in_range(n_chats, 100, 190); // mostly chats, some text records
 
     Tokenizer *tok = byte_tokenizer();
-    Dataset *dataset = open_dataset(a, 128, tok);
+    Dataset *dataset = open_dataset(a, 64, tok); // every demo record fits in 64 tokens
     assert_int_equal(dataset_size(dataset), 200);
     assert_int_equal(dataset_truncated_count(dataset), 0);
     dataset_destroy(dataset);
