@@ -36,6 +36,124 @@ static double *load_fixture(const char *name, size_t count) {
 }
 
 // ----------------------------------------------------------------------------
+// helpers
+
+static const Ops *cpu;
+
+static int setup_ops(void **state) {
+    cpu = ops_cpu();
+    return cpu ? 0 : -1;
+}
+
+static float *random_floats(size_t n, Rng *rng) {
+    float *x = malloc(n * sizeof(float));
+    assert_non_null(x);
+    fill_uniform(x, n, -1.0f, 1.0f, rng);
+    return x;
+}
+
+static float *poisoned_floats(size_t n) {
+    float *x = malloc(n * sizeof(float));
+    assert_non_null(x);
+    poison(x, n);
+    return x;
+}
+
+static float *copy_floats(const float *x, size_t n) {
+    float *copy = malloc(n * sizeof(float));
+    assert_non_null(copy);
+    memcpy(copy, x, n * sizeof(float));
+    return copy;
+}
+
+static double *to_double(const float *x, size_t n) {
+    double *d = malloc(n * sizeof(double));
+    assert_non_null(d);
+    for (size_t i = 0; i < n; i++) d[i] = x[i];
+    return d;
+}
+
+// Asserts got ~ want: |got - want| / max(|want|, 1e-2 max|want|) < tol.
+static void assert_close(const char *what, const float *got, const double *want, size_t n, double tol) {
+    double largest = 0.0;
+    for (size_t i = 0; i < n; i++) largest = fabs(want[i]) > largest ? fabs(want[i]) : largest;
+    double error = max_rel_error(got, want, n, largest * 1e-2 + 1e-12);
+    if (!(error < tol)) fail_msg("%s: relative error %.3g >= %.3g", what, error, tol);
+}
+
+// Asserts after - before ~ want: the backward added its gradient into a buffer
+// that held `before`.
+static void assert_increment(const char *what, const float *after, const float *before,
+                             const double *want, size_t n, double tol) {
+    float *increment = malloc(n * sizeof(float));
+    assert_non_null(increment);
+    for (size_t i = 0; i < n; i++) increment[i] = after[i] - before[i];
+    assert_close(what, increment, want, n, tol);
+    free(increment);
+}
+
+// ----------------------------------------------------------------------------
+// central finite differences of a double-precision forward
+//
+// A problem holds double copies of an op's inputs and a forward that reads
+// them; the gradient of L = sum(out * w) with respect to input `which` is
+// (L(x + eps) - L(x - eps)) / 2 eps, element by element.
+
+enum { MAX_INPUTS = 3 };
+#define FD_EPS 1e-5
+#define FD_TOL 1e-4
+#define FORWARD_TOL 1e-5
+#define MATMUL_TOL 1e-4 // fp32 sums of 150 products
+#define ROPE_TOL 1e-4   // fp32 angles, as transformers, up to position 250
+
+typedef struct Problem Problem;
+struct Problem {
+    double *inputs[MAX_INPUTS];
+    size_t input_sizes[MAX_INPUTS];
+    size_t out_size;
+    void (*forward)(const Problem *p, double *out);
+    const void *shape; // the op's sizes and constant arguments
+};
+
+static double weighted_sum(const Problem *p, const double *w, double *out) {
+    p->forward(p, out);
+    double sum = 0.0;
+    for (size_t i = 0; i < p->out_size; i++) sum += out[i] * w[i];
+    return sum;
+}
+
+static double *fd_gradient(const Problem *p, int which, const double *w) {
+    size_t n = p->input_sizes[which];
+    double *grad = malloc(n * sizeof(double));
+    double *out = malloc(p->out_size * sizeof(double));
+    assert_non_null(grad);
+    assert_non_null(out);
+    double *x = p->inputs[which];
+    for (size_t i = 0; i < n; i++) {
+        double saved = x[i];
+        x[i] = saved + FD_EPS;
+        double plus = weighted_sum(p, w, out);
+        x[i] = saved - FD_EPS;
+        double minus = weighted_sum(p, w, out);
+        x[i] = saved;
+        grad[i] = (plus - minus) / (2 * FD_EPS);
+    }
+    free(out);
+    return grad;
+}
+
+static double *reference_forward(const Problem *p) {
+    double *out = malloc(p->out_size * sizeof(double));
+    assert_non_null(out);
+    p->forward(p, out);
+    return out;
+}
+
+static void free_problem(Problem *p) {
+    for (int i = 0; i < MAX_INPUTS; i++) free(p->inputs[i]);
+}
+
+// ----------------------------------------------------------------------------
 // rope inverse frequencies vs transformers
 
 static void check_inverse_frequencies(const char *fixture, float theta, const RopeScaling *scaling) {
@@ -57,10 +175,554 @@ static void test_rope_frequencies_llama31(void **state) {
     check_inverse_frequencies("rope_inv_freq_llama31.txt", 500000.0f, &llama31);
 }
 
+// ----------------------------------------------------------------------------
+// matmul and the linear layer's backward
+
+typedef struct MatmulShape {
+    int M, N, K;
+    bool trans_a, trans_b;
+} MatmulShape;
+
+// out (M, N) = op(a) @ op(b); a stored (K, M) when trans_a, b (N, K) when trans_b
+static void matmul_reference(const Problem *p, double *out) {
+    const MatmulShape *s = p->shape;
+    const double *a = p->inputs[0], *b = p->inputs[1];
+    for (int i = 0; i < s->M; i++) {
+        for (int j = 0; j < s->N; j++) {
+            double sum = 0.0;
+            for (int k = 0; k < s->K; k++) {
+                double a_ik = s->trans_a ? a[(size_t)k * s->M + i] : a[(size_t)i * s->K + k];
+                double b_kj = s->trans_b ? b[(size_t)j * s->K + k] : b[(size_t)k * s->N + j];
+                sum += a_ik * b_kj;
+            }
+            out[(size_t)i * s->N + j] = sum;
+        }
+    }
+}
+
+// Sizes cross the CPU backend's 32 x 128 x 128 tiles.
+static void check_matmul(bool trans_a, bool trans_b, float alpha, float beta) {
+    MatmulShape s = {37, 133, 150, trans_a, trans_b};
+    size_t out_size = (size_t)s.M * s.N;
+    Rng rng;
+    rng_seed(&rng, 10 + 2 * trans_a + trans_b);
+    float *a = random_floats((size_t)s.M * s.K, &rng), *b = random_floats((size_t)s.K * s.N, &rng);
+    float *out = beta == 0.0f ? poisoned_floats(out_size) : random_floats(out_size, &rng);
+    float *out_before = copy_floats(out, out_size);
+    cpu->matmul(out, a, b, s.M, s.N, s.K, trans_a, trans_b, alpha, beta);
+    Problem p = {.inputs = {to_double(a, (size_t)s.M * s.K), to_double(b, (size_t)s.K * s.N)},
+                 .out_size = out_size, .forward = matmul_reference, .shape = &s};
+    double *want = reference_forward(&p);
+    for (size_t i = 0; i < out_size; i++) {
+        want[i] = alpha * want[i] + (beta == 0.0f ? 0.0 : beta * (double)out_before[i]);
+    }
+    assert_close("matmul", out, want, out_size, MATMUL_TOL);
+    free_problem(&p);
+    free(want), free(a), free(b), free(out), free(out_before);
+}
+
+static void test_matmul_transposes(void **state) {
+    for (int trans_a = 0; trans_a < 2; trans_a++) {
+        for (int trans_b = 0; trans_b < 2; trans_b++) {
+            check_matmul(trans_a, trans_b, 1.0f, 0.0f);
+            check_matmul(trans_a, trans_b, 0.7f, 0.3f);
+        }
+    }
+}
+
+// y (M, N) = x (M, K) W^T, W (N, K): dW += alpha dy^T x, dx += dy W
+static void test_linear_backward(void **state) {
+    MatmulShape s = {5, 7, 12, false, true};
+    Rng rng;
+    rng_seed(&rng, 20);
+    float *x = random_floats((size_t)s.M * s.K, &rng), *W = random_floats((size_t)s.N * s.K, &rng);
+    float *dout = random_floats((size_t)s.M * s.N, &rng);
+    float *dx = random_floats((size_t)s.M * s.K, &rng), *dW = random_floats((size_t)s.N * s.K, &rng);
+    float *dx_before = copy_floats(dx, (size_t)s.M * s.K), *dW_before = copy_floats(dW, (size_t)s.N * s.K);
+    cpu->matmul_weight_grad(dW, dout, x, s.M, s.N, s.K, -0.5f);
+    cpu->matmul(dx, dout, W, s.M, s.K, s.N, false, false, 1.0f, 1.0f);
+
+    Problem p = {.inputs = {to_double(x, (size_t)s.M * s.K), to_double(W, (size_t)s.N * s.K)},
+                 .input_sizes = {(size_t)s.M * s.K, (size_t)s.N * s.K},
+                 .out_size = (size_t)s.M * s.N, .forward = matmul_reference, .shape = &s};
+    double *w = to_double(dout, p.out_size);
+    double *want_dx = fd_gradient(&p, 0, w), *want_dW = fd_gradient(&p, 1, w);
+    for (size_t i = 0; i < p.input_sizes[1]; i++) want_dW[i] *= -0.5;
+    assert_increment("linear dx", dx, dx_before, want_dx, p.input_sizes[0], FD_TOL);
+    assert_increment("linear dW", dW, dW_before, want_dW, p.input_sizes[1], FD_TOL);
+    free_problem(&p);
+    free(w), free(want_dx), free(want_dW), free(x), free(W), free(dout);
+    free(dx), free(dW), free(dx_before), free(dW_before);
+}
+
+// ----------------------------------------------------------------------------
+// embedding
+
+static void test_embedding_forward(void **state) {
+    enum { V = 9, C = 5, N = 4 };
+    Rng rng;
+    rng_seed(&rng, 30);
+    float *table = random_floats(V * C, &rng), *out = poisoned_floats(N * C);
+    int32_t ids[N] = {4, 0, 8, 4};
+    cpu->embedding_forward(out, ids, table, N, C);
+    for (int n = 0; n < N; n++) assert_memory_equal(out + n * C, table + ids[n] * C, C * sizeof(float));
+    free(table), free(out);
+}
+
+// ----------------------------------------------------------------------------
+// RMSNorm
+
+typedef struct RowShape {
+    int N, C;
+    float eps;
+} RowShape;
+
+// inputs x (N, C), weight (C): out = x / sqrt(mean(x^2) + eps) * weight
+static double rmsnorm_rstd(const double *x, const RowShape *s) {
+    double sum = 0.0;
+    for (int i = 0; i < s->C; i++) sum += x[i] * x[i];
+    return 1.0 / sqrt(sum / s->C + s->eps);
+}
+
+static void rmsnorm_reference(const Problem *p, double *out) {
+    const RowShape *s = p->shape;
+    for (int n = 0; n < s->N; n++) {
+        const double *x = p->inputs[0] + (size_t)n * s->C;
+        double rstd = rmsnorm_rstd(x, s);
+        for (int i = 0; i < s->C; i++) out[(size_t)n * s->C + i] = x[i] * rstd * p->inputs[1][i];
+    }
+}
+
+static void test_rmsnorm(void **state) {
+    RowShape s = {5, 12, 1e-5f};
+    size_t n = (size_t)s.N * s.C;
+    Rng rng;
+    rng_seed(&rng, 40);
+    float *x = random_floats(n, &rng), *weight = random_floats(s.C, &rng), *dout = random_floats(n, &rng);
+    float *out = poisoned_floats(n), *rstd = poisoned_floats(s.N);
+    float *dx = random_floats(n, &rng), *dx_before = copy_floats(dx, n);
+    cpu->rmsnorm_forward(out, rstd, x, weight, s.N, s.C, s.eps);
+    cpu->rmsnorm_backward(dx, dout, x, weight, rstd, s.N, s.C);
+
+    Problem p = {.inputs = {to_double(x, n), to_double(weight, s.C)}, .input_sizes = {n, (size_t)s.C},
+                 .out_size = n, .forward = rmsnorm_reference, .shape = &s};
+    double *want = reference_forward(&p), want_rstd[5];
+    for (int row = 0; row < s.N; row++) want_rstd[row] = rmsnorm_rstd(p.inputs[0] + row * s.C, &s);
+    assert_close("rmsnorm out", out, want, n, FORWARD_TOL);
+    assert_close("rmsnorm rstd", rstd, want_rstd, s.N, FORWARD_TOL);
+    double *w = to_double(dout, n), *want_dx = fd_gradient(&p, 0, w);
+    assert_increment("rmsnorm dx", dx, dx_before, want_dx, n, FD_TOL);
+    free_problem(&p);
+    free(want), free(w), free(want_dx), free(x), free(weight), free(dout), free(out), free(rstd);
+    free(dx), free(dx_before);
+}
+
+// ----------------------------------------------------------------------------
+// RoPE
+
+typedef struct RopeShape {
+    int N, n_head, head_dim;
+    const int32_t *positions;
+    const float *inv_freq;
+} RopeShape;
+
+// input x (N, n_head, hd): rotate_half rotation by positions[n] * inv_freq[i]
+static void rope_reference(const Problem *p, double *out) {
+    const RopeShape *s = p->shape;
+    int half = s->head_dim / 2;
+    for (int n = 0; n < s->N; n++) {
+        for (int h = 0; h < s->n_head; h++) {
+            size_t base = ((size_t)n * s->n_head + h) * s->head_dim;
+            const double *x = p->inputs[0] + base;
+            for (int i = 0; i < half; i++) {
+                double angle = (double)s->positions[n] * s->inv_freq[i];
+                out[base + i] = x[i] * cos(angle) - x[i + half] * sin(angle);
+                out[base + i + half] = x[i + half] * cos(angle) + x[i] * sin(angle);
+            }
+        }
+    }
+}
+
+static void check_rope(const RopeScaling *scaling) {
+    enum { N = 5, N_HEAD = 3, HEAD_DIM = 6 };
+    size_t n = N * N_HEAD * HEAD_DIM;
+    int32_t positions[N] = {3, 17, 0, 250, 9};
+    float inv_freq[HEAD_DIM / 2];
+    rope_inverse_frequencies(inv_freq, HEAD_DIM, 10000.0f, scaling);
+    RopeShape s = {N, N_HEAD, HEAD_DIM, positions, inv_freq};
+    Rng rng;
+    rng_seed(&rng, 50);
+    float *x = random_floats(n, &rng), *dout = random_floats(n, &rng);
+    float *rotated = copy_floats(x, n), *dx = copy_floats(dout, n);
+    cpu->rope_forward(rotated, positions, inv_freq, N, N_HEAD, HEAD_DIM);
+    cpu->rope_backward(dx, positions, inv_freq, N, N_HEAD, HEAD_DIM);
+
+    Problem p = {.inputs = {to_double(x, n)}, .input_sizes = {n}, .out_size = n,
+                 .forward = rope_reference, .shape = &s};
+    double *want = reference_forward(&p), *w = to_double(dout, n), *want_dx = fd_gradient(&p, 0, w);
+    assert_close("rope forward", rotated, want, n, ROPE_TOL);
+    assert_close("rope backward", dx, want_dx, n, FD_TOL);
+    free_problem(&p);
+    free(want), free(w), free(want_dx), free(x), free(dout), free(rotated), free(dx);
+}
+
+static void test_rope_plain(void **state) { check_rope(NULL); }
+
+// original 256 puts the three frequencies of head_dim 6 (wavelengths 6, 135,
+// 2922) in the kept, blended and divided regimes of the llama3 scaling.
+static void test_rope_llama3(void **state) {
+    RopeScaling scaling = {.llama3 = true, .factor = 8.0f, .low_freq_factor = 1.0f,
+                           .high_freq_factor = 4.0f, .original_max_position = 256};
+    float plain[3], scaled[3];
+    rope_inverse_frequencies(plain, 6, 10000.0f, NULL);
+    rope_inverse_frequencies(scaled, 6, 10000.0f, &scaling);
+    assert_true(scaled[0] == plain[0]);
+    assert_true(scaled[1] < plain[1] && scaled[1] > plain[1] / 8.0f);
+    assert_true(fabsf(scaled[2] - plain[2] / 8.0f) <= 1e-7f * plain[2]);
+    check_rope(&scaling);
+}
+
+// ----------------------------------------------------------------------------
+// attention
+
+typedef struct AttentionShape {
+    int B, T, n_head, n_kv_head, head_dim;
+} AttentionShape;
+
+// Scores of query (b, t, h) against keys u <= t, and their log-sum-exp.
+static double reference_scores(const AttentionShape *s, const double *q, const double *k, int b,
+                               int t, int h, double *scores) {
+    int kv_head = h / (s->n_head / s->n_kv_head), hd = s->head_dim;
+    const double *q_row = q + (((size_t)b * s->T + t) * s->n_head + h) * hd;
+    double max_score = -INFINITY, sum = 0.0;
+    for (int u = 0; u <= t; u++) {
+        const double *k_row = k + (((size_t)b * s->T + u) * s->n_kv_head + kv_head) * hd;
+        double dot = 0.0;
+        for (int i = 0; i < hd; i++) dot += q_row[i] * k_row[i];
+        scores[u] = dot / sqrt((double)hd);
+        max_score = fmax(max_score, scores[u]);
+    }
+    for (int u = 0; u <= t; u++) sum += exp(scores[u] - max_score);
+    return max_score + log(sum);
+}
+
+// inputs q, k, v; out (B, T, n_head, hd) = causal softmax(q k^T / sqrt(hd)) v
+static void attention_reference(const Problem *p, double *out) {
+    const AttentionShape *s = p->shape;
+    int hd = s->head_dim;
+    double scores[64];
+    assert_true(s->T <= 64);
+    for (int b = 0; b < s->B; b++) {
+        for (int t = 0; t < s->T; t++) {
+            for (int h = 0; h < s->n_head; h++) {
+                double lse = reference_scores(s, p->inputs[0], p->inputs[1], b, t, h, scores);
+                int kv_head = h / (s->n_head / s->n_kv_head);
+                double *out_row = out + (((size_t)b * s->T + t) * s->n_head + h) * hd;
+                for (int i = 0; i < hd; i++) out_row[i] = 0.0;
+                for (int u = 0; u <= t; u++) {
+                    const double *v_row = p->inputs[2] + (((size_t)b * s->T + u) * s->n_kv_head + kv_head) * hd;
+                    for (int i = 0; i < hd; i++) out_row[i] += exp(scores[u] - lse) * v_row[i];
+                }
+            }
+        }
+    }
+}
+
+static double *reference_lse(const Problem *p) {
+    const AttentionShape *s = p->shape;
+    double scores[64], *lse = malloc((size_t)s->B * s->n_head * s->T * sizeof(double));
+    assert_non_null(lse);
+    for (int b = 0; b < s->B; b++) {
+        for (int h = 0; h < s->n_head; h++) {
+            for (int t = 0; t < s->T; t++) {
+                lse[((size_t)b * s->n_head + h) * s->T + t] =
+                    reference_scores(s, p->inputs[0], p->inputs[1], b, t, h, scores);
+            }
+        }
+    }
+    return lse;
+}
+
+static void check_attention(AttentionShape s) {
+    size_t q_size = (size_t)s.B * s.T * s.n_head * s.head_dim;
+    size_t kv_size = (size_t)s.B * s.T * s.n_kv_head * s.head_dim;
+    size_t lse_size = (size_t)s.B * s.n_head * s.T;
+    Rng rng;
+    rng_seed(&rng, 60 + s.n_kv_head);
+    float *q = random_floats(q_size, &rng), *k = random_floats(kv_size, &rng), *v = random_floats(kv_size, &rng);
+    float *dout = random_floats(q_size, &rng), *out = poisoned_floats(q_size), *lse = poisoned_floats(lse_size);
+    float *dq = random_floats(q_size, &rng), *dk = random_floats(kv_size, &rng), *dv = random_floats(kv_size, &rng);
+    float *dq_before = copy_floats(dq, q_size), *dk_before = copy_floats(dk, kv_size);
+    float *dv_before = copy_floats(dv, kv_size);
+    cpu->attention_forward(out, lse, q, k, v, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+
+    Problem p = {.inputs = {to_double(q, q_size), to_double(k, kv_size), to_double(v, kv_size)},
+                 .input_sizes = {q_size, kv_size, kv_size}, .out_size = q_size,
+                 .forward = attention_reference, .shape = &s};
+    double *want = reference_forward(&p), *want_lse = reference_lse(&p), *w = to_double(dout, q_size);
+    assert_close("attention out", out, want, q_size, FORWARD_TOL);
+    assert_close("attention lse", lse, want_lse, lse_size, FORWARD_TOL);
+    double *want_dq = fd_gradient(&p, 0, w), *want_dk = fd_gradient(&p, 1, w), *want_dv = fd_gradient(&p, 2, w);
+    assert_increment("attention dq", dq, dq_before, want_dq, q_size, FD_TOL);
+    assert_increment("attention dk", dk, dk_before, want_dk, kv_size, FD_TOL);
+    assert_increment("attention dv", dv, dv_before, want_dv, kv_size, FD_TOL);
+    free_problem(&p);
+    free(want), free(want_lse), free(w), free(want_dq), free(want_dk), free(want_dv);
+    free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
+    free(dq_before), free(dk_before), free(dv_before);
+}
+
+static void test_attention_gqa(void **state) { check_attention((AttentionShape){2, 5, 4, 2, 6}); }
+
+static void test_attention_mha(void **state) { check_attention((AttentionShape){1, 7, 3, 3, 4}); }
+
+static void test_attention_mqa(void **state) { check_attention((AttentionShape){1, 4, 2, 1, 5}); }
+
+// One forward against torch's scaled_dot_product_attention(is_causal=True).
+static void test_attention_vs_torch(void **state) {
+    double *dims = load_fixture("attention_shape.txt", 5);
+    int B = (int)dims[0], T = (int)dims[1], H = (int)dims[2], KV = (int)dims[3], hd = (int)dims[4];
+    size_t q_size = (size_t)B * T * H * hd, kv_size = (size_t)B * T * KV * hd;
+    double *q = load_fixture("attention_q.txt", q_size), *k = load_fixture("attention_k.txt", kv_size);
+    double *v = load_fixture("attention_v.txt", kv_size), *want = load_fixture("attention_out.txt", q_size);
+    double *want_lse = load_fixture("attention_lse.txt", (size_t)B * H * T);
+    float *qf = poisoned_floats(q_size), *kf = poisoned_floats(kv_size), *vf = poisoned_floats(kv_size);
+    for (size_t i = 0; i < q_size; i++) qf[i] = (float)q[i];
+    for (size_t i = 0; i < kv_size; i++) kf[i] = (float)k[i], vf[i] = (float)v[i];
+    float *out = poisoned_floats(q_size), *lse = poisoned_floats((size_t)B * H * T);
+    cpu->attention_forward(out, lse, qf, kf, vf, B, T, H, KV, hd);
+    assert_close("attention vs torch", out, want, q_size, FORWARD_TOL);
+    assert_close("attention lse vs torch", lse, want_lse, (size_t)B * H * T, FORWARD_TOL);
+    free(dims), free(q), free(k), free(v), free(want), free(want_lse);
+    free(qf), free(kf), free(vf), free(out), free(lse);
+}
+
+// ----------------------------------------------------------------------------
+// SwiGLU
+
+// inputs gate, up: out = gate / (1 + e^-gate) * up
+static void swiglu_reference(const Problem *p, double *out) {
+    for (size_t i = 0; i < p->out_size; i++) {
+        double g = p->inputs[0][i];
+        out[i] = g / (1.0 + exp(-g)) * p->inputs[1][i];
+    }
+}
+
+static void test_swiglu(void **state) {
+    enum { N = 37 };
+    Rng rng;
+    rng_seed(&rng, 70);
+    float *gate = random_floats(N, &rng), *up = random_floats(N, &rng), *dout = random_floats(N, &rng);
+    for (int i = 0; i < N; i++) gate[i] *= 4.0f;
+    float *out = poisoned_floats(N), *dgate = random_floats(N, &rng), *dup = random_floats(N, &rng);
+    float *dgate_before = copy_floats(dgate, N), *dup_before = copy_floats(dup, N);
+    cpu->swiglu_forward(out, gate, up, N);
+    cpu->swiglu_backward(dgate, dup, dout, gate, up, N);
+
+    Problem p = {.inputs = {to_double(gate, N), to_double(up, N)}, .input_sizes = {N, N},
+                 .out_size = N, .forward = swiglu_reference};
+    double *want = reference_forward(&p), *w = to_double(dout, N);
+    double *want_dgate = fd_gradient(&p, 0, w), *want_dup = fd_gradient(&p, 1, w);
+    assert_close("swiglu out", out, want, N, FORWARD_TOL);
+    assert_increment("swiglu dgate", dgate, dgate_before, want_dgate, N, FD_TOL);
+    assert_increment("swiglu dup", dup, dup_before, want_dup, N, FD_TOL);
+    free_problem(&p);
+    free(want), free(w), free(want_dgate), free(want_dup), free(gate), free(up), free(dout);
+    free(out), free(dgate), free(dup), free(dgate_before), free(dup_before);
+}
+
+// ----------------------------------------------------------------------------
+// dropout
+
+typedef struct DropoutShape {
+    float p;
+    uint64_t seed, offset;
+} DropoutShape;
+
+// input x: out = x * keep / (1 - p), keep = rng_uniform_at(seed, offset + i) >= p
+static void dropout_reference(const Problem *p, double *out) {
+    const DropoutShape *s = p->shape;
+    for (size_t i = 0; i < p->out_size; i++) {
+        bool keep = rng_uniform_at(s->seed, s->offset + i) >= s->p;
+        out[i] = keep ? p->inputs[0][i] / (1.0 - s->p) : 0.0;
+    }
+}
+
+static void test_dropout_mask(void **state) {
+    enum { N = 100000 };
+    const float p = 0.25f;
+    const uint64_t seed = 42, offset = 1000;
+    Rng rng;
+    rng_seed(&rng, 80);
+    float *x = random_floats(N, &rng), *dout = random_floats(N, &rng), *out = poisoned_floats(N);
+    float *shifted = poisoned_floats(N - 1), *dx = random_floats(N, &rng), *dx_before = copy_floats(dx, N);
+    cpu->dropout_forward(out, x, N, p, seed, offset);
+    cpu->dropout_backward(dx, dout, N, p, seed, offset);
+    cpu->dropout_forward(shifted, x + 1, N - 1, p, seed, offset + 1);
+    // kept elements are scaled by 1 / (1 - p), and the backward uses the same mask
+    size_t kept = 0;
+    for (size_t i = 0; i < N; i++) {
+        float scale = out[i] != 0.0f ? 1.0f / (1.0f - p) : 0.0f;
+        kept += out[i] != 0.0f;
+        assert_true(fabsf(out[i] - x[i] * scale) <= 1e-6f);
+        assert_true(fabsf(dx[i] - dx_before[i] - dout[i] * scale) <= 1e-6f);
+        if (i > 0) assert_true(shifted[i - 1] == out[i]);
+    }
+    assert_true(fabs((double)kept / N - (1.0 - p)) < 0.01);
+    free(x), free(dout), free(out), free(shifted), free(dx), free(dx_before);
+}
+
+static void test_dropout_zero_is_identity(void **state) {
+    enum { N = 1000 };
+    Rng rng;
+    rng_seed(&rng, 81);
+    float *x = random_floats(N, &rng), *out = poisoned_floats(N), *dx = random_floats(N, &rng);
+    float *dx_before = copy_floats(dx, N);
+    cpu->dropout_forward(out, x, N, 0.0f, 7, 0);
+    cpu->dropout_backward(dx, x, N, 0.0f, 7, 0);
+    assert_memory_equal(out, x, N * sizeof(float));
+    for (int i = 0; i < N; i++) assert_true(dx[i] == dx_before[i] + x[i]);
+    free(x), free(out), free(dx), free(dx_before);
+}
+
+static void test_dropout_backward(void **state) {
+    enum { N = 40 };
+    DropoutShape s = {0.3f, 1234, 77};
+    Rng rng;
+    rng_seed(&rng, 82);
+    float *x = random_floats(N, &rng), *dout = random_floats(N, &rng), *out = poisoned_floats(N);
+    float *dx = random_floats(N, &rng), *dx_before = copy_floats(dx, N);
+    cpu->dropout_forward(out, x, N, s.p, s.seed, s.offset);
+    cpu->dropout_backward(dx, dout, N, s.p, s.seed, s.offset);
+    Problem p = {.inputs = {to_double(x, N)}, .input_sizes = {N}, .out_size = N,
+                 .forward = dropout_reference, .shape = &s};
+    double *want = reference_forward(&p), *w = to_double(dout, N), *want_dx = fd_gradient(&p, 0, w);
+    assert_close("dropout out", out, want, N, FORWARD_TOL);
+    assert_increment("dropout dx", dx, dx_before, want_dx, N, FD_TOL);
+    free_problem(&p);
+    free(want), free(w), free(want_dx), free(x), free(dout), free(out), free(dx), free(dx_before);
+}
+
+// ----------------------------------------------------------------------------
+// cross-entropy
+
+typedef struct CrossEntropyShape {
+    int N, V;
+    const int32_t *targets;
+    double grad_scale;
+} CrossEntropyShape;
+
+// input logits (N, V): out[0] = grad_scale * sum over kept rows of -log softmax[target]
+static void cross_entropy_reference(const Problem *p, double *out) {
+    const CrossEntropyShape *s = p->shape;
+    double loss = 0.0;
+    for (int n = 0; n < s->N; n++) {
+        if (s->targets[n] == -100) continue;
+        const double *row = p->inputs[0] + (size_t)n * s->V;
+        double max_logit = -INFINITY, sum = 0.0;
+        for (int j = 0; j < s->V; j++) max_logit = fmax(max_logit, row[j]);
+        for (int j = 0; j < s->V; j++) sum += exp(row[j] - max_logit);
+        loss += max_logit + log(sum) - row[s->targets[n]];
+    }
+    out[0] = s->grad_scale * loss;
+}
+
+static void test_cross_entropy(void **state) {
+    enum { N = 6, V = 11 };
+    int32_t targets[N] = {3, -100, 0, 10, -100, 7};
+    CrossEntropyShape s = {N, V, targets, 0.37};
+    Rng rng;
+    rng_seed(&rng, 90);
+    float *logits = poisoned_floats(N * V), *dlogits = poisoned_floats(N * V);
+    fill_uniform(logits, N * V, -3.0f, 3.0f, &rng);
+    float loss_sum = 1.5f, loss_only = 1.5f;
+    cpu->cross_entropy(&loss_sum, dlogits, logits, targets, N, V, (float)s.grad_scale);
+    cpu->cross_entropy(&loss_only, NULL, logits, targets, N, V, (float)s.grad_scale);
+
+    Problem p = {.inputs = {to_double(logits, N * V)}, .input_sizes = {N * V}, .out_size = 1,
+                 .forward = cross_entropy_reference, .shape = &s};
+    double loss, one = 1.0;
+    cross_entropy_reference(&p, &loss);
+    double want_loss = 1.5 + loss / s.grad_scale;
+    assert_close("cross-entropy loss", &loss_sum, &want_loss, 1, FORWARD_TOL);
+    assert_true(loss_only == loss_sum);
+    double *want_dlogits = fd_gradient(&p, 0, &one);
+    assert_close("cross-entropy dlogits", dlogits, want_dlogits, N * V, FD_TOL);
+    for (int j = 0; j < V; j++) assert_true(dlogits[1 * V + j] == 0.0f && dlogits[4 * V + j] == 0.0f);
+
+    float aliased_loss = 0.0f;
+    float *aliased = copy_floats(logits, N * V);
+    cpu->cross_entropy(&aliased_loss, aliased, aliased, targets, N, V, (float)s.grad_scale);
+    assert_memory_equal(aliased, dlogits, N * V * sizeof(float));
+    free_problem(&p);
+    free(want_dlogits), free(logits), free(dlogits), free(aliased);
+}
+
+// ----------------------------------------------------------------------------
+// memory, elementwise and reductions
+
+static void test_memory_round_trip(void **state) {
+    enum { N = 1000 };
+    Error err = {{0}};
+    Rng rng;
+    rng_seed(&rng, 100);
+    float *host = random_floats(N, &rng), *back = poisoned_floats(N);
+    float *device = cpu->alloc(N * sizeof(float), &err), *act = cpu->alloc(N * sizeof(float), &err);
+    assert_non_null(device);
+    assert_non_null(act);
+    cpu->upload(device, host, N * sizeof(float));
+    cpu->params_to_act(act, device, N);
+    cpu->download_f32(back, act, N);
+    assert_memory_equal(back, host, N * sizeof(float));
+    cpu->zero(device, N * sizeof(float));
+    cpu->upload_f32(act, host, N);
+    cpu->download(back, device, N * sizeof(float));
+    for (int i = 0; i < N; i++) assert_true(back[i] == 0.0f);
+    cpu->add_inplace(device, act, N);
+    cpu->scale_f32(device, 2.0f, N);
+    cpu->synchronize();
+    for (int i = 0; i < N; i++) assert_true(device[i] == 2.0f * host[i]);
+    assert_true(cpu->check(&err));
+    assert_string_equal(cpu->name, "cpu");
+    assert_int_equal(cpu->act_dtype, DTYPE_F32);
+    cpu->free(device), cpu->free(act);
+    free(host), free(back);
+}
+
+// 1e4^2 followed by a thousand 1s: an fp32 running sum would stay at 1e8.
+static void test_sum_squares_in_double(void **state) {
+    enum { N = 1001 };
+    float g[N], total = 0.0f;
+    g[0] = 1e4f;
+    for (int i = 1; i < N; i++) g[i] = 1.0f;
+    cpu->sum_squares(&total, g, N);
+    assert_true(total == 100001000.0f);
+    cpu->sum_squares(&total, g + 1, 3);
+    assert_true(total == 100001000.0f + 3.0f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rope_frequencies_plain),
         cmocka_unit_test(test_rope_frequencies_llama31),
+        cmocka_unit_test(test_matmul_transposes),
+        cmocka_unit_test(test_linear_backward),
+        cmocka_unit_test(test_embedding_forward),
+        cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_rope_plain),
+        cmocka_unit_test(test_rope_llama3),
+        cmocka_unit_test(test_attention_gqa),
+        cmocka_unit_test(test_attention_mha),
+        cmocka_unit_test(test_attention_mqa),
+        cmocka_unit_test(test_attention_vs_torch),
+        cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_dropout_mask),
+        cmocka_unit_test(test_dropout_zero_is_identity),
+        cmocka_unit_test(test_dropout_backward),
+        cmocka_unit_test(test_cross_entropy),
+        cmocka_unit_test(test_memory_round_trip),
+        cmocka_unit_test(test_sum_squares_in_double),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, setup_ops, NULL);
 }

@@ -1,0 +1,38 @@
+// kernels/cpu private header: the fp32 CPU ops, gathered into the table by
+// ops_cpu.c. Shapes and conventions are those of kernels/ops.h; every pointer
+// is a float buffer in host memory.
+#pragma once
+#include "../ops.h"
+
+// matmul.c
+void cpu_matmul(void *out, const void *a, const void *b, int M, int N, int K, bool trans_a,
+                bool trans_b, float alpha, float beta);
+void cpu_matmul_weight_grad(float *dweight, const void *dout, const void *inp, int M, int N, int K,
+                            float alpha);
+
+// attention.c
+void cpu_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
+                           int B, int T, int n_head, int n_kv_head, int head_dim);
+void cpu_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out,
+                            const float *lse, const void *q, const void *k, const void *v, int B,
+                            int T, int n_head, int n_kv_head, int head_dim);
+
+// layers.c
+void cpu_embedding_forward(void *out, const int32_t *ids, const void *table, int N, int C);
+void cpu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *weight, int N, int C,
+                         float eps);
+void cpu_rmsnorm_backward(void *dinp, const void *dout, const void *inp, const void *weight,
+                          const float *rstd, int N, int C);
+void cpu_rope_forward(void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                      int head_dim);
+void cpu_rope_backward(void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                       int head_dim);
+void cpu_swiglu_forward(void *out, const void *gate, const void *up, size_t n);
+void cpu_swiglu_backward(void *dgate, void *dup, const void *dout, const void *gate, const void *up,
+                         size_t n);
+void cpu_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t seed,
+                         uint64_t offset);
+void cpu_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint64_t seed,
+                          uint64_t offset);
+void cpu_cross_entropy(float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
+                       int N, int V, float grad_scale);

@@ -1,0 +1,140 @@
+// kernels/cpu: the fp32 CPU backend's op table, memory and optimizer ops.
+// Host memory is device memory, every op is synchronous, and nothing fails
+// asynchronously.
+#include "cpu.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ----------------------------------------------------------------------------
+// memory
+
+static void *cpu_alloc(size_t bytes, Error *err) {
+    void *ptr = NULL;
+    size_t rounded = (bytes + 63) / 64 * 64;
+    if (posix_memalign(&ptr, 64, rounded ? rounded : 64) != 0) {
+        fail(err, "cpu backend: cannot allocate %zu bytes", bytes);
+        return NULL;
+    }
+    return ptr;
+}
+
+static void cpu_free(void *ptr) { free(ptr); }
+
+static void cpu_copy(void *dst, const void *src, size_t bytes) {
+    if (bytes) memmove(dst, src, bytes);
+}
+
+static void cpu_zero(void *ptr, size_t bytes) {
+    if (bytes) memset(ptr, 0, bytes);
+}
+
+static void cpu_synchronize(void) {}
+
+static bool cpu_check(Error *err) { return true; }
+
+// fp32 storage: every conversion is a copy
+static void cpu_copy_f32(void *dst, const void *src, size_t n) { cpu_copy(dst, src, n * sizeof(float)); }
+
+static void cpu_upload_f32(void *dst_act, const float *src_host, size_t n) {
+    cpu_copy_f32(dst_act, src_host, n);
+}
+
+static void cpu_download_f32(float *dst_host, const void *src_act, size_t n) {
+    cpu_copy_f32(dst_host, src_act, n);
+}
+
+static void cpu_params_to_act(void *dst_act, const float *params, size_t n) {
+    cpu_copy_f32(dst_act, params, n);
+}
+
+// ----------------------------------------------------------------------------
+// elementwise and optimizer ops
+
+static void cpu_add_inplace(void *a, const void *b, size_t n) {
+    float *x = a;
+    const float *y = b;
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) x[i] += y[i];
+}
+
+// *out += sum g^2, accumulated in double
+static void cpu_sum_squares(float *out, const float *g, size_t n) {
+    double sum = 0.0;
+    #pragma omp parallel for reduction(+ : sum)
+    for (size_t i = 0; i < n; i++) sum += (double)g[i] * g[i];
+    *out += (float)sum;
+}
+
+static void cpu_scale_f32(float *x, float s, size_t n) {
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) x[i] *= s;
+}
+
+// torch's lerp: start + w (end - start), evaluated from the nearer end
+static float lerp(float start, float end, float weight) {
+    return weight < 0.5f ? start + weight * (end - start) : end - (end - start) * (1.0f - weight);
+}
+
+// torch.optim.AdamW, single-tensor path, step counted from 1:
+//   p *= 1 - lr wd;  m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
+//   p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+// Scalars are formed in double, as Python floats, then applied in fp32.
+static void cpu_adamw(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+                      float beta1, float beta2, float eps, float weight_decay, int step) {
+    float decay = (float)(1.0 - (double)lr * weight_decay);
+    float m_weight = (float)(1.0 - (double)beta1);
+    float v_weight = (float)(1.0 - (double)beta2);
+    double bias_correction1 = 1.0 - pow(beta1, step);
+    double bias_correction2 = 1.0 - pow(beta2, step);
+    float step_size = (float)(lr / bias_correction1);
+    float bias_correction2_sqrt = (float)sqrt(bias_correction2);
+    #pragma omp parallel for
+    for (size_t i = 0; i < n; i++) {
+        float g = grads[i];
+        params[i] *= decay;
+        m[i] = lerp(m[i], g, m_weight);
+        v[i] = v[i] * beta2 + v_weight * g * g;
+        float denom = sqrtf(v[i]) / bias_correction2_sqrt + eps;
+        params[i] += -step_size * (m[i] / denom);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// the table
+
+static const Ops cpu_ops = {
+    .name = "cpu",
+    .act_dtype = DTYPE_F32,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .zero = cpu_zero,
+    .synchronize = cpu_synchronize,
+    .upload_f32 = cpu_upload_f32,
+    .download_f32 = cpu_download_f32,
+    .params_to_act = cpu_params_to_act,
+    .matmul = cpu_matmul,
+    .matmul_weight_grad = cpu_matmul_weight_grad,
+    .add_inplace = cpu_add_inplace,
+    .embedding_forward = cpu_embedding_forward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope_forward = cpu_rope_forward,
+    .rope_backward = cpu_rope_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .swiglu_forward = cpu_swiglu_forward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .dropout_forward = cpu_dropout_forward,
+    .dropout_backward = cpu_dropout_backward,
+    .cross_entropy = cpu_cross_entropy,
+    .sum_squares = cpu_sum_squares,
+    .scale_f32 = cpu_scale_f32,
+    .adamw = cpu_adamw,
+    .check = cpu_check,
+};
+
+const Ops *ops_cpu(void) { return &cpu_ops; }
