@@ -190,18 +190,14 @@ static const char *suggest_section(const char *name, char *buf, size_t buf_size)
     int best_distance = 4;
     const char *best = NULL;
     for (size_t i = 0; i < N_KEYS; i++) {
-        size_t length = section_length(KEYS[i].path);
-        if (length >= buf_size) continue;
-        char section[CONFIG_NAME_MAX];
-        memcpy(section, KEYS[i].path, length);
-        section[length] = '\0';
-        int distance = edit_distance(name, section);
-        if (distance < best_distance) {
-            memcpy(buf, section, length + 1);
-            best = buf, best_distance = distance;
-        }
+        int length = (int)section_length(KEYS[i].path);
+        snprintf(buf, buf_size, "%.*s", length, KEYS[i].path);
+        int distance = edit_distance(name, buf);
+        if (distance < best_distance) best = KEYS[i].path, best_distance = distance;
     }
-    return best;
+    if (!best) return NULL;
+    snprintf(buf, buf_size, "%.*s", (int)section_length(best), best);
+    return buf;
 }
 
 static bool fail_unknown_key(const char *path, Error *err) {
@@ -502,8 +498,8 @@ bool config_load_yaml(Config *config, const char *path, Error *err) {
     free(text);
     if (!ok) return fail_context(err, "%s:%zu:%zu: ", path, where.line + 1, where.column + 1);
     Config loaded = *config;
-    Loader loader = {.doc = &doc, .config = &loaded};
     yaml_node_t *root = yaml_document_get_root_node(&doc);
+    Loader loader = {.doc = &doc, .config = &loaded, .where = root};
     if (root && root->type == YAML_SCALAR_NODE && is_plain_null(root)) root = NULL;
     if (root && root->type != YAML_MAPPING_NODE) {
         ok = fail(err, "%s: expected a mapping of sections at the top level", path);
