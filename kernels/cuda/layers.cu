@@ -213,6 +213,7 @@ __global__ void dropout_kernel(bf16 *out, const bf16 *inp, size_t n, float p, fl
 static void dropout(void *out, const void *inp, size_t n, float p, uint64_t seed, uint64_t offset,
                     bool accumulate) {
     if (n == 0) return;
+    if (p <= 0.0f) p = 0.0f;  // as the CPU backend: p <= 0 keeps all, p >= 1 drops all
     float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
     dropout_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
         (bf16 *)out, (const bf16 *)inp, n, p, scale, splitmix64(seed), offset, accumulate);

@@ -105,6 +105,6 @@ void cuda_adamw(float *params, const float *grads, float *m, float *v, size_t n,
     double step_size = (double)lr / (1.0 - pow((double)beta1, step));
     double bc2_sqrt = sqrt(1.0 - pow((double)beta2, step));
     adamw_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
-        params, grads, m, v, n, 1.0f - lr * weight_decay, beta1, beta2, eps, (float)step_size, (float)bc2_sqrt);
+        params, grads, m, v, n, (float)(1.0 - (double)lr * weight_decay), beta1, beta2, eps, (float)step_size, (float)bc2_sqrt);
     launchCheck("adamw_kernel");
 }
