@@ -1,0 +1,310 @@
+// Hugging Face tokenizer.json (BPE), identical to the Rust `tokenizers`
+// library: added tokens split out first, then per remaining segment
+// normalizer -> pre-tokenizer -> BPE; the post-processor's special tokens
+// around the result. Decoding runs the decoder chain over the token texts.
+#include <stdlib.h>
+#include <string.h>
+#include <unicode/uchar.h>
+
+#include "data.h"
+#include "hf_tokenizer_internal.h"
+
+typedef struct IdList {
+    int32_t *ids;
+    int count, cap;
+} IdList;
+
+static bool ids_push(IdList *list, int32_t id, Error *err) {
+    if (list->count == list->cap) {
+        int cap = list->cap ? 2 * list->cap : 64;
+        int32_t *ids = realloc(list->ids, (size_t)cap * sizeof *ids);
+        if (!ids) return fail(err, "out of memory growing a list of %d token ids", cap);
+        list->ids = ids;
+        list->cap = cap;
+    }
+    list->ids[list->count++] = id;
+    return true;
+}
+
+static bool ids_push_all(IdList *list, const int32_t *ids, int n, Error *err) {
+    for (int i = 0; i < n; i++) {
+        if (!ids_push(list, ids[i], err)) return false;
+    }
+    return true;
+}
+
+// ----------------------------------------------------------------------------
+// BPE model
+
+// A word's symbols before merging, as Rust's BPE::merge_word: one per char
+// (continuing_subword_prefix on all but the first, end_of_word_suffix on the
+// last); a char missing from the vocab becomes its "<0xXX>" bytes with
+// byte_fallback, else unk (consecutive unks fused with fuse_unk).
+static bool initial_symbols(const HfTokenizer *tok, const char *w, size_t n, IdList *symbols, Error *err) {
+    Buf s = {0};
+    bool ok = true, pending_unk = false;
+    for (size_t at = 0; ok && at < n;) {
+        int len = utf8_char_len(w + at, n - at);
+        s.len = 0;
+        if (at > 0 && tok->subword_prefix) ok = buf_append(&s, tok->subword_prefix, strlen(tok->subword_prefix), err);
+        ok = ok && buf_append(&s, w + at, (size_t)len, err);
+        if (at + (size_t)len == n && tok->word_suffix) ok = ok && buf_append(&s, tok->word_suffix, strlen(tok->word_suffix), err);
+        at += (size_t)len;
+        int32_t id = ok ? strmap_get(&tok->vocab, s.data, s.len) : -1;
+        if (!ok) break;
+        if (id >= 0) {
+            if (pending_unk) ok = ids_push(symbols, tok->unk_id, err);
+            pending_unk = false;
+            ok = ok && ids_push(symbols, id, err);
+            continue;
+        }
+        bool all_bytes = tok->byte_fallback;
+        for (size_t i = 0; all_bytes && i < s.len; i++) all_bytes = tok->byte_ids[(uint8_t)s.data[i]] >= 0;
+        if (all_bytes) {
+            for (size_t i = 0; ok && i < s.len; i++) ok = ids_push(symbols, tok->byte_ids[(uint8_t)s.data[i]], err);
+            continue;
+        }
+        if (tok->unk_id < 0) continue;
+        if (pending_unk && !tok->fuse_unk) ok = ids_push(symbols, tok->unk_id, err);
+        pending_unk = true;
+    }
+    if (ok && pending_unk) ok = ids_push(symbols, tok->unk_id, err);
+    free(s.data);
+    return ok;
+}
+
+// Repeatedly merges the adjacent pair of lowest rank (leftmost on ties),
+// which is what Rust's priority-queue Word::merge_all computes. O(n^2) in
+// the symbols of one word; words are short.
+static void merge_symbols(const HfTokenizer *tok, IdList *symbols) {
+    for (;;) {
+        int best_at = -1;
+        int32_t best_rank = INT32_MAX, best_merged = -1;
+        for (int i = 0; i + 1 < symbols->count; i++) {
+            int32_t rank, merged;
+            if (pairmap_get(&tok->merges, symbols->ids[i], symbols->ids[i + 1], &rank, &merged) && rank < best_rank) {
+                best_at = i, best_rank = rank, best_merged = merged;
+            }
+        }
+        if (best_at < 0) return;
+        symbols->ids[best_at] = best_merged;
+        memmove(symbols->ids + best_at + 1, symbols->ids + best_at + 2,
+                (size_t)(symbols->count - best_at - 2) * sizeof *symbols->ids);
+        symbols->count--;
+    }
+}
+
+static bool bpe_word(const HfTokenizer *tok, const char *w, size_t n, IdList *symbols, IdList *out, Error *err) {
+    if (n == 0) return true;
+    int32_t whole = tok->ignore_merges ? strmap_get(&tok->vocab, w, n) : -1;
+    if (whole >= 0) return ids_push(out, whole, err);
+    symbols->count = 0;
+    if (!initial_symbols(tok, w, n, symbols, err)) return false;
+    merge_symbols(tok, symbols);
+    return ids_push_all(out, symbols->ids, symbols->count, err);
+}
+
+// ----------------------------------------------------------------------------
+// added tokens
+
+typedef struct Segment {
+    size_t start, end;
+    int32_t added_id; // -1 for text between added tokens
+} Segment;
+
+typedef struct Segments {
+    Segment *at;
+    int count, cap;
+} Segments;
+
+static bool segments_push(Segments *list, size_t start, size_t end, int32_t added_id, Error *err) {
+    if (list->count == list->cap) {
+        int cap = list->cap ? 2 * list->cap : 16;
+        Segment *at = realloc(list->at, (size_t)cap * sizeof *at);
+        if (!at) return fail(err, "out of memory growing a list of %d text segments", cap);
+        list->at = at;
+        list->cap = cap;
+    }
+    list->at[list->count++] = (Segment){start, end, added_id};
+    return true;
+}
+
+// Leftmost-longest match of an added token (of the `normalized` kind) in
+// s[from..n): index into tok->added, or -1.
+static int next_added(const HfTokenizer *tok, const char *s, size_t n, size_t from, bool normalized, size_t *start) {
+    for (size_t i = from; i < n; i++) {
+        uint8_t b = (uint8_t)s[i];
+        int best = -1;
+        for (int k = tok->added_byte_start[b]; k < tok->added_byte_start[b + 1]; k++) {
+            const AddedToken *a = &tok->added[tok->added_by_byte[k]];
+            if (a->normalized != normalized || a->len > n - i || memcmp(s + i, a->content, a->len) != 0) continue;
+            if (best < 0 || a->len > tok->added[best].len) best = tok->added_by_byte[k];
+        }
+        if (best >= 0) return *start = i, best;
+    }
+    return -1;
+}
+
+static uint32_t char_before(const char *s, size_t end, size_t *start) {
+    size_t at = end - 1;
+    while (at > 0 && ((uint8_t)s[at] & 0xC0) == 0x80) at--;
+    *start = at;
+    return utf8_decode(s + at, (int)(end - at));
+}
+
+static bool is_word_char(uint32_t cp) {
+    bool numeric = (U_GET_GC_MASK(cp) & (U_GC_ND_MASK | U_GC_NL_MASK | U_GC_NO_MASK)) != 0;
+    return cp == '_' || numeric || u_hasBinaryProperty((UChar32)cp, UCHAR_ALPHABETIC);
+}
+
+// Rust's AddedVocabulary::find_matches: segments of s, added tokens widened
+// over neighbouring whitespace by lstrip/rstrip, single_word tokens only
+// between non-word chars.
+static bool split_on_added(const HfTokenizer *tok, const char *s, size_t n, bool normalized, Segments *out, Error *err) {
+    size_t from = 0, done = 0, start;
+    int k;
+    while ((k = next_added(tok, s, n, from, normalized, &start)) >= 0) {
+        const AddedToken *a = &tok->added[k];
+        size_t stop = start + a->len, at;
+        from = stop;
+        if (a->single_word) {
+            bool word_before = start > 0 && is_word_char(char_before(s, start, &at));
+            int len = stop < n ? utf8_char_len(s + stop, n - stop) : 0;
+            bool word_after = stop < n && is_word_char(utf8_decode(s + stop, len));
+            if (word_before || word_after) continue;
+        }
+        if (a->lstrip) {
+            size_t left = start;
+            while (left > 0 && is_unicode_whitespace(char_before(s, left, &at))) left = at;
+            start = left > done ? left : done;
+        }
+        while (a->rstrip && stop < n) {
+            int len = utf8_char_len(s + stop, n - stop);
+            if (!is_unicode_whitespace(utf8_decode(s + stop, len))) break;
+            stop += (size_t)len;
+        }
+        if (done < start && !segments_push(out, done, start, -1, err)) return false;
+        if (!segments_push(out, start, stop, a->id, err)) return false;
+        done = stop;
+    }
+    return done == n || segments_push(out, done, n, -1, err);
+}
+
+// ----------------------------------------------------------------------------
+// encode
+
+typedef struct EncodeState {
+    IdList out, symbols;
+    Buf normalized;
+    Pieces words, scratch;
+    Segments raw, inner;
+} EncodeState;
+
+// One normalized stretch of text without added tokens: pre-tokenize, BPE.
+static bool encode_words(const HfTokenizer *tok, EncodeState *st, const char *s, size_t n, bool at_origin, Error *err) {
+    pieces_clear(&st->words);
+    if (n == 0) return true;
+    if (!pieces_push(&st->words, s, n, at_origin, err)) return false;
+    if (!pre_tokenize(tok, &st->words, &st->scratch, err)) return false;
+    for (int i = 0; i < st->words.count; i++) {
+        if (!bpe_word(tok, st->words.text.data + st->words.start[i], st->words.len[i], &st->symbols, &st->out, err)) return false;
+    }
+    return true;
+}
+
+// A raw segment between non-normalized added tokens: normalize it, then split
+// on the normalized added tokens.
+static bool encode_segment(const HfTokenizer *tok, EncodeState *st, const char *s, size_t n, bool at_origin, Error *err) {
+    if (!normalize(tok, s, n, &st->normalized, err)) return false;
+    st->inner.count = 0;
+    if (!split_on_added(tok, st->normalized.data, st->normalized.len, true, &st->inner, err)) return false;
+    for (int i = 0; i < st->inner.count; i++) {
+        Segment seg = st->inner.at[i];
+        bool ok = seg.added_id >= 0 ? ids_push(&st->out, seg.added_id, err)
+                                    : encode_words(tok, st, st->normalized.data + seg.start, seg.end - seg.start,
+                                                   at_origin && seg.start == 0, err);
+        if (!ok) return false;
+    }
+    return true;
+}
+
+static bool encode_text(const HfTokenizer *tok, EncodeState *st, const char *text, size_t len, bool add_special_tokens, Error *err) {
+    size_t valid = utf8_valid_prefix(text, len);
+    if (valid != len) return fail(err, "text to tokenize is not valid UTF-8 (byte %zu)", valid);
+    if (add_special_tokens && !ids_push_all(&st->out, tok->prefix_ids, tok->n_prefix, err)) return false;
+    if (!split_on_added(tok, text, len, false, &st->raw, err)) return false;
+    for (int i = 0; i < st->raw.count; i++) {
+        Segment seg = st->raw.at[i];
+        bool ok = seg.added_id >= 0 ? ids_push(&st->out, seg.added_id, err)
+                                    : encode_segment(tok, st, text + seg.start, seg.end - seg.start, seg.start == 0, err);
+        if (!ok) return false;
+    }
+    return !add_special_tokens || ids_push_all(&st->out, tok->suffix_ids, tok->n_suffix, err);
+}
+
+bool hf_tokenizer_encode(const HfTokenizer *tok, const char *text, size_t len, bool add_special_tokens,
+                         int32_t **ids, int *n_ids, Error *err) {
+    EncodeState st = {0};
+    bool ok = encode_text(tok, &st, text, len, add_special_tokens, err) && ids_push(&st.out, 0, err);
+    free(st.symbols.ids);
+    free(st.normalized.data);
+    pieces_free(&st.words);
+    pieces_free(&st.scratch);
+    free(st.raw.at);
+    free(st.inner.at);
+    if (!ok) {
+        free(st.out.ids);
+        return false;
+    }
+    *ids = st.out.ids;
+    *n_ids = st.out.count - 1; // the pushed 0 keeps an empty result non-NULL
+    return true;
+}
+
+// ----------------------------------------------------------------------------
+// decode and vocabulary
+
+static bool join_tokens(const HfTokenizer *tok, Pieces *tokens, Buf *out, Error *err) {
+    Pieces scratch = {0};
+    bool ok = !tok->has_decoder || decode_tokens(tok, tokens, &scratch, err);
+    for (int i = 0; ok && i < tokens->count; i++) {
+        if (!tok->has_decoder && i > 0) ok = buf_append(out, " ", 1, err);
+        ok = ok && buf_append(out, tokens->text.data + tokens->start[i], tokens->len[i], err);
+    }
+    pieces_free(&scratch);
+    return ok && buf_terminate(out, err);
+}
+
+char *hf_tokenizer_decode(const HfTokenizer *tok, const int32_t *ids, int n, bool skip_special_tokens, Error *err) {
+    Pieces tokens = {0};
+    Buf text = {0};
+    bool ok = true;
+    for (int i = 0; ok && i < n; i++) {
+        const char *token = hf_tokenizer_id_to_token(tok, ids[i]);
+        if (!token) ok = fail(err, "decode: token id %d at position %d is not in the vocabulary (size %d)", ids[i], i, tok->n_ids);
+        else if (!(skip_special_tokens && tok->id_special[ids[i]])) ok = pieces_push(&tokens, token, tok->id_len[ids[i]], false, err);
+    }
+    ok = ok && join_tokens(tok, &tokens, &text, err);
+    pieces_free(&tokens);
+    if (!ok) {
+        free(text.data);
+        return NULL;
+    }
+    return text.data;
+}
+
+const char *hf_tokenizer_id_to_token(const HfTokenizer *tok, int id) {
+    return id >= 0 && id < tok->n_ids ? tok->id_text[id] : NULL;
+}
+
+int hf_tokenizer_token_to_id(const HfTokenizer *tok, const char *token) {
+    size_t len = strlen(token);
+    int32_t id = strmap_get(&tok->added_vocab, token, len);
+    return id >= 0 ? id : strmap_get(&tok->vocab, token, len);
+}
+
+int hf_tokenizer_vocab_size(const HfTokenizer *tok) { return tok->n_ids; }
+
+bool hf_tokenizer_is_special(const HfTokenizer *tok, int id) {
+    return id >= 0 && id < tok->n_ids && tok->id_special[id];
+}
