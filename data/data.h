@@ -109,3 +109,27 @@ const StepBatch *dataloader_next(DataLoader *loader);
 // Position for exact resume: (epoch, step within epoch).
 void dataloader_position(const DataLoader *loader, int *epoch, int64_t *step_in_epoch);
 void dataloader_seek(DataLoader *loader, int epoch, int64_t step_in_epoch);
+
+// ----------------------------------------------------------------------------
+// Hugging Face tokenizer.json (BPE), identical to the Rust `tokenizers` library
+
+typedef struct HfTokenizer HfTokenizer;
+
+// Loads a tokenizer.json with a BPE model (GPT-2, Llama 2/3, Mistral, ...).
+// An unsupported component is an error naming it.
+HfTokenizer *hf_tokenizer_load(const char *path, Error *err);
+void hf_tokenizer_destroy(HfTokenizer *tok);
+// Encodes UTF-8 text into a malloc'd array *ids of *n_ids ids (the caller
+// frees it); add_special_tokens applies the post-processor (BOS etc.).
+bool hf_tokenizer_encode(const HfTokenizer *tok, const char *text, size_t len,
+                         bool add_special_tokens, int32_t **ids, int *n_ids, Error *err);
+// Decodes ids into a malloc'd NUL-terminated string; an id outside the
+// vocabulary is an error.
+char *hf_tokenizer_decode(const HfTokenizer *tok, const int32_t *ids, int n,
+                          bool skip_special_tokens, Error *err);
+// Token text of an id (NULL when none), and id of a token text (-1 when none).
+const char *hf_tokenizer_id_to_token(const HfTokenizer *tok, int id);
+int hf_tokenizer_token_to_id(const HfTokenizer *tok, const char *token);
+// Largest id + 1, over the model's vocab and the added tokens.
+int hf_tokenizer_vocab_size(const HfTokenizer *tok);
+bool hf_tokenizer_is_special(const HfTokenizer *tok, int id);
