@@ -50,9 +50,12 @@ static bool load_npy(const char *path, Npy *npy) {
     if (!read_file(path, &npy->raw, &size, &err)) return false;
     if (size < 12 || memcmp(npy->raw, "\x93NUMPY", 6) != 0) return false;
     const uint8_t *u = (const uint8_t *)npy->raw;
-    size_t header_len = u[6] == 1 ? (size_t)(u[8] | u[9] << 8) : (size_t)(u[8] | u[9] << 8 | u[10] << 16);
-    size_t start = (u[6] == 1 ? 10 : 12) + header_len;
-    char *header = strndup(npy->raw + (u[6] == 1 ? 10 : 12), header_len);
+    // version 1: u16 header length at 8; version 2: u32
+    size_t header_len = (size_t)u[8] | (size_t)u[9] << 8;
+    if (u[6] != 1) header_len |= (size_t)u[10] << 16 | (size_t)u[11] << 24;
+    size_t header_start = u[6] == 1 ? 10 : 12, start = header_start + header_len;
+    if (start > size) return false;
+    char *header = strndup(npy->raw + header_start, header_len);
     const char *descr = strstr(header, "'descr': '");
     bool ok = descr != NULL && strstr(header, "'fortran_order': False") != NULL &&
               sscanf(descr, "'descr': '%7[^']'", npy->descr) == 1 && parse_npy_shape(header, npy);
@@ -90,17 +93,16 @@ static const char *fixture_path(const char *rel) {
     return path;
 }
 
-static json_object *load_manifest_files(void) {
+static json_object *load_manifest(void) {
     json_object *manifest = json_object_from_file(fixture_path("reference/manifest.json"));
     assert_non_null(manifest);
-    json_object *files = NULL;
-    assert_true(json_object_object_get_ex(manifest, "files", &files));
     return manifest;
 }
 
+// manifest["files"]: fixture path -> {"rgb": ..., "crop": ..., "pad": ...}
 static json_object *manifest_files(json_object *manifest) {
     json_object *files = NULL;
-    json_object_object_get_ex(manifest, "files", &files);
+    assert_true(json_object_object_get_ex(manifest, "files", &files));
     return files;
 }
 
@@ -124,7 +126,7 @@ static void decode_fixture(const char *rel, Image *image) {
 
 static void test_decode_matches_pillow(void **state) {
     require_fixtures();
-    json_object *manifest = load_manifest_files();
+    json_object *manifest = load_manifest();
     int checked = 0;
     json_object_object_foreach(manifest_files(manifest), rel, entry) {
         const char *rgb = entry_string(entry, "rgb");
@@ -140,7 +142,9 @@ static void test_decode_matches_pillow(void **state) {
         assert_int_equal(ref.shape[2], 3);
         size_t differing = 0;
         for (size_t i = 0; i < ref.count; i++) differing += image.pixels[i] != ref.data[i];
-        if (differing != 0) print_message("%s: %zu of %zu bytes differ\n", rel, differing, ref.count);
+        if (differing != 0) {
+            print_message("%s: %zu of %zu bytes differ\n", rel, differing, ref.count);
+        }
         assert_int_equal(differing, 0);
         image_free(&image);
         free_npy(&ref);
@@ -235,7 +239,8 @@ static void test_memory_decode_matches_file(void **state) {
     assert_true(image_decode_memory(data, size, "in-memory", &from_memory, &err));
     decode_fixture(rel, &from_file);
     assert_int_equal(from_memory.width, from_file.width);
-    assert_memory_equal(from_memory.pixels, from_file.pixels, (size_t)from_file.width * from_file.height * 3);
+    size_t bytes = (size_t)from_file.width * from_file.height * 3;
+    assert_memory_equal(from_memory.pixels, from_file.pixels, bytes);
     image_free(&from_memory);
     assert_false(image_decode_memory(data, size / 2, "half.jpg", &from_memory, &err));
     assert_non_null(strstr(err.message, "half.jpg: invalid JPEG: image data is truncated"));
@@ -270,7 +275,8 @@ static void check_preprocess(const Image *image, const char *rel, const char *re
     Error err = {0};
     assert_true(image_preprocess(image, &p, out, &err));
     double diff = max_abs_difference(out, (const float *)ref.data, ref.count);
-    print_message("%-32s %-4s max abs error %.3g\n", rel, fit == IMAGE_FIT_PAD ? "pad" : "crop", diff);
+    const char *kind = fit == IMAGE_FIT_PAD ? "pad" : "crop";
+    print_message("%-32s %-4s max abs error %.3g\n", rel, kind, diff);
     assert_true(diff < 0.02);
     *worst = fmax(*worst, diff);
     free(out);
@@ -279,7 +285,7 @@ static void check_preprocess(const Image *image, const char *rel, const char *re
 
 static void test_preprocess_matches_clip336(void **state) {
     require_fixtures();
-    json_object *manifest = load_manifest_files();
+    json_object *manifest = load_manifest();
     double worst = 0.0;
     int checked = 0;
     json_object_object_foreach(manifest_files(manifest), rel, entry) {
@@ -307,13 +313,15 @@ static void test_resize_keeps_flat_colour(void **state) {
     assert_true(image_resize_bicubic(&flat, 300, 17, &resized, &err));
     assert_int_equal(resized.width, 300);
     assert_int_equal(resized.height, 17);
-    for (size_t i = 0; i < 300 * 17; i++) assert_memory_equal(resized.pixels + 3 * i, flat.pixels, 3);
+    for (size_t i = 0; i < 300 * 17; i++) {
+        assert_memory_equal(resized.pixels + 3 * i, flat.pixels, 3);
+    }
     image_free(&resized);
     image_free(&flat);
 }
 
 // SigLIP-style square resize: on an image already at the target size it is the
-// identity, so mean 0 / std 1 gives float32(v / 255) exactly; and on a square
+// identity, so mean 0 / std 1 gives float32(v * (1 / 255)) exactly; and on a square
 // image it agrees with the CLIP crop path.
 static void test_square_preprocess(void **state) {
     Image image;
@@ -329,10 +337,12 @@ static void test_square_preprocess(void **state) {
     assert_true(image_preprocess(&image, &p, out, &err));
     for (int c = 0; c < 3; c++) {
         for (size_t i = 0; i < 224 * 224; i++) {
-            assert_true(out[c * 224 * 224 + i] == (float)(image.pixels[3 * i + c] / 255.0));
+            float rescaled = (float)(image.pixels[3 * i + c] * (1.0 / 255.0)); // HF rescale
+            assert_true(out[c * 224 * 224 + i] == rescaled);
         }
     }
-    float *cropped = malloc(3 * 336 * 336 * sizeof(float)), *squashed = malloc(3 * 336 * 336 * sizeof(float));
+    float *cropped = malloc(3 * 336 * 336 * sizeof(float));
+    float *squashed = malloc(3 * 336 * 336 * sizeof(float));
     assert_true(cropped != NULL && squashed != NULL);
     ImagePreprocess crop = image_preprocess_clip336(IMAGE_FIT_CROP);
     ImagePreprocess squash = image_preprocess_square(336, crop.mean, crop.std);

@@ -125,7 +125,8 @@ bool decode_png(const uint8_t *data, size_t n, const char *name, Image *out, Err
     if (r == NULL) return fail_context(err, "%s", name);
     r->data = data;
     r->size = n;
-    png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, r, on_png_error, on_png_warning);
+    png_structp png =
+        png_create_read_struct(PNG_LIBPNG_VER_STRING, r, on_png_error, on_png_warning);
     png_infop info = png != NULL ? png_create_info_struct(png) : NULL;
     bool ok = false;
     if (info == NULL) {

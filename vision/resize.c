@@ -44,7 +44,8 @@ static bool compute_weights(int in_size, int out_size, ResampleWeights *w, Error
     double inverse_scale = 1.0 / filter_scale; // Pillow multiplies by the reciprocal
     w->taps = (int)ceil(support) * 2 + 1;
     w->bounds = checked_malloc(sizeof(int) * 2 * (size_t)out_size, "resize bounds", err);
-    w->kernel = checked_calloc((size_t)out_size * (size_t)w->taps, sizeof(int32_t), "resize kernel", err);
+    w->kernel = checked_calloc((size_t)out_size * (size_t)w->taps, sizeof(int32_t),
+                               "resize kernel", err);
     double *real = checked_malloc(sizeof(double) * (size_t)w->taps, "resize weights", err);
     if (w->bounds == NULL || w->kernel == NULL || real == NULL) {
         free(real);
@@ -79,7 +80,8 @@ static inline uint8_t clip8(int32_t v) {
 }
 
 // out (out->height rows) = horizontal resample of in's rows y_first.. .
-static void resample_horizontal(const Image *in, int y_first, const ResampleWeights *w, Image *out) {
+static void resample_horizontal(const Image *in, int y_first, const ResampleWeights *w,
+                                Image *out) {
     for (int y = 0; y < out->height; y++) {
         const uint8_t *src = in->pixels + (size_t)(y + y_first) * in->width * 3;
         uint8_t *dst = out->pixels + (size_t)y * out->width * 3;

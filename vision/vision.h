@@ -57,7 +57,7 @@ bool image_crop(const Image *in, int left, int top, int width, int height, Image
 // preprocessing into model input
 
 typedef enum ImageFit {
-    IMAGE_FIT_CROP,   // CLIP: shortest edge -> size, long edge int(size * long / short), center crop
+    IMAGE_FIT_CROP,   // CLIP: short edge -> size, long edge int(size * long / short), center crop
     IMAGE_FIT_PAD,    // LLaVA-1.5 'pad': expand2square with pad_color, then as CROP
     IMAGE_FIT_SQUASH, // SigLIP / DINOv2-style: resize straight to size x size
 } ImageFit;
