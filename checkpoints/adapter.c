@@ -1,0 +1,188 @@
+// PEFT LoRA adapters: adapter_config.json + adapter_model.safetensors with keys
+// "base_model.model." + ParamTable name, A (r, in) and B (out, r), fp32.
+#include "checkpoints.h"
+#include "checkpoints_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PEFT_KEY_PREFIX "base_model.model."
+
+static int compare_strings(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+// Explicit sorted list of targeted module names, as PEFT writes a set: ["q_proj", "v_proj"].
+static json_object *target_modules_json(const LoraConfig *lora) {
+    const char *names[LORA_TARGET_COUNT];
+    int n = 0;
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) {
+        if (lora->targets[t]) names[n++] = LORA_TARGET_NAMES[t];
+    }
+    qsort(names, (size_t)n, sizeof *names, compare_strings);
+    json_object *list = json_object_new_array();
+    for (int i = 0; i < n; i++) json_object_array_add(list, json_object_new_string(names[i]));
+    return list;
+}
+
+// lora_alpha as PEFT writes it: an integer when integral (16, not 16.0).
+static json_object *alpha_json(float alpha) {
+    if (alpha == floorf(alpha) && fabsf(alpha) < 1e9f) return json_object_new_int((int)alpha);
+    return json_object_new_double((double)alpha);
+}
+
+// The LoraConfig fields PEFT has written since 0.10 (newer PEFT adds more,
+// all optional when reading).
+static json_object *adapter_config_json(const LoraConfig *lora, const AdapterInfo *info) {
+    json_object *obj = json_object_new_object();
+    const char *base = info && info->base_model_name_or_path ? info->base_model_name_or_path : NULL;
+    json_object_object_add(obj, "alpha_pattern", json_object_new_object());
+    json_object_object_add(obj, "auto_mapping", NULL);
+    json_object_object_add(obj, "base_model_name_or_path", base ? json_object_new_string(base) : NULL);
+    json_object_object_add(obj, "bias", json_object_new_string("none"));
+    json_object_object_add(obj, "fan_in_fan_out", json_object_new_boolean(false));
+    json_object_object_add(obj, "inference_mode", json_object_new_boolean(true));
+    json_object_object_add(obj, "init_lora_weights",
+                           lora->init == LORA_INIT_GAUSSIAN ? json_object_new_string("gaussian") : json_object_new_boolean(true));
+    json_object_object_add(obj, "layer_replication", NULL);
+    json_object_object_add(obj, "layers_pattern", NULL);
+    json_object_object_add(obj, "layers_to_transform", NULL);
+    json_object_object_add(obj, "loftq_config", json_object_new_object());
+    json_object_object_add(obj, "lora_alpha", alpha_json(lora->alpha));
+    json_object_object_add(obj, "lora_dropout", json_object_new_double((double)lora->dropout));
+    json_object_object_add(obj, "megatron_config", NULL);
+    json_object_object_add(obj, "megatron_core", json_object_new_string("megatron.core"));
+    json_object_object_add(obj, "modules_to_save", NULL);
+    json_object_object_add(obj, "peft_type", json_object_new_string("LORA"));
+    json_object_object_add(obj, "r", json_object_new_int(lora->r));
+    json_object_object_add(obj, "rank_pattern", json_object_new_object());
+    json_object_object_add(obj, "revision", NULL);
+    json_object_object_add(obj, "target_modules", target_modules_json(lora));
+    json_object_object_add(obj, "task_type", json_object_new_string("CAUSAL_LM"));
+    json_object_object_add(obj, "use_dora", json_object_new_boolean(false));
+    json_object_object_add(obj, "use_rslora", json_object_new_boolean(lora->rslora));
+    return obj;
+}
+
+// fp32 masters of every trainable parameter onto the host, ParamTable layout.
+static float *download_params(Model *model, Error *err) {
+    const ParamTable *table = model_params(model);
+    float *host = checked_malloc(table->total * sizeof(float) + 1, "trainable parameters", err);
+    if (!host) return NULL;
+    model_ops(model)->download(host, model_param_data(model), table->total * sizeof(float));
+    model_ops(model)->synchronize();
+    return host;
+}
+
+static bool write_adapter_weights(Model *model, const char *path, Error *err) {
+    const ParamTable *table = model_params(model);
+    float *host = download_params(model, err);
+    SafetensorsEntry *entries = host ? checked_calloc((size_t)table->count + 1, sizeof *entries, path, err) : NULL;
+    char (*keys)[PARAM_NAME_MAX + sizeof PEFT_KEY_PREFIX] =
+        entries ? checked_calloc((size_t)table->count + 1, sizeof *keys, path, err) : NULL;
+    bool ok = keys != NULL;
+    for (int i = 0; ok && i < table->count; i++) {
+        const ParamEntry *e = &table->entries[i];
+        snprintf(keys[i], sizeof keys[i], PEFT_KEY_PREFIX "%s", e->name);
+        entries[i] = (SafetensorsEntry){keys[i], {DTYPE_F32, 2, {e->shape[0], e->shape[1]}, host + e->offset}};
+    }
+    const char *metadata[] = {"format", "pt"};
+    ok = ok && safetensors_write(path, entries, table->count, metadata, 1, err);
+    free(keys);
+    free(entries);
+    free(host);
+    return ok;
+}
+
+bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error *err) {
+    char config_path[CHECKPOINT_PATH_MAX], weights_path[CHECKPOINT_PATH_MAX];
+    if (!make_dirs(dir, err) || !join_path(config_path, sizeof config_path, dir, "adapter_config.json", err) ||
+        !join_path(weights_path, sizeof weights_path, dir, "adapter_model.safetensors", err)) {
+        return false;
+    }
+    json_object *config = adapter_config_json(model_lora(model), info);
+    bool ok = write_json_file(config_path, config, err);
+    json_object_put(config);
+    return ok && write_adapter_weights(model, weights_path, err);
+}
+
+// ----------------------------------------------------------------------------
+// loading
+
+// r, lora_alpha and use_rslora set the scale: they must be the model's.
+static bool check_adapter_config(const char *path, const LoraConfig *lora, Error *err) {
+    json_object *config = read_json_object(path, err);
+    if (!config) return false;
+    json_object *peft_type = NULL, *r, *alpha, *rslora = NULL;
+    json_object_object_get_ex(config, "peft_type", &peft_type);
+    const char *type_name = peft_type ? json_object_get_string(peft_type) : NULL;
+    bool ok = false;
+    if (!type_name || strcmp(type_name, "LORA") != 0) {
+        fail(err, "%s: peft_type is not \"LORA\"", path);
+    } else if (!json_object_object_get_ex(config, "r", &r) || !json_object_object_get_ex(config, "lora_alpha", &alpha)) {
+        fail(err, "%s: r and lora_alpha are required", path);
+    } else if (json_object_get_int(r) != lora->r || (float)json_object_get_double(alpha) != lora->alpha) {
+        fail(err, "%s: r = %d, lora_alpha = %g but the model has r = %d, lora_alpha = %g", path, json_object_get_int(r),
+             json_object_get_double(alpha), lora->r, (double)lora->alpha);
+    } else if (json_object_object_get_ex(config, "use_rslora", &rslora) && json_object_get_boolean(rslora) != lora->rslora) {
+        fail(err, "%s: use_rslora = %s but the model has %s", path, json_object_get_boolean(rslora) ? "true" : "false",
+             lora->rslora ? "true" : "false");
+    } else {
+        ok = true;
+    }
+    json_object_put(config);
+    return ok;
+}
+
+// Copies the tensor for entry e from the file into host (ParamTable layout).
+static bool read_param(const SafetensorsFile *file, const char *path, const ParamEntry *e, float *host, Error *err) {
+    char key[PARAM_NAME_MAX + sizeof PEFT_KEY_PREFIX];
+    snprintf(key, sizeof key, PEFT_KEY_PREFIX "%s", e->name);
+    Tensor t;
+    if (!safetensors_get(file, key, &t, err)) return fail(err, "%s: missing tensor %s", path, key);
+    if (t.ndim != 2 || t.shape[0] != e->shape[0] || t.shape[1] != e->shape[1]) {
+        char found[128], want[128];
+        return fail(err, "%s: tensor %s has shape %s, expected %s", path, key, shape_string(t.shape, t.ndim, found, sizeof found),
+                    shape_string(e->shape, 2, want, sizeof want));
+    }
+    if (!convert_to_f32(host + e->offset, t.data, t.dtype, e->numel, err)) return fail_context(err, "%s: tensor %s: ", path, key);
+    return true;
+}
+
+// Every tensor of the file must be one of the model's parameters.
+static bool check_no_extra_tensors(const SafetensorsFile *file, const char *path, const ParamTable *table, Error *err) {
+    size_t prefix = strlen(PEFT_KEY_PREFIX);
+    for (int i = 0; i < safetensors_count(file); i++) {
+        const char *key = safetensors_name(file, i);
+        if (strncmp(key, PEFT_KEY_PREFIX, prefix) != 0 || !param_table_find(table, key + prefix)) {
+            return fail(err, "%s: tensor %s is not a LoRA parameter of this model (targets or layers differ?)", path, key);
+        }
+    }
+    return true;
+}
+
+static bool read_adapter_weights(Model *model, const char *path, Error *err) {
+    SafetensorsFile *file = safetensors_open(path, err);
+    if (!file) return false;
+    const ParamTable *table = model_params(model);
+    float *host = download_params(model, err);
+    bool ok = host && check_no_extra_tensors(file, path, table, err);
+    for (int i = 0; ok && i < table->count; i++) ok = read_param(file, path, &table->entries[i], host, err);
+    if (ok) {
+        model_ops(model)->upload(model_param_data(model), host, table->total * sizeof(float));
+        model_sync_params(model);
+        model_ops(model)->synchronize();
+    }
+    free(host);
+    safetensors_close(file);
+    return ok;
+}
+
+bool adapter_load(Model *model, const char *dir, Error *err) {
+    char config_path[CHECKPOINT_PATH_MAX], weights_path[CHECKPOINT_PATH_MAX];
+    if (!join_path(config_path, sizeof config_path, dir, "adapter_config.json", err) ||
+        !join_path(weights_path, sizeof weights_path, dir, "adapter_model.safetensors", err)) {
+        return false;
+    }
+    return check_adapter_config(config_path, model_lora(model), err) && read_adapter_weights(model, weights_path, err);
+}

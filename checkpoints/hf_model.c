@@ -1,0 +1,320 @@
+// Hugging Face LlamaForCausalLM folders: config.json (read as transformers'
+// LlamaConfig, legacy rope_theta/rope_scaling or v5 rope_parameters) and a
+// single model.safetensors with the frozen weights.
+#include "checkpoints.h"
+#include "checkpoints_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ----------------------------------------------------------------------------
+// config.json
+
+typedef struct ConfigReader {
+    const char *path;
+    json_object *root;
+} ConfigReader;
+
+// Integer field of obj, or fallback when absent or null.
+static bool read_int(const ConfigReader *r, json_object *obj, const char *key, int fallback, int *out, Error *err) {
+    json_object *value;
+    if (!json_object_object_get_ex(obj, key, &value) || !value) {
+        *out = fallback;
+        return true;
+    }
+    if (!json_object_is_type(value, json_type_int)) return fail(err, "%s: %s must be an integer", r->path, key);
+    int64_t v = json_object_get_int64(value);
+    if (v < INT32_MIN || v > INT32_MAX) return fail(err, "%s: %s = %lld is out of range", r->path, key, (long long)v);
+    *out = (int)v;
+    return true;
+}
+
+static bool read_float(const ConfigReader *r, json_object *obj, const char *key, float fallback, float *out, Error *err) {
+    json_object *value;
+    if (!json_object_object_get_ex(obj, key, &value) || !value) {
+        *out = fallback;
+        return true;
+    }
+    if (!json_object_is_type(value, json_type_double) && !json_object_is_type(value, json_type_int)) {
+        return fail(err, "%s: %s must be a number", r->path, key);
+    }
+    *out = (float)json_object_get_double(value);
+    return true;
+}
+
+static bool read_bool(const ConfigReader *r, const char *key, bool fallback, bool *out, Error *err) {
+    json_object *value;
+    if (!json_object_object_get_ex(r->root, key, &value) || !value) {
+        *out = fallback;
+        return true;
+    }
+    if (!json_object_is_type(value, json_type_boolean)) return fail(err, "%s: %s must be true or false", r->path, key);
+    *out = json_object_get_boolean(value);
+    return true;
+}
+
+// eos_token_id may be a list (Llama 3 instruct): the first entry is taken.
+static bool read_token_id(const ConfigReader *r, const char *key, int fallback, int *out, Error *err) {
+    json_object *value;
+    if (json_object_object_get_ex(r->root, key, &value) && json_object_is_type(value, json_type_array)) {
+        if (json_object_array_length(value) == 0) return fail(err, "%s: %s is an empty list", r->path, key);
+        json_object *first = json_object_array_get_idx(value, 0);
+        if (!json_object_is_type(first, json_type_int)) return fail(err, "%s: %s[0] must be an integer", r->path, key);
+        *out = (int)json_object_get_int64(first);
+        return true;
+    }
+    return read_int(r, r->root, key, fallback, out, err);
+}
+
+// rope_scaling {"rope_type" or "type": "llama3", factor, ...}; "default" or null is none.
+static bool read_rope_scaling(const ConfigReader *r, json_object *scaling, RopeScaling *out, Error *err) {
+    *out = (RopeScaling){0};
+    if (!scaling) return true;
+    if (!json_object_is_type(scaling, json_type_object)) return fail(err, "%s: rope_scaling must be an object", r->path);
+    json_object *type = NULL;
+    if (!json_object_object_get_ex(scaling, "rope_type", &type) || !type) json_object_object_get_ex(scaling, "type", &type);
+    const char *name = type ? json_object_get_string(type) : "default";
+    if (strcmp(name, "default") == 0) return true;
+    if (strcmp(name, "llama3") != 0) {
+        return fail(err, "%s: rope_scaling type \"%s\" is not supported (only \"llama3\")", r->path, name);
+    }
+    out->llama3 = true;
+    return read_float(r, scaling, "factor", 0, &out->factor, err) &&
+           read_float(r, scaling, "low_freq_factor", 1, &out->low_freq_factor, err) &&
+           read_float(r, scaling, "high_freq_factor", 4, &out->high_freq_factor, err) &&
+           read_int(r, scaling, "original_max_position_embeddings", 8192, &out->original_max_position, err);
+}
+
+// transformers >= 5 keeps theta and scaling in rope_parameters; older files at the top level.
+static bool read_rope(const ConfigReader *r, LlamaConfig *c, Error *err) {
+    json_object *params = NULL, *scaling = NULL;
+    if (json_object_object_get_ex(r->root, "rope_parameters", &params) && params) {
+        if (!json_object_is_type(params, json_type_object)) return fail(err, "%s: rope_parameters must be an object", r->path);
+        return read_float(r, params, "rope_theta", 10000, &c->rope_theta, err) &&
+               read_rope_scaling(r, params, &c->rope_scaling, err);
+    }
+    json_object_object_get_ex(r->root, "rope_scaling", &scaling);
+    return read_float(r, r->root, "rope_theta", 10000, &c->rope_theta, err) &&
+           read_rope_scaling(r, scaling, &c->rope_scaling, err);
+}
+
+// String field of the top level, or NULL when absent or null.
+static const char *string_field(const ConfigReader *r, const char *key) {
+    json_object *value;
+    return json_object_object_get_ex(r->root, key, &value) && value ? json_object_get_string(value) : NULL;
+}
+
+// What the model cannot run: biases in attention or MLP, another activation, another model type.
+static bool check_supported(const ConfigReader *r, Error *err) {
+    const char *model_type = string_field(r, "model_type"), *hidden_act = string_field(r, "hidden_act");
+    if (model_type && strcmp(model_type, "llama") != 0) {
+        return fail(err, "%s: model_type \"%s\" is not \"llama\"", r->path, model_type);
+    }
+    if (hidden_act && strcmp(hidden_act, "silu") != 0) {
+        return fail(err, "%s: hidden_act \"%s\" is not supported (only \"silu\")", r->path, hidden_act);
+    }
+    bool attention_bias, mlp_bias;
+    if (!read_bool(r, "attention_bias", false, &attention_bias, err) || !read_bool(r, "mlp_bias", false, &mlp_bias, err)) {
+        return false;
+    }
+    if (attention_bias || mlp_bias) return fail(err, "%s: attention_bias / mlp_bias are not supported", r->path);
+    return true;
+}
+
+// Fields and defaults of transformers' LlamaConfig.
+static bool read_llama_fields(const ConfigReader *r, LlamaConfig *c, Error *err) {
+    json_object *root = r->root;
+    bool ok = read_int(r, root, "vocab_size", 32000, &c->vocab_size, err) &&
+              read_int(r, root, "hidden_size", 4096, &c->hidden_size, err) &&
+              read_int(r, root, "intermediate_size", 11008, &c->intermediate_size, err) &&
+              read_int(r, root, "num_hidden_layers", 32, &c->n_layers, err) &&
+              read_int(r, root, "num_attention_heads", 32, &c->n_heads, err) &&
+              read_int(r, root, "num_key_value_heads", c->n_heads, &c->n_kv_heads, err) &&
+              read_int(r, root, "max_position_embeddings", 2048, &c->max_position, err) &&
+              read_float(r, root, "rms_norm_eps", 1e-6f, &c->rms_eps, err) &&
+              read_bool(r, "tie_word_embeddings", false, &c->tie_embeddings, err) &&
+              read_token_id(r, "bos_token_id", 1, &c->bos_token_id, err) &&
+              read_token_id(r, "eos_token_id", 2, &c->eos_token_id, err) && read_rope(r, c, err);
+    if (!ok) return false;
+    if (c->n_heads < 1) return fail(err, "%s: num_attention_heads must be positive", r->path);
+    return read_int(r, root, "head_dim", c->hidden_size / c->n_heads, &c->head_dim, err);
+}
+
+bool hf_read_llama_config(const char *model_dir, LlamaConfig *out, Error *err) {
+    char path[CHECKPOINT_PATH_MAX];
+    if (!join_path(path, sizeof path, model_dir, "config.json", err)) return false;
+    ConfigReader reader = {path, read_json_object(path, err)};
+    if (!reader.root) return false;
+    LlamaConfig config = {0};
+    bool ok = check_supported(&reader, err) && read_llama_fields(&reader, &config, err);
+    json_object_put(reader.root);
+    if (!ok) return false;
+    if (!llama_config_validate(&config, err)) return fail_context(err, "%s: ", path);
+    *out = config;
+    return true;
+}
+
+// ----------------------------------------------------------------------------
+// saving
+
+static void add_int(json_object *obj, const char *key, int value) { json_object_object_add(obj, key, json_object_new_int(value)); }
+
+// Shortest decimal that reads back as the same float (1e-05, not 9.99999974e-06).
+static json_object *float_json(float value) {
+    char text[32];
+    for (int digits = 1; digits <= 9; digits++) {
+        snprintf(text, sizeof text, "%.*g", digits, (double)value);
+        if (strtof(text, NULL) == value) break;
+    }
+    return json_object_new_double_s((double)value, text);
+}
+
+static json_object *rope_scaling_json(const RopeScaling *s) {
+    if (!s->llama3) return NULL;
+    json_object *obj = json_object_new_object();
+    json_object_object_add(obj, "rope_type", json_object_new_string("llama3"));
+    json_object_object_add(obj, "factor", float_json(s->factor));
+    json_object_object_add(obj, "low_freq_factor", float_json(s->low_freq_factor));
+    json_object_object_add(obj, "high_freq_factor", float_json(s->high_freq_factor));
+    add_int(obj, "original_max_position_embeddings", s->original_max_position);
+    return obj;
+}
+
+// config.json as transformers writes it, with the legacy rope keys every version reads.
+static json_object *llama_config_json(const LlamaConfig *c) {
+    json_object *obj = json_object_new_object(), *architectures = json_object_new_array();
+    json_object_array_add(architectures, json_object_new_string("LlamaForCausalLM"));
+    json_object_object_add(obj, "architectures", architectures);
+    json_object_object_add(obj, "model_type", json_object_new_string("llama"));
+    json_object_object_add(obj, "torch_dtype", json_object_new_string("float32"));
+    json_object_object_add(obj, "hidden_act", json_object_new_string("silu"));
+    add_int(obj, "vocab_size", c->vocab_size);
+    add_int(obj, "hidden_size", c->hidden_size);
+    add_int(obj, "intermediate_size", c->intermediate_size);
+    add_int(obj, "num_hidden_layers", c->n_layers);
+    add_int(obj, "num_attention_heads", c->n_heads);
+    add_int(obj, "num_key_value_heads", c->n_kv_heads);
+    add_int(obj, "head_dim", c->head_dim);
+    add_int(obj, "max_position_embeddings", c->max_position);
+    json_object_object_add(obj, "rms_norm_eps", float_json(c->rms_eps));
+    json_object_object_add(obj, "rope_theta", float_json(c->rope_theta));
+    json_object_object_add(obj, "rope_scaling", rope_scaling_json(&c->rope_scaling));
+    json_object_object_add(obj, "tie_word_embeddings", json_object_new_boolean(c->tie_embeddings));
+    add_int(obj, "bos_token_id", c->bos_token_id);
+    add_int(obj, "eos_token_id", c->eos_token_id);
+    return obj;
+}
+
+// Frozen tensors downloaded to fp32 host buffers, in the model's order.
+typedef struct HostTensors {
+    const Ops *ops;
+    SafetensorsEntry *entries;
+    int count, capacity;
+} HostTensors;
+
+static bool collect_host_tensor(void *context, const char *name, const Tensor *tensor, Error *err) {
+    HostTensors *host = context;
+    if (host->count == host->capacity) {
+        int capacity = host->capacity ? 2 * host->capacity : 64;
+        SafetensorsEntry *grown = realloc(host->entries, (size_t)capacity * sizeof *grown);
+        if (!grown) return fail(err, "out of memory listing frozen tensors at %s", name);
+        host->entries = grown;
+        host->capacity = capacity;
+    }
+    size_t n = (size_t)tensor_numel(tensor);
+    float *data = checked_malloc(n * sizeof(float) + 1, name, err);
+    if (!data) return false;
+    host->ops->download_f32(data, tensor->data, n);
+    Tensor *t = &host->entries[host->count].tensor;
+    *t = *tensor;
+    t->dtype = DTYPE_F32;
+    t->data = data;
+    host->entries[host->count++].name = name;
+    return true;
+}
+
+static void free_host_tensors(HostTensors *host) {
+    for (int i = 0; i < host->count; i++) free(host->entries[i].tensor.data);
+    free(host->entries);
+}
+
+// The frozen list has no lm_head when embeddings are tied, so none is written.
+bool hf_save_model(Model *model, const char *model_dir, Error *err) {
+    char config_path[CHECKPOINT_PATH_MAX], weights_path[CHECKPOINT_PATH_MAX];
+    if (!make_dirs(model_dir, err) || !join_path(config_path, sizeof config_path, model_dir, "config.json", err) ||
+        !join_path(weights_path, sizeof weights_path, model_dir, "model.safetensors", err)) {
+        return false;
+    }
+    json_object *config = llama_config_json(model_config(model));
+    bool ok = write_json_file(config_path, config, err);
+    json_object_put(config);
+    HostTensors host = {.ops = model_ops(model)};
+    ok = ok && model_visit_frozen(model, collect_host_tensor, &host, err);
+    model_ops(model)->synchronize();
+    const char *metadata[] = {"format", "pt"};
+    ok = ok && safetensors_write(weights_path, host.entries, host.count, metadata, 1, err);
+    free_host_tensors(&host);
+    return ok;
+}
+
+// ----------------------------------------------------------------------------
+// loading
+
+typedef struct WeightLoader {
+    const SafetensorsFile *file;
+    const char *path;
+    const Ops *ops;
+} WeightLoader;
+
+static bool shapes_equal(const Tensor *a, const Tensor *b) {
+    if (a->ndim != b->ndim) return false;
+    for (int d = 0; d < a->ndim; d++) {
+        if (a->shape[d] != b->shape[d]) return false;
+    }
+    return true;
+}
+
+static bool load_frozen_tensor(void *context, const char *name, const Tensor *dst, Error *err) {
+    const WeightLoader *loader = context;
+    Tensor src;
+    if (!safetensors_get(loader->file, name, &src, err)) return fail(err, "%s: missing tensor %s", loader->path, name);
+    char want[128], found[128];
+    shape_string(dst->shape, dst->ndim, want, sizeof want);
+    shape_string(src.shape, src.ndim, found, sizeof found);
+    if (!shapes_equal(dst, &src)) {
+        return fail(err, "%s: tensor %s has shape %s, expected %s", loader->path, name, found, want);
+    }
+    if (src.dtype != DTYPE_F32 && src.dtype != DTYPE_BF16 && src.dtype != DTYPE_F16) {
+        return fail(err, "%s: tensor %s is %s %s, expected F32, BF16 or F16 %s", loader->path, name,
+                    dtype_name(src.dtype), found, want);
+    }
+    size_t n = (size_t)tensor_numel(dst);
+    float *host = checked_malloc(n * sizeof(float) + 1, name, err);
+    if (!host) return false;
+    bool ok = convert_to_f32(host, src.data, src.dtype, n, err);
+    if (ok) {
+        loader->ops->upload_f32(dst->data, host, n);
+        loader->ops->synchronize();
+    }
+    free(host);
+    return ok;
+}
+
+bool hf_load_weights(Model *model, const char *model_dir, Error *err) {
+    char path[CHECKPOINT_PATH_MAX], index_path[CHECKPOINT_PATH_MAX];
+    if (!join_path(path, sizeof path, model_dir, "model.safetensors", err) ||
+        !join_path(index_path, sizeof index_path, model_dir, "model.safetensors.index.json", err)) {
+        return false;
+    }
+    if (!path_exists(path) && path_exists(index_path)) {
+        return fail(err, "%s: sharded checkpoints are not supported yet (no single model.safetensors)", model_dir);
+    }
+    SafetensorsFile *file = safetensors_open(path, err);
+    if (!file) return false;
+    WeightLoader loader = {file, path, model_ops(model)};
+    bool ok = model_visit_frozen(model, load_frozen_tensor, &loader, err);
+    safetensors_close(file);
+    return ok;
+}

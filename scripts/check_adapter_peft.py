@@ -1,0 +1,37 @@
+#!/usr/bin/env python3
+"""Loads a lora-train model folder with transformers and its adapter with PEFT,
+and prints the logits of a fixed input: proof that PEFT accepts both.
+
+    python3 scripts/check_adapter_peft.py MODEL_DIR ADAPTER_DIR [--tokens 1,2,3] [--out logits.json]
+
+--out writes {"tokens": [...], "shape": [1, T, V], "logits": [flat fp32 values]}.
+"""
+import argparse
+import json
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model_dir")
+    parser.add_argument("adapter_dir")
+    parser.add_argument("--tokens", default="1,5,9,2,7,3,8,4")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    tokens = [int(t) for t in args.tokens.split(",")]
+    base = AutoModelForCausalLM.from_pretrained(args.model_dir, torch_dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, args.adapter_dir).eval()
+    with torch.no_grad():
+        logits = model(torch.tensor([tokens])).logits.float()
+    torch.set_printoptions(precision=6, threshold=64)
+    print(f"logits {list(logits.shape)}:\n{logits}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"tokens": tokens, "shape": list(logits.shape), "logits": logits.flatten().tolist()}, f)
+
+
+if __name__ == "__main__":
+    main()
