@@ -161,9 +161,14 @@ bool hf_read_llama_config(const char *model_dir, LlamaConfig *out, Error *err) {
 
 static void add_int(json_object *obj, const char *key, int value) { json_object_object_add(obj, key, json_object_new_int(value)); }
 
-// Shortest decimal that reads back as the same float (1e-05, not 9.99999974e-06).
+// Shortest decimal that reads back as the same float (1e-05, not 9.99999974e-06);
+// integral values as transformers writes them (10000.0).
 static json_object *float_json(float value) {
     char text[32];
+    if (value == floorf(value) && fabsf(value) < 1e15f) {
+        snprintf(text, sizeof text, "%.1f", (double)value);
+        return json_object_new_double_s((double)value, text);
+    }
     for (int digits = 1; digits <= 9; digits++) {
         snprintf(text, sizeof text, "%.*g", digits, (double)value);
         if (strtof(text, NULL) == value) break;
