@@ -134,6 +134,7 @@ static bool read_llama_fields(const ConfigReader *r, LlamaConfig *c, Error *err)
               read_int(r, root, "num_key_value_heads", c->n_heads, &c->n_kv_heads, err) &&
               read_int(r, root, "max_position_embeddings", 2048, &c->max_position, err) &&
               read_float(r, root, "rms_norm_eps", 1e-6f, &c->rms_eps, err) &&
+              read_float(r, root, "initializer_range", 0.02f, &c->initializer_range, err) &&
               read_bool(r, "tie_word_embeddings", false, &c->tie_embeddings, err) &&
               read_token_id(r, "bos_token_id", 1, &c->bos_token_id, err) &&
               read_token_id(r, "eos_token_id", 2, &c->eos_token_id, err) && read_rope(r, c, err);
@@ -204,6 +205,8 @@ static json_object *llama_config_json(const LlamaConfig *c) {
     add_int(obj, "head_dim", c->head_dim);
     add_int(obj, "max_position_embeddings", c->max_position);
     json_object_object_add(obj, "rms_norm_eps", float_json(c->rms_eps));
+    json_object_object_add(obj, "initializer_range",
+                           float_json(c->initializer_range > 0 ? c->initializer_range : 0.02f));
     json_object_object_add(obj, "rope_theta", float_json(c->rope_theta));
     json_object_object_add(obj, "rope_scaling", rope_scaling_json(&c->rope_scaling));
     json_object_object_add(obj, "tie_word_embeddings", json_object_new_boolean(c->tie_embeddings));

@@ -271,6 +271,9 @@ uint64_t fnv1a64(const void *data, size_t n, uint64_t hash) {
 }
 
 bool read_file(const char *path, char **data, size_t *size, Error *err) {
+    struct stat st;
+    if (stat(path, &st) != 0) return fail(err, "%s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return fail(err, "%s: not a regular file", path);
     FILE *f = fopen(path, "rb");
     if (!f) return fail(err, "%s: %s", path, strerror(errno));
     bool ok = fseek(f, 0, SEEK_END) == 0;

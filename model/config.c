@@ -49,24 +49,28 @@ typedef struct Preset {
 #define LLAMA3_SCALING {.llama3 = true, .factor = 8, .low_freq_factor = 1, .high_freq_factor = 4, \
                         .original_max_position = 8192}
 
+// The byte-level presets (data/'s 256 bytes + 6 specials) are random stand-ins
+// for a pretrained model: their init std is 1/sqrt(hidden) rather than 0.02, so
+// that the frozen lm_head can express confident predictions (logit range is
+// about std * hidden) and LoRA alone can learn a task on them.
 static const Preset PRESETS[] = {
-    // byte-level vocabulary (data/: 256 bytes + 6 specials) for tests and the demo
     {"tiny", {.vocab_size = 262, .hidden_size = 32, .intermediate_size = 64, .n_layers = 2, .n_heads = 4,
               .n_kv_heads = 2, .head_dim = 8, .max_position = 512, .rms_eps = 1e-5f, .rope_theta = 10000,
-              .bos_token_id = 256, .eos_token_id = 257}},
+              .bos_token_id = 256, .eos_token_id = 257, .initializer_range = 0.1767767f}},
     {"demo", {.vocab_size = 262, .hidden_size = 64, .intermediate_size = 176, .n_layers = 2, .n_heads = 4,
               .n_kv_heads = 2, .head_dim = 16, .max_position = 512, .rms_eps = 1e-5f, .rope_theta = 10000,
-              .bos_token_id = 256, .eos_token_id = 257}},
+              .bos_token_id = 256, .eos_token_id = 257, .initializer_range = 0.125f}},
     {"small", {.vocab_size = 262, .hidden_size = 256, .intermediate_size = 688, .n_layers = 4, .n_heads = 8,
                .n_kv_heads = 4, .head_dim = 32, .max_position = 2048, .rms_eps = 1e-5f, .rope_theta = 10000,
-               .bos_token_id = 256, .eos_token_id = 257}},
+               .bos_token_id = 256, .eos_token_id = 257, .initializer_range = 0.0625f}},
     {"llama3-8b", {.vocab_size = 128256, .hidden_size = 4096, .intermediate_size = 14336, .n_layers = 32,
                    .n_heads = 32, .n_kv_heads = 8, .head_dim = 128, .max_position = 8192, .rms_eps = 1e-5f,
-                   .rope_theta = 500000, .bos_token_id = 128000, .eos_token_id = 128001}},
+                   .rope_theta = 500000, .bos_token_id = 128000, .eos_token_id = 128001,
+                   .initializer_range = 0.02f}},
     {"llama3.1-8b", {.vocab_size = 128256, .hidden_size = 4096, .intermediate_size = 14336, .n_layers = 32,
                      .n_heads = 32, .n_kv_heads = 8, .head_dim = 128, .max_position = 131072, .rms_eps = 1e-5f,
                      .rope_theta = 500000, .rope_scaling = LLAMA3_SCALING, .bos_token_id = 128000,
-                     .eos_token_id = 128001}},
+                     .eos_token_id = 128001, .initializer_range = 0.02f}},
 };
 
 bool llama_config_preset(const char *name, LlamaConfig *out, Error *err) {

@@ -376,8 +376,9 @@ bool model_visit_frozen(Model *m, FrozenVisitor visit, void *context, Error *err
 }
 
 // transformers' LlamaPreTrainedModel._init_weights: linears and embeddings
-// N(0, 0.02), RMSNorm weights 1.
+// N(0, initializer_range^2), RMSNorm weights 1.
 void model_init_random_base(Model *m, uint64_t seed) {
+    float std = m->config.initializer_range > 0 ? m->config.initializer_range : 0.02f;
     Rng rng;
     rng_seed(&rng, seed);
     for (int i = 0; i < m->n_frozen; i++) {
@@ -385,7 +386,7 @@ void model_init_random_base(Model *m, uint64_t seed) {
         size_t n = (size_t)tensor_numel(t);
         float *host = malloc(n * sizeof(float));
         if (!host) return;
-        for (size_t j = 0; j < n; j++) host[j] = t->ndim == 1 ? 1.0f : 0.02f * rng_normal(&rng);
+        for (size_t j = 0; j < n; j++) host[j] = t->ndim == 1 ? 1.0f : std * rng_normal(&rng);
         m->ops->upload_f32(t->data, host, n);
         free(host);
     }

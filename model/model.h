@@ -29,6 +29,7 @@ typedef struct LlamaConfig {
     bool tie_embeddings;      // lm_head shares embed_tokens
     int bos_token_id;
     int eos_token_id;
+    float initializer_range;  // std of the random init (transformers: 0.02); 0 = 0.02
 } LlamaConfig;
 
 // The seven linears LoRA can target, in Hugging Face module names.
@@ -118,8 +119,8 @@ bool model_frozen_tensor(Model *model, const char *name, Tensor *out, Error *err
 // Calls visit for every frozen tensor, in a fixed order; `data` is backend memory.
 typedef bool (*FrozenVisitor)(void *context, const char *name, const Tensor *tensor, Error *err);
 bool model_visit_frozen(Model *model, FrozenVisitor visit, void *context, Error *err);
-// Random base weights as transformers' LlamaForCausalLM init: N(0, 0.02),
-// norms 1. For tests, benchmarks and the demo.
+// Random base weights as transformers' LlamaForCausalLM init: linears and
+// embeddings N(0, initializer_range^2), norms 1. For tests, benchmarks and the demo.
 void model_init_random_base(Model *model, uint64_t seed);
 // Re-initialise LoRA parameters (A per lora.init, B = 0).
 void model_init_lora(Model *model, uint64_t seed);
