@@ -1,0 +1,105 @@
+// The lora-train binary: configuration errors exit non-zero with a message
+// naming the key or file, and write nothing.
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct Outcome {
+    int status;
+    char output[8192];
+} Outcome;
+
+// Runs lora-train with args inside dir, capturing stdout and stderr.
+static Outcome run_lora_train(const char *dir, const char *args) {
+    const char *bin = getenv("LORA_TRAIN_BIN");
+    if (!bin) fail_msg("LORA_TRAIN_BIN is not set (run through ctest)");
+    char command[4096];
+    snprintf(command, sizeof command, "cd '%s' && '%s' %s > out.txt 2>&1", dir, bin, args);
+    Outcome outcome = {.status = run_command(command)};
+    char path[1024];
+    snprintf(path, sizeof path, "%s/out.txt", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(outcome.output, 1, sizeof outcome.output - 1, f);
+    outcome.output[n] = '\0';
+    fclose(f);
+    remove(path);
+    return outcome;
+}
+
+static void write_text(const char *dir, const char *name, const char *text) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static const char *VALID_PREFIX = "model:\n  path: model\n  create_if_missing: tiny\n"
+                                  "data:\n  path: data.jsonl\n  create_if_missing: demo\n"
+                                  "checkpoint:\n  dir: out\n";
+
+// The run failed before touching the disk: only the config file (and nothing
+// the trainer would create) is in dir.
+static void assert_nothing_written(const char *dir) {
+    const char *created[] = {"model", "data.jsonl", "out"};
+    for (int i = 0; i < 3; i++) {
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dir, created[i]);
+        if (path_exists(path)) fail_msg("%s was written by a failing run", path);
+    }
+}
+
+static void expect_failure(const char *yaml, const char *args, const char *const *must_contain) {
+    const char *dir = make_temp_dir("cli");
+    write_text(dir, "run.yaml", yaml);
+    Outcome outcome = run_lora_train(dir, args);
+    print_message("exit %d: %s", outcome.status, outcome.output);
+    assert_int_not_equal(outcome.status, 0);
+    for (int i = 0; must_contain[i]; i++) {
+        if (!strstr(outcome.output, must_contain[i]))
+            fail_msg("message lacks '%s': %s", must_contain[i], outcome.output);
+    }
+    assert_nothing_written(dir);
+}
+
+static void test_unknown_key(void **state) {
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml, "%strain:\n  lrr: 0.001\n", VALID_PREFIX);
+    expect_failure(yaml, "--config run.yaml", (const char *[]){"run.yaml", "train.lrr", "train.lr", NULL});
+}
+
+static void test_wrong_type(void **state) {
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml, "%strain:\n  micro_batch: four\n", VALID_PREFIX);
+    expect_failure(yaml, "--config run.yaml", (const char *[]){"train.micro_batch", "four", NULL});
+}
+
+static void test_bad_override(void **state) {
+    expect_failure(VALID_PREFIX, "--config run.yaml --set lora.rank=8", (const char *[]){"lora.rank", "lora.r", NULL});
+}
+
+static void test_missing_config_file(void **state) {
+    expect_failure("", "--config nowhere.yaml", (const char *[]){"nowhere.yaml", NULL});
+}
+
+static void test_missing_data_file(void **state) {
+    expect_failure("model:\n  path: model\n  create_if_missing: tiny\ndata:\n  path: absent.jsonl\ncheckpoint:\n  dir: out\n",
+                   "--config run.yaml", (const char *[]){"data.path", "absent.jsonl", NULL});
+}
+
+static void test_unknown_flag(void **state) {
+    expect_failure(VALID_PREFIX, "--config run.yaml --learning-rate 3", (const char *[]){"--learning-rate", NULL});
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_unknown_key),         cmocka_unit_test(test_wrong_type),
+        cmocka_unit_test(test_bad_override),        cmocka_unit_test(test_missing_config_file),
+        cmocka_unit_test(test_missing_data_file),   cmocka_unit_test(test_unknown_flag),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
