@@ -64,7 +64,7 @@ static void attention_row_forward(const AttentionShape *s, float *out, float *ls
 void cpu_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
                            int B, int T, int n_head, int n_kv_head, int head_dim) {
     AttentionShape s = {B, T, n_head, n_kv_head, head_dim};
-    #pragma omp parallel for collapse(2) schedule(dynamic)
+    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * n_head * T * T * head_dim >= CPU_PARALLEL_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < n_head; h++) {
             for (int t = 0; t < T; t++) attention_row_forward(&s, out, lse, q, k, v, b, t, h);
@@ -107,7 +107,7 @@ void cpu_attention_backward(void *dq, void *dk, void *dv, const void *dout, cons
     AttentionShape s = {B, T, n_head, n_kv_head, head_dim};
     AttentionGrads g = {dq, dk, dv, dout, out, lse, q, k, v};
     int group = n_head / n_kv_head;
-    #pragma omp parallel for collapse(2) schedule(dynamic)
+    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * n_head * T * T * head_dim >= CPU_PARALLEL_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int kv_head = 0; kv_head < n_kv_head; kv_head++) {
             for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {

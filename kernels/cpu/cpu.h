@@ -4,6 +4,11 @@
 #pragma once
 #include "../ops.h"
 
+// Loops with less work than this (elements, or multiply-adds for matmul and
+// attention) run on one thread: an OpenMP region costs more than it saves there,
+// and far more when the cores are shared.
+#define CPU_PARALLEL_MIN_WORK 65536
+
 // matmul.c
 void cpu_matmul(void *out, const void *a, const void *b, int M, int N, int K, bool trans_a,
                 bool trans_b, float alpha, float beta);

@@ -8,7 +8,7 @@
 // embedding: out (N, C) = table (V, C)[ids[n]]
 
 void cpu_embedding_forward(void *out, const int32_t *ids, const void *table, int N, int C) {
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
     for (int n = 0; n < N; n++) {
         memcpy((float *)out + (size_t)n * C, (const float *)table + (size_t)ids[n] * C,
                (size_t)C * sizeof(float));
@@ -22,7 +22,7 @@ void cpu_embedding_forward(void *out, const int32_t *ids, const void *table, int
 void cpu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *weight, int N, int C,
                          float eps) {
     const float *w = weight;
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = (const float *)inp + (size_t)n * C;
         float *y = (float *)out + (size_t)n * C;
@@ -37,7 +37,7 @@ void cpu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *we
 void cpu_rmsnorm_backward(void *dinp, const void *dout, const void *inp, const void *weight,
                           const float *rstd, int N, int C) {
     const float *w = weight;
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *x = (const float *)inp + (size_t)n * C;
         const float *dy = (const float *)dout + (size_t)n * C;
@@ -58,7 +58,7 @@ void cpu_rmsnorm_backward(void *dinp, const void *dout, const void *inp, const v
 static void rope_rotate(float *x, const int32_t *positions, const float *inv_freq, int N,
                         int n_head, int head_dim, float direction) {
     int half = head_dim / 2;
-    #pragma omp parallel for
+    #pragma omp parallel for if ((size_t)N * n_head * head_dim >= CPU_PARALLEL_MIN_WORK)
     for (int n = 0; n < N; n++) {
         for (int i = 0; i < half; i++) {
             float angle = (float)positions[n] * inv_freq[i];
@@ -90,7 +90,7 @@ void cpu_rope_backward(void *dx, const int32_t *positions, const float *inv_freq
 void cpu_swiglu_forward(void *out, const void *gate, const void *up, size_t n) {
     const float *g = gate, *u = up;
     float *y = out;
-    #pragma omp parallel for
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
@@ -98,7 +98,7 @@ void cpu_swiglu_backward(void *dgate, void *dup, const void *dout, const void *g
                          size_t n) {
     const float *g = gate, *u = up, *dy = dout;
     float *dg = dgate, *du = dup;
-    #pragma omp parallel for
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float sigmoid = 1.0f / (1.0f + expf(-g[i]));
         dg[i] += dy[i] * u[i] * sigmoid * (1.0f + g[i] * (1.0f - sigmoid));
@@ -120,7 +120,7 @@ void cpu_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t
                          uint64_t offset) {
     const float *x = inp;
     float *y = out;
-    #pragma omp parallel for
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) y[i] = x[i] * dropout_factor(i, p, seed, offset);
 }
 
@@ -128,7 +128,7 @@ void cpu_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint6
                           uint64_t offset) {
     const float *dy = dout;
     float *dx = dinp;
-    #pragma omp parallel for
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) dx[i] += dy[i] * dropout_factor(i, p, seed, offset);
 }
 
@@ -157,7 +157,7 @@ static void cross_entropy_row_grad(float *dlogits, const float *logits, int targ
 void cpu_cross_entropy(float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
                        int N, int V, float grad_scale) {
     double total = 0.0;
-    #pragma omp parallel for reduction(+ : total)
+    #pragma omp parallel for reduction(+ : total) if ((size_t)N * V >= CPU_PARALLEL_MIN_WORK)
     for (int n = 0; n < N; n++) {
         const float *row = (const float *)logits + (size_t)n * V;
         float *drow = dlogits ? (float *)dlogits + (size_t)n * V : NULL;

@@ -72,7 +72,7 @@ void cpu_matmul(void *out, const void *a, const void *b, int M, int N, int K, bo
     Operand op_b = {.data = b, .transposed = trans_b, .rows = K, .cols = N};
     int m_tiles = (M + TILE_M - 1) / TILE_M;
     int n_tiles = (N + TILE_N - 1) / TILE_N;
-    #pragma omp parallel for collapse(2) schedule(static)
+    #pragma omp parallel for collapse(2) schedule(static) if ((size_t)M * N * K >= CPU_PARALLEL_MIN_WORK)
     for (int tm = 0; tm < m_tiles; tm++) {
         for (int tn = 0; tn < n_tiles; tn++) {
             matmul_tile(out, &op_a, &op_b, N, tm * TILE_M, tn * TILE_N, alpha, beta);

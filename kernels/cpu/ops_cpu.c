@@ -55,20 +55,20 @@ static void cpu_params_to_act(void *dst_act, const float *params, size_t n) {
 static void cpu_add_inplace(void *a, const void *b, size_t n) {
     float *x = a;
     const float *y = b;
-    #pragma omp parallel for
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) x[i] += y[i];
 }
 
 // *out += sum g^2, accumulated in double
 static void cpu_sum_squares(float *out, const float *g, size_t n) {
     double sum = 0.0;
-    #pragma omp parallel for reduction(+ : sum)
+    #pragma omp parallel for reduction(+ : sum) if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) sum += (double)g[i] * g[i];
     *out += (float)sum;
 }
 
 static void cpu_scale_f32(float *x, float s, size_t n) {
-    #pragma omp parallel for
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
@@ -90,7 +90,7 @@ static void cpu_adamw(float *params, const float *grads, float *m, float *v, siz
     double bias_correction2 = 1.0 - pow(beta2, step);
     float step_size = (float)(lr / bias_correction1);
     float bias_correction2_sqrt = (float)sqrt(bias_correction2);
-    #pragma omp parallel for
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float g = grads[i];
         params[i] *= decay;
