@@ -73,35 +73,112 @@ static bool initial_symbols(const HfTokenizer *tok, const char *w, size_t n, IdL
     return ok;
 }
 
-// Repeatedly merges the adjacent pair of lowest rank (leftmost on ties),
-// which is what Rust's priority-queue Word::merge_all computes. O(n^2) in
-// the symbols of one word; words are short.
-static void merge_symbols(const HfTokenizer *tok, IdList *symbols) {
-    for (;;) {
-        int best_at = -1;
-        int32_t best_rank = INT32_MAX, best_merged = -1;
-        for (int i = 0; i + 1 < symbols->count; i++) {
-            int32_t rank, merged;
-            if (pairmap_get(&tok->merges, symbols->ids[i], symbols->ids[i + 1], &rank, &merged) && rank < best_rank) {
-                best_at = i, best_rank = rank, best_merged = merged;
-            }
-        }
-        if (best_at < 0) return;
-        symbols->ids[best_at] = best_merged;
-        memmove(symbols->ids + best_at + 1, symbols->ids + best_at + 2,
-                (size_t)(symbols->count - best_at - 2) * sizeof *symbols->ids);
-        symbols->count--;
+// Rust's Word::merge_all: a min-heap of candidate merges ordered by (rank,
+// position) over a doubly linked list of symbols; stale entries are skipped
+// when popped. O(n log n) in the symbols of a word, which for tokenizers
+// without a pre-tokenizer (Mistral, Llama 2) is a whole text segment.
+typedef struct Merge {
+    int32_t rank, merged;
+    int pos;
+} Merge;
+
+typedef struct MergeScratch {
+    Merge *heap;
+    int *prev, *next;
+    bool *removed;
+    int n_heap, cap_heap, cap_symbols;
+} MergeScratch;
+
+static bool merge_before(Merge a, Merge b) { return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos); }
+
+static bool heap_push(MergeScratch *m, Merge merge, Error *err) {
+    if (m->n_heap == m->cap_heap) {
+        int cap = m->cap_heap ? 2 * m->cap_heap : 64;
+        Merge *heap = realloc(m->heap, (size_t)cap * sizeof *heap);
+        if (!heap) return fail(err, "out of memory growing the BPE merge queue to %d", cap);
+        m->heap = heap;
+        m->cap_heap = cap;
     }
+    int i = m->n_heap++;
+    while (i > 0 && merge_before(merge, m->heap[(i - 1) / 2])) {
+        m->heap[i] = m->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    m->heap[i] = merge;
+    return true;
 }
 
-static bool bpe_word(const HfTokenizer *tok, const char *w, size_t n, IdList *symbols, IdList *out, Error *err) {
+static Merge heap_pop(MergeScratch *m) {
+    Merge top = m->heap[0], last = m->heap[--m->n_heap];
+    int i = 0;
+    for (;;) {
+        int child = 2 * i + 1;
+        if (child >= m->n_heap) break;
+        if (child + 1 < m->n_heap && merge_before(m->heap[child + 1], m->heap[child])) child++;
+        if (!merge_before(m->heap[child], last)) break;
+        m->heap[i] = m->heap[child];
+        i = child;
+    }
+    m->heap[i] = last;
+    return top;
+}
+
+static bool push_pair(const HfTokenizer *tok, MergeScratch *m, const int32_t *ids, int pos, Error *err) {
+    int32_t rank, merged;
+    if (pos < 0 || m->next[pos] < 0 || !pairmap_get(&tok->merges, ids[pos], ids[m->next[pos]], &rank, &merged)) return true;
+    return heap_push(m, (Merge){rank, merged, pos}, err);
+}
+
+static bool scratch_reserve(MergeScratch *m, int n, Error *err) {
+    if (n <= m->cap_symbols) return true;
+    int *prev = realloc(m->prev, (size_t)n * sizeof *prev);
+    if (prev) m->prev = prev;
+    int *next = prev ? realloc(m->next, (size_t)n * sizeof *next) : NULL;
+    if (next) m->next = next;
+    bool *removed = next ? realloc(m->removed, (size_t)n * sizeof *removed) : NULL;
+    if (!removed) return fail(err, "out of memory for a word of %d BPE symbols", n);
+    m->removed = removed;
+    m->cap_symbols = n;
+    return true;
+}
+
+static bool merge_symbols(const HfTokenizer *tok, IdList *symbols, MergeScratch *m, Error *err) {
+    int n = symbols->count;
+    int32_t *ids = symbols->ids;
+    if (!scratch_reserve(m, n, err)) return false;
+    m->n_heap = 0;
+    for (int i = 0; i < n; i++) m->prev[i] = i - 1, m->next[i] = i + 1 < n ? i + 1 : -1, m->removed[i] = false;
+    for (int i = 0; i + 1 < n; i++) {
+        if (!push_pair(tok, m, ids, i, err)) return false;
+    }
+    while (m->n_heap > 0) {
+        Merge top = heap_pop(m);
+        int right = m->next[top.pos];
+        int32_t rank, merged;
+        if (m->removed[top.pos] || right < 0) continue;
+        if (!pairmap_get(&tok->merges, ids[top.pos], ids[right], &rank, &merged) || merged != top.merged) continue;
+        ids[top.pos] = top.merged;
+        m->removed[right] = true;
+        m->next[top.pos] = m->next[right];
+        if (m->next[right] >= 0) m->prev[m->next[right]] = top.pos;
+        if (!push_pair(tok, m, ids, m->prev[top.pos], err) || !push_pair(tok, m, ids, top.pos, err)) return false;
+    }
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        if (!m->removed[i]) ids[kept++] = ids[i];
+    }
+    symbols->count = kept;
+    return true;
+}
+
+static bool bpe_word(const HfTokenizer *tok, const char *w, size_t n, IdList *symbols, MergeScratch *m,
+                     IdList *out, Error *err) {
     if (n == 0) return true;
     int32_t whole = tok->ignore_merges ? strmap_get(&tok->vocab, w, n) : -1;
     if (whole >= 0) return ids_push(out, whole, err);
     symbols->count = 0;
-    if (!initial_symbols(tok, w, n, symbols, err)) return false;
-    merge_symbols(tok, symbols);
-    return ids_push_all(out, symbols->ids, symbols->count, err);
+    return initial_symbols(tok, w, n, symbols, err) && merge_symbols(tok, symbols, m, err) &&
+           ids_push_all(out, symbols->ids, symbols->count, err);
 }
 
 // ----------------------------------------------------------------------------
@@ -195,6 +272,7 @@ static bool split_on_added(const HfTokenizer *tok, const char *s, size_t n, bool
 
 typedef struct EncodeState {
     IdList out, symbols;
+    MergeScratch merges;
     Buf normalized;
     Pieces words, scratch;
     Segments raw, inner;
@@ -207,7 +285,9 @@ static bool encode_words(const HfTokenizer *tok, EncodeState *st, const char *s,
     if (!pieces_push(&st->words, s, n, at_origin, err)) return false;
     if (!pre_tokenize(tok, &st->words, &st->scratch, err)) return false;
     for (int i = 0; i < st->words.count; i++) {
-        if (!bpe_word(tok, st->words.text.data + st->words.start[i], st->words.len[i], &st->symbols, &st->out, err)) return false;
+        if (!bpe_word(tok, st->words.text.data + st->words.start[i], st->words.len[i], &st->symbols, &st->merges, &st->out, err)) {
+            return false;
+        }
     }
     return true;
 }
@@ -247,6 +327,10 @@ bool hf_tokenizer_encode(const HfTokenizer *tok, const char *text, size_t len, b
     EncodeState st = {0};
     bool ok = encode_text(tok, &st, text, len, add_special_tokens, err) && ids_push(&st.out, 0, err);
     free(st.symbols.ids);
+    free(st.merges.heap);
+    free(st.merges.prev);
+    free(st.merges.next);
+    free(st.merges.removed);
     free(st.normalized.data);
     pieces_free(&st.words);
     pieces_free(&st.scratch);
