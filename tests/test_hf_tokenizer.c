@@ -140,10 +140,78 @@ static void test_project_reference_cases(void **state) {
     assert_int_equal(failures, 0);
 }
 
+static void write_text(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_true(fputs(text, f) >= 0);
+    assert_int_equal(fclose(f), 0);
+}
+
+// Loading a bad tokenizer.json fails with a message naming the problem.
+static void expect_load_error(const char *dir, const char *json, const char *needle) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    write_text(path, json);
+    Error err = {0};
+    HfTokenizer *tok = hf_tokenizer_load(path, &err);
+    assert_null(tok);
+    if (!strstr(err.message, needle) || !strstr(err.message, path)) fail_msg("error \"%s\" lacks \"%s\"", err.message, needle);
+}
+
+static void test_load_errors(void **state) {
+    const char *dir = make_temp_dir("hf_tokenizer");
+    Error err = {0};
+    assert_null(hf_tokenizer_load("/nonexistent/tokenizer.json", &err));
+    assert_non_null(strstr(err.message, "/nonexistent/tokenizer.json"));
+    expect_load_error(dir, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0", "invalid JSON");
+    expect_load_error(dir, "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}", "\"Unigram\" is not supported");
+    expect_load_error(dir, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}",
+                      "token ab is not in the vocab");
+    expect_load_error(dir, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+                           " \"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(a\"}, \"behavior\": \"Isolated\"}}",
+                      "pre-tokenizer Split: regex /(a/");
+    expect_load_error(dir, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []},"
+                           " \"normalizer\": {\"type\": \"Lowercase\"}}", "normalizer type \"Lowercase\" is not supported");
+}
+
+// Vocabulary lookups, invalid UTF-8 input and unknown ids on GPT-2.
+static void test_vocabulary_and_bad_input(void **state) {
+    const char *path = shared_fixture("tokenizers/gpt2/tokenizer.json");
+    if (!path) {
+        print_message("no ../shared/fixtures/tokenizers/gpt2: vocabulary not checked\n");
+        skip();
+    }
+    Error err = {0};
+    HfTokenizer *tok = hf_tokenizer_load(path, &err);
+    if (!tok) fail_msg("%s", err.message);
+    assert_int_equal(hf_tokenizer_vocab_size(tok), 50257);
+    assert_int_equal(hf_tokenizer_token_to_id(tok, "<|endoftext|>"), 50256);
+    assert_int_equal(hf_tokenizer_token_to_id(tok, "\xc4\xa0world"), 995); // "Ġworld"
+    assert_int_equal(hf_tokenizer_token_to_id(tok, "no such token"), -1);
+    assert_true(hf_tokenizer_is_special(tok, 50256));
+    assert_false(hf_tokenizer_is_special(tok, 995));
+    assert_string_equal(hf_tokenizer_id_to_token(tok, 15496), "Hello");
+    assert_null(hf_tokenizer_id_to_token(tok, 50257));
+    int32_t *ids = NULL;
+    int n = 0;
+    assert_false(hf_tokenizer_encode(tok, "ok\xff", 3, false, &ids, &n, &err));
+    assert_non_null(strstr(err.message, "not valid UTF-8 (byte 2)"));
+    int32_t bad[] = {15496, 50257};
+    assert_null(hf_tokenizer_decode(tok, bad, 2, false, &err));
+    assert_non_null(strstr(err.message, "token id 50257 at position 1"));
+    int32_t with_special[] = {15496, 50256, 995};
+    char *text = hf_tokenizer_decode(tok, with_special, 3, true, &err);
+    assert_string_equal(text, "Hello \xc4\xa0world"); // no decoder in GPT-2's file: tokens joined by spaces
+    free(text);
+    hf_tokenizer_destroy(tok);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shared_reference_cases),
         cmocka_unit_test(test_project_reference_cases),
+        cmocka_unit_test(test_load_errors),
+        cmocka_unit_test(test_vocabulary_and_bad_input),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
