@@ -203,7 +203,7 @@ static bool parse_decoder(HfTokenizer *tok, json_object *obj, Error *err) {
 static bool append_ids(int32_t **ids, int *n, const int32_t *more, int n_more, Error *err) {
     int32_t *grown = realloc(*ids, (size_t)(*n + n_more + 1) * sizeof *grown);
     if (!grown) return fail(err, "out of memory in the post-processor");
-    memcpy(grown + *n, more, (size_t)n_more * sizeof *more);
+    if (n_more > 0) memcpy(grown + *n, more, (size_t)n_more * sizeof *more);
     *ids = grown;
     *n += n_more;
     return true;

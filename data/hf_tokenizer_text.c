@@ -86,12 +86,13 @@ static bool spans_push(Spans *spans, size_t start, size_t end, Error *err) {
 
 static bool literal_find_all(const Pattern *p, const char *s, size_t n, Spans *out, Error *err) {
     if (p->literal_len == 0) return true;
-    size_t from = 0;
-    const char *hit;
-    while ((hit = memmem(s + from, n - from, p->literal, p->literal_len))) {
-        size_t start = (size_t)(hit - s);
+    for (size_t start = 0; start + p->literal_len <= n;) {
+        if (memcmp(s + start, p->literal, p->literal_len) != 0) {
+            start++;
+            continue;
+        }
         if (!spans_push(out, start, start + p->literal_len, err)) return false;
-        from = start + p->literal_len;
+        start += p->literal_len;
     }
     return true;
 }
