@@ -95,6 +95,12 @@ static void test_unknown_flag(void **state) {
     expect_failure(VALID_PREFIX, "--config run.yaml --learning-rate 3", (const char *[]){"--learning-rate", NULL});
 }
 
+// Accepted by the config but not implemented by this build: refused, not ignored.
+static void test_unsupported_value(void **state) {
+    expect_failure(VALID_PREFIX, "--config run.yaml --set data.images=run.yaml",
+                   (const char *[]){"data.images", "not supported", NULL});
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unknown_key),         cmocka_unit_test(test_wrong_type),

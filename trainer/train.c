@@ -104,10 +104,23 @@ static Dataset *open_dataset(const Config *config, const Tokenizer *tok, Error *
     return dataset_open_jsonl(path, tok, config->data.max_seq_len, err);
 }
 
+// Values the config accepts but this build cannot honour yet stop the run
+// before anything is written, rather than being ignored.
+static bool check_supported(const Config *config, const Ops *ops, Error *err) {
+    if (strcmp(config->model.quantize, "none") != 0)
+        return fail(err, "model.quantize: '%s' is not supported by this build yet", config->model.quantize);
+    if (config->data.images[0])
+        return fail(err, "data.images: image-text training is not supported by this build yet");
+    if (strcmp(config->zero.offload, "none") != 0 && ops != ops_cpu())
+        return fail(err, "zero.offload: '%s' is not supported by this build yet on the %s backend",
+                    config->zero.offload, ops->name);
+    return true;
+}
+
 static bool setup(Run *run, const Config *config, Error *err) {
     run->config = config;
     run->ops = choose_backend(config->train.backend, err);
-    if (!run->ops) return false;
+    if (!run->ops || !check_supported(config, run->ops, err)) return false;
     run->tokenizer = tokenizer_bytes(err);
     if (!run->tokenizer) return false;
     run->model = load_or_create_model(config, run->ops, err);
