@@ -106,6 +106,7 @@ int main(void) {
         cmocka_unit_test(test_unknown_key),         cmocka_unit_test(test_wrong_type),
         cmocka_unit_test(test_bad_override),        cmocka_unit_test(test_missing_config_file),
         cmocka_unit_test(test_missing_data_file),   cmocka_unit_test(test_unknown_flag),
+        cmocka_unit_test(test_unsupported_value),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
