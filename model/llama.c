@@ -593,6 +593,7 @@ bool model_step(Model *m, const Batch *batch, const StepOptions *options, double
     if (st.train) backward(m, &st);
     float loss;
     m->ops->download(&loss, m->loss, sizeof loss);
+    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
     *loss_sum = loss;
     return true;
 }
@@ -608,5 +609,6 @@ bool model_logits(Model *m, const Batch *batch, float *logits, Error *err) {
                        1.0f, 0.0f);
         m->ops->download_f32(logits + (size_t)start * V, m->logits, (size_t)rows * V);
     }
+    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
     return true;
 }
