@@ -30,6 +30,8 @@ typedef struct Config {
         char create_if_missing[CONFIG_NAME_MAX]; // synthetic generator to write at path ("" = never)
         int max_seq_len;
         bool shuffle;
+        int image_tokens;                    // positions per <image> (576 for CLIP ViT-L/14-336)
+        float max_skip_fraction;             // skipped records / records above this is an error
     } data;
     struct {
         int micro_batch;
@@ -89,6 +91,10 @@ bool train_accumulate(Model *model, const struct StepBatch *batch, uint64_t seed
 // Runs the whole training job described by config. Progress goes to stdout;
 // summary (may be NULL) receives the outcome.
 bool train_run(const Config *config, TrainSummary *summary, Error *err);
+
+// `lora-train data check`: reads the dataset as training would and prints its
+// counts and every skipped record; returns the process exit status.
+int data_check_main(const Config *config);
 
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);
