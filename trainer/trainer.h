@@ -57,6 +57,9 @@ typedef struct Config {
         int stage;                           // 0 | 2
         char offload[CONFIG_NAME_MAX];       // "none" | "cpu"
     } zero;
+    struct {
+        float timeout_s;                     // a collective or rendezvous waiting longer fails
+    } dist;
 } Config;
 
 // Defaults for every key (a valid config needs only model.path and data.path).
@@ -92,3 +95,5 @@ bool train_run(const Config *config, TrainSummary *summary, Error *err);
 
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);
+// lora-launch's command line (one process per local rank): the exit status.
+int lora_launch_main(int argc, char **argv);
