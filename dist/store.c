@@ -220,10 +220,12 @@ static bool try_get(Store *store, const char *key, double deadline, bool *found,
     return true;
 }
 
+// Polls until the key appears or the deadline passes; each request has the
+// whole timeout, as the server answers at once.
 static bool get_until(Store *store, const char *key, double deadline, void **value, size_t *size, Error *err) {
     for (;;) {
         bool found;
-        if (!try_get(store, key, deadline, &found, value, size, err)) return false;
+        if (!try_get(store, key, time_seconds() + store->timeout_s, &found, value, size, err)) return false;
         if (found) return true;
         if (time_seconds() >= deadline)
             return fail(err, "store key '%s' was not set within %.0f s (a rank missing?)", key, store->timeout_s);
