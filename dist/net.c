@@ -102,7 +102,7 @@ bool net_recv(int fd, void *data, size_t size, double deadline, const char *peer
         ssize_t got = rc > 0 ? recv(fd, p, size, 0) : -1;
         if (got < 0 && errno == EINTR) continue;
         if (got == 0) return fail(err, "%s closed its connection (it exited or was killed)", peer);
-        if (got < 0) return fail(err, "receiving from %s: %s", peer, strerror(errno));
+        if (got < 0) return fail(err, "receiving from %s: %s (did it exit?)", peer, strerror(errno));
         p += got;
         size -= (size_t)got;
     }
