@@ -15,15 +15,22 @@ void cpu_adamw(float *params, const float *grads, float *m, float *v, size_t n, 
     float beta2 = hyper->beta2, eps = hyper->eps;
     float step_size = (float)(lr / (1.0 - pow(hyper->beta1, step)));
     float bias_correction2_sqrt = (float)sqrt(1.0 - pow(hyper->beta2, step));
-    bool from_start = m_weight < 0.5f;
-    #pragma omp parallel for simd schedule(static) if (n >= 65536)
-    for (size_t i = 0; i < n; i++) {
-        float g = grads[i];
-        float p = params[i] * decay;
-        float mi = from_start ? m[i] + m_weight * (g - m[i]) : g - (g - m[i]) * (1.0f - m_weight);
-        float vi = v[i] * beta2 + v_weight * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        params[i] = p + -step_size * (mi / (sqrtf(vi) / bias_correction2_sqrt + eps));
+    // torch's lerp picks its formula by the weight: two loops keep each branch-free.
+    if (m_weight < 0.5f) {
+        #pragma omp parallel for simd schedule(static) if (n >= 65536)
+        for (size_t i = 0; i < n; i++) {
+            float g = grads[i], mi = m[i] + m_weight * (g - m[i]), vi = v[i] * beta2 + v_weight * g * g;
+            m[i] = mi;
+            v[i] = vi;
+            params[i] = params[i] * decay + -step_size * (mi / (sqrtf(vi) / bias_correction2_sqrt + eps));
+        }
+    } else {
+        #pragma omp parallel for simd schedule(static) if (n >= 65536)
+        for (size_t i = 0; i < n; i++) {
+            float g = grads[i], mi = g - (g - m[i]) * (1.0f - m_weight), vi = v[i] * beta2 + v_weight * g * g;
+            m[i] = mi;
+            v[i] = vi;
+            params[i] = params[i] * decay + -step_size * (mi / (sqrtf(vi) / bias_correction2_sqrt + eps));
+        }
     }
 }
