@@ -126,6 +126,8 @@ static const ConfigKey KEYS[] = {
      .help = "0: replicated optimizer state; 2: sharded state and gradients"},
     {"zero.offload", KEY_ENUM, FIELD(zero.offload), .allowed = OFFLOAD_VALUES,
      .help = "cpu: optimizer state in pinned host memory"},
+    {"dist.timeout_s", KEY_FLOAT, FIELD(dist.timeout_s), .range = ABOVE(0),
+     .help = "seconds a rank waits for another before failing the job"},
 };
 
 #define N_KEYS (sizeof KEYS / sizeof KEYS[0])
@@ -580,6 +582,7 @@ void config_defaults(Config *config) {
     config->checkpoint.keep_last = 0;
     config->zero.stage = 0;
     snprintf(config->zero.offload, CONFIG_NAME_MAX, "none");
+    config->dist.timeout_s = 300.0f;
 }
 
 // A required string must be set; a path must exist unless its create_if_missing key names a generator.

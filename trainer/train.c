@@ -11,6 +11,7 @@
 
 #include "checkpoints/checkpoints.h"
 #include "data/data.h"
+#include "distributed.h"
 #include "trainer.h"
 
 typedef struct Run {
@@ -20,16 +21,17 @@ typedef struct Run {
     Tokenizer *tokenizer;
     Dataset *dataset;
     DataLoader *loader;
-    AdamW optimizer;
+    DistContext dist;
+    Zero *zero;
     LrSchedule schedule;
-    float *norm_scratch; // device fp32 scalar
     int total_steps;
+    bool is_rank0;       // logs and writes adapters
 } Run;
 
 // ----------------------------------------------------------------------------
 // set-up
 
-static const Ops *choose_backend(const char *backend, Error *err) {
+static const Ops *choose_backend(const char *backend, bool verbose, Error *err) {
     if (strcmp(backend, "cpu") == 0) return ops_cpu();
     Error why = {{0}};
     const Ops *cuda = ops_cuda(&why);
@@ -38,7 +40,7 @@ static const Ops *choose_backend(const char *backend, Error *err) {
         fail(err, "train.backend is cuda, but %s", why.message);
         return NULL;
     }
-    printf("CUDA backend unavailable (%s); using the CPU backend\n", why.message);
+    if (verbose) printf("CUDA backend unavailable (%s); using the CPU backend\n", why.message);
     return ops_cpu();
 }
 
@@ -60,7 +62,7 @@ static Model *create_model(const Config *config, const Ops *ops, const LlamaConf
 
 // Loads model.path, or first writes a random model of the preset named by
 // model.create_if_missing there.
-static Model *load_or_create_model(const Config *config, const Ops *ops, Error *err) {
+static Model *load_or_create_model(const Config *config, const Ops *ops, bool verbose, Error *err) {
     const char *path = config->model.path;
     LlamaConfig llama;
     bool create = !path_exists(path) && config->model.create_if_missing[0];
@@ -73,7 +75,7 @@ static Model *load_or_create_model(const Config *config, const Ops *ops, Error *
     if (!model) return NULL;
     bool ok;
     if (create) {
-        printf("creating a random '%s' model in %s\n", config->model.create_if_missing, path);
+        if (verbose) printf("creating a random '%s' model in %s\n", config->model.create_if_missing, path);
         model_init_random_base(model, config->train.seed);
         ok = make_dirs(path, err) && hf_save_model(model, path, err);
     } else {
@@ -86,7 +88,7 @@ static Model *load_or_create_model(const Config *config, const Ops *ops, Error *
     return model;
 }
 
-static Dataset *open_dataset(const Config *config, const Tokenizer *tok, Error *err) {
+static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool verbose, Error *err) {
     const char *path = config->data.path;
     if (!path_exists(path) && config->data.create_if_missing[0]) {
         if (strcmp(config->data.create_if_missing, "demo") != 0) {
@@ -97,7 +99,7 @@ static Dataset *open_dataset(const Config *config, const Tokenizer *tok, Error *
         snprintf(dir, sizeof dir, "%s", path);
         char *slash = strrchr(dir, '/');
         if (slash) *slash = '\0';
-        printf("writing the demo dataset to %s\n", path);
+        if (verbose) printf("writing the demo dataset to %s\n", path);
         if ((slash && !make_dirs(dir, err)) || !dataset_write_demo_jsonl(path, 2000, config->train.seed, err))
             return NULL;
     }
@@ -106,60 +108,79 @@ static Dataset *open_dataset(const Config *config, const Tokenizer *tok, Error *
 
 // Values the config accepts but this build cannot honour yet stop the run
 // before anything is written, rather than being ignored.
-static bool check_supported(const Config *config, const Ops *ops, Error *err) {
+static bool check_supported(const Config *config, Error *err) {
     if (strcmp(config->model.quantize, "none") != 0)
         return fail(err, "model.quantize: '%s' is not supported by this build yet", config->model.quantize);
     if (config->data.images[0])
         return fail(err, "data.images: image-text training is not supported by this build yet");
-    if (strcmp(config->zero.offload, "none") != 0 && ops != ops_cpu())
-        return fail(err, "zero.offload: '%s' is not supported by this build yet on the %s backend",
-                    config->zero.offload, ops->name);
     return true;
 }
 
-static bool setup(Run *run, const Config *config, Error *err) {
-    run->config = config;
-    run->ops = choose_backend(config->train.backend, err);
-    if (!run->ops || !check_supported(config, run->ops, err)) return false;
-    run->tokenizer = tokenizer_bytes(err);
-    if (!run->tokenizer) return false;
-    run->model = load_or_create_model(config, run->ops, err);
+// The model and the dataset; rank 0 first, so that it alone creates missing ones.
+static bool load_model_and_data(Run *run, Error *err) {
+    const Config *config = run->config;
+    Collectives *coll = run->dist.coll;
+    if (!run->is_rank0 && !coll->barrier(coll, err)) return false;
+    run->model = load_or_create_model(config, run->ops, run->is_rank0, err);
     if (!run->model) return false;
     if (model_config(run->model)->vocab_size < tokenizer_vocab_size(run->tokenizer))
         return fail(err, "%s: vocab_size %d is smaller than the tokenizer's %d", config->model.path,
                     model_config(run->model)->vocab_size, tokenizer_vocab_size(run->tokenizer));
-    run->dataset = open_dataset(config, run->tokenizer, err);
+    run->dataset = open_dataset(config, run->tokenizer, run->is_rank0, err);
     if (!run->dataset) return false;
+    return !run->is_rank0 || coll->barrier(coll, err);
+}
+
+// ZeRO over the flat buffer, after every rank took rank 0's initial parameters.
+static bool create_optimizer(Run *run, Error *err) {
+    const Config *config = run->config;
+    const ParamTable *params = model_params(run->model);
+    Collectives *coll = run->dist.coll;
+    if (!coll->broadcast(coll, model_param_data(run->model), params->total * sizeof(float), 0, err)) return false;
+    model_sync_params(run->model);
+    ZeroOptions zero = {.stage = config->zero.stage, .offload_cpu = strcmp(config->zero.offload, "cpu") == 0,
+                        .beta1 = config->train.beta1, .beta2 = config->train.beta2, .eps = config->train.eps,
+                        .weight_decay = config->train.weight_decay, .max_grad_norm = config->train.max_grad_norm};
+    run->zero = zero_create(run->ops, coll, model_param_data(run->model), params->total, &zero, err);
+    return run->zero != NULL;
+}
+
+static bool setup(Run *run, const Config *config, Error *err) {
+    run->config = config;
+    RankInfo ranks;
+    if (!rank_info_from_env(&ranks, err)) return false;
+    run->is_rank0 = ranks.rank == 0;
+    if (!check_supported(config, err)) return false;
+    run->ops = choose_backend(config->train.backend, run->is_rank0, err);
+    if (!run->ops || !dist_context_start(&run->dist, run->ops, config->dist.timeout_s, err)) return false;
+    run->tokenizer = tokenizer_bytes(err);
+    if (!run->tokenizer || !load_model_and_data(run, err)) return false;
     DataLoaderOptions loader_options = {.micro_batch = config->train.micro_batch,
                                         .grad_accum = config->train.grad_accum,
                                         .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
-                                        .shuffle = config->data.shuffle, .rank = 0, .world_size = 1};
+                                        .shuffle = config->data.shuffle, .rank = ranks.rank,
+                                        .world_size = ranks.world_size};
     run->loader = dataloader_create(run->dataset, &loader_options, err);
     if (!run->loader) return false;
     int64_t per_epoch = dataloader_steps_per_epoch(run->loader);
     if (per_epoch < 1)
-        return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum = %d",
+        return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum x world_size = %d",
                     config->data.path, (long long)dataset_size(run->dataset),
-                    config->train.micro_batch * config->train.grad_accum);
+                    config->train.micro_batch * config->train.grad_accum * ranks.world_size);
     run->total_steps = config->train.max_steps > 0 ? config->train.max_steps : (int)(per_epoch * config->train.epochs);
     run->schedule = (LrSchedule){.kind = config->train.schedule, .peak_lr = config->train.lr,
                                  .warmup_steps = warmup_steps_from(config->train.warmup, run->total_steps),
                                  .total_steps = run->total_steps, .min_lr_ratio = config->train.min_lr_ratio};
-    const ParamTable *params = model_params(run->model);
-    if (!adamw_init(&run->optimizer, run->ops, params->total, config->train.beta1, config->train.beta2,
-                    config->train.eps, config->train.weight_decay, err))
-        return false;
-    run->norm_scratch = run->ops->alloc(sizeof(float), err);
-    return run->norm_scratch != NULL;
+    return create_optimizer(run, err);
 }
 
 static void teardown(Run *run) {
-    if (run->norm_scratch) run->ops->free(run->norm_scratch);
-    if (run->optimizer.m) adamw_destroy(&run->optimizer);
+    zero_destroy(run->zero);
     dataloader_destroy(run->loader);
     dataset_destroy(run->dataset);
     model_destroy(run->model);
     tokenizer_destroy(run->tokenizer);
+    if (run->ops) dist_context_stop(&run->dist);
 }
 
 // ----------------------------------------------------------------------------
@@ -233,21 +254,37 @@ bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int s
     return true;
 }
 
-static bool optimizer_step(Run *run, int step, float *norm_out, float *lr_out) {
+// Gradients summed over ranks, clipped by the global norm, AdamW (ZeRO).
+static bool optimizer_step(Run *run, int step, float *norm_out, float *lr_out, Error *err) {
     Model *model = run->model;
-    size_t n = model_params(model)->total;
-    float norm = grad_norm(run->ops, model_grad_data(model), n, run->norm_scratch);
-    if (run->config->train.max_grad_norm > 0) clip_grads(run->ops, model_grad_data(model), n, norm, run->config->train.max_grad_norm);
     float lr = lr_at_step(&run->schedule, step);
-    adamw_step(&run->optimizer, model_param_data(model), model_grad_data(model), lr);
+    if (!zero_step(run->zero, model_param_data(model), model_grad_data(model), lr, norm_out, err)) return false;
     model_sync_params(model);
-    *norm_out = norm;
     *lr_out = lr;
-    return isfinite(norm);
+    return isfinite(*norm_out) || fail(err, "non-finite gradient norm");
+}
+
+// This rank's micro-batches with the loss normalised by the label tokens of
+// all ranks; *loss: the step's mean loss over all ranks; *skipped when no
+// rank has a label token.
+static bool accumulate_global(Run *run, const StepBatch *batch, int step, double *loss, bool *skipped, Error *err) {
+    StepBatch global = *batch;
+    double label_tokens = (double)batch->n_label_tokens;
+    if (!all_reduce_host(&run->dist, &label_tokens, 1, err)) return false;
+    global.n_label_tokens = (int64_t)label_tokens;
+    *loss = 0;
+    *skipped = global.n_label_tokens == 0;
+    if (*skipped) return true;
+    uint64_t rank_seed = run->config->train.seed ^ ((uint64_t)run->dist.info.rank * 0x9E3779B97F4A7C15ULL);
+    return train_accumulate(run->model, &global, rank_seed, step, loss, err) && all_reduce_host(&run->dist, loss, 1, err);
 }
 
 static void print_header(const Run *run) {
     const LlamaConfig *c = model_config(run->model);
+    if (run->dist.info.world_size > 1)
+        printf("%d ranks (%s collectives) | ZeRO stage %d | optimizer shard of %zu parameters%s\n",
+               run->dist.info.world_size, run->dist.coll->name, run->config->zero.stage, zero_shard_size(run->zero),
+               strcmp(run->config->zero.offload, "cpu") == 0 ? " in host memory" : "");
     printf("backend %s | model %d layers, hidden %d, vocab %d | LoRA r %d on %lld trainable parameters\n",
            run->ops->name, c->n_layers, c->hidden_size, c->vocab_size, run->config->lora.r,
            (long long)model_params(run->model)->total);
@@ -263,22 +300,23 @@ static bool train_loop(Run *run, TrainSummary *summary, Error *err) {
     double start = time_seconds(), tokens = 0;
     for (int step = 0; step < run->total_steps; step++) {
         const StepBatch *batch = dataloader_next(run->loader);
-        if (batch->n_label_tokens == 0) {
-            summary->skipped_steps++;
-            printf("step %d/%d | skipped: no label tokens in this step\n", step + 1, run->total_steps);
-            continue;
-        }
         double loss;
         float norm, lr;
-        if (!train_accumulate(run->model, batch, config->train.seed, step, &loss, err)) return fail_context(err, "step %d: ", step + 1);
-        if (!optimizer_step(run, step, &norm, &lr)) return fail(err, "step %d: non-finite gradient norm", step + 1);
-        tokens += (double)batch->n_micro * batch->B * batch->T;
+        bool skipped;
+        if (!accumulate_global(run, batch, step, &loss, &skipped, err)) return fail_context(err, "step %d: ", step + 1);
+        if (skipped) {
+            summary->skipped_steps++;
+            if (run->is_rank0) printf("step %d/%d | skipped: no label tokens in this step\n", step + 1, run->total_steps);
+            continue;
+        }
+        if (!optimizer_step(run, step, &norm, &lr, err)) return fail_context(err, "step %d: ", step + 1);
+        tokens += (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size;
         if (summary->steps == 0) summary->first_loss = loss;
         summary->last_loss = loss;
         summary->steps++;
-        if ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps)
+        if (run->is_rank0 && ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps))
             log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
-        if (config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
+        if (run->is_rank0 && config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
             step + 1 < run->total_steps) {
             char name[32], dir[CONFIG_PATH_MAX + 32];
             snprintf(name, sizeof name, "step-%06d", step + 1);
@@ -287,7 +325,7 @@ static bool train_loop(Run *run, TrainSummary *summary, Error *err) {
             prune_step_adapters(run);
         }
     }
-    return save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
+    return !run->is_rank0 || save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
 }
 
 bool train_run(const Config *config, TrainSummary *summary, Error *err) {
@@ -297,10 +335,10 @@ bool train_run(const Config *config, TrainSummary *summary, Error *err) {
     Run run = {0};
     bool ok = setup(&run, config, err);
     if (ok) {
-        print_header(&run);
+        if (run.is_rank0) print_header(&run);
         ok = train_loop(&run, summary, err);
     }
-    if (ok) printf("done: %d steps, loss %.4f -> %.4f | adapter saved to %s\n", summary->steps, summary->first_loss,
+    if (ok && run.is_rank0) printf("done: %d steps, loss %.4f -> %.4f | adapter saved to %s\n", summary->steps, summary->first_loss,
                    summary->last_loss, summary->adapter_dir);
     teardown(&run);
     return ok;

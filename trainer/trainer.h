@@ -59,6 +59,9 @@ typedef struct Config {
         int stage;                           // 0 | 2
         char offload[CONFIG_NAME_MAX];       // "none" | "cpu"
     } zero;
+    struct {
+        float timeout_s;                     // a collective or rendezvous waiting longer fails
+    } dist;
 } Config;
 
 // Defaults for every key (a valid config needs only model.path and data.path).
@@ -98,3 +101,5 @@ int data_check_main(const Config *config);
 
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);
+// lora-launch's command line (one process per local rank): the exit status.
+int lora_launch_main(int argc, char **argv);
