@@ -184,7 +184,7 @@ static bool read_param(const SafetensorsFile *file, HfLayout layout, const char 
 }
 
 // The layout whose decoder prefix the file's first key uses (Llama when none).
-static HfLayout adapter_layout(const SafetensorsFile *file) {
+HfLayout adapter_file_layout(const SafetensorsFile *file) {
     static const HfLayout layouts[] = {HF_LAYOUT_LLAVA, HF_LAYOUT_LLAVA_LEGACY};
     const char *key = safetensors_count(file) > 0 ? safetensors_name(file, 0) : "";
     for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) {
@@ -218,7 +218,7 @@ static bool read_adapter_weights(Model *model, const char *path, Error *err) {
     if (!file) return false;
     const ParamTable *table = model_params(model);
     float *host = download_params(model, err);
-    HfLayout layout = adapter_layout(file);
+    HfLayout layout = adapter_file_layout(file);
     bool ok = host && check_no_extra_tensors(file, layout, path, table, err);
     for (int i = 0; ok && i < table->count; i++) ok = read_param(file, layout, path, &table->entries[i], host, err);
     if (ok) {

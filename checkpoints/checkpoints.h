@@ -74,3 +74,14 @@ bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error 
 // Loads LoRA tensors from a PEFT adapter folder (keys in any HfLayout) into
 // the model's parameters.
 bool adapter_load(Model *model, const char *dir, Error *err);
+
+// ----------------------------------------------------------------------------
+// export
+
+// base_dir with every LoRA pair of adapter_dir folded in (W + s * B A, in
+// fp32, rounded once to W's dtype): out_dir/model.safetensors keeps the base's
+// tensor names and dtypes (vision tower and projector copied as they are),
+// config.json and the tokenizer files are copied.
+bool export_merged(const char *base_dir, const char *adapter_dir, const char *out_dir, Error *err);
+// The adapter folder's two files copied into out_dir.
+bool export_peft(const char *adapter_dir, const char *out_dir, Error *err);

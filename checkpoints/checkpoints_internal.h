@@ -31,3 +31,7 @@ HfLayout hf_weights_layout(const HfWeights *weights);
 // Checkpoint key of a canonical (LlamaForCausalLM) name under layout; lm_head
 // has a second candidate (alternative = true) for LLaVA folders.
 bool hf_layout_key(HfLayout layout, const char *canonical, bool alternative, char *out, size_t size, Error *err);
+// The layout of an adapter_model.safetensors' keys (from its first key).
+HfLayout adapter_file_layout(const SafetensorsFile *file);
+// Copies src to dst byte for byte.
+bool copy_file(const char *src, const char *dst, Error *err);

@@ -92,3 +92,5 @@ bool train_run(const Config *config, TrainSummary *summary, Error *err);
 
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);
+// The subcommands init-model, tokenize and export (argv after the subcommand).
+int lora_train_tool_main(const char *tool, int argc, char **argv);
