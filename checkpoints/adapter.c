@@ -18,6 +18,9 @@ static int compare_json_strings(const void *a, const void *b) {
     return strcmp(json_object_get_string(*(json_object *const *)a), json_object_get_string(*(json_object *const *)b));
 }
 
+// The layout of an adapter's module paths for a base checkpoint in `base`.
+static HfLayout module_layout(HfLayout base) { return base == HF_LAYOUT_LLAMA ? HF_LAYOUT_LLAMA : HF_LAYOUT_LLAVA; }
+
 // ParamTable name "model.layers.0.self_attn.q_proj.lora_A.weight" under layout.
 static bool module_key(HfLayout layout, const char *param_name, char *out, size_t size, Error *err) {
     char key[PARAM_NAME_MAX + 32];
@@ -66,7 +69,7 @@ static json_object *alpha_json(float alpha) {
 // all optional when reading).
 static json_object *adapter_config_json(Model *model, const AdapterInfo *info) {
     const LoraConfig *lora = model_lora(model);
-    HfLayout layout = info ? info->layout : HF_LAYOUT_LLAMA;
+    HfLayout layout = module_layout(info ? info->layout : HF_LAYOUT_LLAMA);
     json_object *obj = json_object_new_object();
     const char *base = info && info->base_model_name_or_path ? info->base_model_name_or_path : NULL;
     json_object_object_add(obj, "alpha_pattern", json_object_new_object());
@@ -136,7 +139,7 @@ bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error 
     json_object *config = adapter_config_json(model, info);
     bool ok = write_json_file(config_path, config, err);
     json_object_put(config);
-    return ok && write_adapter_weights(model, info ? info->layout : HF_LAYOUT_LLAMA, weights_path, err);
+    return ok && write_adapter_weights(model, module_layout(info ? info->layout : HF_LAYOUT_LLAMA), weights_path, err);
 }
 
 // ----------------------------------------------------------------------------

@@ -63,13 +63,16 @@ bool hf_load_weights(Model *model, const char *model_dir, Error *err);
 
 typedef struct AdapterInfo {
     const char *base_model_name_or_path;
-    HfLayout layout;  // the base's layout: module paths in keys and target_modules
+    HfLayout layout;  // the base checkpoint's layout
 } AdapterInfo;
 
 // adapter_config.json + adapter_model.safetensors in dir (created if needed),
 // keys base_model.model.<module>.lora_A.weight (r, in) / lora_B.weight (out, r).
-// target_modules: the short names ["q_proj", ...] for Llama bases; for LLaVA
-// bases every targeted module's full path, so PEFT leaves the vision tower alone.
+// Llama bases: module = ParamTable name, target_modules the short names
+// ["q_proj", ...]. LLaVA bases (either layout): the module paths of
+// transformers >= 4.52 (model.language_model.layers.*), as PEFT writes them
+// for both checkpoint layouts, and target_modules lists every targeted
+// module's full path, so PEFT leaves the vision tower's q/k/v_proj alone.
 bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error *err);
 // Loads LoRA tensors from a PEFT adapter folder (keys in any HfLayout) into
 // the model's parameters.

@@ -290,7 +290,8 @@ static void test_load_errors(void **state) {
 }
 
 // ----------------------------------------------------------------------------
-// adapters for LLaVA bases
+// adapters for LLaVA bases: a language_model.model.* checkpoint gets the
+// model.language_model.* module paths, as PEFT itself writes for it
 
 static void test_llava_adapter_paths(void **state) {
     Model *model = load_model(FIXTURES "/llava/model", 4);
@@ -304,13 +305,13 @@ static void test_llava_adapter_paths(void **state) {
     SafetensorsFile *file = safetensors_open(path, &err);
     assert_non_null(file);
     Tensor t;
-    assert_true(safetensors_get(file, "base_model.model.language_model.model.layers.1.mlp.down_proj.lora_B.weight", &t, &err));
+    assert_true(safetensors_get(file, "base_model.model.model.language_model.layers.1.mlp.down_proj.lora_B.weight", &t, &err));
     safetensors_close(file);
     snprintf(path, sizeof path, "%s/adapter_config.json", dir);
     json_object *json = json_object_from_file(path), *targets = json_object_object_get(json, "target_modules");
     assert_int_equal(json_object_array_length(targets), 2 * LORA_TARGET_COUNT);
     assert_string_equal(json_object_get_string(json_object_array_get_idx(targets, 0)),
-                        "language_model.model.layers.0.mlp.down_proj");
+                        "model.language_model.layers.0.mlp.down_proj");
     json_object_put(json);
     Model *reloaded = load_model(FIXTURES "/llava/model", 4);
     if (!adapter_load(reloaded, dir, &err)) fail_msg("%s", err.message);
