@@ -1,5 +1,6 @@
 // PEFT LoRA adapters: adapter_config.json + adapter_model.safetensors with keys
-// "base_model.model." + ParamTable name, A (r, in) and B (out, r), fp32.
+// "base_model.model." + module path in the base's layout (the ParamTable name
+// for Llama bases), A (r, in) and B (out, r), fp32.
 #include "checkpoints.h"
 #include "checkpoints_internal.h"
 
@@ -9,8 +10,41 @@
 #include <string.h>
 
 #define PEFT_KEY_PREFIX "base_model.model."
+#define ADAPTER_KEY_MAX (PARAM_NAME_MAX + 64)
 
 static int compare_strings(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
+static int compare_json_strings(const void *a, const void *b) {
+    return strcmp(json_object_get_string(*(json_object *const *)a), json_object_get_string(*(json_object *const *)b));
+}
+
+// The layout of an adapter's module paths for a base checkpoint in `base`.
+static HfLayout module_layout(HfLayout base) { return base == HF_LAYOUT_LLAMA ? HF_LAYOUT_LLAMA : HF_LAYOUT_LLAVA; }
+
+// ParamTable name "model.layers.0.self_attn.q_proj.lora_A.weight" under layout.
+static bool module_key(HfLayout layout, const char *param_name, char *out, size_t size, Error *err) {
+    char key[PARAM_NAME_MAX + 32];
+    if (!hf_layout_key(layout, param_name, false, key, sizeof key, err)) return false;
+    int n = snprintf(out, size, PEFT_KEY_PREFIX "%s", key);
+    if (n < 0 || (size_t)n >= size) return fail(err, "adapter key too long: %s", key);
+    return true;
+}
+
+// Every LoRA module's full path in the LLaVA layout, sorted: the language
+// model's linears only (a short name would also match the vision tower's q_proj).
+static json_object *module_paths_json(const ParamTable *table, HfLayout layout) {
+    json_object *list = json_object_new_array();
+    for (int i = 0; i < table->count; i++) {
+        const char *name = table->entries[i].name;
+        const char *suffix = strstr(name, ".lora_A.weight");
+        if (!suffix) continue;
+        char path[PARAM_NAME_MAX + 32];
+        snprintf(path, sizeof path, "%s%.*s", hf_layout_decoder_prefix(layout), (int)(suffix - name - 6), name + 6);
+        json_object_array_add(list, json_object_new_string(path));
+    }
+    json_object_array_sort(list, compare_json_strings);
+    return list;
+}
 
 // Explicit sorted list of targeted module names, as PEFT writes a set: ["q_proj", "v_proj"].
 static json_object *target_modules_json(const LoraConfig *lora) {
@@ -33,7 +67,9 @@ static json_object *alpha_json(float alpha) {
 
 // The LoraConfig fields PEFT has written since 0.10 (newer PEFT adds more,
 // all optional when reading).
-static json_object *adapter_config_json(const LoraConfig *lora, const AdapterInfo *info) {
+static json_object *adapter_config_json(Model *model, const AdapterInfo *info) {
+    const LoraConfig *lora = model_lora(model);
+    HfLayout layout = module_layout(info ? info->layout : HF_LAYOUT_LLAMA);
     json_object *obj = json_object_new_object();
     const char *base = info && info->base_model_name_or_path ? info->base_model_name_or_path : NULL;
     json_object_object_add(obj, "alpha_pattern", json_object_new_object());
@@ -57,7 +93,8 @@ static json_object *adapter_config_json(const LoraConfig *lora, const AdapterInf
     json_object_object_add(obj, "r", json_object_new_int(lora->r));
     json_object_object_add(obj, "rank_pattern", json_object_new_object());
     json_object_object_add(obj, "revision", NULL);
-    json_object_object_add(obj, "target_modules", target_modules_json(lora));
+    json_object_object_add(obj, "target_modules", layout == HF_LAYOUT_LLAMA ? target_modules_json(lora)
+                                                                            : module_paths_json(model_params(model), layout));
     json_object_object_add(obj, "task_type", json_object_new_string("CAUSAL_LM"));
     json_object_object_add(obj, "use_dora", json_object_new_boolean(false));
     json_object_object_add(obj, "use_rslora", json_object_new_boolean(lora->rslora));
@@ -74,16 +111,15 @@ static float *download_params(Model *model, Error *err) {
     return host;
 }
 
-static bool write_adapter_weights(Model *model, const char *path, Error *err) {
+static bool write_adapter_weights(Model *model, HfLayout layout, const char *path, Error *err) {
     const ParamTable *table = model_params(model);
     float *host = download_params(model, err);
     SafetensorsEntry *entries = host ? checked_calloc((size_t)table->count + 1, sizeof *entries, path, err) : NULL;
-    char (*keys)[PARAM_NAME_MAX + sizeof PEFT_KEY_PREFIX] =
-        entries ? checked_calloc((size_t)table->count + 1, sizeof *keys, path, err) : NULL;
+    char (*keys)[ADAPTER_KEY_MAX] = entries ? checked_calloc((size_t)table->count + 1, sizeof *keys, path, err) : NULL;
     bool ok = keys != NULL;
     for (int i = 0; ok && i < table->count; i++) {
         const ParamEntry *e = &table->entries[i];
-        snprintf(keys[i], sizeof keys[i], PEFT_KEY_PREFIX "%s", e->name);
+        ok = module_key(layout, e->name, keys[i], sizeof keys[i], err);
         entries[i] = (SafetensorsEntry){keys[i], {DTYPE_F32, 2, {e->shape[0], e->shape[1]}, host + e->offset}};
     }
     const char *metadata[] = {"format", "pt"};
@@ -100,10 +136,10 @@ bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error 
         !join_path(weights_path, sizeof weights_path, dir, "adapter_model.safetensors", err)) {
         return false;
     }
-    json_object *config = adapter_config_json(model_lora(model), info);
+    json_object *config = adapter_config_json(model, info);
     bool ok = write_json_file(config_path, config, err);
     json_object_put(config);
-    return ok && write_adapter_weights(model, weights_path, err);
+    return ok && write_adapter_weights(model, module_layout(info ? info->layout : HF_LAYOUT_LLAMA), weights_path, err);
 }
 
 // ----------------------------------------------------------------------------
@@ -135,9 +171,10 @@ static bool check_adapter_config(const char *path, const LoraConfig *lora, Error
 }
 
 // Copies the tensor for entry e from the file into host (ParamTable layout).
-static bool read_param(const SafetensorsFile *file, const char *path, const ParamEntry *e, float *host, Error *err) {
-    char key[PARAM_NAME_MAX + sizeof PEFT_KEY_PREFIX];
-    snprintf(key, sizeof key, PEFT_KEY_PREFIX "%s", e->name);
+static bool read_param(const SafetensorsFile *file, HfLayout layout, const char *path, const ParamEntry *e, float *host,
+                       Error *err) {
+    char key[ADAPTER_KEY_MAX];
+    if (!module_key(layout, e->name, key, sizeof key, err)) return false;
     Tensor t;
     if (!safetensors_get(file, key, &t, err)) return fail(err, "%s: missing tensor %s", path, key);
     if (t.ndim != 2 || t.shape[0] != e->shape[0] || t.shape[1] != e->shape[1]) {
@@ -149,12 +186,30 @@ static bool read_param(const SafetensorsFile *file, const char *path, const Para
     return true;
 }
 
+// The layout whose decoder prefix the file's first key uses (Llama when none).
+HfLayout adapter_file_layout(const SafetensorsFile *file) {
+    static const HfLayout layouts[] = {HF_LAYOUT_LLAVA, HF_LAYOUT_LLAVA_LEGACY};
+    const char *key = safetensors_count(file) > 0 ? safetensors_name(file, 0) : "";
+    for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) {
+        char prefix[64];
+        snprintf(prefix, sizeof prefix, PEFT_KEY_PREFIX "%s", hf_layout_decoder_prefix(layouts[i]));
+        if (strncmp(key, prefix, strlen(prefix)) == 0) return layouts[i];
+    }
+    return HF_LAYOUT_LLAMA;
+}
+
 // Every tensor of the file must be one of the model's parameters.
-static bool check_no_extra_tensors(const SafetensorsFile *file, const char *path, const ParamTable *table, Error *err) {
-    size_t prefix = strlen(PEFT_KEY_PREFIX);
+static bool check_no_extra_tensors(const SafetensorsFile *file, HfLayout layout, const char *path,
+                                   const ParamTable *table, Error *err) {
+    size_t prefix = strlen(PEFT_KEY_PREFIX) + strlen(hf_layout_decoder_prefix(layout));
     for (int i = 0; i < safetensors_count(file); i++) {
         const char *key = safetensors_name(file, i);
-        if (strncmp(key, PEFT_KEY_PREFIX, prefix) != 0 || !param_table_find(table, key + prefix)) {
+        char name[ADAPTER_KEY_MAX];
+        snprintf(name, sizeof name, "model.%s", strlen(key) > prefix ? key + prefix : "");
+        char expected[ADAPTER_KEY_MAX];
+        bool known = param_table_find(table, name) && module_key(layout, name, expected, sizeof expected, err) &&
+                     strcmp(expected, key) == 0;
+        if (!known) {
             return fail(err, "%s: tensor %s is not a LoRA parameter of this model (targets or layers differ?)", path, key);
         }
     }
@@ -166,8 +221,9 @@ static bool read_adapter_weights(Model *model, const char *path, Error *err) {
     if (!file) return false;
     const ParamTable *table = model_params(model);
     float *host = download_params(model, err);
-    bool ok = host && check_no_extra_tensors(file, path, table, err);
-    for (int i = 0; ok && i < table->count; i++) ok = read_param(file, path, &table->entries[i], host, err);
+    HfLayout layout = adapter_file_layout(file);
+    bool ok = host && check_no_extra_tensors(file, layout, path, table, err);
+    for (int i = 0; ok && i < table->count; i++) ok = read_param(file, layout, path, &table->entries[i], host, err);
     if (ok) {
         model_ops(model)->upload(model_param_data(model), host, table->total * sizeof(float));
         model_sync_params(model);

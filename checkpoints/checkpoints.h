@@ -33,13 +33,29 @@ bool safetensors_write(const char *path, const SafetensorsEntry *entries, int n_
                        const char *const *metadata_kv, int n_metadata, Error *err);
 
 // ----------------------------------------------------------------------------
-// Hugging Face model folders (LlamaForCausalLM): config.json + model.safetensors
+// Hugging Face model folders: config.json + model.safetensors or shards listed
+// by model.safetensors.index.json (F32, BF16, F16). LlamaForCausalLM, or the
+// language model of LlavaForConditionalGeneration (config.json's text_config).
+
+// Where a folder keeps the language model's tensors. The model and its
+// ParamTable use the Llama names; loading and adapters translate.
+typedef enum HfLayout {
+    HF_LAYOUT_LLAMA,        // model.layers.*, lm_head.weight
+    HF_LAYOUT_LLAVA_LEGACY, // language_model.model.layers.*, language_model.lm_head.weight (save_pretrained < 4.52)
+    HF_LAYOUT_LLAVA,        // model.language_model.layers.*, lm_head.weight (transformers >= 4.52)
+} HfLayout;
+
+// Prefix of the decoder's modules under layout: "model.", "language_model.model.", ...
+const char *hf_layout_decoder_prefix(HfLayout layout);
+// Reads the folder's tensor names (index or single file) to find its layout.
+bool hf_read_layout(const char *model_dir, HfLayout *out, Error *err);
 
 bool hf_read_llama_config(const char *model_dir, LlamaConfig *out, Error *err);
 // Writes config.json and model.safetensors (fp32) of the model's frozen weights.
 bool hf_save_model(Model *model, const char *model_dir, Error *err);
-// Loads every frozen tensor of model from model_dir, checking presence, dtype
-// and shape; a mismatch names the tensor, expected and found shapes.
+// Loads every frozen tensor of model from model_dir in whichever layout it
+// uses. Presence, dtype and shape of every tensor are checked before any is
+// loaded; a mismatch names the tensor, the expected and the found shape.
 bool hf_load_weights(Model *model, const char *model_dir, Error *err);
 
 // ----------------------------------------------------------------------------
@@ -47,10 +63,28 @@ bool hf_load_weights(Model *model, const char *model_dir, Error *err);
 
 typedef struct AdapterInfo {
     const char *base_model_name_or_path;
+    HfLayout layout;  // the base checkpoint's layout
 } AdapterInfo;
 
 // adapter_config.json + adapter_model.safetensors in dir (created if needed),
 // keys base_model.model.<module>.lora_A.weight (r, in) / lora_B.weight (out, r).
+// Llama bases: module = ParamTable name, target_modules the short names
+// ["q_proj", ...]. LLaVA bases (either layout): the module paths of
+// transformers >= 4.52 (model.language_model.layers.*), as PEFT writes them
+// for both checkpoint layouts, and target_modules lists every targeted
+// module's full path, so PEFT leaves the vision tower's q/k/v_proj alone.
 bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error *err);
-// Loads LoRA tensors from a PEFT adapter folder into the model's parameters.
+// Loads LoRA tensors from a PEFT adapter folder (keys in any HfLayout) into
+// the model's parameters.
 bool adapter_load(Model *model, const char *dir, Error *err);
+
+// ----------------------------------------------------------------------------
+// export
+
+// base_dir with every LoRA pair of adapter_dir folded in (W + s * B A, in
+// fp32, rounded once to W's dtype): out_dir/model.safetensors keeps the base's
+// tensor names and dtypes (vision tower and projector copied as they are),
+// config.json and the tokenizer files are copied.
+bool export_merged(const char *base_dir, const char *adapter_dir, const char *out_dir, Error *err);
+// The adapter folder's two files copied into out_dir.
+bool export_peft(const char *adapter_dir, const char *out_dir, Error *err);

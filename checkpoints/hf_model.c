@@ -1,6 +1,7 @@
-// Hugging Face LlamaForCausalLM folders: config.json (read as transformers'
-// LlamaConfig, legacy rope_theta/rope_scaling or v5 rope_parameters) and a
-// single model.safetensors with the frozen weights.
+// Hugging Face LlamaForCausalLM and LLaVA folders: config.json (read as
+// transformers' LlamaConfig, legacy rope_theta/rope_scaling or v5
+// rope_parameters; LLaVA's text_config) and the frozen weights from
+// model.safetensors or its shards, in any HfLayout.
 #include "checkpoints.h"
 #include "checkpoints_internal.h"
 
@@ -110,6 +111,7 @@ static const char *string_field(const ConfigReader *r, const char *key) {
 static bool check_supported(const ConfigReader *r, Error *err) {
     const char *model_type = string_field(r, "model_type"), *hidden_act = string_field(r, "hidden_act");
     if (model_type && strcmp(model_type, "llama") != 0) {
+        if (strcmp(model_type, "llava") == 0) return fail(err, "%s: model_type \"llava\" needs a text_config object", r->path);
         return fail(err, "%s: model_type \"%s\" is not \"llama\"", r->path, model_type);
     }
     if (hidden_act && strcmp(hidden_act, "silu") != 0) {
@@ -143,13 +145,27 @@ static bool read_llama_fields(const ConfigReader *r, LlamaConfig *c, Error *err)
     return read_int(r, root, "head_dim", c->hidden_size / c->n_heads, &c->head_dim, err);
 }
 
+// LlavaForConditionalGeneration keeps the language model's LlamaConfig in
+// text_config (model_type "llama" when absent, as transformers' LlavaConfig).
+static bool read_config_fields(ConfigReader *r, LlamaConfig *config, Error *err) {
+    json_object *text_config;
+    if (!json_object_object_get_ex(r->root, "text_config", &text_config) || !text_config) {
+        return check_supported(r, err) && read_llama_fields(r, config, err);
+    }
+    char text_path[CHECKPOINT_PATH_MAX + 16];
+    snprintf(text_path, sizeof text_path, "%s: text_config", r->path);
+    if (!json_object_is_type(text_config, json_type_object)) return fail(err, "%s must be an object", text_path);
+    ConfigReader text = {text_path, text_config};
+    return check_supported(&text, err) && read_llama_fields(&text, config, err);
+}
+
 bool hf_read_llama_config(const char *model_dir, LlamaConfig *out, Error *err) {
     char path[CHECKPOINT_PATH_MAX];
     if (!join_path(path, sizeof path, model_dir, "config.json", err)) return false;
     ConfigReader reader = {path, read_json_object(path, err)};
     if (!reader.root) return false;
     LlamaConfig config = {0};
-    bool ok = check_supported(&reader, err) && read_llama_fields(&reader, &config, err);
+    bool ok = read_config_fields(&reader, &config, err);
     json_object_put(reader.root);
     if (!ok) return false;
     if (!llama_config_validate(&config, err)) return fail_context(err, "%s: ", path);
@@ -271,8 +287,9 @@ bool hf_save_model(Model *model, const char *model_dir, Error *err) {
 // loading
 
 typedef struct WeightLoader {
-    const SafetensorsFile *file;
-    const char *path;
+    const HfWeights *weights;
+    const char *model_dir;
+    HfLayout layout;
     const Ops *ops;
 } WeightLoader;
 
@@ -284,20 +301,39 @@ static bool shapes_equal(const Tensor *a, const Tensor *b) {
     return true;
 }
 
+// The checkpoint's tensor for the model's tensor `name` (lm_head: either LLaVA place).
+static bool find_source(const WeightLoader *loader, const char *name, Tensor *src, const char **file, char *key,
+                        Error *err) {
+    for (int alternative = 0; alternative < 2; alternative++) {
+        if (!hf_layout_key(loader->layout, name, alternative, key, PARAM_NAME_MAX, err)) return false;
+        if (hf_weights_find(loader->weights, key, src, file)) return true;
+    }
+    if (!hf_layout_key(loader->layout, name, false, key, PARAM_NAME_MAX, err)) return false;
+    return fail(err, "%s: missing tensor %s", loader->model_dir, key);
+}
+
+static bool check_frozen_tensor(void *context, const char *name, const Tensor *dst, Error *err) {
+    const WeightLoader *loader = context;
+    Tensor src;
+    const char *file;
+    char key[PARAM_NAME_MAX], want[128], found[128];
+    if (!find_source(loader, name, &src, &file, key, err)) return false;
+    shape_string(dst->shape, dst->ndim, want, sizeof want);
+    shape_string(src.shape, src.ndim, found, sizeof found);
+    if (!shapes_equal(dst, &src)) return fail(err, "%s: tensor %s has shape %s, expected %s", file, key, found, want);
+    if (src.dtype != DTYPE_F32 && src.dtype != DTYPE_BF16 && src.dtype != DTYPE_F16) {
+        return fail(err, "%s: tensor %s is %s %s, expected F32, BF16 or F16 %s", file, key, dtype_name(src.dtype),
+                    found, want);
+    }
+    return true;
+}
+
 static bool load_frozen_tensor(void *context, const char *name, const Tensor *dst, Error *err) {
     const WeightLoader *loader = context;
     Tensor src;
-    if (!safetensors_get(loader->file, name, &src, err)) return fail(err, "%s: missing tensor %s", loader->path, name);
-    char want[128], found[128];
-    shape_string(dst->shape, dst->ndim, want, sizeof want);
-    shape_string(src.shape, src.ndim, found, sizeof found);
-    if (!shapes_equal(dst, &src)) {
-        return fail(err, "%s: tensor %s has shape %s, expected %s", loader->path, name, found, want);
-    }
-    if (src.dtype != DTYPE_F32 && src.dtype != DTYPE_BF16 && src.dtype != DTYPE_F16) {
-        return fail(err, "%s: tensor %s is %s %s, expected F32, BF16 or F16 %s", loader->path, name,
-                    dtype_name(src.dtype), found, want);
-    }
+    const char *file;
+    char key[PARAM_NAME_MAX];
+    if (!find_source(loader, name, &src, &file, key, err)) return false;
     size_t n = (size_t)tensor_numel(dst);
     float *host = checked_malloc(n * sizeof(float) + 1, name, err);
     if (!host) return false;
@@ -311,18 +347,11 @@ static bool load_frozen_tensor(void *context, const char *name, const Tensor *ds
 }
 
 bool hf_load_weights(Model *model, const char *model_dir, Error *err) {
-    char path[CHECKPOINT_PATH_MAX], index_path[CHECKPOINT_PATH_MAX];
-    if (!join_path(path, sizeof path, model_dir, "model.safetensors", err) ||
-        !join_path(index_path, sizeof index_path, model_dir, "model.safetensors.index.json", err)) {
-        return false;
-    }
-    if (!path_exists(path) && path_exists(index_path)) {
-        return fail(err, "%s: sharded checkpoints are not supported yet (no single model.safetensors)", model_dir);
-    }
-    SafetensorsFile *file = safetensors_open(path, err);
-    if (!file) return false;
-    WeightLoader loader = {file, path, model_ops(model)};
-    bool ok = model_visit_frozen(model, load_frozen_tensor, &loader, err);
-    safetensors_close(file);
+    HfWeights *weights = hf_weights_open(model_dir, err);
+    if (!weights) return false;
+    WeightLoader loader = {weights, model_dir, hf_weights_layout(weights), model_ops(model)};
+    bool ok = model_visit_frozen(model, check_frozen_tensor, &loader, err) &&
+              model_visit_frozen(model, load_frozen_tensor, &loader, err);
+    hf_weights_close(weights);
     return ok;
 }

@@ -50,3 +50,15 @@ bool write_json_file(const char *path, json_object *obj, Error *err) {
     if (!written || !closed) return fail(err, "%s: write failed: %s", path, strerror(errno));
     return true;
 }
+
+bool copy_file(const char *src, const char *dst, Error *err) {
+    char *data;
+    size_t size;
+    if (!read_file(src, &data, &size, err)) return false;
+    FILE *f = fopen(dst, "wb");
+    bool ok = f && fwrite(data, 1, size, f) == size;
+    bool closed = f && fclose(f) == 0;
+    free(data);
+    if (!ok || !closed) return fail(err, "%s: write failed: %s", dst, strerror(errno));
+    return true;
+}

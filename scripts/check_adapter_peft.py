@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Loads a lora-train model folder with transformers and its adapter with PEFT,
-and prints the logits of a fixed input: proof that PEFT accepts both.
+and prints the logits of a fixed input: proof that PEFT accepts both. The base
+may be a LlamaForCausalLM or a LlavaForConditionalGeneration (text-only input).
 
     python3 scripts/check_adapter_peft.py MODEL_DIR ADAPTER_DIR [--tokens 1,2,3] [--out logits.json]
 
@@ -11,7 +12,7 @@ import json
 
 import torch
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, LlavaForConditionalGeneration
 
 
 def main():
@@ -22,10 +23,12 @@ def main():
     parser.add_argument("--out")
     args = parser.parse_args()
     tokens = [int(t) for t in args.tokens.split(",")]
-    base = AutoModelForCausalLM.from_pretrained(args.model_dir, torch_dtype=torch.float32)
+    llava = AutoConfig.from_pretrained(args.model_dir).model_type == "llava"
+    cls = LlavaForConditionalGeneration if llava else AutoModelForCausalLM
+    base = cls.from_pretrained(args.model_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, args.adapter_dir).eval()
     with torch.no_grad():
-        logits = model(torch.tensor([tokens])).logits.float()
+        logits = model(input_ids=torch.tensor([tokens])).logits.float()
     torch.set_printoptions(precision=6, threshold=64)
     print(f"logits {list(logits.shape)}:\n{logits}")
     if args.out:

@@ -9,6 +9,9 @@ static void print_usage(FILE *out) {
             "usage: lora-train --config FILE [--set key.path=value]... [--offload cpu]\n"
             "       lora-train demo [--set key.path=value]...\n"
             "       lora-train data check --config FILE [--set key.path=value]...\n"
+            "       lora-train init-model --arch llama --preset NAME|--config-json FILE --out DIR [--tokenizer FILE]\n"
+            "       lora-train tokenize --tokenizer PATH [--special] < strings.json\n"
+            "       lora-train export --checkpoint DIR --format peft|merged --out DIR [--base DIR]\n"
             "\n"
             "Fine-tunes LoRA adapters on a Llama-family model as the YAML config describes.\n"
             "  --config FILE        the recipe (see configs/)\n"
@@ -52,6 +55,9 @@ int lora_train_main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         print_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "init-model") == 0 || strcmp(argv[1], "tokenize") == 0 || strcmp(argv[1], "export") == 0) {
+        return lora_train_tool_main(argv[1], argc - 2, argv + 2);
     }
     bool demo = strcmp(argv[1], "demo") == 0;
     bool data_check = argc >= 3 && strcmp(argv[1], "data") == 0 && strcmp(argv[2], "check") == 0;

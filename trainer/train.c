@@ -189,6 +189,7 @@ static void teardown(Run *run) {
 static bool save_adapter(Run *run, const char *name, char *dir_out, size_t dir_size, Error *err) {
     snprintf(dir_out, dir_size, "%s/%s", run->config->checkpoint.dir, name);
     AdapterInfo info = {.base_model_name_or_path = run->config->model.path};
+    if (!hf_read_layout(run->config->model.path, &info.layout, err)) return false;
     if (!adapter_save(run->model, &info, dir_out, err)) return fail_context(err, "saving the adapter to %s: ", dir_out);
     return true;
 }

@@ -103,3 +103,5 @@ int data_check_main(const Config *config);
 int lora_train_main(int argc, char **argv);
 // lora-launch's command line (one process per local rank): the exit status.
 int lora_launch_main(int argc, char **argv);
+// The subcommands init-model, tokenize and export (argv after the subcommand).
+int lora_train_tool_main(const char *tool, int argc, char **argv);

@@ -1,0 +1,173 @@
+// Export: a PEFT adapter copied as is, or merged into its base model:
+// W' = W + s * B A with A (r, in), B (out, r), s = lora_alpha / r
+// (lora_alpha / sqrt(r) with use_rslora), as PEFT's merge_and_unload.
+#include "checkpoints.h"
+#include "checkpoints_internal.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PEFT_KEY_PREFIX "base_model.model."
+
+static const char *const COPIED_FILES[] = {
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+};
+
+static bool copy_if_present(const char *src_dir, const char *dst_dir, const char *name, Error *err) {
+    char src[CHECKPOINT_PATH_MAX], dst[CHECKPOINT_PATH_MAX];
+    if (!join_path(src, sizeof src, src_dir, name, err) || !join_path(dst, sizeof dst, dst_dir, name, err)) return false;
+    return !path_exists(src) || copy_file(src, dst, err);
+}
+
+bool export_peft(const char *adapter_dir, const char *out_dir, Error *err) {
+    return make_dirs(out_dir, err) && copy_if_present(adapter_dir, out_dir, "adapter_config.json", err) &&
+           copy_if_present(adapter_dir, out_dir, "adapter_model.safetensors", err);
+}
+
+// s from adapter_config.json's r, lora_alpha and use_rslora.
+static bool read_lora_scale(const char *adapter_dir, float *scale, Error *err) {
+    char path[CHECKPOINT_PATH_MAX];
+    if (!join_path(path, sizeof path, adapter_dir, "adapter_config.json", err)) return false;
+    json_object *config = read_json_object(path, err), *r, *alpha, *rslora = NULL;
+    if (!config) return false;
+    bool ok = json_object_object_get_ex(config, "r", &r) && json_object_object_get_ex(config, "lora_alpha", &alpha) &&
+              json_object_get_int(r) > 0;
+    if (ok) {
+        json_object_object_get_ex(config, "use_rslora", &rslora);
+        double rank = json_object_get_int(r);
+        *scale = (float)(json_object_get_double(alpha) / (rslora && json_object_get_boolean(rslora) ? sqrt(rank) : rank));
+    }
+    json_object_put(config);
+    return ok || fail(err, "%s: needs a positive r and lora_alpha", path);
+}
+
+typedef struct Merge {
+    const SafetensorsFile *adapter;
+    const char *adapter_path;
+    HfLayout base_layout, adapter_layout;
+    float scale;
+    int n_merged;      // LoRA pairs folded in
+} Merge;
+
+// Adapter key of base tensor `name` ("...q_proj.weight" -> "...q_proj.lora_A.weight"), or false when
+// the tensor is outside the language model's decoder.
+static bool lora_key(const Merge *m, const char *name, char which, char *out, size_t size) {
+    const char *prefix = hf_layout_decoder_prefix(m->base_layout);
+    size_t prefix_len = strlen(prefix), len = strlen(name);
+    if (strncmp(name, prefix, prefix_len) != 0 || len < prefix_len + 7 || strcmp(name + len - 7, ".weight") != 0) return false;
+    int n = snprintf(out, size, PEFT_KEY_PREFIX "%s%.*s.lora_%c.weight", hf_layout_decoder_prefix(m->adapter_layout),
+                     (int)(len - 7 - prefix_len), name + prefix_len, which);
+    return n > 0 && (size_t)n < size;
+}
+
+static float *tensor_as_f32(const Tensor *t, const char *what, Error *err) {
+    size_t n = (size_t)tensor_numel(t);
+    float *out = checked_malloc(n * sizeof(float) + 1, what, err);
+    if (out && !convert_to_f32(out, t->data, t->dtype, n, err)) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+// w (out, in) += scale * b (out, r) @ a (r, in)
+static void add_lora_product(float *w, const float *a, const float *b, int64_t out, int64_t in, int64_t r, float scale) {
+    for (int64_t o = 0; o < out; o++) {
+        for (int64_t k = 0; k < r; k++) {
+            float coefficient = scale * b[o * r + k];
+            for (int64_t i = 0; i < in; i++) w[o * in + i] += coefficient * a[k * in + i];
+        }
+    }
+}
+
+// fp32 values back into dtype, in place over the same buffer (dtype no wider than fp32).
+static void store_as(float *values, size_t n, DType dtype) {
+    uint16_t *half = (uint16_t *)values;
+    for (size_t i = 0; i < n; i++) half[i] = dtype == DTYPE_BF16 ? f32_to_bf16(values[i]) : f32_to_f16(values[i]);
+}
+
+// The merged weight into entry (a fresh buffer in W's dtype), or the base view when not targeted.
+static bool merge_tensor(Merge *m, const char *name, const Tensor *w, SafetensorsEntry *entry, Error *err) {
+    char key_a[CHECKPOINT_PATH_MAX], key_b[CHECKPOINT_PATH_MAX];
+    Tensor a, b;
+    Error absent;
+    *entry = (SafetensorsEntry){name, *w};
+    if (!lora_key(m, name, 'A', key_a, sizeof key_a) || !safetensors_get(m->adapter, key_a, &a, &absent)) return true;
+    lora_key(m, name, 'B', key_b, sizeof key_b);
+    if (!safetensors_get(m->adapter, key_b, &b, err)) return fail_context(err, "%s: ", m->adapter_path);
+    if (w->ndim != 2 || a.ndim != 2 || b.ndim != 2 || a.shape[1] != w->shape[1] || b.shape[0] != w->shape[0] ||
+        b.shape[1] != a.shape[0]) {
+        char ws[64], as[64], bs[64];
+        return fail(err, "%s: %s %s and %s %s do not fit %s %s", m->adapter_path, key_a, shape_string(a.shape, a.ndim, as, 64),
+                    key_b, shape_string(b.shape, b.ndim, bs, 64), name, shape_string(w->shape, w->ndim, ws, 64));
+    }
+    float *merged = tensor_as_f32(w, name, err), *fa = merged ? tensor_as_f32(&a, key_a, err) : NULL;
+    float *fb = fa ? tensor_as_f32(&b, key_b, err) : NULL;
+    bool ok = fb != NULL && (w->dtype == DTYPE_F32 || w->dtype == DTYPE_BF16 || w->dtype == DTYPE_F16);
+    if (fb && !ok) fail(err, "%s: cannot merge into %s weights", name, dtype_name(w->dtype));
+    if (ok) {
+        add_lora_product(merged, fa, fb, w->shape[0], w->shape[1], a.shape[0], m->scale);
+        if (w->dtype != DTYPE_F32) store_as(merged, (size_t)tensor_numel(w), w->dtype);
+        entry->tensor.data = merged;
+        m->n_merged++;
+    } else {
+        free(merged);
+    }
+    free(fa);
+    free(fb);
+    return ok;
+}
+
+static bool write_merged(HfWeights *base, Merge *m, const char *path, Error *err) {
+    int count = hf_weights_count(base);
+    SafetensorsEntry *entries = checked_calloc((size_t)count + 1, sizeof *entries, path, err);
+    bool *owned = checked_calloc((size_t)count + 1, sizeof *owned, path, err);
+    bool ok = entries && owned;
+    for (int i = 0; ok && i < count; i++) {
+        const char *name = hf_weights_name(base, i);
+        Tensor w;
+        hf_weights_find(base, name, &w, NULL);
+        ok = merge_tensor(m, name, &w, &entries[i], err);
+        owned[i] = ok && entries[i].tensor.data != w.data;
+    }
+    int n_pairs = safetensors_count(m->adapter) / 2;
+    if (ok && m->n_merged != n_pairs) {
+        ok = fail(err, "%s: %d of its %d LoRA pairs match no tensor of the base model", m->adapter_path,
+                  n_pairs - m->n_merged, n_pairs);
+    }
+    const char *metadata[] = {"format", "pt"};
+    ok = ok && safetensors_write(path, entries, count, metadata, 1, err);
+    for (int i = 0; owned && i < count; i++) {
+        if (owned[i]) free(entries[i].tensor.data);
+    }
+    free(owned);
+    free(entries);
+    return ok;
+}
+
+bool export_merged(const char *base_dir, const char *adapter_dir, const char *out_dir, Error *err) {
+    char adapter_path[CHECKPOINT_PATH_MAX], out_path[CHECKPOINT_PATH_MAX];
+    Merge merge = {.adapter_path = adapter_path};
+    if (!join_path(adapter_path, sizeof adapter_path, adapter_dir, "adapter_model.safetensors", err) ||
+        !join_path(out_path, sizeof out_path, out_dir, "model.safetensors", err) ||
+        !read_lora_scale(adapter_dir, &merge.scale, err) || !make_dirs(out_dir, err)) {
+        return false;
+    }
+    for (size_t i = 0; i < sizeof COPIED_FILES / sizeof COPIED_FILES[0]; i++) {
+        if (!copy_if_present(base_dir, out_dir, COPIED_FILES[i], err)) return false;
+    }
+    HfWeights *base = hf_weights_open(base_dir, err);
+    SafetensorsFile *adapter = base ? safetensors_open(adapter_path, err) : NULL;
+    bool ok = adapter != NULL;
+    if (ok) {
+        merge.adapter = adapter;
+        merge.base_layout = hf_weights_layout(base);
+        merge.adapter_layout = adapter_file_layout(adapter);
+        ok = write_merged(base, &merge, out_path, err);
+    }
+    safetensors_close(adapter);
+    hf_weights_close(base);
+    return ok;
+}
