@@ -115,8 +115,6 @@ static Dataset *open_dataset(const Config *config, const Tokenizer *tok, Error *
 // Values the config accepts but this build cannot honour yet stop the run
 // before anything is written, rather than being ignored.
 static bool check_supported(const Config *config, const Ops *ops, Error *err) {
-    if (strcmp(config->model.quantize, "none") != 0)
-        return fail(err, "model.quantize: '%s' is not supported by this build yet", config->model.quantize);
     if (config->data.images[0])
         return fail(err, "data.images: image-text training is not supported by this build yet");
     if (strcmp(config->zero.offload, "none") != 0 && ops != ops_cpu())
