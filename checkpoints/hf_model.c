@@ -267,6 +267,8 @@ static void free_host_tensors(HostTensors *host) {
 // The frozen list has no lm_head when embeddings are tied, so none is written.
 bool hf_save_model(Model *model, const char *model_dir, Error *err) {
     char config_path[CHECKPOINT_PATH_MAX], weights_path[CHECKPOINT_PATH_MAX];
+    if (model_is_nf4(model)) return fail(err, "%s: an NF4 model's base weights are not saved (load them from the "
+                                              "original checkpoint)", model_dir);
     if (!make_dirs(model_dir, err) || !join_path(config_path, sizeof config_path, model_dir, "config.json", err) ||
         !join_path(weights_path, sizeof weights_path, model_dir, "model.safetensors", err)) {
         return false;
@@ -346,12 +348,73 @@ static bool load_frozen_tensor(void *context, const char *name, const Tensor *ds
     return ok;
 }
 
+// A linear in bitsandbytes' format: `key` packed U8 and its quant-state
+// tensors `key.absmax`, `.quant_map`, `.nested_absmax`, `.nested_quant_map`,
+// `.quant_state.bitsandbytes__nf4` (JSON bytes), in any shard.
+static bool get_part(const WeightLoader *loader, const char *key, const char *part, DType dtype, Tensor *out,
+                     Error *err) {
+    char part_key[PARAM_NAME_MAX + 64];
+    const char *file;
+    snprintf(part_key, sizeof part_key, "%s%s", key, part);
+    if (!hf_weights_find(loader->weights, part_key, out, &file))
+        return fail(err, "%s: missing tensor %s", loader->model_dir, part_key);
+    if (out->dtype != dtype)
+        return fail(err, "%s: tensor %s is %s, expected %s", file, part_key, dtype_name(out->dtype), dtype_name(dtype));
+    return true;
+}
+
+static bool load_serialized_nf4(const WeightLoader *loader, const char *key, const char *file, const Tensor *packed,
+                                Nf4Weight *w, Error *err) {
+    Tensor absmax, quant_map, state, nested = {0}, nested_map = {0};
+    bool ok = get_part(loader, key, ".absmax", w->double_quant ? DTYPE_U8 : DTYPE_F32, &absmax, err) &&
+              get_part(loader, key, ".quant_map", DTYPE_F32, &quant_map, err) &&
+              get_part(loader, key, ".quant_state.bitsandbytes__nf4", DTYPE_U8, &state, err);
+    if (ok && w->double_quant) {
+        ok = get_part(loader, key, ".nested_absmax", DTYPE_F32, &nested, err) &&
+             get_part(loader, key, ".nested_quant_map", DTYPE_F32, &nested_map, err);
+    }
+    if (!ok) return false;
+    if (tensor_numel(&quant_map) != 16 || (w->double_quant && tensor_numel(&nested_map) != NF4_DYNAMIC_MAP_SIZE))
+        return fail(err, "%s: %s.quant_map must have 16 and .nested_quant_map %d values", file, key,
+                    NF4_DYNAMIC_MAP_SIZE);
+    Nf4Serialized src = {.packed = packed->data, .packed_bytes = (size_t)tensor_numel(packed),
+                         .absmax = absmax.data, .n_absmax = (size_t)tensor_numel(&absmax),
+                         .quant_map = quant_map.data, .nested_absmax = nested.data,
+                         .n_nested_absmax = (size_t)tensor_numel(&nested), .nested_map = nested_map.data,
+                         .quant_state_json = state.data, .quant_state_len = (size_t)tensor_numel(&state)};
+    if (!nf4_weight_upload_serialized(w, loader->ops, &src, key, err)) return fail_context(err, "%s: ", file);
+    return true;
+}
+
+// An NF4 linear: loaded as bitsandbytes stored it, or quantized from F32/BF16/F16.
+static bool load_nf4_tensor(void *context, const char *name, Nf4Weight *w, Error *err) {
+    const WeightLoader *loader = context;
+    Tensor src;
+    const char *file;
+    char key[PARAM_NAME_MAX];
+    if (!find_source(loader, name, &src, &file, key, err)) return false;
+    if (src.dtype == DTYPE_U8) return load_serialized_nf4(loader, key, file, &src, w, err);
+    Tensor want = {.ndim = 2, .shape = {w->rows, w->cols}};
+    char want_text[128], found[128];
+    shape_string(want.shape, 2, want_text, sizeof want_text);
+    shape_string(src.shape, src.ndim, found, sizeof found);
+    if (!shapes_equal(&want, &src))
+        return fail(err, "%s: tensor %s has shape %s, expected %s", file, key, found, want_text);
+    size_t n = (size_t)tensor_numel(&src);
+    float *host = checked_malloc(n * sizeof(float), name, err);
+    bool ok = host && convert_to_f32(host, src.data, src.dtype, n, err) &&
+              nf4_weight_quantize_from(w, loader->ops, host, err);
+    free(host);
+    return ok ? true : fail_context(err, "%s: %s: ", file, key);
+}
+
 bool hf_load_weights(Model *model, const char *model_dir, Error *err) {
     HfWeights *weights = hf_weights_open(model_dir, err);
     if (!weights) return false;
     WeightLoader loader = {weights, model_dir, hf_weights_layout(weights), model_ops(model)};
     bool ok = model_visit_frozen(model, check_frozen_tensor, &loader, err) &&
-              model_visit_frozen(model, load_frozen_tensor, &loader, err);
+              model_visit_frozen(model, load_frozen_tensor, &loader, err) &&
+              (!model_is_nf4(model) || model_visit_nf4(model, load_nf4_tensor, &loader, err));
     hf_weights_close(weights);
     return ok;
 }

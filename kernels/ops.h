@@ -130,6 +130,15 @@ typedef struct Ops {
     void (*adamw)(float *params, const float *grads, float *m, float *v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step);
 
+    // ---- NF4 (QLoRA): bitsandbytes' blockwise dequantization -------------
+    // out[i] = fp32(code[q[i]] * absmax[i / blocksize]) + offset, fp32: the
+    // double-quantized statistics (8-bit codes, blocks of 256).
+    void (*dequantize_blockwise_u8)(float *out, const uint8_t *q, const float *code, const float *absmax,
+                                    float offset, size_t n, int blocksize);
+    // out[i] (act_dtype) = code[nibble i] * absmax[i / 64], nibble 2j the high
+    // half of packed[j], 2j+1 the low half; product rounded to fp32 first.
+    void (*dequantize_nf4)(void *out, const uint8_t *packed, const float *code, const float *absmax, size_t n);
+
     bool (*check)(Error *err);  // first asynchronous failure since the last check, if any
 } Ops;
 

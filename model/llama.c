@@ -32,7 +32,8 @@ typedef struct LayerActs { // what one layer's backward reads; (N, ...) each
 
 typedef struct FrozenEntry {
     char name[PARAM_NAME_MAX];
-    Tensor tensor; // data in backend memory
+    Tensor tensor;   // data in backend memory (NULL for an NF4 linear)
+    Nf4Weight *nf4;  // the NF4 linear, or NULL
 } FrozenEntry;
 
 struct Model {
@@ -50,6 +51,9 @@ struct Model {
     void *lm_head;            // (V, C), embed_tokens when tied
     FrozenEntry *frozen;
     int n_frozen;
+    Nf4Weight *nf4;           // (L, LORA_TARGET_COUNT) with options.nf4, else NULL
+    void *nf4_weight;         // (largest linear) act_dtype: the dequantized weight of the running linear
+    float *nf4_absmax;        // its fp32 absmax (double quant)
 
     // trainable parameters: fp32 masters, gradients, compute copy
     ParamTable params;
@@ -115,6 +119,21 @@ static void add_frozen(Model *m, Arena *arena, void **slot, const char *name, in
     e->tensor = (Tensor){.dtype = m->ops->act_dtype, .ndim = cols ? 2 : 1, .shape = {rows, cols}, .data = *slot};
 }
 
+// An NF4 linear takes no act_dtype memory: its entry points at its Nf4Weight.
+static void add_frozen_linear(Model *m, Arena *arena, int layer, LoraTarget t, const char *name) {
+    int in, out;
+    linear_shape(&m->config, t, &in, &out);
+    if (!m->options.nf4) {
+        add_frozen(m, arena, &m->layers[layer].linear[t], name, out, in);
+        return;
+    }
+    if (!arena->base) return;
+    FrozenEntry *e = &m->frozen[m->n_frozen++];
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->tensor = (Tensor){.dtype = m->ops->act_dtype, .ndim = 2, .shape = {out, in}};
+    e->nf4 = &m->nf4[layer * LORA_TARGET_COUNT + t];
+}
+
 static size_t layout_frozen(Model *m, uint8_t *base) {
     const LlamaConfig *c = &m->config;
     Arena arena = {base, 0};
@@ -126,10 +145,8 @@ static size_t layout_frozen(Model *m, uint8_t *base) {
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
         add_frozen(m, &arena, &w->input_layernorm, name, c->hidden_size, 0);
         for (int t = 0; t < LORA_TARGET_COUNT; t++) {
-            int in, out;
-            linear_shape(c, (LoraTarget)t, &in, &out);
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, module_group(t), LORA_TARGET_NAMES[t]);
-            add_frozen(m, &arena, &w->linear[t], name, out, in);
+            add_frozen_linear(m, &arena, l, (LoraTarget)t, name);
         }
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
         add_frozen(m, &arena, &w->post_attention_layernorm, name, c->hidden_size, 0);
@@ -272,8 +289,27 @@ void model_zero_grads(Model *m) { m->ops->zero(m->grad_data, m->params.total * s
 // ----------------------------------------------------------------------------
 // creation
 
+// NF4 linears and the scratch each is dequantized into before its matmul.
+static bool allocate_nf4(Model *m, Error *err) {
+    const LlamaConfig *c = &m->config;
+    size_t largest = 0;
+    m->nf4 = checked_calloc((size_t)c->n_layers * LORA_TARGET_COUNT, sizeof(Nf4Weight), "NF4 weights", err);
+    if (!m->nf4) return false;
+    for (int i = 0; i < c->n_layers * LORA_TARGET_COUNT; i++) {
+        int in, out;
+        linear_shape(c, (LoraTarget)(i % LORA_TARGET_COUNT), &in, &out);
+        if (!nf4_weight_alloc(&m->nf4[i], m->ops, out, in, m->options.nf4_double_quant, err))
+            return fail_context(err, "NF4 weights: ");
+        if ((size_t)in * out > largest) largest = (size_t)in * out;
+    }
+    m->nf4_weight = m->ops->alloc(largest * m->act_size, err);
+    m->nf4_absmax = m->nf4_weight ? m->ops->alloc(nf4_blocks(largest, NF4_BLOCK) * sizeof(float), err) : NULL;
+    return m->nf4_absmax ? true : fail_context(err, "NF4 dequantization scratch: ");
+}
+
 static bool allocate(Model *m, Error *err) {
     const Ops *ops = m->ops;
+    if (m->options.nf4 && !allocate_nf4(m, err)) return false;
     size_t frozen_bytes = layout_frozen(m, NULL);
     m->frozen_block = ops->alloc(frozen_bytes, err);
     if (!m->frozen_block) return fail_context(err, "frozen weights: ");
@@ -325,6 +361,10 @@ void model_destroy(Model *m) {
     if (!m) return;
     const Ops *ops = m->ops;
     ops->free(m->frozen_block);
+    for (int i = 0; m->nf4 && i < m->config.n_layers * LORA_TARGET_COUNT; i++) nf4_weight_free(&m->nf4[i], ops);
+    free(m->nf4);
+    ops->free(m->nf4_weight);
+    ops->free(m->nf4_absmax);
     ops->free(m->param_data);
     ops->free(m->grad_data);
     ops->free(m->param_act);
@@ -349,6 +389,7 @@ size_t model_activation_bytes(const Model *m) { return m->act_bytes; }
 bool model_frozen_tensor(Model *m, const char *name, Tensor *out, Error *err) {
     for (int i = 0; i < m->n_frozen; i++) {
         if (strcmp(m->frozen[i].name, name) == 0) {
+            if (m->frozen[i].nf4) return fail(err, "frozen tensor '%s' is NF4 (see model_visit_nf4)", name);
             *out = m->frozen[i].tensor;
             return true;
         }
@@ -359,7 +400,16 @@ bool model_frozen_tensor(Model *m, const char *name, Tensor *out, Error *err) {
 
 bool model_visit_frozen(Model *m, FrozenVisitor visit, void *context, Error *err) {
     for (int i = 0; i < m->n_frozen; i++) {
-        if (!visit(context, m->frozen[i].name, &m->frozen[i].tensor, err)) return false;
+        if (!m->frozen[i].nf4 && !visit(context, m->frozen[i].name, &m->frozen[i].tensor, err)) return false;
+    }
+    return true;
+}
+
+bool model_is_nf4(const Model *m) { return m->options.nf4; }
+
+bool model_visit_nf4(Model *m, Nf4Visitor visit, void *context, Error *err) {
+    for (int i = 0; i < m->n_frozen; i++) {
+        if (m->frozen[i].nf4 && !visit(context, m->frozen[i].name, m->frozen[i].nf4, err)) return false;
     }
     return true;
 }
@@ -376,8 +426,11 @@ void model_init_random_base(Model *m, uint64_t seed) {
         float *host = malloc(n * sizeof(float));
         if (!host) return;
         for (size_t j = 0; j < n; j++) host[j] = t->ndim == 1 ? 1.0f : std * rng_normal(&rng);
-        m->ops->upload_f32(t->data, host, n);
+        Error out_of_memory;
+        bool ok = m->frozen[i].nf4 ? nf4_weight_quantize_from(m->frozen[i].nf4, m->ops, host, &out_of_memory)
+                                   : (m->ops->upload_f32(t->data, host, n), true);
         free(host);
+        if (!ok) return;
     }
 }
 
@@ -392,6 +445,14 @@ typedef struct StepState {
 
 static void *act_at(const Model *m, void *base, size_t elements) {
     return (uint8_t *)base + elements * m->act_size;
+}
+
+// W (out, in) of a linear in act_dtype: an NF4 weight is dequantized into
+// m->nf4_weight first, the same values for the forward and the backward.
+static const void *linear_weight(Model *m, int layer, LoraTarget t) {
+    if (!m->options.nf4) return m->layers[layer].linear[t];
+    nf4_weight_dequantize(&m->nf4[layer * LORA_TARGET_COUNT + t], m->ops, m->nf4_weight, m->nf4_absmax);
+    return m->nf4_weight;
 }
 
 static bool dropout_active(const Model *m, const StepState *st) { return st->train && m->lora.dropout > 0; }
@@ -414,7 +475,7 @@ static void linear_forward(Model *m, const StepState *st, int layer, LoraTarget 
     const Ops *ops = m->ops;
     int in, out, N = st->N;
     linear_shape(&m->config, t, &in, &out);
-    ops->matmul(y, x, m->layers[layer].linear[t], N, out, in, false, true, 1.0f, 0.0f);
+    ops->matmul(y, x, linear_weight(m, layer, t), N, out, in, false, true, 1.0f, 0.0f);
     const LoraSlot *slot = &m->slots[layer * LORA_TARGET_COUNT + t];
     if (!slot->A) return;
     int r = m->lora.r;
@@ -429,7 +490,7 @@ static void linear_backward(Model *m, const StepState *st, int layer, LoraTarget
     const Ops *ops = m->ops;
     int in, out, N = st->N;
     linear_shape(&m->config, t, &in, &out);
-    ops->matmul(dx, dy, m->layers[layer].linear[t], N, in, out, false, false, 1.0f, 1.0f);
+    ops->matmul(dx, dy, linear_weight(m, layer, t), N, in, out, false, false, 1.0f, 1.0f);
     const LoraSlot *slot = &m->slots[layer * LORA_TARGET_COUNT + t];
     if (!slot->A) return;
     int r = m->lora.r;

@@ -10,6 +10,7 @@
 
 #include "../core/core.h"
 #include "../kernels/ops.h"
+#include "../quant/quant.h"
 
 // ----------------------------------------------------------------------------
 // configuration
@@ -97,6 +98,8 @@ typedef struct ModelOptions {
     bool activation_checkpointing; // keep only layer inputs; recompute each layer in backward
     int lm_head_chunk;        // tokens per lm_head + cross-entropy chunk (0 = all at once)
     uint64_t seed;            // LoRA init and dropout
+    bool nf4;                 // QLoRA: the seven linears of every layer stored as NF4 (quant/quant.h)
+    bool nf4_double_quant;    // with nf4: absmax double-quantized (bitsandbytes' compress_statistics)
 } ModelOptions;
 
 // Allocates frozen weights (uninitialised), the flat parameter buffer with
@@ -119,6 +122,11 @@ bool model_frozen_tensor(Model *model, const char *name, Tensor *out, Error *err
 // Calls visit for every frozen tensor, in a fixed order; `data` is backend memory.
 typedef bool (*FrozenVisitor)(void *context, const char *name, const Tensor *tensor, Error *err);
 bool model_visit_frozen(Model *model, FrozenVisitor visit, void *context, Error *err);
+// With ModelOptions.nf4 the layers' linears are not act_dtype tensors: the
+// visitors above skip them and this one visits them ("model.layers.0.self_attn.q_proj.weight", ...).
+bool model_is_nf4(const Model *model);
+typedef bool (*Nf4Visitor)(void *context, const char *name, Nf4Weight *weight, Error *err);
+bool model_visit_nf4(Model *model, Nf4Visitor visit, void *context, Error *err);
 // Random base weights as transformers' LlamaForCausalLM init: linears and
 // embeddings N(0, initializer_range^2), norms 1. For tests, benchmarks and the demo.
 void model_init_random_base(Model *model, uint64_t seed);

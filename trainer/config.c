@@ -65,6 +65,8 @@ static const ConfigKey KEYS[] = {
      .help = "preset written at model.path when absent (empty: never)"},
     {"model.quantize", KEY_ENUM, FIELD(model.quantize), .allowed = QUANTIZE_VALUES,
      .help = "frozen weights: none or nf4 (QLoRA)"},
+    {"model.double_quant", KEY_BOOL, FIELD(model.double_quant),
+     .help = "nf4: quantize the absmax to 8 bits too (bitsandbytes' compress_statistics)"},
     {"lora.r", KEY_INT, FIELD(lora.r), .range = AT_LEAST(1), .help = "LoRA rank"},
     {"lora.alpha", KEY_FLOAT, FIELD(lora.alpha), .range = ABOVE(0), .help = "scale = alpha / r"},
     {"lora.dropout", KEY_FLOAT, FIELD(lora.dropout), .range = UNIT_HALF_OPEN,
@@ -549,6 +551,7 @@ bool config_set(Config *config, const char *assignment, Error *err) {
 void config_defaults(Config *config) {
     memset(config, 0, sizeof *config);
     snprintf(config->model.quantize, CONFIG_NAME_MAX, "none");
+    config->model.double_quant = true;
     config->lora.r = 8;
     config->lora.alpha = 8.0f;
     config->lora.dropout = 0.0f;

@@ -56,32 +56,41 @@ static Model *create_model(const Config *config, const Ops *ops, const LlamaConf
     ModelOptions options = {.ops = ops, .config = *llama, .lora = lora_config_from(config),
                             .max_batch = config->train.micro_batch, .max_seq_len = config->data.max_seq_len,
                             .activation_checkpointing = config->train.activation_checkpointing,
-                            .lm_head_chunk = 1024, .seed = config->train.seed};
+                            .lm_head_chunk = 1024, .seed = config->train.seed,
+                            .nf4 = strcmp(config->model.quantize, "nf4") == 0,
+                            .nf4_double_quant = config->model.double_quant};
     return model_create(&options, err);
 }
 
-// Loads model.path, or first writes a random model of the preset named by
-// model.create_if_missing there.
+// Writes a random unquantized model of the preset model.create_if_missing at model.path.
+static bool write_random_model(const Config *config, const Ops *ops, const LlamaConfig *llama, bool verbose,
+                               Error *err) {
+    Config unquantized = *config;
+    snprintf(unquantized.model.quantize, CONFIG_NAME_MAX, "none");
+    Model *model = create_model(&unquantized, ops, llama, err);
+    if (!model) return false;
+    if (verbose) printf("creating a random '%s' model in %s\n", config->model.create_if_missing, config->model.path);
+    model_init_random_base(model, config->train.seed);
+    bool ok = make_dirs(config->model.path, err) && hf_save_model(model, config->model.path, err);
+    model_destroy(model);
+    return ok;
+}
+
+// Loads model.path (quantizing it with model.quantize), first writing a random
+// model of the preset named by model.create_if_missing there if absent.
 static Model *load_or_create_model(const Config *config, const Ops *ops, bool verbose, Error *err) {
     const char *path = config->model.path;
     LlamaConfig llama;
-    bool create = !path_exists(path) && config->model.create_if_missing[0];
-    if (create) {
-        if (!llama_config_preset(config->model.create_if_missing, &llama, err)) return NULL;
+    if (!path_exists(path) && config->model.create_if_missing[0]) {
+        if (!llama_config_preset(config->model.create_if_missing, &llama, err) ||
+            !write_random_model(config, ops, &llama, verbose, err))
+            return NULL;
     } else if (!hf_read_llama_config(path, &llama, err)) {
         return NULL;
     }
     Model *model = create_model(config, ops, &llama, err);
     if (!model) return NULL;
-    bool ok;
-    if (create) {
-        if (verbose) printf("creating a random '%s' model in %s\n", config->model.create_if_missing, path);
-        model_init_random_base(model, config->train.seed);
-        ok = make_dirs(path, err) && hf_save_model(model, path, err);
-    } else {
-        ok = hf_load_weights(model, path, err);
-    }
-    if (!ok) {
+    if (!hf_load_weights(model, path, err)) {
         model_destroy(model);
         return NULL;
     }
@@ -109,8 +118,6 @@ static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool ve
 // Values the config accepts but this build cannot honour yet stop the run
 // before anything is written, rather than being ignored.
 static bool check_supported(const Config *config, Error *err) {
-    if (strcmp(config->model.quantize, "none") != 0)
-        return fail(err, "model.quantize: '%s' is not supported by this build yet", config->model.quantize);
     if (config->data.images[0])
         return fail(err, "data.images: image-text training is not supported by this build yet");
     return true;

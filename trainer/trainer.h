@@ -15,6 +15,7 @@ typedef struct Config {
         char path[CONFIG_PATH_MAX];          // Hugging Face model folder
         char create_if_missing[CONFIG_NAME_MAX]; // preset to write at path if absent ("" = never)
         char quantize[CONFIG_NAME_MAX];      // "none" | "nf4"
+        bool double_quant;                   // nf4: double-quantize the absmax (bitsandbytes' default)
     } model;
     struct {
         int r;

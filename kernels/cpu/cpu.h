@@ -41,3 +41,8 @@ void cpu_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint6
                           uint64_t offset);
 void cpu_cross_entropy(float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
                        int N, int V, float grad_scale);
+
+// dequant.c
+void cpu_dequantize_blockwise_u8(float *out, const uint8_t *q, const float *code, const float *absmax,
+                                 float offset, size_t n, int blocksize);
+void cpu_dequantize_nf4(void *out, const uint8_t *packed, const float *code, const float *absmax, size_t n);

@@ -134,6 +134,8 @@ static const Ops cpu_ops = {
     .sum_squares = cpu_sum_squares,
     .scale_f32 = cpu_scale_f32,
     .adamw = cpu_adamw,
+    .dequantize_blockwise_u8 = cpu_dequantize_blockwise_u8,
+    .dequantize_nf4 = cpu_dequantize_nf4,
     .check = cpu_check,
 };
 

@@ -124,3 +124,8 @@ void cuda_sum_squares(float *out, const float *g, size_t n);
 void cuda_scale_f32(float *x, float s, size_t n);
 void cuda_adamw(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
                 float beta2, float eps, float weight_decay, int step);
+
+// dequant.cu
+void cuda_dequantize_blockwise_u8(float *out, const uint8_t *q, const float *code, const float *absmax,
+                                  float offset, size_t n, int blocksize);
+void cuda_dequantize_nf4(void *out, const uint8_t *packed, const float *code, const float *absmax, size_t n);

@@ -152,6 +152,8 @@ static const Ops cuda_ops = {
     .sum_squares = cuda_sum_squares,
     .scale_f32 = cuda_scale_f32,
     .adamw = cuda_adamw,
+    .dequantize_blockwise_u8 = cuda_dequantize_blockwise_u8,
+    .dequantize_nf4 = cuda_dequantize_nf4,
     .check = check,
 };
 
