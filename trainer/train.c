@@ -3,28 +3,12 @@
 // One optimizer step = grad_accum micro-batches. The loss of a step is the sum
 // over all its label tokens divided by their count across all micro-batches,
 // so accumulation gives the same update as one large batch.
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoints/checkpoints.h"
-#include "data/data.h"
-#include "trainer.h"
-
-typedef struct Run {
-    const Config *config;
-    const Ops *ops;
-    Model *model;
-    Tokenizer *tokenizer;
-    Dataset *dataset;
-    DataLoader *loader;
-    AdamW optimizer;
-    LrSchedule schedule;
-    float *norm_scratch; // device fp32 scalar
-    int total_steps;
-} Run;
+#include "train_private.h"
 
 // ----------------------------------------------------------------------------
 // set-up
@@ -137,10 +121,12 @@ static bool setup(Run *run, const Config *config, Error *err) {
                     config->train.eps, config->train.weight_decay, err))
         return false;
     run->norm_scratch = run->ops->alloc(sizeof(float), err);
-    return run->norm_scratch != NULL;
+    run->config_yaml = run->norm_scratch ? config_to_yaml(config, err) : NULL;
+    return run->config_yaml != NULL;
 }
 
 static void teardown(Run *run) {
+    free(run->config_yaml);
     if (run->norm_scratch) run->ops->free(run->norm_scratch);
     if (run->optimizer.m) adamw_destroy(&run->optimizer);
     dataloader_destroy(run->loader);
@@ -157,31 +143,6 @@ static bool save_adapter(Run *run, const char *name, char *dir_out, size_t dir_s
     AdapterInfo info = {.base_model_name_or_path = run->config->model.path};
     if (!adapter_save(run->model, &info, dir_out, err)) return fail_context(err, "saving the adapter to %s: ", dir_out);
     return true;
-}
-
-static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-// Removes step-NNNNNN folders beyond the newest keep_last, after a successful save.
-static void prune_step_adapters(const Run *run) {
-    int keep = run->config->checkpoint.keep_last;
-    DIR *dir = keep > 0 ? opendir(run->config->checkpoint.dir) : NULL;
-    if (!dir) return;
-    char *names[4096];
-    int count = 0;
-    for (struct dirent *e; (e = readdir(dir)) && count < 4096;) {
-        if (strncmp(e->d_name, "step-", 5) == 0) names[count++] = strdup(e->d_name);
-    }
-    closedir(dir);
-    qsort(names, (size_t)count, sizeof names[0], compare_names);
-    for (int i = 0; i < count; i++) {
-        if (i < count - keep && names[i]) {
-            char path[2 * CONFIG_PATH_MAX];
-            snprintf(path, sizeof path, "%s/%s", run->config->checkpoint.dir, names[i]);
-            Error err;
-            if (!remove_tree(path, &err)) printf("warning: could not prune an old adapter: %s\n", err.message);
-        }
-        free(names[i]);
-    }
 }
 
 // ----------------------------------------------------------------------------
@@ -201,12 +162,15 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
     fflush(stdout);
 }
 
-bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
-                      Error *err) {
+// The step's micro-batches; *interrupted when a stop signal arrived after one
+// of them (the step is then incomplete and not applied).
+static bool accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
+                       bool *interrupted, Error *err) {
     model_zero_grads(model);
     StepOptions options = {.grad_scale = (float)(1.0 / (double)batch->n_label_tokens), .train = true};
     double loss_sum = 0;
     size_t micro_tokens = (size_t)batch->B * batch->T;
+    *interrupted = false;
     for (int micro = 0; micro < batch->n_micro; micro++) {
         Batch micro_batch = {.B = batch->B, .T = batch->T, .tokens = batch->tokens + micro * micro_tokens,
                              .targets = batch->targets + micro * micro_tokens};
@@ -215,22 +179,34 @@ bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int s
         double micro_loss;
         if (!model_step(model, &micro_batch, &options, &micro_loss, err)) return false;
         loss_sum += micro_loss;
+        if (stop_signal && micro + 1 < batch->n_micro) {
+            *interrupted = true;
+            return true;
+        }
     }
     *mean_loss = loss_sum / (double)batch->n_label_tokens;
     return true;
 }
 
-static bool optimizer_step(Run *run, int step, float *norm_out, float *lr_out) {
+bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
+                      Error *err) {
+    bool interrupted;
+    return accumulate(model, batch, seed, step, mean_loss, &interrupted, err);
+}
+
+// Gradient norm; when the loss and norm are finite, clipping and AdamW.
+// Returns false (optimizer state untouched) for a non-finite step.
+static bool optimizer_step(Run *run, int step, double loss, float *norm_out, float *lr_out) {
     Model *model = run->model;
     size_t n = model_params(model)->total;
     float norm = grad_norm(run->ops, model_grad_data(model), n, run->norm_scratch);
-    if (run->config->train.max_grad_norm > 0) clip_grads(run->ops, model_grad_data(model), n, norm, run->config->train.max_grad_norm);
-    float lr = lr_at_step(&run->schedule, step);
-    adamw_step(&run->optimizer, model_param_data(model), model_grad_data(model), lr);
-    model_sync_params(model);
     *norm_out = norm;
-    *lr_out = lr;
-    return isfinite(norm);
+    *lr_out = lr_at_step(&run->schedule, step);
+    if (!isfinite(norm) || !isfinite(loss)) return false;
+    if (run->config->train.max_grad_norm > 0) clip_grads(run->ops, model_grad_data(model), n, norm, run->config->train.max_grad_norm);
+    adamw_step(&run->optimizer, model_param_data(model), model_grad_data(model), *lr_out);
+    model_sync_params(model);
+    return true;
 }
 
 static void print_header(const Run *run) {
@@ -245,50 +221,111 @@ static void print_header(const Run *run) {
     fflush(stdout);
 }
 
-static bool train_loop(Run *run, TrainSummary *summary, Error *err) {
+// Saves the state before next_step and marks the run interrupted.
+static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary, Error *err) {
+    if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+    summary->interrupted = true;
+    printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
+           summary->checkpoint_dir);
+    return true;
+}
+
+// A skipped non-finite step; false (after a checkpoint of the last good
+// state) when max_bad_steps came in a row.
+static bool count_bad_step(Run *run, int step, int *in_row, double loss, float norm, TrainSummary *summary,
+                           Error *err) {
+    run->progress.bad_steps++;
+    (*in_row)++;
+    printf("step %d/%d | skipped: non-finite loss %g or gradient norm %g (%d in a row)\n", step + 1,
+           run->total_steps, loss, (double)norm, *in_row);
+    if (*in_row < run->config->train.max_bad_steps) return true;
+    if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+    return fail(err, "step %d: %d non-finite steps in a row (train.max_bad_steps); the last good state is in %s",
+                step + 1, *in_row, summary->checkpoint_dir);
+}
+
+static void record_step(Run *run, int step, double loss) {
+    if (run->optimizer.step == 1) run->progress.first_loss = loss;
+    run->progress.last_loss = loss;
+    if (run->control->on_step) run->control->on_step(run->control->context, step + 1, loss);
+}
+
+static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *err) {
     const Config *config = run->config;
     double start = time_seconds(), tokens = 0;
-    for (int step = 0; step < run->total_steps; step++) {
+    int bad_in_row = 0;
+    for (int step = start_step; step < run->total_steps; step++) {
+        bool stop_here = run->control->stop_after_steps > 0 && step == run->control->stop_after_steps;
+        if (stop_signal || stop_here) return stop_with_checkpoint(run, step, summary, err);
+        int epoch;
+        int64_t step_in_epoch;
+        dataloader_position(run->loader, &epoch, &step_in_epoch);
         const StepBatch *batch = dataloader_next(run->loader);
         if (batch->n_label_tokens == 0) {
-            summary->skipped_steps++;
+            run->progress.skipped_steps++;
             printf("step %d/%d | skipped: no label tokens in this step\n", step + 1, run->total_steps);
             continue;
         }
         double loss;
         float norm, lr;
-        if (!train_accumulate(run->model, batch, config->train.seed, step, &loss, err)) return fail_context(err, "step %d: ", step + 1);
-        if (!optimizer_step(run, step, &norm, &lr)) return fail(err, "step %d: non-finite gradient norm", step + 1);
+        bool interrupted;
+        if (!accumulate(run->model, batch, config->train.seed, step, &loss, &interrupted, err)) return fail_context(err, "step %d: ", step + 1);
+        if (interrupted) {
+            dataloader_seek(run->loader, epoch, step_in_epoch);
+            return stop_with_checkpoint(run, step, summary, err);
+        }
+        if (!optimizer_step(run, step, loss, &norm, &lr)) {
+            if (!count_bad_step(run, step, &bad_in_row, loss, norm, summary, err)) return false;
+            continue;
+        }
+        bad_in_row = 0;
         tokens += (double)batch->n_micro * batch->B * batch->T;
-        if (summary->steps == 0) summary->first_loss = loss;
-        summary->last_loss = loss;
-        summary->steps++;
+        record_step(run, step, loss);
         if ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps)
             log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
         if (config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
             step + 1 < run->total_steps) {
-            char name[32], dir[CONFIG_PATH_MAX + 32];
-            snprintf(name, sizeof name, "step-%06d", step + 1);
-            if (!save_adapter(run, name, dir, sizeof dir, err)) return false;
-            printf("saved adapter %s\n", dir);
-            prune_step_adapters(run);
+            if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+            printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
         }
     }
     return save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
 }
 
-bool train_run(const Config *config, TrainSummary *summary, Error *err) {
+static void fill_summary(const Run *run, TrainSummary *summary) {
+    summary->steps = run->optimizer.step;
+    summary->skipped_steps = run->progress.skipped_steps;
+    summary->bad_steps = run->progress.bad_steps;
+    summary->first_loss = run->progress.first_loss;
+    summary->last_loss = run->progress.last_loss;
+}
+
+static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
+    int start_step = 0;
+    if (run->control->resume && !resume_from_checkpoint(run, &start_step, err)) return false;
+    print_header(run);
+    if (!check_disk_for_run(run, err)) return false;
+    stop_signals_install();
+    bool ok = train_loop(run, start_step, summary, err);
+    stop_signals_restore();
+    return ok;
+}
+
+bool train_run_with(const Config *config, const TrainControl *control, TrainSummary *summary, Error *err) {
     TrainSummary local;
     if (!summary) summary = &local;
     *summary = (TrainSummary){0};
-    Run run = {0};
-    bool ok = setup(&run, config, err);
-    if (ok) {
-        print_header(&run);
-        ok = train_loop(&run, summary, err);
-    }
-    if (ok) printf("done: %d steps, loss %.4f -> %.4f | adapter saved to %s\n", summary->steps, summary->first_loss,
-                   summary->last_loss, summary->adapter_dir);
+    TrainControl no_control = {0};
+    Run run = {.control = control ? control : &no_control};
+    bool ok = setup(&run, config, err) && start_and_train(&run, summary, err);
+    if (run.optimizer.m) fill_summary(&run, summary);
+    if (ok && !summary->interrupted)
+        printf("done: %d steps, loss %.4f -> %.4f | adapter saved to %s\n", summary->steps, summary->first_loss,
+               summary->last_loss, summary->adapter_dir);
     teardown(&run);
     return ok;
+}
+
+bool train_run(const Config *config, TrainSummary *summary, Error *err) {
+    return train_run_with(config, NULL, summary, err);
 }
