@@ -46,9 +46,14 @@ static bool serialize_optimizer(const CheckpointSource *source, FileImage *out, 
     size_t n = model_params(source->model)->total;
     float *host = checked_malloc(2 * n * sizeof(float) + 1, "AdamW moments", err);
     if (!host) return false;
-    ops->download(host, source->adam_m, n * sizeof(float));
-    ops->download(host + n, source->adam_v, n * sizeof(float));
-    ops->synchronize();
+    if (source->moments_on_host) {
+        memcpy(host, source->adam_m, n * sizeof(float));
+        memcpy(host + n, source->adam_v, n * sizeof(float));
+    } else {
+        ops->download(host, source->adam_m, n * sizeof(float));
+        ops->download(host + n, source->adam_v, n * sizeof(float));
+        ops->synchronize();
+    }
     char step_text[24];
     snprintf(step_text, sizeof step_text, "%d", source->state->optimizer_steps);
     const char *metadata[] = {"optimizer", "adamw", "step", step_text, "rank", "0", "world_size", "1"};
@@ -282,18 +287,20 @@ bool checkpoint_find_latest(const char *run_dir, char *path, size_t path_size, E
 // ----------------------------------------------------------------------------
 // loading
 
-static bool load_moment(const SafetensorsFile *file, const char *path, const char *name, size_t n, float *device,
+// One moment into dst (backend memory, or host memory when ops is NULL).
+static bool load_moment(const SafetensorsFile *file, const char *path, const char *name, size_t n, float *dst,
                         const Ops *ops, Error *err) {
     Tensor t;
     if (!safetensors_get(file, name, &t, err)) return fail_context(err, "%s: ", path);
     if (t.dtype != DTYPE_F32 || t.ndim != 1 || (size_t)t.shape[0] != n)
         return fail(err, "%s: %s must be F32 of shape [%zu] (this model's trainable parameters)", path, name, n);
-    ops->upload(device, t.data, n * sizeof(float));
+    if (ops) ops->upload(dst, t.data, n * sizeof(float));
+    else memcpy(dst, t.data, n * sizeof(float));
     return true;
 }
 
-static bool load_optimizer(const char *dir, Model *model, float *adam_m, float *adam_v, int *optimizer_steps,
-                           Error *err) {
+static bool load_optimizer(const char *dir, Model *model, float *adam_m, float *adam_v, bool on_host,
+                           int *optimizer_steps, Error *err) {
     char path[CHECKPOINT_PATH_MAX];
     if (!join_path(path, sizeof path, dir, OPTIMIZER_FILE, err)) return false;
     SafetensorsFile *file = safetensors_open(path, err);
@@ -303,8 +310,9 @@ static bool load_optimizer(const char *dir, Model *model, float *adam_m, float *
     bool ok = step && world_size;
     if (!ok) fail(err, "%s: metadata lacks step or world_size", path);
     else if (strcmp(world_size, "1") != 0) ok = fail(err, "%s: written by %s ranks; one is supported", path, world_size);
-    ok = ok && load_moment(file, path, "exp_avg", n, adam_m, model_ops(model), err) &&
-         load_moment(file, path, "exp_avg_sq", n, adam_v, model_ops(model), err);
+    const Ops *ops = on_host ? NULL : model_ops(model);
+    ok = ok && load_moment(file, path, "exp_avg", n, adam_m, ops, err) &&
+         load_moment(file, path, "exp_avg_sq", n, adam_v, ops, err);
     if (ok) {
         model_ops(model)->synchronize();
         *optimizer_steps = atoi(step);
@@ -362,11 +370,12 @@ static bool load_state(const char *dir, TrainerState *state, Error *err) {
     return ok;
 }
 
-bool checkpoint_load(const char *dir, Model *model, float *adam_m, float *adam_v, TrainerState *state, Error *err) {
+bool checkpoint_load(const char *dir, Model *model, float *adam_m, float *adam_v, bool moments_on_host,
+                     TrainerState *state, Error *err) {
     *state = (TrainerState){0};
     int optimizer_steps = 0;
     bool ok = checkpoint_verify(dir, err) && adapter_load(model, dir, err) &&
-              load_optimizer(dir, model, adam_m, adam_v, &optimizer_steps, err) && load_state(dir, state, err);
+              load_optimizer(dir, model, adam_m, adam_v, moments_on_host, &optimizer_steps, err) && load_state(dir, state, err);
     if (!ok) return fail_context(err, "loading checkpoint %s: ", dir);
     if (state->optimizer_steps != optimizer_steps)
         return fail(err, "loading checkpoint %s: " STATE_FILE " says %d AdamW steps, " OPTIMIZER_FILE " %d", dir,

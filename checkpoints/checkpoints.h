@@ -85,7 +85,8 @@ typedef struct TrainerState {
 typedef struct CheckpointSource {
     Model *model;                  // fp32 masters -> the adapter
     const AdapterInfo *adapter;
-    const float *adam_m, *adam_v;  // backend memory, ParamTable layout
+    const float *adam_m, *adam_v;  // ParamTable layout, backend memory (host memory when moments_on_host)
+    bool moments_on_host;
     const TrainerState *state;
 } CheckpointSource;
 
@@ -107,9 +108,10 @@ bool checkpoint_verify(const char *dir, Error *err);
 // the newest step-NNNNNN/ that does. False when there is none.
 bool checkpoint_find_latest(const char *run_dir, char *path, size_t path_size, Error *err);
 // Verifies dir, then loads the adapter into model, the AdamW moments into
-// adam_m / adam_v (backend memory) and the trainer state (free it with
-// trainer_state_free).
-bool checkpoint_load(const char *dir, Model *model, float *adam_m, float *adam_v, TrainerState *state, Error *err);
+// adam_m / adam_v (backend memory, or host memory when moments_on_host) and
+// the trainer state (free it with trainer_state_free).
+bool checkpoint_load(const char *dir, Model *model, float *adam_m, float *adam_v, bool moments_on_host,
+                     TrainerState *state, Error *err);
 void trainer_state_free(TrainerState *state);
 // Removes complete checkpoints beyond the newest `keep` (keep >= 1) and
 // leftovers of interrupted saves; the newest complete one always stays.

@@ -62,35 +62,10 @@ char *checked_strdup(const char *s, Error *err) {
     return p;
 }
 
-#define ARENA_ALIGN 64
-
-bool arena_init(Arena *arena, size_t capacity, Error *err) {
-    *arena = (Arena){0};
-    if (capacity == 0) return true;
-    arena->base = aligned_alloc(ARENA_ALIGN, (capacity + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN);
-    if (!arena->base) return fail(err, "out of memory allocating an arena of %zu bytes", capacity);
-    arena->capacity = capacity;
-    return true;
-}
-
-void *arena_alloc(Arena *arena, size_t bytes, Error *err) {
-    size_t start = (arena->used + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN;
-    if (start + bytes > arena->capacity) {
-        fail(err, "arena exhausted: need %zu bytes at offset %zu of %zu", bytes, start, arena->capacity);
-        return NULL;
-    }
+void *arena_take(Arena *arena, size_t bytes) {
+    size_t start = (arena->used + 255) / 256 * 256;
     arena->used = start + bytes;
-    if (arena->used > arena->peak) arena->peak = arena->used;
-    return arena->base + start;
-}
-
-size_t arena_mark(const Arena *arena) { return arena->used; }
-
-void arena_reset_to(Arena *arena, size_t mark) { arena->used = mark; }
-
-void arena_destroy(Arena *arena) {
-    free(arena->base);
-    *arena = (Arena){0};
+    return arena->base ? arena->base + start : NULL;
 }
 
 // ----------------------------------------------------------------------------

@@ -29,19 +29,16 @@ void *checked_malloc(size_t bytes, const char *what, Error *err);
 void *checked_calloc(size_t count, size_t size, const char *what, Error *err);
 char *checked_strdup(const char *s, Error *err);
 
-// An arena hands out 64-byte aligned slices of one allocation, sized up front.
+// An arena carves 256-byte aligned slices out of one block it does not own
+// (host or device memory). Over a NULL base it only measures: lay everything
+// out once to size the block, allocate the block, then lay out again over it.
 typedef struct Arena {
-    uint8_t *base;
-    size_t capacity;
+    uint8_t *base;   // NULL while measuring
     size_t used;
-    size_t peak;
 } Arena;
 
-bool arena_init(Arena *arena, size_t capacity, Error *err);
-void *arena_alloc(Arena *arena, size_t bytes, Error *err);
-size_t arena_mark(const Arena *arena);
-void arena_reset_to(Arena *arena, size_t mark);
-void arena_destroy(Arena *arena);
+// The next slice of `bytes`; NULL while measuring.
+void *arena_take(Arena *arena, size_t bytes);
 
 // ----------------------------------------------------------------------------
 // tensor views: a dtype, a shape and a pointer; memory is owned elsewhere

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "../core/core.h"
+#include "../vision/vision.h"
 
 #define IGNORE_INDEX (-100)
 
@@ -94,6 +95,10 @@ typedef struct StepBatch {
     int32_t *targets;       // (n_micro, B, T): labels shifted left by one, IGNORE_INDEX on padding
     int64_t n_label_tokens; // targets != IGNORE_INDEX over the whole step
     int epoch;              // the epoch the step's first sample came from
+    // vision-language steps (VlmLoader); 0 / NULL for text steps
+    int image_size;         // S
+    float *images;          // (n_micro, B, 3, S, S) preprocessed, zeros where a row has no image
+    uint8_t *has_image;     // (n_micro, B)
 } StepBatch;
 
 typedef struct DataLoader DataLoader;
@@ -133,3 +138,142 @@ int hf_tokenizer_token_to_id(const HfTokenizer *tok, const char *token);
 // Largest id + 1, over the model's vocab and the added tokens.
 int hf_tokenizer_vocab_size(const HfTokenizer *tok);
 bool hf_tokenizer_is_special(const HfTokenizer *tok, int id);
+
+// ----------------------------------------------------------------------------
+// image stores: a folder, or a .tar / .tar.gz / .tgz / .zip read in place
+
+typedef struct ImageStore ImageStore;
+
+// A folder is read file by file. An archive is indexed in one pass (member
+// name -> offset, size): uncompressed tar and stored zip members are read in
+// place with pread; gzip'd tars and deflated zip members are decompressed once
+// into an anonymous in-memory file (no extraction to disk) and read from there.
+ImageStore *image_store_open(const char *path, Error *err);
+void image_store_destroy(ImageStore *store);
+int64_t image_store_count(const ImageStore *store);         // archive members; 0 for a folder
+int64_t image_store_spooled_bytes(const ImageStore *store); // decompressed bytes held in memory
+// Names as LLaVA records spell them ("coco/train2017/1.jpg"; "./" prefixes ignored).
+bool image_store_has(const ImageStore *store, const char *name);
+// The member's bytes into a malloc'd *data (the caller frees it).
+bool image_store_read(const ImageStore *store, const char *name, uint8_t **data, size_t *size, Error *err);
+
+// ----------------------------------------------------------------------------
+// LLaVA records: [{id, image, conversations: [{from: human|gpt, value}]}, ...]
+// as one JSON array, or one record per line (JSONL)
+
+typedef struct LlavaIndex LlavaIndex;
+typedef enum LlavaRole { LLAVA_SYSTEM, LLAVA_USER, LLAVA_ASSISTANT } LlavaRole;
+
+typedef struct LlavaRecord {
+    char *id;         // NULL when absent
+    char *image;      // NULL for a text-only record
+    int n_turns;
+    LlavaRole *roles; // (n_turns,) human -> user, gpt -> assistant
+    char **values;    // (n_turns,)
+} LlavaRecord;
+
+// Streams the file once, keeping each record's byte range only (the parsed
+// document is never held). The format is told by the first byte: '[' or '{'.
+// Structural errors of the array name the byte offset.
+LlavaIndex *llava_index_open(const char *path, Error *err);
+void llava_index_destroy(LlavaIndex *index);
+int64_t llava_index_count(const LlavaIndex *index);
+bool llava_index_is_jsonl(const LlavaIndex *index);
+const char *llava_index_path(const LlavaIndex *index);
+void llava_index_range(const LlavaIndex *index, int64_t i, int64_t *offset, int64_t *length);
+// Parses record i with json-c; a malformed record is an error saying why
+// (out->id is then the record's id when it could be read, else NULL; free out).
+bool llava_record_read(const LlavaIndex *index, int64_t i, LlavaRecord *out, Error *err);
+void llava_record_free(LlavaRecord *record);
+
+// ----------------------------------------------------------------------------
+// vision-language datasets: LLaVA records + images -> samples
+
+#define LLAVA_IMAGE_PLACEHOLDER "<image>"
+
+typedef enum SkipReason {
+    SKIP_BAD_RECORD,           // invalid JSON or fields
+    SKIP_EMPTY_CONVERSATION,   // no turns, or no gpt turn to train on
+    SKIP_NO_PLACEHOLDER,       // an image is given but the text has no <image>
+    SKIP_PLACEHOLDER_MISMATCH, // <image> more often than images
+    SKIP_MISSING_IMAGE,        // not in the folder / archive
+    SKIP_BAD_IMAGE,            // corrupt or truncated image data
+    SKIP_IMAGE_TRUNCATED,      // the image's tokens do not fit in max_seq_len
+    SKIP_REASON_COUNT
+} SkipReason;
+
+const char *skip_reason_name(SkipReason reason); // "missing image", ...
+
+typedef struct SkippedRecord {
+    int64_t record;    // position in the file
+    char id[96];       // the record's id ("" when absent)
+    SkipReason reason;
+    char message[256];
+} SkippedRecord;
+
+typedef struct VlmDatasetOptions {
+    const char *path;           // LLaVA JSON or JSONL
+    const char *images;         // image folder or archive; NULL or "" for text only
+    const Tokenizer *tok;
+    int max_seq_len;
+    int n_image_tokens;         // positions per image, e.g. 576 = (336 / 14)^2 for CLIP-336
+    int32_t image_token_id;     // id at those positions (features replace them)
+    ImagePreprocess preprocess;
+    bool decode_images;         // decode every image while opening (data check)
+} VlmDatasetOptions;
+
+typedef struct VlmDatasetStats {
+    int64_t records;            // in the file
+    int64_t samples;            // usable
+    int64_t images;             // usable samples with an image
+    int64_t tokens;             // over usable samples, after truncation
+    int64_t label_tokens;
+    int64_t truncated;
+    int64_t skipped[SKIP_REASON_COUNT];
+    int64_t skipped_total;
+} VlmDatasetStats;
+
+// A rendered sample: <bos> (role marker, content)* as sample_from_messages,
+// each <image> expanded to n_image_tokens image_token_id positions with
+// IGNORE_INDEX labels; labels on gpt turns and their <eos> only.
+typedef struct VlmSample {
+    Sample text;       // owns ids and labels
+    bool has_image;
+    float *image;      // (3, S, S) when has_image
+} VlmSample;
+
+void vlm_sample_free(VlmSample *sample);
+
+typedef struct VlmDataset VlmDataset;
+
+// Indexes the records, then checks each as training would (fields, turns,
+// <image> placeholders, the image's presence, token counts; with
+// decode_images also decoding every image). Bad records are skipped and
+// logged, never an error: see vlm_dataset_check_skips.
+VlmDataset *vlm_dataset_open(const VlmDatasetOptions *options, Error *err);
+void vlm_dataset_destroy(VlmDataset *dataset);
+int64_t vlm_dataset_size(const VlmDataset *dataset); // usable samples
+const VlmDatasetStats *vlm_dataset_stats(const VlmDataset *dataset);
+int64_t vlm_dataset_skipped_count(const VlmDataset *dataset);
+const SkippedRecord *vlm_dataset_skipped(const VlmDataset *dataset, int64_t i);
+// Fails, naming the counts per reason, when skipped / records > max_fraction.
+bool vlm_dataset_check_skips(const VlmDataset *dataset, double max_fraction, Error *err);
+// Renders usable sample i and decodes and preprocesses its image. An image
+// that fails to decode marks the record skipped (*skipped = true, logged in
+// the skip list) and returns true; false only on errors such as memory.
+bool vlm_dataset_load(VlmDataset *dataset, int64_t i, VlmSample *out, bool *skipped, Error *err);
+
+// Batching as DataLoader (per-epoch permutation from (seed, epoch), this
+// rank's share of every step), with images. A sample skipped while loading is
+// replaced by the next usable one in the epoch's order; the step fails when
+// the skipped fraction passes max_skip_fraction.
+typedef struct VlmLoader VlmLoader;
+
+VlmLoader *vlm_loader_create(VlmDataset *dataset, const DataLoaderOptions *options, double max_skip_fraction,
+                             Error *err);
+void vlm_loader_destroy(VlmLoader *loader);
+int64_t vlm_loader_steps_per_epoch(const VlmLoader *loader);
+// The next step (the loader owns it), or NULL with err on failure.
+const StepBatch *vlm_loader_next(VlmLoader *loader, Error *err);
+void vlm_loader_position(const VlmLoader *loader, int *epoch, int64_t *step_in_epoch);
+void vlm_loader_seek(VlmLoader *loader, int epoch, int64_t step_in_epoch);

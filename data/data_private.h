@@ -24,3 +24,18 @@ bool render_text(const Tokenizer *tok, const char *text, TokenSequence *seq, Err
 
 // The pad id of the tokenizer the dataset was opened with.
 int32_t dataset_pad_id(const Dataset *dataset);
+
+// Appends one token / the tokens of text, labelled with themselves when trained.
+bool seq_push_token(TokenSequence *seq, int32_t id, bool trained, Error *err);
+bool seq_push_text(const Tokenizer *tok, TokenSequence *seq, const char *text, bool trained, Error *err);
+// "user" -> id of "<|user|>"; fails for roles outside system/user/assistant.
+bool role_marker_id(const Tokenizer *tok, const char *role, int32_t *id, Error *err);
+
+// One row of T: tokens = ids padded with pad; targets[t] = labels[t + 1], and
+// IGNORE_INDEX at the sample's last token and on padding. Returns the number
+// of targets that are not IGNORE_INDEX.
+int64_t step_fill_row(const Sample *sample, int T, int32_t pad, int32_t *tokens, int32_t *targets);
+
+// The dataset's image side (S of its (3, S, S) tensors) and tokenizer.
+int vlm_dataset_image_size(const VlmDataset *dataset);
+const Tokenizer *vlm_dataset_tokenizer(const VlmDataset *dataset);

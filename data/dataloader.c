@@ -85,7 +85,7 @@ static void build_order(DataLoader *loader, int epoch) {
 // One row of T: tokens = ids padded with pad; targets[t] = labels[t + 1], and
 // IGNORE_INDEX at the sample's last token and on padding. Returns the number
 // of targets that are not IGNORE_INDEX.
-static int64_t fill_row(const Sample *sample, int T, int32_t pad, int32_t *tokens, int32_t *targets) {
+int64_t step_fill_row(const Sample *sample, int T, int32_t pad, int32_t *tokens, int32_t *targets) {
     int length = sample->length < T ? sample->length : T;
     int64_t n_labels = 0;
     for (int t = 0; t < T; t++) {
@@ -114,7 +114,7 @@ const StepBatch *dataloader_next(DataLoader *loader) {
     for (int64_t row = 0; row < rows; row++) {
         int64_t index = loader->order[step_start + row * o->world_size + o->rank];
         const Sample *sample = dataset_sample(loader->dataset, index);
-        batch->n_label_tokens += fill_row(sample, batch->T, pad, batch->tokens + row * batch->T,
+        batch->n_label_tokens += step_fill_row(sample, batch->T, pad, batch->tokens + row * batch->T,
                                           batch->targets + row * batch->T);
     }
     batch->epoch = loader->epoch;

@@ -24,7 +24,7 @@ static bool sync_label_capacity(TokenSequence *seq, Error *err) {
     return true;
 }
 
-static bool push_token(TokenSequence *seq, int32_t id, bool trained, Error *err) {
+bool seq_push_token(TokenSequence *seq, int32_t id, bool trained, Error *err) {
     if (!token_ids_reserve(&seq->ids, &seq->ids_capacity, (int64_t)seq->length + 1, err)) return false;
     if (!sync_label_capacity(seq, err)) return false;
     seq->ids[seq->length] = id;
@@ -33,7 +33,7 @@ static bool push_token(TokenSequence *seq, int32_t id, bool trained, Error *err)
     return true;
 }
 
-static bool push_text(const Tokenizer *tok, TokenSequence *seq, const char *text, bool trained,
+bool seq_push_text(const Tokenizer *tok, TokenSequence *seq, const char *text, bool trained,
                       Error *err) {
     int start = seq->length;
     if (!tokenizer_encode(tok, text, strlen(text), &seq->ids, &seq->length, &seq->ids_capacity, err)) {
@@ -45,7 +45,7 @@ static bool push_text(const Tokenizer *tok, TokenSequence *seq, const char *text
 }
 
 // "user" -> id of "<|user|>"; fails for roles outside system/user/assistant.
-static bool role_marker(const Tokenizer *tok, const char *role, int32_t *id, Error *err) {
+bool role_marker_id(const Tokenizer *tok, const char *role, int32_t *id, Error *err) {
     static const char *const roles[] = {"system", "user", "assistant"};
     static const char *const markers[] = {"<|system|>", "<|user|>", "<|assistant|>"};
     for (int i = 0; i < 3; i++) {
@@ -60,22 +60,22 @@ static bool role_marker(const Tokenizer *tok, const char *role, int32_t *id, Err
 bool render_messages(const Tokenizer *tok, const char *const *roles, const char *const *contents,
                      int n_turns, TokenSequence *seq, Error *err) {
     seq->length = 0;
-    if (!push_token(seq, tokenizer_bos(tok), false, err)) return false;
+    if (!seq_push_token(seq, tokenizer_bos(tok), false, err)) return false;
     for (int turn = 0; turn < n_turns; turn++) {
         int32_t marker = -1;
-        if (!role_marker(tok, roles[turn], &marker, err)) return fail_context(err, "message %d: ", turn);
+        if (!role_marker_id(tok, roles[turn], &marker, err)) return fail_context(err, "message %d: ", turn);
         bool is_assistant = strcmp(roles[turn], "assistant") == 0;
-        if (!push_token(seq, marker, false, err)) return false;
-        if (!push_text(tok, seq, contents[turn], is_assistant, err)) return false;
-        if (is_assistant && !push_token(seq, tokenizer_eos(tok), true, err)) return false;
+        if (!seq_push_token(seq, marker, false, err)) return false;
+        if (!seq_push_text(tok, seq, contents[turn], is_assistant, err)) return false;
+        if (is_assistant && !seq_push_token(seq, tokenizer_eos(tok), true, err)) return false;
     }
     return true;
 }
 
 bool render_text(const Tokenizer *tok, const char *text, TokenSequence *seq, Error *err) {
     seq->length = 0;
-    return push_token(seq, tokenizer_bos(tok), false, err) && push_text(tok, seq, text, true, err) &&
-           push_token(seq, tokenizer_eos(tok), true, err);
+    return seq_push_token(seq, tokenizer_bos(tok), false, err) && seq_push_text(tok, seq, text, true, err) &&
+           seq_push_token(seq, tokenizer_eos(tok), true, err);
 }
 
 // Moves seq's buffers into out, truncated to max_seq_len tokens.

@@ -104,23 +104,12 @@ static int max_linear_in(const LlamaConfig *c) {
 }
 
 // ----------------------------------------------------------------------------
-// memory layout: each layout function assigns pointers from a base and returns
-// the bytes used, so a first pass with base = NULL measures the block.
+// memory layout: each layout function assigns pointers from an Arena over a
+// base and returns the bytes used; a first pass with base = NULL measures.
 
-typedef struct Carver {
-    uint8_t *base;
-    size_t used;
-} Carver;
-
-static void *carve(Carver *carver, size_t bytes) {
-    size_t start = (carver->used + 255) / 256 * 256;
-    carver->used = start + bytes;
-    return carver->base ? carver->base + start : NULL;
-}
-
-static void add_frozen(Model *m, Carver *carver, void **slot, const char *name, int64_t rows, int64_t cols) {
-    *slot = carve(carver, (size_t)(rows * (cols ? cols : 1)) * m->act_size);
-    if (!carver->base) return;
+static void add_frozen(Model *m, Arena *arena, void **slot, const char *name, int64_t rows, int64_t cols) {
+    *slot = arena_take(arena, (size_t)(rows * (cols ? cols : 1)) * m->act_size);
+    if (!arena->base) return;
     FrozenEntry *e = &m->frozen[m->n_frozen++];
     snprintf(e->name, sizeof e->name, "%s", name);
     e->tensor = (Tensor){.dtype = m->ops->act_dtype, .ndim = cols ? 2 : 1, .shape = {rows, cols}, .data = *slot};
@@ -128,50 +117,50 @@ static void add_frozen(Model *m, Carver *carver, void **slot, const char *name, 
 
 static size_t layout_frozen(Model *m, uint8_t *base) {
     const LlamaConfig *c = &m->config;
-    Carver carver = {base, 0};
+    Arena arena = {base, 0};
     char name[PARAM_NAME_MAX];
     m->n_frozen = 0;
-    add_frozen(m, &carver, &m->embed_tokens, "model.embed_tokens.weight", c->vocab_size, c->hidden_size);
+    add_frozen(m, &arena, &m->embed_tokens, "model.embed_tokens.weight", c->vocab_size, c->hidden_size);
     for (int l = 0; l < c->n_layers; l++) {
         LayerWeights *w = &m->layers[l];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        add_frozen(m, &carver, &w->input_layernorm, name, c->hidden_size, 0);
+        add_frozen(m, &arena, &w->input_layernorm, name, c->hidden_size, 0);
         for (int t = 0; t < LORA_TARGET_COUNT; t++) {
             int in, out;
             linear_shape(c, (LoraTarget)t, &in, &out);
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, module_group(t), LORA_TARGET_NAMES[t]);
-            add_frozen(m, &carver, &w->linear[t], name, out, in);
+            add_frozen(m, &arena, &w->linear[t], name, out, in);
         }
         snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        add_frozen(m, &carver, &w->post_attention_layernorm, name, c->hidden_size, 0);
+        add_frozen(m, &arena, &w->post_attention_layernorm, name, c->hidden_size, 0);
     }
-    add_frozen(m, &carver, &m->final_norm, "model.norm.weight", c->hidden_size, 0);
+    add_frozen(m, &arena, &m->final_norm, "model.norm.weight", c->hidden_size, 0);
     if (c->tie_embeddings) {
         m->lm_head = m->embed_tokens;
     } else {
-        add_frozen(m, &carver, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size);
+        add_frozen(m, &arena, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size);
     }
-    return carver.used;
+    return arena.used;
 }
 
-static void layout_layer_acts(Model *m, Carver *carver, LayerActs *a) {
+static void layout_layer_acts(Model *m, Arena *arena, LayerActs *a) {
     const LlamaConfig *c = &m->config;
     size_t N = (size_t)m->options.max_batch * m->options.max_seq_len, s = m->act_size;
-    a->ln1 = carve(carver, N * c->hidden_size * s);
-    a->ln2 = carve(carver, N * c->hidden_size * s);
-    a->rstd1 = carve(carver, N * sizeof(float));
-    a->rstd2 = carve(carver, N * sizeof(float));
-    a->q = carve(carver, N * q_width(c) * s);
-    a->k = carve(carver, N * kv_width(c) * s);
-    a->v = carve(carver, N * kv_width(c) * s);
-    a->att = carve(carver, N * q_width(c) * s);
-    a->lse = carve(carver, N * c->n_heads * sizeof(float));
-    a->mid = carve(carver, N * c->hidden_size * s);
-    a->gate = carve(carver, N * c->intermediate_size * s);
-    a->up = carve(carver, N * c->intermediate_size * s);
-    a->h = carve(carver, N * c->intermediate_size * s);
+    a->ln1 = arena_take(arena, N * c->hidden_size * s);
+    a->ln2 = arena_take(arena, N * c->hidden_size * s);
+    a->rstd1 = arena_take(arena, N * sizeof(float));
+    a->rstd2 = arena_take(arena, N * sizeof(float));
+    a->q = arena_take(arena, N * q_width(c) * s);
+    a->k = arena_take(arena, N * kv_width(c) * s);
+    a->v = arena_take(arena, N * kv_width(c) * s);
+    a->att = arena_take(arena, N * q_width(c) * s);
+    a->lse = arena_take(arena, N * c->n_heads * sizeof(float));
+    a->mid = arena_take(arena, N * c->hidden_size * s);
+    a->gate = arena_take(arena, N * c->intermediate_size * s);
+    a->up = arena_take(arena, N * c->intermediate_size * s);
+    a->h = arena_take(arena, N * c->intermediate_size * s);
     for (int t = 0; t < LORA_TARGET_COUNT; t++) {
-        a->lora_h[t] = m->lora.targets[t] ? carve(carver, N * m->lora.r * s) : NULL;
+        a->lora_h[t] = m->lora.targets[t] ? arena_take(arena, N * m->lora.r * s) : NULL;
     }
 }
 
@@ -184,32 +173,32 @@ static int lm_head_chunk(const Model *m) {
 static size_t layout_activations(Model *m, uint8_t *base) {
     const LlamaConfig *c = &m->config;
     size_t N = (size_t)m->options.max_batch * m->options.max_seq_len, s = m->act_size;
-    Carver carver = {base, 0};
-    for (int l = 0; l <= c->n_layers; l++) m->layer_input[l] = carve(&carver, N * c->hidden_size * s);
+    Arena arena = {base, 0};
+    for (int l = 0; l <= c->n_layers; l++) m->layer_input[l] = arena_take(&arena, N * c->hidden_size * s);
     int n_acts = m->options.activation_checkpointing ? 1 : c->n_layers;
-    for (int l = 0; l < n_acts; l++) layout_layer_acts(m, &carver, &m->acts[l]);
-    m->final_ln = carve(&carver, N * c->hidden_size * s);
-    m->final_rstd = carve(&carver, N * sizeof(float));
-    m->logits = carve(&carver, (size_t)lm_head_chunk(m) * c->vocab_size * s);
-    m->d_res = carve(&carver, N * c->hidden_size * s);
-    m->d_ln = carve(&carver, N * c->hidden_size * s);
-    m->d_final_ln = carve(&carver, N * c->hidden_size * s);
-    m->dq = carve(&carver, N * q_width(c) * s);
-    m->dk = carve(&carver, N * kv_width(c) * s);
-    m->dv = carve(&carver, N * kv_width(c) * s);
-    m->d_att = carve(&carver, N * q_width(c) * s);
-    m->d_gate = carve(&carver, N * c->intermediate_size * s);
-    m->d_up = carve(&carver, N * c->intermediate_size * s);
-    m->d_h = carve(&carver, N * c->intermediate_size * s);
-    m->lora_x = carve(&carver, N * max_linear_in(c) * s);
-    m->lora_dx = carve(&carver, N * max_linear_in(c) * s);
-    m->lora_dh = carve(&carver, N * m->lora.r * s);
-    m->tokens = carve(&carver, N * sizeof(int32_t));
-    m->targets = carve(&carver, N * sizeof(int32_t));
-    m->positions = carve(&carver, N * sizeof(int32_t));
-    m->inv_freq = carve(&carver, (size_t)c->head_dim / 2 * sizeof(float));
-    m->loss = carve(&carver, sizeof(float));
-    return carver.used;
+    for (int l = 0; l < n_acts; l++) layout_layer_acts(m, &arena, &m->acts[l]);
+    m->final_ln = arena_take(&arena, N * c->hidden_size * s);
+    m->final_rstd = arena_take(&arena, N * sizeof(float));
+    m->logits = arena_take(&arena, (size_t)lm_head_chunk(m) * c->vocab_size * s);
+    m->d_res = arena_take(&arena, N * c->hidden_size * s);
+    m->d_ln = arena_take(&arena, N * c->hidden_size * s);
+    m->d_final_ln = arena_take(&arena, N * c->hidden_size * s);
+    m->dq = arena_take(&arena, N * q_width(c) * s);
+    m->dk = arena_take(&arena, N * kv_width(c) * s);
+    m->dv = arena_take(&arena, N * kv_width(c) * s);
+    m->d_att = arena_take(&arena, N * q_width(c) * s);
+    m->d_gate = arena_take(&arena, N * c->intermediate_size * s);
+    m->d_up = arena_take(&arena, N * c->intermediate_size * s);
+    m->d_h = arena_take(&arena, N * c->intermediate_size * s);
+    m->lora_x = arena_take(&arena, N * max_linear_in(c) * s);
+    m->lora_dx = arena_take(&arena, N * max_linear_in(c) * s);
+    m->lora_dh = arena_take(&arena, N * m->lora.r * s);
+    m->tokens = arena_take(&arena, N * sizeof(int32_t));
+    m->targets = arena_take(&arena, N * sizeof(int32_t));
+    m->positions = arena_take(&arena, N * sizeof(int32_t));
+    m->inv_freq = arena_take(&arena, (size_t)c->head_dim / 2 * sizeof(float));
+    m->loss = arena_take(&arena, sizeof(float));
+    return arena.used;
 }
 
 // ----------------------------------------------------------------------------
@@ -604,6 +593,7 @@ bool model_step(Model *m, const Batch *batch, const StepOptions *options, double
     if (st.train) backward(m, &st);
     float loss;
     m->ops->download(&loss, m->loss, sizeof loss);
+    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
     *loss_sum = loss;
     return true;
 }
@@ -619,5 +609,6 @@ bool model_logits(Model *m, const Batch *batch, float *logits, Error *err) {
                        1.0f, 0.0f);
         m->ops->download_f32(logits + (size_t)start * V, m->logits, (size_t)rows * V);
     }
+    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
     return true;
 }

@@ -64,7 +64,7 @@ static void save_step(Fixture *f, const char *run_dir, int step) {
     fill_for_step(f, step);
     TrainerState state = state_for_step(step);
     AdapterInfo info = {.base_model_name_or_path = "base"};
-    CheckpointSource source = {f->model, &info, f->adam_m, f->adam_v, &state};
+    CheckpointSource source = {f->model, &info, f->adam_m, f->adam_v, false, &state};
     char path[4096];
     Error err;
     if (!checkpoint_save(run_dir, &source, path, sizeof path, &err)) fail_msg("%s", err.message);
@@ -78,7 +78,7 @@ static void assert_latest_is(const char *run_dir, int step) {
     Fixture expected = fixture_create(), loaded = fixture_create();
     fill_for_step(&expected, step);
     TrainerState state;
-    if (!checkpoint_load(path, loaded.model, loaded.adam_m, loaded.adam_v, &state, &err)) fail_msg("%s", err.message);
+    if (!checkpoint_load(path, loaded.model, loaded.adam_m, loaded.adam_v, false, &state, &err)) fail_msg("%s", err.message);
     assert_int_equal(state.step, step);
     TrainerState want = state_for_step(step);
     assert_int_equal(state.optimizer_steps, want.optimizer_steps);
@@ -119,7 +119,7 @@ static void test_injected_write_failures_keep_previous(void **state) {
         int errno_value = errnos[nth % 2];
         fill_for_step(&f, 2);
         TrainerState s = state_for_step(2);
-        CheckpointSource source = {f.model, NULL, f.adam_m, f.adam_v, &s};
+        CheckpointSource source = {f.model, NULL, f.adam_m, f.adam_v, false, &s};
         checkpoint_inject_write_failure(nth, errno_value);
         char path[4096];
         Error err;
@@ -146,7 +146,7 @@ static void test_tmpfs_that_fills(void **state) {
     Fixture f = fixture_create();
     fill_for_step(&f, 1);
     TrainerState s = state_for_step(1);
-    CheckpointSource source = {f.model, NULL, f.adam_m, f.adam_v, &s};
+    CheckpointSource source = {f.model, NULL, f.adam_m, f.adam_v, false, &s};
     Error err;
     CheckpointImage *image = checkpoint_image_create(&source, &err);
     assert_non_null(image);

@@ -95,11 +95,18 @@ static void test_unknown_flag(void **state) {
     expect_failure(VALID_PREFIX, "--config run.yaml --learning-rate 3", (const char *[]){"--learning-rate", NULL});
 }
 
+// Accepted by the config but not implemented by this build: refused, not ignored.
+static void test_unsupported_value(void **state) {
+    expect_failure(VALID_PREFIX, "--config run.yaml --set data.images=run.yaml",
+                   (const char *[]){"data.images", "not supported", NULL});
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unknown_key),         cmocka_unit_test(test_wrong_type),
         cmocka_unit_test(test_bad_override),        cmocka_unit_test(test_missing_config_file),
         cmocka_unit_test(test_missing_data_file),   cmocka_unit_test(test_unknown_flag),
+        cmocka_unit_test(test_unsupported_value),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -181,7 +181,7 @@ static void test_non_finite_steps_leave_optimizer_untouched(void **state) {
     float *initial = malloc(n * sizeof(float)), *m = malloc(n * sizeof(float)), *v = malloc(n * sizeof(float));
     memcpy(initial, model_param_data(model), n * sizeof(float));
     TrainerState loaded;
-    if (!checkpoint_load(summary.checkpoint_dir, model, m, v, &loaded, &err)) fail_msg("%s", err.message);
+    if (!checkpoint_load(summary.checkpoint_dir, model, m, v, false, &loaded, &err)) fail_msg("%s", err.message);
     assert_int_equal(loaded.step, 3);
     assert_int_equal(loaded.optimizer_steps, 0);
     assert_int_equal(loaded.bad_steps, 3);

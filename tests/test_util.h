@@ -22,5 +22,7 @@ void assert_all_finite(const float *x, size_t n);
 const char *make_temp_dir(const char *tag);
 // Path of a shared fixture ("../shared/fixtures/" + rel) or NULL when absent.
 const char *shared_fixture(const char *rel);
+// A TCP port on 127.0.0.1 that was free a moment ago (the kernel's choice for port 0).
+int free_tcp_port(void);
 // Runs a shell command through system(); returns its exit status.
 int run_command(const char *command);

@@ -9,6 +9,7 @@ static void print_usage(FILE *out) {
             "usage: lora-train --config FILE [--set key.path=value]... [--offload cpu] [--resume [DIR]]\n"
             "                  [--allow-low-disk]\n"
             "       lora-train demo [--set key.path=value]...\n"
+            "       lora-train data check --config FILE [--set key.path=value]...\n"
             "\n"
             "Fine-tunes LoRA adapters on a Llama-family model as the YAML config describes.\n"
             "  --config FILE        the recipe (see configs/)\n"
@@ -16,7 +17,8 @@ static void print_usage(FILE *out) {
             "  --offload cpu        same as --set zero.offload=cpu\n"
             "  --resume [DIR]       continue from checkpoint DIR (default: the newest complete one)\n"
             "  --allow-low-disk     train even when the run's checkpoints will not fit on the disk\n"
-            "  demo                 train the embedded demo (configs/demo.yaml's recipe)\n");
+            "  demo                 train the embedded demo (configs/demo.yaml's recipe)\n"
+            "  data check           read the whole dataset as training would; report counts and skipped records\n");
 }
 
 // Applies the config file, then every --set / --offload in command-line order.
@@ -70,7 +72,8 @@ int lora_train_main(int argc, char **argv) {
         return argc < 2 ? 2 : 0;
     }
     bool demo = strcmp(argv[1], "demo") == 0;
-    int flag_start = demo ? 2 : 1;
+    bool data_check = argc >= 3 && strcmp(argv[1], "data") == 0 && strcmp(argv[2], "check") == 0;
+    int flag_start = data_check ? 3 : demo ? 2 : 1;
     Error err = {{0}};
     const char *config_path = NULL;
     TrainControl control = {0};
@@ -88,6 +91,7 @@ int lora_train_main(int argc, char **argv) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 2;
     }
+    if (data_check) return data_check_main(&config);
     if (!train_run_with(&config, &control, NULL, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 1;

@@ -84,6 +84,10 @@ static const ConfigKey KEYS[] = {
     {"data.max_seq_len", KEY_INT, FIELD(data.max_seq_len), .range = AT_LEAST(2),
      .help = "tokens per sample, longer ones are truncated"},
     {"data.shuffle", KEY_BOOL, FIELD(data.shuffle), .help = "shuffle every epoch"},
+    {"data.image_tokens", KEY_INT, FIELD(data.image_tokens), .range = AT_LEAST(1),
+     .help = "positions each <image> expands to (576 for CLIP ViT-L/14-336)"},
+    {"data.max_skip_fraction", KEY_FLOAT, FIELD(data.max_skip_fraction), .range = UNIT_CLOSED,
+     .help = "skipped records / records above this stops training"},
     {"train.micro_batch", KEY_INT, FIELD(train.micro_batch), .range = AT_LEAST(1),
      .help = "samples per forward/backward"},
     {"train.grad_accum", KEY_INT, FIELD(train.grad_accum), .range = AT_LEAST(1),
@@ -129,6 +133,8 @@ static const ConfigKey KEYS[] = {
      .help = "0: replicated optimizer state; 2: sharded state and gradients"},
     {"zero.offload", KEY_ENUM, FIELD(zero.offload), .allowed = OFFLOAD_VALUES,
      .help = "cpu: optimizer state in pinned host memory"},
+    {"dist.timeout_s", KEY_FLOAT, FIELD(dist.timeout_s), .range = ABOVE(0),
+     .help = "seconds a rank waits for another before failing the job"},
 };
 
 #define N_KEYS (sizeof KEYS / sizeof KEYS[0])
@@ -559,6 +565,8 @@ void config_defaults(Config *config) {
     snprintf(config->lora.init, CONFIG_NAME_MAX, "kaiming");
     config->data.max_seq_len = 2048;
     config->data.shuffle = true;
+    config->data.image_tokens = 576;
+    config->data.max_skip_fraction = 0.01f;
     config->train.micro_batch = 1;
     config->train.grad_accum = 1;
     config->train.max_steps = 0;
@@ -584,6 +592,7 @@ void config_defaults(Config *config) {
     config->train.max_bad_steps = 10;
     config->zero.stage = 0;
     snprintf(config->zero.offload, CONFIG_NAME_MAX, "none");
+    config->dist.timeout_s = 300.0f;
 }
 
 // A required string must be set; a path must exist unless its create_if_missing key names a generator.

@@ -46,10 +46,32 @@ static void format_bytes(uint64_t bytes, char *text, size_t size) {
     else snprintf(text, size, "%llu bytes", (unsigned long long)bytes);
 }
 
+static bool holds_whole_state(const Run *run) {
+    return zero_state(run->zero).count == model_params(run->model)->total;
+}
+
+bool check_checkpoints_supported(const Run *run, Error *err) {
+    if (!run->control->resume || holds_whole_state(run)) return true;
+    return fail(err, "--resume with zero.stage 2 over %d ranks: per-rank optimizer shards are not checkpointed yet "
+                     "(resume with zero.stage 0)",
+                run->dist.info.world_size);
+}
+
+// ZeRO-2 over several ranks: rank 0 holds only its optimizer shard, so the
+// step folder gets the adapter alone (not resumable).
+static bool save_adapter_only(Run *run, int next_step, char *path, size_t path_size, Error *err) {
+    snprintf(path, path_size, "%s/step-%06d", run->config->checkpoint.dir, next_step);
+    AdapterInfo info = {.base_model_name_or_path = run->config->model.path};
+    if (!adapter_save(run->model, &info, path, err)) return fail_context(err, "saving the adapter to %s: ", path);
+    printf("note: zero.stage 2 over %d ranks: %s holds the adapter only (optimizer shards are not checkpointed)\n",
+           run->dist.info.world_size, path);
+    return true;
+}
+
 static TrainerState state_at(Run *run, int next_step) {
     TrainerState state = run->progress;
     state.step = next_step;
-    state.optimizer_steps = run->optimizer.step;
+    state.optimizer_steps = zero_state(run->zero).step;
     state.seed = run->config->train.seed;
     state.config_yaml = run->config_yaml;
     dataloader_position(run->loader, &state.epoch, &state.step_in_epoch);
@@ -59,7 +81,8 @@ static TrainerState state_at(Run *run, int next_step) {
 static CheckpointImage *image_at(Run *run, int next_step, Error *err) {
     TrainerState state = state_at(run, next_step);
     AdapterInfo info = {.base_model_name_or_path = run->config->model.path};
-    CheckpointSource source = {run->model, &info, run->optimizer.m, run->optimizer.v, &state};
+    ZeroState optimizer = zero_state(run->zero);
+    CheckpointSource source = {run->model, &info, optimizer.m, optimizer.v, optimizer.on_host, &state};
     return checkpoint_image_create(&source, err);
 }
 
@@ -70,6 +93,7 @@ static int saves_kept(const Run *run) {
 }
 
 bool check_disk_for_run(Run *run, Error *err) {
+    if (!holds_whole_state(run)) return true; // adapter-only step folders: see save_adapter_only
     CheckpointImage *image = image_at(run, 0, err);
     if (!image) return false;
     uint64_t checkpoint_bytes = checkpoint_image_bytes(image), free_bytes;
@@ -137,6 +161,7 @@ static bool ensure_room(Run *run, uint64_t need, Error *err) {
 }
 
 bool save_checkpoint(Run *run, int next_step, char *path, size_t path_size, Error *err) {
+    if (!holds_whole_state(run)) return save_adapter_only(run, next_step, path, path_size, err);
     CheckpointImage *image = image_at(run, next_step, err);
     if (!image) return false;
     uint64_t bytes = checkpoint_image_bytes(image);
@@ -180,7 +205,8 @@ bool resume_from_checkpoint(Run *run, int *start_step, Error *err) {
     char dir[CONFIG_PATH_MAX + 64];
     if (!resolve_resume_dir(run, dir, sizeof dir, err)) return fail_context(err, "--resume: ");
     TrainerState state;
-    if (!checkpoint_load(dir, run->model, run->optimizer.m, run->optimizer.v, &state, err)) return false;
+    ZeroState optimizer = zero_state(run->zero);
+    if (!checkpoint_load(dir, run->model, optimizer.m, optimizer.v, optimizer.on_host, &state, err)) return false;
     bool same_config = strcmp(state.config_yaml, run->config_yaml) == 0;
     if (!same_config) {
         char difference[512];
@@ -189,7 +215,7 @@ bool resume_from_checkpoint(Run *run, int *start_step, Error *err) {
         return fail(err, "--resume %s: the checkpoint was made with a different config (%s)", dir, difference);
     }
     trainer_state_free(&state);
-    run->optimizer.step = state.optimizer_steps;
+    zero_restore(run->zero, model_param_data(run->model), state.optimizer_steps);
     dataloader_seek(run->loader, state.epoch, state.step_in_epoch);
     run->progress = state;
     run->progress.config_yaml = NULL;

@@ -13,7 +13,7 @@
 // ----------------------------------------------------------------------------
 // set-up
 
-static const Ops *choose_backend(const char *backend, Error *err) {
+static const Ops *choose_backend(const char *backend, bool verbose, Error *err) {
     if (strcmp(backend, "cpu") == 0) return ops_cpu();
     Error why = {{0}};
     const Ops *cuda = ops_cuda(&why);
@@ -22,7 +22,7 @@ static const Ops *choose_backend(const char *backend, Error *err) {
         fail(err, "train.backend is cuda, but %s", why.message);
         return NULL;
     }
-    printf("CUDA backend unavailable (%s); using the CPU backend\n", why.message);
+    if (verbose) printf("CUDA backend unavailable (%s); using the CPU backend\n", why.message);
     return ops_cpu();
 }
 
@@ -44,7 +44,7 @@ static Model *create_model(const Config *config, const Ops *ops, const LlamaConf
 
 // Loads model.path, or first writes a random model of the preset named by
 // model.create_if_missing there.
-static Model *load_or_create_model(const Config *config, const Ops *ops, Error *err) {
+static Model *load_or_create_model(const Config *config, const Ops *ops, bool verbose, Error *err) {
     const char *path = config->model.path;
     LlamaConfig llama;
     bool create = !path_exists(path) && config->model.create_if_missing[0];
@@ -57,7 +57,7 @@ static Model *load_or_create_model(const Config *config, const Ops *ops, Error *
     if (!model) return NULL;
     bool ok;
     if (create) {
-        printf("creating a random '%s' model in %s\n", config->model.create_if_missing, path);
+        if (verbose) printf("creating a random '%s' model in %s\n", config->model.create_if_missing, path);
         model_init_random_base(model, config->train.seed);
         ok = make_dirs(path, err) && hf_save_model(model, path, err);
     } else {
@@ -70,7 +70,7 @@ static Model *load_or_create_model(const Config *config, const Ops *ops, Error *
     return model;
 }
 
-static Dataset *open_dataset(const Config *config, const Tokenizer *tok, Error *err) {
+static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool verbose, Error *err) {
     const char *path = config->data.path;
     if (!path_exists(path) && config->data.create_if_missing[0]) {
         if (strcmp(config->data.create_if_missing, "demo") != 0) {
@@ -81,58 +81,90 @@ static Dataset *open_dataset(const Config *config, const Tokenizer *tok, Error *
         snprintf(dir, sizeof dir, "%s", path);
         char *slash = strrchr(dir, '/');
         if (slash) *slash = '\0';
-        printf("writing the demo dataset to %s\n", path);
+        if (verbose) printf("writing the demo dataset to %s\n", path);
         if ((slash && !make_dirs(dir, err)) || !dataset_write_demo_jsonl(path, 2000, config->train.seed, err))
             return NULL;
     }
     return dataset_open_jsonl(path, tok, config->data.max_seq_len, err);
 }
 
-static bool setup(Run *run, const Config *config, Error *err) {
-    run->config = config;
-    run->ops = choose_backend(config->train.backend, err);
-    if (!run->ops) return false;
-    run->tokenizer = tokenizer_bytes(err);
-    if (!run->tokenizer) return false;
-    run->model = load_or_create_model(config, run->ops, err);
+// Values the config accepts but this build cannot honour yet stop the run
+// before anything is written, rather than being ignored.
+static bool check_supported(const Config *config, Error *err) {
+    if (strcmp(config->model.quantize, "none") != 0)
+        return fail(err, "model.quantize: '%s' is not supported by this build yet", config->model.quantize);
+    if (config->data.images[0])
+        return fail(err, "data.images: image-text training is not supported by this build yet");
+    return true;
+}
+
+// The model and the dataset; rank 0 first, so that it alone creates missing ones.
+static bool load_model_and_data(Run *run, Error *err) {
+    const Config *config = run->config;
+    Collectives *coll = run->dist.coll;
+    if (!run->is_rank0 && !coll->barrier(coll, err)) return false;
+    run->model = load_or_create_model(config, run->ops, run->is_rank0, err);
     if (!run->model) return false;
     if (model_config(run->model)->vocab_size < tokenizer_vocab_size(run->tokenizer))
         return fail(err, "%s: vocab_size %d is smaller than the tokenizer's %d", config->model.path,
                     model_config(run->model)->vocab_size, tokenizer_vocab_size(run->tokenizer));
-    run->dataset = open_dataset(config, run->tokenizer, err);
+    run->dataset = open_dataset(config, run->tokenizer, run->is_rank0, err);
     if (!run->dataset) return false;
+    return !run->is_rank0 || coll->barrier(coll, err);
+}
+
+// ZeRO over the flat buffer, after every rank took rank 0's initial parameters.
+static bool create_optimizer(Run *run, Error *err) {
+    const Config *config = run->config;
+    const ParamTable *params = model_params(run->model);
+    Collectives *coll = run->dist.coll;
+    if (!coll->broadcast(coll, model_param_data(run->model), params->total * sizeof(float), 0, err)) return false;
+    model_sync_params(run->model);
+    ZeroOptions zero = {.stage = config->zero.stage, .offload_cpu = strcmp(config->zero.offload, "cpu") == 0,
+                        .beta1 = config->train.beta1, .beta2 = config->train.beta2, .eps = config->train.eps,
+                        .weight_decay = config->train.weight_decay, .max_grad_norm = config->train.max_grad_norm};
+    run->zero = zero_create(run->ops, coll, model_param_data(run->model), params->total, &zero, err);
+    return run->zero != NULL;
+}
+
+static bool setup(Run *run, const Config *config, Error *err) {
+    run->config = config;
+    RankInfo ranks;
+    if (!rank_info_from_env(&ranks, err)) return false;
+    run->is_rank0 = ranks.rank == 0;
+    if (!check_supported(config, err)) return false;
+    run->ops = choose_backend(config->train.backend, run->is_rank0, err);
+    if (!run->ops || !dist_context_start(&run->dist, run->ops, config->dist.timeout_s, err)) return false;
+    run->tokenizer = tokenizer_bytes(err);
+    if (!run->tokenizer || !load_model_and_data(run, err)) return false;
     DataLoaderOptions loader_options = {.micro_batch = config->train.micro_batch,
                                         .grad_accum = config->train.grad_accum,
                                         .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
-                                        .shuffle = config->data.shuffle, .rank = 0, .world_size = 1};
+                                        .shuffle = config->data.shuffle, .rank = ranks.rank,
+                                        .world_size = ranks.world_size};
     run->loader = dataloader_create(run->dataset, &loader_options, err);
     if (!run->loader) return false;
     int64_t per_epoch = dataloader_steps_per_epoch(run->loader);
     if (per_epoch < 1)
-        return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum = %d",
+        return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum x world_size = %d",
                     config->data.path, (long long)dataset_size(run->dataset),
-                    config->train.micro_batch * config->train.grad_accum);
+                    config->train.micro_batch * config->train.grad_accum * ranks.world_size);
     run->total_steps = config->train.max_steps > 0 ? config->train.max_steps : (int)(per_epoch * config->train.epochs);
     run->schedule = (LrSchedule){.kind = config->train.schedule, .peak_lr = config->train.lr,
                                  .warmup_steps = warmup_steps_from(config->train.warmup, run->total_steps),
                                  .total_steps = run->total_steps, .min_lr_ratio = config->train.min_lr_ratio};
-    const ParamTable *params = model_params(run->model);
-    if (!adamw_init(&run->optimizer, run->ops, params->total, config->train.beta1, config->train.beta2,
-                    config->train.eps, config->train.weight_decay, err))
-        return false;
-    run->norm_scratch = run->ops->alloc(sizeof(float), err);
-    run->config_yaml = run->norm_scratch ? config_to_yaml(config, err) : NULL;
-    return run->config_yaml != NULL;
+    run->config_yaml = config_to_yaml(config, err);
+    return run->config_yaml && create_optimizer(run, err) && check_checkpoints_supported(run, err);
 }
 
 static void teardown(Run *run) {
     free(run->config_yaml);
-    if (run->norm_scratch) run->ops->free(run->norm_scratch);
-    if (run->optimizer.m) adamw_destroy(&run->optimizer);
+    zero_destroy(run->zero);
     dataloader_destroy(run->loader);
     dataset_destroy(run->dataset);
     model_destroy(run->model);
     tokenizer_destroy(run->tokenizer);
+    if (run->ops) dist_context_stop(&run->dist);
 }
 
 // ----------------------------------------------------------------------------
@@ -194,23 +226,45 @@ bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int s
     return accumulate(model, batch, seed, step, mean_loss, &interrupted, err);
 }
 
-// Gradient norm; when the loss and norm are finite, clipping and AdamW.
-// Returns false (optimizer state untouched) for a non-finite step.
-static bool optimizer_step(Run *run, int step, double loss, float *norm_out, float *lr_out) {
+// Gradients summed over ranks, clipped by the global norm, AdamW (ZeRO).
+// *applied is false (parameters and optimizer state untouched) when the loss
+// or the gradient norm is not finite.
+static bool optimizer_step(Run *run, int step, double loss, float *norm_out, float *lr_out, bool *applied, Error *err) {
     Model *model = run->model;
-    size_t n = model_params(model)->total;
-    float norm = grad_norm(run->ops, model_grad_data(model), n, run->norm_scratch);
-    *norm_out = norm;
     *lr_out = lr_at_step(&run->schedule, step);
-    if (!isfinite(norm) || !isfinite(loss)) return false;
-    if (run->config->train.max_grad_norm > 0) clip_grads(run->ops, model_grad_data(model), n, norm, run->config->train.max_grad_norm);
-    adamw_step(&run->optimizer, model_param_data(model), model_grad_data(model), *lr_out);
-    model_sync_params(model);
+    *norm_out = NAN;
+    *applied = false;
+    if (!isfinite(loss)) return true;
+    if (!zero_step(run->zero, model_param_data(model), model_grad_data(model), *lr_out, norm_out, err)) return false;
+    *applied = isfinite(*norm_out);
+    if (*applied) model_sync_params(model);
     return true;
+}
+
+// This rank's micro-batches with the loss normalised by the label tokens of
+// all ranks; *loss: the step's mean loss over all ranks; *skipped when no
+// rank has a label token.
+static bool accumulate_global(Run *run, const StepBatch *batch, int step, double *loss, bool *skipped,
+                              bool *interrupted, Error *err) {
+    StepBatch global = *batch;
+    double label_tokens = (double)batch->n_label_tokens;
+    if (!all_reduce_host(&run->dist, &label_tokens, 1, err)) return false;
+    global.n_label_tokens = (int64_t)label_tokens;
+    *loss = 0;
+    *interrupted = false;
+    *skipped = global.n_label_tokens == 0;
+    if (*skipped) return true;
+    uint64_t rank_seed = run->config->train.seed ^ ((uint64_t)run->dist.info.rank * 0x9E3779B97F4A7C15ULL);
+    return accumulate(run->model, &global, rank_seed, step, loss, interrupted, err) &&
+           (*interrupted || all_reduce_host(&run->dist, loss, 1, err));
 }
 
 static void print_header(const Run *run) {
     const LlamaConfig *c = model_config(run->model);
+    if (run->dist.info.world_size > 1)
+        printf("%d ranks (%s collectives) | ZeRO stage %d | optimizer shard of %zu parameters%s\n",
+               run->dist.info.world_size, run->dist.coll->name, run->config->zero.stage, zero_shard_size(run->zero),
+               strcmp(run->config->zero.offload, "cpu") == 0 ? " in host memory" : "");
     printf("backend %s | model %d layers, hidden %d, vocab %d | LoRA r %d on %lld trainable parameters\n",
            run->ops->name, c->n_layers, c->hidden_size, c->vocab_size, run->config->lora.r,
            (long long)model_params(run->model)->total);
@@ -223,8 +277,9 @@ static void print_header(const Run *run) {
 
 // Saves the state before next_step and marks the run interrupted.
 static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary, Error *err) {
-    if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
     summary->interrupted = true;
+    if (!run->is_rank0) return true;
+    if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
     printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
            summary->checkpoint_dir);
     return true;
@@ -236,18 +291,24 @@ static bool count_bad_step(Run *run, int step, int *in_row, double loss, float n
                            Error *err) {
     run->progress.bad_steps++;
     (*in_row)++;
-    printf("step %d/%d | skipped: non-finite loss %g or gradient norm %g (%d in a row)\n", step + 1,
-           run->total_steps, loss, (double)norm, *in_row);
+    if (run->is_rank0)
+        printf("step %d/%d | skipped: non-finite loss %g or gradient norm %g (%d in a row)\n", step + 1,
+               run->total_steps, loss, (double)norm, *in_row);
     if (*in_row < run->config->train.max_bad_steps) return true;
-    if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+    if (run->is_rank0 && !save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err))
+        return false;
     return fail(err, "step %d: %d non-finite steps in a row (train.max_bad_steps); the last good state is in %s",
                 step + 1, *in_row, summary->checkpoint_dir);
 }
 
 static void record_step(Run *run, int step, double loss) {
-    if (run->optimizer.step == 1) run->progress.first_loss = loss;
+    if (zero_state(run->zero).step == 1) run->progress.first_loss = loss;
     run->progress.last_loss = loss;
     if (run->control->on_step) run->control->on_step(run->control->context, step + 1, loss);
+}
+
+static bool stop_requested(const Run *run, int step) {
+    return stop_signal || (run->control->stop_after_steps > 0 && step == run->control->stop_after_steps);
 }
 
 static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *err) {
@@ -255,59 +316,63 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
     double start = time_seconds(), tokens = 0;
     int bad_in_row = 0;
     for (int step = start_step; step < run->total_steps; step++) {
-        bool stop_here = run->control->stop_after_steps > 0 && step == run->control->stop_after_steps;
-        if (stop_signal || stop_here) return stop_with_checkpoint(run, step, summary, err);
+        if (stop_requested(run, step)) return stop_with_checkpoint(run, step, summary, err);
         int epoch;
         int64_t step_in_epoch;
         dataloader_position(run->loader, &epoch, &step_in_epoch);
         const StepBatch *batch = dataloader_next(run->loader);
-        if (batch->n_label_tokens == 0) {
-            run->progress.skipped_steps++;
-            printf("step %d/%d | skipped: no label tokens in this step\n", step + 1, run->total_steps);
-            continue;
-        }
         double loss;
         float norm, lr;
-        bool interrupted;
-        if (!accumulate(run->model, batch, config->train.seed, step, &loss, &interrupted, err)) return fail_context(err, "step %d: ", step + 1);
+        bool skipped, interrupted, applied;
+        if (!accumulate_global(run, batch, step, &loss, &skipped, &interrupted, err))
+            return fail_context(err, "step %d: ", step + 1);
         if (interrupted) {
             dataloader_seek(run->loader, epoch, step_in_epoch);
             return stop_with_checkpoint(run, step, summary, err);
         }
-        if (!optimizer_step(run, step, loss, &norm, &lr)) {
+        if (skipped) {
+            run->progress.skipped_steps++;
+            if (run->is_rank0) printf("step %d/%d | skipped: no label tokens in this step\n", step + 1, run->total_steps);
+            continue;
+        }
+        if (!optimizer_step(run, step, loss, &norm, &lr, &applied, err)) return fail_context(err, "step %d: ", step + 1);
+        if (!applied) {
             if (!count_bad_step(run, step, &bad_in_row, loss, norm, summary, err)) return false;
             continue;
         }
         bad_in_row = 0;
-        tokens += (double)batch->n_micro * batch->B * batch->T;
+        tokens += (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size;
         record_step(run, step, loss);
-        if ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps)
+        if (run->is_rank0 && ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps))
             log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
-        if (config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
+        if (run->is_rank0 && config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
             step + 1 < run->total_steps) {
             if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
             printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
         }
     }
-    return save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
+    return !run->is_rank0 || save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
 }
 
 static void fill_summary(const Run *run, TrainSummary *summary) {
-    summary->steps = run->optimizer.step;
+    summary->steps = zero_state(run->zero).step;
     summary->skipped_steps = run->progress.skipped_steps;
     summary->bad_steps = run->progress.bad_steps;
     summary->first_loss = run->progress.first_loss;
     summary->last_loss = run->progress.last_loss;
 }
 
+// Signals are handled with one rank only: ranks stopping at different
+// micro-batches would leave the others waiting in a collective.
 static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     int start_step = 0;
     if (run->control->resume && !resume_from_checkpoint(run, &start_step, err)) return false;
-    print_header(run);
-    if (!check_disk_for_run(run, err)) return false;
-    stop_signals_install();
+    if (run->is_rank0) print_header(run);
+    if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
+    bool single = run->dist.info.world_size == 1;
+    if (single) stop_signals_install();
     bool ok = train_loop(run, start_step, summary, err);
-    stop_signals_restore();
+    if (single) stop_signals_restore();
     return ok;
 }
 
@@ -318,8 +383,8 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
     TrainControl no_control = {0};
     Run run = {.control = control ? control : &no_control};
     bool ok = setup(&run, config, err) && start_and_train(&run, summary, err);
-    if (run.optimizer.m) fill_summary(&run, summary);
-    if (ok && !summary->interrupted)
+    if (run.zero) fill_summary(&run, summary);
+    if (ok && run.is_rank0 && !summary->interrupted)
         printf("done: %d steps, loss %.4f -> %.4f | adapter saved to %s\n", summary->steps, summary->first_loss,
                summary->last_loss, summary->adapter_dir);
     teardown(&run);

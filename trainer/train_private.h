@@ -5,6 +5,7 @@
 
 #include "checkpoints/checkpoints.h"
 #include "data/data.h"
+#include "distributed.h"
 #include "trainer.h"
 
 typedef struct Run {
@@ -15,11 +16,12 @@ typedef struct Run {
     Tokenizer *tokenizer;
     Dataset *dataset;
     DataLoader *loader;
-    AdamW optimizer;
+    DistContext dist;
+    Zero *zero;
     LrSchedule schedule;
-    float *norm_scratch; // device fp32 scalar
     int total_steps;
-    char *config_yaml;   // saved in every checkpoint, compared on resume
+    bool is_rank0;         // logs and writes adapters and checkpoints
+    char *config_yaml;     // saved in every checkpoint, compared on resume
     TrainerState progress; // losses and step counts so far (position fields filled at save time)
 } Run;
 
@@ -31,6 +33,8 @@ void stop_signals_restore(void);
 // Refuses to start (unless control->allow_low_disk) when keep_last
 // checkpoints plus the final adapter exceed the free space of checkpoint.dir.
 bool check_disk_for_run(Run *run, Error *err);
+// --resume needs the whole optimizer state on every rank: one rank, or ZeRO stage 0.
+bool check_checkpoints_supported(const Run *run, Error *err);
 // Saves a checkpoint whose next step is next_step (the data loader is at its
 // position): disk guard first, then the atomic verified write, then keep_last.
 bool save_checkpoint(Run *run, int next_step, char *path, size_t path_size, Error *err);

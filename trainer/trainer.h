@@ -30,6 +30,8 @@ typedef struct Config {
         char create_if_missing[CONFIG_NAME_MAX]; // synthetic generator to write at path ("" = never)
         int max_seq_len;
         bool shuffle;
+        int image_tokens;                    // positions per <image> (576 for CLIP ViT-L/14-336)
+        float max_skip_fraction;             // skipped records / records above this is an error
     } data;
     struct {
         int micro_batch;
@@ -60,6 +62,9 @@ typedef struct Config {
         int stage;                           // 0 | 2
         char offload[CONFIG_NAME_MAX];       // "none" | "cpu"
     } zero;
+    struct {
+        float timeout_s;                     // a collective or rendezvous waiting longer fails
+    } dist;
 } Config;
 
 // Defaults for every key (a valid config needs only model.path and data.path).
@@ -108,5 +113,11 @@ typedef struct TrainControl {
 bool train_run(const Config *config, TrainSummary *summary, Error *err);
 bool train_run_with(const Config *config, const TrainControl *control, TrainSummary *summary, Error *err);
 
+// `lora-train data check`: reads the dataset as training would and prints its
+// counts and every skipped record; returns the process exit status.
+int data_check_main(const Config *config);
+
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);
+// lora-launch's command line (one process per local rank): the exit status.
+int lora_launch_main(int argc, char **argv);

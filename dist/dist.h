@@ -1,0 +1,134 @@
+// dist: ranks, the rendezvous store, collectives and ZeRO.
+//
+// A job of world_size processes (ranks) speaks torchrun's environment
+// protocol. Rank 0 hosts a small TCP key-value store on MASTER_ADDR:
+// MASTER_PORT that every rank joins; the collectives bootstrap through it
+// (the CPU implementation publishes its socket address, NCCL its unique id).
+// Every blocking call gives up after a timeout with a message naming the
+// rank it was waiting for, so a dead or hung rank ends the job.
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/core.h"
+#include "../kernels/ops.h"
+#include "../offload/offload.h"
+#include "../optim/optim.h"
+
+// ----------------------------------------------------------------------------
+// ranks
+
+#define DIST_ADDR_MAX 256
+
+typedef struct RankInfo {
+    int rank, world_size;              // global
+    int local_rank, local_world_size;  // on this node
+    char master_addr[DIST_ADDR_MAX];
+    int master_port;
+} RankInfo;
+
+// RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+// (torchrun, lora-launch), else SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID
+// (MASTER_ADDR / MASTER_PORT still from the environment), else one rank.
+// A malformed or inconsistent variable is an error naming it.
+bool rank_info_from_env(RankInfo *info, Error *err);
+
+// Rank r's contiguous shard of a flat buffer of n elements split in
+// world_size shards of ceil(n / world_size) (the last ones shorter, possibly
+// empty: the padding is virtual): [*begin, *end).
+void dist_shard_range(size_t n, int world_size, int rank, size_t *begin, size_t *end);
+
+// ----------------------------------------------------------------------------
+// rendezvous store
+
+typedef struct Store Store;
+
+// Rank 0 serves the store on master_addr:master_port (a thread) and every
+// rank connects to it, retrying until timeout_s.
+Store *store_create(const RankInfo *info, double timeout_s, Error *err);
+void store_destroy(Store *store);
+bool store_set(Store *store, const char *key, const void *value, size_t size, Error *err);
+// Waits (up to the store's timeout) until key is set; *value is malloc'd.
+bool store_get(Store *store, const char *key, void **value, size_t *size, Error *err);
+// Waits until every key is set.
+bool store_wait(Store *store, const char *const *keys, int n_keys, Error *err);
+
+// ----------------------------------------------------------------------------
+// collectives: one table, a CPU implementation and NCCL
+
+typedef struct Collectives Collectives;
+
+// Buffers are the backend's memory (host for the CPU, device for NCCL). On a
+// GPU the calls are ordered after the work already issued on the compute
+// stream and later compute waits for them (events); on the CPU they return
+// when done. An error (a peer gone or silent past the timeout) names the rank.
+struct Collectives {
+    const char *name; // "single", "cpu" or "nccl"
+    int rank, world_size;
+    void *state;
+    // x (n) = sum over ranks of x; dtype DTYPE_F32 or DTYPE_F64.
+    bool (*all_reduce_sum)(Collectives *c, void *x, size_t n, DType dtype, Error *err);
+    // In place on a flat fp32 buffer x (n): afterwards this rank's shard
+    // (dist_shard_range) holds the sum over ranks; the rest is unspecified.
+    bool (*reduce_scatter_sum)(Collectives *c, float *x, size_t n, Error *err);
+    // In place on x (n): every rank's shard is copied to all ranks.
+    bool (*all_gather)(Collectives *c, float *x, size_t n, Error *err);
+    // bytes of x on root copied to every rank.
+    bool (*broadcast)(Collectives *c, void *x, size_t bytes, int root, Error *err);
+    bool (*barrier)(Collectives *c, Error *err);
+    void (*destroy)(Collectives *c);
+};
+
+// World size 1: every call returns at once.
+Collectives *collectives_single(Error *err);
+// Processes over TCP sockets (rank 0 in the middle, summing in rank order, so
+// results are the same bits on every rank). timeout_s bounds every wait.
+Collectives *collectives_cpu(Store *store, const RankInfo *info, double timeout_s, Error *err);
+// NCCL on the current CUDA device, unique id shared through the store. NULL
+// with a reason when built without CUDA.
+Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout_s, Error *err);
+void collectives_destroy(Collectives *c);
+
+// ----------------------------------------------------------------------------
+// ZeRO: gradient reduction and the optimizer step over the flat buffer
+
+typedef struct ZeroOptions {
+    int stage;               // 0: all-reduce gradients; 2: shard gradients and optimizer state
+    bool offload_cpu;        // the shard's masters, moments and gradients in pinned host memory
+    float beta1, beta2, eps, weight_decay;
+    float max_grad_norm;     // 0 = no clipping
+} ZeroOptions;
+
+typedef struct Zero Zero;
+
+// params (n_params, backend memory) are the current parameters, the same on
+// every rank; the optimizer state covers this rank's shard (stage 2) or all.
+Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, size_t n_params, const ZeroOptions *options,
+                  Error *err);
+void zero_destroy(Zero *zero);
+// Elements of the flat buffer this rank's optimizer state covers.
+size_t zero_shard_size(const Zero *zero);
+// grads (n) hold this rank's share of the step's gradient (already scaled by
+// 1 / global label tokens). Sums them over ranks (all-reduce, or
+// reduce-scatter at stage 2), computes the global grad norm, clips, runs
+// AdamW (on the owned shard at stage 2, then all-gathers the parameters).
+// *norm_out: the norm before clipping.
+// A non-finite norm leaves parameters and optimizer state untouched (every
+// rank sees the same global norm, so all skip together).
+bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err);
+
+// This rank's optimizer state, for checkpoints: AdamW moments of the flat
+// buffer's elements [begin, begin + count), in host memory with offload and
+// backend memory otherwise, and the steps taken.
+typedef struct ZeroState {
+    size_t begin, count;
+    float *m, *v;
+    bool on_host;
+    int step;
+} ZeroState;
+
+ZeroState zero_state(const Zero *zero);
+// After a resume wrote params (backend, n) and the moments in place: the step
+// count and, with offload, the host masters from params.
+void zero_restore(Zero *zero, const float *params, int step);

@@ -1,0 +1,7 @@
+// Built without CUDA: no NCCL.
+#include "dist/dist.h"
+
+Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout_s, Error *err) {
+    fail(err, "lora-train was built without CUDA, so NCCL collectives are unavailable");
+    return NULL;
+}

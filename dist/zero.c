@@ -1,0 +1,111 @@
+// ZeRO over the flat trainable buffer.
+//
+// Stage 0: every rank all-reduces the whole gradient and runs AdamW on the
+// whole buffer (replicated state). Stage 2: the buffer is cut in world_size
+// contiguous shards; the gradient is reduce-scattered so each rank holds the
+// sum of its shard, AdamW (state sized to the shard) updates that shard only
+// and the parameters are all-gathered. The global grad norm is the square
+// root of the all-reduced shard sums of squares. On the CPU the gradient is
+// reduce-scattered once after the last micro-batch's backward (no overlap
+// with backward, and every rank keeps a whole gradient buffer).
+#include <math.h>
+#include <stdlib.h>
+
+#include "dist.h"
+
+struct Zero {
+    const Ops *ops;
+    Collectives *coll;
+    size_t n;                // parameters in the flat buffer
+    ZeroOptions options;
+    size_t begin, end;       // the shard this rank's optimizer updates
+    AdamW adamw;             // on the backend, without offload
+    Offload offload;         // in host memory, with offload
+    float *sum_squares;      // backend fp32 scalar
+};
+
+size_t zero_shard_size(const Zero *zero) { return zero->end - zero->begin; }
+
+static bool init_optimizer(Zero *zero, const float *params, Error *err) {
+    const ZeroOptions *o = &zero->options;
+    size_t shard = zero_shard_size(zero);
+    if (o->offload_cpu) {
+        AdamWHyper hyper = {.beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .weight_decay = o->weight_decay};
+        return offload_init(&zero->offload, zero->ops, params + zero->begin, shard, &hyper, err);
+    }
+    return adamw_init(&zero->adamw, zero->ops, shard, o->beta1, o->beta2, o->eps, o->weight_decay, err);
+}
+
+Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, size_t n_params, const ZeroOptions *options,
+                  Error *err) {
+    if (options->stage != 0 && options->stage != 2) return fail(err, "zero.stage %d is not 0 or 2", options->stage), NULL;
+    if (n_params < (size_t)coll->world_size)
+        return fail(err, "%zu trainable parameters cannot be sharded over %d ranks", n_params, coll->world_size), NULL;
+    Zero *zero = checked_calloc(1, sizeof *zero, "the ZeRO optimizer", err);
+    if (!zero) return NULL;
+    *zero = (Zero){.ops = ops, .coll = coll, .n = n_params, .options = *options, .begin = 0, .end = n_params};
+    if (options->stage == 2) dist_shard_range(n_params, coll->world_size, coll->rank, &zero->begin, &zero->end);
+    zero->sum_squares = ops->alloc(sizeof(float), err);
+    if (!zero->sum_squares || !init_optimizer(zero, params, err)) {
+        zero_destroy(zero);
+        return NULL;
+    }
+    return zero;
+}
+
+void zero_destroy(Zero *zero) {
+    if (!zero) return;
+    if (zero->adamw.m) adamw_destroy(&zero->adamw);
+    offload_destroy(&zero->offload);
+    if (zero->sum_squares) zero->ops->free(zero->sum_squares);
+    free(zero);
+}
+
+// Sums the gradient over ranks: whole buffer (stage 0) or this rank's shard (stage 2).
+static bool reduce_grads(Zero *zero, float *grads, Error *err) {
+    if (zero->options.stage == 2) return zero->coll->reduce_scatter_sum(zero->coll, grads, zero->n, err);
+    return zero->coll->all_reduce_sum(zero->coll, grads, zero->n, DTYPE_F32, err);
+}
+
+// sqrt(sum of g^2 over the whole buffer): the shard's sum, all-reduced at stage 2.
+static bool global_grad_norm(Zero *zero, const float *grads, float *norm, Error *err) {
+    const Ops *ops = zero->ops;
+    ops->zero(zero->sum_squares, sizeof(float));
+    ops->sum_squares(zero->sum_squares, grads + zero->begin, zero_shard_size(zero));
+    if (zero->options.stage == 2 && !zero->coll->all_reduce_sum(zero->coll, zero->sum_squares, 1, DTYPE_F32, err))
+        return false;
+    float sum = 0.0f;
+    ops->download(&sum, zero->sum_squares, sizeof sum);
+    *norm = sqrtf(sum);
+    return true;
+}
+
+bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err) {
+    float norm;
+    if (!reduce_grads(zero, grads, err) || !global_grad_norm(zero, grads, &norm, err)) return false;
+    *norm_out = norm;
+    if (!isfinite(norm)) return true;
+    float *shard_params = params + zero->begin, *shard_grads = grads + zero->begin;
+    size_t shard = zero_shard_size(zero);
+    if (zero->options.max_grad_norm > 0) clip_grads(zero->ops, shard_grads, shard, norm, zero->options.max_grad_norm);
+    if (zero->options.offload_cpu) offload_step(&zero->offload, shard_params, shard_grads, lr);
+    else adamw_step(&zero->adamw, shard_params, shard_grads, lr);
+    return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
+}
+
+ZeroState zero_state(const Zero *zero) {
+    bool on_host = zero->options.offload_cpu;
+    return (ZeroState){.begin = zero->begin, .count = zero_shard_size(zero),
+                       .m = on_host ? zero->offload.m : zero->adamw.m, .v = on_host ? zero->offload.v : zero->adamw.v,
+                       .on_host = on_host, .step = on_host ? zero->offload.step : zero->adamw.step};
+}
+
+void zero_restore(Zero *zero, const float *params, int step) {
+    if (!zero->options.offload_cpu) {
+        zero->adamw.step = step;
+        return;
+    }
+    zero->offload.step = step;
+    zero->ops->download(zero->offload.master, params + zero->begin, zero_shard_size(zero) * sizeof(float));
+    zero->ops->synchronize();
+}

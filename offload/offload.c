@@ -1,0 +1,52 @@
+// The offloaded optimizer shard: host buffers and the step.
+#include <stdlib.h>
+#include <string.h>
+
+#include "offload.h"
+#include "pinned.h"
+
+float *host_floats_alloc(size_t n, bool pinned, const char *what, Error *err) {
+    size_t bytes = (n ? n : 1) * sizeof(float);
+    if (pinned) return pinned_alloc(bytes, what, err);
+    void *data = aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (!data) fail(err, "out of host memory for %s (%zu bytes)", what, bytes);
+    return data;
+}
+
+void host_floats_free(float *data, bool pinned) {
+    if (pinned) pinned_free(data);
+    else free(data);
+}
+
+bool offload_init(Offload *offload, const Ops *ops, const float *params_shard, size_t n, const AdamWHyper *hyper,
+                  Error *err) {
+    bool pinned = strcmp(ops->name, "cuda") == 0;
+    *offload = (Offload){.ops = ops, .n = n, .pinned = pinned, .hyper = *hyper};
+    offload->master = host_floats_alloc(n, pinned, "offloaded master weights", err);
+    offload->grads = offload->master ? host_floats_alloc(n, pinned, "offloaded gradients", err) : NULL;
+    offload->m = offload->grads ? host_floats_alloc(n, pinned, "offloaded Adam moments", err) : NULL;
+    offload->v = offload->m ? host_floats_alloc(n, pinned, "offloaded Adam moments", err) : NULL;
+    if (!offload->v) {
+        offload_destroy(offload);
+        return false;
+    }
+    memset(offload->m, 0, n * sizeof(float));
+    memset(offload->v, 0, n * sizeof(float));
+    ops->download(offload->master, params_shard, n * sizeof(float));
+    return true;
+}
+
+void offload_destroy(Offload *offload) {
+    float *buffers[] = {offload->master, offload->grads, offload->m, offload->v};
+    for (int i = 0; i < 4; i++)
+        if (buffers[i]) host_floats_free(buffers[i], offload->pinned);
+    offload->master = offload->grads = offload->m = offload->v = NULL;
+}
+
+void offload_step(Offload *offload, float *params_shard, const float *grads_shard, float lr) {
+    size_t bytes = offload->n * sizeof(float);
+    offload->step++;
+    offload->ops->download(offload->grads, grads_shard, bytes);
+    cpu_adamw(offload->master, offload->grads, offload->m, offload->v, offload->n, lr, &offload->hyper, offload->step);
+    offload->ops->upload(params_shard, offload->master, bytes);
+}

@@ -1,0 +1,253 @@
+// dist: rank variables, shards, the store and the CPU collectives between
+// forked processes (including a rank that dies and one that hangs), and the
+// offloaded CPU AdamW against the CPU backend's op.
+#include "test_util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "dist/dist.h"
+
+static void clear_rank_env(void) {
+    const char *names[] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                           "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) unsetenv(names[i]);
+}
+
+static void test_rank_info_from_env(void **state) {
+    clear_rank_env();
+    RankInfo info;
+    Error err;
+    assert_true(rank_info_from_env(&info, &err));
+    assert_int_equal(info.world_size, 1);
+    assert_string_equal(info.master_addr, "127.0.0.1");
+
+    setenv("RANK", "5", 1), setenv("WORLD_SIZE", "8", 1), setenv("LOCAL_RANK", "1", 1);
+    setenv("LOCAL_WORLD_SIZE", "4", 1), setenv("MASTER_ADDR", "node0", 1), setenv("MASTER_PORT", "1234", 1);
+    assert_true(rank_info_from_env(&info, &err));
+    assert_int_equal(info.rank, 5);
+    assert_int_equal(info.world_size, 8);
+    assert_int_equal(info.local_rank, 1);
+    assert_int_equal(info.local_world_size, 4);
+    assert_string_equal(info.master_addr, "node0");
+    assert_int_equal(info.master_port, 1234);
+
+    clear_rank_env();
+    setenv("SLURM_PROCID", "2", 1), setenv("SLURM_NTASKS", "3", 1), setenv("SLURM_LOCALID", "0", 1);
+    assert_true(rank_info_from_env(&info, &err));
+    assert_int_equal(info.rank, 2);
+    assert_int_equal(info.world_size, 3);
+    assert_int_equal(info.local_rank, 0);
+
+    clear_rank_env();
+    setenv("RANK", "x1", 1), setenv("WORLD_SIZE", "2", 1);
+    assert_false(rank_info_from_env(&info, &err));
+    assert_non_null(strstr(err.message, "RANK='x1'"));
+    setenv("RANK", "2", 1);
+    assert_false(rank_info_from_env(&info, &err));
+    assert_non_null(strstr(err.message, "rank 2 is outside world size 2"));
+    clear_rank_env();
+}
+
+static void test_shard_ranges_cover_the_buffer(void **state) {
+    size_t expect[][2] = {{0, 4}, {4, 8}, {8, 10}};
+    for (int r = 0; r < 3; r++) {
+        size_t begin, end;
+        dist_shard_range(10, 3, r, &begin, &end);
+        assert_int_equal(begin, expect[r][0]);
+        assert_int_equal(end, expect[r][1]);
+    }
+    size_t begin, end;
+    dist_shard_range(4, 3, 2, &begin, &end); // shards of 2: the last is empty
+    assert_int_equal(begin, 4);
+    assert_int_equal(end, 4);
+}
+
+// ----------------------------------------------------------------------------
+// forked ranks: each runs a body and writes its error (or "ok") to a file
+
+typedef bool (*RankBody)(Store *store, Collectives *coll, int rank, Error *err);
+
+
+static void run_rank(const char *dir, int rank, int world, int port, double timeout_s, RankBody body) {
+    RankInfo info = {.rank = rank, .world_size = world, .local_rank = rank, .local_world_size = world,
+                     .master_addr = "127.0.0.1", .master_port = port};
+    Error err = {{0}};
+    Store *store = store_create(&info, timeout_s, &err);
+    Collectives *coll = store ? collectives_cpu(store, &info, timeout_s, &err) : NULL;
+    bool ok = coll && body(store, coll, rank, &err);
+    char path[512];
+    snprintf(path, sizeof path, "%s/rank%d.txt", dir, rank);
+    FILE *f = fopen(path, "w");
+    if (f) fprintf(f, "%s", ok ? "ok" : err.message), fclose(f);
+    collectives_destroy(coll);
+    store_destroy(store);
+    _exit(ok ? 0 : 1);
+}
+
+// Runs body on `world` forked ranks; messages[r] receives each rank's outcome.
+static void run_ranks(int world, int port, double timeout_s, RankBody body, char messages[][ERROR_MESSAGE_MAX]) {
+    const char *dir = make_temp_dir("dist");
+    pid_t pids[8];
+    for (int r = 0; r < world; r++) {
+        pids[r] = fork();
+        assert_true(pids[r] >= 0);
+        if (pids[r] == 0) run_rank(dir, r, world, port, timeout_s, body);
+    }
+    for (int r = 0; r < world; r++) {
+        int status;
+        assert_int_equal(waitpid(pids[r], &status, 0), pids[r]);
+        char path[512];
+        snprintf(path, sizeof path, "%s/rank%d.txt", dir, r);
+        FILE *f = fopen(path, "r");
+        size_t got = f ? fread(messages[r], 1, ERROR_MESSAGE_MAX - 1, f) : 0;
+        messages[r][got] = '\0';
+        if (f) fclose(f);
+        if (!f) snprintf(messages[r], ERROR_MESSAGE_MAX, "(no outcome: status %d)", status);
+    }
+}
+
+#define CHECK(cond) \
+    if (!(cond)) return (fail)(err, "check failed at line %d: %s", __LINE__, #cond)
+
+// x[i] = (rank + 1) + i / 8: exact in fp32, so sums are exact.
+static void fill_rank_values(float *x, size_t n, int rank) {
+    for (size_t i = 0; i < n; i++) x[i] = (float)(rank + 1) + (float)i / 8.0f;
+}
+
+static bool every_collective(Store *store, Collectives *c, int rank, Error *err) {
+    enum { N = 1003 };
+    int world = c->world_size;
+    float x[N];
+    float rank_sum = (float)(world * (world + 1) / 2);
+    fill_rank_values(x, N, rank);
+    if (!c->all_reduce_sum(c, x, N, DTYPE_F32, err)) return false;
+    for (size_t i = 0; i < N; i++) CHECK(x[i] == rank_sum + (float)world * (float)i / 8.0f);
+
+    fill_rank_values(x, N, rank);
+    if (!c->reduce_scatter_sum(c, x, N, err)) return false;
+    size_t begin, end;
+    dist_shard_range(N, world, rank, &begin, &end);
+    for (size_t i = begin; i < end; i++) CHECK(x[i] == rank_sum + (float)world * (float)i / 8.0f);
+
+    for (size_t i = 0; i < N; i++) x[i] = -1.0f;
+    for (size_t i = begin; i < end; i++) x[i] = (float)i;
+    if (!c->all_gather(c, x, N, err)) return false;
+    for (size_t i = 0; i < N; i++) CHECK(x[i] == (float)i);
+
+    double d[2] = {rank + 0.25, 1e12};
+    if (!c->all_reduce_sum(c, d, 2, DTYPE_F64, err)) return false;
+    CHECK(d[0] == rank_sum - world + 0.25 * world && d[1] == 1e12 * world);
+
+    char text[32] = "";
+    if (rank == world - 1) snprintf(text, sizeof text, "from rank %d", rank);
+    if (!c->broadcast(c, text, sizeof text, world - 1, err)) return false;
+    char expect[32];
+    snprintf(expect, sizeof expect, "from rank %d", world - 1);
+    CHECK(strcmp(text, expect) == 0);
+
+    if (rank == 1 && !store_set(store, "greeting", "hello", 6, err)) return false;
+    void *value = NULL;
+    if (!store_get(store, "greeting", &value, NULL, err)) return false;
+    bool same = strcmp(value, "hello") == 0;
+    free(value);
+    CHECK(same);
+    return c->barrier(c, err);
+}
+
+static void test_collectives_between_processes(void **state) {
+    char messages[3][ERROR_MESSAGE_MAX];
+    for (int world = 2; world <= 3; world++) {
+        run_ranks(world, free_tcp_port(), 20, every_collective, messages);
+        for (int r = 0; r < world; r++) {
+            if (strcmp(messages[r], "ok") != 0) fail_msg("world %d rank %d: %s", world, r, messages[r]);
+        }
+    }
+}
+
+// Rank 2 leaves (as if killed) after joining; rank 1 sleeps past the timeout.
+static bool rank2_exits(Store *store, Collectives *c, int rank, Error *err) {
+    if (rank == 2) _exit(3);
+    float x[4] = {0};
+    return c->all_reduce_sum(c, x, 4, DTYPE_F32, err);
+}
+
+static bool rank1_hangs(Store *store, Collectives *c, int rank, Error *err) {
+    if (rank == 1) sleep(4);
+    float x[4] = {0};
+    return c->all_reduce_sum(c, x, 4, DTYPE_F32, err);
+}
+
+static void assert_contains(const char *text, const char *part) {
+    if (!strstr(text, part)) fail_msg("'%s' does not contain '%s'", text, part);
+}
+
+static void test_dead_rank_is_named(void **state) {
+    char messages[3][ERROR_MESSAGE_MAX];
+    run_ranks(3, free_tcp_port(), 20, rank2_exits, messages);
+    print_message("rank 0: %s\nrank 1: %s\n", messages[0], messages[1]);
+    assert_contains(messages[0], "rank 2 closed its connection");
+    assert_contains(messages[1], "rank 2 closed its connection");
+}
+
+static void test_hung_rank_is_named_after_the_timeout(void **state) {
+    char messages[3][ERROR_MESSAGE_MAX];
+    run_ranks(3, free_tcp_port(), 1, rank1_hangs, messages);
+    print_message("rank 0: %s\nrank 2: %s\n", messages[0], messages[2]);
+    assert_contains(messages[0], "rank 1 sent nothing before the timeout");
+    assert_contains(messages[2], "rank 1 sent nothing before the timeout");
+}
+
+static void test_store_get_times_out_naming_the_key(void **state) {
+    RankInfo info = {.rank = 0, .world_size = 1, .local_world_size = 1, .master_addr = "127.0.0.1",
+                     .master_port = free_tcp_port()};
+    Error err;
+    Store *store = store_create(&info, 0.3, &err);
+    if (!store) fail_msg("%s", err.message);
+    assert_true(store_set(store, "a", "1", 1, &err));
+    const char *keys[] = {"a", "missing/key"};
+    assert_false(store_wait(store, keys, 2, &err));
+    assert_contains(err.message, "'missing/key' was not set within");
+    store_destroy(store);
+}
+
+// ----------------------------------------------------------------------------
+// the offloaded optimizer
+
+static void test_cpu_adamw_matches_the_cpu_backend(void **state) {
+    enum { N = 100003 };
+    float *p = malloc(N * sizeof *p), *g = malloc(N * sizeof *g), *m = calloc(N, sizeof *m), *v = calloc(N, sizeof *v);
+    float *p2 = malloc(N * sizeof *p2), *m2 = calloc(N, sizeof *m2), *v2 = calloc(N, sizeof *v2);
+    Rng rng;
+    rng_seed(&rng, 7);
+    fill_uniform(p, N, -1, 1, &rng);
+    memcpy(p2, p, N * sizeof *p);
+    AdamWHyper hyper = {.beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f};
+    for (int step = 1; step <= 3; step++) {
+        fill_uniform(g, N, -0.1f, 0.1f, &rng);
+        cpu_adamw(p, g, m, v, N, 1e-3f, &hyper, step);
+        ops_cpu()->adamw(p2, g, m2, v2, N, 1e-3f, hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay, step);
+    }
+    double *reference = malloc(N * sizeof *reference);
+    for (size_t i = 0; i < N; i++) reference[i] = p2[i];
+    double error = max_rel_error(p, reference, N, 1e-3);
+    print_message("cpu_adamw vs the CPU backend's adamw: max relative error %.3g\n", error);
+    assert_true(error < 1e-6);
+    free(reference), free(p), free(g), free(m), free(v), free(p2), free(m2), free(v2);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rank_info_from_env),
+        cmocka_unit_test(test_shard_ranges_cover_the_buffer),
+        cmocka_unit_test(test_collectives_between_processes),
+        cmocka_unit_test(test_dead_rank_is_named),
+        cmocka_unit_test(test_hung_rank_is_named_after_the_timeout),
+        cmocka_unit_test(test_store_get_times_out_naming_the_key),
+        cmocka_unit_test(test_cpu_adamw_matches_the_cpu_backend),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

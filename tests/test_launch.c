@@ -1,0 +1,148 @@
+// lora-launch end to end on the CPU backend: 2 and 3 ranks with ZeRO stage 0
+// and 2 (and the CPU offload) and gradient accumulation leave the same
+// adapter as 1 process with the same global batch; a rank killed mid-run ends
+// the job with a message naming it.
+#include "test_util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoints/checkpoints.h"
+
+#define GLOBAL_MICRO_BATCHES 6 // per step: micro_batch 2 x 6 = 12 samples over all ranks
+
+static const char *binary(const char *env) {
+    const char *path = getenv(env);
+    if (!path || access(path, X_OK) != 0) return NULL;
+    return path;
+}
+
+
+// The shared part of every run's command line.
+static void common_flags(const char *dir, char *buf, size_t size) {
+    snprintf(buf, size,
+             "--config configs/demo.yaml --set model.path=%s/model --set model.create_if_missing=tiny "
+             "--set data.path=%s/data.jsonl --set data.create_if_missing=demo --set data.max_seq_len=64 "
+             "--set lora.target=all --set lora.dropout=0 --set train.micro_batch=2 --set train.max_steps=5 "
+             "--set train.lr=1e-2 --set train.warmup=0 --set train.weight_decay=0.01 --set train.max_grad_norm=0.5 "
+             "--set train.backend=cpu --set train.log_every=1 --set dist.timeout_s=30",
+             dir, dir);
+}
+
+// Trains into dir/out_name with nproc ranks (0: no launcher, one process).
+static void train(const char *dir, int nproc, int stage, const char *offload, const char *out_name) {
+    char flags[2048], command[4096];
+    common_flags(dir, flags, sizeof flags);
+    int grad_accum = GLOBAL_MICRO_BATCHES / (nproc > 0 ? nproc : 1);
+    char launcher[512] = "";
+    if (nproc > 0)
+        snprintf(launcher, sizeof launcher, "%s --nproc-per-node %d --master-port %d ", binary("LORA_LAUNCH_BIN"), nproc,
+                 free_tcp_port());
+    snprintf(command, sizeof command,
+             "OMP_NUM_THREADS=1 timeout 120 %s%s %s --set train.grad_accum=%d --set zero.stage=%d --set zero.offload=%s "
+             "--set checkpoint.dir=%s/%s > %s/%s.log 2>&1",
+             launcher, binary("LORA_TRAIN_BIN"), flags, grad_accum, stage, offload, dir, out_name, dir, out_name);
+    int status = run_command(command);
+    if (status != 0) fail_msg("exit %d from: %s (see %s/%s.log)", status, command, dir, out_name);
+    if (nproc == 0) return;
+    char path[1024], expect[128], *log = NULL;
+    size_t size;
+    snprintf(path, sizeof path, "%s/%s.log", dir, out_name);
+    snprintf(expect, sizeof expect, "%d ranks (cpu collectives) | ZeRO stage %d", nproc, stage);
+    Error err;
+    if (!read_file(path, &log, &size, &err)) fail_msg("%s", err.message);
+    if (!strstr(log, expect)) fail_msg("%s does not say '%s'", path, expect);
+    free(log);
+}
+
+// Largest ||a - b|| / ||b|| (L2) over the tensors of two adapters; *max_abs:
+// the largest |a - b| / max|b| too.
+static double adapter_difference(const char *dir, const char *a_name, const char *b_name, double *max_abs) {
+    char path_a[1024], path_b[1024];
+    snprintf(path_a, sizeof path_a, "%s/%s/adapter/adapter_model.safetensors", dir, a_name);
+    snprintf(path_b, sizeof path_b, "%s/%s/adapter/adapter_model.safetensors", dir, b_name);
+    Error err;
+    SafetensorsFile *a = safetensors_open(path_a, &err), *b = a ? safetensors_open(path_b, &err) : NULL;
+    if (!b) fail_msg("%s", err.message);
+    assert_int_equal(safetensors_count(a), safetensors_count(b));
+    double worst = 0;
+    *max_abs = 0;
+    for (int i = 0; i < safetensors_count(b); i++) {
+        const char *name = safetensors_name(b, i);
+        Tensor ta, tb;
+        if (!safetensors_get(a, name, &ta, &err) || !safetensors_get(b, name, &tb, &err)) fail_msg("%s", err.message);
+        int64_t n = tensor_numel(&tb);
+        assert_int_equal(tensor_numel(&ta), n);
+        const float *xa = ta.data, *xb = tb.data;
+        double diff2 = 0, norm2 = 0, diff_max = 0, scale = 0;
+        for (int64_t k = 0; k < n; k++) {
+            double d = (double)xa[k] - xb[k];
+            diff2 += d * d;
+            norm2 += (double)xb[k] * xb[k];
+            diff_max = fmax(diff_max, fabs(d));
+            scale = fmax(scale, fabs((double)xb[k]));
+        }
+        worst = fmax(worst, sqrt(diff2 / norm2));
+        *max_abs = fmax(*max_abs, diff_max / scale);
+    }
+    safetensors_close(a);
+    safetensors_close(b);
+    return worst;
+}
+
+static void test_ranks_match_one_process(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = strdup(make_temp_dir("launch"));
+    train(dir, 0, 0, "none", "single");
+    struct {
+        int nproc, stage;
+        const char *offload;
+    } runs[] = {{2, 0, "none"}, {2, 2, "none"}, {3, 0, "none"}, {3, 2, "none"}, {3, 2, "cpu"}};
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "ranks%d-stage%d-offload-%s", runs[i].nproc, runs[i].stage, runs[i].offload);
+        train(dir, runs[i].nproc, runs[i].stage, runs[i].offload, name);
+        double max_abs, difference = adapter_difference(dir, name, "single", &max_abs);
+        print_message("%s vs 1 process: relative difference %.3g (L2), %.3g (max |a - b| / max |b|)\n", name,
+                      difference, max_abs);
+        assert_true(difference < 1e-5);
+    }
+    free((void *)dir);
+}
+
+static void test_killed_rank_ends_the_job(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = make_temp_dir("launch-kill");
+    char flags[2048], command[8192];
+    common_flags(dir, flags, sizeof flags);
+    // Kill rank 1 (the launcher's second child) once step 2 is logged;
+    // timeout bounds the run should the job hang (exit 137 instead of 1).
+    snprintf(command, sizeof command,
+             "OMP_NUM_THREADS=1 timeout -s KILL 90 %s --nproc-per-node 3 --master-port %d %s %s --set train.max_steps=100000 "
+             "--set zero.stage=2 --set checkpoint.dir=%s/out > %s/out.log 2> %s/err.log & T=$!; "
+             "for i in $(seq 600); do grep -q 'step 2/' %s/out.log && break; sleep 0.1; done; "
+             "L=$(pgrep -P $T); kill -9 $(pgrep -P $L | sort -n | sed -n 2p); wait $T",
+             binary("LORA_LAUNCH_BIN"), free_tcp_port(), binary("LORA_TRAIN_BIN"), flags, dir, dir, dir, dir);
+    int status = run_command(command);
+    char path[1024], *log = NULL;
+    size_t size;
+    snprintf(path, sizeof path, "%s/err.log", dir);
+    Error err;
+    if (!read_file(path, &log, &size, &err)) fail_msg("%s", err.message);
+    print_message("exit %d; stderr ends: %s\n", status, size > 300 ? log + size - 300 : log);
+    assert_int_equal(status, 1);
+    assert_non_null(strstr(log, "lora-launch: rank 1 (pid "));
+    assert_non_null(strstr(log, "was killed by signal 9"));
+    free(log);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ranks_match_one_process),
+        cmocka_unit_test(test_killed_rank_ends_the_job),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

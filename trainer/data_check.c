@@ -1,0 +1,58 @@
+// `lora-train data check --config FILE`: opens the dataset exactly as training
+// would, decoding every image, and reports its counts and every skipped record.
+#include <stdio.h>
+
+#include "data/data.h"
+#include "trainer.h"
+
+static VlmDatasetOptions dataset_options(const Config *config, const Tokenizer *tok) {
+    // The image token is the id just past the text vocabulary, as llava-hf's
+    // image_token_index (32000 for Llama 2's 32000 ids).
+    return (VlmDatasetOptions){.path = config->data.path, .images = config->data.images, .tok = tok,
+                               .max_seq_len = config->data.max_seq_len, .n_image_tokens = config->data.image_tokens,
+                               .image_token_id = tokenizer_vocab_size(tok),
+                               .preprocess = image_preprocess_clip336(IMAGE_FIT_PAD), .decode_images = true};
+}
+
+static void print_skipped(const VlmDataset *dataset) {
+    for (int64_t i = 0; i < vlm_dataset_skipped_count(dataset); i++) {
+        const SkippedRecord *skip = vlm_dataset_skipped(dataset, i);
+        printf("skipped record %lld%s%s%s: %s: %s\n", (long long)skip->record, skip->id[0] ? " (id '" : "",
+               skip->id, skip->id[0] ? "')" : "", skip_reason_name(skip->reason), skip->message);
+    }
+}
+
+static void print_counts(const Config *config, const VlmDataset *dataset, double seconds) {
+    const VlmDatasetStats *s = vlm_dataset_stats(dataset);
+    printf("%s: %lld records in %.1f s\n", config->data.path, (long long)s->records, seconds);
+    printf("  usable samples   %lld (%lld with an image)\n", (long long)s->samples, (long long)s->images);
+    printf("  tokens           %lld (%lld label tokens)\n", (long long)s->tokens, (long long)s->label_tokens);
+    printf("  truncated        %lld (max_seq_len %d)\n", (long long)s->truncated, config->data.max_seq_len);
+    printf("  skipped          %lld\n", (long long)s->skipped_total);
+    for (int reason = 0; reason < SKIP_REASON_COUNT; reason++) {
+        if (s->skipped[reason]) printf("    %s: %lld\n", skip_reason_name((SkipReason)reason), (long long)s->skipped[reason]);
+    }
+}
+
+int data_check_main(const Config *config) {
+    Error err = {{0}};
+    Tokenizer *tok = tokenizer_bytes(&err);
+    VlmDatasetOptions options = tok ? dataset_options(config, tok) : (VlmDatasetOptions){0};
+    double start = time_seconds();
+    VlmDataset *dataset = tok ? vlm_dataset_open(&options, &err) : NULL;
+    int status = 0;
+    if (!dataset) {
+        fprintf(stderr, "lora-train data check: %s\n", err.message);
+        status = 1;
+    } else {
+        print_skipped(dataset);
+        print_counts(config, dataset, time_seconds() - start);
+        if (!vlm_dataset_check_skips(dataset, config->data.max_skip_fraction, &err)) {
+            fprintf(stderr, "lora-train data check: %s\n", err.message);
+            status = 1;
+        }
+    }
+    vlm_dataset_destroy(dataset);
+    tokenizer_destroy(tok);
+    return status;
+}

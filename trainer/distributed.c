@@ -1,0 +1,38 @@
+// The training job's ranks: store, collectives and host-scalar reductions.
+#include <string.h>
+
+#include "distributed.h"
+
+#define HOST_SCALARS_MAX 4
+
+bool dist_context_start(DistContext *dist, const Ops *ops, double timeout_s, Error *err) {
+    *dist = (DistContext){.ops = ops};
+    if (!rank_info_from_env(&dist->info, err)) return false;
+    dist->scalars = ops->alloc(HOST_SCALARS_MAX * sizeof(double), err);
+    if (!dist->scalars) return false;
+    if (dist->info.world_size == 1) return (dist->coll = collectives_single(err)) != NULL;
+    dist->store = store_create(&dist->info, timeout_s, err);
+    if (!dist->store) return false;
+    bool cuda = strcmp(ops->name, "cuda") == 0;
+    dist->coll = cuda ? collectives_nccl(dist->store, &dist->info, timeout_s, err)
+                      : collectives_cpu(dist->store, &dist->info, timeout_s, err);
+    if (!dist->coll) return fail_context(err, "rank %d of %d: ", dist->info.rank, dist->info.world_size);
+    return true;
+}
+
+void dist_context_stop(DistContext *dist) {
+    collectives_destroy(dist->coll);
+    store_destroy(dist->store);
+    if (dist->scalars) dist->ops->free(dist->scalars);
+    *dist = (DistContext){0};
+}
+
+bool all_reduce_host(DistContext *dist, double *values, int n, Error *err) {
+    if (n > HOST_SCALARS_MAX) return fail(err, "all_reduce_host: %d values (at most %d)", n, HOST_SCALARS_MAX);
+    if (dist->info.world_size == 1) return true;
+    size_t bytes = (size_t)n * sizeof(double);
+    dist->ops->upload(dist->scalars, values, bytes);
+    if (!dist->coll->all_reduce_sum(dist->coll, dist->scalars, (size_t)n, DTYPE_F64, err)) return false;
+    dist->ops->download(values, dist->scalars, bytes);
+    return true;
+}

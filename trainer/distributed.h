@@ -1,0 +1,20 @@
+// trainer's private view of the job's ranks: joining the store and the
+// collectives, and all-reducing host scalars (label counts, losses).
+#pragma once
+#include "dist/dist.h"
+#include "trainer.h"
+
+typedef struct DistContext {
+    RankInfo info;
+    Store *store;
+    Collectives *coll;
+    const Ops *ops;
+    double *scalars;          // backend memory for all_reduce_host (NCCL reduces device memory)
+} DistContext;
+
+// Reads the ranks from the environment; with more than one, joins the store
+// and opens the collectives (NCCL on the CUDA backend, sockets on the CPU).
+bool dist_context_start(DistContext *dist, const Ops *ops, double timeout_s, Error *err);
+void dist_context_stop(DistContext *dist);
+// values (n <= 4, host) = their sum over ranks.
+bool all_reduce_host(DistContext *dist, double *values, int n, Error *err);
