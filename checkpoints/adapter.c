@@ -111,11 +111,12 @@ static float *download_params(Model *model, Error *err) {
     return host;
 }
 
-static bool write_adapter_weights(Model *model, HfLayout layout, const char *path, Error *err) {
+static bool serialize_adapter_weights(Model *model, HfLayout layout, uint8_t **bytes, size_t *size, Error *err) {
     const ParamTable *table = model_params(model);
     float *host = download_params(model, err);
-    SafetensorsEntry *entries = host ? checked_calloc((size_t)table->count + 1, sizeof *entries, path, err) : NULL;
-    char (*keys)[ADAPTER_KEY_MAX] = entries ? checked_calloc((size_t)table->count + 1, sizeof *keys, path, err) : NULL;
+    SafetensorsEntry *entries = host ? checked_calloc((size_t)table->count + 1, sizeof *entries, "adapter tensors", err) : NULL;
+    char (*keys)[ADAPTER_KEY_MAX] =
+        entries ? checked_calloc((size_t)table->count + 1, sizeof *keys, "adapter tensor names", err) : NULL;
     bool ok = keys != NULL;
     for (int i = 0; ok && i < table->count; i++) {
         const ParamEntry *e = &table->entries[i];
@@ -123,23 +124,37 @@ static bool write_adapter_weights(Model *model, HfLayout layout, const char *pat
         entries[i] = (SafetensorsEntry){keys[i], {DTYPE_F32, 2, {e->shape[0], e->shape[1]}, host + e->offset}};
     }
     const char *metadata[] = {"format", "pt"};
-    ok = ok && safetensors_write(path, entries, table->count, metadata, 1, err);
+    ok = ok && safetensors_serialize(ADAPTER_WEIGHTS_FILE, entries, table->count, metadata, 1, bytes, size, err);
     free(keys);
     free(entries);
     free(host);
     return ok;
 }
 
+bool adapter_serialize(Model *model, const AdapterInfo *info, FileImage *config, FileImage *weights, Error *err) {
+    json_object *json = adapter_config_json(model, info);
+    bool ok = json_to_text(ADAPTER_CONFIG_FILE, json, config, err);
+    json_object_put(json);
+    if (!ok) return false;
+    HfLayout layout = module_layout(info ? info->layout : HF_LAYOUT_LLAMA);
+    if (serialize_adapter_weights(model, layout, &weights->bytes, &weights->size, err)) return true;
+    file_image_free(config);
+    return false;
+}
+
 bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error *err) {
     char config_path[CHECKPOINT_PATH_MAX], weights_path[CHECKPOINT_PATH_MAX];
-    if (!make_dirs(dir, err) || !join_path(config_path, sizeof config_path, dir, "adapter_config.json", err) ||
-        !join_path(weights_path, sizeof weights_path, dir, "adapter_model.safetensors", err)) {
+    if (!make_dirs(dir, err) || !join_path(config_path, sizeof config_path, dir, ADAPTER_CONFIG_FILE, err) ||
+        !join_path(weights_path, sizeof weights_path, dir, ADAPTER_WEIGHTS_FILE, err)) {
         return false;
     }
-    json_object *config = adapter_config_json(model, info);
-    bool ok = write_json_file(config_path, config, err);
-    json_object_put(config);
-    return ok && write_adapter_weights(model, module_layout(info ? info->layout : HF_LAYOUT_LLAMA), weights_path, err);
+    FileImage config = {0}, weights = {0};
+    if (!adapter_serialize(model, info, &config, &weights, err)) return false;
+    bool ok = write_file_durable(config_path, &config, err) && write_file_durable(weights_path, &weights, err) &&
+              sync_dir(dir, err);
+    file_image_free(&config);
+    file_image_free(&weights);
+    return ok;
 }
 
 // ----------------------------------------------------------------------------
@@ -236,8 +251,8 @@ static bool read_adapter_weights(Model *model, const char *path, Error *err) {
 
 bool adapter_load(Model *model, const char *dir, Error *err) {
     char config_path[CHECKPOINT_PATH_MAX], weights_path[CHECKPOINT_PATH_MAX];
-    if (!join_path(config_path, sizeof config_path, dir, "adapter_config.json", err) ||
-        !join_path(weights_path, sizeof weights_path, dir, "adapter_model.safetensors", err)) {
+    if (!join_path(config_path, sizeof config_path, dir, ADAPTER_CONFIG_FILE, err) ||
+        !join_path(weights_path, sizeof weights_path, dir, ADAPTER_WEIGHTS_FILE, err)) {
         return false;
     }
     return check_adapter_config(config_path, model_lora(model), err) && read_adapter_weights(model, weights_path, err);

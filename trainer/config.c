@@ -55,6 +55,7 @@ static const char *const SCHEDULE_VALUES[] = {"constant", "linear", "cosine", NU
 static const char *const BACKEND_VALUES[] = {"auto", "cpu", "cuda", NULL};
 static const char *const ZERO_STAGE_VALUES[] = {"0", "2", NULL};
 static const char *const OFFLOAD_VALUES[] = {"none", "cpu", NULL};
+static const char *const LOW_DISK_VALUES[] = {"wait", "abort", NULL};
 
 #define FIELD(member) .offset = offsetof(Config, member), .size = sizeof(((Config *)0)->member)
 
@@ -118,12 +119,18 @@ static const ConfigKey KEYS[] = {
      .help = "keep only layer inputs, recompute in backward"},
     {"train.backend", KEY_ENUM, FIELD(train.backend), .allowed = BACKEND_VALUES,
      .help = "auto picks cuda when a GPU is present"},
+    {"train.max_bad_steps", KEY_INT, FIELD(train.max_bad_steps), .range = AT_LEAST(1),
+     .help = "non-finite steps in a row (each skipped) before the run stops with a checkpoint"},
     {"checkpoint.dir", KEY_STRING, FIELD(checkpoint.dir), .required = true,
      .help = "run folder: step-NNNNNN/ checkpoints"},
     {"checkpoint.every_steps", KEY_INT, FIELD(checkpoint.every_steps), .range = AT_LEAST(0),
      .help = "optimizer steps between checkpoints (0: only at the end)"},
     {"checkpoint.keep_last", KEY_INT, FIELD(checkpoint.keep_last), .range = AT_LEAST(0),
      .help = "checkpoints kept (0: all)"},
+    {"checkpoint.on_low_disk", KEY_ENUM, FIELD(checkpoint.on_low_disk), .allowed = LOW_DISK_VALUES,
+     .help = "when a checkpoint does not fit: wait (re-check every 30 s) or abort; both stop resumably"},
+    {"checkpoint.low_disk_wait_minutes", KEY_FLOAT, FIELD(checkpoint.low_disk_wait_minutes), .range = AT_LEAST(0),
+     .help = "how long on_low_disk: wait waits for space before stopping"},
     {"zero.stage", KEY_INT, FIELD(zero.stage), .range = AT_LEAST(0), .allowed = ZERO_STAGE_VALUES,
      .help = "0: replicated optimizer state; 2: sharded state and gradients"},
     {"zero.offload", KEY_ENUM, FIELD(zero.offload), .allowed = OFFLOAD_VALUES,
@@ -583,6 +590,9 @@ void config_defaults(Config *config) {
     snprintf(config->checkpoint.dir, CONFIG_PATH_MAX, "runs/lora-train");
     config->checkpoint.every_steps = 0;
     config->checkpoint.keep_last = 0;
+    snprintf(config->checkpoint.on_low_disk, CONFIG_NAME_MAX, "wait");
+    config->checkpoint.low_disk_wait_minutes = 30.0f;
+    config->train.max_bad_steps = 10;
     config->zero.stage = 0;
     snprintf(config->zero.offload, CONFIG_NAME_MAX, "none");
     config->dist.timeout_s = 300.0f;
