@@ -77,17 +77,17 @@ static float *download_params(Model *model, Error *err) {
 static bool write_adapter_weights(Model *model, const char *path, Error *err) {
     const ParamTable *table = model_params(model);
     float *host = download_params(model, err);
-    SafetensorsEntry *entries = host ? checked_calloc((size_t)table->count + 1, sizeof *entries, path, err) : NULL;
+    SafetensorsEntry *entries = host ? checked_calloc((size_t)table->n_lora + 1, sizeof *entries, path, err) : NULL;
     char (*keys)[PARAM_NAME_MAX + sizeof PEFT_KEY_PREFIX] =
-        entries ? checked_calloc((size_t)table->count + 1, sizeof *keys, path, err) : NULL;
+        entries ? checked_calloc((size_t)table->n_lora + 1, sizeof *keys, path, err) : NULL;
     bool ok = keys != NULL;
-    for (int i = 0; ok && i < table->count; i++) {
+    for (int i = 0; ok && i < table->n_lora; i++) {
         const ParamEntry *e = &table->entries[i];
         snprintf(keys[i], sizeof keys[i], PEFT_KEY_PREFIX "%s", e->name);
         entries[i] = (SafetensorsEntry){keys[i], {DTYPE_F32, 2, {e->shape[0], e->shape[1]}, host + e->offset}};
     }
     const char *metadata[] = {"format", "pt"};
-    ok = ok && safetensors_write(path, entries, table->count, metadata, 1, err);
+    ok = ok && safetensors_write(path, entries, table->n_lora, metadata, 1, err);
     free(keys);
     free(entries);
     free(host);
@@ -103,7 +103,11 @@ bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error 
     json_object *config = adapter_config_json(model_lora(model), info);
     bool ok = write_json_file(config_path, config, err);
     json_object_put(config);
-    return ok && write_adapter_weights(model, weights_path, err);
+    ok = ok && write_adapter_weights(model, weights_path, err);
+    if (!ok || model_params(model)->n_lora == model_params(model)->count) return ok;
+    char projector_path[CHECKPOINT_PATH_MAX];
+    return join_path(projector_path, sizeof projector_path, dir, PROJECTOR_FILE, err) &&
+           projector_save(model, projector_path, err);
 }
 
 // ----------------------------------------------------------------------------
@@ -167,7 +171,7 @@ static bool read_adapter_weights(Model *model, const char *path, Error *err) {
     const ParamTable *table = model_params(model);
     float *host = download_params(model, err);
     bool ok = host && check_no_extra_tensors(file, path, table, err);
-    for (int i = 0; ok && i < table->count; i++) ok = read_param(file, path, &table->entries[i], host, err);
+    for (int i = 0; ok && i < table->n_lora; i++) ok = read_param(file, path, &table->entries[i], host, err);
     if (ok) {
         model_ops(model)->upload(model_param_data(model), host, table->total * sizeof(float));
         model_sync_params(model);
@@ -184,5 +188,10 @@ bool adapter_load(Model *model, const char *dir, Error *err) {
         !join_path(weights_path, sizeof weights_path, dir, "adapter_model.safetensors", err)) {
         return false;
     }
-    return check_adapter_config(config_path, model_lora(model), err) && read_adapter_weights(model, weights_path, err);
+    if (!check_adapter_config(config_path, model_lora(model), err) || !read_adapter_weights(model, weights_path, err))
+        return false;
+    if (model_params(model)->n_lora == model_params(model)->count) return true;
+    char projector_path[CHECKPOINT_PATH_MAX];
+    return join_path(projector_path, sizeof projector_path, dir, PROJECTOR_FILE, err) &&
+           projector_load(model, projector_path, err);
 }

@@ -6,6 +6,7 @@
 
 #include "../core/core.h"
 #include "../model/model.h"
+#include "../vision/vision.h"
 
 // ----------------------------------------------------------------------------
 // safetensors: 8-byte little-endian header length, JSON header, data.
@@ -50,7 +51,25 @@ typedef struct AdapterInfo {
 } AdapterInfo;
 
 // adapter_config.json + adapter_model.safetensors in dir (created if needed),
-// keys base_model.model.<module>.lora_A.weight (r, in) / lora_B.weight (out, r).
+// keys base_model.model.<module>.lora_A.weight (r, in) / lora_B.weight (out, r);
+// a model with a projector also writes it beside them as PROJECTOR_FILE.
 bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error *err);
 // Loads LoRA tensors from a PEFT adapter folder into the model's parameters.
 bool adapter_load(Model *model, const char *dir, Error *err);
+
+// ----------------------------------------------------------------------------
+// vision-language: projector and CLIP tower weights
+
+#define PROJECTOR_FILE "projector.safetensors"
+
+// The projector's four tensors, fp32, llava-hf names: multi_modal_projector.
+// linear_1.weight (C, in), linear_1.bias (C), linear_2.weight (C, C), linear_2.bias (C).
+bool projector_save(Model *model, const char *path, Error *err);
+// From a safetensors file holding the projector under llava-hf names (with or
+// without the "model." prefix of the new layout) or LLaVA pretraining's
+// (model.mm_projector.0/2.{weight,bias}); shapes are checked.
+bool projector_load(Model *model, const char *path, Error *err);
+// Every tower weight from a safetensors file with CLIPVisionModel keys
+// ("vision_model....") or a llava-hf checkpoint's ("vision_tower.vision_model...."
+// or "model.vision_tower.vision_model...."); other tensors are ignored.
+bool clip_load_weights(ClipTower *tower, const char *path, Error *err);

@@ -71,6 +71,7 @@ typedef struct ParamEntry {
 typedef struct ParamTable {
     ParamEntry *entries;
     int count;
+    int n_lora;                // entries[0, n_lora) are LoRA A/B; then the projector's, if any
     size_t total;              // floats in the flat buffer
 } ParamTable;
 
@@ -97,6 +98,13 @@ typedef struct ModelOptions {
     bool activation_checkpointing; // keep only layer inputs; recompute each layer in backward
     int lm_head_chunk;        // tokens per lm_head + cross-entropy chunk (0 = all at once)
     uint64_t seed;            // LoRA init and dropout
+    // Vision-language: with projector_in > 0 the model holds a trainable
+    // mlp2x_gelu projector (Linear(projector_in, C), GELU, Linear(C, C), both
+    // with bias, named multi_modal_projector.linear_1/2 as llava-hf) whose
+    // outputs replace the embeddings at the positions holding image_token_id.
+    int projector_in;         // vision feature width (0 = text only)
+    int image_token_id;
+    int max_image_rows;       // image feature rows (images x patches) per micro-batch
 } ModelOptions;
 
 // Allocates frozen weights (uninitialised), the flat parameter buffer with
@@ -122,7 +130,8 @@ bool model_visit_frozen(Model *model, FrozenVisitor visit, void *context, Error 
 // Random base weights as transformers' LlamaForCausalLM init: linears and
 // embeddings N(0, initializer_range^2), norms 1. For tests, benchmarks and the demo.
 void model_init_random_base(Model *model, uint64_t seed);
-// Re-initialise LoRA parameters (A per lora.init, B = 0).
+// Re-initialise the trainable parameters: LoRA A per lora.init, B = 0; the
+// projector as nn.Linear, weight and bias U(-1/sqrt(in), 1/sqrt(in)).
 void model_init_lora(Model *model, uint64_t seed);
 
 // ----------------------------------------------------------------------------
@@ -132,6 +141,10 @@ typedef struct Batch {
     int B, T;
     const int32_t *tokens;     // (B, T) input ids, host memory
     const int32_t *targets;    // (B, T) next-token labels, -100 = no loss
+    // Image features (n_image_rows, projector_in) in backend memory, valid during
+    // the call; row r replaces the r-th image_token_id position of tokens.
+    int n_image_rows;
+    const void *image_features;
 } Batch;
 
 typedef struct StepOptions {
