@@ -69,7 +69,8 @@ bool projector_save(Model *model, const char *path, Error *err);
 // without the "model." prefix of the new layout) or LLaVA pretraining's
 // (model.mm_projector.0/2.{weight,bias}); shapes are checked.
 bool projector_load(Model *model, const char *path, Error *err);
-// Every tower weight from a safetensors file with CLIPVisionModel keys
-// ("vision_model....") or a llava-hf checkpoint's ("vision_tower.vision_model...."
-// or "model.vision_tower.vision_model...."); other tensors are ignored.
+// Every tower weight from a safetensors file with CLIP keys ("vision_model....",
+// as openai/clip-vit-large-patch14-336) or a llava-hf checkpoint's (under
+// "vision_tower." or "model.vision_tower."), each with or without the
+// "vision_model." part (transformers 5 saves without); other tensors are ignored.
 bool clip_load_weights(ClipTower *tower, const char *path, Error *err);

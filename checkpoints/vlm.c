@@ -99,10 +99,12 @@ typedef struct ClipLoader {
     const SafetensorsFile *file;
     const char *path;
     const char *prefix; // prepended to the tower's names in this file
+    bool bare;          // the file's names lack "vision_model." (transformers 5's own saves)
     const Ops *ops;
 } ClipLoader;
 
 static const char *const CLIP_PREFIXES[] = {"", "vision_tower.", "model.vision_tower."};
+#define CLIP_MODEL_PREFIX "vision_model."
 
 static bool has_tensor(const SafetensorsFile *file, const char *name) {
     for (int i = 0; i < safetensors_count(file); i++) {
@@ -114,7 +116,7 @@ static bool has_tensor(const SafetensorsFile *file, const char *name) {
 static bool load_clip_tensor(void *context, const char *name, const Tensor *dst, Error *err) {
     const ClipLoader *loader = context;
     char key[256];
-    snprintf(key, sizeof key, "%s%s", loader->prefix, name);
+    snprintf(key, sizeof key, "%s%s", loader->prefix, loader->bare ? name + strlen(CLIP_MODEL_PREFIX) : name);
     Tensor src;
     if (!safetensors_get(loader->file, key, &src, err)) return fail(err, "%s: missing tensor %s", loader->path, key);
     bool same = src.ndim == dst->ndim;
@@ -141,14 +143,17 @@ static bool load_clip_tensor(void *context, const char *name, const Tensor *dst,
 bool clip_load_weights(ClipTower *tower, const char *path, Error *err) {
     SafetensorsFile *file = safetensors_open(path, err);
     if (!file) return false;
-    ClipLoader loader = {file, path, NULL, NULL};
-    for (size_t i = 0; i < sizeof CLIP_PREFIXES / sizeof *CLIP_PREFIXES && !loader.prefix; i++) {
+    ClipLoader loader = {file, path, NULL, false, NULL};
+    for (int i = 0; i < 6 && !loader.prefix; i++) {
         char probe[128];
-        snprintf(probe, sizeof probe, "%svision_model.embeddings.class_embedding", CLIP_PREFIXES[i]);
-        if (has_tensor(file, probe)) loader.prefix = CLIP_PREFIXES[i];
+        snprintf(probe, sizeof probe, "%s%sembeddings.class_embedding", CLIP_PREFIXES[i / 2], i % 2 ? "" : CLIP_MODEL_PREFIX);
+        if (has_tensor(file, probe)) {
+            loader.prefix = CLIP_PREFIXES[i / 2];
+            loader.bare = i % 2;
+        }
     }
     bool ok = loader.prefix != NULL;
-    if (!ok) fail(err, "%s: no CLIP vision tower (no vision_model.embeddings.class_embedding, with or without a "
+    if (!ok) fail(err, "%s: no CLIP vision tower (no [vision_model.]embeddings.class_embedding, with or without a "
                        "vision_tower. / model.vision_tower. prefix)", path);
     loader.ops = clip_tower_ops(tower);
     ok = ok && clip_tower_visit(tower, load_clip_tensor, &loader, err);
