@@ -11,6 +11,7 @@
 
 #include "checkpoints/checkpoints.h"
 #include "model/model.h"
+#include "trainer/trainer.h"
 #include "vision/vision.h"
 
 #define FIXTURES "tests/fixtures/vlm/"
@@ -324,6 +325,30 @@ static void test_splice_errors(void **state) {
     model_destroy(model);
 }
 
+// ----------------------------------------------------------------------------
+// the LLaVA-Llama-3-8B recipe
+
+static void test_llava_llama3_recipe(void **state) {
+    Config c;
+    config_defaults(&c);
+    Error err;
+    if (!config_load_yaml(&c, "configs/llava_llama3.yaml", &err)) fail_msg("%s", err.message);
+    assert_string_equal(c.vision.tower_preset, "clip-vit-large-patch14-336");
+    assert_int_equal(c.vision.feature_layer, -2);
+    assert_string_equal(c.vision.image_fit, "pad");
+    assert_string_equal(c.vision.projector, "mlp2x_gelu");
+    assert_true(c.vision.train_projector);
+    assert_string_equal(c.vision.chat_template, "llama3");
+    assert_int_equal(c.data.max_seq_len, 2048);
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) assert_true(c.lora.targets[t]);
+    ClipVisionConfig clip;
+    assert_true(clip_config_preset(c.vision.tower_preset, &clip, &err));
+    assert_int_equal(clip_n_patches(&clip), 576);
+    assert_int_equal(clip_layers_used(&clip), 23);
+    assert_false(config_set(&c, "vision.projector=linear", &err));
+    assert_non_null(strstr(err.message, "vision.projector"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clip_features_match_transformers),
@@ -333,6 +358,7 @@ int main(void) {
         cmocka_unit_test(test_projector_saved_beside_adapter),
         cmocka_unit_test(test_projector_gradients_finite_differences),
         cmocka_unit_test(test_splice_errors),
+        cmocka_unit_test(test_llava_llama3_recipe),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -54,6 +54,16 @@ typedef struct Config {
         int keep_last;                       // 0 = keep all
     } checkpoint;
     struct {
+        char tower[CONFIG_PATH_MAX];         // CLIP vision tower safetensors ("" = text only)
+        char tower_preset[CONFIG_NAME_MAX];  // ClipVisionConfig preset, e.g. clip-vit-large-patch14-336
+        int feature_layer;                   // LLaVA's vision_feature_layer: -2 = penultimate
+        char image_fit[CONFIG_NAME_MAX];     // "pad" (LLaVA-1.5) | "crop" (CLIP) | "squash"
+        char projector[CONFIG_NAME_MAX];     // "mlp2x_gelu"
+        char projector_init[CONFIG_PATH_MAX]; // pretrained projector safetensors ("" = random init)
+        bool train_projector;
+        char chat_template[CONFIG_NAME_MAX]; // "default" (the built-in role markers) | "llama3"
+    } vision;
+    struct {
         int stage;                           // 0 | 2
         char offload[CONFIG_NAME_MAX];       // "none" | "cpu"
     } zero;
