@@ -51,6 +51,12 @@ int lora_train_main(int argc, char **argv) {
         print_usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (strcmp(argv[1], "demo") == 0 && argc == 2) {
+        Error err = {{0}};
+        if (vlm_demo_run("runs/vlm-demo", &err)) return 0;
+        fprintf(stderr, "lora-train: %s\n", err.message);
+        return 1;
+    }
     bool demo = strcmp(argv[1], "demo") == 0;
     int flag_start = demo ? 2 : 1;
     Error err = {{0}};

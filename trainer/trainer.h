@@ -102,3 +102,7 @@ bool train_run(const Config *config, TrainSummary *summary, Error *err);
 
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);
+// The vision-language demo in dir: synthetic pictures and LLaVA records, a
+// tiny random VLM, projector + LoRA training, held-out accuracy before and
+// after, the adapter saved under dir/adapter. Prints its progress.
+bool vlm_demo_run(const char *dir, Error *err);

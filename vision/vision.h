@@ -40,6 +40,11 @@ bool image_decode_file_with(const char *path, const ImageDecodeOptions *options,
 bool image_alloc(Image *image, int width, int height, Error *err);
 void image_free(Image *image);
 
+// Encodes into a malloc'd buffer (the caller frees *data): 8-bit RGB PNG, or
+// baseline JPEG at quality 1..100 (libjpeg's defaults: 4:2:0 chroma).
+bool image_encode_png(const Image *image, uint8_t **data, size_t *size, Error *err);
+bool image_encode_jpeg(const Image *image, int quality, uint8_t **data, size_t *size, Error *err);
+
 // ----------------------------------------------------------------------------
 // geometry (Pillow semantics)
 
