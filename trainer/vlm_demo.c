@@ -16,7 +16,7 @@
 
 enum {
     IMAGE_SIZE = 32, PATCH = 8, N_PATCHES = (IMAGE_SIZE / PATCH) * (IMAGE_SIZE / PATCH),
-    N_TRAIN = 768, N_HELD_OUT = 96, MICRO_BATCH = 16, MAX_SEQ = 40, MAX_ANSWER = 10,
+    N_TRAIN = 768, N_HELD_OUT = 96, MICRO_BATCH = 16, MAX_SEQ = 34, MAX_ANSWER = 10,
     IMAGE_TOKEN = 0, // the NUL byte: never in the demo's text
 };
 
@@ -42,7 +42,7 @@ static bool inside(int kind, int x, int y, int cx, int cy, int half) {
 }
 
 static void draw(Image *image, int colour, int kind, Rng *rng) {
-    int half = 6 + (int)rng_below(rng, 5);
+    int half = 8 + (int)rng_below(rng, 5);
     int cx = half + 1 + (int)rng_below(rng, (uint64_t)(IMAGE_SIZE - 2 * half - 2));
     int cy = half + 1 + (int)rng_below(rng, (uint64_t)(IMAGE_SIZE - 2 * half - 2));
     for (int y = 0; y < IMAGE_SIZE; y++) {
@@ -221,7 +221,7 @@ static bool train_step(Demo *demo, int step, int total_steps, Rng *rng, double *
     size_t n = model_params(demo->model)->total;
     float *grads = model_grad_data(demo->model);
     clip_grads(demo->ops, grads, n, grad_norm(demo->ops, grads, n, demo->norm_scratch), 1.0f);
-    LrSchedule schedule = {SCHEDULE_COSINE, 3e-3f, total_steps / 20, total_steps, 0.0f};
+    LrSchedule schedule = {SCHEDULE_COSINE, 5e-3f, total_steps / 20, total_steps, 0.0f};
     adamw_step(&demo->optimizer, model_param_data(demo->model), grads, lr_at_step(&schedule, step));
     model_sync_params(demo->model);
     return true;
@@ -290,7 +290,7 @@ static bool train_demo(Demo *demo, Error *err) {
     double start = time_seconds(), loss = 0;
     for (int step = 0; step < STEPS; step++) {
         if (!train_step(demo, step, STEPS, &rng, &loss, err)) return false;
-        if (step % 25 == 0 || step == STEPS - 1)
+        if (step % 50 == 0 || step == STEPS - 1)
             printf("step %3d/%d  loss %.4f  %.1fs\n", step + 1, STEPS, loss, time_seconds() - start);
     }
     return true;
