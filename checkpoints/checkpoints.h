@@ -7,6 +7,7 @@
 
 #include "../core/core.h"
 #include "../model/model.h"
+#include "../vision/vision.h"
 
 // ----------------------------------------------------------------------------
 // safetensors: 8-byte little-endian header length, JSON header, data.
@@ -78,6 +79,7 @@ typedef struct AdapterInfo {
 // transformers >= 4.52 (model.language_model.layers.*), as PEFT writes them
 // for both checkpoint layouts, and target_modules lists every targeted
 // module's full path, so PEFT leaves the vision tower's q/k/v_proj alone.
+// A model with a projector also writes it beside them as PROJECTOR_FILE.
 bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error *err);
 // Loads LoRA tensors from a PEFT adapter folder (keys in any HfLayout) into
 // the model's parameters.
@@ -157,3 +159,21 @@ bool disk_free_bytes(const char *path, uint64_t *free_bytes, Error *err);
 // Tests: the nth_write-th write(2) of a checkpoint file from now fails with
 // errno_value (0 = none).
 void checkpoint_inject_write_failure(int nth_write, int errno_value);
+
+// ----------------------------------------------------------------------------
+// vision-language: projector and CLIP tower weights
+
+#define PROJECTOR_FILE "projector.safetensors"
+
+// The projector's four tensors, fp32, llava-hf names: multi_modal_projector.
+// linear_1.weight (C, in), linear_1.bias (C), linear_2.weight (C, C), linear_2.bias (C).
+bool projector_save(Model *model, const char *path, Error *err);
+// From a safetensors file holding the projector under llava-hf names (with or
+// without the "model." prefix of the new layout) or LLaVA pretraining's
+// (model.mm_projector.0/2.{weight,bias}); shapes are checked.
+bool projector_load(Model *model, const char *path, Error *err);
+// Every tower weight from a safetensors file with CLIP keys ("vision_model....",
+// as openai/clip-vit-large-patch14-336) or a llava-hf checkpoint's (under
+// "vision_tower." or "model.vision_tower."), each with or without the
+// "vision_model." part (transformers 5 saves without); other tensors are ignored.
+bool clip_load_weights(ClipTower *tower, const char *path, Error *err);

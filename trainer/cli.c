@@ -77,6 +77,12 @@ int lora_train_main(int argc, char **argv) {
     if (strcmp(argv[1], "init-model") == 0 || strcmp(argv[1], "tokenize") == 0 || strcmp(argv[1], "export") == 0) {
         return lora_train_tool_main(argv[1], argc - 2, argv + 2);
     }
+    if (strcmp(argv[1], "demo") == 0 && argc == 2) {
+        Error err = {{0}};
+        if (vlm_demo_run("runs/vlm-demo", &err)) return 0;
+        fprintf(stderr, "lora-train: %s\n", err.message);
+        return 1;
+    }
     bool demo = strcmp(argv[1], "demo") == 0;
     bool data_check = argc >= 3 && strcmp(argv[1], "data") == 0 && strcmp(argv[2], "check") == 0;
     int flag_start = data_check ? 3 : demo ? 2 : 1;

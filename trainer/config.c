@@ -56,6 +56,10 @@ static const char *const BACKEND_VALUES[] = {"auto", "cpu", "cuda", NULL};
 static const char *const ZERO_STAGE_VALUES[] = {"0", "2", NULL};
 static const char *const OFFLOAD_VALUES[] = {"none", "cpu", NULL};
 static const char *const LOW_DISK_VALUES[] = {"wait", "abort", NULL};
+static const char *const IMAGE_FIT_VALUES[] = {"pad", "crop", "squash", NULL};
+static const char *const PROJECTOR_VALUES[] = {"mlp2x_gelu", NULL};
+static const char *const CLIP_PRESET_VALUES[] = {"clip-vit-large-patch14-336", "tiny", NULL};
+static const char *const CHAT_TEMPLATE_VALUES[] = {"default", "llama3", NULL};
 
 #define FIELD(member) .offset = offsetof(Config, member), .size = sizeof(((Config *)0)->member)
 
@@ -131,6 +135,21 @@ static const ConfigKey KEYS[] = {
      .help = "when a checkpoint does not fit: wait (re-check every 30 s) or abort; both stop resumably"},
     {"checkpoint.low_disk_wait_minutes", KEY_FLOAT, FIELD(checkpoint.low_disk_wait_minutes), .range = AT_LEAST(0),
      .help = "how long on_low_disk: wait waits for space before stopping"},
+    {"vision.tower", KEY_STRING, FIELD(vision.tower), .exists_unless = "model.create_if_missing",
+     .help = "CLIP vision tower safetensors (CLIPVisionModel or llava-hf keys); empty = text only"},
+    {"vision.tower_preset", KEY_ENUM, FIELD(vision.tower_preset), .allowed = CLIP_PRESET_VALUES,
+     .help = "the tower's shape"},
+    {"vision.feature_layer", KEY_INT, FIELD(vision.feature_layer), .range = {-64, 64, false, false},
+     .help = "hidden state the features come from (-2: penultimate, as LLaVA)"},
+    {"vision.image_fit", KEY_ENUM, FIELD(vision.image_fit), .allowed = IMAGE_FIT_VALUES,
+     .help = "pad: expand to square with the mean colour (LLaVA-1.5); crop: CLIP's center crop"},
+    {"vision.projector", KEY_ENUM, FIELD(vision.projector), .allowed = PROJECTOR_VALUES,
+     .help = "vision-language projector: Linear, GELU, Linear"},
+    {"vision.projector_init", KEY_STRING, FIELD(vision.projector_init), .exists_unless = "model.create_if_missing",
+     .help = "pretrained projector safetensors (llava-hf or model.mm_projector.0/2 names); empty = random"},
+    {"vision.train_projector", KEY_BOOL, FIELD(vision.train_projector), .help = "update the projector"},
+    {"vision.chat_template", KEY_ENUM, FIELD(vision.chat_template), .allowed = CHAT_TEMPLATE_VALUES,
+     .help = "conversation format of the records"},
     {"zero.stage", KEY_INT, FIELD(zero.stage), .range = AT_LEAST(0), .allowed = ZERO_STAGE_VALUES,
      .help = "0: replicated optimizer state; 2: sharded state and gradients"},
     {"zero.offload", KEY_ENUM, FIELD(zero.offload), .allowed = OFFLOAD_VALUES,
@@ -596,6 +615,12 @@ void config_defaults(Config *config) {
     config->zero.stage = 0;
     snprintf(config->zero.offload, CONFIG_NAME_MAX, "none");
     config->dist.timeout_s = 300.0f;
+    snprintf(config->vision.tower_preset, CONFIG_NAME_MAX, "clip-vit-large-patch14-336");
+    config->vision.feature_layer = -2;
+    snprintf(config->vision.image_fit, CONFIG_NAME_MAX, "pad");
+    snprintf(config->vision.projector, CONFIG_NAME_MAX, "mlp2x_gelu");
+    config->vision.train_projector = true;
+    snprintf(config->vision.chat_template, CONFIG_NAME_MAX, "default");
 }
 
 // A required string must be set; a path must exist unless its create_if_missing key names a generator.

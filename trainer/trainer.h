@@ -60,6 +60,16 @@ typedef struct Config {
         float low_disk_wait_minutes;
     } checkpoint;
     struct {
+        char tower[CONFIG_PATH_MAX];         // CLIP vision tower safetensors ("" = text only)
+        char tower_preset[CONFIG_NAME_MAX];  // ClipVisionConfig preset, e.g. clip-vit-large-patch14-336
+        int feature_layer;                   // LLaVA's vision_feature_layer: -2 = penultimate
+        char image_fit[CONFIG_NAME_MAX];     // "pad" (LLaVA-1.5) | "crop" (CLIP) | "squash"
+        char projector[CONFIG_NAME_MAX];     // "mlp2x_gelu"
+        char projector_init[CONFIG_PATH_MAX]; // pretrained projector safetensors ("" = random init)
+        bool train_projector;
+        char chat_template[CONFIG_NAME_MAX]; // "default" (the built-in role markers) | "llama3"
+    } vision;
+    struct {
         int stage;                           // 0 | 2
         char offload[CONFIG_NAME_MAX];       // "none" | "cpu"
     } zero;
@@ -124,3 +134,7 @@ int lora_train_main(int argc, char **argv);
 int lora_launch_main(int argc, char **argv);
 // The subcommands init-model, tokenize and export (argv after the subcommand).
 int lora_train_tool_main(const char *tool, int argc, char **argv);
+// The vision-language demo in dir: synthetic pictures and LLaVA records, a
+// tiny random VLM, projector + LoRA training, held-out accuracy before and
+// after, the adapter saved under dir/adapter. Prints its progress.
+bool vlm_demo_run(const char *dir, Error *err);
