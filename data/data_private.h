@@ -39,3 +39,11 @@ int64_t step_fill_row(const Sample *sample, int T, int32_t pad, int32_t *tokens,
 // The dataset's image side (S of its (3, S, S) tensors) and tokenizer.
 int vlm_dataset_image_size(const VlmDataset *dataset);
 const Tokenizer *vlm_dataset_tokenizer(const VlmDataset *dataset);
+
+// ---- epoch order, shared by DataLoader and VlmLoader (dataloader.c)
+
+// order = the permutation of n_samples for epoch: identity, or a shuffle
+// seeded from (seed, epoch).
+void epoch_order(int64_t *order, int64_t n_samples, uint64_t seed, int epoch, bool shuffle);
+// Moves a position past the end of an epoch into the following epochs.
+void normalize_epoch_position(int64_t steps_per_epoch, int *epoch, int64_t *step_in_epoch);

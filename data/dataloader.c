@@ -70,15 +70,16 @@ void dataloader_destroy(DataLoader *loader) {
 
 int64_t dataloader_steps_per_epoch(const DataLoader *loader) { return loader->steps_per_epoch; }
 
-// The permutation of epoch: identity, or a shuffle seeded from (seed, epoch).
+void epoch_order(int64_t *order, int64_t n_samples, uint64_t seed, int epoch, bool shuffle) {
+    for (int64_t i = 0; i < n_samples; i++) order[i] = i;
+    if (!shuffle) return;
+    Rng rng;
+    rng_seed(&rng, rng_hash(seed, (uint64_t)epoch));
+    rng_shuffle_indices(&rng, order, n_samples);
+}
+
 static void build_order(DataLoader *loader, int epoch) {
-    int64_t n_samples = dataset_size(loader->dataset);
-    for (int64_t i = 0; i < n_samples; i++) loader->order[i] = i;
-    if (loader->options.shuffle) {
-        Rng rng;
-        rng_seed(&rng, rng_hash(loader->options.seed, (uint64_t)epoch));
-        rng_shuffle_indices(&rng, loader->order, n_samples);
-    }
+    epoch_order(loader->order, dataset_size(loader->dataset), loader->options.seed, epoch, loader->options.shuffle);
     loader->order_epoch = epoch;
 }
 
@@ -96,14 +97,13 @@ int64_t step_fill_row(const Sample *sample, int T, int32_t pad, int32_t *tokens,
     return n_labels;
 }
 
-// Moves a position at the end of an epoch to the start of the next one.
-static void normalize_position(const DataLoader *loader, int *epoch, int64_t *step_in_epoch) {
-    *epoch += (int)(*step_in_epoch / loader->steps_per_epoch);
-    *step_in_epoch %= loader->steps_per_epoch;
+void normalize_epoch_position(int64_t steps_per_epoch, int *epoch, int64_t *step_in_epoch) {
+    *epoch += (int)(*step_in_epoch / steps_per_epoch);
+    *step_in_epoch %= steps_per_epoch;
 }
 
 const StepBatch *dataloader_next(DataLoader *loader) {
-    normalize_position(loader, &loader->epoch, &loader->step_in_epoch);
+    normalize_epoch_position(loader->steps_per_epoch, &loader->epoch, &loader->step_in_epoch);
     if (loader->order_epoch != loader->epoch) build_order(loader, loader->epoch);
     const DataLoaderOptions *o = &loader->options;
     StepBatch *batch = &loader->batch;
@@ -125,11 +125,11 @@ const StepBatch *dataloader_next(DataLoader *loader) {
 void dataloader_position(const DataLoader *loader, int *epoch, int64_t *step_in_epoch) {
     *epoch = loader->epoch;
     *step_in_epoch = loader->step_in_epoch;
-    normalize_position(loader, epoch, step_in_epoch);
+    normalize_epoch_position(loader->steps_per_epoch, epoch, step_in_epoch);
 }
 
 void dataloader_seek(DataLoader *loader, int epoch, int64_t step_in_epoch) {
     loader->epoch = epoch < 0 ? 0 : epoch;
     loader->step_in_epoch = step_in_epoch < 0 ? 0 : step_in_epoch;
-    normalize_position(loader, &loader->epoch, &loader->step_in_epoch);
+    normalize_epoch_position(loader->steps_per_epoch, &loader->epoch, &loader->step_in_epoch);
 }

@@ -79,19 +79,9 @@ void vlm_loader_destroy(VlmLoader *loader) {
 int64_t vlm_loader_steps_per_epoch(const VlmLoader *loader) { return loader->steps_per_epoch; }
 
 static void build_order(VlmLoader *loader, int epoch) {
-    int64_t n_samples = vlm_dataset_size(loader->dataset);
-    for (int64_t i = 0; i < n_samples; i++) loader->order[i] = i;
-    if (loader->options.shuffle) {
-        Rng rng;
-        rng_seed(&rng, rng_hash(loader->options.seed, (uint64_t)epoch));
-        rng_shuffle_indices(&rng, loader->order, n_samples);
-    }
+    epoch_order(loader->order, vlm_dataset_size(loader->dataset), loader->options.seed, epoch,
+                loader->options.shuffle);
     loader->order_epoch = epoch;
-}
-
-static void normalize_position(const VlmLoader *loader, int *epoch, int64_t *step_in_epoch) {
-    *epoch += (int)(*step_in_epoch / loader->steps_per_epoch);
-    *step_in_epoch %= loader->steps_per_epoch;
 }
 
 // The sample at epoch position `position`, or the next one (wrapping) that loads.
@@ -118,7 +108,7 @@ static int64_t fill_vlm_row(StepBatch *batch, int64_t row, const VlmSample *samp
 }
 
 const StepBatch *vlm_loader_next(VlmLoader *loader, Error *err) {
-    normalize_position(loader, &loader->epoch, &loader->step_in_epoch);
+    normalize_epoch_position(loader->steps_per_epoch, &loader->epoch, &loader->step_in_epoch);
     if (loader->order_epoch != loader->epoch) build_order(loader, loader->epoch);
     const DataLoaderOptions *o = &loader->options;
     StepBatch *batch = &loader->batch;
@@ -140,11 +130,11 @@ const StepBatch *vlm_loader_next(VlmLoader *loader, Error *err) {
 void vlm_loader_position(const VlmLoader *loader, int *epoch, int64_t *step_in_epoch) {
     *epoch = loader->epoch;
     *step_in_epoch = loader->step_in_epoch;
-    normalize_position(loader, epoch, step_in_epoch);
+    normalize_epoch_position(loader->steps_per_epoch, epoch, step_in_epoch);
 }
 
 void vlm_loader_seek(VlmLoader *loader, int epoch, int64_t step_in_epoch) {
     loader->epoch = epoch < 0 ? 0 : epoch;
     loader->step_in_epoch = step_in_epoch < 0 ? 0 : step_in_epoch;
-    normalize_position(loader, &loader->epoch, &loader->step_in_epoch);
+    normalize_epoch_position(loader->steps_per_epoch, &loader->epoch, &loader->step_in_epoch);
 }

@@ -2,7 +2,7 @@
 // transformers / torch numbers (scripts/ref_ops.py), and every CPU op against
 // a double-precision reference written here, with central finite differences
 // of that reference checking every backward.
-#include "test_util.h"
+#include "gradcheck.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -45,52 +45,11 @@ static int setup_ops(void **state) {
     return cpu ? 0 : -1;
 }
 
-static float *random_floats(size_t n, Rng *rng) {
-    float *x = malloc(n * sizeof(float));
-    assert_non_null(x);
-    fill_uniform(x, n, -1.0f, 1.0f, rng);
-    return x;
-}
 
-static float *poisoned_floats(size_t n) {
-    float *x = malloc(n * sizeof(float));
-    assert_non_null(x);
-    poison(x, n);
-    return x;
-}
 
-static float *copy_floats(const float *x, size_t n) {
-    float *copy = malloc(n * sizeof(float));
-    assert_non_null(copy);
-    memcpy(copy, x, n * sizeof(float));
-    return copy;
-}
 
-static double *to_double(const float *x, size_t n) {
-    double *d = malloc(n * sizeof(double));
-    assert_non_null(d);
-    for (size_t i = 0; i < n; i++) d[i] = x[i];
-    return d;
-}
 
-// Asserts got ~ want: |got - want| / max(|want|, 1e-2 max|want|) < tol.
-static void assert_close(const char *what, const float *got, const double *want, size_t n, double tol) {
-    double largest = 0.0;
-    for (size_t i = 0; i < n; i++) largest = fabs(want[i]) > largest ? fabs(want[i]) : largest;
-    double error = max_rel_error(got, want, n, largest * 1e-2 + 1e-12);
-    if (!(error < tol)) fail_msg("%s: relative error %.3g >= %.3g", what, error, tol);
-}
 
-// Asserts after - before ~ want: the backward added its gradient into a buffer
-// that held `before`.
-static void assert_increment(const char *what, const float *after, const float *before,
-                             const double *want, size_t n, double tol) {
-    float *increment = malloc(n * sizeof(float));
-    assert_non_null(increment);
-    for (size_t i = 0; i < n; i++) increment[i] = after[i] - before[i];
-    assert_close(what, increment, want, n, tol);
-    free(increment);
-}
 
 // ----------------------------------------------------------------------------
 // central finite differences of a double-precision forward
@@ -99,59 +58,13 @@ static void assert_increment(const char *what, const float *after, const float *
 // them; the gradient of L = sum(out * w) with respect to input `which` is
 // (L(x + eps) - L(x - eps)) / 2 eps, element by element.
 
-enum { MAX_INPUTS = 3 };
-#define FD_EPS 1e-5
-#define FD_TOL 1e-4
-#define FORWARD_TOL 1e-5
 #define MATMUL_TOL 1e-4 // fp32 sums of 150 products
 #define ROPE_TOL 1e-4   // fp32 angles, as transformers, up to position 250
 
-typedef struct Problem Problem;
-struct Problem {
-    double *inputs[MAX_INPUTS];
-    size_t input_sizes[MAX_INPUTS];
-    size_t out_size;
-    void (*forward)(const Problem *p, double *out);
-    const void *shape; // the op's sizes and constant arguments
-};
 
-static double weighted_sum(const Problem *p, const double *w, double *out) {
-    p->forward(p, out);
-    double sum = 0.0;
-    for (size_t i = 0; i < p->out_size; i++) sum += out[i] * w[i];
-    return sum;
-}
 
-static double *fd_gradient(const Problem *p, int which, const double *w) {
-    size_t n = p->input_sizes[which];
-    double *grad = malloc(n * sizeof(double));
-    double *out = malloc(p->out_size * sizeof(double));
-    assert_non_null(grad);
-    assert_non_null(out);
-    double *x = p->inputs[which];
-    for (size_t i = 0; i < n; i++) {
-        double saved = x[i];
-        x[i] = saved + FD_EPS;
-        double plus = weighted_sum(p, w, out);
-        x[i] = saved - FD_EPS;
-        double minus = weighted_sum(p, w, out);
-        x[i] = saved;
-        grad[i] = (plus - minus) / (2 * FD_EPS);
-    }
-    free(out);
-    return grad;
-}
 
-static double *reference_forward(const Problem *p) {
-    double *out = malloc(p->out_size * sizeof(double));
-    assert_non_null(out);
-    p->forward(p, out);
-    return out;
-}
 
-static void free_problem(Problem *p) {
-    for (int i = 0; i < MAX_INPUTS; i++) free(p->inputs[i]);
-}
 
 // ----------------------------------------------------------------------------
 // rope inverse frequencies vs transformers
@@ -206,8 +119,8 @@ static void check_matmul(bool trans_a, bool trans_b, float alpha, float beta) {
     size_t out_size = (size_t)s.M * s.N;
     Rng rng;
     rng_seed(&rng, 10 + 2 * trans_a + trans_b);
-    float *a = random_floats((size_t)s.M * s.K, &rng), *b = random_floats((size_t)s.K * s.N, &rng);
-    float *out = beta == 0.0f ? poisoned_floats(out_size) : random_floats(out_size, &rng);
+    float *a = random_floats((size_t)s.M * s.K, -1.0f, 1.0f, &rng), *b = random_floats((size_t)s.K * s.N, -1.0f, 1.0f, &rng);
+    float *out = beta == 0.0f ? poisoned_floats(out_size) : random_floats(out_size, -1.0f, 1.0f, &rng);
     float *out_before = copy_floats(out, out_size);
     cpu->matmul(out, a, b, s.M, s.N, s.K, trans_a, trans_b, alpha, beta);
     Problem p = {.inputs = {to_double(a, (size_t)s.M * s.K), to_double(b, (size_t)s.K * s.N)},
@@ -235,9 +148,9 @@ static void test_linear_backward(void **state) {
     MatmulShape s = {5, 7, 12, false, true};
     Rng rng;
     rng_seed(&rng, 20);
-    float *x = random_floats((size_t)s.M * s.K, &rng), *W = random_floats((size_t)s.N * s.K, &rng);
-    float *dout = random_floats((size_t)s.M * s.N, &rng);
-    float *dx = random_floats((size_t)s.M * s.K, &rng), *dW = random_floats((size_t)s.N * s.K, &rng);
+    float *x = random_floats((size_t)s.M * s.K, -1.0f, 1.0f, &rng), *W = random_floats((size_t)s.N * s.K, -1.0f, 1.0f, &rng);
+    float *dout = random_floats((size_t)s.M * s.N, -1.0f, 1.0f, &rng);
+    float *dx = random_floats((size_t)s.M * s.K, -1.0f, 1.0f, &rng), *dW = random_floats((size_t)s.N * s.K, -1.0f, 1.0f, &rng);
     float *dx_before = copy_floats(dx, (size_t)s.M * s.K), *dW_before = copy_floats(dW, (size_t)s.N * s.K);
     cpu->matmul_weight_grad(dW, dout, x, s.M, s.N, s.K, -0.5f);
     cpu->matmul(dx, dout, W, s.M, s.K, s.N, false, false, 1.0f, 1.0f);
@@ -262,7 +175,7 @@ static void test_embedding_forward(void **state) {
     enum { V = 9, C = 5, N = 4 };
     Rng rng;
     rng_seed(&rng, 30);
-    float *table = random_floats(V * C, &rng), *out = poisoned_floats(N * C);
+    float *table = random_floats(V * C, -1.0f, 1.0f, &rng), *out = poisoned_floats(N * C);
     int32_t ids[N] = {4, 0, 8, 4};
     cpu->embedding_forward(out, ids, table, N, C);
     for (int n = 0; n < N; n++) assert_memory_equal(out + n * C, table + ids[n] * C, C * sizeof(float));
@@ -298,9 +211,9 @@ static void test_rmsnorm(void **state) {
     size_t n = (size_t)s.N * s.C;
     Rng rng;
     rng_seed(&rng, 40);
-    float *x = random_floats(n, &rng), *weight = random_floats(s.C, &rng), *dout = random_floats(n, &rng);
+    float *x = random_floats(n, -1.0f, 1.0f, &rng), *weight = random_floats(s.C, -1.0f, 1.0f, &rng), *dout = random_floats(n, -1.0f, 1.0f, &rng);
     float *out = poisoned_floats(n), *rstd = poisoned_floats(s.N);
-    float *dx = random_floats(n, &rng), *dx_before = copy_floats(dx, n);
+    float *dx = random_floats(n, -1.0f, 1.0f, &rng), *dx_before = copy_floats(dx, n);
     cpu->rmsnorm_forward(out, rstd, x, weight, s.N, s.C, s.eps);
     cpu->rmsnorm_backward(dx, dout, x, weight, rstd, s.N, s.C);
 
@@ -352,7 +265,7 @@ static void check_rope(const RopeScaling *scaling) {
     RopeShape s = {N, N_HEAD, HEAD_DIM, positions, inv_freq};
     Rng rng;
     rng_seed(&rng, 50);
-    float *x = random_floats(n, &rng), *dout = random_floats(n, &rng);
+    float *x = random_floats(n, -1.0f, 1.0f, &rng), *dout = random_floats(n, -1.0f, 1.0f, &rng);
     float *rotated = copy_floats(x, n), *dx = copy_floats(dout, n);
     cpu->rope_forward(rotated, positions, inv_freq, N, N_HEAD, HEAD_DIM);
     cpu->rope_backward(dx, positions, inv_freq, N, N_HEAD, HEAD_DIM);
@@ -449,9 +362,9 @@ static void check_attention(AttentionShape s) {
     size_t lse_size = (size_t)s.B * s.n_head * s.T;
     Rng rng;
     rng_seed(&rng, 60 + s.n_kv_head);
-    float *q = random_floats(q_size, &rng), *k = random_floats(kv_size, &rng), *v = random_floats(kv_size, &rng);
-    float *dout = random_floats(q_size, &rng), *out = poisoned_floats(q_size), *lse = poisoned_floats(lse_size);
-    float *dq = random_floats(q_size, &rng), *dk = random_floats(kv_size, &rng), *dv = random_floats(kv_size, &rng);
+    float *q = random_floats(q_size, -1.0f, 1.0f, &rng), *k = random_floats(kv_size, -1.0f, 1.0f, &rng), *v = random_floats(kv_size, -1.0f, 1.0f, &rng);
+    float *dout = random_floats(q_size, -1.0f, 1.0f, &rng), *out = poisoned_floats(q_size), *lse = poisoned_floats(lse_size);
+    float *dq = random_floats(q_size, -1.0f, 1.0f, &rng), *dk = random_floats(kv_size, -1.0f, 1.0f, &rng), *dv = random_floats(kv_size, -1.0f, 1.0f, &rng);
     float *dq_before = copy_floats(dq, q_size), *dk_before = copy_floats(dk, kv_size);
     float *dv_before = copy_floats(dv, kv_size);
     cpu->attention_forward(out, lse, q, k, v, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
@@ -513,9 +426,9 @@ static void test_swiglu(void **state) {
     enum { N = 37 };
     Rng rng;
     rng_seed(&rng, 70);
-    float *gate = random_floats(N, &rng), *up = random_floats(N, &rng), *dout = random_floats(N, &rng);
+    float *gate = random_floats(N, -1.0f, 1.0f, &rng), *up = random_floats(N, -1.0f, 1.0f, &rng), *dout = random_floats(N, -1.0f, 1.0f, &rng);
     for (int i = 0; i < N; i++) gate[i] *= 4.0f;
-    float *out = poisoned_floats(N), *dgate = random_floats(N, &rng), *dup = random_floats(N, &rng);
+    float *out = poisoned_floats(N), *dgate = random_floats(N, -1.0f, 1.0f, &rng), *dup = random_floats(N, -1.0f, 1.0f, &rng);
     float *dgate_before = copy_floats(dgate, N), *dup_before = copy_floats(dup, N);
     cpu->swiglu_forward(out, gate, up, N);
     cpu->swiglu_backward(dgate, dup, dout, gate, up, N);
@@ -555,8 +468,8 @@ static void test_dropout_mask(void **state) {
     const uint64_t seed = 42, offset = 1000;
     Rng rng;
     rng_seed(&rng, 80);
-    float *x = random_floats(N, &rng), *dout = random_floats(N, &rng), *out = poisoned_floats(N);
-    float *shifted = poisoned_floats(N - 1), *dx = random_floats(N, &rng), *dx_before = copy_floats(dx, N);
+    float *x = random_floats(N, -1.0f, 1.0f, &rng), *dout = random_floats(N, -1.0f, 1.0f, &rng), *out = poisoned_floats(N);
+    float *shifted = poisoned_floats(N - 1), *dx = random_floats(N, -1.0f, 1.0f, &rng), *dx_before = copy_floats(dx, N);
     cpu->dropout_forward(out, x, N, p, seed, offset);
     cpu->dropout_backward(dx, dout, N, p, seed, offset);
     cpu->dropout_forward(shifted, x + 1, N - 1, p, seed, offset + 1);
@@ -577,7 +490,7 @@ static void test_dropout_zero_is_identity(void **state) {
     enum { N = 1000 };
     Rng rng;
     rng_seed(&rng, 81);
-    float *x = random_floats(N, &rng), *out = poisoned_floats(N), *dx = random_floats(N, &rng);
+    float *x = random_floats(N, -1.0f, 1.0f, &rng), *out = poisoned_floats(N), *dx = random_floats(N, -1.0f, 1.0f, &rng);
     float *dx_before = copy_floats(dx, N);
     cpu->dropout_forward(out, x, N, 0.0f, 7, 0);
     cpu->dropout_backward(dx, x, N, 0.0f, 7, 0);
@@ -591,8 +504,8 @@ static void test_dropout_backward(void **state) {
     DropoutShape s = {0.3f, 1234, 77};
     Rng rng;
     rng_seed(&rng, 82);
-    float *x = random_floats(N, &rng), *dout = random_floats(N, &rng), *out = poisoned_floats(N);
-    float *dx = random_floats(N, &rng), *dx_before = copy_floats(dx, N);
+    float *x = random_floats(N, -1.0f, 1.0f, &rng), *dout = random_floats(N, -1.0f, 1.0f, &rng), *out = poisoned_floats(N);
+    float *dx = random_floats(N, -1.0f, 1.0f, &rng), *dx_before = copy_floats(dx, N);
     cpu->dropout_forward(out, x, N, s.p, s.seed, s.offset);
     cpu->dropout_backward(dx, dout, N, s.p, s.seed, s.offset);
     Problem p = {.inputs = {to_double(x, N)}, .input_sizes = {N}, .out_size = N,
@@ -667,7 +580,7 @@ static void test_memory_round_trip(void **state) {
     Error err = {{0}};
     Rng rng;
     rng_seed(&rng, 100);
-    float *host = random_floats(N, &rng), *back = poisoned_floats(N);
+    float *host = random_floats(N, -1.0f, 1.0f, &rng), *back = poisoned_floats(N);
     float *device = cpu->alloc(N * sizeof(float), &err), *act = cpu->alloc(N * sizeof(float), &err);
     assert_non_null(device);
     assert_non_null(act);
