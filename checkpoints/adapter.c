@@ -111,35 +111,53 @@ static float *download_params(Model *model, Error *err) {
     return host;
 }
 
-static bool write_adapter_weights(Model *model, HfLayout layout, const char *path, Error *err) {
+static bool serialize_adapter_weights(Model *model, HfLayout layout, uint8_t **bytes, size_t *size, Error *err) {
     const ParamTable *table = model_params(model);
     float *host = download_params(model, err);
-    SafetensorsEntry *entries = host ? checked_calloc((size_t)table->count + 1, sizeof *entries, path, err) : NULL;
-    char (*keys)[ADAPTER_KEY_MAX] = entries ? checked_calloc((size_t)table->count + 1, sizeof *keys, path, err) : NULL;
+    SafetensorsEntry *entries = host ? checked_calloc((size_t)table->n_lora + 1, sizeof *entries, "adapter tensors", err) : NULL;
+    char (*keys)[ADAPTER_KEY_MAX] =
+        entries ? checked_calloc((size_t)table->n_lora + 1, sizeof *keys, "adapter tensor names", err) : NULL;
     bool ok = keys != NULL;
-    for (int i = 0; ok && i < table->count; i++) {
+    for (int i = 0; ok && i < table->n_lora; i++) {
         const ParamEntry *e = &table->entries[i];
         ok = module_key(layout, e->name, keys[i], sizeof keys[i], err);
         entries[i] = (SafetensorsEntry){keys[i], {DTYPE_F32, 2, {e->shape[0], e->shape[1]}, host + e->offset}};
     }
     const char *metadata[] = {"format", "pt"};
-    ok = ok && safetensors_write(path, entries, table->count, metadata, 1, err);
+    ok = ok && safetensors_serialize(ADAPTER_WEIGHTS_FILE, entries, table->n_lora, metadata, 1, bytes, size, err);
     free(keys);
     free(entries);
     free(host);
     return ok;
 }
 
+bool adapter_serialize(Model *model, const AdapterInfo *info, FileImage *config, FileImage *weights, Error *err) {
+    json_object *json = adapter_config_json(model, info);
+    bool ok = json_to_text(ADAPTER_CONFIG_FILE, json, config, err);
+    json_object_put(json);
+    if (!ok) return false;
+    HfLayout layout = module_layout(info ? info->layout : HF_LAYOUT_LLAMA);
+    if (serialize_adapter_weights(model, layout, &weights->bytes, &weights->size, err)) return true;
+    file_image_free(config);
+    return false;
+}
+
 bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error *err) {
     char config_path[CHECKPOINT_PATH_MAX], weights_path[CHECKPOINT_PATH_MAX];
-    if (!make_dirs(dir, err) || !join_path(config_path, sizeof config_path, dir, "adapter_config.json", err) ||
-        !join_path(weights_path, sizeof weights_path, dir, "adapter_model.safetensors", err)) {
+    if (!make_dirs(dir, err) || !join_path(config_path, sizeof config_path, dir, ADAPTER_CONFIG_FILE, err) ||
+        !join_path(weights_path, sizeof weights_path, dir, ADAPTER_WEIGHTS_FILE, err)) {
         return false;
     }
-    json_object *config = adapter_config_json(model, info);
-    bool ok = write_json_file(config_path, config, err);
-    json_object_put(config);
-    return ok && write_adapter_weights(model, module_layout(info ? info->layout : HF_LAYOUT_LLAMA), weights_path, err);
+    FileImage config = {0}, weights = {0};
+    if (!adapter_serialize(model, info, &config, &weights, err)) return false;
+    bool ok = write_file_durable(config_path, &config, err) && write_file_durable(weights_path, &weights, err) &&
+              sync_dir(dir, err);
+    file_image_free(&config);
+    file_image_free(&weights);
+    if (!ok || model_params(model)->n_lora == model_params(model)->count) return ok;
+    char projector_path[CHECKPOINT_PATH_MAX];
+    return join_path(projector_path, sizeof projector_path, dir, PROJECTOR_FILE, err) &&
+           projector_save(model, projector_path, err) && sync_dir(dir, err);
 }
 
 // ----------------------------------------------------------------------------
@@ -223,7 +241,7 @@ static bool read_adapter_weights(Model *model, const char *path, Error *err) {
     float *host = download_params(model, err);
     HfLayout layout = adapter_file_layout(file);
     bool ok = host && check_no_extra_tensors(file, layout, path, table, err);
-    for (int i = 0; ok && i < table->count; i++) ok = read_param(file, layout, path, &table->entries[i], host, err);
+    for (int i = 0; ok && i < table->n_lora; i++) ok = read_param(file, layout, path, &table->entries[i], host, err);
     if (ok) {
         model_ops(model)->upload(model_param_data(model), host, table->total * sizeof(float));
         model_sync_params(model);
@@ -236,9 +254,14 @@ static bool read_adapter_weights(Model *model, const char *path, Error *err) {
 
 bool adapter_load(Model *model, const char *dir, Error *err) {
     char config_path[CHECKPOINT_PATH_MAX], weights_path[CHECKPOINT_PATH_MAX];
-    if (!join_path(config_path, sizeof config_path, dir, "adapter_config.json", err) ||
-        !join_path(weights_path, sizeof weights_path, dir, "adapter_model.safetensors", err)) {
+    if (!join_path(config_path, sizeof config_path, dir, ADAPTER_CONFIG_FILE, err) ||
+        !join_path(weights_path, sizeof weights_path, dir, ADAPTER_WEIGHTS_FILE, err)) {
         return false;
     }
-    return check_adapter_config(config_path, model_lora(model), err) && read_adapter_weights(model, weights_path, err);
+    if (!check_adapter_config(config_path, model_lora(model), err) || !read_adapter_weights(model, weights_path, err))
+        return false;
+    if (model_params(model)->n_lora == model_params(model)->count) return true;
+    char projector_path[CHECKPOINT_PATH_MAX];
+    return join_path(projector_path, sizeof projector_path, dir, PROJECTOR_FILE, err) &&
+           projector_load(model, projector_path, err);
 }

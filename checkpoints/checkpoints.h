@@ -1,4 +1,5 @@
-// checkpoints: safetensors I/O, Hugging Face model folders, PEFT adapters.
+// checkpoints: safetensors I/O, Hugging Face model folders, PEFT adapters,
+// training checkpoints (atomic, verified) and free disk space.
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -6,6 +7,7 @@
 
 #include "../core/core.h"
 #include "../model/model.h"
+#include "../vision/vision.h"
 
 // ----------------------------------------------------------------------------
 // safetensors: 8-byte little-endian header length, JSON header, data.
@@ -31,6 +33,10 @@ typedef struct SafetensorsEntry {
 // Writes entries (in the given order) with optional string metadata pairs.
 bool safetensors_write(const char *path, const SafetensorsEntry *entries, int n_entries,
                        const char *const *metadata_kv, int n_metadata, Error *err);
+// The same file's bytes in memory (*bytes malloc'd, *size bytes); name is for messages.
+bool safetensors_serialize(const char *name, const SafetensorsEntry *entries, int n_entries,
+                           const char *const *metadata_kv, int n_metadata, uint8_t **bytes, size_t *size,
+                           Error *err);
 
 // ----------------------------------------------------------------------------
 // Hugging Face model folders: config.json + model.safetensors or shards listed
@@ -73,6 +79,7 @@ typedef struct AdapterInfo {
 // transformers >= 4.52 (model.language_model.layers.*), as PEFT writes them
 // for both checkpoint layouts, and target_modules lists every targeted
 // module's full path, so PEFT leaves the vision tower's q/k/v_proj alone.
+// A model with a projector also writes it beside them as PROJECTOR_FILE.
 bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error *err);
 // Loads LoRA tensors from a PEFT adapter folder (keys in any HfLayout) into
 // the model's parameters.
@@ -88,3 +95,85 @@ bool adapter_load(Model *model, const char *dir, Error *err);
 bool export_merged(const char *base_dir, const char *adapter_dir, const char *out_dir, Error *err);
 // The adapter folder's two files copied into out_dir.
 bool export_peft(const char *adapter_dir, const char *out_dir, Error *err);
+
+// ----------------------------------------------------------------------------
+// training checkpoints: <run_dir>/step-NNNNNN/ holds
+//   adapter_config.json, adapter_model.safetensors   the PEFT adapter, usable as is
+//   optimizer/rank-00000.safetensors                  AdamW exp_avg, exp_avg_sq (ParamTable layout), its step
+//   trainer_state.json                                step, data position, seed, losses, config and its hash
+//   COMPLETE                                          written last: every file's size and FNV-1a checksum
+// and <run_dir>/latest names the newest complete one. A save writes
+// .partial-step-NNNNNN/, fsyncs, re-reads and verifies every file, then
+// renames it: a failure or a kill at any point leaves earlier checkpoints intact.
+
+typedef struct TrainerState {
+    int step;                // loop steps done: the next step's index and the LR schedule position
+    int optimizer_steps;     // AdamW steps taken (its bias correction)
+    int epoch;               // data position of the next step
+    int64_t step_in_epoch;
+    uint64_t seed;           // init, shuffling (seed, epoch), dropout (seed, step, micro-batch)
+    int skipped_steps;       // steps without label tokens
+    int bad_steps;           // steps with a non-finite loss or gradient, skipped
+    double first_loss, last_loss;
+    char *config_yaml;       // the run's config; malloc'd when loaded
+} TrainerState;
+
+typedef struct CheckpointSource {
+    Model *model;                  // fp32 masters -> the adapter
+    const AdapterInfo *adapter;
+    const float *adam_m, *adam_v;  // ParamTable layout, backend memory (host memory when moments_on_host)
+    bool moments_on_host;
+    const TrainerState *state;
+} CheckpointSource;
+
+// Every file of one checkpoint, serialised in memory: its size is exact
+// before anything touches the disk.
+typedef struct CheckpointImage CheckpointImage;
+
+CheckpointImage *checkpoint_image_create(const CheckpointSource *source, Error *err);
+void checkpoint_image_destroy(CheckpointImage *image);
+// Bytes the save adds to the disk (every file, the marker and `latest`).
+uint64_t checkpoint_image_bytes(const CheckpointImage *image);
+// Atomic, verified write into run_dir; path receives step-NNNNNN's path.
+bool checkpoint_write(const char *run_dir, const CheckpointImage *image, char *path, size_t path_size, Error *err);
+bool checkpoint_save(const char *run_dir, const CheckpointSource *source, char *path, size_t path_size, Error *err);
+
+// Checks the marker, then every file's size and checksum.
+bool checkpoint_verify(const char *dir, Error *err);
+// The newest complete checkpoint of run_dir: `latest` when it verifies, else
+// the newest step-NNNNNN/ that does. False when there is none.
+bool checkpoint_find_latest(const char *run_dir, char *path, size_t path_size, Error *err);
+// Verifies dir, then loads the adapter into model, the AdamW moments into
+// adam_m / adam_v (backend memory, or host memory when moments_on_host) and
+// the trainer state (free it with trainer_state_free).
+bool checkpoint_load(const char *dir, Model *model, float *adam_m, float *adam_v, bool moments_on_host,
+                     TrainerState *state, Error *err);
+void trainer_state_free(TrainerState *state);
+// Removes complete checkpoints beyond the newest `keep` (keep >= 1) and
+// leftovers of interrupted saves; the newest complete one always stays.
+bool checkpoint_prune(const char *run_dir, int keep, Error *err);
+
+// Bytes available to an unprivileged writer on the filesystem holding path
+// (its nearest existing ancestor when path does not exist yet).
+bool disk_free_bytes(const char *path, uint64_t *free_bytes, Error *err);
+// Tests: the nth_write-th write(2) of a checkpoint file from now fails with
+// errno_value (0 = none).
+void checkpoint_inject_write_failure(int nth_write, int errno_value);
+
+// ----------------------------------------------------------------------------
+// vision-language: projector and CLIP tower weights
+
+#define PROJECTOR_FILE "projector.safetensors"
+
+// The projector's four tensors, fp32, llava-hf names: multi_modal_projector.
+// linear_1.weight (C, in), linear_1.bias (C), linear_2.weight (C, C), linear_2.bias (C).
+bool projector_save(Model *model, const char *path, Error *err);
+// From a safetensors file holding the projector under llava-hf names (with or
+// without the "model." prefix of the new layout) or LLaVA pretraining's
+// (model.mm_projector.0/2.{weight,bias}); shapes are checked.
+bool projector_load(Model *model, const char *path, Error *err);
+// Every tower weight from a safetensors file with CLIP keys ("vision_model....",
+// as openai/clip-vit-large-patch14-336) or a llava-hf checkpoint's (under
+// "vision_tower." or "model.vision_tower."), each with or without the
+// "vision_model." part (transformers 5 saves without); other tensors are ignored.
+bool clip_load_weights(ClipTower *tower, const char *path, Error *err);

@@ -3,6 +3,7 @@
 #include <json-c/json.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "../core/core.h"
 #include "checkpoints.h"
@@ -35,3 +36,26 @@ bool hf_layout_key(HfLayout layout, const char *canonical, bool alternative, cha
 HfLayout adapter_file_layout(const SafetensorsFile *file);
 // Copies src to dst byte for byte.
 bool copy_file(const char *src, const char *dst, Error *err);
+
+#define ADAPTER_CONFIG_FILE "adapter_config.json"
+#define ADAPTER_WEIGHTS_FILE "adapter_model.safetensors"
+
+// A file's whole contents in memory (bytes malloc'd).
+typedef struct FileImage {
+    uint8_t *bytes;
+    size_t size;
+} FileImage;
+
+void file_image_free(FileImage *image);
+// obj as write_json_file writes it, into image.
+bool json_to_text(const char *name, json_object *obj, FileImage *image, Error *err);
+// Writes image to path and fsyncs it (every write(2) goes through the
+// failure-injection hook); a failure removes the partial file and names path.
+bool write_file_durable(const char *path, const FileImage *image, Error *err);
+// fsync of a directory, so the names created or renamed in it are durable.
+bool sync_dir(const char *dir, Error *err);
+// Re-reads path and checks its size and FNV-1a checksum.
+bool verify_file(const char *path, uint64_t size, uint64_t checksum, Error *err);
+
+// The adapter's adapter_config.json and adapter_model.safetensors, in memory.
+bool adapter_serialize(Model *model, const AdapterInfo *info, FileImage *config, FileImage *weights, Error *err);

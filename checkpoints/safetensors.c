@@ -393,3 +393,22 @@ bool safetensors_write(const char *path, const SafetensorsEntry *entries, int n_
     if (!written || !closed) return fail(err, "%s: write failed: %s", path, strerror(written ? errno : write_errno));
     return true;
 }
+
+bool safetensors_serialize(const char *name, const SafetensorsEntry *entries, int n_entries,
+                           const char *const *metadata_kv, int n_metadata, uint8_t **bytes, size_t *size,
+                           Error *err) {
+    json_object *header = build_header(name, entries, n_entries, metadata_kv, n_metadata, err);
+    if (!header) return false;
+    const char *json = json_object_to_json_string_ext(header, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    char *buffer = NULL;
+    FILE *f = open_memstream(&buffer, size);
+    bool written = f && json && write_contents(f, json, entries, n_entries);
+    bool closed = f && fclose(f) == 0;
+    json_object_put(header);
+    if (!written || !closed) {
+        free(buffer);
+        return fail(err, "%s: out of memory serialising %d tensors", name, n_entries);
+    }
+    *bytes = (uint8_t *)buffer;
+    return true;
+}

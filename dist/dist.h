@@ -114,4 +114,21 @@ size_t zero_shard_size(const Zero *zero);
 // reduce-scatter at stage 2), computes the global grad norm, clips, runs
 // AdamW (on the owned shard at stage 2, then all-gathers the parameters).
 // *norm_out: the norm before clipping.
+// A non-finite norm leaves parameters and optimizer state untouched (every
+// rank sees the same global norm, so all skip together).
 bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err);
+
+// This rank's optimizer state, for checkpoints: AdamW moments of the flat
+// buffer's elements [begin, begin + count), in host memory with offload and
+// backend memory otherwise, and the steps taken.
+typedef struct ZeroState {
+    size_t begin, count;
+    float *m, *v;
+    bool on_host;
+    int step;
+} ZeroState;
+
+ZeroState zero_state(const Zero *zero);
+// After a resume wrote params (backend, n) and the moments in place: the step
+// count and, with offload, the host masters from params.
+void zero_restore(Zero *zero, const float *params, int step);

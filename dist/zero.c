@@ -83,11 +83,29 @@ static bool global_grad_norm(Zero *zero, const float *grads, float *norm, Error 
 bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err) {
     float norm;
     if (!reduce_grads(zero, grads, err) || !global_grad_norm(zero, grads, &norm, err)) return false;
+    *norm_out = norm;
+    if (!isfinite(norm)) return true;
     float *shard_params = params + zero->begin, *shard_grads = grads + zero->begin;
     size_t shard = zero_shard_size(zero);
     if (zero->options.max_grad_norm > 0) clip_grads(zero->ops, shard_grads, shard, norm, zero->options.max_grad_norm);
     if (zero->options.offload_cpu) offload_step(&zero->offload, shard_params, shard_grads, lr);
     else adamw_step(&zero->adamw, shard_params, shard_grads, lr);
-    *norm_out = norm;
     return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
+}
+
+ZeroState zero_state(const Zero *zero) {
+    bool on_host = zero->options.offload_cpu;
+    return (ZeroState){.begin = zero->begin, .count = zero_shard_size(zero),
+                       .m = on_host ? zero->offload.m : zero->adamw.m, .v = on_host ? zero->offload.v : zero->adamw.v,
+                       .on_host = on_host, .step = on_host ? zero->offload.step : zero->adamw.step};
+}
+
+void zero_restore(Zero *zero, const float *params, int step) {
+    if (!zero->options.offload_cpu) {
+        zero->adamw.step = step;
+        return;
+    }
+    zero->offload.step = step;
+    zero->ops->download(zero->offload.master, params + zero->begin, zero_shard_size(zero) * sizeof(float));
+    zero->ops->synchronize();
 }

@@ -120,6 +120,35 @@ typedef struct Ops {
     void (*cross_entropy)(float *loss_sum, void *dlogits, const void *logits,
                           const int32_t *targets, int N, int V, float grad_scale);
 
+    // ---- vision towers and projectors -------------------------------------
+    // LayerNorm: out = (inp - mean) * rstd * weight + bias per row of C,
+    // rstd = 1 / sqrt(var + eps) (biased variance); mean, rstd (N) saved.
+    // Backward adds dinp; dweight and dbias (fp32, C) are added when not NULL.
+    void (*layernorm_forward)(void *out, float *mean, float *rstd, const void *inp, const void *weight,
+                              const void *bias, int N, int C, float eps);
+    void (*layernorm_backward)(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+                               const void *weight, const float *mean, const float *rstd, int N, int C);
+    // GELU, exact (nn.GELU()): out = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2.
+    void (*gelu_forward)(void *out, const void *inp, size_t n);
+    void (*gelu_backward)(void *dinp, const void *dout, const void *inp, size_t n);
+    // quick_gelu (CLIP): out = x sigmoid(1.702 x).
+    void (*quick_gelu_forward)(void *out, const void *inp, size_t n);
+    void (*quick_gelu_backward)(void *dinp, const void *dout, const void *inp, size_t n);
+    // out (N, C) += bias (C) on every row; dbias (fp32, C) += sum over rows of dout.
+    void (*bias_add)(void *out, const void *bias, int N, int C);
+    void (*bias_backward)(float *dbias, const void *dout, int N, int C);
+    // out[rows[r]] = src[r]: src (R, C) rows written into out (N, C) at rows (R).
+    void (*scatter_rows)(void *out, const int32_t *rows, const void *src, int R, int C);
+    // Convolution with stride = kernel = patch, no bias (CLIP's patch embedding):
+    // images (B, channels, size, size), weight (D, channels, patch, patch),
+    // out (B, P, D) with P = (size / patch)^2 patches in row-major order.
+    void (*patch_embed_forward)(void *out, const void *images, const void *weight, int B, int channels,
+                                int image_size, int patch, int D);
+    // Bidirectional (non-causal) multi-head attention, forward only:
+    // q, k, v, out (B, T, n_head, hd); out_t = softmax_u(q_t . k_u / sqrt(hd)) v_u.
+    void (*attention_full_forward)(void *out, const void *q, const void *k, const void *v, int B, int T,
+                                   int n_head, int head_dim);
+
     // ---- optimizer -------------------------------------------------------
     // *out (device fp32 scalar) += sum(g[i]^2)
     void (*sum_squares)(float *out, const float *g, size_t n);

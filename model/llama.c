@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "projector.h"
 
 typedef struct LoraSlot { // one targeted linear of one layer
     const ParamEntry *A;  // (r, in)
@@ -60,6 +61,7 @@ struct Model {
     float *param_data, *grad_data;
     void *param_act;
     LoraSlot *slots;          // (L, LORA_TARGET_COUNT), A == NULL where not targeted
+    Projector projector;      // w1 == NULL without one
 
     // activations: one allocation sized for (max_batch, max_seq_len)
     void *act_block;
@@ -77,6 +79,8 @@ struct Model {
     int32_t *tokens, *targets, *positions; // (N)
     float *inv_freq;                 // (hd / 2)
     float *loss;                     // scalar
+    int n_image_rows;                // of the current batch
+    const void *image_features;      // (n_image_rows, projector_in) of the current batch
 };
 
 // ----------------------------------------------------------------------------
@@ -215,6 +219,16 @@ static size_t layout_activations(Model *m, uint8_t *base) {
     m->positions = arena_take(&arena, N * sizeof(int32_t));
     m->inv_freq = arena_take(&arena, (size_t)c->head_dim / 2 * sizeof(float));
     m->loss = arena_take(&arena, sizeof(float));
+    if (m->projector.w1) {
+        size_t R = (size_t)m->options.max_image_rows, C = (size_t)c->hidden_size;
+        Projector *p = &m->projector;
+        p->h1 = arena_take(&arena, R * C * s);
+        p->g = arena_take(&arena, R * C * s);
+        p->out = arena_take(&arena, R * C * s);
+        p->d_out = arena_take(&arena, R * C * s);
+        p->d_g = arena_take(&arena, R * C * s);
+        p->rows = arena_take(&arena, R * sizeof(int32_t));
+    }
     return arena.used;
 }
 
@@ -226,7 +240,7 @@ static bool build_param_table(Model *m, Error *err) {
     int per_layer = 0;
     for (int t = 0; t < LORA_TARGET_COUNT; t++) per_layer += m->lora.targets[t] ? 2 : 0;
     ParamTable *table = &m->params;
-    table->entries = checked_calloc((size_t)per_layer * c->n_layers + 1, sizeof(ParamEntry), "parameter table", err);
+    table->entries = checked_calloc((size_t)per_layer * c->n_layers + 5, sizeof(ParamEntry), "parameter table", err);
     m->slots = checked_calloc((size_t)c->n_layers * LORA_TARGET_COUNT, sizeof(LoraSlot), "LoRA slots", err);
     if (!table->entries || !m->slots) return false;
     for (int l = 0; l < c->n_layers; l++) {
@@ -249,6 +263,8 @@ static bool build_param_table(Model *m, Error *err) {
             slot->B = &table->entries[table->count - 1];
         }
     }
+    table->n_lora = table->count;
+    if (m->options.projector_in > 0) projector_add_params(&m->projector, table, m->options.projector_in, c->hidden_size);
     return true;
 }
 
@@ -266,7 +282,7 @@ void model_init_lora(Model *m, uint64_t seed) {
     if (!host) return;
     Rng rng;
     rng_seed(&rng, seed);
-    for (int i = 0; i < m->params.count; i++) {
+    for (int i = 0; i < m->params.n_lora; i++) {
         const ParamEntry *e = &m->params.entries[i];
         float *p = host + e->offset;
         bool is_a = strstr(e->name, "lora_A") != NULL;
@@ -277,6 +293,7 @@ void model_init_lora(Model *m, uint64_t seed) {
             else p[j] = (2.0f * rng_uniform(&rng) - 1.0f) * bound;
         }
     }
+    if (m->projector.w1) projector_init(&m->projector, host, &rng);
     m->ops->upload(m->param_data, host, m->params.total * sizeof(float));
     free(host);
     model_sync_params(m);
@@ -333,6 +350,10 @@ Model *model_create(const ModelOptions *options, Error *err) {
     if (options->lora.r < 1) return fail(err, "lora.r must be at least 1"), NULL;
     if (options->max_batch < 1 || options->max_seq_len < 1)
         return fail(err, "micro-batch and sequence length must be at least 1"), NULL;
+    if (options->projector_in > 0 && (options->max_image_rows < 1 || options->image_token_id < 0 ||
+                                      options->image_token_id >= options->config.vocab_size))
+        return fail(err, "projector: max_image_rows must be at least 1 and image_token_id %d inside the vocabulary (%d)",
+                    options->image_token_id, options->config.vocab_size), NULL;
     Model *m = checked_calloc(1, sizeof *m, "model", err);
     if (!m) return NULL;
     m->ops = options->ops;
@@ -576,6 +597,39 @@ static void layer_backward(Model *m, const StepState *st, int l, const void *x) 
 // ----------------------------------------------------------------------------
 // whole model
 
+// The positions of image_token_id in tokens, which must number n_image_rows.
+static bool upload_image_rows(Model *m, const Batch *batch, Error *err) {
+    int N = batch->B * batch->T, R = batch->n_image_rows;
+    m->n_image_rows = 0;
+    m->image_features = NULL;
+    if (!m->projector.w1) {
+        if (R > 0) return fail(err, "the batch has %d image feature rows but the model has no projector", R);
+        return true;
+    }
+    if (R > m->options.max_image_rows)
+        return fail(err, "the batch has %d image feature rows; the model was sized for %d", R,
+                    m->options.max_image_rows);
+    if (R > 0 && !batch->image_features) return fail(err, "the batch has %d image rows but no features", R);
+    int32_t *rows = malloc((size_t)(R > 0 ? R : 1) * sizeof(int32_t));
+    if (!rows) return fail(err, "out of memory for image rows");
+    int found = 0;
+    for (int i = 0; i < N; i++) {
+        if (batch->tokens[i] != m->options.image_token_id) continue;
+        if (found < R) rows[found] = i;
+        found++;
+    }
+    if (found != R) {
+        free(rows);
+        return fail(err, "the batch has %d image tokens (id %d) but %d image feature rows", found,
+                    m->options.image_token_id, R);
+    }
+    m->ops->upload(m->projector.rows, rows, (size_t)R * sizeof(int32_t));
+    free(rows);
+    m->n_image_rows = R;
+    m->image_features = batch->image_features;
+    return true;
+}
+
 static bool upload_batch(Model *m, const Batch *batch, StepState *st, Error *err) {
     if (batch->B < 1 || batch->T < 1 || batch->B > m->options.max_batch || batch->T > m->options.max_seq_len)
         return fail(err, "batch (%d, %d) does not fit the model's activations (%d, %d)", batch->B, batch->T,
@@ -595,6 +649,10 @@ static bool upload_batch(Model *m, const Batch *batch, StepState *st, Error *err
         }
         positions[i] = i % st->T;
     }
+    if (!upload_image_rows(m, batch, err)) {
+        free(positions);
+        return false;
+    }
     m->ops->upload(m->tokens, batch->tokens, (size_t)st->N * sizeof(int32_t));
     m->ops->upload(m->positions, positions, (size_t)st->N * sizeof(int32_t));
     if (batch->targets) m->ops->upload(m->targets, batch->targets, (size_t)st->N * sizeof(int32_t));
@@ -607,6 +665,10 @@ static void forward_trunk(Model *m, const StepState *st) {
     const Ops *ops = m->ops;
     const LlamaConfig *c = &m->config;
     ops->embedding_forward(m->layer_input[0], m->tokens, m->embed_tokens, st->N, c->hidden_size);
+    if (m->n_image_rows > 0) { // splice: image features replace the image tokens' embeddings
+        projector_forward(ops, &m->projector, m->param_act, m->image_features, m->n_image_rows);
+        ops->scatter_rows(m->layer_input[0], m->projector.rows, m->projector.out, m->n_image_rows, c->hidden_size);
+    }
     for (int l = 0; l < c->n_layers; l++) layer_forward(m, st, l, m->layer_input[l], m->layer_input[l + 1]);
     ops->rmsnorm_forward(m->final_ln, m->final_rstd, m->layer_input[c->n_layers], m->final_norm, st->N,
                          c->hidden_size, c->rms_eps);
@@ -643,6 +705,9 @@ static void backward(Model *m, const StepState *st) {
         if (m->options.activation_checkpointing) layer_forward(m, st, l, m->layer_input[l], m->layer_input[l + 1]);
         layer_backward(m, st, l, m->layer_input[l]);
     }
+    if (m->n_image_rows > 0) // m->d_res = dL/d(embeddings)
+        projector_backward(ops, &m->projector, m->param_act, m->grad_data, m->image_features, m->d_res,
+                           m->n_image_rows);
 }
 
 bool model_step(Model *m, const Batch *batch, const StepOptions *options, double *loss_sum, Error *err) {

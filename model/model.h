@@ -72,6 +72,7 @@ typedef struct ParamEntry {
 typedef struct ParamTable {
     ParamEntry *entries;
     int count;
+    int n_lora;                // entries[0, n_lora) are LoRA A/B; then the projector's, if any
     size_t total;              // floats in the flat buffer
 } ParamTable;
 
@@ -100,6 +101,13 @@ typedef struct ModelOptions {
     uint64_t seed;            // LoRA init and dropout
     bool nf4;                 // QLoRA: the seven linears of every layer stored as NF4 (quant/quant.h)
     bool nf4_double_quant;    // with nf4: absmax double-quantized (bitsandbytes' compress_statistics)
+    // Vision-language: with projector_in > 0 the model holds a trainable
+    // mlp2x_gelu projector (Linear(projector_in, C), GELU, Linear(C, C), both
+    // with bias, named multi_modal_projector.linear_1/2 as llava-hf) whose
+    // outputs replace the embeddings at the positions holding image_token_id.
+    int projector_in;         // vision feature width (0 = text only)
+    int image_token_id;
+    int max_image_rows;       // image feature rows (images x patches) per micro-batch
 } ModelOptions;
 
 // Allocates frozen weights (uninitialised), the flat parameter buffer with
@@ -130,7 +138,8 @@ bool model_visit_nf4(Model *model, Nf4Visitor visit, void *context, Error *err);
 // Random base weights as transformers' LlamaForCausalLM init: linears and
 // embeddings N(0, initializer_range^2), norms 1. For tests, benchmarks and the demo.
 void model_init_random_base(Model *model, uint64_t seed);
-// Re-initialise LoRA parameters (A per lora.init, B = 0).
+// Re-initialise the trainable parameters: LoRA A per lora.init, B = 0; the
+// projector as nn.Linear, weight and bias U(-1/sqrt(in), 1/sqrt(in)).
 void model_init_lora(Model *model, uint64_t seed);
 
 // ----------------------------------------------------------------------------
@@ -140,6 +149,10 @@ typedef struct Batch {
     int B, T;
     const int32_t *tokens;     // (B, T) input ids, host memory
     const int32_t *targets;    // (B, T) next-token labels, -100 = no loss
+    // Image features (n_image_rows, projector_in) in backend memory, valid during
+    // the call; row r replaces the r-th image_token_id position of tokens.
+    int n_image_rows;
+    const void *image_features;
 } Batch;
 
 typedef struct StepOptions {

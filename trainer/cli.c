@@ -6,7 +6,8 @@
 
 static void print_usage(FILE *out) {
     fprintf(out,
-            "usage: lora-train --config FILE [--set key.path=value]... [--offload cpu]\n"
+            "usage: lora-train --config FILE [--set key.path=value]... [--offload cpu] [--resume [DIR]]\n"
+            "                  [--allow-low-disk]\n"
             "       lora-train demo [--set key.path=value]...\n"
             "       lora-train data check --config FILE [--set key.path=value]...\n"
             "       lora-train init-model --arch llama --preset NAME|--config-json FILE --out DIR [--tokenizer FILE]\n"
@@ -17,6 +18,8 @@ static void print_usage(FILE *out) {
             "  --config FILE        the recipe (see configs/)\n"
             "  --set KEY=VALUE      override one config key, e.g. --set train.lr=1e-4\n"
             "  --offload cpu        same as --set zero.offload=cpu\n"
+            "  --resume [DIR]       continue from checkpoint DIR (default: the newest complete one)\n"
+            "  --allow-low-disk     train even when the run's checkpoints will not fit on the disk\n"
             "  demo                 train the embedded demo (configs/demo.yaml's recipe)\n"
             "  data check           read the whole dataset as training would; report counts and skipped records\n");
 }
@@ -37,10 +40,25 @@ static bool load_config(Config *config, const char *config_path, int argc, char 
     return config_validate(config, err);
 }
 
-// Returns the value of --config, NULL if absent; unknown flags are errors.
-static bool parse_flags(int argc, char **argv, const char **config_path, Error *err) {
+// --resume's optional value: the next argument unless it is a flag.
+static const char *resume_value(int argc, char **argv, int *i) {
+    if (*i + 1 < argc && strncmp(argv[*i + 1], "--", 2) != 0) return argv[++*i];
+    return "latest";
+}
+
+// Returns the value of --config, NULL if absent, and the run controls;
+// unknown flags are errors.
+static bool parse_flags(int argc, char **argv, const char **config_path, TrainControl *control, Error *err) {
     *config_path = NULL;
     for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], "--resume") == 0) {
+            control->resume = resume_value(argc, argv, &i);
+            continue;
+        }
+        if (strcmp(argv[i], "--allow-low-disk") == 0) {
+            control->allow_low_disk = true;
+            continue;
+        }
         bool takes_value = strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--set") == 0 ||
                            strcmp(argv[i], "--offload") == 0;
         if (!takes_value) return fail(err, "unknown argument '%s' (see lora-train --help)", argv[i]);
@@ -59,12 +77,19 @@ int lora_train_main(int argc, char **argv) {
     if (strcmp(argv[1], "init-model") == 0 || strcmp(argv[1], "tokenize") == 0 || strcmp(argv[1], "export") == 0) {
         return lora_train_tool_main(argv[1], argc - 2, argv + 2);
     }
+    if (strcmp(argv[1], "demo") == 0 && argc == 2) {
+        Error err = {{0}};
+        if (vlm_demo_run("runs/vlm-demo", &err)) return 0;
+        fprintf(stderr, "lora-train: %s\n", err.message);
+        return 1;
+    }
     bool demo = strcmp(argv[1], "demo") == 0;
     bool data_check = argc >= 3 && strcmp(argv[1], "data") == 0 && strcmp(argv[2], "check") == 0;
     int flag_start = data_check ? 3 : demo ? 2 : 1;
     Error err = {{0}};
     const char *config_path = NULL;
-    if (!parse_flags(argc - flag_start, argv + flag_start, &config_path, &err)) {
+    TrainControl control = {0};
+    if (!parse_flags(argc - flag_start, argv + flag_start, &config_path, &control, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 2;
     }
@@ -79,7 +104,7 @@ int lora_train_main(int argc, char **argv) {
         return 2;
     }
     if (data_check) return data_check_main(&config);
-    if (!train_run(&config, NULL, &err)) {
+    if (!train_run_with(&config, &control, NULL, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 1;
     }

@@ -56,6 +56,11 @@ static const char *const SCHEDULE_VALUES[] = {"constant", "linear", "cosine", NU
 static const char *const BACKEND_VALUES[] = {"auto", "cpu", "cuda", NULL};
 static const char *const ZERO_STAGE_VALUES[] = {"0", "2", NULL};
 static const char *const OFFLOAD_VALUES[] = {"none", "cpu", NULL};
+static const char *const LOW_DISK_VALUES[] = {"wait", "abort", NULL};
+static const char *const IMAGE_FIT_VALUES[] = {"pad", "crop", "squash", NULL};
+static const char *const PROJECTOR_VALUES[] = {"mlp2x_gelu", NULL};
+static const char *const CLIP_PRESET_VALUES[] = {"clip-vit-large-patch14-336", "tiny", NULL};
+static const char *const CHAT_TEMPLATE_VALUES[] = {"default", "llama3", NULL};
 
 #define FIELD(member) .offset = offsetof(Config, member), .size = sizeof(((Config *)0)->member)
 
@@ -121,12 +126,33 @@ static const ConfigKey KEYS[] = {
      .help = "keep only layer inputs, recompute in backward"},
     {"train.backend", KEY_ENUM, FIELD(train.backend), .allowed = BACKEND_VALUES,
      .help = "auto picks cuda when a GPU is present"},
+    {"train.max_bad_steps", KEY_INT, FIELD(train.max_bad_steps), .range = AT_LEAST(1),
+     .help = "non-finite steps in a row (each skipped) before the run stops with a checkpoint"},
     {"checkpoint.dir", KEY_STRING, FIELD(checkpoint.dir), .required = true,
      .help = "run folder: step-NNNNNN/ checkpoints"},
     {"checkpoint.every_steps", KEY_INT, FIELD(checkpoint.every_steps), .range = AT_LEAST(0),
      .help = "optimizer steps between checkpoints (0: only at the end)"},
     {"checkpoint.keep_last", KEY_INT, FIELD(checkpoint.keep_last), .range = AT_LEAST(0),
      .help = "checkpoints kept (0: all)"},
+    {"checkpoint.on_low_disk", KEY_ENUM, FIELD(checkpoint.on_low_disk), .allowed = LOW_DISK_VALUES,
+     .help = "when a checkpoint does not fit: wait (re-check every 30 s) or abort; both stop resumably"},
+    {"checkpoint.low_disk_wait_minutes", KEY_FLOAT, FIELD(checkpoint.low_disk_wait_minutes), .range = AT_LEAST(0),
+     .help = "how long on_low_disk: wait waits for space before stopping"},
+    {"vision.tower", KEY_STRING, FIELD(vision.tower), .exists_unless = "model.create_if_missing",
+     .help = "CLIP vision tower safetensors (CLIPVisionModel or llava-hf keys); empty = text only"},
+    {"vision.tower_preset", KEY_ENUM, FIELD(vision.tower_preset), .allowed = CLIP_PRESET_VALUES,
+     .help = "the tower's shape"},
+    {"vision.feature_layer", KEY_INT, FIELD(vision.feature_layer), .range = {-64, 64, false, false},
+     .help = "hidden state the features come from (-2: penultimate, as LLaVA)"},
+    {"vision.image_fit", KEY_ENUM, FIELD(vision.image_fit), .allowed = IMAGE_FIT_VALUES,
+     .help = "pad: expand to square with the mean colour (LLaVA-1.5); crop: CLIP's center crop"},
+    {"vision.projector", KEY_ENUM, FIELD(vision.projector), .allowed = PROJECTOR_VALUES,
+     .help = "vision-language projector: Linear, GELU, Linear"},
+    {"vision.projector_init", KEY_STRING, FIELD(vision.projector_init), .exists_unless = "model.create_if_missing",
+     .help = "pretrained projector safetensors (llava-hf or model.mm_projector.0/2 names); empty = random"},
+    {"vision.train_projector", KEY_BOOL, FIELD(vision.train_projector), .help = "update the projector"},
+    {"vision.chat_template", KEY_ENUM, FIELD(vision.chat_template), .allowed = CHAT_TEMPLATE_VALUES,
+     .help = "conversation format of the records"},
     {"zero.stage", KEY_INT, FIELD(zero.stage), .range = AT_LEAST(0), .allowed = ZERO_STAGE_VALUES,
      .help = "0: replicated optimizer state; 2: sharded state and gradients"},
     {"zero.offload", KEY_ENUM, FIELD(zero.offload), .allowed = OFFLOAD_VALUES,
@@ -587,9 +613,18 @@ void config_defaults(Config *config) {
     snprintf(config->checkpoint.dir, CONFIG_PATH_MAX, "runs/lora-train");
     config->checkpoint.every_steps = 0;
     config->checkpoint.keep_last = 0;
+    snprintf(config->checkpoint.on_low_disk, CONFIG_NAME_MAX, "wait");
+    config->checkpoint.low_disk_wait_minutes = 30.0f;
+    config->train.max_bad_steps = 10;
     config->zero.stage = 0;
     snprintf(config->zero.offload, CONFIG_NAME_MAX, "none");
     config->dist.timeout_s = 300.0f;
+    snprintf(config->vision.tower_preset, CONFIG_NAME_MAX, "clip-vit-large-patch14-336");
+    config->vision.feature_layer = -2;
+    snprintf(config->vision.image_fit, CONFIG_NAME_MAX, "pad");
+    snprintf(config->vision.projector, CONFIG_NAME_MAX, "mlp2x_gelu");
+    config->vision.train_projector = true;
+    snprintf(config->vision.chat_template, CONFIG_NAME_MAX, "default");
 }
 
 // A required string must be set; a path must exist unless its create_if_missing key names a generator.

@@ -3,30 +3,12 @@
 // One optimizer step = grad_accum micro-batches. The loss of a step is the sum
 // over all its label tokens divided by their count across all micro-batches,
 // so accumulation gives the same update as one large batch.
-#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "checkpoints/checkpoints.h"
-#include "data/data.h"
-#include "distributed.h"
-#include "trainer.h"
-
-typedef struct Run {
-    const Config *config;
-    const Ops *ops;
-    Model *model;
-    Tokenizer *tokenizer;
-    Dataset *dataset;
-    DataLoader *loader;
-    DistContext dist;
-    Zero *zero;
-    LrSchedule schedule;
-    int total_steps;
-    bool is_rank0;       // logs and writes adapters
-} Run;
+#include "train_private.h"
 
 // ----------------------------------------------------------------------------
 // set-up
@@ -130,6 +112,8 @@ static bool load_model_and_data(Run *run, Error *err) {
     if (!run->is_rank0 && !coll->barrier(coll, err)) return false;
     run->model = load_or_create_model(config, run->ops, run->is_rank0, err);
     if (!run->model || !(run->tokenizer = config_tokenizer(config, err))) return false;
+    run->adapter_info = (AdapterInfo){.base_model_name_or_path = config->model.path};
+    if (!hf_read_layout(config->model.path, &run->adapter_info.layout, err)) return false;
     if (model_config(run->model)->vocab_size < tokenizer_vocab_size(run->tokenizer))
         return fail(err, "%s: vocab_size %d is smaller than the tokenizer's %d", config->model.path,
                     model_config(run->model)->vocab_size, tokenizer_vocab_size(run->tokenizer));
@@ -177,10 +161,12 @@ static bool setup(Run *run, const Config *config, Error *err) {
     run->schedule = (LrSchedule){.kind = config->train.schedule, .peak_lr = config->train.lr,
                                  .warmup_steps = warmup_steps_from(config->train.warmup, run->total_steps),
                                  .total_steps = run->total_steps, .min_lr_ratio = config->train.min_lr_ratio};
-    return create_optimizer(run, err);
+    run->config_yaml = config_to_yaml(config, err);
+    return run->config_yaml && create_optimizer(run, err) && check_checkpoints_supported(run, err);
 }
 
 static void teardown(Run *run) {
+    free(run->config_yaml);
     zero_destroy(run->zero);
     dataloader_destroy(run->loader);
     dataset_destroy(run->dataset);
@@ -194,35 +180,8 @@ static void teardown(Run *run) {
 
 static bool save_adapter(Run *run, const char *name, char *dir_out, size_t dir_size, Error *err) {
     snprintf(dir_out, dir_size, "%s/%s", run->config->checkpoint.dir, name);
-    AdapterInfo info = {.base_model_name_or_path = run->config->model.path};
-    if (!hf_read_layout(run->config->model.path, &info.layout, err)) return false;
-    if (!adapter_save(run->model, &info, dir_out, err)) return fail_context(err, "saving the adapter to %s: ", dir_out);
+    if (!adapter_save(run->model, &run->adapter_info, dir_out, err)) return fail_context(err, "saving the adapter to %s: ", dir_out);
     return true;
-}
-
-static int compare_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-// Removes step-NNNNNN folders beyond the newest keep_last, after a successful save.
-static void prune_step_adapters(const Run *run) {
-    int keep = run->config->checkpoint.keep_last;
-    DIR *dir = keep > 0 ? opendir(run->config->checkpoint.dir) : NULL;
-    if (!dir) return;
-    char *names[4096];
-    int count = 0;
-    for (struct dirent *e; (e = readdir(dir)) && count < 4096;) {
-        if (strncmp(e->d_name, "step-", 5) == 0) names[count++] = strdup(e->d_name);
-    }
-    closedir(dir);
-    qsort(names, (size_t)count, sizeof names[0], compare_names);
-    for (int i = 0; i < count; i++) {
-        if (i < count - keep && names[i]) {
-            char path[2 * CONFIG_PATH_MAX];
-            snprintf(path, sizeof path, "%s/%s", run->config->checkpoint.dir, names[i]);
-            Error err;
-            if (!remove_tree(path, &err)) printf("warning: could not prune an old adapter: %s\n", err.message);
-        }
-        free(names[i]);
-    }
 }
 
 // ----------------------------------------------------------------------------
@@ -242,12 +201,15 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
     fflush(stdout);
 }
 
-bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
-                      Error *err) {
+// The step's micro-batches; *interrupted when a stop signal arrived after one
+// of them (the step is then incomplete and not applied).
+static bool accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
+                       bool *interrupted, Error *err) {
     model_zero_grads(model);
     StepOptions options = {.grad_scale = (float)(1.0 / (double)batch->n_label_tokens), .train = true};
     double loss_sum = 0;
     size_t micro_tokens = (size_t)batch->B * batch->T;
+    *interrupted = false;
     for (int micro = 0; micro < batch->n_micro; micro++) {
         Batch micro_batch = {.B = batch->B, .T = batch->T, .tokens = batch->tokens + micro * micro_tokens,
                              .targets = batch->targets + micro * micro_tokens};
@@ -256,34 +218,52 @@ bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int s
         double micro_loss;
         if (!model_step(model, &micro_batch, &options, &micro_loss, err)) return false;
         loss_sum += micro_loss;
+        if (stop_signal && micro + 1 < batch->n_micro) {
+            *interrupted = true;
+            return true;
+        }
     }
     *mean_loss = loss_sum / (double)batch->n_label_tokens;
     return true;
 }
 
+bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
+                      Error *err) {
+    bool interrupted;
+    return accumulate(model, batch, seed, step, mean_loss, &interrupted, err);
+}
+
 // Gradients summed over ranks, clipped by the global norm, AdamW (ZeRO).
-static bool optimizer_step(Run *run, int step, float *norm_out, float *lr_out, Error *err) {
+// *applied is false (parameters and optimizer state untouched) when the loss
+// or the gradient norm is not finite.
+static bool optimizer_step(Run *run, int step, double loss, float *norm_out, float *lr_out, bool *applied, Error *err) {
     Model *model = run->model;
-    float lr = lr_at_step(&run->schedule, step);
-    if (!zero_step(run->zero, model_param_data(model), model_grad_data(model), lr, norm_out, err)) return false;
-    model_sync_params(model);
-    *lr_out = lr;
-    return isfinite(*norm_out) || fail(err, "non-finite gradient norm");
+    *lr_out = lr_at_step(&run->schedule, step);
+    *norm_out = NAN;
+    *applied = false;
+    if (!isfinite(loss)) return true;
+    if (!zero_step(run->zero, model_param_data(model), model_grad_data(model), *lr_out, norm_out, err)) return false;
+    *applied = isfinite(*norm_out);
+    if (*applied) model_sync_params(model);
+    return true;
 }
 
 // This rank's micro-batches with the loss normalised by the label tokens of
 // all ranks; *loss: the step's mean loss over all ranks; *skipped when no
 // rank has a label token.
-static bool accumulate_global(Run *run, const StepBatch *batch, int step, double *loss, bool *skipped, Error *err) {
+static bool accumulate_global(Run *run, const StepBatch *batch, int step, double *loss, bool *skipped,
+                              bool *interrupted, Error *err) {
     StepBatch global = *batch;
     double label_tokens = (double)batch->n_label_tokens;
     if (!all_reduce_host(&run->dist, &label_tokens, 1, err)) return false;
     global.n_label_tokens = (int64_t)label_tokens;
     *loss = 0;
+    *interrupted = false;
     *skipped = global.n_label_tokens == 0;
     if (*skipped) return true;
     uint64_t rank_seed = run->config->train.seed ^ ((uint64_t)run->dist.info.rank * 0x9E3779B97F4A7C15ULL);
-    return train_accumulate(run->model, &global, rank_seed, step, loss, err) && all_reduce_host(&run->dist, loss, 1, err);
+    return accumulate(run->model, &global, rank_seed, step, loss, interrupted, err) &&
+           (*interrupted || all_reduce_host(&run->dist, loss, 1, err));
 }
 
 static void print_header(const Run *run) {
@@ -302,51 +282,122 @@ static void print_header(const Run *run) {
     fflush(stdout);
 }
 
-static bool train_loop(Run *run, TrainSummary *summary, Error *err) {
+// Saves the state before next_step and marks the run interrupted.
+static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary, Error *err) {
+    summary->interrupted = true;
+    if (!run->is_rank0) return true;
+    if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+    printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
+           summary->checkpoint_dir);
+    return true;
+}
+
+// A skipped non-finite step; false (after a checkpoint of the last good
+// state) when max_bad_steps came in a row.
+static bool count_bad_step(Run *run, int step, int *in_row, double loss, float norm, TrainSummary *summary,
+                           Error *err) {
+    run->progress.bad_steps++;
+    (*in_row)++;
+    if (run->is_rank0)
+        printf("step %d/%d | skipped: non-finite loss %g or gradient norm %g (%d in a row)\n", step + 1,
+               run->total_steps, loss, (double)norm, *in_row);
+    if (*in_row < run->config->train.max_bad_steps) return true;
+    if (run->is_rank0 && !save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err))
+        return false;
+    return fail(err, "step %d: %d non-finite steps in a row (train.max_bad_steps); the last good state is in %s",
+                step + 1, *in_row, summary->checkpoint_dir);
+}
+
+static void record_step(Run *run, int step, double loss) {
+    if (zero_state(run->zero).step == 1) run->progress.first_loss = loss;
+    run->progress.last_loss = loss;
+    if (run->control->on_step) run->control->on_step(run->control->context, step + 1, loss);
+}
+
+static bool stop_requested(const Run *run, int step) {
+    return stop_signal || (run->control->stop_after_steps > 0 && step == run->control->stop_after_steps);
+}
+
+static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *err) {
     const Config *config = run->config;
     double start = time_seconds(), tokens = 0;
-    for (int step = 0; step < run->total_steps; step++) {
+    int bad_in_row = 0;
+    for (int step = start_step; step < run->total_steps; step++) {
+        if (stop_requested(run, step)) return stop_with_checkpoint(run, step, summary, err);
+        int epoch;
+        int64_t step_in_epoch;
+        dataloader_position(run->loader, &epoch, &step_in_epoch);
         const StepBatch *batch = dataloader_next(run->loader);
         double loss;
         float norm, lr;
-        bool skipped;
-        if (!accumulate_global(run, batch, step, &loss, &skipped, err)) return fail_context(err, "step %d: ", step + 1);
+        bool skipped, interrupted, applied;
+        if (!accumulate_global(run, batch, step, &loss, &skipped, &interrupted, err))
+            return fail_context(err, "step %d: ", step + 1);
+        if (interrupted) {
+            dataloader_seek(run->loader, epoch, step_in_epoch);
+            return stop_with_checkpoint(run, step, summary, err);
+        }
         if (skipped) {
-            summary->skipped_steps++;
+            run->progress.skipped_steps++;
             if (run->is_rank0) printf("step %d/%d | skipped: no label tokens in this step\n", step + 1, run->total_steps);
             continue;
         }
-        if (!optimizer_step(run, step, &norm, &lr, err)) return fail_context(err, "step %d: ", step + 1);
+        if (!optimizer_step(run, step, loss, &norm, &lr, &applied, err)) return fail_context(err, "step %d: ", step + 1);
+        if (!applied) {
+            if (!count_bad_step(run, step, &bad_in_row, loss, norm, summary, err)) return false;
+            continue;
+        }
+        bad_in_row = 0;
         tokens += (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size;
-        if (summary->steps == 0) summary->first_loss = loss;
-        summary->last_loss = loss;
-        summary->steps++;
+        record_step(run, step, loss);
         if (run->is_rank0 && ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps))
             log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
         if (run->is_rank0 && config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
             step + 1 < run->total_steps) {
-            char name[32], dir[CONFIG_PATH_MAX + 32];
-            snprintf(name, sizeof name, "step-%06d", step + 1);
-            if (!save_adapter(run, name, dir, sizeof dir, err)) return false;
-            printf("saved adapter %s\n", dir);
-            prune_step_adapters(run);
+            if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+            printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
         }
     }
     return !run->is_rank0 || save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
 }
 
-bool train_run(const Config *config, TrainSummary *summary, Error *err) {
+static void fill_summary(const Run *run, TrainSummary *summary) {
+    summary->steps = zero_state(run->zero).step;
+    summary->skipped_steps = run->progress.skipped_steps;
+    summary->bad_steps = run->progress.bad_steps;
+    summary->first_loss = run->progress.first_loss;
+    summary->last_loss = run->progress.last_loss;
+}
+
+// Signals are handled with one rank only: ranks stopping at different
+// micro-batches would leave the others waiting in a collective.
+static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
+    int start_step = 0;
+    if (run->control->resume && !resume_from_checkpoint(run, &start_step, err)) return false;
+    if (run->is_rank0) print_header(run);
+    if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
+    bool single = run->dist.info.world_size == 1;
+    if (single) stop_signals_install();
+    bool ok = train_loop(run, start_step, summary, err);
+    if (single) stop_signals_restore();
+    return ok;
+}
+
+bool train_run_with(const Config *config, const TrainControl *control, TrainSummary *summary, Error *err) {
     TrainSummary local;
     if (!summary) summary = &local;
     *summary = (TrainSummary){0};
-    Run run = {0};
-    bool ok = setup(&run, config, err);
-    if (ok) {
-        if (run.is_rank0) print_header(&run);
-        ok = train_loop(&run, summary, err);
-    }
-    if (ok && run.is_rank0) printf("done: %d steps, loss %.4f -> %.4f | adapter saved to %s\n", summary->steps, summary->first_loss,
-                   summary->last_loss, summary->adapter_dir);
+    TrainControl no_control = {0};
+    Run run = {.control = control ? control : &no_control};
+    bool ok = setup(&run, config, err) && start_and_train(&run, summary, err);
+    if (run.zero) fill_summary(&run, summary);
+    if (ok && run.is_rank0 && !summary->interrupted)
+        printf("done: %d steps, loss %.4f -> %.4f | adapter saved to %s\n", summary->steps, summary->first_loss,
+               summary->last_loss, summary->adapter_dir);
     teardown(&run);
     return ok;
+}
+
+bool train_run(const Config *config, TrainSummary *summary, Error *err) {
+    return train_run_with(config, NULL, summary, err);
 }

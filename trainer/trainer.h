@@ -51,12 +51,25 @@ typedef struct Config {
         int log_every;
         bool activation_checkpointing;
         char backend[CONFIG_NAME_MAX];       // "auto" | "cpu" | "cuda"
+        int max_bad_steps;                   // non-finite steps in a row before stopping
     } train;
     struct {
         char dir[CONFIG_PATH_MAX];
         int every_steps;                     // 0 = only at the end
         int keep_last;                       // 0 = keep all
+        char on_low_disk[CONFIG_NAME_MAX];   // "wait" | "abort"
+        float low_disk_wait_minutes;
     } checkpoint;
+    struct {
+        char tower[CONFIG_PATH_MAX];         // CLIP vision tower safetensors ("" = text only)
+        char tower_preset[CONFIG_NAME_MAX];  // ClipVisionConfig preset, e.g. clip-vit-large-patch14-336
+        int feature_layer;                   // LLaVA's vision_feature_layer: -2 = penultimate
+        char image_fit[CONFIG_NAME_MAX];     // "pad" (LLaVA-1.5) | "crop" (CLIP) | "squash"
+        char projector[CONFIG_NAME_MAX];     // "mlp2x_gelu"
+        char projector_init[CONFIG_PATH_MAX]; // pretrained projector safetensors ("" = random init)
+        bool train_projector;
+        char chat_template[CONFIG_NAME_MAX]; // "default" (the built-in role markers) | "llama3"
+    } vision;
     struct {
         int stage;                           // 0 | 2
         char offload[CONFIG_NAME_MAX];       // "none" | "cpu"
@@ -81,6 +94,9 @@ char *config_to_yaml(const Config *config, Error *err);
 typedef struct TrainSummary {
     int steps;                      // optimizer steps taken
     int skipped_steps;              // steps without label tokens
+    int bad_steps;                  // steps with a non-finite loss or gradient, skipped
+    bool interrupted;               // stopped early (signal or stop_after_steps) with a checkpoint
+    char checkpoint_dir[CONFIG_PATH_MAX + 32]; // the newest checkpoint this run saved ("" = none)
     double first_loss, last_loss;   // mean loss per label token of the first and last step
     char adapter_dir[CONFIG_PATH_MAX + 32]; // the final adapter folder
 } TrainSummary;
@@ -93,9 +109,21 @@ struct StepBatch;
 bool train_accumulate(Model *model, const struct StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                       Error *err);
 
+// How a run starts and stops, beside its config.
+typedef struct TrainControl {
+    const char *resume;          // a checkpoint folder, "latest" (newest complete in checkpoint.dir), or NULL
+    bool allow_low_disk;         // train even when the run's checkpoints will not fit
+    int stop_after_steps;        // tests: stop as SIGTERM would before this loop step (0 = never)
+    void (*on_step)(void *context, int step, double loss); // after every optimizer step (1-based)
+    void *context;
+} TrainControl;
+
 // Runs the whole training job described by config. Progress goes to stdout;
-// summary (may be NULL) receives the outcome.
+// summary (may be NULL) receives the outcome. SIGINT / SIGTERM finish the
+// current micro-batch, save a checkpoint and return true with
+// summary->interrupted; a second signal ends the process at once.
 bool train_run(const Config *config, TrainSummary *summary, Error *err);
+bool train_run_with(const Config *config, const TrainControl *control, TrainSummary *summary, Error *err);
 
 // `lora-train data check`: reads the dataset as training would and prints its
 // counts and every skipped record; returns the process exit status.
@@ -111,3 +139,7 @@ int lora_train_main(int argc, char **argv);
 int lora_launch_main(int argc, char **argv);
 // The subcommands init-model, tokenize and export (argv after the subcommand).
 int lora_train_tool_main(const char *tool, int argc, char **argv);
+// The vision-language demo in dir: synthetic pictures and LLaVA records, a
+// tiny random VLM, projector + LoRA training, held-out accuracy before and
+// after, the adapter saved under dir/adapter. Prints its progress.
+bool vlm_demo_run(const char *dir, Error *err);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "core/core.h"
+#include "kernels/ops.h"
 
 // ----------------------------------------------------------------------------
 // decoding
@@ -38,6 +39,11 @@ bool image_decode_file_with(const char *path, const ImageDecodeOptions *options,
 // Allocates an uninitialized width x height image.
 bool image_alloc(Image *image, int width, int height, Error *err);
 void image_free(Image *image);
+
+// Encodes into a malloc'd buffer (the caller frees *data): 8-bit RGB PNG, or
+// baseline JPEG at quality 1..100 (libjpeg's defaults: 4:2:0 chroma).
+bool image_encode_png(const Image *image, uint8_t **data, size_t *size, Error *err);
+bool image_encode_jpeg(const Image *image, int quality, uint8_t **data, size_t *size, Error *err);
 
 // ----------------------------------------------------------------------------
 // geometry (Pillow semantics)
@@ -78,3 +84,49 @@ ImagePreprocess image_preprocess_square(int size, const float mean[3], const flo
 // out[c][y][x] = (float32(pixel / 255) - mean[c]) / std[c], as HF's rescale
 // (float64 multiply, cast to float32) then normalize (float32) do.
 bool image_preprocess(const Image *image, const ImagePreprocess *p, float *out, Error *err);
+
+// ----------------------------------------------------------------------------
+// CLIP vision tower (Hugging Face CLIPVisionModel layout), frozen, forward only
+//
+// x = [class_embedding; patch_embedding(image)] + position_embedding; x = pre_layrnorm(x)
+// per layer: x += out_proj(attention(layer_norm1(x))); x += fc2(quick_gelu(fc1(layer_norm2(x))))
+// The features are hidden_states[feature_layer] (LLaVA's vision_feature_layer,
+// -2 = the penultimate layer's output) with the class token dropped ('default').
+
+typedef struct ClipVisionConfig {
+    int hidden_size;        // D
+    int intermediate_size;  // MLP width
+    int n_layers;           // num_hidden_layers of the checkpoint
+    int n_heads;
+    int image_size;         // S: input (channels, S, S)
+    int patch_size;         // P = (S / patch_size)^2 patches
+    int channels;
+    float layer_norm_eps;
+    int feature_layer;      // index into hidden_states (n_layers + 1 of them); negative from the end
+} ClipVisionConfig;
+
+// "clip-vit-large-patch14-336" (LLaVA-1.5's tower) or "tiny" (tests, demo).
+bool clip_config_preset(const char *name, ClipVisionConfig *out, Error *err);
+bool clip_config_validate(const ClipVisionConfig *config, Error *err);
+int clip_n_patches(const ClipVisionConfig *config);
+// Encoder layers the features need: hidden_states[k] is the output of layer k - 1.
+int clip_layers_used(const ClipVisionConfig *config);
+
+typedef struct ClipTower ClipTower;
+
+// Allocates the weights of the layers the features need (uninitialised) and
+// activations for up to max_images images per forward.
+ClipTower *clip_tower_create(const Ops *ops, const ClipVisionConfig *config, int max_images, Error *err);
+void clip_tower_destroy(ClipTower *tower);
+const ClipVisionConfig *clip_tower_config(const ClipTower *tower);
+const Ops *clip_tower_ops(const ClipTower *tower);
+// Calls visit for every weight with its Hugging Face name
+// ("vision_model.encoder.layers.0.self_attn.q_proj.weight"); data is backend memory.
+typedef bool (*ClipTensorVisitor)(void *context, const char *name, const Tensor *tensor, Error *err);
+bool clip_tower_visit(ClipTower *tower, ClipTensorVisitor visit, void *context, Error *err);
+// Random weights for tests and the demo: matrices and embeddings N(0, 0.02^2),
+// norm weights 1, biases 0.
+void clip_tower_init_random(ClipTower *tower, uint64_t seed);
+// images: host fp32 (n_images, channels, S, S) as image_preprocess writes them;
+// features: backend memory (n_images, P, D) in the backend's act_dtype.
+bool clip_tower_forward(ClipTower *tower, const float *images, int n_images, void *features, Error *err);

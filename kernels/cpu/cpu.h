@@ -46,3 +46,19 @@ void cpu_cross_entropy(float *loss_sum, void *dlogits, const void *logits, const
 void cpu_dequantize_blockwise_u8(float *out, const uint8_t *q, const float *code, const float *absmax,
                                  float offset, size_t n, int blocksize);
 void cpu_dequantize_nf4(void *out, const uint8_t *packed, const float *code, const float *absmax, size_t n);
+// vision_ops.c
+void cpu_layernorm_forward(void *out, float *mean, float *rstd, const void *inp, const void *weight,
+                           const void *bias, int N, int C, float eps);
+void cpu_layernorm_backward(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+                            const void *weight, const float *mean, const float *rstd, int N, int C);
+void cpu_gelu_forward(void *out, const void *inp, size_t n);
+void cpu_gelu_backward(void *dinp, const void *dout, const void *inp, size_t n);
+void cpu_quick_gelu_forward(void *out, const void *inp, size_t n);
+void cpu_quick_gelu_backward(void *dinp, const void *dout, const void *inp, size_t n);
+void cpu_bias_add(void *out, const void *bias, int N, int C);
+void cpu_bias_backward(float *dbias, const void *dout, int N, int C);
+void cpu_scatter_rows(void *out, const int32_t *rows, const void *src, int R, int C);
+void cpu_patch_embed_forward(void *out, const void *images, const void *weight, int B, int channels,
+                             int image_size, int patch, int D);
+void cpu_attention_full_forward(void *out, const void *q, const void *k, const void *v, int B, int T,
+                                int n_head, int head_dim);

@@ -1,0 +1,162 @@
+// Vision-language weights: the trainable projector (its own safetensors, beside
+// the adapter) and the frozen CLIP tower from Hugging Face safetensors.
+#include "checkpoints.h"
+#include "checkpoints_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// ----------------------------------------------------------------------------
+// projector: the ParamTable entries after the LoRA ones
+
+// The four projector entries in linear_1.weight, linear_1.bias, linear_2.weight,
+// linear_2.bias order, or false when the model has none.
+static bool projector_entries(Model *model, const ParamEntry *entries[4], Error *err) {
+    const ParamTable *table = model_params(model);
+    if (table->count - table->n_lora != 4) return fail(err, "the model has no projector");
+    for (int i = 0; i < 4; i++) entries[i] = &table->entries[table->n_lora + i];
+    return true;
+}
+
+static bool is_bias(const ParamEntry *e) { return e->shape[1] == 1 && strstr(e->name, ".bias") != NULL; }
+
+bool projector_save(Model *model, const char *path, Error *err) {
+    const ParamEntry *entries[4];
+    if (!projector_entries(model, entries, err)) return fail_context(err, "%s: ", path);
+    const ParamTable *table = model_params(model);
+    float *host = checked_malloc(table->total * sizeof(float) + 1, path, err);
+    if (!host) return false;
+    model_ops(model)->download(host, model_param_data(model), table->total * sizeof(float));
+    model_ops(model)->synchronize();
+    SafetensorsEntry out[4];
+    for (int i = 0; i < 4; i++) {
+        const ParamEntry *e = entries[i];
+        out[i] = (SafetensorsEntry){e->name, {DTYPE_F32, is_bias(e) ? 1 : 2, {e->shape[0], e->shape[1]}, host + e->offset}};
+    }
+    const char *metadata[] = {"format", "pt"};
+    bool ok = safetensors_write(path, out, 4, metadata, 1, err);
+    free(host);
+    return ok;
+}
+
+// The file's name for entry i (0..3) under one of the accepted layouts, or NULL.
+static const char *find_projector_key(const SafetensorsFile *file, const ParamEntry *e, int i, char *key, size_t size) {
+    static const char *const llava_names[4] = {"0.weight", "0.bias", "2.weight", "2.bias"};
+    const char *candidates[3][2] = {{"", e->name}, {"model.", e->name}, {"model.mm_projector.", llava_names[i]}};
+    for (int c = 0; c < 3; c++) {
+        snprintf(key, size, "%s%s", candidates[c][0], candidates[c][1]);
+        for (int t = 0; t < safetensors_count(file); t++) {
+            if (strcmp(safetensors_name(file, t), key) == 0) return key;
+        }
+    }
+    return NULL;
+}
+
+static bool read_projector_tensor(const SafetensorsFile *file, const char *path, const ParamEntry *e, int i,
+                                  float *host, Error *err) {
+    char key[PARAM_NAME_MAX + 32];
+    if (!find_projector_key(file, e, i, key, sizeof key))
+        return fail(err, "%s: no projector tensor %s (nor model.%s, nor LLaVA's model.mm_projector.%d.%s)", path, e->name,
+                    e->name, i < 2 ? 0 : 2, i % 2 ? "bias" : "weight");
+    Tensor t;
+    if (!safetensors_get(file, key, &t, err)) return false;
+    bool shape_ok = is_bias(e) ? t.ndim == 1 && t.shape[0] == e->shape[0]
+                               : t.ndim == 2 && t.shape[0] == e->shape[0] && t.shape[1] == e->shape[1];
+    if (!shape_ok) {
+        char found[128], want[128];
+        return fail(err, "%s: tensor %s has shape %s, expected %s", path, key, shape_string(t.shape, t.ndim, found, sizeof found),
+                    shape_string(e->shape, is_bias(e) ? 1 : 2, want, sizeof want));
+    }
+    if (!convert_to_f32(host + e->offset, t.data, t.dtype, e->numel, err)) return fail_context(err, "%s: tensor %s: ", path, key);
+    return true;
+}
+
+bool projector_load(Model *model, const char *path, Error *err) {
+    const ParamEntry *entries[4];
+    if (!projector_entries(model, entries, err)) return fail_context(err, "%s: ", path);
+    SafetensorsFile *file = safetensors_open(path, err);
+    if (!file) return false;
+    const ParamTable *table = model_params(model);
+    float *host = checked_malloc(table->total * sizeof(float) + 1, path, err);
+    bool ok = host != NULL;
+    if (ok) model_ops(model)->download(host, model_param_data(model), table->total * sizeof(float));
+    for (int i = 0; ok && i < 4; i++) ok = read_projector_tensor(file, path, entries[i], i, host, err);
+    if (ok) {
+        model_ops(model)->upload(model_param_data(model), host, table->total * sizeof(float));
+        model_sync_params(model);
+        model_ops(model)->synchronize();
+    }
+    free(host);
+    safetensors_close(file);
+    return ok;
+}
+
+// ----------------------------------------------------------------------------
+// CLIP tower
+
+typedef struct ClipLoader {
+    const SafetensorsFile *file;
+    const char *path;
+    const char *prefix; // prepended to the tower's names in this file
+    bool bare;          // the file's names lack "vision_model." (transformers 5's own saves)
+    const Ops *ops;
+} ClipLoader;
+
+static const char *const CLIP_PREFIXES[] = {"", "vision_tower.", "model.vision_tower."};
+#define CLIP_MODEL_PREFIX "vision_model."
+
+static bool has_tensor(const SafetensorsFile *file, const char *name) {
+    for (int i = 0; i < safetensors_count(file); i++) {
+        if (strcmp(safetensors_name(file, i), name) == 0) return true;
+    }
+    return false;
+}
+
+static bool load_clip_tensor(void *context, const char *name, const Tensor *dst, Error *err) {
+    const ClipLoader *loader = context;
+    char key[256];
+    snprintf(key, sizeof key, "%s%s", loader->prefix, loader->bare ? name + strlen(CLIP_MODEL_PREFIX) : name);
+    Tensor src;
+    if (!safetensors_get(loader->file, key, &src, err)) return fail(err, "%s: missing tensor %s", loader->path, key);
+    bool same = src.ndim == dst->ndim;
+    for (int d = 0; same && d < dst->ndim; d++) same = src.shape[d] == dst->shape[d];
+    if (!same) {
+        char found[128], want[128];
+        return fail(err, "%s: tensor %s has shape %s, expected %s", loader->path, key,
+                    shape_string(src.shape, src.ndim, found, sizeof found), shape_string(dst->shape, dst->ndim, want, sizeof want));
+    }
+    size_t n = (size_t)tensor_numel(dst);
+    float *host = checked_malloc(n * sizeof(float) + 1, key, err);
+    if (!host) return false;
+    bool ok = convert_to_f32(host, src.data, src.dtype, n, err);
+    if (ok) {
+        loader->ops->upload_f32(dst->data, host, n);
+        loader->ops->synchronize();
+    } else {
+        fail_context(err, "%s: tensor %s: ", loader->path, key);
+    }
+    free(host);
+    return ok;
+}
+
+bool clip_load_weights(ClipTower *tower, const char *path, Error *err) {
+    SafetensorsFile *file = safetensors_open(path, err);
+    if (!file) return false;
+    ClipLoader loader = {file, path, NULL, false, NULL};
+    for (int i = 0; i < 6 && !loader.prefix; i++) {
+        char probe[128];
+        snprintf(probe, sizeof probe, "%s%sembeddings.class_embedding", CLIP_PREFIXES[i / 2], i % 2 ? "" : CLIP_MODEL_PREFIX);
+        if (has_tensor(file, probe)) {
+            loader.prefix = CLIP_PREFIXES[i / 2];
+            loader.bare = i % 2;
+        }
+    }
+    bool ok = loader.prefix != NULL;
+    if (!ok) fail(err, "%s: no CLIP vision tower (no [vision_model.]embeddings.class_embedding, with or without a "
+                       "vision_tower. / model.vision_tower. prefix)", path);
+    loader.ops = clip_tower_ops(tower);
+    ok = ok && clip_tower_visit(tower, load_clip_tensor, &loader, err);
+    safetensors_close(file);
+    return ok;
+}

@@ -1,0 +1,267 @@
+// Never lose a run, end to end through train_run_with on the CPU backend:
+// a run stopped by SIGTERM and resumed (from `latest` or an older checkpoint)
+// logs bit-identical losses and leaves a byte-identical adapter, with
+// gradient accumulation, shuffling across epochs and dropout on; non-finite
+// steps leave the optimizer untouched; the disk guard stops before step 1 or
+// before a save that does not fit a real tmpfs.
+#include "test_util.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+
+#include "checkpoints/checkpoints.h"
+#include "trainer/trainer.h"
+
+#define TOTAL_STEPS 14 // 10 steps per epoch: the run crosses an epoch boundary
+
+typedef struct Recorder {
+    double losses[TOTAL_STEPS + 1]; // by 1-based step
+    int signal_at_step;             // raise SIGTERM after this step (0 = never)
+} Recorder;
+
+static void record_loss(void *context, int step, double loss) {
+    Recorder *recorder = context;
+    recorder->losses[step] = loss;
+    if (step == recorder->signal_at_step) raise(SIGTERM);
+}
+
+static void set(Config *config, const char *fmt, const char *value) {
+    char assignment[2048];
+    snprintf(assignment, sizeof assignment, fmt, value);
+    Error err;
+    if (!config_set(config, assignment, &err)) fail_msg("%s: %s", assignment, err.message);
+}
+
+// 40 text records of varying length.
+static void write_dataset(const char *path) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 40; i++) fprintf(f, "{\"text\": \"record %d says %.*s\"}\n", i, 3 + i % 17, "abcdefghijklmnopqrstuvwxyz");
+    assert_int_equal(fclose(f), 0);
+}
+
+static Config resume_config(const char *dir) {
+    Config config;
+    config_defaults(&config);
+    set(&config, "model.path=%s/model", dir);
+    set(&config, "model.create_if_missing=%s", "tiny");
+    set(&config, "data.path=%s/data.jsonl", dir);
+    set(&config, "checkpoint.dir=%s/out", dir);
+    const char *recipe[] = {"data.max_seq_len=32", "data.shuffle=true", "lora.target=all", "lora.r=8",
+                            "lora.dropout=0.1", "train.micro_batch=2", "train.grad_accum=2", "train.max_steps=14",
+                            "train.lr=3e-3", "train.schedule=cosine", "train.warmup=3", "train.log_every=100",
+                            "checkpoint.every_steps=4", "checkpoint.keep_last=2", "train.backend=cpu"};
+    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(&config, "%s", recipe[i]);
+    Error err;
+    if (!config_validate(&config, &err)) fail_msg("%s", err.message);
+    return config;
+}
+
+static void run(const Config *config, const TrainControl *control, TrainSummary *summary) {
+    Error err;
+    if (!train_run_with(config, control, summary, &err)) fail_msg("train_run_with: %s", err.message);
+}
+
+static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
+    char path[2048], *data;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", summary->adapter_dir);
+    Error err;
+    if (!read_file(path, &data, size, &err)) fail_msg("%s", err.message);
+    return data;
+}
+
+static void assert_losses_equal(const Recorder *a, const Recorder *b, int from, int to) {
+    for (int step = from; step <= to; step++) {
+        if (memcmp(&a->losses[step], &b->losses[step], sizeof(double)) != 0)
+            fail_msg("step %d: loss %.17g straight, %.17g resumed", step, a->losses[step], b->losses[step]);
+    }
+}
+
+static void test_resume_is_bit_identical(void **state) {
+    const char *dir = make_temp_dir("resume");
+    char path[2048], straight_out[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_dataset(path);
+    Config config = resume_config(dir);
+    Recorder straight = {.signal_at_step = 0}, stopped = {.signal_at_step = 6}, resumed = {.signal_at_step = 0},
+             resumed_latest = {.signal_at_step = 0};
+    TrainSummary summary;
+    run(&config, &(TrainControl){.on_step = record_loss, .context = &straight}, &summary);
+    size_t straight_size;
+    char *straight_adapter = adapter_bytes(&summary, &straight_size);
+    snprintf(straight_out, sizeof straight_out, "%s/out", dir);
+    Error err;
+    assert_true(remove_tree(straight_out, &err));
+
+    run(&config, &(TrainControl){.on_step = record_loss, .context = &stopped}, &summary);
+    assert_true(summary.interrupted);
+    assert_non_null(strstr(summary.checkpoint_dir, "step-000006"));
+    assert_losses_equal(&straight, &stopped, 1, 6);
+
+    // From an older checkpoint by name: re-saves step-000008 and -000012 over nothing stale.
+    snprintf(path, sizeof path, "%s/out/step-000004", dir);
+    run(&config, &(TrainControl){.resume = path, .on_step = record_loss, .context = &resumed}, &summary);
+    assert_false(summary.interrupted);
+    assert_int_equal(summary.steps, TOTAL_STEPS);
+    assert_losses_equal(&straight, &resumed, 5, TOTAL_STEPS);
+    size_t resumed_size;
+    char *resumed_adapter = adapter_bytes(&summary, &resumed_size);
+    assert_int_equal(resumed_size, straight_size);
+    assert_memory_equal(resumed_adapter, straight_adapter, straight_size);
+    assert_true(summary.first_loss == straight.losses[1]);
+
+    run(&config, &(TrainControl){.resume = "latest", .on_step = record_loss, .context = &resumed_latest}, &summary);
+    assert_losses_equal(&straight, &resumed_latest, 13, TOTAL_STEPS);
+    free(resumed_adapter);
+    resumed_adapter = adapter_bytes(&summary, &resumed_size);
+    assert_memory_equal(resumed_adapter, straight_adapter, straight_size);
+    free(resumed_adapter);
+    free(straight_adapter);
+}
+
+static void test_resume_refuses_another_config(void **state) {
+    const char *dir = make_temp_dir("resume-config");
+    char path[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_dataset(path);
+    Config config = resume_config(dir);
+    TrainSummary summary;
+    run(&config, &(TrainControl){.stop_after_steps = 3}, &summary);
+    assert_true(summary.interrupted);
+    set(&config, "%s", "train.lr=1e-3");
+    Error err;
+    assert_false(train_run_with(&config, &(TrainControl){.resume = "latest"}, &summary, &err));
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "different config"));
+    assert_non_null(strstr(err.message, "lr: 0.001"));
+}
+
+// The final norm's weight is NaN: every loss is, so every step is skipped and
+// after max_bad_steps the run stops with a checkpoint of the untouched state.
+static void test_non_finite_steps_leave_optimizer_untouched(void **state) {
+    const char *dir = make_temp_dir("resume-nan");
+    char path[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_dataset(path);
+    Config config = resume_config(dir);
+    set(&config, "%s", "train.max_bad_steps=3");
+    LlamaConfig llama;
+    Error err;
+    assert_true(llama_config_preset("tiny", &llama, &err));
+    ModelOptions options = {.ops = ops_cpu(), .config = llama, .max_batch = 1, .max_seq_len = 8,
+                            .lora = {.r = 8, .alpha = 8, .targets = {[LORA_Q] = true}}};
+    Model *base = model_create(&options, &err);
+    assert_non_null(base);
+    model_init_random_base(base, 1);
+    Tensor norm;
+    assert_true(model_frozen_tensor(base, "model.norm.weight", &norm, &err));
+    poison(norm.data, (size_t)tensor_numel(&norm));
+    snprintf(path, sizeof path, "%s/model", dir);
+    assert_true(make_dirs(path, &err) && hf_save_model(base, path, &err));
+    model_destroy(base);
+
+    TrainSummary summary;
+    assert_false(train_run_with(&config, NULL, &summary, &err));
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "3 non-finite steps in a row"));
+    assert_int_equal(summary.bad_steps, 3);
+    assert_int_equal(summary.steps, 0);
+
+    Model *model = NULL;
+    options.lora = (LoraConfig){.r = 8, .alpha = config.lora.alpha, .targets = {true, true, true, true, true, true, true}};
+    options.seed = config.train.seed;
+    model = model_create(&options, &err);
+    assert_non_null(model);
+    size_t n = model_params(model)->total;
+    float *initial = malloc(n * sizeof(float)), *m = malloc(n * sizeof(float)), *v = malloc(n * sizeof(float));
+    memcpy(initial, model_param_data(model), n * sizeof(float));
+    TrainerState loaded;
+    if (!checkpoint_load(summary.checkpoint_dir, model, m, v, false, &loaded, &err)) fail_msg("%s", err.message);
+    assert_int_equal(loaded.step, 3);
+    assert_int_equal(loaded.optimizer_steps, 0);
+    assert_int_equal(loaded.bad_steps, 3);
+    assert_memory_equal(model_param_data(model), initial, n * sizeof(float));
+    for (size_t i = 0; i < n; i++) assert_true(m[i] == 0.0f && v[i] == 0.0f);
+    trainer_state_free(&loaded);
+    free(initial);
+    free(m);
+    free(v);
+    model_destroy(model);
+}
+
+// Bytes of the first checkpoint a run of config writes.
+static uint64_t checkpoint_size(const char *dir) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/out/step-000001", dir);
+    char command[4200];
+    snprintf(command, sizeof command, "du -sb --apparent-size '%s' > '%s/du.txt'", path, dir);
+    assert_int_equal(run_command(command), 0);
+    snprintf(path, sizeof path, "%s/du.txt", dir);
+    char *text;
+    size_t size;
+    Error err;
+    assert_true(read_file(path, &text, &size, &err));
+    uint64_t bytes = strtoull(text, NULL, 10);
+    free(text);
+    return bytes;
+}
+
+static void test_disk_guard_on_a_small_tmpfs(void **state) {
+    const char *dir = make_temp_dir("resume-disk");
+    char path[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_dataset(path);
+    Config config = resume_config(dir);
+    const char *settings[] = {"lora.r=32", "checkpoint.every_steps=1", "checkpoint.keep_last=0",
+                              "train.max_steps=6", "checkpoint.on_low_disk=abort"};
+    for (int i = 0; i < 5; i++) set(&config, "%s", settings[i]);
+    TrainSummary summary;
+    run(&config, &(TrainControl){.stop_after_steps = 2}, &summary);
+    uint64_t checkpoint_bytes = checkpoint_size(dir);
+    char out[2048], options[64];
+    snprintf(out, sizeof out, "%s/out", dir);
+    Error err;
+    assert_true(remove_tree(out, &err) && make_dirs(out, &err));
+    // Room for two checkpoints with their margins, not three.
+    snprintf(options, sizeof options, "size=%llu", (unsigned long long)(checkpoint_bytes * 5 / 2 + 3 * 65536));
+    if (mount("tmpfs", out, "tmpfs", 0, options) != 0) {
+        print_message("skipped: mounting a tmpfs needs root: %s\n", strerror(errno));
+        skip();
+    }
+    print_message("checkpoints of %llu bytes into a %s tmpfs\n", (unsigned long long)checkpoint_bytes, options);
+    assert_false(train_run_with(&config, NULL, &summary, &err));
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "--allow-low-disk"));
+    assert_int_equal(summary.steps, 0);
+
+    assert_false(train_run_with(&config, &(TrainControl){.allow_low_disk = true}, &summary, &err));
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "on_low_disk: abort"));
+    char latest[2048];
+    if (!checkpoint_find_latest(out, latest, sizeof latest, &err)) fail_msg("%s", err.message);
+    print_message("newest complete checkpoint: %s\n", latest);
+    assert_non_null(strstr(latest, "step-000002"));
+
+    set(&config, "%s", "checkpoint.keep_last=2");
+    assert_int_equal(umount(out), 0);
+    assert_true(remove_tree(out, &err) && make_dirs(out, &err));
+    assert_int_equal(mount("tmpfs", out, "tmpfs", 0, options), 0);
+    run(&config, NULL, &summary);
+    assert_int_equal(summary.steps, 6);
+    assert_int_equal(umount(out), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_resume_is_bit_identical),
+        cmocka_unit_test(test_resume_refuses_another_config),
+        cmocka_unit_test(test_non_finite_steps_leave_optimizer_untouched),
+        cmocka_unit_test(test_disk_guard_on_a_small_tmpfs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

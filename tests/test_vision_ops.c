@@ -1,0 +1,288 @@
+// Vision ops of the CPU backend against double-precision references written
+// here from the documented definitions (nn.LayerNorm, nn.GELU, CLIP's
+// quick_gelu, Conv2d with stride = kernel, softmax attention), with central
+// finite differences of those references checking every backward.
+#include "test_util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/ops.h"
+
+#define FD_EPS 1e-5
+#define FD_TOL 1e-4
+#define FORWARD_TOL 1e-5
+
+static const Ops *cpu;
+
+static int setup_ops(void **state) {
+    cpu = ops_cpu();
+    return 0;
+}
+
+static float *random_floats(size_t n, Rng *rng) {
+    float *x = malloc(n * sizeof(float));
+    assert_non_null(x);
+    fill_uniform(x, n, -1.5f, 1.5f, rng);
+    return x;
+}
+
+static float *poisoned(size_t n) {
+    float *x = malloc(n * sizeof(float));
+    assert_non_null(x);
+    poison(x, n);
+    return x;
+}
+
+static double *to_double(const float *x, size_t n) {
+    double *d = malloc(n * sizeof(double));
+    assert_non_null(d);
+    for (size_t i = 0; i < n; i++) d[i] = x[i];
+    return d;
+}
+
+static void assert_close(const char *what, const float *got, const double *want, size_t n, double tol) {
+    double largest = 0.0;
+    for (size_t i = 0; i < n; i++) largest = fmax(largest, fabs(want[i]));
+    double error = max_rel_error(got, want, n, largest * 1e-2 + 1e-12);
+    if (!(error < tol)) fail_msg("%s: relative error %.3g >= %.3g", what, error, tol);
+}
+
+// ----------------------------------------------------------------------------
+// a double forward of up to three inputs and the finite-difference gradient
+// of L = sum(out * w) with respect to one of them
+
+typedef struct Problem Problem;
+struct Problem {
+    double *inputs[3];
+    size_t sizes[3];
+    size_t out_size;
+    void (*forward)(const Problem *p, double *out);
+    int N, C; // row shape of the op
+};
+
+static double *forward_of(const Problem *p) {
+    double *out = malloc(p->out_size * sizeof(double));
+    assert_non_null(out);
+    p->forward(p, out);
+    return out;
+}
+
+static double *fd_gradient(const Problem *p, int which, const double *w) {
+    double *grad = malloc(p->sizes[which] * sizeof(double)), *out = malloc(p->out_size * sizeof(double));
+    assert_non_null(grad);
+    assert_non_null(out);
+    for (size_t i = 0; i < p->sizes[which]; i++) {
+        double saved = p->inputs[which][i], sums[2];
+        for (int side = 0; side < 2; side++) {
+            p->inputs[which][i] = saved + (side ? -FD_EPS : FD_EPS);
+            p->forward(p, out);
+            sums[side] = 0.0;
+            for (size_t j = 0; j < p->out_size; j++) sums[side] += out[j] * w[j];
+        }
+        p->inputs[which][i] = saved;
+        grad[i] = (sums[0] - sums[1]) / (2 * FD_EPS);
+    }
+    free(out);
+    return grad;
+}
+
+static void free_problem(Problem *p) {
+    for (int i = 0; i < 3; i++) free(p->inputs[i]);
+}
+
+// The op added `got` minus `before` into a buffer: compare that increment.
+static void assert_increment(const char *what, const float *after, const float *before, const double *want, size_t n) {
+    float *increment = malloc(n * sizeof(float));
+    assert_non_null(increment);
+    for (size_t i = 0; i < n; i++) increment[i] = after[i] - before[i];
+    assert_close(what, increment, want, n, FD_TOL);
+    free(increment);
+}
+
+// ----------------------------------------------------------------------------
+// LayerNorm: y = (x - mean) / sqrt(var + eps) * w + b, biased variance
+
+static void layernorm_reference(const Problem *p, double *out) {
+    for (int n = 0; n < p->N; n++) {
+        const double *x = p->inputs[0] + (size_t)n * p->C;
+        double mean = 0.0, var = 0.0;
+        for (int i = 0; i < p->C; i++) mean += x[i] / p->C;
+        for (int i = 0; i < p->C; i++) var += (x[i] - mean) * (x[i] - mean) / p->C;
+        for (int i = 0; i < p->C; i++)
+            out[(size_t)n * p->C + i] = (x[i] - mean) / sqrt(var + 1e-5) * p->inputs[1][i] + p->inputs[2][i];
+    }
+}
+
+static void test_layernorm(void **state) {
+    enum { N = 5, C = 13 };
+    Rng rng;
+    rng_seed(&rng, 1);
+    float *x = random_floats(N * C, &rng), *w = random_floats(C, &rng), *b = random_floats(C, &rng);
+    float *dout = random_floats(N * C, &rng), *out = poisoned(N * C), mean[N], rstd[N];
+    float *dx = random_floats(N * C, &rng), *dw = random_floats(C, &rng), *db = random_floats(C, &rng);
+    float dx_before[N * C], dw_before[C], db_before[C];
+    memcpy(dx_before, dx, sizeof dx_before), memcpy(dw_before, dw, sizeof dw_before), memcpy(db_before, db, sizeof db_before);
+    cpu->layernorm_forward(out, mean, rstd, x, w, b, N, C, 1e-5f);
+    cpu->layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
+    Problem p = {{to_double(x, N * C), to_double(w, C), to_double(b, C)}, {N * C, C, C}, N * C, layernorm_reference, N, C};
+    double *want = forward_of(&p), *weights = to_double(dout, N * C);
+    assert_close("layernorm out", out, want, N * C, FORWARD_TOL);
+    double *want_dx = fd_gradient(&p, 0, weights), *want_dw = fd_gradient(&p, 1, weights), *want_db = fd_gradient(&p, 2, weights);
+    assert_increment("layernorm dx", dx, dx_before, want_dx, N * C);
+    assert_increment("layernorm dweight", dw, dw_before, want_dw, C);
+    assert_increment("layernorm dbias", db, db_before, want_db, C);
+    cpu->layernorm_backward(dx, NULL, NULL, dout, x, w, mean, rstd, N, C); // frozen norms: no weight grads
+    free_problem(&p);
+    free(want), free(weights), free(want_dx), free(want_dw), free(want_db);
+    free(x), free(w), free(b), free(dout), free(out), free(dx), free(dw), free(db);
+}
+
+// ----------------------------------------------------------------------------
+// GELU and quick_gelu
+
+static void gelu_reference(const Problem *p, double *out) {
+    for (size_t i = 0; i < p->out_size; i++) out[i] = p->inputs[0][i] * 0.5 * (1.0 + erf(p->inputs[0][i] / sqrt(2.0)));
+}
+
+static void quick_gelu_reference(const Problem *p, double *out) {
+    for (size_t i = 0; i < p->out_size; i++) out[i] = p->inputs[0][i] / (1.0 + exp(-1.702 * p->inputs[0][i]));
+}
+
+typedef void (*ElementwiseForward)(void *out, const void *inp, size_t n);
+typedef void (*ElementwiseBackward)(void *dinp, const void *dout, const void *inp, size_t n);
+
+static void check_activation(const char *what, ElementwiseForward forward, ElementwiseBackward backward,
+                             void (*reference)(const Problem *, double *)) {
+    enum { N = 41 };
+    Rng rng;
+    rng_seed(&rng, 2);
+    float *x = random_floats(N, &rng), *dout = random_floats(N, &rng), *out = poisoned(N);
+    float *dx = random_floats(N, &rng), dx_before[N];
+    x[0] = 0.0f, x[1] = -4.0f, x[2] = 4.0f;
+    memcpy(dx_before, dx, sizeof dx_before);
+    forward(out, x, N);
+    backward(dx, dout, x, N);
+    Problem p = {{to_double(x, N)}, {N}, N, reference, N, 1};
+    double *want = forward_of(&p), *weights = to_double(dout, N), *want_dx = fd_gradient(&p, 0, weights);
+    assert_close(what, out, want, N, FORWARD_TOL);
+    assert_increment(what, dx, dx_before, want_dx, N);
+    free_problem(&p);
+    free(want), free(weights), free(want_dx), free(x), free(dout), free(out), free(dx);
+}
+
+static void test_gelu(void **state) { check_activation("gelu", cpu->gelu_forward, cpu->gelu_backward, gelu_reference); }
+
+static void test_quick_gelu(void **state) {
+    check_activation("quick_gelu", cpu->quick_gelu_forward, cpu->quick_gelu_backward, quick_gelu_reference);
+}
+
+// ----------------------------------------------------------------------------
+// bias and row scatter
+
+static void test_bias_add_and_backward(void **state) {
+    enum { N = 4, C = 7 };
+    Rng rng;
+    rng_seed(&rng, 3);
+    float *y = random_floats(N * C, &rng), *b = random_floats(C, &rng), *dbias = random_floats(C, &rng);
+    float y_before[N * C], dbias_before[C];
+    memcpy(y_before, y, sizeof y_before), memcpy(dbias_before, dbias, sizeof dbias_before);
+    cpu->bias_add(y, b, N, C);
+    cpu->bias_backward(dbias, y_before, N, C);
+    for (int n = 0; n < N; n++) {
+        for (int c = 0; c < C; c++) assert_float_equal(y[n * C + c], y_before[n * C + c] + b[c], 1e-6);
+    }
+    for (int c = 0; c < C; c++) {
+        double column = 0;
+        for (int n = 0; n < N; n++) column += y_before[n * C + c];
+        assert_float_equal(dbias[c], dbias_before[c] + column, 1e-5);
+    }
+    free(y), free(b), free(dbias);
+}
+
+static void test_scatter_rows(void **state) {
+    enum { N = 6, C = 3, R = 2 };
+    float out[N * C], src[R * C] = {1, 2, 3, 4, 5, 6};
+    for (int i = 0; i < N * C; i++) out[i] = -1.0f;
+    int32_t rows[R] = {4, 1};
+    cpu->scatter_rows(out, rows, src, R, C);
+    for (int n = 0; n < N; n++) {
+        for (int c = 0; c < C; c++) {
+            float want = n == 4 ? src[c] : n == 1 ? src[C + c] : -1.0f;
+            assert_float_equal(out[n * C + c], want, 0.0);
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// patch embedding: Conv2d(channels, D, kernel = stride = patch, bias = False), flattened
+
+static void test_patch_embed(void **state) {
+    enum { B = 2, CH = 3, S = 12, P = 4, D = 5, G = S / P };
+    Rng rng;
+    rng_seed(&rng, 4);
+    float *images = random_floats(B * CH * S * S, &rng), *w = random_floats(D * CH * P * P, &rng);
+    float *out = poisoned(B * G * G * D);
+    cpu->patch_embed_forward(out, images, w, B, CH, S, P, D);
+    double want[B * G * G * D];
+    for (int b = 0; b < B; b++)
+        for (int py = 0; py < G; py++)
+            for (int px = 0; px < G; px++)
+                for (int d = 0; d < D; d++) {
+                    double sum = 0;
+                    for (int c = 0; c < CH; c++)
+                        for (int i = 0; i < P; i++)
+                            for (int j = 0; j < P; j++)
+                                sum += (double)w[((d * CH + c) * P + i) * P + j] *
+                                       images[((b * CH + c) * S + py * P + i) * S + px * P + j];
+                    want[((b * G + py) * G + px) * D + d] = sum;
+                }
+    assert_close("patch_embed", out, want, B * G * G * D, FORWARD_TOL);
+    free(images), free(w), free(out);
+}
+
+// ----------------------------------------------------------------------------
+// non-causal attention: out_t = sum_u softmax_u(q_t . k_u / sqrt(hd)) v_u over all u
+
+static void test_attention_full(void **state) {
+    enum { B = 2, T = 7, H = 3, HD = 4, W = H * HD };
+    Rng rng;
+    rng_seed(&rng, 5);
+    float *q = random_floats(B * T * W, &rng), *k = random_floats(B * T * W, &rng), *v = random_floats(B * T * W, &rng);
+    float *out = poisoned(B * T * W);
+    cpu->attention_full_forward(out, q, k, v, B, T, H, HD);
+    double want[B * T * W];
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int t = 0; t < T; t++) {
+                double scores[T], max_score = -INFINITY, sum = 0;
+                for (int u = 0; u < T; u++) {
+                    double dot = 0;
+                    for (int i = 0; i < HD; i++) dot += (double)q[(b * T + t) * W + h * HD + i] * k[(b * T + u) * W + h * HD + i];
+                    scores[u] = dot / sqrt(HD);
+                    max_score = fmax(max_score, scores[u]);
+                }
+                for (int u = 0; u < T; u++) sum += (scores[u] = exp(scores[u] - max_score));
+                for (int i = 0; i < HD; i++) {
+                    double acc = 0;
+                    for (int u = 0; u < T; u++) acc += scores[u] / sum * v[(b * T + u) * W + h * HD + i];
+                    want[(b * T + t) * W + h * HD + i] = acc;
+                }
+            }
+    assert_close("attention_full", out, want, B * T * W, FORWARD_TOL);
+    free(q), free(k), free(v), free(out);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_gelu),
+        cmocka_unit_test(test_quick_gelu),
+        cmocka_unit_test(test_bias_add_and_backward),
+        cmocka_unit_test(test_scatter_rows),
+        cmocka_unit_test(test_patch_embed),
+        cmocka_unit_test(test_attention_full),
+    };
+    return cmocka_run_group_tests(tests, setup_ops, NULL);
+}

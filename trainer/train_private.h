@@ -1,0 +1,44 @@
+// trainer: the state of one training run, shared by train.c (set-up and the
+// loop) and run_guard.c (checkpoints, resume, disk guard, signals).
+#pragma once
+#include <signal.h>
+
+#include "checkpoints/checkpoints.h"
+#include "data/data.h"
+#include "distributed.h"
+#include "trainer.h"
+
+typedef struct Run {
+    const Config *config;
+    const TrainControl *control;
+    const Ops *ops;
+    Model *model;
+    AdapterInfo adapter_info; // base model path and key layout, for every adapter written
+    Tokenizer *tokenizer;
+    Dataset *dataset;
+    DataLoader *loader;
+    DistContext dist;
+    Zero *zero;
+    LrSchedule schedule;
+    int total_steps;
+    bool is_rank0;         // logs and writes adapters and checkpoints
+    char *config_yaml;     // saved in every checkpoint, compared on resume
+    TrainerState progress; // losses and step counts so far (position fields filled at save time)
+} Run;
+
+// Set by SIGINT / SIGTERM while train_run_with runs.
+extern volatile sig_atomic_t stop_signal;
+void stop_signals_install(void);
+void stop_signals_restore(void);
+
+// Refuses to start (unless control->allow_low_disk) when keep_last
+// checkpoints plus the final adapter exceed the free space of checkpoint.dir.
+bool check_disk_for_run(Run *run, Error *err);
+// --resume needs the whole optimizer state on every rank: one rank, or ZeRO stage 0.
+bool check_checkpoints_supported(const Run *run, Error *err);
+// Saves a checkpoint whose next step is next_step (the data loader is at its
+// position): disk guard first, then the atomic verified write, then keep_last.
+bool save_checkpoint(Run *run, int next_step, char *path, size_t path_size, Error *err);
+// Loads control->resume into the model, optimizer, loader and progress;
+// *start_step receives the step to continue from.
+bool resume_from_checkpoint(Run *run, int *start_step, Error *err);

@@ -1,0 +1,320 @@
+// vision: the CLIP vision tower, frozen and forward only, in Hugging Face's
+// CLIPVisionModel layout. N = n_images * T tokens, T = P + 1 (class token first).
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vision/vision.h"
+
+#define CLIP_NAME_MAX 128
+
+typedef struct ClipLayer {
+    void *ln1_w, *ln1_b, *ln2_w, *ln2_b;     // (D)
+    void *w[4], *b[4];                        // q, k, v, out_proj: (D, D), (D)
+    void *fc1_w, *fc1_b, *fc2_w, *fc2_b;      // (I, D), (I), (D, I), (D)
+} ClipLayer;
+
+typedef struct ClipWeight {
+    char name[CLIP_NAME_MAX];
+    Tensor tensor;
+} ClipWeight;
+
+struct ClipTower {
+    const Ops *ops;
+    ClipVisionConfig config;
+    int max_images, n_layers_used;
+    void *weight_block;
+    ClipWeight *weights;
+    int n_weights;
+    void *patch_w, *class_emb, *pos_emb, *pre_ln_w, *pre_ln_b; // (D, C, p, p), (D), (T, D), (D), (D)
+    ClipLayer *layers;
+    // activations for max_images
+    void *act_block;
+    void *images;            // (n, channels, S, S)
+    void *patches;           // (n, P, D)
+    void *x, *ln;            // (N, D) residual stream and normalised input
+    void *q, *k, *v, *att;   // (N, D)
+    void *mlp;               // (N, I)
+    float *mean, *rstd;      // (N)
+    int32_t *class_rows;     // (max_images): b * T
+    int32_t *patch_rows;     // (max_images * P): b * T + 1 + p
+};
+
+static const char *const PROJ_NAMES[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+
+// ----------------------------------------------------------------------------
+// configuration
+
+bool clip_config_preset(const char *name, ClipVisionConfig *out, Error *err) {
+    if (strcmp(name, "clip-vit-large-patch14-336") == 0) {
+        *out = (ClipVisionConfig){1024, 4096, 24, 16, 336, 14, 3, 1e-5f, -2};
+    } else if (strcmp(name, "tiny") == 0) {
+        *out = (ClipVisionConfig){32, 64, 3, 4, 16, 4, 3, 1e-5f, -2};
+    } else {
+        return fail(err, "unknown CLIP preset '%s' (known: clip-vit-large-patch14-336, tiny)", name);
+    }
+    return true;
+}
+
+int clip_n_patches(const ClipVisionConfig *c) {
+    int grid = c->image_size / c->patch_size;
+    return grid * grid;
+}
+
+int clip_layers_used(const ClipVisionConfig *c) {
+    return c->feature_layer < 0 ? c->n_layers + 1 + c->feature_layer : c->feature_layer;
+}
+
+bool clip_config_validate(const ClipVisionConfig *c, Error *err) {
+    if (c->hidden_size < 1 || c->intermediate_size < 1 || c->n_layers < 1 || c->n_heads < 1 || c->channels < 1)
+        return fail(err, "CLIP config: sizes must be positive");
+    if (c->hidden_size % c->n_heads != 0)
+        return fail(err, "CLIP config: hidden_size %d is not a multiple of num_attention_heads %d", c->hidden_size,
+                    c->n_heads);
+    if (c->patch_size < 1 || c->image_size % c->patch_size != 0)
+        return fail(err, "CLIP config: image_size %d is not a multiple of patch_size %d", c->image_size, c->patch_size);
+    int used = clip_layers_used(c);
+    if (used < 0 || used > c->n_layers)
+        return fail(err, "CLIP config: vision_feature_layer %d is outside the %d hidden states", c->feature_layer,
+                    c->n_layers + 1);
+    return true;
+}
+
+const ClipVisionConfig *clip_tower_config(const ClipTower *t) { return &t->config; }
+const Ops *clip_tower_ops(const ClipTower *t) { return t->ops; }
+
+// ----------------------------------------------------------------------------
+// memory: a first pass with base = NULL measures, a second assigns
+
+typedef struct Carver {
+    uint8_t *base;
+    size_t used;
+} Carver;
+
+static void *carve(Carver *carver, size_t bytes) {
+    size_t start = (carver->used + 255) / 256 * 256;
+    carver->used = start + bytes;
+    return carver->base ? carver->base + start : NULL;
+}
+
+// One weight (shape up to 4-D) under its Hugging Face name.
+static void add_weight(ClipTower *t, Carver *carver, void **slot, const char *name, int ndim, int64_t d0,
+                       int64_t d1, int64_t d2, int64_t d3) {
+    int64_t shape[4] = {d0, d1, d2, d3};
+    size_t numel = 1;
+    for (int i = 0; i < ndim; i++) numel *= (size_t)shape[i];
+    *slot = carve(carver, numel * dtype_size(t->ops->act_dtype));
+    if (!carver->base) return;
+    ClipWeight *w = &t->weights[t->n_weights++];
+    snprintf(w->name, sizeof w->name, "vision_model.%s", name);
+    w->tensor = (Tensor){.dtype = t->ops->act_dtype, .ndim = ndim, .data = *slot};
+    memcpy(w->tensor.shape, shape, sizeof shape);
+}
+
+static void layout_layer(ClipTower *t, Carver *carver, int l) {
+    const ClipVisionConfig *c = &t->config;
+    ClipLayer *layer = &t->layers[l];
+    int D = c->hidden_size, I = c->intermediate_size;
+    char name[CLIP_NAME_MAX];
+#define LAYER_WEIGHT(slot, suffix, ndim, d0, d1)                                    \
+    snprintf(name, sizeof name, "encoder.layers.%d.%s", l, suffix);                 \
+    add_weight(t, carver, slot, name, ndim, d0, d1, 0, 0)
+    for (int p = 0; p < 4; p++) {
+        char suffix[64];
+        snprintf(suffix, sizeof suffix, "self_attn.%s.weight", PROJ_NAMES[p]);
+        LAYER_WEIGHT(&layer->w[p], suffix, 2, D, D);
+        snprintf(suffix, sizeof suffix, "self_attn.%s.bias", PROJ_NAMES[p]);
+        LAYER_WEIGHT(&layer->b[p], suffix, 1, D, 0);
+    }
+    LAYER_WEIGHT(&layer->ln1_w, "layer_norm1.weight", 1, D, 0);
+    LAYER_WEIGHT(&layer->ln1_b, "layer_norm1.bias", 1, D, 0);
+    LAYER_WEIGHT(&layer->fc1_w, "mlp.fc1.weight", 2, I, D);
+    LAYER_WEIGHT(&layer->fc1_b, "mlp.fc1.bias", 1, I, 0);
+    LAYER_WEIGHT(&layer->fc2_w, "mlp.fc2.weight", 2, D, I);
+    LAYER_WEIGHT(&layer->fc2_b, "mlp.fc2.bias", 1, D, 0);
+    LAYER_WEIGHT(&layer->ln2_w, "layer_norm2.weight", 1, D, 0);
+    LAYER_WEIGHT(&layer->ln2_b, "layer_norm2.bias", 1, D, 0);
+#undef LAYER_WEIGHT
+}
+
+static size_t layout_weights(ClipTower *t, uint8_t *base) {
+    const ClipVisionConfig *c = &t->config;
+    int D = c->hidden_size, p = c->patch_size;
+    Carver carver = {base, 0};
+    t->n_weights = 0;
+    add_weight(t, &carver, &t->patch_w, "embeddings.patch_embedding.weight", 4, D, c->channels, p, p);
+    add_weight(t, &carver, &t->class_emb, "embeddings.class_embedding", 1, D, 0, 0, 0);
+    add_weight(t, &carver, &t->pos_emb, "embeddings.position_embedding.weight", 2, clip_n_patches(c) + 1, D, 0, 0);
+    add_weight(t, &carver, &t->pre_ln_w, "pre_layrnorm.weight", 1, D, 0, 0, 0);
+    add_weight(t, &carver, &t->pre_ln_b, "pre_layrnorm.bias", 1, D, 0, 0, 0);
+    for (int l = 0; l < t->n_layers_used; l++) layout_layer(t, &carver, l);
+    return carver.used;
+}
+
+static size_t layout_activations(ClipTower *t, uint8_t *base) {
+    const ClipVisionConfig *c = &t->config;
+    size_t s = dtype_size(t->ops->act_dtype), n = (size_t)t->max_images, P = (size_t)clip_n_patches(c);
+    size_t N = n * (P + 1), D = (size_t)c->hidden_size;
+    Carver carver = {base, 0};
+    t->images = carve(&carver, n * c->channels * c->image_size * c->image_size * s);
+    t->patches = carve(&carver, n * P * D * s);
+    t->x = carve(&carver, N * D * s);
+    t->ln = carve(&carver, N * D * s);
+    t->q = carve(&carver, N * D * s);
+    t->k = carve(&carver, N * D * s);
+    t->v = carve(&carver, N * D * s);
+    t->att = carve(&carver, N * D * s);
+    t->mlp = carve(&carver, N * c->intermediate_size * s);
+    t->mean = carve(&carver, N * sizeof(float));
+    t->rstd = carve(&carver, N * sizeof(float));
+    t->class_rows = carve(&carver, n * sizeof(int32_t));
+    t->patch_rows = carve(&carver, n * P * sizeof(int32_t));
+    return carver.used;
+}
+
+// class_rows[b] = b * T, patch_rows[b * P + p] = b * T + 1 + p
+static bool upload_row_indices(ClipTower *t, Error *err) {
+    int P = clip_n_patches(&t->config), T = P + 1, n = t->max_images;
+    int32_t *rows = checked_malloc((size_t)n * (P + 1) * sizeof(int32_t), "CLIP row indices", err);
+    if (!rows) return false;
+    for (int b = 0; b < n; b++) {
+        rows[b] = b * T;
+        for (int p = 0; p < P; p++) rows[n + b * P + p] = b * T + 1 + p;
+    }
+    t->ops->upload(t->class_rows, rows, (size_t)n * sizeof(int32_t));
+    t->ops->upload(t->patch_rows, rows + n, (size_t)n * P * sizeof(int32_t));
+    free(rows);
+    return true;
+}
+
+ClipTower *clip_tower_create(const Ops *ops, const ClipVisionConfig *config, int max_images, Error *err) {
+    if (!clip_config_validate(config, err)) return NULL;
+    if (max_images < 1) return fail(err, "CLIP tower: max_images must be at least 1"), NULL;
+    ClipTower *t = checked_calloc(1, sizeof *t, "CLIP tower", err);
+    if (!t) return NULL;
+    t->ops = ops;
+    t->config = *config;
+    t->max_images = max_images;
+    t->n_layers_used = clip_layers_used(config);
+    t->layers = checked_calloc((size_t)t->n_layers_used + 1, sizeof(ClipLayer), "CLIP layers", err);
+    t->weights = checked_calloc((size_t)t->n_layers_used * 16 + 5, sizeof(ClipWeight), "CLIP weight table", err);
+    bool ok = t->layers && t->weights;
+    if (ok) {
+        size_t weight_bytes = layout_weights(t, NULL), act_bytes = layout_activations(t, NULL);
+        ok = (t->weight_block = ops->alloc(weight_bytes, err)) && (t->act_block = ops->alloc(act_bytes, err));
+    }
+    if (ok) {
+        layout_weights(t, t->weight_block);
+        layout_activations(t, t->act_block);
+        ok = upload_row_indices(t, err);
+    }
+    if (!ok) {
+        clip_tower_destroy(t);
+        return NULL;
+    }
+    return t;
+}
+
+void clip_tower_destroy(ClipTower *t) {
+    if (!t) return;
+    if (t->weight_block) t->ops->free(t->weight_block);
+    if (t->act_block) t->ops->free(t->act_block);
+    free(t->layers);
+    free(t->weights);
+    free(t);
+}
+
+bool clip_tower_visit(ClipTower *t, ClipTensorVisitor visit, void *context, Error *err) {
+    for (int i = 0; i < t->n_weights; i++) {
+        if (!visit(context, t->weights[i].name, &t->weights[i].tensor, err)) return false;
+    }
+    return true;
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+void clip_tower_init_random(ClipTower *t, uint64_t seed) {
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (int i = 0; i < t->n_weights; i++) {
+        const ClipWeight *w = &t->weights[i];
+        size_t n = (size_t)tensor_numel(&w->tensor);
+        float *host = malloc(n * sizeof(float));
+        if (!host) return;
+        bool is_norm = strstr(w->name, "layer_norm") || strstr(w->name, "layrnorm");
+        for (size_t j = 0; j < n; j++) {
+            if (ends_with(w->name, ".bias")) host[j] = 0.0f;
+            else if (is_norm) host[j] = 1.0f;
+            else host[j] = 0.02f * rng_normal(&rng);
+        }
+        t->ops->upload_f32(w->tensor.data, host, n);
+        free(host);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// forward
+
+static void *act_at(const ClipTower *t, void *base, size_t elements) {
+    return (uint8_t *)base + elements * dtype_size(t->ops->act_dtype);
+}
+
+// y (N, out) = x (N, in) W^T + b
+static void linear(const ClipTower *t, void *y, const void *x, const void *W, const void *b, int N, int in, int out) {
+    t->ops->matmul(y, x, W, N, out, in, false, true, 1.0f, 0.0f);
+    t->ops->bias_add(y, b, N, out);
+}
+
+// x (n * T, D) = [class; patches] + positions
+static void embed(ClipTower *t, int n_images) {
+    const Ops *ops = t->ops;
+    const ClipVisionConfig *c = &t->config;
+    int D = c->hidden_size, P = clip_n_patches(c), T = P + 1;
+    ops->patch_embed_forward(t->patches, t->images, t->patch_w, n_images, c->channels, c->image_size,
+                             c->patch_size, D);
+    ops->scatter_rows(t->x, t->patch_rows, t->patches, n_images * P, D);
+    for (int b = 0; b < n_images; b++) {
+        ops->scatter_rows(t->x, t->class_rows + b, t->class_emb, 1, D);
+        ops->add_inplace(act_at(t, t->x, (size_t)b * T * D), t->pos_emb, (size_t)T * D);
+    }
+}
+
+static void layer_forward(ClipTower *t, const ClipLayer *w, int n_images) {
+    const Ops *ops = t->ops;
+    const ClipVisionConfig *c = &t->config;
+    int D = c->hidden_size, I = c->intermediate_size, T = clip_n_patches(c) + 1, N = n_images * T;
+    ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, w->ln1_w, w->ln1_b, N, D, c->layer_norm_eps);
+    linear(t, t->q, t->ln, w->w[0], w->b[0], N, D, D);
+    linear(t, t->k, t->ln, w->w[1], w->b[1], N, D, D);
+    linear(t, t->v, t->ln, w->w[2], w->b[2], N, D, D);
+    ops->attention_full_forward(t->att, t->q, t->k, t->v, n_images, T, c->n_heads, D / c->n_heads);
+    linear(t, t->q, t->att, w->w[3], w->b[3], N, D, D);
+    ops->add_inplace(t->x, t->q, (size_t)N * D);
+    ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, w->ln2_w, w->ln2_b, N, D, c->layer_norm_eps);
+    linear(t, t->mlp, t->ln, w->fc1_w, w->fc1_b, N, D, I);
+    ops->quick_gelu_forward(t->mlp, t->mlp, (size_t)N * I);
+    linear(t, t->q, t->mlp, w->fc2_w, w->fc2_b, N, I, D);
+    ops->add_inplace(t->x, t->q, (size_t)N * D);
+}
+
+bool clip_tower_forward(ClipTower *t, const float *images, int n_images, void *features, Error *err) {
+    const Ops *ops = t->ops;
+    const ClipVisionConfig *c = &t->config;
+    if (n_images < 1 || n_images > t->max_images)
+        return fail(err, "CLIP tower: %d images in one forward; the tower was sized for 1 to %d", n_images,
+                    t->max_images);
+    int D = c->hidden_size, P = clip_n_patches(c), N = n_images * (P + 1);
+    ops->upload_f32(t->images, images, (size_t)n_images * c->channels * c->image_size * c->image_size);
+    embed(t, n_images);
+    ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, t->pre_ln_w, t->pre_ln_b, N, D, c->layer_norm_eps);
+    void *embedded = t->x; // the residual stream continues in the normalised buffer
+    t->x = t->ln;
+    t->ln = embedded;
+    for (int l = 0; l < t->n_layers_used; l++) layer_forward(t, &t->layers[l], n_images);
+    ops->embedding_forward(features, t->patch_rows, t->x, n_images * P, D);
+    return ops->check(err);
+}
