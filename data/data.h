@@ -18,9 +18,20 @@
 typedef struct Tokenizer Tokenizer;
 
 // Byte-level tokenizer: ids 0..255 are bytes, then <bos>=256, <eos>=257,
-// <pad>=258 and the chat markers (vocab 262). Serves the demo and tests until
-// tokenizer.json support lands.
+// <pad>=258 and the chat markers (vocab 262). Serves the demo and tests.
 Tokenizer *tokenizer_bytes(Error *err);
+// A model folder's tokenizer.json (with tokenizer_config.json's bos/eos/pad
+// tokens and chat_template when present), or a tokenizer.json file; a folder
+// without tokenizer.json gets the byte tokenizer. The chat template is
+// recognised from chat_template (llama3, llama2, vicuna_v1), else none.
+Tokenizer *tokenizer_load(const char *model_dir_or_file, Error *err);
+// Chat templates by name: llama3, llama2 ([INST] with <<SYS>>), vicuna_v1
+// (LLaVA-1.5), plain (LLaVA pretraining); "auto" keeps the recognised one.
+// Labels cover assistant turns and their end-of-turn token (llama3
+// <|eot_id|>, llama2 and vicuna_v1 </s>, plain "\n"). The byte tokenizer
+// keeps its own rendering (see sample_from_messages) and takes only "auto".
+bool tokenizer_set_chat_template(Tokenizer *tok, const char *name, Error *err);
+const char *tokenizer_chat_template(const Tokenizer *tok); // "llama3", ..., "bytes", "none"
 void tokenizer_destroy(Tokenizer *tok);
 int tokenizer_vocab_size(const Tokenizer *tok);
 int tokenizer_bos(const Tokenizer *tok);
@@ -48,9 +59,10 @@ typedef struct Sample {
 
 void sample_free(Sample *sample);
 
-// Chat rendering for {"messages": [...]} records with the byte tokenizer:
-// "<bos>" then per turn a role marker and content, assistant turns ending
-// with <eos>; labels cover assistant content and its <eos> only.
+// Chat rendering for {"messages": [...]} records by the tokenizer's chat
+// template. The byte tokenizer's: "<bos>" then per turn a role marker and
+// content, assistant turns ending with <eos>; labels cover assistant content
+// and its <eos> only.
 bool sample_from_messages(const Tokenizer *tok, const char *const *roles,
                           const char *const *contents, int n_turns, int max_seq_len,
                           Sample *out, Error *err);
@@ -233,8 +245,8 @@ typedef struct VlmDatasetStats {
     int64_t skipped_total;
 } VlmDatasetStats;
 
-// A rendered sample: <bos> (role marker, content)* as sample_from_messages,
-// each <image> expanded to n_image_tokens image_token_id positions with
+// A rendered sample: the chat by the tokenizer's template as
+// sample_from_messages, each <image> expanded to n_image_tokens image_token_id positions with
 // IGNORE_INDEX labels; labels on gpt turns and their <eos> only.
 typedef struct VlmSample {
     Sample text;       // owns ids and labels

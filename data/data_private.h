@@ -22,14 +22,49 @@ bool render_messages(const Tokenizer *tok, const char *const *roles, const char 
                      int n_turns, TokenSequence *seq, Error *err);
 bool render_text(const Tokenizer *tok, const char *text, TokenSequence *seq, Error *err);
 
+// ----------------------------------------------------------------------------
+// chat templates (chat_template.c)
+
+typedef enum ChatTemplate {
+    CHAT_TEMPLATE_NONE,      // a tokenizer.json without a recognised chat_template
+    CHAT_TEMPLATE_BYTES,     // the byte tokenizer's role markers
+    CHAT_TEMPLATE_LLAMA3,
+    CHAT_TEMPLATE_LLAMA2,
+    CHAT_TEMPLATE_VICUNA_V1,
+    CHAT_TEMPLATE_PLAIN,
+} ChatTemplate;
+
+ChatTemplate chat_template_recognise(const char *jinja);
+bool chat_template_from_name(const char *name, ChatTemplate *out, Error *err);
+const char *chat_template_name(ChatTemplate chat_template);
+ChatTemplate tokenizer_template_kind(const Tokenizer *tok);
+const HfTokenizer *tokenizer_hf(const Tokenizer *tok); // NULL for the byte tokenizer
+
+// Image positions: each "<image>" in a turn becomes n_tokens x token_id
+// (labels IGNORE_INDEX); n_tokens 0 leaves "<image>" as text.
+typedef struct ImageSlots {
+    int n_tokens;
+    int32_t token_id;
+} ImageSlots;
+
+// Renders the chat by the tokenizer's template into seq (after seq->length =
+// 0); *image_end = index after the last image token (0 without images).
+bool render_chat(const Tokenizer *tok, const LlavaRole *roles, const char *const *contents, int n_turns,
+                 ImageSlots images, TokenSequence *seq, int *image_end, Error *err);
+
+// hf_tokenizer_encode without special tokens, for text that starts the input
+// (at_origin) or continues it; mark_tokens[i] = index of the token holding
+// byte marks[i] (ascending; n_ids for the end), as transformers' char_to_token.
+bool hf_tokenizer_encode_marked(const HfTokenizer *tok, const char *text, size_t len, bool at_origin,
+                                const size_t *marks, int n_marks, int32_t **ids, int *n_ids, int *mark_tokens,
+                                Error *err);
+
 // The pad id of the tokenizer the dataset was opened with.
 int32_t dataset_pad_id(const Dataset *dataset);
 
 // Appends one token / the tokens of text, labelled with themselves when trained.
 bool seq_push_token(TokenSequence *seq, int32_t id, bool trained, Error *err);
 bool seq_push_text(const Tokenizer *tok, TokenSequence *seq, const char *text, bool trained, Error *err);
-// "user" -> id of "<|user|>"; fails for roles outside system/user/assistant.
-bool role_marker_id(const Tokenizer *tok, const char *role, int32_t *id, Error *err);
 
 // One row of T: tokens = ids padded with pad; targets[t] = labels[t + 1], and
 // IGNORE_INDEX at the sample's last token and on padding. Returns the number

@@ -308,41 +308,91 @@ static bool encode_segment(const HfTokenizer *tok, EncodeState *st, const char *
     return true;
 }
 
-static bool encode_text(const HfTokenizer *tok, EncodeState *st, const char *text, size_t len, bool add_special_tokens, Error *err) {
+static void encode_state_free(EncodeState *st) {
+    free(st->out.ids);
+    free(st->symbols.ids);
+    free(st->merges.heap);
+    free(st->merges.prev);
+    free(st->merges.next);
+    free(st->merges.removed);
+    free(st->normalized.data);
+    pieces_free(&st->words);
+    pieces_free(&st->scratch);
+    free(st->raw.at);
+    free(st->inner.at);
+}
+
+// Index of the token of raw segment s[0..n) (ids, n_ids) that holds byte
+// `mark` (0 < mark < n), as transformers' char_to_token: the ids that the
+// segment cut at mark shares with the whole segment come before it.
+static bool token_at_mark(const HfTokenizer *tok, const char *s, size_t mark, bool at_origin, const int32_t *ids,
+                          int n_ids, int *token, Error *err) {
+    EncodeState cut = {0};
+    bool ok = encode_segment(tok, &cut, s, mark, at_origin, err);
+    int shared = 0;
+    while (ok && shared < cut.out.count && shared < n_ids && cut.out.ids[shared] == ids[shared]) shared++;
+    encode_state_free(&cut);
+    *token = shared;
+    return ok;
+}
+
+// Encodes text into st->out; for each byte offset marks[i] (ascending),
+// mark_tokens[i] = index of the token holding it (n_ids at the end of text).
+// at_origin: text is the start of the input (Metaspace's "first" scheme).
+static bool encode_text(const HfTokenizer *tok, EncodeState *st, const char *text, size_t len, bool add_special_tokens,
+                        bool at_origin, const size_t *marks, int n_marks, int *mark_tokens, Error *err) {
     size_t valid = utf8_valid_prefix(text, len);
     if (valid != len) return fail(err, "text to tokenize is not valid UTF-8 (byte %zu)", valid);
     if (add_special_tokens && !ids_push_all(&st->out, tok->prefix_ids, tok->n_prefix, err)) return false;
     if (!split_on_added(tok, text, len, false, &st->raw, err)) return false;
+    int next_mark = 0;
     for (int i = 0; i < st->raw.count; i++) {
         Segment seg = st->raw.at[i];
+        int first = st->out.count;
+        bool origin = at_origin && seg.start == 0;
         bool ok = seg.added_id >= 0 ? ids_push(&st->out, seg.added_id, err)
-                                    : encode_segment(tok, st, text + seg.start, seg.end - seg.start, seg.start == 0, err);
+                                    : encode_segment(tok, st, text + seg.start, seg.end - seg.start, origin, err);
+        for (; ok && next_mark < n_marks && marks[next_mark] < seg.end; next_mark++) {
+            size_t inside = marks[next_mark] > seg.start ? marks[next_mark] - seg.start : 0;
+            mark_tokens[next_mark] = first;
+            if (inside > 0 && seg.added_id < 0) {
+                int token;
+                ok = token_at_mark(tok, text + seg.start, inside, origin, st->out.ids + first, st->out.count - first,
+                                   &token, err);
+                mark_tokens[next_mark] = first + token;
+            }
+        }
         if (!ok) return false;
     }
+    for (; next_mark < n_marks; next_mark++) mark_tokens[next_mark] = st->out.count;
     return !add_special_tokens || ids_push_all(&st->out, tok->suffix_ids, tok->n_suffix, err);
+}
+
+// Moves st's ids into *ids (never NULL, even when empty) and frees the rest.
+static bool encode_finish(EncodeState *st, bool ok, int32_t **ids, int *n_ids, Error *err) {
+    ok = ok && ids_push(&st->out, 0, err);
+    if (ok) {
+        *ids = st->out.ids;
+        *n_ids = st->out.count - 1; // the pushed 0 keeps an empty result non-NULL
+        st->out.ids = NULL;
+    }
+    encode_state_free(st);
+    return ok;
 }
 
 bool hf_tokenizer_encode(const HfTokenizer *tok, const char *text, size_t len, bool add_special_tokens,
                          int32_t **ids, int *n_ids, Error *err) {
     EncodeState st = {0};
-    bool ok = encode_text(tok, &st, text, len, add_special_tokens, err) && ids_push(&st.out, 0, err);
-    free(st.symbols.ids);
-    free(st.merges.heap);
-    free(st.merges.prev);
-    free(st.merges.next);
-    free(st.merges.removed);
-    free(st.normalized.data);
-    pieces_free(&st.words);
-    pieces_free(&st.scratch);
-    free(st.raw.at);
-    free(st.inner.at);
-    if (!ok) {
-        free(st.out.ids);
-        return false;
-    }
-    *ids = st.out.ids;
-    *n_ids = st.out.count - 1; // the pushed 0 keeps an empty result non-NULL
-    return true;
+    bool ok = encode_text(tok, &st, text, len, add_special_tokens, true, NULL, 0, NULL, err);
+    return encode_finish(&st, ok, ids, n_ids, err);
+}
+
+bool hf_tokenizer_encode_marked(const HfTokenizer *tok, const char *text, size_t len, bool at_origin,
+                                const size_t *marks, int n_marks, int32_t **ids, int *n_ids, int *mark_tokens,
+                                Error *err) {
+    EncodeState st = {0};
+    bool ok = encode_text(tok, &st, text, len, false, at_origin, marks, n_marks, mark_tokens, err);
+    return encode_finish(&st, ok, ids, n_ids, err);
 }
 
 // ----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 // Chat and text rendering into token ids with label masks.
 //
-//   chat: <bos> (<|role|> content [<eos> if assistant])*    labels on assistant content + <eos>
+//   chat: the tokenizer's chat template (chat_template.c)   labels on assistant turns + end of turn
 //   text: <bos> text <eos>                                   labels on everything after <bos>
 #include "data.h"
 #include "data_private.h"
@@ -44,32 +44,27 @@ bool seq_push_text(const Tokenizer *tok, TokenSequence *seq, const char *text, b
     return true;
 }
 
-// "user" -> id of "<|user|>"; fails for roles outside system/user/assistant.
-bool role_marker_id(const Tokenizer *tok, const char *role, int32_t *id, Error *err) {
-    static const char *const roles[] = {"system", "user", "assistant"};
-    static const char *const markers[] = {"<|system|>", "<|user|>", "<|assistant|>"};
+static bool parse_role(const char *role, LlavaRole *out, Error *err) {
+    static const char *const names[] = {[LLAVA_SYSTEM] = "system", [LLAVA_USER] = "user",
+                                        [LLAVA_ASSISTANT] = "assistant"};
     for (int i = 0; i < 3; i++) {
-        if (strcmp(role, roles[i]) != 0) continue;
-        *id = tokenizer_token_id(tok, markers[i]);
-        if (*id < 0) return fail(err, "the tokenizer has no %s token for role \"%s\"", markers[i], role);
-        return true;
+        if (strcmp(role, names[i]) == 0) return *out = (LlavaRole)i, true;
     }
     return fail(err, "unknown role \"%s\" (expected system, user or assistant)", role);
 }
 
 bool render_messages(const Tokenizer *tok, const char *const *roles, const char *const *contents,
                      int n_turns, TokenSequence *seq, Error *err) {
-    seq->length = 0;
-    if (!seq_push_token(seq, tokenizer_bos(tok), false, err)) return false;
-    for (int turn = 0; turn < n_turns; turn++) {
-        int32_t marker = -1;
-        if (!role_marker_id(tok, roles[turn], &marker, err)) return fail_context(err, "message %d: ", turn);
-        bool is_assistant = strcmp(roles[turn], "assistant") == 0;
-        if (!seq_push_token(seq, marker, false, err)) return false;
-        if (!seq_push_text(tok, seq, contents[turn], is_assistant, err)) return false;
-        if (is_assistant && !seq_push_token(seq, tokenizer_eos(tok), true, err)) return false;
+    LlavaRole *parsed = checked_malloc((size_t)(n_turns > 0 ? n_turns : 1) * sizeof *parsed, "chat roles", err);
+    bool ok = parsed != NULL;
+    for (int turn = 0; ok && turn < n_turns; turn++) {
+        ok = parse_role(roles[turn], &parsed[turn], err);
+        if (!ok) fail_context(err, "message %d: ", turn);
     }
-    return true;
+    int image_end;
+    ok = ok && render_chat(tok, parsed, contents, n_turns, (ImageSlots){0}, seq, &image_end, err);
+    free(parsed);
+    return ok;
 }
 
 bool render_text(const Tokenizer *tok, const char *text, TokenSequence *seq, Error *err) {

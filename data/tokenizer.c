@@ -1,12 +1,16 @@
-// Byte-level tokenizer: ids 0..255 are the bytes of the UTF-8 text, followed by
-// the special tokens below. Encoding text yields bytes only; specials enter a
-// sequence through their ids (tokenizer_token_id), never through text.
+// Tokenizers behind one interface: the byte-level one (ids 0..255 are the
+// bytes of the UTF-8 text, then the specials below; specials enter a sequence
+// through their ids, never through text) and a Hugging Face tokenizer.json
+// with its tokenizer_config.json (BOS/EOS/pad tokens, chat template).
 #include "data.h"
 #include "data_private.h"
 
+#include <json-c/json.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define BYTE_VOCAB 256
 
@@ -16,8 +20,10 @@ static const char *const byte_specials[] = {
 #define N_BYTE_SPECIALS ((int)(sizeof byte_specials / sizeof byte_specials[0]))
 
 struct Tokenizer {
+    HfTokenizer *hf;         // NULL for the byte tokenizer
     int vocab_size;
     int bos_id, eos_id, pad_id;
+    ChatTemplate chat_template;
 };
 
 Tokenizer *tokenizer_bytes(Error *err) {
@@ -27,10 +33,116 @@ Tokenizer *tokenizer_bytes(Error *err) {
     tok->bos_id = tokenizer_token_id(tok, "<bos>");
     tok->eos_id = tokenizer_token_id(tok, "<eos>");
     tok->pad_id = tokenizer_token_id(tok, "<pad>");
+    tok->chat_template = CHAT_TEMPLATE_BYTES;
     return tok;
 }
 
-void tokenizer_destroy(Tokenizer *tok) { free(tok); }
+// ----------------------------------------------------------------------------
+// Hugging Face folders
+
+// A special token of tokenizer_config.json: "<s>" or {"content": "<s>", ...}; NULL when absent.
+static const char *config_token(json_object *config, const char *key) {
+    json_object *value;
+    if (!config || !json_object_object_get_ex(config, key, &value)) return NULL;
+    if (json_object_is_type(value, json_type_object) && !json_object_object_get_ex(value, "content", &value))
+        return NULL;
+    return json_object_is_type(value, json_type_string) ? json_object_get_string(value) : NULL;
+}
+
+// chat_template: a string, or a list of {name, template} where "default" counts.
+static const char *config_chat_template(json_object *config) {
+    json_object *value;
+    if (!config || !json_object_object_get_ex(config, "chat_template", &value)) return NULL;
+    if (json_object_is_type(value, json_type_string)) return json_object_get_string(value);
+    if (!json_object_is_type(value, json_type_array)) return NULL;
+    for (size_t i = 0; i < json_object_array_length(value); i++) {
+        json_object *entry = json_object_array_get_idx(value, i), *name, *text;
+        if (json_object_object_get_ex(entry, "name", &name) && json_object_object_get_ex(entry, "template", &text) &&
+            strcmp(json_object_get_string(name), "default") == 0)
+            return json_object_get_string(text);
+    }
+    return NULL;
+}
+
+// The id of the configured token, else of the first known spelling present.
+static int special_id(const HfTokenizer *hf, const char *configured, const char *const *known) {
+    if (configured) return hf_tokenizer_token_to_id(hf, configured);
+    for (; *known; known++) {
+        int id = hf_tokenizer_token_to_id(hf, *known);
+        if (id >= 0) return id;
+    }
+    return -1;
+}
+
+static bool resolve_specials(Tokenizer *tok, json_object *config, const char *path, Error *err) {
+    static const char *const bos_names[] = {"<|begin_of_text|>", "<s>", "<bos>", "<|endoftext|>", NULL};
+    static const char *const eos_names[] = {"<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>", NULL};
+    static const char *const none[] = {NULL};
+    tok->bos_id = special_id(tok->hf, config_token(config, "bos_token"), bos_names);
+    tok->eos_id = special_id(tok->hf, config_token(config, "eos_token"), eos_names);
+    int pad = special_id(tok->hf, config_token(config, "pad_token"), none);
+    tok->pad_id = pad >= 0 ? pad : tok->eos_id;
+    if (tok->bos_id < 0) return fail(err, "%s: no BOS token (bos_token in tokenizer_config.json, or <s>)", path);
+    if (tok->eos_id < 0) return fail(err, "%s: no EOS token (eos_token in tokenizer_config.json, or </s>)", path);
+    return true;
+}
+
+// Reads tokenizer_config.json beside tokenizer.json, when there is one.
+static bool load_hf_config(Tokenizer *tok, const char *folder, const char *json_path, Error *err) {
+    char config_path[4096 + 32];
+    snprintf(config_path, sizeof config_path, "%s/tokenizer_config.json", folder);
+    json_object *config = NULL;
+    if (path_exists(config_path) && !(config = json_object_from_file(config_path)))
+        return fail(err, "%s: not valid JSON (%s)", config_path, json_util_get_last_err());
+    bool ok = resolve_specials(tok, config, json_path, err);
+    const char *jinja = config_chat_template(config);
+    tok->chat_template = jinja ? chat_template_recognise(jinja) : CHAT_TEMPLATE_NONE;
+    json_object_put(config);
+    return ok;
+}
+
+static bool is_directory(const char *path) {
+    struct stat info;
+    return stat(path, &info) == 0 && S_ISDIR(info.st_mode);
+}
+
+Tokenizer *tokenizer_load(const char *model_dir_or_file, Error *err) {
+    char folder[4096], json_path[4096 + 32];
+    snprintf(folder, sizeof folder, "%s", model_dir_or_file);
+    if (is_directory(folder)) {
+        snprintf(json_path, sizeof json_path, "%s/tokenizer.json", folder);
+        if (!path_exists(json_path)) return tokenizer_bytes(err);
+    } else {
+        snprintf(json_path, sizeof json_path, "%s", model_dir_or_file);
+        char *slash = strrchr(folder, '/');
+        if (slash) *slash = '\0';
+        else snprintf(folder, sizeof folder, ".");
+    }
+    Tokenizer *tok = checked_calloc(1, sizeof *tok, "a tokenizer", err);
+    if (!tok) return NULL;
+    if (!(tok->hf = hf_tokenizer_load(json_path, err)) || !load_hf_config(tok, folder, json_path, err)) {
+        tokenizer_destroy(tok);
+        return NULL;
+    }
+    tok->vocab_size = hf_tokenizer_vocab_size(tok->hf);
+    return tok;
+}
+
+void tokenizer_destroy(Tokenizer *tok) {
+    if (tok) hf_tokenizer_destroy(tok->hf);
+    free(tok);
+}
+
+bool tokenizer_set_chat_template(Tokenizer *tok, const char *name, Error *err) {
+    if (strcmp(name, "auto") == 0) return true;
+    if (!tok->hf) return fail(err, "chat template '%s' needs a tokenizer.json; the byte tokenizer has its own", name);
+    return chat_template_from_name(name, &tok->chat_template, err);
+}
+
+const char *tokenizer_chat_template(const Tokenizer *tok) { return chat_template_name(tok->chat_template); }
+
+ChatTemplate tokenizer_template_kind(const Tokenizer *tok) { return tok->chat_template; }
+const HfTokenizer *tokenizer_hf(const Tokenizer *tok) { return tok->hf; }
 
 int tokenizer_vocab_size(const Tokenizer *tok) { return tok->vocab_size; }
 int tokenizer_bos(const Tokenizer *tok) { return tok->bos_id; }
@@ -38,6 +150,7 @@ int tokenizer_eos(const Tokenizer *tok) { return tok->eos_id; }
 int tokenizer_pad(const Tokenizer *tok) { return tok->pad_id; }
 
 int tokenizer_token_id(const Tokenizer *tok, const char *token) {
+    if (tok->hf) return hf_tokenizer_token_to_id(tok->hf, token);
     for (int i = 0; i < N_BYTE_SPECIALS; i++) {
         if (strcmp(byte_specials[i], token) == 0) return BYTE_VOCAB + i;
     }
@@ -57,8 +170,20 @@ bool token_ids_reserve(int32_t **ids, int *capacity, int64_t needed, Error *err)
     return true;
 }
 
+static bool encode_hf(const Tokenizer *tok, const char *text, size_t len, int32_t **ids, int *n_ids, int *capacity,
+                      Error *err) {
+    int32_t *encoded = NULL;
+    int n_encoded = 0;
+    if (!hf_tokenizer_encode(tok->hf, text, len, false, &encoded, &n_encoded, err)) return false;
+    bool ok = token_ids_reserve(ids, capacity, (int64_t)*n_ids + n_encoded, err);
+    if (ok) memcpy(*ids + *n_ids, encoded, (size_t)n_encoded * sizeof *encoded), *n_ids += n_encoded;
+    free(encoded);
+    return ok;
+}
+
 bool tokenizer_encode(const Tokenizer *tok, const char *text, size_t len, int32_t **ids,
                       int *n_ids, int *capacity, Error *err) {
+    if (tok->hf) return encode_hf(tok, text, len, ids, n_ids, capacity, err);
     if (!token_ids_reserve(ids, capacity, (int64_t)*n_ids + (int64_t)len, err)) return false;
     const unsigned char *bytes = (const unsigned char *)text;
     for (size_t i = 0; i < len; i++) (*ids)[(*n_ids)++] = bytes[i];
@@ -66,6 +191,7 @@ bool tokenizer_encode(const Tokenizer *tok, const char *text, size_t len, int32_
 }
 
 char *tokenizer_decode(const Tokenizer *tok, const int32_t *ids, int n_ids, Error *err) {
+    if (tok->hf) return hf_tokenizer_decode(tok->hf, ids, n_ids, false, err);
     size_t length = 0;
     for (int i = 0; i < n_ids; i++) {
         if (ids[i] < 0 || ids[i] >= tok->vocab_size) {

@@ -2,9 +2,9 @@
 // make training fail or mislead is skipped, with a reason and a log entry),
 // then rendered and their images loaded one sample at a time.
 //
-//   sample: <bos> (<|role|> content [<eos> if gpt])*, where each "<image>" in a
-//           content becomes n_image_tokens x image_token_id (labels -100);
-//           labels cover gpt content and its <eos>; the rest is -100.
+//   sample: the chat by the tokenizer's template (chat_template.c), where each
+//           "<image>" becomes n_image_tokens x image_token_id (labels -100);
+//           labels cover gpt turns and their end-of-turn token; the rest is -100.
 #include "data.h"
 #include "data_private.h"
 
@@ -77,39 +77,11 @@ static int count_placeholders(const LlavaRecord *record) {
     return count;
 }
 
-// content with each <image> expanded; *image_end = index after the last image token.
-static bool push_content(const VlmDatasetOptions *o, TokenSequence *seq, const char *content, bool trained,
-                         int *image_end, Error *err) {
-    static const size_t placeholder_length = sizeof LLAVA_IMAGE_PLACEHOLDER - 1;
-    for (const char *next; (next = strstr(content, LLAVA_IMAGE_PLACEHOLDER)); content = next + placeholder_length) {
-        char *text = strndup(content, (size_t)(next - content));
-        if (!text) return fail(err, "out of memory rendering a record");
-        bool ok = seq_push_text(o->tok, seq, text, trained, err);
-        free(text);
-        for (int i = 0; ok && i < o->n_image_tokens; i++) ok = seq_push_token(seq, o->image_token_id, false, err);
-        if (!ok) return false;
-        *image_end = seq->length;
-    }
-    return seq_push_text(o->tok, seq, content, trained, err);
-}
-
 static bool render_record(const VlmDatasetOptions *o, const LlavaRecord *record, TokenSequence *seq,
                           int *image_end, Error *err) {
-    static const char *const role_names[] = {[LLAVA_SYSTEM] = "system", [LLAVA_USER] = "user",
-                                             [LLAVA_ASSISTANT] = "assistant"};
-    seq->length = 0;
-    *image_end = 0;
-    if (!seq_push_token(seq, tokenizer_bos(o->tok), false, err)) return false;
-    for (int turn = 0; turn < record->n_turns; turn++) {
-        bool is_assistant = record->roles[turn] == LLAVA_ASSISTANT;
-        int32_t marker;
-        if (!role_marker_id(o->tok, role_names[record->roles[turn]], &marker, err) ||
-            !seq_push_token(seq, marker, false, err) ||
-            !push_content(o, seq, record->values[turn], is_assistant, image_end, err))
-            return fail_context(err, "conversations[%d]: ", turn);
-        if (is_assistant && !seq_push_token(seq, tokenizer_eos(o->tok), true, err)) return false;
-    }
-    return true;
+    ImageSlots images = {.n_tokens = o->n_image_tokens, .token_id = o->image_token_id};
+    return render_chat(o->tok, record->roles, (const char *const *)record->values, record->n_turns, images, seq,
+                       image_end, err);
 }
 
 // ----------------------------------------------------------------------------

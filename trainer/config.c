@@ -51,6 +51,7 @@ typedef struct ConfigKey {
 
 static const char *const QUANTIZE_VALUES[] = {"none", "nf4", NULL};
 static const char *const INIT_VALUES[] = {"kaiming", "gaussian", NULL};
+static const char *const TEMPLATE_VALUES[] = {"auto", "llama3", "llama2", "vicuna_v1", "plain", NULL};
 static const char *const SCHEDULE_VALUES[] = {"constant", "linear", "cosine", NULL}; // Schedule order
 static const char *const BACKEND_VALUES[] = {"auto", "cpu", "cuda", NULL};
 static const char *const ZERO_STAGE_VALUES[] = {"0", "2", NULL};
@@ -89,6 +90,8 @@ static const ConfigKey KEYS[] = {
      .help = "synthetic generator written at data.path when absent (empty: never)"},
     {"data.max_seq_len", KEY_INT, FIELD(data.max_seq_len), .range = AT_LEAST(2),
      .help = "tokens per sample, longer ones are truncated"},
+    {"data.template", KEY_ENUM, FIELD(data.chat_template), .allowed = TEMPLATE_VALUES,
+     .help = "chat template; auto: recognised from tokenizer_config.json's chat_template"},
     {"data.shuffle", KEY_BOOL, FIELD(data.shuffle), .help = "shuffle every epoch"},
     {"data.image_tokens", KEY_INT, FIELD(data.image_tokens), .range = AT_LEAST(1),
      .help = "positions each <image> expands to (576 for CLIP ViT-L/14-336)"},
@@ -586,6 +589,7 @@ void config_defaults(Config *config) {
     config->lora.rslora = false;
     snprintf(config->lora.init, CONFIG_NAME_MAX, "kaiming");
     config->data.max_seq_len = 2048;
+    snprintf(config->data.chat_template, CONFIG_NAME_MAX, "auto");
     config->data.shuffle = true;
     config->data.image_tokens = 576;
     config->data.max_skip_fraction = 0.01f;

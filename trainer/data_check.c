@@ -6,11 +6,12 @@
 #include "trainer.h"
 
 static VlmDatasetOptions dataset_options(const Config *config, const Tokenizer *tok) {
-    // The image token is the id just past the text vocabulary, as llava-hf's
-    // image_token_index (32000 for Llama 2's 32000 ids).
+    // The tokenizer's "<image>" token, else the id just past the text
+    // vocabulary, as llava-hf's image_token_index (32000 for Llama 2's 32000 ids).
+    int image_token = tokenizer_token_id(tok, LLAVA_IMAGE_PLACEHOLDER);
     return (VlmDatasetOptions){.path = config->data.path, .images = config->data.images, .tok = tok,
                                .max_seq_len = config->data.max_seq_len, .n_image_tokens = config->data.image_tokens,
-                               .image_token_id = tokenizer_vocab_size(tok),
+                               .image_token_id = image_token >= 0 ? image_token : tokenizer_vocab_size(tok),
                                .preprocess = image_preprocess_clip336(IMAGE_FIT_PAD), .decode_images = true};
 }
 
@@ -36,7 +37,7 @@ static void print_counts(const Config *config, const VlmDataset *dataset, double
 
 int data_check_main(const Config *config) {
     Error err = {{0}};
-    Tokenizer *tok = tokenizer_bytes(&err);
+    Tokenizer *tok = config_tokenizer(config, &err);
     VlmDatasetOptions options = tok ? dataset_options(config, tok) : (VlmDatasetOptions){0};
     double start = time_seconds();
     VlmDataset *dataset = tok ? vlm_dataset_open(&options, &err) : NULL;

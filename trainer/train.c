@@ -111,7 +111,7 @@ static bool load_model_and_data(Run *run, Error *err) {
     Collectives *coll = run->dist.coll;
     if (!run->is_rank0 && !coll->barrier(coll, err)) return false;
     run->model = load_or_create_model(config, run->ops, run->is_rank0, err);
-    if (!run->model) return false;
+    if (!run->model || !(run->tokenizer = config_tokenizer(config, err))) return false;
     run->adapter_info = (AdapterInfo){.base_model_name_or_path = config->model.path};
     if (!hf_read_layout(config->model.path, &run->adapter_info.layout, err)) return false;
     if (model_config(run->model)->vocab_size < tokenizer_vocab_size(run->tokenizer))
@@ -144,8 +144,7 @@ static bool setup(Run *run, const Config *config, Error *err) {
     if (!check_supported(config, err)) return false;
     run->ops = choose_backend(config->train.backend, run->is_rank0, err);
     if (!run->ops || !dist_context_start(&run->dist, run->ops, config->dist.timeout_s, err)) return false;
-    run->tokenizer = tokenizer_bytes(err);
-    if (!run->tokenizer || !load_model_and_data(run, err)) return false;
+    if (!load_model_and_data(run, err)) return false;
     DataLoaderOptions loader_options = {.micro_batch = config->train.micro_batch,
                                         .grad_accum = config->train.grad_accum,
                                         .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,

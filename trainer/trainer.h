@@ -30,6 +30,7 @@ typedef struct Config {
         char images[CONFIG_PATH_MAX];        // image folder or archive (vision issue)
         char create_if_missing[CONFIG_NAME_MAX]; // synthetic generator to write at path ("" = never)
         int max_seq_len;
+        char chat_template[CONFIG_NAME_MAX]; // data.template: auto | llama3 | llama2 | vicuna_v1 | plain
         bool shuffle;
         int image_tokens;                    // positions per <image> (576 for CLIP ViT-L/14-336)
         float max_skip_fraction;             // skipped records / records above this is an error
@@ -127,6 +128,10 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
 // `lora-train data check`: reads the dataset as training would and prints its
 // counts and every skipped record; returns the process exit status.
 int data_check_main(const Config *config);
+
+// The tokenizer of model.path (its tokenizer.json, else the byte tokenizer,
+// also while model.path is yet to be created) with data.template applied.
+struct Tokenizer *config_tokenizer(const Config *config, Error *err);
 
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);
