@@ -306,10 +306,25 @@ void model_zero_grads(Model *m) { m->ops->zero(m->grad_data, m->params.total * s
 // ----------------------------------------------------------------------------
 // creation
 
-// NF4 linears and the scratch each is dequantized into before its matmul.
+static size_t largest_linear(const LlamaConfig *c) {
+    size_t largest = 0;
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) {
+        int in, out;
+        linear_shape(c, (LoraTarget)t, &in, &out);
+        if ((size_t)in * out > largest) largest = (size_t)in * out;
+    }
+    return largest;
+}
+
+// The scratch an NF4 linear is dequantized into before its matmul: the
+// weight (largest linear, act_dtype), then its fp32 absmax (double quant).
+static size_t nf4_scratch_weight_bytes(const Model *m) { return largest_linear(&m->config) * m->act_size; }
+static size_t nf4_scratch_absmax_bytes(const Model *m) {
+    return nf4_blocks(largest_linear(&m->config), NF4_BLOCK) * sizeof(float);
+}
+
 static bool allocate_nf4(Model *m, Error *err) {
     const LlamaConfig *c = &m->config;
-    size_t largest = 0;
     m->nf4 = checked_calloc((size_t)c->n_layers * LORA_TARGET_COUNT, sizeof(Nf4Weight), "NF4 weights", err);
     if (!m->nf4) return false;
     for (int i = 0; i < c->n_layers * LORA_TARGET_COUNT; i++) {
@@ -317,26 +332,37 @@ static bool allocate_nf4(Model *m, Error *err) {
         linear_shape(c, (LoraTarget)(i % LORA_TARGET_COUNT), &in, &out);
         if (!nf4_weight_alloc(&m->nf4[i], m->ops, out, in, m->options.nf4_double_quant, err))
             return fail_context(err, "NF4 weights: ");
-        if ((size_t)in * out > largest) largest = (size_t)in * out;
     }
-    m->nf4_weight = m->ops->alloc(largest * m->act_size, err);
-    m->nf4_absmax = m->nf4_weight ? m->ops->alloc(nf4_blocks(largest, NF4_BLOCK) * sizeof(float), err) : NULL;
+    m->nf4_weight = m->ops->alloc(nf4_scratch_weight_bytes(m), err);
+    m->nf4_absmax = m->nf4_weight ? m->ops->alloc(nf4_scratch_absmax_bytes(m), err) : NULL;
     return m->nf4_absmax ? true : fail_context(err, "NF4 dequantization scratch: ");
+}
+
+static size_t nf4_resident_bytes(const Model *m) {
+    const LlamaConfig *c = &m->config;
+    size_t bytes = 0;
+    for (int i = 0; i < c->n_layers * LORA_TARGET_COUNT; i++) {
+        int in, out;
+        linear_shape(c, (LoraTarget)(i % LORA_TARGET_COUNT), &in, &out);
+        bytes += nf4_weight_bytes(out, in, m->options.nf4_double_quant);
+    }
+    return bytes;
 }
 
 static bool allocate(Model *m, Error *err) {
     const Ops *ops = m->ops;
-    if (m->options.nf4 && !allocate_nf4(m, err)) return false;
-    size_t frozen_bytes = layout_frozen(m, NULL);
-    m->frozen_block = ops->alloc(frozen_bytes, err);
-    if (!m->frozen_block) return fail_context(err, "frozen weights: ");
-    layout_frozen(m, m->frozen_block);
-
     size_t n = m->params.total;
     m->param_data = ops->alloc(n * sizeof(float), err);
     m->grad_data = m->param_data ? ops->alloc(n * sizeof(float), err) : NULL;
     m->param_act = m->grad_data ? ops->alloc(n * m->act_size, err) : NULL;
     if (!m->param_act) return fail_context(err, "trainable parameters: ");
+    if (m->options.trainable_only) return true;
+
+    if (m->options.nf4 && !allocate_nf4(m, err)) return false;
+    size_t frozen_bytes = layout_frozen(m, NULL);
+    m->frozen_block = ops->alloc(frozen_bytes, err);
+    if (!m->frozen_block) return fail_context(err, "frozen weights: ");
+    layout_frozen(m, m->frozen_block);
 
     m->act_bytes = layout_activations(m, NULL);
     m->act_block = ops->alloc(m->act_bytes, err);
@@ -345,7 +371,8 @@ static bool allocate(Model *m, Error *err) {
     return true;
 }
 
-Model *model_create(const ModelOptions *options, Error *err) {
+// The model's tables and parameter layout, nothing in backend memory yet.
+static Model *model_shell(const ModelOptions *options, Error *err) {
     if (!llama_config_validate(&options->config, err)) return NULL;
     if (options->lora.r < 1) return fail(err, "lora.r must be at least 1"), NULL;
     if (options->max_batch < 1 || options->max_seq_len < 1)
@@ -366,13 +393,40 @@ Model *model_create(const ModelOptions *options, Error *err) {
     m->frozen = checked_calloc((size_t)L * 9 + 3, sizeof(FrozenEntry), "frozen tensor table", err);
     m->layer_input = checked_calloc((size_t)L + 1, sizeof(void *), "layer inputs", err);
     m->acts = checked_calloc((size_t)L, sizeof(LayerActs), "layer activations", err);
-    if (!m->layers || !m->frozen || !m->layer_input || !m->acts || !build_param_table(m, err) || !allocate(m, err)) {
+    if (!m->layers || !m->frozen || !m->layer_input || !m->acts || !build_param_table(m, err)) {
         model_destroy(m);
         return NULL;
     }
-    float inv_freq[m->config.head_dim / 2];
-    rope_inverse_frequencies(inv_freq, m->config.head_dim, m->config.rope_theta, &m->config.rope_scaling);
-    m->ops->upload(m->inv_freq, inv_freq, sizeof inv_freq);
+    return m;
+}
+
+bool model_plan(const ModelOptions *options, ModelPlan *plan, Error *err) {
+    Model *m = model_shell(options, err);
+    if (!m) return false;
+    size_t n = m->params.total;
+    *plan = (ModelPlan){.frozen_bytes = layout_frozen(m, NULL), .n_params = n,
+                        .param_bytes = n * sizeof(float) + n * m->act_size, .grad_bytes = n * sizeof(float),
+                        .activation_bytes = layout_activations(m, NULL)};
+    if (options->nf4) {
+        plan->nf4_bytes = nf4_resident_bytes(m);
+        plan->nf4_scratch_bytes = nf4_scratch_weight_bytes(m) + nf4_scratch_absmax_bytes(m);
+    }
+    model_destroy(m);
+    return true;
+}
+
+Model *model_create(const ModelOptions *options, Error *err) {
+    Model *m = model_shell(options, err);
+    if (!m) return NULL;
+    if (!allocate(m, err)) {
+        model_destroy(m);
+        return NULL;
+    }
+    if (!options->trainable_only) {
+        float inv_freq[m->config.head_dim / 2];
+        rope_inverse_frequencies(inv_freq, m->config.head_dim, m->config.rope_theta, &m->config.rope_scaling);
+        m->ops->upload(m->inv_freq, inv_freq, sizeof inv_freq);
+    }
     model_init_lora(m, options->seed);
     model_zero_grads(m);
     return m;

@@ -108,12 +108,27 @@ typedef struct ModelOptions {
     int projector_in;         // vision feature width (0 = text only)
     int image_token_id;
     int max_image_rows;       // image feature rows (images x patches) per micro-batch
+    bool trainable_only;      // the trainable parameters alone, no frozen weights or activations
+                              // (lora-train plan: a checkpoint's exact size without the base model)
 } ModelOptions;
 
 // Allocates frozen weights (uninitialised), the flat parameter buffer with
 // LoRA init, gradients and the activation arena.
 Model *model_create(const ModelOptions *options, Error *err);
 void model_destroy(Model *model);
+
+// Backend memory model_create allocates for options, from the same layout
+// code, without allocating it (lora-train plan).
+typedef struct ModelPlan {
+    size_t frozen_bytes;      // act_dtype frozen tensors (all of them, or all but the NF4 linears)
+    size_t nf4_bytes;         // NF4 linears: packed codes, absmax and maps
+    size_t nf4_scratch_bytes; // the largest linear dequantized (act_dtype) and its fp32 absmax
+    size_t n_params;          // trainable fp32 elements
+    size_t param_bytes;       // fp32 masters + act_dtype compute copy
+    size_t grad_bytes;        // fp32 gradients
+    size_t activation_bytes;  // the arena for (max_batch, max_seq_len), per activation_checkpointing
+} ModelPlan;
+bool model_plan(const ModelOptions *options, ModelPlan *plan, Error *err);
 
 const LlamaConfig *model_config(const Model *model);
 const LoraConfig *model_lora(const Model *model);

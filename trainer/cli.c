@@ -1,5 +1,6 @@
 // lora-train's command line: subcommands, --config, --set and --offload.
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "trainer.h"
@@ -10,6 +11,7 @@ static void print_usage(FILE *out) {
             "                  [--allow-low-disk]\n"
             "       lora-train demo [--set key.path=value]...\n"
             "       lora-train data check --config FILE [--set key.path=value]...\n"
+            "       lora-train plan --config FILE [--set key.path=value]... [--offload cpu] [--world-size N]\n"
             "       lora-train init-model --arch llama --preset NAME|--config-json FILE --out DIR [--tokenizer FILE]\n"
             "       lora-train tokenize --tokenizer PATH [--special] < strings.json\n"
             "       lora-train export --checkpoint DIR --format peft|merged --out DIR [--base DIR]\n"
@@ -21,7 +23,9 @@ static void print_usage(FILE *out) {
             "  --resume [DIR]       continue from checkpoint DIR (default: the newest complete one)\n"
             "  --allow-low-disk     train even when the run's checkpoints will not fit on the disk\n"
             "  demo                 train the embedded demo (configs/demo.yaml's recipe)\n"
-            "  data check           read the whole dataset as training would; report counts and skipped records\n");
+            "  data check           read the whole dataset as training would; report counts and skipped records\n"
+            "  plan                 memory by category, disk per checkpoint and for the run, tokens per step\n"
+            "                       (--world-size N: ranks of the job, default 1)\n");
 }
 
 // Applies the config file, then every --set / --offload in command-line order.
@@ -60,10 +64,12 @@ static bool parse_flags(int argc, char **argv, const char **config_path, TrainCo
             continue;
         }
         bool takes_value = strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--set") == 0 ||
-                           strcmp(argv[i], "--offload") == 0;
+                           strcmp(argv[i], "--offload") == 0 || strcmp(argv[i], "--world-size") == 0;
         if (!takes_value) return fail(err, "unknown argument '%s' (see lora-train --help)", argv[i]);
         if (i + 1 >= argc) return fail(err, "%s needs a value", argv[i]);
         if (strcmp(argv[i], "--config") == 0) *config_path = argv[i + 1];
+        if (strcmp(argv[i], "--world-size") == 0 && (control->world_size = atoi(argv[i + 1])) < 1)
+            return fail(err, "--world-size needs a positive number of ranks, not '%s'", argv[i + 1]);
         i++;
     }
     return true;
@@ -85,7 +91,8 @@ int lora_train_main(int argc, char **argv) {
     }
     bool demo = strcmp(argv[1], "demo") == 0;
     bool data_check = argc >= 3 && strcmp(argv[1], "data") == 0 && strcmp(argv[2], "check") == 0;
-    int flag_start = data_check ? 3 : demo ? 2 : 1;
+    bool plan = strcmp(argv[1], "plan") == 0;
+    int flag_start = data_check ? 3 : demo || plan ? 2 : 1;
     Error err = {{0}};
     const char *config_path = NULL;
     TrainControl control = {0};
@@ -104,6 +111,7 @@ int lora_train_main(int argc, char **argv) {
         return 2;
     }
     if (data_check) return data_check_main(&config);
+    if (plan) return plan_main(&config, control.world_size ? control.world_size : 1);
     if (!train_run_with(&config, &control, NULL, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 1;

@@ -40,7 +40,7 @@ void stop_signals_restore(void) {
 // ----------------------------------------------------------------------------
 // disk guard
 
-static void format_bytes(uint64_t bytes, char *text, size_t size) {
+void format_bytes(uint64_t bytes, char *text, size_t size) {
     if (bytes >= (1ull << 30)) snprintf(text, size, "%.2f GiB", (double)bytes / (1ull << 30));
     else if (bytes >= (1ull << 20)) snprintf(text, size, "%.2f MiB", (double)bytes / (1ull << 20));
     else snprintf(text, size, "%llu bytes", (unsigned long long)bytes);
@@ -84,11 +84,18 @@ static CheckpointImage *image_at(Run *run, int next_step, Error *err) {
     return checkpoint_image_create(&source, err);
 }
 
-static int saves_kept(const Run *run) {
-    int every = run->config->checkpoint.every_steps, keep = run->config->checkpoint.keep_last;
-    int saves = every > 0 ? (run->total_steps - 1) / every : 0;
+int checkpoints_kept(const Config *config, int total_steps) {
+    int every = config->checkpoint.every_steps, keep = config->checkpoint.keep_last;
+    int saves = every > 0 ? (total_steps - 1) / every : 0;
     return keep > 0 && keep < saves ? keep : saves;
 }
+
+uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoint_bytes, size_t n_params) {
+    uint64_t adapter_bytes = (uint64_t)n_params * sizeof(float) + SAVE_MARGIN_BYTES;
+    return (uint64_t)checkpoints_kept(config, total_steps) * (checkpoint_bytes + SAVE_MARGIN_BYTES) + adapter_bytes;
+}
+
+static int saves_kept(const Run *run) { return checkpoints_kept(run->config, run->total_steps); }
 
 bool check_disk_for_run(Run *run, Error *err) {
     if (!holds_whole_state(run)) return true; // adapter-only step folders: see save_adapter_only
@@ -96,8 +103,7 @@ bool check_disk_for_run(Run *run, Error *err) {
     if (!image) return false;
     uint64_t checkpoint_bytes = checkpoint_image_bytes(image), free_bytes;
     checkpoint_image_destroy(image);
-    uint64_t adapter_bytes = (uint64_t)model_params(run->model)->total * sizeof(float) + SAVE_MARGIN_BYTES;
-    uint64_t need = (uint64_t)saves_kept(run) * (checkpoint_bytes + SAVE_MARGIN_BYTES) + adapter_bytes;
+    uint64_t need = run_disk_bytes(run->config, run->total_steps, checkpoint_bytes, model_params(run->model)->total);
     const char *dir = run->config->checkpoint.dir;
     if (!disk_free_bytes(dir, &free_bytes, err)) return false;
     char need_text[32], free_text[32], checkpoint_text[32];

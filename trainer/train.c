@@ -34,13 +34,17 @@ static LoraConfig lora_config_from(const Config *config) {
     return lora;
 }
 
+ModelOptions train_model_options(const Config *config, const Ops *ops, const LlamaConfig *llama) {
+    return (ModelOptions){.ops = ops, .config = *llama, .lora = lora_config_from(config),
+                          .max_batch = config->train.micro_batch, .max_seq_len = config->data.max_seq_len,
+                          .activation_checkpointing = config->train.activation_checkpointing,
+                          .lm_head_chunk = 1024, .seed = config->train.seed,
+                          .nf4 = strcmp(config->model.quantize, "nf4") == 0,
+                          .nf4_double_quant = config->model.double_quant};
+}
+
 static Model *create_model(const Config *config, const Ops *ops, const LlamaConfig *llama, Error *err) {
-    ModelOptions options = {.ops = ops, .config = *llama, .lora = lora_config_from(config),
-                            .max_batch = config->train.micro_batch, .max_seq_len = config->data.max_seq_len,
-                            .activation_checkpointing = config->train.activation_checkpointing,
-                            .lm_head_chunk = 1024, .seed = config->train.seed,
-                            .nf4 = strcmp(config->model.quantize, "nf4") == 0,
-                            .nf4_double_quant = config->model.double_quant};
+    ModelOptions options = train_model_options(config, ops, llama);
     return model_create(&options, err);
 }
 

@@ -114,6 +114,7 @@ typedef struct TrainControl {
     const char *resume;          // a checkpoint folder, "latest" (newest complete in checkpoint.dir), or NULL
     bool allow_low_disk;         // train even when the run's checkpoints will not fit
     int stop_after_steps;        // tests: stop as SIGTERM would before this loop step (0 = never)
+    int world_size;              // plan: ranks of the job (--world-size; 0 = 1)
     void (*on_step)(void *context, int step, double loss); // after every optimizer step (1-based)
     void *context;
 } TrainControl;
@@ -132,6 +133,28 @@ int data_check_main(const Config *config);
 // The tokenizer of model.path (its tokenizer.json, else the byte tokenizer,
 // also while model.path is yet to be created) with data.template applied.
 struct Tokenizer *config_tokenizer(const Config *config, Error *err);
+// `lora-train plan`: what a run of config needs, before anything is loaded.
+// Memory is per rank, in the run backend's storage (bf16 with CUDA, fp32 on
+// the CPU); the model's share comes from model_plan.
+typedef struct RunPlan {
+    bool gpu;                          // planned for the CUDA backend
+    int world_size;
+    ModelPlan model;                   // activations per train.activation_checkpointing
+    size_t activation_bytes_checkpointed, activation_bytes_full;
+    size_t optimizer_shard;            // elements of rank 0's optimizer shard (all without ZeRO-2)
+    size_t optimizer_device_bytes;     // Adam moments in backend memory (0 with --offload cpu)
+    size_t pinned_host_bytes;          // --offload cpu: the shard's masters, gradients and moments
+    size_t workspace_bytes;            // NF4 dequantization scratch, grad-norm scalar
+    size_t device_total_bytes;         // every backend allocation of model and optimizer
+    uint64_t checkpoint_bytes;         // one checkpoint, as checkpoint_write adds it to the disk
+    int total_steps;                   // 0 when unknown (epochs of a dataset not written yet)
+    int checkpoints_kept;
+    uint64_t run_disk_bytes, free_disk_bytes; // the whole run's need; free in checkpoint.dir
+    int64_t tokens_per_step;           // micro_batch x max_seq_len x grad_accum x world_size
+} RunPlan;
+bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err);
+// Prints the plan; returns the process exit status.
+int plan_main(const Config *config, int world_size);
 
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);

@@ -1,0 +1,238 @@
+// lora-train plan against what a run really uses: the predicted checkpoint
+// size against the bytes a training run writes (to 1%), and on the CPU
+// backend the predicted memory against the peak of every backend allocation
+// the model and the optimizer make through a step (to 10%), with and without
+// activation checkpointing and with NF4 base weights.
+#include "test_util.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "checkpoints/checkpoints.h"
+#include "dist/dist.h"
+#include "trainer/trainer.h"
+
+static void set(Config *config, const char *fmt, const char *value) {
+    char assignment[2048];
+    snprintf(assignment, sizeof assignment, fmt, value);
+    Error err;
+    if (!config_set(config, assignment, &err)) fail_msg("%s: %s", assignment, err.message);
+}
+
+static void write_dataset(const char *path) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 16; i++) fprintf(f, "{\"text\": \"record %d says %.*s\"}\n", i, 3 + i % 17, "abcdefghijklmnopqrstuvwxyz");
+    assert_int_equal(fclose(f), 0);
+}
+
+static Config plan_config(const char *dir) {
+    Config config;
+    config_defaults(&config);
+    set(&config, "model.path=%s/model", dir);
+    set(&config, "model.create_if_missing=%s", "tiny");
+    set(&config, "data.path=%s/data.jsonl", dir);
+    set(&config, "checkpoint.dir=%s/out", dir);
+    const char *recipe[] = {"data.max_seq_len=32", "lora.target=all", "lora.r=8", "train.micro_batch=2",
+                            "train.grad_accum=2", "train.max_steps=8", "train.log_every=100",
+                            "checkpoint.every_steps=4", "checkpoint.keep_last=2", "train.backend=cpu"};
+    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(&config, "%s", recipe[i]);
+    Error err;
+    if (!config_validate(&config, &err)) fail_msg("%s", err.message);
+    return config;
+}
+
+// Bytes of every regular file under path.
+static uint64_t tree_bytes(const char *path) {
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    if (!S_ISDIR(st.st_mode)) return (uint64_t)st.st_size;
+    DIR *dir = opendir(path);
+    assert_non_null(dir);
+    uint64_t total = 0;
+    for (struct dirent *e; (e = readdir(dir));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char child[2048];
+        snprintf(child, sizeof child, "%s/%s", path, e->d_name);
+        total += tree_bytes(child);
+    }
+    closedir(dir);
+    return total;
+}
+
+static RunPlan plan_of(const Config *config) {
+    RunPlan plan;
+    Error err;
+    if (!run_plan(config, 1, &plan, &err)) fail_msg("%s", err.message);
+    return plan;
+}
+
+// Planned from the preset (model.path absent), then trained: step-000004
+// plus `latest` is the predicted size; planned again from the folder the run
+// wrote (config.json only), the numbers are the same.
+static void test_checkpoint_size_matches_written(void **state) {
+    (void)state;
+    const char *dir = make_temp_dir("plan_ckpt");
+    char path[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_dataset(path);
+    Config config = plan_config(dir);
+    RunPlan predicted = plan_of(&config);
+    assert_int_equal(predicted.total_steps, 8);
+    assert_int_equal(predicted.checkpoints_kept, 1);
+    TrainSummary summary;
+    Error err;
+    if (!train_run(&config, &summary, &err)) fail_msg("train_run: %s", err.message);
+    snprintf(path, sizeof path, "%s/out/step-000004", dir);
+    char latest[2048];
+    snprintf(latest, sizeof latest, "%s/out/latest", dir);
+    uint64_t written = tree_bytes(path) + tree_bytes(latest);
+    double relative = ((double)predicted.checkpoint_bytes - (double)written) / (double)written;
+    print_message("checkpoint: predicted %llu bytes, written %llu (%+.3f%%)\n",
+                  (unsigned long long)predicted.checkpoint_bytes, (unsigned long long)written, 100.0 * relative);
+    if (relative > 0.01 || relative < -0.01)
+        fail_msg("checkpoint: predicted %llu bytes, written %llu", (unsigned long long)predicted.checkpoint_bytes,
+                 (unsigned long long)written);
+    RunPlan from_folder = plan_of(&config);
+    assert_int_equal(from_folder.model.frozen_bytes, predicted.model.frozen_bytes);
+    assert_int_equal(from_folder.device_total_bytes, predicted.device_total_bytes);
+    assert_int_equal(from_folder.checkpoint_bytes, predicted.checkpoint_bytes);
+}
+
+// ----------------------------------------------------------------------------
+// CPU memory: ops_cpu with its alloc and free counted
+
+typedef struct Counted {
+    size_t bytes;
+} Counted;
+
+static size_t live_bytes, peak_bytes;
+
+static void *counted_alloc(size_t bytes, Error *err) {
+    Counted *block = checked_malloc(sizeof(Counted) + 64 + bytes, "counted block", err);
+    if (!block) return NULL;
+    block->bytes = bytes;
+    live_bytes += bytes;
+    if (live_bytes > peak_bytes) peak_bytes = live_bytes;
+    return (uint8_t *)block + 64;
+}
+
+static void counted_free(void *ptr) {
+    if (!ptr) return;
+    Counted *block = (Counted *)((uint8_t *)ptr - 64);
+    live_bytes -= block->bytes;
+    free(block);
+}
+
+// A Config for the same model as options (run_plan's side of the comparison).
+static Config config_for(const char *preset, int B, int T, bool checkpointing, bool nf4) {
+    Config config;
+    config_defaults(&config);
+    set(&config, "model.path=%s", "/nonexistent/plan-model");
+    set(&config, "model.create_if_missing=%s", preset);
+    set(&config, "data.path=%s", "/nonexistent/plan-data.jsonl");
+    set(&config, "checkpoint.dir=%s", make_temp_dir("plan_mem"));
+    char value[64];
+    snprintf(value, sizeof value, "%d", B);
+    set(&config, "train.micro_batch=%s", value);
+    snprintf(value, sizeof value, "%d", T);
+    set(&config, "data.max_seq_len=%s", value);
+    set(&config, "train.activation_checkpointing=%s", checkpointing ? "true" : "false");
+    set(&config, "model.quantize=%s", nf4 ? "nf4" : "none");
+    const char *recipe[] = {"lora.target=all", "lora.r=8", "train.max_steps=10", "train.backend=cpu"};
+    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(&config, "%s", recipe[i]);
+    return config;
+}
+
+// The peak of counted allocations while the model and the optimizer are
+// created and one training step runs.
+static size_t measured_peak(const ModelOptions *options, int B, int T) {
+    Error err;
+    live_bytes = peak_bytes = 0;
+    Model *model = model_create(options, &err);
+    if (!model) fail_msg("model_create: %s", err.message);
+    Collectives *coll = collectives_single(&err);
+    assert_non_null(coll);
+    ZeroOptions zero_options = {.stage = 0, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
+    Zero *zero = zero_create(options->ops, coll, model_param_data(model), model_params(model)->total, &zero_options, &err);
+    if (!zero) fail_msg("zero_create: %s", err.message);
+    int32_t tokens[B * T], targets[B * T];
+    for (int i = 0; i < B * T; i++) tokens[i] = targets[i] = (i * 7) % 200;
+    Batch batch = {.B = B, .T = T, .tokens = tokens, .targets = targets};
+    StepOptions step = {.grad_scale = 1.0f / (float)(B * T), .train = true};
+    double loss;
+    float norm;
+    if (!model_step(model, &batch, &step, &loss, &err)) fail_msg("model_step: %s", err.message);
+    if (!zero_step(zero, model_param_data(model), model_grad_data(model), 1e-3f, &norm, &err))
+        fail_msg("zero_step: %s", err.message);
+    zero_destroy(zero);
+    coll->destroy(coll);
+    model_destroy(model);
+    assert_int_equal(live_bytes, 0);
+    return peak_bytes;
+}
+
+static void check_memory(const char *preset, int B, int T, bool checkpointing, bool nf4) {
+    Config config = config_for(preset, B, T, checkpointing, nf4);
+    RunPlan plan = plan_of(&config);
+    Ops counted = *ops_cpu();
+    counted.alloc = counted_alloc;
+    counted.free = counted_free;
+    LlamaConfig llama;
+    Error err;
+    assert_true(llama_config_preset(preset, &llama, &err));
+    ModelOptions options = {.ops = &counted, .config = llama, .lora = {.r = 8, .alpha = 16},
+                            .max_batch = B, .max_seq_len = T, .activation_checkpointing = checkpointing,
+                            .lm_head_chunk = 1024, .seed = 1, .nf4 = nf4, .nf4_double_quant = true};
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) options.lora.targets[t] = true;
+    size_t peak = measured_peak(&options, B, T);
+    double relative = ((double)plan.device_total_bytes - (double)peak) / (double)peak;
+    print_message("%s B %d T %d checkpointing %d nf4 %d: planned %zu bytes, measured peak %zu (%+.2f%%)\n", preset,
+                  B, T, checkpointing, nf4, plan.device_total_bytes, peak, 100.0 * relative);
+    assert_true(relative < 0.10 && relative > -0.10);
+}
+
+static void test_cpu_memory_matches_measured_peak(void **state) {
+    (void)state;
+    check_memory("small", 2, 64, false, false);
+    check_memory("small", 2, 64, true, false);
+    check_memory("small", 1, 32, false, true);
+}
+
+// Llama-3-8B from its preset alone (nothing loaded): checkpointing keeps one
+// layer's activations instead of 32 (over 5x less with the shared buffers), NF4 shrinks the linears to about a
+// quarter of bf16, and ZeRO-2 over 4 ranks with offload moves a quarter of
+// the optimizer state to pinned host memory.
+static void test_llama3_8b_plan(void **state) {
+    (void)state;
+    Config config = config_for("llama3-8b", 1, 2048, true, false);
+    set(&config, "train.backend=%s", "cuda");
+    RunPlan bf16 = plan_of(&config);
+    assert_true(bf16.gpu);
+    assert_true(bf16.activation_bytes_full > 5 * bf16.activation_bytes_checkpointed); // 1 layer of 32 + the shared buffers
+    set(&config, "model.quantize=%s", "nf4");
+    set(&config, "zero.stage=%s", "2");
+    set(&config, "zero.offload=%s", "cpu");
+    RunPlan qlora;
+    Error err;
+    if (!run_plan(&config, 4, &qlora, &err)) fail_msg("%s", err.message);
+    size_t embeddings = 2 * (size_t)128256 * 4096 * 2; // embed_tokens and lm_head, bf16
+    double linears_bf16 = (double)(bf16.model.frozen_bytes - embeddings);
+    double ratio = (double)(qlora.model.frozen_bytes + qlora.model.nf4_bytes - embeddings) / linears_bf16;
+    assert_true(ratio > 0.25 && ratio < 0.30); // 4 bits + double-quantized absmax of 16
+    assert_int_equal(qlora.optimizer_device_bytes, 0);
+    assert_int_equal(qlora.optimizer_shard, (qlora.model.n_params + 3) / 4);
+    assert_int_equal(qlora.pinned_host_bytes, 4 * qlora.optimizer_shard * sizeof(float));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_checkpoint_size_matches_written),
+        cmocka_unit_test(test_cpu_memory_matches_measured_peak),
+        cmocka_unit_test(test_llama3_8b_plan),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
