@@ -96,6 +96,7 @@ void collectives_destroy(Collectives *c);
 typedef struct ZeroOptions {
     int stage;               // 0: all-reduce gradients; 2: shard gradients and optimizer state
     bool offload_cpu;        // the shard's masters, moments and gradients in pinned host memory
+    bool delayed_update;     // with offload_cpu: step k's CPU AdamW overlaps step k + 1 (one update late)
     float beta1, beta2, eps, weight_decay;
     float max_grad_norm;     // 0 = no clipping
 } ZeroOptions;
@@ -116,9 +117,15 @@ size_t zero_shard_size(const Zero *zero);
 // *norm_out: the norm before clipping.
 // A non-finite norm leaves parameters and optimizer state untouched (every
 // rank sees the same global norm, so all skip together).
+// With delayed_update the AdamW of this step runs on a thread and params
+// receive the previous step's update instead (stage 2: all-gathered).
 bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err);
+// delayed_update: waits for the update in flight and writes it into params
+// (all ranks call it together); afterwards params and zero_state are current.
+// Without delayed_update it does nothing.
+bool zero_flush(Zero *zero, float *params, Error *err);
 
-// This rank's optimizer state, for checkpoints: AdamW moments of the flat
+// This rank's optimizer state, for checkpoints (after zero_flush): AdamW moments of the flat
 // buffer's elements [begin, begin + count), in host memory with offload and
 // backend memory otherwise, and the steps taken.
 typedef struct ZeroState {

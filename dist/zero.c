@@ -8,6 +8,8 @@
 // root of the all-reduced shard sums of squares. On the CPU the gradient is
 // reduce-scattered once after the last micro-batch's backward (no overlap
 // with backward, and every rank keeps a whole gradient buffer).
+// delayed_update (offload only): the CPU AdamW of step k runs on a thread
+// during step k + 1's forward and backward; zero_step k + 1 collects it.
 #include <math.h>
 #include <stdlib.h>
 
@@ -39,6 +41,8 @@ static bool init_optimizer(Zero *zero, const float *params, Error *err) {
 Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, size_t n_params, const ZeroOptions *options,
                   Error *err) {
     if (options->stage != 0 && options->stage != 2) return fail(err, "zero.stage %d is not 0 or 2", options->stage), NULL;
+    if (options->delayed_update && !options->offload_cpu)
+        return fail(err, "zero.delayed_update needs the CPU offload (zero.offload: cpu)"), NULL;
     if (n_params < (size_t)coll->world_size)
         return fail(err, "%zu trainable parameters cannot be sharded over %d ranks", n_params, coll->world_size), NULL;
     Zero *zero = checked_calloc(1, sizeof *zero, "the ZeRO optimizer", err);
@@ -88,8 +92,19 @@ bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_ou
     float *shard_params = params + zero->begin, *shard_grads = grads + zero->begin;
     size_t shard = zero_shard_size(zero);
     if (zero->options.max_grad_norm > 0) clip_grads(zero->ops, shard_grads, shard, norm, zero->options.max_grad_norm);
-    if (zero->options.offload_cpu) offload_step(&zero->offload, shard_params, shard_grads, lr);
-    else adamw_step(&zero->adamw, shard_params, shard_grads, lr);
+    if (zero->options.delayed_update) {
+        if (!offload_step_delayed(&zero->offload, shard_params, shard_grads, lr, err)) return false;
+    } else if (zero->options.offload_cpu) {
+        offload_step(&zero->offload, shard_params, shard_grads, lr);
+    } else {
+        adamw_step(&zero->adamw, shard_params, shard_grads, lr);
+    }
+    return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
+}
+
+bool zero_flush(Zero *zero, float *params, Error *err) {
+    if (!zero->options.delayed_update) return true;
+    if (!offload_flush(&zero->offload, params + zero->begin, err)) return false;
     return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
 }
 

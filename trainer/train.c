@@ -134,6 +134,7 @@ static bool create_optimizer(Run *run, Error *err) {
     if (!coll->broadcast(coll, model_param_data(run->model), params->total * sizeof(float), 0, err)) return false;
     model_sync_params(run->model);
     ZeroOptions zero = {.stage = config->zero.stage, .offload_cpu = strcmp(config->zero.offload, "cpu") == 0,
+                        .delayed_update = config->zero.delayed_update,
                         .beta1 = config->train.beta1, .beta2 = config->train.beta2, .eps = config->train.eps,
                         .weight_decay = config->train.weight_decay, .max_grad_norm = config->train.max_grad_norm};
     run->zero = zero_create(run->ops, coll, model_param_data(run->model), params->total, &zero, err);
@@ -286,9 +287,19 @@ static void print_header(const Run *run) {
     fflush(stdout);
 }
 
+// Applies the update in flight (zero.delayed_update) to the model, on every
+// rank: what is saved next is the state after all the updates started.
+static bool settle_optimizer(Run *run, Error *err) {
+    if (!run->config->zero.delayed_update) return true;
+    if (!zero_flush(run->zero, model_param_data(run->model), err)) return false;
+    model_sync_params(run->model);
+    return true;
+}
+
 // Saves the state before next_step and marks the run interrupted.
 static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary, Error *err) {
     summary->interrupted = true;
+    if (!settle_optimizer(run, err)) return false;
     if (!run->is_rank0) return true;
     if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
     printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
@@ -306,6 +317,7 @@ static bool count_bad_step(Run *run, int step, int *in_row, double loss, float n
         printf("step %d/%d | skipped: non-finite loss %g or gradient norm %g (%d in a row)\n", step + 1,
                run->total_steps, loss, (double)norm, *in_row);
     if (*in_row < run->config->train.max_bad_steps) return true;
+    if (!settle_optimizer(run, err)) return false;
     if (run->is_rank0 && !save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err))
         return false;
     return fail(err, "step %d: %d non-finite steps in a row (train.max_bad_steps); the last good state is in %s",
@@ -356,12 +368,15 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         record_step(run, step, loss);
         if (run->is_rank0 && ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps))
             log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
-        if (run->is_rank0 && config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
-            step + 1 < run->total_steps) {
+        bool checkpoint_due = config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
+                              step + 1 < run->total_steps;
+        if (checkpoint_due && !settle_optimizer(run, err)) return false;
+        if (run->is_rank0 && checkpoint_due) {
             if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
             printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
         }
     }
+    if (!settle_optimizer(run, err)) return false;
     return !run->is_rank0 || save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
 }
 
