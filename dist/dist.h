@@ -85,7 +85,7 @@ Collectives *collectives_single(Error *err);
 // Processes over TCP sockets (rank 0 in the middle, summing in rank order, so
 // results are the same bits on every rank). timeout_s bounds every wait.
 Collectives *collectives_cpu(Store *store, const RankInfo *info, double timeout_s, Error *err);
-// NCCL on the current CUDA device, unique id shared through the store. NULL
+// NCCL on the CUDA backend's device (ops_cuda: LOCAL_RANK's), unique id shared through the store. NULL
 // with a reason when built without CUDA.
 Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout_s, Error *err);
 void collectives_destroy(Collectives *c);
