@@ -114,6 +114,7 @@ size_t zero_shard_size(const Zero *zero);
 // 1 / global label tokens). Sums them over ranks (all-reduce, or
 // reduce-scatter at stage 2), computes the global grad norm, clips, runs
 // AdamW (on the owned shard at stage 2, then all-gathers the parameters).
+// After zero_reduce_micro_batch the shard is already summed over ranks.
 // *norm_out: the norm before clipping.
 // A non-finite norm leaves parameters and optimizer state untouched (every
 // rank sees the same global norm, so all skip together).
@@ -124,6 +125,11 @@ bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_ou
 // (all ranks call it together); afterwards params and zero_state are current.
 // Without delayed_update it does nothing.
 bool zero_flush(Zero *zero, float *params, Error *err);
+// Stage 2, after each micro-batch's backward added into grads (n), on every
+// rank: reduce-scatters, so this rank's shard holds its gradient summed over
+// ranks and micro-batches so far, and zeroes the rest of grads (the next
+// backward adds into it). Stage 0: does nothing.
+bool zero_reduce_micro_batch(Zero *zero, float *grads, Error *err);
 
 // This rank's optimizer state, for checkpoints (after zero_flush): AdamW moments of the flat
 // buffer's elements [begin, begin + count), in host memory with offload and

@@ -207,8 +207,9 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
 }
 
 // The step's micro-batches; *interrupted when a stop signal arrived after one
-// of them (the step is then incomplete and not applied).
-static bool accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
+// of them (the step is then incomplete and not applied). With zero (stage 2)
+// each micro-batch's gradient is reduce-scattered to its owners at once.
+static bool accumulate(Model *model, Zero *zero, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                        bool *interrupted, Error *err) {
     model_zero_grads(model);
     StepOptions options = {.grad_scale = (float)(1.0 / (double)batch->n_label_tokens), .train = true};
@@ -222,6 +223,7 @@ static bool accumulate(Model *model, const StepBatch *batch, uint64_t seed, int 
                                         (uint64_t)step * (uint64_t)batch->n_micro + (uint64_t)micro);
         double micro_loss;
         if (!model_step(model, &micro_batch, &options, &micro_loss, err)) return false;
+        if (zero && !zero_reduce_micro_batch(zero, model_grad_data(model), err)) return false;
         loss_sum += micro_loss;
         if (stop_signal && micro + 1 < batch->n_micro) {
             *interrupted = true;
@@ -235,7 +237,7 @@ static bool accumulate(Model *model, const StepBatch *batch, uint64_t seed, int 
 bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                       Error *err) {
     bool interrupted;
-    return accumulate(model, batch, seed, step, mean_loss, &interrupted, err);
+    return accumulate(model, NULL, batch, seed, step, mean_loss, &interrupted, err);
 }
 
 // Gradients summed over ranks, clipped by the global norm, AdamW (ZeRO).
@@ -267,7 +269,7 @@ static bool accumulate_global(Run *run, const StepBatch *batch, int step, double
     *skipped = global.n_label_tokens == 0;
     if (*skipped) return true;
     uint64_t rank_seed = run->config->train.seed ^ ((uint64_t)run->dist.info.rank * 0x9E3779B97F4A7C15ULL);
-    return accumulate(run->model, &global, rank_seed, step, loss, interrupted, err) &&
+    return accumulate(run->model, run->zero, &global, rank_seed, step, loss, interrupted, err) &&
            (*interrupted || all_reduce_host(&run->dist, loss, 1, err));
 }
 
