@@ -1,6 +1,6 @@
 // lora-launch end to end on the CPU backend: 2 and 3 ranks with ZeRO stage 0
-// and 2 (and the CPU offload) and gradient accumulation leave the same
-// adapter as 1 process with the same global batch; a rank killed mid-run ends
+// and 2 (and the CPU offload, also with the delayed update) and gradient
+// accumulation leave the same adapter as 1 process with the same global batch; a rank killed mid-run ends
 // the job with a message naming it.
 #include "test_util.h"
 
@@ -33,7 +33,7 @@ static void common_flags(const char *dir, char *buf, size_t size) {
 }
 
 // Trains into dir/out_name with nproc ranks (0: no launcher, one process).
-static void train(const char *dir, int nproc, int stage, const char *offload, const char *out_name) {
+static void train(const char *dir, int nproc, int stage, const char *offload, bool delayed, const char *out_name) {
     char flags[2048], command[4096];
     common_flags(dir, flags, sizeof flags);
     int grad_accum = GLOBAL_MICRO_BATCHES / (nproc > 0 ? nproc : 1);
@@ -43,8 +43,9 @@ static void train(const char *dir, int nproc, int stage, const char *offload, co
                  free_tcp_port());
     snprintf(command, sizeof command,
              "OMP_NUM_THREADS=1 timeout 120 %s%s %s --set train.grad_accum=%d --set zero.stage=%d --set zero.offload=%s "
-             "--set checkpoint.dir=%s/%s > %s/%s.log 2>&1",
-             launcher, binary("LORA_TRAIN_BIN"), flags, grad_accum, stage, offload, dir, out_name, dir, out_name);
+             "--set zero.delayed_update=%s --set checkpoint.dir=%s/%s > %s/%s.log 2>&1",
+             launcher, binary("LORA_TRAIN_BIN"), flags, grad_accum, stage, offload, delayed ? "true" : "false", dir,
+             out_name, dir, out_name);
     int status = run_command(command);
     if (status != 0) fail_msg("exit %d from: %s (see %s/%s.log)", status, command, dir, out_name);
     if (nproc == 0) return;
@@ -96,18 +97,23 @@ static double adapter_difference(const char *dir, const char *a_name, const char
 static void test_ranks_match_one_process(void **state) {
     if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
     const char *dir = strdup(make_temp_dir("launch"));
-    train(dir, 0, 0, "none", "single");
+    train(dir, 0, 0, "none", false, "single");
+    train(dir, 0, 0, "cpu", true, "single-delayed");
     struct {
         int nproc, stage;
         const char *offload;
-    } runs[] = {{2, 0, "none"}, {2, 2, "none"}, {3, 0, "none"}, {3, 2, "none"}, {3, 2, "cpu"}};
+        bool delayed;
+    } runs[] = {{2, 0, "none", false}, {2, 2, "none", false}, {3, 0, "none", false},
+                {3, 2, "none", false}, {3, 2, "cpu", false},  {3, 2, "cpu", true}};
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         char name[64];
-        snprintf(name, sizeof name, "ranks%d-stage%d-offload-%s", runs[i].nproc, runs[i].stage, runs[i].offload);
-        train(dir, runs[i].nproc, runs[i].stage, runs[i].offload, name);
-        double max_abs, difference = adapter_difference(dir, name, "single", &max_abs);
-        print_message("%s vs 1 process: relative difference %.3g (L2), %.3g (max |a - b| / max |b|)\n", name,
-                      difference, max_abs);
+        snprintf(name, sizeof name, "ranks%d-stage%d-offload-%s%s", runs[i].nproc, runs[i].stage, runs[i].offload,
+                 runs[i].delayed ? "-delayed" : "");
+        train(dir, runs[i].nproc, runs[i].stage, runs[i].offload, runs[i].delayed, name);
+        const char *reference = runs[i].delayed ? "single-delayed" : "single";
+        double max_abs, difference = adapter_difference(dir, name, reference, &max_abs);
+        print_message("%s vs %s: relative difference %.3g (L2), %.3g (max |a - b| / max |b|)\n", name,
+                      reference, difference, max_abs);
         assert_true(difference < 1e-5);
     }
     free((void *)dir);
