@@ -23,9 +23,10 @@
 #define REPLACED_PREFIX ".replaced-"
 #define STEP_NAME_MAX 32
 
-enum { FILE_ADAPTER_CONFIG, FILE_ADAPTER_WEIGHTS, FILE_OPTIMIZER, FILE_STATE, FILE_MARKER, N_FILES };
-static const char *const FILE_NAMES[N_FILES] = {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, OPTIMIZER_FILE,
-                                                STATE_FILE, MARKER_FILE};
+// FILE_PROJECTOR only for a model with a projector (empty, unwritten and unlisted otherwise).
+enum { FILE_ADAPTER_CONFIG, FILE_ADAPTER_WEIGHTS, FILE_PROJECTOR, FILE_OPTIMIZER, FILE_STATE, FILE_MARKER, N_FILES };
+static const char *const FILE_NAMES[N_FILES] = {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PROJECTOR_FILE,
+                                                OPTIMIZER_FILE, STATE_FILE, MARKER_FILE};
 
 struct CheckpointImage {
     int step;
@@ -34,6 +35,10 @@ struct CheckpointImage {
 };
 
 static void step_name(int step, char *name) { snprintf(name, STEP_NAME_MAX, "step-%06d", step); }
+
+static bool has_projector(Model *model) { return model_params(model)->n_lora < model_params(model)->count; }
+
+static bool in_image(const CheckpointImage *image, int file) { return file != FILE_PROJECTOR || image->files[file].bytes; }
 
 static void hex64(uint64_t value, char *text) { snprintf(text, 17, "%016" PRIx64, value); }
 
@@ -92,6 +97,7 @@ static bool serialize_marker(CheckpointImage *image, Error *err) {
     json_object_object_add(obj, "format", json_object_new_string(MARKER_FORMAT));
     json_object_object_add(obj, "step", json_object_new_int(image->step));
     for (int i = 0; i < FILE_MARKER; i++) {
+        if (!in_image(image, i)) continue;
         const FileImage *file = &image->files[i];
         char checksum[17];
         hex64(fnv1a64(file->bytes, file->size, FNV1A64_INIT), checksum);
@@ -124,6 +130,8 @@ CheckpointImage *checkpoint_image_create(const CheckpointSource *source, Error *
     image->step = source->state->step;
     bool ok = adapter_serialize(source->model, source->adapter, &image->files[FILE_ADAPTER_CONFIG],
                                 &image->files[FILE_ADAPTER_WEIGHTS], err) &&
+              (!has_projector(source->model) || projector_serialize(source->model, &image->files[FILE_PROJECTOR].bytes,
+                                                                    &image->files[FILE_PROJECTOR].size, err)) &&
               serialize_optimizer(source, &image->files[FILE_OPTIMIZER], err) &&
               serialize_state(source->state, &image->files[FILE_STATE], err) && serialize_marker(image, err) &&
               serialize_latest(image, err);
@@ -160,7 +168,7 @@ static bool write_partial(const char *partial, const CheckpointImage *image, Err
     if (!join_path(optimizer_dir, sizeof optimizer_dir, partial, OPTIMIZER_DIR, err) || !make_dirs(optimizer_dir, err))
         return false;
     for (int i = 0; i < FILE_MARKER; i++) {
-        if (!write_and_verify(partial, &image->files[i], FILE_NAMES[i], err)) return false;
+        if (in_image(image, i) && !write_and_verify(partial, &image->files[i], FILE_NAMES[i], err)) return false;
     }
     return sync_dir(optimizer_dir, err) && sync_dir(partial, err) &&
            write_and_verify(partial, &image->files[FILE_MARKER], MARKER_FILE, err) && sync_dir(partial, err);
@@ -239,7 +247,10 @@ bool checkpoint_verify(const char *dir, Error *err) {
               strcmp(json_object_get_string(format), MARKER_FORMAT) == 0 &&
               json_object_object_get_ex(marker, "files", &files);
     if (!ok) fail(err, "%s: not a \"" MARKER_FORMAT "\" marker", marker_path);
-    for (int i = 0; ok && i < FILE_MARKER; i++) ok = verify_listed_file(dir, files, FILE_NAMES[i], err);
+    for (int i = 0; ok && i < FILE_MARKER; i++) {
+        bool optional_absent = i == FILE_PROJECTOR && !json_object_object_get_ex(files, FILE_NAMES[i], NULL);
+        ok = optional_absent || verify_listed_file(dir, files, FILE_NAMES[i], err);
+    }
     json_object_put(marker);
     return ok;
 }

@@ -99,6 +99,7 @@ bool export_peft(const char *adapter_dir, const char *out_dir, Error *err);
 // ----------------------------------------------------------------------------
 // training checkpoints: <run_dir>/step-NNNNNN/ holds
 //   adapter_config.json, adapter_model.safetensors   the PEFT adapter, usable as is
+//   projector.safetensors                             the projector (vision-language models only)
 //   optimizer/rank-00000.safetensors                  AdamW exp_avg, exp_avg_sq (ParamTable layout), its step
 //   trainer_state.json                                step, data position, seed, losses, config and its hash
 //   COMPLETE                                          written last: every file's size and FNV-1a checksum
@@ -177,3 +178,5 @@ bool projector_load(Model *model, const char *path, Error *err);
 // "vision_tower." or "model.vision_tower."), each with or without the
 // "vision_model." part (transformers 5 saves without); other tensors are ignored.
 bool clip_load_weights(ClipTower *tower, const char *path, Error *err);
+// Every tower weight under its CLIPVisionModel name, in the backend's dtype.
+bool clip_save_weights(ClipTower *tower, const char *path, Error *err);

@@ -73,7 +73,7 @@ static TrainerState state_at(Run *run, int next_step) {
     state.optimizer_steps = zero_state(run->zero).step;
     state.seed = run->config->train.seed;
     state.config_yaml = run->config_yaml;
-    dataloader_position(run->loader, &state.epoch, &state.step_in_epoch);
+    run_data_position(run, &state.epoch, &state.step_in_epoch);
     return state;
 }
 
@@ -220,7 +220,7 @@ bool resume_from_checkpoint(Run *run, int *start_step, Error *err) {
     }
     trainer_state_free(&state);
     zero_restore(run->zero, model_param_data(run->model), state.optimizer_steps);
-    dataloader_seek(run->loader, state.epoch, state.step_in_epoch);
+    run_data_seek(run, state.epoch, state.step_in_epoch);
     run->progress = state;
     run->progress.config_yaml = NULL;
     *start_step = state.step;

@@ -43,17 +43,18 @@ ModelOptions train_model_options(const Config *config, const Ops *ops, const Lla
                           .nf4_double_quant = config->model.double_quant};
 }
 
-static Model *create_model(const Config *config, const Ops *ops, const LlamaConfig *llama, Error *err) {
-    ModelOptions options = train_model_options(config, ops, llama);
-    return model_create(&options, err);
+// With a vision tower the model also holds the projector.
+static Model *create_model(Run *run, const Config *config, const LlamaConfig *llama, Error *err) {
+    ModelOptions options = train_model_options(config, run->ops, llama);
+    return vlm_model_options(run, llama, &options, err) ? model_create(&options, err) : NULL;
 }
 
 // Writes a random unquantized model of the preset model.create_if_missing at model.path.
-static bool write_random_model(const Config *config, const Ops *ops, const LlamaConfig *llama, bool verbose,
-                               Error *err) {
+static bool write_random_model(Run *run, const LlamaConfig *llama, bool verbose, Error *err) {
+    const Config *config = run->config;
     Config unquantized = *config;
     snprintf(unquantized.model.quantize, CONFIG_NAME_MAX, "none");
-    Model *model = create_model(&unquantized, ops, llama, err);
+    Model *model = create_model(run, &unquantized, llama, err);
     if (!model) return false;
     if (verbose) printf("creating a random '%s' model in %s\n", config->model.create_if_missing, config->model.path);
     model_init_random_base(model, config->train.seed);
@@ -64,17 +65,18 @@ static bool write_random_model(const Config *config, const Ops *ops, const Llama
 
 // Loads model.path (quantizing it with model.quantize), first writing a random
 // model of the preset named by model.create_if_missing there if absent.
-static Model *load_or_create_model(const Config *config, const Ops *ops, bool verbose, Error *err) {
+static Model *load_or_create_model(Run *run, bool verbose, Error *err) {
+    const Config *config = run->config;
     const char *path = config->model.path;
     LlamaConfig llama;
     if (!path_exists(path) && config->model.create_if_missing[0]) {
         if (!llama_config_preset(config->model.create_if_missing, &llama, err) ||
-            !write_random_model(config, ops, &llama, verbose, err))
+            !write_random_model(run, &llama, verbose, err))
             return NULL;
     } else if (!hf_read_llama_config(path, &llama, err)) {
         return NULL;
     }
-    Model *model = create_model(config, ops, &llama, err);
+    Model *model = create_model(run, config, &llama, err);
     if (!model) return NULL;
     if (!hf_load_weights(model, path, err)) {
         model_destroy(model);
@@ -104,8 +106,8 @@ static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool ve
 // Values the config accepts but this build cannot honour yet stop the run
 // before anything is written, rather than being ignored.
 static bool check_supported(const Config *config, Error *err) {
-    if (config->data.images[0])
-        return fail(err, "data.images: image-text training is not supported by this build yet");
+    if (run_is_vlm(config) && !config->vision.train_projector)
+        return fail(err, "vision.train_projector: a frozen projector is not supported by this build yet");
     return true;
 }
 
@@ -114,15 +116,21 @@ static bool load_model_and_data(Run *run, Error *err) {
     const Config *config = run->config;
     Collectives *coll = run->dist.coll;
     if (!run->is_rank0 && !coll->barrier(coll, err)) return false;
-    run->model = load_or_create_model(config, run->ops, run->is_rank0, err);
-    if (!run->model || !(run->tokenizer = config_tokenizer(config, err))) return false;
+    // The tokenizer first: the projector's image token id depends on it. A
+    // model.path still to be created gets the byte tokenizer its presets use.
+    if (!(run->tokenizer = config_tokenizer(config, err))) return false;
+    run->model = load_or_create_model(run, run->is_rank0, err);
+    if (!run->model) return false;
     run->adapter_info = (AdapterInfo){.base_model_name_or_path = config->model.path};
     if (!hf_read_layout(config->model.path, &run->adapter_info.layout, err)) return false;
     if (model_config(run->model)->vocab_size < tokenizer_vocab_size(run->tokenizer))
         return fail(err, "%s: vocab_size %d is smaller than the tokenizer's %d", config->model.path,
                     model_config(run->model)->vocab_size, tokenizer_vocab_size(run->tokenizer));
-    run->dataset = open_dataset(config, run->tokenizer, run->is_rank0, err);
-    if (!run->dataset) return false;
+    if (run_is_vlm(config)) {
+        if (!vlm_load(run, err)) return false;
+    } else if (!(run->dataset = open_dataset(config, run->tokenizer, run->is_rank0, err))) {
+        return false;
+    }
     return !run->is_rank0 || coll->barrier(coll, err);
 }
 
@@ -155,12 +163,11 @@ static bool setup(Run *run, const Config *config, Error *err) {
                                         .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
                                         .shuffle = config->data.shuffle, .rank = ranks.rank,
                                         .world_size = ranks.world_size};
-    run->loader = dataloader_create(run->dataset, &loader_options, err);
-    if (!run->loader) return false;
-    int64_t per_epoch = dataloader_steps_per_epoch(run->loader);
+    if (!run_create_loader(run, &loader_options, err)) return false;
+    int64_t per_epoch = run_steps_per_epoch(run);
     if (per_epoch < 1)
         return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum x world_size = %d",
-                    config->data.path, (long long)dataset_size(run->dataset),
+                    config->data.path, (long long)run_samples(run),
                     config->train.micro_batch * config->train.grad_accum * ranks.world_size);
     run->total_steps = config->train.max_steps > 0 ? config->train.max_steps : (int)(per_epoch * config->train.epochs);
     run->schedule = (LrSchedule){.kind = config->train.schedule, .peak_lr = config->train.lr,
@@ -174,6 +181,7 @@ static void teardown(Run *run) {
     free(run->config_yaml);
     zero_destroy(run->zero);
     dataloader_destroy(run->loader);
+    vlm_destroy(run);
     dataset_destroy(run->dataset);
     model_destroy(run->model);
     tokenizer_destroy(run->tokenizer);
@@ -206,10 +214,11 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
     fflush(stdout);
 }
 
-// The step's micro-batches; *interrupted when a stop signal arrived after one
-// of them (the step is then incomplete and not applied). With zero (stage 2)
-// each micro-batch's gradient is reduce-scattered to its owners at once.
-static bool accumulate(Model *model, Zero *zero, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
+// The step's micro-batches (with run, their images through its tower, and at
+// ZeRO stage 2 each micro-batch's gradient reduce-scattered to its owners at
+// once); *interrupted when a stop signal arrived after one of them (the step
+// is then incomplete and not applied).
+static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                        bool *interrupted, Error *err) {
     model_zero_grads(model);
     StepOptions options = {.grad_scale = (float)(1.0 / (double)batch->n_label_tokens), .train = true};
@@ -222,8 +231,9 @@ static bool accumulate(Model *model, Zero *zero, const StepBatch *batch, uint64_
         options.dropout_seed = rng_hash(seed ^ 0xd5d5d5d5ULL,
                                         (uint64_t)step * (uint64_t)batch->n_micro + (uint64_t)micro);
         double micro_loss;
+        if (!vlm_micro_features(run, batch, micro, &micro_batch, err)) return false;
         if (!model_step(model, &micro_batch, &options, &micro_loss, err)) return false;
-        if (zero && !zero_reduce_micro_batch(zero, model_grad_data(model), err)) return false;
+        if (run && !zero_reduce_micro_batch(run->zero, model_grad_data(model), err)) return false;
         loss_sum += micro_loss;
         if (stop_signal && micro + 1 < batch->n_micro) {
             *interrupted = true;
@@ -237,7 +247,7 @@ static bool accumulate(Model *model, Zero *zero, const StepBatch *batch, uint64_
 bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                       Error *err) {
     bool interrupted;
-    return accumulate(model, NULL, batch, seed, step, mean_loss, &interrupted, err);
+    return accumulate(NULL, model, batch, seed, step, mean_loss, &interrupted, err);
 }
 
 // Gradients summed over ranks, clipped by the global norm, AdamW (ZeRO).
@@ -269,7 +279,7 @@ static bool accumulate_global(Run *run, const StepBatch *batch, int step, double
     *skipped = global.n_label_tokens == 0;
     if (*skipped) return true;
     uint64_t rank_seed = run->config->train.seed ^ ((uint64_t)run->dist.info.rank * 0x9E3779B97F4A7C15ULL);
-    return accumulate(run->model, run->zero, &global, rank_seed, step, loss, interrupted, err) &&
+    return accumulate(run, run->model, &global, rank_seed, step, loss, interrupted, err) &&
            (*interrupted || all_reduce_host(&run->dist, loss, 1, err));
 }
 
@@ -283,8 +293,8 @@ static void print_header(const Run *run) {
            run->ops->name, c->n_layers, c->hidden_size, c->vocab_size, run->config->lora.r,
            (long long)model_params(run->model)->total);
     printf("data %s: %lld samples (%lld truncated to %d tokens) | %d steps of %d x %d micro-batches\n",
-           run->config->data.path, (long long)dataset_size(run->dataset),
-           (long long)dataset_truncated_count(run->dataset), run->config->data.max_seq_len, run->total_steps,
+           run->config->data.path, (long long)run_samples(run),
+           (long long)run_truncated(run), run->config->data.max_seq_len, run->total_steps,
            run->config->train.grad_accum, run->config->train.micro_batch);
     fflush(stdout);
 }
@@ -344,15 +354,16 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         if (stop_requested(run, step)) return stop_with_checkpoint(run, step, summary, err);
         int epoch;
         int64_t step_in_epoch;
-        dataloader_position(run->loader, &epoch, &step_in_epoch);
-        const StepBatch *batch = dataloader_next(run->loader);
+        run_data_position(run, &epoch, &step_in_epoch);
+        const StepBatch *batch = run_next_batch(run, err);
+        if (!batch) return fail_context(err, "step %d: ", step + 1);
         double loss;
         float norm, lr;
         bool skipped, interrupted, applied;
         if (!accumulate_global(run, batch, step, &loss, &skipped, &interrupted, err))
             return fail_context(err, "step %d: ", step + 1);
         if (interrupted) {
-            dataloader_seek(run->loader, epoch, step_in_epoch);
+            run_data_seek(run, epoch, step_in_epoch);
             return stop_with_checkpoint(run, step, summary, err);
         }
         if (skipped) {
