@@ -174,7 +174,7 @@ static bool setup(Run *run, const Config *config, Error *err) {
                                  .warmup_steps = warmup_steps_from(config->train.warmup, run->total_steps),
                                  .total_steps = run->total_steps, .min_lr_ratio = config->train.min_lr_ratio};
     run->config_yaml = config_to_yaml(config, err);
-    return run->config_yaml && create_optimizer(run, err) && check_checkpoints_supported(run, err);
+    return run->config_yaml && create_optimizer(run, err);
 }
 
 static void teardown(Run *run) {
@@ -312,9 +312,8 @@ static bool settle_optimizer(Run *run, Error *err) {
 static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary, Error *err) {
     summary->interrupted = true;
     if (!settle_optimizer(run, err)) return false;
-    if (!run->is_rank0) return true;
     if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
-    printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
+    if (run->is_rank0) printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
            summary->checkpoint_dir);
     return true;
 }
@@ -330,8 +329,7 @@ static bool count_bad_step(Run *run, int step, int *in_row, double loss, float n
                run->total_steps, loss, (double)norm, *in_row);
     if (*in_row < run->config->train.max_bad_steps) return true;
     if (!settle_optimizer(run, err)) return false;
-    if (run->is_rank0 && !save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err))
-        return false;
+    if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
     return fail(err, "step %d: %d non-finite steps in a row (train.max_bad_steps); the last good state is in %s",
                 step + 1, *in_row, summary->checkpoint_dir);
 }
@@ -381,12 +379,11 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         record_step(run, step, loss);
         if (run->is_rank0 && ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps))
             log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
-        bool checkpoint_due = config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
-                              step + 1 < run->total_steps;
-        if (checkpoint_due && !settle_optimizer(run, err)) return false;
-        if (run->is_rank0 && checkpoint_due) {
+        if (config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
+            step + 1 < run->total_steps) {
+            if (!settle_optimizer(run, err)) return false;
             if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
-            printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
+            if (run->is_rank0) printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
         }
     }
     if (!settle_optimizer(run, err)) return false;

@@ -59,10 +59,9 @@ void stop_signals_restore(void);
 // Refuses to start (unless control->allow_low_disk) when keep_last
 // checkpoints plus the final adapter exceed the free space of checkpoint.dir.
 bool check_disk_for_run(Run *run, Error *err);
-// --resume needs the whole optimizer state on every rank: one rank, or ZeRO stage 0.
-bool check_checkpoints_supported(const Run *run, Error *err);
 // Saves a checkpoint whose next step is next_step (the data loader is at its
 // position): disk guard first, then the atomic verified write, then keep_last.
+// Every rank calls it (each writes its optimizer shard); path is set on all.
 bool save_checkpoint(Run *run, int next_step, char *path, size_t path_size, Error *err);
 // Loads control->resume into the model, optimizer, loader and progress;
 // *start_step receives the step to continue from.
