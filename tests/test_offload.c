@@ -2,8 +2,9 @@
 // backend: step by step it equals a sequential reference that applies the
 // same delay without a thread (gradient k at p_(k-1), p_(k+1) = AdamW(p_k,
 // g_k)), so the overlap changes nothing but the schedule; the delay is real
-// (the first update lands one step late); and a tiny model still learns, in
-// a loop over Zero and through train_run.
+// (the first update lands one step late); a tiny model still learns, in a
+// loop over Zero and through train_run; and a resume from a checkpoint
+// continues exactly as the run that saved it.
 #include "test_util.h"
 
 #include <math.h>
@@ -158,8 +159,21 @@ static void set(Config *config, const char *fmt, const char *value) {
     if (!config_set(config, assignment, &err)) fail_msg("%s: %s", assignment, err.message);
 }
 
-// Through train_run, with checkpoints (each applies the update in flight first).
-static void test_train_run_learns_with_the_delayed_update(void **state) {
+static void record_loss(void *context, int step, double loss) { ((double *)context)[step] = loss; }
+
+static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
+    char path[2048], *data;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", summary->adapter_dir);
+    Error err;
+    if (!read_file(path, &data, size, &err)) fail_msg("%s", err.message);
+    return data;
+}
+
+// Through train_run, with a checkpoint at step 20 (which applies the update
+// in flight first): the loss falls, and a resume from that checkpoint gives
+// the same losses and the same adapter bytes as the run that saved it.
+static void test_train_run_with_the_delayed_update_learns_and_resumes(void **state) {
+    enum { TOTAL = 40, SAVED_AT = 20 };
     const char *dir = make_temp_dir("delayed");
     Config config;
     config_defaults(&config);
@@ -175,22 +189,36 @@ static void test_train_run_learns_with_the_delayed_update(void **state) {
     for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(&config, "%s", recipe[i]);
     Error err;
     if (!config_validate(&config, &err)) fail_msg("%s", err.message);
+    double straight[TOTAL + 1] = {0}, resumed[TOTAL + 1] = {0};
     TrainSummary summary;
-    if (!train_run(&config, &summary, &err)) fail_msg("train_run: %s", err.message);
+    if (!train_run_with(&config, &(TrainControl){.on_step = record_loss, .context = straight}, &summary, &err))
+        fail_msg("train_run_with: %s", err.message);
     print_message("delayed update through train_run: loss %.4f -> %.4f over %d steps\n", summary.first_loss,
                   summary.last_loss, summary.steps);
-    assert_int_equal(summary.steps, 40);
+    assert_int_equal(summary.steps, TOTAL);
     assert_true(summary.last_loss < 0.7 * summary.first_loss);
-    char path[2048];
-    snprintf(path, sizeof path, "%s/out/step-000020/adapter_config.json", dir);
-    assert_true(path_exists(path));
+    size_t straight_size, resumed_size;
+    char *straight_adapter = adapter_bytes(&summary, &straight_size);
+
+    char checkpoint[2048];
+    snprintf(checkpoint, sizeof checkpoint, "%s/out/step-%06d", dir, SAVED_AT);
+    if (!train_run_with(&config, &(TrainControl){.resume = checkpoint, .on_step = record_loss, .context = resumed},
+                        &summary, &err))
+        fail_msg("train_run_with (resume): %s", err.message);
+    for (int step = SAVED_AT + 1; step <= TOTAL; step++)
+        if (memcmp(&straight[step], &resumed[step], sizeof(double)) != 0)
+            fail_msg("step %d: loss %.17g straight, %.17g resumed", step, straight[step], resumed[step]);
+    char *resumed_adapter = adapter_bytes(&summary, &resumed_size);
+    assert_int_equal(resumed_size, straight_size);
+    assert_memory_equal(resumed_adapter, straight_adapter, straight_size);
+    free(straight_adapter), free(resumed_adapter);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_delayed_update_equals_the_sequential_reference),
         cmocka_unit_test(test_delayed_update_needs_the_offload),
-        cmocka_unit_test(test_train_run_learns_with_the_delayed_update),
+        cmocka_unit_test(test_train_run_with_the_delayed_update_learns_and_resumes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
