@@ -142,6 +142,7 @@ static bool create_optimizer(Run *run, Error *err) {
     if (!coll->broadcast(coll, model_param_data(run->model), params->total * sizeof(float), 0, err)) return false;
     model_sync_params(run->model);
     ZeroOptions zero = {.stage = config->zero.stage, .offload_cpu = strcmp(config->zero.offload, "cpu") == 0,
+                        .delayed_update = config->zero.delayed_update,
                         .beta1 = config->train.beta1, .beta2 = config->train.beta2, .eps = config->train.eps,
                         .weight_decay = config->train.weight_decay, .max_grad_norm = config->train.max_grad_norm};
     run->zero = zero_create(run->ops, coll, model_param_data(run->model), params->total, &zero, err);
@@ -213,9 +214,10 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
     fflush(stdout);
 }
 
-// The step's micro-batches (with run, their images through its tower);
-// *interrupted when a stop signal arrived after one of them (the step is then
-// incomplete and not applied).
+// The step's micro-batches (with run, their images through its tower, and at
+// ZeRO stage 2 each micro-batch's gradient reduce-scattered to its owners at
+// once); *interrupted when a stop signal arrived after one of them (the step
+// is then incomplete and not applied).
 static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                        bool *interrupted, Error *err) {
     model_zero_grads(model);
@@ -231,6 +233,7 @@ static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t 
         double micro_loss;
         if (!vlm_micro_features(run, batch, micro, &micro_batch, err)) return false;
         if (!model_step(model, &micro_batch, &options, &micro_loss, err)) return false;
+        if (run && !zero_reduce_micro_batch(run->zero, model_grad_data(model), err)) return false;
         loss_sum += micro_loss;
         if (stop_signal && micro + 1 < batch->n_micro) {
             *interrupted = true;
@@ -296,9 +299,19 @@ static void print_header(const Run *run) {
     fflush(stdout);
 }
 
+// Applies the update in flight (zero.delayed_update) to the model, on every
+// rank: what is saved next is the state after all the updates started.
+static bool settle_optimizer(Run *run, Error *err) {
+    if (!run->config->zero.delayed_update) return true;
+    if (!zero_flush(run->zero, model_param_data(run->model), err)) return false;
+    model_sync_params(run->model);
+    return true;
+}
+
 // Saves the state before next_step and marks the run interrupted.
 static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary, Error *err) {
     summary->interrupted = true;
+    if (!settle_optimizer(run, err)) return false;
     if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
     if (run->is_rank0) printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
            summary->checkpoint_dir);
@@ -315,6 +328,7 @@ static bool count_bad_step(Run *run, int step, int *in_row, double loss, float n
         printf("step %d/%d | skipped: non-finite loss %g or gradient norm %g (%d in a row)\n", step + 1,
                run->total_steps, loss, (double)norm, *in_row);
     if (*in_row < run->config->train.max_bad_steps) return true;
+    if (!settle_optimizer(run, err)) return false;
     if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
     return fail(err, "step %d: %d non-finite steps in a row (train.max_bad_steps); the last good state is in %s",
                 step + 1, *in_row, summary->checkpoint_dir);
@@ -367,10 +381,12 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
             log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
         if (config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
             step + 1 < run->total_steps) {
+            if (!settle_optimizer(run, err)) return false;
             if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
             if (run->is_rank0) printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
         }
     }
+    if (!settle_optimizer(run, err)) return false;
     return !run->is_rank0 || save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
 }
 

@@ -73,6 +73,7 @@ typedef struct Config {
     struct {
         int stage;                           // 0 | 2
         char offload[CONFIG_NAME_MAX];       // "none" | "cpu"
+        bool delayed_update;                 // offload cpu: AdamW of step k overlaps step k + 1 (one update late)
     } zero;
     struct {
         float timeout_s;                     // a collective or rendezvous waiting longer fails
