@@ -85,7 +85,7 @@ int lora_train_main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "demo") == 0 && argc == 2) {
         Error err = {{0}};
-        if (vlm_demo_run("runs/vlm-demo", &err)) return 0;
+        if (vlm_demo_run("runs/vlm-demo", NULL, NULL, &err)) return 0;
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 1;
     }

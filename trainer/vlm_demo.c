@@ -138,7 +138,7 @@ static bool demo_config(const char *dir, Config *config, Error *err) {
     static const char *const recipe[] = {
         "model.create_if_missing=demo", "vision.tower_preset=tiny", "data.image_tokens=16", "data.max_seq_len=40",
         "lora.r=8", "lora.alpha=16", "lora.dropout=0", "lora.target=all", "train.micro_batch=16",
-        "train.max_steps=300", "train.lr=5e-3", "train.schedule=cosine", "train.warmup=15", "train.weight_decay=0",
+        "train.max_steps=600", "train.lr=5e-3", "train.schedule=cosine", "train.warmup=15", "train.weight_decay=0",
         "train.max_grad_norm=1", "train.seed=5", "train.log_every=50", "train.backend=cpu",
         "checkpoint.every_steps=0"};
     return set_all(config, recipe, (int)(sizeof recipe / sizeof recipe[0]), err) && config_validate(config, err);
@@ -224,7 +224,7 @@ static bool answer_is_correct(Evaluator *e, const Sample *sample, bool *correct,
 }
 
 // Accuracy over the held-out records, overall and per question kind.
-static bool held_out_accuracy(Evaluator *e, const DemoSample *samples, double accuracy[3], Error *err) {
+static bool held_out_accuracy(Evaluator *e, const DemoSample *samples, DemoAccuracy *accuracy, Error *err) {
     int correct[2] = {0}, asked[2] = {0};
     for (int64_t i = 0; i < vlm_dataset_size(e->held_out); i++) {
         VlmSample sample;
@@ -238,24 +238,24 @@ static bool held_out_accuracy(Evaluator *e, const DemoSample *samples, double ac
         asked[kind]++;
         correct[kind] += right;
     }
-    accuracy[0] = (double)(correct[0] + correct[1]) / N_HELD_OUT;
-    accuracy[1] = asked[0] ? (double)correct[0] / asked[0] : 0;
-    accuracy[2] = asked[1] ? (double)correct[1] / asked[1] : 0;
+    accuracy->overall = (double)(correct[0] + correct[1]) / N_HELD_OUT;
+    accuracy->colour = asked[0] ? (double)correct[0] / asked[0] : 0;
+    accuracy->shape = asked[1] ? (double)correct[1] / asked[1] : 0;
     return true;
 }
 
-static void print_accuracy(const char *when, const double accuracy[3]) {
+static void print_accuracy(const char *when, const DemoAccuracy *accuracy) {
     printf("held-out accuracy %s: %.1f%% (colour questions %.1f%%, shape questions %.1f%%)\n", when,
-           100 * accuracy[0], 100 * accuracy[1], 100 * accuracy[2]);
+           100 * accuracy->overall, 100 * accuracy->colour, 100 * accuracy->shape);
 }
 
 // ----------------------------------------------------------------------------
 
-static bool train_and_evaluate(const char *dir, const Config *config, DemoSample *samples, Error *err) {
+static bool train_and_evaluate(const char *dir, const Config *config, DemoSample *samples, DemoAccuracy *before,
+                               DemoAccuracy *after, Error *err) {
     TrainSummary summary;
     if (!train_run(config, &summary, err)) return false;
     Evaluator e = {0};
-    double before[3], after[3];
     bool ok = evaluator_open(&e, config, dir, err) && held_out_accuracy(&e, samples, before, err);
     if (ok) print_accuracy("before training (chance: 25% colours, 33% shapes)", before);
     ok = ok && adapter_load(e.model, summary.adapter_dir, err) && held_out_accuracy(&e, samples, after, err);
@@ -267,13 +267,16 @@ static bool train_and_evaluate(const char *dir, const Config *config, DemoSample
     return ok;
 }
 
-bool vlm_demo_run(const char *dir, Error *err) {
+bool vlm_demo_run(const char *dir, DemoAccuracy *before, DemoAccuracy *after, Error *err) {
+    DemoAccuracy unused_before, unused_after;
+    if (!before) before = &unused_before;
+    if (!after) after = &unused_after;
     Config config;
     DemoSample *samples = checked_calloc(N_TRAIN + N_HELD_OUT, sizeof *samples, "demo samples", err);
     if (!samples) return false;
     printf("writing %d pictures (PNG and JPEG) in %s/images.tar and their LLaVA records\n", N_TRAIN + N_HELD_OUT, dir);
     bool ok = make_dataset(dir, samples, err) && demo_config(dir, &config, err) &&
-              train_and_evaluate(dir, &config, samples, err);
+              train_and_evaluate(dir, &config, samples, before, after, err);
     free(samples);
     return ok;
 }
