@@ -1,7 +1,9 @@
 // Training checkpoints: every file serialised in memory first (so the size is
 // exact), written under .partial-step-NNNNNN/, fsynced, re-read and verified,
 // a COMPLETE marker with every file's size and checksum written last, then
-// renamed to step-NNNNNN/ and named in `latest`.
+// renamed to step-NNNNNN/ and named in `latest`. With several ranks each
+// writes its own optimizer shard file and rank 0 the rest; resume reads the
+// shard files' ranges whatever the number of ranks that wrote them.
 #include "checkpoints.h"
 #include "checkpoints_internal.h"
 
@@ -17,54 +19,82 @@
 #define MARKER_FORMAT "lora-train checkpoint 1"
 #define LATEST_FILE "latest"
 #define OPTIMIZER_DIR "optimizer"
-#define OPTIMIZER_FILE OPTIMIZER_DIR "/rank-00000.safetensors"
+#define OPTIMIZER_FILE_FORMAT OPTIMIZER_DIR "/rank-%05d.safetensors"
+#define OPTIMIZER_NAME_MAX 48
 #define STATE_FILE "trainer_state.json"
 #define PARTIAL_PREFIX ".partial-"
 #define REPLACED_PREFIX ".replaced-"
 #define STEP_NAME_MAX 32
 
-enum { FILE_ADAPTER_CONFIG, FILE_ADAPTER_WEIGHTS, FILE_OPTIMIZER, FILE_STATE, FILE_MARKER, N_FILES };
-static const char *const FILE_NAMES[N_FILES] = {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, OPTIMIZER_FILE,
-                                                STATE_FILE, MARKER_FILE};
+// Rank 0's files besides its optimizer shard, then the marker. FILE_PROJECTOR
+// only for a model with a projector (empty, unwritten and unlisted otherwise).
+enum { FILE_ADAPTER_CONFIG, FILE_ADAPTER_WEIGHTS, FILE_PROJECTOR, FILE_STATE, FILE_MARKER, N_FILES };
+static const char *const FILE_NAMES[N_FILES] = {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PROJECTOR_FILE, STATE_FILE,
+                                                MARKER_FILE};
 
+// One rank's part: every file on rank 0, the optimizer shard alone elsewhere.
 struct CheckpointImage {
-    int step;
-    FileImage files[N_FILES];
-    FileImage latest; // "step-NNNNNN\n"
+    int step, rank, world_size;
+    FileImage optimizer;       // optimizer/rank-NNNNN.safetensors
+    FileImage files[N_FILES];  // rank 0 only; the marker lists this rank's shard alone
+    FileImage latest;          // "step-NNNNNN\n", rank 0 only
 };
 
 static void step_name(int step, char *name) { snprintf(name, STEP_NAME_MAX, "step-%06d", step); }
+
+static bool has_projector(Model *model) { return model_params(model)->n_lora < model_params(model)->count; }
+
+static bool in_image(const CheckpointImage *image, int file) { return file != FILE_PROJECTOR || image->files[file].bytes; }
+
+static void optimizer_name(int rank, char *name) { snprintf(name, OPTIMIZER_NAME_MAX, OPTIMIZER_FILE_FORMAT, rank); }
+
+static FileDigest digest_of(const FileImage *file) {
+    return (FileDigest){file->size, fnv1a64(file->bytes, file->size, FNV1A64_INIT)};
+}
 
 static void hex64(uint64_t value, char *text) { snprintf(text, 17, "%016" PRIx64, value); }
 
 // ----------------------------------------------------------------------------
 // serialising
 
-// AdamW moments as two (n,) fp32 tensors, the step count in the metadata.
-static bool serialize_optimizer(const CheckpointSource *source, FileImage *out, Error *err) {
+// This rank's shard [begin, end) of the AdamW moments as two (end - begin,)
+// fp32 tensors; the step, the range and the buffer's size in the metadata.
+static bool serialize_optimizer(const CheckpointSource *source, CheckpointImage *image, Error *err) {
     const Ops *ops = model_ops(source->model);
-    size_t n = model_params(source->model)->total;
-    float *host = checked_malloc(2 * n * sizeof(float) + 1, "AdamW moments", err);
+    size_t total = model_params(source->model)->total;
+    bool whole = source->world_size == 0;
+    size_t begin = whole ? 0 : source->shard_begin, count = whole ? total : source->shard_count;
+    if (begin + count > total)
+        return fail(err, "optimizer shard [%zu, %zu) of rank %d is outside the %zu trainable parameters", begin,
+                    begin + count, source->rank, total);
+    float *host = checked_malloc(2 * count * sizeof(float) + 1, "AdamW moments", err);
     if (!host) return false;
     if (source->moments_on_host) {
-        memcpy(host, source->adam_m, n * sizeof(float));
-        memcpy(host + n, source->adam_v, n * sizeof(float));
+        memcpy(host, source->adam_m, count * sizeof(float));
+        memcpy(host + count, source->adam_v, count * sizeof(float));
     } else {
-        ops->download(host, source->adam_m, n * sizeof(float));
-        ops->download(host + n, source->adam_v, n * sizeof(float));
+        ops->download(host, source->adam_m, count * sizeof(float));
+        ops->download(host + count, source->adam_v, count * sizeof(float));
         ops->synchronize();
     }
-    char step_text[24];
-    snprintf(step_text, sizeof step_text, "%d", source->state->optimizer_steps);
-    const char *metadata[] = {"optimizer", "adamw", "step", step_text, "rank", "0", "world_size", "1"};
-    SafetensorsEntry entries[2] = {{"exp_avg", {DTYPE_F32, 1, {(int64_t)n}, host}},
-                                   {"exp_avg_sq", {DTYPE_F32, 1, {(int64_t)n}, host + n}}};
-    bool ok = safetensors_serialize(OPTIMIZER_FILE, entries, 2, metadata, 4, &out->bytes, &out->size, err);
+    char step[24], rank[24], world_size[24], begin_text[24], end_text[24], total_text[24], name[OPTIMIZER_NAME_MAX];
+    snprintf(step, sizeof step, "%d", source->state->optimizer_steps);
+    snprintf(rank, sizeof rank, "%d", image->rank);
+    snprintf(world_size, sizeof world_size, "%d", image->world_size);
+    snprintf(begin_text, sizeof begin_text, "%zu", begin);
+    snprintf(end_text, sizeof end_text, "%zu", begin + count);
+    snprintf(total_text, sizeof total_text, "%zu", total);
+    optimizer_name(image->rank, name);
+    const char *metadata[] = {"optimizer", "adamw", "step", step, "rank", rank, "world_size", world_size,
+                              "begin", begin_text, "end", end_text, "total", total_text};
+    SafetensorsEntry entries[2] = {{"exp_avg", {DTYPE_F32, 1, {(int64_t)count}, host}},
+                                   {"exp_avg_sq", {DTYPE_F32, 1, {(int64_t)count}, host + count}}};
+    bool ok = safetensors_serialize(name, entries, 2, metadata, 7, &image->optimizer.bytes, &image->optimizer.size, err);
     free(host);
     return ok;
 }
 
-static bool serialize_state(const TrainerState *state, FileImage *out, Error *err) {
+static bool serialize_state(const TrainerState *state, int world_size, FileImage *out, Error *err) {
     const char *yaml = state->config_yaml ? state->config_yaml : "";
     char seed[24], config_hash[17];
     snprintf(seed, sizeof seed, "%" PRIu64, state->seed);
@@ -77,6 +107,7 @@ static bool serialize_state(const TrainerState *state, FileImage *out, Error *er
     json_object_object_add(obj, "seed", json_object_new_string(seed));
     json_object_object_add(obj, "skipped_steps", json_object_new_int(state->skipped_steps));
     json_object_object_add(obj, "bad_steps", json_object_new_int(state->bad_steps));
+    json_object_object_add(obj, "world_size", json_object_new_int(world_size));
     json_object_object_add(obj, "first_loss", json_object_new_double(state->first_loss));
     json_object_object_add(obj, "last_loss", json_object_new_double(state->last_loss));
     json_object_object_add(obj, "config_fnv1a64", json_object_new_string(config_hash));
@@ -86,22 +117,32 @@ static bool serialize_state(const TrainerState *state, FileImage *out, Error *er
     return ok;
 }
 
-// {"format", "step", "files": {name: {"bytes", "fnv1a64"}}} over every other file.
-static bool serialize_marker(CheckpointImage *image, Error *err) {
+static void add_file_entry(json_object *files, const char *name, FileDigest digest) {
+    char checksum[17];
+    hex64(digest.fnv1a64, checksum);
+    json_object *entry = json_object_new_object();
+    json_object_object_add(entry, "bytes", json_object_new_int64((int64_t)digest.bytes));
+    json_object_object_add(entry, "fnv1a64", json_object_new_string(checksum));
+    json_object_object_add(files, name, entry);
+}
+
+// {"format", "step", "world_size", "files": {name: {"bytes", "fnv1a64"}}}
+// over rank 0's files and every rank's optimizer shard (digests[world_size]).
+static bool serialize_marker(const CheckpointImage *image, const FileDigest *digests, FileImage *out, Error *err) {
     json_object *obj = json_object_new_object(), *files = json_object_new_object();
     json_object_object_add(obj, "format", json_object_new_string(MARKER_FORMAT));
     json_object_object_add(obj, "step", json_object_new_int(image->step));
+    json_object_object_add(obj, "world_size", json_object_new_int(image->world_size));
     for (int i = 0; i < FILE_MARKER; i++) {
-        const FileImage *file = &image->files[i];
-        char checksum[17];
-        hex64(fnv1a64(file->bytes, file->size, FNV1A64_INIT), checksum);
-        json_object *entry = json_object_new_object();
-        json_object_object_add(entry, "bytes", json_object_new_int64((int64_t)file->size));
-        json_object_object_add(entry, "fnv1a64", json_object_new_string(checksum));
-        json_object_object_add(files, FILE_NAMES[i], entry);
+        if (in_image(image, i)) add_file_entry(files, FILE_NAMES[i], digest_of(&image->files[i]));
+    }
+    for (int rank = 0; rank < image->world_size; rank++) {
+        char name[OPTIMIZER_NAME_MAX];
+        optimizer_name(rank, name);
+        add_file_entry(files, name, digests[rank]);
     }
     json_object_object_add(obj, "files", files);
-    bool ok = json_to_text(MARKER_FILE, obj, &image->files[FILE_MARKER], err);
+    bool ok = json_to_text(MARKER_FILE, obj, out, err);
     json_object_put(obj);
     return ok;
 }
@@ -118,15 +159,28 @@ static bool serialize_latest(CheckpointImage *image, Error *err) {
     return true;
 }
 
+// Rank 0's files; the marker sized as if every shard file were as large as its own.
+static bool serialize_rank0_files(const CheckpointSource *source, CheckpointImage *image, Error *err) {
+    if (!adapter_serialize(source->model, source->adapter, &image->files[FILE_ADAPTER_CONFIG],
+                           &image->files[FILE_ADAPTER_WEIGHTS], err) ||
+        (has_projector(source->model) && !projector_serialize(source->model, &image->files[FILE_PROJECTOR].bytes,
+                                                              &image->files[FILE_PROJECTOR].size, err)) ||
+        !serialize_state(source->state, image->world_size, &image->files[FILE_STATE], err) || !serialize_latest(image, err))
+        return false;
+    FileDigest *digests = checked_malloc((size_t)image->world_size * sizeof *digests, "shard digests", err);
+    if (!digests) return false;
+    for (int rank = 0; rank < image->world_size; rank++) digests[rank] = digest_of(&image->optimizer);
+    bool ok = serialize_marker(image, digests, &image->files[FILE_MARKER], err);
+    free(digests);
+    return ok;
+}
+
 CheckpointImage *checkpoint_image_create(const CheckpointSource *source, Error *err) {
     CheckpointImage *image = checked_calloc(1, sizeof *image, "a checkpoint image", err);
     if (!image) return NULL;
-    image->step = source->state->step;
-    bool ok = adapter_serialize(source->model, source->adapter, &image->files[FILE_ADAPTER_CONFIG],
-                                &image->files[FILE_ADAPTER_WEIGHTS], err) &&
-              serialize_optimizer(source, &image->files[FILE_OPTIMIZER], err) &&
-              serialize_state(source->state, &image->files[FILE_STATE], err) && serialize_marker(image, err) &&
-              serialize_latest(image, err);
+    *image = (CheckpointImage){.step = source->state->step, .rank = source->world_size ? source->rank : 0,
+                               .world_size = source->world_size ? source->world_size : 1};
+    bool ok = serialize_optimizer(source, image, err) && (image->rank != 0 || serialize_rank0_files(source, image, err));
     if (ok) return image;
     checkpoint_image_destroy(image);
     return NULL;
@@ -134,16 +188,19 @@ CheckpointImage *checkpoint_image_create(const CheckpointSource *source, Error *
 
 void checkpoint_image_destroy(CheckpointImage *image) {
     if (!image) return;
+    file_image_free(&image->optimizer);
     for (int i = 0; i < N_FILES; i++) file_image_free(&image->files[i]);
     file_image_free(&image->latest);
     free(image);
 }
 
 uint64_t checkpoint_image_bytes(const CheckpointImage *image) {
-    uint64_t total = image->latest.size;
+    uint64_t total = image->optimizer.size + image->latest.size;
     for (int i = 0; i < N_FILES; i++) total += image->files[i].size;
     return total;
 }
+
+uint64_t checkpoint_image_shard_bytes(const CheckpointImage *image) { return image->optimizer.size; }
 
 // ----------------------------------------------------------------------------
 // writing
@@ -151,19 +208,42 @@ uint64_t checkpoint_image_bytes(const CheckpointImage *image) {
 static bool write_and_verify(const char *dir, const FileImage *file, const char *name, Error *err) {
     char path[CHECKPOINT_PATH_MAX];
     return join_path(path, sizeof path, dir, name, err) && write_file_durable(path, file, err) &&
-           verify_file(path, file->size, fnv1a64(file->bytes, file->size, FNV1A64_INIT), err);
+           verify_file(path, file->size, digest_of(file).fnv1a64, err);
 }
 
-// Every file, then (once they all verify) the marker.
-static bool write_partial(const char *partial, const CheckpointImage *image, Error *err) {
-    char optimizer_dir[CHECKPOINT_PATH_MAX];
-    if (!join_path(optimizer_dir, sizeof optimizer_dir, partial, OPTIMIZER_DIR, err) || !make_dirs(optimizer_dir, err))
-        return false;
-    for (int i = 0; i < FILE_MARKER; i++) {
-        if (!write_and_verify(partial, &image->files[i], FILE_NAMES[i], err)) return false;
+static bool partial_path(const char *run_dir, int step, char *partial, size_t size, Error *err) {
+    char name[STEP_NAME_MAX], partial_name[64];
+    step_name(step, name);
+    snprintf(partial_name, sizeof partial_name, PARTIAL_PREFIX "%s", name);
+    return join_path(partial, size, run_dir, partial_name, err);
+}
+
+// Each shard file, as its rank wrote it, re-read from the disk by rank 0.
+static bool verify_shards(const char *partial, const FileDigest *digests, int world_size, Error *err) {
+    for (int rank = 0; rank < world_size; rank++) {
+        char name[OPTIMIZER_NAME_MAX], path[CHECKPOINT_PATH_MAX];
+        optimizer_name(rank, name);
+        if (!join_path(path, sizeof path, partial, name, err) ||
+            !verify_file(path, digests[rank].bytes, digests[rank].fnv1a64, err))
+            return false;
     }
-    return sync_dir(optimizer_dir, err) && sync_dir(partial, err) &&
-           write_and_verify(partial, &image->files[FILE_MARKER], MARKER_FILE, err) && sync_dir(partial, err);
+    return true;
+}
+
+// Rank 0's files, then (once they and every shard verify) the marker.
+static bool write_rank0_files(const char *partial, const CheckpointImage *image, const FileDigest *digests,
+                              Error *err) {
+    char optimizer_dir[CHECKPOINT_PATH_MAX];
+    for (int i = 0; i < FILE_MARKER; i++) {
+        if (in_image(image, i) && !write_and_verify(partial, &image->files[i], FILE_NAMES[i], err)) return false;
+    }
+    FileImage marker = {0};
+    bool ok = join_path(optimizer_dir, sizeof optimizer_dir, partial, OPTIMIZER_DIR, err) &&
+              verify_shards(partial, digests, image->world_size, err) && sync_dir(optimizer_dir, err) &&
+              sync_dir(partial, err) && serialize_marker(image, digests, &marker, err) &&
+              write_and_verify(partial, &marker, MARKER_FILE, err) && sync_dir(partial, err);
+    file_image_free(&marker);
+    return ok;
 }
 
 static bool rename_path(const char *from, const char *to, Error *err) {
@@ -192,19 +272,53 @@ static bool write_latest(const char *run_dir, const FileImage *latest, Error *er
            rename_path(temporary, path, err) && sync_dir(run_dir, err);
 }
 
-bool checkpoint_write(const char *run_dir, const CheckpointImage *image, char *path, size_t path_size, Error *err) {
-    char name[STEP_NAME_MAX], partial_name[64], partial[CHECKPOINT_PATH_MAX];
+bool checkpoint_write_begin(const char *run_dir, const CheckpointImage *image, Error *err) {
+    char partial[CHECKPOINT_PATH_MAX], optimizer_dir[CHECKPOINT_PATH_MAX];
+    bool ok = partial_path(run_dir, image->step, partial, sizeof partial, err) && make_dirs(run_dir, err) &&
+              remove_tree(partial, err) && join_path(optimizer_dir, sizeof optimizer_dir, partial, OPTIMIZER_DIR, err) &&
+              make_dirs(optimizer_dir, err);
+    if (!ok) return fail_context(err, "saving checkpoint step %d in %s: ", image->step, run_dir);
+    return true;
+}
+
+bool checkpoint_write_shard(const char *run_dir, const CheckpointImage *image, FileDigest *digest, Error *err) {
+    char partial[CHECKPOINT_PATH_MAX], name[OPTIMIZER_NAME_MAX];
+    optimizer_name(image->rank, name);
+    *digest = digest_of(&image->optimizer);
+    bool ok = partial_path(run_dir, image->step, partial, sizeof partial, err) &&
+              write_and_verify(partial, &image->optimizer, name, err);
+    if (!ok) return fail_context(err, "saving rank %d's optimizer shard of step %d: ", image->rank, image->step);
+    return true;
+}
+
+bool checkpoint_write_finish(const char *run_dir, const CheckpointImage *image, const FileDigest *digests, char *path,
+                             size_t path_size, Error *err) {
+    char name[STEP_NAME_MAX], partial[CHECKPOINT_PATH_MAX];
     step_name(image->step, name);
-    snprintf(partial_name, sizeof partial_name, PARTIAL_PREFIX "%s", name);
-    if (!join_path(path, path_size, run_dir, name, err) ||
-        !join_path(partial, sizeof partial, run_dir, partial_name, err))
-        return false;
-    bool ok = make_dirs(run_dir, err) && remove_tree(partial, err) && write_partial(partial, image, err) &&
-              move_into_place(run_dir, partial, name, err) && write_latest(run_dir, &image->latest, err);
+    bool ok = join_path(path, path_size, run_dir, name, err) &&
+              partial_path(run_dir, image->step, partial, sizeof partial, err) &&
+              write_rank0_files(partial, image, digests, err) && move_into_place(run_dir, partial, name, err) &&
+              write_latest(run_dir, &image->latest, err);
     if (ok) return true;
+    checkpoint_write_abandon(run_dir, image);
+    return fail_context(err, "saving checkpoint %s/%s: ", run_dir, name);
+}
+
+void checkpoint_write_abandon(const char *run_dir, const CheckpointImage *image) {
+    char partial[CHECKPOINT_PATH_MAX];
     Error ignored;
-    remove_tree(partial, &ignored);
-    return fail_context(err, "saving checkpoint %s: ", path);
+    if (partial_path(run_dir, image->step, partial, sizeof partial, &ignored)) remove_tree(partial, &ignored);
+}
+
+bool checkpoint_write(const char *run_dir, const CheckpointImage *image, char *path, size_t path_size, Error *err) {
+    if (image->world_size != 1) return fail(err, "checkpoint_write: the image is one of %d ranks' parts", image->world_size);
+    FileDigest digest;
+    if (!checkpoint_write_begin(run_dir, image, err)) return false;
+    if (!checkpoint_write_shard(run_dir, image, &digest, err)) {
+        checkpoint_write_abandon(run_dir, image);
+        return false;
+    }
+    return checkpoint_write_finish(run_dir, image, &digest, path, path_size, err);
 }
 
 bool checkpoint_save(const char *run_dir, const CheckpointSource *source, char *path, size_t path_size, Error *err) {
@@ -239,7 +353,19 @@ bool checkpoint_verify(const char *dir, Error *err) {
               strcmp(json_object_get_string(format), MARKER_FORMAT) == 0 &&
               json_object_object_get_ex(marker, "files", &files);
     if (!ok) fail(err, "%s: not a \"" MARKER_FORMAT "\" marker", marker_path);
-    for (int i = 0; ok && i < FILE_MARKER; i++) ok = verify_listed_file(dir, files, FILE_NAMES[i], err);
+    for (int i = 0; ok && i < FILE_MARKER; i++) {
+        bool optional_absent = i == FILE_PROJECTOR && !json_object_object_get_ex(files, FILE_NAMES[i], NULL);
+        ok = optional_absent || verify_listed_file(dir, files, FILE_NAMES[i], err);
+    }
+    json_object *world_size_value;
+    int world_size = json_object_object_get_ex(marker, "world_size", &world_size_value)
+                         ? json_object_get_int(world_size_value) : 1;
+    if (ok && world_size < 1) ok = fail(err, "%s: world_size %d", marker_path, world_size);
+    for (int rank = 0; ok && rank < world_size; rank++) {
+        char name[OPTIMIZER_NAME_MAX];
+        optimizer_name(rank, name);
+        ok = verify_listed_file(dir, files, name, err);
+    }
     json_object_put(marker);
     return ok;
 }
@@ -287,38 +413,89 @@ bool checkpoint_find_latest(const char *run_dir, char *path, size_t path_size, E
 // ----------------------------------------------------------------------------
 // loading
 
-// One moment into dst (backend memory, or host memory when ops is NULL).
-static bool load_moment(const SafetensorsFile *file, const char *path, const char *name, size_t n, float *dst,
-                        const Ops *ops, Error *err) {
-    Tensor t;
-    if (!safetensors_get(file, name, &t, err)) return fail_context(err, "%s: ", path);
-    if (t.dtype != DTYPE_F32 || t.ndim != 1 || (size_t)t.shape[0] != n)
-        return fail(err, "%s: %s must be F32 of shape [%zu] (this model's trainable parameters)", path, name, n);
-    if (ops) ops->upload(dst, t.data, n * sizeof(float));
-    else memcpy(dst, t.data, n * sizeof(float));
+// The elements [begin, begin + count) of the flat buffer, gathered from the
+// shard files of however many ranks wrote the checkpoint, into dst_m / dst_v.
+typedef struct ShardRequest {
+    size_t total, begin, count;
+    float *dst_m, *dst_v;  // backend memory, or host memory when ops is NULL
+    const Ops *ops;
+} ShardRequest;
+
+static bool metadata_size(const SafetensorsFile *file, const char *path, const char *key, size_t *out, Error *err) {
+    const char *text = safetensors_metadata(file, key);
+    char *end;
+    unsigned long long value = text ? strtoull(text, &end, 10) : 0;
+    if (!text || end == text || *end) return fail(err, "%s: metadata %s is missing or not a count", path, key);
+    *out = (size_t)value;
     return true;
 }
 
-static bool load_optimizer(const char *dir, Model *model, float *adam_m, float *adam_v, bool on_host,
-                           int *optimizer_steps, Error *err) {
-    char path[CHECKPOINT_PATH_MAX];
-    if (!join_path(path, sizeof path, dir, OPTIMIZER_FILE, err)) return false;
+// [*begin, *end) of a shard file; files of the single-rank format without a
+// range hold the whole buffer.
+static bool shard_range(const SafetensorsFile *file, const char *path, size_t total, size_t *begin, size_t *end,
+                        Error *err) {
+    if (!safetensors_metadata(file, "begin")) {
+        *begin = 0, *end = total;
+        return true;
+    }
+    return metadata_size(file, path, "begin", begin, err) && metadata_size(file, path, "end", end, err);
+}
+
+// dst[lo - request begin, hi - request begin) = the file's elements [lo, hi).
+static bool copy_overlap(const SafetensorsFile *file, const char *path, const char *name, size_t file_begin,
+                         size_t file_end, const ShardRequest *request, float *dst, Error *err) {
+    Tensor t;
+    if (!safetensors_get(file, name, &t, err)) return fail_context(err, "%s: ", path);
+    if (t.dtype != DTYPE_F32 || t.ndim != 1 || (size_t)t.shape[0] != file_end - file_begin)
+        return fail(err, "%s: %s must be F32 of shape [%zu] (its range [%zu, %zu))", path, name, file_end - file_begin,
+                    file_begin, file_end);
+    size_t lo = file_begin > request->begin ? file_begin : request->begin;
+    size_t request_end = request->begin + request->count, hi = file_end < request_end ? file_end : request_end;
+    if (lo >= hi) return true;
+    const float *src = (const float *)t.data + (lo - file_begin);
+    size_t bytes = (hi - lo) * sizeof(float);
+    if (request->ops) request->ops->upload(dst + (lo - request->begin), src, bytes);
+    else memcpy(dst + (lo - request->begin), src, bytes);
+    return true;
+}
+
+// One rank's file: its range must start where the previous one ended.
+static bool load_shard_file(const char *dir, int rank, const ShardRequest *request, size_t *covered, int *step,
+                            int *world_size, Error *err) {
+    char name[OPTIMIZER_NAME_MAX], path[CHECKPOINT_PATH_MAX];
+    optimizer_name(rank, name);
+    if (!join_path(path, sizeof path, dir, name, err)) return false;
     SafetensorsFile *file = safetensors_open(path, err);
     if (!file) return false;
-    size_t n = model_params(model)->total;
-    const char *step = safetensors_metadata(file, "step"), *world_size = safetensors_metadata(file, "world_size");
-    bool ok = step && world_size;
+    const char *step_text = safetensors_metadata(file, "step"), *world_text = safetensors_metadata(file, "world_size");
+    size_t begin, end;
+    bool ok = step_text && world_text;
     if (!ok) fail(err, "%s: metadata lacks step or world_size", path);
-    else if (strcmp(world_size, "1") != 0) ok = fail(err, "%s: written by %s ranks; one is supported", path, world_size);
-    const Ops *ops = on_host ? NULL : model_ops(model);
-    ok = ok && load_moment(file, path, "exp_avg", n, adam_m, ops, err) &&
-         load_moment(file, path, "exp_avg_sq", n, adam_v, ops, err);
-    if (ok) {
-        model_ops(model)->synchronize();
-        *optimizer_steps = atoi(step);
-    }
+    ok = ok && shard_range(file, path, request->total, &begin, &end, err);
+    if (ok && (begin != *covered || end < begin || end > request->total))
+        ok = fail(err, "%s: range [%zu, %zu) does not continue the shards before it at %zu of %zu parameters", path,
+                  begin, end, *covered, request->total);
+    if (ok && rank > 0 && (atoi(step_text) != *step || atoi(world_text) != *world_size))
+        ok = fail(err, "%s: step %s of %s ranks, rank 0's file says step %d of %d", path, step_text, world_text, *step,
+                  *world_size);
+    if (ok && rank == 0) *step = atoi(step_text), *world_size = atoi(world_text);
+    ok = ok && copy_overlap(file, path, "exp_avg", begin, end, request, request->dst_m, err) &&
+         copy_overlap(file, path, "exp_avg_sq", begin, end, request, request->dst_v, err);
+    if (ok) *covered = end;
     safetensors_close(file);
     return ok;
+}
+
+static bool load_optimizer(const char *dir, const ShardRequest *request, int *optimizer_steps, Error *err) {
+    size_t covered = 0;
+    int world_size = 1;
+    for (int rank = 0; rank < world_size; rank++) {
+        if (!load_shard_file(dir, rank, request, &covered, optimizer_steps, &world_size, err)) return false;
+    }
+    if (covered != request->total)
+        return fail(err, "%s: the optimizer shards of %d ranks cover %zu of %zu trainable parameters", dir, world_size,
+                    covered, request->total);
+    return true;
 }
 
 static bool get_number(json_object *obj, const char *path, const char *key, double *out, Error *err) {
@@ -356,6 +533,8 @@ static bool parse_state(json_object *obj, const char *path, TrainerState *state,
                             .step_in_epoch = (int64_t)step_in_epoch, .seed = strtoull(seed, NULL, 10),
                             .skipped_steps = (int)skipped, .bad_steps = (int)bad, .first_loss = state->first_loss,
                             .last_loss = state->last_loss};
+    json_object *world_size;
+    state->world_size = json_object_object_get_ex(obj, "world_size", &world_size) ? json_object_get_int(world_size) : 1;
     state->config_yaml = checked_strdup(yaml, err);
     return state->config_yaml != NULL;
 }
@@ -370,17 +549,29 @@ static bool load_state(const char *dir, TrainerState *state, Error *err) {
     return ok;
 }
 
-bool checkpoint_load(const char *dir, Model *model, float *adam_m, float *adam_v, bool moments_on_host,
-                     TrainerState *state, Error *err) {
+bool checkpoint_load_shard(const char *dir, Model *model, float *adam_m, float *adam_v, bool moments_on_host,
+                           size_t shard_begin, size_t shard_count, TrainerState *state, Error *err) {
     *state = (TrainerState){0};
+    ShardRequest request = {.total = model_params(model)->total, .begin = shard_begin, .count = shard_count,
+                            .dst_m = adam_m, .dst_v = adam_v, .ops = moments_on_host ? NULL : model_ops(model)};
+    if (shard_begin + shard_count > request.total)
+        return fail(err, "loading checkpoint %s: shard [%zu, %zu) is outside the %zu trainable parameters", dir,
+                    shard_begin, shard_begin + shard_count, request.total);
     int optimizer_steps = 0;
     bool ok = checkpoint_verify(dir, err) && adapter_load(model, dir, err) &&
-              load_optimizer(dir, model, adam_m, adam_v, moments_on_host, &optimizer_steps, err) && load_state(dir, state, err);
+              load_optimizer(dir, &request, &optimizer_steps, err) && load_state(dir, state, err);
+    model_ops(model)->synchronize();
     if (!ok) return fail_context(err, "loading checkpoint %s: ", dir);
     if (state->optimizer_steps != optimizer_steps)
-        return fail(err, "loading checkpoint %s: " STATE_FILE " says %d AdamW steps, " OPTIMIZER_FILE " %d", dir,
+        return fail(err, "loading checkpoint %s: " STATE_FILE " says %d AdamW steps, the optimizer shards %d", dir,
                     state->optimizer_steps, optimizer_steps);
     return true;
+}
+
+bool checkpoint_load(const char *dir, Model *model, float *adam_m, float *adam_v, bool moments_on_host,
+                     TrainerState *state, Error *err) {
+    return checkpoint_load_shard(dir, model, adam_m, adam_v, moments_on_host, 0, model_params(model)->total, state,
+                                 err);
 }
 
 void trainer_state_free(TrainerState *state) {

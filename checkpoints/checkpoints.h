@@ -99,12 +99,16 @@ bool export_peft(const char *adapter_dir, const char *out_dir, Error *err);
 // ----------------------------------------------------------------------------
 // training checkpoints: <run_dir>/step-NNNNNN/ holds
 //   adapter_config.json, adapter_model.safetensors   the PEFT adapter, usable as is
-//   optimizer/rank-00000.safetensors                  AdamW exp_avg, exp_avg_sq (ParamTable layout), its step
-//   trainer_state.json                                step, data position, seed, losses, config and its hash
+//   projector.safetensors                             the projector (vision-language models only)
+//   optimizer/rank-NNNNN.safetensors                  one per rank: its shard [begin, end) of AdamW exp_avg,
+//                                                     exp_avg_sq (ParamTable layout), the range and the step
+//   trainer_state.json                                step, data position, seed, losses, world size, config and its hash
 //   COMPLETE                                          written last: every file's size and FNV-1a checksum
 // and <run_dir>/latest names the newest complete one. A save writes
 // .partial-step-NNNNNN/, fsyncs, re-reads and verifies every file, then
 // renames it: a failure or a kill at any point leaves earlier checkpoints intact.
+// A load gathers any range of the moments from whichever shard files hold it,
+// so a run resumes on a different number of ranks.
 
 typedef struct TrainerState {
     int step;                // loop steps done: the next step's index and the LR schedule position
@@ -114,6 +118,7 @@ typedef struct TrainerState {
     uint64_t seed;           // init, shuffling (seed, epoch), dropout (seed, step, micro-batch)
     int skipped_steps;       // steps without label tokens
     int bad_steps;           // steps with a non-finite loss or gradient, skipped
+    int world_size;          // ranks of the run that saved it (filled by the load)
     double first_loss, last_loss;
     char *config_yaml;       // the run's config; malloc'd when loaded
 } TrainerState;
@@ -121,24 +126,43 @@ typedef struct TrainerState {
 typedef struct CheckpointSource {
     Model *model;                  // fp32 masters -> the adapter
     const AdapterInfo *adapter;
-    const float *adam_m, *adam_v;  // ParamTable layout, backend memory (host memory when moments_on_host)
+    const float *adam_m, *adam_v;  // this rank's shard of the ParamTable layout, backend memory (host memory when moments_on_host)
     bool moments_on_host;
     const TrainerState *state;
+    int rank, world_size;            // world_size 0: one rank, adam_m / adam_v hold the whole buffer
+    size_t shard_begin, shard_count; // the elements adam_m / adam_v hold when world_size > 0
 } CheckpointSource;
 
-// Every file of one checkpoint, serialised in memory: its size is exact
-// before anything touches the disk.
+// One rank's files of one checkpoint (rank 0: all but the other ranks'
+// optimizer shards), serialised in memory: the size is exact before anything
+// touches the disk.
 typedef struct CheckpointImage CheckpointImage;
+
+typedef struct FileDigest {
+    uint64_t bytes, fnv1a64;
+} FileDigest;
 
 CheckpointImage *checkpoint_image_create(const CheckpointSource *source, Error *err);
 void checkpoint_image_destroy(CheckpointImage *image);
-// Bytes the save adds to the disk (every file, the marker and `latest`).
+// Bytes this rank's part adds to the disk (its files, rank 0's marker and `latest`).
 uint64_t checkpoint_image_bytes(const CheckpointImage *image);
-// Atomic, verified write into run_dir; path receives step-NNNNNN's path.
+// Bytes of its optimizer shard file alone.
+uint64_t checkpoint_image_shard_bytes(const CheckpointImage *image);
+// Atomic, verified write of a one-rank image into run_dir; path receives step-NNNNNN's path.
 bool checkpoint_write(const char *run_dir, const CheckpointImage *image, char *path, size_t path_size, Error *err);
+// The same over several ranks, each phase finished on every rank (a barrier)
+// before the next starts: rank 0 creates the partial folder (begin); every
+// rank writes and verifies its shard file, *digest for rank 0 (shard); rank 0
+// writes its files, re-reads every shard against digests[world_size], writes
+// the marker and renames (finish). On a failure rank 0 abandons the save.
+bool checkpoint_write_begin(const char *run_dir, const CheckpointImage *image, Error *err);
+bool checkpoint_write_shard(const char *run_dir, const CheckpointImage *image, FileDigest *digest, Error *err);
+bool checkpoint_write_finish(const char *run_dir, const CheckpointImage *image, const FileDigest *digests, char *path,
+                             size_t path_size, Error *err);
+void checkpoint_write_abandon(const char *run_dir, const CheckpointImage *image);
 bool checkpoint_save(const char *run_dir, const CheckpointSource *source, char *path, size_t path_size, Error *err);
 
-// Checks the marker, then every file's size and checksum.
+// Checks the marker, then every file's size and checksum (every rank's shard).
 bool checkpoint_verify(const char *dir, Error *err);
 // The newest complete checkpoint of run_dir: `latest` when it verifies, else
 // the newest step-NNNNNN/ that does. False when there is none.
@@ -148,6 +172,11 @@ bool checkpoint_find_latest(const char *run_dir, char *path, size_t path_size, E
 // the trainer state (free it with trainer_state_free).
 bool checkpoint_load(const char *dir, Model *model, float *adam_m, float *adam_v, bool moments_on_host,
                      TrainerState *state, Error *err);
+// checkpoint_load for the moments' elements [shard_begin, shard_begin +
+// shard_count) only (adam_m / adam_v hold shard_count), read from the shard
+// files of however many ranks saved the checkpoint.
+bool checkpoint_load_shard(const char *dir, Model *model, float *adam_m, float *adam_v, bool moments_on_host,
+                           size_t shard_begin, size_t shard_count, TrainerState *state, Error *err);
 void trainer_state_free(TrainerState *state);
 // Removes complete checkpoints beyond the newest `keep` (keep >= 1) and
 // leftovers of interrupted saves; the newest complete one always stays.
@@ -177,3 +206,5 @@ bool projector_load(Model *model, const char *path, Error *err);
 // "vision_tower." or "model.vision_tower."), each with or without the
 // "vision_model." part (transformers 5 saves without); other tensors are ignored.
 bool clip_load_weights(ClipTower *tower, const char *path, Error *err);
+// Every tower weight under its CLIPVisionModel name, in the backend's dtype.
+bool clip_save_weights(ClipTower *tower, const char *path, Error *err);

@@ -59,3 +59,5 @@ bool verify_file(const char *path, uint64_t size, uint64_t checksum, Error *err)
 
 // The adapter's adapter_config.json and adapter_model.safetensors, in memory.
 bool adapter_serialize(Model *model, const AdapterInfo *info, FileImage *config, FileImage *weights, Error *err);
+// The model's projector as PROJECTOR_FILE's bytes (false when it has none).
+bool projector_serialize(Model *model, uint8_t **bytes, size_t *size, Error *err);

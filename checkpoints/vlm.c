@@ -21,11 +21,11 @@ static bool projector_entries(Model *model, const ParamEntry *entries[4], Error 
 
 static bool is_bias(const ParamEntry *e) { return e->shape[1] == 1 && strstr(e->name, ".bias") != NULL; }
 
-bool projector_save(Model *model, const char *path, Error *err) {
+bool projector_serialize(Model *model, uint8_t **bytes, size_t *size, Error *err) {
     const ParamEntry *entries[4];
-    if (!projector_entries(model, entries, err)) return fail_context(err, "%s: ", path);
+    if (!projector_entries(model, entries, err)) return false;
     const ParamTable *table = model_params(model);
-    float *host = checked_malloc(table->total * sizeof(float) + 1, path, err);
+    float *host = checked_malloc(table->total * sizeof(float) + 1, PROJECTOR_FILE, err);
     if (!host) return false;
     model_ops(model)->download(host, model_param_data(model), table->total * sizeof(float));
     model_ops(model)->synchronize();
@@ -35,8 +35,16 @@ bool projector_save(Model *model, const char *path, Error *err) {
         out[i] = (SafetensorsEntry){e->name, {DTYPE_F32, is_bias(e) ? 1 : 2, {e->shape[0], e->shape[1]}, host + e->offset}};
     }
     const char *metadata[] = {"format", "pt"};
-    bool ok = safetensors_write(path, out, 4, metadata, 1, err);
+    bool ok = safetensors_serialize(PROJECTOR_FILE, out, 4, metadata, 1, bytes, size, err);
     free(host);
+    return ok;
+}
+
+bool projector_save(Model *model, const char *path, Error *err) {
+    FileImage image = {0};
+    if (!projector_serialize(model, &image.bytes, &image.size, err)) return fail_context(err, "%s: ", path);
+    bool ok = write_file_durable(path, &image, err);
+    file_image_free(&image);
     return ok;
 }
 
@@ -158,5 +166,50 @@ bool clip_load_weights(ClipTower *tower, const char *path, Error *err) {
     loader.ops = clip_tower_ops(tower);
     ok = ok && clip_tower_visit(tower, load_clip_tensor, &loader, err);
     safetensors_close(file);
+    return ok;
+}
+
+// ----------------------------------------------------------------------------
+// saving a tower (random towers of the demo and tests)
+
+typedef struct ClipSaver {
+    const Ops *ops;
+    SafetensorsEntry *entries;
+    char (*names)[128];
+    int count, capacity;
+} ClipSaver;
+
+static bool save_clip_tensor(void *context, const char *name, const Tensor *tensor, Error *err) {
+    ClipSaver *saver = context;
+    if (saver->count == saver->capacity) {
+        int capacity = saver->capacity ? 2 * saver->capacity : 64;
+        SafetensorsEntry *entries = realloc(saver->entries, (size_t)capacity * sizeof *entries);
+        if (entries) saver->entries = entries;
+        char(*names)[128] = entries ? realloc(saver->names, (size_t)capacity * sizeof *names) : NULL;
+        if (!names) return fail(err, "out of memory listing the CLIP tower's tensors");
+        saver->names = names;
+        saver->capacity = capacity;
+    }
+    size_t bytes = (size_t)tensor_numel(tensor) * dtype_size(tensor->dtype);
+    void *host = checked_malloc(bytes + 1, name, err);
+    if (!host) return false;
+    saver->ops->download(host, tensor->data, bytes);
+    snprintf(saver->names[saver->count], sizeof saver->names[0], "%s", name);
+    saver->entries[saver->count] = (SafetensorsEntry){NULL, *tensor}; // named once the list stops growing
+    saver->entries[saver->count].tensor.data = host;
+    saver->count++;
+    return true;
+}
+
+bool clip_save_weights(ClipTower *tower, const char *path, Error *err) {
+    ClipSaver saver = {.ops = clip_tower_ops(tower)};
+    bool ok = clip_tower_visit(tower, save_clip_tensor, &saver, err);
+    saver.ops->synchronize();
+    for (int i = 0; i < saver.count; i++) saver.entries[i].name = saver.names[i];
+    const char *metadata[] = {"format", "pt"};
+    ok = ok && safetensors_write(path, saver.entries, saver.count, metadata, 1, err);
+    for (int i = 0; i < saver.count; i++) free(saver.entries[i].tensor.data);
+    free(saver.entries);
+    free(saver.names);
     return ok;
 }

@@ -169,6 +169,13 @@ bool image_store_has(const ImageStore *store, const char *name);
 // The member's bytes into a malloc'd *data (the caller frees it).
 bool image_store_read(const ImageStore *store, const char *name, uint8_t **data, size_t *size, Error *err);
 
+// An uncompressed tar archive written member by member; close also frees.
+typedef struct TarWriter TarWriter;
+
+TarWriter *tar_writer_open(const char *path, Error *err);
+bool tar_writer_add(TarWriter *writer, const char *name, const uint8_t *data, size_t size, Error *err);
+bool tar_writer_close(TarWriter *writer, Error *err);
+
 // ----------------------------------------------------------------------------
 // LLaVA records: [{id, image, conversations: [{from: human|gpt, value}]}, ...]
 // as one JSON array, or one record per line (JSONL)

@@ -85,7 +85,7 @@ Collectives *collectives_single(Error *err);
 // Processes over TCP sockets (rank 0 in the middle, summing in rank order, so
 // results are the same bits on every rank). timeout_s bounds every wait.
 Collectives *collectives_cpu(Store *store, const RankInfo *info, double timeout_s, Error *err);
-// NCCL on the current CUDA device, unique id shared through the store. NULL
+// NCCL on the CUDA backend's device (ops_cuda: LOCAL_RANK's), unique id shared through the store. NULL
 // with a reason when built without CUDA.
 Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout_s, Error *err);
 void collectives_destroy(Collectives *c);
@@ -96,6 +96,7 @@ void collectives_destroy(Collectives *c);
 typedef struct ZeroOptions {
     int stage;               // 0: all-reduce gradients; 2: shard gradients and optimizer state
     bool offload_cpu;        // the shard's masters, moments and gradients in pinned host memory
+    bool delayed_update;     // with offload_cpu: step k's CPU AdamW overlaps step k + 1 (one update late)
     float beta1, beta2, eps, weight_decay;
     float max_grad_norm;     // 0 = no clipping
 } ZeroOptions;
@@ -113,12 +114,24 @@ size_t zero_shard_size(const Zero *zero);
 // 1 / global label tokens). Sums them over ranks (all-reduce, or
 // reduce-scatter at stage 2), computes the global grad norm, clips, runs
 // AdamW (on the owned shard at stage 2, then all-gathers the parameters).
+// After zero_reduce_micro_batch the shard is already summed over ranks.
 // *norm_out: the norm before clipping.
 // A non-finite norm leaves parameters and optimizer state untouched (every
 // rank sees the same global norm, so all skip together).
+// With delayed_update the AdamW of this step runs on a thread and params
+// receive the previous step's update instead (stage 2: all-gathered).
 bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err);
+// delayed_update: waits for the update in flight and writes it into params
+// (all ranks call it together); afterwards params and zero_state are current.
+// Without delayed_update it does nothing.
+bool zero_flush(Zero *zero, float *params, Error *err);
+// Stage 2, after each micro-batch's backward added into grads (n), on every
+// rank: reduce-scatters, so this rank's shard holds its gradient summed over
+// ranks and micro-batches so far, and zeroes the rest of grads (the next
+// backward adds into it). Stage 0: does nothing.
+bool zero_reduce_micro_batch(Zero *zero, float *grads, Error *err);
 
-// This rank's optimizer state, for checkpoints: AdamW moments of the flat
+// This rank's optimizer state, for checkpoints (after zero_flush): AdamW moments of the flat
 // buffer's elements [begin, begin + count), in host memory with offload and
 // backend memory otherwise, and the steps taken.
 typedef struct ZeroState {

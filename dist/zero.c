@@ -5,9 +5,14 @@
 // contiguous shards; the gradient is reduce-scattered so each rank holds the
 // sum of its shard, AdamW (state sized to the shard) updates that shard only
 // and the parameters are all-gathered. The global grad norm is the square
-// root of the all-reduced shard sums of squares. On the CPU the gradient is
-// reduce-scattered once after the last micro-batch's backward (no overlap
-// with backward, and every rank keeps a whole gradient buffer).
+// root of the all-reduced shard sums of squares. At stage 2 the trainer
+// reduce-scatters after every micro-batch's backward (zero_reduce_micro_batch,
+// not overlapped with it): between micro-batches a rank holds only its
+// shard's accumulated gradient, sum over ranks and micro-batches so far, and
+// zeros elsewhere, so the next backward adds this rank's share on top and the
+// next reduce-scatter adds the other ranks' (the shard counted once).
+// delayed_update (offload only): the CPU AdamW of step k runs on a thread
+// during step k + 1's forward and backward; zero_step k + 1 collects it.
 #include <math.h>
 #include <stdlib.h>
 
@@ -22,6 +27,7 @@ struct Zero {
     AdamW adamw;             // on the backend, without offload
     Offload offload;         // in host memory, with offload
     float *sum_squares;      // backend fp32 scalar
+    bool grads_reduced;      // stage 2: the shard already holds the sum over ranks
 };
 
 size_t zero_shard_size(const Zero *zero) { return zero->end - zero->begin; }
@@ -39,6 +45,8 @@ static bool init_optimizer(Zero *zero, const float *params, Error *err) {
 Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, size_t n_params, const ZeroOptions *options,
                   Error *err) {
     if (options->stage != 0 && options->stage != 2) return fail(err, "zero.stage %d is not 0 or 2", options->stage), NULL;
+    if (options->delayed_update && !options->offload_cpu)
+        return fail(err, "zero.delayed_update needs the CPU offload (zero.offload: cpu)"), NULL;
     if (n_params < (size_t)coll->world_size)
         return fail(err, "%zu trainable parameters cannot be sharded over %d ranks", n_params, coll->world_size), NULL;
     Zero *zero = checked_calloc(1, sizeof *zero, "the ZeRO optimizer", err);
@@ -61,8 +69,22 @@ void zero_destroy(Zero *zero) {
     free(zero);
 }
 
-// Sums the gradient over ranks: whole buffer (stage 0) or this rank's shard (stage 2).
+bool zero_reduce_micro_batch(Zero *zero, float *grads, Error *err) {
+    if (zero->options.stage != 2) return true;
+    if (!zero->coll->reduce_scatter_sum(zero->coll, grads, zero->n, err)) return false;
+    zero->ops->zero(grads, zero->begin * sizeof(float));
+    zero->ops->zero(grads + zero->end, (zero->n - zero->end) * sizeof(float));
+    zero->grads_reduced = true;
+    return true;
+}
+
+// Sums the gradient over ranks: whole buffer (stage 0) or this rank's shard
+// (stage 2, unless zero_reduce_micro_batch did).
 static bool reduce_grads(Zero *zero, float *grads, Error *err) {
+    if (zero->options.stage == 2 && zero->grads_reduced) {
+        zero->grads_reduced = false;
+        return true;
+    }
     if (zero->options.stage == 2) return zero->coll->reduce_scatter_sum(zero->coll, grads, zero->n, err);
     return zero->coll->all_reduce_sum(zero->coll, grads, zero->n, DTYPE_F32, err);
 }
@@ -88,8 +110,19 @@ bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_ou
     float *shard_params = params + zero->begin, *shard_grads = grads + zero->begin;
     size_t shard = zero_shard_size(zero);
     if (zero->options.max_grad_norm > 0) clip_grads(zero->ops, shard_grads, shard, norm, zero->options.max_grad_norm);
-    if (zero->options.offload_cpu) offload_step(&zero->offload, shard_params, shard_grads, lr);
-    else adamw_step(&zero->adamw, shard_params, shard_grads, lr);
+    if (zero->options.delayed_update) {
+        if (!offload_step_delayed(&zero->offload, shard_params, shard_grads, lr, err)) return false;
+    } else if (zero->options.offload_cpu) {
+        offload_step(&zero->offload, shard_params, shard_grads, lr);
+    } else {
+        adamw_step(&zero->adamw, shard_params, shard_grads, lr);
+    }
+    return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
+}
+
+bool zero_flush(Zero *zero, float *params, Error *err) {
+    if (!zero->options.delayed_update) return true;
+    if (!offload_flush(&zero->offload, params + zero->begin, err)) return false;
     return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
 }
 

@@ -174,5 +174,7 @@ typedef struct Ops {
 // The CPU backend: always available.
 const Ops *ops_cpu(void);
 // The CUDA backend: NULL with a reason in err when built without CUDA or
-// when no device is usable.
+// when no device is usable. It works on device LOCAL_RANK (else
+// SLURM_LOCALID, else 0; device 0 when the process sees only one), made
+// current on the calling thread before its stream and handles are created.
 const Ops *ops_cuda(Error *err);

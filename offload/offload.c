@@ -37,6 +37,8 @@ bool offload_init(Offload *offload, const Ops *ops, const float *params_shard, s
 }
 
 void offload_destroy(Offload *offload) {
+    if (offload->pending) pthread_join(offload->worker, NULL);
+    offload->pending = false;
     float *buffers[] = {offload->master, offload->grads, offload->m, offload->v};
     for (int i = 0; i < 4; i++)
         if (buffers[i]) host_floats_free(buffers[i], offload->pinned);
@@ -49,4 +51,40 @@ void offload_step(Offload *offload, float *params_shard, const float *grads_shar
     offload->ops->download(offload->grads, grads_shard, bytes);
     cpu_adamw(offload->master, offload->grads, offload->m, offload->v, offload->n, lr, &offload->hyper, offload->step);
     offload->ops->upload(params_shard, offload->master, bytes);
+}
+
+// The worker thread of a delayed update: AdamW on the host buffers only.
+static void *delayed_adamw(void *arg) {
+    Offload *offload = arg;
+    cpu_adamw(offload->master, offload->grads, offload->m, offload->v, offload->n, offload->pending_lr,
+              &offload->hyper, offload->step);
+    return NULL;
+}
+
+static bool wait_for_pending(Offload *offload, Error *err) {
+    if (!offload->pending) return true;
+    offload->pending = false;
+    int rc = pthread_join(offload->worker, NULL);
+    if (rc != 0) return fail(err, "offload: joining the optimizer thread: %s", strerror(rc));
+    return true;
+}
+
+bool offload_flush(Offload *offload, float *params_shard, Error *err) {
+    if (!wait_for_pending(offload, err)) return false;
+    offload->ops->upload(params_shard, offload->master, offload->n * sizeof(float));
+    return true;
+}
+
+bool offload_step_delayed(Offload *offload, float *params_shard, const float *grads_shard, float lr, Error *err) {
+    if (!offload_flush(offload, params_shard, err)) return false;
+    offload->ops->download(offload->grads, grads_shard, offload->n * sizeof(float));
+    offload->step++;
+    offload->pending_lr = lr;
+    int rc = pthread_create(&offload->worker, NULL, delayed_adamw, offload);
+    if (rc != 0) {
+        offload->step--;
+        return fail(err, "offload: starting the optimizer thread: %s", strerror(rc));
+    }
+    offload->pending = true;
+    return true;
 }

@@ -4,7 +4,13 @@
 // memory, pinned (cudaHostAlloc) on the CUDA backend so the copies are DMA.
 // A step downloads the shard's gradients, runs AdamW on all cores, and
 // uploads the updated parameters into the backend's parameter buffer.
+//
+// The one-step-delayed update (offload_step_delayed) runs step k's AdamW on a
+// worker thread while the caller goes on with step k + 1's forward and
+// backward, which therefore see the parameters before update k: it changes
+// the numerics (gradient k + 1 is taken at p_(k-1), not p_k) for overlap.
 #pragma once
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -30,7 +36,10 @@ typedef struct Offload {
     bool pinned;
     float *master, *grads, *m, *v;  // host, (n) each
     AdamWHyper hyper;
-    int step;
+    int step;                       // updates started
+    pthread_t worker;               // the delayed update in flight, when pending
+    bool pending;
+    float pending_lr;
 } Offload;
 
 // Copies the shard's current parameters (backend memory, n) into the masters.
@@ -39,3 +48,11 @@ bool offload_init(Offload *offload, const Ops *ops, const float *params_shard, s
 void offload_destroy(Offload *offload);
 // grads_shard (backend) -> host, AdamW on the masters, masters -> params_shard (backend).
 void offload_step(Offload *offload, float *params_shard, const float *grads_shard, float lr);
+// The delayed step: waits for the update in flight (if any) and uploads its
+// masters to params_shard, then downloads grads_shard and starts AdamW on
+// them in a worker thread. Parameters after step k are p_(k-1), masters p_k.
+bool offload_step_delayed(Offload *offload, float *params_shard, const float *grads_shard, float lr, Error *err);
+// Waits for the update in flight (if any) and uploads the masters to
+// params_shard: parameters, masters and moments are then those of every
+// update started (before a save, and at the end of training).
+bool offload_flush(Offload *offload, float *params_shard, Error *err);

@@ -64,7 +64,7 @@ static void save_step(Fixture *f, const char *run_dir, int step) {
     fill_for_step(f, step);
     TrainerState state = state_for_step(step);
     AdapterInfo info = {.base_model_name_or_path = "base"};
-    CheckpointSource source = {f->model, &info, f->adam_m, f->adam_v, false, &state};
+    CheckpointSource source = {f->model, &info, f->adam_m, f->adam_v, false, &state, .world_size = 0};
     char path[4096];
     Error err;
     if (!checkpoint_save(run_dir, &source, path, sizeof path, &err)) fail_msg("%s", err.message);
@@ -119,7 +119,7 @@ static void test_injected_write_failures_keep_previous(void **state) {
         int errno_value = errnos[nth % 2];
         fill_for_step(&f, 2);
         TrainerState s = state_for_step(2);
-        CheckpointSource source = {f.model, NULL, f.adam_m, f.adam_v, false, &s};
+        CheckpointSource source = {f.model, NULL, f.adam_m, f.adam_v, false, &s, .world_size = 0};
         checkpoint_inject_write_failure(nth, errno_value);
         char path[4096];
         Error err;
@@ -146,7 +146,7 @@ static void test_tmpfs_that_fills(void **state) {
     Fixture f = fixture_create();
     fill_for_step(&f, 1);
     TrainerState s = state_for_step(1);
-    CheckpointSource source = {f.model, NULL, f.adam_m, f.adam_v, false, &s};
+    CheckpointSource source = {f.model, NULL, f.adam_m, f.adam_v, false, &s, .world_size = 0};
     Error err;
     CheckpointImage *image = checkpoint_image_create(&source, &err);
     assert_non_null(image);

@@ -1,8 +1,10 @@
 // dist: rank variables, shards, the store and the CPU collectives between
-// forked processes (including a rank that dies and one that hangs), and the
-// offloaded CPU AdamW against the CPU backend's op.
+// forked processes (including a rank that dies and one that hangs), ZeRO-2's
+// per-micro-batch reduce-scatter against stage 0, and the offloaded CPU
+// AdamW against the CPU backend's op.
 #include "test_util.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,6 +170,54 @@ static void test_collectives_between_processes(void **state) {
     }
 }
 
+// ZeRO-2 with a reduce-scatter after every micro-batch: the shard holds the
+// exact sum over ranks and micro-batches (values exact in fp32), zeros
+// elsewhere, and the step gives the parameters of stage 0 on the whole sums.
+static bool micro_batch_reduction(Store *store, Collectives *c, int rank, Error *err) {
+    enum { N = 1003, MICRO = 3 };
+    static float params[N], params_stage0[N], grads[N], grads_stage0[N];
+    for (size_t i = 0; i < N; i++) params[i] = params_stage0[i] = 0.01f * (float)(i % 17), grads[i] = grads_stage0[i] = 0;
+    ZeroOptions options = {.stage = 2, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f,
+                           .max_grad_norm = 100.0f};
+    Zero *stage2 = zero_create(ops_cpu(), c, params, N, &options, err);
+    options.stage = 0;
+    Zero *stage0 = stage2 ? zero_create(ops_cpu(), c, params_stage0, N, &options, err) : NULL;
+    if (!stage0) return zero_destroy(stage2), false;
+    bool ok = true;
+    for (int micro = 0; micro < MICRO && ok; micro++) {
+        for (size_t i = 0; i < N; i++) {
+            float g = (float)((rank + 1) * (micro + 1)) + (float)i / 8.0f;
+            grads[i] += g, grads_stage0[i] += g;
+        }
+        ok = zero_reduce_micro_batch(stage2, grads, err) && zero_reduce_micro_batch(stage0, grads_stage0, err);
+    }
+    int world = c->world_size;
+    size_t begin, end;
+    dist_shard_range(N, world, rank, &begin, &end);
+    for (size_t i = 0; i < N && ok; i++) {
+        float expect = i >= begin && i < end ? (float)(6 * world * (world + 1) / 2) + (float)(MICRO * world) * i / 8.0f : 0;
+        ok = grads[i] == expect || (fail)(err, "grads[%zu] = %g, expected %g", i, grads[i], expect);
+    }
+    float norm2, norm0;
+    ok = ok && zero_step(stage2, params, grads, 1e-2f, &norm2, err) &&
+         zero_step(stage0, params_stage0, grads_stage0, 1e-2f, &norm0, err);
+    for (size_t i = 0; i < N && ok; i++)
+        ok = fabsf(params[i] - params_stage0[i]) <= 1e-6f * fabsf(params_stage0[i]) + 1e-9f ||
+             (fail)(err, "params[%zu] = %.9g at stage 2, %.9g at stage 0", i, params[i], params_stage0[i]);
+    ok = ok && (fabsf(norm2 - norm0) <= 1e-6f * norm0 || (fail)(err, "grad norm %g at stage 2, %g at stage 0", norm2, norm0));
+    zero_destroy(stage2), zero_destroy(stage0);
+    return ok;
+}
+
+static void test_zero2_reduces_every_micro_batch(void **state) {
+    char messages[3][ERROR_MESSAGE_MAX];
+    for (int world = 2; world <= 3; world++) {
+        run_ranks(world, free_tcp_port(), 20, micro_batch_reduction, messages);
+        for (int r = 0; r < world; r++)
+            if (strcmp(messages[r], "ok") != 0) fail_msg("world %d rank %d: %s", world, r, messages[r]);
+    }
+}
+
 // Rank 2 leaves (as if killed) after joining; rank 1 sleeps past the timeout.
 static bool rank2_exits(Store *store, Collectives *c, int rank, Error *err) {
     if (rank == 2) _exit(3);
@@ -244,6 +294,7 @@ int main(void) {
         cmocka_unit_test(test_rank_info_from_env),
         cmocka_unit_test(test_shard_ranges_cover_the_buffer),
         cmocka_unit_test(test_collectives_between_processes),
+        cmocka_unit_test(test_zero2_reduces_every_micro_batch),
         cmocka_unit_test(test_dead_rank_is_named),
         cmocka_unit_test(test_hung_rank_is_named_after_the_timeout),
         cmocka_unit_test(test_store_get_times_out_naming_the_key),

@@ -1,7 +1,10 @@
 // lora-launch end to end on the CPU backend: 2 and 3 ranks with ZeRO stage 0
-// and 2 (and the CPU offload) and gradient accumulation leave the same
-// adapter as 1 process with the same global batch; a rank killed mid-run ends
-// the job with a message naming it.
+// and 2 (and the CPU offload, also with the delayed update) and gradient
+// accumulation leave the same adapter as 1 process with the same global
+// batch; ZeRO-2 checkpoints of 2 ranks resumed on 3, and of 3 resumed on 1,
+// re-shard the optimizer state and end where an uninterrupted run does; a
+// checkpoint missing a rank's shard or with a corrupt one is not complete; a
+// rank killed mid-run ends the job with a message naming it.
 #include "test_util.h"
 
 #include <math.h>
@@ -32,8 +35,11 @@ static void common_flags(const char *dir, char *buf, size_t size) {
              dir, dir);
 }
 
-// Trains into dir/out_name with nproc ranks (0: no launcher, one process).
-static void train(const char *dir, int nproc, int stage, const char *offload, const char *out_name) {
+#define DELAYED "--set zero.delayed_update=true"
+
+// Trains into dir/out_name with nproc ranks (0: no launcher, one process) and extra flags.
+static void train_with(const char *dir, int nproc, int stage, const char *offload, const char *out_name,
+                       const char *extra) {
     char flags[2048], command[4096];
     common_flags(dir, flags, sizeof flags);
     int grad_accum = GLOBAL_MICRO_BATCHES / (nproc > 0 ? nproc : 1);
@@ -43,8 +49,8 @@ static void train(const char *dir, int nproc, int stage, const char *offload, co
                  free_tcp_port());
     snprintf(command, sizeof command,
              "OMP_NUM_THREADS=1 timeout 120 %s%s %s --set train.grad_accum=%d --set zero.stage=%d --set zero.offload=%s "
-             "--set checkpoint.dir=%s/%s > %s/%s.log 2>&1",
-             launcher, binary("LORA_TRAIN_BIN"), flags, grad_accum, stage, offload, dir, out_name, dir, out_name);
+             "--set checkpoint.dir=%s/%s %s > %s/%s.log 2>&1",
+             launcher, binary("LORA_TRAIN_BIN"), flags, grad_accum, stage, offload, dir, out_name, extra, dir, out_name);
     int status = run_command(command);
     if (status != 0) fail_msg("exit %d from: %s (see %s/%s.log)", status, command, dir, out_name);
     if (nproc == 0) return;
@@ -56,6 +62,10 @@ static void train(const char *dir, int nproc, int stage, const char *offload, co
     if (!read_file(path, &log, &size, &err)) fail_msg("%s", err.message);
     if (!strstr(log, expect)) fail_msg("%s does not say '%s'", path, expect);
     free(log);
+}
+
+static void train(const char *dir, int nproc, int stage, const char *offload, const char *out_name) {
+    train_with(dir, nproc, stage, offload, out_name, "");
 }
 
 // Largest ||a - b|| / ||b|| (L2) over the tensors of two adapters; *max_abs:
@@ -97,19 +107,94 @@ static void test_ranks_match_one_process(void **state) {
     if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
     const char *dir = strdup(make_temp_dir("launch"));
     train(dir, 0, 0, "none", "single");
+    train_with(dir, 0, 0, "cpu", "single-delayed", DELAYED);
     struct {
         int nproc, stage;
         const char *offload;
-    } runs[] = {{2, 0, "none"}, {2, 2, "none"}, {3, 0, "none"}, {3, 2, "none"}, {3, 2, "cpu"}};
+        bool delayed;
+    } runs[] = {{2, 0, "none", false}, {2, 2, "none", false}, {3, 0, "none", false},
+                {3, 2, "none", false}, {3, 2, "cpu", false},  {3, 2, "cpu", true}};
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         char name[64];
-        snprintf(name, sizeof name, "ranks%d-stage%d-offload-%s", runs[i].nproc, runs[i].stage, runs[i].offload);
-        train(dir, runs[i].nproc, runs[i].stage, runs[i].offload, name);
-        double max_abs, difference = adapter_difference(dir, name, "single", &max_abs);
-        print_message("%s vs 1 process: relative difference %.3g (L2), %.3g (max |a - b| / max |b|)\n", name,
-                      difference, max_abs);
+        snprintf(name, sizeof name, "ranks%d-stage%d-offload-%s%s", runs[i].nproc, runs[i].stage, runs[i].offload,
+                 runs[i].delayed ? "-delayed" : "");
+        train_with(dir, runs[i].nproc, runs[i].stage, runs[i].offload, name, runs[i].delayed ? DELAYED : "");
+        const char *reference = runs[i].delayed ? "single-delayed" : "single";
+        double max_abs, difference = adapter_difference(dir, name, reference, &max_abs);
+        print_message("%s vs %s: relative difference %.3g (L2), %.3g (max |a - b| / max |b|)\n", name,
+                      reference, difference, max_abs);
         assert_true(difference < 1e-5);
     }
+    free((void *)dir);
+}
+
+static void assert_log_says(const char *dir, const char *name, const char *expect) {
+    char path[1024], *log = NULL;
+    size_t size;
+    snprintf(path, sizeof path, "%s/%s.log", dir, name);
+    Error err;
+    if (!read_file(path, &log, &size, &err)) fail_msg("%s", err.message);
+    if (!strstr(log, expect)) fail_msg("%s does not say '%s'", path, expect);
+    free(log);
+}
+
+// A ZeRO-2 run of from_nproc ranks saving every 2 steps, then the same run
+// resumed from its step-000002 on to_nproc ranks (0: one process, no
+// launcher); the final adapter against the uninterrupted "straight" run's.
+static void assert_resharded_resume(const char *dir, int from_nproc, int to_nproc) {
+    char name[64], resume[1024], expect[128];
+    snprintf(name, sizeof name, "from%d-to%d", from_nproc, to_nproc);
+    train_with(dir, from_nproc, 2, "none", name, "--set checkpoint.every_steps=2");
+    snprintf(resume, sizeof resume, "--set checkpoint.every_steps=2 --resume %s/%s/step-000002", dir, name);
+    train_with(dir, to_nproc, 2, "none", name, resume);
+    snprintf(expect, sizeof expect, "(saved by %d ranks) at step 2", from_nproc);
+    assert_log_says(dir, name, expect);
+    double max_abs, difference = adapter_difference(dir, name, "straight", &max_abs);
+    print_message("%d ranks stopped at step 2, resumed on %d: relative difference to the uninterrupted run %.3g (L2), "
+                  "%.3g (max |a - b| / max |b|)\n",
+                  from_nproc, to_nproc ? to_nproc : 1, difference, max_abs);
+    assert_true(difference < 1e-6);
+}
+
+// name: 2 ranks saved step-000002, 3 ranks (resumed) step-000004. A step
+// folder with a byte of a shard file changed, or without one, is not
+// complete: the previous checkpoint is the latest.
+static void assert_damaged_shards_fall_back(const char *dir, const char *name) {
+    char run_dir[1024], path[2048], found[2048];
+    snprintf(run_dir, sizeof run_dir, "%s/%s", dir, name);
+    Error err;
+    if (!checkpoint_find_latest(run_dir, found, sizeof found, &err)) fail_msg("%s", err.message);
+    assert_non_null(strstr(found, "step-000004"));
+    for (int rank = 0; rank < 3; rank++) {
+        snprintf(path, sizeof path, "%s/step-000004/optimizer/rank-%05d.safetensors", run_dir, rank);
+        assert_true(path_exists(path));
+    }
+    snprintf(path, sizeof path, "%s/step-000004/optimizer/rank-00002.safetensors", run_dir);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, -1, SEEK_END), 0);
+    int last = fgetc(f);
+    assert_int_equal(fseek(f, -1, SEEK_END), 0);
+    assert_int_equal(fputc(last ^ 0x01, f), last ^ 0x01);
+    assert_int_equal(fclose(f), 0);
+    snprintf(path, sizeof path, "%s/step-000004", run_dir);
+    assert_false(checkpoint_verify(path, &err));
+    print_message("corrupt shard: %s\n", err.message);
+    assert_non_null(strstr(err.message, "rank-00002.safetensors"));
+    if (!checkpoint_find_latest(run_dir, found, sizeof found, &err)) fail_msg("%s", err.message);
+    assert_non_null(strstr(found, "step-000002"));
+    snprintf(path, sizeof path, "%s/step-000002/optimizer/rank-00001.safetensors", run_dir);
+    assert_int_equal(unlink(path), 0);
+    assert_false(checkpoint_find_latest(run_dir, found, sizeof found, &err));
+}
+
+static void test_resume_reshards_zero2(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = strdup(make_temp_dir("launch-reshard"));
+    train_with(dir, 0, 0, "none", "straight", "--set checkpoint.every_steps=2");
+    assert_resharded_resume(dir, 2, 3);
+    assert_resharded_resume(dir, 3, 0);
+    assert_damaged_shards_fall_back(dir, "from2-to3");
     free((void *)dir);
 }
 
@@ -142,6 +227,7 @@ static void test_killed_rank_ends_the_job(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ranks_match_one_process),
+        cmocka_unit_test(test_resume_reshards_zero2),
         cmocka_unit_test(test_killed_rank_ends_the_job),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

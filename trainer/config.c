@@ -157,6 +157,8 @@ static const ConfigKey KEYS[] = {
      .help = "0: replicated optimizer state; 2: sharded state and gradients"},
     {"zero.offload", KEY_ENUM, FIELD(zero.offload), .allowed = OFFLOAD_VALUES,
      .help = "cpu: optimizer state in pinned host memory"},
+    {"zero.delayed_update", KEY_BOOL, FIELD(zero.delayed_update),
+     .help = "offload cpu: step k's CPU AdamW overlaps step k+1, which sees parameters one update old"},
     {"dist.timeout_s", KEY_FLOAT, FIELD(dist.timeout_s), .range = ABOVE(0),
      .help = "seconds a rank waits for another before failing the job"},
 };
@@ -618,6 +620,7 @@ void config_defaults(Config *config) {
     config->train.max_bad_steps = 10;
     config->zero.stage = 0;
     snprintf(config->zero.offload, CONFIG_NAME_MAX, "none");
+    config->zero.delayed_update = false;
     config->dist.timeout_s = 300.0f;
     snprintf(config->vision.tower_preset, CONFIG_NAME_MAX, "clip-vit-large-patch14-336");
     config->vision.feature_layer = -2;

@@ -36,3 +36,15 @@ bool all_reduce_host(DistContext *dist, double *values, int n, Error *err) {
     dist->ops->download(values, dist->scalars, bytes);
     return true;
 }
+
+bool all_gather_host_words(DistContext *dist, const uint64_t *words, int n_words, uint64_t *all, Error *err) {
+    if (n_words > HOST_SCALARS_MAX) return fail(err, "all_gather_host_words: %d words (at most %d)", n_words, HOST_SCALARS_MAX);
+    size_t bytes = (size_t)n_words * sizeof(uint64_t);
+    for (int root = 0; root < dist->info.world_size; root++) {
+        if (root == dist->info.rank) dist->ops->upload(dist->scalars, words, bytes);
+        if (dist->info.world_size > 1 && !dist->coll->broadcast(dist->coll, dist->scalars, bytes, root, err))
+            return false;
+        dist->ops->download(all + (size_t)root * n_words, dist->scalars, bytes);
+    }
+    return true;
+}

@@ -18,3 +18,5 @@ bool dist_context_start(DistContext *dist, const Ops *ops, double timeout_s, Err
 void dist_context_stop(DistContext *dist);
 // values (n <= 4, host) = their sum over ranks.
 bool all_reduce_host(DistContext *dist, double *values, int n, Error *err);
+// all (world_size x n_words, host) = every rank's words (n_words <= 4), one broadcast per rank.
+bool all_gather_host_words(DistContext *dist, const uint64_t *words, int n_words, uint64_t *all, Error *err);

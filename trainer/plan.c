@@ -63,7 +63,7 @@ static bool plan_checkpoint_bytes(const Config *config, const ModelOptions *opti
         AdapterInfo adapter = {.base_model_name_or_path = config->model.path, .layout = layout};
         TrainerState state = {.step = total_steps, .optimizer_steps = total_steps, .seed = config->train.seed,
                               .first_loss = 1.0, .last_loss = 1.0, .config_yaml = yaml};
-        CheckpointSource source = {model, &adapter, moments, moments + n, true, &state};
+        CheckpointSource source = {model, &adapter, moments, moments + n, true, &state, .world_size = 0};
         image = checkpoint_image_create(&source, err);
     }
     if (image) *bytes = checkpoint_image_bytes(image);

@@ -46,41 +46,22 @@ void format_bytes(uint64_t bytes, char *text, size_t size) {
     else snprintf(text, size, "%llu bytes", (unsigned long long)bytes);
 }
 
-static bool holds_whole_state(const Run *run) {
-    return zero_state(run->zero).count == model_params(run->model)->total;
-}
-
-bool check_checkpoints_supported(const Run *run, Error *err) {
-    if (!run->control->resume || holds_whole_state(run)) return true;
-    return fail(err, "--resume with zero.stage 2 over %d ranks: per-rank optimizer shards are not checkpointed yet "
-                     "(resume with zero.stage 0)",
-                run->dist.info.world_size);
-}
-
-// ZeRO-2 over several ranks: rank 0 holds only its optimizer shard, so the
-// step folder gets the adapter alone (not resumable).
-static bool save_adapter_only(Run *run, int next_step, char *path, size_t path_size, Error *err) {
-    snprintf(path, path_size, "%s/step-%06d", run->config->checkpoint.dir, next_step);
-    if (!adapter_save(run->model, &run->adapter_info, path, err)) return fail_context(err, "saving the adapter to %s: ", path);
-    printf("note: zero.stage 2 over %d ranks: %s holds the adapter only (optimizer shards are not checkpointed)\n",
-           run->dist.info.world_size, path);
-    return true;
-}
-
 static TrainerState state_at(Run *run, int next_step) {
     TrainerState state = run->progress;
     state.step = next_step;
     state.optimizer_steps = zero_state(run->zero).step;
     state.seed = run->config->train.seed;
     state.config_yaml = run->config_yaml;
-    dataloader_position(run->loader, &state.epoch, &state.step_in_epoch);
+    run_data_position(run, &state.epoch, &state.step_in_epoch);
     return state;
 }
 
 static CheckpointImage *image_at(Run *run, int next_step, Error *err) {
     TrainerState state = state_at(run, next_step);
     ZeroState optimizer = zero_state(run->zero);
-    CheckpointSource source = {run->model, &run->adapter_info, optimizer.m, optimizer.v, optimizer.on_host, &state};
+    CheckpointSource source = {run->model,        &run->adapter_info,          optimizer.m,     optimizer.v,
+                               optimizer.on_host, &state,                      run->dist.info.rank,
+                               run->dist.info.world_size, optimizer.begin,   optimizer.count};
     return checkpoint_image_create(&source, err);
 }
 
@@ -97,11 +78,16 @@ uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoi
 
 static int saves_kept(const Run *run) { return checkpoints_kept(run->config, run->total_steps); }
 
+// Rank 0's part plus, for every other rank, a shard file no larger than rank 0's.
+static uint64_t checkpoint_bytes_of_all_ranks(const Run *run, const CheckpointImage *rank0_image) {
+    uint64_t others = (uint64_t)(run->dist.info.world_size - 1) * checkpoint_image_shard_bytes(rank0_image);
+    return checkpoint_image_bytes(rank0_image) + others;
+}
+
 bool check_disk_for_run(Run *run, Error *err) {
-    if (!holds_whole_state(run)) return true; // adapter-only step folders: see save_adapter_only
     CheckpointImage *image = image_at(run, 0, err);
     if (!image) return false;
-    uint64_t checkpoint_bytes = checkpoint_image_bytes(image), free_bytes;
+    uint64_t checkpoint_bytes = checkpoint_bytes_of_all_ranks(run, image), free_bytes;
     checkpoint_image_destroy(image);
     uint64_t need = run_disk_bytes(run->config, run->total_steps, checkpoint_bytes, model_params(run->model)->total);
     const char *dir = run->config->checkpoint.dir;
@@ -164,16 +150,66 @@ static bool ensure_room(Run *run, uint64_t need, Error *err) {
                 dir, need_text, free_text, config->checkpoint.on_low_disk);
 }
 
-bool save_checkpoint(Run *run, int next_step, char *path, size_t path_size, Error *err) {
-    if (!holds_whole_state(run)) return save_adapter_only(run, next_step, path, path_size, err);
-    CheckpointImage *image = image_at(run, next_step, err);
-    if (!image) return false;
-    uint64_t bytes = checkpoint_image_bytes(image);
+static uint64_t room_for(uint64_t bytes) { return bytes + bytes / 100 + SAVE_MARGIN_BYTES; }
+
+static bool save_one_rank(Run *run, const CheckpointImage *image, char *path, size_t path_size, Error *err) {
     const char *dir = run->config->checkpoint.dir;
-    bool ok = ensure_room(run, bytes + bytes / 100 + SAVE_MARGIN_BYTES, err) &&
-              checkpoint_write(dir, image, path, path_size, err);
+    return ensure_room(run, room_for(checkpoint_image_bytes(image)), err) &&
+           checkpoint_write(dir, image, path, path_size, err);
+}
+
+// Every rank learns whether every rank's phase succeeded (the all-reduce is
+// the barrier between phases); false on all of them when one failed.
+static bool all_ranks_succeeded(Run *run, bool ok, const char *phase, Error *err) {
+    double failed = ok ? 0.0 : 1.0;
+    Error reduce_err;
+    if (!all_reduce_host(&run->dist, &failed, 1, &reduce_err)) {
+        if (ok) *err = reduce_err;
+        return false;
+    }
+    if (failed == 0.0) return true;
+    if (ok) return fail(err, "%s failed on %g other rank(s)", phase, failed);
+    return false;
+}
+
+// Each rank writes its optimizer shard into rank 0's partial folder; rank 0
+// makes room for all of them, verifies every shard file and writes the marker.
+static bool save_sharded(Run *run, const CheckpointImage *image, Error *err) {
+    const char *dir = run->config->checkpoint.dir;
+    bool rank0 = run->is_rank0;
+    double bytes = (double)checkpoint_image_bytes(image);
+    if (!all_reduce_host(&run->dist, &bytes, 1, err)) return false;
+    bool ok = !rank0 || ensure_room(run, room_for((uint64_t)bytes), err);
+    if (!all_ranks_succeeded(run, ok, "making room for the checkpoint", err)) return false;
+    ok = !rank0 || checkpoint_write_begin(dir, image, err);
+    if (!all_ranks_succeeded(run, ok, "creating the checkpoint folder", err)) return false;
+    FileDigest digest;
+    ok = checkpoint_write_shard(dir, image, &digest, err);
+    if (!all_ranks_succeeded(run, ok, "writing an optimizer shard", err)) {
+        if (rank0) checkpoint_write_abandon(dir, image);
+        return false;
+    }
+    int world_size = run->dist.info.world_size;
+    uint64_t mine[2] = {digest.bytes, digest.fnv1a64}, *words = checked_malloc(2 * (size_t)world_size * sizeof *words, "shard digests", err);
+    FileDigest *digests = checked_malloc((size_t)world_size * sizeof *digests, "shard digests", err);
+    ok = words && digests && all_gather_host_words(&run->dist, mine, 2, words, err);
+    for (int rank = 0; ok && rank < world_size; rank++) digests[rank] = (FileDigest){words[2 * rank], words[2 * rank + 1]};
+    char path[CONFIG_PATH_MAX + 64];
+    ok = ok && (!rank0 || checkpoint_write_finish(dir, image, digests, path, sizeof path, err));
+    free(words);
+    free(digests);
+    return all_ranks_succeeded(run, ok, "finishing the checkpoint", err);
+}
+
+bool save_checkpoint(Run *run, int next_step, char *path, size_t path_size, Error *err) {
+    const char *dir = run->config->checkpoint.dir;
+    snprintf(path, path_size, "%s/step-%06d", dir, next_step);
+    CheckpointImage *image = image_at(run, next_step, err);
+    bool ok = image != NULL;
+    if (run->dist.info.world_size == 1) ok = ok && save_one_rank(run, image, path, path_size, err);
+    else ok = all_ranks_succeeded(run, ok, "serialising the checkpoint", err) && save_sharded(run, image, err);
     checkpoint_image_destroy(image);
-    if (!ok) return false;
+    if (!ok || !run->is_rank0) return ok;
     int keep = run->config->checkpoint.keep_last;
     Error prune_err;
     if (keep > 0 && !checkpoint_prune(dir, keep, &prune_err))
@@ -198,6 +234,45 @@ static void first_difference(const char *a, const char *b, char *out, size_t siz
     snprintf(out, size, "one has more lines than the other");
 }
 
+// The "  key: N" line of a config YAML text (config_to_yaml's layout).
+static bool yaml_int(const char *yaml, const char *key, int *value) {
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "\n  %s: ", key);
+    const char *line = strstr(yaml, pattern);
+    if (!line) return false;
+    *value = atoi(line + strlen(pattern));
+    return true;
+}
+
+// This run's config YAML as the checkpoint's run would have written it: a
+// resume on another number of ranks may split the same global batch into
+// other micro_batch x grad_accum. NULL (err set) when the global batch differs.
+static char *config_yaml_in_checkpoint_split(const Run *run, const TrainerState *state, Error *err) {
+    Config config = *run->config;
+    int micro_batch, grad_accum;
+    if (!yaml_int(state->config_yaml, "micro_batch", &micro_batch) || !yaml_int(state->config_yaml, "grad_accum", &grad_accum))
+        return checked_strdup(run->config_yaml, err);
+    int64_t saved = (int64_t)micro_batch * grad_accum * state->world_size,
+            now = (int64_t)config.train.micro_batch * config.train.grad_accum * run->dist.info.world_size;
+    if (saved != now)
+        return fail(err, "the checkpoint's global batch is %lld samples (%d x %d on %d ranks), this run's %lld",
+                    (long long)saved, micro_batch, grad_accum, state->world_size, (long long)now), NULL;
+    config.train.micro_batch = micro_batch;
+    config.train.grad_accum = grad_accum;
+    return config_to_yaml(&config, err);
+}
+
+static bool check_same_config(const Run *run, const char *dir, const TrainerState *state, Error *err) {
+    char *expected = config_yaml_in_checkpoint_split(run, state, err);
+    if (!expected) return fail_context(err, "--resume %s: ", dir);
+    bool same = strcmp(state->config_yaml, expected) == 0;
+    char difference[512];
+    if (!same) first_difference(state->config_yaml, expected, difference, sizeof difference);
+    free(expected);
+    if (!same) return fail(err, "--resume %s: the checkpoint was made with a different config (%s)", dir, difference);
+    return true;
+}
+
 static bool resolve_resume_dir(const Run *run, char *dir, size_t size, Error *err) {
     const char *resume = run->control->resume;
     if (strcmp(resume, "latest") == 0) return checkpoint_find_latest(run->config->checkpoint.dir, dir, size, err);
@@ -210,21 +285,19 @@ bool resume_from_checkpoint(Run *run, int *start_step, Error *err) {
     if (!resolve_resume_dir(run, dir, sizeof dir, err)) return fail_context(err, "--resume: ");
     TrainerState state;
     ZeroState optimizer = zero_state(run->zero);
-    if (!checkpoint_load(dir, run->model, optimizer.m, optimizer.v, optimizer.on_host, &state, err)) return false;
-    bool same_config = strcmp(state.config_yaml, run->config_yaml) == 0;
-    if (!same_config) {
-        char difference[512];
-        first_difference(state.config_yaml, run->config_yaml, difference, sizeof difference);
-        trainer_state_free(&state);
-        return fail(err, "--resume %s: the checkpoint was made with a different config (%s)", dir, difference);
-    }
+    if (!checkpoint_load_shard(dir, run->model, optimizer.m, optimizer.v, optimizer.on_host, optimizer.begin,
+                               optimizer.count, &state, err))
+        return false;
+    bool same_config = check_same_config(run, dir, &state, err);
     trainer_state_free(&state);
+    if (!same_config) return false;
     zero_restore(run->zero, model_param_data(run->model), state.optimizer_steps);
-    dataloader_seek(run->loader, state.epoch, state.step_in_epoch);
+    run_data_seek(run, state.epoch, state.step_in_epoch);
     run->progress = state;
     run->progress.config_yaml = NULL;
     *start_step = state.step;
-    printf("resumed from %s at step %d (epoch %d, step %lld of it)\n", dir, state.step, state.epoch,
-           (long long)state.step_in_epoch);
+    if (run->is_rank0)
+        printf("resumed from %s (saved by %d rank%s) at step %d (epoch %d, step %lld of it)\n", dir, state.world_size,
+               state.world_size == 1 ? "" : "s", state.step, state.epoch, (long long)state.step_in_epoch);
     return true;
 }

@@ -43,17 +43,18 @@ ModelOptions train_model_options(const Config *config, const Ops *ops, const Lla
                           .nf4_double_quant = config->model.double_quant};
 }
 
-static Model *create_model(const Config *config, const Ops *ops, const LlamaConfig *llama, Error *err) {
-    ModelOptions options = train_model_options(config, ops, llama);
-    return model_create(&options, err);
+// With a vision tower the model also holds the projector.
+static Model *create_model(Run *run, const Config *config, const LlamaConfig *llama, Error *err) {
+    ModelOptions options = train_model_options(config, run->ops, llama);
+    return vlm_model_options(run, llama, &options, err) ? model_create(&options, err) : NULL;
 }
 
 // Writes a random unquantized model of the preset model.create_if_missing at model.path.
-static bool write_random_model(const Config *config, const Ops *ops, const LlamaConfig *llama, bool verbose,
-                               Error *err) {
+static bool write_random_model(Run *run, const LlamaConfig *llama, bool verbose, Error *err) {
+    const Config *config = run->config;
     Config unquantized = *config;
     snprintf(unquantized.model.quantize, CONFIG_NAME_MAX, "none");
-    Model *model = create_model(&unquantized, ops, llama, err);
+    Model *model = create_model(run, &unquantized, llama, err);
     if (!model) return false;
     if (verbose) printf("creating a random '%s' model in %s\n", config->model.create_if_missing, config->model.path);
     model_init_random_base(model, config->train.seed);
@@ -64,17 +65,18 @@ static bool write_random_model(const Config *config, const Ops *ops, const Llama
 
 // Loads model.path (quantizing it with model.quantize), first writing a random
 // model of the preset named by model.create_if_missing there if absent.
-static Model *load_or_create_model(const Config *config, const Ops *ops, bool verbose, Error *err) {
+static Model *load_or_create_model(Run *run, bool verbose, Error *err) {
+    const Config *config = run->config;
     const char *path = config->model.path;
     LlamaConfig llama;
     if (!path_exists(path) && config->model.create_if_missing[0]) {
         if (!llama_config_preset(config->model.create_if_missing, &llama, err) ||
-            !write_random_model(config, ops, &llama, verbose, err))
+            !write_random_model(run, &llama, verbose, err))
             return NULL;
     } else if (!hf_read_llama_config(path, &llama, err)) {
         return NULL;
     }
-    Model *model = create_model(config, ops, &llama, err);
+    Model *model = create_model(run, config, &llama, err);
     if (!model) return NULL;
     if (!hf_load_weights(model, path, err)) {
         model_destroy(model);
@@ -104,8 +106,8 @@ static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool ve
 // Values the config accepts but this build cannot honour yet stop the run
 // before anything is written, rather than being ignored.
 static bool check_supported(const Config *config, Error *err) {
-    if (config->data.images[0])
-        return fail(err, "data.images: image-text training is not supported by this build yet");
+    if (run_is_vlm(config) && !config->vision.train_projector)
+        return fail(err, "vision.train_projector: a frozen projector is not supported by this build yet");
     return true;
 }
 
@@ -114,15 +116,21 @@ static bool load_model_and_data(Run *run, Error *err) {
     const Config *config = run->config;
     Collectives *coll = run->dist.coll;
     if (!run->is_rank0 && !coll->barrier(coll, err)) return false;
-    run->model = load_or_create_model(config, run->ops, run->is_rank0, err);
-    if (!run->model || !(run->tokenizer = config_tokenizer(config, err))) return false;
+    // The tokenizer first: the projector's image token id depends on it. A
+    // model.path still to be created gets the byte tokenizer its presets use.
+    if (!(run->tokenizer = config_tokenizer(config, err))) return false;
+    run->model = load_or_create_model(run, run->is_rank0, err);
+    if (!run->model) return false;
     run->adapter_info = (AdapterInfo){.base_model_name_or_path = config->model.path};
     if (!hf_read_layout(config->model.path, &run->adapter_info.layout, err)) return false;
     if (model_config(run->model)->vocab_size < tokenizer_vocab_size(run->tokenizer))
         return fail(err, "%s: vocab_size %d is smaller than the tokenizer's %d", config->model.path,
                     model_config(run->model)->vocab_size, tokenizer_vocab_size(run->tokenizer));
-    run->dataset = open_dataset(config, run->tokenizer, run->is_rank0, err);
-    if (!run->dataset) return false;
+    if (run_is_vlm(config)) {
+        if (!vlm_load(run, err)) return false;
+    } else if (!(run->dataset = open_dataset(config, run->tokenizer, run->is_rank0, err))) {
+        return false;
+    }
     return !run->is_rank0 || coll->barrier(coll, err);
 }
 
@@ -134,6 +142,7 @@ static bool create_optimizer(Run *run, Error *err) {
     if (!coll->broadcast(coll, model_param_data(run->model), params->total * sizeof(float), 0, err)) return false;
     model_sync_params(run->model);
     ZeroOptions zero = {.stage = config->zero.stage, .offload_cpu = strcmp(config->zero.offload, "cpu") == 0,
+                        .delayed_update = config->zero.delayed_update,
                         .beta1 = config->train.beta1, .beta2 = config->train.beta2, .eps = config->train.eps,
                         .weight_decay = config->train.weight_decay, .max_grad_norm = config->train.max_grad_norm};
     run->zero = zero_create(run->ops, coll, model_param_data(run->model), params->total, &zero, err);
@@ -154,25 +163,25 @@ static bool setup(Run *run, const Config *config, Error *err) {
                                         .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
                                         .shuffle = config->data.shuffle, .rank = ranks.rank,
                                         .world_size = ranks.world_size};
-    run->loader = dataloader_create(run->dataset, &loader_options, err);
-    if (!run->loader) return false;
-    int64_t per_epoch = dataloader_steps_per_epoch(run->loader);
+    if (!run_create_loader(run, &loader_options, err)) return false;
+    int64_t per_epoch = run_steps_per_epoch(run);
     if (per_epoch < 1)
         return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum x world_size = %d",
-                    config->data.path, (long long)dataset_size(run->dataset),
+                    config->data.path, (long long)run_samples(run),
                     config->train.micro_batch * config->train.grad_accum * ranks.world_size);
     run->total_steps = config->train.max_steps > 0 ? config->train.max_steps : (int)(per_epoch * config->train.epochs);
     run->schedule = (LrSchedule){.kind = config->train.schedule, .peak_lr = config->train.lr,
                                  .warmup_steps = warmup_steps_from(config->train.warmup, run->total_steps),
                                  .total_steps = run->total_steps, .min_lr_ratio = config->train.min_lr_ratio};
     run->config_yaml = config_to_yaml(config, err);
-    return run->config_yaml && create_optimizer(run, err) && check_checkpoints_supported(run, err);
+    return run->config_yaml && create_optimizer(run, err);
 }
 
 static void teardown(Run *run) {
     free(run->config_yaml);
     zero_destroy(run->zero);
     dataloader_destroy(run->loader);
+    vlm_destroy(run);
     dataset_destroy(run->dataset);
     model_destroy(run->model);
     tokenizer_destroy(run->tokenizer);
@@ -205,9 +214,11 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
     fflush(stdout);
 }
 
-// The step's micro-batches; *interrupted when a stop signal arrived after one
-// of them (the step is then incomplete and not applied).
-static bool accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
+// The step's micro-batches (with run, their images through its tower, and at
+// ZeRO stage 2 each micro-batch's gradient reduce-scattered to its owners at
+// once); *interrupted when a stop signal arrived after one of them (the step
+// is then incomplete and not applied).
+static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                        bool *interrupted, Error *err) {
     model_zero_grads(model);
     StepOptions options = {.grad_scale = (float)(1.0 / (double)batch->n_label_tokens), .train = true};
@@ -220,7 +231,9 @@ static bool accumulate(Model *model, const StepBatch *batch, uint64_t seed, int 
         options.dropout_seed = rng_hash(seed ^ 0xd5d5d5d5ULL,
                                         (uint64_t)step * (uint64_t)batch->n_micro + (uint64_t)micro);
         double micro_loss;
+        if (!vlm_micro_features(run, batch, micro, &micro_batch, err)) return false;
         if (!model_step(model, &micro_batch, &options, &micro_loss, err)) return false;
+        if (run && !zero_reduce_micro_batch(run->zero, model_grad_data(model), err)) return false;
         loss_sum += micro_loss;
         if (stop_signal && micro + 1 < batch->n_micro) {
             *interrupted = true;
@@ -234,7 +247,7 @@ static bool accumulate(Model *model, const StepBatch *batch, uint64_t seed, int 
 bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                       Error *err) {
     bool interrupted;
-    return accumulate(model, batch, seed, step, mean_loss, &interrupted, err);
+    return accumulate(NULL, model, batch, seed, step, mean_loss, &interrupted, err);
 }
 
 // Gradients summed over ranks, clipped by the global norm, AdamW (ZeRO).
@@ -266,7 +279,7 @@ static bool accumulate_global(Run *run, const StepBatch *batch, int step, double
     *skipped = global.n_label_tokens == 0;
     if (*skipped) return true;
     uint64_t rank_seed = run->config->train.seed ^ ((uint64_t)run->dist.info.rank * 0x9E3779B97F4A7C15ULL);
-    return accumulate(run->model, &global, rank_seed, step, loss, interrupted, err) &&
+    return accumulate(run, run->model, &global, rank_seed, step, loss, interrupted, err) &&
            (*interrupted || all_reduce_host(&run->dist, loss, 1, err));
 }
 
@@ -280,18 +293,27 @@ static void print_header(const Run *run) {
            run->ops->name, c->n_layers, c->hidden_size, c->vocab_size, run->config->lora.r,
            (long long)model_params(run->model)->total);
     printf("data %s: %lld samples (%lld truncated to %d tokens) | %d steps of %d x %d micro-batches\n",
-           run->config->data.path, (long long)dataset_size(run->dataset),
-           (long long)dataset_truncated_count(run->dataset), run->config->data.max_seq_len, run->total_steps,
+           run->config->data.path, (long long)run_samples(run),
+           (long long)run_truncated(run), run->config->data.max_seq_len, run->total_steps,
            run->config->train.grad_accum, run->config->train.micro_batch);
     fflush(stdout);
+}
+
+// Applies the update in flight (zero.delayed_update) to the model, on every
+// rank: what is saved next is the state after all the updates started.
+static bool settle_optimizer(Run *run, Error *err) {
+    if (!run->config->zero.delayed_update) return true;
+    if (!zero_flush(run->zero, model_param_data(run->model), err)) return false;
+    model_sync_params(run->model);
+    return true;
 }
 
 // Saves the state before next_step and marks the run interrupted.
 static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary, Error *err) {
     summary->interrupted = true;
-    if (!run->is_rank0) return true;
+    if (!settle_optimizer(run, err)) return false;
     if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
-    printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
+    if (run->is_rank0) printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
            summary->checkpoint_dir);
     return true;
 }
@@ -306,8 +328,8 @@ static bool count_bad_step(Run *run, int step, int *in_row, double loss, float n
         printf("step %d/%d | skipped: non-finite loss %g or gradient norm %g (%d in a row)\n", step + 1,
                run->total_steps, loss, (double)norm, *in_row);
     if (*in_row < run->config->train.max_bad_steps) return true;
-    if (run->is_rank0 && !save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err))
-        return false;
+    if (!settle_optimizer(run, err)) return false;
+    if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
     return fail(err, "step %d: %d non-finite steps in a row (train.max_bad_steps); the last good state is in %s",
                 step + 1, *in_row, summary->checkpoint_dir);
 }
@@ -330,15 +352,16 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         if (stop_requested(run, step)) return stop_with_checkpoint(run, step, summary, err);
         int epoch;
         int64_t step_in_epoch;
-        dataloader_position(run->loader, &epoch, &step_in_epoch);
-        const StepBatch *batch = dataloader_next(run->loader);
+        run_data_position(run, &epoch, &step_in_epoch);
+        const StepBatch *batch = run_next_batch(run, err);
+        if (!batch) return fail_context(err, "step %d: ", step + 1);
         double loss;
         float norm, lr;
         bool skipped, interrupted, applied;
         if (!accumulate_global(run, batch, step, &loss, &skipped, &interrupted, err))
             return fail_context(err, "step %d: ", step + 1);
         if (interrupted) {
-            dataloader_seek(run->loader, epoch, step_in_epoch);
+            run_data_seek(run, epoch, step_in_epoch);
             return stop_with_checkpoint(run, step, summary, err);
         }
         if (skipped) {
@@ -356,12 +379,14 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         record_step(run, step, loss);
         if (run->is_rank0 && ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps))
             log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
-        if (run->is_rank0 && config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
+        if (config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
             step + 1 < run->total_steps) {
+            if (!settle_optimizer(run, err)) return false;
             if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
-            printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
+            if (run->is_rank0) printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
         }
     }
+    if (!settle_optimizer(run, err)) return false;
     return !run->is_rank0 || save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
 }
 

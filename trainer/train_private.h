@@ -24,7 +24,32 @@ typedef struct Run {
     bool is_rank0;         // logs and writes adapters and checkpoints
     char *config_yaml;     // saved in every checkpoint, compared on resume
     TrainerState progress; // losses and step counts so far (position fields filled at save time)
+    // vision-language runs (train_vlm.c); NULL otherwise, and then dataset and loader serve
+    ClipTower *tower;
+    VlmDataset *vlm_dataset;
+    VlmLoader *vlm_loader;
+    int32_t image_token_id;
+    float *image_scratch;  // (micro_batch, 3, S, S) host: the images of one micro-batch
+    void *image_features;  // (micro_batch * P, D) backend memory: the tower's output
 } Run;
+
+// train_vlm.c: image-text training when data.images or vision.tower is set.
+bool run_is_vlm(const Config *config);
+// Sets the projector's width, the image token and the feature rows per micro-batch.
+bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options, Error *err);
+// The tower (loaded, or written random with model.create_if_missing), vision.projector_init, the dataset.
+bool vlm_load(Run *run, Error *err);
+// Image features of micro-batch micro into out (nothing for a text run: run NULL or no tower).
+bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out, Error *err);
+void vlm_destroy(Run *run);
+// The data loader of either kind and its position.
+bool run_create_loader(Run *run, const DataLoaderOptions *options, Error *err);
+const StepBatch *run_next_batch(Run *run, Error *err);
+void run_data_position(const Run *run, int *epoch, int64_t *step_in_epoch);
+void run_data_seek(Run *run, int epoch, int64_t step_in_epoch);
+int64_t run_steps_per_epoch(const Run *run);
+int64_t run_samples(const Run *run);
+int64_t run_truncated(const Run *run);
 
 // Set by SIGINT / SIGTERM while train_run_with runs.
 extern volatile sig_atomic_t stop_signal;
@@ -34,10 +59,9 @@ void stop_signals_restore(void);
 // Refuses to start (unless control->allow_low_disk) when keep_last
 // checkpoints plus the final adapter exceed the free space of checkpoint.dir.
 bool check_disk_for_run(Run *run, Error *err);
-// --resume needs the whole optimizer state on every rank: one rank, or ZeRO stage 0.
-bool check_checkpoints_supported(const Run *run, Error *err);
 // Saves a checkpoint whose next step is next_step (the data loader is at its
 // position): disk guard first, then the atomic verified write, then keep_last.
+// Every rank calls it (each writes its optimizer shard); path is set on all.
 bool save_checkpoint(Run *run, int next_step, char *path, size_t path_size, Error *err);
 // Loads control->resume into the model, optimizer, loader and progress;
 // *start_step receives the step to continue from.

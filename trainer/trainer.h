@@ -73,6 +73,7 @@ typedef struct Config {
     struct {
         int stage;                           // 0 | 2
         char offload[CONFIG_NAME_MAX];       // "none" | "cpu"
+        bool delayed_update;                 // offload cpu: AdamW of step k overlaps step k + 1 (one update late)
     } zero;
     struct {
         float timeout_s;                     // a collective or rendezvous waiting longer fails
@@ -162,7 +163,7 @@ int lora_train_main(int argc, char **argv);
 int lora_launch_main(int argc, char **argv);
 // The subcommands init-model, tokenize and export (argv after the subcommand).
 int lora_train_tool_main(const char *tool, int argc, char **argv);
-// The vision-language demo in dir: synthetic pictures and LLaVA records, a
-// tiny random VLM, projector + LoRA training, held-out accuracy before and
-// after, the adapter saved under dir/adapter. Prints its progress.
+// The vision-language demo in dir: synthetic pictures in a tar and LLaVA
+// records, a tiny random VLM, projector + LoRA trained by train_run, held-out
+// accuracy before and after, the adapter under dir/out/adapter. Prints its progress.
 bool vlm_demo_run(const char *dir, Error *err);

@@ -5,7 +5,9 @@
 // with ncclCommGetAsyncError until done or until timeout_s, when the
 // communicator is aborted so a dead or hung peer ends the job instead of
 // blocking forever. Rank 0 creates the unique id and shares it through the
-// store. Compiled when CUDA is found; not yet run on a GPU.
+// store. The communicator lives on the device ops_cuda selected for this
+// local rank (the calling thread's current device). Compiled when CUDA is
+// found; not yet run on a GPU.
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdlib.h>
@@ -136,7 +138,7 @@ static bool share_unique_id(Store *store, const RankInfo *info, ncclUniqueId *id
 
 static bool nccl_init(Collectives *c, Store *store, const RankInfo *info, Error *err) {
     NcclState *s = state_of(c);
-    CUDA_TRY(cudaSetDevice(info->local_rank), "selecting the local rank's device");
+    if (!ops_cuda(err)) return fail_context(err, "NCCL needs the CUDA backend: ");
     CUDA_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), "creating the communication stream");
     CUDA_TRY(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming), "creating the communication event");
     ncclUniqueId id;

@@ -1,6 +1,8 @@
 // The CUDA backend's op table: context setup, memory, sticky error reporting.
 // Activations are bf16; every op runs on one stream and is asynchronous.
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda_common.cuh"
@@ -168,17 +170,41 @@ static const Ops cuda_ops = {
     .check = check,
 };
 
+// This process's device: its local rank's (LOCAL_RANK from torchrun or
+// lora-launch, else SLURM_LOCALID), 0 without one; a process that sees a
+// single device (CUDA_VISIBLE_DEVICES set per rank) uses that one.
+static bool choose_device(int device_count, int *device, Error *err) {
+    const char *name = getenv("LOCAL_RANK") ? "LOCAL_RANK" : getenv("SLURM_LOCALID") ? "SLURM_LOCALID" : NULL;
+    *device = 0;
+    if (!name || device_count == 1) return true;
+    const char *text = getenv(name);
+    char *end;
+    errno = 0;
+    long local_rank = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || local_rank < 0)
+        return fail(err, "%s='%s' is not a local rank", name, text);
+    if (local_rank >= device_count)
+        return fail(err, "%s=%ld, but this process sees %d CUDA devices", name, local_rank, device_count);
+    *device = (int)local_rank;
+    return true;
+}
+
+// Selects the device before creating anything on it (stream, cuBLASLt
+// handle, buffers), so every rank of a node works on its own GPU.
 static bool context_init(Error *err) {
-    int device_count = 0;
+    int device_count = 0, device;
     cudaError_t status = cudaGetDeviceCount(&device_count);
     if (status != cudaSuccess)
         return fail(err, "no CUDA device: %s", cudaGetErrorString(status));
     if (device_count == 0) return fail(err, "no CUDA device: cudaGetDeviceCount found none");
+    if (!choose_device(device_count, &device, err)) return false;
+    if ((status = cudaSetDevice(device)) != cudaSuccess)
+        return fail(err, "cudaSetDevice(%d): %s", device, cudaGetErrorString(status));
     cudaDeviceProp prop;
-    if ((status = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess)
-        return fail(err, "CUDA device 0: %s", cudaGetErrorString(status));
+    if ((status = cudaGetDeviceProperties(&prop, device)) != cudaSuccess)
+        return fail(err, "CUDA device %d: %s", device, cudaGetErrorString(status));
     if (prop.major < 8)
-        return fail(err, "CUDA device 0 (%s) has compute capability %d.%d; bf16 needs 8.0 or newer",
+        return fail(err, "CUDA device %d (%s) has compute capability %d.%d; bf16 needs 8.0 or newer", device,
                     prop.name, prop.major, prop.minor);
     cuda_ctx.sm_count = prop.multiProcessorCount;
     if ((status = cudaStreamCreate(&cuda_ctx.stream)) != cudaSuccess)
