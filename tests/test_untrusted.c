@@ -49,11 +49,20 @@ static void test_archive_member_lying_about_its_size(void **state) {
     assert_message_has(&err, "Truncated ZIP file data");
 }
 
+// A tokenizer.json whose vocab gives "\u2581H" the id 1111...116 (40 digits):
+// json-c saturates it to INT32_MAX, which once overflowed the table size.
+static void test_tokenizer_id_beyond_any_vocabulary(void **state) {
+    Error err = {0};
+    assert_null(hf_tokenizer_load(CORPUS "tokenizer/regress-huge-id.json", &err));
+    assert_message_has(&err, "id 2147483647 is over the limit of 16777216");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_image_bombs_are_refused),
         cmocka_unit_test(test_archive_without_members),
         cmocka_unit_test(test_archive_member_lying_about_its_size),
+        cmocka_unit_test(test_tokenizer_id_beyond_any_vocabulary),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
