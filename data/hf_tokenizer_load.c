@@ -9,6 +9,11 @@
 #include "data.h"
 #include "hf_tokenizer_internal.h"
 
+// Ids index dense tables: one far beyond any real vocabulary (the largest
+// are ~256k) is refused rather than allocated for (json-c also saturates ids
+// over INT32_MAX to INT32_MAX, which would overflow max_id + 1).
+#define TOKEN_ID_LIMIT (1 << 24)
+
 // GPT-2's pre-tokenizer regex, used by ByteLevel with use_regex.
 static const char *gpt2_regex =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
@@ -295,6 +300,7 @@ static bool build_token_table(HfTokenizer *tok, json_object *vocab, json_object 
     json_object_object_foreach(vocab, key, value) {
         int32_t id = json_object_get_int(value);
         if (!json_object_is_type(value, json_type_int) || id < 0) return fail(err, "model.vocab[\"%s\"] is not a non-negative id", key);
+        if (id >= TOKEN_ID_LIMIT) return fail(err, "model.vocab[\"%s\"]: id %d is over the limit of %d", key, id, TOKEN_ID_LIMIT);
         pool_size += strlen(key) + 1;
         if (id > max_id) max_id = id;
     }
@@ -303,6 +309,7 @@ static bool build_token_table(HfTokenizer *tok, json_object *vocab, json_object 
         const char *content = member_string(entry, "content");
         int32_t id = member_int(entry, "id", -1);
         if (!content || id < 0) return fail(err, "added_tokens[%zu] needs \"content\" and a non-negative \"id\"", i);
+        if (id >= TOKEN_ID_LIMIT) return fail(err, "added_tokens[%zu]: id %d is over the limit of %d", i, id, TOKEN_ID_LIMIT);
         pool_size += strlen(content) + 1;
         if (id > max_id) max_id = id;
     }

@@ -93,6 +93,7 @@ static int compare_entries(const void *a, const void *b) {
 
 // Sorts by name and keeps the last of each run of equal names.
 static void sort_and_dedupe(ImageStore *store) {
+    if (store->n_entries == 0) return; // entries is NULL: qsort's argument must not be
     qsort(store->entries, (size_t)store->n_entries, sizeof *store->entries, compare_entries);
     int64_t kept = 0;
     for (int64_t i = 0; i < store->n_entries; i++) {
@@ -143,20 +144,32 @@ static bool pread_all(int fd, uint8_t *data, size_t size, int64_t offset, Error 
 }
 
 // The member's whole data, decompressed by libarchive, into a malloc'd buffer.
+// The buffer grows with the data that arrives (doubling from 1 MiB up to the
+// declared size): a header that lies about the size cannot force a huge allocation.
 static bool read_member(struct archive *a, const char *name, int64_t size, uint8_t **data, Error *err) {
-    *data = checked_malloc(size > 0 ? (size_t)size : 1, "an archive member", err);
-    if (!*data) return false;
-    int64_t done = 0;
-    while (done < size) {
-        la_ssize_t got = archive_read_data(a, *data + done, (size_t)(size - done));
+    int64_t capacity = size < (1 << 20) ? size : (1 << 20), done = 0;
+    *data = checked_malloc(capacity > 0 ? (size_t)capacity : 1, "an archive member", err);
+    while (*data && done < size) {
+        if (done == capacity) {
+            capacity = capacity > size / 2 ? size : 2 * capacity;
+            uint8_t *bigger = realloc(*data, (size_t)capacity);
+            if (!bigger) {
+                fail(err, "member %s: out of memory for %lld bytes", name, (long long)capacity);
+                break;
+            }
+            *data = bigger;
+        }
+        la_ssize_t got = archive_read_data(a, *data + done, (size_t)(capacity - done));
         if (got <= 0) {
-            free(*data);
-            *data = NULL;
-            return fail(err, "member %s: %s", name, got < 0 ? archive_error_string(a) : "data ends early");
+            fail(err, "member %s: %s", name, got < 0 ? archive_error_string(a) : "data ends early");
+            break;
         }
         done += got;
     }
-    return true;
+    if (*data && done == size) return true;
+    free(*data);
+    *data = NULL;
+    return false;
 }
 
 // True when the member's bytes lie verbatim at offset in the archive file.
@@ -186,6 +199,7 @@ static bool index_member(ImageStore *store, struct archive *a, struct archive_en
     const char *name = archive_entry_pathname(entry);
     if (!name || !archive_entry_size_is_set(entry)) return fail(err, "a member without a name or size");
     int64_t size = archive_entry_size(entry);
+    if (size < 0) return fail(err, "member %s: negative size %lld", name, (long long)size);
     int64_t offset = archive_filter_bytes(a, 0); // position of the member's data in the uncompressed stream
     bool uncompressed = archive_filter_code(a, 0) == ARCHIVE_FILTER_NONE;
     bool is_tar = (archive_format(a) & ARCHIVE_FORMAT_BASE_MASK) == ARCHIVE_FORMAT_TAR;

@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake pkg-config libomp-dev libyaml-dev libjson-c-dev libcmocka-dev
-          libpng-dev libjpeg62-turbo-dev libarchive-dev libpcre2-dev libicu-dev)
+          libpng-dev libjpeg62-turbo-dev libarchive-dev libpcre2-dev libicu-dev
+          clang libclang-rt-dev) # clang + compiler-rt: the libFuzzer harnesses (scripts/fuzz.sh)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

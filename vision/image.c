@@ -18,6 +18,14 @@ bool image_alloc(Image *image, int width, int height, Error *err) {
     return true;
 }
 
+bool check_image_pixels(const char *name, uint64_t width, uint64_t height, Error *err) {
+    if (width > IMAGE_MAX_PIXELS || height > IMAGE_MAX_PIXELS || width * height > IMAGE_MAX_PIXELS) {
+        return fail(err, "%s: %llux%llu pixels exceeds the limit of %llu (decompression bomb?)", name,
+                    (unsigned long long)width, (unsigned long long)height, IMAGE_MAX_PIXELS);
+    }
+    return true;
+}
+
 void image_free(Image *image) {
     free(image->pixels);
     *image = (Image){0};

@@ -91,6 +91,7 @@ static bool read_jpeg(struct jpeg_decompress_struct *cinfo, JpegReader *r, const
                       size_t n, const char *name, Image *out, Error *err) {
     jpeg_mem_src(cinfo, data, (unsigned long)n);
     jpeg_read_header(cinfo, TRUE);
+    if (!check_image_pixels(name, cinfo->image_width, cinfo->image_height, err)) return false;
     cinfo->out_color_space = output_space(cinfo->jpeg_color_space);
     jpeg_start_decompress(cinfo);
     if (cinfo->progressive_mode && !r->allow_truncated && !progression_complete(cinfo)) {

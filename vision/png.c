@@ -95,6 +95,7 @@ static bool read_png(png_structp png, png_infop info, PngReader *r, const char *
     png_uint_32 width = 0, height = 0;
     int depth = 0, colour_type = 0;
     png_get_IHDR(png, info, &width, &height, &depth, &colour_type, NULL, NULL, NULL);
+    if (!check_image_pixels(name, width, height, err)) return false;
     PngLayout layout = {.channels = png_get_channels(png, info), .depth = depth,
                         .palette = colour_type == PNG_COLOR_TYPE_PALETTE};
     if (layout.palette) build_palette(png, info, &layout);
