@@ -5,7 +5,7 @@
 // (the first update lands one step late); a tiny model still learns, in a
 // loop over Zero and through train_run; and a resume from a checkpoint
 // continues exactly as the run that saved it.
-#include "test_util.h"
+#include "run_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -152,13 +152,6 @@ static void test_delayed_update_needs_the_offload(void **state) {
     model_destroy(model);
 }
 
-static void set(Config *config, const char *fmt, const char *value) {
-    char assignment[2048];
-    snprintf(assignment, sizeof assignment, fmt, value);
-    Error err;
-    if (!config_set(config, assignment, &err)) fail_msg("%s: %s", assignment, err.message);
-}
-
 static void record_loss(void *context, int step, double loss) { ((double *)context)[step] = loss; }
 
 static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
@@ -177,16 +170,16 @@ static void test_train_run_with_the_delayed_update_learns_and_resumes(void **sta
     const char *dir = make_temp_dir("delayed");
     Config config;
     config_defaults(&config);
-    set(&config, "model.path=%s/model", dir);
-    set(&config, "model.create_if_missing=%s", "tiny");
-    set(&config, "data.path=%s/data.jsonl", dir);
-    set(&config, "data.create_if_missing=%s", "demo");
-    set(&config, "checkpoint.dir=%s/out", dir);
+    config_set_or_fail(&config, "model.path=%s/model", dir);
+    config_set_or_fail(&config, "model.create_if_missing=%s", "tiny");
+    config_set_or_fail(&config, "data.path=%s/data.jsonl", dir);
+    config_set_or_fail(&config, "data.create_if_missing=%s", "demo");
+    config_set_or_fail(&config, "checkpoint.dir=%s/out", dir);
     const char *recipe[] = {"data.max_seq_len=64", "lora.target=all", "lora.r=8", "lora.alpha=16",
                             "train.micro_batch=8", "train.max_steps=40", "train.lr=5e-3", "train.log_every=20",
                             "checkpoint.every_steps=20", "train.backend=cpu", "zero.offload=cpu",
                             "zero.delayed_update=true"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(&config, "%s", recipe[i]);
+    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(&config, "%s", recipe[i]);
     Error err;
     if (!config_validate(&config, &err)) fail_msg("%s", err.message);
     double straight[TOTAL + 1] = {0}, resumed[TOTAL + 1] = {0};

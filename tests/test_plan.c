@@ -3,7 +3,7 @@
 // backend the predicted memory against the peak of every backend allocation
 // the model and the optimizer make through a step (to 10%), with and without
 // activation checkpointing and with NF4 base weights.
-#include "test_util.h"
+#include "run_util.h"
 
 #include <dirent.h>
 #include <stdio.h>
@@ -15,13 +15,6 @@
 #include "dist/dist.h"
 #include "trainer/trainer.h"
 
-static void set(Config *config, const char *fmt, const char *value) {
-    char assignment[2048];
-    snprintf(assignment, sizeof assignment, fmt, value);
-    Error err;
-    if (!config_set(config, assignment, &err)) fail_msg("%s: %s", assignment, err.message);
-}
-
 static void write_dataset(const char *path) {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
@@ -32,14 +25,14 @@ static void write_dataset(const char *path) {
 static Config plan_config(const char *dir) {
     Config config;
     config_defaults(&config);
-    set(&config, "model.path=%s/model", dir);
-    set(&config, "model.create_if_missing=%s", "tiny");
-    set(&config, "data.path=%s/data.jsonl", dir);
-    set(&config, "checkpoint.dir=%s/out", dir);
+    config_set_or_fail(&config, "model.path=%s/model", dir);
+    config_set_or_fail(&config, "model.create_if_missing=%s", "tiny");
+    config_set_or_fail(&config, "data.path=%s/data.jsonl", dir);
+    config_set_or_fail(&config, "checkpoint.dir=%s/out", dir);
     const char *recipe[] = {"data.max_seq_len=32", "lora.target=all", "lora.r=8", "train.micro_batch=2",
                             "train.grad_accum=2", "train.max_steps=8", "train.log_every=100",
                             "checkpoint.every_steps=4", "checkpoint.keep_last=2", "train.backend=cpu"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(&config, "%s", recipe[i]);
+    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(&config, "%s", recipe[i]);
     Error err;
     if (!config_validate(&config, &err)) fail_msg("%s", err.message);
     return config;
@@ -131,19 +124,19 @@ static void counted_free(void *ptr) {
 static Config config_for(const char *preset, int B, int T, bool checkpointing, bool nf4) {
     Config config;
     config_defaults(&config);
-    set(&config, "model.path=%s", "/nonexistent/plan-model");
-    set(&config, "model.create_if_missing=%s", preset);
-    set(&config, "data.path=%s", "/nonexistent/plan-data.jsonl");
-    set(&config, "checkpoint.dir=%s", make_temp_dir("plan_mem"));
+    config_set_or_fail(&config, "model.path=%s", "/nonexistent/plan-model");
+    config_set_or_fail(&config, "model.create_if_missing=%s", preset);
+    config_set_or_fail(&config, "data.path=%s", "/nonexistent/plan-data.jsonl");
+    config_set_or_fail(&config, "checkpoint.dir=%s", make_temp_dir("plan_mem"));
     char value[64];
     snprintf(value, sizeof value, "%d", B);
-    set(&config, "train.micro_batch=%s", value);
+    config_set_or_fail(&config, "train.micro_batch=%s", value);
     snprintf(value, sizeof value, "%d", T);
-    set(&config, "data.max_seq_len=%s", value);
-    set(&config, "train.activation_checkpointing=%s", checkpointing ? "true" : "false");
-    set(&config, "model.quantize=%s", nf4 ? "nf4" : "none");
+    config_set_or_fail(&config, "data.max_seq_len=%s", value);
+    config_set_or_fail(&config, "train.activation_checkpointing=%s", checkpointing ? "true" : "false");
+    config_set_or_fail(&config, "model.quantize=%s", nf4 ? "nf4" : "none");
     const char *recipe[] = {"lora.target=all", "lora.r=8", "train.max_steps=10", "train.backend=cpu"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(&config, "%s", recipe[i]);
+    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(&config, "%s", recipe[i]);
     return config;
 }
 
@@ -209,13 +202,13 @@ static void test_cpu_memory_matches_measured_peak(void **state) {
 static void test_llama3_8b_plan(void **state) {
     (void)state;
     Config config = config_for("llama3-8b", 1, 2048, true, false);
-    set(&config, "train.backend=%s", "cuda");
+    config_set_or_fail(&config, "train.backend=%s", "cuda");
     RunPlan bf16 = plan_of(&config);
     assert_true(bf16.gpu);
     assert_true(bf16.activation_bytes_full > 5 * bf16.activation_bytes_checkpointed); // 1 layer of 32 + the shared buffers
-    set(&config, "model.quantize=%s", "nf4");
-    set(&config, "zero.stage=%s", "2");
-    set(&config, "zero.offload=%s", "cpu");
+    config_set_or_fail(&config, "model.quantize=%s", "nf4");
+    config_set_or_fail(&config, "zero.stage=%s", "2");
+    config_set_or_fail(&config, "zero.offload=%s", "cpu");
     RunPlan qlora;
     Error err;
     if (!run_plan(&config, 4, &qlora, &err)) fail_msg("%s", err.message);

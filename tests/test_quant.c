@@ -3,7 +3,7 @@
 // against bitsandbytes 0.50); round-trip error bounds; a bitsandbytes-format
 // checkpoint loads; a tiny model trained on NF4 weights learns like fp32; the
 // resident size of Llama-3-8B's NF4 weights.
-#include "test_util.h"
+#include "run_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -217,26 +217,19 @@ static void test_prequantized_mismatch_is_named(void **state) {
     model_destroy(model);
 }
 
-static void set(Config *config, const char *fmt, const char *value) {
-    char assignment[2048];
-    snprintf(assignment, sizeof assignment, fmt, value);
-    Error err;
-    if (!config_set(config, assignment, &err)) fail_msg("%s: %s", assignment, err.message);
-}
-
 static TrainSummary train_tiny(const char *dir, const char *quantize) {
     Config config;
     config_defaults(&config);
-    set(&config, "model.path=%s/model", dir);
-    set(&config, "model.create_if_missing=%s", "tiny");
-    set(&config, "data.path=%s/data.jsonl", dir);
-    set(&config, "data.create_if_missing=%s", "demo");
-    set(&config, "checkpoint.dir=%s/out", dir);
-    set(&config, "model.quantize=%s", quantize);
+    config_set_or_fail(&config, "model.path=%s/model", dir);
+    config_set_or_fail(&config, "model.create_if_missing=%s", "tiny");
+    config_set_or_fail(&config, "data.path=%s/data.jsonl", dir);
+    config_set_or_fail(&config, "data.create_if_missing=%s", "demo");
+    config_set_or_fail(&config, "checkpoint.dir=%s/out", dir);
+    config_set_or_fail(&config, "model.quantize=%s", quantize);
     const char *recipe[] = {"data.max_seq_len=64", "lora.target=all", "lora.r=8", "lora.alpha=16",
                             "train.micro_batch=8", "train.max_steps=40", "train.lr=5e-3", "train.schedule=cosine",
                             "train.log_every=20", "train.backend=cpu"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(&config, "%s", recipe[i]);
+    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(&config, "%s", recipe[i]);
     Error err;
     TrainSummary summary;
     if (!config_validate(&config, &err) || !train_run(&config, &summary, &err)) fail_msg("%s", err.message);

@@ -4,7 +4,7 @@
 // gradient accumulation, shuffling across epochs and dropout on; non-finite
 // steps leave the optimizer untouched; the disk guard stops before step 1 or
 // before a save that does not fit a real tmpfs.
-#include "test_util.h"
+#include "run_util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -30,13 +30,6 @@ static void record_loss(void *context, int step, double loss) {
     if (step == recorder->signal_at_step) raise(SIGTERM);
 }
 
-static void set(Config *config, const char *fmt, const char *value) {
-    char assignment[2048];
-    snprintf(assignment, sizeof assignment, fmt, value);
-    Error err;
-    if (!config_set(config, assignment, &err)) fail_msg("%s: %s", assignment, err.message);
-}
-
 // 40 text records of varying length.
 static void write_dataset(const char *path) {
     FILE *f = fopen(path, "w");
@@ -48,15 +41,15 @@ static void write_dataset(const char *path) {
 static Config resume_config(const char *dir) {
     Config config;
     config_defaults(&config);
-    set(&config, "model.path=%s/model", dir);
-    set(&config, "model.create_if_missing=%s", "tiny");
-    set(&config, "data.path=%s/data.jsonl", dir);
-    set(&config, "checkpoint.dir=%s/out", dir);
+    config_set_or_fail(&config, "model.path=%s/model", dir);
+    config_set_or_fail(&config, "model.create_if_missing=%s", "tiny");
+    config_set_or_fail(&config, "data.path=%s/data.jsonl", dir);
+    config_set_or_fail(&config, "checkpoint.dir=%s/out", dir);
     const char *recipe[] = {"data.max_seq_len=32", "data.shuffle=true", "lora.target=all", "lora.r=8",
                             "lora.dropout=0.1", "train.micro_batch=2", "train.grad_accum=2", "train.max_steps=14",
                             "train.lr=3e-3", "train.schedule=cosine", "train.warmup=3", "train.log_every=100",
                             "checkpoint.every_steps=4", "checkpoint.keep_last=2", "train.backend=cpu"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(&config, "%s", recipe[i]);
+    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(&config, "%s", recipe[i]);
     Error err;
     if (!config_validate(&config, &err)) fail_msg("%s", err.message);
     return config;
@@ -133,7 +126,7 @@ static void test_resume_refuses_another_config(void **state) {
     TrainSummary summary;
     run(&config, &(TrainControl){.stop_after_steps = 3}, &summary);
     assert_true(summary.interrupted);
-    set(&config, "%s", "train.lr=1e-3");
+    config_set_or_fail(&config, "%s", "train.lr=1e-3");
     Error err;
     assert_false(train_run_with(&config, &(TrainControl){.resume = "latest"}, &summary, &err));
     print_message("%s\n", err.message);
@@ -149,7 +142,7 @@ static void test_non_finite_steps_leave_optimizer_untouched(void **state) {
     snprintf(path, sizeof path, "%s/data.jsonl", dir);
     write_dataset(path);
     Config config = resume_config(dir);
-    set(&config, "%s", "train.max_bad_steps=3");
+    config_set_or_fail(&config, "%s", "train.max_bad_steps=3");
     LlamaConfig llama;
     Error err;
     assert_true(llama_config_preset("tiny", &llama, &err));
@@ -219,7 +212,7 @@ static void test_disk_guard_on_a_small_tmpfs(void **state) {
     Config config = resume_config(dir);
     const char *settings[] = {"lora.r=32", "checkpoint.every_steps=1", "checkpoint.keep_last=0",
                               "train.max_steps=6", "checkpoint.on_low_disk=abort"};
-    for (int i = 0; i < 5; i++) set(&config, "%s", settings[i]);
+    for (int i = 0; i < 5; i++) config_set_or_fail(&config, "%s", settings[i]);
     TrainSummary summary;
     run(&config, &(TrainControl){.stop_after_steps = 2}, &summary);
     uint64_t checkpoint_bytes = checkpoint_size(dir);
@@ -247,7 +240,7 @@ static void test_disk_guard_on_a_small_tmpfs(void **state) {
     print_message("newest complete checkpoint: %s\n", latest);
     assert_non_null(strstr(latest, "step-000002"));
 
-    set(&config, "%s", "checkpoint.keep_last=2");
+    config_set_or_fail(&config, "%s", "checkpoint.keep_last=2");
     assert_int_equal(umount(out), 0);
     assert_true(remove_tree(out, &err) && make_dirs(out, &err));
     assert_int_equal(mount("tmpfs", out, "tmpfs", 0, options), 0);

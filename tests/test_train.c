@@ -1,6 +1,6 @@
 // End to end through train_run: a tiny model learns the demo data, and the
 // adapter folder it leaves loads back into the model.
-#include "test_util.h"
+#include "run_util.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -8,26 +8,19 @@
 #include "checkpoints/checkpoints.h"
 #include "trainer/trainer.h"
 
-static void set(Config *config, const char *fmt, const char *value) {
-    char assignment[2048];
-    snprintf(assignment, sizeof assignment, fmt, value);
-    Error err;
-    if (!config_set(config, assignment, &err)) fail_msg("%s: %s", assignment, err.message);
-}
-
 static void test_tiny_model_learns(void **state) {
     const char *dir = make_temp_dir("learn");
     Config config;
     config_defaults(&config);
-    set(&config, "model.path=%s/model", dir);
-    set(&config, "model.create_if_missing=%s", "tiny");
-    set(&config, "data.path=%s/data.jsonl", dir);
-    set(&config, "data.create_if_missing=%s", "demo");
-    set(&config, "checkpoint.dir=%s/out", dir);
+    config_set_or_fail(&config, "model.path=%s/model", dir);
+    config_set_or_fail(&config, "model.create_if_missing=%s", "tiny");
+    config_set_or_fail(&config, "data.path=%s/data.jsonl", dir);
+    config_set_or_fail(&config, "data.create_if_missing=%s", "demo");
+    config_set_or_fail(&config, "checkpoint.dir=%s/out", dir);
     const char *recipe[] = {"data.max_seq_len=64", "lora.target=all", "lora.r=8", "lora.alpha=16",
                             "train.micro_batch=8", "train.max_steps=80", "train.lr=5e-3", "train.schedule=cosine",
                             "train.log_every=20", "checkpoint.every_steps=40", "train.backend=cpu"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(&config, "%s", recipe[i]);
+    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(&config, "%s", recipe[i]);
     Error err;
     if (!config_validate(&config, &err)) fail_msg("%s", err.message);
     TrainSummary summary;

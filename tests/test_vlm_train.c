@@ -3,7 +3,7 @@
 // falls; a run stopped by SIGTERM and resumed logs bit-identical losses and
 // leaves byte-identical adapter and projector files (the projector is in
 // every checkpoint and restored from it).
-#include "test_util.h"
+#include "run_util.h"
 
 #include <limits.h>
 #include <signal.h>
@@ -25,13 +25,6 @@ static void record_loss(void *context, int step, double loss) {
     Recorder *recorder = context;
     recorder->losses[step] = loss;
     if (step == recorder->signal_at_step) raise(SIGTERM);
-}
-
-static void set(Config *config, const char *fmt, const char *value) {
-    char assignment[PATH_MAX + 64];
-    snprintf(assignment, sizeof assignment, fmt, value);
-    Error err;
-    if (!config_set(config, assignment, &err)) fail_msg("%s: %s", assignment, err.message);
 }
 
 // 8 LLaVA records, two questions about four JPEG fixtures.
@@ -58,17 +51,17 @@ static bool vlm_config(const char *dir, Config *config) {
     snprintf(path, sizeof path, "%s/records.json", dir);
     write_records(path);
     config_defaults(config);
-    set(config, "model.path=%s/model", dir);
-    set(config, "model.create_if_missing=%s", "tiny");
-    set(config, "data.path=%s/records.json", dir);
-    set(config, "data.images=%s", images);
-    set(config, "vision.tower=%s/tower.safetensors", dir);
-    set(config, "checkpoint.dir=%s/out", dir);
+    config_set_or_fail(config, "model.path=%s/model", dir);
+    config_set_or_fail(config, "model.create_if_missing=%s", "tiny");
+    config_set_or_fail(config, "data.path=%s/records.json", dir);
+    config_set_or_fail(config, "data.images=%s", images);
+    config_set_or_fail(config, "vision.tower=%s/tower.safetensors", dir);
+    config_set_or_fail(config, "checkpoint.dir=%s/out", dir);
     const char *recipe[] = {"vision.tower_preset=tiny", "data.image_tokens=16", "data.max_seq_len=64",
                             "data.shuffle=true", "lora.target=all", "lora.dropout=0.1", "train.micro_batch=2",
                             "train.max_steps=6", "train.lr=3e-3", "train.warmup=1", "train.log_every=100",
                             "checkpoint.every_steps=2", "train.backend=cpu"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) set(config, "%s", recipe[i]);
+    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(config, "%s", recipe[i]);
     Error err;
     if (!config_validate(config, &err)) fail_msg("%s", err.message);
     return true;
