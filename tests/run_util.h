@@ -6,3 +6,18 @@
 
 // config_set(config, fmt % value), failing the test with the key's message.
 void config_set_or_fail(Config *config, const char *fmt, const char *value);
+// Defaults, a tiny model created at dir/model, data at dir/data.jsonl,
+// checkpoints in dir/out, then each of the n assignments ("key=value"),
+// validated.
+Config tiny_run_config(const char *dir, const char *const *assignments, size_t n);
+// n {"text": ...} records of varying length.
+void write_text_records(const char *path, int n);
+
+// Each step's loss, by 1-based step; SIGTERM raised after signal_at_step
+// (0 = never). Pass record_loss as TrainControl.on_step, the recorder as its context.
+#define RECORDER_MAX_STEPS 64
+typedef struct LossRecorder {
+    double losses[RECORDER_MAX_STEPS + 1];
+    int signal_at_step;
+} LossRecorder;
+void record_loss(void *context, int step, double loss);

@@ -152,8 +152,6 @@ static void test_delayed_update_needs_the_offload(void **state) {
     model_destroy(model);
 }
 
-static void record_loss(void *context, int step, double loss) { ((double *)context)[step] = loss; }
-
 static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
     char path[2048], *data;
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", summary->adapter_dir);
@@ -168,23 +166,15 @@ static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
 static void test_train_run_with_the_delayed_update_learns_and_resumes(void **state) {
     enum { TOTAL = 40, SAVED_AT = 20 };
     const char *dir = make_temp_dir("delayed");
-    Config config;
-    config_defaults(&config);
-    config_set_or_fail(&config, "model.path=%s/model", dir);
-    config_set_or_fail(&config, "model.create_if_missing=%s", "tiny");
-    config_set_or_fail(&config, "data.path=%s/data.jsonl", dir);
-    config_set_or_fail(&config, "data.create_if_missing=%s", "demo");
-    config_set_or_fail(&config, "checkpoint.dir=%s/out", dir);
-    const char *recipe[] = {"data.max_seq_len=64", "lora.target=all", "lora.r=8", "lora.alpha=16",
-                            "train.micro_batch=8", "train.max_steps=40", "train.lr=5e-3", "train.log_every=20",
+    const char *recipe[] = {"data.create_if_missing=demo", "data.max_seq_len=64", "lora.target=all", "lora.r=8",
+                            "lora.alpha=16", "train.micro_batch=8", "train.max_steps=40", "train.lr=5e-3", "train.log_every=20",
                             "checkpoint.every_steps=20", "train.backend=cpu", "zero.offload=cpu",
                             "zero.delayed_update=true"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(&config, "%s", recipe[i]);
+    Config config = tiny_run_config(dir, recipe, sizeof recipe / sizeof recipe[0]);
     Error err;
-    if (!config_validate(&config, &err)) fail_msg("%s", err.message);
-    double straight[TOTAL + 1] = {0}, resumed[TOTAL + 1] = {0};
+    LossRecorder straight = {0}, resumed = {0};
     TrainSummary summary;
-    if (!train_run_with(&config, &(TrainControl){.on_step = record_loss, .context = straight}, &summary, &err))
+    if (!train_run_with(&config, &(TrainControl){.on_step = record_loss, .context = &straight}, &summary, &err))
         fail_msg("train_run_with: %s", err.message);
     print_message("delayed update through train_run: loss %.4f -> %.4f over %d steps\n", summary.first_loss,
                   summary.last_loss, summary.steps);
@@ -195,12 +185,12 @@ static void test_train_run_with_the_delayed_update_learns_and_resumes(void **sta
 
     char checkpoint[2048];
     snprintf(checkpoint, sizeof checkpoint, "%s/out/step-%06d", dir, SAVED_AT);
-    if (!train_run_with(&config, &(TrainControl){.resume = checkpoint, .on_step = record_loss, .context = resumed},
+    if (!train_run_with(&config, &(TrainControl){.resume = checkpoint, .on_step = record_loss, .context = &resumed},
                         &summary, &err))
         fail_msg("train_run_with (resume): %s", err.message);
     for (int step = SAVED_AT + 1; step <= TOTAL; step++)
-        if (memcmp(&straight[step], &resumed[step], sizeof(double)) != 0)
-            fail_msg("step %d: loss %.17g straight, %.17g resumed", step, straight[step], resumed[step]);
+        if (memcmp(&straight.losses[step], &resumed.losses[step], sizeof(double)) != 0)
+            fail_msg("step %d: loss %.17g straight, %.17g resumed", step, straight.losses[step], resumed.losses[step]);
     char *resumed_adapter = adapter_bytes(&summary, &resumed_size);
     assert_int_equal(resumed_size, straight_size);
     assert_memory_equal(resumed_adapter, straight_adapter, straight_size);

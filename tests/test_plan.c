@@ -15,27 +15,11 @@
 #include "dist/dist.h"
 #include "trainer/trainer.h"
 
-static void write_dataset(const char *path) {
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    for (int i = 0; i < 16; i++) fprintf(f, "{\"text\": \"record %d says %.*s\"}\n", i, 3 + i % 17, "abcdefghijklmnopqrstuvwxyz");
-    assert_int_equal(fclose(f), 0);
-}
-
 static Config plan_config(const char *dir) {
-    Config config;
-    config_defaults(&config);
-    config_set_or_fail(&config, "model.path=%s/model", dir);
-    config_set_or_fail(&config, "model.create_if_missing=%s", "tiny");
-    config_set_or_fail(&config, "data.path=%s/data.jsonl", dir);
-    config_set_or_fail(&config, "checkpoint.dir=%s/out", dir);
     const char *recipe[] = {"data.max_seq_len=32", "lora.target=all", "lora.r=8", "train.micro_batch=2",
                             "train.grad_accum=2", "train.max_steps=8", "train.log_every=100",
                             "checkpoint.every_steps=4", "checkpoint.keep_last=2", "train.backend=cpu"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(&config, "%s", recipe[i]);
-    Error err;
-    if (!config_validate(&config, &err)) fail_msg("%s", err.message);
-    return config;
+    return tiny_run_config(dir, recipe, sizeof recipe / sizeof recipe[0]);
 }
 
 // Bytes of every regular file under path.
@@ -71,7 +55,7 @@ static void test_checkpoint_size_matches_written(void **state) {
     const char *dir = make_temp_dir("plan_ckpt");
     char path[2048];
     snprintf(path, sizeof path, "%s/data.jsonl", dir);
-    write_dataset(path);
+    write_text_records(path, 16);
     Config config = plan_config(dir);
     RunPlan predicted = plan_of(&config);
     assert_int_equal(predicted.total_steps, 8);

@@ -19,40 +19,12 @@
 
 #define TOTAL_STEPS 14 // 10 steps per epoch: the run crosses an epoch boundary
 
-typedef struct Recorder {
-    double losses[TOTAL_STEPS + 1]; // by 1-based step
-    int signal_at_step;             // raise SIGTERM after this step (0 = never)
-} Recorder;
-
-static void record_loss(void *context, int step, double loss) {
-    Recorder *recorder = context;
-    recorder->losses[step] = loss;
-    if (step == recorder->signal_at_step) raise(SIGTERM);
-}
-
-// 40 text records of varying length.
-static void write_dataset(const char *path) {
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    for (int i = 0; i < 40; i++) fprintf(f, "{\"text\": \"record %d says %.*s\"}\n", i, 3 + i % 17, "abcdefghijklmnopqrstuvwxyz");
-    assert_int_equal(fclose(f), 0);
-}
-
 static Config resume_config(const char *dir) {
-    Config config;
-    config_defaults(&config);
-    config_set_or_fail(&config, "model.path=%s/model", dir);
-    config_set_or_fail(&config, "model.create_if_missing=%s", "tiny");
-    config_set_or_fail(&config, "data.path=%s/data.jsonl", dir);
-    config_set_or_fail(&config, "checkpoint.dir=%s/out", dir);
     const char *recipe[] = {"data.max_seq_len=32", "data.shuffle=true", "lora.target=all", "lora.r=8",
                             "lora.dropout=0.1", "train.micro_batch=2", "train.grad_accum=2", "train.max_steps=14",
                             "train.lr=3e-3", "train.schedule=cosine", "train.warmup=3", "train.log_every=100",
                             "checkpoint.every_steps=4", "checkpoint.keep_last=2", "train.backend=cpu"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(&config, "%s", recipe[i]);
-    Error err;
-    if (!config_validate(&config, &err)) fail_msg("%s", err.message);
-    return config;
+    return tiny_run_config(dir, recipe, sizeof recipe / sizeof recipe[0]);
 }
 
 static void run(const Config *config, const TrainControl *control, TrainSummary *summary) {
@@ -68,7 +40,7 @@ static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
     return data;
 }
 
-static void assert_losses_equal(const Recorder *a, const Recorder *b, int from, int to) {
+static void assert_losses_equal(const LossRecorder *a, const LossRecorder *b, int from, int to) {
     for (int step = from; step <= to; step++) {
         if (memcmp(&a->losses[step], &b->losses[step], sizeof(double)) != 0)
             fail_msg("step %d: loss %.17g straight, %.17g resumed", step, a->losses[step], b->losses[step]);
@@ -79,9 +51,9 @@ static void test_resume_is_bit_identical(void **state) {
     const char *dir = make_temp_dir("resume");
     char path[2048], straight_out[2048];
     snprintf(path, sizeof path, "%s/data.jsonl", dir);
-    write_dataset(path);
+    write_text_records(path, 40);
     Config config = resume_config(dir);
-    Recorder straight = {.signal_at_step = 0}, stopped = {.signal_at_step = 6}, resumed = {.signal_at_step = 0},
+    LossRecorder straight = {.signal_at_step = 0}, stopped = {.signal_at_step = 6}, resumed = {.signal_at_step = 0},
              resumed_latest = {.signal_at_step = 0};
     TrainSummary summary;
     run(&config, &(TrainControl){.on_step = record_loss, .context = &straight}, &summary);
@@ -121,7 +93,7 @@ static void test_resume_refuses_another_config(void **state) {
     const char *dir = make_temp_dir("resume-config");
     char path[2048];
     snprintf(path, sizeof path, "%s/data.jsonl", dir);
-    write_dataset(path);
+    write_text_records(path, 40);
     Config config = resume_config(dir);
     TrainSummary summary;
     run(&config, &(TrainControl){.stop_after_steps = 3}, &summary);
@@ -140,7 +112,7 @@ static void test_non_finite_steps_leave_optimizer_untouched(void **state) {
     const char *dir = make_temp_dir("resume-nan");
     char path[2048];
     snprintf(path, sizeof path, "%s/data.jsonl", dir);
-    write_dataset(path);
+    write_text_records(path, 40);
     Config config = resume_config(dir);
     config_set_or_fail(&config, "%s", "train.max_bad_steps=3");
     LlamaConfig llama;
@@ -208,7 +180,7 @@ static void test_disk_guard_on_a_small_tmpfs(void **state) {
     const char *dir = make_temp_dir("resume-disk");
     char path[2048];
     snprintf(path, sizeof path, "%s/data.jsonl", dir);
-    write_dataset(path);
+    write_text_records(path, 40);
     Config config = resume_config(dir);
     const char *settings[] = {"lora.r=32", "checkpoint.every_steps=1", "checkpoint.keep_last=0",
                               "train.max_steps=6", "checkpoint.on_low_disk=abort"};

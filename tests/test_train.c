@@ -10,19 +10,11 @@
 
 static void test_tiny_model_learns(void **state) {
     const char *dir = make_temp_dir("learn");
-    Config config;
-    config_defaults(&config);
-    config_set_or_fail(&config, "model.path=%s/model", dir);
-    config_set_or_fail(&config, "model.create_if_missing=%s", "tiny");
-    config_set_or_fail(&config, "data.path=%s/data.jsonl", dir);
-    config_set_or_fail(&config, "data.create_if_missing=%s", "demo");
-    config_set_or_fail(&config, "checkpoint.dir=%s/out", dir);
-    const char *recipe[] = {"data.max_seq_len=64", "lora.target=all", "lora.r=8", "lora.alpha=16",
-                            "train.micro_batch=8", "train.max_steps=80", "train.lr=5e-3", "train.schedule=cosine",
+    const char *recipe[] = {"data.create_if_missing=demo", "data.max_seq_len=64", "lora.target=all", "lora.r=8",
+                            "lora.alpha=16", "train.micro_batch=8", "train.max_steps=80", "train.lr=5e-3", "train.schedule=cosine",
                             "train.log_every=20", "checkpoint.every_steps=40", "train.backend=cpu"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(&config, "%s", recipe[i]);
+    Config config = tiny_run_config(dir, recipe, sizeof recipe / sizeof recipe[0]);
     Error err;
-    if (!config_validate(&config, &err)) fail_msg("%s", err.message);
     TrainSummary summary;
     if (!train_run(&config, &summary, &err)) fail_msg("train_run: %s", err.message);
     print_message("loss %.4f -> %.4f over %d steps\n", summary.first_loss, summary.last_loss, summary.steps);

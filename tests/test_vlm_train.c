@@ -16,17 +16,6 @@
 
 #define TOTAL_STEPS 6 // 4 steps per epoch: the run crosses an epoch boundary
 
-typedef struct Recorder {
-    double losses[TOTAL_STEPS + 1]; // by 1-based step
-    int signal_at_step;             // raise SIGTERM after this step (0 = never)
-} Recorder;
-
-static void record_loss(void *context, int step, double loss) {
-    Recorder *recorder = context;
-    recorder->losses[step] = loss;
-    if (step == recorder->signal_at_step) raise(SIGTERM);
-}
-
 // 8 LLaVA records, two questions about four JPEG fixtures.
 static void write_records(const char *path) {
     static const char *const files[] = {"video-001.jpeg", "video-001.progressive.jpeg", "video-001.q50.420.jpeg",
@@ -93,7 +82,7 @@ static void test_image_text_resume_is_bit_identical(void **state) {
     const char *dir = make_temp_dir("vlm_resume");
     Config config;
     if (!vlm_config(dir, &config)) skip();
-    Recorder straight = {0}, stopped = {.signal_at_step = 3}, resumed = {0};
+    LossRecorder straight = {0}, stopped = {.signal_at_step = 3}, resumed = {0};
     TrainSummary summary;
     run(&config, &(TrainControl){.on_step = record_loss, .context = &straight}, &summary);
     assert_true(summary.last_loss < summary.first_loss);
