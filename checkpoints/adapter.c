@@ -101,8 +101,13 @@ static json_object *adapter_config_json(Model *model, const AdapterInfo *info) {
     return obj;
 }
 
-// fp32 masters of every trainable parameter onto the host, ParamTable layout.
-static float *download_params(Model *model, Error *err) {
+void upload_params(Model *model, const float *host) {
+    model_ops(model)->upload(model_param_data(model), host, model_params(model)->total * sizeof(float));
+    model_sync_params(model);
+    model_ops(model)->synchronize();
+}
+
+float *download_params(Model *model, Error *err) {
     const ParamTable *table = model_params(model);
     float *host = checked_malloc(table->total * sizeof(float) + 1, "trainable parameters", err);
     if (!host) return NULL;
@@ -242,11 +247,7 @@ static bool read_adapter_weights(Model *model, const char *path, Error *err) {
     HfLayout layout = adapter_file_layout(file);
     bool ok = host && check_no_extra_tensors(file, layout, path, table, err);
     for (int i = 0; ok && i < table->n_lora; i++) ok = read_param(file, layout, path, &table->entries[i], host, err);
-    if (ok) {
-        model_ops(model)->upload(model_param_data(model), host, table->total * sizeof(float));
-        model_sync_params(model);
-        model_ops(model)->synchronize();
-    }
+    if (ok) upload_params(model, host);
     free(host);
     safetensors_close(file);
     return ok;

@@ -61,3 +61,8 @@ bool verify_file(const char *path, uint64_t size, uint64_t checksum, Error *err)
 bool adapter_serialize(Model *model, const AdapterInfo *info, FileImage *config, FileImage *weights, Error *err);
 // The model's projector as PROJECTOR_FILE's bytes (false when it has none).
 bool projector_serialize(Model *model, uint8_t **bytes, size_t *size, Error *err);
+
+// The fp32 masters of every trainable parameter onto the host (ParamTable
+// layout, malloc'd), and back onto the backend with the compute copy refreshed.
+float *download_params(Model *model, Error *err);
+void upload_params(Model *model, const float *host);

@@ -24,11 +24,8 @@ static bool is_bias(const ParamEntry *e) { return e->shape[1] == 1 && strstr(e->
 bool projector_serialize(Model *model, uint8_t **bytes, size_t *size, Error *err) {
     const ParamEntry *entries[4];
     if (!projector_entries(model, entries, err)) return false;
-    const ParamTable *table = model_params(model);
-    float *host = checked_malloc(table->total * sizeof(float) + 1, PROJECTOR_FILE, err);
+    float *host = download_params(model, err);
     if (!host) return false;
-    model_ops(model)->download(host, model_param_data(model), table->total * sizeof(float));
-    model_ops(model)->synchronize();
     SafetensorsEntry out[4];
     for (int i = 0; i < 4; i++) {
         const ParamEntry *e = entries[i];
@@ -85,16 +82,10 @@ bool projector_load(Model *model, const char *path, Error *err) {
     if (!projector_entries(model, entries, err)) return fail_context(err, "%s: ", path);
     SafetensorsFile *file = safetensors_open(path, err);
     if (!file) return false;
-    const ParamTable *table = model_params(model);
-    float *host = checked_malloc(table->total * sizeof(float) + 1, path, err);
+    float *host = download_params(model, err);
     bool ok = host != NULL;
-    if (ok) model_ops(model)->download(host, model_param_data(model), table->total * sizeof(float));
     for (int i = 0; ok && i < 4; i++) ok = read_projector_tensor(file, path, entries[i], i, host, err);
-    if (ok) {
-        model_ops(model)->upload(model_param_data(model), host, table->total * sizeof(float));
-        model_sync_params(model);
-        model_ops(model)->synchronize();
-    }
+    if (ok) upload_params(model, host);
     free(host);
     safetensors_close(file);
     return ok;
