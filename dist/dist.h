@@ -38,6 +38,10 @@ bool rank_info_from_env(RankInfo *info, Error *err);
 // world_size shards of ceil(n / world_size) (the last ones shorter, possibly
 // empty: the padding is virtual): [*begin, *end).
 void dist_shard_range(size_t n, int world_size, int rank, size_t *begin, size_t *end);
+// The part of [begin, end) inside rank r's shard of n: [*owned_begin,
+// *owned_end), empty (both equal) when they do not meet.
+void dist_owned_range(size_t n, int world_size, int rank, size_t begin, size_t end, size_t *owned_begin,
+                      size_t *owned_end);
 
 // ----------------------------------------------------------------------------
 // rendezvous store
@@ -72,6 +76,21 @@ struct Collectives {
     // In place on a flat fp32 buffer x (n): afterwards this rank's shard
     // (dist_shard_range) holds the sum over ranks; the rest is unspecified.
     bool (*reduce_scatter_sum)(Collectives *c, float *x, size_t n, Error *err);
+    // The same for the elements [begin, end) of x (n) only: each one's sum
+    // over ranks lands on the rank whose shard of n holds it; the rest of
+    // [begin, end) is unspecified, elements outside it are untouched.
+    bool (*reduce_scatter_range_sum)(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err);
+    // reduce_scatter_range_sum started in the background (the CPU: queued to
+    // a communication thread that owns the sockets until the queue drains;
+    // NCCL: on the communication stream after the compute issued so far),
+    // so the caller goes on computing. x[begin, end) must not be touched
+    // until wait; every other call waits for the started ones first.
+    bool (*reduce_scatter_range_start)(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err);
+    // Waits for every reduction started; fails with the first one's error.
+    bool (*wait)(Collectives *c, Error *err);
+    // How many started reductions are known to have finished since creation
+    // (the CPU: as each finishes; NCCL: at wait). Tests observe overlap with it.
+    size_t (*reductions_finished)(Collectives *c);
     // In place on x (n): every rank's shard is copied to all ranks.
     bool (*all_gather)(Collectives *c, float *x, size_t n, Error *err);
     // bytes of x on root copied to every rank.
@@ -95,6 +114,8 @@ void collectives_destroy(Collectives *c);
 
 typedef struct ZeroOptions {
     int stage;               // 0: all-reduce gradients; 2: shard gradients and optimizer state
+    bool overlap_comm;       // stage 2: reduce-scatter gradient buckets during the backward
+    size_t bucket_elements;  // with overlap_comm: ranges are merged until a bucket holds this many (0: per range)
     bool offload_cpu;        // the shard's masters, moments and gradients in pinned host memory
     bool delayed_update;     // with offload_cpu: step k's CPU AdamW overlaps step k + 1 (one update late)
     float beta1, beta2, eps, weight_decay;
@@ -105,8 +126,9 @@ typedef struct Zero Zero;
 
 // params (n_params, backend memory) are the current parameters, the same on
 // every rank; the optimizer state covers this rank's shard (stage 2) or all.
-Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, size_t n_params, const ZeroOptions *options,
-                  Error *err);
+// grads (n_params, backend memory) is the buffer the backward adds into.
+Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, float *grads, size_t n_params,
+                  const ZeroOptions *options, Error *err);
 void zero_destroy(Zero *zero);
 // Elements of the flat buffer this rank's optimizer state covers.
 size_t zero_shard_size(const Zero *zero);
@@ -125,8 +147,16 @@ bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_ou
 // (all ranks call it together); afterwards params and zero_state are current.
 // Without delayed_update it does nothing.
 bool zero_flush(Zero *zero, float *params, Error *err);
+// The model's gradient-ready hook (StepOptions.grads_ready, context: the
+// Zero): grads[begin, end) is final for this micro-batch. Stage 2 with
+// overlap_comm merges adjacent ranges into a bucket and, once it holds
+// bucket_elements, starts its reduce-scatter in the background while the
+// backward goes on; otherwise does nothing. A failure is kept and returned
+// by zero_reduce_micro_batch.
+void zero_grads_ready(void *zero, size_t begin, size_t end);
 // Stage 2, after each micro-batch's backward added into grads (n), on every
-// rank: reduce-scatters, so this rank's shard holds its gradient summed over
+// rank: reduce-scatters what the buckets did not cover and waits for the
+// buckets in flight, so this rank's shard holds its gradient summed over
 // ranks and micro-batches so far, and zeroes the rest of grads (the next
 // backward adds into it). Stage 0: does nothing.
 bool zero_reduce_micro_batch(Zero *zero, float *grads, Error *err);

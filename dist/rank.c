@@ -68,3 +68,12 @@ void dist_shard_range(size_t n, int world_size, int rank, size_t *begin, size_t 
     *begin = b < n ? b : n;
     *end = e < n ? e : n;
 }
+
+void dist_owned_range(size_t n, int world_size, int rank, size_t begin, size_t end, size_t *owned_begin,
+                      size_t *owned_end) {
+    size_t shard_begin, shard_end;
+    dist_shard_range(n, world_size, rank, &shard_begin, &shard_end);
+    *owned_begin = shard_begin > begin ? shard_begin : begin;
+    *owned_end = shard_end < end ? shard_end : end;
+    if (*owned_end < *owned_begin) *owned_end = *owned_begin;
+}

@@ -5,12 +5,22 @@
 // contiguous shards; the gradient is reduce-scattered so each rank holds the
 // sum of its shard, AdamW (state sized to the shard) updates that shard only
 // and the parameters are all-gathered. The global grad norm is the square
-// root of the all-reduced shard sums of squares. At stage 2 the trainer
-// reduce-scatters after every micro-batch's backward (zero_reduce_micro_batch,
-// not overlapped with it): between micro-batches a rank holds only its
-// shard's accumulated gradient, sum over ranks and micro-batches so far, and
-// zeros elsewhere, so the next backward adds this rank's share on top and the
-// next reduce-scatter adds the other ranks' (the shard counted once).
+// root of the all-reduced shard sums of squares. At stage 2 every
+// micro-batch's gradient is reduce-scattered: between micro-batches a rank
+// holds only its shard's accumulated gradient, sum over ranks and
+// micro-batches so far, and zeros elsewhere, so the next backward adds this
+// rank's share on top and the next reduce-scatter adds the other ranks' (the
+// shard counted once).
+//
+// Overlap (overlap_comm): the model reports each layer's range of the flat
+// buffer as soon as its gradients are final (zero_grads_ready, from the last
+// layer down, then the projector). Adjacent ranges are merged into a bucket;
+// a bucket of bucket_elements or more (or one that the next range does not
+// touch) is reduce-scattered in the background (the CPU collectives'
+// communication thread, NCCL's communication stream) while the backward goes
+// on. zero_reduce_micro_batch closes the last bucket, reduce-scatters any
+// range no bucket covered, waits for all of them and zeroes what this rank
+// does not own. Stage 0 keeps one all-reduce of the whole buffer per step.
 // delayed_update (offload only): the CPU AdamW of step k runs on a thread
 // during step k + 1's forward and backward; zero_step k + 1 collects it.
 #include <math.h>
@@ -18,16 +28,27 @@
 
 #include "dist.h"
 
+typedef struct Range {
+    size_t begin, end;
+} Range;
+
 struct Zero {
     const Ops *ops;
     Collectives *coll;
     size_t n;                // parameters in the flat buffer
+    float *grads;            // the flat gradient buffer (backend memory, n)
     ZeroOptions options;
     size_t begin, end;       // the shard this rank's optimizer updates
     AdamW adamw;             // on the backend, without offload
     Offload offload;         // in host memory, with offload
     float *sum_squares;      // backend fp32 scalar
     bool grads_reduced;      // stage 2: the shard already holds the sum over ranks
+    // overlap_comm: this micro-batch's buckets
+    Range filling;           // the bucket being filled (empty: begin == end)
+    Range *started;          // buckets in flight
+    size_t n_started, started_capacity;
+    bool bucket_failed;      // starting a bucket failed: bucket_error says why
+    Error bucket_error;
 };
 
 size_t zero_shard_size(const Zero *zero) { return zero->end - zero->begin; }
@@ -42,8 +63,8 @@ static bool init_optimizer(Zero *zero, const float *params, Error *err) {
     return adamw_init(&zero->adamw, zero->ops, shard, o->beta1, o->beta2, o->eps, o->weight_decay, err);
 }
 
-Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, size_t n_params, const ZeroOptions *options,
-                  Error *err) {
+Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, float *grads, size_t n_params,
+                  const ZeroOptions *options, Error *err) {
     if (options->stage != 0 && options->stage != 2) return fail(err, "zero.stage %d is not 0 or 2", options->stage), NULL;
     if (options->delayed_update && !options->offload_cpu)
         return fail(err, "zero.delayed_update needs the CPU offload (zero.offload: cpu)"), NULL;
@@ -51,7 +72,8 @@ Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, size_t
         return fail(err, "%zu trainable parameters cannot be sharded over %d ranks", n_params, coll->world_size), NULL;
     Zero *zero = checked_calloc(1, sizeof *zero, "the ZeRO optimizer", err);
     if (!zero) return NULL;
-    *zero = (Zero){.ops = ops, .coll = coll, .n = n_params, .options = *options, .begin = 0, .end = n_params};
+    *zero = (Zero){.ops = ops, .coll = coll, .n = n_params, .grads = grads, .options = *options, .begin = 0,
+                   .end = n_params};
     if (options->stage == 2) dist_shard_range(n_params, coll->world_size, coll->rank, &zero->begin, &zero->end);
     zero->sum_squares = ops->alloc(sizeof(float), err);
     if (!zero->sum_squares || !init_optimizer(zero, params, err)) {
@@ -63,20 +85,101 @@ Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, size_t
 
 void zero_destroy(Zero *zero) {
     if (!zero) return;
+    Error ignored; // a failed step: no bucket may still be reading or writing the gradients
+    if (zero->n_started > 0) zero->coll->wait(zero->coll, &ignored);
+    free(zero->started);
     if (zero->adamw.m) adamw_destroy(&zero->adamw);
     offload_destroy(&zero->offload);
     if (zero->sum_squares) zero->ops->free(zero->sum_squares);
     free(zero);
 }
 
+// ----------------------------------------------------------------------------
+// buckets
+
+static bool overlapping(const Zero *zero) { return zero->options.stage == 2 && zero->options.overlap_comm; }
+static bool bucket_filling(const Zero *zero) { return zero->filling.end > zero->filling.begin; }
+
+static bool start_bucket(Zero *zero, Range bucket, Error *err) {
+    if (zero->n_started == zero->started_capacity) {
+        size_t capacity = zero->started_capacity ? 2 * zero->started_capacity : 64;
+        Range *grown = realloc(zero->started, capacity * sizeof *grown);
+        if (!grown) return fail(err, "ZeRO: out of memory for %zu gradient buckets", capacity);
+        zero->started = grown;
+        zero->started_capacity = capacity;
+    }
+    zero->started[zero->n_started++] = bucket;
+    return zero->coll->reduce_scatter_range_start(zero->coll, zero->grads, zero->n, bucket.begin, bucket.end, err);
+}
+
+// Starts the bucket being filled; a failure is kept for zero_reduce_micro_batch.
+static void close_bucket(Zero *zero) {
+    Range bucket = zero->filling;
+    zero->filling = (Range){0, 0};
+    if (bucket.end == bucket.begin || zero->bucket_failed) return;
+    if (!start_bucket(zero, bucket, &zero->bucket_error)) zero->bucket_failed = true;
+}
+
+void zero_grads_ready(void *context, size_t begin, size_t end) {
+    Zero *zero = context;
+    if (!overlapping(zero) || end <= begin) return;
+    Range *f = &zero->filling;
+    if (bucket_filling(zero) && end != f->begin && begin != f->end) close_bucket(zero);
+    if (!bucket_filling(zero)) {
+        *f = (Range){begin, end};
+    } else {
+        f->begin = begin < f->begin ? begin : f->begin;
+        f->end = end > f->end ? end : f->end;
+    }
+    if (f->end - f->begin >= zero->options.bucket_elements) close_bucket(zero);
+}
+
+static int by_begin(const void *a, const void *b) {
+    size_t x = ((const Range *)a)->begin, y = ((const Range *)b)->begin;
+    return (x > y) - (x < y);
+}
+
+// Reduce-scatters the parts of the buffer no bucket covered this micro-batch.
+static bool start_uncovered(Zero *zero, Error *err) {
+    size_t n_buckets = zero->n_started, next = 0;
+    qsort(zero->started, n_buckets, sizeof(Range), by_begin);
+    for (size_t i = 0; i < n_buckets; i++) {
+        Range bucket = zero->started[i];
+        if (bucket.begin < next)
+            return fail(err, "ZeRO: gradients [%zu, %zu) were reported ready twice in one micro-batch", bucket.begin, next);
+        if (bucket.begin > next && !start_bucket(zero, (Range){next, bucket.begin}, err)) return false;
+        next = bucket.end;
+    }
+    return next == zero->n || start_bucket(zero, (Range){next, zero->n}, err);
+}
+
+// Every element of the buffer reduced: the last bucket, the uncovered rest,
+// then the wait (always, so that no reduction outlives the call).
+static bool finish_buckets(Zero *zero, Error *err) {
+    close_bucket(zero);
+    bool started = !zero->bucket_failed || (*err = zero->bucket_error, false);
+    started = started && start_uncovered(zero, err);
+    Error wait_error;
+    bool waited = zero->coll->wait(zero->coll, &wait_error);
+    zero->n_started = 0;
+    zero->bucket_failed = false;
+    if (started && !waited) *err = wait_error;
+    return started && waited;
+}
+
 bool zero_reduce_micro_batch(Zero *zero, float *grads, Error *err) {
     if (zero->options.stage != 2) return true;
-    if (!zero->coll->reduce_scatter_sum(zero->coll, grads, zero->n, err)) return false;
+    bool reduced = overlapping(zero) ? finish_buckets(zero, err)
+                                     : zero->coll->reduce_scatter_sum(zero->coll, grads, zero->n, err);
+    if (!reduced) return false;
     zero->ops->zero(grads, zero->begin * sizeof(float));
     zero->ops->zero(grads + zero->end, (zero->n - zero->end) * sizeof(float));
     zero->grads_reduced = true;
     return true;
 }
+
+// ----------------------------------------------------------------------------
+// the step
 
 // Sums the gradient over ranks: whole buffer (stage 0) or this rank's shard
 // (stage 2, unless zero_reduce_micro_batch did).

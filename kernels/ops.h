@@ -46,6 +46,9 @@ typedef struct Ops {
     void (*download)(void *dst_host, const void *src, size_t bytes);
     void (*zero)(void *ptr, size_t bytes);
     void (*synchronize)(void);
+    // The stream every op is issued on (cudaStream_t), for collectives that
+    // order themselves after it with events; NULL on the CPU backend.
+    void *(*stream)(void);
 
     // act[i] = (act_dtype) src[i], src fp32 on the host. Loads weights.
     void (*upload_f32)(void *dst_act, const float *src_host, size_t n);

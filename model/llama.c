@@ -516,6 +516,7 @@ typedef struct StepState {
     int B, T, N;
     bool train;
     uint64_t dropout_seed;
+    const StepOptions *options; // its grads_ready hook
 } StepState;
 
 static void *act_at(const Model *m, void *base, size_t elements) {
@@ -746,6 +747,24 @@ static void lm_head_loss(Model *m, const StepState *st, float grad_scale) {
     }
 }
 
+// [*begin, *end) of the flat buffer: layer l's LoRA tensors (every layer
+// targets the same linears), or with l = n_layers the projector's.
+static void param_range(const Model *m, int l, size_t *begin, size_t *end) {
+    const ParamTable *t = &m->params;
+    int per_layer = t->n_lora / m->config.n_layers, first = l * per_layer;
+    bool projector = l == m->config.n_layers;
+    int last = projector ? t->count - 1 : first + per_layer - 1;
+    *begin = first <= last ? t->entries[first].offset : 0;
+    *end = first <= last ? t->entries[last].offset + t->entries[last].numel : 0;
+}
+
+static void notify_grads_ready(const Model *m, const StepState *st, int l) {
+    if (!st->options->grads_ready) return;
+    size_t begin, end;
+    param_range(m, l, &begin, &end);
+    if (end > begin) st->options->grads_ready(st->options->grads_ready_context, begin, end);
+}
+
 static void backward(Model *m, const StepState *st) {
     const Ops *ops = m->ops;
     const LlamaConfig *c = &m->config;
@@ -758,14 +777,16 @@ static void backward(Model *m, const StepState *st) {
         // recomputation writes the same values (dropout masks are counter-based).
         if (m->options.activation_checkpointing) layer_forward(m, st, l, m->layer_input[l], m->layer_input[l + 1]);
         layer_backward(m, st, l, m->layer_input[l]);
+        notify_grads_ready(m, st, l);
     }
     if (m->n_image_rows > 0) // m->d_res = dL/d(embeddings)
         projector_backward(ops, &m->projector, m->param_act, m->grad_data, m->image_features, m->d_res,
                            m->n_image_rows);
+    notify_grads_ready(m, st, L);
 }
 
 bool model_step(Model *m, const Batch *batch, const StepOptions *options, double *loss_sum, Error *err) {
-    StepState st = {.train = options->train, .dropout_seed = options->dropout_seed};
+    StepState st = {.train = options->train, .dropout_seed = options->dropout_seed, .options = options};
     if (!batch->targets) return fail(err, "model_step needs targets");
     if (!upload_batch(m, batch, &st, err)) return false;
     forward_trunk(m, &st);

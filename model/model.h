@@ -174,6 +174,13 @@ typedef struct StepOptions {
     float grad_scale;          // 1 / label tokens of the whole optimizer step
     bool train;                // dropout on and gradients accumulated
     uint64_t dropout_seed;     // per step and micro-batch: (seed, step, micro) hashed
+    // Optional: called during the backward as soon as the gradients of the
+    // flat buffer's [begin, end) are final for this micro-batch (issued, on a
+    // GPU): each layer's LoRA range from the last layer down, then the
+    // projector's (with a projector, images in the batch or not), so every
+    // rank reports the same ranges in the same order (ZeRO's overlap).
+    void (*grads_ready)(void *context, size_t begin, size_t end);
+    void *grads_ready_context;
 } StepOptions;
 
 // Forward (and, when options->train, backward adding into the gradients) of

@@ -1,7 +1,10 @@
 // dist: rank variables, shards, the store and the CPU collectives between
-// forked processes (including a rank that dies and one that hangs), ZeRO-2's
-// per-micro-batch reduce-scatter against stage 0, and the offloaded CPU
-// AdamW against the CPU backend's op.
+// forked processes (including a rank that dies and one that hangs), the
+// ranged reduce-scatter (blocking and in the background), ZeRO-2's
+// per-micro-batch reduce-scatter against stage 0, its gradient buckets
+// reduced while the backward of a many-layer model goes on (and a rank that
+// dies with a bucket in flight), and the offloaded CPU AdamW against the CPU
+// backend's op.
 #include "test_util.h"
 
 #include <math.h>
@@ -12,6 +15,7 @@
 #include <unistd.h>
 
 #include "dist/dist.h"
+#include "model/model.h"
 
 static void clear_rank_env(void) {
     const char *names[] = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -66,6 +70,12 @@ static void test_shard_ranges_cover_the_buffer(void **state) {
     dist_shard_range(4, 3, 2, &begin, &end); // shards of 2: the last is empty
     assert_int_equal(begin, 4);
     assert_int_equal(end, 4);
+    size_t owned[][2] = {{3, 4}, {4, 7}, {8, 8}}; // [3, 7) of 10: rank 2's shard [8, 10) holds none of it
+    for (int r = 0; r < 3; r++) {
+        dist_owned_range(10, 3, r, 3, 7, &begin, &end);
+        assert_int_equal(begin, owned[r][0]);
+        assert_int_equal(end, owned[r][1]);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -170,6 +180,65 @@ static void test_collectives_between_processes(void **state) {
     }
 }
 
+// ----------------------------------------------------------------------------
+// the ranged reduce-scatter
+
+// (n, begin, end): odd sizes, ranges across shard boundaries, an empty range,
+// and n = 4 or 5 over 3 ranks (shards of 2: the last one empty or short).
+static const size_t RANGES[][3] = {{1003, 0, 1003}, {1003, 1, 1002}, {1003, 330, 672}, {1003, 499, 505},
+                                   {1003, 7, 7},    {1003, 900, 1003}, {4, 0, 4},      {4, 1, 4},
+                                   {4, 3, 4},       {5, 2, 5}};
+#define N_RANGES (sizeof RANGES / sizeof RANGES[0])
+
+// x's owned part of [begin, end) holds the sum over ranks of fill_rank_values;
+// every element outside [begin, end) is this rank's own value.
+static bool check_range_sums(const float *x, size_t n, size_t begin, size_t end, int rank, int world, Error *err) {
+    size_t owned_begin, owned_end;
+    dist_owned_range(n, world, rank, begin, end, &owned_begin, &owned_end);
+    float rank_sum = (float)(world * (world + 1) / 2);
+    for (size_t i = 0; i < n; i++) {
+        bool inside = i >= begin && i < end, owned = i >= owned_begin && i < owned_end;
+        float expect = owned ? rank_sum + (float)world * (float)i / 8.0f : (float)(rank + 1) + (float)i / 8.0f;
+        if ((owned || !inside) && x[i] != expect)
+            return (fail)(err, "n %zu, range [%zu, %zu): x[%zu] = %g, expected %g", n, begin, end, i, x[i], expect);
+    }
+    return true;
+}
+
+static bool ranged_reduce_scatter(Store *store, Collectives *c, int rank, Error *err) {
+    static float x[N_RANGES][1003];
+    for (size_t k = 0; k < N_RANGES; k++) { // one at a time
+        size_t n = RANGES[k][0], begin = RANGES[k][1], end = RANGES[k][2];
+        fill_rank_values(x[k], n, rank);
+        if (!c->reduce_scatter_range_sum(c, x[k], n, begin, end, err) ||
+            !check_range_sums(x[k], n, begin, end, rank, c->world_size, err))
+            return false;
+    }
+    size_t finished = c->reductions_finished(c);
+    for (size_t k = 0; k < N_RANGES; k++) { // all of them in flight at once
+        fill_rank_values(x[k], RANGES[k][0], rank);
+        if (!c->reduce_scatter_range_start(c, x[k], RANGES[k][0], RANGES[k][1], RANGES[k][2], err)) return false;
+    }
+    if (!c->wait(c, err)) return false;
+    CHECK(c->reductions_finished(c) == finished + N_RANGES);
+    for (size_t k = 0; k < N_RANGES; k++)
+        if (!check_range_sums(x[k], RANGES[k][0], RANGES[k][1], RANGES[k][2], rank, c->world_size, err)) return false;
+    // a collective right after background reductions waits for them
+    fill_rank_values(x[0], 1003, rank);
+    if (!c->reduce_scatter_range_start(c, x[0], 1003, 10, 990, err) || !c->barrier(c, err)) return false;
+    CHECK(c->reductions_finished(c) == finished + N_RANGES + 1);
+    return check_range_sums(x[0], 1003, 10, 990, rank, c->world_size, err);
+}
+
+static void test_ranged_reduce_scatter(void **state) {
+    char messages[3][ERROR_MESSAGE_MAX];
+    for (int world = 2; world <= 3; world++) {
+        run_ranks(world, free_tcp_port(), 20, ranged_reduce_scatter, messages);
+        for (int r = 0; r < world; r++)
+            if (strcmp(messages[r], "ok") != 0) fail_msg("world %d rank %d: %s", world, r, messages[r]);
+    }
+}
+
 // ZeRO-2 with a reduce-scatter after every micro-batch: the shard holds the
 // exact sum over ranks and micro-batches (values exact in fp32), zeros
 // elsewhere, and the step gives the parameters of stage 0 on the whole sums.
@@ -179,9 +248,9 @@ static bool micro_batch_reduction(Store *store, Collectives *c, int rank, Error 
     for (size_t i = 0; i < N; i++) params[i] = params_stage0[i] = 0.01f * (float)(i % 17), grads[i] = grads_stage0[i] = 0;
     ZeroOptions options = {.stage = 2, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f,
                            .max_grad_norm = 100.0f};
-    Zero *stage2 = zero_create(ops_cpu(), c, params, N, &options, err);
+    Zero *stage2 = zero_create(ops_cpu(), c, params, grads, N, &options, err);
     options.stage = 0;
-    Zero *stage0 = stage2 ? zero_create(ops_cpu(), c, params_stage0, N, &options, err) : NULL;
+    Zero *stage0 = stage2 ? zero_create(ops_cpu(), c, params_stage0, grads_stage0, N, &options, err) : NULL;
     if (!stage0) return zero_destroy(stage2), false;
     bool ok = true;
     for (int micro = 0; micro < MICRO && ok; micro++) {
@@ -294,6 +363,7 @@ int main(void) {
         cmocka_unit_test(test_rank_info_from_env),
         cmocka_unit_test(test_shard_ranges_cover_the_buffer),
         cmocka_unit_test(test_collectives_between_processes),
+        cmocka_unit_test(test_ranged_reduce_scatter),
         cmocka_unit_test(test_zero2_reduces_every_micro_batch),
         cmocka_unit_test(test_dead_rank_is_named),
         cmocka_unit_test(test_hung_rank_is_named_after_the_timeout),

@@ -1,6 +1,7 @@
 // lora-launch end to end on the CPU backend: 2 and 3 ranks with ZeRO stage 0
-// and 2 (and the CPU offload, also with the delayed update) and gradient
-// accumulation leave the same adapter as 1 process with the same global
+// and 2 (gradient buckets per layer, merged, or reduced after the backward;
+// the CPU offload, also with the delayed update) and gradient accumulation
+// leave the same adapter as 1 process with the same global
 // batch; ZeRO-2 checkpoints of 2 ranks resumed on 3, and of 3 resumed on 1,
 // re-shard the optimizer state and end where an uninterrupted run does; a
 // checkpoint missing a rank's shard or with a corrupt one is not complete; a
@@ -36,6 +37,8 @@ static void common_flags(const char *dir, char *buf, size_t size) {
 }
 
 #define DELAYED "--set zero.delayed_update=true"
+#define PER_LAYER_BUCKETS "--set zero.bucket_mb=0"
+#define NO_OVERLAP "--set zero.overlap_comm=false"
 
 // Trains into dir/out_name with nproc ranks (0: no launcher, one process) and extra flags.
 static void train_with(const char *dir, int nproc, int stage, const char *offload, const char *out_name,
@@ -110,19 +113,19 @@ static void test_ranks_match_one_process(void **state) {
     train_with(dir, 0, 0, "cpu", "single-delayed", DELAYED);
     struct {
         int nproc, stage;
-        const char *offload;
-        bool delayed;
-    } runs[] = {{2, 0, "none", false}, {2, 2, "none", false}, {3, 0, "none", false},
-                {3, 2, "none", false}, {3, 2, "cpu", false},  {3, 2, "cpu", true}};
+        const char *offload, *extra;
+    } runs[] = {{2, 0, "none", ""},          {2, 2, "none", ""},      {2, 2, "none", NO_OVERLAP},
+                {3, 0, "none", ""},          {3, 2, "none", ""},      {3, 2, "none", PER_LAYER_BUCKETS},
+                {3, 2, "cpu", PER_LAYER_BUCKETS}, {3, 2, "cpu", DELAYED}};
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         char name[64];
-        snprintf(name, sizeof name, "ranks%d-stage%d-offload-%s%s", runs[i].nproc, runs[i].stage, runs[i].offload,
-                 runs[i].delayed ? "-delayed" : "");
-        train_with(dir, runs[i].nproc, runs[i].stage, runs[i].offload, name, runs[i].delayed ? DELAYED : "");
-        const char *reference = runs[i].delayed ? "single-delayed" : "single";
+        snprintf(name, sizeof name, "run%zu-ranks%d-stage%d-offload-%s", i, runs[i].nproc, runs[i].stage,
+                 runs[i].offload);
+        train_with(dir, runs[i].nproc, runs[i].stage, runs[i].offload, name, runs[i].extra);
+        const char *reference = runs[i].extra == DELAYED ? "single-delayed" : "single";
         double max_abs, difference = adapter_difference(dir, name, reference, &max_abs);
-        print_message("%s vs %s: relative difference %.3g (L2), %.3g (max |a - b| / max |b|)\n", name,
-                      reference, difference, max_abs);
+        print_message("%s %s vs %s: relative difference %.3g (L2), %.3g (max |a - b| / max |b|)\n", name,
+                      runs[i].extra, reference, difference, max_abs);
         assert_true(difference < 1e-5);
     }
     free((void *)dir);

@@ -59,7 +59,8 @@ static Zero *zero_for(Model *model, Collectives *coll, bool delayed) {
                            .beta2 = HYPER.beta2, .eps = HYPER.eps, .weight_decay = HYPER.weight_decay,
                            .max_grad_norm = MAX_GRAD_NORM};
     Error err;
-    Zero *zero = zero_create(ops_cpu(), coll, model_param_data(model), model_params(model)->total, &options, &err);
+    Zero *zero = zero_create(ops_cpu(), coll, model_param_data(model), model_grad_data(model), model_params(model)->total,
+                             &options, &err);
     if (!zero) fail_msg("zero_create: %s", err.message);
     return zero;
 }
@@ -146,7 +147,8 @@ static void test_delayed_update_needs_the_offload(void **state) {
     Collectives *coll = collectives_single(&err);
     assert_non_null(coll);
     ZeroOptions options = {.stage = 0, .delayed_update = true, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
-    assert_null(zero_create(ops_cpu(), coll, model_param_data(model), model_params(model)->total, &options, &err));
+    assert_null(zero_create(ops_cpu(), coll, model_param_data(model), model_grad_data(model), model_params(model)->total,
+                            &options, &err));
     if (!strstr(err.message, "zero.delayed_update needs the CPU offload")) fail_msg("unexpected error: %s", err.message);
     collectives_destroy(coll);
     model_destroy(model);

@@ -134,7 +134,8 @@ static size_t measured_peak(const ModelOptions *options, int B, int T) {
     Collectives *coll = collectives_single(&err);
     assert_non_null(coll);
     ZeroOptions zero_options = {.stage = 0, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
-    Zero *zero = zero_create(options->ops, coll, model_param_data(model), model_params(model)->total, &zero_options, &err);
+    Zero *zero = zero_create(options->ops, coll, model_param_data(model), model_grad_data(model),
+                             model_params(model)->total, &zero_options, &err);
     if (!zero) fail_msg("zero_create: %s", err.message);
     int32_t tokens[B * T], targets[B * T];
     for (int i = 0; i < B * T; i++) tokens[i] = targets[i] = (i * 7) % 200;

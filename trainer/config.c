@@ -159,6 +159,10 @@ static const ConfigKey KEYS[] = {
      .help = "cpu: optimizer state in pinned host memory"},
     {"zero.delayed_update", KEY_BOOL, FIELD(zero.delayed_update),
      .help = "offload cpu: step k's CPU AdamW overlaps step k+1, which sees parameters one update old"},
+    {"zero.overlap_comm", KEY_BOOL, FIELD(zero.overlap_comm),
+     .help = "stage 2: reduce-scatter gradient buckets during the backward, as each layer's are final"},
+    {"zero.bucket_mb", KEY_FLOAT, FIELD(zero.bucket_mb), .range = AT_LEAST(0),
+     .help = "overlap_comm: MB of fp32 gradients per bucket (PyTorch DDP's bucket_cap_mb); 0 = one per layer"},
     {"dist.timeout_s", KEY_FLOAT, FIELD(dist.timeout_s), .range = ABOVE(0),
      .help = "seconds a rank waits for another before failing the job"},
 };
@@ -621,6 +625,8 @@ void config_defaults(Config *config) {
     config->zero.stage = 0;
     snprintf(config->zero.offload, CONFIG_NAME_MAX, "none");
     config->zero.delayed_update = false;
+    config->zero.overlap_comm = true;
+    config->zero.bucket_mb = 25.0f;
     config->dist.timeout_s = 300.0f;
     snprintf(config->vision.tower_preset, CONFIG_NAME_MAX, "clip-vit-large-patch14-336");
     config->vision.feature_layer = -2;

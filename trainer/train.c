@@ -142,10 +142,12 @@ static bool create_optimizer(Run *run, Error *err) {
     if (!coll->broadcast(coll, model_param_data(run->model), params->total * sizeof(float), 0, err)) return false;
     model_sync_params(run->model);
     ZeroOptions zero = {.stage = config->zero.stage, .offload_cpu = strcmp(config->zero.offload, "cpu") == 0,
-                        .delayed_update = config->zero.delayed_update,
+                        .delayed_update = config->zero.delayed_update, .overlap_comm = config->zero.overlap_comm,
+                        .bucket_elements = (size_t)((double)config->zero.bucket_mb * (1 << 20) / sizeof(float)),
                         .beta1 = config->train.beta1, .beta2 = config->train.beta2, .eps = config->train.eps,
                         .weight_decay = config->train.weight_decay, .max_grad_norm = config->train.max_grad_norm};
-    run->zero = zero_create(run->ops, coll, model_param_data(run->model), params->total, &zero, err);
+    run->zero = zero_create(run->ops, coll, model_param_data(run->model), model_grad_data(run->model), params->total,
+                            &zero, err);
     return run->zero != NULL;
 }
 
@@ -215,13 +217,14 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
 }
 
 // The step's micro-batches (with run, their images through its tower, and at
-// ZeRO stage 2 each micro-batch's gradient reduce-scattered to its owners at
-// once); *interrupted when a stop signal arrived after one of them (the step
+// ZeRO stage 2 each micro-batch's gradient reduce-scattered to its owners,
+// bucket by bucket during the backward with zero.overlap_comm); *interrupted when a stop signal arrived after one of them (the step
 // is then incomplete and not applied).
 static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                        bool *interrupted, Error *err) {
     model_zero_grads(model);
-    StepOptions options = {.grad_scale = (float)(1.0 / (double)batch->n_label_tokens), .train = true};
+    StepOptions options = {.grad_scale = (float)(1.0 / (double)batch->n_label_tokens), .train = true,
+                           .grads_ready = run ? zero_grads_ready : NULL, .grads_ready_context = run ? run->zero : NULL};
     double loss_sum = 0;
     size_t micro_tokens = (size_t)batch->B * batch->T;
     *interrupted = false;

@@ -74,6 +74,8 @@ typedef struct Config {
         int stage;                           // 0 | 2
         char offload[CONFIG_NAME_MAX];       // "none" | "cpu"
         bool delayed_update;                 // offload cpu: AdamW of step k overlaps step k + 1 (one update late)
+        bool overlap_comm;                   // stage 2: gradient buckets reduce-scattered during the backward
+        float bucket_mb;                     // with overlap_comm: MB of fp32 gradients per bucket (0: one per layer)
     } zero;
     struct {
         float timeout_s;                     // a collective or rendezvous waiting longer fails

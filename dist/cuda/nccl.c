@@ -4,7 +4,10 @@
 // synchronize), enqueues on its own stream, records an event and polls it
 // with ncclCommGetAsyncError until done or until timeout_s, when the
 // communicator is aborted so a dead or hung peer ends the job instead of
-// blocking forever. Rank 0 creates the unique id and shares it through the
+// blocking forever. A background reduction (reduce_scatter_range_start)
+// does not wait on the host: the communication stream waits for an event
+// recorded on the compute stream, and `wait` polls as above; every later
+// call is queued behind it on the same stream. Rank 0 creates the unique id and shares it through the
 // store. The communicator lives on the device ops_cuda selected for this
 // local rank (the calling thread's current device). Compiled when CUDA is
 // found; not yet run on a GPU.
@@ -20,7 +23,10 @@ typedef struct NcclState {
     ncclComm_t comm;
     cudaStream_t stream;
     cudaEvent_t done;
+    cudaEvent_t compute_ready; // recorded on the compute stream before a background reduction
+    const Ops *ops;            // the CUDA backend: its compute stream
     double timeout_s;
+    size_t started, finished;  // background reductions
 } NcclState;
 
 static NcclState *state_of(Collectives *c) { return c->state; }
@@ -72,19 +78,51 @@ static bool nccl_all_reduce(Collectives *c, void *x, size_t n, DType dtype, Erro
     return finish(c, "all_reduce", err);
 }
 
-// Uneven shards (the padding is virtual): one grouped reduce per shard owner.
-static bool nccl_reduce_scatter(Collectives *c, float *x, size_t n, Error *err) {
-    if (!wait_compute(err)) return false;
+// Uneven shards (the padding is virtual): one grouped reduce per owner of a
+// piece of x[begin, end), enqueued on the communication stream.
+static bool enqueue_reduce_scatter_range(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err) {
+    if (begin > end || end > n)
+        return fail(err, "reduce_scatter_range_sum: [%zu, %zu) is not inside a buffer of %zu", begin, end, n);
     NCCL_TRY(ncclGroupStart(), "group start");
     for (int r = 0; r < c->world_size; r++) {
-        size_t begin, end;
-        dist_shard_range(n, c->world_size, r, &begin, &end);
-        NCCL_TRY(ncclReduce(x + begin, x + begin, end - begin, ncclFloat32, ncclSum, r, state_of(c)->comm,
-                            state_of(c)->stream), "reduce_scatter");
+        size_t owned_begin, owned_end;
+        dist_owned_range(n, c->world_size, r, begin, end, &owned_begin, &owned_end);
+        if (owned_end == owned_begin) continue;
+        NCCL_TRY(ncclReduce(x + owned_begin, x + owned_begin, owned_end - owned_begin, ncclFloat32, ncclSum, r,
+                            state_of(c)->comm, state_of(c)->stream), "reduce_scatter");
     }
     NCCL_TRY(ncclGroupEnd(), "group end");
+    return true;
+}
+
+static bool nccl_reduce_scatter_range(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err) {
+    if (!wait_compute(err) || !enqueue_reduce_scatter_range(c, x, n, begin, end, err)) return false;
     return finish(c, "reduce_scatter", err);
 }
+
+static bool nccl_reduce_scatter(Collectives *c, float *x, size_t n, Error *err) {
+    return nccl_reduce_scatter_range(c, x, n, 0, n, err);
+}
+
+// The communication stream waits for the compute issued so far, then reduces.
+static bool nccl_reduce_scatter_range_start(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err) {
+    NcclState *s = state_of(c);
+    cudaStream_t compute = (cudaStream_t)s->ops->stream();
+    CUDA_TRY(cudaEventRecord(s->compute_ready, compute), "recording the gradients' event");
+    CUDA_TRY(cudaStreamWaitEvent(s->stream, s->compute_ready, 0), "ordering the reduction after the backward");
+    if (!enqueue_reduce_scatter_range(c, x, n, begin, end, err)) return false;
+    s->started++;
+    return true;
+}
+
+static bool nccl_wait(Collectives *c, Error *err) {
+    NcclState *s = state_of(c);
+    if (!finish(c, "background reduce_scatter", err)) return false;
+    s->finished = s->started;
+    return true;
+}
+
+static size_t nccl_reductions_finished(Collectives *c) { return state_of(c)->finished; }
 
 static bool nccl_all_gather(Collectives *c, float *x, size_t n, Error *err) {
     if (!wait_compute(err)) return false;
@@ -117,6 +155,7 @@ static void nccl_destroy(Collectives *c) {
     NcclState *s = state_of(c);
     if (s->comm) ncclCommDestroy(s->comm);
     if (s->done) cudaEventDestroy(s->done);
+    if (s->compute_ready) cudaEventDestroy(s->compute_ready);
     if (s->stream) cudaStreamDestroy(s->stream);
     free(s);
     free(c);
@@ -138,9 +177,10 @@ static bool share_unique_id(Store *store, const RankInfo *info, ncclUniqueId *id
 
 static bool nccl_init(Collectives *c, Store *store, const RankInfo *info, Error *err) {
     NcclState *s = state_of(c);
-    if (!ops_cuda(err)) return fail_context(err, "NCCL needs the CUDA backend: ");
+    if (!(s->ops = ops_cuda(err))) return fail_context(err, "NCCL needs the CUDA backend: ");
     CUDA_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), "creating the communication stream");
     CUDA_TRY(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming), "creating the communication event");
+    CUDA_TRY(cudaEventCreateWithFlags(&s->compute_ready, cudaEventDisableTiming), "creating the compute event");
     ncclUniqueId id;
     if (!share_unique_id(store, info, &id, err)) return false;
     NCCL_TRY(ncclCommInitRank(&s->comm, info->world_size, id, info->rank), "joining the communicator");
@@ -154,7 +194,9 @@ Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout
     s->timeout_s = timeout_s;
     *c = (Collectives){.name = "nccl", .rank = info->rank, .world_size = info->world_size, .state = s,
                        .all_reduce_sum = nccl_all_reduce, .reduce_scatter_sum = nccl_reduce_scatter,
-                       .all_gather = nccl_all_gather, .broadcast = nccl_broadcast, .barrier = nccl_barrier,
+                       .reduce_scatter_range_sum = nccl_reduce_scatter_range,
+                       .reduce_scatter_range_start = nccl_reduce_scatter_range_start, .wait = nccl_wait,
+                       .reductions_finished = nccl_reductions_finished, .all_gather = nccl_all_gather, .broadcast = nccl_broadcast, .barrier = nccl_barrier,
                        .destroy = nccl_destroy};
     if (!nccl_init(c, store, info, err)) {
         nccl_destroy(c);

@@ -31,6 +31,7 @@ static void cpu_zero(void *ptr, size_t bytes) {
 }
 
 static void cpu_synchronize(void) {}
+static void *cpu_stream(void) { return NULL; }
 
 static bool cpu_check(Error *err) { return true; }
 
@@ -113,6 +114,7 @@ static const Ops cpu_ops = {
     .download = cpu_copy,
     .zero = cpu_zero,
     .synchronize = cpu_synchronize,
+    .stream = cpu_stream,
     .upload_f32 = cpu_upload_f32,
     .download_f32 = cpu_download_f32,
     .params_to_act = cpu_params_to_act,

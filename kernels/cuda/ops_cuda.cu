@@ -96,6 +96,8 @@ static void zero(void *ptr, size_t bytes) {
 
 static void synchronize(void) { cudaCheck(cudaStreamSynchronize(cuda_ctx.stream)); }
 
+static void *compute_stream(void) { return cuda_ctx.stream; }
+
 // Host fp32 -> staging (fp32, device) -> bf16, one chunk at a time.
 static void upload_f32(void *dst_act, const float *src_host, size_t n) {
     bf16 *dst = (bf16 *)dst_act;
@@ -133,6 +135,7 @@ static const Ops cuda_ops = {
     .download = download,
     .zero = zero,
     .synchronize = synchronize,
+    .stream = compute_stream,
     .upload_f32 = upload_f32,
     .download_f32 = download_f32,
     .params_to_act = cuda_params_to_act,

@@ -87,7 +87,7 @@ static ZeroRun zero_run(Collectives *coll, const float *initial, bool offload, b
     Error err;
     ZeroRun run = {.params = device_copy(initial, N), .grads = gpu->alloc(N * sizeof(float), &err)};
     if (!run.grads) fail_msg("%s", err.message);
-    run.zero = zero_create(gpu, coll, run.params, N, &options, &err);
+    run.zero = zero_create(gpu, coll, run.params, run.grads, N, &options, &err);
     if (!run.zero) fail_msg("zero_create: %s", err.message);
     return run;
 }
