@@ -287,6 +287,126 @@ static void test_zero2_reduces_every_micro_batch(void **state) {
     }
 }
 
+// ----------------------------------------------------------------------------
+// ZeRO-2 buckets during the backward of a many-layer model
+
+enum { OVERLAP_LAYERS = 8, OVERLAP_B = 2, OVERLAP_T = 16 };
+
+// The same tiny model on every rank (LoRA B nonzero, so every gradient is).
+static Model *many_layer_model(Error *err) {
+    ModelOptions options = {.ops = ops_cpu(), .max_batch = OVERLAP_B, .max_seq_len = OVERLAP_T, .seed = 7,
+                            .lora = {.r = 4, .alpha = 8}};
+    if (!llama_config_preset("tiny", &options.config, err)) return NULL;
+    options.config.n_layers = OVERLAP_LAYERS;
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) options.lora.targets[t] = true;
+    Model *model = model_create(&options, err);
+    if (!model) return NULL;
+    model_init_random_base(model, 1234);
+    size_t n = model_params(model)->total;
+    float *params = malloc(n * sizeof *params);
+    if (!params) return model_destroy(model), (fail)(err, "out of memory"), NULL;
+    for (size_t i = 0; i < n; i++) params[i] = 0.05f * sinf((float)i);
+    memcpy(model_param_data(model), params, n * sizeof *params);
+    model_sync_params(model);
+    free(params);
+    return model;
+}
+
+// Watches rank 0's buckets: rank 1 is late with its first one, so rank 0's
+// first reduction cannot finish before the hook returns; then, in the hook
+// of layer 0 (the backward's last layer, before the backward returns), rank
+// 0 waits for a reduction to finish, which only a background one can.
+typedef struct OverlapProbe {
+    Zero *zero;
+    Collectives *coll;
+    int rank, calls;
+    size_t finished_before, next_end; // reductions finished before the micro-batch; the next range's end
+    bool in_order;                    // ranges from the last layer down, adjacent, ending at 0
+    bool first_returned_first;        // the first bucket's hook returned before its reduction finished
+    bool finished_during_backward;    // a reduction finished before layer 0's hook returned
+} OverlapProbe;
+
+static bool reductions_finish_within(Collectives *c, size_t before, double seconds) {
+    for (double deadline = time_seconds() + seconds; time_seconds() < deadline; usleep(1000))
+        if (c->reductions_finished(c) > before) return true;
+    return false;
+}
+
+static void probe_grads_ready(void *context, size_t begin, size_t end) {
+    OverlapProbe *p = context;
+    if (p->rank == 1 && p->calls == 0) usleep(300 * 1000);
+    p->in_order = p->in_order && end == p->next_end;
+    p->next_end = begin;
+    zero_grads_ready(p->zero, begin, end);
+    if (p->rank == 0 && p->calls == 0) p->first_returned_first = p->coll->reductions_finished(p->coll) == p->finished_before;
+    if (p->rank == 0 && begin == 0) p->finished_during_backward = reductions_finish_within(p->coll, p->finished_before, 10);
+    p->calls++;
+}
+
+static bool micro_batch_gradient(Model *model, Zero *zero, OverlapProbe *probe, int rank, Error *err) {
+    int32_t tokens[OVERLAP_B * OVERLAP_T], targets[OVERLAP_B * OVERLAP_T];
+    for (int i = 0; i < OVERLAP_B * OVERLAP_T; i++) tokens[i] = (i * 7 + rank * 13) % 200, targets[i] = (i * 5 + rank) % 200;
+    Batch batch = {.B = OVERLAP_B, .T = OVERLAP_T, .tokens = tokens, .targets = targets};
+    StepOptions options = {.grad_scale = 1.0f / (OVERLAP_B * OVERLAP_T), .train = true};
+    if (probe) options.grads_ready = probe_grads_ready, options.grads_ready_context = probe;
+    double loss;
+    model_zero_grads(model);
+    return model_step(model, &batch, &options, &loss, err) && zero_reduce_micro_batch(zero, model_grad_data(model), err);
+}
+
+// One bucket per layer (bucket_elements 0) against the whole buffer reduced
+// after the backward: the same bits (rank-order sums either way).
+static bool buckets_overlap_the_backward(Store *store, Collectives *c, int rank, Error *err) {
+    Model *model = many_layer_model(err);
+    if (!model) return false;
+    size_t n = model_params(model)->total;
+    ZeroOptions options = {.stage = 2, .overlap_comm = true, .bucket_elements = 0, .beta1 = 0.9f, .beta2 = 0.999f};
+    Zero *overlapped = zero_create(ops_cpu(), c, model_param_data(model), model_grad_data(model), n, &options, err);
+    options.overlap_comm = false;
+    Zero *after = overlapped ? zero_create(ops_cpu(), c, model_param_data(model), model_grad_data(model), n, &options, err)
+                             : NULL;
+    float *reference = malloc(n * sizeof *reference);
+    OverlapProbe probe = {.zero = overlapped, .coll = c, .rank = rank, .next_end = n, .in_order = true,
+                          .finished_before = c->reductions_finished(c)};
+    bool ok = after && reference && micro_batch_gradient(model, after, NULL, rank, err);
+    if (ok) memcpy(reference, model_grad_data(model), n * sizeof *reference);
+    ok = ok && micro_batch_gradient(model, overlapped, &probe, rank, err);
+    if (ok) {
+        CHECK(probe.calls == OVERLAP_LAYERS && probe.in_order && probe.next_end == 0);
+        CHECK(rank != 0 || probe.first_returned_first);
+        CHECK(rank != 0 || probe.finished_during_backward);
+        CHECK(c->reductions_finished(c) == probe.finished_before + OVERLAP_LAYERS);
+        CHECK(memcmp(reference, model_grad_data(model), n * sizeof *reference) == 0);
+    }
+    free(reference), zero_destroy(overlapped), zero_destroy(after), model_destroy(model);
+    return ok;
+}
+
+static void test_zero2_buckets_overlap_the_backward(void **state) {
+    char messages[3][ERROR_MESSAGE_MAX];
+    for (int world = 2; world <= 3; world++) {
+        run_ranks(world, free_tcp_port(), 20, buckets_overlap_the_backward, messages);
+        for (int r = 0; r < world; r++)
+            if (strcmp(messages[r], "ok") != 0) fail_msg("world %d rank %d: %s", world, r, messages[r]);
+    }
+}
+
+// Rank 2 dies (as if killed) with its first bucket in flight.
+static bool rank2_dies_mid_bucket(Store *store, Collectives *c, int rank, Error *err) {
+    enum { N = 3000 };
+    static float params[N], grads[N];
+    ZeroOptions options = {.stage = 2, .overlap_comm = true, .bucket_elements = 1000, .beta1 = 0.9f, .beta2 = 0.999f};
+    Zero *zero = zero_create(ops_cpu(), c, params, grads, N, &options, err);
+    if (!zero) return false;
+    zero_grads_ready(zero, 2000, 3000);
+    if (rank == 2) _exit(3);
+    zero_grads_ready(zero, 1000, 2000);
+    zero_grads_ready(zero, 0, 1000);
+    bool ok = zero_reduce_micro_batch(zero, grads, err);
+    zero_destroy(zero);
+    return ok;
+}
+
 // Rank 2 leaves (as if killed) after joining; rank 1 sleeps past the timeout.
 static bool rank2_exits(Store *store, Collectives *c, int rank, Error *err) {
     if (rank == 2) _exit(3);
@@ -318,6 +438,18 @@ static void test_hung_rank_is_named_after_the_timeout(void **state) {
     print_message("rank 0: %s\nrank 2: %s\n", messages[0], messages[2]);
     assert_contains(messages[0], "rank 1 sent nothing before the timeout");
     assert_contains(messages[2], "rank 1 sent nothing before the timeout");
+}
+
+static void test_rank_dead_mid_bucket_is_named(void **state) {
+    char messages[3][ERROR_MESSAGE_MAX];
+    double start = time_seconds();
+    run_ranks(3, free_tcp_port(), 5, rank2_dies_mid_bucket, messages);
+    print_message("after %.1f s\nrank 0: %s\nrank 1: %s\n", time_seconds() - start, messages[0], messages[1]);
+    for (int r = 0; r < 2; r++) {
+        assert_contains(messages[r], "in the background");
+        assert_contains(messages[r], "rank 2 closed its connection");
+    }
+    assert_true(time_seconds() - start < 5); // noticed at once, not after the timeout
 }
 
 static void test_store_get_times_out_naming_the_key(void **state) {
@@ -365,8 +497,10 @@ int main(void) {
         cmocka_unit_test(test_collectives_between_processes),
         cmocka_unit_test(test_ranged_reduce_scatter),
         cmocka_unit_test(test_zero2_reduces_every_micro_batch),
+        cmocka_unit_test(test_zero2_buckets_overlap_the_backward),
         cmocka_unit_test(test_dead_rank_is_named),
         cmocka_unit_test(test_hung_rank_is_named_after_the_timeout),
+        cmocka_unit_test(test_rank_dead_mid_bucket_is_named),
         cmocka_unit_test(test_store_get_times_out_naming_the_key),
         cmocka_unit_test(test_cpu_adamw_matches_the_cpu_backend),
     };

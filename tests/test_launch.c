@@ -122,7 +122,7 @@ static void test_ranks_match_one_process(void **state) {
         snprintf(name, sizeof name, "run%zu-ranks%d-stage%d-offload-%s", i, runs[i].nproc, runs[i].stage,
                  runs[i].offload);
         train_with(dir, runs[i].nproc, runs[i].stage, runs[i].offload, name, runs[i].extra);
-        const char *reference = runs[i].extra == DELAYED ? "single-delayed" : "single";
+        const char *reference = strcmp(runs[i].extra, DELAYED) == 0 ? "single-delayed" : "single";
         double max_abs, difference = adapter_difference(dir, name, reference, &max_abs);
         print_message("%s %s vs %s: relative difference %.3g (L2), %.3g (max |a - b| / max |b|)\n", name,
                       runs[i].extra, reference, difference, max_abs);
