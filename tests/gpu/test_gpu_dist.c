@@ -1,6 +1,9 @@
 // Distributed and offload paths on the CUDA backend: a world-size-1 NCCL
-// communicator (bootstrapped through the store) runs every collective and
-// leaves the data as it was (the sum over one rank); ZeRO with --offload cpu
+// communicator (bootstrapped through the store) runs every collective, the
+// ranged reduce-scatter blocking and in the background included, and leaves
+// the data as it was (the sum over one rank); ZeRO-2 with gradient buckets
+// reduced on the communication stream during a stand-in backward gives the
+// parameters of the unbucketed reduction; ZeRO with --offload cpu
 // (immediate, and the delayed update against the immediate one a step
 // later) gives the parameters of ZeRO without offload on the same gradient
 // sequence: the CPU AdamW against the CUDA op, < 1e-5 relative.
@@ -39,14 +42,31 @@ static float *host_copy(const float *device, size_t n) {
 // ----------------------------------------------------------------------------
 // NCCL, world size 1
 
-static void test_nccl_world_size_one(void **state) {
+typedef struct NcclWorld {
+    Store *store;
+    Collectives *nccl;
+} NcclWorld;
+
+static NcclWorld nccl_world_of_one(void) {
     RankInfo info = {.rank = 0, .world_size = 1, .local_rank = 0, .local_world_size = 1,
                      .master_addr = "127.0.0.1", .master_port = free_tcp_port()};
     Error err;
-    Store *store = store_create(&info, 30, &err);
-    if (!store) fail_msg("store_create: %s", err.message);
-    Collectives *nccl = collectives_nccl(store, &info, 30, &err);
-    if (!nccl) fail_msg("collectives_nccl: %s", err.message);
+    NcclWorld world = {.store = store_create(&info, 30, &err)};
+    if (!world.store) fail_msg("store_create: %s", err.message);
+    world.nccl = collectives_nccl(world.store, &info, 30, &err);
+    if (!world.nccl) fail_msg("collectives_nccl: %s", err.message);
+    return world;
+}
+
+static void nccl_world_destroy(NcclWorld *world) {
+    collectives_destroy(world->nccl);
+    store_destroy(world->store);
+}
+
+static void test_nccl_world_size_one(void **state) {
+    NcclWorld world = nccl_world_of_one();
+    Collectives *nccl = world.nccl;
+    Error err;
     assert_string_equal(nccl->name, "nccl");
     Rng rng;
     rng_seed(&rng, 5);
@@ -69,8 +89,35 @@ static void test_nccl_world_size_one(void **state) {
     gpu->synchronize();
     assert_memory_equal(sum_back, sum_host, sizeof sum_host);
     gpu->free(sum), gpu->free(x), free(back), free(values);
-    collectives_destroy(nccl);
-    store_destroy(store);
+    nccl_world_destroy(&world);
+}
+
+// Ranges across the buffer, an empty one, blocking and then all in flight
+// together behind a kernel on the compute stream: x is unchanged.
+static void test_nccl_ranged_reduce_scatter(void **state) {
+    NcclWorld world = nccl_world_of_one();
+    Collectives *nccl = world.nccl;
+    static const size_t ranges[][2] = {{0, N}, {1, N - 1}, {5000, 5003}, {7, 7}, {N - 10, N}};
+    enum { N_RANGES = sizeof ranges / sizeof ranges[0] };
+    Rng rng;
+    rng_seed(&rng, 6);
+    float *values = malloc(N * sizeof(float));
+    fill_uniform(values, N, -1, 1, &rng);
+    float *x = device_copy(values, N);
+    Error err;
+    for (int k = 0; k < N_RANGES; k++)
+        if (!nccl->reduce_scatter_range_sum(nccl, x, N, ranges[k][0], ranges[k][1], &err)) fail_msg("%s", err.message);
+    gpu->scale_f32(x, 2.0f, N); // compute the reductions must wait for
+    for (int k = 0; k < N_RANGES; k++)
+        if (!nccl->reduce_scatter_range_start(nccl, x, N, ranges[k][0], ranges[k][1], &err)) fail_msg("%s", err.message);
+    if (!nccl->wait(nccl, &err)) fail_msg("wait: %s", err.message);
+    assert_int_equal(nccl->reductions_finished(nccl), N_RANGES);
+    float *back = host_copy(x, N);
+    for (size_t i = 0; i < N; i++) assert_true(back[i] == 2.0f * values[i]);
+    assert_false(nccl->reduce_scatter_range_sum(nccl, x, N, 10, N + 1, &err));
+    print_message("range outside the buffer: %s\n", err.message);
+    gpu->free(x), free(back), free(values);
+    nccl_world_destroy(&world);
 }
 
 // ----------------------------------------------------------------------------
@@ -81,9 +128,12 @@ typedef struct ZeroRun {
     float *params, *grads; // device (N)
 } ZeroRun;
 
-static ZeroRun zero_run(Collectives *coll, const float *initial, bool offload, bool delayed) {
+enum { LAYER = 1000 }; // gradient elements per layer of the stand-in backward
+
+static ZeroRun zero_run(Collectives *coll, const float *initial, bool offload, bool delayed, bool overlap) {
     ZeroOptions options = {.stage = 2, .offload_cpu = offload, .delayed_update = delayed, .beta1 = 0.9f,
-                           .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .max_grad_norm = 1.0f};
+                           .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .max_grad_norm = 1.0f,
+                           .overlap_comm = overlap, .bucket_elements = 2 * LAYER};
     Error err;
     ZeroRun run = {.params = device_copy(initial, N), .grads = gpu->alloc(N * sizeof(float), &err)};
     if (!run.grads) fail_msg("%s", err.message);
@@ -96,6 +146,24 @@ static void zero_run_step(ZeroRun *run, const float *grads_host, float lr) {
     gpu->upload(run->grads, grads_host, N * sizeof(float));
     float norm;
     Error err;
+    if (!zero_step(run->zero, run->params, run->grads, lr, &norm, &err)) fail_msg("zero_step: %s", err.message);
+}
+
+// As a backward would: each "layer" of LAYER elements of the gradient written
+// (uploaded, then scaled on the compute stream) and reported from the last
+// down, buckets of two layers, then the micro-batch's reduction and the step.
+static void zero_run_bucketed_step(ZeroRun *run, const float *grads_host, float lr) {
+    Error err;
+    gpu->zero(run->grads, N * sizeof(float));
+    for (size_t end = N; end > 0;) {
+        size_t begin = end > LAYER ? end - LAYER : 0;
+        gpu->upload(run->grads + begin, grads_host + begin, (end - begin) * sizeof(float));
+        gpu->scale_f32(run->grads + begin, 0.5f, end - begin);
+        zero_grads_ready(run->zero, begin, end);
+        end = begin;
+    }
+    if (!zero_reduce_micro_batch(run->zero, run->grads, &err)) fail_msg("zero_reduce_micro_batch: %s", err.message);
+    float norm;
     if (!zero_step(run->zero, run->params, run->grads, lr, &norm, &err)) fail_msg("zero_step: %s", err.message);
 }
 
@@ -127,8 +195,8 @@ static void test_offload_gives_the_parameters_of_no_offload(void **state) {
         grads[step] = malloc(N * sizeof(float));
         fill_uniform(grads[step], N, -0.02f, 0.02f, &rng);
     }
-    ZeroRun plain = zero_run(coll, initial, false, false), offload = zero_run(coll, initial, true, false);
-    ZeroRun delayed = zero_run(coll, initial, true, true);
+    ZeroRun plain = zero_run(coll, initial, false, false, false), offload = zero_run(coll, initial, true, false, false);
+    ZeroRun delayed = zero_run(coll, initial, true, true, false);
     for (int step = 0; step < STEPS; step++) {
         float lr = 1e-2f / (float)(step + 1);
         zero_run_step(&plain, grads[step], lr);
@@ -149,9 +217,38 @@ static void test_offload_gives_the_parameters_of_no_offload(void **state) {
     collectives_destroy(coll);
 }
 
+static void test_nccl_buckets_give_the_unbucketed_parameters(void **state) {
+    NcclWorld world = nccl_world_of_one();
+    Rng rng;
+    rng_seed(&rng, 12);
+    float *initial = malloc(N * sizeof(float)), *grads = malloc(N * sizeof(float)), *halved = malloc(N * sizeof(float));
+    fill_uniform(initial, N, -0.5f, 0.5f, &rng);
+    ZeroRun bucketed = zero_run(world.nccl, initial, false, false, true);
+    ZeroRun plain = zero_run(world.nccl, initial, false, false, false);
+    Error err;
+    for (int step = 0; step < STEPS; step++) {
+        fill_uniform(grads, N, -0.02f, 0.02f, &rng);
+        for (size_t i = 0; i < N; i++) halved[i] = 0.5f * grads[i];
+        zero_run_bucketed_step(&bucketed, grads, 1e-2f);
+        gpu->upload(plain.grads, halved, N * sizeof(float));
+        if (!zero_reduce_micro_batch(plain.zero, plain.grads, &err)) fail_msg("%s", err.message);
+        float norm;
+        if (!zero_step(plain.zero, plain.params, plain.grads, 1e-2f, &norm, &err)) fail_msg("%s", err.message);
+    }
+    double error = params_difference(bucketed.params, plain.params);
+    print_message("buckets of %d during the stand-in backward vs one reduction: max relative error %.3g\n", 2 * LAYER,
+                  error);
+    assert_true(error == 0);
+    zero_run_destroy(&bucketed), zero_run_destroy(&plain);
+    free(initial), free(grads), free(halved);
+    nccl_world_destroy(&world);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nccl_world_size_one),
+        cmocka_unit_test(test_nccl_ranged_reduce_scatter),
+        cmocka_unit_test(test_nccl_buckets_give_the_unbucketed_parameters),
         cmocka_unit_test(test_offload_gives_the_parameters_of_no_offload),
     };
     Error why;
