@@ -66,7 +66,7 @@ typedef struct Collectives Collectives;
 // Buffers are the backend's memory (host for the CPU, device for NCCL). On a
 // GPU the calls are ordered after the work already issued on the compute
 // stream and later compute waits for them (events); on the CPU they return
-// when done. An error (a peer gone or silent past the timeout) names the rank.
+// when done (reduce_scatter_range_start: when queued). An error (a peer gone or silent past the timeout) names the rank.
 struct Collectives {
     const char *name; // "single", "cpu" or "nccl"
     int rank, world_size;
@@ -152,7 +152,8 @@ bool zero_flush(Zero *zero, float *params, Error *err);
 // overlap_comm merges adjacent ranges into a bucket and, once it holds
 // bucket_elements, starts its reduce-scatter in the background while the
 // backward goes on; otherwise does nothing. A failure is kept and returned
-// by zero_reduce_micro_batch.
+// by zero_reduce_micro_batch, which must follow the backward (before
+// zero_step or any other collective); a range is reported once per micro-batch.
 void zero_grads_ready(void *zero, size_t begin, size_t end);
 // Stage 2, after each micro-batch's backward added into grads (n), on every
 // rank: reduce-scatters what the buckets did not cover and waits for the
