@@ -37,6 +37,10 @@ typedef struct Run {
 bool run_is_vlm(const Config *config);
 // Sets the projector's width, the image token and the feature rows per micro-batch.
 bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options, Error *err);
+// The projector's share of vlm_model_options (no tokenizer needed) and the tower's config: for plan.
+bool vlm_projector_options(const Config *config, ModelOptions *options, ClipVisionConfig *clip, Error *err);
+// Backend bytes of one micro-batch's tower features (micro_batch * P, D), the buffer vlm_load allocates.
+size_t vlm_feature_bytes(const Config *config, const ClipVisionConfig *clip, DType act_dtype);
 // The tower (loaded, or written random with model.create_if_missing), vision.projector_init, the dataset.
 bool vlm_load(Run *run, Error *err);
 // Image features of micro-batch micro into out (nothing for a text run: run NULL or no tower).
