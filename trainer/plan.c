@@ -19,8 +19,7 @@ static bool plan_uses_gpu(const Config *config) {
     return ops_cuda(&why) != NULL;
 }
 
-// config.json of model.path, or the preset model.create_if_missing writes there.
-static bool plan_llama_config(const Config *config, LlamaConfig *llama, HfLayout *layout, Error *err) {
+bool config_llama_config(const Config *config, LlamaConfig *llama, HfLayout *layout, Error *err) {
     const char *path = config->model.path;
     *layout = HF_LAYOUT_LLAMA;
     if (!path_exists(path) && config->model.create_if_missing[0])
@@ -127,7 +126,7 @@ bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err) {
     LlamaConfig llama;
     HfLayout layout;
     plan->gpu = plan_uses_gpu(config);
-    if (!plan_llama_config(config, &llama, &layout, err)) return fail_context(err, "plan: ");
+    if (!config_llama_config(config, &llama, &layout, err)) return fail_context(err, "plan: ");
     // Only act_dtype matters to the layout: a copy of the CPU table carries the GPU's.
     Ops planning_ops = *ops_cpu();
     planning_ops.act_dtype = plan->gpu ? DTYPE_BF16 : DTYPE_F32;

@@ -33,6 +33,10 @@ typedef struct Run {
     void *image_features;  // (micro_batch * P, D) backend memory: the tower's output
 } Run;
 
+// The model's LlamaConfig and key layout without loading it: config.json of
+// model.path, or the preset model.create_if_missing writes there (plan.c).
+bool config_llama_config(const Config *config, LlamaConfig *llama, HfLayout *layout, Error *err);
+
 // train_vlm.c: image-text training when data.images or vision.tower is set.
 bool run_is_vlm(const Config *config);
 // Sets the projector's width, the image token and the feature rows per micro-batch.

@@ -11,14 +11,6 @@
 
 bool run_is_vlm(const Config *config) { return config->data.images[0] || config->vision.tower[0]; }
 
-// llava-hf's image_token_index is the id just past the tokenizer's vocabulary
-// when the model's embedding has room for it; otherwise byte 0 (NUL), which
-// text never holds, stands in.
-static int32_t image_token_id(const Tokenizer *tok, int model_vocab) {
-    int past_text = tokenizer_vocab_size(tok);
-    return past_text < model_vocab ? past_text : 0;
-}
-
 static bool tower_config(const Config *config, ClipVisionConfig *clip, Error *err) {
     if (!clip_config_preset(config->vision.tower_preset, clip, err)) return false;
     clip->feature_layer = config->vision.feature_layer;
@@ -41,7 +33,7 @@ bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options
     if (!run_is_vlm(run->config)) return true;
     ClipVisionConfig clip;
     if (!vlm_projector_options(run->config, options, &clip, err)) return false;
-    run->image_token_id = image_token_id(run->tokenizer, llama->vocab_size);
+    run->image_token_id = llava_image_token_id(run->tokenizer, llama->vocab_size);
     options->image_token_id = run->image_token_id;
     return true;
 }
