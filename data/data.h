@@ -210,6 +210,13 @@ void llava_record_free(LlavaRecord *record);
 
 #define LLAVA_IMAGE_PLACEHOLDER "<image>"
 
+// The id of the image positions, for training and `data check` alike: the
+// tokenizer's "<image>" token when it has one inside the model's vocabulary
+// (llava-hf: 32000), else the id just past the text vocabulary when the
+// model's embedding has room (llava-hf's image_token_index), else 0 (NUL,
+// which text never holds).
+int32_t llava_image_token_id(const Tokenizer *tok, int model_vocab);
+
 typedef enum SkipReason {
     SKIP_BAD_RECORD,           // invalid JSON or fields
     SKIP_EMPTY_CONVERSATION,   // no turns, or no gpt turn to train on

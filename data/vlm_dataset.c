@@ -304,3 +304,10 @@ bool vlm_dataset_load(VlmDataset *dataset, int64_t i, VlmSample *out, bool *skip
 
 int vlm_dataset_image_size(const VlmDataset *dataset) { return dataset->options.preprocess.size; }
 const Tokenizer *vlm_dataset_tokenizer(const VlmDataset *dataset) { return dataset->options.tok; }
+
+int32_t llava_image_token_id(const Tokenizer *tok, int model_vocab) {
+    int added = tokenizer_token_id(tok, LLAVA_IMAGE_PLACEHOLDER);
+    if (added >= 0 && added < model_vocab) return added;
+    int past_text = tokenizer_vocab_size(tok);
+    return past_text < model_vocab ? past_text : 0;
+}

@@ -174,6 +174,13 @@ typedef struct Ops {
     bool (*check)(Error *err);  // first asynchronous failure since the last check, if any
 } Ops;
 
+// The CUDA backend's fixed device buffers, allocated once by ops_cuda: the
+// cuBLASLt workspace and the fp32 staging buffer of upload_f32/download_f32.
+// Besides them a scratch buffer grows to the largest request (attention's
+// backward: B * n_head * T floats).
+#define CUDA_LT_WORKSPACE_BYTES ((size_t)32 << 20)
+#define CUDA_STAGING_BYTES ((size_t)32 << 20)
+
 // The CPU backend: always available.
 const Ops *ops_cpu(void);
 // The CUDA backend: NULL with a reason in err when built without CUDA or

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cuda/lt_layout.h"
 #include "kernels/ops.h"
 
 // ----------------------------------------------------------------------------
@@ -166,6 +167,70 @@ static void test_linear_backward(void **state) {
     free_problem(&p);
     free(w), free(want_dx), free(want_dW), free(x), free(W), free(dout);
     free(dx), free(dW), free(dx_before), free(dW_before);
+}
+
+// The CUDA backend's cuBLASLt descriptions (kernels/cuda/lt_layout.h), run
+// here by a column-major GEMM with cuBLASLt's semantics: operand x stored
+// (rows, cols) with leading dimension rows, element (i, j) at i + j * rows,
+// op(x) its transpose when `transposed`; D (rows, cols) likewise. Must equal
+// the row-major reference for every transpose case and the weight gradient.
+static double lt_element(const LtOperand *x, const double *data, uint64_t i, uint64_t j) {
+    return x->transposed ? data[j + i * x->rows] : data[i + j * x->rows];
+}
+
+static double *lt_emulate(const LtGemm *g, double *const inputs[2], const size_t input_sizes[2]) {
+    const LtOperand *A = &g->A, *B = &g->B;
+    assert_int_equal(A->transposed ? A->cols : A->rows, g->rows);  // op(A) (rows, inner)
+    assert_int_equal(A->transposed ? A->rows : A->cols, g->inner);
+    assert_int_equal(B->transposed ? B->cols : B->rows, g->inner);  // op(B) (inner, cols)
+    assert_int_equal(B->transposed ? B->rows : B->cols, g->cols);
+    assert_int_equal(A->rows * A->cols, input_sizes[A->arg]);
+    assert_int_equal(B->rows * B->cols, input_sizes[B->arg]);
+    double *d = malloc(g->rows * g->cols * sizeof(double));
+    assert_non_null(d);
+    for (uint64_t i = 0; i < g->rows; i++) {
+        for (uint64_t j = 0; j < g->cols; j++) {
+            double sum = 0.0;
+            for (uint64_t l = 0; l < g->inner; l++)
+                sum += lt_element(A, inputs[A->arg], i, l) * lt_element(B, inputs[B->arg], l, j);
+            d[i + j * g->rows] = sum;
+        }
+    }
+    return d;
+}
+
+static void expect_same_doubles(const char *what, const double *got, const double *want, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (fabs(got[i] - want[i]) > 1e-12 * (1.0 + fabs(want[i]))) fail_msg("%s: element %zu", what, i);
+}
+
+static void check_lt_layout(MatmulShape s, bool weight_grad) {
+    Rng rng;
+    rng_seed(&rng, 30 + s.M);
+    // the weight grad's inputs: dout (M, N), inp (M, K); as matmul: dout^T @ inp
+    MatmulShape as_matmul = weight_grad ? (MatmulShape){s.N, s.K, s.M, true, false} : s;
+    size_t sizes[2] = {(size_t)as_matmul.M * as_matmul.K, (size_t)as_matmul.K * as_matmul.N};
+    float *a = random_floats(sizes[0], -1.0f, 1.0f, &rng), *b = random_floats(sizes[1], -1.0f, 1.0f, &rng);
+    Problem p = {.inputs = {to_double(a, sizes[0]), to_double(b, sizes[1])},
+                 .out_size = (size_t)as_matmul.M * as_matmul.N, .forward = matmul_reference, .shape = &as_matmul};
+    double *want = reference_forward(&p);
+    LtGemm g = weight_grad ? lt_gemm_weight_grad(s.M, s.N, s.K) : lt_gemm_matmul(s.M, s.N, s.K, s.trans_a, s.trans_b);
+    double *got = lt_emulate(&g, p.inputs, sizes);
+    char what[96];
+    snprintf(what, sizeof what, "%s M=%d N=%d K=%d trans_a=%d trans_b=%d", weight_grad ? "weight_grad" : "matmul",
+             s.M, s.N, s.K, s.trans_a, s.trans_b);
+    expect_same_doubles(what, got, want, p.out_size);
+    free_problem(&p);
+    free(got), free(want), free(a), free(b);
+}
+
+static void test_cublaslt_layouts(void **state) {
+    const int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {3, 17, 2}, {16, 4, 9}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        for (int t = 0; t < 4; t++)
+            check_lt_layout((MatmulShape){shapes[i][0], shapes[i][1], shapes[i][2], t & 1, t & 2}, false);
+        check_lt_layout((MatmulShape){shapes[i][0], shapes[i][1], shapes[i][2], false, false}, true);
+    }
 }
 
 // ----------------------------------------------------------------------------
@@ -621,6 +686,7 @@ int main(void) {
         cmocka_unit_test(test_rope_frequencies_llama31),
         cmocka_unit_test(test_matmul_transposes),
         cmocka_unit_test(test_linear_backward),
+        cmocka_unit_test(test_cublaslt_layouts),
         cmocka_unit_test(test_embedding_forward),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_rope_plain),

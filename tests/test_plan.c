@@ -14,6 +14,7 @@
 #include "checkpoints/checkpoints.h"
 #include "dist/dist.h"
 #include "trainer/trainer.h"
+#include "vision/vision.h"
 
 static Config plan_config(const char *dir) {
     const char *recipe[] = {"data.max_seq_len=32", "lora.target=all", "lora.r=8", "train.micro_batch=2",
@@ -180,6 +181,70 @@ static void test_cpu_memory_matches_measured_peak(void **state) {
     check_memory("small", 1, 32, false, true);
 }
 
+// The backend bytes that stay allocated once the model (with LoRA on every
+// linear), its optimizer and, with `clip`, the tower and its feature buffer
+// exist, counted on the CPU backend.
+static size_t measured_resident(const char *preset, int B, int T, const ClipVisionConfig *clip) {
+    Ops counted = *ops_cpu();
+    counted.alloc = counted_alloc;
+    counted.free = counted_free;
+    LlamaConfig llama;
+    Error err;
+    assert_true(llama_config_preset(preset, &llama, &err));
+    ModelOptions options = {.ops = &counted, .config = llama, .lora = {.r = 8, .alpha = 16}, .max_batch = B,
+                            .max_seq_len = T, .lm_head_chunk = 1024, .seed = 1};
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) options.lora.targets[t] = true;
+    if (clip) {
+        options.projector_in = clip->hidden_size;
+        options.max_image_rows = B * clip_n_patches(clip);
+    }
+    live_bytes = peak_bytes = 0;
+    Model *model = model_create(&options, &err);
+    if (!model) fail_msg("model_create: %s", err.message);
+    Collectives *coll = collectives_single(&err);
+    assert_non_null(coll);
+    ZeroOptions zero_options = {.stage = 0, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
+    Zero *zero = zero_create(&counted, coll, model_param_data(model), model_grad_data(model),
+                             model_params(model)->total, &zero_options, &err);
+    if (!zero) fail_msg("zero_create: %s", err.message);
+    ClipTower *tower = clip ? clip_tower_create(&counted, clip, B, &err) : NULL;
+    if (clip && !tower) fail_msg("clip_tower_create: %s", err.message);
+    void *features = clip ? counted.alloc((size_t)B * clip_n_patches(clip) * clip->hidden_size * sizeof(float), &err) : NULL;
+    size_t resident = live_bytes;
+    counted.free(features);
+    clip_tower_destroy(tower);
+    zero_destroy(zero);
+    coll->destroy(coll);
+    model_destroy(model);
+    assert_int_equal(live_bytes, 0);
+    return resident;
+}
+
+// An image-text config plans exactly the bytes that the projector (in the
+// model, with its gradients and Adam moments) and the tower with its feature
+// buffer really allocate on top of the text-only run.
+static void test_vlm_plan_adds_tower_and_projector(void **state) {
+    (void)state;
+    enum { B = 2, T = 48 };
+    Config config = config_for("tiny", B, T, false, false);
+    RunPlan text = plan_of(&config);
+    Error err;
+    ClipVisionConfig clip;
+    assert_true(clip_config_preset("tiny", &clip, &err));
+    clip.feature_layer = config.vision.feature_layer;
+    config_set_or_fail(&config, "vision.tower=%s", "/nonexistent/plan-tower");
+    config_set_or_fail(&config, "vision.tower_preset=%s", "tiny");
+    char patches[16];
+    snprintf(patches, sizeof patches, "%d", clip_n_patches(&clip));
+    config_set_or_fail(&config, "data.image_tokens=%s", patches);
+    RunPlan vlm = plan_of(&config);
+    assert_true(vlm.tower_bytes > 0);
+    size_t planned = vlm.device_total_bytes - text.device_total_bytes;
+    size_t measured = measured_resident("tiny", B, T, &clip) - measured_resident("tiny", B, T, NULL);
+    print_message("VLM over text: planned %zu bytes (tower %zu), allocated %zu\n", planned, vlm.tower_bytes, measured);
+    assert_int_equal(planned, measured);
+}
+
 // Llama-3-8B from its preset alone (nothing loaded): checkpointing keeps one
 // layer's activations instead of 32 (over 5x less with the shared buffers), NF4 shrinks the linears to about a
 // quarter of bf16, and ZeRO-2 over 4 ranks with offload moves a quarter of
@@ -190,6 +255,7 @@ static void test_llama3_8b_plan(void **state) {
     config_set_or_fail(&config, "train.backend=%s", "cuda");
     RunPlan bf16 = plan_of(&config);
     assert_true(bf16.gpu);
+    assert_int_equal(bf16.backend_bytes, ((size_t)64 << 20) + (size_t)1 * 2048 * 32 * sizeof(float)); // + D of 32 heads
     assert_true(bf16.activation_bytes_full > 5 * bf16.activation_bytes_checkpointed); // 1 layer of 32 + the shared buffers
     config_set_or_fail(&config, "model.quantize=%s", "nf4");
     config_set_or_fail(&config, "zero.stage=%s", "2");
@@ -210,6 +276,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_checkpoint_size_matches_written),
         cmocka_unit_test(test_cpu_memory_matches_measured_peak),
+        cmocka_unit_test(test_vlm_plan_adds_tower_and_projector),
         cmocka_unit_test(test_llama3_8b_plan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

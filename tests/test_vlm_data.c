@@ -584,6 +584,20 @@ static void test_loader_skip_limit(void **state) {
 }
 
 // ----------------------------------------------------------------------------
+// the image token: one rule for training and `data check` (llava_image_token_id)
+
+static void test_image_token_id(void **state) {
+    Error err;
+    Tokenizer *bytes = tokenizer_bytes(&err);
+    assert_non_null(bytes);
+    int V = tokenizer_vocab_size(bytes);
+    assert_int_equal(tokenizer_token_id(bytes, LLAVA_IMAGE_PLACEHOLDER), -1);
+    assert_int_equal(llava_image_token_id(bytes, V + 64), V);  // room past the text vocabulary: llava-hf's index
+    assert_int_equal(llava_image_token_id(bytes, V), 0);       // none: NUL (data check used to say V, outside the model)
+    tokenizer_destroy(bytes);
+}
+
+// ----------------------------------------------------------------------------
 // lora-train data check
 
 static int data_check(const Crafted *c, const char *max_skip, const char *log) {
@@ -596,8 +610,10 @@ static int data_check(const Crafted *c, const char *max_skip, const char *log) {
     snprintf(config, sizeof config, "%s/check.yaml", c->dir);
     FILE *f = fopen(config, "wb");
     assert_non_null(f);
-    fprintf(f, "model:\n  path: %s\ndata:\n  path: %s\n  images: %s\n  max_seq_len: %d\n  image_tokens: %d\n", c->dir,
-            c->jsonl, c->images, MAX_SEQ_LEN, IMAGE_TOKENS);
+    // the model's config (for the image token's vocabulary) from the tiny preset, the byte tokenizer
+    fprintf(f, "model:\n  path: %s/no-model\n  create_if_missing: tiny\n", c->dir);
+    fprintf(f, "data:\n  path: %s\n  images: %s\n  max_seq_len: %d\n  image_tokens: %d\n", c->jsonl, c->images,
+            MAX_SEQ_LEN, IMAGE_TOKENS);
     assert_int_equal(fclose(f), 0);
     snprintf(command, sizeof command, "%s data check --config %s --set data.max_skip_fraction=%s > %s 2>&1", bin,
              config, max_skip, log);
@@ -641,6 +657,7 @@ int main(void) {
         cmocka_unit_test(test_json_and_jsonl_agree),
         cmocka_unit_test(test_loader_order_and_images),
         cmocka_unit_test(test_loader_skip_limit),
+        cmocka_unit_test(test_image_token_id),
         cmocka_unit_test(test_data_check_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -3,15 +3,13 @@
 #include <stdio.h>
 
 #include "data/data.h"
-#include "trainer.h"
+#include "train_private.h"
 
-static VlmDatasetOptions dataset_options(const Config *config, const Tokenizer *tok) {
-    // The tokenizer's "<image>" token, else the id just past the text
-    // vocabulary, as llava-hf's image_token_index (32000 for Llama 2's 32000 ids).
-    int image_token = tokenizer_token_id(tok, LLAVA_IMAGE_PLACEHOLDER);
+// The image token is training's (llava_image_token_id against the model's vocabulary).
+static VlmDatasetOptions dataset_options(const Config *config, const Tokenizer *tok, int model_vocab) {
     return (VlmDatasetOptions){.path = config->data.path, .images = config->data.images, .tok = tok,
                                .max_seq_len = config->data.max_seq_len, .n_image_tokens = config->data.image_tokens,
-                               .image_token_id = image_token >= 0 ? image_token : tokenizer_vocab_size(tok),
+                               .image_token_id = llava_image_token_id(tok, model_vocab),
                                .preprocess = image_preprocess_clip336(IMAGE_FIT_PAD), .decode_images = true};
 }
 
@@ -37,8 +35,10 @@ static void print_counts(const Config *config, const VlmDataset *dataset, double
 
 int data_check_main(const Config *config) {
     Error err = {{0}};
-    Tokenizer *tok = config_tokenizer(config, &err);
-    VlmDatasetOptions options = tok ? dataset_options(config, tok) : (VlmDatasetOptions){0};
+    LlamaConfig llama;
+    HfLayout layout;
+    Tokenizer *tok = config_llama_config(config, &llama, &layout, &err) ? config_tokenizer(config, &err) : NULL;
+    VlmDatasetOptions options = tok ? dataset_options(config, tok, llama.vocab_size) : (VlmDatasetOptions){0};
     double start = time_seconds();
     VlmDataset *dataset = tok ? vlm_dataset_open(&options, &err) : NULL;
     int status = 0;

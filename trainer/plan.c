@@ -19,8 +19,7 @@ static bool plan_uses_gpu(const Config *config) {
     return ops_cuda(&why) != NULL;
 }
 
-// config.json of model.path, or the preset model.create_if_missing writes there.
-static bool plan_llama_config(const Config *config, LlamaConfig *llama, HfLayout *layout, Error *err) {
+bool config_llama_config(const Config *config, LlamaConfig *llama, HfLayout *layout, Error *err) {
     const char *path = config->model.path;
     *layout = HF_LAYOUT_LLAMA;
     if (!path_exists(path) && config->model.create_if_missing[0])
@@ -98,7 +97,27 @@ static bool plan_memory(const Config *config, const ModelOptions *options, RunPl
     plan->workspace_bytes = plan->model.nf4_scratch_bytes + NORM_SCALAR_BYTES;
     plan->device_total_bytes = plan->model.frozen_bytes + plan->model.nf4_bytes + plan->model.param_bytes +
                                plan->model.grad_bytes + plan->optimizer_device_bytes + plan->model.activation_bytes +
-                               plan->workspace_bytes;
+                               plan->workspace_bytes + plan->tower_bytes + plan->backend_bytes;
+    return true;
+}
+
+// The CUDA backend's own device buffers: the fixed ones and the scratch as
+// attention's backward grows it (one float per (token, head)).
+static size_t plan_backend_bytes(const ModelOptions *options) {
+    size_t attention_scratch = (size_t)options->max_batch * options->max_seq_len * options->config.n_heads * sizeof(float);
+    return CUDA_LT_WORKSPACE_BYTES + CUDA_STAGING_BYTES + attention_scratch;
+}
+
+// An image-text run adds the projector to the model, and beside it the frozen
+// tower and the buffer of its features.
+static bool plan_vision(const Config *config, ModelOptions *options, RunPlan *plan, Error *err) {
+    if (!run_is_vlm(config)) return true;
+    ClipVisionConfig clip;
+    DType act_dtype = options->ops->act_dtype;
+    if (!vlm_projector_options(config, options, &clip, err) ||
+        !clip_tower_bytes(act_dtype, &clip, config->train.micro_batch, &plan->tower_bytes, err))
+        return false;
+    plan->tower_bytes += vlm_feature_bytes(config, &clip, act_dtype);
     return true;
 }
 
@@ -107,12 +126,14 @@ bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err) {
     LlamaConfig llama;
     HfLayout layout;
     plan->gpu = plan_uses_gpu(config);
-    if (!plan_llama_config(config, &llama, &layout, err)) return fail_context(err, "plan: ");
+    if (!config_llama_config(config, &llama, &layout, err)) return fail_context(err, "plan: ");
     // Only act_dtype matters to the layout: a copy of the CPU table carries the GPU's.
     Ops planning_ops = *ops_cpu();
     planning_ops.act_dtype = plan->gpu ? DTYPE_BF16 : DTYPE_F32;
     ModelOptions options = train_model_options(config, &planning_ops, &llama);
-    if (!plan_memory(config, &options, plan, err)) return fail_context(err, "plan: ");
+    if (plan->gpu) plan->backend_bytes = plan_backend_bytes(&options);
+    if (!plan_vision(config, &options, plan, err) || !plan_memory(config, &options, plan, err))
+        return fail_context(err, "plan: ");
     if (!plan_total_steps(config, plan->world_size, &plan->total_steps, err) ||
         !plan_checkpoint_bytes(config, &options, layout, plan->total_steps, &plan->checkpoint_bytes, err))
         return fail_context(err, "plan: ");
@@ -147,6 +168,9 @@ static void print_memory(const Config *config, const RunPlan *plan) {
     print_bytes_line("  with checkpointing", plan->activation_bytes_checkpointed, "");
     print_bytes_line("  without checkpointing", plan->activation_bytes_full, "");
     print_bytes_line("workspace", plan->workspace_bytes, nf4 ? "NF4 dequantization scratch" : "");
+    if (plan->tower_bytes) print_bytes_line("vision tower", plan->tower_bytes, "frozen weights, activations, features");
+    if (plan->backend_bytes)
+        print_bytes_line("CUDA backend", plan->backend_bytes, "cuBLASLt workspace, staging, attention scratch");
     print_bytes_line("total", plan->device_total_bytes, "");
     printf("host memory:\n");
     print_bytes_line("pinned (optimizer offload)", plan->pinned_host_bytes, offload ? shard_note : "none without --offload cpu");

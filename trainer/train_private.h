@@ -33,10 +33,18 @@ typedef struct Run {
     void *image_features;  // (micro_batch * P, D) backend memory: the tower's output
 } Run;
 
+// The model's LlamaConfig and key layout without loading it: config.json of
+// model.path, or the preset model.create_if_missing writes there (plan.c).
+bool config_llama_config(const Config *config, LlamaConfig *llama, HfLayout *layout, Error *err);
+
 // train_vlm.c: image-text training when data.images or vision.tower is set.
 bool run_is_vlm(const Config *config);
 // Sets the projector's width, the image token and the feature rows per micro-batch.
 bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options, Error *err);
+// The projector's share of vlm_model_options (no tokenizer needed) and the tower's config: for plan.
+bool vlm_projector_options(const Config *config, ModelOptions *options, ClipVisionConfig *clip, Error *err);
+// Backend bytes of one micro-batch's tower features (micro_batch * P, D), the buffer vlm_load allocates.
+size_t vlm_feature_bytes(const Config *config, const ClipVisionConfig *clip, DType act_dtype);
 // The tower (loaded, or written random with model.create_if_missing), vision.projector_init, the dataset.
 bool vlm_load(Run *run, Error *err);
 // Image features of micro-batch micro into out (nothing for a text run: run NULL or no tower).

@@ -11,14 +11,6 @@
 
 bool run_is_vlm(const Config *config) { return config->data.images[0] || config->vision.tower[0]; }
 
-// llava-hf's image_token_index is the id just past the tokenizer's vocabulary
-// when the model's embedding has room for it; otherwise byte 0 (NUL), which
-// text never holds, stands in.
-static int32_t image_token_id(const Tokenizer *tok, int model_vocab) {
-    int past_text = tokenizer_vocab_size(tok);
-    return past_text < model_vocab ? past_text : 0;
-}
-
 static bool tower_config(const Config *config, ClipVisionConfig *clip, Error *err) {
     if (!clip_config_preset(config->vision.tower_preset, clip, err)) return false;
     clip->feature_layer = config->vision.feature_layer;
@@ -29,16 +21,20 @@ static bool tower_config(const Config *config, ClipVisionConfig *clip, Error *er
     return true;
 }
 
+bool vlm_projector_options(const Config *config, ModelOptions *options, ClipVisionConfig *clip, Error *err) {
+    if (!config->vision.tower[0]) return fail(err, "data.images is set but vision.tower is not: image-text training needs a tower");
+    if (!tower_config(config, clip, err)) return false;
+    options->projector_in = clip->hidden_size;
+    options->max_image_rows = config->train.micro_batch * clip_n_patches(clip);
+    return true;
+}
+
 bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options, Error *err) {
     if (!run_is_vlm(run->config)) return true;
-    const Config *config = run->config;
-    if (!config->vision.tower[0]) return fail(err, "data.images is set but vision.tower is not: image-text training needs a tower");
     ClipVisionConfig clip;
-    if (!tower_config(config, &clip, err)) return false;
-    options->projector_in = clip.hidden_size;
-    run->image_token_id = image_token_id(run->tokenizer, llama->vocab_size);
+    if (!vlm_projector_options(run->config, options, &clip, err)) return false;
+    run->image_token_id = llava_image_token_id(run->tokenizer, llama->vocab_size);
     options->image_token_id = run->image_token_id;
-    options->max_image_rows = config->train.micro_batch * clip_n_patches(&clip);
     return true;
 }
 
@@ -75,16 +71,19 @@ static bool open_vlm_dataset(Run *run, Error *err) {
 }
 
 // The tower, the pretrained projector (vision.projector_init) and the dataset.
+size_t vlm_feature_bytes(const Config *config, const ClipVisionConfig *clip, DType act_dtype) {
+    return (size_t)config->train.micro_batch * clip_n_patches(clip) * clip->hidden_size * dtype_size(act_dtype);
+}
+
 bool vlm_load(Run *run, Error *err) {
     const Config *config = run->config;
     if (config->vision.projector_init[0] && !projector_load(run->model, config->vision.projector_init, err)) return false;
     if (!load_or_create_tower(run, err) || !open_vlm_dataset(run, err)) return false;
     const ClipVisionConfig *clip = clip_tower_config(run->tower);
     size_t pixels = (size_t)3 * clip->image_size * clip->image_size;
-    size_t feature_bytes = (size_t)config->train.micro_batch * clip_n_patches(clip) * clip->hidden_size *
-                           dtype_size(run->ops->act_dtype);
     run->image_scratch = checked_malloc((size_t)config->train.micro_batch * pixels * sizeof(float), "images", err);
-    run->image_features = run->image_scratch ? run->ops->alloc(feature_bytes, err) : NULL;
+    run->image_features =
+        run->image_scratch ? run->ops->alloc(vlm_feature_bytes(config, clip, run->ops->act_dtype), err) : NULL;
     return run->image_features != NULL;
 }
 

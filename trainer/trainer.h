@@ -148,7 +148,9 @@ typedef struct RunPlan {
     size_t optimizer_device_bytes;     // Adam moments in backend memory (0 with --offload cpu)
     size_t pinned_host_bytes;          // --offload cpu: the shard's masters, gradients and moments
     size_t workspace_bytes;            // NF4 dequantization scratch, grad-norm scalar
-    size_t device_total_bytes;         // every backend allocation of model and optimizer
+    size_t tower_bytes;                // the frozen vision tower: weights, activations, feature buffer (0 for text)
+    size_t backend_bytes;              // CUDA backend's own buffers: cuBLASLt workspace, staging, scratch
+    size_t device_total_bytes;         // every backend allocation of model, tower, optimizer and backend
     uint64_t checkpoint_bytes;         // one checkpoint, as checkpoint_write adds it to the disk
     int total_steps;                   // 0 when unknown (epochs of a dataset not written yet)
     int checkpoints_kept;

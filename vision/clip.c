@@ -216,6 +216,18 @@ ClipTower *clip_tower_create(const Ops *ops, const ClipVisionConfig *config, int
     return t;
 }
 
+bool clip_tower_bytes(DType act_dtype, const ClipVisionConfig *config, int max_images, size_t *bytes, Error *err) {
+    if (!clip_config_validate(config, err)) return false;
+    Ops ops = {.act_dtype = act_dtype};  // the layout reads only the storage type
+    ClipTower t = {.ops = &ops, .config = *config, .max_images = max_images,
+                   .n_layers_used = clip_layers_used(config)};
+    t.layers = checked_calloc((size_t)t.n_layers_used + 1, sizeof(ClipLayer), "CLIP layers", err);
+    if (!t.layers) return false;
+    *bytes = layout_weights(&t, NULL) + layout_activations(&t, NULL);
+    free(t.layers);
+    return true;
+}
+
 void clip_tower_destroy(ClipTower *t) {
     if (!t) return;
     if (t->weight_block) t->ops->free(t->weight_block);

@@ -118,6 +118,9 @@ typedef struct ClipTower ClipTower;
 // activations for up to max_images images per forward.
 ClipTower *clip_tower_create(const Ops *ops, const ClipVisionConfig *config, int max_images, Error *err);
 void clip_tower_destroy(ClipTower *tower);
+// The backend bytes clip_tower_create allocates (weights + activations) in
+// storage act_dtype, without allocating: what `lora-train plan` counts.
+bool clip_tower_bytes(DType act_dtype, const ClipVisionConfig *config, int max_images, size_t *bytes, Error *err);
 const ClipVisionConfig *clip_tower_config(const ClipTower *tower);
 const Ops *clip_tower_ops(const ClipTower *tower);
 // Calls visit for every weight with its Hugging Face name

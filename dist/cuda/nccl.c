@@ -1,16 +1,21 @@
 // NCCL collectives on a communication stream.
 //
-// Each call first waits for the compute work already issued (the op table's
-// synchronize), enqueues on its own stream, records an event and polls it
-// with ncclCommGetAsyncError until done or until timeout_s, when the
-// communicator is aborted so a dead or hung peer ends the job instead of
-// blocking forever. A background reduction (reduce_scatter_range_start)
-// does not wait on the host: the communication stream waits for an event
-// recorded on the compute stream, and `wait` polls as above; every later
-// call is queued behind it on the same stream. Rank 0 creates the unique id and shares it through the
-// store. The communicator lives on the device ops_cuda selected for this
-// local rank (the calling thread's current device). Compiled when CUDA is
-// found; not yet run on a GPU.
+// The communicator is nonblocking (ncclConfig_t.blocking = 0), so no NCCL
+// call waits on a peer: joining it, enqueueing a collective and finalizing it
+// return at once (ncclInProgress) and `wait_comm` polls
+// ncclCommGetAsyncError until the communicator is ready, failed, or
+// timeout_s has passed. On a failure or a timeout the communicator is
+// aborted, so a dead or hung peer ends the job with a message instead of
+// blocking forever (ncclCommInitRank would wait forever for a rank that never
+// joins). Each collective first waits for the compute work already issued
+// (cudaDeviceSynchronize), is enqueued on its own stream, and is done when
+// the event recorded after it is. A background reduction
+// (reduce_scatter_range_start) does not wait on the host: the communication
+// stream waits for an event recorded on the compute stream, and `wait`
+// finishes it as above; every later call is queued behind it on the same
+// stream. Rank 0 creates the unique id and shares it through the store. The communicator lives on the device ops_cuda selected
+// for this local rank (the calling thread's current device). Compiled when
+// CUDA is found; not yet run on a GPU.
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdlib.h>
@@ -20,21 +25,24 @@
 #include "dist/dist.h"
 
 typedef struct NcclState {
-    ncclComm_t comm;
+    ncclComm_t comm;     // NULL once aborted
     cudaStream_t stream;
     cudaEvent_t done;
-    cudaEvent_t compute_ready; // recorded on the compute stream before a background reduction
-    const Ops *ops;            // the CUDA backend: its compute stream
+    cudaEvent_t compute_ready;  // recorded on the compute stream before a background reduction
+    const Ops *ops;             // the CUDA backend: its compute stream
+    float *barrier_scalar;      // device, all-reduced by barrier
     double timeout_s;
-    size_t started, finished;  // background reductions
+    size_t started, finished;   // background reductions
 } NcclState;
 
 static NcclState *state_of(Collectives *c) { return c->state; }
 
+// ncclInProgress is not a failure: the nonblocking communicator finishes the call in the background.
 #define NCCL_TRY(call, what)                                                                     \
     do {                                                                                         \
         ncclResult_t nccl_rc_ = (call);                                                          \
-        if (nccl_rc_ != ncclSuccess) return fail(err, "NCCL %s: %s", what, ncclGetErrorString(nccl_rc_)); \
+        if (nccl_rc_ != ncclSuccess && nccl_rc_ != ncclInProgress)                               \
+            return fail(err, "NCCL %s: %s", what, ncclGetErrorString(nccl_rc_));                 \
     } while (0)
 #define CUDA_TRY(call, what)                                                                     \
     do {                                                                                         \
@@ -42,37 +50,71 @@ static NcclState *state_of(Collectives *c) { return c->state; }
         if (cuda_rc_ != cudaSuccess) return fail(err, "CUDA %s: %s", what, cudaGetErrorString(cuda_rc_)); \
     } while (0)
 
-static bool wait_compute(Error *err) {
+// Ends the communicator after a failure: its kernels return and nothing
+// later waits on a peer. The job is failing already, so abort's own status
+// adds nothing to the message.
+static void abort_comm(NcclState *s) {
+    if (s->comm) (void)ncclCommAbort(s->comm);
+    s->comm = NULL;
+}
+
+static void nap(void) { nanosleep(&(struct timespec){.tv_nsec = 100 * 1000}, NULL); }
+
+// Polls the communicator's state once: *ready when no call is in progress.
+// A communicator error or the deadline aborts it and fails.
+static bool poll_comm(Collectives *c, const char *what, double deadline, bool *ready, Error *err) {
+    NcclState *s = state_of(c);
+    ncclResult_t state;
+    ncclResult_t rc = ncclCommGetAsyncError(s->comm, &state);
+    if (rc != ncclSuccess) state = rc;
+    *ready = state == ncclSuccess;
+    if (state != ncclSuccess && state != ncclInProgress) {
+        bool ok = fail(err, "NCCL %s on rank %d: %s: %s (a peer failed?)", what, c->rank, ncclGetErrorString(state),
+                       ncclGetLastError(s->comm));
+        abort_comm(s);
+        return ok;
+    }
+    if (time_seconds() <= deadline) return true;
+    abort_comm(s);
+    return fail(err, "NCCL %s on rank %d did not finish within %.0f s (a rank died or hung; see the other ranks)",
+                what, c->rank, s->timeout_s);
+}
+
+// Waits until the communicator has finished the calls issued so far.
+static bool wait_comm(Collectives *c, const char *what, Error *err) {
+    double deadline = time_seconds() + state_of(c)->timeout_s;
+    for (bool ready = false;; nap()) {
+        if (!poll_comm(c, what, deadline, &ready, err)) return false;
+        if (ready) return true;
+    }
+}
+
+// Before a collective: the communicator is usable and the compute work
+// that produced its data is done.
+static bool begin_collective(Collectives *c, const char *what, Error *err) {
+    if (!state_of(c)->comm)
+        return fail(err, "NCCL %s on rank %d: the communicator was aborted after an earlier failure", what, c->rank);
     CUDA_TRY(cudaDeviceSynchronize(), "waiting for the compute stream");
     return true;
 }
 
-// Polls the call's event until done, a communicator error, or the timeout.
+// After a collective: waits until it is enqueued, then until its stream has run it.
 static bool finish(Collectives *c, const char *what, Error *err) {
     NcclState *s = state_of(c);
+    if (!wait_comm(c, what, err)) return false;
     CUDA_TRY(cudaEventRecord(s->done, s->stream), "recording the collective's event");
     double deadline = time_seconds() + s->timeout_s;
-    for (;;) {
+    for (bool ready = false;; nap()) {
         cudaError_t rc = cudaEventQuery(s->done);
         if (rc == cudaSuccess) return true;
         if (rc != cudaErrorNotReady) return fail(err, "CUDA during NCCL %s: %s", what, cudaGetErrorString(rc));
-        ncclResult_t async_rc;
-        NCCL_TRY(ncclCommGetAsyncError(s->comm, &async_rc), "querying the communicator");
-        if (async_rc != ncclSuccess && async_rc != ncclInProgress)
-            return fail(err, "NCCL %s on rank %d: %s (a peer failed)", what, c->rank, ncclGetErrorString(async_rc));
-        if (time_seconds() > deadline) {
-            ncclCommAbort(s->comm);
-            s->comm = NULL;
-            return fail(err, "NCCL %s on rank %d did not finish within %.0f s (a rank died or hung; see the other ranks)",
-                        what, c->rank, s->timeout_s);
-        }
-        nanosleep(&(struct timespec){.tv_nsec = 100 * 1000}, NULL);
+        if (!poll_comm(c, what, deadline, &ready, err)) return false;
     }
 }
 
 static bool nccl_all_reduce(Collectives *c, void *x, size_t n, DType dtype, Error *err) {
     if (dtype != DTYPE_F32 && dtype != DTYPE_F64) return fail(err, "all_reduce_sum: dtype %s is not F32 or F64", dtype_name(dtype));
-    if (!wait_compute(err)) return false;
+    if (!begin_collective(c, "all_reduce", err)) return false;
     NCCL_TRY(ncclAllReduce(x, x, n, dtype == DTYPE_F32 ? ncclFloat32 : ncclFloat64, ncclSum, state_of(c)->comm,
                            state_of(c)->stream), "all_reduce");
     return finish(c, "all_reduce", err);
@@ -96,7 +138,8 @@ static bool enqueue_reduce_scatter_range(Collectives *c, float *x, size_t n, siz
 }
 
 static bool nccl_reduce_scatter_range(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err) {
-    if (!wait_compute(err) || !enqueue_reduce_scatter_range(c, x, n, begin, end, err)) return false;
+    if (!begin_collective(c, "reduce_scatter", err) || !enqueue_reduce_scatter_range(c, x, n, begin, end, err))
+        return false;
     return finish(c, "reduce_scatter", err);
 }
 
@@ -104,19 +147,24 @@ static bool nccl_reduce_scatter(Collectives *c, float *x, size_t n, Error *err) 
     return nccl_reduce_scatter_range(c, x, n, 0, n, err);
 }
 
-// The communication stream waits for the compute issued so far, then reduces.
+// The communication stream waits for the compute issued so far, then reduces;
+// the host waits only until the nonblocking communicator has enqueued it.
 static bool nccl_reduce_scatter_range_start(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err) {
     NcclState *s = state_of(c);
+    if (!s->comm)
+        return fail(err, "NCCL reduce_scatter on rank %d: the communicator was aborted after an earlier failure",
+                    c->rank);
     cudaStream_t compute = (cudaStream_t)s->ops->stream();
     CUDA_TRY(cudaEventRecord(s->compute_ready, compute), "recording the gradients' event");
     CUDA_TRY(cudaStreamWaitEvent(s->stream, s->compute_ready, 0), "ordering the reduction after the backward");
-    if (!enqueue_reduce_scatter_range(c, x, n, begin, end, err)) return false;
+    if (!enqueue_reduce_scatter_range(c, x, n, begin, end, err) || !wait_comm(c, "reduce_scatter", err)) return false;
     s->started++;
     return true;
 }
 
 static bool nccl_wait(Collectives *c, Error *err) {
     NcclState *s = state_of(c);
+    if (s->started == s->finished) return true;
     if (!finish(c, "background reduce_scatter", err)) return false;
     s->finished = s->started;
     return true;
@@ -125,7 +173,7 @@ static bool nccl_wait(Collectives *c, Error *err) {
 static size_t nccl_reductions_finished(Collectives *c) { return state_of(c)->finished; }
 
 static bool nccl_all_gather(Collectives *c, float *x, size_t n, Error *err) {
-    if (!wait_compute(err)) return false;
+    if (!begin_collective(c, "all_gather", err)) return false;
     NCCL_TRY(ncclGroupStart(), "group start");
     for (int r = 0; r < c->world_size; r++) {
         size_t begin, end;
@@ -138,25 +186,31 @@ static bool nccl_all_gather(Collectives *c, float *x, size_t n, Error *err) {
 }
 
 static bool nccl_broadcast(Collectives *c, void *x, size_t bytes, int root, Error *err) {
-    if (!wait_compute(err)) return false;
+    if (!begin_collective(c, "broadcast", err)) return false;
     NCCL_TRY(ncclBroadcast(x, x, bytes, ncclUint8, root, state_of(c)->comm, state_of(c)->stream), "broadcast");
     return finish(c, "broadcast", err);
 }
 
 static bool nccl_barrier(Collectives *c, Error *err) {
-    float *one;
-    CUDA_TRY(cudaMallocAsync((void **)&one, sizeof *one, state_of(c)->stream), "allocating the barrier's scalar");
-    bool ok = nccl_all_reduce(c, one, 1, DTYPE_F32, err);
-    cudaError_t rc = cudaFreeAsync(one, state_of(c)->stream);
-    return ok && (rc == cudaSuccess || fail(err, "CUDA freeing the barrier's scalar: %s", cudaGetErrorString(rc)));
+    return nccl_all_reduce(c, state_of(c)->barrier_scalar, 1, DTYPE_F32, err);
 }
 
+// Finalize (collective: flushes every peer's calls) within the timeout, then
+// destroy; after a failure or a timeout, abort, which never waits on a peer.
 static void nccl_destroy(Collectives *c) {
     NcclState *s = state_of(c);
-    if (s->comm) ncclCommDestroy(s->comm);
-    if (s->done) cudaEventDestroy(s->done);
-    if (s->compute_ready) cudaEventDestroy(s->compute_ready);
-    if (s->stream) cudaStreamDestroy(s->stream);
+    Error ignored;  // nothing is left to report to: the caller is tearing down
+    if (s->comm) {
+        ncclResult_t rc = ncclCommFinalize(s->comm);
+        if ((rc == ncclSuccess || rc == ncclInProgress) && wait_comm(c, "finalize", &ignored))
+            (void)ncclCommDestroy(s->comm);
+        else
+            abort_comm(s);
+    }
+    if (s->barrier_scalar) (void)cudaFree(s->barrier_scalar);
+    if (s->done) (void)cudaEventDestroy(s->done);
+    if (s->compute_ready) (void)cudaEventDestroy(s->compute_ready);
+    if (s->stream) (void)cudaStreamDestroy(s->stream);
     free(s);
     free(c);
 }
@@ -181,10 +235,14 @@ static bool nccl_init(Collectives *c, Store *store, const RankInfo *info, Error 
     CUDA_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), "creating the communication stream");
     CUDA_TRY(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming), "creating the communication event");
     CUDA_TRY(cudaEventCreateWithFlags(&s->compute_ready, cudaEventDisableTiming), "creating the compute event");
+    CUDA_TRY(cudaMalloc((void **)&s->barrier_scalar, sizeof *s->barrier_scalar), "allocating the barrier's scalar");
+    CUDA_TRY(cudaMemset(s->barrier_scalar, 0, sizeof *s->barrier_scalar), "zeroing the barrier's scalar");
     ncclUniqueId id;
     if (!share_unique_id(store, info, &id, err)) return false;
-    NCCL_TRY(ncclCommInitRank(&s->comm, info->world_size, id, info->rank), "joining the communicator");
-    return true;
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    NCCL_TRY(ncclCommInitRankConfig(&s->comm, info->world_size, id, info->rank, &config), "joining the communicator");
+    return wait_comm(c, "joining the communicator", err);
 }
 
 Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout_s, Error *err) {
@@ -196,8 +254,8 @@ Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout
                        .all_reduce_sum = nccl_all_reduce, .reduce_scatter_sum = nccl_reduce_scatter,
                        .reduce_scatter_range_sum = nccl_reduce_scatter_range,
                        .reduce_scatter_range_start = nccl_reduce_scatter_range_start, .wait = nccl_wait,
-                       .reductions_finished = nccl_reductions_finished, .all_gather = nccl_all_gather, .broadcast = nccl_broadcast, .barrier = nccl_barrier,
-                       .destroy = nccl_destroy};
+                       .reductions_finished = nccl_reductions_finished, .all_gather = nccl_all_gather,
+                       .broadcast = nccl_broadcast, .barrier = nccl_barrier, .destroy = nccl_destroy};
     if (!nccl_init(c, store, info, err)) {
         nccl_destroy(c);
         return NULL;

@@ -30,7 +30,7 @@ __global__ void cross_entropy_kernel(float *loss_sum, bf16 *dlogits, const bf16 
         if (xc > thread_max) {
             thread_sum = thread_sum * expf(thread_max - xc) + 1.0f;
             thread_max = xc;
-        } else {
+        } else if (xc != -INFINITY) {  // exp(-inf) adds 0; exp(-inf - -inf) would be NaN
             thread_sum += expf(xc - thread_max);
         }
     }

@@ -2,8 +2,12 @@
 //
 // cuBLASLt is column-major; a row-major (M, N) matrix is a column-major
 // (N, M) one, so row-major out = op(a) @ op(b) is computed as the
-// column-major out^T (N, M) = op(b)^T (N, K) @ op(a)^T (K, M).
+// column-major out^T (N, M) = op(b)^T (N, K) @ op(a)^T (K, M). lt_layout.h
+// derives every case (tests/test_ops.c checks it on the CPU). The weight
+// gradient's D is fp32 with beta = 1: cuBLASLt reads C = D and writes
+// alpha * product + D in place (C and D share a layout, as it requires).
 #include "cuda_common.cuh"
+#include "lt_layout.h"
 
 // Largest power of two, up to 256, that divides the address: cuBLASLt
 // must only pick algorithms that this pointer's alignment allows.
@@ -28,16 +32,15 @@ static void lt_matmul_destroy(LtMatmul *mm) {
     if (mm->desc) cublasCheck(cublasLtMatmulDescDestroy(mm->desc));
 }
 
-// D (rows, cols) = alpha * op(A) @ op(B) + beta * D, all column-major, with
-// A and B bf16 and D of type d_type; op(A) is (rows, inner), op(B) (inner, cols).
-static void lt_matmul(void *d, cudaDataType_t d_type, const void *a, bool trans_a, const void *b,
-                      bool trans_b, int rows, int cols, int inner, float alpha, float beta) {
-    if (rows == 0 || cols == 0) return;
+// D = alpha * op(A) @ op(B) + beta * D as `g` describes (lt_layout.h), all
+// column-major, A and B bf16 and D of type d_type; inputs[arg] is each operand's data.
+static void lt_matmul(void *d, cudaDataType_t d_type, const LtGemm *g, const void *const inputs[2], float alpha,
+                      float beta) {
+    if (g->rows == 0 || g->cols == 0) return;
     LtMatmul mm = {};
-    cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-    int a_rows = trans_a ? inner : rows, a_cols = trans_a ? rows : inner;
-    int b_rows = trans_b ? cols : inner, b_cols = trans_b ? inner : cols;
+    const void *a = inputs[g->A.arg], *b = inputs[g->B.arg];
+    cublasOperation_t op_a = g->A.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_b = g->B.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
     uint64_t workspace = cuda_ctx.lt_workspace_bytes;
     uint32_t align_a = alignment_of(a), align_b = alignment_of(b), align_d = alignment_of(d);
     cublasLtMatmulHeuristicResult_t heuristic;
@@ -47,9 +50,11 @@ static void lt_matmul(void *d, cudaDataType_t d_type, const void *a, bool trans_
                                                          sizeof op_a)) &&
               cublasCheck(cublasLtMatmulDescSetAttribute(mm.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
                                                          sizeof op_b)) &&
-              cublasCheck(cublasLtMatrixLayoutCreate(&mm.a_layout, CUDA_R_16BF, a_rows, a_cols, a_rows)) &&
-              cublasCheck(cublasLtMatrixLayoutCreate(&mm.b_layout, CUDA_R_16BF, b_rows, b_cols, b_rows)) &&
-              cublasCheck(cublasLtMatrixLayoutCreate(&mm.d_layout, d_type, rows, cols, rows)) &&
+              cublasCheck(cublasLtMatrixLayoutCreate(&mm.a_layout, CUDA_R_16BF, g->A.rows, g->A.cols,
+                                                     (int64_t)g->A.rows)) &&
+              cublasCheck(cublasLtMatrixLayoutCreate(&mm.b_layout, CUDA_R_16BF, g->B.rows, g->B.cols,
+                                                     (int64_t)g->B.rows)) &&
+              cublasCheck(cublasLtMatrixLayoutCreate(&mm.d_layout, d_type, g->rows, g->cols, (int64_t)g->rows)) &&
               cublasCheck(cublasLtMatmulPreferenceCreate(&mm.preference)) &&
               cublasCheck(cublasLtMatmulPreferenceSetAttribute(
                   mm.preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace)) &&
@@ -97,12 +102,16 @@ void cuda_matmul(void *out, const void *a, const void *b, int M, int N, int K, b
         scale_empty_product(out, CUDA_R_16BF, (size_t)M * N, beta);
         return;
     }
-    lt_matmul(out, CUDA_R_16BF, b, trans_b, a, trans_a, N, M, K, alpha, beta);
+    LtGemm g = lt_gemm_matmul(M, N, K, trans_a, trans_b);
+    const void *inputs[2] = {a, b};
+    lt_matmul(out, CUDA_R_16BF, &g, inputs, alpha, beta);
 }
 
 // dweight (N, K) += alpha * dout^T (N, M) @ inp (M, K), into fp32.
 void cuda_matmul_weight_grad(float *dweight, const void *dout, const void *inp, int M, int N, int K,
                              float alpha) {
     if (M == 0) return;
-    lt_matmul(dweight, CUDA_R_32F, inp, false, dout, true, K, N, M, alpha, 1.0f);
+    LtGemm g = lt_gemm_weight_grad(M, N, K);
+    const void *inputs[2] = {dout, inp};
+    lt_matmul(dweight, CUDA_R_32F, &g, inputs, alpha, 1.0f);
 }

@@ -9,8 +9,6 @@
 
 CudaContext cuda_ctx;
 
-#define LT_WORKSPACE_BYTES ((size_t)32 << 20)
-#define STAGING_FLOATS ((size_t)8 << 20)  // 32 MB of fp32 per host <-> device chunk
 
 // ----------------------------------------------------------------------------
 // sticky error: the first failure since the last check
@@ -214,10 +212,10 @@ static bool context_init(Error *err) {
         return fail(err, "cudaStreamCreate: %s", cudaGetErrorString(status));
     cublasStatus_t lt_status = cublasLtCreate(&cuda_ctx.lt);
     if (lt_status != CUBLAS_STATUS_SUCCESS) return fail(err, "cublasLtCreate: status %d", (int)lt_status);
-    cuda_ctx.lt_workspace_bytes = LT_WORKSPACE_BYTES;
+    cuda_ctx.lt_workspace_bytes = CUDA_LT_WORKSPACE_BYTES;
     cuda_ctx.lt_workspace = device_alloc(cuda_ctx.lt_workspace_bytes, err);
     if (!cuda_ctx.lt_workspace) return fail_context(err, "cuBLASLt workspace: ");
-    cuda_ctx.staging_floats = STAGING_FLOATS;
+    cuda_ctx.staging_floats = CUDA_STAGING_BYTES / sizeof(float);  // per host <-> device chunk
     cuda_ctx.staging = (float *)device_alloc(cuda_ctx.staging_floats * sizeof(float), err);
     if (!cuda_ctx.staging) return fail_context(err, "staging buffer: ");
     return true;

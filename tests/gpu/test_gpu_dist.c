@@ -120,6 +120,25 @@ static void test_nccl_ranged_reduce_scatter(void **state) {
     nccl_world_destroy(&world);
 }
 
+// Rank 0 of two whose peer never joins: joining the communicator must fail
+// within the timeout with a message, not block forever (as the blocking
+// ncclCommInitRank did).
+static void test_nccl_join_times_out_without_the_peer(void **state) {
+    RankInfo info = {.rank = 0, .world_size = 2, .local_rank = 0, .local_world_size = 2,
+                     .master_addr = "127.0.0.1", .master_port = free_tcp_port()};
+    Error err;
+    Store *store = store_create(&info, 3, &err);
+    if (!store) fail_msg("store_create: %s", err.message);
+    double start = time_seconds();
+    Collectives *nccl = collectives_nccl(store, &info, 3, &err);
+    double waited = time_seconds() - start;
+    print_message("collectives_nccl without the peer: %.1f s: %s\n", waited, nccl ? "joined?" : err.message);
+    assert_null(nccl);
+    assert_non_null(strstr(err.message, "did not finish within"));
+    assert_true(waited < 30);
+    store_destroy(store);
+}
+
 // ----------------------------------------------------------------------------
 // offload against no offload
 
@@ -249,6 +268,7 @@ int main(void) {
         cmocka_unit_test(test_nccl_world_size_one),
         cmocka_unit_test(test_nccl_ranged_reduce_scatter),
         cmocka_unit_test(test_nccl_buckets_give_the_unbucketed_parameters),
+        cmocka_unit_test(test_nccl_join_times_out_without_the_peer),
         cmocka_unit_test(test_offload_gives_the_parameters_of_no_offload),
     };
     Error why;

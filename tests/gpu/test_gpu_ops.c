@@ -439,12 +439,20 @@ static void test_dropout(void **state) {
 // ----------------------------------------------------------------------------
 // cross-entropy
 
-static void check_cross_entropy(int N, int V, bool in_place, bool with_grad) {
+// With `masked` the first MASKED logits of every row are -inf (a masked
+// vocabulary): each thread of the GPU's row block then starts on -inf, where a
+// naive online softmax computes exp(-inf - -inf) = NaN.
+#define MASKED 600
+static void check_cross_entropy(int N, int V, bool in_place, bool with_grad, bool masked) {
     size_t n = (size_t)N * V;
     float *logits = random_act(n, -8, 8);
     int32_t *targets = malloc(N * sizeof(int32_t));
     assert_non_null(targets);
-    for (int i = 0; i < N; i++) targets[i] = i % 4 == 3 ? -100 : (int32_t)rng_below(&rng, V);
+    int first_target = masked ? MASKED : 0;
+    for (int i = 0; i < N; i++)
+        targets[i] = i % 4 == 3 ? -100 : first_target + (int32_t)rng_below(&rng, V - first_target);
+    for (int i = 0; i < N && masked; i++)
+        for (int c = 0; c < MASKED; c++) logits[(size_t)i * V + c] = -INFINITY;
     float loss = 1.5f;
     void *dev_logits = gpu_act(logits, n);
     int32_t *dev_targets = gpu_raw(targets, N * sizeof(int32_t));
@@ -473,12 +481,13 @@ static void check_cross_entropy(int N, int V, bool in_place, bool with_grad) {
 
 static void test_cross_entropy(void **state) {
     require_gpu();
-    check_cross_entropy(1, 1, false, true);
-    check_cross_entropy(13, 37, false, true);
-    check_cross_entropy(9, 5003, false, true);
-    check_cross_entropy(9, 5003, true, true);
-    check_cross_entropy(6, 32000, false, false);
-    check_cross_entropy(4, 128256, true, true);
+    check_cross_entropy(1, 1, false, true, false);
+    check_cross_entropy(13, 37, false, true, false);
+    check_cross_entropy(9, 5003, false, true, false);
+    check_cross_entropy(9, 5003, true, true, false);
+    check_cross_entropy(6, 32000, false, false, false);
+    check_cross_entropy(4, 128256, true, true, false);
+    check_cross_entropy(8, 5003, true, true, true);
 }
 
 // ----------------------------------------------------------------------------
@@ -604,6 +613,58 @@ static void test_adamw(void **state) {
     free(v);
 }
 
+// ----------------------------------------------------------------------------
+// NF4 dequantization: the fp32 statistics bit-identical to the CPU op, the
+// bf16 weight the CPU's fp32 value rounded to nearest even.
+
+static uint8_t *random_bytes(size_t n) {
+    uint8_t *x = malloc(n > 0 ? n : 1);
+    assert_non_null(x);
+    for (size_t i = 0; i < n; i++) x[i] = (uint8_t)rng_below(&rng, 256);
+    return x;
+}
+
+static void check_dequantize_blockwise_u8(size_t n, int blocksize) {
+    size_t n_blocks = (n + blocksize - 1) / blocksize;
+    uint8_t *q = random_bytes(n);
+    float *code = random_f32(256, -1, 1), *absmax = random_f32(n_blocks, 0.01f, 3), *out = nan_array(n);
+    void *dev_q = gpu_raw(q, n);
+    float *dev_code = gpu_raw(code, 256 * sizeof(float)), *dev_absmax = gpu_raw(absmax, n_blocks * sizeof(float));
+    float *dev_out = gpu_raw(out, n * sizeof(float));
+    cpu->dequantize_blockwise_u8(out, q, code, absmax, 0.0123f, n, blocksize);
+    gpu->dequantize_blockwise_u8(dev_out, dev_q, dev_code, dev_absmax, 0.0123f, n, blocksize);
+    float *got = gpu_f32_result(dev_out, n);
+    assert_memory_equal(got, out, n * sizeof(float));
+    void *devs[] = {dev_q, dev_code, dev_absmax, dev_out};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(devs[i]);
+    free(q), free(code), free(absmax), free(out), free(got);
+}
+
+static void check_dequantize_nf4(size_t n) {
+    size_t n_blocks = (n + 63) / 64, n_bytes = (n + 1) / 2;
+    uint8_t *packed = random_bytes(n_bytes);
+    float *code = random_f32(16, -1, 1), *absmax = random_f32(n_blocks, 0.01f, 3), *want = host_alloc(n);
+    void *dev_packed = gpu_raw(packed, n_bytes), *dev_out = gpu_act(nan_array(n), n);
+    float *dev_code = gpu_raw(code, 16 * sizeof(float)), *dev_absmax = gpu_raw(absmax, n_blocks * sizeof(float));
+    cpu->dequantize_nf4(want, packed, code, absmax, n);
+    gpu->dequantize_nf4(dev_out, dev_packed, dev_code, dev_absmax, n);
+    float *got = gpu_act_result(dev_out, n);
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != bf16_to_f32(f32_to_bf16(want[i]))) fail_msg("dequantize_nf4 n=%zu: element %zu", n, i);
+    void *devs[] = {dev_packed, dev_out, dev_code, dev_absmax};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(devs[i]);
+    free(packed), free(code), free(absmax), free(want), free(got);
+}
+
+static void test_dequantize(void **state) {
+    require_gpu();
+    check_dequantize_blockwise_u8(1, 256);
+    check_dequantize_blockwise_u8(256 * 37 + 5, 256);
+    check_dequantize_nf4(1);
+    check_dequantize_nf4(64 * 101 + 1);  // odd: the last byte's low nibble is not an element
+    check_dequantize_nf4(4096 * 64);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_upload_download_round_trip),
@@ -621,6 +682,7 @@ int main(void) {
         cmocka_unit_test(test_attention_rejects_large_head_dim),
         cmocka_unit_test(test_sum_squares_and_scale),
         cmocka_unit_test(test_adamw),
+        cmocka_unit_test(test_dequantize),
     };
     Error why;
     if (!ops_cuda(&why)) { // CTest reads exit status 77 as "skipped" (SKIP_RETURN_CODE)
