@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """lora-train (bench_train) beside transformers + PEFT (bench/peer_peft.py) in one session.
 
+bench_train runs with LD_LIBRARY_PATH=$LORA_TRAIN_LIBRARY_PATH when that is set (the kit's
+libraries, scripts/gpu_session.sh), the peer with the environment as it is.
+
 Runs one stage of configurations, each program in its own process under a time limit, appends
 every result line to OUT/results.jsonl and writes OUT/results.md: a table per stage ready to
 paste into docs/BENCHMARKS.md, with ours/peer ratios of tokens/s and peak memory and both MFUs
@@ -40,13 +43,14 @@ def parse_args():
     return p.parse_args()
 
 
-def run_program(command, timeout, log):
+def run_program(command, timeout, log, library_path=None):
     """Runs command; returns the dict of its RESULT line or one with status failed/timeout."""
     started = time.time()
     log.write("$ " + " ".join(command) + "\n")
     log.flush()
+    env = dict(os.environ, LD_LIBRARY_PATH=library_path) if library_path else None
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired as e:
         log.write((e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or ""))
         return {"status": "timeout", "error": f"over {timeout:.0f} s"}
@@ -141,7 +145,8 @@ def main():
     with open(os.path.join(args.out, f"{args.stage}.log"), "a") as log, \
             open(os.path.join(args.out, "results.jsonl"), "a") as jsonl:
         for label, ours_kwargs, peer_kwargs in configurations(args):
-            ours = run_program(ours_command(args, **ours_kwargs), args.timeout, log)
+            ours = run_program(ours_command(args, **ours_kwargs), args.timeout, log,
+                               os.environ.get("LORA_TRAIN_LIBRARY_PATH"))
             ours["label"] = label
             jsonl.write(json.dumps(ours) + "\n")
             print(f"{label}: lora-train {describe(ours, 'tokens_per_s', '{:.1f}')} tokens/s", flush=True)
