@@ -39,12 +39,16 @@ def parse_args():
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--timeout", type=float, default=300, help="seconds per program")
+    p.add_argument("--budget", type=float, default=0,
+                   help="seconds for the whole stage (0: none): later programs get what is left, then none")
     p.add_argument("--no-peer", action="store_true")
     return p.parse_args()
 
 
 def run_program(command, timeout, log, library_path=None):
-    """Runs command; returns the dict of its RESULT line or one with status failed/timeout."""
+    """Runs command; returns the dict of its RESULT line or one with status failed/timeout/skipped."""
+    if timeout < 10:
+        return {"status": "skipped", "error": "stage budget spent"}
     started = time.time()
     log.write("$ " + " ".join(command) + "\n")
     log.flush()
@@ -142,10 +146,12 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     shape_file = os.path.join(args.out, "shape.json")
     rows, profile = [], None
+    deadline = time.time() + args.budget if args.budget > 0 else float("inf")
+    timeout = lambda: min(args.timeout, deadline - time.time())
     with open(os.path.join(args.out, f"{args.stage}.log"), "a") as log, \
             open(os.path.join(args.out, "results.jsonl"), "a") as jsonl:
         for label, ours_kwargs, peer_kwargs in configurations(args):
-            ours = run_program(ours_command(args, **ours_kwargs), args.timeout, log,
+            ours = run_program(ours_command(args, **ours_kwargs), timeout(), log,
                                os.environ.get("LORA_TRAIN_LIBRARY_PATH"))
             ours["label"] = label
             jsonl.write(json.dumps(ours) + "\n")
@@ -158,7 +164,7 @@ def main():
                 continue
             peer = None
             if peer_kwargs is not None and not args.no_peer and os.path.exists(shape_file):
-                peer = run_program(peer_command(args, shape_file, **peer_kwargs), args.timeout, log)
+                peer = run_program(peer_command(args, shape_file, **peer_kwargs), timeout(), log)
                 peer["label"] = label
                 jsonl.write(json.dumps(peer) + "\n")
                 print(f"{label}: peer {describe(peer, 'tokens_per_s', '{:.1f}')} tokens/s", flush=True)
