@@ -49,6 +49,10 @@ typedef struct Ops {
     // The stream every op is issued on (cudaStream_t), for collectives that
     // order themselves after it with events; NULL on the CPU backend.
     void *(*stream)(void);
+    // The most memory this backend's alloc held at once since the process
+    // started (CPU: its allocations; CUDA: its cudaMallocs, scratch and
+    // cuBLASLt workspace included, the CUDA context not).
+    size_t (*peak_bytes)(void);
 
     // act[i] = (act_dtype) src[i], src fp32 on the host. Loads weights.
     void (*upload_f32)(void *dst_act, const float *src_host, size_t n);

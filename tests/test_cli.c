@@ -132,6 +132,7 @@ static void test_image_text_config_trains(void **state) {
     print_message("exit %d: %s", outcome.status, outcome.output);
     assert_int_equal(outcome.status, 0);
     assert_non_null(strstr(outcome.output, "done: 3 steps"));
+    assert_non_null(strstr(outcome.output, "| peak cpu memory "));
     assert_file(dir, "tower.safetensors");
     assert_file(dir, "out/step-000002/projector.safetensors");
     assert_file(dir, "out/adapter/projector.safetensors");

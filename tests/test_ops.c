@@ -680,8 +680,30 @@ static void test_sum_squares_in_double(void **state) {
     assert_true(total == 100001000.0f + 3.0f);
 }
 
+// peak_bytes is the high water of live allocations: a freed block's bytes
+// are reused, only what is held at once counts.
+static void test_peak_bytes_counts_live_allocations(void **state) {
+    const Ops *ops = ops_cpu();
+    Error err;
+    size_t before = ops->peak_bytes(), big = (size_t)64 << 20;
+    void *a = ops->alloc(big, &err);
+    assert_non_null(a);
+    assert_true(ops->peak_bytes() >= big);
+    size_t with_a = ops->peak_bytes();
+    ops->free(a);
+    void *b = ops->alloc(big / 2, &err), *c = ops->alloc(big / 2, &err);
+    assert_non_null(b);
+    assert_non_null(c);
+    assert_true(ops->peak_bytes() == with_a);  // a's bytes were given back first
+    void *d = ops->alloc(big, &err);
+    assert_non_null(d);
+    assert_true(ops->peak_bytes() >= before + 2 * big);
+    ops->free(b), ops->free(c), ops->free(d);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_peak_bytes_counts_live_allocations),
         cmocka_unit_test(test_rope_frequencies_plain),
         cmocka_unit_test(test_rope_frequencies_llama31),
         cmocka_unit_test(test_matmul_transposes),

@@ -424,8 +424,9 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
     bool ok = setup(&run, config, err) && start_and_train(&run, summary, err);
     if (run.zero) fill_summary(&run, summary);
     if (ok && run.is_rank0 && !summary->interrupted)
-        printf("done: %d steps, loss %.4f -> %.4f | adapter saved to %s\n", summary->steps, summary->first_loss,
-               summary->last_loss, summary->adapter_dir);
+        printf("done: %d steps, loss %.4f -> %.4f | peak %s memory %.2f GB | adapter saved to %s\n", summary->steps,
+               summary->first_loss, summary->last_loss, run.ops->name, run.ops->peak_bytes() / 1e9,
+               summary->adapter_dir);
     teardown(&run);
     return ok;
 }

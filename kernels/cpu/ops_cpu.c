@@ -4,23 +4,45 @@
 #include "cpu.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 // ----------------------------------------------------------------------------
 // memory
 
+// Every block carries its size in a 64-byte header (the data stays 64-byte
+// aligned), so frees keep the live count exact and peak_bytes is the high water.
+#define CPU_ALLOC_HEADER 64
+
+static _Atomic size_t live_bytes, peak_bytes;
+
+static void count_allocation(size_t bytes) {
+    size_t live = atomic_fetch_add(&live_bytes, bytes) + bytes;
+    size_t peak = atomic_load(&peak_bytes);
+    while (live > peak && !atomic_compare_exchange_weak(&peak_bytes, &peak, live)) {}
+}
+
 static void *cpu_alloc(size_t bytes, Error *err) {
-    void *ptr = NULL;
+    void *block = NULL;
     size_t rounded = (bytes + 63) / 64 * 64;
-    if (posix_memalign(&ptr, 64, rounded ? rounded : 64) != 0) {
+    if (posix_memalign(&block, 64, CPU_ALLOC_HEADER + rounded) != 0) {
         fail(err, "cpu backend: cannot allocate %zu bytes", bytes);
         return NULL;
     }
-    return ptr;
+    *(size_t *)block = bytes;
+    count_allocation(bytes);
+    return (char *)block + CPU_ALLOC_HEADER;
 }
 
-static void cpu_free(void *ptr) { free(ptr); }
+static void cpu_free(void *ptr) {
+    if (!ptr) return;
+    void *block = (char *)ptr - CPU_ALLOC_HEADER;
+    atomic_fetch_sub(&live_bytes, *(size_t *)block);
+    free(block);
+}
+
+static size_t cpu_peak_bytes(void) { return atomic_load(&peak_bytes); }
 
 static void cpu_copy(void *dst, const void *src, size_t bytes) {
     if (bytes) memmove(dst, src, bytes);
@@ -115,6 +137,7 @@ static const Ops cpu_ops = {
     .zero = cpu_zero,
     .synchronize = cpu_synchronize,
     .stream = cpu_stream,
+    .peak_bytes = cpu_peak_bytes,
     .upload_f32 = cpu_upload_f32,
     .download_f32 = cpu_download_f32,
     .params_to_act = cpu_params_to_act,

@@ -44,23 +44,53 @@ static bool check(Error *err) {
     return fail(err, "%s", failure_message);
 }
 
-void *cuda_scratch(size_t bytes) {
-    if (bytes <= cuda_ctx.scratch_bytes) return cuda_ctx.scratch;
-    if (!cudaCheck(cudaStreamSynchronize(cuda_ctx.stream))) return NULL;
-    if (cuda_ctx.scratch && !cudaCheck(cudaFree(cuda_ctx.scratch))) return NULL;
-    cuda_ctx.scratch = NULL;
-    cuda_ctx.scratch_bytes = 0;
-    if (!cudaCheck(cudaMalloc(&cuda_ctx.scratch, bytes))) return NULL;
-    cuda_ctx.scratch_bytes = bytes;
-    return cuda_ctx.scratch;
+// ----------------------------------------------------------------------------
+// memory: every cudaMalloc of the backend is recorded with its size, so the
+// live total and its high water (peak_bytes) are exact
+
+typedef struct LiveAllocation {
+    void *ptr;
+    size_t bytes;
+} LiveAllocation;
+
+static LiveAllocation *live_allocations;
+static size_t n_live, live_capacity, live_bytes, peak_bytes;
+
+static bool track_allocation(void *ptr, size_t bytes) {
+    if (n_live == live_capacity) {
+        size_t capacity = live_capacity ? 2 * live_capacity : 256;
+        LiveAllocation *grown = (LiveAllocation *)realloc(live_allocations, capacity * sizeof *grown);
+        if (!grown) return false;
+        live_allocations = grown;
+        live_capacity = capacity;
+    }
+    live_allocations[n_live++] = (LiveAllocation){ptr, bytes};
+    live_bytes += bytes;
+    if (live_bytes > peak_bytes) peak_bytes = live_bytes;
+    return true;
 }
 
-// ----------------------------------------------------------------------------
-// memory
+static void untrack_allocation(void *ptr) {
+    for (size_t i = n_live; i-- > 0;) {
+        if (live_allocations[i].ptr != ptr) continue;
+        live_bytes -= live_allocations[i].bytes;
+        live_allocations[i] = live_allocations[--n_live];
+        return;
+    }
+}
+
+// cudaMalloc, recorded; a full record table counts as out of memory.
+static cudaError_t tracked_malloc(void **ptr, size_t bytes) {
+    cudaError_t status = cudaMalloc(ptr, bytes > 0 ? bytes : 1);
+    if (status != cudaSuccess || track_allocation(*ptr, bytes)) return status;
+    cudaCheck(cudaFree(*ptr));
+    *ptr = NULL;
+    return cudaErrorMemoryAllocation;
+}
 
 static void *device_alloc(size_t bytes, Error *err) {
     void *ptr = NULL;
-    cudaError_t status = cudaMalloc(&ptr, bytes > 0 ? bytes : 1);
+    cudaError_t status = tracked_malloc(&ptr, bytes);
     if (status != cudaSuccess) {
         fail(err, "cudaMalloc of %zu bytes: %s", bytes, cudaGetErrorString(status));
         return NULL;
@@ -69,8 +99,26 @@ static void *device_alloc(size_t bytes, Error *err) {
 }
 
 static void device_free(void *ptr) {
-    if (ptr) cudaCheck(cudaFree(ptr));
+    if (!ptr) return;
+    untrack_allocation(ptr);
+    cudaCheck(cudaFree(ptr));
 }
+
+static size_t device_peak_bytes(void) { return peak_bytes; }
+
+void *cuda_scratch(size_t bytes) {
+    if (bytes <= cuda_ctx.scratch_bytes) return cuda_ctx.scratch;
+    if (!cudaCheck(cudaStreamSynchronize(cuda_ctx.stream))) return NULL;
+    if (cuda_ctx.scratch) device_free(cuda_ctx.scratch);
+    cuda_ctx.scratch = NULL;
+    cuda_ctx.scratch_bytes = 0;
+    if (!cudaCheck(tracked_malloc(&cuda_ctx.scratch, bytes))) return NULL;
+    cuda_ctx.scratch_bytes = bytes;
+    return cuda_ctx.scratch;
+}
+
+// ----------------------------------------------------------------------------
+// copies
 
 // Copies are stream-ordered and complete before returning, so the host
 // buffer may be reused at once.
@@ -134,6 +182,7 @@ static const Ops cuda_ops = {
     .zero = zero,
     .synchronize = synchronize,
     .stream = compute_stream,
+    .peak_bytes = device_peak_bytes,
     .upload_f32 = upload_f32,
     .download_f32 = download_f32,
     .params_to_act = cuda_params_to_act,
