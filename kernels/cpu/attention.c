@@ -31,10 +31,18 @@ static size_t kv_offset(const AttentionShape *s, int b, int t, int kv_head) {
     return (((size_t)b * s->T + t) * s->n_kv_head + kv_head) * s->head_dim;
 }
 
+// x . y, vectorized: a simd reduction (partial sums per vector lane).
 static float dot(const float *x, const float *y, int n) {
     float sum = 0.0f;
+    #pragma omp simd reduction(+ : sum)
     for (int i = 0; i < n; i++) sum += x[i] * y[i];
     return sum;
+}
+
+// y += a x, vectorized (y and x never overlap)
+static void axpy(float *restrict y, float a, const float *restrict x, int n) {
+    #pragma omp simd
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
 // log sum_{t0 <= u <= t} e^{s_u} of one query row, in a single running pass
@@ -63,8 +71,7 @@ static void attention_row_forward(const AttentionShape *s, float *out, float *ls
     for (int i = 0; i < s->head_dim; i++) out_row[i] = 0.0f;
     for (int u = first_key(s, b, t); u <= t; u++) {
         float p = expf(dot(q_row, k + kv_offset(s, b, u, kv_head), s->head_dim) * scale - row_lse);
-        const float *v_row = v + kv_offset(s, b, u, kv_head);
-        for (int i = 0; i < s->head_dim; i++) out_row[i] += p * v_row[i];
+        axpy(out_row, p, v + kv_offset(s, b, u, kv_head), s->head_dim);
     }
     lse[((size_t)b * s->n_head + h) * s->T + t] = row_lse;
 }
@@ -100,11 +107,9 @@ static void attention_row_backward(const AttentionShape *s, const AttentionGrads
         size_t kv = kv_offset(s, b, u, kv_head);
         float p = expf(dot(q_row, g->k + kv, hd) * scale - row_lse);
         float ds = p * (dot(dout_row, g->v + kv, hd) - D) * scale;
-        for (int i = 0; i < hd; i++) {
-            g->dv[kv + i] += p * dout_row[i];
-            dq_row[i] += ds * g->k[kv + i];
-            g->dk[kv + i] += ds * q_row[i];
-        }
+        axpy(g->dv + kv, p, dout_row, hd);
+        axpy(dq_row, ds, g->k + kv, hd);
+        axpy(g->dk + kv, ds, q_row, hd);
     }
 }
 
