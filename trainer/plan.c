@@ -33,7 +33,7 @@ static bool plan_total_steps(const Config *config, int world_size, int *total_st
     *total_steps = config->train.max_steps;
     if (*total_steps > 0) return true;
     if (!path_exists(config->data.path)) return true; // unknown until the dataset exists
-    Tokenizer *tok = tokenizer_bytes(err);
+    Tokenizer *tok = config_tokenizer(config, err); // the run's token counts: packed rows depend on them
     Dataset *dataset = tok ? dataset_open_jsonl(config->data.path, tok, config->data.max_seq_len, err) : NULL;
     DataLoaderOptions options = {.micro_batch = config->train.micro_batch, .grad_accum = config->train.grad_accum,
                                  .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
