@@ -43,11 +43,11 @@ TIMED(rmsnorm_backward, (void *dx, const void *dy, const void *x, const void *w,
       (dx, dy, x, w, r, N, C))
 TIMED(rope_forward, (void *x, const int32_t *p, const float *f, int N, int h, int d), (x, p, f, N, h, d))
 TIMED(rope_backward, (void *x, const int32_t *p, const float *f, int N, int h, int d), (x, p, f, N, h, d))
-TIMED(attention_forward, (void *o, float *l, const void *q, const void *k, const void *v, int b, int t, int h,
-                          int kv, int d), (o, l, q, k, v, b, t, h, kv, d))
+TIMED(attention_forward, (void *o, float *l, const void *q, const void *k, const void *v, const int32_t *s, int b,
+                          int t, int h, int kv, int d), (o, l, q, k, v, s, b, t, h, kv, d))
 TIMED(attention_backward, (void *dq, void *dk, void *dv, const void *dout, const void *out, const float *l,
-                           const void *q, const void *k, const void *v, int b, int t, int h, int kv, int d),
-      (dq, dk, dv, dout, out, l, q, k, v, b, t, h, kv, d))
+                           const void *q, const void *k, const void *v, const int32_t *s, int b, int t, int h, int kv,
+                           int d), (dq, dk, dv, dout, out, l, q, k, v, s, b, t, h, kv, d))
 TIMED(swiglu_forward, (void *o, const void *g, const void *u, size_t n), (o, g, u, n))
 TIMED(swiglu_backward, (void *dg, void *du, const void *dy, const void *g, const void *u, size_t n),
       (dg, du, dy, g, u, n))

@@ -98,6 +98,7 @@ typedef struct DataLoaderOptions {
     uint64_t seed;
     bool shuffle;
     int rank, world_size;  // data parallel share (1 rank for now)
+    bool pack;             // several samples per row (DataLoader only; see below)
 } DataLoaderOptions;
 
 typedef struct StepBatch {
@@ -105,6 +106,8 @@ typedef struct StepBatch {
     int B, T;
     int32_t *tokens;        // (n_micro, B, T), padded with pad id
     int32_t *targets;       // (n_micro, B, T): labels shifted left by one, IGNORE_INDEX on padding
+    int32_t *seq_start;     // (n_micro, B, T) with packing: index within its row of the first token
+                            // of each token's sample (padding is a sample of its own); else NULL
     int64_t n_label_tokens; // targets != IGNORE_INDEX over the whole step
     int epoch;              // the epoch the step's first sample came from
     // vision-language steps (VlmLoader); 0 / NULL for text steps
@@ -118,9 +121,17 @@ typedef struct DataLoader DataLoader;
 // Order: a permutation of the dataset per epoch, from (seed, epoch); an epoch
 // ends when fewer than micro_batch * grad_accum * world_size samples remain
 // (the remainder is dropped, as torch's drop_last).
+// With options.pack each epoch's order is first packed greedily, in order,
+// into rows of max_seq_len tokens: a sample (truncated to max_seq_len) joins
+// the current row when it fits, else starts the next; the rest of a row is
+// padding. Rows are then dealt to steps, micro-batches and ranks as samples
+// are without packing, so an epoch's step count depends on (seed, epoch).
 DataLoader *dataloader_create(const Dataset *dataset, const DataLoaderOptions *options, Error *err);
 void dataloader_destroy(DataLoader *loader);
+// Steps of epoch 0 (with packing, later epochs may hold a few more or fewer).
 int64_t dataloader_steps_per_epoch(const DataLoader *loader);
+// Steps of epochs 0 .. n_epochs - 1 together.
+int64_t dataloader_steps_for_epochs(DataLoader *loader, int n_epochs);
 // Fills the loader's StepBatch with the next step and returns it.
 const StepBatch *dataloader_next(DataLoader *loader);
 // Position for exact resume: (epoch, step within epoch).

@@ -100,11 +100,18 @@ typedef struct Ops {
     // Query head h reads kv head h / (n_head / n_kv_head); scale 1/sqrt(hd).
     // lse (B, n_head, T) = log-sum-exp of each row's scaled scores, saved for
     // the backward, which recomputes the probabilities from q, k and lse.
+    // Packed rows: seq_start (B, T), device memory, cuts each row into
+    // contiguous segments (samples); seq_start[b, t] is the index within row b
+    // of the first token of t's segment, so it is t or seq_start[b, t - 1].
+    // Token t attends to u iff seq_start[b, t] <= u <= t. NULL: each row is
+    // one causal sequence (seq_start = 0 everywhere).
     void (*attention_forward)(void *out, float *lse, const void *q, const void *k, const void *v,
-                              int B, int T, int n_head, int n_kv_head, int head_dim);
+                              const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
+                              int head_dim);
     void (*attention_backward)(void *dq, void *dk, void *dv, const void *dout, const void *out,
                                const float *lse, const void *q, const void *k, const void *v,
-                               int B, int T, int n_head, int n_kv_head, int head_dim);
+                               const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
+                               int head_dim);
 
     // ---- SwiGLU: out = silu(gate) * up, silu(x) = x / (1 + e^-x) ----------
     void (*swiglu_forward)(void *out, const void *gate, const void *up, size_t n);

@@ -77,6 +77,7 @@ struct Model {
     void *lora_x, *lora_dx;          // (N, max in) dropout(x) and its gradient
     void *lora_dh;                   // (N, r)
     int32_t *tokens, *targets, *positions; // (N)
+    int32_t *seq_start;                    // (N) of a packed batch
     float *inv_freq;                 // (hd / 2)
     float *loss;                     // scalar
     int n_image_rows;                // of the current batch
@@ -217,6 +218,7 @@ static size_t layout_activations(Model *m, uint8_t *base) {
     m->tokens = arena_take(&arena, N * sizeof(int32_t));
     m->targets = arena_take(&arena, N * sizeof(int32_t));
     m->positions = arena_take(&arena, N * sizeof(int32_t));
+    m->seq_start = arena_take(&arena, N * sizeof(int32_t));
     m->inv_freq = arena_take(&arena, (size_t)c->head_dim / 2 * sizeof(float));
     m->loss = arena_take(&arena, sizeof(float));
     if (m->projector.w1) {
@@ -514,6 +516,7 @@ void model_init_random_base(Model *m, uint64_t seed) {
 
 typedef struct StepState {
     int B, T, N;
+    const int32_t *seq_start; // m->seq_start for a packed batch, else NULL
     bool train;
     uint64_t dropout_seed;
     const StepOptions *options; // its grads_ready hook
@@ -603,7 +606,8 @@ static void layer_forward(Model *m, const StepState *st, int l, const void *x, v
     linear_forward(m, st, l, LORA_V, a->v, a->ln1, a->lora_h[LORA_V]);
     ops->rope_forward(a->q, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
     ops->rope_forward(a->k, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
-    ops->attention_forward(a->att, a->lse, a->q, a->k, a->v, st->B, st->T, c->n_heads, c->n_kv_heads, c->head_dim);
+    ops->attention_forward(a->att, a->lse, a->q, a->k, a->v, st->seq_start, st->B, st->T, c->n_heads, c->n_kv_heads,
+                           c->head_dim);
     linear_forward(m, st, l, LORA_O, a->mid, a->att, a->lora_h[LORA_O]);
     ops->add_inplace(a->mid, x, (size_t)N * C);
     ops->rmsnorm_forward(a->ln2, a->rstd2, a->mid, w->post_attention_layernorm, N, C, c->rms_eps);
@@ -638,8 +642,8 @@ static void layer_backward(Model *m, const StepState *st, int l, const void *x) 
     ops->zero(m->dq, (size_t)N * q_width(c) * s);
     ops->zero(m->dk, (size_t)N * kv_width(c) * s);
     ops->zero(m->dv, (size_t)N * kv_width(c) * s);
-    ops->attention_backward(m->dq, m->dk, m->dv, m->d_att, a->att, a->lse, a->q, a->k, a->v, st->B, st->T,
-                            c->n_heads, c->n_kv_heads, c->head_dim);
+    ops->attention_backward(m->dq, m->dk, m->dv, m->d_att, a->att, a->lse, a->q, a->k, a->v, st->seq_start, st->B,
+                            st->T, c->n_heads, c->n_kv_heads, c->head_dim);
     ops->rope_backward(m->dq, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
     ops->rope_backward(m->dk, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
     ops->zero(m->d_ln, (size_t)N * C * s);
@@ -685,6 +689,20 @@ static bool upload_image_rows(Model *m, const Batch *batch, Error *err) {
     return true;
 }
 
+// RoPE positions: i % T, or with seq_start the offset in the token's segment.
+// Each seq_start entry starts a segment (t) or continues the previous token's.
+static bool batch_positions(const Batch *batch, int32_t *positions, Error *err) {
+    for (int i = 0; i < batch->B * batch->T; i++) {
+        int t = i % batch->T;
+        int start = batch->seq_start ? batch->seq_start[i] : 0;
+        if (batch->seq_start && start != t && (t == 0 || start != batch->seq_start[i - 1]))
+            return fail(err, "seq_start %d at row %d, position %d neither starts a segment there nor continues "
+                             "the previous token's", start, i / batch->T, t);
+        positions[i] = t - start;
+    }
+    return true;
+}
+
 static bool upload_batch(Model *m, const Batch *batch, StepState *st, Error *err) {
     if (batch->B < 1 || batch->T < 1 || batch->B > m->options.max_batch || batch->T > m->options.max_seq_len)
         return fail(err, "batch (%d, %d) does not fit the model's activations (%d, %d)", batch->B, batch->T,
@@ -702,14 +720,15 @@ static bool upload_batch(Model *m, const Batch *batch, StepState *st, Error *err
             return fail(err, "token %d or target %d at position %d is outside the vocabulary (%d)", id, target, i,
                         m->config.vocab_size);
         }
-        positions[i] = i % st->T;
     }
-    if (!upload_image_rows(m, batch, err)) {
+    if (!batch_positions(batch, positions, err) || !upload_image_rows(m, batch, err)) {
         free(positions);
         return false;
     }
     m->ops->upload(m->tokens, batch->tokens, (size_t)st->N * sizeof(int32_t));
     m->ops->upload(m->positions, positions, (size_t)st->N * sizeof(int32_t));
+    st->seq_start = batch->seq_start ? m->seq_start : NULL;
+    if (batch->seq_start) m->ops->upload(m->seq_start, batch->seq_start, (size_t)st->N * sizeof(int32_t));
     if (batch->targets) m->ops->upload(m->targets, batch->targets, (size_t)st->N * sizeof(int32_t));
     free(positions);
     return true;

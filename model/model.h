@@ -164,6 +164,11 @@ typedef struct Batch {
     int B, T;
     const int32_t *tokens;     // (B, T) input ids, host memory
     const int32_t *targets;    // (B, T) next-token labels, -100 = no loss
+    // Packed rows (several samples per row), host memory, or NULL (one per
+    // row): seq_start (B, T) = index within its row of the first token of each
+    // token's sample. Attention stays inside a sample; RoPE positions restart
+    // at 0 with each (t - seq_start).
+    const int32_t *seq_start;
     // Image features (n_image_rows, projector_in) in backend memory, valid during
     // the call; row r replaces the r-th image_token_id position of tokens.
     int n_image_rows;

@@ -7,6 +7,10 @@
 - attention_*.txt: q, k, v (B, T, H, hd) and the output of
   torch.nn.functional.scaled_dot_product_attention(is_causal=True) with
   grouped-query heads (kv repeated with repeat_interleave), plus its lse.
+- attention_packed_*.txt: the same for packed rows (several samples per row,
+  as transformers' DataCollatorWithFlattening): SDPA with a block-diagonal
+  causal mask built from attention_packed_seq_start.txt (B, T), the index
+  within its row of the first token of each token's sample.
 
 Each file is whitespace-separated numbers; attention_shape.txt holds B T H KV hd.
 Run: python3 scripts/ref_ops.py
@@ -65,8 +69,45 @@ def attention_reference():
     save("attention_lse.txt", lse)
 
 
+def row_seq_start(lengths):
+    """Each token's index of the first token of its sample, for samples of these lengths."""
+    starts = []
+    for length in lengths:
+        starts += [len(starts)] * length
+    return starts
+
+
+def attention_packed_reference():
+    B, T, H, KV, hd = 2, 8, 4, 2, 8
+    segments = [[3, 1, 4], [8]]  # lengths per row: a one-token sample, a row that is one sample
+    g = torch.Generator().manual_seed(4321)
+    q = torch.randn(B, T, H, hd, generator=g)
+    k = torch.randn(B, T, KV, hd, generator=g)
+    v = torch.randn(B, T, KV, hd, generator=g)
+    seq_start = torch.tensor([row_seq_start(row) for row in segments])
+    position = torch.arange(T)
+    # (B, 1, T, T): query t sees key u iff seq_start[t] <= u <= t
+    allowed = (position[None, :, None] >= position[None, None, :]) & (position[None, None, :] >= seq_start[:, :, None])
+    allowed = allowed[:, None]
+    qh, kh, vh = (x.transpose(1, 2).to(torch.float64) for x in (q, k, v))
+    kh = kh.repeat_interleave(H // KV, dim=1)
+    vh = vh.repeat_interleave(H // KV, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, attn_mask=allowed)
+    scores = ((qh @ kh.transpose(-1, -2)) / hd ** 0.5).masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    with open(os.path.join(OUT, "attention_packed_shape.txt"), "w") as f:
+        f.write(f"{B} {T} {H} {KV} {hd}\n")
+    save("attention_packed_seq_start.txt", seq_start)
+    save("attention_packed_q.txt", q)
+    save("attention_packed_k.txt", k)
+    save("attention_packed_v.txt", v)
+    save("attention_packed_out.txt", out.transpose(1, 2))
+    save("attention_packed_lse.txt", lse)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     rope_references()
     attention_reference()
+    attention_packed_reference()

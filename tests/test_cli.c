@@ -92,6 +92,12 @@ static void test_missing_data_file(void **state) {
                    "--config run.yaml", (const char *[]){"data.path", "absent.jsonl", NULL});
 }
 
+// Packing is text-only: an image-text config with data.pack is refused before anything is written.
+static void test_pack_refused_for_image_text(void **state) {
+    expect_failure(VALID_PREFIX, "--config run.yaml --set data.pack=true --set vision.tower=tower.safetensors",
+                   (const char *[]){"data.pack", "text data only", NULL});
+}
+
 static void test_unknown_flag(void **state) {
     expect_failure(VALID_PREFIX, "--config run.yaml --learning-rate 3", (const char *[]){"--learning-rate", NULL});
 }
@@ -143,6 +149,7 @@ int main(void) {
         cmocka_unit_test(test_unknown_key),         cmocka_unit_test(test_wrong_type),
         cmocka_unit_test(test_bad_override),        cmocka_unit_test(test_missing_config_file),
         cmocka_unit_test(test_missing_data_file),   cmocka_unit_test(test_unknown_flag),
+        cmocka_unit_test(test_pack_refused_for_image_text),
         cmocka_unit_test(test_image_text_config_trains),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

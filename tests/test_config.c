@@ -41,6 +41,7 @@ static void assert_configs_equal(const Config *a, const Config *b) {
     assert_string_equal(a->data.create_if_missing, b->data.create_if_missing);
     assert_int_equal(a->data.max_seq_len, b->data.max_seq_len);
     assert_int_equal(a->data.shuffle, b->data.shuffle);
+    assert_int_equal(a->data.pack, b->data.pack);
     assert_int_equal(a->train.micro_batch, b->train.micro_batch);
     assert_int_equal(a->train.grad_accum, b->train.grad_accum);
     assert_int_equal(a->train.max_steps, b->train.max_steps);
@@ -108,6 +109,7 @@ static void test_defaults(void **state) {
     assert_string_equal(c.lora.init, "kaiming");
     assert_int_equal(c.data.max_seq_len, 2048);
     assert_true(c.data.shuffle);
+    assert_false(c.data.pack);
     assert_int_equal(c.train.micro_batch, 1);
     assert_int_equal(c.train.grad_accum, 1);
     assert_int_equal(c.train.max_steps, 0);
@@ -158,6 +160,7 @@ static void test_full_file_loads_every_key(void **state) {
     assert_string_equal(c.data.create_if_missing, "llava-synthetic");
     assert_int_equal(c.data.max_seq_len, 512);
     assert_false(c.data.shuffle);
+    assert_true(c.data.pack);
     assert_int_equal(c.train.micro_batch, 4);
     assert_int_equal(c.train.grad_accum, 8);
     assert_int_equal(c.train.max_steps, 1000);
@@ -362,6 +365,11 @@ static void test_validate_cross_field_rules(void **state) {
     valid_config(&c);
     snprintf(c.zero.offload, sizeof c.zero.offload, "disk");
     assert_contains(validate_error(&c), "zero.offload: 'disk' is not one of: none, cpu");
+    valid_config(&c);
+    set_ok(&c, "data.pack=true");
+    if (!config_validate(&c, &err)) fail_msg("data.pack with text data: %s", err.message);
+    set_ok(&c, "vision.tower=" FIXTURES);
+    assert_contains(validate_error(&c), "data.pack: packing is for text data only");
     valid_config(&c);
     memset(c.lora.targets, 0, sizeof c.lora.targets);
     assert_contains(validate_error(&c), "lora.target: no module selected");

@@ -461,6 +461,211 @@ static void test_loader_ranks_partition_step(void **state) {
     tokenizer_destroy(tok);
 }
 
+// ----------------------------------------------------------------------------
+// packing
+
+#define PACK_T 40 // two or three numbered samples (12 .. 20 tokens) per row
+#define PAD_ID 258
+
+static const DataLoaderOptions pack_options = {
+    .micro_batch = 2, .grad_accum = 1, .max_seq_len = PACK_T, .seed = 7, .shuffle = true, .rank = 0,
+    .world_size = 1, .pack = true,
+};
+
+// Checks one packed row: segments from position 0, each a whole sample (ids;
+// targets its labels shifted, IGNORE_INDEX at its last token), then padding
+// (pad ids, no labels) as one segment. Fills samples[] with the row's dataset
+// indices; returns their count, *padding the padding's length and *n_labels
+// the recount.
+static int check_packed_row(const Dataset *dataset, const int32_t *tokens, const int32_t *targets,
+                            const int32_t *seq_start, int *samples, int *padding, int64_t *n_labels) {
+    int n_samples = 0, start = 0;
+    *padding = 0;
+    while (start < PACK_T) {
+        int length = 1;
+        while (start + length < PACK_T && seq_start[start + length] == start) length++;
+        for (int t = start; t < start + length; t++) assert_int_equal(seq_start[t], start);
+        if (tokens[start] == PAD_ID) { // padding: the rest of the row
+            assert_int_equal(start + length, PACK_T);
+            for (int t = start; t < PACK_T; t++) {
+                assert_int_equal(tokens[t], PAD_ID);
+                assert_int_equal(targets[t], IGNORE_INDEX);
+            }
+            *padding = length;
+            break;
+        }
+        int index = row_sample_index(tokens + start);
+        const Sample *sample = dataset_sample(dataset, index);
+        assert_int_equal(length, sample->length);
+        for (int t = 0; t < length; t++) {
+            assert_int_equal(tokens[start + t], sample->ids[t]);
+            assert_int_equal(targets[start + t], t + 1 < length ? sample->labels[t + 1] : IGNORE_INDEX);
+            *n_labels += targets[start + t] != IGNORE_INDEX;
+        }
+        samples[n_samples++] = index;
+        start += length;
+    }
+    return n_samples;
+}
+
+// Runs the loader's epoch `epoch` (it must be at its start); marks seen[index]
+// for every sample and checks every row's layout, the label counts and the
+// greedy packing (a row's padding is shorter than the next row's first sample).
+static int64_t run_packed_epoch(DataLoader *loader, const Dataset *dataset, int epoch, int *seen) {
+    int64_t steps = dataloader_steps_for_epochs(loader, epoch + 1) - dataloader_steps_for_epochs(loader, epoch);
+    for (int64_t step = 0; step < steps; step++) {
+        const StepBatch *batch = dataloader_next(loader);
+        assert_int_equal(batch->epoch, epoch);
+        assert_non_null(batch->seq_start);
+        int64_t n_labels = 0;
+        int previous_padding = -1;
+        for (int row = 0; row < batch->n_micro * batch->B; row++) {
+            int samples[PACK_T], padding;
+            size_t at = (size_t)row * PACK_T;
+            int n = check_packed_row(dataset, batch->tokens + at, batch->targets + at, batch->seq_start + at, samples,
+                                     &padding, &n_labels);
+            assert_true(n >= 1);
+            if (previous_padding >= 0) assert_true(previous_padding < dataset_sample(dataset, samples[0])->length);
+            previous_padding = padding;
+            for (int i = 0; i < n; i++) seen[samples[i]]++;
+        }
+        assert_int_equal(batch->n_label_tokens, n_labels);
+    }
+    return steps;
+}
+
+static void test_pack_layout_and_epochs(void **state) {
+    Tokenizer *tok = byte_tokenizer();
+    Dataset *dataset = numbered_dataset(tok);
+    DataLoader *loader = make_loader(dataset, pack_options);
+    int64_t total_steps = 0;
+    for (int epoch = 0; epoch < 3; epoch++) {
+        int seen[N_RECORDS] = {0}, n_seen = 0;
+        int64_t steps = run_packed_epoch(loader, dataset, epoch, seen);
+        if (epoch == 0) assert_int_equal(steps, dataloader_steps_per_epoch(loader));
+        for (int i = 0; i < N_RECORDS; i++) {
+            assert_true(seen[i] <= 1);
+            n_seen += seen[i];
+        }
+        // 375 tokens fill at least 10 rows of 40: 5 steps of 2 rows, each sample at most once
+        assert_true(steps >= 5 && n_seen >= 2 * 2 * steps && n_seen <= N_RECORDS);
+        total_steps += steps;
+        int epoch_now;
+        int64_t step_now;
+        dataloader_position(loader, &epoch_now, &step_now);
+        assert_int_equal(epoch_now, epoch + 1);
+        assert_int_equal(step_now, 0);
+    }
+    assert_int_equal(dataloader_steps_for_epochs(loader, 3), total_steps);
+    dataloader_destroy(loader);
+
+    // In order, rows of 39: lengths 12 + 13 + 14 fill the first exactly; 15 + 16 and padding from 31
+    DataLoaderOptions in_order = pack_options;
+    in_order.shuffle = false;
+    in_order.max_seq_len = 39;
+    loader = make_loader(dataset, in_order);
+    const StepBatch *batch = dataloader_next(loader);
+    int at[] = {0, 11, 12, 24, 25, 38, 39, 39 + 14, 39 + 15, 39 + 30, 39 + 31, 2 * 39 - 1};
+    int32_t want_starts[] = {0, 0, 12, 12, 25, 25, 0, 0, 15, 15, 31, 31};
+    for (int i = 0; i < 12; i++) assert_int_equal(batch->seq_start[at[i]], want_starts[i]);
+    assert_int_equal(batch->tokens[39 + 31], PAD_ID);
+    assert_int_equal(batch->targets[11], IGNORE_INDEX); // a sample's last token predicts nothing
+    dataloader_destroy(loader);
+    dataset_destroy(dataset);
+    tokenizer_destroy(tok);
+}
+
+// Every position a run passes through, sought by a fresh loader, gives the same step;
+// a step past an epoch's end lands in the next epoch.
+static void test_pack_seek_resumes_exactly(void **state) {
+    enum { STEPS = 14, TOKENS = 2 * PACK_T };
+    Tokenizer *tok = byte_tokenizer();
+    Dataset *dataset = numbered_dataset(tok);
+    DataLoader *loader = make_loader(dataset, pack_options), *resumed = make_loader(dataset, pack_options);
+    static int32_t tokens[STEPS][TOKENS], seq_start[STEPS][TOKENS];
+    int epochs[STEPS];
+    int64_t steps_in_epoch[STEPS];
+    for (int step = 0; step < STEPS; step++) {
+        dataloader_position(loader, &epochs[step], &steps_in_epoch[step]);
+        const StepBatch *batch = dataloader_next(loader);
+        memcpy(tokens[step], batch->tokens, sizeof tokens[step]);
+        memcpy(seq_start[step], batch->seq_start, sizeof seq_start[step]);
+    }
+    assert_int_equal(epochs[STEPS - 1], 2); // the run crossed two epoch ends
+    for (int step = STEPS - 1; step >= 0; step--) {
+        dataloader_seek(resumed, epochs[step], steps_in_epoch[step]);
+        const StepBatch *batch = dataloader_next(resumed);
+        assert_memory_equal(batch->tokens, tokens[step], sizeof tokens[step]);
+        assert_memory_equal(batch->seq_start, seq_start[step], sizeof seq_start[step]);
+    }
+    int64_t epoch0_steps = dataloader_steps_per_epoch(loader);
+    dataloader_seek(resumed, 0, epoch0_steps + 1);
+    int epoch;
+    int64_t step_in_epoch;
+    dataloader_position(resumed, &epoch, &step_in_epoch);
+    assert_int_equal(epoch, 1);
+    assert_int_equal(step_in_epoch, 1);
+    assert_memory_equal(dataloader_next(resumed)->tokens, tokens[epoch0_steps + 1], sizeof tokens[0]);
+    dataloader_destroy(loader);
+    dataloader_destroy(resumed);
+    dataset_destroy(dataset);
+    tokenizer_destroy(tok);
+}
+
+// Ranks of world 2 (B 1) take the global loader's (B 2) rows r and r + 2 ..: disjoint rows.
+static void test_pack_ranks_take_disjoint_rows(void **state) {
+    Tokenizer *tok = byte_tokenizer();
+    Dataset *dataset = numbered_dataset(tok);
+    DataLoader *global = make_loader(dataset, pack_options), *ranks[2];
+    DataLoaderOptions rank_options = pack_options;
+    rank_options.micro_batch = 1;
+    rank_options.world_size = 2;
+    for (int r = 0; r < 2; r++) {
+        rank_options.rank = r;
+        ranks[r] = make_loader(dataset, rank_options);
+    }
+    int64_t steps = dataloader_steps_for_epochs(global, 2);
+    for (int r = 0; r < 2; r++) assert_int_equal(dataloader_steps_for_epochs(ranks[r], 2), steps);
+    for (int64_t step = 0; step < steps; step++) {
+        const StepBatch *g = dataloader_next(global);
+        int64_t n_labels = 0;
+        int seen[N_RECORDS] = {0};
+        for (int r = 0; r < 2; r++) {
+            const StepBatch *b = dataloader_next(ranks[r]);
+            assert_int_equal(b->epoch, g->epoch);
+            assert_memory_equal(b->tokens, g->tokens + r * PACK_T, PACK_T * sizeof(int32_t));
+            assert_memory_equal(b->seq_start, g->seq_start + r * PACK_T, PACK_T * sizeof(int32_t));
+            int samples[PACK_T], padding;
+            int64_t rank_labels = 0;
+            int n = check_packed_row(dataset, b->tokens, b->targets, b->seq_start, samples, &padding, &rank_labels);
+            assert_int_equal(b->n_label_tokens, rank_labels);
+            for (int i = 0; i < n; i++) assert_int_equal(seen[samples[i]]++, 0);
+            n_labels += rank_labels;
+        }
+        assert_int_equal(n_labels, g->n_label_tokens);
+    }
+    dataloader_destroy(global);
+    dataloader_destroy(ranks[0]);
+    dataloader_destroy(ranks[1]);
+    dataset_destroy(dataset);
+    tokenizer_destroy(tok);
+}
+
+static void test_pack_needs_one_step_of_rows(void **state) {
+    Tokenizer *tok = byte_tokenizer();
+    Dataset *dataset = numbered_dataset(tok);
+    DataLoaderOptions options = pack_options;
+    options.micro_batch = 11; // 375 tokens may fill only 10 rows of 40
+    Error err = {0};
+    assert_null(dataloader_create(dataset, &options, &err));
+    assert_non_null(strstr(err.message, "as few as 10 rows"));
+    options.micro_batch = 10;
+    DataLoader *loader = make_loader(dataset, options);
+    dataloader_destroy(loader);
+    dataset_destroy(dataset);
+    tokenizer_destroy(tok);
+}
+
 #define SEEK_STEPS 9
 #define STEP_TOKENS (2 * 2 * 14)
 
@@ -595,6 +800,10 @@ int main(void) {
         cmocka_unit_test(test_loader_drops_remainder),
         cmocka_unit_test(test_loader_ranks_partition_step),
         cmocka_unit_test(test_loader_seek_resumes_exactly),
+        cmocka_unit_test(test_pack_layout_and_epochs),
+        cmocka_unit_test(test_pack_seek_resumes_exactly),
+        cmocka_unit_test(test_pack_ranks_take_disjoint_rows),
+        cmocka_unit_test(test_pack_needs_one_step_of_rows),
         cmocka_unit_test(test_demo_data),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,6 +1,6 @@
 // Model-level tests: LoRA identities, the whole model's LoRA gradients against
-// finite differences, gradient accumulation and activation checkpointing.
-#include "test_util.h"
+// finite differences, gradient accumulation, activation checkpointing and packed rows.
+#include "gradcheck.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -258,6 +258,63 @@ static double max_rel_diff(const float *a, const float *b, size_t n) {
     return worst / largest;
 }
 
+// Packing: one row holding three samples (and padding) gives the loss sum and
+// LoRA gradients of the three samples run alone, each in its own unpadded row.
+static void test_packed_row_equals_separate_samples(void **state) {
+    enum { T = 19, N_SAMPLES = 3 };
+    const int lengths[] = {4, 7, 5, 3}; // the last is padding: its own segment, no labels
+    ModelOptions options = tiny_options(true, false, 0.0f);
+    Model *model = make_model(&options);
+    randomise_lora(model, 8);
+    int32_t tokens[T], targets[T], seq_start[T];
+    fixed_batch(tokens, targets, T, options.config.vocab_size);
+    packed_seq_start(seq_start, 1, T, lengths, 4);
+    for (int t = 0; t < T; t++) {
+        bool last_of_sample = t + 1 == T || seq_start[t + 1] != seq_start[t];
+        if (last_of_sample || t >= T - lengths[N_SAMPLES]) targets[t] = IGNORE_INDEX;
+    }
+    size_t n = model_params(model)->total;
+    StepOptions step = {.grad_scale = 0.25f, .train = true};
+    Error err;
+    double packed_loss, loss, separate_loss = 0;
+    Batch packed = {.B = 1, .T = T, .tokens = tokens, .targets = targets, .seq_start = seq_start};
+    model_zero_grads(model);
+    if (!model_step(model, &packed, &step, &packed_loss, &err)) fail_msg("model_step: %s", err.message);
+    float *packed_grads = copy_floats(model_grad_data(model), n);
+    model_zero_grads(model);
+    for (int i = 0, first = 0; i < N_SAMPLES; first += lengths[i++]) {
+        Batch alone = {.B = 1, .T = lengths[i], .tokens = tokens + first, .targets = targets + first};
+        if (!model_step(model, &alone, &step, &loss, &err)) fail_msg("model_step: %s", err.message);
+        separate_loss += loss;
+    }
+    double grad_diff = max_rel_diff(packed_grads, model_grad_data(model), n);
+    print_message("loss packed %.6f separate %.6f | grads rel diff %.2e\n", packed_loss, separate_loss, grad_diff);
+    assert_true(fabs(packed_loss - separate_loss) <= 1e-5 * fabs(separate_loss));
+    assert_true(grad_diff < 1e-5);
+    // ... and without seq_start the samples see each other: the comparison can fail
+    packed.seq_start = NULL;
+    model_zero_grads(model);
+    if (!model_step(model, &packed, &step, &loss, &err)) fail_msg("model_step: %s", err.message);
+    assert_true(fabs(loss - separate_loss) > 1e-3 * fabs(separate_loss));
+    free(packed_grads);
+    model_destroy(model);
+}
+
+// A seq_start that neither starts a segment nor continues one is refused.
+static void test_packed_row_bad_seq_start(void **state) {
+    ModelOptions options = tiny_options(false, false, 0.0f);
+    Model *model = make_model(&options);
+    int32_t tokens[6], targets[6], seq_start[6] = {0, 0, 2, 2, 1, 4};
+    fixed_batch(tokens, targets, 6, options.config.vocab_size);
+    Batch batch = {.B = 1, .T = 6, .tokens = tokens, .targets = targets, .seq_start = seq_start};
+    StepOptions step = {.grad_scale = 1.0f};
+    double loss;
+    Error err;
+    assert_false(model_step(model, &batch, &step, &loss, &err));
+    assert_non_null(strstr(err.message, "seq_start 1 at row 0, position 4"));
+    model_destroy(model);
+}
+
 static void test_accumulation_matches_one_batch(void **state) {
     const char *path = write_uneven_dataset();
     int64_t counts_4x1[1], counts_2x2[2], counts_1x4[4];
@@ -290,6 +347,8 @@ int main(void) {
         cmocka_unit_test(test_merged_equals_unmerged),
         cmocka_unit_test(test_model_gradients_finite_differences),
         cmocka_unit_test(test_checkpointing_same_gradients),
+        cmocka_unit_test(test_packed_row_equals_separate_samples),
+        cmocka_unit_test(test_packed_row_bad_seq_start),
         cmocka_unit_test(test_accumulation_matches_one_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,4 +1,4 @@
-// The op table: rope frequencies and one attention forward against
+// The op table: rope frequencies and attention forwards (causal, packed) against
 // transformers / torch numbers (scripts/ref_ops.py), and every CPU op against
 // a double-precision reference written here, with central finite differences
 // of that reference checking every backward.
@@ -365,22 +365,28 @@ static void test_rope_llama3(void **state) {
 
 typedef struct AttentionShape {
     int B, T, n_head, n_kv_head, head_dim;
+    const int32_t *seq_start; // (B, T) packed rows, or NULL
 } AttentionShape;
 
-// Scores of query (b, t, h) against keys u <= t, and their log-sum-exp.
+static int reference_first_key(const AttentionShape *s, int b, int t) {
+    return s->seq_start ? s->seq_start[(size_t)b * s->T + t] : 0;
+}
+
+// Scores of query (b, t, h) against keys seq_start <= u <= t, and their
+// log-sum-exp; scores[u] of other keys are left as they were.
 static double reference_scores(const AttentionShape *s, const double *q, const double *k, int b,
                                int t, int h, double *scores) {
     int kv_head = h / (s->n_head / s->n_kv_head), hd = s->head_dim;
     const double *q_row = q + (((size_t)b * s->T + t) * s->n_head + h) * hd;
     double max_score = -INFINITY, sum = 0.0;
-    for (int u = 0; u <= t; u++) {
+    for (int u = reference_first_key(s, b, t); u <= t; u++) {
         const double *k_row = k + (((size_t)b * s->T + u) * s->n_kv_head + kv_head) * hd;
         double dot = 0.0;
         for (int i = 0; i < hd; i++) dot += q_row[i] * k_row[i];
         scores[u] = dot / sqrt((double)hd);
         max_score = fmax(max_score, scores[u]);
     }
-    for (int u = 0; u <= t; u++) sum += exp(scores[u] - max_score);
+    for (int u = reference_first_key(s, b, t); u <= t; u++) sum += exp(scores[u] - max_score);
     return max_score + log(sum);
 }
 
@@ -397,7 +403,7 @@ static void attention_reference(const Problem *p, double *out) {
                 int kv_head = h / (s->n_head / s->n_kv_head);
                 double *out_row = out + (((size_t)b * s->T + t) * s->n_head + h) * hd;
                 for (int i = 0; i < hd; i++) out_row[i] = 0.0;
-                for (int u = 0; u <= t; u++) {
+                for (int u = reference_first_key(s, b, t); u <= t; u++) {
                     const double *v_row = p->inputs[2] + (((size_t)b * s->T + u) * s->n_kv_head + kv_head) * hd;
                     for (int i = 0; i < hd; i++) out_row[i] += exp(scores[u] - lse) * v_row[i];
                 }
@@ -432,8 +438,9 @@ static void check_attention(AttentionShape s) {
     float *dq = random_floats(q_size, -1.0f, 1.0f, &rng), *dk = random_floats(kv_size, -1.0f, 1.0f, &rng), *dv = random_floats(kv_size, -1.0f, 1.0f, &rng);
     float *dq_before = copy_floats(dq, q_size), *dk_before = copy_floats(dk, kv_size);
     float *dv_before = copy_floats(dv, kv_size);
-    cpu->attention_forward(out, lse, q, k, v, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
-    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    cpu->attention_forward(out, lse, q, k, v, s.seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, s.seq_start, s.B, s.T, s.n_head, s.n_kv_head,
+                            s.head_dim);
 
     Problem p = {.inputs = {to_double(q, q_size), to_double(k, kv_size), to_double(v, kv_size)},
                  .input_sizes = {q_size, kv_size, kv_size}, .out_size = q_size,
@@ -451,30 +458,112 @@ static void check_attention(AttentionShape s) {
     free(dq_before), free(dk_before), free(dv_before);
 }
 
-static void test_attention_gqa(void **state) { check_attention((AttentionShape){2, 5, 4, 2, 6}); }
+static void test_attention_gqa(void **state) { check_attention((AttentionShape){2, 5, 4, 2, 6, NULL}); }
 
-static void test_attention_mha(void **state) { check_attention((AttentionShape){1, 7, 3, 3, 4}); }
+static void test_attention_mha(void **state) { check_attention((AttentionShape){1, 7, 3, 3, 4, NULL}); }
 
-static void test_attention_mqa(void **state) { check_attention((AttentionShape){1, 4, 2, 1, 5}); }
+static void test_attention_mqa(void **state) { check_attention((AttentionShape){1, 4, 2, 1, 5, NULL}); }
 
-// One forward against torch's scaled_dot_product_attention(is_causal=True).
-static void test_attention_vs_torch(void **state) {
-    double *dims = load_fixture("attention_shape.txt", 5);
-    int B = (int)dims[0], T = (int)dims[1], H = (int)dims[2], KV = (int)dims[3], hd = (int)dims[4];
-    size_t q_size = (size_t)B * T * H * hd, kv_size = (size_t)B * T * KV * hd;
-    double *q = load_fixture("attention_q.txt", q_size), *k = load_fixture("attention_k.txt", kv_size);
-    double *v = load_fixture("attention_v.txt", kv_size), *want = load_fixture("attention_out.txt", q_size);
-    double *want_lse = load_fixture("attention_lse.txt", (size_t)B * H * T);
-    float *qf = poisoned_floats(q_size), *kf = poisoned_floats(kv_size), *vf = poisoned_floats(kv_size);
-    for (size_t i = 0; i < q_size; i++) qf[i] = (float)q[i];
-    for (size_t i = 0; i < kv_size; i++) kf[i] = (float)k[i], vf[i] = (float)v[i];
+// Packed rows: segments of 1, 3 and 2 tokens, then a row that is one segment.
+static const int PACKED_SEGMENTS[] = {1, 3, 2, 6};
+
+static void test_attention_packed_gradcheck(void **state) {
+    int32_t seq_start[2 * 6];
+    packed_seq_start(seq_start, 2, 6, PACKED_SEGMENTS, 4);
+    check_attention((AttentionShape){2, 6, 4, 2, 5, seq_start});
+}
+
+// Rows (b, first .. first + T) of x (B_total, T_total, heads, hd) as (1, T, heads, hd).
+static float *segment_rows(const float *x, int T_total, int heads, int hd, int b, int first, int T) {
+    size_t row = (size_t)heads * hd;
+    float *out = malloc((size_t)T * row * sizeof(float));
+    assert_non_null(out);
+    memcpy(out, x + ((size_t)b * T_total + first) * row, (size_t)T * row * sizeof(float));
+    return out;
+}
+
+// Packed attention equals, segment by segment, the attention of the segment
+// alone (forward, lse and the three gradients, bit for bit).
+static void test_attention_packed_equals_segments(void **state) {
+    enum { B = 2, T = 6, H = 4, KV = 2, HD = 5 };
+    int32_t seq_start[B * T];
+    packed_seq_start(seq_start, B, T, PACKED_SEGMENTS, 4);
+    size_t q_size = (size_t)B * T * H * HD, kv_size = (size_t)B * T * KV * HD;
+    Rng rng;
+    rng_seed(&rng, 77);
+    float *q = random_floats(q_size, -1, 1, &rng), *k = random_floats(kv_size, -1, 1, &rng);
+    float *v = random_floats(kv_size, -1, 1, &rng), *dout = random_floats(q_size, -1, 1, &rng);
     float *out = poisoned_floats(q_size), *lse = poisoned_floats((size_t)B * H * T);
-    cpu->attention_forward(out, lse, qf, kf, vf, B, T, H, KV, hd);
-    assert_close("attention vs torch", out, want, q_size, FORWARD_TOL);
-    assert_close("attention lse vs torch", lse, want_lse, (size_t)B * H * T, FORWARD_TOL);
-    free(dims), free(q), free(k), free(v), free(want), free(want_lse);
+    float *dq = calloc(q_size, sizeof(float)), *dk = calloc(kv_size, sizeof(float)), *dv = calloc(kv_size, sizeof(float));
+    cpu->attention_forward(out, lse, q, k, v, seq_start, B, T, H, KV, HD);
+    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, H, KV, HD);
+    int checked = 0;
+    for (int i = 0; i < B * T; i++) {
+        int b = i / T, first = i % T, length = 1;
+        if (seq_start[i] != first) continue; // not a segment's first token
+        while (first + length < T && seq_start[i + length] == first) length++;
+        float *seg[] = {segment_rows(q, T, H, HD, b, first, length), segment_rows(k, T, KV, HD, b, first, length),
+                        segment_rows(v, T, KV, HD, b, first, length), segment_rows(dout, T, H, HD, b, first, length)};
+        size_t seg_q = (size_t)length * H * HD, seg_kv = (size_t)length * KV * HD;
+        float *seg_out = poisoned_floats(seg_q), *seg_lse = poisoned_floats((size_t)H * length);
+        float *seg_dq = calloc(seg_q, sizeof(float)), *seg_dk = calloc(seg_kv, sizeof(float));
+        float *seg_dv = calloc(seg_kv, sizeof(float));
+        cpu->attention_forward(seg_out, seg_lse, seg[0], seg[1], seg[2], NULL, 1, length, H, KV, HD);
+        cpu->attention_backward(seg_dq, seg_dk, seg_dv, seg[3], seg_out, seg_lse, seg[0], seg[1], seg[2], NULL, 1,
+                                length, H, KV, HD);
+        size_t q_at = ((size_t)b * T + first) * H * HD, kv_at = ((size_t)b * T + first) * KV * HD;
+        assert_memory_equal(out + q_at, seg_out, seg_q * sizeof(float));
+        assert_memory_equal(dq + q_at, seg_dq, seg_q * sizeof(float));
+        assert_memory_equal(dk + kv_at, seg_dk, seg_kv * sizeof(float));
+        assert_memory_equal(dv + kv_at, seg_dv, seg_kv * sizeof(float));
+        for (int h = 0; h < H; h++)
+            assert_memory_equal(lse + ((size_t)b * H + h) * T + first, seg_lse + (size_t)h * length,
+                                length * sizeof(float));
+        for (int j = 0; j < 4; j++) free(seg[j]);
+        free(seg_out), free(seg_lse), free(seg_dq), free(seg_dk), free(seg_dv);
+        checked++;
+    }
+    assert_int_equal(checked, 4);
+    free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
+}
+
+// One forward against torch's scaled_dot_product_attention: causal
+// (prefix "attention"), or with the block-diagonal causal mask of packed rows
+// ("attention_packed", which also holds seq_start).
+static void check_attention_vs_torch(const char *prefix, bool packed) {
+    char name[64];
+    snprintf(name, sizeof name, "%s_shape.txt", prefix);
+    double *dims = load_fixture(name, 5);
+    int B = (int)dims[0], T = (int)dims[1], H = (int)dims[2], KV = (int)dims[3], hd = (int)dims[4];
+    size_t q_size = (size_t)B * T * H * hd, kv_size = (size_t)B * T * KV * hd, lse_size = (size_t)B * H * T;
+    const char *parts[] = {"q", "k", "v", "out", "lse", "seq_start"};
+    size_t sizes[] = {q_size, kv_size, kv_size, q_size, lse_size, (size_t)B * T};
+    double *data[6] = {0};
+    for (int i = 0; i < (packed ? 6 : 5); i++) {
+        snprintf(name, sizeof name, "%s_%s.txt", prefix, parts[i]);
+        data[i] = load_fixture(name, sizes[i]);
+    }
+    float *qf = poisoned_floats(q_size), *kf = poisoned_floats(kv_size), *vf = poisoned_floats(kv_size);
+    for (size_t i = 0; i < q_size; i++) qf[i] = (float)data[0][i];
+    for (size_t i = 0; i < kv_size; i++) kf[i] = (float)data[1][i], vf[i] = (float)data[2][i];
+    int32_t *seq_start = NULL;
+    if (packed) {
+        seq_start = malloc((size_t)B * T * sizeof(int32_t));
+        assert_non_null(seq_start);
+        for (int i = 0; i < B * T; i++) seq_start[i] = (int32_t)data[5][i];
+    }
+    float *out = poisoned_floats(q_size), *lse = poisoned_floats(lse_size);
+    cpu->attention_forward(out, lse, qf, kf, vf, seq_start, B, T, H, KV, hd);
+    assert_close("attention vs torch", out, data[3], q_size, FORWARD_TOL);
+    assert_close("attention lse vs torch", lse, data[4], lse_size, FORWARD_TOL);
+    free(dims), free(seq_start);
+    for (int i = 0; i < 6; i++) free(data[i]);
     free(qf), free(kf), free(vf), free(out), free(lse);
 }
+
+static void test_attention_vs_torch(void **state) { check_attention_vs_torch("attention", false); }
+
+static void test_attention_packed_vs_torch(void **state) { check_attention_vs_torch("attention_packed", true); }
 
 // ----------------------------------------------------------------------------
 // SwiGLU
@@ -717,6 +806,9 @@ int main(void) {
         cmocka_unit_test(test_attention_mha),
         cmocka_unit_test(test_attention_mqa),
         cmocka_unit_test(test_attention_vs_torch),
+        cmocka_unit_test(test_attention_packed_gradcheck),
+        cmocka_unit_test(test_attention_packed_equals_segments),
+        cmocka_unit_test(test_attention_packed_vs_torch),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_dropout_mask),
         cmocka_unit_test(test_dropout_zero_is_identity),

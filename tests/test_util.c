@@ -18,6 +18,17 @@ void poison(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = NAN;
 }
 
+void packed_seq_start(int32_t *seq_start, int B, int T, const int *lengths, int n_lengths) {
+    int position = 0; // over B * T
+    for (int s = 0; s < n_lengths; s++) {
+        int start = position % T;
+        if (lengths[s] < 1 || start + lengths[s] > T) fail_msg("segment %d (length %d) crosses a row's end", s, lengths[s]);
+        for (int t = 0; t < lengths[s]; t++) seq_start[position + t] = start;
+        position += lengths[s];
+    }
+    if (position != B * T) fail_msg("segments cover %d of %d tokens", position, B * T);
+}
+
 double max_rel_error(const float *a, const double *b, size_t n, double floor) {
     double worst = 0;
     for (size_t i = 0; i < n; i++) {

@@ -14,6 +14,9 @@
 void fill_uniform(float *x, size_t n, float lo, float hi, Rng *rng);
 // Fills x with NaN, so an op that leaves an output element unwritten fails.
 void poison(float *x, size_t n);
+// seq_start (B, T) of packed rows (kernels/ops.h): segments of the given
+// lengths laid end to end, row after row; none may cross a row's end.
+void packed_seq_start(int32_t *seq_start, int B, int T, const int *lengths, int n_lengths);
 // Largest |a - b| / max(|b|, floor) over n elements.
 double max_rel_error(const float *a, const double *b, size_t n, double floor);
 // Asserts every element of x is finite.

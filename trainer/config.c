@@ -93,6 +93,9 @@ static const ConfigKey KEYS[] = {
     {"data.template", KEY_ENUM, FIELD(data.chat_template), .allowed = TEMPLATE_VALUES,
      .help = "chat template; auto: recognised from tokenizer_config.json's chat_template"},
     {"data.shuffle", KEY_BOOL, FIELD(data.shuffle), .help = "shuffle every epoch"},
+    {"data.pack", KEY_BOOL, FIELD(data.pack),
+     .help = "pack several samples into each row of max_seq_len (text only); attention and RoPE positions "
+             "restart at every sample"},
     {"data.image_tokens", KEY_INT, FIELD(data.image_tokens), .range = AT_LEAST(1),
      .help = "positions each <image> expands to (576 for CLIP ViT-L/14-336)"},
     {"data.max_skip_fraction", KEY_FLOAT, FIELD(data.max_skip_fraction), .range = UNIT_CLOSED,
@@ -597,6 +600,7 @@ void config_defaults(Config *config) {
     config->data.max_seq_len = 2048;
     snprintf(config->data.chat_template, CONFIG_NAME_MAX, "auto");
     config->data.shuffle = true;
+    config->data.pack = false;
     config->data.image_tokens = 576;
     config->data.max_skip_fraction = 0.01f;
     config->train.micro_batch = 1;
@@ -653,6 +657,9 @@ bool config_validate(const Config *config, Error *err) {
     }
     if (config->train.max_steps == 0 && config->train.epochs < 1)
         return fail(err, "train.epochs: must be >= 1 when train.max_steps is 0 (got %d)", config->train.epochs);
+    if (config->data.pack && (config->data.images[0] || config->vision.tower[0]))
+        return fail(err, "data.pack: packing is for text data only; this config is image-text (data.images or "
+                         "vision.tower is set): set data.pack to false");
     return true;
 }
 

@@ -32,13 +32,14 @@ static bool plan_total_steps(const Config *config, int world_size, int *total_st
     *total_steps = config->train.max_steps;
     if (*total_steps > 0) return true;
     if (!path_exists(config->data.path)) return true; // unknown until the dataset exists
-    Tokenizer *tok = tokenizer_bytes(err);
+    Tokenizer *tok = config_tokenizer(config, err); // the run's token counts: packed rows depend on them
     Dataset *dataset = tok ? dataset_open_jsonl(config->data.path, tok, config->data.max_seq_len, err) : NULL;
     DataLoaderOptions options = {.micro_batch = config->train.micro_batch, .grad_accum = config->train.grad_accum,
                                  .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
-                                 .shuffle = config->data.shuffle, .world_size = world_size};
+                                 .shuffle = config->data.shuffle, .world_size = world_size,
+                                 .pack = config->data.pack};
     DataLoader *loader = dataset ? dataloader_create(dataset, &options, err) : NULL;
-    if (loader) *total_steps = (int)(dataloader_steps_per_epoch(loader) * config->train.epochs);
+    if (loader) *total_steps = (int)dataloader_steps_for_epochs(loader, config->train.epochs);
     dataloader_destroy(loader);
     dataset_destroy(dataset);
     tokenizer_destroy(tok);

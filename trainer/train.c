@@ -164,14 +164,15 @@ static bool setup(Run *run, const Config *config, Error *err) {
                                         .grad_accum = config->train.grad_accum,
                                         .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
                                         .shuffle = config->data.shuffle, .rank = ranks.rank,
-                                        .world_size = ranks.world_size};
+                                        .world_size = ranks.world_size, .pack = config->data.pack};
     if (!run_create_loader(run, &loader_options, err)) return false;
     int64_t per_epoch = run_steps_per_epoch(run);
     if (per_epoch < 1)
         return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum x world_size = %d",
                     config->data.path, (long long)run_samples(run),
                     config->train.micro_batch * config->train.grad_accum * ranks.world_size);
-    run->total_steps = config->train.max_steps > 0 ? config->train.max_steps : (int)(per_epoch * config->train.epochs);
+    run->total_steps = config->train.max_steps > 0 ? config->train.max_steps
+                                                   : (int)run_steps_for_epochs(run, config->train.epochs);
     run->schedule = (LrSchedule){.kind = config->train.schedule, .peak_lr = config->train.lr,
                                  .warmup_steps = warmup_steps_from(config->train.warmup, run->total_steps),
                                  .total_steps = run->total_steps, .min_lr_ratio = config->train.min_lr_ratio};
@@ -230,7 +231,8 @@ static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t 
     *interrupted = false;
     for (int micro = 0; micro < batch->n_micro; micro++) {
         Batch micro_batch = {.B = batch->B, .T = batch->T, .tokens = batch->tokens + micro * micro_tokens,
-                             .targets = batch->targets + micro * micro_tokens};
+                             .targets = batch->targets + micro * micro_tokens,
+                             .seq_start = batch->seq_start ? batch->seq_start + micro * micro_tokens : NULL};
         options.dropout_seed = rng_hash(seed ^ 0xd5d5d5d5ULL,
                                         (uint64_t)step * (uint64_t)batch->n_micro + (uint64_t)micro);
         double micro_loss;
@@ -295,9 +297,10 @@ static void print_header(const Run *run) {
     printf("backend %s | model %d layers, hidden %d, vocab %d | LoRA r %d on %lld trainable parameters\n",
            run->ops->name, c->n_layers, c->hidden_size, c->vocab_size, run->config->lora.r,
            (long long)model_params(run->model)->total);
-    printf("data %s: %lld samples (%lld truncated to %d tokens) | %d steps of %d x %d micro-batches\n",
+    printf("data %s: %lld samples (%lld truncated to %d tokens)%s | %d steps of %d x %d micro-batches\n",
            run->config->data.path, (long long)run_samples(run),
-           (long long)run_truncated(run), run->config->data.max_seq_len, run->total_steps,
+           (long long)run_truncated(run), run->config->data.max_seq_len,
+           run->config->data.pack ? ", packed into rows" : "", run->total_steps,
            run->config->train.grad_accum, run->config->train.micro_batch);
     fflush(stdout);
 }

@@ -56,6 +56,8 @@ const StepBatch *run_next_batch(Run *run, Error *err);
 void run_data_position(const Run *run, int *epoch, int64_t *step_in_epoch);
 void run_data_seek(Run *run, int epoch, int64_t step_in_epoch);
 int64_t run_steps_per_epoch(const Run *run);
+// Steps of the run's first n_epochs epochs (with packing epochs differ slightly).
+int64_t run_steps_for_epochs(Run *run, int n_epochs);
 int64_t run_samples(const Run *run);
 int64_t run_truncated(const Run *run);
 

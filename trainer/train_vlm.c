@@ -144,6 +144,11 @@ int64_t run_steps_per_epoch(const Run *run) {
     return run->vlm_loader ? vlm_loader_steps_per_epoch(run->vlm_loader) : dataloader_steps_per_epoch(run->loader);
 }
 
+int64_t run_steps_for_epochs(Run *run, int n_epochs) {
+    if (run->vlm_loader) return vlm_loader_steps_per_epoch(run->vlm_loader) * n_epochs;
+    return dataloader_steps_for_epochs(run->loader, n_epochs);
+}
+
 int64_t run_samples(const Run *run) {
     return run->vlm_dataset ? vlm_dataset_size(run->vlm_dataset) : dataset_size(run->dataset);
 }

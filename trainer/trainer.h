@@ -32,6 +32,7 @@ typedef struct Config {
         int max_seq_len;
         char chat_template[CONFIG_NAME_MAX]; // data.template: auto | llama3 | llama2 | vicuna_v1 | plain
         bool shuffle;
+        bool pack;                           // several samples per row of max_seq_len (text only)
         int image_tokens;                    // positions per <image> (576 for CLIP ViT-L/14-336)
         float max_skip_fraction;             // skipped records / records above this is an error
     } data;

@@ -17,10 +17,12 @@ void cpu_matmul_weight_grad(float *dweight, const void *dout, const void *inp, i
 
 // attention.c
 void cpu_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
-                           int B, int T, int n_head, int n_kv_head, int head_dim);
+                           const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
+                           int head_dim);
 void cpu_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out,
-                            const float *lse, const void *q, const void *k, const void *v, int B,
-                            int T, int n_head, int n_kv_head, int head_dim);
+                            const float *lse, const void *q, const void *k, const void *v,
+                            const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
+                            int head_dim);
 
 // layers.c
 void cpu_embedding_forward(void *out, const int32_t *ids, const void *table, int N, int C);

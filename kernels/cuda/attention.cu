@@ -5,6 +5,10 @@
 //
 // Layouts: q, out (B, T, n_head, hd); k, v (B, T, n_kv_head, hd);
 // lse (B, n_head, T). Query head h reads kv head h / (n_head / n_kv_head).
+// Packed rows: query t attends to keys seq_start[b, t] <= u <= t; seq_start
+// (B, T) is non-decreasing along a row (NULL: 0 everywhere), so a block skips
+// the key tiles before its first query's segment and the query tiles after
+// its last key's.
 //
 // One warp owns one row (a query row in the forward and for dq, a key row for
 // dk/dv); each lane holds elements d = lane + 32 j of that row in registers.
@@ -47,6 +51,11 @@ __device__ __forceinline__ float warp_dot(const float *reg, const bf16 *row, int
     return warp_sum(partial);
 }
 
+// Index within row b of the first token of t's segment: its first key.
+__device__ __forceinline__ int segment_start(const int32_t *seq_start, int b, int T, int t) {
+    return seq_start ? seq_start[(size_t)b * T + t] : 0;
+}
+
 // Copies rows [first, first + n_rows) of a (B, T, n_heads, hd) tensor, for
 // batch b and head `head`, into tile (n_rows, hd).
 __device__ __forceinline__ void stage_rows(bf16 *tile, const bf16 *src, int b, int first, int n_rows, int T,
@@ -61,7 +70,8 @@ __device__ __forceinline__ void stage_rows(bf16 *tile, const bf16 *src, int b, i
 // forward: grid (ceil(T / WARPS), n_head, B)
 
 __global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                                         int T, int n_head, int n_kv_head, int hd, float scale) {
+                                         const int32_t *seq_start, int T, int n_head, int n_kv_head, int hd,
+                                         float scale) {
     extern __shared__ bf16 smem[];
     bf16 *k_tile = smem, *v_tile = smem + TILE * hd;
     int b = blockIdx.z, h = blockIdx.y, kv_head = h / (n_head / n_kv_head);
@@ -69,7 +79,9 @@ __global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, c
     int first_query = blockIdx.x * WARPS;
     int t = first_query + warp;
     bool active = t < T;
-    int n_keys = min(T, first_query + WARPS);  // keys 0 .. last query of the block
+    int keys_begin = segment_start(seq_start, b, T, first_query); // first query's segment start
+    int n_keys = min(T, first_query + WARPS);                     // .. last query of the block
+    int t_begin = active ? segment_start(seq_start, b, T, t) : 0;
     size_t q_offset = (((size_t)b * T + (active ? t : 0)) * n_head + h) * hd;
 
     float q_row[PER_LANE], acc[PER_LANE];
@@ -78,15 +90,16 @@ __global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, c
     for (int j = 0; j < PER_LANE; j++) acc[j] = 0.0f;
     float running_max = -INFINITY, running_sum = 0.0f;
 
-    for (int tile_start = 0; tile_start < n_keys; tile_start += TILE) {
+    for (int tile_start = keys_begin; tile_start < n_keys; tile_start += TILE) {
         int tile_rows = min(TILE, n_keys - tile_start);
         __syncthreads();  // the previous tile is no longer read
         stage_rows(k_tile, k, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
         stage_rows(v_tile, v, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
         __syncthreads();
         if (!active) continue;
+        int first = max(0, t_begin - tile_start);       // keys of t's segment
         int last = min(tile_rows, t - tile_start + 1);  // causal: keys <= t
-        for (int key = 0; key < last; key++) {
+        for (int key = first; key < last; key++) {
             float s = warp_dot(q_row, k_tile + key * hd, hd, lane) * scale;
             float new_max = fmaxf(running_max, s);
             float correction = expf(running_max - new_max);
@@ -131,8 +144,8 @@ __global__ void attention_row_dot_kernel(float *D, const bf16 *dout, const bf16 
 
 // dq: grid (ceil(T / WARPS), n_head, B), a warp per query row, key tiles staged.
 __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse, const float *D,
-                                    const bf16 *q, const bf16 *k, const bf16 *v, int T, int n_head,
-                                    int n_kv_head, int hd, float scale) {
+                                    const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
+                                    int T, int n_head, int n_kv_head, int hd, float scale) {
     extern __shared__ bf16 smem[];
     bf16 *k_tile = smem, *v_tile = smem + TILE * hd;
     int b = blockIdx.z, h = blockIdx.y, kv_head = h / (n_head / n_kv_head);
@@ -140,7 +153,9 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
     int first_query = blockIdx.x * WARPS;
     int t = first_query + warp;
     bool active = t < T;
+    int keys_begin = segment_start(seq_start, b, T, first_query);
     int n_keys = min(T, first_query + WARPS);
+    int t_begin = active ? segment_start(seq_start, b, T, t) : 0;
     size_t q_offset = (((size_t)b * T + (active ? t : 0)) * n_head + h) * hd;
     size_t stat = ((size_t)b * n_head + h) * T + (active ? t : 0);
 
@@ -151,15 +166,16 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
     for (int j = 0; j < PER_LANE; j++) dq_acc[j] = 0.0f;
     float row_lse = lse[stat], row_D = D[stat];
 
-    for (int tile_start = 0; tile_start < n_keys; tile_start += TILE) {
+    for (int tile_start = keys_begin; tile_start < n_keys; tile_start += TILE) {
         int tile_rows = min(TILE, n_keys - tile_start);
         __syncthreads();
         stage_rows(k_tile, k, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
         stage_rows(v_tile, v, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
         __syncthreads();
         if (!active) continue;
+        int first = max(0, t_begin - tile_start);
         int last = min(tile_rows, t - tile_start + 1);
-        for (int key = 0; key < last; key++) {
+        for (int key = first; key < last; key++) {
             float p = expf(warp_dot(q_row, k_tile + key * hd, hd, lane) * scale - row_lse);
             float dp = warp_dot(dout_row, v_tile + key * hd, hd, lane);
             float ds_scaled = p * (dp - row_D) * scale;
@@ -174,16 +190,19 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
 }
 
 // dk, dv: grid (ceil(T / WARPS), n_kv_head, B), a warp per key row; query
-// tiles of every query head in the group are staged, queries i >= key only.
+// tiles of every query head in the group are staged, queries i >= key of the
+// key's segment only (seq_start[i] <= key).
 __global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
-                                      const bf16 *q, const bf16 *k, const bf16 *v, int T, int n_head,
-                                      int n_kv_head, int hd, float scale) {
+                                      const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
+                                      int T, int n_head, int n_kv_head, int hd, float scale) {
     extern __shared__ bf16 smem[];
     bf16 *q_tile = smem, *dout_tile = smem + TILE * hd;
     float *lse_tile = (float *)(smem + 2 * TILE * hd), *D_tile = lse_tile + TILE;
+    int *start_tile = (int *)(D_tile + TILE);
     int b = blockIdx.z, kv_head = blockIdx.y, group = n_head / n_kv_head;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int first_key = blockIdx.x * WARPS;
+    int last_key = min(T, first_key + WARPS) - 1;
     int key = first_key + warp;
     bool active = key < T;
     size_t kv_offset = (((size_t)b * T + (active ? key : 0)) * n_kv_head + kv_head) * hd;
@@ -197,6 +216,8 @@ __global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, cons
     for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
         const float *lse_bh = lse + ((size_t)b * n_head + h) * T, *D_bh = D + ((size_t)b * n_head + h) * T;
         for (int tile_start = first_key; tile_start < T; tile_start += TILE) {
+            // queries from here on belong to segments after every key of the block
+            if (segment_start(seq_start, b, T, tile_start) > last_key) break;
             int tile_rows = min(TILE, T - tile_start);
             __syncthreads();
             stage_rows(q_tile, q, b, tile_start, tile_rows, T, n_head, h, hd);
@@ -204,10 +225,12 @@ __global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, cons
             for (int i = threadIdx.x; i < tile_rows; i += blockDim.x) {
                 lse_tile[i] = lse_bh[tile_start + i];
                 D_tile[i] = D_bh[tile_start + i];
+                start_tile[i] = segment_start(seq_start, b, T, tile_start + i);
             }
             __syncthreads();
             if (!active) continue;
             for (int query = max(0, key - tile_start); query < tile_rows; query++) {  // causal: i >= key
+                if (start_tile[query] > key) break;  // past the key's segment
                 float p = expf(warp_dot(k_row, q_tile + query * hd, hd, lane) * scale - lse_tile[query]);
                 float dp = warp_dot(v_row, dout_tile + query * hd, hd, lane);
                 float ds_scaled = p * (dp - D_tile[query]) * scale;
@@ -239,21 +262,21 @@ static bool shapes_supported(int n_head, int n_kv_head, int head_dim) {
     return true;
 }
 
-void cuda_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int B, int T,
-                            int n_head, int n_kv_head, int head_dim) {
+void cuda_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
+                            const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
     dim3 grid(ceil_div(T, WARPS), n_head, B);
     size_t smem = 2 * TILE * head_dim * sizeof(bf16);
     attention_forward_kernel<<<grid, WARPS * 32, smem, cuda_ctx.stream>>>(
-        (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, T, n_head, n_kv_head, head_dim,
-        1.0f / sqrtf((float)head_dim));
+        (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, n_head, n_kv_head,
+        head_dim, 1.0f / sqrtf((float)head_dim));
     launchCheck("attention_forward_kernel");
 }
 
 void cuda_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
-                             const void *q, const void *k, const void *v, int B, int T, int n_head,
-                             int n_kv_head, int head_dim) {
+                             const void *q, const void *k, const void *v, const int32_t *seq_start, int B, int T,
+                             int n_head, int n_kv_head, int head_dim) {
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
     size_t n_rows = (size_t)B * T * n_head;
@@ -267,13 +290,14 @@ void cuda_attention_backward(void *dq, void *dk, void *dv, const void *dout, con
     size_t tile_bytes = 2 * TILE * head_dim * sizeof(bf16);
     dim3 dq_grid(ceil_div(T, WARPS), n_head, B);
     attention_dq_kernel<<<dq_grid, WARPS * 32, tile_bytes, cuda_ctx.stream>>>(
-        (bf16 *)dq, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, T, n_head,
-        n_kv_head, head_dim, scale);
+        (bf16 *)dq, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T,
+        n_head, n_kv_head, head_dim, scale);
     if (!launchCheck("attention_dq_kernel")) return;
 
     dim3 dkdv_grid(ceil_div(T, WARPS), n_kv_head, B);
-    attention_dkdv_kernel<<<dkdv_grid, WARPS * 32, tile_bytes + 2 * TILE * sizeof(float), cuda_ctx.stream>>>(
-        (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, T,
-        n_head, n_kv_head, head_dim, scale);
+    size_t row_stats_bytes = 2 * TILE * sizeof(float) + TILE * sizeof(int);  // lse, D, seq_start
+    attention_dkdv_kernel<<<dkdv_grid, WARPS * 32, tile_bytes + row_stats_bytes, cuda_ctx.stream>>>(
+        (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
+        seq_start, T, n_head, n_kv_head, head_dim, scale);
     launchCheck("attention_dkdv_kernel");
 }

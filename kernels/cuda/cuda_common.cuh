@@ -112,11 +112,11 @@ void cuda_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_
 void cuda_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint64_t seed,
                            uint64_t offset);
 // attention.cu
-void cuda_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v, int B,
-                            int T, int n_head, int n_kv_head, int head_dim);
+void cuda_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
+                            const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim);
 void cuda_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out,
-                             const float *lse, const void *q, const void *k, const void *v, int B,
-                             int T, int n_head, int n_kv_head, int head_dim);
+                             const float *lse, const void *q, const void *k, const void *v,
+                             const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim);
 // loss_optim.cu
 void cuda_cross_entropy(float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
                         int N, int V, float grad_scale);

@@ -497,19 +497,28 @@ typedef struct AttentionShape {
     int B, T, n_head, n_kv_head, head_dim;
 } AttentionShape;
 
-static void check_attention(AttentionShape s) {
+// Packed rows: n_segments > 0 segment lengths laid end to end, row after row.
+static void check_attention(AttentionShape s, const int *segments, int n_segments) {
     size_t n_q = (size_t)s.B * s.T * s.n_head * s.head_dim, n_kv = (size_t)s.B * s.T * s.n_kv_head * s.head_dim;
     size_t n_lse = (size_t)s.B * s.n_head * s.T;
     float *q = random_act(n_q, -2, 2), *k = random_act(n_kv, -2, 2), *v = random_act(n_kv, -1, 1);
     float *out = nan_array(n_q), *lse = nan_array(n_lse), *dout = random_act(n_q, -1, 1);
+    int32_t *seq_start = NULL, *dev_seq_start = NULL;
+    if (n_segments > 0) {
+        seq_start = malloc((size_t)s.B * s.T * sizeof(int32_t));
+        assert_non_null(seq_start);
+        packed_seq_start(seq_start, s.B, s.T, segments, n_segments);
+        dev_seq_start = gpu_raw(seq_start, (size_t)s.B * s.T * sizeof(int32_t));
+    }
     void *dev_q = gpu_act(q, n_q), *dev_k = gpu_act(k, n_kv), *dev_v = gpu_act(v, n_kv);
     void *dev_out = gpu_act(out, n_q), *dev_dout = gpu_act(dout, n_q);
     float *dev_lse = gpu_raw(lse, n_lse * sizeof(float));
-    cpu->attention_forward(out, lse, q, k, v, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
-    gpu->attention_forward(dev_out, dev_lse, dev_q, dev_k, dev_v, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    cpu->attention_forward(out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    gpu->attention_forward(dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head, s.n_kv_head,
+                           s.head_dim);
     char what[128];
-    snprintf(what, sizeof what, "attention B=%d T=%d heads=%d/%d hd=%d", s.B, s.T, s.n_head, s.n_kv_head,
-             s.head_dim);
+    snprintf(what, sizeof what, "attention B=%d T=%d heads=%d/%d hd=%d segments=%d", s.B, s.T, s.n_head,
+             s.n_kv_head, s.head_dim, n_segments);
     print_message("%s\n", what);
     expect_act(dev_out, out, n_q, BF16_TOL, "attention_forward out");
     expect_f32(dev_lse, lse, n_lse, STAT_TOL, "attention_forward lse");
@@ -517,14 +526,15 @@ static void check_attention(AttentionShape s) {
     float *dq_alone = calloc(n_q, sizeof(float)), *dk_alone = calloc(n_kv, sizeof(float));
     float *dv_alone = calloc(n_kv, sizeof(float));
     assert_true(dq_alone && dk_alone && dv_alone);
-    cpu->attention_backward(dq_alone, dk_alone, dv_alone, dout, out, lse, q, k, v, s.B, s.T, s.n_head,
+    cpu->attention_backward(dq_alone, dk_alone, dv_alone, dout, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head,
                             s.n_kv_head, s.head_dim);
     float *dq = accumulator_like(dq_alone, n_q), *dk = accumulator_like(dk_alone, n_kv);
     float *dv = accumulator_like(dv_alone, n_kv);
     void *dev_dq = gpu_act(dq, n_q), *dev_dk = gpu_act(dk, n_kv), *dev_dv = gpu_act(dv, n_kv);
-    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
-    gpu->attention_backward(dev_dq, dev_dk, dev_dv, dev_dout, dev_out, dev_lse, dev_q, dev_k, dev_v, s.B, s.T,
-                            s.n_head, s.n_kv_head, s.head_dim);
+    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head,
+                            s.head_dim);
+    gpu->attention_backward(dev_dq, dev_dk, dev_dv, dev_dout, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start,
+                            s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
     expect_act(dev_dq, dq, n_q, BF16_TOL, "attention_backward dq");
     expect_act(dev_dk, dk, n_kv, BF16_TOL, "attention_backward dk");
     expect_act(dev_dv, dv, n_kv, BF16_TOL, "attention_backward dv");
@@ -533,6 +543,8 @@ static void check_attention(AttentionShape s) {
     for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(devs[i]);
     float *hosts[] = {q, k, v, out, lse, dout, dq_alone, dk_alone, dv_alone, dq, dk, dv};
     for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
+    if (dev_seq_start) gpu->free(dev_seq_start);
+    free(seq_start);
 }
 
 static void test_attention(void **state) {
@@ -545,7 +557,20 @@ static void test_attention(void **state) {
         {3, 9, 3, 3, 40},    // MHA
         {1, 130, 2, 1, 256}, // the largest head_dim
     };
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_attention(shapes[i]);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_attention(shapes[i], NULL, 0);
+}
+
+// Packed rows: segments of length 1, rows that are one segment, segments across key tiles.
+static void test_attention_packed(void **state) {
+    require_gpu();
+    const int packed_then_whole[] = {1, 5, 30, 4, 40};
+    check_attention((AttentionShape){2, 40, 4, 2, 64}, packed_then_whole, 5);
+    const int across_tiles[] = {10, 1, 1, 33, 25};
+    check_attention((AttentionShape){1, 70, 8, 2, 128}, across_tiles, 5);
+    const int mqa[] = {3, 14, 1, 1, 1, 14};
+    check_attention((AttentionShape){2, 17, 6, 1, 80}, mqa, 6);
+    const int single_tokens[] = {9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 9};
+    check_attention((AttentionShape){3, 9, 3, 3, 40}, single_tokens, 11);
 }
 
 static void test_attention_rejects_large_head_dim(void **state) {
@@ -554,7 +579,7 @@ static void test_attention_rejects_large_head_dim(void **state) {
     float *x = random_act(n, -1, 1);
     void *dev_q = gpu_act(x, n), *dev_out = gpu_act(x, n);
     float *dev_lse = gpu_raw(x, 2 * sizeof(float));
-    gpu->attention_forward(dev_out, dev_lse, dev_q, dev_q, dev_q, 1, 2, 1, 1, 300);
+    gpu->attention_forward(dev_out, dev_lse, dev_q, dev_q, dev_q, NULL, 1, 2, 1, 1, 300);
     gpu->synchronize();
     Error err;
     assert_false(gpu->check(&err));
@@ -679,6 +704,7 @@ int main(void) {
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_packed),
         cmocka_unit_test(test_attention_rejects_large_head_dim),
         cmocka_unit_test(test_sum_squares_and_scale),
         cmocka_unit_test(test_adamw),
