@@ -319,6 +319,7 @@ static Model *many_layer_model(Error *err) {
 typedef struct OverlapProbe {
     Zero *zero;
     Collectives *coll;
+    Store *store;                     // rank 1 holds its first bucket until rank 0 has looked at its own
     int rank, calls;
     size_t finished_before, next_end; // reductions finished before the micro-batch; the next range's end
     bool in_order;                    // ranges from the last layer down, adjacent, ending at 0
@@ -332,13 +333,26 @@ static bool reductions_finish_within(Collectives *c, size_t before, double secon
     return false;
 }
 
+// Rank 1 sends its first bucket only once rank 0 has checked that its own
+// first reduction was still in flight when zero_grads_ready returned.
+static void hold_first_bucket(OverlapProbe *p) {
+    void *value;
+    size_t size;
+    Error err;
+    if (store_get(p->store, "overlap/first_checked", &value, &size, &err)) free(value);
+}
+
 static void probe_grads_ready(void *context, size_t begin, size_t end) {
     OverlapProbe *p = context;
-    if (p->rank == 1 && p->calls == 0) usleep(300 * 1000);
+    if (p->rank == 1 && p->calls == 0) hold_first_bucket(p);
     p->in_order = p->in_order && end == p->next_end;
     p->next_end = begin;
     zero_grads_ready(p->zero, begin, end);
-    if (p->rank == 0 && p->calls == 0) p->first_returned_first = p->coll->reductions_finished(p->coll) == p->finished_before;
+    if (p->rank == 0 && p->calls == 0) {
+        Error err;
+        p->first_returned_first = p->coll->reductions_finished(p->coll) == p->finished_before;
+        p->first_returned_first = store_set(p->store, "overlap/first_checked", "1", 1, &err) && p->first_returned_first;
+    }
     if (p->rank == 0 && begin == 0) p->finished_during_backward = reductions_finish_within(p->coll, p->finished_before, 10);
     p->calls++;
 }
@@ -366,7 +380,7 @@ static bool buckets_overlap_the_backward(Store *store, Collectives *c, int rank,
     Zero *after = overlapped ? zero_create(ops_cpu(), c, model_param_data(model), model_grad_data(model), n, &options, err)
                              : NULL;
     float *reference = malloc(n * sizeof *reference);
-    OverlapProbe probe = {.zero = overlapped, .coll = c, .rank = rank, .next_end = n, .in_order = true,
+    OverlapProbe probe = {.zero = overlapped, .coll = c, .store = store, .rank = rank, .next_end = n, .in_order = true,
                           .finished_before = c->reductions_finished(c)};
     bool ok = after && reference && micro_batch_gradient(model, after, NULL, rank, err);
     if (ok) memcpy(reference, model_grad_data(model), n * sizeof *reference);
@@ -445,9 +459,9 @@ static void test_rank_dead_mid_bucket_is_named(void **state) {
     double start = time_seconds();
     run_ranks(3, free_tcp_port(), 5, rank2_dies_mid_bucket, messages);
     print_message("after %.1f s\nrank 0: %s\nrank 1: %s\n", time_seconds() - start, messages[0], messages[1]);
-    for (int r = 0; r < 2; r++) {
+    for (int r = 0; r < 2; r++) { // rank 0 sees either the closed socket or the failed send to it
         assert_contains(messages[r], "in the background");
-        assert_contains(messages[r], "rank 2 closed its connection");
+        if (!strstr(messages[r], "rank 2 closed its connection")) assert_contains(messages[r], "to rank 2: ");
     }
     assert_true(time_seconds() - start < 5); // noticed at once, not after the timeout
 }
