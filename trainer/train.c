@@ -218,8 +218,10 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
 
 // The step's micro-batches (with run, their images through its tower, and at
 // ZeRO stage 2 each micro-batch's gradient reduce-scattered to its owners,
-// bucket by bucket during the backward with zero.overlap_comm); *interrupted when a stop signal arrived after one of them (the step
-// is then incomplete and not applied).
+// bucket by bucket during the backward with zero.overlap_comm, the last
+// micro-batch's buckets copied to the host with --offload cpu); *interrupted
+// when a stop signal arrived after one of them (the step is then incomplete
+// and not applied).
 static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                        bool *interrupted, Error *err) {
     model_zero_grads(model);
@@ -235,6 +237,7 @@ static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t 
                                         (uint64_t)step * (uint64_t)batch->n_micro + (uint64_t)micro);
         double micro_loss;
         if (!vlm_micro_features(run, batch, micro, &micro_batch, err)) return false;
+        if (run) zero_begin_micro_batch(run->zero, micro + 1 == batch->n_micro);
         if (!model_step(model, &micro_batch, &options, &micro_loss, err)) return false;
         if (run && !zero_reduce_micro_batch(run->zero, model_grad_data(model), err)) return false;
         loss_sum += micro_loss;
