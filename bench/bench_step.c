@@ -63,7 +63,7 @@ int main(int argc, char **argv) {
     for (int step = 0; step < WARMUP_STEPS + steps; step++) {
         if (step == WARMUP_STEPS) op_timer_reset();
         double start = time_seconds(), loss;
-        if (!train_accumulate(model, &batch, 1, step, &loss, &err)) return fprintf(stderr, "%s\n", err.message), 1;
+        if (!train_accumulate(model, NULL, &batch, 1, step, &loss, &err)) return fprintf(stderr, "%s\n", err.message), 1;
         float norm = grad_norm(&ops, model_grad_data(model), n_params, norm_scratch);
         clip_grads(&ops, model_grad_data(model), n_params, norm, 1.0f);
         adamw_step(&opt, model_param_data(model), model_grad_data(model), 1e-4f);

@@ -217,7 +217,7 @@ static bool train_steps(const Args *a, Model *model, Zero *zero, Result *r, Erro
         ops->synchronize();
         double start = time_seconds(), loss;
         float norm;
-        ok = train_accumulate(model, &batch, 1, step, &loss, err) &&
+        ok = train_accumulate(model, zero, &batch, 1, step, &loss, err) &&
              zero_step(zero, model_param_data(model), model_grad_data(model), a->lr, &norm, err);
         model_sync_params(model);
         ops->synchronize();

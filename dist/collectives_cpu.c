@@ -324,6 +324,12 @@ static bool cpu_wait(Collectives *c, Error *err) { return drain(c, err); }
 
 static size_t cpu_reductions_finished(Collectives *c) { return atomic_load(&state_of(c)->finished); }
 
+// A reduction's result is in x once reductions_finished counts it.
+static bool cpu_reductions_event(Collectives *c, void **event, Error *err) {
+    *event = NULL;
+    return true;
+}
+
 static bool cpu_all_gather(Collectives *c, float *x, size_t n, Error *err) {
     if (!drain(c, err)) return false;
     if (c->rank == 0) return root_all_gather(c, x, n, err);
@@ -425,7 +431,8 @@ Collectives *collectives_cpu(Store *store, const RankInfo *info, double timeout_
                        .all_reduce_sum = cpu_all_reduce, .reduce_scatter_sum = cpu_reduce_scatter,
                        .reduce_scatter_range_sum = cpu_reduce_scatter_range,
                        .reduce_scatter_range_start = cpu_reduce_scatter_range_start, .wait = cpu_wait,
-                       .reductions_finished = cpu_reductions_finished, .all_gather = cpu_all_gather,
+                       .reductions_finished = cpu_reductions_finished, .reductions_event = cpu_reductions_event,
+                       .all_gather = cpu_all_gather,
                        .broadcast = cpu_broadcast, .barrier = cpu_barrier, .destroy = cpu_destroy};
     int rc = pthread_create(&s->thread, NULL, communication_thread, c);
     if (rc != 0) {

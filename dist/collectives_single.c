@@ -16,6 +16,10 @@ static bool single_range_start(Collectives *c, float *x, size_t n, size_t begin,
 }
 static bool single_wait(Collectives *c, Error *err) { return true; }
 static size_t single_reductions_finished(Collectives *c) { return ((SingleState *)c->state)->reductions_started; }
+static bool host_reductions(Collectives *c, void **event, Error *err) {
+    *event = NULL;
+    return true;
+}
 static bool single_broadcast(Collectives *c, void *x, size_t bytes, int root, Error *err) {
     return root == 0 || fail(err, "broadcast: root %d is outside world size 1", root);
 }
@@ -32,7 +36,8 @@ Collectives *collectives_single(Error *err) {
     *c = (Collectives){.name = "single", .rank = 0, .world_size = 1, .state = s, .all_reduce_sum = single_all_reduce,
                        .reduce_scatter_sum = single_in_place, .reduce_scatter_range_sum = single_range,
                        .reduce_scatter_range_start = single_range_start, .wait = single_wait,
-                       .reductions_finished = single_reductions_finished, .all_gather = single_in_place,
+                       .reductions_finished = single_reductions_finished, .reductions_event = host_reductions,
+                       .all_gather = single_in_place,
                        .broadcast = single_broadcast, .barrier = single_barrier, .destroy = single_destroy};
     return c;
 }

@@ -91,6 +91,11 @@ struct Collectives {
     // How many started reductions are known to have finished since creation
     // (the CPU: as each finishes; NCCL: at wait). Tests observe overlap with it.
     size_t (*reductions_finished)(Collectives *c);
+    // *event: an event (cudaEvent_t) recorded on the communication stream
+    // after the reductions started so far, for a copy of their results on
+    // another stream to wait on (NCCL); NULL where a started reduction's
+    // result may be read once reductions_finished counts it (the CPU, single).
+    bool (*reductions_event)(Collectives *c, void **event, Error *err);
     // In place on x (n): every rank's shard is copied to all ranks.
     bool (*all_gather)(Collectives *c, float *x, size_t n, Error *err);
     // bytes of x on root copied to every rank.
@@ -140,6 +145,8 @@ size_t zero_shard_size(const Zero *zero);
 // *norm_out: the norm before clipping.
 // A non-finite norm leaves parameters and optimizer state untouched (every
 // rank sees the same global norm, so all skip together).
+// With offload the shard's gradient is clipped and stepped on the host: the
+// copies made during the last micro-batch's backward, else downloaded here.
 // With delayed_update the AdamW of this step runs on a thread and params
 // receive the previous step's update instead (stage 2: all-gathered).
 bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err);
@@ -155,12 +162,23 @@ bool zero_flush(Zero *zero, float *params, Error *err);
 // by zero_reduce_micro_batch, which must follow the backward (before
 // zero_step or any other collective); a range is reported once per micro-batch.
 void zero_grads_ready(void *zero, size_t begin, size_t end);
+// Before each micro-batch's backward: last = the step's last micro-batch.
+// With offload_cpu and overlap_comm (stage 2) that micro-batch copies each
+// bucket's owned piece into the host gradient buffer as soon as its
+// reduction is done (earlier ones accumulate on the device), so zero_step
+// downloads nothing. Without the call zero_step downloads the shard.
+void zero_begin_micro_batch(Zero *zero, bool last);
 // Stage 2, after each micro-batch's backward added into grads (n), on every
 // rank: reduce-scatters what the buckets did not cover and waits for the
 // buckets in flight, so this rank's shard holds its gradient summed over
 // ranks and micro-batches so far, and zeroes the rest of grads (the next
-// backward adds into it). Stage 0: does nothing.
+// backward adds into it); in a copying micro-batch (zero_begin_micro_batch)
+// it also waits for the copies, so the host holds the shard on return.
+// Stage 0: does nothing.
 bool zero_reduce_micro_batch(Zero *zero, float *grads, Error *err);
+// With offload: the host buffer (zero_shard_size) the step's gradient shard
+// goes into, for tests that watch the copies; NULL without offload.
+const float *zero_offloaded_grads(const Zero *zero);
 
 // This rank's optimizer state, for checkpoints (after zero_flush): AdamW moments of the flat
 // buffer's elements [begin, begin + count), in host memory with offload and

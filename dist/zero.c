@@ -21,8 +21,23 @@
 // on. zero_reduce_micro_batch closes the last bucket, reduce-scatters any
 // range no bucket covered, waits for all of them and zeroes what this rank
 // does not own. Stage 0 keeps one all-reduce of the whole buffer per step.
+//
+// Offload with overlap: in the step's last micro-batch (zero_begin_micro_batch)
+// the owned piece of each bucket is copied into the host gradient buffer as
+// soon as its reduction is done, in order: on CUDA by the backend's copy
+// stream after the communication stream's event, on the CPU by a plain copy
+// once the communication thread has finished the bucket (seen at the next
+// zero_grads_ready); zero_reduce_micro_batch waits for the last ones. The
+// device accumulates the shard over the micro-batches and only the last one
+// is copied: the device holds the whole gradient buffer for the backward
+// anyway, so accumulating on the host would save no device memory and would
+// move the shard over PCIe once per micro-batch instead of once per step.
+// zero_step then finds the gradient on the host and downloads nothing (it
+// still does at stage 0, without overlap, or without the last micro-batch
+// flagged). The norm is taken on the device, the clipping on the host copy.
 // delayed_update (offload only): the CPU AdamW of step k runs on a thread
-// during step k + 1's forward and backward; zero_step k + 1 collects it.
+// during step k + 1's forward and backward, reading one host gradient buffer
+// while step k + 1's buckets arrive in the other; zero_step k + 1 collects it.
 #include <math.h>
 #include <stdlib.h>
 
@@ -47,8 +62,14 @@ struct Zero {
     Range filling;           // the bucket being filled (empty: begin == end)
     Range *started;          // buckets in flight
     size_t n_started, started_capacity;
-    bool bucket_failed;      // starting a bucket failed: bucket_error says why
+    bool bucket_failed;      // starting or copying a bucket failed: bucket_error says why
     Error bucket_error;
+    // offload with overlap_comm: the last micro-batch's buckets copied to the host
+    bool copy_to_host;       // this micro-batch copies (zero_begin_micro_batch)
+    bool host_grads_ready;   // offload_grads holds the step's reduced shard
+    Range *copies;           // the owned piece of each bucket started, in start order
+    size_t n_copies, n_copied, copies_capacity;
+    size_t finished_before;  // the collectives' reductions finished before this micro-batch's first bucket
 };
 
 size_t zero_shard_size(const Zero *zero) { return zero->end - zero->begin; }
@@ -58,7 +79,7 @@ static bool init_optimizer(Zero *zero, const float *params, Error *err) {
     size_t shard = zero_shard_size(zero);
     if (o->offload_cpu) {
         AdamWHyper hyper = {.beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .weight_decay = o->weight_decay};
-        return offload_init(&zero->offload, zero->ops, params + zero->begin, shard, &hyper, err);
+        return offload_init(&zero->offload, zero->ops, params + zero->begin, shard, &hyper, o->delayed_update, err);
     }
     return adamw_init(&zero->adamw, zero->ops, shard, o->beta1, o->beta2, o->eps, o->weight_decay, err);
 }
@@ -87,7 +108,8 @@ void zero_destroy(Zero *zero) {
     if (!zero) return;
     Error ignored; // a failed step: no bucket may still be reading or writing the gradients
     if (zero->n_started > 0) zero->coll->wait(zero->coll, &ignored);
-    free(zero->started);
+    zero->ops->synchronize_copies();
+    free(zero->started), free(zero->copies);
     if (zero->adamw.m) adamw_destroy(&zero->adamw);
     offload_destroy(&zero->offload);
     if (zero->sum_squares) zero->ops->free(zero->sum_squares);
@@ -100,16 +122,43 @@ void zero_destroy(Zero *zero) {
 static bool overlapping(const Zero *zero) { return zero->options.stage == 2 && zero->options.overlap_comm; }
 static bool bucket_filling(const Zero *zero) { return zero->filling.end > zero->filling.begin; }
 
-static bool start_bucket(Zero *zero, Range bucket, Error *err) {
-    if (zero->n_started == zero->started_capacity) {
-        size_t capacity = zero->started_capacity ? 2 * zero->started_capacity : 64;
-        Range *grown = realloc(zero->started, capacity * sizeof *grown);
-        if (!grown) return fail(err, "ZeRO: out of memory for %zu gradient buckets", capacity);
-        zero->started = grown;
-        zero->started_capacity = capacity;
+static bool push_range(Range **ranges, size_t *count, size_t *capacity, Range range, Error *err) {
+    if (*count == *capacity) {
+        size_t grown_capacity = *capacity ? 2 * *capacity : 64;
+        Range *grown = realloc(*ranges, grown_capacity * sizeof *grown);
+        if (!grown) return fail(err, "ZeRO: out of memory for %zu gradient buckets", grown_capacity);
+        *ranges = grown;
+        *capacity = grown_capacity;
     }
-    zero->started[zero->n_started++] = bucket;
-    return zero->coll->reduce_scatter_range_start(zero->coll, zero->grads, zero->n, bucket.begin, bucket.end, err);
+    (*ranges)[(*count)++] = range;
+    return true;
+}
+
+static bool start_bucket(Zero *zero, Range bucket, Error *err) {
+    if (zero->n_started == 0) zero->finished_before = zero->coll->reductions_finished(zero->coll);
+    Range owned;
+    dist_owned_range(zero->n, zero->coll->world_size, zero->coll->rank, bucket.begin, bucket.end, &owned.begin,
+                     &owned.end);
+    return push_range(&zero->started, &zero->n_started, &zero->started_capacity, bucket, err) &&
+           (!zero->copy_to_host || push_range(&zero->copies, &zero->n_copies, &zero->copies_capacity, owned, err)) &&
+           zero->coll->reduce_scatter_range_start(zero->coll, zero->grads, zero->n, bucket.begin, bucket.end, err);
+}
+
+// Copies the owned piece of each bucket whose reduction a copy may follow, in
+// start order, into the host gradient buffer: every started one after the
+// collectives' event (NCCL), else those the collectives count as finished.
+static bool copy_reduced_buckets(Zero *zero, Error *err) {
+    if (zero->n_copied == zero->n_copies) return true;
+    void *event;
+    if (!zero->coll->reductions_event(zero->coll, &event, err)) return false;
+    size_t ready = event ? zero->n_copies : zero->coll->reductions_finished(zero->coll) - zero->finished_before;
+    float *host = offload_grads(&zero->offload); // (shard): host[i - zero->begin] is element i
+    for (; zero->n_copied < ready && zero->n_copied < zero->n_copies; zero->n_copied++) {
+        Range owned = zero->copies[zero->n_copied];
+        zero->ops->download_async(host + (owned.begin - zero->begin), zero->grads + owned.begin,
+                                  (owned.end - owned.begin) * sizeof(float), event);
+    }
+    return true;
 }
 
 // Starts the bucket being filled; a failure is kept for zero_reduce_micro_batch.
@@ -132,6 +181,11 @@ void zero_grads_ready(void *context, size_t begin, size_t end) {
         f->end = end > f->end ? end : f->end;
     }
     if (f->end - f->begin >= zero->options.bucket_elements) close_bucket(zero);
+    if (!zero->bucket_failed && !copy_reduced_buckets(zero, &zero->bucket_error)) zero->bucket_failed = true;
+}
+
+void zero_begin_micro_batch(Zero *zero, bool last) {
+    zero->copy_to_host = last && overlapping(zero) && zero->options.offload_cpu;
 }
 
 static int by_begin(const void *a, const void *b) {
@@ -154,17 +208,22 @@ static bool start_uncovered(Zero *zero, Error *err) {
 }
 
 // Every element of the buffer reduced: the last bucket, the uncovered rest,
-// then the wait (always, so that no reduction outlives the call).
+// then the wait (always, so that no reduction outlives the call) and the
+// copies to the host of the buckets left (waited for, so none outlives it).
 static bool finish_buckets(Zero *zero, Error *err) {
     close_bucket(zero);
     bool started = !zero->bucket_failed || (*err = zero->bucket_error, false);
     started = started && start_uncovered(zero, err);
     Error wait_error;
     bool waited = zero->coll->wait(zero->coll, &wait_error);
-    zero->n_started = 0;
-    zero->bucket_failed = false;
     if (started && !waited) *err = wait_error;
-    return started && waited;
+    bool copied = started && waited && copy_reduced_buckets(zero, err);
+    zero->ops->synchronize_copies();
+    zero->host_grads_ready = copied && zero->copy_to_host;
+    zero->copy_to_host = false;
+    zero->n_started = zero->n_copies = zero->n_copied = 0;
+    zero->bucket_failed = false;
+    return copied;
 }
 
 bool zero_reduce_micro_batch(Zero *zero, float *grads, Error *err) {
@@ -205,19 +264,33 @@ static bool global_grad_norm(Zero *zero, const float *grads, float *norm, Error 
     return true;
 }
 
+// The shard's gradient on the host (copied per bucket during the backward,
+// else downloaded now), clipped there by the CPU backend's scale (host
+// memory, the same arithmetic), then the CPU AdamW, now or on the worker.
+static bool offloaded_update(Zero *zero, float *shard_params, const float *shard_grads, bool on_host, float norm,
+                             float lr, Error *err) {
+    Offload *offload = &zero->offload;
+    float *host_grads = offload_grads(offload);
+    if (!on_host) zero->ops->download(host_grads, shard_grads, offload->n * sizeof(float));
+    if (zero->options.max_grad_norm > 0) clip_grads(ops_cpu(), host_grads, offload->n, norm, zero->options.max_grad_norm);
+    if (zero->options.delayed_update) return offload_step_delayed(offload, shard_params, lr, err);
+    offload_step(offload, shard_params, lr);
+    return true;
+}
+
 bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err) {
+    bool on_host = zero->host_grads_ready;
+    zero->host_grads_ready = false;
     float norm;
     if (!reduce_grads(zero, grads, err) || !global_grad_norm(zero, grads, &norm, err)) return false;
     *norm_out = norm;
     if (!isfinite(norm)) return true;
     float *shard_params = params + zero->begin, *shard_grads = grads + zero->begin;
     size_t shard = zero_shard_size(zero);
-    if (zero->options.max_grad_norm > 0) clip_grads(zero->ops, shard_grads, shard, norm, zero->options.max_grad_norm);
-    if (zero->options.delayed_update) {
-        if (!offload_step_delayed(&zero->offload, shard_params, shard_grads, lr, err)) return false;
-    } else if (zero->options.offload_cpu) {
-        offload_step(&zero->offload, shard_params, shard_grads, lr);
+    if (zero->options.offload_cpu) {
+        if (!offloaded_update(zero, shard_params, shard_grads, on_host, norm, lr, err)) return false;
     } else {
+        if (zero->options.max_grad_norm > 0) clip_grads(zero->ops, shard_grads, shard, norm, zero->options.max_grad_norm);
         adamw_step(&zero->adamw, shard_params, shard_grads, lr);
     }
     return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
@@ -227,6 +300,10 @@ bool zero_flush(Zero *zero, float *params, Error *err) {
     if (!zero->options.delayed_update) return true;
     if (!offload_flush(&zero->offload, params + zero->begin, err)) return false;
     return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
+}
+
+const float *zero_offloaded_grads(const Zero *zero) {
+    return zero->options.offload_cpu ? offload_grads(&zero->offload) : NULL;
 }
 
 ZeroState zero_state(const Zero *zero) {

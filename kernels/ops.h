@@ -53,6 +53,13 @@ typedef struct Ops {
     // started (CPU: its allocations; CUDA: its cudaMallocs, scratch and
     // cuBLASLt workspace included, the CUDA context not).
     size_t (*peak_bytes)(void);
+    // dst_host = src on a copy stream that overlaps the ops issued later:
+    // the copy starts once `after` (a cudaEvent_t, e.g. a collective's on its
+    // own stream) has fired, or when NULL once the ops issued so far are done.
+    // dst_host must be pinned to overlap on CUDA. A plain copy on the CPU.
+    void (*download_async)(void *dst_host, const void *src, size_t bytes, void *after);
+    // Waits for every download_async issued.
+    void (*synchronize_copies)(void);
 
     // act[i] = (act_dtype) src[i], src fp32 on the host. Loads weights.
     void (*upload_f32)(void *dst_act, const float *src_host, size_t n);

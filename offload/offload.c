@@ -19,14 +19,15 @@ void host_floats_free(float *data, bool pinned) {
 }
 
 bool offload_init(Offload *offload, const Ops *ops, const float *params_shard, size_t n, const AdamWHyper *hyper,
-                  Error *err) {
+                  bool double_buffered, Error *err) {
     bool pinned = strcmp(ops->name, "cuda") == 0;
     *offload = (Offload){.ops = ops, .n = n, .pinned = pinned, .hyper = *hyper};
-    offload->master = host_floats_alloc(n, pinned, "offloaded master weights", err);
-    offload->grads = offload->master ? host_floats_alloc(n, pinned, "offloaded gradients", err) : NULL;
-    offload->m = offload->grads ? host_floats_alloc(n, pinned, "offloaded Adam moments", err) : NULL;
-    offload->v = offload->m ? host_floats_alloc(n, pinned, "offloaded Adam moments", err) : NULL;
-    if (!offload->v) {
+    bool ok = (offload->master = host_floats_alloc(n, pinned, "offloaded master weights", err)) &&
+              (offload->grads[0] = host_floats_alloc(n, pinned, "offloaded gradients", err)) &&
+              (!double_buffered || (offload->grads[1] = host_floats_alloc(n, pinned, "offloaded gradients", err))) &&
+              (offload->m = host_floats_alloc(n, pinned, "offloaded Adam moments", err)) &&
+              (offload->v = host_floats_alloc(n, pinned, "offloaded Adam moments", err));
+    if (!ok) {
         offload_destroy(offload);
         return false;
     }
@@ -39,24 +40,25 @@ bool offload_init(Offload *offload, const Ops *ops, const float *params_shard, s
 void offload_destroy(Offload *offload) {
     if (offload->pending) pthread_join(offload->worker, NULL);
     offload->pending = false;
-    float *buffers[] = {offload->master, offload->grads, offload->m, offload->v};
-    for (int i = 0; i < 4; i++)
+    float *buffers[] = {offload->master, offload->grads[0], offload->grads[1], offload->m, offload->v};
+    for (int i = 0; i < 5; i++)
         if (buffers[i]) host_floats_free(buffers[i], offload->pinned);
-    offload->master = offload->grads = offload->m = offload->v = NULL;
+    offload->master = offload->grads[0] = offload->grads[1] = offload->m = offload->v = NULL;
 }
 
-void offload_step(Offload *offload, float *params_shard, const float *grads_shard, float lr) {
-    size_t bytes = offload->n * sizeof(float);
+float *offload_grads(const Offload *offload) { return offload->grads[offload->filling]; }
+
+void offload_step(Offload *offload, float *params_shard, float lr) {
     offload->step++;
-    offload->ops->download(offload->grads, grads_shard, bytes);
-    cpu_adamw(offload->master, offload->grads, offload->m, offload->v, offload->n, lr, &offload->hyper, offload->step);
-    offload->ops->upload(params_shard, offload->master, bytes);
+    cpu_adamw(offload->master, offload_grads(offload), offload->m, offload->v, offload->n, lr, &offload->hyper,
+              offload->step);
+    offload->ops->upload(params_shard, offload->master, offload->n * sizeof(float));
 }
 
 // The worker thread of a delayed update: AdamW on the host buffers only.
 static void *delayed_adamw(void *arg) {
     Offload *offload = arg;
-    cpu_adamw(offload->master, offload->grads, offload->m, offload->v, offload->n, offload->pending_lr,
+    cpu_adamw(offload->master, offload->pending_grads, offload->m, offload->v, offload->n, offload->pending_lr,
               &offload->hyper, offload->step);
     return NULL;
 }
@@ -75,10 +77,11 @@ bool offload_flush(Offload *offload, float *params_shard, Error *err) {
     return true;
 }
 
-bool offload_step_delayed(Offload *offload, float *params_shard, const float *grads_shard, float lr, Error *err) {
+bool offload_step_delayed(Offload *offload, float *params_shard, float lr, Error *err) {
+    if (!offload->grads[1]) return fail(err, "offload: the delayed update needs two gradient buffers (offload_init)");
     if (!offload_flush(offload, params_shard, err)) return false;
-    offload->ops->download(offload->grads, grads_shard, offload->n * sizeof(float));
     offload->step++;
+    offload->pending_grads = offload_grads(offload);
     offload->pending_lr = lr;
     int rc = pthread_create(&offload->worker, NULL, delayed_adamw, offload);
     if (rc != 0) {
@@ -86,5 +89,6 @@ bool offload_step_delayed(Offload *offload, float *params_shard, const float *gr
         return fail(err, "offload: starting the optimizer thread: %s", strerror(rc));
     }
     offload->pending = true;
+    offload->filling = 1 - offload->filling;
     return true;
 }

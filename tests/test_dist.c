@@ -3,11 +3,13 @@
 // ranged reduce-scatter (blocking and in the background), ZeRO-2's
 // per-micro-batch reduce-scatter against stage 0, its gradient buckets
 // reduced while the backward of a many-layer model goes on (and a rank that
-// dies with a bucket in flight), and the offloaded CPU AdamW against the CPU
-// backend's op.
+// dies with a bucket in flight), with the offload their copies to the host
+// made during the backward and the steps equal to the unbucketed offload's,
+// and the offloaded CPU AdamW against the CPU backend's op.
 #include "test_util.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -357,15 +359,23 @@ static void probe_grads_ready(void *context, size_t begin, size_t end) {
     p->calls++;
 }
 
-static bool micro_batch_gradient(Model *model, Zero *zero, OverlapProbe *probe, int rank, Error *err) {
+// Micro-batch `micro` of this rank added into the gradients (the hook, when
+// given, sees each layer's range), then its reduction.
+static bool micro_batch_backward(Model *model, Zero *zero, void (*hook)(void *, size_t, size_t), void *context,
+                                 int rank, int micro, Error *err) {
     int32_t tokens[OVERLAP_B * OVERLAP_T], targets[OVERLAP_B * OVERLAP_T];
-    for (int i = 0; i < OVERLAP_B * OVERLAP_T; i++) tokens[i] = (i * 7 + rank * 13) % 200, targets[i] = (i * 5 + rank) % 200;
+    for (int i = 0; i < OVERLAP_B * OVERLAP_T; i++)
+        tokens[i] = (i * 7 + rank * 13 + micro * 29) % 200, targets[i] = (i * 5 + rank + micro * 3) % 200;
     Batch batch = {.B = OVERLAP_B, .T = OVERLAP_T, .tokens = tokens, .targets = targets};
-    StepOptions options = {.grad_scale = 1.0f / (OVERLAP_B * OVERLAP_T), .train = true};
-    if (probe) options.grads_ready = probe_grads_ready, options.grads_ready_context = probe;
+    StepOptions options = {.grad_scale = 1.0f / (OVERLAP_B * OVERLAP_T), .train = true, .grads_ready = hook,
+                           .grads_ready_context = context};
     double loss;
-    model_zero_grads(model);
     return model_step(model, &batch, &options, &loss, err) && zero_reduce_micro_batch(zero, model_grad_data(model), err);
+}
+
+static bool micro_batch_gradient(Model *model, Zero *zero, OverlapProbe *probe, int rank, Error *err) {
+    model_zero_grads(model);
+    return micro_batch_backward(model, zero, probe ? probe_grads_ready : NULL, probe, rank, 0, err);
 }
 
 // One bucket per layer (bucket_elements 0) against the whole buffer reduced
@@ -404,6 +414,151 @@ static void test_zero2_buckets_overlap_the_backward(void **state) {
             if (strcmp(messages[r], "ok") != 0) fail_msg("world %d rank %d: %s", world, r, messages[r]);
     }
 }
+
+// ----------------------------------------------------------------------------
+// the offload's gradient copies per bucket
+
+enum { OFFLOAD_MICRO_BATCHES = 2, OFFLOAD_STEPS = 3 };
+
+static ZeroOptions offload_options(bool buckets, bool delayed) {
+    return (ZeroOptions){.stage = 2, .overlap_comm = buckets, .bucket_elements = 0, .offload_cpu = true,
+                         .delayed_update = delayed, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                         .weight_decay = 0.01f, .max_grad_norm = 0.05f};
+}
+
+// Watches the last micro-batch's buckets: in the hook of layer 0 (the last
+// range of the backward) it waits until the other layers' reductions have
+// finished, reports layer 0 (which copies what finished), and compares the
+// host buffer's piece of layers 1.. with the reference.
+typedef struct CopyProbe {
+    Zero *zero;
+    Collectives *coll;
+    const float *reference;            // the step's reduced gradient (n), from the unbucketed path
+    size_t n, finished_before, ranges; // ranges reported in this micro-batch
+    bool filled_during_backward;
+} CopyProbe;
+
+static void copy_probe_grads_ready(void *context, size_t begin, size_t end) {
+    CopyProbe *p = context;
+    bool others_done = begin == 0 && reductions_finish_within(p->coll, p->finished_before + p->ranges - 1, 10);
+    zero_grads_ready(p->zero, begin, end);
+    p->ranges++;
+    if (!others_done) return;
+    size_t shard_begin, shard_end;
+    dist_shard_range(p->n, p->coll->world_size, p->coll->rank, &shard_begin, &shard_end);
+    size_t from = end > shard_begin ? end : shard_begin; // the shard's part of layers 1..
+    const float *host = zero_offloaded_grads(p->zero);
+    p->filled_during_backward = from < shard_end && memcmp(host + (from - shard_begin), p->reference + from,
+                                                           (shard_end - from) * sizeof(float)) == 0;
+}
+
+// A step's micro-batches, the last one flagged; with buckets each layer is
+// reported (through probe in the last micro-batch, when given).
+static bool accumulate(Model *model, Zero *zero, bool buckets, CopyProbe *probe, int rank, Error *err) {
+    model_zero_grads(model);
+    for (int micro = 0; micro < OFFLOAD_MICRO_BATCHES; micro++) {
+        bool last = micro + 1 == OFFLOAD_MICRO_BATCHES;
+        zero_begin_micro_batch(zero, last);
+        void (*hook)(void *, size_t, size_t) = buckets ? zero_grads_ready : NULL;
+        void *context = zero;
+        if (probe && last) {
+            hook = copy_probe_grads_ready, context = probe;
+            probe->finished_before = probe->coll->reductions_finished(probe->coll);
+        }
+        if (!micro_batch_backward(model, zero, hook, context, rank, micro, err)) return false;
+    }
+    return true;
+}
+
+static Zero *offload_zero(Collectives *c, Model *model, bool buckets, bool delayed, Error *err) {
+    ZeroOptions options = offload_options(buckets, delayed);
+    return zero_create(ops_cpu(), c, model_param_data(model), model_grad_data(model), model_params(model)->total,
+                       &options, err);
+}
+
+// Per-layer buckets with the offload over two micro-batches: during the last
+// one's backward the host buffer already holds the reduced pieces of the
+// layers whose reductions finished; after it, the whole shard, the same bits
+// as the unbucketed path's.
+static bool offload_copies_fill_the_host_during_the_backward(Store *store, Collectives *c, int rank, Error *err) {
+    Model *model = many_layer_model(err);
+    if (!model) return false;
+    size_t n = model_params(model)->total;
+    Zero *bucketed = offload_zero(c, model, true, false, err);
+    Zero *plain = bucketed ? offload_zero(c, model, false, false, err) : NULL;
+    float *reference = malloc(n * sizeof *reference);
+    CopyProbe probe = {.zero = bucketed, .coll = c, .reference = reference, .n = n};
+    bool ok = plain && reference && accumulate(model, plain, false, NULL, rank, err);
+    if (ok) memcpy(reference, model_grad_data(model), n * sizeof *reference);
+    ok = ok && accumulate(model, bucketed, true, &probe, rank, err);
+    if (ok) {
+        size_t begin, end;
+        dist_shard_range(n, c->world_size, rank, &begin, &end);
+        CHECK(probe.ranges == OVERLAP_LAYERS && probe.filled_during_backward);
+        CHECK(memcmp(zero_offloaded_grads(bucketed), reference + begin, (end - begin) * sizeof(float)) == 0);
+        CHECK(memcmp(model_grad_data(model), reference, n * sizeof(float)) == 0);
+    }
+    free(reference), zero_destroy(bucketed), zero_destroy(plain), model_destroy(model);
+    return ok;
+}
+
+static void test_offload_copies_fill_the_host_during_the_backward(void **state) {
+    char messages[3][ERROR_MESSAGE_MAX];
+    for (int world = 2; world <= 3; world++) {
+        run_ranks(world, free_tcp_port(), 20, offload_copies_fill_the_host_during_the_backward, messages);
+        for (int r = 0; r < world; r++)
+            if (strcmp(messages[r], "ok") != 0) fail_msg("world %d rank %d: %s", world, r, messages[r]);
+    }
+}
+
+static bool offloaded_step(Model *model, Zero *zero, bool buckets, int rank, Error *err) {
+    float norm;
+    if (!accumulate(model, zero, buckets, NULL, rank, err) ||
+        !zero_step(zero, model_param_data(model), model_grad_data(model), 1e-2f, &norm, err))
+        return false;
+    model_sync_params(model);
+    return true;
+}
+
+// Per-layer buckets copied to the host against the unbucketed offload (the
+// shard downloaded at the step), with and without the delayed update:
+// OFFLOAD_STEPS steps of OFFLOAD_MICRO_BATCHES micro-batches (clipped) leave
+// the same parameter bits, and they moved.
+static bool offload_buckets_step_as_unbucketed(Store *store, Collectives *c, int rank, Error *err) {
+    omp_set_num_threads(1); // this rank's process: the ranks share the machine's cores
+    for (int delayed = 0; delayed <= 1; delayed++) {
+        Model *bucketed = many_layer_model(err), *plain = bucketed ? many_layer_model(err) : NULL;
+        if (!plain) return false;
+        size_t n = model_params(plain)->total;
+        float *initial = malloc(n * sizeof *initial);
+        Zero *zb = offload_zero(c, bucketed, true, delayed, err);
+        Zero *zp = zb ? offload_zero(c, plain, false, delayed, err) : NULL;
+        bool ok = zp && initial;
+        if (ok) memcpy(initial, model_param_data(plain), n * sizeof *initial);
+        for (int step = 0; ok && step < OFFLOAD_STEPS; step++) {
+            ok = offloaded_step(bucketed, zb, true, rank, err) && offloaded_step(plain, zp, false, rank, err);
+            CHECK(!ok || memcmp(model_param_data(bucketed), model_param_data(plain), n * sizeof(float)) == 0);
+        }
+        ok = ok && zero_flush(zb, model_param_data(bucketed), err) && zero_flush(zp, model_param_data(plain), err);
+        if (ok) {
+            CHECK(memcmp(model_param_data(bucketed), model_param_data(plain), n * sizeof(float)) == 0);
+            CHECK(memcmp(model_param_data(plain), initial, n * sizeof(float)) != 0);
+        }
+        free(initial), zero_destroy(zb), zero_destroy(zp), model_destroy(bucketed), model_destroy(plain);
+        if (!ok) return false;
+    }
+    return true;
+}
+
+static void test_offload_buckets_step_as_unbucketed(void **state) {
+    char messages[3][ERROR_MESSAGE_MAX];
+    for (int world = 2; world <= 3; world++) {
+        run_ranks(world, free_tcp_port(), 20, offload_buckets_step_as_unbucketed, messages);
+        for (int r = 0; r < world; r++)
+            if (strcmp(messages[r], "ok") != 0) fail_msg("world %d rank %d: %s", world, r, messages[r]);
+    }
+}
+
 
 // Rank 2 dies (as if killed) with its first bucket in flight.
 static bool rank2_dies_mid_bucket(Store *store, Collectives *c, int rank, Error *err) {
@@ -512,6 +667,8 @@ int main(void) {
         cmocka_unit_test(test_ranged_reduce_scatter),
         cmocka_unit_test(test_zero2_reduces_every_micro_batch),
         cmocka_unit_test(test_zero2_buckets_overlap_the_backward),
+        cmocka_unit_test(test_offload_copies_fill_the_host_during_the_backward),
+        cmocka_unit_test(test_offload_buckets_step_as_unbucketed),
         cmocka_unit_test(test_dead_rank_is_named),
         cmocka_unit_test(test_hung_rank_is_named_after_the_timeout),
         cmocka_unit_test(test_rank_dead_mid_bucket_is_named),

@@ -2,7 +2,7 @@
 // and 2 (gradient buckets per layer, merged, or reduced after the backward;
 // the CPU offload, also with the delayed update) and gradient accumulation
 // leave the same adapter as 1 process with the same global
-// batch; ZeRO-2 checkpoints of 2 ranks resumed on 3, and of 3 resumed on 1,
+// batch; the offload's per-bucket copies the same bits as its download; ZeRO-2 checkpoints of 2 ranks resumed on 3, and of 3 resumed on 1,
 // re-shard the optimizer state and end where an uninterrupted run does; a
 // checkpoint missing a rank's shard or with a corrupt one is not complete; a
 // rank killed mid-run ends the job with a message naming it.
@@ -131,6 +131,29 @@ static void test_ranks_match_one_process(void **state) {
     free((void *)dir);
 }
 
+// --offload cpu with per-layer buckets (the last micro-batch's buckets copied
+// to the host during the backward) against the shard downloaded at the step:
+// 2 and 3 ranks, gradient accumulation, with and without the delayed update,
+// the same adapter bits (the same sums in the same order, the same clipping).
+static void test_offload_buckets_match_the_downloaded_shard(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = strdup(make_temp_dir("launch-offload"));
+    for (int nproc = 2; nproc <= 3; nproc++)
+        for (int delayed = 0; delayed <= 1; delayed++) {
+            char bucketed[64], downloaded[64], bucketed_flags[128], downloaded_flags[128];
+            snprintf(bucketed, sizeof bucketed, "ranks%d-delayed%d-buckets", nproc, delayed);
+            snprintf(downloaded, sizeof downloaded, "ranks%d-delayed%d-downloaded", nproc, delayed);
+            snprintf(bucketed_flags, sizeof bucketed_flags, "%s %s", PER_LAYER_BUCKETS, delayed ? DELAYED : "");
+            snprintf(downloaded_flags, sizeof downloaded_flags, "%s %s", NO_OVERLAP, delayed ? DELAYED : "");
+            train_with(dir, nproc, 2, "cpu", bucketed, bucketed_flags);
+            train_with(dir, nproc, 2, "cpu", downloaded, downloaded_flags);
+            double max_abs, difference = adapter_difference(dir, bucketed, downloaded, &max_abs);
+            print_message("%s vs %s: relative difference %.3g (L2)\n", bucketed, downloaded, difference);
+            assert_true(difference == 0 && max_abs == 0);
+        }
+    free((void *)dir);
+}
+
 static void assert_log_says(const char *dir, const char *name, const char *expect) {
     char path[1024], *log = NULL;
     size_t size;
@@ -230,6 +253,7 @@ static void test_killed_rank_ends_the_job(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ranks_match_one_process),
+        cmocka_unit_test(test_offload_buckets_match_the_downloaded_shard),
         cmocka_unit_test(test_resume_reshards_zero2),
         cmocka_unit_test(test_killed_rank_ends_the_job),
     };

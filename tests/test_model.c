@@ -232,7 +232,7 @@ static Update one_step(const char *data_path, int micro_batch, int grad_accum, i
     Model *model = make_model(&options);
     randomise_lora(model, 21);
     Update update;
-    if (!train_accumulate(model, batch, 1, 0, &update.loss, &err)) fail_msg("%s", err.message);
+    if (!train_accumulate(model, NULL, batch, 1, 0, &update.loss, &err)) fail_msg("%s", err.message);
     size_t n = model_params(model)->total;
     update.grads = malloc(n * sizeof(float));
     memcpy(update.grads, model_grad_data(model), n * sizeof(float));

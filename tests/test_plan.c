@@ -248,7 +248,8 @@ static void test_vlm_plan_adds_tower_and_projector(void **state) {
 // Llama-3-8B from its preset alone (nothing loaded): checkpointing keeps one
 // layer's activations instead of 32 (over 5x less with the shared buffers), NF4 shrinks the linears to about a
 // quarter of bf16, and ZeRO-2 over 4 ranks with offload moves a quarter of
-// the optimizer state to pinned host memory.
+// the optimizer state to pinned host memory (one more gradient buffer with
+// the delayed update).
 static void test_llama3_8b_plan(void **state) {
     (void)state;
     Config config = config_for("llama3-8b", 1, 2048, true, false);
@@ -270,6 +271,9 @@ static void test_llama3_8b_plan(void **state) {
     assert_int_equal(qlora.optimizer_device_bytes, 0);
     assert_int_equal(qlora.optimizer_shard, (qlora.model.n_params + 3) / 4);
     assert_int_equal(qlora.pinned_host_bytes, 4 * qlora.optimizer_shard * sizeof(float));
+    config_set_or_fail(&config, "zero.delayed_update=%s", "true"); // a second gradient buffer
+    if (!run_plan(&config, 4, &qlora, &err)) fail_msg("%s", err.message);
+    assert_int_equal(qlora.pinned_host_bytes, 5 * qlora.optimizer_shard * sizeof(float));
 }
 
 int main(void) {

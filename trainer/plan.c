@@ -75,14 +75,16 @@ static bool plan_checkpoint_bytes(const Config *config, const ModelOptions *opti
 }
 
 // Optimizer state of rank 0's shard (the largest): Adam moments in backend
-// memory, or masters, gradients and moments in pinned host memory with offload.
+// memory, or masters, gradients (two buffers with the delayed update) and
+// moments in pinned host memory with offload.
 static void plan_optimizer(const Config *config, RunPlan *plan) {
     size_t begin = 0, end = plan->model.n_params;
     if (config->zero.stage == 2) dist_shard_range(plan->model.n_params, plan->world_size, 0, &begin, &end);
     plan->optimizer_shard = end - begin;
     bool offload = strcmp(config->zero.offload, "cpu") == 0;
+    size_t host_buffers = config->zero.delayed_update ? 5 : 4;
     plan->optimizer_device_bytes = offload ? 0 : 2 * plan->optimizer_shard * sizeof(float);
-    plan->pinned_host_bytes = offload ? 4 * plan->optimizer_shard * sizeof(float) : 0;
+    plan->pinned_host_bytes = offload ? host_buffers * plan->optimizer_shard * sizeof(float) : 0;
 }
 
 static bool plan_memory(const Config *config, const ModelOptions *options, RunPlan *plan, Error *err) {

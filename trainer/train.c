@@ -219,13 +219,15 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
 
 // The step's micro-batches (with run, their images through its tower, and at
 // ZeRO stage 2 each micro-batch's gradient reduce-scattered to its owners,
-// bucket by bucket during the backward with zero.overlap_comm); *interrupted when a stop signal arrived after one of them (the step
-// is then incomplete and not applied).
-static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
-                       bool *interrupted, Error *err) {
+// bucket by bucket during the backward with zero.overlap_comm, the last
+// micro-batch's buckets copied to the host with --offload cpu); *interrupted
+// when a stop signal arrived after one of them (the step is then incomplete
+// and not applied).
+static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batch, uint64_t seed, int step,
+                       double *mean_loss, bool *interrupted, Error *err) {
     model_zero_grads(model);
     StepOptions options = {.grad_scale = (float)(1.0 / (double)batch->n_label_tokens), .train = true,
-                           .grads_ready = run ? zero_grads_ready : NULL, .grads_ready_context = run ? run->zero : NULL};
+                           .grads_ready = zero ? zero_grads_ready : NULL, .grads_ready_context = zero};
     double loss_sum = 0;
     size_t micro_tokens = (size_t)batch->B * batch->T;
     *interrupted = false;
@@ -237,8 +239,9 @@ static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t 
                                         (uint64_t)step * (uint64_t)batch->n_micro + (uint64_t)micro);
         double micro_loss;
         if (!vlm_micro_features(run, batch, micro, &micro_batch, err)) return false;
+        if (zero) zero_begin_micro_batch(zero, micro + 1 == batch->n_micro);
         if (!model_step(model, &micro_batch, &options, &micro_loss, err)) return false;
-        if (run && !zero_reduce_micro_batch(run->zero, model_grad_data(model), err)) return false;
+        if (zero && !zero_reduce_micro_batch(zero, model_grad_data(model), err)) return false;
         loss_sum += micro_loss;
         if (stop_signal && micro + 1 < batch->n_micro) {
             *interrupted = true;
@@ -249,10 +252,10 @@ static bool accumulate(Run *run, Model *model, const StepBatch *batch, uint64_t 
     return true;
 }
 
-bool train_accumulate(Model *model, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
+bool train_accumulate(Model *model, Zero *zero, const StepBatch *batch, uint64_t seed, int step, double *mean_loss,
                       Error *err) {
     bool interrupted;
-    return accumulate(NULL, model, batch, seed, step, mean_loss, &interrupted, err);
+    return accumulate(NULL, zero, model, batch, seed, step, mean_loss, &interrupted, err);
 }
 
 // Gradients summed over ranks, clipped by the global norm, AdamW (ZeRO).
@@ -284,7 +287,7 @@ static bool accumulate_global(Run *run, const StepBatch *batch, int step, double
     *skipped = global.n_label_tokens == 0;
     if (*skipped) return true;
     uint64_t rank_seed = run->config->train.seed ^ ((uint64_t)run->dist.info.rank * 0x9E3779B97F4A7C15ULL);
-    return accumulate(run, run->model, &global, rank_seed, step, loss, interrupted, err) &&
+    return accumulate(run, run->zero, run->model, &global, rank_seed, step, loss, interrupted, err) &&
            (*interrupted || all_reduce_host(&run->dist, loss, 1, err));
 }
 

@@ -106,12 +106,14 @@ typedef struct TrainSummary {
 } TrainSummary;
 
 struct StepBatch;
+struct Zero;
 // Zeroes the gradients, then runs forward and backward over every micro-batch
 // of one optimizer step with grad_scale = 1 / (the step's label tokens);
 // *mean_loss = (sum of token losses) / (label tokens). Dropout masks are drawn
-// from (seed, step, micro-batch).
-bool train_accumulate(Model *model, const struct StepBatch *batch, uint64_t seed, int step, double *mean_loss,
-                      Error *err);
+// from (seed, step, micro-batch). With a zero (NULL: none), each layer's
+// gradients go to it as they are ready and every micro-batch is reduced, as in training.
+bool train_accumulate(Model *model, struct Zero *zero, const struct StepBatch *batch, uint64_t seed, int step,
+                      double *mean_loss, Error *err);
 
 // How a run starts and stops, beside its config.
 typedef struct TrainControl {

@@ -13,7 +13,8 @@
 // (reduce_scatter_range_start) does not wait on the host: the communication
 // stream waits for an event recorded on the compute stream, and `wait`
 // finishes it as above; every later call is queued behind it on the same
-// stream. Rank 0 creates the unique id and shares it through the store. The communicator lives on the device ops_cuda selected
+// stream; reductions_event lets the backend's copy stream wait for the
+// reductions started so far. Rank 0 creates the unique id and shares it through the store. The communicator lives on the device ops_cuda selected
 // for this local rank (the calling thread's current device). Compiled when
 // CUDA is found; not yet run on a GPU.
 #include <cuda_runtime.h>
@@ -29,6 +30,7 @@ typedef struct NcclState {
     cudaStream_t stream;
     cudaEvent_t done;
     cudaEvent_t compute_ready;  // recorded on the compute stream before a background reduction
+    cudaEvent_t reduced;        // recorded after the background reductions, for the backend's copy stream
     const Ops *ops;             // the CUDA backend: its compute stream
     float *barrier_scalar;      // device, all-reduced by barrier
     double timeout_s;
@@ -172,6 +174,13 @@ static bool nccl_wait(Collectives *c, Error *err) {
 
 static size_t nccl_reductions_finished(Collectives *c) { return state_of(c)->finished; }
 
+static bool nccl_reductions_event(Collectives *c, void **event, Error *err) {
+    NcclState *s = state_of(c);
+    CUDA_TRY(cudaEventRecord(s->reduced, s->stream), "recording the reductions' event");
+    *event = s->reduced;
+    return true;
+}
+
 static bool nccl_all_gather(Collectives *c, float *x, size_t n, Error *err) {
     if (!begin_collective(c, "all_gather", err)) return false;
     NCCL_TRY(ncclGroupStart(), "group start");
@@ -210,6 +219,7 @@ static void nccl_destroy(Collectives *c) {
     if (s->barrier_scalar) (void)cudaFree(s->barrier_scalar);
     if (s->done) (void)cudaEventDestroy(s->done);
     if (s->compute_ready) (void)cudaEventDestroy(s->compute_ready);
+    if (s->reduced) (void)cudaEventDestroy(s->reduced);
     if (s->stream) (void)cudaStreamDestroy(s->stream);
     free(s);
     free(c);
@@ -235,6 +245,7 @@ static bool nccl_init(Collectives *c, Store *store, const RankInfo *info, Error 
     CUDA_TRY(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking), "creating the communication stream");
     CUDA_TRY(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming), "creating the communication event");
     CUDA_TRY(cudaEventCreateWithFlags(&s->compute_ready, cudaEventDisableTiming), "creating the compute event");
+    CUDA_TRY(cudaEventCreateWithFlags(&s->reduced, cudaEventDisableTiming), "creating the reductions' event");
     CUDA_TRY(cudaMalloc((void **)&s->barrier_scalar, sizeof *s->barrier_scalar), "allocating the barrier's scalar");
     CUDA_TRY(cudaMemset(s->barrier_scalar, 0, sizeof *s->barrier_scalar), "zeroing the barrier's scalar");
     ncclUniqueId id;
@@ -254,7 +265,8 @@ Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout
                        .all_reduce_sum = nccl_all_reduce, .reduce_scatter_sum = nccl_reduce_scatter,
                        .reduce_scatter_range_sum = nccl_reduce_scatter_range,
                        .reduce_scatter_range_start = nccl_reduce_scatter_range_start, .wait = nccl_wait,
-                       .reductions_finished = nccl_reductions_finished, .all_gather = nccl_all_gather,
+                       .reductions_finished = nccl_reductions_finished, .reductions_event = nccl_reductions_event,
+                       .all_gather = nccl_all_gather,
                        .broadcast = nccl_broadcast, .barrier = nccl_barrier, .destroy = nccl_destroy};
     if (!nccl_init(c, store, info, err)) {
         nccl_destroy(c);

@@ -54,6 +54,7 @@ static void cpu_zero(void *ptr, size_t bytes) {
 
 static void cpu_synchronize(void) {}
 static void *cpu_stream(void) { return NULL; }
+static void cpu_download_async(void *dst, const void *src, size_t bytes, void *after) { cpu_copy(dst, src, bytes); }
 
 static bool cpu_check(Error *err) { return true; }
 
@@ -138,6 +139,8 @@ static const Ops cpu_ops = {
     .synchronize = cpu_synchronize,
     .stream = cpu_stream,
     .peak_bytes = cpu_peak_bytes,
+    .download_async = cpu_download_async,
+    .synchronize_copies = cpu_synchronize,
     .upload_f32 = cpu_upload_f32,
     .download_f32 = cpu_download_f32,
     .params_to_act = cpu_params_to_act,

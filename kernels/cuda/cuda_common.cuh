@@ -14,9 +14,12 @@ extern "C" {
 typedef __nv_bfloat16 bf16;
 
 // One stream, one cuBLASLt handle and workspace, one fp32 staging buffer for
-// host <-> device conversions, and a scratch buffer that grows on demand.
+// host <-> device conversions, and a scratch buffer that grows on demand;
+// a copy stream for download_async.
 typedef struct CudaContext {
     cudaStream_t stream;
+    cudaStream_t copy_stream;
+    cudaEvent_t compute_done;  // recorded on stream for a copy to wait on
     cublasLtHandle_t lt;
     void *lt_workspace;
     size_t lt_workspace_bytes;

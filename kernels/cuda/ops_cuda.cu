@@ -1,5 +1,6 @@
 // The CUDA backend's op table: context setup, memory, sticky error reporting.
-// Activations are bf16; every op runs on one stream and is asynchronous.
+// Activations are bf16; every op runs on one stream and is asynchronous
+// (download_async on a second, copy stream).
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,6 +145,21 @@ static void synchronize(void) { cudaCheck(cudaStreamSynchronize(cuda_ctx.stream)
 
 static void *compute_stream(void) { return cuda_ctx.stream; }
 
+// The copy stream waits for `after` (an event of another stream) or for the
+// compute issued so far, then copies; the compute stream goes on meanwhile.
+static void download_async(void *dst_host, const void *src, size_t bytes, void *after) {
+    if (bytes == 0) return;
+    cudaEvent_t ready = (cudaEvent_t)after;
+    if (!ready) {
+        if (!cudaCheck(cudaEventRecord(cuda_ctx.compute_done, cuda_ctx.stream))) return;
+        ready = cuda_ctx.compute_done;
+    }
+    if (!cudaCheck(cudaStreamWaitEvent(cuda_ctx.copy_stream, ready, 0))) return;
+    cudaCheck(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, cuda_ctx.copy_stream));
+}
+
+static void synchronize_copies(void) { cudaCheck(cudaStreamSynchronize(cuda_ctx.copy_stream)); }
+
 // Host fp32 -> staging (fp32, device) -> bf16, one chunk at a time.
 static void upload_f32(void *dst_act, const float *src_host, size_t n) {
     bf16 *dst = (bf16 *)dst_act;
@@ -183,6 +199,8 @@ static const Ops cuda_ops = {
     .synchronize = synchronize,
     .stream = compute_stream,
     .peak_bytes = device_peak_bytes,
+    .download_async = download_async,
+    .synchronize_copies = synchronize_copies,
     .upload_f32 = upload_f32,
     .download_f32 = download_f32,
     .params_to_act = cuda_params_to_act,
@@ -259,6 +277,10 @@ static bool context_init(Error *err) {
     cuda_ctx.sm_count = prop.multiProcessorCount;
     if ((status = cudaStreamCreate(&cuda_ctx.stream)) != cudaSuccess)
         return fail(err, "cudaStreamCreate: %s", cudaGetErrorString(status));
+    if ((status = cudaStreamCreateWithFlags(&cuda_ctx.copy_stream, cudaStreamNonBlocking)) != cudaSuccess)
+        return fail(err, "cudaStreamCreate (copies): %s", cudaGetErrorString(status));
+    if ((status = cudaEventCreateWithFlags(&cuda_ctx.compute_done, cudaEventDisableTiming)) != cudaSuccess)
+        return fail(err, "cudaEventCreate: %s", cudaGetErrorString(status));
     cublasStatus_t lt_status = cublasLtCreate(&cuda_ctx.lt);
     if (lt_status != CUBLAS_STATUS_SUCCESS) return fail(err, "cublasLtCreate: status %d", (int)lt_status);
     cuda_ctx.lt_workspace_bytes = CUDA_LT_WORKSPACE_BYTES;

@@ -6,7 +6,10 @@
 // parameters of the unbucketed reduction; ZeRO with --offload cpu
 // (immediate, and the delayed update against the immediate one a step
 // later) gives the parameters of ZeRO without offload on the same gradient
-// sequence: the CPU AdamW against the CUDA op, < 1e-5 relative.
+// sequence: the CPU AdamW against the CUDA op, < 1e-5 relative; with buckets
+// copied to the host on the copy stream during the stand-in backward (after
+// the compute stream with one rank, after NCCL's event on a communicator)
+// the same bits as the shard downloaded at the step.
 // Without a usable CUDA device the program prints why and exits 77 (skipped).
 #include "../test_util.h"
 
@@ -171,8 +174,10 @@ static void zero_run_step(ZeroRun *run, const float *grads_host, float lr) {
 // As a backward would: each "layer" of LAYER elements of the gradient written
 // (uploaded, then scaled on the compute stream) and reported from the last
 // down, buckets of two layers, then the micro-batch's reduction and the step.
+// The one micro-batch is the step's last: with offload its buckets go to the host.
 static void zero_run_bucketed_step(ZeroRun *run, const float *grads_host, float lr) {
     Error err;
+    zero_begin_micro_batch(run->zero, true);
     gpu->zero(run->grads, N * sizeof(float));
     for (size_t end = N; end > 0;) {
         size_t begin = end > LAYER ? end - LAYER : 0;
@@ -208,7 +213,7 @@ static void test_offload_gives_the_parameters_of_no_offload(void **state) {
     assert_non_null(coll);
     Rng rng;
     rng_seed(&rng, 11);
-    float *initial = malloc(N * sizeof(float)), *grads[STEPS];
+    float *initial = malloc(N * sizeof(float)), *grads[STEPS], *doubled = malloc(N * sizeof(float));
     fill_uniform(initial, N, -0.5f, 0.5f, &rng);
     for (int step = 0; step < STEPS; step++) {
         grads[step] = malloc(N * sizeof(float));
@@ -216,23 +221,35 @@ static void test_offload_gives_the_parameters_of_no_offload(void **state) {
     }
     ZeroRun plain = zero_run(coll, initial, false, false, false), offload = zero_run(coll, initial, true, false, false);
     ZeroRun delayed = zero_run(coll, initial, true, true, false);
+    ZeroRun offload_buckets = zero_run(coll, initial, true, false, true), delayed_buckets = zero_run(coll, initial, true, true, true);
     for (int step = 0; step < STEPS; step++) {
         float lr = 1e-2f / (float)(step + 1);
+        for (size_t i = 0; i < N; i++) doubled[i] = 2 * grads[step][i]; // the stand-in backward halves it exactly
         zero_run_step(&plain, grads[step], lr);
         zero_run_step(&offload, grads[step], lr);
         zero_run_step(&delayed, grads[step], lr);
+        zero_run_bucketed_step(&offload_buckets, doubled, lr);
+        zero_run_bucketed_step(&delayed_buckets, doubled, lr);
         double error = params_difference(offload.params, plain.params);
-        print_message("step %d: offload vs no offload, max relative error %.3g\n", step + 1, error);
+        double buckets_error = params_difference(offload_buckets.params, offload.params);
+        print_message("step %d: offload vs no offload, max relative error %.3g; copied per bucket vs downloaded %.3g\n",
+                      step + 1, error, buckets_error);
         assert_true(error < F32_TOL);
+        assert_true(buckets_error == 0);
     }
     // The delayed run, flushed, has applied the same updates (its gradients did not depend on its parameters).
     assert_true(zero_flush(delayed.zero, delayed.params, &err));
+    assert_true(zero_flush(delayed_buckets.zero, delayed_buckets.params, &err));
     double error = params_difference(delayed.params, plain.params);
-    print_message("delayed update, flushed, vs no offload: max relative error %.3g\n", error);
+    double buckets_error = params_difference(delayed_buckets.params, delayed.params);
+    print_message("delayed update, flushed, vs no offload: max relative error %.3g; copied per bucket vs downloaded %.3g\n",
+                  error, buckets_error);
     assert_true(error < F32_TOL);
+    assert_true(buckets_error == 0);
     zero_run_destroy(&plain), zero_run_destroy(&offload), zero_run_destroy(&delayed);
+    zero_run_destroy(&offload_buckets), zero_run_destroy(&delayed_buckets);
     for (int step = 0; step < STEPS; step++) free(grads[step]);
-    free(initial);
+    free(initial), free(doubled);
     collectives_destroy(coll);
 }
 
@@ -244,21 +261,29 @@ static void test_nccl_buckets_give_the_unbucketed_parameters(void **state) {
     fill_uniform(initial, N, -0.5f, 0.5f, &rng);
     ZeroRun bucketed = zero_run(world.nccl, initial, false, false, true);
     ZeroRun plain = zero_run(world.nccl, initial, false, false, false);
+    ZeroRun offload_bucketed = zero_run(world.nccl, initial, true, false, true); // copies after NCCL's event
+    ZeroRun offload_plain = zero_run(world.nccl, initial, true, false, false);
     Error err;
     for (int step = 0; step < STEPS; step++) {
         fill_uniform(grads, N, -0.02f, 0.02f, &rng);
         for (size_t i = 0; i < N; i++) halved[i] = 0.5f * grads[i];
         zero_run_bucketed_step(&bucketed, grads, 1e-2f);
-        gpu->upload(plain.grads, halved, N * sizeof(float));
-        if (!zero_reduce_micro_batch(plain.zero, plain.grads, &err)) fail_msg("%s", err.message);
-        float norm;
-        if (!zero_step(plain.zero, plain.params, plain.grads, 1e-2f, &norm, &err)) fail_msg("%s", err.message);
+        zero_run_bucketed_step(&offload_bucketed, grads, 1e-2f);
+        ZeroRun *unbucketed[] = {&plain, &offload_plain};
+        for (int r = 0; r < 2; r++) {
+            gpu->upload(unbucketed[r]->grads, halved, N * sizeof(float));
+            if (!zero_reduce_micro_batch(unbucketed[r]->zero, unbucketed[r]->grads, &err)) fail_msg("%s", err.message);
+            float norm;
+            if (!zero_step(unbucketed[r]->zero, unbucketed[r]->params, unbucketed[r]->grads, 1e-2f, &norm, &err))
+                fail_msg("%s", err.message);
+        }
     }
     double error = params_difference(bucketed.params, plain.params);
-    print_message("buckets of %d during the stand-in backward vs one reduction: max relative error %.3g\n", 2 * LAYER,
-                  error);
-    assert_true(error == 0);
-    zero_run_destroy(&bucketed), zero_run_destroy(&plain);
+    double offload_error = params_difference(offload_bucketed.params, offload_plain.params);
+    print_message("buckets of %d during the stand-in backward vs one reduction: max relative error %.3g, %.3g with "
+                  "offload (copied per bucket vs downloaded)\n", 2 * LAYER, error, offload_error);
+    assert_true(error == 0 && offload_error == 0);
+    zero_run_destroy(&bucketed), zero_run_destroy(&plain), zero_run_destroy(&offload_bucketed), zero_run_destroy(&offload_plain);
     free(initial), free(grads), free(halved);
     nccl_world_destroy(&world);
 }
