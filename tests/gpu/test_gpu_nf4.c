@@ -91,7 +91,7 @@ static void check_blockwise_u8(size_t n_blocks) {
 static void test_blockwise_u8_bit_identical(void **state) {
     require_gpu();
     // 1, a partial nested block, exact blocks, and q_proj / down_proj of Llama-3-8B
-    size_t sizes[] = {1, 255, 256, 257, 1000, 4096 * 4096 / 64, 14336 * 4096 / 64 + 3};
+    size_t sizes[] = {1, 255, 256, 257, 1000, 256 * 37 + 5, 4096 * 4096 / 64, 14336 * 4096 / 64 + 3};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) check_blockwise_u8(sizes[i]);
 }
 
@@ -132,7 +132,8 @@ static void check_weight(int64_t rows, int64_t cols, bool double_quant) {
 
 static void test_nf4_odd_sizes(void **state) {
     require_gpu();
-    int64_t shapes[][2] = {{1, 1}, {1, 63}, {3, 7}, {5, 65}, {17, 129}, {33, 1001}, {257, 64}};
+    // 1x6465: an odd count over many blocks, the last byte's low nibble not an element
+    int64_t shapes[][2] = {{1, 1}, {1, 63}, {3, 7}, {5, 65}, {17, 129}, {33, 1001}, {1, 64 * 101 + 1}, {257, 64}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         check_weight(shapes[i][0], shapes[i][1], false);
         check_weight(shapes[i][0], shapes[i][1], true);
