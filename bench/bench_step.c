@@ -7,33 +7,13 @@
 #include <string.h>
 
 #include "bench/op_timer.h"
+#include "bench/step_util.h"
 #include "data/data.h"
 #include "model/model.h"
 #include "optim/optim.h"
 #include "trainer/trainer.h"
 
 enum { B = 4, T = 256, WARMUP_STEPS = 2 };
-
-// ----------------------------------------------------------------------------
-// the step
-
-static void random_step_batch(StepBatch *batch, int vocab) {
-    Rng rng;
-    rng_seed(&rng, 3);
-    *batch = (StepBatch){.n_micro = 1, .B = B, .T = T};
-    batch->tokens = malloc(sizeof(int32_t) * B * T);
-    batch->targets = malloc(sizeof(int32_t) * B * T);
-    for (int i = 0; i < B * T; i++) {
-        batch->tokens[i] = (int32_t)rng_below(&rng, (uint64_t)vocab);
-        batch->targets[i] = (int32_t)rng_below(&rng, (uint64_t)vocab);
-    }
-    batch->n_label_tokens = B * T;
-}
-
-static int compare_doubles(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 int main(int argc, char **argv) {
     bool checkpointing = false;
@@ -58,7 +38,7 @@ int main(int argc, char **argv) {
     if (!norm_scratch || !adamw_init(&opt, &ops, n_params, 0.9f, 0.999f, 1e-8f, 0.0f, &err))
         return fprintf(stderr, "%s\n", err.message), 1;
     StepBatch batch;
-    random_step_batch(&batch, options.config.vocab_size);
+    random_step_batch(&batch, B, T, options.config.vocab_size);
     double *step_seconds = malloc(sizeof(double) * (size_t)steps);
     for (int step = 0; step < WARMUP_STEPS + steps; step++) {
         if (step == WARMUP_STEPS) op_timer_reset();
@@ -70,7 +50,7 @@ int main(int argc, char **argv) {
         model_sync_params(model);
         if (step >= WARMUP_STEPS) step_seconds[step - WARMUP_STEPS] = time_seconds() - start;
     }
-    qsort(step_seconds, (size_t)steps, sizeof(double), compare_doubles);
+    sort_seconds(step_seconds, steps);
     double median = step_seconds[steps / 2], mean = 0;
     for (int i = 0; i < steps; i++) mean += step_seconds[i] / steps;
     const LlamaConfig *c = &options.config;

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "bench/op_timer.h"
+#include "bench/step_util.h"
 #include "data/data.h"
 #include "dist/dist.h"
 #include "model/model.h"
@@ -189,27 +190,10 @@ typedef struct Result {
     size_t peak_bytes, n_params;
 } Result;
 
-static void random_batch(StepBatch *batch, int B, int T, int vocab) {
-    Rng rng;
-    rng_seed(&rng, 3);
-    *batch = (StepBatch){.n_micro = 1, .B = B, .T = T, .n_label_tokens = (int64_t)B * T};
-    batch->tokens = malloc(sizeof(int32_t) * B * T);
-    batch->targets = malloc(sizeof(int32_t) * B * T);
-    for (int i = 0; i < B * T; i++) {
-        batch->tokens[i] = (int32_t)rng_below(&rng, (uint64_t)vocab);
-        batch->targets[i] = (int32_t)rng_below(&rng, (uint64_t)vocab);
-    }
-}
-
-static int compare_doubles(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 static bool train_steps(const Args *a, Model *model, Zero *zero, Result *r, Error *err) {
     const Ops *ops = model_ops(model);
     StepBatch batch;
-    random_batch(&batch, a->batch, a->seq, model_config(model)->vocab_size);
+    random_step_batch(&batch, a->batch, a->seq, model_config(model)->vocab_size);
     double *seconds = malloc(sizeof(double) * (size_t)a->steps);
     bool ok = batch.tokens && batch.targets && seconds;
     for (int step = 0; ok && step < a->warmup + a->steps; step++) {
@@ -227,7 +211,7 @@ static bool train_steps(const Args *a, Model *model, Zero *zero, Result *r, Erro
         if (step >= a->warmup) seconds[step - a->warmup] = time_seconds() - start;
     }
     if (ok) {
-        qsort(seconds, (size_t)a->steps, sizeof(double), compare_doubles);
+        sort_seconds(seconds, a->steps);
         r->median_s = seconds[a->steps / 2], r->min_s = seconds[0], r->max_s = seconds[a->steps - 1];
     }
     free(seconds), free(batch.tokens), free(batch.targets);

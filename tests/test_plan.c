@@ -125,48 +125,78 @@ static Config config_for(const char *preset, int B, int T, bool checkpointing, b
     return config;
 }
 
+// The CPU backend with its alloc and free counted.
+static const Ops *counted_cpu(void) {
+    static Ops counted;
+    counted = *ops_cpu();
+    counted.alloc = counted_alloc;
+    counted.free = counted_free;
+    return &counted;
+}
+
+// The preset on the counted CPU backend with LoRA (r 8) on every linear.
+static ModelOptions counted_model_options(const char *preset, int B, int T) {
+    ModelOptions options = {.ops = counted_cpu(), .lora = {.r = 8, .alpha = 16}, .max_batch = B, .max_seq_len = T,
+                            .lm_head_chunk = 1024, .seed = 1};
+    Error err;
+    assert_true(llama_config_preset(preset, &options.config, &err));
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) options.lora.targets[t] = true;
+    return options;
+}
+
+// A model and its optimizer (stage 0), created with the counts at zero.
+typedef struct Trainable {
+    Model *model;
+    Collectives *coll;
+    Zero *zero;
+} Trainable;
+
+static Trainable trainable_create(const ModelOptions *options) {
+    Error err;
+    live_bytes = peak_bytes = 0;
+    Trainable t = {.model = model_create(options, &err)};
+    if (!t.model) fail_msg("model_create: %s", err.message);
+    t.coll = collectives_single(&err);
+    assert_non_null(t.coll);
+    ZeroOptions zero_options = {.stage = 0, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
+    t.zero = zero_create(options->ops, t.coll, model_param_data(t.model), model_grad_data(t.model),
+                         model_params(t.model)->total, &zero_options, &err);
+    if (!t.zero) fail_msg("zero_create: %s", err.message);
+    return t;
+}
+
+// Destroys them and asserts that no counted byte is left allocated.
+static void trainable_destroy(Trainable *t) {
+    zero_destroy(t->zero);
+    t->coll->destroy(t->coll);
+    model_destroy(t->model);
+    assert_int_equal(live_bytes, 0);
+}
+
 // The peak of counted allocations while the model and the optimizer are
 // created and one training step runs.
 static size_t measured_peak(const ModelOptions *options, int B, int T) {
-    Error err;
-    live_bytes = peak_bytes = 0;
-    Model *model = model_create(options, &err);
-    if (!model) fail_msg("model_create: %s", err.message);
-    Collectives *coll = collectives_single(&err);
-    assert_non_null(coll);
-    ZeroOptions zero_options = {.stage = 0, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
-    Zero *zero = zero_create(options->ops, coll, model_param_data(model), model_grad_data(model),
-                             model_params(model)->total, &zero_options, &err);
-    if (!zero) fail_msg("zero_create: %s", err.message);
+    Trainable t = trainable_create(options);
     int32_t tokens[B * T], targets[B * T];
     for (int i = 0; i < B * T; i++) tokens[i] = targets[i] = (i * 7) % 200;
     Batch batch = {.B = B, .T = T, .tokens = tokens, .targets = targets};
     StepOptions step = {.grad_scale = 1.0f / (float)(B * T), .train = true};
     double loss;
     float norm;
-    if (!model_step(model, &batch, &step, &loss, &err)) fail_msg("model_step: %s", err.message);
-    if (!zero_step(zero, model_param_data(model), model_grad_data(model), 1e-3f, &norm, &err))
+    Error err;
+    if (!model_step(t.model, &batch, &step, &loss, &err)) fail_msg("model_step: %s", err.message);
+    if (!zero_step(t.zero, model_param_data(t.model), model_grad_data(t.model), 1e-3f, &norm, &err))
         fail_msg("zero_step: %s", err.message);
-    zero_destroy(zero);
-    coll->destroy(coll);
-    model_destroy(model);
-    assert_int_equal(live_bytes, 0);
+    trainable_destroy(&t);
     return peak_bytes;
 }
 
 static void check_memory(const char *preset, int B, int T, bool checkpointing, bool nf4) {
     Config config = config_for(preset, B, T, checkpointing, nf4);
     RunPlan plan = plan_of(&config);
-    Ops counted = *ops_cpu();
-    counted.alloc = counted_alloc;
-    counted.free = counted_free;
-    LlamaConfig llama;
-    Error err;
-    assert_true(llama_config_preset(preset, &llama, &err));
-    ModelOptions options = {.ops = &counted, .config = llama, .lora = {.r = 8, .alpha = 16},
-                            .max_batch = B, .max_seq_len = T, .activation_checkpointing = checkpointing,
-                            .lm_head_chunk = 1024, .seed = 1, .nf4 = nf4, .nf4_double_quant = true};
-    for (int t = 0; t < LORA_TARGET_COUNT; t++) options.lora.targets[t] = true;
+    ModelOptions options = counted_model_options(preset, B, T);
+    options.activation_checkpointing = checkpointing;
+    options.nf4 = nf4, options.nf4_double_quant = true;
     size_t peak = measured_peak(&options, B, T);
     double relative = ((double)plan.device_total_bytes - (double)peak) / (double)peak;
     print_message("%s B %d T %d checkpointing %d nf4 %d: planned %zu bytes, measured peak %zu (%+.2f%%)\n", preset,
@@ -185,38 +215,21 @@ static void test_cpu_memory_matches_measured_peak(void **state) {
 // linear), its optimizer and, with `clip`, the tower and its feature buffer
 // exist, counted on the CPU backend.
 static size_t measured_resident(const char *preset, int B, int T, const ClipVisionConfig *clip) {
-    Ops counted = *ops_cpu();
-    counted.alloc = counted_alloc;
-    counted.free = counted_free;
-    LlamaConfig llama;
-    Error err;
-    assert_true(llama_config_preset(preset, &llama, &err));
-    ModelOptions options = {.ops = &counted, .config = llama, .lora = {.r = 8, .alpha = 16}, .max_batch = B,
-                            .max_seq_len = T, .lm_head_chunk = 1024, .seed = 1};
-    for (int t = 0; t < LORA_TARGET_COUNT; t++) options.lora.targets[t] = true;
+    ModelOptions options = counted_model_options(preset, B, T);
     if (clip) {
         options.projector_in = clip->hidden_size;
         options.max_image_rows = B * clip_n_patches(clip);
     }
-    live_bytes = peak_bytes = 0;
-    Model *model = model_create(&options, &err);
-    if (!model) fail_msg("model_create: %s", err.message);
-    Collectives *coll = collectives_single(&err);
-    assert_non_null(coll);
-    ZeroOptions zero_options = {.stage = 0, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f};
-    Zero *zero = zero_create(&counted, coll, model_param_data(model), model_grad_data(model),
-                             model_params(model)->total, &zero_options, &err);
-    if (!zero) fail_msg("zero_create: %s", err.message);
-    ClipTower *tower = clip ? clip_tower_create(&counted, clip, B, &err) : NULL;
+    Trainable t = trainable_create(&options);
+    const Ops *counted = options.ops;
+    Error err;
+    ClipTower *tower = clip ? clip_tower_create(counted, clip, B, &err) : NULL;
     if (clip && !tower) fail_msg("clip_tower_create: %s", err.message);
-    void *features = clip ? counted.alloc((size_t)B * clip_n_patches(clip) * clip->hidden_size * sizeof(float), &err) : NULL;
+    void *features = clip ? counted->alloc((size_t)B * clip_n_patches(clip) * clip->hidden_size * sizeof(float), &err) : NULL;
     size_t resident = live_bytes;
-    counted.free(features);
+    counted->free(features);
     clip_tower_destroy(tower);
-    zero_destroy(zero);
-    coll->destroy(coll);
-    model_destroy(model);
-    assert_int_equal(live_bytes, 0);
+    trainable_destroy(&t);
     return resident;
 }
 

@@ -8,18 +8,25 @@
 #include "checkpoints/checkpoints.h"
 #include "trainer/trainer.h"
 
+// Trains the recipe in dir: it must run `steps` steps and at least halve the loss.
+static TrainSummary train_and_expect_learning(const char *dir, const char *const *recipe, size_t n, int steps,
+                                              const char *what) {
+    Config config = tiny_run_config(dir, recipe, n);
+    Error err;
+    TrainSummary summary;
+    if (!train_run(&config, &summary, &err)) fail_msg("train_run: %s", err.message);
+    print_message("%s: loss %.4f -> %.4f over %d steps\n", what, summary.first_loss, summary.last_loss, summary.steps);
+    assert_int_equal(summary.steps, steps);
+    assert_true(summary.last_loss < 0.5 * summary.first_loss);
+    return summary;
+}
+
 static void test_tiny_model_learns(void **state) {
     const char *dir = make_temp_dir("learn");
     const char *recipe[] = {"data.create_if_missing=demo", "data.max_seq_len=64", "lora.target=all", "lora.r=8",
                             "lora.alpha=16", "train.micro_batch=8", "train.max_steps=80", "train.lr=5e-3", "train.schedule=cosine",
                             "train.log_every=20", "checkpoint.every_steps=40", "train.backend=cpu"};
-    Config config = tiny_run_config(dir, recipe, sizeof recipe / sizeof recipe[0]);
-    Error err;
-    TrainSummary summary;
-    if (!train_run(&config, &summary, &err)) fail_msg("train_run: %s", err.message);
-    print_message("loss %.4f -> %.4f over %d steps\n", summary.first_loss, summary.last_loss, summary.steps);
-    assert_int_equal(summary.steps, 80);
-    assert_true(summary.last_loss < 0.5 * summary.first_loss);
+    TrainSummary summary = train_and_expect_learning(dir, recipe, sizeof recipe / sizeof recipe[0], 80, "one chat a row");
 
     char path[2048];
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", summary.adapter_dir);
@@ -35,13 +42,7 @@ static void test_tiny_model_learns_packed(void **state) {
                             "lora.target=all", "lora.r=8", "lora.alpha=16", "train.micro_batch=4",
                             "train.max_steps=60", "train.lr=5e-3", "train.schedule=cosine", "train.log_every=20",
                             "train.backend=cpu"};
-    Config config = tiny_run_config(dir, recipe, sizeof recipe / sizeof recipe[0]);
-    Error err;
-    TrainSummary summary;
-    if (!train_run(&config, &summary, &err)) fail_msg("train_run: %s", err.message);
-    print_message("packed: loss %.4f -> %.4f over %d steps\n", summary.first_loss, summary.last_loss, summary.steps);
-    assert_int_equal(summary.steps, 60);
-    assert_true(summary.last_loss < 0.5 * summary.first_loss);
+    train_and_expect_learning(dir, recipe, sizeof recipe / sizeof recipe[0], 60, "packed");
 }
 
 int main(void) {

@@ -11,10 +11,8 @@
 // the compute stream with one rank, after NCCL's event on a communicator)
 // the same bits as the shard downloaded at the step.
 // Without a usable CUDA device the program prints why and exits 77 (skipped).
-#include "../test_util.h"
+#include "gpu_test_util.h"
 
-#include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,24 +21,6 @@
 #define F32_TOL 1e-5
 
 enum { N = 10007, STEPS = 5 };
-
-static const Ops *gpu;
-
-static float *device_copy(const float *host, size_t n) {
-    Error err;
-    float *x = gpu->alloc(n * sizeof(float), &err);
-    if (!x) fail_msg("%s", err.message);
-    gpu->upload(x, host, n * sizeof(float));
-    return x;
-}
-
-static float *host_copy(const float *device, size_t n) {
-    float *x = malloc(n * sizeof(float));
-    assert_non_null(x);
-    gpu->download(x, device, n * sizeof(float));
-    gpu->synchronize();
-    return x;
-}
 
 // ----------------------------------------------------------------------------
 // NCCL, world size 1
@@ -75,18 +55,16 @@ static void test_nccl_world_size_one(void **state) {
     rng_seed(&rng, 5);
     float *values = malloc(N * sizeof(float));
     fill_uniform(values, N, -1, 1, &rng);
-    float *x = device_copy(values, N);
+    float *x = gpu_copy(values, N * sizeof(float));
     assert_true(nccl->all_reduce_sum(nccl, x, N, DTYPE_F32, &err));
     assert_true(nccl->reduce_scatter_sum(nccl, x, N, &err));
     assert_true(nccl->all_gather(nccl, x, N, &err));
     assert_true(nccl->broadcast(nccl, x, N * sizeof(float), 0, &err));
     assert_true(nccl->barrier(nccl, &err));
-    float *back = host_copy(x, N);
+    float *back = gpu_f32_result(x, N);
     assert_memory_equal(back, values, N * sizeof(float));
     double sum_host[2] = {1.5, -2.25}, sum_back[2];
-    double *sum = gpu->alloc(sizeof sum_host, &err);
-    assert_non_null(sum);
-    gpu->upload(sum, sum_host, sizeof sum_host);
+    double *sum = gpu_copy(sum_host, sizeof sum_host);
     assert_true(nccl->all_reduce_sum(nccl, sum, 2, DTYPE_F64, &err));
     gpu->download(sum_back, sum, sizeof sum_back);
     gpu->synchronize();
@@ -106,7 +84,7 @@ static void test_nccl_ranged_reduce_scatter(void **state) {
     rng_seed(&rng, 6);
     float *values = malloc(N * sizeof(float));
     fill_uniform(values, N, -1, 1, &rng);
-    float *x = device_copy(values, N);
+    float *x = gpu_copy(values, N * sizeof(float));
     Error err;
     for (int k = 0; k < N_RANGES; k++)
         if (!nccl->reduce_scatter_range_sum(nccl, x, N, ranges[k][0], ranges[k][1], &err)) fail_msg("%s", err.message);
@@ -115,7 +93,7 @@ static void test_nccl_ranged_reduce_scatter(void **state) {
         if (!nccl->reduce_scatter_range_start(nccl, x, N, ranges[k][0], ranges[k][1], &err)) fail_msg("%s", err.message);
     if (!nccl->wait(nccl, &err)) fail_msg("wait: %s", err.message);
     assert_int_equal(nccl->reductions_finished(nccl), N_RANGES);
-    float *back = host_copy(x, N);
+    float *back = gpu_f32_result(x, N);
     for (size_t i = 0; i < N; i++) assert_true(back[i] == 2.0f * values[i]);
     assert_false(nccl->reduce_scatter_range_sum(nccl, x, N, 10, N + 1, &err));
     print_message("range outside the buffer: %s\n", err.message);
@@ -157,8 +135,7 @@ static ZeroRun zero_run(Collectives *coll, const float *initial, bool offload, b
                            .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .max_grad_norm = 1.0f,
                            .overlap_comm = overlap, .bucket_elements = 2 * LAYER};
     Error err;
-    ZeroRun run = {.params = device_copy(initial, N), .grads = gpu->alloc(N * sizeof(float), &err)};
-    if (!run.grads) fail_msg("%s", err.message);
+    ZeroRun run = {.params = gpu_copy(initial, N * sizeof(float)), .grads = gpu_alloc(N * sizeof(float))};
     run.zero = zero_create(gpu, coll, run.params, run.grads, N, &options, &err);
     if (!run.zero) fail_msg("zero_create: %s", err.message);
     return run;
@@ -198,7 +175,7 @@ static void zero_run_destroy(ZeroRun *run) {
 
 // Max |a - b| / max(|b|, floor) over the buffer, on the host.
 static double params_difference(const float *a_device, const float *b_device) {
-    float *a = host_copy(a_device, N), *b = host_copy(b_device, N);
+    float *a = gpu_f32_result(a_device, N), *b = gpu_f32_result(b_device, N);
     double *reference = malloc(N * sizeof(double));
     assert_non_null(reference);
     for (size_t i = 0; i < N; i++) reference[i] = b[i];
@@ -296,10 +273,6 @@ int main(void) {
         cmocka_unit_test(test_nccl_join_times_out_without_the_peer),
         cmocka_unit_test(test_offload_gives_the_parameters_of_no_offload),
     };
-    Error why;
-    if (!(gpu = ops_cuda(&why))) { // CTest reads exit status 77 as "skipped" (SKIP_RETURN_CODE)
-        printf("SKIPPED: NCCL and offload GPU tests: %s\n", why.message);
-        return 77;
-    }
+    if (!gpu_tests_init("NCCL and offload GPU tests")) return GPU_TESTS_SKIPPED;
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,12 +9,11 @@
 // gradients ||gpu - cpu|| / ||cpu|| < 2e-2; after three AdamW steps at lr 1e-3
 // the parameters within 1e-2 of each other while each moved more than 2e-2.
 // Without a usable CUDA device every test is skipped with the reason.
-#include "../test_util.h"
+#include "gpu_test_util.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "model/model.h"
 #include "optim/optim.h"
@@ -26,21 +25,6 @@ enum { BATCH = 2, SEQ = 13, PROJECTOR_IN = 24, IMAGE_ROWS = 6, IMAGE_TOKEN = 261
 #define PARAM_TOL 1e-2
 #define MIN_PARAM_MOVE 2e-2
 #define LR 1e-3f
-
-static const Ops *cpu, *gpu;
-static Error gpu_error;
-
-static int setup(void **state) {
-    cpu = ops_cpu();
-    gpu = ops_cuda(&gpu_error);
-    return 0;
-}
-
-static void require_gpu(void) {
-    if (gpu) return;
-    print_message("%s\n", gpu_error.message);
-    skip();
-}
 
 typedef struct Case {
     bool nf4, checkpointing, vlm;
@@ -153,17 +137,6 @@ static float *download_floats(Model *model, const float *src) {
     return host;
 }
 
-// ||a - b|| / ||b|| over [begin, end); NaN anywhere gives NaN.
-static double rel_error(const float *a, const float *b, size_t begin, size_t end) {
-    double diff = 0, ref = 0;
-    for (size_t i = begin; i < end; i++) {
-        double d = (double)a[i] - b[i];
-        diff += d * d;
-        ref += (double)b[i] * b[i];
-    }
-    return ref > 0 ? sqrt(diff / ref) : sqrt(diff);
-}
-
 // Prints the worst parameter tensor (for diagnosis) and asserts the whole.
 static void expect_grads_close(Model *gpu_model, Model *cpu_model, const char *what) {
     const ParamTable *table = model_params(cpu_model);
@@ -173,10 +146,10 @@ static void expect_grads_close(Model *gpu_model, Model *cpu_model, const char *w
     double worst_error = 0;
     for (int i = 0; i < table->count; i++) {
         const ParamEntry *e = &table->entries[i];
-        double error = rel_error(got, want, e->offset, e->offset + e->numel);
+        double error = rel_error(got + e->offset, want + e->offset, e->numel);
         if (!(error <= worst_error)) worst = i, worst_error = error;
     }
-    double error = rel_error(got, want, 0, table->total);
+    double error = rel_error(got, want, table->total);
     print_message("%s: gradients relative error %.3g (worst tensor %s: %.3g)\n", what, error,
                   table->entries[worst].name, worst_error);
     if (!(error < GRAD_TOL)) fail_msg("%s: gradients relative error %.3g, bound %.3g", what, error, GRAD_TOL);
@@ -187,7 +160,6 @@ static void expect_grads_close(Model *gpu_model, Model *cpu_model, const char *w
 // the cases
 
 static void check_case(Case c) {
-    require_gpu();
     Model *gpu_model = make_model(gpu, c), *cpu_model = make_model(cpu, c);
     char what[96];
     snprintf(what, sizeof what, "%s%s, checkpointing %s", c.nf4 ? "nf4" : "bf16", c.vlm ? " + projector" : "",
@@ -216,7 +188,7 @@ static void check_case(Case c) {
     }
     float *got = download_floats(gpu_model, model_param_data(gpu_model));
     float *want = download_floats(cpu_model, model_param_data(cpu_model));
-    double param_error = rel_error(got, want, 0, n), moved = rel_error(want, start, 0, n);
+    double param_error = rel_error(got, want, n), moved = rel_error(want, start, n);
     print_message("%s: after %d AdamW steps parameters relative error %.3g (moved %.3g)\n", what, ADAM_STEPS,
                   param_error, moved);
     if (!(moved > MIN_PARAM_MOVE)) fail_msg("%s: parameters moved only %.3g", what, moved);
@@ -242,10 +214,6 @@ int main(void) {
         cmocka_unit_test(test_projector),
         cmocka_unit_test(test_projector_checkpointing),
     };
-    Error why;
-    if (!ops_cuda(&why)) { // CTest reads exit status 77 as "skipped" (SKIP_RETURN_CODE)
-        printf("SKIPPED: every whole-model GPU test: %s\n", why.message);
-        return 77;
-    }
-    return cmocka_run_group_tests(tests, setup, NULL);
+    if (!gpu_tests_init("every whole-model GPU test")) return GPU_TESTS_SKIPPED;
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,64 +6,19 @@
 // values of the gradient's own size, so "write" instead of "add" fails.
 // Error: ||gpu - cpu|| / ||cpu||, < 1e-2 for bf16 outputs, < 1e-5 for fp32 ops.
 // Without a usable CUDA device every test is skipped with the reason.
-#include "../test_util.h"
+#include "gpu_test_util.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/ops.h"
-
 #define BF16_TOL 1e-2
 #define F32_TOL 1e-5
 #define STAT_TOL 1e-4  // fp32 results of bf16 inputs: rstd, lse, loss
 
-static const Ops *cpu, *gpu;
-static Error gpu_error;
-static Rng rng;
-
-static int setup(void **state) {
-    cpu = ops_cpu();
-    gpu = ops_cuda(&gpu_error);
-    rng_seed(&rng, 20240611);
-    return 0;
-}
-
-static void require_gpu(void) {
-    if (gpu) return;
-    print_message("%s\n", gpu_error.message);
-    skip();
-}
-
 // ----------------------------------------------------------------------------
-// host arrays (the CPU backend's memory is host memory)
-
-static float *host_alloc(size_t n) {
-    float *x = malloc((n > 0 ? n : 1) * sizeof(float));
-    assert_non_null(x);
-    return x;
-}
-
-// n values in [lo, hi), each exactly representable in bf16.
-static float *random_act(size_t n, float lo, float hi) {
-    float *x = host_alloc(n);
-    fill_uniform(x, n, lo, hi, &rng);
-    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
-    return x;
-}
-
-static float *random_f32(size_t n, float lo, float hi) {
-    float *x = host_alloc(n);
-    fill_uniform(x, n, lo, hi, &rng);
-    return x;
-}
-
-static float *nan_array(size_t n) {
-    float *x = host_alloc(n);
-    poison(x, n);
-    return x;
-}
+// inputs
 
 static double rms(const float *x, size_t n) {
     double sum = 0;
@@ -78,77 +33,9 @@ static float *accumulator_like(const float *grad, size_t n) {
 }
 
 // ----------------------------------------------------------------------------
-// device buffers
-
-static void gpu_ok(void) {
-    Error err;
-    gpu->synchronize();
-    if (!gpu->check(&err)) fail_msg("%s", err.message);
-}
-
-static void *gpu_raw(const void *host, size_t bytes) {
-    Error err;
-    void *dev = gpu->alloc(bytes, &err);
-    if (!dev) fail_msg("%s", err.message);
-    gpu->upload(dev, host, bytes);
-    return dev;
-}
-
-static void *gpu_act(const float *host, size_t n) {
-    Error err;
-    void *dev = gpu->alloc(n * 2, &err);
-    if (!dev) fail_msg("%s", err.message);
-    gpu->upload_f32(dev, host, n);
-    return dev;
-}
-
-static float *gpu_act_result(const void *dev, size_t n) {
-    float *host = host_alloc(n);
-    gpu->download_f32(host, dev, n);
-    gpu_ok();
-    return host;
-}
-
-static float *gpu_f32_result(const void *dev, size_t n) {
-    float *host = host_alloc(n);
-    gpu->download(host, dev, n * sizeof(float));
-    gpu_ok();
-    return host;
-}
-
-// ||a - b|| / ||b|| (||a - b|| when b is zero); NaN anywhere gives NaN.
-static double rel_error(const float *a, const float *b, size_t n) {
-    double diff = 0, ref = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)a[i] - b[i];
-        diff += d * d;
-        ref += (double)b[i] * b[i];
-    }
-    return ref > 0 ? sqrt(diff / ref) : sqrt(diff);
-}
-
-static void expect_close(const float *got, const float *want, size_t n, double tol, const char *what) {
-    double err = rel_error(got, want, n);
-    if (!(err < tol)) fail_msg("%s: relative error %.3g, bound %.3g", what, err, tol);
-}
-
-static void expect_act(const void *dev, const float *want, size_t n, double tol, const char *what) {
-    float *got = gpu_act_result(dev, n);
-    expect_close(got, want, n, tol, what);
-    free(got);
-}
-
-static void expect_f32(const void *dev, const float *want, size_t n, double tol, const char *what) {
-    float *got = gpu_f32_result(dev, n);
-    expect_close(got, want, n, tol, what);
-    free(got);
-}
-
-// ----------------------------------------------------------------------------
 // memory and conversions
 
 static void test_upload_download_round_trip(void **state) {
-    require_gpu();
     size_t n = 1000003;
     float *x = random_act(n, -3, 3);
     void *dev = gpu_act(x, n);
@@ -160,11 +47,10 @@ static void test_upload_download_round_trip(void **state) {
 }
 
 static void test_params_to_act_rounds_to_nearest_even(void **state) {
-    require_gpu();
     size_t n = 4099;
     float *params = random_f32(n, -5, 5);
-    float *dev_params = gpu_raw(params, n * sizeof(float));
-    float *dev_act = gpu_act(nan_array(n), n);
+    float *dev_params = gpu_copy(params, n * sizeof(float));
+    float *dev_act = gpu_poisoned(n);
     gpu->params_to_act(dev_act, dev_params, n);
     float *got = gpu_act_result(dev_act, n);
     for (size_t i = 0; i < n; i++) assert_true(got[i] == bf16_to_f32(f32_to_bf16(params[i])));
@@ -175,7 +61,6 @@ static void test_params_to_act_rounds_to_nearest_even(void **state) {
 }
 
 static void test_add_inplace(void **state) {
-    require_gpu();
     size_t n = 10007;
     float *a = random_act(n, -1, 1), *b = random_act(n, -1, 1);
     void *dev_a = gpu_act(a, n), *dev_b = gpu_act(b, n);
@@ -211,7 +96,6 @@ static void check_matmul(int M, int N, int K, bool trans_a, bool trans_b, float 
 }
 
 static void test_matmul(void **state) {
-    require_gpu();
     const int shapes[][3] = {{1, 1, 1}, {7, 13, 5}, {33, 65, 127}, {64, 96, 48}, {128, 256, 512}, {3, 4096, 17}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
         for (int t = 0; t < 4; t++) {
@@ -225,7 +109,7 @@ static void check_matmul_weight_grad(int M, int N, int K) {
     float *dout = random_act((size_t)M * N, -1, 1), *inp = random_act((size_t)M * K, -1, 1);
     float *dweight = random_f32((size_t)N * K, -1, 1);
     void *dev_dout = gpu_act(dout, (size_t)M * N), *dev_inp = gpu_act(inp, (size_t)M * K);
-    float *dev_dweight = gpu_raw(dweight, (size_t)N * K * sizeof(float));
+    float *dev_dweight = gpu_copy(dweight, (size_t)N * K * sizeof(float));
     cpu->matmul_weight_grad(dweight, dout, inp, M, N, K, 0.25f);
     gpu->matmul_weight_grad(dev_dweight, dev_dout, dev_inp, M, N, K, 0.25f);
     char what[96];
@@ -240,7 +124,6 @@ static void check_matmul_weight_grad(int M, int N, int K) {
 }
 
 static void test_matmul_weight_grad(void **state) {
-    require_gpu();
     check_matmul_weight_grad(1, 1, 1);
     check_matmul_weight_grad(37, 11, 23);
     check_matmul_weight_grad(512, 16, 256);
@@ -251,13 +134,12 @@ static void test_matmul_weight_grad(void **state) {
 // embedding, RMSNorm, RoPE, SwiGLU
 
 static void test_embedding(void **state) {
-    require_gpu();
     int V = 50, C = 37, N = 19;
     float *table = random_act((size_t)V * C, -1, 1), *out = nan_array((size_t)N * C);
     int32_t ids[19];
-    for (int n = 0; n < N; n++) ids[n] = (int32_t)rng_below(&rng, V);
+    for (int n = 0; n < N; n++) ids[n] = (int32_t)rng_below(&test_rng, V);
     void *dev_table = gpu_act(table, (size_t)V * C), *dev_out = gpu_act(out, (size_t)N * C);
-    int32_t *dev_ids = gpu_raw(ids, sizeof ids);
+    int32_t *dev_ids = gpu_copy(ids, sizeof ids);
     cpu->embedding_forward(out, ids, table, N, C);
     gpu->embedding_forward(dev_out, dev_ids, dev_table, N, C);
     expect_act(dev_out, out, (size_t)N * C, BF16_TOL, "embedding_forward");
@@ -274,7 +156,7 @@ static void check_rmsnorm(int N, int C) {
     float *out = nan_array(n), *rstd = nan_array(N);
     void *dev_inp = gpu_act(inp, n), *dev_weight = gpu_act(weight, C), *dev_dout = gpu_act(dout, n);
     void *dev_out = gpu_act(out, n);
-    float *dev_rstd = gpu_raw(rstd, N * sizeof(float));
+    float *dev_rstd = gpu_copy(rstd, N * sizeof(float));
     cpu->rmsnorm_forward(out, rstd, inp, weight, N, C, 1e-5f);
     gpu->rmsnorm_forward(dev_out, dev_rstd, dev_inp, dev_weight, N, C, 1e-5f);
     expect_act(dev_out, out, n, BF16_TOL, "rmsnorm_forward out");
@@ -296,7 +178,6 @@ static void check_rmsnorm(int N, int C) {
 }
 
 static void test_rmsnorm(void **state) {
-    require_gpu();
     check_rmsnorm(1, 1);
     check_rmsnorm(5, 33);
     check_rmsnorm(17, 4096);
@@ -311,11 +192,11 @@ static void check_rope(int N, int n_head, int head_dim, bool llama3) {
     rope_inverse_frequencies(inv_freq, head_dim, 500000.0f, llama3 ? &scaling : NULL);
     int32_t *positions = malloc(N * sizeof(int32_t));
     assert_non_null(positions);
-    for (int i = 0; i < N; i++) positions[i] = (int32_t)rng_below(&rng, 4096);
+    for (int i = 0; i < N; i++) positions[i] = (int32_t)rng_below(&test_rng, 4096);
     float *x = random_act(n, -1, 1);
     void *dev_x = gpu_act(x, n);
-    float *dev_inv_freq = gpu_raw(inv_freq, head_dim / 2 * sizeof(float));
-    int32_t *dev_positions = gpu_raw(positions, N * sizeof(int32_t));
+    float *dev_inv_freq = gpu_copy(inv_freq, head_dim / 2 * sizeof(float));
+    int32_t *dev_positions = gpu_copy(positions, N * sizeof(int32_t));
     cpu->rope_forward(x, positions, inv_freq, N, n_head, head_dim);
     gpu->rope_forward(dev_x, dev_positions, dev_inv_freq, N, n_head, head_dim);
     expect_act(dev_x, x, n, BF16_TOL, "rope_forward");
@@ -337,7 +218,6 @@ static void check_rope(int N, int n_head, int head_dim, bool llama3) {
 }
 
 static void test_rope(void **state) {
-    require_gpu();
     check_rope(1, 1, 2, false);
     check_rope(13, 3, 64, false);
     check_rope(31, 8, 128, true);
@@ -370,7 +250,6 @@ static void check_swiglu(size_t n) {
 }
 
 static void test_swiglu(void **state) {
-    require_gpu();
     check_swiglu(1);
     check_swiglu(1001);
     check_swiglu(1 << 20);
@@ -428,7 +307,6 @@ static void check_dropout(size_t n, float p, uint64_t seed, uint64_t offset) {
 }
 
 static void test_dropout(void **state) {
-    require_gpu();
     check_dropout(1, 0.5f, 1, 0);
     check_dropout(100003, 0.1f, 42, 0);
     check_dropout(4097, 0.05f, 7, ((uint64_t)1 << 33) + 5);
@@ -450,13 +328,13 @@ static void check_cross_entropy(int N, int V, bool in_place, bool with_grad, boo
     assert_non_null(targets);
     int first_target = masked ? MASKED : 0;
     for (int i = 0; i < N; i++)
-        targets[i] = i % 4 == 3 ? -100 : first_target + (int32_t)rng_below(&rng, V - first_target);
+        targets[i] = i % 4 == 3 ? -100 : first_target + (int32_t)rng_below(&test_rng, V - first_target);
     for (int i = 0; i < N && masked; i++)
         for (int c = 0; c < MASKED; c++) logits[(size_t)i * V + c] = -INFINITY;
     float loss = 1.5f;
     void *dev_logits = gpu_act(logits, n);
-    int32_t *dev_targets = gpu_raw(targets, N * sizeof(int32_t));
-    float *dev_loss = gpu_raw(&loss, sizeof loss);
+    int32_t *dev_targets = gpu_copy(targets, N * sizeof(int32_t));
+    float *dev_loss = gpu_copy(&loss, sizeof loss);
     float *dlogits = in_place ? logits : nan_array(n);
     void *dev_dlogits = in_place ? dev_logits : gpu_act(dlogits, n);
     cpu->cross_entropy(&loss, with_grad ? dlogits : NULL, logits, targets, N, V, 0.125f);
@@ -480,7 +358,6 @@ static void check_cross_entropy(int N, int V, bool in_place, bool with_grad, boo
 }
 
 static void test_cross_entropy(void **state) {
-    require_gpu();
     check_cross_entropy(1, 1, false, true, false);
     check_cross_entropy(13, 37, false, true, false);
     check_cross_entropy(9, 5003, false, true, false);
@@ -508,11 +385,11 @@ static void check_attention(AttentionShape s, const int *segments, int n_segment
         seq_start = malloc((size_t)s.B * s.T * sizeof(int32_t));
         assert_non_null(seq_start);
         packed_seq_start(seq_start, s.B, s.T, segments, n_segments);
-        dev_seq_start = gpu_raw(seq_start, (size_t)s.B * s.T * sizeof(int32_t));
+        dev_seq_start = gpu_copy(seq_start, (size_t)s.B * s.T * sizeof(int32_t));
     }
     void *dev_q = gpu_act(q, n_q), *dev_k = gpu_act(k, n_kv), *dev_v = gpu_act(v, n_kv);
     void *dev_out = gpu_act(out, n_q), *dev_dout = gpu_act(dout, n_q);
-    float *dev_lse = gpu_raw(lse, n_lse * sizeof(float));
+    float *dev_lse = gpu_copy(lse, n_lse * sizeof(float));
     cpu->attention_forward(out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
     gpu->attention_forward(dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head, s.n_kv_head,
                            s.head_dim);
@@ -548,7 +425,6 @@ static void check_attention(AttentionShape s, const int *segments, int n_segment
 }
 
 static void test_attention(void **state) {
-    require_gpu();
     const AttentionShape shapes[] = {
         {1, 1, 1, 1, 32},    // one token
         {2, 17, 4, 2, 64},   // GQA, T not a multiple of the tiles
@@ -562,7 +438,6 @@ static void test_attention(void **state) {
 
 // Packed rows: segments of length 1, rows that are one segment, segments across key tiles.
 static void test_attention_packed(void **state) {
-    require_gpu();
     const int packed_then_whole[] = {1, 5, 30, 4, 40};
     check_attention((AttentionShape){2, 40, 4, 2, 64}, packed_then_whole, 5);
     const int across_tiles[] = {10, 1, 1, 33, 25};
@@ -574,11 +449,10 @@ static void test_attention_packed(void **state) {
 }
 
 static void test_attention_rejects_large_head_dim(void **state) {
-    require_gpu();
     size_t n = 2 * 300;
     float *x = random_act(n, -1, 1);
     void *dev_q = gpu_act(x, n), *dev_out = gpu_act(x, n);
-    float *dev_lse = gpu_raw(x, 2 * sizeof(float));
+    float *dev_lse = gpu_copy(x, 2 * sizeof(float));
     gpu->attention_forward(dev_out, dev_lse, dev_q, dev_q, dev_q, NULL, 1, 2, 1, 1, 300);
     gpu->synchronize();
     Error err;
@@ -595,12 +469,11 @@ static void test_attention_rejects_large_head_dim(void **state) {
 // fp32 optimizer ops
 
 static void test_sum_squares_and_scale(void **state) {
-    require_gpu();
     const size_t sizes[] = {1, 1023, 1000003};
     for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
         size_t n = sizes[s];
         float *g = random_f32(n, -1, 1), total = 3.25f;
-        float *dev_g = gpu_raw(g, n * sizeof(float)), *dev_total = gpu_raw(&total, sizeof total);
+        float *dev_g = gpu_copy(g, n * sizeof(float)), *dev_total = gpu_copy(&total, sizeof total);
         cpu->sum_squares(&total, g, n);
         gpu->sum_squares(dev_total, dev_g, n);
         expect_f32(dev_total, &total, 1, F32_TOL, "sum_squares");
@@ -614,14 +487,13 @@ static void test_sum_squares_and_scale(void **state) {
 }
 
 static void test_adamw(void **state) {
-    require_gpu();
     size_t n = 10007;
     float *params = random_f32(n, -1, 1), *m = random_f32(n, -0.1f, 0.1f), *v = random_f32(n, 0, 0.01f);
-    float *dev_params = gpu_raw(params, n * sizeof(float)), *dev_m = gpu_raw(m, n * sizeof(float));
-    float *dev_v = gpu_raw(v, n * sizeof(float));
+    float *dev_params = gpu_copy(params, n * sizeof(float)), *dev_m = gpu_copy(m, n * sizeof(float));
+    float *dev_v = gpu_copy(v, n * sizeof(float));
     for (int step = 1; step <= 3; step++) {
         float *grads = random_f32(n, -1, 1);
-        float *dev_grads = gpu_raw(grads, n * sizeof(float));
+        float *dev_grads = gpu_copy(grads, n * sizeof(float));
         cpu->adamw(params, grads, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
         gpu->adamw(dev_params, dev_grads, dev_m, dev_v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
         gpu->free(dev_grads);
@@ -636,58 +508,6 @@ static void test_adamw(void **state) {
     free(params);
     free(m);
     free(v);
-}
-
-// ----------------------------------------------------------------------------
-// NF4 dequantization: the fp32 statistics bit-identical to the CPU op, the
-// bf16 weight the CPU's fp32 value rounded to nearest even.
-
-static uint8_t *random_bytes(size_t n) {
-    uint8_t *x = malloc(n > 0 ? n : 1);
-    assert_non_null(x);
-    for (size_t i = 0; i < n; i++) x[i] = (uint8_t)rng_below(&rng, 256);
-    return x;
-}
-
-static void check_dequantize_blockwise_u8(size_t n, int blocksize) {
-    size_t n_blocks = (n + blocksize - 1) / blocksize;
-    uint8_t *q = random_bytes(n);
-    float *code = random_f32(256, -1, 1), *absmax = random_f32(n_blocks, 0.01f, 3), *out = nan_array(n);
-    void *dev_q = gpu_raw(q, n);
-    float *dev_code = gpu_raw(code, 256 * sizeof(float)), *dev_absmax = gpu_raw(absmax, n_blocks * sizeof(float));
-    float *dev_out = gpu_raw(out, n * sizeof(float));
-    cpu->dequantize_blockwise_u8(out, q, code, absmax, 0.0123f, n, blocksize);
-    gpu->dequantize_blockwise_u8(dev_out, dev_q, dev_code, dev_absmax, 0.0123f, n, blocksize);
-    float *got = gpu_f32_result(dev_out, n);
-    assert_memory_equal(got, out, n * sizeof(float));
-    void *devs[] = {dev_q, dev_code, dev_absmax, dev_out};
-    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(devs[i]);
-    free(q), free(code), free(absmax), free(out), free(got);
-}
-
-static void check_dequantize_nf4(size_t n) {
-    size_t n_blocks = (n + 63) / 64, n_bytes = (n + 1) / 2;
-    uint8_t *packed = random_bytes(n_bytes);
-    float *code = random_f32(16, -1, 1), *absmax = random_f32(n_blocks, 0.01f, 3), *want = host_alloc(n);
-    void *dev_packed = gpu_raw(packed, n_bytes), *dev_out = gpu_act(nan_array(n), n);
-    float *dev_code = gpu_raw(code, 16 * sizeof(float)), *dev_absmax = gpu_raw(absmax, n_blocks * sizeof(float));
-    cpu->dequantize_nf4(want, packed, code, absmax, n);
-    gpu->dequantize_nf4(dev_out, dev_packed, dev_code, dev_absmax, n);
-    float *got = gpu_act_result(dev_out, n);
-    for (size_t i = 0; i < n; i++)
-        if (got[i] != bf16_to_f32(f32_to_bf16(want[i]))) fail_msg("dequantize_nf4 n=%zu: element %zu", n, i);
-    void *devs[] = {dev_packed, dev_out, dev_code, dev_absmax};
-    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(devs[i]);
-    free(packed), free(code), free(absmax), free(want), free(got);
-}
-
-static void test_dequantize(void **state) {
-    require_gpu();
-    check_dequantize_blockwise_u8(1, 256);
-    check_dequantize_blockwise_u8(256 * 37 + 5, 256);
-    check_dequantize_nf4(1);
-    check_dequantize_nf4(64 * 101 + 1);  // odd: the last byte's low nibble is not an element
-    check_dequantize_nf4(4096 * 64);
 }
 
 int main(void) {
@@ -708,12 +528,8 @@ int main(void) {
         cmocka_unit_test(test_attention_rejects_large_head_dim),
         cmocka_unit_test(test_sum_squares_and_scale),
         cmocka_unit_test(test_adamw),
-        cmocka_unit_test(test_dequantize),
     };
-    Error why;
-    if (!ops_cuda(&why)) { // CTest reads exit status 77 as "skipped" (SKIP_RETURN_CODE)
-        printf("SKIPPED: every GPU parity test: %s\n", why.message);
-        return 77;
-    }
-    return cmocka_run_group_tests(tests, setup, NULL);
+    if (!gpu_tests_init("every GPU parity test")) return GPU_TESTS_SKIPPED;
+    rng_seed(&test_rng, 20240611);
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }

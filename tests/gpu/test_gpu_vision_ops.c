@@ -4,95 +4,12 @@
 // poisoned first; gradients the ops add into start from random values.
 // Error ||gpu - cpu|| / ||cpu|| < 1e-2 (bf16 storage), < 1e-4 for fp32 statistics.
 // Without a usable CUDA device every test is skipped with the reason.
-#include "../test_util.h"
+#include "gpu_test_util.h"
 
-#include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-
-#include "kernels/ops.h"
 
 #define BF16_TOL 1e-2
 #define STAT_TOL 1e-4
-
-static const Ops *cpu, *gpu;
-static Error gpu_error;
-static Rng rng;
-
-static int setup(void **state) {
-    cpu = ops_cpu();
-    gpu = ops_cuda(&gpu_error);
-    rng_seed(&rng, 20240612);
-    return 0;
-}
-
-static void require_gpu(void) {
-    if (gpu) return;
-    print_message("%s\n", gpu_error.message);
-    skip();
-}
-
-static float *random_act(size_t n, float lo, float hi) {
-    float *x = malloc((n ? n : 1) * sizeof(float));
-    assert_non_null(x);
-    fill_uniform(x, n, lo, hi, &rng);
-    for (size_t i = 0; i < n; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
-    return x;
-}
-
-static void *device_buffer(size_t bytes) {
-    Error err;
-    void *dev = gpu->alloc(bytes ? bytes : 1, &err);
-    if (!dev) fail_msg("%s", err.message);
-    return dev;
-}
-
-static void *gpu_act(const float *host, size_t n) {
-    void *dev = device_buffer(n * 2);
-    gpu->upload_f32(dev, host, n);
-    return dev;
-}
-
-static void *gpu_f32(const float *host, size_t n) {
-    void *dev = device_buffer(n * sizeof(float));
-    gpu->upload(dev, host, n * sizeof(float));
-    return dev;
-}
-
-// A device act buffer of n NaNs.
-static void *gpu_poisoned(size_t n) {
-    float *nan = malloc((n ? n : 1) * sizeof(float));
-    assert_non_null(nan);
-    poison(nan, n);
-    void *dev = gpu_act(nan, n);
-    free(nan);
-    return dev;
-}
-
-static void expect_close(const float *got, const float *want, size_t n, double tol, const char *what) {
-    double diff = 0, ref = 0;
-    for (size_t i = 0; i < n; i++) {
-        diff += ((double)got[i] - want[i]) * ((double)got[i] - want[i]);
-        ref += (double)want[i] * want[i];
-    }
-    double error = ref > 0 ? sqrt(diff / ref) : sqrt(diff);
-    if (!(error < tol)) fail_msg("%s: relative error %.3g, bound %.3g", what, error, tol);
-}
-
-static void expect_device(const void *dev, bool is_act, const float *want, size_t n, double tol, const char *what) {
-    float *got = malloc((n ? n : 1) * sizeof(float));
-    assert_non_null(got);
-    if (is_act) gpu->download_f32(got, dev, n);
-    else gpu->download(got, dev, n * sizeof(float));
-    gpu->synchronize();
-    Error err;
-    if (!gpu->check(&err)) fail_msg("%s", err.message);
-    expect_close(got, want, n, tol, what);
-    free(got);
-}
-
-// ----------------------------------------------------------------------------
 
 static void check_layernorm(int N, int C) {
     size_t n = (size_t)N * C;
@@ -101,24 +18,23 @@ static void check_layernorm(int N, int C) {
     float *out = malloc(n * sizeof(float)), *mean = malloc(N * sizeof(float)), *rstd = malloc(N * sizeof(float));
     void *d_x = gpu_act(x, n), *d_w = gpu_act(w, C), *d_b = gpu_act(b, C), *d_dout = gpu_act(dout, n);
     void *d_dx = gpu_act(dx, n), *d_out = gpu_poisoned(n);
-    float *d_dw = gpu_f32(dw, C), *d_db = gpu_f32(db, C);
-    float *d_mean = device_buffer(N * sizeof(float)), *d_rstd = device_buffer(N * sizeof(float));
+    float *d_dw = gpu_copy(dw, C * sizeof(float)), *d_db = gpu_copy(db, C * sizeof(float));
+    float *d_mean = gpu_alloc(N * sizeof(float)), *d_rstd = gpu_alloc(N * sizeof(float));
     cpu->layernorm_forward(out, mean, rstd, x, w, b, N, C, 1e-5f);
     gpu->layernorm_forward(d_out, d_mean, d_rstd, d_x, d_w, d_b, N, C, 1e-5f);
-    expect_device(d_out, true, out, n, BF16_TOL, "layernorm_forward");
-    expect_device(d_rstd, false, rstd, N, STAT_TOL, "layernorm rstd");
+    expect_act(d_out, out, n, BF16_TOL, "layernorm_forward");
+    expect_f32(d_rstd, rstd, N, STAT_TOL, "layernorm rstd");
     cpu->layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
     gpu->layernorm_backward(d_dx, d_dw, d_db, d_dout, d_x, d_w, d_mean, d_rstd, N, C);
-    expect_device(d_dx, true, dx, n, BF16_TOL, "layernorm_backward dx");
-    expect_device(d_dw, false, dw, C, BF16_TOL, "layernorm_backward dweight");
-    expect_device(d_db, false, db, C, BF16_TOL, "layernorm_backward dbias");
+    expect_act(d_dx, dx, n, BF16_TOL, "layernorm_backward dx");
+    expect_f32(d_dw, dw, C, BF16_TOL, "layernorm_backward dweight");
+    expect_f32(d_db, db, C, BF16_TOL, "layernorm_backward dbias");
     void *device[] = {d_x, d_w, d_b, d_dout, d_dx, d_out, d_dw, d_db, d_mean, d_rstd};
     for (size_t i = 0; i < sizeof device / sizeof *device; i++) gpu->free(device[i]);
     free(x), free(w), free(b), free(dout), free(dx), free(dw), free(db), free(out), free(mean), free(rstd);
 }
 
 static void test_layernorm(void **state) {
-    require_gpu();
     check_layernorm(1, 1);
     check_layernorm(7, 33);
     check_layernorm(577, 1024);
@@ -133,16 +49,15 @@ static void check_activation(Forward cpu_f, Backward cpu_b, Forward gpu_f, Backw
     void *d_x = gpu_act(x, n), *d_dout = gpu_act(dout, n), *d_dx = gpu_act(dx, n), *d_out = gpu_poisoned(n);
     cpu_f(out, x, n);
     gpu_f(d_out, d_x, n);
-    expect_device(d_out, true, out, n, BF16_TOL, what);
+    expect_act(d_out, out, n, BF16_TOL, what);
     cpu_b(dx, dout, x, n);
     gpu_b(d_dx, d_dout, d_x, n);
-    expect_device(d_dx, true, dx, n, BF16_TOL, what);
+    expect_act(d_dx, dx, n, BF16_TOL, what);
     gpu->free(d_x), gpu->free(d_dout), gpu->free(d_dx), gpu->free(d_out);
     free(x), free(dout), free(dx), free(out);
 }
 
 static void test_gelu_and_quick_gelu(void **state) {
-    require_gpu();
     size_t sizes[] = {1, 1000, 300001};
     for (int i = 0; i < 3; i++) {
         check_activation(cpu->gelu_forward, cpu->gelu_backward, gpu->gelu_forward, gpu->gelu_backward, sizes[i], "gelu");
@@ -152,24 +67,22 @@ static void test_gelu_and_quick_gelu(void **state) {
 }
 
 static void test_bias_and_scatter(void **state) {
-    require_gpu();
     enum { N = 37, C = 129, R = 5 };
     float *y = random_act(N * C, -1, 1), *b = random_act(C, -1, 1), *dbias = random_act(C, -1, 1);
     float *src = random_act(R * C, -1, 1);
     int32_t rows[R] = {36, 0, 7, 8, 20};
     void *d_y = gpu_act(y, N * C), *d_b = gpu_act(b, C), *d_src = gpu_act(src, R * C);
-    float *d_dbias = gpu_f32(dbias, C);
-    int32_t *d_rows = device_buffer(sizeof rows);
-    gpu->upload(d_rows, rows, sizeof rows);
+    float *d_dbias = gpu_copy(dbias, C * sizeof(float));
+    int32_t *d_rows = gpu_copy(rows, sizeof rows);
     cpu->bias_backward(dbias, y, N, C);
     gpu->bias_backward(d_dbias, d_y, N, C);
-    expect_device(d_dbias, false, dbias, C, BF16_TOL, "bias_backward");
+    expect_f32(d_dbias, dbias, C, BF16_TOL, "bias_backward");
     cpu->bias_add(y, b, N, C);
     gpu->bias_add(d_y, d_b, N, C);
-    expect_device(d_y, true, y, N * C, BF16_TOL, "bias_add");
+    expect_act(d_y, y, N * C, BF16_TOL, "bias_add");
     cpu->scatter_rows(y, rows, src, R, C);
     gpu->scatter_rows(d_y, d_rows, d_src, R, C);
-    expect_device(d_y, true, y, N * C, BF16_TOL, "scatter_rows");
+    expect_act(d_y, y, N * C, BF16_TOL, "scatter_rows");
     gpu->free(d_y), gpu->free(d_b), gpu->free(d_src), gpu->free(d_dbias), gpu->free(d_rows);
     free(y), free(b), free(dbias), free(src);
 }
@@ -182,13 +95,12 @@ static void check_patch_embed(int B, int channels, int size, int patch, int D) {
     void *d_images = gpu_act(images, n_img), *d_w = gpu_act(w, n_w), *d_out = gpu_poisoned(n_out);
     cpu->patch_embed_forward(out, images, w, B, channels, size, patch, D);
     gpu->patch_embed_forward(d_out, d_images, d_w, B, channels, size, patch, D);
-    expect_device(d_out, true, out, n_out, BF16_TOL, "patch_embed_forward");
+    expect_act(d_out, out, n_out, BF16_TOL, "patch_embed_forward");
     gpu->free(d_images), gpu->free(d_w), gpu->free(d_out);
     free(images), free(w), free(out);
 }
 
 static void test_patch_embed(void **state) {
-    require_gpu();
     check_patch_embed(1, 3, 16, 4, 32);
     check_patch_embed(2, 3, 336, 14, 1024);
 }
@@ -200,13 +112,12 @@ static void check_attention_full(int B, int T, int n_head, int head_dim) {
     void *d_q = gpu_act(q, n), *d_k = gpu_act(k, n), *d_v = gpu_act(v, n), *d_out = gpu_poisoned(n);
     cpu->attention_full_forward(out, q, k, v, B, T, n_head, head_dim);
     gpu->attention_full_forward(d_out, d_q, d_k, d_v, B, T, n_head, head_dim);
-    expect_device(d_out, true, out, n, BF16_TOL, "attention_full_forward");
+    expect_act(d_out, out, n, BF16_TOL, "attention_full_forward");
     gpu->free(d_q), gpu->free(d_k), gpu->free(d_v), gpu->free(d_out);
     free(q), free(k), free(v), free(out);
 }
 
 static void test_attention_full(void **state) {
-    require_gpu();
     check_attention_full(1, 1, 1, 8);
     check_attention_full(2, 17, 4, 8);
     check_attention_full(1, 577, 16, 64);
@@ -220,10 +131,7 @@ int main(void) {
         cmocka_unit_test(test_patch_embed),
         cmocka_unit_test(test_attention_full),
     };
-    Error why;
-    if (!ops_cuda(&why)) { // CTest reads exit status 77 as "skipped" (SKIP_RETURN_CODE)
-        printf("skipped: %s\n", why.message);
-        return 77;
-    }
-    return cmocka_run_group_tests(tests, setup, NULL);
+    if (!gpu_tests_init("every GPU vision op test")) return GPU_TESTS_SKIPPED;
+    rng_seed(&test_rng, 20240612);
+    return cmocka_run_group_tests(tests, NULL, NULL);
 }
