@@ -8,7 +8,7 @@ enum {
     OP_rmsnorm_backward, OP_rope_forward, OP_rope_backward, OP_attention_forward, OP_attention_backward,
     OP_swiglu_forward, OP_swiglu_backward, OP_dropout_forward, OP_dropout_backward, OP_cross_entropy,
     OP_sum_squares, OP_scale_f32, OP_adamw, OP_zero, OP_params_to_act, OP_dequantize_blockwise_u8,
-    OP_dequantize_nf4, OP_download, OP_upload, OP_COUNT
+    OP_dequantize_nf4, OP_download, OP_upload, OP_upload_async, OP_COUNT
 };
 
 static const char *const OP_NAMES[OP_COUNT] = {
@@ -16,6 +16,7 @@ static const char *const OP_NAMES[OP_COUNT] = {
     "rope_forward", "rope_backward", "attention_forward", "attention_backward", "swiglu_forward",
     "swiglu_backward", "dropout_forward", "dropout_backward", "cross_entropy", "sum_squares", "scale_f32",
     "adamw", "zero", "params_to_act", "dequantize_blockwise_u8", "dequantize_nf4", "download", "upload",
+    "upload_async",
 };
 
 static const Ops *base;
@@ -67,6 +68,7 @@ TIMED(dequantize_blockwise_u8, (float *o, const uint8_t *q, const float *c, cons
 TIMED(dequantize_nf4, (void *o, const uint8_t *p, const float *c, const float *a, size_t n), (o, p, c, a, n))
 TIMED(download, (void *dst, const void *src, size_t bytes), (dst, src, bytes))
 TIMED(upload, (void *dst, const void *src, size_t bytes), (dst, src, bytes))
+TIMED(upload_async, (void *dst, const void *src, size_t bytes), (dst, src, bytes))
 
 Ops op_timer_wrap(const Ops *backend) {
     base = backend;
@@ -81,7 +83,7 @@ Ops op_timer_wrap(const Ops *backend) {
     ops.cross_entropy = timed_cross_entropy, ops.sum_squares = timed_sum_squares, ops.scale_f32 = timed_scale_f32;
     ops.adamw = timed_adamw, ops.zero = timed_zero, ops.params_to_act = timed_params_to_act;
     ops.dequantize_blockwise_u8 = timed_dequantize_blockwise_u8, ops.dequantize_nf4 = timed_dequantize_nf4;
-    ops.download = timed_download, ops.upload = timed_upload;
+    ops.download = timed_download, ops.upload = timed_upload, ops.upload_async = timed_upload_async;
     return ops;
 }
 

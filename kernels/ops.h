@@ -42,8 +42,15 @@ typedef struct Ops {
     // ---- memory (device memory for CUDA, host memory for the CPU) --------
     void *(*alloc)(size_t bytes, Error *err);
     void (*free)(void *ptr);
+    // upload and download return with the copy complete.
     void (*upload)(void *dst, const void *src_host, size_t bytes);
     void (*download)(void *dst_host, const void *src, size_t bytes);
+    // dst = src_host in stream order: the bytes are taken before it returns
+    // (src_host may be reused at once, pageable or not) and reach dst before
+    // the ops issued after it run, without the host waiting for the ops
+    // issued before it. For the small per-micro-batch inputs (tokens,
+    // positions, ...). A plain copy on the CPU.
+    void (*upload_async)(void *dst, const void *src_host, size_t bytes);
     void (*zero)(void *ptr, size_t bytes);
     void (*synchronize)(void);
     // The stream every op is issued on (cudaStream_t), for collectives that
@@ -53,6 +60,11 @@ typedef struct Ops {
     // started (CPU: its allocations; CUDA: its cudaMallocs, scratch and
     // cuBLASLt workspace included, the CUDA context not).
     size_t (*peak_bytes)(void);
+    // Grows the backend's scratch (CUDA: attention_backward's row statistics,
+    // attention_backward_scratch_bytes) to at least `bytes` now, so that no op
+    // allocates, and synchronizes the device, inside the step loop. Nothing
+    // to do on the CPU.
+    bool (*reserve_scratch)(size_t bytes, Error *err);
     // dst_host = src on a copy stream that overlaps the ops issued later:
     // the copy starts once `after` (a cudaEvent_t, e.g. a collective's on its
     // own stream) has fired, or when NULL once the ops issued so far are done.
@@ -194,10 +206,18 @@ typedef struct Ops {
 
 // The CUDA backend's fixed device buffers, allocated once by ops_cuda: the
 // cuBLASLt workspace and the fp32 staging buffer of upload_f32/download_f32.
-// Besides them a scratch buffer grows to the largest request (attention's
-// backward: B * n_head * T floats).
+// Besides them a scratch buffer grows to the largest reserve_scratch or op
+// request (attention's backward: B * n_head * T floats). upload_async stages
+// through CUDA_UPLOAD_STAGING_BYTES of pinned host memory.
 #define CUDA_LT_WORKSPACE_BYTES ((size_t)32 << 20)
 #define CUDA_STAGING_BYTES ((size_t)32 << 20)
+#define CUDA_UPLOAD_STAGING_BYTES ((size_t)8 << 20)
+
+// The scratch attention_backward takes (on CUDA: D = rowsum(dout * out), one
+// float per (token, query head)); what a model reserves for its largest batch.
+static inline size_t attention_backward_scratch_bytes(int B, int T, int n_head) {
+    return (size_t)B * (size_t)T * (size_t)n_head * sizeof(float);
+}
 
 // The CPU backend: always available.
 const Ops *ops_cpu(void);

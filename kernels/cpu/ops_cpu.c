@@ -55,6 +55,7 @@ static void cpu_zero(void *ptr, size_t bytes) {
 static void cpu_synchronize(void) {}
 static void *cpu_stream(void) { return NULL; }
 static void cpu_download_async(void *dst, const void *src, size_t bytes, void *after) { cpu_copy(dst, src, bytes); }
+static bool cpu_reserve_scratch(size_t bytes, Error *err) { return true; }
 
 static bool cpu_check(Error *err) { return true; }
 
@@ -135,10 +136,12 @@ static const Ops cpu_ops = {
     .free = cpu_free,
     .upload = cpu_copy,
     .download = cpu_copy,
+    .upload_async = cpu_copy,
     .zero = cpu_zero,
     .synchronize = cpu_synchronize,
     .stream = cpu_stream,
     .peak_bytes = cpu_peak_bytes,
+    .reserve_scratch = cpu_reserve_scratch,
     .download_async = cpu_download_async,
     .synchronize_copies = cpu_synchronize,
     .upload_f32 = cpu_upload_f32,

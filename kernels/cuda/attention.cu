@@ -280,7 +280,7 @@ void cuda_attention_backward(void *dq, void *dk, void *dv, const void *dout, con
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
     size_t n_rows = (size_t)B * T * n_head;
-    float *D = (float *)cuda_scratch(n_rows * sizeof(float));
+    float *D = (float *)cuda_scratch(attention_backward_scratch_bytes(B, T, n_head));
     if (!D) return;
     float scale = 1.0f / sqrtf((float)head_dim);
     attention_row_dot_kernel<<<ceil_div(n_rows * 32, 256), 256, 0, cuda_ctx.stream>>>(

@@ -15,7 +15,7 @@ typedef __nv_bfloat16 bf16;
 
 // One stream, one cuBLASLt handle and workspace, one fp32 staging buffer for
 // host <-> device conversions, and a scratch buffer that grows on demand;
-// a copy stream for download_async.
+// a copy stream for download_async; pinned staging for upload_async.
 typedef struct CudaContext {
     cudaStream_t stream;
     cudaStream_t copy_stream;
@@ -27,6 +27,13 @@ typedef struct CudaContext {
     size_t staging_floats;
     void *scratch;
     size_t scratch_bytes;
+    // upload_async: two halves of CUDA_UPLOAD_STAGING_BYTES pinned host
+    // memory filled in turn; upload_done[h] is recorded after each copy out
+    // of half h.
+    unsigned char *upload_staging;
+    int upload_half;
+    size_t upload_used;  // bytes taken in the current half
+    cudaEvent_t upload_done[2];
     int sm_count;
 } CudaContext;
 

@@ -118,6 +118,14 @@ void *cuda_scratch(size_t bytes) {
     return cuda_ctx.scratch;
 }
 
+// Called by a model at creation with its largest batch's needs; cuda_scratch
+// records its failure for check, which reports and clears it here.
+static bool reserve_scratch(size_t bytes, Error *err) {
+    if (bytes == 0 || cuda_scratch(bytes)) return true;
+    check(err);
+    return fail_context(err, "reserving %zu bytes of scratch: ", bytes);
+}
+
 // ----------------------------------------------------------------------------
 // copies
 
@@ -135,6 +143,38 @@ static void download(void *dst_host, const void *src, size_t bytes) {
     if (!cudaCheck(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, cuda_ctx.stream)))
         return;
     cudaCheck(cudaStreamSynchronize(cuda_ctx.stream));
+}
+
+// upload_async copies from pinned staging: a cudaMemcpyAsync from pageable
+// memory would be synchronous, and the caller's buffer may change once we
+// return. The staging is two halves taken in turn. A half is refilled only
+// once the stream has run its last copy (the event recorded after it): the
+// host waits there only when it is a whole half of uploads (several
+// micro-batches of tokens, targets and positions) ahead of the stream.
+static unsigned char *upload_staging_take(size_t bytes) {
+    if (cuda_ctx.upload_used + bytes > CUDA_UPLOAD_STAGING_BYTES / 2) {
+        cuda_ctx.upload_half ^= 1;
+        cuda_ctx.upload_used = 0;
+        if (!cudaCheck(cudaEventSynchronize(cuda_ctx.upload_done[cuda_ctx.upload_half]))) return NULL;
+    }
+    unsigned char *slot = cuda_ctx.upload_staging + cuda_ctx.upload_half * (CUDA_UPLOAD_STAGING_BYTES / 2) +
+                          cuda_ctx.upload_used;
+    cuda_ctx.upload_used += bytes;
+    return slot;
+}
+
+static void upload_async(void *dst, const void *src_host, size_t bytes) {
+    const size_t half = CUDA_UPLOAD_STAGING_BYTES / 2;
+    for (size_t start = 0; start < bytes; start += half) {
+        size_t count = bytes - start < half ? bytes - start : half;
+        unsigned char *slot = upload_staging_take(count);
+        if (!slot) return;
+        memcpy(slot, (const unsigned char *)src_host + start, count);
+        if (!cudaCheck(cudaMemcpyAsync((unsigned char *)dst + start, slot, count, cudaMemcpyHostToDevice,
+                                       cuda_ctx.stream)))
+            return;
+        if (!cudaCheck(cudaEventRecord(cuda_ctx.upload_done[cuda_ctx.upload_half], cuda_ctx.stream))) return;
+    }
 }
 
 static void zero(void *ptr, size_t bytes) {
@@ -195,10 +235,12 @@ static const Ops cuda_ops = {
     .free = device_free,
     .upload = upload,
     .download = download,
+    .upload_async = upload_async,
     .zero = zero,
     .synchronize = synchronize,
     .stream = compute_stream,
     .peak_bytes = device_peak_bytes,
+    .reserve_scratch = reserve_scratch,
     .download_async = download_async,
     .synchronize_copies = synchronize_copies,
     .upload_f32 = upload_f32,
@@ -281,6 +323,13 @@ static bool context_init(Error *err) {
         return fail(err, "cudaStreamCreate (copies): %s", cudaGetErrorString(status));
     if ((status = cudaEventCreateWithFlags(&cuda_ctx.compute_done, cudaEventDisableTiming)) != cudaSuccess)
         return fail(err, "cudaEventCreate: %s", cudaGetErrorString(status));
+    for (int half = 0; half < 2; half++) {
+        if ((status = cudaEventCreateWithFlags(&cuda_ctx.upload_done[half], cudaEventDisableTiming)) != cudaSuccess)
+            return fail(err, "cudaEventCreate (uploads): %s", cudaGetErrorString(status));
+    }
+    if ((status = cudaMallocHost((void **)&cuda_ctx.upload_staging, CUDA_UPLOAD_STAGING_BYTES)) != cudaSuccess)
+        return fail(err, "cudaMallocHost of %zu bytes (upload staging): %s", CUDA_UPLOAD_STAGING_BYTES,
+                    cudaGetErrorString(status));
     cublasStatus_t lt_status = cublasLtCreate(&cuda_ctx.lt);
     if (lt_status != CUBLAS_STATUS_SUCCESS) return fail(err, "cublasLtCreate: status %d", (int)lt_status);
     cuda_ctx.lt_workspace_bytes = CUDA_LT_WORKSPACE_BYTES;
