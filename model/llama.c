@@ -79,7 +79,9 @@ struct Model {
     int32_t *tokens, *targets, *positions; // (N)
     int32_t *seq_start;                    // (N) of a packed batch
     float *inv_freq;                 // (hd / 2)
-    float *loss;                     // scalar
+    float *loss;                     // scalar: the loss sum of the step's micro-batches so far
+    int32_t *host_positions;         // (N) host memory: the batch's positions before their upload
+    int32_t *host_image_rows;        // (max_image_rows) host memory: the image tokens' positions
     int n_image_rows;                // of the current batch
     const void *image_features;      // (n_image_rows, projector_in) of the current batch
 };
@@ -351,6 +353,12 @@ static size_t nf4_resident_bytes(const Model *m) {
     return bytes;
 }
 
+// The scratch the backend's ops take during a step of the largest batch
+// (attention's backward), reserved at creation so the step allocates nothing.
+static size_t backend_scratch_bytes(const Model *m) {
+    return attention_backward_scratch_bytes(m->options.max_batch, m->options.max_seq_len, m->config.n_heads);
+}
+
 static bool allocate(Model *m, Error *err) {
     const Ops *ops = m->ops;
     size_t n = m->params.total;
@@ -370,7 +378,12 @@ static bool allocate(Model *m, Error *err) {
     m->act_block = ops->alloc(m->act_bytes, err);
     if (!m->act_block) return fail_context(err, "activations: ");
     layout_activations(m, m->act_block);
-    return true;
+    ops->zero(m->loss, sizeof(float));
+    if (!ops->reserve_scratch(backend_scratch_bytes(m), err)) return fail_context(err, "backend scratch: ");
+    size_t N = (size_t)m->options.max_batch * m->options.max_seq_len;
+    m->host_positions = checked_malloc(N * sizeof(int32_t), "batch positions", err);
+    m->host_image_rows = checked_malloc(((size_t)m->options.max_image_rows + 1) * sizeof(int32_t), "image rows", err);
+    return m->host_positions && m->host_image_rows;
 }
 
 // The model's tables and parameter layout, nothing in backend memory yet.
@@ -408,7 +421,7 @@ bool model_plan(const ModelOptions *options, ModelPlan *plan, Error *err) {
     size_t n = m->params.total;
     *plan = (ModelPlan){.frozen_bytes = layout_frozen(m, NULL), .n_params = n,
                         .param_bytes = n * sizeof(float) + n * m->act_size, .grad_bytes = n * sizeof(float),
-                        .activation_bytes = layout_activations(m, NULL)};
+                        .activation_bytes = layout_activations(m, NULL), .scratch_bytes = backend_scratch_bytes(m)};
     if (options->nf4) {
         plan->nf4_bytes = nf4_resident_bytes(m);
         plan->nf4_scratch_bytes = nf4_scratch_weight_bytes(m) + nf4_scratch_absmax_bytes(m);
@@ -450,6 +463,8 @@ void model_destroy(Model *m) {
     free(m->frozen);
     free(m->layer_input);
     free(m->acts);
+    free(m->host_positions);
+    free(m->host_image_rows);
     free(m->params.entries);
     free(m->slots);
     free(m);
@@ -669,21 +684,16 @@ static bool upload_image_rows(Model *m, const Batch *batch, Error *err) {
         return fail(err, "the batch has %d image feature rows; the model was sized for %d", R,
                     m->options.max_image_rows);
     if (R > 0 && !batch->image_features) return fail(err, "the batch has %d image rows but no features", R);
-    int32_t *rows = malloc((size_t)(R > 0 ? R : 1) * sizeof(int32_t));
-    if (!rows) return fail(err, "out of memory for image rows");
     int found = 0;
     for (int i = 0; i < N; i++) {
         if (batch->tokens[i] != m->options.image_token_id) continue;
-        if (found < R) rows[found] = i;
+        if (found < R) m->host_image_rows[found] = i;
         found++;
     }
-    if (found != R) {
-        free(rows);
+    if (found != R)
         return fail(err, "the batch has %d image tokens (id %d) but %d image feature rows", found,
                     m->options.image_token_id, R);
-    }
-    m->ops->upload(m->projector.rows, rows, (size_t)R * sizeof(int32_t));
-    free(rows);
+    m->ops->upload_async(m->projector.rows, m->host_image_rows, (size_t)R * sizeof(int32_t));
     m->n_image_rows = R;
     m->image_features = batch->image_features;
     return true;
@@ -710,27 +720,21 @@ static bool upload_batch(Model *m, const Batch *batch, StepState *st, Error *err
     st->B = batch->B;
     st->T = batch->T;
     st->N = batch->B * batch->T;
-    int32_t *positions = malloc((size_t)st->N * sizeof(int32_t));
-    if (!positions) return fail(err, "out of memory for positions");
     for (int i = 0; i < st->N; i++) {
         int id = batch->tokens[i], target = batch->targets ? batch->targets[i] : -100;
         if (id < 0 || id >= m->config.vocab_size || target < -100 || target >= m->config.vocab_size ||
-            (target < 0 && target != -100)) {
-            free(positions);
+            (target < 0 && target != -100))
             return fail(err, "token %d or target %d at position %d is outside the vocabulary (%d)", id, target, i,
                         m->config.vocab_size);
-        }
     }
-    if (!batch_positions(batch, positions, err) || !upload_image_rows(m, batch, err)) {
-        free(positions);
-        return false;
-    }
-    m->ops->upload(m->tokens, batch->tokens, (size_t)st->N * sizeof(int32_t));
-    m->ops->upload(m->positions, positions, (size_t)st->N * sizeof(int32_t));
+    if (!batch_positions(batch, m->host_positions, err) || !upload_image_rows(m, batch, err)) return false;
+    size_t bytes = (size_t)st->N * sizeof(int32_t);
+    const Ops *ops = m->ops;
+    ops->upload_async(m->tokens, batch->tokens, bytes);
+    ops->upload_async(m->positions, m->host_positions, bytes);
     st->seq_start = batch->seq_start ? m->seq_start : NULL;
-    if (batch->seq_start) m->ops->upload(m->seq_start, batch->seq_start, (size_t)st->N * sizeof(int32_t));
-    if (batch->targets) m->ops->upload(m->targets, batch->targets, (size_t)st->N * sizeof(int32_t));
-    free(positions);
+    if (batch->seq_start) ops->upload_async(m->seq_start, batch->seq_start, bytes);
+    if (batch->targets) ops->upload_async(m->targets, batch->targets, bytes);
     return true;
 }
 
@@ -753,7 +757,7 @@ static void forward_trunk(Model *m, const StepState *st) {
 static void lm_head_loss(Model *m, const StepState *st, float grad_scale) {
     const Ops *ops = m->ops;
     int C = m->config.hidden_size, V = m->config.vocab_size, chunk = lm_head_chunk(m);
-    ops->zero(m->loss, sizeof(float));
+    if (!st->options->accumulate_loss) ops->zero(m->loss, sizeof(float));
     for (int start = 0; start < st->N; start += chunk) {
         int rows = st->N - start < chunk ? st->N - start : chunk;
         const void *hidden = act_at(m, m->final_ln, (size_t)start * C);
@@ -804,13 +808,20 @@ static void backward(Model *m, const StepState *st) {
     notify_grads_ready(m, st, L);
 }
 
-bool model_step(Model *m, const Batch *batch, const StepOptions *options, double *loss_sum, Error *err) {
+// Issues the micro-batch's ops and returns: nothing here waits for the device.
+bool model_step(Model *m, const Batch *batch, const StepOptions *options, Error *err) {
     StepState st = {.train = options->train, .dropout_seed = options->dropout_seed, .options = options};
     if (!batch->targets) return fail(err, "model_step needs targets");
     if (!upload_batch(m, batch, &st, err)) return false;
     forward_trunk(m, &st);
     lm_head_loss(m, &st, options->grad_scale);
     if (st.train) backward(m, &st);
+    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
+    return true;
+}
+
+// The one host wait of a step: the download completes every op issued so far.
+bool model_loss_sum(Model *m, double *loss_sum, Error *err) {
     float loss;
     m->ops->download(&loss, m->loss, sizeof loss);
     if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);

@@ -127,6 +127,7 @@ typedef struct ModelPlan {
     size_t param_bytes;       // fp32 masters + act_dtype compute copy
     size_t grad_bytes;        // fp32 gradients
     size_t activation_bytes;  // the arena for (max_batch, max_seq_len), per activation_checkpointing
+    size_t scratch_bytes;     // backend scratch reserved for the step's ops (Ops.reserve_scratch)
 } ModelPlan;
 bool model_plan(const ModelOptions *options, ModelPlan *plan, Error *err);
 
@@ -169,8 +170,9 @@ typedef struct Batch {
     // token's sample. Attention stays inside a sample; RoPE positions restart
     // at 0 with each (t - seq_start).
     const int32_t *seq_start;
-    // Image features (n_image_rows, projector_in) in backend memory, valid during
-    // the call; row r replaces the r-th image_token_id position of tokens.
+    // Image features (n_image_rows, projector_in) in backend memory, valid until
+    // the ops the call issued have run (stream order); row r replaces the r-th
+    // image_token_id position of tokens.
     int n_image_rows;
     const void *image_features;
 } Batch;
@@ -179,6 +181,9 @@ typedef struct StepOptions {
     float grad_scale;          // 1 / label tokens of the whole optimizer step
     bool train;                // dropout on and gradients accumulated
     uint64_t dropout_seed;     // per step and micro-batch: (seed, step, micro) hashed
+    // Add this micro-batch's loss to the sum the previous calls left (every
+    // micro-batch of a step but the first) instead of starting it afresh.
+    bool accumulate_loss;
     // Optional: called during the backward as soon as the gradients of the
     // flat buffer's [begin, end) are final for this micro-batch (issued, on a
     // GPU): each layer's LoRA range from the last layer down, then the
@@ -189,9 +194,13 @@ typedef struct StepOptions {
 } StepOptions;
 
 // Forward (and, when options->train, backward adding into the gradients) of
-// one micro-batch. *loss_sum receives the sum over label tokens of -log p.
-bool model_step(Model *model, const Batch *batch, const StepOptions *options, double *loss_sum,
-                Error *err);
+// one micro-batch: issued, not waited for (the host is free once it returns).
+// The sum over label tokens of -log p stays on the device (fp32), started
+// afresh or added to per options->accumulate_loss.
+bool model_step(Model *model, const Batch *batch, const StepOptions *options, Error *err);
+// That loss sum onto the host: waits for every op issued so far and reports
+// any backend failure. Once per optimizer step.
+bool model_loss_sum(Model *model, double *loss_sum, Error *err);
 // Logits (B, T, V) of a batch, fp32, onto the host (tests and evaluation).
 bool model_logits(Model *model, const Batch *batch, float *logits, Error *err);
 void model_zero_grads(Model *model);

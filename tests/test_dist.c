@@ -369,8 +369,7 @@ static bool micro_batch_backward(Model *model, Zero *zero, void (*hook)(void *, 
     Batch batch = {.B = OVERLAP_B, .T = OVERLAP_T, .tokens = tokens, .targets = targets};
     StepOptions options = {.grad_scale = 1.0f / (OVERLAP_B * OVERLAP_T), .train = true, .grads_ready = hook,
                            .grads_ready_context = context};
-    double loss;
-    return model_step(model, &batch, &options, &loss, err) && zero_reduce_micro_batch(zero, model_grad_data(model), err);
+    return model_step(model, &batch, &options, err) && zero_reduce_micro_batch(zero, model_grad_data(model), err);
 }
 
 static bool micro_batch_gradient(Model *model, Zero *zero, OverlapProbe *probe, int rank, Error *err) {

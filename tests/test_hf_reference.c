@@ -91,7 +91,8 @@ static void check_loss_and_grads(Model *model, const Reference *ref, const Batch
     double loss_sum = 0;
     Error err = {0};
     model_zero_grads(model);
-    if (!model_step(model, batch, &options, &loss_sum, &err)) fail_msg("%s", err.message);
+    if (!model_step(model, batch, &options, &err) || !model_loss_sum(model, &loss_sum, &err))
+        fail_msg("%s", err.message);
     float their_loss = *(const float *)reference_tensor(ref, "loss").data;
     double loss_error = fabs(loss_sum / n_labels - their_loss) / their_loss;
     print_message("loss %.6f vs %.6f: relative error %.3g\n", loss_sum / n_labels, (double)their_loss, loss_error);

@@ -50,7 +50,8 @@ static double gradient_at(Model *model, const int32_t *tokens, const int32_t *ta
     double loss_sum;
     Error err;
     model_zero_grads(model);
-    if (!model_step(model, &batch, &options, &loss_sum, &err)) fail_msg("model_step: %s", err.message);
+    if (!model_step(model, &batch, &options, &err) || !model_loss_sum(model, &loss_sum, &err))
+        fail_msg("model_step: %s", err.message);
     return loss_sum / (BATCH * SEQ);
 }
 

@@ -181,10 +181,9 @@ static size_t measured_peak(const ModelOptions *options, int B, int T) {
     for (int i = 0; i < B * T; i++) tokens[i] = targets[i] = (i * 7) % 200;
     Batch batch = {.B = B, .T = T, .tokens = tokens, .targets = targets};
     StepOptions step = {.grad_scale = 1.0f / (float)(B * T), .train = true};
-    double loss;
     float norm;
     Error err;
-    if (!model_step(t.model, &batch, &step, &loss, &err)) fail_msg("model_step: %s", err.message);
+    if (!model_step(t.model, &batch, &step, &err)) fail_msg("model_step: %s", err.message);
     if (!zero_step(t.zero, model_param_data(t.model), model_grad_data(t.model), 1e-3f, &norm, &err))
         fail_msg("zero_step: %s", err.message);
     trainable_destroy(&t);

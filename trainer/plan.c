@@ -97,6 +97,8 @@ static bool plan_memory(const Config *config, const ModelOptions *options, RunPl
     plan->activation_bytes_full = options->activation_checkpointing ? other.activation_bytes
                                                                     : plan->model.activation_bytes;
     plan_optimizer(config, plan);
+    // The CUDA backend's own device buffers: the fixed ones and the scratch the model reserves.
+    if (plan->gpu) plan->backend_bytes = CUDA_LT_WORKSPACE_BYTES + CUDA_STAGING_BYTES + plan->model.scratch_bytes;
     plan->workspace_bytes = plan->model.nf4_scratch_bytes + NORM_SCALAR_BYTES;
     plan->device_total_bytes = plan->model.frozen_bytes + plan->model.nf4_bytes + plan->model.param_bytes +
                                plan->model.grad_bytes + plan->optimizer_device_bytes + plan->model.activation_bytes +
@@ -104,12 +106,6 @@ static bool plan_memory(const Config *config, const ModelOptions *options, RunPl
     return true;
 }
 
-// The CUDA backend's own device buffers: the fixed ones and the scratch as
-// attention's backward grows it (one float per (token, head)).
-static size_t plan_backend_bytes(const ModelOptions *options) {
-    size_t attention_scratch = (size_t)options->max_batch * options->max_seq_len * options->config.n_heads * sizeof(float);
-    return CUDA_LT_WORKSPACE_BYTES + CUDA_STAGING_BYTES + attention_scratch;
-}
 
 // An image-text run adds the projector to the model, and beside it the frozen
 // tower and the buffer of its features.
@@ -134,7 +130,6 @@ bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err) {
     Ops planning_ops = *ops_cpu();
     planning_ops.act_dtype = plan->gpu ? DTYPE_BF16 : DTYPE_F32;
     ModelOptions options = train_model_options(config, &planning_ops, &llama);
-    if (plan->gpu) plan->backend_bytes = plan_backend_bytes(&options);
     if (!plan_vision(config, &options, plan, err) || !plan_memory(config, &options, plan, err))
         return fail_context(err, "plan: ");
     if (!plan_total_steps(config, plan->world_size, &plan->total_steps, err) ||

@@ -222,13 +222,13 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
 // bucket by bucket during the backward with zero.overlap_comm, the last
 // micro-batch's buckets copied to the host with --offload cpu); *interrupted
 // when a stop signal arrived after one of them (the step is then incomplete
-// and not applied).
+// and not applied). The loss sum stays on the device until all are issued:
+// reading it is the step's one wait for the device here.
 static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batch, uint64_t seed, int step,
                        double *mean_loss, bool *interrupted, Error *err) {
     model_zero_grads(model);
     StepOptions options = {.grad_scale = (float)(1.0 / (double)batch->n_label_tokens), .train = true,
                            .grads_ready = zero ? zero_grads_ready : NULL, .grads_ready_context = zero};
-    double loss_sum = 0;
     size_t micro_tokens = (size_t)batch->B * batch->T;
     *interrupted = false;
     for (int micro = 0; micro < batch->n_micro; micro++) {
@@ -237,17 +237,18 @@ static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batc
                              .seq_start = batch->seq_start ? batch->seq_start + micro * micro_tokens : NULL};
         options.dropout_seed = rng_hash(seed ^ 0xd5d5d5d5ULL,
                                         (uint64_t)step * (uint64_t)batch->n_micro + (uint64_t)micro);
-        double micro_loss;
+        options.accumulate_loss = micro > 0;
         if (!vlm_micro_features(run, batch, micro, &micro_batch, err)) return false;
         if (zero) zero_begin_micro_batch(zero, micro + 1 == batch->n_micro);
-        if (!model_step(model, &micro_batch, &options, &micro_loss, err)) return false;
+        if (!model_step(model, &micro_batch, &options, err)) return false;
         if (zero && !zero_reduce_micro_batch(zero, model_grad_data(model), err)) return false;
-        loss_sum += micro_loss;
         if (stop_signal && micro + 1 < batch->n_micro) {
             *interrupted = true;
             return true;
         }
     }
+    double loss_sum;
+    if (!model_loss_sum(model, &loss_sum, err)) return false;
     *mean_loss = loss_sum / (double)batch->n_label_tokens;
     return true;
 }

@@ -121,7 +121,8 @@ static double train_step(Model *model, const TestBatch *tb, bool vlm) {
     StepOptions step = {.grad_scale = 1.0f / (float)tb->n_labels, .train = true, .dropout_seed = 42};
     double loss;
     model_zero_grads(model);
-    if (!model_step(model, &batch, &step, &loss, &err)) fail_msg("model_step on %s: %s", ops->name, err.message);
+    if (!model_step(model, &batch, &step, &err) || !model_loss_sum(model, &loss, &err))
+        fail_msg("model_step on %s: %s", ops->name, err.message);
     ops->synchronize();
     if (!ops->check(&err)) fail_msg("%s", err.message);
     ops->free(features);
