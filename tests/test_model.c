@@ -1,5 +1,6 @@
 // Model-level tests: LoRA identities, the whole model's LoRA gradients against
-// finite differences, gradient accumulation, activation checkpointing and packed rows.
+// finite differences, gradient accumulation, activation checkpointing, packed rows
+// and the loss sum read once per optimizer step.
 #include "gradcheck.h"
 
 #include <math.h>
@@ -344,6 +345,38 @@ static void test_accumulation_matches_one_batch(void **state) {
     for (int i = 0; i < 3; i++) free(updates[i]->grads), free(updates[i]->params);
 }
 
+// The trainer reads the loss once per optimizer step: the sum the micro-batches
+// left on the device equals, bit for bit, the fp32 sum of their losses read one
+// by one (one lm_head chunk, so each micro-batch adds a single fp32 value).
+static void test_step_loss_read_once(void **state) {
+    enum { N_MICRO = 3, MICRO_TOKENS = BATCH * SEQ };
+    ModelOptions options = tiny_options(true, false, 0.0f);
+    options.lm_head_chunk = 0;
+    Model *model = make_model(&options);
+    randomise_lora(model, 5);
+    int32_t tokens[N_MICRO * MICRO_TOKENS], targets[N_MICRO * MICRO_TOKENS];
+    fixed_batch(tokens, targets, N_MICRO * MICRO_TOKENS, options.config.vocab_size);
+    StepBatch step = {.n_micro = N_MICRO, .B = BATCH, .T = SEQ, .tokens = tokens, .targets = targets};
+    for (int i = 0; i < N_MICRO * MICRO_TOKENS; i++) step.n_label_tokens += targets[i] != IGNORE_INDEX;
+    double mean_loss;
+    Error err;
+    if (!train_accumulate(model, NULL, &step, 1, 0, &mean_loss, &err)) fail_msg("%s", err.message);
+    StepOptions alone = {.grad_scale = 1.0f, .train = true};
+    float separate_sum = 0;
+    for (int micro = 0; micro < N_MICRO; micro++) {
+        Batch batch = {.B = BATCH, .T = SEQ, .tokens = tokens + micro * MICRO_TOKENS,
+                       .targets = targets + micro * MICRO_TOKENS};
+        double loss;
+        if (!model_step(model, &batch, &alone, &err) || !model_loss_sum(model, &loss, &err))
+            fail_msg("model_step: %s", err.message);
+        separate_sum += (float)loss;
+    }
+    double want = (double)separate_sum / (double)step.n_label_tokens;
+    print_message("mean loss read once %.9f, from separate micro-batches %.9f\n", mean_loss, want);
+    assert_true(mean_loss == want);
+    model_destroy(model);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lora_zero_b_is_base),
@@ -353,6 +386,7 @@ int main(void) {
         cmocka_unit_test(test_packed_row_equals_separate_samples),
         cmocka_unit_test(test_packed_row_bad_seq_start),
         cmocka_unit_test(test_accumulation_matches_one_batch),
+        cmocka_unit_test(test_step_loss_read_once),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
