@@ -2,7 +2,8 @@
 // size against the bytes a training run writes (to 1%), and on the CPU
 // backend the predicted memory against the peak of every backend allocation
 // the model and the optimizer make through a step (to 10%), with and without
-// activation checkpointing and with NF4 base weights.
+// activation checkpointing and with NF4 base weights; and the step loop, which
+// allocates nothing once the model exists (its scratch reserved at creation).
 #include "run_util.h"
 
 #include <dirent.h>
@@ -88,8 +89,10 @@ typedef struct Counted {
 } Counted;
 
 static size_t live_bytes, peak_bytes;
+static long backend_allocations;
 
 static void *counted_alloc(size_t bytes, Error *err) {
+    backend_allocations++;
     Counted *block = checked_malloc(sizeof(Counted) + 64 + bytes, "counted block", err);
     if (!block) return NULL;
     block->bytes = bytes;
@@ -125,12 +128,40 @@ static Config config_for(const char *preset, int B, int T, bool checkpointing, b
     return config;
 }
 
-// The CPU backend with its alloc and free counted.
+// Host allocations, counted through the linker's --wrap (tests/CMakeLists.txt).
+static long host_allocations;
+void *__real_malloc(size_t bytes);
+void *__real_calloc(size_t count, size_t size);
+void *__real_realloc(void *ptr, size_t bytes);
+void *__wrap_malloc(size_t bytes) { return host_allocations++, __real_malloc(bytes); }
+void *__wrap_calloc(size_t count, size_t size) { return host_allocations++, __real_calloc(count, size); }
+void *__wrap_realloc(void *ptr, size_t bytes) { return host_allocations++, __real_realloc(ptr, bytes); }
+
+// The largest scratch reserved, and the largest attention_backward would take.
+static size_t scratch_reserved, scratch_needed;
+
+static bool counted_reserve_scratch(size_t bytes, Error *err) {
+    if (bytes > scratch_reserved) scratch_reserved = bytes;
+    return ops_cpu()->reserve_scratch(bytes, err);
+}
+
+static void counted_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out,
+                                       const float *lse, const void *q, const void *k, const void *v,
+                                       const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
+                                       int head_dim) {
+    size_t bytes = attention_backward_scratch_bytes(B, T, n_head);
+    if (bytes > scratch_needed) scratch_needed = bytes;
+    ops_cpu()->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim);
+}
+
+// The CPU backend with its alloc and free counted, its scratch requests recorded.
 static const Ops *counted_cpu(void) {
     static Ops counted;
     counted = *ops_cpu();
     counted.alloc = counted_alloc;
     counted.free = counted_free;
+    counted.reserve_scratch = counted_reserve_scratch;
+    counted.attention_backward = counted_attention_backward;
     return &counted;
 }
 
@@ -288,12 +319,56 @@ static void test_llama3_8b_plan(void **state) {
     assert_int_equal(qlora.pinned_host_bytes, 5 * qlora.optimizer_shard * sizeof(float));
 }
 
+// The step loop allocates nothing: once the model (with a projector) and its
+// optimizer exist, three optimizer steps of two micro-batches (packed rows,
+// image rows) allocate no backend and no host memory, and attention's backward
+// never needs more scratch than the model reserved at creation.
+static void test_step_loop_allocates_nothing(void **state) {
+    enum { B = 2, T = 16, N = B * T, ROWS = 4, FEATURES = 8, IMAGE_TOKEN = 5 };
+    ModelOptions options = counted_model_options("tiny", B, T);
+    options.projector_in = FEATURES, options.max_image_rows = ROWS, options.image_token_id = IMAGE_TOKEN;
+    scratch_reserved = scratch_needed = 0;
+    Trainable t = trainable_create(&options);
+    Error err;
+    float features[ROWS * FEATURES];
+    for (int i = 0; i < ROWS * FEATURES; i++) features[i] = 0.01f * (float)(i % 13);
+    int32_t tokens[N], targets[N], seq_start[N];
+    for (int i = 0; i < N; i++) {
+        tokens[i] = i % T >= 1 && i % T <= 2 ? IMAGE_TOKEN : 10 + (i * 7) % 200;
+        targets[i] = (i * 5) % 200;
+        seq_start[i] = i % T < 6 ? 0 : 6;
+    }
+    Batch batch = {.B = B, .T = T, .tokens = tokens, .targets = targets, .seq_start = seq_start,
+                   .n_image_rows = ROWS, .image_features = features};
+    long backend_before = backend_allocations;
+    host_allocations = 0;
+    for (int step = 0; step < 3; step++) {
+        double loss;
+        float norm;
+        model_zero_grads(t.model);
+        for (int micro = 0; micro < 2; micro++) {
+            StepOptions options = {.grad_scale = 1.0f / (2 * N), .train = true, .accumulate_loss = micro > 0};
+            if (!model_step(t.model, &batch, &options, &err)) fail_msg("model_step: %s", err.message);
+        }
+        if (!model_loss_sum(t.model, &loss, &err)) fail_msg("model_loss_sum: %s", err.message);
+        if (!zero_step(t.zero, model_param_data(t.model), model_grad_data(t.model), 1e-3f, &norm, &err))
+            fail_msg("zero_step: %s", err.message);
+    }
+    print_message("step loop: %ld backend and %ld host allocations; scratch needed %zu, reserved %zu bytes\n",
+                  backend_allocations - backend_before, host_allocations, scratch_needed, scratch_reserved);
+    assert_int_equal(backend_allocations, backend_before);
+    assert_int_equal(host_allocations, 0);
+    assert_true(scratch_needed > 0 && scratch_needed <= scratch_reserved);
+    trainable_destroy(&t);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_checkpoint_size_matches_written),
         cmocka_unit_test(test_cpu_memory_matches_measured_peak),
         cmocka_unit_test(test_vlm_plan_adds_tower_and_projector),
         cmocka_unit_test(test_llama3_8b_plan),
+        cmocka_unit_test(test_step_loop_allocates_nothing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
