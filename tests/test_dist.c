@@ -613,9 +613,9 @@ static void test_rank_dead_mid_bucket_is_named(void **state) {
     double start = time_seconds();
     run_ranks(3, free_tcp_port(), 5, rank2_dies_mid_bucket, messages);
     print_message("after %.1f s\nrank 0: %s\nrank 1: %s\n", time_seconds() - start, messages[0], messages[1]);
-    for (int r = 0; r < 2; r++) { // rank 0 sees either the closed socket or the failed send to it
+    for (int r = 0; r < 2; r++) { // the closed socket, a failed send to it or a reset on receive: rank 2 named
         assert_contains(messages[r], "in the background");
-        if (!strstr(messages[r], "rank 2 closed its connection")) assert_contains(messages[r], "to rank 2: ");
+        assert_contains(messages[r], "rank 2");
     }
     assert_true(time_seconds() - start < 5); // noticed at once, not after the timeout
 }
