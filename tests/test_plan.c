@@ -232,6 +232,7 @@ static void check_memory(const char *preset, int B, int T, bool checkpointing, b
     print_message("%s B %d T %d checkpointing %d nf4 %d: planned %zu bytes, measured peak %zu (%+.2f%%)\n", preset,
                   B, T, checkpointing, nf4, plan.device_total_bytes, peak, 100.0 * relative);
     assert_true(relative < 0.10 && relative > -0.10);
+    assert_int_equal(plan.pinned_host_bytes, 0); // the CPU backend pins nothing without --offload cpu
 }
 
 static void test_cpu_memory_matches_measured_peak(void **state) {
@@ -300,6 +301,7 @@ static void test_llama3_8b_plan(void **state) {
     RunPlan bf16 = plan_of(&config);
     assert_true(bf16.gpu);
     assert_int_equal(bf16.backend_bytes, ((size_t)64 << 20) + (size_t)1 * 2048 * 32 * sizeof(float)); // + D of 32 heads
+    assert_int_equal(bf16.pinned_host_bytes, (size_t)8 << 20); // upload_async's two 4 MiB halves
     assert_true(bf16.activation_bytes_full > 5 * bf16.activation_bytes_checkpointed); // 1 layer of 32 + the shared buffers
     config_set_or_fail(&config, "model.quantize=%s", "nf4");
     config_set_or_fail(&config, "zero.stage=%s", "2");
@@ -313,10 +315,10 @@ static void test_llama3_8b_plan(void **state) {
     assert_true(ratio > 0.25 && ratio < 0.30); // 4 bits + double-quantized absmax of 16
     assert_int_equal(qlora.optimizer_device_bytes, 0);
     assert_int_equal(qlora.optimizer_shard, (qlora.model.n_params + 3) / 4);
-    assert_int_equal(qlora.pinned_host_bytes, 4 * qlora.optimizer_shard * sizeof(float));
+    assert_int_equal(qlora.pinned_host_bytes, 4 * qlora.optimizer_shard * sizeof(float) + ((size_t)8 << 20));
     config_set_or_fail(&config, "zero.delayed_update=%s", "true"); // a second gradient buffer
     if (!run_plan(&config, 4, &qlora, &err)) fail_msg("%s", err.message);
-    assert_int_equal(qlora.pinned_host_bytes, 5 * qlora.optimizer_shard * sizeof(float));
+    assert_int_equal(qlora.pinned_host_bytes, 5 * qlora.optimizer_shard * sizeof(float) + ((size_t)8 << 20));
 }
 
 // The step loop allocates nothing: once the model (with a projector) and its

@@ -97,8 +97,12 @@ static bool plan_memory(const Config *config, const ModelOptions *options, RunPl
     plan->activation_bytes_full = options->activation_checkpointing ? other.activation_bytes
                                                                     : plan->model.activation_bytes;
     plan_optimizer(config, plan);
-    // The CUDA backend's own device buffers: the fixed ones and the scratch the model reserves.
-    if (plan->gpu) plan->backend_bytes = CUDA_LT_WORKSPACE_BYTES + CUDA_STAGING_BYTES + plan->model.scratch_bytes;
+    // The CUDA backend's own buffers: the fixed device ones and the scratch the
+    // model reserves; on the host, upload_async's pinned staging.
+    if (plan->gpu) {
+        plan->backend_bytes = CUDA_LT_WORKSPACE_BYTES + CUDA_STAGING_BYTES + plan->model.scratch_bytes;
+        plan->pinned_host_bytes += CUDA_UPLOAD_STAGING_BYTES;
+    }
     plan->workspace_bytes = plan->model.nf4_scratch_bytes + NORM_SCALAR_BYTES;
     plan->device_total_bytes = plan->model.frozen_bytes + plan->model.nf4_bytes + plan->model.param_bytes +
                                plan->model.grad_bytes + plan->optimizer_device_bytes + plan->model.activation_bytes +
@@ -150,7 +154,7 @@ static void print_bytes_line(const char *what, uint64_t bytes, const char *note)
 }
 
 static void print_memory(const Config *config, const RunPlan *plan) {
-    bool nf4 = plan->model.nf4_bytes > 0, offload = plan->pinned_host_bytes > 0;
+    bool nf4 = plan->model.nf4_bytes > 0, offload = strcmp(config->zero.offload, "cpu") == 0;
     char shard_note[96];
     snprintf(shard_note, sizeof shard_note, "%zu of %zu parameters%s", plan->optimizer_shard, plan->model.n_params,
              config->zero.stage == 2 && plan->world_size > 1 ? " (ZeRO-2 shard)" : "");
@@ -171,7 +175,10 @@ static void print_memory(const Config *config, const RunPlan *plan) {
         print_bytes_line("CUDA backend", plan->backend_bytes, "cuBLASLt workspace, staging, attention scratch");
     print_bytes_line("total", plan->device_total_bytes, "");
     printf("host memory:\n");
-    print_bytes_line("pinned (optimizer offload)", plan->pinned_host_bytes, offload ? shard_note : "none without --offload cpu");
+    char pinned_note[160];
+    snprintf(pinned_note, sizeof pinned_note, "%s%s%s", offload ? "optimizer offload, " : "", offload ? shard_note : "",
+             !plan->gpu ? "" : offload ? " + CUDA upload staging" : "CUDA upload staging");
+    print_bytes_line("pinned", plan->pinned_host_bytes, pinned_note[0] ? pinned_note : "none without --offload cpu");
 }
 
 static void print_disk(const Config *config, const RunPlan *plan) {
