@@ -310,6 +310,7 @@ static const char *const CRAFTED[] = {
 #define N_CRAFTED 12
 #define N_GOOD 3
 #define MAX_SEQ_LEN 48
+#define TINY_TOWER_PATCHES 16
 
 static void make_crafted(Crafted *c) {
     snprintf(c->dir, sizeof c->dir, "%s", make_temp_dir("vlm-crafted"));
@@ -610,10 +611,12 @@ static int data_check(const Crafted *c, const char *max_skip, const char *log) {
     snprintf(config, sizeof config, "%s/check.yaml", c->dir);
     FILE *f = fopen(config, "wb");
     assert_non_null(f);
-    // the model's config (for the image token's vocabulary) from the tiny preset, the byte tokenizer
+    // the model's config (for the image token's vocabulary) from the tiny preset, the byte tokenizer;
+    // the tiny tower: 16 x 16 images of 4 x 4 patches, cropped rather than padded (the defaults: 336, pad)
     fprintf(f, "model:\n  path: %s/no-model\n  create_if_missing: tiny\n", c->dir);
     fprintf(f, "data:\n  path: %s\n  images: %s\n  max_seq_len: %d\n  image_tokens: %d\n", c->jsonl, c->images,
-            MAX_SEQ_LEN, IMAGE_TOKENS);
+            MAX_SEQ_LEN, TINY_TOWER_PATCHES);
+    fprintf(f, "vision:\n  tower_preset: tiny\n  image_fit: crop\n");
     assert_int_equal(fclose(f), 0);
     snprintf(command, sizeof command, "%s data check --config %s --set data.max_skip_fraction=%s > %s 2>&1", bin,
              config, max_skip, log);
@@ -631,7 +634,10 @@ static void test_data_check_cli(void **state) {
     Error err = {0};
     assert_true(read_file(log, &text, &size, &err));
     const char *expected[] = {
-        "13 records", "usable samples   3 (2 with an image)", "truncated        1", "skipped          10",
+        "13 records", "usable samples   3 (2 with an image)",
+        "images           16 x 16 (vision.tower_preset tiny), fit crop",
+        "truncated        2", // the text-only record and, with 16 image tokens, an image record
+        "skipped          10",
         "skipped record 3 (id 'missing'): missing image: image 'nope.png' is not in",
         "skipped record 12: bad record: invalid JSON", "corrupt image: 2",
         "empty conversation: 2", "image beyond max_seq_len: 1",

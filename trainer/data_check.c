@@ -5,12 +5,13 @@
 #include "data/data.h"
 #include "train_private.h"
 
-// The image token is training's (llava_image_token_id against the model's vocabulary).
-static VlmDatasetOptions dataset_options(const Config *config, const Tokenizer *tok, int model_vocab) {
-    return (VlmDatasetOptions){.path = config->data.path, .images = config->data.images, .tok = tok,
-                               .max_seq_len = config->data.max_seq_len, .n_image_tokens = config->data.image_tokens,
-                               .image_token_id = llava_image_token_id(tok, model_vocab),
-                               .preprocess = image_preprocess_clip336(IMAGE_FIT_PAD), .decode_images = true};
+// Training's dataset options (image size, fit, image tokens, the image token
+// against the model's vocabulary), every image decoded at open.
+static bool dataset_options(const Config *config, const Tokenizer *tok, int model_vocab, VlmDatasetOptions *options,
+                            Error *err) {
+    if (!vlm_dataset_options(config, tok, llava_image_token_id(tok, model_vocab), options, err)) return false;
+    options->decode_images = true;
+    return true;
 }
 
 static void print_skipped(const VlmDataset *dataset) {
@@ -21,10 +22,13 @@ static void print_skipped(const VlmDataset *dataset) {
     }
 }
 
-static void print_counts(const Config *config, const VlmDataset *dataset, double seconds) {
+static void print_counts(const Config *config, const VlmDatasetOptions *options, const VlmDataset *dataset,
+                         double seconds) {
     const VlmDatasetStats *s = vlm_dataset_stats(dataset);
     printf("%s: %lld records in %.1f s\n", config->data.path, (long long)s->records, seconds);
     printf("  usable samples   %lld (%lld with an image)\n", (long long)s->samples, (long long)s->images);
+    printf("  images           %d x %d (vision.tower_preset %s), fit %s\n", options->preprocess.size,
+           options->preprocess.size, config->vision.tower_preset, config->vision.image_fit);
     printf("  tokens           %lld (%lld label tokens)\n", (long long)s->tokens, (long long)s->label_tokens);
     printf("  truncated        %lld (max_seq_len %d)\n", (long long)s->truncated, config->data.max_seq_len);
     printf("  skipped          %lld\n", (long long)s->skipped_total);
@@ -38,16 +42,17 @@ int data_check_main(const Config *config) {
     LlamaConfig llama;
     HfLayout layout;
     Tokenizer *tok = config_llama_config(config, &llama, &layout, &err) ? config_tokenizer(config, &err) : NULL;
-    VlmDatasetOptions options = tok ? dataset_options(config, tok, llama.vocab_size) : (VlmDatasetOptions){0};
+    VlmDatasetOptions options;
+    bool ready = tok && dataset_options(config, tok, llama.vocab_size, &options, &err);
     double start = time_seconds();
-    VlmDataset *dataset = tok ? vlm_dataset_open(&options, &err) : NULL;
+    VlmDataset *dataset = ready ? vlm_dataset_open(&options, &err) : NULL;
     int status = 0;
     if (!dataset) {
         fprintf(stderr, "lora-train data check: %s\n", err.message);
         status = 1;
     } else {
         print_skipped(dataset);
-        print_counts(config, dataset, time_seconds() - start);
+        print_counts(config, &options, dataset, time_seconds() - start);
         if (!vlm_dataset_check_skips(dataset, config->data.max_skip_fraction, &err)) {
             fprintf(stderr, "lora-train data check: %s\n", err.message);
             status = 1;

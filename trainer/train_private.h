@@ -43,6 +43,10 @@ bool run_is_vlm(const Config *config);
 bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options, Error *err);
 // The projector's share of vlm_model_options (no tokenizer needed) and the tower's config: for plan.
 bool vlm_projector_options(const Config *config, ModelOptions *options, ClipVisionConfig *clip, Error *err);
+// The dataset as training opens it (and `data check`): the tower's image size and patches
+// (vision.tower_preset), vision.image_fit, images decoded by the loader.
+bool vlm_dataset_options(const Config *config, const Tokenizer *tok, int32_t image_token_id,
+                         VlmDatasetOptions *options, Error *err);
 // Backend bytes of one micro-batch's tower features (micro_batch * P, D), the buffer vlm_load allocates.
 size_t vlm_feature_bytes(const Config *config, const ClipVisionConfig *clip, DType act_dtype);
 // The tower (loaded, or written random with model.create_if_missing), vision.projector_init, the dataset.

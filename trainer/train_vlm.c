@@ -58,16 +58,23 @@ static ImageFit image_fit_named(const char *name) {
     return strcmp(name, "crop") == 0 ? IMAGE_FIT_CROP : IMAGE_FIT_SQUASH;
 }
 
-static bool open_vlm_dataset(Run *run, Error *err) {
-    const Config *config = run->config;
-    const ClipVisionConfig *clip = clip_tower_config(run->tower);
+bool vlm_dataset_options(const Config *config, const Tokenizer *tok, int32_t image_token_id,
+                         VlmDatasetOptions *options, Error *err) {
+    ClipVisionConfig clip;
+    if (!tower_config(config, &clip, err)) return false;
     ImagePreprocess preprocess = image_preprocess_clip336(image_fit_named(config->vision.image_fit));
-    preprocess.size = clip->image_size; // CLIP's mean, std and pad colour at the tower's resolution
-    VlmDatasetOptions options = {.path = config->data.path, .images = config->data.images, .tok = run->tokenizer,
-                                 .max_seq_len = config->data.max_seq_len, .n_image_tokens = clip_n_patches(clip),
-                                 .image_token_id = run->image_token_id, .preprocess = preprocess};
+    preprocess.size = clip.image_size; // CLIP's mean, std and pad colour at the tower's resolution
+    *options = (VlmDatasetOptions){.path = config->data.path, .images = config->data.images, .tok = tok,
+                                   .max_seq_len = config->data.max_seq_len, .n_image_tokens = clip_n_patches(&clip),
+                                   .image_token_id = image_token_id, .preprocess = preprocess};
+    return true;
+}
+
+static bool open_vlm_dataset(Run *run, Error *err) {
+    VlmDatasetOptions options;
+    if (!vlm_dataset_options(run->config, run->tokenizer, run->image_token_id, &options, err)) return false;
     run->vlm_dataset = vlm_dataset_open(&options, err);
-    return run->vlm_dataset && vlm_dataset_check_skips(run->vlm_dataset, config->data.max_skip_fraction, err);
+    return run->vlm_dataset && vlm_dataset_check_skips(run->vlm_dataset, run->config->data.max_skip_fraction, err);
 }
 
 // The tower, the pretrained projector (vision.projector_init) and the dataset.
