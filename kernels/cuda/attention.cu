@@ -56,6 +56,32 @@ __device__ __forceinline__ int segment_start(const int32_t *seq_start, int b, in
     return seq_start ? seq_start[(size_t)b * T + t] : 0;
 }
 
+// The query row a warp of the forward or dq kernel owns (grid (ceil(T / WARPS), n_head, B)),
+// and the keys its block stages: [keys_begin, n_keys) covers every key any of
+// the block's queries attends (the first query's segment start .. the last query).
+struct QueryWarp {
+    int b, h, kv_head, lane;
+    int t;            // the query row; only meaningful when active
+    bool active;      // t < T
+    int t_begin;      // t's segment start: its first key
+    int keys_begin, n_keys;
+    size_t q_offset;  // of row t (row 0 when inactive) in a (B, T, n_head, hd) tensor
+};
+
+__device__ __forceinline__ QueryWarp query_warp(const int32_t *seq_start, int T, int n_head, int n_kv_head, int hd) {
+    QueryWarp w;
+    w.b = blockIdx.z, w.h = blockIdx.y, w.kv_head = w.h / (n_head / n_kv_head);
+    w.lane = threadIdx.x % 32;
+    int first_query = blockIdx.x * WARPS;
+    w.t = first_query + threadIdx.x / 32;
+    w.active = w.t < T;
+    w.keys_begin = segment_start(seq_start, w.b, T, first_query);
+    w.n_keys = min(T, first_query + WARPS);
+    w.t_begin = w.active ? segment_start(seq_start, w.b, T, w.t) : 0;
+    w.q_offset = (((size_t)w.b * T + (w.active ? w.t : 0)) * n_head + w.h) * hd;
+    return w;
+}
+
 // Copies rows [first, first + n_rows) of a (B, T, n_heads, hd) tensor, for
 // batch b and head `head`, into tile (n_rows, hd).
 __device__ __forceinline__ void stage_rows(bf16 *tile, const bf16 *src, int b, int first, int n_rows, int T,
@@ -74,15 +100,10 @@ __global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, c
                                          float scale) {
     extern __shared__ bf16 smem[];
     bf16 *k_tile = smem, *v_tile = smem + TILE * hd;
-    int b = blockIdx.z, h = blockIdx.y, kv_head = h / (n_head / n_kv_head);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int first_query = blockIdx.x * WARPS;
-    int t = first_query + warp;
-    bool active = t < T;
-    int keys_begin = segment_start(seq_start, b, T, first_query); // first query's segment start
-    int n_keys = min(T, first_query + WARPS);                     // .. last query of the block
-    int t_begin = active ? segment_start(seq_start, b, T, t) : 0;
-    size_t q_offset = (((size_t)b * T + (active ? t : 0)) * n_head + h) * hd;
+    QueryWarp w = query_warp(seq_start, T, n_head, n_kv_head, hd);
+    int b = w.b, h = w.h, kv_head = w.kv_head, lane = w.lane, t = w.t, t_begin = w.t_begin;
+    bool active = w.active;
+    size_t q_offset = w.q_offset;
 
     float q_row[PER_LANE], acc[PER_LANE];
     load_row(q_row, q + q_offset, hd, lane);
@@ -90,8 +111,8 @@ __global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, c
     for (int j = 0; j < PER_LANE; j++) acc[j] = 0.0f;
     float running_max = -INFINITY, running_sum = 0.0f;
 
-    for (int tile_start = keys_begin; tile_start < n_keys; tile_start += TILE) {
-        int tile_rows = min(TILE, n_keys - tile_start);
+    for (int tile_start = w.keys_begin; tile_start < w.n_keys; tile_start += TILE) {
+        int tile_rows = min(TILE, w.n_keys - tile_start);
         __syncthreads();  // the previous tile is no longer read
         stage_rows(k_tile, k, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
         stage_rows(v_tile, v, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
@@ -148,15 +169,10 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
                                     int T, int n_head, int n_kv_head, int hd, float scale) {
     extern __shared__ bf16 smem[];
     bf16 *k_tile = smem, *v_tile = smem + TILE * hd;
-    int b = blockIdx.z, h = blockIdx.y, kv_head = h / (n_head / n_kv_head);
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    int first_query = blockIdx.x * WARPS;
-    int t = first_query + warp;
-    bool active = t < T;
-    int keys_begin = segment_start(seq_start, b, T, first_query);
-    int n_keys = min(T, first_query + WARPS);
-    int t_begin = active ? segment_start(seq_start, b, T, t) : 0;
-    size_t q_offset = (((size_t)b * T + (active ? t : 0)) * n_head + h) * hd;
+    QueryWarp w = query_warp(seq_start, T, n_head, n_kv_head, hd);
+    int b = w.b, h = w.h, kv_head = w.kv_head, lane = w.lane, t = w.t, t_begin = w.t_begin;
+    bool active = w.active;
+    size_t q_offset = w.q_offset;
     size_t stat = ((size_t)b * n_head + h) * T + (active ? t : 0);
 
     float q_row[PER_LANE], dout_row[PER_LANE], dq_acc[PER_LANE];
@@ -166,8 +182,8 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
     for (int j = 0; j < PER_LANE; j++) dq_acc[j] = 0.0f;
     float row_lse = lse[stat], row_D = D[stat];
 
-    for (int tile_start = keys_begin; tile_start < n_keys; tile_start += TILE) {
-        int tile_rows = min(TILE, n_keys - tile_start);
+    for (int tile_start = w.keys_begin; tile_start < w.n_keys; tile_start += TILE) {
+        int tile_rows = min(TILE, w.n_keys - tile_start);
         __syncthreads();
         stage_rows(k_tile, k, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
         stage_rows(v_tile, v, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
