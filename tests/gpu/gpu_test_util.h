@@ -17,6 +17,10 @@ extern Rng test_rng;
 // and returns false; main then returns GPU_TESTS_SKIPPED.
 bool gpu_tests_init(const char *what);
 
+// The CPU backend storing activations as bf16 (cpu_bf16.c): what a correct
+// bf16 backend computes, to tell bf16 storage's error from a kernel's.
+const Ops *ops_cpu_bf16(void);
+
 // ---- host arrays (n floats, at least one allocated) ------------------------
 float *host_alloc(size_t n);
 float *nan_array(size_t n);                              // every element NaN: an unwritten output fails

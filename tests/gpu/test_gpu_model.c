@@ -3,11 +3,17 @@
 // LoRA parameters, batch and dropout masks: bf16 base weights, NF4 base
 // weights (double quant), a LLaVA-style projector with image-feature rows,
 // activation checkpointing on and off.
-// The CPU model's frozen weights are rounded to bf16 first, so both backends
-// start from the same values and differ by the CUDA backend's bf16 storage of
-// activations only. Bounds: loss relative 1e-2; LoRA (and projector)
-// gradients ||gpu - cpu|| / ||cpu|| < 2e-2; after three AdamW steps at lr 1e-3
-// the parameters within 1e-2 of each other while each moved more than 2e-2.
+// The CPU models' frozen weights are rounded to bf16 first, so the backends
+// start from the same values. Two CPU oracles: the fp32 CPU backend, and the
+// CPU backend storing activations as bf16 (ops_cpu_bf16, cpu_bf16.c), which
+// is what a correct bf16 backend computes up to summation order. bf16 storage
+// alone moves the gradients by 1.5-4% from fp32 (most with the projector,
+// whose image rows are ~20x the token embeddings in the bf16 residual
+// stream), so the CUDA kernels are judged against the bf16 oracle: LoRA (and
+// projector) gradients ||gpu - cpu_bf16|| / ||cpu_bf16|| < 1e-2, and no
+// further from fp32 than the bf16 oracle is (x 1.25, + 1e-3). Loss relative
+// 1e-2 from both; after three AdamW steps at lr 1e-3 the parameters within
+// 1e-2 of the fp32 CPU's while each moved more than 2e-2.
 // Without a usable CUDA device every test is skipped with the reason.
 #include "gpu_test_util.h"
 
@@ -21,7 +27,9 @@
 enum { BATCH = 2, SEQ = 13, PROJECTOR_IN = 24, IMAGE_ROWS = 6, IMAGE_TOKEN = 261, ADAM_STEPS = 3 };
 
 #define LOSS_TOL 1e-2
-#define GRAD_TOL 2e-2
+#define GRAD_TOL 1e-2        // against the bf16-storage oracle
+#define FP32_EXCESS 1.25     // gpu's gradient error from fp32 at most this times the oracle's ...
+#define FP32_SLACK 1e-3      // ... plus this
 #define PARAM_TOL 1e-2
 #define MIN_PARAM_MOVE 2e-2
 #define LR 1e-3f
@@ -75,8 +83,8 @@ static Model *make_model(const Ops *ops, Case c) {
     Error err;
     Model *model = model_create(&options, &err);
     if (!model) fail_msg("model_create on %s: %s", ops->name, err.message);
-    model_init_random_base(model, 1234);
-    if (ops == cpu && !model_visit_frozen(model, round_to_bf16, NULL, &err)) fail_msg("%s", err.message);
+    if (!model_init_random_base(model, 1234, &err)) fail_msg("model_init_random_base on %s: %s", ops->name, err.message);
+    if (ops != gpu && !model_visit_frozen(model, round_to_bf16, NULL, &err)) fail_msg("%s", err.message);
     set_random_params(model);
     return model;
 }
@@ -138,11 +146,12 @@ static float *download_floats(Model *model, const float *src) {
     return host;
 }
 
-// Prints the worst parameter tensor (for diagnosis) and asserts the whole.
-static void expect_grads_close(Model *gpu_model, Model *cpu_model, const char *what) {
-    const ParamTable *table = model_params(cpu_model);
-    float *got = download_floats(gpu_model, model_grad_data(gpu_model));
-    float *want = download_floats(cpu_model, model_grad_data(cpu_model));
+// ||got - want|| / ||want|| over every trainable gradient, printing the worst
+// tensor (for diagnosis).
+static double grads_error(Model *got_model, Model *want_model, const char *what) {
+    const ParamTable *table = model_params(want_model);
+    float *got = download_floats(got_model, model_grad_data(got_model));
+    float *want = download_floats(want_model, model_grad_data(want_model));
     int worst = 0;
     double worst_error = 0;
     for (int i = 0; i < table->count; i++) {
@@ -153,15 +162,35 @@ static void expect_grads_close(Model *gpu_model, Model *cpu_model, const char *w
     double error = rel_error(got, want, table->total);
     print_message("%s: gradients relative error %.3g (worst tensor %s: %.3g)\n", what, error,
                   table->entries[worst].name, worst_error);
-    if (!(error < GRAD_TOL)) fail_msg("%s: gradients relative error %.3g, bound %.3g", what, error, GRAD_TOL);
     free(got), free(want);
+    return error;
+}
+
+// The GPU's gradients against the bf16 oracle's, and against fp32 no worse than the oracle's.
+static void expect_grads_close(Model *gpu_model, Model *bf16_model, Model *cpu_model, const char *what) {
+    char label[160];
+    snprintf(label, sizeof label, "%s, gpu vs cpu bf16 storage", what);
+    double error = grads_error(gpu_model, bf16_model, label);
+    if (!(error < GRAD_TOL)) fail_msg("%s: gradients relative error %.3g, bound %.3g", label, error, GRAD_TOL);
+    snprintf(label, sizeof label, "%s, cpu bf16 storage vs cpu fp32", what);
+    double oracle_error = grads_error(bf16_model, cpu_model, label);
+    snprintf(label, sizeof label, "%s, gpu vs cpu fp32", what);
+    double fp32_error = grads_error(gpu_model, cpu_model, label);
+    double bound = FP32_EXCESS * oracle_error + FP32_SLACK;
+    if (!(fp32_error < bound)) fail_msg("%s: gradients relative error %.3g, bound %.3g", label, fp32_error, bound);
+}
+
+static void expect_loss_close(double got, double want, int n_labels, const char *what, const char *oracle) {
+    double error = fabs(got - want) / fabs(want);
+    print_message("%s: loss gpu %.6f %s %.6f (relative %.3g)\n", what, got / n_labels, oracle, want / n_labels, error);
+    if (!(error < LOSS_TOL)) fail_msg("%s: loss relative error %.3g against %s", what, error, oracle);
 }
 
 // ----------------------------------------------------------------------------
 // the cases
 
 static void check_case(Case c) {
-    Model *gpu_model = make_model(gpu, c), *cpu_model = make_model(cpu, c);
+    Model *gpu_model = make_model(gpu, c), *cpu_model = make_model(cpu, c), *bf16_model = make_model(ops_cpu_bf16(), c);
     char what[96];
     snprintf(what, sizeof what, "%s%s, checkpointing %s", c.nf4 ? "nf4" : "bf16", c.vlm ? " + projector" : "",
              c.checkpointing ? "on" : "off");
@@ -169,11 +198,11 @@ static void check_case(Case c) {
     make_batch(&tb, model_config(cpu_model)->vocab_size, c.vlm);
 
     double gpu_loss = train_step(gpu_model, &tb, c.vlm), cpu_loss = train_step(cpu_model, &tb, c.vlm);
-    double loss_error = fabs(gpu_loss - cpu_loss) / fabs(cpu_loss);
-    print_message("%s: loss gpu %.6f cpu %.6f (relative %.3g)\n", what, gpu_loss / tb.n_labels,
-                  cpu_loss / tb.n_labels, loss_error);
-    if (!(loss_error < LOSS_TOL)) fail_msg("%s: loss relative error %.3g", what, loss_error);
-    expect_grads_close(gpu_model, cpu_model, what);
+    double bf16_loss = train_step(bf16_model, &tb, c.vlm);
+    expect_loss_close(gpu_loss, bf16_loss, tb.n_labels, what, "cpu bf16 storage");
+    expect_loss_close(gpu_loss, cpu_loss, tb.n_labels, what, "cpu fp32");
+    expect_grads_close(gpu_model, bf16_model, cpu_model, what);
+    model_destroy(bf16_model);
 
     size_t n = model_params(cpu_model)->total;
     float *start = download_floats(cpu_model, model_param_data(cpu_model));
