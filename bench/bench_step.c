@@ -31,7 +31,7 @@ int main(int argc, char **argv) {
     if (!llama_config_preset("small", &options.config, &err)) return fprintf(stderr, "%s\n", err.message), 1;
     Model *model = model_create(&options, &err);
     if (!model) return fprintf(stderr, "%s\n", err.message), 1;
-    model_init_random_base(model, 1);
+    if (!model_init_random_base(model, 1, &err)) return fprintf(stderr, "%s\n", err.message), 1;
     size_t n_params = model_params(model)->total;
     AdamW opt;
     float *norm_scratch = ops.alloc(sizeof(float), &err);

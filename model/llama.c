@@ -281,9 +281,9 @@ const ParamEntry *param_table_find(const ParamTable *table, const char *name) {
 
 // PEFT's init: A kaiming_uniform_(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)),
 // or `gaussian` N(0, (1/r)^2); B = 0.
-void model_init_lora(Model *m, uint64_t seed) {
-    float *host = malloc(m->params.total * sizeof(float) + 1);
-    if (!host) return;
+bool model_init_lora(Model *m, uint64_t seed, Error *err) {
+    float *host = checked_malloc(m->params.total * sizeof(float) + 1, "the trainable parameters' initial values", err);
+    if (!host) return false;
     Rng rng;
     rng_seed(&rng, seed);
     for (int i = 0; i < m->params.n_lora; i++) {
@@ -301,6 +301,7 @@ void model_init_lora(Model *m, uint64_t seed) {
     m->ops->upload(m->param_data, host, m->params.total * sizeof(float));
     free(host);
     model_sync_params(m);
+    return m->ops->check(err) || fail_context(err, "initialising the trainable parameters: ");
 }
 
 void model_sync_params(Model *m) { m->ops->params_to_act(m->param_act, m->param_data, m->params.total); }
@@ -442,7 +443,10 @@ Model *model_create(const ModelOptions *options, Error *err) {
         rope_inverse_frequencies(inv_freq, m->config.head_dim, m->config.rope_theta, &m->config.rope_scaling);
         m->ops->upload(m->inv_freq, inv_freq, sizeof inv_freq);
     }
-    model_init_lora(m, options->seed);
+    if (!model_init_lora(m, options->seed, err)) {
+        model_destroy(m);
+        return NULL;
+    }
     model_zero_grads(m);
     return m;
 }
@@ -508,22 +512,22 @@ bool model_visit_nf4(Model *m, Nf4Visitor visit, void *context, Error *err) {
 
 // transformers' LlamaPreTrainedModel._init_weights: linears and embeddings
 // N(0, initializer_range^2), RMSNorm weights 1.
-void model_init_random_base(Model *m, uint64_t seed) {
+bool model_init_random_base(Model *m, uint64_t seed, Error *err) {
     float std = m->config.initializer_range > 0 ? m->config.initializer_range : 0.02f;
     Rng rng;
     rng_seed(&rng, seed);
     for (int i = 0; i < m->n_frozen; i++) {
         Tensor *t = &m->frozen[i].tensor;
         size_t n = (size_t)tensor_numel(t);
-        float *host = malloc(n * sizeof(float));
-        if (!host) return;
+        float *host = checked_malloc(n * sizeof(float), m->frozen[i].name, err);
+        if (!host) return fail_context(err, "random base weights: ");
         for (size_t j = 0; j < n; j++) host[j] = t->ndim == 1 ? 1.0f : std * rng_normal(&rng);
-        Error out_of_memory;
-        bool ok = m->frozen[i].nf4 ? nf4_weight_quantize_from(m->frozen[i].nf4, m->ops, host, &out_of_memory)
-                                   : (m->ops->upload_f32(t->data, host, n), true);
+        bool ok = m->frozen[i].nf4 ? nf4_weight_quantize_from(m->frozen[i].nf4, m->ops, host, err)
+                                   : (m->ops->upload_f32(t->data, host, n), m->ops->check(err));
         free(host);
-        if (!ok) return;
+        if (!ok) return fail_context(err, "random base weight %s: ", m->frozen[i].name);
     }
+    return true;
 }
 
 // ----------------------------------------------------------------------------

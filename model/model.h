@@ -153,10 +153,12 @@ typedef bool (*Nf4Visitor)(void *context, const char *name, Nf4Weight *weight, E
 bool model_visit_nf4(Model *model, Nf4Visitor visit, void *context, Error *err);
 // Random base weights as transformers' LlamaForCausalLM init: linears and
 // embeddings N(0, initializer_range^2), norms 1. For tests, benchmarks and the demo.
-void model_init_random_base(Model *model, uint64_t seed);
+// False, with the reason, when memory or the backend fails.
+bool model_init_random_base(Model *model, uint64_t seed, Error *err);
 // Re-initialise the trainable parameters: LoRA A per lora.init, B = 0; the
 // projector as nn.Linear, weight and bias U(-1/sqrt(in), 1/sqrt(in)).
-void model_init_lora(Model *model, uint64_t seed);
+// False, with the reason, when memory or the backend fails.
+bool model_init_lora(Model *model, uint64_t seed, Error *err);
 
 // ----------------------------------------------------------------------------
 // training

@@ -20,7 +20,7 @@ static Model *tiny_model(const LlamaConfig *config, int r, const bool targets[LO
     Error err = {0};
     Model *model = model_create(&options, &err);
     if (!model) fail_msg("model_create: %s", err.message);
-    model_init_random_base(model, seed);
+    if (!model_init_random_base(model, seed, &err)) fail_msg("model_init_random_base: %s", err.message);
     return model;
 }
 

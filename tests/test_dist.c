@@ -303,7 +303,10 @@ static Model *many_layer_model(Error *err) {
     for (int t = 0; t < LORA_TARGET_COUNT; t++) options.lora.targets[t] = true;
     Model *model = model_create(&options, err);
     if (!model) return NULL;
-    model_init_random_base(model, 1234);
+    if (!model_init_random_base(model, 1234, err)) {
+        model_destroy(model);
+        return NULL;
+    }
     size_t n = model_params(model)->total;
     float *params = malloc(n * sizeof *params);
     if (!params) return model_destroy(model), (fail)(err, "out of memory"), NULL;

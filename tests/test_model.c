@@ -31,7 +31,7 @@ static Model *make_model(const ModelOptions *options) {
     Error err;
     Model *model = model_create(options, &err);
     if (!model) fail_msg("model_create: %s", err.message);
-    model_init_random_base(model, 1234);
+    if (!model_init_random_base(model, 1234, &err)) fail_msg("model_init_random_base: %s", err.message);
     return model;
 }
 
@@ -377,6 +377,24 @@ static void test_step_loss_read_once(void **state) {
     model_destroy(model);
 }
 
+// A backend that fails while the model initialises its trainable parameters
+// (a device fault, an out-of-memory upload): model_create returns the reason,
+// not a model whose LoRA B is whatever the memory held.
+static bool failing_check(Error *err) { return (fail)(err, "injected backend failure"); }  // (fail): cmocka has a fail() macro
+
+static void test_create_reports_a_failed_initialisation(void **state) {
+    Ops failing = *ops_cpu();
+    failing.check = failing_check;
+    ModelOptions options = tiny_options(true, false, 0);
+    options.ops = &failing;
+    Error err;
+    Model *model = model_create(&options, &err);
+    assert_null(model);
+    print_message("model_create: %s\n", err.message);
+    assert_non_null(strstr(err.message, "injected backend failure"));
+    assert_non_null(strstr(err.message, "initialising the trainable parameters"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_lora_zero_b_is_base),
@@ -387,6 +405,7 @@ int main(void) {
         cmocka_unit_test(test_packed_row_bad_seq_start),
         cmocka_unit_test(test_accumulation_matches_one_batch),
         cmocka_unit_test(test_step_loss_read_once),
+        cmocka_unit_test(test_create_reports_a_failed_initialisation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

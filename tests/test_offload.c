@@ -28,7 +28,7 @@ static Model *tiny_model(void) {
     for (int t = 0; t < LORA_TARGET_COUNT; t++) options.lora.targets[t] = true;
     Model *model = model_create(&options, &err);
     if (!model) fail_msg("model_create: %s", err.message);
-    model_init_random_base(model, 1234);
+    if (!model_init_random_base(model, 1234, &err)) fail_msg("model_init_random_base: %s", err.message);
     return model;
 }
 

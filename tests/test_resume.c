@@ -122,7 +122,7 @@ static void test_non_finite_steps_leave_optimizer_untouched(void **state) {
                             .lora = {.r = 8, .alpha = 8, .targets = {[LORA_Q] = true}}};
     Model *base = model_create(&options, &err);
     assert_non_null(base);
-    model_init_random_base(base, 1);
+    assert_true(model_init_random_base(base, 1, &err));
     Tensor norm;
     assert_true(model_frozen_tensor(base, "model.norm.weight", &norm, &err));
     poison(norm.data, (size_t)tensor_numel(&norm));

@@ -231,7 +231,7 @@ static Model *tiny_vlm(void) {
     options.lora = (LoraConfig){.r = 4, .alpha = 8, .targets = {[LORA_Q] = true, [LORA_V] = true, [LORA_DOWN] = true}};
     Model *model = model_create(&options, &err);
     if (!model) fail_msg("%s", err.message);
-    model_init_random_base(model, 21);
+    if (!model_init_random_base(model, 21, &err)) fail_msg("%s", err.message);
     return model;
 }
 

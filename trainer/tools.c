@@ -97,8 +97,7 @@ static bool init_model(const ToolArgs *args, Error *err) {
                             .lora = {.r = 1, .alpha = 1}, .seed = args->seed};
     Model *model = model_create(&options, err);
     if (!model) return false;
-    model_init_random_base(model, args->seed);
-    bool ok = hf_save_model(model, args->out, err) &&
+    bool ok = model_init_random_base(model, args->seed, err) && hf_save_model(model, args->out, err) &&
               (!args->tokenizer || install_tokenizer(args->tokenizer, &config, args->out, err));
     model_destroy(model);
     if (ok) printf("wrote a random %s model to %s\n", args->preset ? args->preset : args->config_json, args->out);

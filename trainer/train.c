@@ -57,8 +57,8 @@ static bool write_random_model(Run *run, const LlamaConfig *llama, bool verbose,
     Model *model = create_model(run, &unquantized, llama, err);
     if (!model) return false;
     if (verbose) printf("creating a random '%s' model in %s\n", config->model.create_if_missing, config->model.path);
-    model_init_random_base(model, config->train.seed);
-    bool ok = make_dirs(config->model.path, err) && hf_save_model(model, config->model.path, err);
+    bool ok = model_init_random_base(model, config->train.seed, err) && make_dirs(config->model.path, err) &&
+              hf_save_model(model, config->model.path, err);
     model_destroy(model);
     return ok;
 }
