@@ -205,12 +205,16 @@ typedef struct Ops {
 } Ops;
 
 // The CUDA backend's fixed device buffers, allocated once by ops_cuda: the
-// cuBLASLt workspace and the fp32 staging buffer of upload_f32/download_f32.
+// cuBLASLt workspace, the fp32 staging buffer of upload_f32/download_f32, and
+// the per-block partial sums of sum_squares (CUDA_REDUCE_PARTIALS floats).
 // Besides them a scratch buffer grows to the largest reserve_scratch or op
-// request (attention's backward: B * n_head * T floats). upload_async stages
-// through CUDA_UPLOAD_STAGING_BYTES of pinned host memory.
+// request (attention's backward: B * n_head * T floats; cross_entropy: one
+// float per row). upload_async stages through CUDA_UPLOAD_STAGING_BYTES of
+// pinned host memory.
 #define CUDA_LT_WORKSPACE_BYTES ((size_t)32 << 20)
 #define CUDA_STAGING_BYTES ((size_t)32 << 20)
+#define CUDA_REDUCE_PARTIALS 1024
+#define CUDA_REDUCE_PARTIALS_BYTES ((size_t)CUDA_REDUCE_PARTIALS * sizeof(float))
 #define CUDA_UPLOAD_STAGING_BYTES ((size_t)8 << 20)
 
 // The scratch attention_backward takes (on CUDA: D = rowsum(dout * out), one

@@ -100,7 +100,8 @@ static bool plan_memory(const Config *config, const ModelOptions *options, RunPl
     // The CUDA backend's own buffers: the fixed device ones and the scratch the
     // model reserves; on the host, upload_async's pinned staging.
     if (plan->gpu) {
-        plan->backend_bytes = CUDA_LT_WORKSPACE_BYTES + CUDA_STAGING_BYTES + plan->model.scratch_bytes;
+        plan->backend_bytes =
+            CUDA_LT_WORKSPACE_BYTES + CUDA_STAGING_BYTES + CUDA_REDUCE_PARTIALS_BYTES + plan->model.scratch_bytes;
         plan->pinned_host_bytes += CUDA_UPLOAD_STAGING_BYTES;
     }
     plan->workspace_bytes = plan->model.nf4_scratch_bytes + NORM_SCALAR_BYTES;

@@ -27,6 +27,7 @@ typedef struct CudaContext {
     size_t staging_floats;
     void *scratch;
     size_t scratch_bytes;
+    float *partials;  // CUDA_REDUCE_PARTIALS floats: per-block sums before their fixed-order total
     // upload_async: two halves of CUDA_UPLOAD_STAGING_BYTES pinned host
     // memory filled in turn; upload_done[h] is recorded after each copy out
     // of half h.

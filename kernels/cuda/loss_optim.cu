@@ -5,7 +5,25 @@
 
 #define THREADS 256
 #define CE_THREADS 512
-#define IGNORE_INDEX (-100)
+#define REDUCE_THREADS 1024
+
+// ----------------------------------------------------------------------------
+// Sums that are the same bits on every run: no float atomics. Each block
+// writes its partial; one block then adds the partials in a fixed order.
+
+// *out += sum(x[0..n)): thread t sums x[t], x[t + blockDim], ... in order,
+// then the block sums the threads in a fixed tree. One block.
+__global__ void add_sum_kernel(float *out, const float *x, size_t n) {
+    float partial = 0.0f;
+    for (size_t i = threadIdx.x; i < n; i += blockDim.x) partial += x[i];
+    float total = block_sum(partial);
+    if (threadIdx.x == 0) *out += total;
+}
+
+static void add_sum(float *out, const float *x, size_t n) {
+    add_sum_kernel<<<1, REDUCE_THREADS, 0, cuda_ctx.stream>>>(out, x, n);
+    launchCheck("add_sum_kernel");
+}
 
 // ----------------------------------------------------------------------------
 // cross-entropy, one block per row of V logits:
@@ -14,9 +32,10 @@
 // Pass 1 is an online softmax (per-thread running max and sum, merged over
 // the block); pass 2 writes dlogits. Every read of a row's logits happens
 // before the block reductions' barriers, every write after, so dlogits may
-// alias logits. Targets outside [0, V) (-100 among them) are ignored rows.
+// alias logits. Targets outside [0, V) (-100 among them) are ignored rows
+// (loss 0). Each row's loss goes to row_loss; add_sum adds them to loss_sum.
 
-__global__ void cross_entropy_kernel(float *loss_sum, bf16 *dlogits, const bf16 *logits, const int32_t *targets,
+__global__ void cross_entropy_kernel(float *row_loss, bf16 *dlogits, const bf16 *logits, const int32_t *targets,
                                      int V, float grad_scale) {
     size_t row = blockIdx.x;
     const bf16 *x = logits + row * V;
@@ -37,7 +56,7 @@ __global__ void cross_entropy_kernel(float *loss_sum, bf16 *dlogits, const bf16 
     float row_max = block_max(thread_max);
     float rescaled = thread_max == -INFINITY ? 0.0f : thread_sum * expf(thread_max - row_max);
     float lse = row_max + logf(block_sum(rescaled));
-    if (kept && threadIdx.x == 0) atomicAdd(loss_sum, lse - target_logit);
+    if (threadIdx.x == 0) row_loss[row] = kept ? lse - target_logit : 0.0f;
     if (!dlogits) return;
 
     bf16 *dx = dlogits + row * V;
@@ -47,22 +66,28 @@ __global__ void cross_entropy_kernel(float *loss_sum, bf16 *dlogits, const bf16 
     }
 }
 
+// The row losses take N floats of scratch (within what attention's backward
+// reserves for a batch of at least N tokens).
 void cuda_cross_entropy(float *loss_sum, void *dlogits, const void *logits, const int32_t *targets, int N, int V,
                         float grad_scale) {
     if (N == 0 || V == 0) return;
-    cross_entropy_kernel<<<N, CE_THREADS, 0, cuda_ctx.stream>>>(loss_sum, (bf16 *)dlogits, (const bf16 *)logits,
+    float *row_loss = (float *)cuda_scratch((size_t)N * sizeof(float));
+    if (!row_loss) return;
+    cross_entropy_kernel<<<N, CE_THREADS, 0, cuda_ctx.stream>>>(row_loss, (bf16 *)dlogits, (const bf16 *)logits,
                                                                 targets, V, grad_scale);
-    launchCheck("cross_entropy_kernel");
+    if (!launchCheck("cross_entropy_kernel")) return;
+    add_sum(loss_sum, row_loss, (size_t)N);
 }
 
 // ----------------------------------------------------------------------------
-// *out += sum(g^2): a grid-stride partial per thread, a block sum, one atomicAdd per block
+// *out += sum(g^2): a grid-stride partial per thread, a block sum per block
+// into cuda_ctx.partials, then add_sum over the blocks
 
-__global__ void sum_squares_kernel(float *out, const float *g, size_t n) {
+__global__ void sum_squares_kernel(float *partials, const float *g, size_t n) {
     float partial = 0.0f;
     GRID_STRIDE(i, n) partial += g[i] * g[i];
     float block_total = block_sum(partial);
-    if (threadIdx.x == 0) atomicAdd(out, block_total);
+    if (threadIdx.x == 0) partials[blockIdx.x] = block_total;
 }
 
 __global__ void scale_f32_kernel(float *x, float s, size_t n) {
@@ -71,8 +96,11 @@ __global__ void scale_f32_kernel(float *x, float s, size_t n) {
 
 void cuda_sum_squares(float *out, const float *g, size_t n) {
     if (n == 0) return;
-    sum_squares_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(out, g, n);
-    launchCheck("sum_squares_kernel");
+    unsigned int blocks = grid_for(n, THREADS);
+    if (blocks > CUDA_REDUCE_PARTIALS) blocks = CUDA_REDUCE_PARTIALS;
+    sum_squares_kernel<<<blocks, THREADS, 0, cuda_ctx.stream>>>(cuda_ctx.partials, g, n);
+    if (!launchCheck("sum_squares_kernel")) return;
+    add_sum(out, cuda_ctx.partials, blocks);
 }
 
 void cuda_scale_f32(float *x, float s, size_t n) {

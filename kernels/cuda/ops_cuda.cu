@@ -338,6 +338,8 @@ static bool context_init(Error *err) {
     cuda_ctx.staging_floats = CUDA_STAGING_BYTES / sizeof(float);  // per host <-> device chunk
     cuda_ctx.staging = (float *)device_alloc(cuda_ctx.staging_floats * sizeof(float), err);
     if (!cuda_ctx.staging) return fail_context(err, "staging buffer: ");
+    cuda_ctx.partials = (float *)device_alloc(CUDA_REDUCE_PARTIALS_BYTES, err);
+    if (!cuda_ctx.partials) return fail_context(err, "reduction partials: ");
     return true;
 }
 
