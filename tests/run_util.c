@@ -1,7 +1,10 @@
 #include "run_util.h"
 
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
+
+#include "checkpoints/checkpoints.h"
 
 void config_set_or_fail(Config *config, const char *fmt, const char *value) {
     char assignment[2048];
@@ -35,4 +38,37 @@ void record_loss(void *context, int step, double loss) {
     assert_in_range(step, 1, RECORDER_MAX_STEPS);
     recorder->losses[step] = loss;
     if (step == recorder->signal_at_step) raise(SIGTERM);
+}
+
+double adapter_difference(const char *adapter_a, const char *adapter_b, double *max_abs) {
+    char path_a[1024], path_b[1024];
+    snprintf(path_a, sizeof path_a, "%s/adapter_model.safetensors", adapter_a);
+    snprintf(path_b, sizeof path_b, "%s/adapter_model.safetensors", adapter_b);
+    Error err;
+    SafetensorsFile *a = safetensors_open(path_a, &err), *b = a ? safetensors_open(path_b, &err) : NULL;
+    if (!b) fail_msg("%s", err.message);
+    assert_int_equal(safetensors_count(a), safetensors_count(b));
+    double worst = 0;
+    *max_abs = 0;
+    for (int i = 0; i < safetensors_count(b); i++) {
+        const char *name = safetensors_name(b, i);
+        Tensor ta, tb;
+        if (!safetensors_get(a, name, &ta, &err) || !safetensors_get(b, name, &tb, &err)) fail_msg("%s", err.message);
+        int64_t n = tensor_numel(&tb);
+        assert_int_equal(tensor_numel(&ta), n);
+        const float *xa = ta.data, *xb = tb.data;
+        double diff2 = 0, norm2 = 0, diff_max = 0, scale = 0;
+        for (int64_t k = 0; k < n; k++) {
+            double d = (double)xa[k] - xb[k];
+            diff2 += d * d;
+            norm2 += (double)xb[k] * xb[k];
+            diff_max = fmax(diff_max, fabs(d));
+            scale = fmax(scale, fabs((double)xb[k]));
+        }
+        worst = fmax(worst, sqrt(diff2 / norm2));
+        *max_abs = fmax(*max_abs, diff_max / scale);
+    }
+    safetensors_close(a);
+    safetensors_close(b);
+    return worst;
 }

@@ -21,3 +21,7 @@ typedef struct LossRecorder {
     int signal_at_step;
 } LossRecorder;
 void record_loss(void *context, int step, double loss);
+
+// Largest ||a - b|| / ||b|| (L2) over the tensors of two adapter folders'
+// adapter_model.safetensors; *max_abs: the largest |a - b| / max|b| too.
+double adapter_difference(const char *adapter_a, const char *adapter_b, double *max_abs);

@@ -6,7 +6,7 @@
 // re-shard the optimizer state and end where an uninterrupted run does; a
 // checkpoint missing a rank's shard or with a corrupt one is not complete; a
 // rank killed mid-run ends the job with a message naming it.
-#include "test_util.h"
+#include "run_util.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -71,39 +71,12 @@ static void train(const char *dir, int nproc, int stage, const char *offload, co
     train_with(dir, nproc, stage, offload, out_name, "");
 }
 
-// Largest ||a - b|| / ||b|| (L2) over the tensors of two adapters; *max_abs:
-// the largest |a - b| / max|b| too.
-static double adapter_difference(const char *dir, const char *a_name, const char *b_name, double *max_abs) {
+// The adapters of two runs in dir (see adapter_difference in run_util.h).
+static double adapter_difference_of(const char *dir, const char *a_name, const char *b_name, double *max_abs) {
     char path_a[1024], path_b[1024];
-    snprintf(path_a, sizeof path_a, "%s/%s/adapter/adapter_model.safetensors", dir, a_name);
-    snprintf(path_b, sizeof path_b, "%s/%s/adapter/adapter_model.safetensors", dir, b_name);
-    Error err;
-    SafetensorsFile *a = safetensors_open(path_a, &err), *b = a ? safetensors_open(path_b, &err) : NULL;
-    if (!b) fail_msg("%s", err.message);
-    assert_int_equal(safetensors_count(a), safetensors_count(b));
-    double worst = 0;
-    *max_abs = 0;
-    for (int i = 0; i < safetensors_count(b); i++) {
-        const char *name = safetensors_name(b, i);
-        Tensor ta, tb;
-        if (!safetensors_get(a, name, &ta, &err) || !safetensors_get(b, name, &tb, &err)) fail_msg("%s", err.message);
-        int64_t n = tensor_numel(&tb);
-        assert_int_equal(tensor_numel(&ta), n);
-        const float *xa = ta.data, *xb = tb.data;
-        double diff2 = 0, norm2 = 0, diff_max = 0, scale = 0;
-        for (int64_t k = 0; k < n; k++) {
-            double d = (double)xa[k] - xb[k];
-            diff2 += d * d;
-            norm2 += (double)xb[k] * xb[k];
-            diff_max = fmax(diff_max, fabs(d));
-            scale = fmax(scale, fabs((double)xb[k]));
-        }
-        worst = fmax(worst, sqrt(diff2 / norm2));
-        *max_abs = fmax(*max_abs, diff_max / scale);
-    }
-    safetensors_close(a);
-    safetensors_close(b);
-    return worst;
+    snprintf(path_a, sizeof path_a, "%s/%s/adapter", dir, a_name);
+    snprintf(path_b, sizeof path_b, "%s/%s/adapter", dir, b_name);
+    return adapter_difference(path_a, path_b, max_abs);
 }
 
 static void test_ranks_match_one_process(void **state) {
@@ -123,7 +96,7 @@ static void test_ranks_match_one_process(void **state) {
                  runs[i].offload);
         train_with(dir, runs[i].nproc, runs[i].stage, runs[i].offload, name, runs[i].extra);
         const char *reference = strcmp(runs[i].extra, DELAYED) == 0 ? "single-delayed" : "single";
-        double max_abs, difference = adapter_difference(dir, name, reference, &max_abs);
+        double max_abs, difference = adapter_difference_of(dir, name, reference, &max_abs);
         print_message("%s %s vs %s: relative difference %.3g (L2), %.3g (max |a - b| / max |b|)\n", name,
                       runs[i].extra, reference, difference, max_abs);
         assert_true(difference < 1e-5);
@@ -147,7 +120,7 @@ static void test_offload_buckets_match_the_downloaded_shard(void **state) {
             snprintf(downloaded_flags, sizeof downloaded_flags, "%s %s", NO_OVERLAP, delayed ? DELAYED : "");
             train_with(dir, nproc, 2, "cpu", bucketed, bucketed_flags);
             train_with(dir, nproc, 2, "cpu", downloaded, downloaded_flags);
-            double max_abs, difference = adapter_difference(dir, bucketed, downloaded, &max_abs);
+            double max_abs, difference = adapter_difference_of(dir, bucketed, downloaded, &max_abs);
             print_message("%s vs %s: relative difference %.3g (L2)\n", bucketed, downloaded, difference);
             assert_true(difference == 0 && max_abs == 0);
         }
@@ -175,7 +148,7 @@ static void assert_resharded_resume(const char *dir, int from_nproc, int to_npro
     train_with(dir, to_nproc, 2, "none", name, resume);
     snprintf(expect, sizeof expect, "(saved by %d ranks) at step 2", from_nproc);
     assert_log_says(dir, name, expect);
-    double max_abs, difference = adapter_difference(dir, name, "straight", &max_abs);
+    double max_abs, difference = adapter_difference_of(dir, name, "straight", &max_abs);
     print_message("%d ranks stopped at step 2, resumed on %d: relative difference to the uninterrupted run %.3g (L2), "
                   "%.3g (max |a - b| / max |b|)\n",
                   from_nproc, to_nproc ? to_nproc : 1, difference, max_abs);
