@@ -3,12 +3,10 @@
 
 #include "distributed.h"
 
-#define HOST_SCALARS_MAX 4
-
 bool dist_context_start(DistContext *dist, const Ops *ops, double timeout_s, Error *err) {
     *dist = (DistContext){.ops = ops};
     if (!rank_info_from_env(&dist->info, err)) return false;
-    dist->scalars = ops->alloc(HOST_SCALARS_MAX * sizeof(double), err);
+    dist->scalars = ops->alloc(DIST_SCALARS_BYTES, err);
     if (!dist->scalars) return false;
     if (dist->info.world_size == 1) return (dist->coll = collectives_single(err)) != NULL;
     dist->store = store_create(&dist->info, timeout_s, err);
@@ -28,7 +26,7 @@ void dist_context_stop(DistContext *dist) {
 }
 
 bool all_reduce_host(DistContext *dist, double *values, int n, Error *err) {
-    if (n > HOST_SCALARS_MAX) return fail(err, "all_reduce_host: %d values (at most %d)", n, HOST_SCALARS_MAX);
+    if (n > DIST_HOST_SCALARS_MAX) return fail(err, "all_reduce_host: %d values (at most %d)", n, DIST_HOST_SCALARS_MAX);
     if (dist->info.world_size == 1) return true;
     size_t bytes = (size_t)n * sizeof(double);
     dist->ops->upload(dist->scalars, values, bytes);
@@ -38,7 +36,7 @@ bool all_reduce_host(DistContext *dist, double *values, int n, Error *err) {
 }
 
 bool all_gather_host_words(DistContext *dist, const uint64_t *words, int n_words, uint64_t *all, Error *err) {
-    if (n_words > HOST_SCALARS_MAX) return fail(err, "all_gather_host_words: %d words (at most %d)", n_words, HOST_SCALARS_MAX);
+    if (n_words > DIST_HOST_SCALARS_MAX) return fail(err, "all_gather_host_words: %d words (at most %d)", n_words, DIST_HOST_SCALARS_MAX);
     size_t bytes = (size_t)n_words * sizeof(uint64_t);
     for (int root = 0; root < dist->info.world_size; root++) {
         if (root == dist->info.rank) dist->ops->upload(dist->scalars, words, bytes);

@@ -4,12 +4,16 @@
 #include "dist/dist.h"
 #include "trainer.h"
 
+// all_reduce_host's scalars live in backend memory (NCCL reduces device memory).
+#define DIST_HOST_SCALARS_MAX 4
+#define DIST_SCALARS_BYTES (DIST_HOST_SCALARS_MAX * sizeof(double))
+
 typedef struct DistContext {
     RankInfo info;
     Store *store;
     Collectives *coll;
     const Ops *ops;
-    double *scalars;          // backend memory for all_reduce_host (NCCL reduces device memory)
+    double *scalars;          // DIST_SCALARS_BYTES of backend memory for all_reduce_host
 } DistContext;
 
 // Reads the ranks from the environment; with more than one, joins the store

@@ -9,6 +9,7 @@
 #include "train_private.h"
 
 #define NORM_SCALAR_BYTES sizeof(float) // ZeRO's grad-norm accumulator
+#define NCCL_BARRIER_BYTES sizeof(float) // the scalar NCCL's barrier all-reduces
 
 // The storage the run's backend uses: bf16 on CUDA, fp32 on the CPU. A GPU
 // backend is planned for even where this machine has no GPU (train.backend cuda).
@@ -104,7 +105,8 @@ static bool plan_memory(const Config *config, const ModelOptions *options, RunPl
             CUDA_LT_WORKSPACE_BYTES + CUDA_STAGING_BYTES + CUDA_REDUCE_PARTIALS_BYTES + plan->model.scratch_bytes;
         plan->pinned_host_bytes += CUDA_UPLOAD_STAGING_BYTES;
     }
-    plan->workspace_bytes = plan->model.nf4_scratch_bytes + NORM_SCALAR_BYTES;
+    plan->workspace_bytes = plan->model.nf4_scratch_bytes + NORM_SCALAR_BYTES + DIST_SCALARS_BYTES;
+    if (plan->gpu && plan->world_size > 1) plan->workspace_bytes += NCCL_BARRIER_BYTES;
     plan->device_total_bytes = plan->model.frozen_bytes + plan->model.nf4_bytes + plan->model.param_bytes +
                                plan->model.grad_bytes + plan->optimizer_device_bytes + plan->model.activation_bytes +
                                plan->workspace_bytes + plan->tower_bytes + plan->backend_bytes;

@@ -150,7 +150,7 @@ typedef struct RunPlan {
     size_t optimizer_shard;            // elements of rank 0's optimizer shard (all without ZeRO-2)
     size_t optimizer_device_bytes;     // Adam moments in backend memory (0 with --offload cpu)
     size_t pinned_host_bytes;          // --offload cpu: the shard's masters, gradients, moments; CUDA: upload staging
-    size_t workspace_bytes;            // NF4 dequantization scratch, grad-norm scalar
+    size_t workspace_bytes;            // NF4 dequantization scratch, grad-norm and all-reduce scalars
     size_t tower_bytes;                // the frozen vision tower: weights, activations, feature buffer (0 for text)
     size_t backend_bytes;              // CUDA backend's own buffers: cuBLASLt workspace, staging, scratch
     size_t device_total_bytes;         // every backend allocation of model, tower, optimizer and backend
