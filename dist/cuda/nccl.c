@@ -7,16 +7,17 @@
 // timeout_s has passed. On a failure or a timeout the communicator is
 // aborted, so a dead or hung peer ends the job with a message instead of
 // blocking forever (ncclCommInitRank would wait forever for a rank that never
-// joins). Each collective first waits for the compute work already issued
-// (cudaDeviceSynchronize), is enqueued on its own stream, and is done when
-// the event recorded after it is. A background reduction
-// (reduce_scatter_range_start) does not wait on the host: the communication
-// stream waits for an event recorded on the compute stream, and `wait`
-// finishes it as above; every later call is queued behind it on the same
-// stream; reductions_event lets the backend's copy stream wait for the
-// reductions started so far. Rank 0 creates the unique id and shares it through the store. The communicator lives on the device ops_cuda selected
-// for this local rank (the calling thread's current device). Compiled when
-// CUDA is found; not yet run on a GPU.
+// joins). Each collective is enqueued on the communication stream behind an
+// event recorded on the compute stream (the work that produced its data; the
+// host does not wait for it, nor for the rest of the device), and is done when
+// the event recorded after it is: the host polls that one. A background
+// reduction (reduce_scatter_range_start) is ordered the same way but not
+// waited for: `wait` finishes it as above; every later call is queued behind
+// it on the same stream; reductions_event lets the backend's copy stream wait
+// for the reductions started so far. Rank 0 creates the unique id and shares
+// it through the store. The communicator lives on the device ops_cuda
+// selected for this local rank (the calling thread's current device). Run on
+// the emulated CUDA backend (tools/cuda_emu) in CI; not yet on a GPU.
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdlib.h>
@@ -91,13 +92,20 @@ static bool wait_comm(Collectives *c, const char *what, Error *err) {
     }
 }
 
-// Before a collective: the communicator is usable and the compute work
-// that produced its data is done.
+// Orders the communication stream after the compute work issued so far.
+static bool after_compute(NcclState *s, Error *err) {
+    cudaStream_t compute = (cudaStream_t)s->ops->stream();
+    CUDA_TRY(cudaEventRecord(s->compute_ready, compute), "recording the compute stream's event");
+    CUDA_TRY(cudaStreamWaitEvent(s->stream, s->compute_ready, 0), "ordering the collective after the compute stream");
+    return true;
+}
+
+// Before a collective: the communicator is usable and the collective will
+// run after the compute work that produced its data.
 static bool begin_collective(Collectives *c, const char *what, Error *err) {
     if (!state_of(c)->comm)
         return fail(err, "NCCL %s on rank %d: the communicator was aborted after an earlier failure", what, c->rank);
-    CUDA_TRY(cudaDeviceSynchronize(), "waiting for the compute stream");
-    return true;
+    return after_compute(state_of(c), err);
 }
 
 // After a collective: waits until it is enqueued, then until its stream has run it.
@@ -153,13 +161,9 @@ static bool nccl_reduce_scatter(Collectives *c, float *x, size_t n, Error *err) 
 // the host waits only until the nonblocking communicator has enqueued it.
 static bool nccl_reduce_scatter_range_start(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err) {
     NcclState *s = state_of(c);
-    if (!s->comm)
-        return fail(err, "NCCL reduce_scatter on rank %d: the communicator was aborted after an earlier failure",
-                    c->rank);
-    cudaStream_t compute = (cudaStream_t)s->ops->stream();
-    CUDA_TRY(cudaEventRecord(s->compute_ready, compute), "recording the gradients' event");
-    CUDA_TRY(cudaStreamWaitEvent(s->stream, s->compute_ready, 0), "ordering the reduction after the backward");
-    if (!enqueue_reduce_scatter_range(c, x, n, begin, end, err) || !wait_comm(c, "reduce_scatter", err)) return false;
+    if (!begin_collective(c, "reduce_scatter", err) || !enqueue_reduce_scatter_range(c, x, n, begin, end, err) ||
+        !wait_comm(c, "reduce_scatter", err))
+        return false;
     s->started++;
     return true;
 }
@@ -247,7 +251,8 @@ static bool nccl_init(Collectives *c, Store *store, const RankInfo *info, Error 
     CUDA_TRY(cudaEventCreateWithFlags(&s->compute_ready, cudaEventDisableTiming), "creating the compute event");
     CUDA_TRY(cudaEventCreateWithFlags(&s->reduced, cudaEventDisableTiming), "creating the reductions' event");
     CUDA_TRY(cudaMalloc((void **)&s->barrier_scalar, sizeof *s->barrier_scalar), "allocating the barrier's scalar");
-    CUDA_TRY(cudaMemset(s->barrier_scalar, 0, sizeof *s->barrier_scalar), "zeroing the barrier's scalar");
+    CUDA_TRY(cudaMemsetAsync(s->barrier_scalar, 0, sizeof *s->barrier_scalar, s->stream),
+             "zeroing the barrier's scalar");
     ncclUniqueId id;
     if (!share_unique_id(store, info, &id, err)) return false;
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;

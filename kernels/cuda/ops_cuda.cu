@@ -230,6 +230,8 @@ static void download_f32(float *dst_host, const void *src_act, size_t n) {
 
 static const Ops cuda_ops = {
     .name = "cuda",
+    .device_memory = true,
+    .pinned_staging = true,
     .act_dtype = DTYPE_BF16,
     .alloc = device_alloc,
     .free = device_free,
@@ -317,7 +319,9 @@ static bool context_init(Error *err) {
         return fail(err, "CUDA device %d (%s) has compute capability %d.%d; bf16 needs 8.0 or newer", device,
                     prop.name, prop.major, prop.minor);
     cuda_ctx.sm_count = prop.multiProcessorCount;
-    if ((status = cudaStreamCreate(&cuda_ctx.stream)) != cudaSuccess)
+    // Non-blocking: nothing on the legacy default stream serializes with it;
+    // every other stream is ordered against it with events.
+    if ((status = cudaStreamCreateWithFlags(&cuda_ctx.stream, cudaStreamNonBlocking)) != cudaSuccess)
         return fail(err, "cudaStreamCreate: %s", cudaGetErrorString(status));
     if ((status = cudaStreamCreateWithFlags(&cuda_ctx.copy_stream, cudaStreamNonBlocking)) != cudaSuccess)
         return fail(err, "cudaStreamCreate (copies): %s", cudaGetErrorString(status));
