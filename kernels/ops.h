@@ -36,7 +36,10 @@ typedef struct RopeScaling {
 void rope_inverse_frequencies(float *inv_freq, int head_dim, float theta, const RopeScaling *scaling);
 
 typedef struct Ops {
-    const char *name;  // "cpu" or "cuda"
+    const char *name;  // "cpu" or "cuda", for messages; what differs is in the capabilities below
+    // ---- capabilities ------------------------------------------------------
+    bool device_memory;   // tensors live in device memory: collectives go through NCCL on the device
+    bool pinned_staging;  // host buffers the backend copies to and from are pinned, so copies overlap
     DType act_dtype;   // storage of activations and frozen weights
 
     // ---- memory (device memory for CUDA, host memory for the CPU) --------

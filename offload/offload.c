@@ -20,7 +20,7 @@ void host_floats_free(float *data, bool pinned) {
 
 bool offload_init(Offload *offload, const Ops *ops, const float *params_shard, size_t n, const AdamWHyper *hyper,
                   bool double_buffered, Error *err) {
-    bool pinned = strcmp(ops->name, "cuda") == 0;
+    bool pinned = ops->pinned_staging;
     *offload = (Offload){.ops = ops, .n = n, .pinned = pinned, .hyper = *hyper};
     bool ok = (offload->master = host_floats_alloc(n, pinned, "offloaded master weights", err)) &&
               (offload->grads[0] = host_floats_alloc(n, pinned, "offloaded gradients", err)) &&

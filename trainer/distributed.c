@@ -1,6 +1,4 @@
 // The training job's ranks: store, collectives and host-scalar reductions.
-#include <string.h>
-
 #include "distributed.h"
 
 bool dist_context_start(DistContext *dist, const Ops *ops, double timeout_s, Error *err) {
@@ -11,8 +9,7 @@ bool dist_context_start(DistContext *dist, const Ops *ops, double timeout_s, Err
     if (dist->info.world_size == 1) return (dist->coll = collectives_single(err)) != NULL;
     dist->store = store_create(&dist->info, timeout_s, err);
     if (!dist->store) return false;
-    bool cuda = strcmp(ops->name, "cuda") == 0;
-    dist->coll = cuda ? collectives_nccl(dist->store, &dist->info, timeout_s, err)
+    dist->coll = ops->device_memory ? collectives_nccl(dist->store, &dist->info, timeout_s, err)
                       : collectives_cpu(dist->store, &dist->info, timeout_s, err);
     if (!dist->coll) return fail_context(err, "rank %d of %d: ", dist->info.rank, dist->info.world_size);
     return true;

@@ -131,6 +131,8 @@ static void cpu_adamw(float *params, const float *grads, float *m, float *v, siz
 
 static const Ops cpu_ops = {
     .name = "cpu",
+    .device_memory = false,
+    .pinned_staging = false,
     .act_dtype = DTYPE_F32,
     .alloc = cpu_alloc,
     .free = cpu_free,
