@@ -21,8 +21,9 @@
 #include "internal.h"
 
 // ----------------------------------------------------------------------------
-// stack switching: x86-64 saves the callee-saved registers, MXCSR and the x87
-// control word on the stack it leaves; other machines use ucontext.
+// stack switching: x86-64 saves the callee-saved registers on the stack it
+// leaves (MXCSR and the x87 control word are never changed here, so they are
+// not switched); other machines use ucontext.
 
 #if defined(__x86_64__)
 extern "C" void emu_switch_stack(void **save_sp, void *load_sp);
@@ -37,14 +38,8 @@ emu_switch_stack:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -98,6 +93,7 @@ struct WarpOpSlot {
 
 struct Warp {
     WarpOpSlot slots[32];
+    WarpOpSlot *latest;  // the slot opened last: where lanes in lockstep meet
 };
 
 // The block being run.
@@ -108,6 +104,7 @@ struct Block {
     char *dynamic_shared;
     const char *barrier_file;
     int barrier_line;
+    size_t n_done;
     bool failed;
 };
 
@@ -145,6 +142,17 @@ static void to_scheduler(Fiber *f) {
 #endif
 }
 
+// From fiber `from` straight to `to`, without the scheduler in between.
+static void hand_off(Fiber *from, Fiber *to) {
+    current = to;
+    current_thread_idx = &to->idx;
+#if defined(__x86_64__)
+    emu_switch_stack(&from->sp, to->sp);
+#else
+    swapcontext(&from->context, &to->context);
+#endif
+}
+
 static void resume(Fiber *f) {
     current = f;
     current_thread_idx = &f->idx;
@@ -159,6 +167,7 @@ static void fiber_main() {
     Fiber *f = current;
     (*block_body)();
     f->state = FiberState::done;
+    block.n_done++;
     to_scheduler(f);  // never resumed
     abort();
 }
@@ -168,15 +177,14 @@ static void prepare(Fiber *f) {
     f->state = FiberState::ready;
     f->waiting_on = NULL;
 #if defined(__x86_64__)
-    // As emu_switch_stack leaves a stack: MXCSR and x87 control word, r15,
-    // r14, r13, r12, rbx, rbp, then the return address (fiber_main) and a
-    // null slot that stands for fiber_main's own return address.
+    // As emu_switch_stack leaves a stack: r15, r14, r13, r12, rbx, rbp, then
+    // the return address (fiber_main) and a null slot that stands for
+    // fiber_main's own return address, so its frame is 16-byte aligned.
     uint64_t *top = (uint64_t *)(f->stack + STACK_BYTES);
-    uint64_t *sp = top - 9;
-    sp[0] = 0x1F80 | ((uint64_t)0x037F << 32);
-    for (int i = 1; i <= 6; i++) sp[i] = 0;
-    sp[7] = (uint64_t)(uintptr_t)fiber_main;
-    sp[8] = 0;
+    uint64_t *sp = top - 8;
+    for (int i = 0; i < 6; i++) sp[i] = 0;
+    sp[6] = (uint64_t)(uintptr_t)fiber_main;
+    sp[7] = 0;
     f->sp = sp;
 #else
     getcontext(&f->context);
@@ -292,7 +300,12 @@ static uint64_t warp_result(const WarpOpSlot *op, WarpOpKind kind, int lane, int
     return op->value[source];
 }
 
+static bool joinable(const WarpOpSlot *op, unsigned bit) {
+    return op && op->used && !op->complete && (op->mask & bit) && !(op->arrived & bit);
+}
+
 static WarpOpSlot *join_or_open(Warp &w, WarpOpKind kind, unsigned mask, unsigned bit) {
+    if (joinable(w.latest, bit) && w.latest->mask == mask && w.latest->kind == kind) return w.latest;
     WarpOpSlot *free_slot = NULL;
     for (WarpOpSlot &op : w.slots) {
         if (!op.used) {
@@ -309,9 +322,25 @@ static WarpOpSlot *join_or_open(Warp &w, WarpOpKind kind, unsigned mask, unsigne
         return &op;
     }
     if (!free_slot) fiber_fault("more than 32 warp intrinsics in flight in one warp");
-    *free_slot = WarpOpSlot{};
-    free_slot->used = true, free_slot->kind = kind, free_slot->mask = mask;
+    free_slot->used = true, free_slot->complete = false, free_slot->kind = kind;
+    free_slot->mask = mask, free_slot->arrived = 0, free_slot->left = 0;
+    w.latest = free_slot;
     return free_slot;
+}
+
+// A ready lane of f's warp, in the schedule's order after f: lanes waiting
+// at a warp intrinsic hand over to each other without the scheduler.
+static Fiber *next_ready_lane(const Fiber *f) {
+    size_t first = (size_t)f->warp * 32;
+    int n = (int)std::min<size_t>(32, block.fibers.size() - first);
+    Schedule mode = schedule_mode();
+    int start = mode.order == ScheduleOrder::random ? (int)pick((unsigned)n) : f->lane;
+    int step = mode.order == ScheduleOrder::reverse ? n - 1 : 1;
+    for (int i = 1; i <= n; i++) {
+        Fiber *lane = block.fibers[first + (start + i * step) % n];
+        if (lane->state == FiberState::ready) return lane;
+    }
+    return NULL;
 }
 
 uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int width) {
@@ -330,12 +359,17 @@ uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int 
     op->arrived |= bit;
     if (op->arrived == op->mask) {
         op->complete = true;
-        for (Fiber *other : block.fibers)
-            if (other->state == FiberState::at_warp_op && other->waiting_on == op) other->state = FiberState::ready;
+        Fiber **lanes = &block.fibers[(size_t)f->warp * 32];
+        for (int l = 0; l < 32; l++)
+            if ((op->mask >> l & 1u) && l != f->lane) lanes[l]->state = FiberState::ready;
     } else {
         f->state = FiberState::at_warp_op;
         f->waiting_on = op;
-        to_scheduler(f);
+        Fiber *next = next_ready_lane(f);
+        if (next)
+            hand_off(f, next);
+        else
+            to_scheduler(f);
     }
     uint64_t result = warp_result(op, kind, f->lane, param, width);
     op->left |= bit;
@@ -375,10 +409,12 @@ static void report_deadlock() {
 static bool run_block(const std::vector<size_t> &order) {
     for (Fiber *f : block.fibers) prepare(f);
     block.barrier_file = NULL;
-    for (Warp &w : block.warps)
+    block.n_done = 0;
+    for (Warp &w : block.warps) {
         for (WarpOpSlot &op : w.slots) op.used = false;
-    size_t done = 0;
-    while (done < block.fibers.size()) {
+        w.latest = NULL;
+    }
+    while (block.n_done < block.fibers.size()) {
         bool ran = false;
         for (size_t i : order) {
             Fiber *f = block.fibers[i];
@@ -386,9 +422,8 @@ static bool run_block(const std::vector<size_t> &order) {
             resume(f);
             ran = true;
             if (block.failed) return false;
-            done += f->state == FiberState::done;
         }
-        if (ran || done == block.fibers.size()) continue;
+        if (ran || block.n_done == block.fibers.size()) continue;
         if (open_barrier()) continue;
         if (!block.failed) report_deadlock();
         return false;
@@ -433,7 +468,7 @@ struct KernelWork : Work {
         size_t n_blocks = (size_t)spec.grid.x * spec.grid.y * spec.grid.z;
         while (fiber_pool.size() < threads) fiber_pool.push_back(new_fiber());
         std::vector<char> shared(spec.shared_bytes + SHARED_GUARD + 16);
-        block = Block{&spec, {}, std::vector<Warp>((threads + 31) / 32), shared.data(), NULL, 0, false};
+        block = Block{&spec, {}, std::vector<Warp>((threads + 31) / 32), shared.data(), NULL, 0, 0, false};
         for (size_t t = 0; t < threads; t++) {
             Fiber *f = fiber_pool[t];
             f->idx = {(unsigned)(t % spec.block.x), (unsigned)(t / spec.block.x % spec.block.y),
