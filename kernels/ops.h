@@ -77,6 +77,7 @@ typedef struct Ops {
     void (*synchronize_copies)(void);
 
     // act[i] = (act_dtype) src[i], src fp32 on the host. Loads weights.
+    // Both return with the copy complete, as upload and download.
     void (*upload_f32)(void *dst_act, const float *src_host, size_t n);
     // dst[i] = (float) act[i], onto the host. Reads results.
     void (*download_f32)(float *dst_host, const void *src_act, size_t n);

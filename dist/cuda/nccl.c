@@ -220,6 +220,7 @@ static void nccl_destroy(Collectives *c) {
         else
             abort_comm(s);
     }
+    if (s->stream) (void)cudaStreamSynchronize(s->stream);  // after abort too: its collectives have returned
     if (s->barrier_scalar) (void)cudaFree(s->barrier_scalar);
     if (s->done) (void)cudaEventDestroy(s->done);
     if (s->compute_ready) (void)cudaEventDestroy(s->compute_ready);

@@ -99,17 +99,20 @@ static void *device_alloc(size_t bytes, Error *err) {
     return ptr;
 }
 
+// Waits for the device first: cudaFree may, but need not, wait for the work
+// queued on the memory (and the copy and communication streams may use it).
 static void device_free(void *ptr) {
     if (!ptr) return;
+    cudaCheck(cudaDeviceSynchronize());
     untrack_allocation(ptr);
     cudaCheck(cudaFree(ptr));
 }
 
 static size_t device_peak_bytes(void) { return peak_bytes; }
 
+// Growing frees the old buffer, after the work queued on it (device_free waits).
 void *cuda_scratch(size_t bytes) {
     if (bytes <= cuda_ctx.scratch_bytes) return cuda_ctx.scratch;
-    if (!cudaCheck(cudaStreamSynchronize(cuda_ctx.stream))) return NULL;
     if (cuda_ctx.scratch) device_free(cuda_ctx.scratch);
     cuda_ctx.scratch = NULL;
     cuda_ctx.scratch_bytes = 0;

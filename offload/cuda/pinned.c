@@ -13,4 +13,9 @@ void *pinned_alloc(size_t bytes, const char *what, Error *err) {
     return data;
 }
 
-void pinned_free(void *data) { cudaFreeHost(data); }
+// Copies queued into or out of the buffer finish first: cudaFreeHost need not wait for them.
+void pinned_free(void *data) {
+    if (!data) return;
+    (void)cudaDeviceSynchronize();  // offload frees without reporting; a failed device fails elsewhere
+    cudaFreeHost(data);
+}

@@ -461,6 +461,10 @@ struct MatmulWork : emu::Work {
     float alpha, beta;
 
     std::string name() const override { return "cublasLtMatmul"; }
+    bool touches(const char *begin, const char *end) const override {
+        return emu::within(a, begin, end) || emu::within(b, begin, end) || emu::within(c, begin, end) ||
+               emu::within(d, begin, end);
+    }
 
     bool run() override {
         std::vector<float> a_panels, b_panels, sums;

@@ -28,7 +28,15 @@ struct Work {
     // when it waits on something outside this process (only NCCL work does);
     // it is called again later. A failure is reported with emu::fault().
     virtual bool run() = 0;
+    // Whether it reads or writes memory in [begin, end): cudaFree of memory
+    // that queued work still uses is a fault (CUDA only "may" wait for it).
+    virtual bool touches(const char * /*begin*/, const char * /*end*/) const { return false; }
 };
+
+// Whether p lies in [begin, end).
+static inline bool within(const void *p, const char *begin, const char *end) {
+    return (const char *)p >= begin && (const char *)p < end;
+}
 
 // Appends work to a stream (NULL or cudaStreamLegacy: the legacy default
 // stream). Checks the handle; cudaErrorInvalidResourceHandle for a bad one.

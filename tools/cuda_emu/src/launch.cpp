@@ -461,6 +461,11 @@ struct KernelWork : Work {
     std::vector<const void *> pointers;
 
     std::string name() const override { return "kernel " + kernel_name; }
+    bool touches(const char *begin, const char *end) const override {
+        for (const void *p : pointers)
+            if (within(p, begin, end)) return true;
+        return false;
+    }
 
     bool run() override {
         spec.name = kernel_name.c_str();

@@ -399,6 +399,9 @@ struct Collective final : emu::Work {
     Collective(std::shared_ptr<ncclComm> owner, const Call &what, uint64_t place)
         : comm(std::move(owner)), call(what), ticket(place) {}
     std::string name() const override { return kind_name(call.kind); }
+    bool touches(const char *begin, const char *end) const override {
+        return emu::within(call.send, begin, end) || emu::within(call.recv, begin, end);
+    }
     bool run() override;
 
     size_t chunk_elements() const {

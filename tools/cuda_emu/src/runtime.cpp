@@ -169,10 +169,19 @@ static cudaError_t allocate(void **ptr, size_t bytes, Memory kind) {
     return status();
 }
 
-static cudaError_t release(void *ptr, Memory kind) {
+static bool queued_work_touches(const Allocation &a);
+static cudaError_t synchronize_all();
+
+// cudaFree / cudaFreeHost: the memory must not be in use by queued work (the
+// runtime may wait for the device first, but NVIDIA does not promise it, so
+// code must have waited itself); then everything queued runs, as it would.
+static cudaError_t release(void *ptr, Memory kind, const char *call) {
     if (!ptr) return status();
     auto it = allocations.find((uintptr_t)ptr);
     if (it == allocations.end() || it->second.kind != kind) return status(cudaErrorInvalidValue);
+    if (queued_work_touches(it->second))
+        fault(cudaErrorIllegalAddress, "%s(%p) while queued work still uses it: wait for the stream first", call, ptr);
+    synchronize_all();
     check_guards(ptr, "an earlier kernel or copy");
     if (kind == Memory::device) live_device_bytes -= it->second.bytes;
     free(it->second.raw);
@@ -355,6 +364,14 @@ static cudaError_t synchronize_all() {
     return status();
 }
 
+static bool queued_work_touches(const Allocation &a) {
+    const char *end = a.user + (a.bytes > 0 ? a.bytes : 1);
+    for (CUstream_st *s : streams)
+        for (const Entry &e : s->queue)
+            if (e.work->touches(a.user, end)) return true;
+    return false;
+}
+
 // ----------------------------------------------------------------------------
 // copies and sets as stream work
 
@@ -364,6 +381,9 @@ struct Copy : Work {
     size_t bytes;
     std::vector<unsigned char> snapshot;  // a pageable source, taken at the call
     std::string name() const override { return "cudaMemcpyAsync"; }
+    bool touches(const char *begin, const char *end) const override {
+        return within(dst, begin, end) || (snapshot.empty() && within(src, begin, end));
+    }
     bool run() override {
         memcpy(dst, snapshot.empty() ? src : snapshot.data(), bytes);
         check_guards(dst, "cudaMemcpyAsync");
@@ -376,6 +396,7 @@ struct Set : Work {
     int value;
     size_t bytes;
     std::string name() const override { return "cudaMemsetAsync"; }
+    bool touches(const char *begin, const char *end) const override { return within(dst, begin, end); }
     bool run() override {
         memset(dst, value, bytes);
         return true;
@@ -587,8 +608,7 @@ cudaError_t cudaMalloc(void **ptr, size_t bytes) {
 
 cudaError_t cudaFree(void *ptr) {
     Lock lock;
-    synchronize_all();  // as CUDA, cudaFree waits for the device
-    return release(ptr, Memory::device);
+    return release(ptr, Memory::device, "cudaFree");
 }
 
 cudaError_t cudaMallocHost(void **ptr, size_t bytes) {
@@ -604,8 +624,7 @@ cudaError_t cudaHostAlloc(void **ptr, size_t bytes, unsigned int flags) {
 
 cudaError_t cudaFreeHost(void *ptr) {
     Lock lock;
-    synchronize_all();
-    return release(ptr, Memory::pinned);
+    return release(ptr, Memory::pinned, "cudaFreeHost");
 }
 
 size_t cuda_emu_peak_device_bytes(void) {
