@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "offload/pinned.h"
+
 #define BF16_TOL 1e-2
 #define F32_TOL 1e-5
 #define STAT_TOL 1e-4  // fp32 results of bf16 inputs: rstd, lse, loss
@@ -45,6 +47,77 @@ static void test_upload_download_round_trip(void **state) {
     gpu->free(dev);
     free(x);
 }
+
+static float *pinned_floats(size_t n) {
+    Error err;
+    float *x = pinned_alloc(n * sizeof(float), "the test's pinned buffer", &err);
+    if (!x) fail_msg("%s", err.message);
+    return x;
+}
+
+// upload, download, upload_f32 and download_f32 return with the copy done,
+// also from and into pinned host memory, which cudaMemcpyAsync does not
+// stage: the source may be overwritten, and the destination read, at once.
+static void test_copies_are_done_on_return(void **state) {
+    size_t n = 40009;
+    float *x = random_act(n, -2, 2), *pinned = pinned_floats(n);
+    memcpy(pinned, x, n * sizeof(float));
+    float *dev = gpu_alloc(n * sizeof(float));
+    gpu->upload(dev, pinned, n * sizeof(float));
+    memset(pinned, 0, n * sizeof(float));
+    gpu->download(pinned, dev, n * sizeof(float));
+    assert_memory_equal(pinned, x, n * sizeof(float));
+
+    void *act = gpu_alloc(n * dtype_size(gpu->act_dtype));
+    gpu->upload_f32(act, pinned, n);
+    memset(pinned, 0, n * sizeof(float));
+    gpu->download_f32(pinned, act, n);
+    assert_memory_equal(pinned, x, n * sizeof(float));  // bf16 values survive exactly
+    gpu_ok();
+    gpu->free(act), gpu->free(dev), pinned_free(pinned), free(x);
+}
+
+// upload_async takes the bytes before it returns, through two halves of
+// pinned staging: several uploads in a row, more than the whole staging,
+// with no wait between them, all arrive (a half is refilled only once the
+// copies out of it have run).
+static void test_upload_async_past_the_staging(void **state) {
+    enum { UPLOADS = 5 };
+    size_t n = CUDA_UPLOAD_STAGING_BYTES / 2 / sizeof(int32_t) * 3 / 4;  // 3 MiB: one per half
+    int32_t *host = malloc(n * sizeof(int32_t));
+    assert_non_null(host);
+    void *dev[UPLOADS];
+    for (int u = 0; u < UPLOADS; u++) {
+        for (size_t i = 0; i < n; i++) host[i] = (int32_t)(u * n + i);
+        dev[u] = gpu_alloc(n * sizeof(int32_t));
+        gpu->upload_async(dev[u], host, n * sizeof(int32_t));
+    }
+    for (int u = 0; u < UPLOADS; u++) {
+        gpu->download(host, dev[u], n * sizeof(int32_t));
+        for (size_t i = 0; i < n; i++)
+            if (host[i] != (int32_t)(u * n + i)) fail_msg("upload %d, element %zu: %d", u, i, host[i]);
+        gpu->free(dev[u]);
+    }
+    gpu_ok();
+    free(host);
+}
+
+#ifdef LORA_TRAIN_CUDA_EMU
+// A kernel fault (here an add past the end of its buffer, which the emulated
+// device's guard bytes catch) is reported by check once synchronize has run
+// the kernel, as a GPU reports it at the next synchronization.
+static void test_an_asynchronous_fault_is_reported(void **state) {
+    size_t n = 1000;
+    float *x = random_act(n, -1, 1);
+    void *small = gpu_act(x, n / 2), *large = gpu_act(x, n);
+    gpu->add_inplace(small, large, n);
+    gpu->synchronize();
+    Error err;
+    assert_false(gpu->check(&err));
+    print_message("check after the fault: %s\n", err.message);
+    free(x);
+}
+#endif
 
 static void test_params_to_act_rounds_to_nearest_even(void **state) {
     size_t n = 4099;
@@ -513,6 +586,8 @@ static void test_adamw(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_upload_download_round_trip),
+        cmocka_unit_test(test_copies_are_done_on_return),
+        cmocka_unit_test(test_upload_async_past_the_staging),
         cmocka_unit_test(test_params_to_act_rounds_to_nearest_even),
         cmocka_unit_test(test_add_inplace),
         cmocka_unit_test(test_matmul),
@@ -528,6 +603,9 @@ int main(void) {
         cmocka_unit_test(test_attention_rejects_large_head_dim),
         cmocka_unit_test(test_sum_squares_and_scale),
         cmocka_unit_test(test_adamw),
+#ifdef LORA_TRAIN_CUDA_EMU
+        cmocka_unit_test(test_an_asynchronous_fault_is_reported),  // last: the device is unusable after it
+#endif
     };
     if (!gpu_tests_init("every GPU parity test")) return GPU_TESTS_SKIPPED;
     rng_seed(&test_rng, 20240611);
