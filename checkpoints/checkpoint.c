@@ -35,6 +35,7 @@ static const char *const FILE_NAMES[N_FILES] = {ADAPTER_CONFIG_FILE, ADAPTER_WEI
 // One rank's part: every file on rank 0, the optimizer shard alone elsewhere.
 struct CheckpointImage {
     int step, rank, world_size;
+    size_t total;              // trainable parameters: the shards must tile [0, total)
     FileImage optimizer;       // optimizer/rank-NNNNN.safetensors
     FileImage files[N_FILES];  // rank 0 only; the marker lists this rank's shard alone
     FileImage latest;          // "step-NNNNNN\n", rank 0 only
@@ -179,7 +180,8 @@ CheckpointImage *checkpoint_image_create(const CheckpointSource *source, Error *
     CheckpointImage *image = checked_calloc(1, sizeof *image, "a checkpoint image", err);
     if (!image) return NULL;
     *image = (CheckpointImage){.step = source->state->step, .rank = source->world_size ? source->rank : 0,
-                               .world_size = source->world_size ? source->world_size : 1};
+                               .world_size = source->world_size ? source->world_size : 1,
+                               .total = model_params(source->model)->total};
     bool ok = serialize_optimizer(source, image, err) && (image->rank != 0 || serialize_rank0_files(source, image, err));
     if (ok) return image;
     checkpoint_image_destroy(image);
@@ -230,7 +232,10 @@ static bool verify_shards(const char *partial, const FileDigest *digests, int wo
     return true;
 }
 
-// Rank 0's files, then (once they and every shard verify) the marker.
+static bool shard_ranges_tile(const char *dir, size_t total, Error *err);
+
+// Rank 0's files, then (once they and every shard verify, and the shards'
+// ranges are what a load accepts) the marker.
 static bool write_rank0_files(const char *partial, const CheckpointImage *image, const FileDigest *digests,
                               Error *err) {
     char optimizer_dir[CHECKPOINT_PATH_MAX];
@@ -239,7 +244,8 @@ static bool write_rank0_files(const char *partial, const CheckpointImage *image,
     }
     FileImage marker = {0};
     bool ok = join_path(optimizer_dir, sizeof optimizer_dir, partial, OPTIMIZER_DIR, err) &&
-              verify_shards(partial, digests, image->world_size, err) && sync_dir(optimizer_dir, err) &&
+              verify_shards(partial, digests, image->world_size, err) &&
+              shard_ranges_tile(partial, image->total, err) && sync_dir(optimizer_dir, err) &&
               sync_dir(partial, err) && serialize_marker(image, digests, &marker, err) &&
               write_and_verify(partial, &marker, MARKER_FILE, err) && sync_dir(partial, err);
     file_image_free(&marker);
@@ -496,6 +502,13 @@ static bool load_optimizer(const char *dir, const ShardRequest *request, int *op
         return fail(err, "%s: the optimizer shards of %d ranks cover %zu of %zu trainable parameters", dir, world_size,
                     covered, request->total);
     return true;
+}
+
+// The shard files of dir tile [0, total) as load_optimizer requires (nothing copied).
+static bool shard_ranges_tile(const char *dir, size_t total, Error *err) {
+    ShardRequest ranges_only = {.total = total};
+    int optimizer_steps;
+    return load_optimizer(dir, &ranges_only, &optimizer_steps, err);
 }
 
 static bool get_number(json_object *obj, const char *path, const char *key, double *out, Error *err) {

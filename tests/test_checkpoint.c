@@ -259,6 +259,35 @@ static void test_prune_keeps_newest(void **state) {
     fixture_destroy(&f);
 }
 
+// Two ranks' shard files whose ranges do not tile the buffer (both [0, n),
+// as stage 0 once wrote): the save fails verification with resume's own
+// message, and nothing is left that looks like a checkpoint.
+static void test_shards_that_resume_would_refuse_fail_the_save(void **state) {
+    const char *run_dir = make_temp_dir("ckpt-overlap");
+    Fixture f = fixture_create();
+    fill_for_step(&f, 2);
+    TrainerState s = state_for_step(2);
+    AdapterInfo info = {.base_model_name_or_path = "base"};
+    CheckpointImage *images[2];
+    FileDigest digests[2];
+    Error err;
+    for (int rank = 0; rank < 2; rank++) {
+        CheckpointSource source = {f.model, &info, f.adam_m, f.adam_v, false, &s, rank, 2, 0, f.n};
+        images[rank] = checkpoint_image_create(&source, &err);
+        if (!images[rank]) fail_msg("%s", err.message);
+    }
+    assert_true(checkpoint_write_begin(run_dir, images[0], &err));
+    for (int rank = 0; rank < 2; rank++) assert_true(checkpoint_write_shard(run_dir, images[rank], &digests[rank], &err));
+    char path[4096];
+    assert_false(checkpoint_write_finish(run_dir, images[0], digests, path, sizeof path, &err));
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "rank-00001.safetensors: range [0, "));
+    assert_non_null(strstr(err.message, "does not continue the shards before it"));
+    assert_false(checkpoint_find_latest(run_dir, path, sizeof path, &err));
+    for (int rank = 0; rank < 2; rank++) checkpoint_image_destroy(images[rank]);
+    fixture_destroy(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_and_peft_layout),
@@ -267,6 +296,7 @@ int main(void) {
         cmocka_unit_test(test_sigkill_during_save),
         cmocka_unit_test(test_corruption_detected_and_skipped),
         cmocka_unit_test(test_prune_keeps_newest),
+        cmocka_unit_test(test_shards_that_resume_would_refuse_fail_the_save),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,7 +2,7 @@
 // and 2 (gradient buckets per layer, merged, or reduced after the backward;
 // the CPU offload, also with the delayed update) and gradient accumulation
 // leave the same adapter as 1 process with the same global
-// batch; the offload's per-bucket copies the same bits as its download; ZeRO-2 checkpoints of 2 ranks resumed on 3, and of 3 resumed on 1,
+// batch; the offload's per-bucket copies the same bits as its download; ZeRO-2 checkpoints of 2 ranks resumed on 3, and of 3 resumed on 1, and stage-0 ones of 2 resumed on 3,
 // re-shard the optimizer state and end where an uninterrupted run does; a
 // checkpoint missing a rank's shard or with a corrupt one is not complete; a
 // rank killed mid-run ends the job with a message naming it.
@@ -164,21 +164,23 @@ static void assert_log_says(const char *dir, const char *name, const char *expec
     free(log);
 }
 
-// A ZeRO-2 run of from_nproc ranks saving every 2 steps, then the same run
-// resumed from its step-000002 on to_nproc ranks (0: one process, no
-// launcher); the final adapter against the uninterrupted "straight" run's.
-static void assert_resharded_resume(const char *dir, int from_nproc, int to_nproc) {
+// A run of from_nproc ranks at ZeRO stage `stage` saving every 2 steps, then
+// the same run resumed from its step-000002 on to_nproc ranks (0: one
+// process, no launcher); the final adapter against the uninterrupted
+// "straight" run's.
+static void assert_resharded_resume(const char *dir, int stage, int from_nproc, int to_nproc) {
     char name[64], resume[1024], expect[128];
-    snprintf(name, sizeof name, "from%d-to%d", from_nproc, to_nproc);
-    train_with(dir, from_nproc, 2, "none", name, "--set checkpoint.every_steps=2");
+    snprintf(name, sizeof name, "stage%d-from%d-to%d", stage, from_nproc, to_nproc);
+    train_with(dir, from_nproc, stage, "none", name, "--set checkpoint.every_steps=2");
+    assert_log_says(dir, name, "saved checkpoint");
     snprintf(resume, sizeof resume, "--set checkpoint.every_steps=2 --resume %s/%s/step-000002", dir, name);
-    train_with(dir, to_nproc, 2, "none", name, resume);
+    train_with(dir, to_nproc, stage, "none", name, resume);
     snprintf(expect, sizeof expect, "(saved by %d ranks) at step 2", from_nproc);
     assert_log_says(dir, name, expect);
     double max_abs, difference = adapter_difference(dir, name, "straight", &max_abs);
-    print_message("%d ranks stopped at step 2, resumed on %d: relative difference to the uninterrupted run %.3g (L2), "
-                  "%.3g (max |a - b| / max |b|)\n",
-                  from_nproc, to_nproc ? to_nproc : 1, difference, max_abs);
+    print_message("stage %d: %d ranks stopped at step 2, resumed on %d: relative difference to the uninterrupted run "
+                  "%.3g (L2), %.3g (max |a - b| / max |b|)\n",
+                  stage, from_nproc, to_nproc ? to_nproc : 1, difference, max_abs);
     assert_true(difference < 1e-6);
 }
 
@@ -218,9 +220,10 @@ static void test_resume_reshards_zero2(void **state) {
     if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
     const char *dir = strdup(make_temp_dir("launch-reshard"));
     train_with(dir, 0, 0, "none", "straight", "--set checkpoint.every_steps=2");
-    assert_resharded_resume(dir, 2, 3);
-    assert_resharded_resume(dir, 3, 0);
-    assert_damaged_shards_fall_back(dir, "from2-to3");
+    assert_resharded_resume(dir, 2, 2, 3);
+    assert_resharded_resume(dir, 2, 3, 0);
+    assert_resharded_resume(dir, 0, 2, 3);
+    assert_damaged_shards_fall_back(dir, "stage2-from2-to3");
     free((void *)dir);
 }
 

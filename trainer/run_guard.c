@@ -56,9 +56,24 @@ static TrainerState state_at(Run *run, int next_step) {
     return state;
 }
 
+// The moments this rank saves: its ZeRO-2 shard, or at stage 0 (where every
+// rank holds them all, equal) its dist_shard_range slice, so the ranks' files
+// tile the buffer as at stage 2 and resume on any number of ranks.
+static ZeroState saved_shard(const Run *run) {
+    ZeroState optimizer = zero_state(run->zero);
+    size_t total = model_params(run->model)->total, begin, end;
+    if (run->dist.info.world_size == 1 || optimizer.count != total) return optimizer;
+    dist_shard_range(total, run->dist.info.world_size, run->dist.info.rank, &begin, &end);
+    optimizer.m += begin;
+    optimizer.v += begin;
+    optimizer.begin = begin;
+    optimizer.count = end - begin;
+    return optimizer;
+}
+
 static CheckpointImage *image_at(Run *run, int next_step, Error *err) {
     TrainerState state = state_at(run, next_step);
-    ZeroState optimizer = zero_state(run->zero);
+    ZeroState optimizer = saved_shard(run);
     CheckpointSource source = {run->model,        &run->adapter_info,          optimizer.m,     optimizer.v,
                                optimizer.on_host, &state,                      run->dist.info.rank,
                                run->dist.info.world_size, optimizer.begin,   optimizer.count};
