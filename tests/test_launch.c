@@ -5,7 +5,8 @@
 // batch; the offload's per-bucket copies the same bits as its download; ZeRO-2 checkpoints of 2 ranks resumed on 3, and of 3 resumed on 1, and stage-0 ones of 2 resumed on 3,
 // re-shard the optimizer state and end where an uninterrupted run does; a
 // checkpoint missing a rank's shard or with a corrupt one is not complete; a
-// rank killed mid-run ends the job with a message naming it.
+// rank killed mid-run ends the job with a message naming it, and so do ranks
+// that all fail at once.
 #include "test_util.h"
 
 #include <math.h>
@@ -253,12 +254,39 @@ static void test_killed_rank_ends_the_job(void **state) {
     free(log);
 }
 
+// Every rank failing at about the same moment (a program that exits 1 at
+// once, or lora-train with a config error) fails the job and names a rank.
+static void test_ranks_failing_together_fail_the_job(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = make_temp_dir("launch-all-fail");
+    const char *programs[] = {"/bin/false", binary("LORA_TRAIN_BIN")};
+    const char *args[] = {"", "--config configs/demo.yaml --set train.lr=fast"};
+    const int trials[] = {20, 10}, expected_status[] = {1, 2};
+    for (int p = 0; p < 2; p++)
+        for (int trial = 0; trial < trials[p]; trial++) {
+            char command[4096], path[1024], *log = NULL;
+            size_t size;
+            snprintf(command, sizeof command, "timeout -s KILL 60 %s --nproc-per-node 2 --master-port %d %s %s 2> %s/err.log",
+                     binary("LORA_LAUNCH_BIN"), free_tcp_port(), programs[p], args[p], dir);
+            int status = run_command(command);
+            snprintf(path, sizeof path, "%s/err.log", dir);
+            Error err;
+            if (!read_file(path, &log, &size, &err)) fail_msg("%s", err.message);
+            if (status != expected_status[p] || !strstr(log, " exited with status "))
+                fail_msg("%s trial %d: exit %d (expected %d), stderr: %s", programs[p], trial, status,
+                         expected_status[p], log);
+            free(log);
+        }
+    print_message("%d + %d jobs whose ranks all failed: each exited non-zero naming a rank\n", trials[0], trials[1]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ranks_match_one_process),
         cmocka_unit_test(test_offload_buckets_match_the_downloaded_shard),
         cmocka_unit_test(test_resume_reshards_zero2),
         cmocka_unit_test(test_killed_rank_ends_the_job),
+        cmocka_unit_test(test_ranks_failing_together_fail_the_job),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,7 +4,8 @@
 //               [--master-addr HOST] [--master-port PORT] PROGRAM [ARGS...]
 //
 // Each rank's stderr is forwarded line by line as "[rank R] ..."; stdout is
-// shared. SIGINT / SIGTERM are forwarded to every rank. When a rank fails
+// shared. SIGINT / SIGTERM are forwarded to every rank (a second one kills
+// them). When a rank fails
 // (non-zero exit or a signal), the others get SIGTERM, then SIGKILL after a
 // grace period, and lora-launch exits non-zero naming the rank, how it ended
 // and its last line on stderr.
@@ -39,9 +40,12 @@ typedef struct Child {
     int status;
 } Child;
 
-static volatile sig_atomic_t pending_signal;
+static volatile sig_atomic_t pending_signal, signals_received;
 
-static void on_signal(int sig) { pending_signal = sig; }
+static void on_signal(int sig) {
+    pending_signal = sig;
+    signals_received++;
+}
 
 static void print_usage(FILE *out) {
     fprintf(out, "usage: lora-launch [--nproc-per-node N] [--nnodes M] [--node-rank K] [--master-addr HOST]\n"
@@ -196,29 +200,38 @@ static bool open_pipes(const Child *children, int n) {
     return false;
 }
 
-// Runs until every rank has exited and its stderr is drained. Returns the
-// index of the first rank seen failing (one killed by a signal it was not
-// sent by lora-launch first), or -1.
+// The rank whose failure ended the job: one killed by a signal (the others
+// then fail on its lost connection) or else the first failed; -1 if none.
+static int first_failure(const Child *children, int n) {
+    int first = -1;
+    for (int i = 0; i < n; i++) {
+        if (!failed(&children[i])) continue;
+        if (first < 0 || (WIFSIGNALED(children[i].status) && !WIFSIGNALED(children[first].status))) first = i;
+    }
+    return first;
+}
+
+// Runs until every rank has exited and its stderr is drained, looking for a
+// failure after every reap (ranks may all exit between two looks). The
+// first signal to lora-launch is forwarded to every rank, a second one
+// kills them. Returns the index of the failed rank that ended the job, or -1.
 static int supervise(Child *children, int n, double grace_s) {
-    int first_failure = -1;
+    int failure = -1;
     double kill_at = 0;
-    while (reap(children, n) > 0 || open_pipes(children, n)) {
-        if (pending_signal) {
-            signal_all(children, n, pending_signal);
-            pending_signal = 0;
-        }
-        poll_stderr(children, n, 100);
-        for (int i = 0; i < n && first_failure < 0; i++)
-            if (failed(&children[i])) first_failure = i;
-        for (int i = 0; i < n && first_failure >= 0 && kill_at == 0; i++)
-            if (failed(&children[i]) && WIFSIGNALED(children[i].status)) first_failure = i;
-        if (first_failure >= 0 && kill_at == 0) {
+    for (;;) {
+        int running = reap(children, n);
+        if (failure < 0 && (failure = first_failure(children, n)) >= 0) {
             signal_all(children, n, SIGTERM);
             kill_at = time_seconds() + grace_s;
         }
+        if (running == 0 && !open_pipes(children, n)) return failure;
+        if (pending_signal) {
+            signal_all(children, n, signals_received > 1 ? SIGKILL : pending_signal);
+            pending_signal = 0;
+        }
+        poll_stderr(children, n, 100);
         if (kill_at > 0 && time_seconds() > kill_at) signal_all(children, n, SIGKILL);
     }
-    return first_failure;
 }
 
 int lora_launch_main(int argc, char **argv) {
