@@ -188,6 +188,9 @@ bool disk_free_bytes(const char *path, uint64_t *free_bytes, Error *err);
 // Tests: the nth_write-th write(2) of a checkpoint file from now fails with
 // errno_value (0 = none).
 void checkpoint_inject_write_failure(int nth_write, int errno_value);
+// Tests: the nth_operation-th write, fsync, rename or removal of checkpoint
+// files and folders from now SIGKILLs the process (0 = none).
+void checkpoint_inject_crash(int nth_operation);
 
 // ----------------------------------------------------------------------------
 // vision-language: projector and CLIP tower weights

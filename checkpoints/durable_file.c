@@ -1,10 +1,14 @@
 // Durable file writes: write(2) in chunks, fsync, re-read and verify. Every
 // write goes through one hook so tests can make the Nth write fail (ENOSPC,
-// EIO) exactly as a full or broken disk would.
+// EIO) exactly as a full or broken disk would, and every write, fsync,
+// rename and removal through another that can SIGKILL the process there.
 #include "checkpoints_internal.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -19,7 +23,16 @@ void checkpoint_inject_write_failure(int nth_write, int errno_value) {
     injected_errno = errno_value;
 }
 
+static int operations_until_crash; // 0 = no crash injected
+
+void checkpoint_inject_crash(int nth_operation) { operations_until_crash = nth_operation > 0 ? nth_operation : 0; }
+
+void crash_point(void) {
+    if (operations_until_crash > 0 && --operations_until_crash == 0) raise(SIGKILL);
+}
+
 static ssize_t write_chunk(int fd, const uint8_t *data, size_t bytes) {
+    crash_point();
     if (writes_until_failure > 0 && --writes_until_failure == 0) {
         errno = injected_errno;
         return -1;
@@ -62,7 +75,9 @@ bool json_to_text(const char *name, json_object *obj, FileImage *image, Error *e
 bool write_file_durable(const char *path, const FileImage *image, Error *err) {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return fail(err, "%s: %s", path, strerror(errno));
-    bool ok = write_fully(fd, image) && fsync(fd) == 0;
+    bool ok = write_fully(fd, image);
+    crash_point();
+    ok = ok && fsync(fd) == 0;
     int saved_errno = errno;
     if (ok) {
         // Advisory: drop the cached pages so verify_file reads what the disk holds.
@@ -78,6 +93,7 @@ bool write_file_durable(const char *path, const FileImage *image, Error *err) {
 bool sync_dir(const char *dir, Error *err) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return fail(err, "%s: %s", dir, strerror(errno));
+    crash_point();
     bool ok = fsync(fd) == 0;
     int saved_errno = errno;
     close(fd);
@@ -97,5 +113,23 @@ bool verify_file(const char *path, uint64_t size, uint64_t checksum, Error *err)
     if (found_checksum != checksum)
         return fail(err, "%s: checksum %016llx on disk, %016llx expected (corrupted)", path,
                     (unsigned long long)found_checksum, (unsigned long long)checksum);
+    return true;
+}
+
+bool rename_path(const char *from, const char *to, Error *err) {
+    crash_point();
+    if (rename(from, to) != 0) return fail(err, "renaming %s to %s: %s", from, to, strerror(errno));
+    return true;
+}
+
+static int remove_entry(const char *path, const struct stat *info, int type, struct FTW *ftw) {
+    (void)info, (void)type, (void)ftw;
+    crash_point();
+    return remove(path);
+}
+
+bool remove_folder(const char *path, Error *err) {
+    if (!path_exists(path)) return true;
+    if (nftw(path, remove_entry, 16, FTW_DEPTH | FTW_PHYS) != 0) return fail(err, "removing %s: %s", path, strerror(errno));
     return true;
 }
