@@ -3,7 +3,7 @@
 // logs bit-identical losses and leaves a byte-identical adapter, with
 // gradient accumulation, shuffling across epochs and dropout on; non-finite
 // steps leave the optimizer untouched; the disk guard stops before step 1 or
-// before a save that does not fit a real tmpfs.
+// before a save that does not fit a real tmpfs, pruning nothing to make room.
 #include "run_util.h"
 
 #include <errno.h>
@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <unistd.h>
 
 #include "checkpoints/checkpoints.h"
 #include "trainer/trainer.h"
@@ -212,11 +213,59 @@ static void test_disk_guard_on_a_small_tmpfs(void **state) {
     print_message("newest complete checkpoint: %s\n", latest);
     assert_non_null(strstr(latest, "step-000002"));
 
-    config_set_or_fail(&config, "%s", "checkpoint.keep_last=2");
+    // keep_last 1: the old checkpoint and the new one, at once, fit.
+    config_set_or_fail(&config, "%s", "checkpoint.keep_last=1");
     assert_int_equal(umount(out), 0);
     assert_true(remove_tree(out, &err) && make_dirs(out, &err));
     assert_int_equal(mount("tmpfs", out, "tmpfs", 0, options), 0);
     run(&config, NULL, &summary);
+    assert_int_equal(summary.steps, 6);
+    assert_int_equal(umount(out), 0);
+}
+
+// After step 3 something else fills the disk: step 3's save cannot fit and
+// on_low_disk abort stops the run with both older checkpoints (keep_last 2)
+// still there; nothing was pruned to make room.
+static void fill_disk_at_step_3(void *context, int step, double loss) {
+    (void)loss;
+    if (step != 3) return;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/filler", (const char *)context);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    static char block[4096];
+    while (fwrite(block, 1, sizeof block, f) == sizeof block) {}
+    fclose(f); // ENOSPC: the disk is full
+}
+
+static void test_full_disk_keeps_old_checkpoints(void **state) {
+    const char *dir = make_temp_dir("resume-full");
+    char path[4200], out[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_text_records(path, 40);
+    Config config = resume_config(dir);
+    const char *settings[] = {"checkpoint.every_steps=1", "checkpoint.keep_last=2", "train.max_steps=6",
+                              "checkpoint.on_low_disk=abort"};
+    for (int i = 0; i < 4; i++) config_set_or_fail(&config, "%s", settings[i]);
+    snprintf(out, sizeof out, "%s/out", dir);
+    Error err;
+    assert_true(make_dirs(out, &err));
+    if (mount("tmpfs", out, "tmpfs", 0, "size=16m") != 0) {
+        print_message("skipped: mounting a tmpfs needs root: %s\n", strerror(errno));
+        skip();
+    }
+    TrainSummary summary;
+    assert_false(train_run_with(&config, &(TrainControl){.on_step = fill_disk_at_step_3, .context = out}, &summary,
+                                &err));
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "on_low_disk: abort"));
+    snprintf(path, sizeof path, "%s/filler", out);
+    assert_int_equal(unlink(path), 0);
+    for (int step = 1; step <= 2; step++) {
+        snprintf(path, sizeof path, "%s/step-%06d", out, step);
+        if (!checkpoint_verify(path, &err)) fail_msg("keep_last 2, yet: %s", err.message);
+    }
+    run(&config, &(TrainControl){.resume = "latest"}, &summary);
     assert_int_equal(summary.steps, 6);
     assert_int_equal(umount(out), 0);
 }
@@ -227,6 +276,7 @@ int main(void) {
         cmocka_unit_test(test_resume_refuses_another_config),
         cmocka_unit_test(test_non_finite_steps_leave_optimizer_untouched),
         cmocka_unit_test(test_disk_guard_on_a_small_tmpfs),
+        cmocka_unit_test(test_full_disk_keeps_old_checkpoints),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

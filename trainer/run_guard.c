@@ -83,7 +83,7 @@ static CheckpointImage *image_at(Run *run, int next_step, Error *err) {
 int checkpoints_kept(const Config *config, int total_steps) {
     int every = config->checkpoint.every_steps, keep = config->checkpoint.keep_last;
     int saves = every > 0 ? (total_steps - 1) / every : 0;
-    return keep > 0 && keep < saves ? keep : saves;
+    return keep > 0 && keep + 1 < saves ? keep + 1 : saves;
 }
 
 uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoint_bytes, size_t n_params) {
@@ -111,14 +111,14 @@ bool check_disk_for_run(Run *run, Error *err) {
     format_bytes(need, need_text, sizeof need_text);
     format_bytes(free_bytes, free_text, sizeof free_text);
     format_bytes(checkpoint_bytes, checkpoint_text, sizeof checkpoint_text);
-    printf("disk: %s needs %s (%d checkpoints of %s + the final adapter), %s free\n", dir, need_text,
+    printf("disk: %s needs %s (%d checkpoints of %s at once + the final adapter), %s free\n", dir, need_text,
            saves_kept(run), checkpoint_text, free_text);
     if (need <= free_bytes) return true;
     if (run->control->allow_low_disk) {
         printf("warning: not enough free space for the whole run; going on (--allow-low-disk)\n");
         return true;
     }
-    return fail(err, "checkpoint.dir %s: the run needs %s (%d checkpoints of %s + the final adapter) but %s is "
+    return fail(err, "checkpoint.dir %s: the run needs %s (%d checkpoints of %s at once + the final adapter) but %s is "
                      "free; free some space, lower checkpoint.keep_last, or pass --allow-low-disk",
                 dir, need_text, saves_kept(run), checkpoint_text, free_text);
 }
@@ -139,15 +139,13 @@ static bool wait_for_room(const Run *run, uint64_t need, uint64_t *free_bytes, E
     return false;
 }
 
-// need bytes free in checkpoint.dir: prune what keep_last allows (leaving
-// room for the new one, never the newest complete), then on_low_disk.
+// need bytes free in checkpoint.dir, or checkpoint.on_low_disk. Nothing is
+// pruned to make room: keep_last prunes only after the new checkpoint is
+// complete, so a save that cannot fit leaves every old one in place.
 static bool ensure_room(Run *run, uint64_t need, Error *err) {
     const Config *config = run->config;
     const char *dir = config->checkpoint.dir;
     uint64_t free_bytes;
-    if (has_room(dir, need, &free_bytes, err)) return true;
-    if (config->checkpoint.keep_last > 0 && path_exists(dir) && !checkpoint_prune(dir, config->checkpoint.keep_last - 1, err))
-        return false;
     if (has_room(dir, need, &free_bytes, err)) return true;
     char need_text[32], free_text[32];
     format_bytes(need, need_text, sizeof need_text);
@@ -161,7 +159,7 @@ static bool ensure_room(Run *run, uint64_t need, Error *err) {
         format_bytes(free_bytes, free_text, sizeof free_text);
     }
     return fail(err, "checkpoint.dir %s: a checkpoint needs %s, %s free (checkpoint.on_low_disk: %s); stopped "
-                     "before saving: resume from the last complete checkpoint with --resume",
+                     "before saving, the older checkpoints kept: free some space and resume with --resume",
                 dir, need_text, free_text, config->checkpoint.on_low_disk);
 }
 
