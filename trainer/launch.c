@@ -5,16 +5,17 @@
 //
 // Each rank's stderr is forwarded line by line as "[rank R] ..."; stdout is
 // shared. SIGINT / SIGTERM are forwarded to every rank (a second one kills
-// them). When a rank fails
-// (non-zero exit or a signal), the others get SIGTERM, then SIGKILL after a
-// grace period, and lora-launch exits non-zero naming the rank, how it ended
-// and its last line on stderr.
+// them). When a rank fails (non-zero exit or a signal), the others get
+// SIGTERM, then SIGKILL after a grace period, and lora-launch exits non-zero
+// naming the rank, how it ended and its last line on stderr. Ranks get SIGKILL when lora-launch dies
+// (PR_SET_PDEATHSIG), so none trains or writes on without it.
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,8 +96,11 @@ static void set_env_int(const char *name, int value) {
     setenv(name, text, 1);
 }
 
-// In the child: the environment of local rank `local`, stderr into the pipe, exec.
-static void exec_rank(const LaunchOptions *o, int local, int stderr_write) {
+// In the child: SIGKILL when the launcher dies (already gone: exit), the
+// environment of local rank `local`, stderr into the pipe, exec.
+static void exec_rank(const LaunchOptions *o, int local, int stderr_write, pid_t launcher) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) _exit(127);
+    if (getppid() != launcher) _exit(127); // it died before the prctl
     set_env_int("RANK", o->node_rank * o->nproc_per_node + local);
     set_env_int("LOCAL_RANK", local);
     set_env_int("WORLD_SIZE", o->nnodes * o->nproc_per_node);
@@ -112,7 +116,7 @@ static void exec_rank(const LaunchOptions *o, int local, int stderr_write) {
 static bool start_rank(const LaunchOptions *o, int local, Child *child) {
     int fds[2];
     if (pipe(fds) != 0) return fprintf(stderr, "lora-launch: pipe: %s\n", strerror(errno)), false;
-    pid_t pid = fork();
+    pid_t launcher = getpid(), pid = fork();
     if (pid < 0) {
         fprintf(stderr, "lora-launch: fork: %s\n", strerror(errno));
         close(fds[0]);
@@ -121,7 +125,7 @@ static bool start_rank(const LaunchOptions *o, int local, Child *child) {
     }
     if (pid == 0) {
         close(fds[0]);
-        exec_rank(o, local, fds[1]);
+        exec_rank(o, local, fds[1], launcher);
     }
     close(fds[1]);
     *child = (Child){.rank = o->node_rank * o->nproc_per_node + local, .pid = pid, .stderr_fd = fds[0]};
