@@ -6,7 +6,9 @@
 // re-shard the optimizer state and end where an uninterrupted run does; a
 // checkpoint missing a rank's shard or with a corrupt one is not complete; a
 // rank killed mid-run ends the job with a message naming it, and so do ranks
-// that all fail at once.
+// that all fail at once; SIGTERM to lora-launch, or SIGINT to its process
+// group, saves a checkpoint of every rank and exits 0; ranks die with their
+// launcher.
 #include "test_util.h"
 
 #include <math.h>
@@ -280,6 +282,73 @@ static void test_ranks_failing_together_fail_the_job(void **state) {
     print_message("%d + %d jobs whose ranks all failed: each exited non-zero naming a rank\n", trials[0], trials[1]);
 }
 
+// A 2-rank ZeRO-2 job with no end in sight, its launcher ($L) the leader of
+// its own process group, as Slurm and a terminal see it: once a step is
+// logged, `act` runs (signals it; $O is the job's log); returns the job's exit status (137 after
+// 60 s if it has not ended by then: the whole group is killed).
+static int act_on_job(const char *dir, const char *name, const char *extra, const char *act) {
+    char flags[2048], command[8192];
+    common_flags(dir, flags, sizeof flags);
+    snprintf(command, sizeof command,
+             "O=%s/%s.log; OMP_NUM_THREADS=1 setsid %s --nproc-per-node 2 --master-port %d %s %s "
+             "--set train.max_steps=100000 --set zero.stage=2 --set checkpoint.dir=%s/%s %s > $O 2>&1 & L=$!; "
+             "for i in $(seq 600); do grep -q '^step [0-9]*/' $O && break; sleep 0.1; done; %s; "
+             "(sleep 60; kill -KILL -$L) >/dev/null 2>&1 & W=$!; wait $L; S=$?; kill $W 2>/dev/null; exit $S",
+             dir, name, binary("LORA_LAUNCH_BIN"), free_tcp_port(), binary("LORA_TRAIN_BIN"), flags, dir, name, extra,
+             act);
+    return run_command(command);
+}
+
+static void assert_saved_by_two_ranks(const char *dir, const char *name) {
+    char run_dir[2100], found[2048];
+    snprintf(run_dir, sizeof run_dir, "%s/%s", dir, name);
+    Error err;
+    if (!checkpoint_find_latest(run_dir, found, sizeof found, &err)) fail_msg("%s", err.message);
+    print_message("%s: %s\n", name, found);
+    snprintf(run_dir, sizeof run_dir, "%s/optimizer/rank-00001.safetensors", found);
+    assert_true(path_exists(run_dir));
+}
+
+// Preemption of a multi-rank job saves like one rank: SIGTERM to lora-launch
+// alone (forwarded), then SIGINT to the whole process group of the resumed
+// job (every rank gets it twice: from the group and forwarded); each time
+// the ranks agree on a step, save, and the job exits 0.
+static void test_signals_save_with_several_ranks(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = make_temp_dir("launch-signal");
+    int status = act_on_job(dir, "job", "", "kill -TERM $L");
+    if (status != 0) fail_msg("SIGTERM to lora-launch: exit %d (see %s/job.log)", status, dir);
+    assert_log_says(dir, "job", "checkpoint saved to");
+    assert_saved_by_two_ranks(dir, "job");
+    status = act_on_job(dir, "job", "--resume", "kill -INT -$L");
+    if (status != 0) fail_msg("SIGINT to the job's process group: exit %d (see %s/job.log)", status, dir);
+    assert_log_says(dir, "job", "(saved by 2 ranks)");
+    assert_log_says(dir, "job", "checkpoint saved to");
+    assert_saved_by_two_ranks(dir, "job");
+}
+
+// kill -9 of lora-launch: its ranks die with it (within 20 s; "alive" in the
+// log otherwise, and the test kills them).
+static void test_ranks_die_with_their_launcher(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = make_temp_dir("launch-orphans");
+    const char *act = "R=$(pgrep -P $L); kill -9 $L; for i in $(seq 200); do A=; for r in $R; do "
+                      "ps -o stat= -p $r | grep -qv Z && A=$r; done; [ -z \"$A\" ] && break; sleep 0.1; done; "
+                      "echo rank pids: $R >> $O; [ -z \"$A\" ] || { kill -9 $R; echo alive >> $O; }";
+    int status = act_on_job(dir, "orphans", "--set checkpoint.every_steps=1", act);
+    char path[1024], *log = NULL;
+    size_t size;
+    snprintf(path, sizeof path, "%s/orphans.log", dir);
+    Error err;
+    if (!read_file(path, &log, &size, &err)) fail_msg("%s", err.message);
+    const char *pids = strstr(log, "rank pids: ");
+    print_message("launcher exit %d; %s", status, pids ? pids : log);
+    assert_int_equal(status, 137);
+    assert_true(pids && pids[11] >= '1' && pids[11] <= '9');
+    assert_null(strstr(log, "alive"));
+    free(log);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ranks_match_one_process),
@@ -287,6 +356,8 @@ int main(void) {
         cmocka_unit_test(test_resume_reshards_zero2),
         cmocka_unit_test(test_killed_rank_ends_the_job),
         cmocka_unit_test(test_ranks_failing_together_fail_the_job),
+        cmocka_unit_test(test_signals_save_with_several_ranks),
+        cmocka_unit_test(test_ranks_die_with_their_launcher),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,29 +12,47 @@
 #define SAVE_MARGIN_BYTES (64u << 10) // file-system blocks and directory entries (plus 1% of the bytes)
 
 // ----------------------------------------------------------------------------
-// signals: the first asks the loop to stop, the second ends the process
+// signals: the first asks the loop to stop; with one rank a second ends the
+// process. With several, repeats are ignored: a terminal or Slurm signals
+// every rank and lora-launch forwards the same signal (it turns a second one
+// into SIGKILL).
 
 volatile sig_atomic_t stop_signal;
+static bool handlers_installed, repeat_ends_process;
 static struct sigaction previous_int, previous_term;
 
 static void on_stop_signal(int signal_number) {
     stop_signal = signal_number;
+    if (!repeat_ends_process) return;
     struct sigaction immediate = {.sa_handler = SIG_DFL};
     sigaction(SIGINT, &immediate, NULL);
     sigaction(SIGTERM, &immediate, NULL);
 }
 
-void stop_signals_install(void) {
+static bool one_rank(void) {
+    RankInfo ranks;
+    Error ignored;
+    return !rank_info_from_env(&ranks, &ignored) || ranks.world_size == 1;
+}
+
+bool stop_signals_install(bool *installed, Error *err) {
+    *installed = false;
+    if (handlers_installed) return true;
     stop_signal = 0;
+    repeat_ends_process = one_rank();
     struct sigaction action = {.sa_handler = on_stop_signal};
     sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &previous_int);
-    sigaction(SIGTERM, &action, &previous_term);
+    if (sigaction(SIGINT, &action, &previous_int) != 0 || sigaction(SIGTERM, &action, &previous_term) != 0)
+        return fail(err, "installing the SIGINT / SIGTERM handlers: %s", strerror(errno));
+    handlers_installed = *installed = true;
+    return true;
 }
 
 void stop_signals_restore(void) {
     sigaction(SIGINT, &previous_int, NULL);
     sigaction(SIGTERM, &previous_term, NULL);
+    handlers_installed = false;
+    stop_signal = 0;
 }
 
 // ----------------------------------------------------------------------------

@@ -220,9 +220,9 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
 // The step's micro-batches (with run, their images through its tower, and at
 // ZeRO stage 2 each micro-batch's gradient reduce-scattered to its owners,
 // bucket by bucket during the backward with zero.overlap_comm, the last
-// micro-batch's buckets copied to the host with --offload cpu); *interrupted
-// when a stop signal arrived after one of them (the step is then incomplete
-// and not applied). The loss sum stays on the device until all are issued:
+// micro-batch's buckets copied to the host with --offload cpu); with one
+// rank, *interrupted when a stop signal arrived after one of them (the step
+// is then incomplete and not applied). The loss sum stays on the device until all are issued:
 // reading it is the step's one wait for the device here.
 static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batch, uint64_t seed, int step,
                        double *mean_loss, bool *interrupted, Error *err) {
@@ -231,6 +231,7 @@ static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batc
                            .grads_ready = zero ? zero_grads_ready : NULL, .grads_ready_context = zero};
     size_t micro_tokens = (size_t)batch->B * batch->T;
     *interrupted = false;
+    bool one_rank = !run || run->dist.info.world_size == 1;
     for (int micro = 0; micro < batch->n_micro; micro++) {
         Batch micro_batch = {.B = batch->B, .T = batch->T, .tokens = batch->tokens + micro * micro_tokens,
                              .targets = batch->targets + micro * micro_tokens,
@@ -242,7 +243,7 @@ static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batc
         if (zero) zero_begin_micro_batch(zero, micro + 1 == batch->n_micro);
         if (!model_step(model, &micro_batch, &options, err)) return false;
         if (zero && !zero_reduce_micro_batch(zero, model_grad_data(model), err)) return false;
-        if (stop_signal && micro + 1 < batch->n_micro) {
+        if (one_rank && stop_signal && micro + 1 < batch->n_micro) {
             *interrupted = true;
             return true;
         }
@@ -276,17 +277,20 @@ static bool optimizer_step(Run *run, int step, double loss, float *norm_out, flo
 
 // This rank's micro-batches with the loss normalised by the label tokens of
 // all ranks; *loss: the step's mean loss over all ranks; *skipped when no
-// rank has a label token.
+// rank has a label token. With several ranks the same all-reduce counts the
+// ranks that got a stop signal: any makes every rank *interrupted before
+// the step, so all stop at the same one.
 static bool accumulate_global(Run *run, const StepBatch *batch, int step, double *loss, bool *skipped,
                               bool *interrupted, Error *err) {
     StepBatch global = *batch;
-    double label_tokens = (double)batch->n_label_tokens;
-    if (!all_reduce_host(&run->dist, &label_tokens, 1, err)) return false;
-    global.n_label_tokens = (int64_t)label_tokens;
+    bool several = run->dist.info.world_size > 1;
+    double sums[2] = {(double)batch->n_label_tokens, several && stop_signal ? 1.0 : 0.0};
+    if (!all_reduce_host(&run->dist, sums, 2, err)) return false;
+    global.n_label_tokens = (int64_t)sums[0];
     *loss = 0;
-    *interrupted = false;
+    *interrupted = sums[1] > 0;
     *skipped = global.n_label_tokens == 0;
-    if (*skipped) return true;
+    if (*interrupted || *skipped) return true;
     uint64_t rank_seed = run->config->train.seed ^ ((uint64_t)run->dist.info.rank * 0x9E3779B97F4A7C15ULL);
     return accumulate(run, run->zero, run->model, &global, rank_seed, step, loss, interrupted, err) &&
            (*interrupted || all_reduce_host(&run->dist, loss, 1, err));
@@ -350,8 +354,10 @@ static void record_step(Run *run, int step, double loss) {
     if (run->control->on_step) run->control->on_step(run->control->context, step + 1, loss);
 }
 
+// With several ranks a signal is acted on in accumulate_global, where they agree.
 static bool stop_requested(const Run *run, int step) {
-    return stop_signal || (run->control->stop_after_steps > 0 && step == run->control->stop_after_steps);
+    return (run->dist.info.world_size == 1 && stop_signal) ||
+           (run->control->stop_after_steps > 0 && step == run->control->stop_after_steps);
 }
 
 static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *err) {
@@ -408,18 +414,12 @@ static void fill_summary(const Run *run, TrainSummary *summary) {
     summary->last_loss = run->progress.last_loss;
 }
 
-// Signals are handled with one rank only: ranks stopping at different
-// micro-batches would leave the others waiting in a collective.
 static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     int start_step = 0;
     if (run->control->resume && !resume_from_checkpoint(run, &start_step, err)) return false;
     if (run->is_rank0) print_header(run);
     if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
-    bool single = run->dist.info.world_size == 1;
-    if (single) stop_signals_install();
-    bool ok = train_loop(run, start_step, summary, err);
-    if (single) stop_signals_restore();
-    return ok;
+    return train_loop(run, start_step, summary, err);
 }
 
 bool train_run_with(const Config *config, const TrainControl *control, TrainSummary *summary, Error *err) {
@@ -428,6 +428,8 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
     *summary = (TrainSummary){0};
     TrainControl no_control = {0};
     Run run = {.control = control ? control : &no_control};
+    bool installed_signals;
+    if (!stop_signals_install(&installed_signals, err)) return false;
     bool ok = setup(&run, config, err) && start_and_train(&run, summary, err);
     if (run.zero) fill_summary(&run, summary);
     if (ok && run.is_rank0 && !summary->interrupted)
@@ -435,6 +437,7 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
                summary->first_loss, summary->last_loss, run.ops->name, run.ops->peak_bytes() / 1e9,
                summary->adapter_dir);
     teardown(&run);
+    if (installed_signals) stop_signals_restore();
     return ok;
 }
 

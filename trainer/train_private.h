@@ -65,9 +65,9 @@ int64_t run_steps_for_epochs(Run *run, int n_epochs);
 int64_t run_samples(const Run *run);
 int64_t run_truncated(const Run *run);
 
-// Set by SIGINT / SIGTERM while train_run_with runs.
+// Set by SIGINT / SIGTERM once stop_signals_install ran (trainer.h).
 extern volatile sig_atomic_t stop_signal;
-void stop_signals_install(void);
+// Puts back the handlers from before stop_signals_install and forgets any signal.
 void stop_signals_restore(void);
 
 // Refuses to start (unless control->allow_low_disk) when keep_last
