@@ -10,6 +10,8 @@
 
 #include "train_private.h"
 
+#define SKIPS_LOGGED 20
+
 // ----------------------------------------------------------------------------
 // set-up
 
@@ -85,6 +87,14 @@ static Model *load_or_create_model(Run *run, bool verbose, Error *err) {
     return model;
 }
 
+// The skipped records (the first SKIPS_LOGGED), then data.max_skip_fraction.
+static bool report_skips(const Dataset *dataset, double max_fraction, bool verbose, Error *err) {
+    int64_t n = dataset_skipped_count(dataset);
+    for (int64_t i = 0; verbose && i < n && i < SKIPS_LOGGED; i++) printf("skipped %s\n", dataset_skipped(dataset, i)->message);
+    if (verbose && n > SKIPS_LOGGED) printf("skipped %lld more records\n", (long long)(n - SKIPS_LOGGED));
+    return dataset_check_skips(dataset, max_fraction, err);
+}
+
 static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool verbose, Error *err) {
     const char *path = config->data.path;
     if (!path_exists(path) && config->data.create_if_missing[0]) {
@@ -100,7 +110,12 @@ static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool ve
         if ((slash && !make_dirs(dir, err)) || !dataset_write_demo_jsonl(path, 2000, config->train.seed, err))
             return NULL;
     }
-    return dataset_open_jsonl(path, tok, config->data.max_seq_len, err);
+    Dataset *dataset = dataset_open_jsonl(path, tok, config->data.max_seq_len, err);
+    if (dataset && !report_skips(dataset, config->data.max_skip_fraction, verbose, err)) {
+        dataset_destroy(dataset);
+        return NULL;
+    }
+    return dataset;
 }
 
 // Values the config accepts but this build cannot honour yet stop the run
