@@ -3,7 +3,8 @@
 // logs bit-identical losses and leaves a byte-identical adapter, with
 // gradient accumulation, shuffling across epochs and dropout on; non-finite
 // steps leave the optimizer untouched; the disk guard stops before step 1 or
-// before a save that does not fit a real tmpfs, pruning nothing to make room.
+// before a save that does not fit a real tmpfs, pruning nothing to make room;
+// an unwritable checkpoint.dir is found before step 1.
 #include "run_util.h"
 
 #include <errno.h>
@@ -270,6 +271,40 @@ static void test_full_disk_keeps_old_checkpoints(void **state) {
     assert_int_equal(umount(out), 0);
 }
 
+// checkpoint.dir a regular file, or on a read-only file system: the run
+// stops before step 1 naming the folder and the problem, not at its first save.
+static void expect_unwritable_dir(const Config *config, const char *dir, const char *problem) {
+    TrainSummary summary;
+    Error err;
+    assert_false(train_run_with(config, NULL, &summary, &err));
+    print_message("%s\n", err.message);
+    assert_int_equal(summary.steps, 0);
+    assert_non_null(strstr(err.message, dir));
+    assert_non_null(strstr(err.message, problem));
+}
+
+static void test_unwritable_checkpoint_dir_found_before_step_1(void **state) {
+    const char *dir = make_temp_dir("resume-unwritable");
+    char path[2048], out[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_text_records(path, 40);
+    Config config = resume_config(dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    FILE *f = fopen(out, "w");
+    assert_non_null(f);
+    assert_int_equal(fclose(f), 0);
+    expect_unwritable_dir(&config, out, strerror(ENOTDIR));
+    assert_int_equal(unlink(out), 0);
+    Error err;
+    assert_true(make_dirs(out, &err));
+    if (mount("tmpfs", out, "tmpfs", MS_RDONLY, "size=1m") != 0) {
+        print_message("skipped: mounting a tmpfs needs root: %s\n", strerror(errno));
+        skip();
+    }
+    expect_unwritable_dir(&config, out, strerror(EROFS));
+    assert_int_equal(umount(out), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_is_bit_identical),
@@ -277,6 +312,7 @@ int main(void) {
         cmocka_unit_test(test_non_finite_steps_leave_optimizer_untouched),
         cmocka_unit_test(test_disk_guard_on_a_small_tmpfs),
         cmocka_unit_test(test_full_disk_keeps_old_checkpoints),
+        cmocka_unit_test(test_unwritable_checkpoint_dir_found_before_step_1),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

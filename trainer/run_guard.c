@@ -3,6 +3,7 @@
 #include "train_private.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,7 +118,23 @@ static uint64_t checkpoint_bytes_of_all_ranks(const Run *run, const CheckpointIm
     return checkpoint_image_bytes(rank0_image) + others;
 }
 
+// checkpoint.dir (created if missing) takes a new file: a file in its place,
+// a read-only file system or no permission is found before step 1, not at
+// the first save.
+static bool check_dir_writable(const char *dir, Error *err) {
+    char probe[CONFIG_PATH_MAX + 64];
+    snprintf(probe, sizeof probe, "%s/.write-probe-%d", dir, (int)getpid());
+    if (!make_dirs(dir, err)) return fail_context(err, "checkpoint.dir %s: ", dir);
+    int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return fail(err, "checkpoint.dir %s: cannot write there: %s", dir, strerror(errno));
+    bool ok = close(fd) == 0;
+    ok = unlink(probe) == 0 && ok;
+    if (!ok) return fail(err, "checkpoint.dir %s: writing a test file: %s", dir, strerror(errno));
+    return true;
+}
+
 bool check_disk_for_run(Run *run, Error *err) {
+    if (!check_dir_writable(run->config->checkpoint.dir, err)) return false;
     CheckpointImage *image = image_at(run, 0, err);
     if (!image) return false;
     uint64_t checkpoint_bytes = checkpoint_bytes_of_all_ranks(run, image), free_bytes;

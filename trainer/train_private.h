@@ -70,7 +70,8 @@ extern volatile sig_atomic_t stop_signal;
 // Puts back the handlers from before stop_signals_install and forgets any signal.
 void stop_signals_restore(void);
 
-// Refuses to start (unless control->allow_low_disk) when keep_last
+// Refuses to start when checkpoint.dir cannot take a file, or (unless
+// control->allow_low_disk) when keep_last
 // checkpoints plus the final adapter exceed the free space of checkpoint.dir.
 bool check_disk_for_run(Run *run, Error *err);
 // Saves a checkpoint whose next step is next_step (the data loader is at its
