@@ -204,29 +204,39 @@ static bool open_pipes(const Child *children, int n) {
     return false;
 }
 
-// The rank whose failure ended the job: one killed by a signal (the others
-// then fail on its lost connection) or else the first failed; -1 if none.
-static int first_failure(const Child *children, int n) {
+static bool killed_by_other_than(const Child *child, int sent) {
+    return child->exited && WIFSIGNALED(child->status) && WTERMSIG(child->status) != sent;
+}
+
+// The rank whose failure ended the job: one killed by a signal lora-launch
+// did not send (the others then fail on its lost connection) or else the
+// first failed; -1 if none.
+static int first_failure(const Child *children, int n, int sent) {
     int first = -1;
     for (int i = 0; i < n; i++) {
         if (!failed(&children[i])) continue;
-        if (first < 0 || (WIFSIGNALED(children[i].status) && !WIFSIGNALED(children[first].status))) first = i;
+        if (first < 0 || (killed_by_other_than(&children[i], sent) && !killed_by_other_than(&children[first], sent)))
+            first = i;
     }
     return first;
 }
 
 // Runs until every rank has exited and its stderr is drained, looking for a
-// failure after every reap (ranks may all exit between two looks). The
-// first signal to lora-launch is forwarded to every rank, a second one
-// kills them. Returns the index of the failed rank that ended the job, or -1.
+// failure after every reap (ranks may all exit between two looks). The rank
+// to blame is chosen again one look after the first failure: a killed rank
+// may become reapable only after the peers it disconnected have exited. The
+// first signal to lora-launch is forwarded to every rank, a second one kills
+// them. Returns the index of the failed rank that ended the job, or -1.
 static int supervise(Child *children, int n, double grace_s) {
-    int failure = -1;
+    int failure = -1, looks_since_failure = 0;
     double kill_at = 0;
     for (;;) {
         int running = reap(children, n);
-        if (failure < 0 && (failure = first_failure(children, n)) >= 0) {
+        if (failure < 0 && (failure = first_failure(children, n, 0)) >= 0) {
             signal_all(children, n, SIGTERM);
             kill_at = time_seconds() + grace_s;
+        } else if (failure >= 0 && looks_since_failure++ == 0) {
+            failure = first_failure(children, n, SIGTERM);
         }
         if (running == 0 && !open_pipes(children, n)) return failure;
         if (pending_signal) {
