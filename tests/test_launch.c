@@ -174,9 +174,10 @@ static void assert_log_says(const char *dir, const char *name, const char *expec
 static void assert_resharded_resume(const char *dir, int stage, int from_nproc, int to_nproc) {
     char name[64], resume[1024], expect[128];
     snprintf(name, sizeof name, "stage%d-from%d-to%d", stage, from_nproc, to_nproc);
-    train_with(dir, from_nproc, stage, "none", name, "--set checkpoint.every_steps=2");
+    train_with(dir, from_nproc, stage, "none", name, "--set checkpoint.every_steps=2 --set checkpoint.keep_last=0");
     assert_log_says(dir, name, "saved checkpoint");
-    snprintf(resume, sizeof resume, "--set checkpoint.every_steps=2 --resume %s/%s/step-000002", dir, name);
+    snprintf(resume, sizeof resume, "--set checkpoint.every_steps=2 --set checkpoint.keep_last=0 --resume %s/%s/step-000002",
+             dir, name);
     train_with(dir, to_nproc, stage, "none", name, resume);
     snprintf(expect, sizeof expect, "(saved by %d ranks) at step 2", from_nproc);
     assert_log_says(dir, name, expect);
@@ -187,20 +188,33 @@ static void assert_resharded_resume(const char *dir, int stage, int from_nproc, 
     assert_true(difference < 1e-6);
 }
 
-// name: 2 ranks saved step-000002, 3 ranks (resumed) step-000004. A step
-// folder with a byte of a shard file changed, or without one, is not
-// complete: the previous checkpoint is the latest.
-static void assert_damaged_shards_fall_back(const char *dir, const char *name) {
-    char run_dir[1024], path[2048], found[2048];
+// dir/name/step-NNNNNN/optimizer/rank-NNNNN.safetensors
+static void shard_path(const char *dir, const char *name, int step, int rank, char *path, size_t size) {
+    snprintf(path, size, "%s/%s/step-%06d/optimizer/rank-%05d.safetensors", dir, name, step, rank);
+}
+
+// The newest complete checkpoint of dir/name is step-NNNNNN `step`.
+static void assert_latest_step(const char *dir, const char *name, int step) {
+    char run_dir[1024], found[2048], expect[32];
     snprintf(run_dir, sizeof run_dir, "%s/%s", dir, name);
+    snprintf(expect, sizeof expect, "step-%06d", step);
     Error err;
     if (!checkpoint_find_latest(run_dir, found, sizeof found, &err)) fail_msg("%s", err.message);
-    assert_non_null(strstr(found, "step-000004"));
+    if (!strstr(found, expect)) fail_msg("the latest checkpoint is %s, not %s", found, expect);
+}
+
+// name: 2 ranks saved step-000002, 3 ranks (resumed) step-000004 and the
+// last step's step-000005. A step folder with a byte of a shard file
+// changed, or without one, is not complete: the previous checkpoint is the
+// latest.
+static void assert_damaged_shards_fall_back(const char *dir, const char *name) {
+    char path[2048];
+    assert_latest_step(dir, name, 5);
     for (int rank = 0; rank < 3; rank++) {
-        snprintf(path, sizeof path, "%s/step-000004/optimizer/rank-%05d.safetensors", run_dir, rank);
+        shard_path(dir, name, 5, rank, path, sizeof path);
         assert_true(path_exists(path));
     }
-    snprintf(path, sizeof path, "%s/step-000004/optimizer/rank-00002.safetensors", run_dir);
+    shard_path(dir, name, 5, 2, path, sizeof path);
     FILE *f = fopen(path, "r+b");
     assert_non_null(f);
     assert_int_equal(fseek(f, -1, SEEK_END), 0);
@@ -208,14 +222,19 @@ static void assert_damaged_shards_fall_back(const char *dir, const char *name) {
     assert_int_equal(fseek(f, -1, SEEK_END), 0);
     assert_int_equal(fputc(last ^ 0x01, f), last ^ 0x01);
     assert_int_equal(fclose(f), 0);
-    snprintf(path, sizeof path, "%s/step-000004", run_dir);
+    snprintf(path, sizeof path, "%s/%s/step-000005", dir, name);
+    Error err;
     assert_false(checkpoint_verify(path, &err));
     print_message("corrupt shard: %s\n", err.message);
     assert_non_null(strstr(err.message, "rank-00002.safetensors"));
-    if (!checkpoint_find_latest(run_dir, found, sizeof found, &err)) fail_msg("%s", err.message);
-    assert_non_null(strstr(found, "step-000002"));
-    snprintf(path, sizeof path, "%s/step-000002/optimizer/rank-00001.safetensors", run_dir);
+    assert_latest_step(dir, name, 4);
+    shard_path(dir, name, 4, 1, path, sizeof path);
     assert_int_equal(unlink(path), 0);
+    assert_latest_step(dir, name, 2);
+    shard_path(dir, name, 2, 1, path, sizeof path);
+    assert_int_equal(unlink(path), 0);
+    char run_dir[1024], found[2048];
+    snprintf(run_dir, sizeof run_dir, "%s/%s", dir, name);
     assert_false(checkpoint_find_latest(run_dir, found, sizeof found, &err));
 }
 

@@ -1,7 +1,9 @@
 // Never lose a run, end to end through train_run_with on the CPU backend:
-// a run stopped by SIGTERM and resumed (from `latest` or an older checkpoint)
-// logs bit-identical losses and leaves a byte-identical adapter, with
-// gradient accumulation, shuffling across epochs and dropout on; non-finite
+// a run stopped by SIGTERM and resumed from an older checkpoint logs
+// bit-identical losses and leaves a byte-identical adapter, with gradient
+// accumulation, shuffling across epochs and dropout on; a finished run
+// continued for more steps (from `latest`, its last step's checkpoint, with
+// operational keys changed) too, while a changed learning rate is refused; non-finite
 // steps leave the optimizer untouched; the disk guard stops before step 1 or
 // before a save that does not fit a real tmpfs, pruning nothing to make room;
 // an unwritable checkpoint.dir is found before step 1.
@@ -82,8 +84,11 @@ static void test_resume_is_bit_identical(void **state) {
     assert_memory_equal(resumed_adapter, straight_adapter, straight_size);
     assert_true(summary.first_loss == straight.losses[1]);
 
+    // latest is the last step's full checkpoint: nothing is left to train.
     run(&config, &(TrainControl){.resume = "latest", .on_step = record_loss, .context = &resumed_latest}, &summary);
-    assert_losses_equal(&straight, &resumed_latest, 13, TOTAL_STEPS);
+    snprintf(path, sizeof path, "%s/out/step-%06d/optimizer/rank-00000.safetensors", dir, TOTAL_STEPS);
+    assert_true(path_exists(path));
+    for (int step = 1; step <= TOTAL_STEPS; step++) assert_true(resumed_latest.losses[step] == 0);
     free(resumed_adapter);
     resumed_adapter = adapter_bytes(&summary, &resumed_size);
     assert_memory_equal(resumed_adapter, straight_adapter, straight_size);
@@ -105,7 +110,47 @@ static void test_resume_refuses_another_config(void **state) {
     assert_false(train_run_with(&config, &(TrainControl){.resume = "latest"}, &summary, &err));
     print_message("%s\n", err.message);
     assert_non_null(strstr(err.message, "different config"));
-    assert_non_null(strstr(err.message, "lr: 0.001"));
+    assert_non_null(strstr(err.message, "train.lr: 0.003 in the checkpoint, 0.001 now"));
+    assert_non_null(strstr(err.message, "may change on resume"));
+}
+
+// A finished 4-step run continued to 8 steps (constant LR, so the schedule's
+// extension changes nothing) with keep_last and log_every changed too: the
+// last step was saved as a full checkpoint, the resumed run trains steps 5-8
+// and leaves the adapter of an uninterrupted 8-step run, byte for byte.
+static void test_finished_run_continues_for_more_steps(void **state) {
+    const char *dir = make_temp_dir("resume-longer");
+    char path[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_text_records(path, 40);
+    Config config = resume_config(dir);
+    const char *settings[] = {"train.schedule=constant", "train.warmup=0", "train.max_steps=8"};
+    for (int i = 0; i < 3; i++) config_set_or_fail(&config, "%s", settings[i]);
+    LossRecorder straight = {0}, continued = {0};
+    TrainSummary summary;
+    run(&config, &(TrainControl){.on_step = record_loss, .context = &straight}, &summary);
+    size_t straight_size, continued_size;
+    char *straight_adapter = adapter_bytes(&summary, &straight_size);
+    snprintf(path, sizeof path, "%s/out", dir);
+    Error err;
+    assert_true(remove_tree(path, &err));
+
+    config_set_or_fail(&config, "%s", "train.max_steps=4");
+    run(&config, NULL, &summary);
+    assert_int_equal(summary.steps, 4);
+    snprintf(path, sizeof path, "%s/out/step-000004/optimizer/rank-00000.safetensors", dir);
+    assert_true(path_exists(path));
+    const char *longer[] = {"train.max_steps=8", "checkpoint.keep_last=3", "train.log_every=1"};
+    for (int i = 0; i < 3; i++) config_set_or_fail(&config, "%s", longer[i]);
+    run(&config, &(TrainControl){.resume = "latest", .on_step = record_loss, .context = &continued}, &summary);
+    assert_int_equal(summary.steps, 8);
+    assert_true(continued.losses[4] == 0);
+    assert_losses_equal(&straight, &continued, 5, 8);
+    char *continued_adapter = adapter_bytes(&summary, &continued_size);
+    assert_int_equal(continued_size, straight_size);
+    assert_memory_equal(continued_adapter, straight_adapter, straight_size);
+    free(continued_adapter);
+    free(straight_adapter);
 }
 
 // The final norm's weight is NaN: every loss is, so every step is skipped and
@@ -309,6 +354,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_is_bit_identical),
         cmocka_unit_test(test_resume_refuses_another_config),
+        cmocka_unit_test(test_finished_run_continues_for_more_steps),
         cmocka_unit_test(test_non_finite_steps_leave_optimizer_untouched),
         cmocka_unit_test(test_disk_guard_on_a_small_tmpfs),
         cmocka_unit_test(test_full_disk_keeps_old_checkpoints),

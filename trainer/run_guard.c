@@ -101,7 +101,7 @@ static CheckpointImage *image_at(Run *run, int next_step, Error *err) {
 
 int checkpoints_kept(const Config *config, int total_steps) {
     int every = config->checkpoint.every_steps, keep = config->checkpoint.keep_last;
-    int saves = every > 0 ? (total_steps - 1) / every : 0;
+    int saves = every > 0 ? (total_steps + every - 1) / every : 1; // the last step's too
     return keep > 0 && keep + 1 < saves ? keep + 1 : saves;
 }
 
@@ -268,20 +268,6 @@ bool save_checkpoint(Run *run, int next_step, char *path, size_t path_size, Erro
 // ----------------------------------------------------------------------------
 // resume
 
-// First line where two YAML texts differ, for the error message.
-static void first_difference(const char *a, const char *b, char *out, size_t size) {
-    while (*a && *b) {
-        size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
-        if (la != lb || strncmp(a, b, la) != 0) {
-            snprintf(out, size, "'%.*s' in the checkpoint, '%.*s' now", (int)la, a, (int)lb, b);
-            return;
-        }
-        a += la + (a[la] == '\n');
-        b += lb + (b[lb] == '\n');
-    }
-    snprintf(out, size, "one has more lines than the other");
-}
-
 // The "  key: N" line of a config YAML text (config_to_yaml's layout).
 static bool yaml_int(const char *yaml, const char *key, int *value) {
     char pattern[64];
@@ -310,14 +296,107 @@ static char *config_yaml_in_checkpoint_split(const Run *run, const TrainerState 
     return config_to_yaml(&config, err);
 }
 
-static bool check_same_config(const Run *run, const char *dir, const TrainerState *state, Error *err) {
+// Keys a resumed run may change: where, how often and how patiently it
+// saves and logs, not what it computes; and its length (the LR schedule is
+// then recomputed over the new one, which the run states).
+static const char *const OPERATIONAL_KEYS[] = {"checkpoint.dir", "checkpoint.every_steps", "checkpoint.keep_last",
+                                               "checkpoint.on_low_disk", "checkpoint.low_disk_wait_minutes",
+                                               "train.log_every", "dist.timeout_s"};
+static const char *const LENGTH_KEYS[] = {"train.max_steps", "train.epochs"};
+
+static bool listed(const char *key, const char *const *keys, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(key, keys[i]) == 0) return true;
+    return false;
+}
+
+// One line of config_to_yaml's layout: "section:" or "  key: value".
+typedef struct YamlLine {
+    const char *text;
+    size_t length;
+} YamlLine;
+
+static YamlLine next_line(const char **cursor) {
+    YamlLine line = {*cursor, strcspn(*cursor, "\n")};
+    *cursor += line.length + ((*cursor)[line.length] == '\n');
+    return line;
+}
+
+// "section.key" of a "  key: value" line under section; false for a section line.
+static bool line_key(YamlLine line, const char *section, char *key, size_t size) {
+    if (line.length < 2 || line.text[0] != ' ') return false;
+    snprintf(key, size, "%s.%.*s", section, (int)strcspn(line.text + 2, ":"), line.text + 2);
+    return true;
+}
+
+// The value of a "  key: value  # help" line, without the help.
+static YamlLine line_value(YamlLine line) {
+    size_t start = strcspn(line.text, ":") + 2, end = line.length;
+    for (size_t i = start; i + 3 < line.length; i++)
+        if (memcmp(line.text + i, "  # ", 4) == 0) {
+            end = i;
+            break;
+        }
+    return start < end ? (YamlLine){line.text + start, end - start} : (YamlLine){line.text, 0};
+}
+
+static void append_change(char *changes, size_t size, const char *key, YamlLine was, YamlLine now) {
+    size_t used = strlen(changes);
+    YamlLine a = line_value(was), b = line_value(now);
+    snprintf(changes + used, size - used, "%s%s %.*s -> %.*s", used ? ", " : "", key, (int)a.length, a.text,
+             (int)b.length, b.text);
+}
+
+// Walks the checkpoint's config and this run's line by line: an operational
+// or length key that differs goes into changes (*length_changed for the
+// latter), any other difference is the error.
+static bool compare_configs(const char *saved, const char *now, char *changes, size_t size, bool *length_changed,
+                            Error *err) {
+    char section[64] = "", key[128];
+    *length_changed = false;
+    changes[0] = '\0';
+    while (*saved || *now) {
+        YamlLine was = next_line(&saved), is = next_line(&now);
+        bool keyed = line_key(was, section, key, sizeof key);
+        if (!keyed && was.length > 0 && was.length < sizeof section)
+            snprintf(section, sizeof section, "%.*s", (int)was.length - 1, was.text);
+        if (was.length == is.length && memcmp(was.text, is.text, was.length) == 0) continue;
+        char other_key[128];
+        bool same_key = keyed && line_key(is, section, other_key, sizeof other_key) && strcmp(key, other_key) == 0;
+        bool length = same_key && listed(key, LENGTH_KEYS, sizeof LENGTH_KEYS / sizeof *LENGTH_KEYS);
+        if (!same_key) return fail(err, "the checkpoint's config has '%.*s' where this run's has '%.*s'",
+                                   (int)was.length, was.text, (int)is.length, is.text);
+        if (!length && !listed(key, OPERATIONAL_KEYS, sizeof OPERATIONAL_KEYS / sizeof *OPERATIONAL_KEYS)) {
+            YamlLine a = line_value(was), b = line_value(is);
+            return fail(err, "the checkpoint was made with a different config (%s: %.*s in the checkpoint, %.*s now): "
+                             "only checkpoint.dir, every_steps, keep_last, on_low_disk, low_disk_wait_minutes, "
+                             "train.log_every, dist.timeout_s, train.max_steps and train.epochs may change on resume",
+                        key, (int)a.length, a.text, (int)b.length, b.text);
+        }
+        append_change(changes, size, key, was, is);
+        *length_changed |= length;
+    }
+    return true;
+}
+
+// The checkpoint's config against this run's (with its micro-batch split);
+// rank 0 says what changed, and how the LR schedule now runs when the
+// run's length did.
+static bool check_config_changes(const Run *run, const char *dir, const TrainerState *state, Error *err) {
     char *expected = config_yaml_in_checkpoint_split(run, state, err);
     if (!expected) return fail_context(err, "--resume %s: ", dir);
-    bool same = strcmp(state->config_yaml, expected) == 0;
-    char difference[512];
-    if (!same) first_difference(state->config_yaml, expected, difference, sizeof difference);
+    char changes[1024];
+    bool length_changed, ok = compare_configs(state->config_yaml, expected, changes, sizeof changes, &length_changed,
+                                              err);
     free(expected);
-    if (!same) return fail(err, "--resume %s: the checkpoint was made with a different config (%s)", dir, difference);
+    if (!ok) return fail_context(err, "--resume %s: ", dir);
+    if (state->step > run->total_steps)
+        return fail(err, "--resume %s: the checkpoint is at step %d, past this run's %d steps", dir, state->step,
+                    run->total_steps);
+    if (run->is_rank0 && changes[0]) printf("resume: config changed: %s\n", changes);
+    if (run->is_rank0 && length_changed)
+        printf("resume: the LR schedule (train.schedule, %d warmup steps) now spans %d steps; from step %d on the "
+               "LR follows it\n", run->schedule.warmup_steps, run->total_steps, state->step + 1);
     return true;
 }
 
@@ -336,7 +415,7 @@ bool resume_from_checkpoint(Run *run, int *start_step, Error *err) {
     if (!checkpoint_load_shard(dir, run->model, optimizer.m, optimizer.v, optimizer.on_host, optimizer.begin,
                                optimizer.count, &state, err))
         return false;
-    bool same_config = check_same_config(run, dir, &state, err);
+    bool same_config = check_config_changes(run, dir, &state, err);
     trainer_state_free(&state);
     if (!same_config) return false;
     zero_restore(run->zero, model_param_data(run->model), state.optimizer_steps);

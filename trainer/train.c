@@ -410,8 +410,8 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         record_step(run, step, loss);
         if (run->is_rank0 && ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps))
             log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
-        if (config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
-            step + 1 < run->total_steps) {
+        bool every = config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0;
+        if (every || step + 1 == run->total_steps) { // the last step too, so a longer run can continue it
             if (!settle_optimizer(run, err)) return false;
             if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
             if (run->is_rank0) printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);

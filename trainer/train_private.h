@@ -86,8 +86,8 @@ bool resume_from_checkpoint(Run *run, int *start_step, Error *err);
 ModelOptions train_model_options(const Config *config, const Ops *ops, const LlamaConfig *llama);
 // "1.50 GiB", "3.20 MiB" or "512 bytes".
 void format_bytes(uint64_t bytes, char *text, size_t size);
-// Checkpoints a run of total_steps has on disk at once (every_steps, keep_last):
-// keep_last, plus the new one written before the oldest is pruned.
+// Checkpoints a run of total_steps has on disk at once (every_steps, keep_last,
+// the last step's): keep_last, plus the new one written before the oldest is pruned.
 int checkpoints_kept(const Config *config, int total_steps);
 // The whole run's disk need: the kept checkpoints of checkpoint_bytes each and the final adapter.
 uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoint_bytes, size_t n_params);
