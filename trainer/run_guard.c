@@ -127,9 +127,9 @@ static bool check_dir_writable(const char *dir, Error *err) {
     if (!make_dirs(dir, err)) return fail_context(err, "checkpoint.dir %s: ", dir);
     int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return fail(err, "checkpoint.dir %s: cannot write there: %s", dir, strerror(errno));
-    bool ok = close(fd) == 0;
-    ok = unlink(probe) == 0 && ok;
-    if (!ok) return fail(err, "checkpoint.dir %s: writing a test file: %s", dir, strerror(errno));
+    int close_errno = close(fd) == 0 ? 0 : errno;
+    if (unlink(probe) != 0) return fail(err, "checkpoint.dir %s: removing %s: %s", dir, probe, strerror(errno));
+    if (close_errno) return fail(err, "checkpoint.dir %s: writing a test file: %s", dir, strerror(close_errno));
     return true;
 }
 

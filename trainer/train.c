@@ -90,7 +90,8 @@ static Model *load_or_create_model(Run *run, bool verbose, Error *err) {
 // The skipped records (the first SKIPS_LOGGED), then data.max_skip_fraction.
 static bool report_skips(const Dataset *dataset, double max_fraction, bool verbose, Error *err) {
     int64_t n = dataset_skipped_count(dataset);
-    for (int64_t i = 0; verbose && i < n && i < SKIPS_LOGGED; i++) printf("skipped %s\n", dataset_skipped(dataset, i)->message);
+    for (int64_t i = 0; verbose && i < n && i < SKIPS_LOGGED; i++)
+        printf("skipped %s\n", dataset_skipped(dataset, i)->message);
     if (verbose && n > SKIPS_LOGGED) printf("skipped %lld more records\n", (long long)(n - SKIPS_LOGGED));
     return dataset_check_skips(dataset, max_fraction, err);
 }
@@ -237,8 +238,8 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
 // bucket by bucket during the backward with zero.overlap_comm, the last
 // micro-batch's buckets copied to the host with --offload cpu); with one
 // rank, *interrupted when a stop signal arrived after one of them (the step
-// is then incomplete and not applied). The loss sum stays on the device until all are issued:
-// reading it is the step's one wait for the device here.
+// is then incomplete and not applied). The loss sum stays on the device
+// until all are issued: reading it is the step's one wait for the device here.
 static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batch, uint64_t seed, int step,
                        double *mean_loss, bool *interrupted, Error *err) {
     model_zero_grads(model);
