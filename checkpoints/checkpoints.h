@@ -189,8 +189,9 @@ bool disk_free_bytes(const char *path, uint64_t *free_bytes, Error *err);
 // errno_value (0 = none).
 void checkpoint_inject_write_failure(int nth_write, int errno_value);
 // Tests: the nth_operation-th write, fsync, rename or removal of checkpoint
-// files and folders from now SIGKILLs the process (0 = none).
-void checkpoint_inject_crash(int nth_operation);
+// files and folders from now (0 = none) fails with errno_value, or with
+// errno_value 0 SIGKILLs the process.
+void checkpoint_inject_fault(int nth_operation, int errno_value);
 
 // ----------------------------------------------------------------------------
 // vision-language: projector and CLIP tower weights

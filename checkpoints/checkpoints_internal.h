@@ -58,8 +58,6 @@ bool sync_dir(const char *dir, Error *err);
 bool rename_path(const char *from, const char *to, Error *err);
 // rm -r (no error if absent), each removal a crash point.
 bool remove_folder(const char *path, Error *err);
-// Tests: checkpoint_inject_crash's countdown, one per write, fsync, rename and removal.
-void crash_point(void);
 // Re-reads path and checks its size and FNV-1a checksum.
 bool verify_file(const char *path, uint64_t size, uint64_t checksum, Error *err);
 
