@@ -6,6 +6,7 @@
 // shard files' ranges whatever the number of ranks that wrote them.
 #include "checkpoints.h"
 #include "checkpoints_internal.h"
+#include "checkpoints_testing.h"
 
 #include <dirent.h>
 #include <errno.h>

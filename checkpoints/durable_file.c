@@ -4,6 +4,7 @@
 // rename and removal through another that can make it fail or SIGKILL the
 // process there.
 #include "checkpoints_internal.h"
+#include "checkpoints_testing.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -15,7 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "checkpoints/checkpoints.h"
+#include "checkpoints/checkpoints_testing.h"
 
 #define WRITES_PER_SAVE 6 // adapter config + weights, optimizer, state, marker, latest
 

@@ -18,7 +18,7 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
-#include "checkpoints/checkpoints.h"
+#include "checkpoints/checkpoints_testing.h"
 #include "trainer/trainer.h"
 
 #define TOTAL_STEPS 14 // 10 steps per epoch: the run crosses an epoch boundary
