@@ -7,8 +7,9 @@
 // shared. SIGINT / SIGTERM are forwarded to every rank (a second one kills
 // them). When a rank fails (non-zero exit or a signal), the others get
 // SIGTERM, then SIGKILL after a grace period, and lora-launch exits non-zero
-// naming the rank, how it ended and its last line on stderr. Ranks get SIGKILL when lora-launch dies
-// (PR_SET_PDEATHSIG), so none trains or writes on without it.
+// naming the rank, how it ended and its last line on stderr. Ranks get
+// SIGKILL when lora-launch dies (PR_SET_PDEATHSIG), so none trains or
+// writes on without it.
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -222,9 +223,10 @@ static int first_failure(const Child *children, int n, int sent) {
 }
 
 // Runs until every rank has exited and its stderr is drained, looking for a
-// failure after every reap (ranks may all exit between two looks). The rank
-// to blame is chosen again one look after the first failure: a killed rank
-// may become reapable only after the peers it disconnected have exited. The
+// failure after every reap (ranks may all exit between two looks). One look
+// after the first failure a rank killed by a signal lora-launch did not send
+// takes the blame: it may become reapable only after the peers it
+// disconnected have exited. The
 // first signal to lora-launch is forwarded to every rank, a second one kills
 // them. Returns the index of the failed rank that ended the job, or -1.
 static int supervise(Child *children, int n, double grace_s) {
@@ -236,7 +238,8 @@ static int supervise(Child *children, int n, double grace_s) {
             signal_all(children, n, SIGTERM);
             kill_at = time_seconds() + grace_s;
         } else if (failure >= 0 && looks_since_failure++ == 0) {
-            failure = first_failure(children, n, SIGTERM);
+            int killed = first_failure(children, n, SIGTERM);
+            if (killed_by_other_than(&children[killed], SIGTERM)) failure = killed;
         }
         if (running == 0 && !open_pipes(children, n)) return failure;
         if (pending_signal) {
