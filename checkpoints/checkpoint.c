@@ -6,6 +6,7 @@
 // shard files' ranges whatever the number of ranks that wrote them.
 #include "checkpoints.h"
 #include "checkpoints_internal.h"
+#include "checkpoints_testing.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -24,6 +25,7 @@
 #define STATE_FILE "trainer_state.json"
 #define PARTIAL_PREFIX ".partial-"
 #define REPLACED_PREFIX ".replaced-"
+#define PRUNED_PREFIX ".pruned-"
 #define STEP_NAME_MAX 32
 
 // Rank 0's files besides its optimizer shard, then the marker. FILE_PROJECTOR
@@ -35,6 +37,7 @@ static const char *const FILE_NAMES[N_FILES] = {ADAPTER_CONFIG_FILE, ADAPTER_WEI
 // One rank's part: every file on rank 0, the optimizer shard alone elsewhere.
 struct CheckpointImage {
     int step, rank, world_size;
+    size_t total;              // trainable parameters: the shards must tile [0, total)
     FileImage optimizer;       // optimizer/rank-NNNNN.safetensors
     FileImage files[N_FILES];  // rank 0 only; the marker lists this rank's shard alone
     FileImage latest;          // "step-NNNNNN\n", rank 0 only
@@ -179,7 +182,8 @@ CheckpointImage *checkpoint_image_create(const CheckpointSource *source, Error *
     CheckpointImage *image = checked_calloc(1, sizeof *image, "a checkpoint image", err);
     if (!image) return NULL;
     *image = (CheckpointImage){.step = source->state->step, .rank = source->world_size ? source->rank : 0,
-                               .world_size = source->world_size ? source->world_size : 1};
+                               .world_size = source->world_size ? source->world_size : 1,
+                               .total = model_params(source->model)->total};
     bool ok = serialize_optimizer(source, image, err) && (image->rank != 0 || serialize_rank0_files(source, image, err));
     if (ok) return image;
     checkpoint_image_destroy(image);
@@ -230,7 +234,10 @@ static bool verify_shards(const char *partial, const FileDigest *digests, int wo
     return true;
 }
 
-// Rank 0's files, then (once they and every shard verify) the marker.
+static bool shard_ranges_tile(const char *dir, size_t total, Error *err);
+
+// Rank 0's files, then (once they and every shard verify, and the shards'
+// ranges are what a load accepts) the marker.
 static bool write_rank0_files(const char *partial, const CheckpointImage *image, const FileDigest *digests,
                               Error *err) {
     char optimizer_dir[CHECKPOINT_PATH_MAX];
@@ -239,16 +246,12 @@ static bool write_rank0_files(const char *partial, const CheckpointImage *image,
     }
     FileImage marker = {0};
     bool ok = join_path(optimizer_dir, sizeof optimizer_dir, partial, OPTIMIZER_DIR, err) &&
-              verify_shards(partial, digests, image->world_size, err) && sync_dir(optimizer_dir, err) &&
+              verify_shards(partial, digests, image->world_size, err) &&
+              shard_ranges_tile(partial, image->total, err) && sync_dir(optimizer_dir, err) &&
               sync_dir(partial, err) && serialize_marker(image, digests, &marker, err) &&
               write_and_verify(partial, &marker, MARKER_FILE, err) && sync_dir(partial, err);
     file_image_free(&marker);
     return ok;
-}
-
-static bool rename_path(const char *from, const char *to, Error *err) {
-    if (rename(from, to) != 0) return fail(err, "renaming %s to %s: %s", from, to, strerror(errno));
-    return true;
 }
 
 // partial -> run_dir/name; an existing folder of that name (a run resumed
@@ -260,9 +263,9 @@ static bool move_into_place(const char *run_dir, const char *partial, const char
         !join_path(replaced, sizeof replaced, run_dir, replaced_name, err))
         return false;
     bool exists = path_exists(final);
-    if (exists && !(remove_tree(replaced, err) && rename_path(final, replaced, err))) return false;
+    if (exists && !(remove_folder(replaced, err) && rename_path(final, replaced, err))) return false;
     if (!rename_path(partial, final, err) || !sync_dir(run_dir, err)) return false;
-    return !exists || remove_tree(replaced, err);
+    return !exists || remove_folder(replaced, err);
 }
 
 static bool write_latest(const char *run_dir, const FileImage *latest, Error *err) {
@@ -275,7 +278,7 @@ static bool write_latest(const char *run_dir, const FileImage *latest, Error *er
 bool checkpoint_write_begin(const char *run_dir, const CheckpointImage *image, Error *err) {
     char partial[CHECKPOINT_PATH_MAX], optimizer_dir[CHECKPOINT_PATH_MAX];
     bool ok = partial_path(run_dir, image->step, partial, sizeof partial, err) && make_dirs(run_dir, err) &&
-              remove_tree(partial, err) && join_path(optimizer_dir, sizeof optimizer_dir, partial, OPTIMIZER_DIR, err) &&
+              remove_folder(partial, err) && join_path(optimizer_dir, sizeof optimizer_dir, partial, OPTIMIZER_DIR, err) &&
               make_dirs(optimizer_dir, err);
     if (!ok) return fail_context(err, "saving checkpoint step %d in %s: ", image->step, run_dir);
     return true;
@@ -307,7 +310,7 @@ bool checkpoint_write_finish(const char *run_dir, const CheckpointImage *image, 
 void checkpoint_write_abandon(const char *run_dir, const CheckpointImage *image) {
     char partial[CHECKPOINT_PATH_MAX];
     Error ignored;
-    if (partial_path(run_dir, image->step, partial, sizeof partial, &ignored)) remove_tree(partial, &ignored);
+    if (partial_path(run_dir, image->step, partial, sizeof partial, &ignored)) remove_folder(partial, &ignored);
 }
 
 bool checkpoint_write(const char *run_dir, const CheckpointImage *image, char *path, size_t path_size, Error *err) {
@@ -498,6 +501,13 @@ static bool load_optimizer(const char *dir, const ShardRequest *request, int *op
     return true;
 }
 
+// The shard files of dir tile [0, total) as load_optimizer requires (nothing copied).
+static bool shard_ranges_tile(const char *dir, size_t total, Error *err) {
+    ShardRequest ranges_only = {.total = total};
+    int optimizer_steps;
+    return load_optimizer(dir, &ranges_only, &optimizer_steps, err);
+}
+
 static bool get_number(json_object *obj, const char *path, const char *key, double *out, Error *err) {
     json_object *value;
     if (!json_object_object_get_ex(obj, key, &value) ||
@@ -582,16 +592,33 @@ void trainer_state_free(TrainerState *state) {
 // ----------------------------------------------------------------------------
 // pruning and free space
 
+static bool has_prefix(const char *name, const char *prefix) { return strncmp(name, prefix, strlen(prefix)) == 0; }
+
 static int is_leftover(const struct dirent *entry) {
-    return strncmp(entry->d_name, PARTIAL_PREFIX, strlen(PARTIAL_PREFIX)) == 0 ||
-           strncmp(entry->d_name, REPLACED_PREFIX, strlen(REPLACED_PREFIX)) == 0;
+    return has_prefix(entry->d_name, PARTIAL_PREFIX) || has_prefix(entry->d_name, REPLACED_PREFIX) ||
+           has_prefix(entry->d_name, PRUNED_PREFIX);
 }
 
 static bool remove_named(const char *run_dir, struct dirent **names, int count, Error *err) {
     bool ok = true;
     for (int i = 0; ok && i < count; i++) {
         char path[CHECKPOINT_PATH_MAX];
-        ok = join_path(path, sizeof path, run_dir, names[i]->d_name, err) && remove_tree(path, err);
+        ok = join_path(path, sizeof path, run_dir, names[i]->d_name, err) && remove_folder(path, err);
+    }
+    return ok;
+}
+
+// Takes each checkpoint out of the step-* namespace in one durable rename
+// (.pruned-step-NNNNNN, a leftover), then deletes it: a crash part-way
+// never leaves a step folder that has COMPLETE but lacks files.
+static bool prune_named(const char *run_dir, struct dirent **names, int count, Error *err) {
+    bool ok = true;
+    for (int i = 0; ok && i < count; i++) {
+        char path[CHECKPOINT_PATH_MAX], pruned_name[64], pruned[CHECKPOINT_PATH_MAX];
+        snprintf(pruned_name, sizeof pruned_name, PRUNED_PREFIX "%.40s", names[i]->d_name);
+        ok = join_path(path, sizeof path, run_dir, names[i]->d_name, err) &&
+             join_path(pruned, sizeof pruned, run_dir, pruned_name, err) && rename_path(path, pruned, err) &&
+             sync_dir(run_dir, err) && remove_folder(pruned, err);
     }
     return ok;
 }
@@ -616,7 +643,7 @@ bool checkpoint_prune(const char *run_dir, int keep, Error *err) {
         if (is_complete(run_dir, steps[i]->d_name)) steps[n_complete++] = steps[i];
         else free(steps[i]);
     }
-    ok = remove_named(run_dir, steps, n_complete > keep ? n_complete - keep : 0, err);
+    ok = prune_named(run_dir, steps, n_complete > keep ? n_complete - keep : 0, err);
     free_names(steps, n_complete);
     return ok && sync_dir(run_dir, err);
 }

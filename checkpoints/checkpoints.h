@@ -160,21 +160,17 @@ bool checkpoint_write_shard(const char *run_dir, const CheckpointImage *image, F
 bool checkpoint_write_finish(const char *run_dir, const CheckpointImage *image, const FileDigest *digests, char *path,
                              size_t path_size, Error *err);
 void checkpoint_write_abandon(const char *run_dir, const CheckpointImage *image);
-bool checkpoint_save(const char *run_dir, const CheckpointSource *source, char *path, size_t path_size, Error *err);
 
 // Checks the marker, then every file's size and checksum (every rank's shard).
 bool checkpoint_verify(const char *dir, Error *err);
 // The newest complete checkpoint of run_dir: `latest` when it verifies, else
 // the newest step-NNNNNN/ that does. False when there is none.
 bool checkpoint_find_latest(const char *run_dir, char *path, size_t path_size, Error *err);
-// Verifies dir, then loads the adapter into model, the AdamW moments into
-// adam_m / adam_v (backend memory, or host memory when moments_on_host) and
-// the trainer state (free it with trainer_state_free).
-bool checkpoint_load(const char *dir, Model *model, float *adam_m, float *adam_v, bool moments_on_host,
-                     TrainerState *state, Error *err);
-// checkpoint_load for the moments' elements [shard_begin, shard_begin +
-// shard_count) only (adam_m / adam_v hold shard_count), read from the shard
-// files of however many ranks saved the checkpoint.
+// Verifies dir, then loads the adapter into model, the AdamW moments'
+// elements [shard_begin, shard_begin + shard_count) into adam_m / adam_v
+// (backend memory, or host memory when moments_on_host), gathered from the
+// shard files of however many ranks saved the checkpoint, and the trainer
+// state (free it with trainer_state_free).
 bool checkpoint_load_shard(const char *dir, Model *model, float *adam_m, float *adam_v, bool moments_on_host,
                            size_t shard_begin, size_t shard_count, TrainerState *state, Error *err);
 void trainer_state_free(TrainerState *state);
@@ -185,9 +181,6 @@ bool checkpoint_prune(const char *run_dir, int keep, Error *err);
 // Bytes available to an unprivileged writer on the filesystem holding path
 // (its nearest existing ancestor when path does not exist yet).
 bool disk_free_bytes(const char *path, uint64_t *free_bytes, Error *err);
-// Tests: the nth_write-th write(2) of a checkpoint file from now fails with
-// errno_value (0 = none).
-void checkpoint_inject_write_failure(int nth_write, int errno_value);
 
 // ----------------------------------------------------------------------------
 // vision-language: projector and CLIP tower weights

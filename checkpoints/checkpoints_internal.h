@@ -54,6 +54,10 @@ bool json_to_text(const char *name, json_object *obj, FileImage *image, Error *e
 bool write_file_durable(const char *path, const FileImage *image, Error *err);
 // fsync of a directory, so the names created or renamed in it are durable.
 bool sync_dir(const char *dir, Error *err);
+// rename(2) naming both paths on failure.
+bool rename_path(const char *from, const char *to, Error *err);
+// rm -r (no error if absent), each removal a crash point.
+bool remove_folder(const char *path, Error *err);
 // Re-reads path and checks its size and FNV-1a checksum.
 bool verify_file(const char *path, uint64_t size, uint64_t checksum, Error *err);
 

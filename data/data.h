@@ -75,14 +75,26 @@ bool sample_from_text(const Tokenizer *tok, const char *text, int max_seq_len, S
 
 typedef struct Dataset Dataset;
 
+// A record dataset_open_jsonl skipped: its line and "path:line: problem".
+typedef struct DatasetSkip {
+    int64_t line;
+    char message[256];
+} DatasetSkip;
+
 // Reads a JSONL file of {"messages": [{"role", "content"}...]} or {"text"}
-// records, tokenizing each. A malformed line is an error naming the file,
-// the line number and the problem.
+// records, tokenizing each. A malformed line (bad JSON, neither kind of
+// record, no assistant turn...) is skipped and listed with its line number
+// and problem; a file with no usable record is an error.
 Dataset *dataset_open_jsonl(const char *path, const Tokenizer *tok, int max_seq_len, Error *err);
 void dataset_destroy(Dataset *dataset);
-int64_t dataset_size(const Dataset *dataset);
+int64_t dataset_size(const Dataset *dataset); // usable samples
 int64_t dataset_truncated_count(const Dataset *dataset);
 const Sample *dataset_sample(const Dataset *dataset, int64_t index);
+int64_t dataset_skipped_count(const Dataset *dataset);
+const DatasetSkip *dataset_skipped(const Dataset *dataset, int64_t i);
+// Fails, naming the file, the counts and the first problem, when skipped
+// records / all records exceed max_fraction (data.max_skip_fraction).
+bool dataset_check_skips(const Dataset *dataset, double max_fraction, Error *err);
 
 // The demo's synthetic text data: short question/answer chats the tiny model
 // can learn. Writes `n_records` JSONL lines to path.

@@ -1,6 +1,7 @@
 // JSONL text datasets: one record per line, {"messages": [{"role", "content"}...]}
 // or {"text": ...}, tokenized at open time. All samples' ids and labels live in
-// two growing pools; a Sample points into them.
+// two growing pools; a Sample points into them. A malformed record is skipped
+// with its line number and reason.
 #include "data.h"
 #include "data_private.h"
 
@@ -20,6 +21,9 @@ struct Dataset {
     int64_t pool_length, pool_capacity;
     int64_t n_truncated;
     int32_t pad_id;
+    char *path;
+    DatasetSkip *skips;       // (n_skipped,) in file order
+    int64_t n_skipped, skips_capacity;
 };
 
 // Per-file parsing state, reused from line to line.
@@ -172,6 +176,20 @@ static void link_samples(Dataset *dataset) {
     }
 }
 
+static bool record_skip(Dataset *dataset, int64_t line_number, const Error *why, Error *err) {
+    if (dataset->n_skipped == dataset->skips_capacity) {
+        int64_t capacity = dataset->skips_capacity ? 2 * dataset->skips_capacity : 16;
+        DatasetSkip *skips = realloc(dataset->skips, (size_t)capacity * sizeof *skips);
+        if (!skips) return fail(err, "out of memory for %lld skipped records", (long long)capacity);
+        dataset->skips = skips;
+        dataset->skips_capacity = capacity;
+    }
+    DatasetSkip *skip = &dataset->skips[dataset->n_skipped++];
+    skip->line = line_number;
+    snprintf(skip->message, sizeof skip->message, "%.*s", (int)sizeof skip->message - 1, why->message);
+    return true;
+}
+
 // ----------------------------------------------------------------------------
 // reading a file
 
@@ -183,10 +201,15 @@ static bool read_records(FILE *file, const char *path, JsonlReader *reader, Data
     bool ok = true;
     for (int64_t line_number = 1; ok && (len = getline(&line, &line_capacity, file)) >= 0; line_number++) {
         if (is_blank(line, (size_t)len)) continue;
-        json_object *record = parse_line(reader->tokener, line, (size_t)len, err);
-        ok = record && render_record(reader, record, err) && append_sample(dataset, &reader->seq, max_seq_len, err);
+        Error why;
+        json_object *record = parse_line(reader->tokener, line, (size_t)len, &why);
+        if (record && render_record(reader, record, &why)) {
+            ok = append_sample(dataset, &reader->seq, max_seq_len, err);
+        } else {
+            fail_context(&why, "%s:%lld: ", path, (long long)line_number);
+            ok = record_skip(dataset, line_number, &why, err);
+        }
         json_object_put(record);
-        if (!ok) fail_context(err, "%s:%lld: ", path, (long long)line_number);
     }
     if (ok && ferror(file)) ok = fail(err, "%s: read error: %s", path, strerror(errno));
     free(line);
@@ -216,8 +239,12 @@ Dataset *dataset_open_jsonl(const char *path, const Tokenizer *tok, int max_seq_
     Dataset *dataset = checked_calloc(1, sizeof *dataset, "a dataset", err);
     if (!dataset) return NULL;
     dataset->pad_id = tokenizer_pad(tok);
-    bool ok = load_jsonl(path, tok, max_seq_len, dataset, err);
-    if (ok && dataset->n_samples == 0) ok = fail(err, "%s: no records", path);
+    dataset->path = checked_strdup(path, err);
+    bool ok = dataset->path && load_jsonl(path, tok, max_seq_len, dataset, err);
+    if (ok && dataset->n_samples == 0 && dataset->n_skipped > 0)
+        ok = fail(err, "no usable records: all %lld skipped, the first as %s", (long long)dataset->n_skipped,
+                  dataset->skips[0].message);
+    else if (ok && dataset->n_samples == 0) ok = fail(err, "%s: no records", path);
     if (!ok) {
         dataset_destroy(dataset);
         return NULL;
@@ -232,12 +259,28 @@ void dataset_destroy(Dataset *dataset) {
     free(dataset->offsets);
     free(dataset->id_pool);
     free(dataset->label_pool);
+    free(dataset->path);
+    free(dataset->skips);
     free(dataset);
 }
 
 int64_t dataset_size(const Dataset *dataset) { return dataset->n_samples; }
 int64_t dataset_truncated_count(const Dataset *dataset) { return dataset->n_truncated; }
 int32_t dataset_pad_id(const Dataset *dataset) { return dataset->pad_id; }
+int64_t dataset_skipped_count(const Dataset *dataset) { return dataset->n_skipped; }
+
+const DatasetSkip *dataset_skipped(const Dataset *dataset, int64_t i) {
+    return i >= 0 && i < dataset->n_skipped ? &dataset->skips[i] : NULL;
+}
+
+bool dataset_check_skips(const Dataset *dataset, double max_fraction, Error *err) {
+    int64_t records = dataset->n_samples + dataset->n_skipped;
+    double fraction = records ? (double)dataset->n_skipped / (double)records : 0.0;
+    if (fraction <= max_fraction) return true;
+    return fail(err, "%s: %lld of %lld records skipped (%.2f%%), over data.max_skip_fraction %.2f%% (the first: %s)",
+                dataset->path, (long long)dataset->n_skipped, (long long)records, 100.0 * fraction,
+                100.0 * max_fraction, dataset->skips[0].message);
+}
 
 const Sample *dataset_sample(const Dataset *dataset, int64_t index) {
     if (index < 0 || index >= dataset->n_samples) return NULL;

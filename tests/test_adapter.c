@@ -307,7 +307,12 @@ static void test_hf_config_variants(void **state) {
     assert_error(read_config_text("{\"attention_bias\": true}", &c, &err), &err, "attention_bias");
     assert_error(read_config_text("{\"num_attention_heads\": 6, \"num_key_value_heads\": 4}", &c, &err), &err,
                  "num_attention_heads (6) must be a positive multiple");
-    assert_error(read_config_text("{\"vocab_size\": ", &c, &err), &err, "config.json: not valid JSON");
+    assert_error(read_config_text("{\"vocab_size\": ", &c, &err), &err,
+                 "config.json: not valid JSON: the text ends at line 1, column 16 inside an unfinished value");
+    assert_error(read_config_text("{\"vocab_size\": 32,\n \"hidden_size\" 64}", &c, &err), &err,
+                 "config.json: not valid JSON at line 2, column 16: ");
+    assert_error(read_config_text("{\"vocab_size\": 32} 64", &c, &err), &err,
+                 "config.json: not valid JSON: text after the object at line 1, column 20");
 }
 
 // ----------------------------------------------------------------------------

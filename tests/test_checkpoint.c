@@ -1,7 +1,9 @@
 // Training checkpoints: round trip bit-exactly; a failed write (injected
 // ENOSPC/EIO at every write of a save, a real tmpfs that fills) or a SIGKILL
-// at a random point of a save leaves the previous checkpoint loadable;
-// corruption is detected; pruning keeps the newest.
+// at a random point of a save, or an injected failure or SIGKILL at every
+// write, fsync, rename and removal of a save and a prune, leaves the
+// previous checkpoint loadable and no broken folder that looks complete; corruption is detected; pruning keeps
+// the newest; shard files a load would refuse fail the save.
 #include "test_util.h"
 
 #include <errno.h>
@@ -13,7 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "checkpoints/checkpoints.h"
+#include "checkpoints/checkpoints_testing.h"
 
 #define WRITES_PER_SAVE 6 // adapter config + weights, optimizer, state, marker, latest
 
@@ -259,6 +261,128 @@ static void test_prune_keeps_newest(void **state) {
     fixture_destroy(&f);
 }
 
+// Two ranks' shard files whose ranges do not tile the buffer (both [0, n),
+// as stage 0 once wrote): the save fails verification with resume's own
+// message, and nothing is left that looks like a checkpoint.
+static void test_shards_that_resume_would_refuse_fail_the_save(void **state) {
+    const char *run_dir = make_temp_dir("ckpt-overlap");
+    Fixture f = fixture_create();
+    fill_for_step(&f, 2);
+    TrainerState s = state_for_step(2);
+    AdapterInfo info = {.base_model_name_or_path = "base"};
+    CheckpointImage *images[2];
+    FileDigest digests[2];
+    Error err;
+    for (int rank = 0; rank < 2; rank++) {
+        CheckpointSource source = {f.model, &info, f.adam_m, f.adam_v, false, &s, rank, 2, 0, f.n};
+        images[rank] = checkpoint_image_create(&source, &err);
+        if (!images[rank]) fail_msg("%s", err.message);
+    }
+    assert_true(checkpoint_write_begin(run_dir, images[0], &err));
+    for (int rank = 0; rank < 2; rank++) assert_true(checkpoint_write_shard(run_dir, images[rank], &digests[rank], &err));
+    char path[4096];
+    assert_false(checkpoint_write_finish(run_dir, images[0], digests, path, sizeof path, &err));
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "rank-00001.safetensors: range [0, "));
+    assert_non_null(strstr(err.message, "does not continue the shards before it"));
+    assert_false(checkpoint_find_latest(run_dir, path, sizeof path, &err));
+    for (int rank = 0; rank < 2; rank++) checkpoint_image_destroy(images[rank]);
+    fixture_destroy(&f);
+}
+
+// Every step-NNNNNN folder with a COMPLETE marker verifies (a folder that
+// looks like a checkpoint is one); returns how many there are.
+static int assert_step_folders_complete(const char *run_dir) {
+    int complete = 0;
+    for (int step = 1; step <= 9; step++) {
+        char dir[4096], marker[4200];
+        snprintf(dir, sizeof dir, "%s/step-%06d", run_dir, step);
+        snprintf(marker, sizeof marker, "%s/COMPLETE", dir);
+        if (!path_exists(marker)) continue;
+        Error err;
+        if (!checkpoint_verify(dir, &err)) fail_msg("has COMPLETE but does not verify: %s", err.message);
+        complete++;
+    }
+    return complete;
+}
+
+// Steps 1-3 saved, then a child saves step 4 and prunes to keep_last 2,
+// SIGKILLed at its 1st, 2nd, ... write, fsync, rename or removal until one
+// runs to the end. After each kill every folder that looks like a checkpoint
+// is one, the newest loads intact, and saving and pruning again succeed.
+static void test_kill_at_every_operation_of_a_save_and_prune(void **state) {
+    const char *run_dir = make_temp_dir("ckpt-kill-each");
+    Fixture f = fixture_create();
+    int trial = 1;
+    for (;; trial++) {
+        Error err;
+        assert_true(remove_tree(run_dir, &err) && make_dirs(run_dir, &err));
+        for (int step = 1; step <= 3; step++) save_step(&f, run_dir, step);
+        pid_t child = fork();
+        assert_true(child >= 0);
+        if (child == 0) {
+            checkpoint_inject_fault(trial, 0);
+            save_step(&f, run_dir, 4);
+            _exit(checkpoint_prune(run_dir, 2, &err) ? 0 : 1);
+        }
+        int status;
+        assert_int_equal(waitpid(child, &status, 0), child);
+        assert_true(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 0));
+        assert_true(assert_step_folders_complete(run_dir) >= 2);
+        char path[4096];
+        if (!checkpoint_find_latest(run_dir, path, sizeof path, &err)) fail_msg("trial %d: %s", trial, err.message);
+        assert_latest_is(run_dir, atoi(strrchr(path, '-') + 1));
+        if (WIFEXITED(status)) break;
+        save_step(&f, run_dir, 5);
+        assert_true(checkpoint_prune(run_dir, 2, &err));
+        assert_int_equal(assert_step_folders_complete(run_dir), 2);
+        assert_latest_is(run_dir, 5);
+    }
+    print_message("killed at each of %d operations of a save and a prune, then saved again\n", trial - 1);
+    assert_true(trial > 20);
+    fixture_destroy(&f);
+}
+
+// Steps 1-3 saved, then the 1st, 2nd, ... write, fsync, rename or removal
+// of saving step 4 and pruning to keep_last 2 fails with ENOSPC or EIO
+// until none is left to fail. The save either succeeds or reports the
+// errno; every folder that looks like a checkpoint is one, the newest loads
+// intact, and saving and pruning again succeed and clear the leftovers.
+static void test_fail_at_every_operation_of_a_save_and_prune(void **state) {
+    const char *run_dir = make_temp_dir("ckpt-fail-each");
+    Fixture f = fixture_create();
+    const int errnos[2] = {ENOSPC, EIO};
+    int trial = 1;
+    for (;; trial++) {
+        Error err;
+        assert_true(remove_tree(run_dir, &err) && make_dirs(run_dir, &err));
+        for (int step = 1; step <= 3; step++) save_step(&f, run_dir, step);
+        fill_for_step(&f, 4);
+        TrainerState s = state_for_step(4);
+        CheckpointSource source = {f.model, NULL, f.adam_m, f.adam_v, false, &s, .world_size = 0};
+        char path[4096];
+        checkpoint_inject_fault(trial, errnos[trial % 2]);
+        bool saved = checkpoint_save(run_dir, &source, path, sizeof path, &err);
+        if (!saved) assert_non_null(strstr(err.message, strerror(errnos[trial % 2])));
+        bool pruned = checkpoint_prune(run_dir, 2, &err);
+        checkpoint_inject_fault(0, 0);
+        assert_true(assert_step_folders_complete(run_dir) >= 2);
+        if (!checkpoint_find_latest(run_dir, path, sizeof path, &err)) fail_msg("trial %d: %s", trial, err.message);
+        assert_latest_is(run_dir, atoi(strrchr(path, '-') + 1));
+        if (saved && pruned) break;
+        save_step(&f, run_dir, 5);
+        assert_true(checkpoint_prune(run_dir, 2, &err));
+        assert_int_equal(assert_step_folders_complete(run_dir), 2);
+        assert_latest_is(run_dir, 5);
+        snprintf(path, sizeof path, "ls -A '%s' | grep -q '^\\.'", run_dir);
+        if (run_command(path) == 0) fail_msg("trial %d: a leftover is still in %s", trial, run_dir);
+    }
+    print_message("failed (ENOSPC, EIO) at each of %d operations of a save and a prune, then saved again\n",
+                  trial - 1);
+    assert_true(trial > 20);
+    fixture_destroy(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_and_peft_layout),
@@ -267,6 +391,9 @@ int main(void) {
         cmocka_unit_test(test_sigkill_during_save),
         cmocka_unit_test(test_corruption_detected_and_skipped),
         cmocka_unit_test(test_prune_keeps_newest),
+        cmocka_unit_test(test_kill_at_every_operation_of_a_save_and_prune),
+        cmocka_unit_test(test_fail_at_every_operation_of_a_save_and_prune),
+        cmocka_unit_test(test_shards_that_resume_would_refuse_fail_the_save),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

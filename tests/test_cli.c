@@ -1,11 +1,17 @@
 // The lora-train binary: configuration errors exit non-zero with a message
-// naming the key or file, and write nothing; an image-text config trains.
+// naming the key or file, and write nothing; an image-text config trains; a
+// SIGTERM during set-up saves a checkpoint, one after the run exits 0.
 #include "test_util.h"
 
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "trainer/trainer.h"
 
 typedef struct Outcome {
     int status;
@@ -144,6 +150,55 @@ static void test_image_text_config_trains(void **state) {
     assert_file(dir, "out/adapter/projector.safetensors");
 }
 
+// SIGTERM while lora-train is still setting up (its model folder just
+// created): the handlers are already there, so the run stops at its first
+// step with a checkpoint and exits 0 (it was killed, 143, with nothing saved).
+static void test_signal_during_setup_saves(void **state) {
+    const char *dir = make_temp_dir("cli_early_signal");
+    char yaml[1024], command[4096];
+    snprintf(yaml, sizeof yaml, "%strain:\n  max_steps: 100000\n  backend: cpu\n", VALID_PREFIX);
+    write_text(dir, "run.yaml", yaml);
+    snprintf(command, sizeof command,
+             "cd '%s' && { timeout -s KILL 120 '%s' --config run.yaml > out.txt 2>&1 & P=$!; "
+             "i=0; while [ ! -d model ] && [ $i -lt 5000000 ]; do i=$((i + 1)); done; kill -TERM $P; wait $P; }",
+             dir, getenv("LORA_TRAIN_BIN"));
+    int status = run_command(command);
+    char path[1024], *output;
+    size_t size;
+    snprintf(path, sizeof path, "%s/out.txt", dir);
+    Error err;
+    if (!read_file(path, &output, &size, &err)) fail_msg("%s", err.message);
+    print_message("exit %d: %s", status, output);
+    assert_int_equal(status, 0);
+    assert_non_null(strstr(output, "checkpoint saved to"));
+    free(output);
+}
+
+// A signal once the run's outputs are complete (here: as lora_train_main
+// returns) leaves the exit status 0; it was killed by the restored default.
+static void test_signal_after_done_exits_0(void **state) {
+    const char *dir = make_temp_dir("cli_late_signal");
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml, "%strain:\n  max_steps: 2\n  backend: cpu\n", VALID_PREFIX);
+    write_text(dir, "run.yaml", yaml);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        char *argv[] = {"lora-train", "--config", "run.yaml", NULL};
+        if (chdir(dir) != 0 || !freopen("out.txt", "w", stdout)) _exit(3);
+        int status = lora_train_main(3, argv);
+        fflush(stdout);
+        raise(SIGTERM);
+        _exit(status);
+    }
+    int status;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    if (WIFSIGNALED(status)) fail_msg("killed by signal %d after the run", WTERMSIG(status));
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    assert_file(dir, "out/adapter/adapter_model.safetensors");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unknown_key),         cmocka_unit_test(test_wrong_type),
@@ -151,6 +206,8 @@ int main(void) {
         cmocka_unit_test(test_missing_data_file),   cmocka_unit_test(test_unknown_flag),
         cmocka_unit_test(test_pack_refused_for_image_text),
         cmocka_unit_test(test_image_text_config_trains),
+        cmocka_unit_test(test_signal_during_setup_saves),
+        cmocka_unit_test(test_signal_after_done_exits_0),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -246,14 +246,28 @@ static void test_malformed_lines(void **state) {
         snprintf(text, sizeof text, "{\"text\": \"fine\"}\n   \n%s\n{\"text\": \"after\"}\n", cases[i].line);
         write_text_file(path, text);
         Error err = {0};
-        assert_null(dataset_open_jsonl(path, tok, 64, &err));
-        if (strncmp(err.message, prefix, strlen(prefix)) != 0 || !strstr(err.message, cases[i].problem)) {
-            fail_msg("case %zu: error \"%s\", wanted prefix \"%s\" and \"%s\"", i, err.message, prefix,
+        Dataset *dataset = dataset_open_jsonl(path, tok, 64, &err);
+        if (!dataset) fail_msg("case %zu: %s", i, err.message);
+        assert_int_equal(dataset_size(dataset), 2);
+        assert_int_equal(dataset_skipped_count(dataset), 1);
+        const DatasetSkip *skip = dataset_skipped(dataset, 0);
+        assert_int_equal(skip->line, 3);
+        if (strncmp(skip->message, prefix, strlen(prefix)) != 0 || !strstr(skip->message, cases[i].problem)) {
+            fail_msg("case %zu: reason \"%s\", wanted prefix \"%s\" and \"%s\"", i, skip->message, prefix,
                      cases[i].problem);
         }
+        assert_true(dataset_check_skips(dataset, 0.5, &err));
+        assert_false(dataset_check_skips(dataset, 0.01, &err));
+        assert_non_null(strstr(err.message, "1 of 3 records skipped"));
+        dataset_destroy(dataset);
     }
-    write_text_file(path, "\n \n");
+    write_text_file(path, "{\"foo\": 1}\n[]\n");
     Error err = {0};
+    assert_null(dataset_open_jsonl(path, tok, 64, &err));
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "no usable records: all 2 skipped"));
+    assert_non_null(strstr(err.message, "bad.jsonl:1: "));
+    write_text_file(path, "\n \n");
     assert_null(dataset_open_jsonl(path, tok, 64, &err));
     assert_non_null(strstr(err.message, "no records"));
     assert_null(dataset_open_jsonl("/nonexistent/data.jsonl", tok, 64, &err));

@@ -2,10 +2,13 @@
 // and 2 (gradient buckets per layer, merged, or reduced after the backward;
 // the CPU offload, also with the delayed update) and gradient accumulation
 // leave the same adapter as 1 process with the same global
-// batch; the offload's per-bucket copies the same bits as its download; ZeRO-2 checkpoints of 2 ranks resumed on 3, and of 3 resumed on 1,
+// batch; the offload's per-bucket copies the same bits as its download; ZeRO-2 checkpoints of 2 ranks resumed on 3, and of 3 resumed on 1, and stage-0 ones of 2 resumed on 3,
 // re-shard the optimizer state and end where an uninterrupted run does; a
 // checkpoint missing a rank's shard or with a corrupt one is not complete; a
-// rank killed mid-run ends the job with a message naming it.
+// rank killed mid-run ends the job with a message naming it, and so do ranks
+// that all fail at once; SIGTERM to lora-launch, or SIGINT to its process
+// group, saves a checkpoint of every rank and exits 0; ranks die with their
+// launcher.
 #include "run_util.h"
 
 #include <math.h>
@@ -137,38 +140,54 @@ static void assert_log_says(const char *dir, const char *name, const char *expec
     free(log);
 }
 
-// A ZeRO-2 run of from_nproc ranks saving every 2 steps, then the same run
-// resumed from its step-000002 on to_nproc ranks (0: one process, no
-// launcher); the final adapter against the uninterrupted "straight" run's.
-static void assert_resharded_resume(const char *dir, int from_nproc, int to_nproc) {
+// A run of from_nproc ranks at ZeRO stage `stage` saving every 2 steps, then
+// the same run resumed from its step-000002 on to_nproc ranks (0: one
+// process, no launcher); the final adapter against the uninterrupted
+// "straight" run's.
+static void assert_resharded_resume(const char *dir, int stage, int from_nproc, int to_nproc) {
     char name[64], resume[1024], expect[128];
-    snprintf(name, sizeof name, "from%d-to%d", from_nproc, to_nproc);
-    train_with(dir, from_nproc, 2, "none", name, "--set checkpoint.every_steps=2");
-    snprintf(resume, sizeof resume, "--set checkpoint.every_steps=2 --resume %s/%s/step-000002", dir, name);
-    train_with(dir, to_nproc, 2, "none", name, resume);
+    snprintf(name, sizeof name, "stage%d-from%d-to%d", stage, from_nproc, to_nproc);
+    train_with(dir, from_nproc, stage, "none", name, "--set checkpoint.every_steps=2 --set checkpoint.keep_last=0");
+    assert_log_says(dir, name, "saved checkpoint");
+    snprintf(resume, sizeof resume, "--set checkpoint.every_steps=2 --set checkpoint.keep_last=0 --resume %s/%s/step-000002",
+             dir, name);
+    train_with(dir, to_nproc, stage, "none", name, resume);
     snprintf(expect, sizeof expect, "(saved by %d ranks) at step 2", from_nproc);
     assert_log_says(dir, name, expect);
     double max_abs, difference = adapter_difference_of(dir, name, "straight", &max_abs);
-    print_message("%d ranks stopped at step 2, resumed on %d: relative difference to the uninterrupted run %.3g (L2), "
-                  "%.3g (max |a - b| / max |b|)\n",
-                  from_nproc, to_nproc ? to_nproc : 1, difference, max_abs);
+    print_message("stage %d: %d ranks stopped at step 2, resumed on %d: relative difference to the uninterrupted run "
+                  "%.3g (L2), %.3g (max |a - b| / max |b|)\n",
+                  stage, from_nproc, to_nproc ? to_nproc : 1, difference, max_abs);
     assert_true(difference < 1e-6);
 }
 
-// name: 2 ranks saved step-000002, 3 ranks (resumed) step-000004. A step
-// folder with a byte of a shard file changed, or without one, is not
-// complete: the previous checkpoint is the latest.
-static void assert_damaged_shards_fall_back(const char *dir, const char *name) {
-    char run_dir[1024], path[2048], found[2048];
+// dir/name/step-NNNNNN/optimizer/rank-NNNNN.safetensors
+static void shard_path(const char *dir, const char *name, int step, int rank, char *path, size_t size) {
+    snprintf(path, size, "%s/%s/step-%06d/optimizer/rank-%05d.safetensors", dir, name, step, rank);
+}
+
+// The newest complete checkpoint of dir/name is step-NNNNNN `step`.
+static void assert_latest_step(const char *dir, const char *name, int step) {
+    char run_dir[1024], found[2048], expect[32];
     snprintf(run_dir, sizeof run_dir, "%s/%s", dir, name);
+    snprintf(expect, sizeof expect, "step-%06d", step);
     Error err;
     if (!checkpoint_find_latest(run_dir, found, sizeof found, &err)) fail_msg("%s", err.message);
-    assert_non_null(strstr(found, "step-000004"));
+    if (!strstr(found, expect)) fail_msg("the latest checkpoint is %s, not %s", found, expect);
+}
+
+// name: 2 ranks saved step-000002, 3 ranks (resumed) step-000004 and the
+// last step's step-000005. A step folder with a byte of a shard file
+// changed, or without one, is not complete: the previous checkpoint is the
+// latest.
+static void assert_damaged_shards_fall_back(const char *dir, const char *name) {
+    char path[2048];
+    assert_latest_step(dir, name, 5);
     for (int rank = 0; rank < 3; rank++) {
-        snprintf(path, sizeof path, "%s/step-000004/optimizer/rank-%05d.safetensors", run_dir, rank);
+        shard_path(dir, name, 5, rank, path, sizeof path);
         assert_true(path_exists(path));
     }
-    snprintf(path, sizeof path, "%s/step-000004/optimizer/rank-00002.safetensors", run_dir);
+    shard_path(dir, name, 5, 2, path, sizeof path);
     FILE *f = fopen(path, "r+b");
     assert_non_null(f);
     assert_int_equal(fseek(f, -1, SEEK_END), 0);
@@ -176,14 +195,19 @@ static void assert_damaged_shards_fall_back(const char *dir, const char *name) {
     assert_int_equal(fseek(f, -1, SEEK_END), 0);
     assert_int_equal(fputc(last ^ 0x01, f), last ^ 0x01);
     assert_int_equal(fclose(f), 0);
-    snprintf(path, sizeof path, "%s/step-000004", run_dir);
+    snprintf(path, sizeof path, "%s/%s/step-000005", dir, name);
+    Error err;
     assert_false(checkpoint_verify(path, &err));
     print_message("corrupt shard: %s\n", err.message);
     assert_non_null(strstr(err.message, "rank-00002.safetensors"));
-    if (!checkpoint_find_latest(run_dir, found, sizeof found, &err)) fail_msg("%s", err.message);
-    assert_non_null(strstr(found, "step-000002"));
-    snprintf(path, sizeof path, "%s/step-000002/optimizer/rank-00001.safetensors", run_dir);
+    assert_latest_step(dir, name, 4);
+    shard_path(dir, name, 4, 1, path, sizeof path);
     assert_int_equal(unlink(path), 0);
+    assert_latest_step(dir, name, 2);
+    shard_path(dir, name, 2, 1, path, sizeof path);
+    assert_int_equal(unlink(path), 0);
+    char run_dir[1024], found[2048];
+    snprintf(run_dir, sizeof run_dir, "%s/%s", dir, name);
     assert_false(checkpoint_find_latest(run_dir, found, sizeof found, &err));
 }
 
@@ -191,9 +215,10 @@ static void test_resume_reshards_zero2(void **state) {
     if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
     const char *dir = strdup(make_temp_dir("launch-reshard"));
     train_with(dir, 0, 0, "none", "straight", "--set checkpoint.every_steps=2");
-    assert_resharded_resume(dir, 2, 3);
-    assert_resharded_resume(dir, 3, 0);
-    assert_damaged_shards_fall_back(dir, "from2-to3");
+    assert_resharded_resume(dir, 2, 2, 3);
+    assert_resharded_resume(dir, 2, 3, 0);
+    assert_resharded_resume(dir, 0, 2, 3);
+    assert_damaged_shards_fall_back(dir, "stage2-from2-to3");
     free((void *)dir);
 }
 
@@ -223,12 +248,108 @@ static void test_killed_rank_ends_the_job(void **state) {
     free(log);
 }
 
+// Every rank failing at about the same moment (a program that exits 1 at
+// once, or lora-train with a config error) fails the job and names a rank.
+static void test_ranks_failing_together_fail_the_job(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = make_temp_dir("launch-all-fail");
+    const char *programs[] = {"/bin/false", binary("LORA_TRAIN_BIN")};
+    const char *args[] = {"", "--config configs/demo.yaml --set train.lr=fast"};
+    const int trials[] = {20, 10}, expected_status[] = {1, 2};
+    for (int p = 0; p < 2; p++)
+        for (int trial = 0; trial < trials[p]; trial++) {
+            char command[4096], path[1024], *log = NULL;
+            size_t size;
+            snprintf(command, sizeof command, "timeout -s KILL 60 %s --nproc-per-node 2 --master-port %d %s %s 2> %s/err.log",
+                     binary("LORA_LAUNCH_BIN"), free_tcp_port(), programs[p], args[p], dir);
+            int status = run_command(command);
+            snprintf(path, sizeof path, "%s/err.log", dir);
+            Error err;
+            if (!read_file(path, &log, &size, &err)) fail_msg("%s", err.message);
+            if (status != expected_status[p] || !strstr(log, " exited with status "))
+                fail_msg("%s trial %d: exit %d (expected %d), stderr: %s", programs[p], trial, status,
+                         expected_status[p], log);
+            free(log);
+        }
+    print_message("%d + %d jobs whose ranks all failed: each exited non-zero naming a rank\n", trials[0], trials[1]);
+}
+
+// A 2-rank ZeRO-2 job with no end in sight, its launcher ($L) the leader of
+// its own process group, as Slurm and a terminal see it: once a step is
+// logged, `act` runs (signals it; $O is the job's log); returns the job's exit status (137 after
+// 60 s if it has not ended by then: the whole group is killed).
+static int act_on_job(const char *dir, const char *name, const char *extra, const char *act) {
+    char flags[2048], command[8192];
+    common_flags(dir, flags, sizeof flags);
+    snprintf(command, sizeof command,
+             "O=%s/%s.log; OMP_NUM_THREADS=1 setsid %s --nproc-per-node 2 --master-port %d %s %s "
+             "--set train.max_steps=100000 --set zero.stage=2 --set checkpoint.dir=%s/%s %s > $O 2>&1 & L=$!; "
+             "for i in $(seq 600); do grep -q '^step [0-9]*/' $O && break; sleep 0.1; done; %s; "
+             "(sleep 60; kill -KILL -$L) >/dev/null 2>&1 & W=$!; wait $L; S=$?; kill $W 2>/dev/null; exit $S",
+             dir, name, binary("LORA_LAUNCH_BIN"), free_tcp_port(), binary("LORA_TRAIN_BIN"), flags, dir, name, extra,
+             act);
+    return run_command(command);
+}
+
+static void assert_saved_by_two_ranks(const char *dir, const char *name) {
+    char run_dir[2100], found[2048];
+    snprintf(run_dir, sizeof run_dir, "%s/%s", dir, name);
+    Error err;
+    if (!checkpoint_find_latest(run_dir, found, sizeof found, &err)) fail_msg("%s", err.message);
+    print_message("%s: %s\n", name, found);
+    snprintf(run_dir, sizeof run_dir, "%s/optimizer/rank-00001.safetensors", found);
+    assert_true(path_exists(run_dir));
+}
+
+// Preemption of a multi-rank job saves like one rank: SIGTERM to lora-launch
+// alone (forwarded), then SIGINT to the whole process group of the resumed
+// job (every rank gets it twice: from the group and forwarded); each time
+// the ranks agree on a step, save, and the job exits 0.
+static void test_signals_save_with_several_ranks(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = make_temp_dir("launch-signal");
+    int status = act_on_job(dir, "job", "", "kill -TERM $L");
+    if (status != 0) fail_msg("SIGTERM to lora-launch: exit %d (see %s/job.log)", status, dir);
+    assert_log_says(dir, "job", "checkpoint saved to");
+    assert_saved_by_two_ranks(dir, "job");
+    status = act_on_job(dir, "job", "--resume", "kill -INT -$L");
+    if (status != 0) fail_msg("SIGINT to the job's process group: exit %d (see %s/job.log)", status, dir);
+    assert_log_says(dir, "job", "(saved by 2 ranks)");
+    assert_log_says(dir, "job", "checkpoint saved to");
+    assert_saved_by_two_ranks(dir, "job");
+}
+
+// kill -9 of lora-launch: its ranks die with it (within 20 s; "alive" in the
+// log otherwise, and the test kills them).
+static void test_ranks_die_with_their_launcher(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = make_temp_dir("launch-orphans");
+    const char *act = "R=$(pgrep -P $L); kill -9 $L; for i in $(seq 200); do A=; for r in $R; do "
+                      "ps -o stat= -p $r | grep -qv Z && A=$r; done; [ -z \"$A\" ] && break; sleep 0.1; done; "
+                      "echo rank pids: $R >> $O; [ -z \"$A\" ] || { kill -9 $R; echo alive >> $O; }";
+    int status = act_on_job(dir, "orphans", "--set checkpoint.every_steps=1", act);
+    char path[1024], *log = NULL;
+    size_t size;
+    snprintf(path, sizeof path, "%s/orphans.log", dir);
+    Error err;
+    if (!read_file(path, &log, &size, &err)) fail_msg("%s", err.message);
+    const char *pids = strstr(log, "rank pids: ");
+    print_message("launcher exit %d; %s", status, pids ? pids : log);
+    assert_int_equal(status, 137);
+    assert_true(pids && pids[11] >= '1' && pids[11] <= '9');
+    assert_null(strstr(log, "alive"));
+    free(log);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_ranks_match_one_process),
         cmocka_unit_test(test_offload_buckets_match_the_downloaded_shard),
         cmocka_unit_test(test_resume_reshards_zero2),
         cmocka_unit_test(test_killed_rank_ends_the_job),
+        cmocka_unit_test(test_ranks_failing_together_fail_the_job),
+        cmocka_unit_test(test_signals_save_with_several_ranks),
+        cmocka_unit_test(test_ranks_die_with_their_launcher),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -61,7 +61,7 @@ static void test_checkpoint_size_matches_written(void **state) {
     Config config = plan_config(dir);
     RunPlan predicted = plan_of(&config);
     assert_int_equal(predicted.total_steps, 8);
-    assert_int_equal(predicted.checkpoints_kept, 1);
+    assert_int_equal(predicted.checkpoints_kept, 2); // step-000004 and the last step's step-000008
     TrainSummary summary;
     Error err;
     if (!train_run(&config, &summary, &err)) fail_msg("train_run: %s", err.message);

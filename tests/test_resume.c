@@ -1,9 +1,12 @@
 // Never lose a run, end to end through train_run_with on the CPU backend:
-// a run stopped by SIGTERM and resumed (from `latest` or an older checkpoint)
-// logs bit-identical losses and leaves a byte-identical adapter, with
-// gradient accumulation, shuffling across epochs and dropout on; non-finite
+// a run stopped by SIGTERM and resumed from an older checkpoint logs
+// bit-identical losses and leaves a byte-identical adapter, with gradient
+// accumulation, shuffling across epochs and dropout on; a finished run
+// continued for more steps (from `latest`, its last step's checkpoint, with
+// operational keys changed) too, while a changed learning rate is refused; non-finite
 // steps leave the optimizer untouched; the disk guard stops before step 1 or
-// before a save that does not fit a real tmpfs.
+// before a save that does not fit a real tmpfs, pruning nothing to make room;
+// an unwritable checkpoint.dir is found before step 1.
 #include "run_util.h"
 
 #include <errno.h>
@@ -13,8 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <unistd.h>
 
-#include "checkpoints/checkpoints.h"
+#include "checkpoints/checkpoints_testing.h"
 #include "trainer/trainer.h"
 
 #define TOTAL_STEPS 14 // 10 steps per epoch: the run crosses an epoch boundary
@@ -80,8 +84,11 @@ static void test_resume_is_bit_identical(void **state) {
     assert_memory_equal(resumed_adapter, straight_adapter, straight_size);
     assert_true(summary.first_loss == straight.losses[1]);
 
+    // latest is the last step's full checkpoint: nothing is left to train.
     run(&config, &(TrainControl){.resume = "latest", .on_step = record_loss, .context = &resumed_latest}, &summary);
-    assert_losses_equal(&straight, &resumed_latest, 13, TOTAL_STEPS);
+    snprintf(path, sizeof path, "%s/out/step-%06d/optimizer/rank-00000.safetensors", dir, TOTAL_STEPS);
+    assert_true(path_exists(path));
+    for (int step = 1; step <= TOTAL_STEPS; step++) assert_true(resumed_latest.losses[step] == 0);
     free(resumed_adapter);
     resumed_adapter = adapter_bytes(&summary, &resumed_size);
     assert_memory_equal(resumed_adapter, straight_adapter, straight_size);
@@ -103,7 +110,47 @@ static void test_resume_refuses_another_config(void **state) {
     assert_false(train_run_with(&config, &(TrainControl){.resume = "latest"}, &summary, &err));
     print_message("%s\n", err.message);
     assert_non_null(strstr(err.message, "different config"));
-    assert_non_null(strstr(err.message, "lr: 0.001"));
+    assert_non_null(strstr(err.message, "train.lr: 0.003 in the checkpoint, 0.001 now"));
+    assert_non_null(strstr(err.message, "may change on resume"));
+}
+
+// A finished 4-step run continued to 8 steps (constant LR, so the schedule's
+// extension changes nothing) with keep_last and log_every changed too: the
+// last step was saved as a full checkpoint, the resumed run trains steps 5-8
+// and leaves the adapter of an uninterrupted 8-step run, byte for byte.
+static void test_finished_run_continues_for_more_steps(void **state) {
+    const char *dir = make_temp_dir("resume-longer");
+    char path[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_text_records(path, 40);
+    Config config = resume_config(dir);
+    const char *settings[] = {"train.schedule=constant", "train.warmup=0", "train.max_steps=8"};
+    for (int i = 0; i < 3; i++) config_set_or_fail(&config, "%s", settings[i]);
+    LossRecorder straight = {0}, continued = {0};
+    TrainSummary summary;
+    run(&config, &(TrainControl){.on_step = record_loss, .context = &straight}, &summary);
+    size_t straight_size, continued_size;
+    char *straight_adapter = adapter_bytes(&summary, &straight_size);
+    snprintf(path, sizeof path, "%s/out", dir);
+    Error err;
+    assert_true(remove_tree(path, &err));
+
+    config_set_or_fail(&config, "%s", "train.max_steps=4");
+    run(&config, NULL, &summary);
+    assert_int_equal(summary.steps, 4);
+    snprintf(path, sizeof path, "%s/out/step-000004/optimizer/rank-00000.safetensors", dir);
+    assert_true(path_exists(path));
+    const char *longer[] = {"train.max_steps=8", "checkpoint.keep_last=3", "train.log_every=1"};
+    for (int i = 0; i < 3; i++) config_set_or_fail(&config, "%s", longer[i]);
+    run(&config, &(TrainControl){.resume = "latest", .on_step = record_loss, .context = &continued}, &summary);
+    assert_int_equal(summary.steps, 8);
+    assert_true(continued.losses[4] == 0);
+    assert_losses_equal(&straight, &continued, 5, 8);
+    char *continued_adapter = adapter_bytes(&summary, &continued_size);
+    assert_int_equal(continued_size, straight_size);
+    assert_memory_equal(continued_adapter, straight_adapter, straight_size);
+    free(continued_adapter);
+    free(straight_adapter);
 }
 
 // The final norm's weight is NaN: every loss is, so every step is skipped and
@@ -212,7 +259,8 @@ static void test_disk_guard_on_a_small_tmpfs(void **state) {
     print_message("newest complete checkpoint: %s\n", latest);
     assert_non_null(strstr(latest, "step-000002"));
 
-    config_set_or_fail(&config, "%s", "checkpoint.keep_last=2");
+    // keep_last 1: the old checkpoint and the new one, at once, fit.
+    config_set_or_fail(&config, "%s", "checkpoint.keep_last=1");
     assert_int_equal(umount(out), 0);
     assert_true(remove_tree(out, &err) && make_dirs(out, &err));
     assert_int_equal(mount("tmpfs", out, "tmpfs", 0, options), 0);
@@ -221,12 +269,96 @@ static void test_disk_guard_on_a_small_tmpfs(void **state) {
     assert_int_equal(umount(out), 0);
 }
 
+// After step 3 something else fills the disk: step 3's save cannot fit and
+// on_low_disk abort stops the run with both older checkpoints (keep_last 2)
+// still there; nothing was pruned to make room.
+static void fill_disk_at_step_3(void *context, int step, double loss) {
+    (void)loss;
+    if (step != 3) return;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/filler", (const char *)context);
+    FILE *f = fopen(path, "wb");
+    assert_non_null(f);
+    static char block[4096];
+    while (fwrite(block, 1, sizeof block, f) == sizeof block) {}
+    fclose(f); // ENOSPC: the disk is full
+}
+
+static void test_full_disk_keeps_old_checkpoints(void **state) {
+    const char *dir = make_temp_dir("resume-full");
+    char path[4200], out[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_text_records(path, 40);
+    Config config = resume_config(dir);
+    const char *settings[] = {"checkpoint.every_steps=1", "checkpoint.keep_last=2", "train.max_steps=6",
+                              "checkpoint.on_low_disk=abort"};
+    for (int i = 0; i < 4; i++) config_set_or_fail(&config, "%s", settings[i]);
+    snprintf(out, sizeof out, "%s/out", dir);
+    Error err;
+    assert_true(make_dirs(out, &err));
+    if (mount("tmpfs", out, "tmpfs", 0, "size=16m") != 0) {
+        print_message("skipped: mounting a tmpfs needs root: %s\n", strerror(errno));
+        skip();
+    }
+    TrainSummary summary;
+    assert_false(train_run_with(&config, &(TrainControl){.on_step = fill_disk_at_step_3, .context = out}, &summary,
+                                &err));
+    print_message("%s\n", err.message);
+    assert_non_null(strstr(err.message, "on_low_disk: abort"));
+    snprintf(path, sizeof path, "%s/filler", out);
+    assert_int_equal(unlink(path), 0);
+    for (int step = 1; step <= 2; step++) {
+        snprintf(path, sizeof path, "%s/step-%06d", out, step);
+        if (!checkpoint_verify(path, &err)) fail_msg("keep_last 2, yet: %s", err.message);
+    }
+    run(&config, &(TrainControl){.resume = "latest"}, &summary);
+    assert_int_equal(summary.steps, 6);
+    assert_int_equal(umount(out), 0);
+}
+
+// checkpoint.dir a regular file, or on a read-only file system: the run
+// stops before step 1 naming the folder and the problem, not at its first save.
+static void expect_unwritable_dir(const Config *config, const char *dir, const char *problem) {
+    TrainSummary summary;
+    Error err;
+    assert_false(train_run_with(config, NULL, &summary, &err));
+    print_message("%s\n", err.message);
+    assert_int_equal(summary.steps, 0);
+    assert_non_null(strstr(err.message, dir));
+    assert_non_null(strstr(err.message, problem));
+}
+
+static void test_unwritable_checkpoint_dir_found_before_step_1(void **state) {
+    const char *dir = make_temp_dir("resume-unwritable");
+    char path[2048], out[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_text_records(path, 40);
+    Config config = resume_config(dir);
+    snprintf(out, sizeof out, "%s/out", dir);
+    FILE *f = fopen(out, "w");
+    assert_non_null(f);
+    assert_int_equal(fclose(f), 0);
+    expect_unwritable_dir(&config, out, strerror(ENOTDIR));
+    assert_int_equal(unlink(out), 0);
+    Error err;
+    assert_true(make_dirs(out, &err));
+    if (mount("tmpfs", out, "tmpfs", MS_RDONLY, "size=1m") != 0) {
+        print_message("skipped: mounting a tmpfs needs root: %s\n", strerror(errno));
+        skip();
+    }
+    expect_unwritable_dir(&config, out, strerror(EROFS));
+    assert_int_equal(umount(out), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_is_bit_identical),
         cmocka_unit_test(test_resume_refuses_another_config),
+        cmocka_unit_test(test_finished_run_continues_for_more_steps),
         cmocka_unit_test(test_non_finite_steps_leave_optimizer_untouched),
         cmocka_unit_test(test_disk_guard_on_a_small_tmpfs),
+        cmocka_unit_test(test_full_disk_keeps_old_checkpoints),
+        cmocka_unit_test(test_unwritable_checkpoint_dir_found_before_step_1),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

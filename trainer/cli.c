@@ -83,17 +83,21 @@ int lora_train_main(int argc, char **argv) {
     if (strcmp(argv[1], "init-model") == 0 || strcmp(argv[1], "tokenize") == 0 || strcmp(argv[1], "export") == 0) {
         return lora_train_tool_main(argv[1], argc - 2, argv + 2);
     }
-    if (strcmp(argv[1], "demo") == 0 && argc == 2) {
-        Error err = {{0}};
+    bool demo = strcmp(argv[1], "demo") == 0;
+    bool data_check = argc >= 3 && strcmp(argv[1], "data") == 0 && strcmp(argv[2], "check") == 0;
+    bool plan = strcmp(argv[1], "plan") == 0;
+    Error err = {{0}};
+    bool installed;
+    if (!data_check && !plan && !stop_signals_install(&installed, &err)) {
+        fprintf(stderr, "lora-train: %s\n", err.message);
+        return 1;
+    }
+    if (demo && argc == 2) {
         if (vlm_demo_run("runs/vlm-demo", NULL, NULL, &err)) return 0;
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 1;
     }
-    bool demo = strcmp(argv[1], "demo") == 0;
-    bool data_check = argc >= 3 && strcmp(argv[1], "data") == 0 && strcmp(argv[2], "check") == 0;
-    bool plan = strcmp(argv[1], "plan") == 0;
     int flag_start = data_check ? 3 : demo || plan ? 2 : 1;
-    Error err = {{0}};
     const char *config_path = NULL;
     TrainControl control = {0};
     if (!parse_flags(argc - flag_start, argv + flag_start, &config_path, &control, &err)) {

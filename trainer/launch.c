@@ -4,16 +4,19 @@
 //               [--master-addr HOST] [--master-port PORT] PROGRAM [ARGS...]
 //
 // Each rank's stderr is forwarded line by line as "[rank R] ..."; stdout is
-// shared. SIGINT / SIGTERM are forwarded to every rank. When a rank fails
-// (non-zero exit or a signal), the others get SIGTERM, then SIGKILL after a
-// grace period, and lora-launch exits non-zero naming the rank, how it ended
-// and its last line on stderr.
+// shared. SIGINT / SIGTERM are forwarded to every rank (a second one kills
+// them). When a rank fails (non-zero exit or a signal), the others get
+// SIGTERM, then SIGKILL after a grace period, and lora-launch exits non-zero
+// naming the rank, how it ended and its last line on stderr. Ranks get
+// SIGKILL when lora-launch dies (PR_SET_PDEATHSIG), so none trains or
+// writes on without it.
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,9 +42,12 @@ typedef struct Child {
     int status;
 } Child;
 
-static volatile sig_atomic_t pending_signal;
+static volatile sig_atomic_t pending_signal, signals_received;
 
-static void on_signal(int sig) { pending_signal = sig; }
+static void on_signal(int sig) {
+    pending_signal = sig;
+    signals_received++;
+}
 
 static void print_usage(FILE *out) {
     fprintf(out, "usage: lora-launch [--nproc-per-node N] [--nnodes M] [--node-rank K] [--master-addr HOST]\n"
@@ -91,8 +97,11 @@ static void set_env_int(const char *name, int value) {
     setenv(name, text, 1);
 }
 
-// In the child: the environment of local rank `local`, stderr into the pipe, exec.
-static void exec_rank(const LaunchOptions *o, int local, int stderr_write) {
+// In the child: SIGKILL when the launcher dies (already gone: exit), the
+// environment of local rank `local`, stderr into the pipe, exec.
+static void exec_rank(const LaunchOptions *o, int local, int stderr_write, pid_t launcher) {
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) _exit(127);
+    if (getppid() != launcher) _exit(127); // it died before the prctl
     set_env_int("RANK", o->node_rank * o->nproc_per_node + local);
     set_env_int("LOCAL_RANK", local);
     set_env_int("WORLD_SIZE", o->nnodes * o->nproc_per_node);
@@ -108,7 +117,7 @@ static void exec_rank(const LaunchOptions *o, int local, int stderr_write) {
 static bool start_rank(const LaunchOptions *o, int local, Child *child) {
     int fds[2];
     if (pipe(fds) != 0) return fprintf(stderr, "lora-launch: pipe: %s\n", strerror(errno)), false;
-    pid_t pid = fork();
+    pid_t launcher = getpid(), pid = fork();
     if (pid < 0) {
         fprintf(stderr, "lora-launch: fork: %s\n", strerror(errno));
         close(fds[0]);
@@ -117,7 +126,7 @@ static bool start_rank(const LaunchOptions *o, int local, Child *child) {
     }
     if (pid == 0) {
         close(fds[0]);
-        exec_rank(o, local, fds[1]);
+        exec_rank(o, local, fds[1], launcher);
     }
     close(fds[1]);
     *child = (Child){.rank = o->node_rank * o->nproc_per_node + local, .pid = pid, .stderr_fd = fds[0]};
@@ -196,29 +205,50 @@ static bool open_pipes(const Child *children, int n) {
     return false;
 }
 
-// Runs until every rank has exited and its stderr is drained. Returns the
-// index of the first rank seen failing (one killed by a signal it was not
-// sent by lora-launch first), or -1.
+static bool killed_by_other_than(const Child *child, int sent) {
+    return child->exited && WIFSIGNALED(child->status) && WTERMSIG(child->status) != sent;
+}
+
+// The rank whose failure ended the job: one killed by a signal lora-launch
+// did not send (the others then fail on its lost connection) or else the
+// first failed; -1 if none.
+static int first_failure(const Child *children, int n, int sent) {
+    int first = -1;
+    for (int i = 0; i < n; i++) {
+        if (!failed(&children[i])) continue;
+        if (first < 0 || (killed_by_other_than(&children[i], sent) && !killed_by_other_than(&children[first], sent)))
+            first = i;
+    }
+    return first;
+}
+
+// Runs until every rank has exited and its stderr is drained, looking for a
+// failure after every reap (ranks may all exit between two looks). One look
+// after the first failure a rank killed by a signal lora-launch did not send
+// takes the blame: it may become reapable only after the peers it
+// disconnected have exited. The
+// first signal to lora-launch is forwarded to every rank, a second one kills
+// them. Returns the index of the failed rank that ended the job, or -1.
 static int supervise(Child *children, int n, double grace_s) {
-    int first_failure = -1;
+    int failure = -1, looks_since_failure = 0;
     double kill_at = 0;
-    while (reap(children, n) > 0 || open_pipes(children, n)) {
+    for (;;) {
+        int running = reap(children, n);
+        if (failure < 0 && (failure = first_failure(children, n, 0)) >= 0) {
+            signal_all(children, n, SIGTERM);
+            kill_at = time_seconds() + grace_s;
+        } else if (failure >= 0 && looks_since_failure++ == 0) {
+            int killed = first_failure(children, n, SIGTERM);
+            if (killed_by_other_than(&children[killed], SIGTERM)) failure = killed;
+        }
+        if (running == 0 && !open_pipes(children, n)) return failure;
         if (pending_signal) {
-            signal_all(children, n, pending_signal);
+            signal_all(children, n, signals_received > 1 ? SIGKILL : pending_signal);
             pending_signal = 0;
         }
         poll_stderr(children, n, 100);
-        for (int i = 0; i < n && first_failure < 0; i++)
-            if (failed(&children[i])) first_failure = i;
-        for (int i = 0; i < n && first_failure >= 0 && kill_at == 0; i++)
-            if (failed(&children[i]) && WIFSIGNALED(children[i].status)) first_failure = i;
-        if (first_failure >= 0 && kill_at == 0) {
-            signal_all(children, n, SIGTERM);
-            kill_at = time_seconds() + grace_s;
-        }
         if (kill_at > 0 && time_seconds() > kill_at) signal_all(children, n, SIGKILL);
     }
-    return first_failure;
 }
 
 int lora_launch_main(int argc, char **argv) {

@@ -191,7 +191,7 @@ static void print_disk(const Config *config, const RunPlan *plan) {
         printf("  whole run: unknown (train.max_steps is 0 and %s does not exist yet)\n", config->data.path);
     } else {
         char note[64];
-        snprintf(note, sizeof note, "%d checkpoints kept + the final adapter", plan->checkpoints_kept);
+        snprintf(note, sizeof note, "%d checkpoints at once + the final adapter", plan->checkpoints_kept);
         print_bytes_line("whole run", plan->run_disk_bytes, note);
     }
     print_bytes_line("free", plan->free_disk_bytes,

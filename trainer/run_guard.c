@@ -3,6 +3,7 @@
 #include "train_private.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,29 +13,47 @@
 #define SAVE_MARGIN_BYTES (64u << 10) // file-system blocks and directory entries (plus 1% of the bytes)
 
 // ----------------------------------------------------------------------------
-// signals: the first asks the loop to stop, the second ends the process
+// signals: the first asks the loop to stop; with one rank a second ends the
+// process. With several, repeats are ignored: a terminal or Slurm signals
+// every rank and lora-launch forwards the same signal (it turns a second one
+// into SIGKILL).
 
 volatile sig_atomic_t stop_signal;
+static bool handlers_installed, repeat_ends_process;
 static struct sigaction previous_int, previous_term;
 
 static void on_stop_signal(int signal_number) {
     stop_signal = signal_number;
+    if (!repeat_ends_process) return;
     struct sigaction immediate = {.sa_handler = SIG_DFL};
     sigaction(SIGINT, &immediate, NULL);
     sigaction(SIGTERM, &immediate, NULL);
 }
 
-void stop_signals_install(void) {
+static bool one_rank(void) {
+    RankInfo ranks;
+    Error ignored;
+    return !rank_info_from_env(&ranks, &ignored) || ranks.world_size == 1;
+}
+
+bool stop_signals_install(bool *installed, Error *err) {
+    *installed = false;
+    if (handlers_installed) return true;
     stop_signal = 0;
+    repeat_ends_process = one_rank();
     struct sigaction action = {.sa_handler = on_stop_signal};
     sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &previous_int);
-    sigaction(SIGTERM, &action, &previous_term);
+    if (sigaction(SIGINT, &action, &previous_int) != 0 || sigaction(SIGTERM, &action, &previous_term) != 0)
+        return fail(err, "installing the SIGINT / SIGTERM handlers: %s", strerror(errno));
+    handlers_installed = *installed = true;
+    return true;
 }
 
 void stop_signals_restore(void) {
     sigaction(SIGINT, &previous_int, NULL);
     sigaction(SIGTERM, &previous_term, NULL);
+    handlers_installed = false;
+    stop_signal = 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -56,9 +75,24 @@ static TrainerState state_at(Run *run, int next_step) {
     return state;
 }
 
+// The moments this rank saves: its ZeRO-2 shard, or at stage 0 (where every
+// rank holds them all, equal) its dist_shard_range slice, so the ranks' files
+// tile the buffer as at stage 2 and resume on any number of ranks.
+static ZeroState saved_shard(const Run *run) {
+    ZeroState optimizer = zero_state(run->zero);
+    size_t total = model_params(run->model)->total, begin, end;
+    if (run->dist.info.world_size == 1 || optimizer.count != total) return optimizer;
+    dist_shard_range(total, run->dist.info.world_size, run->dist.info.rank, &begin, &end);
+    optimizer.m += begin;
+    optimizer.v += begin;
+    optimizer.begin = begin;
+    optimizer.count = end - begin;
+    return optimizer;
+}
+
 static CheckpointImage *image_at(Run *run, int next_step, Error *err) {
     TrainerState state = state_at(run, next_step);
-    ZeroState optimizer = zero_state(run->zero);
+    ZeroState optimizer = saved_shard(run);
     CheckpointSource source = {run->model,        &run->adapter_info,          optimizer.m,     optimizer.v,
                                optimizer.on_host, &state,                      run->dist.info.rank,
                                run->dist.info.world_size, optimizer.begin,   optimizer.count};
@@ -67,8 +101,8 @@ static CheckpointImage *image_at(Run *run, int next_step, Error *err) {
 
 int checkpoints_kept(const Config *config, int total_steps) {
     int every = config->checkpoint.every_steps, keep = config->checkpoint.keep_last;
-    int saves = every > 0 ? (total_steps - 1) / every : 0;
-    return keep > 0 && keep < saves ? keep : saves;
+    int saves = every > 0 ? (total_steps + every - 1) / every : 1; // the last step's too
+    return keep > 0 && keep + 1 < saves ? keep + 1 : saves;
 }
 
 uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoint_bytes, size_t n_params) {
@@ -84,7 +118,23 @@ static uint64_t checkpoint_bytes_of_all_ranks(const Run *run, const CheckpointIm
     return checkpoint_image_bytes(rank0_image) + others;
 }
 
+// checkpoint.dir (created if missing) takes a new file: a file in its place,
+// a read-only file system or no permission is found before step 1, not at
+// the first save.
+static bool check_dir_writable(const char *dir, Error *err) {
+    char probe[CONFIG_PATH_MAX + 64];
+    snprintf(probe, sizeof probe, "%s/.write-probe-%d", dir, (int)getpid());
+    if (!make_dirs(dir, err)) return fail_context(err, "checkpoint.dir %s: ", dir);
+    int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return fail(err, "checkpoint.dir %s: cannot write there: %s", dir, strerror(errno));
+    int close_errno = close(fd) == 0 ? 0 : errno;
+    if (unlink(probe) != 0) return fail(err, "checkpoint.dir %s: removing %s: %s", dir, probe, strerror(errno));
+    if (close_errno) return fail(err, "checkpoint.dir %s: writing a test file: %s", dir, strerror(close_errno));
+    return true;
+}
+
 bool check_disk_for_run(Run *run, Error *err) {
+    if (!check_dir_writable(run->config->checkpoint.dir, err)) return false;
     CheckpointImage *image = image_at(run, 0, err);
     if (!image) return false;
     uint64_t checkpoint_bytes = checkpoint_bytes_of_all_ranks(run, image), free_bytes;
@@ -96,14 +146,14 @@ bool check_disk_for_run(Run *run, Error *err) {
     format_bytes(need, need_text, sizeof need_text);
     format_bytes(free_bytes, free_text, sizeof free_text);
     format_bytes(checkpoint_bytes, checkpoint_text, sizeof checkpoint_text);
-    printf("disk: %s needs %s (%d checkpoints of %s + the final adapter), %s free\n", dir, need_text,
+    printf("disk: %s needs %s (%d checkpoints of %s at once + the final adapter), %s free\n", dir, need_text,
            saves_kept(run), checkpoint_text, free_text);
     if (need <= free_bytes) return true;
     if (run->control->allow_low_disk) {
         printf("warning: not enough free space for the whole run; going on (--allow-low-disk)\n");
         return true;
     }
-    return fail(err, "checkpoint.dir %s: the run needs %s (%d checkpoints of %s + the final adapter) but %s is "
+    return fail(err, "checkpoint.dir %s: the run needs %s (%d checkpoints of %s at once + the final adapter) but %s is "
                      "free; free some space, lower checkpoint.keep_last, or pass --allow-low-disk",
                 dir, need_text, saves_kept(run), checkpoint_text, free_text);
 }
@@ -124,15 +174,13 @@ static bool wait_for_room(const Run *run, uint64_t need, uint64_t *free_bytes, E
     return false;
 }
 
-// need bytes free in checkpoint.dir: prune what keep_last allows (leaving
-// room for the new one, never the newest complete), then on_low_disk.
+// need bytes free in checkpoint.dir, or checkpoint.on_low_disk. Nothing is
+// pruned to make room: keep_last prunes only after the new checkpoint is
+// complete, so a save that cannot fit leaves every old one in place.
 static bool ensure_room(Run *run, uint64_t need, Error *err) {
     const Config *config = run->config;
     const char *dir = config->checkpoint.dir;
     uint64_t free_bytes;
-    if (has_room(dir, need, &free_bytes, err)) return true;
-    if (config->checkpoint.keep_last > 0 && path_exists(dir) && !checkpoint_prune(dir, config->checkpoint.keep_last - 1, err))
-        return false;
     if (has_room(dir, need, &free_bytes, err)) return true;
     char need_text[32], free_text[32];
     format_bytes(need, need_text, sizeof need_text);
@@ -146,7 +194,7 @@ static bool ensure_room(Run *run, uint64_t need, Error *err) {
         format_bytes(free_bytes, free_text, sizeof free_text);
     }
     return fail(err, "checkpoint.dir %s: a checkpoint needs %s, %s free (checkpoint.on_low_disk: %s); stopped "
-                     "before saving: resume from the last complete checkpoint with --resume",
+                     "before saving, the older checkpoints kept: free some space and resume with --resume",
                 dir, need_text, free_text, config->checkpoint.on_low_disk);
 }
 
@@ -220,20 +268,6 @@ bool save_checkpoint(Run *run, int next_step, char *path, size_t path_size, Erro
 // ----------------------------------------------------------------------------
 // resume
 
-// First line where two YAML texts differ, for the error message.
-static void first_difference(const char *a, const char *b, char *out, size_t size) {
-    while (*a && *b) {
-        size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
-        if (la != lb || strncmp(a, b, la) != 0) {
-            snprintf(out, size, "'%.*s' in the checkpoint, '%.*s' now", (int)la, a, (int)lb, b);
-            return;
-        }
-        a += la + (a[la] == '\n');
-        b += lb + (b[lb] == '\n');
-    }
-    snprintf(out, size, "one has more lines than the other");
-}
-
 // The "  key: N" line of a config YAML text (config_to_yaml's layout).
 static bool yaml_int(const char *yaml, const char *key, int *value) {
     char pattern[64];
@@ -262,14 +296,107 @@ static char *config_yaml_in_checkpoint_split(const Run *run, const TrainerState 
     return config_to_yaml(&config, err);
 }
 
-static bool check_same_config(const Run *run, const char *dir, const TrainerState *state, Error *err) {
+// Keys a resumed run may change: where, how often and how patiently it
+// saves and logs, not what it computes; and its length (the LR schedule is
+// then recomputed over the new one, which the run states).
+static const char *const OPERATIONAL_KEYS[] = {"checkpoint.dir", "checkpoint.every_steps", "checkpoint.keep_last",
+                                               "checkpoint.on_low_disk", "checkpoint.low_disk_wait_minutes",
+                                               "train.log_every", "dist.timeout_s"};
+static const char *const LENGTH_KEYS[] = {"train.max_steps", "train.epochs"};
+
+static bool listed(const char *key, const char *const *keys, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(key, keys[i]) == 0) return true;
+    return false;
+}
+
+// One line of config_to_yaml's layout: "section:" or "  key: value".
+typedef struct YamlLine {
+    const char *text;
+    size_t length;
+} YamlLine;
+
+static YamlLine next_line(const char **cursor) {
+    YamlLine line = {*cursor, strcspn(*cursor, "\n")};
+    *cursor += line.length + ((*cursor)[line.length] == '\n');
+    return line;
+}
+
+// "section.key" of a "  key: value" line under section; false for a section line.
+static bool line_key(YamlLine line, const char *section, char *key, size_t size) {
+    if (line.length < 2 || line.text[0] != ' ') return false;
+    snprintf(key, size, "%s.%.*s", section, (int)strcspn(line.text + 2, ":"), line.text + 2);
+    return true;
+}
+
+// The value of a "  key: value  # help" line, without the help.
+static YamlLine line_value(YamlLine line) {
+    size_t start = strcspn(line.text, ":") + 2, end = line.length;
+    for (size_t i = start; i + 3 < line.length; i++)
+        if (memcmp(line.text + i, "  # ", 4) == 0) {
+            end = i;
+            break;
+        }
+    return start < end ? (YamlLine){line.text + start, end - start} : (YamlLine){line.text, 0};
+}
+
+static void append_change(char *changes, size_t size, const char *key, YamlLine was, YamlLine now) {
+    size_t used = strlen(changes);
+    YamlLine a = line_value(was), b = line_value(now);
+    snprintf(changes + used, size - used, "%s%s %.*s -> %.*s", used ? ", " : "", key, (int)a.length, a.text,
+             (int)b.length, b.text);
+}
+
+// Walks the checkpoint's config and this run's line by line: an operational
+// or length key that differs goes into changes (*length_changed for the
+// latter), any other difference is the error.
+static bool compare_configs(const char *saved, const char *now, char *changes, size_t size, bool *length_changed,
+                            Error *err) {
+    char section[64] = "", key[128];
+    *length_changed = false;
+    changes[0] = '\0';
+    while (*saved || *now) {
+        YamlLine was = next_line(&saved), is = next_line(&now);
+        bool keyed = line_key(was, section, key, sizeof key);
+        if (!keyed && was.length > 0 && was.length < sizeof section)
+            snprintf(section, sizeof section, "%.*s", (int)was.length - 1, was.text);
+        if (was.length == is.length && memcmp(was.text, is.text, was.length) == 0) continue;
+        char other_key[128];
+        bool same_key = keyed && line_key(is, section, other_key, sizeof other_key) && strcmp(key, other_key) == 0;
+        bool length = same_key && listed(key, LENGTH_KEYS, sizeof LENGTH_KEYS / sizeof *LENGTH_KEYS);
+        if (!same_key) return fail(err, "the checkpoint's config has '%.*s' where this run's has '%.*s'",
+                                   (int)was.length, was.text, (int)is.length, is.text);
+        if (!length && !listed(key, OPERATIONAL_KEYS, sizeof OPERATIONAL_KEYS / sizeof *OPERATIONAL_KEYS)) {
+            YamlLine a = line_value(was), b = line_value(is);
+            return fail(err, "the checkpoint was made with a different config (%s: %.*s in the checkpoint, %.*s now): "
+                             "only checkpoint.dir, every_steps, keep_last, on_low_disk, low_disk_wait_minutes, "
+                             "train.log_every, dist.timeout_s, train.max_steps and train.epochs may change on resume",
+                        key, (int)a.length, a.text, (int)b.length, b.text);
+        }
+        append_change(changes, size, key, was, is);
+        *length_changed |= length;
+    }
+    return true;
+}
+
+// The checkpoint's config against this run's (with its micro-batch split);
+// rank 0 says what changed, and how the LR schedule now runs when the
+// run's length did.
+static bool check_config_changes(const Run *run, const char *dir, const TrainerState *state, Error *err) {
     char *expected = config_yaml_in_checkpoint_split(run, state, err);
     if (!expected) return fail_context(err, "--resume %s: ", dir);
-    bool same = strcmp(state->config_yaml, expected) == 0;
-    char difference[512];
-    if (!same) first_difference(state->config_yaml, expected, difference, sizeof difference);
+    char changes[1024];
+    bool length_changed, ok = compare_configs(state->config_yaml, expected, changes, sizeof changes, &length_changed,
+                                              err);
     free(expected);
-    if (!same) return fail(err, "--resume %s: the checkpoint was made with a different config (%s)", dir, difference);
+    if (!ok) return fail_context(err, "--resume %s: ", dir);
+    if (state->step > run->total_steps)
+        return fail(err, "--resume %s: the checkpoint is at step %d, past this run's %d steps", dir, state->step,
+                    run->total_steps);
+    if (run->is_rank0 && changes[0]) printf("resume: config changed: %s\n", changes);
+    if (run->is_rank0 && length_changed)
+        printf("resume: the LR schedule (train.schedule, %d warmup steps) now spans %d steps; from step %d on the "
+               "LR follows it\n", run->schedule.warmup_steps, run->total_steps, state->step + 1);
     return true;
 }
 
@@ -288,7 +415,7 @@ bool resume_from_checkpoint(Run *run, int *start_step, Error *err) {
     if (!checkpoint_load_shard(dir, run->model, optimizer.m, optimizer.v, optimizer.on_host, optimizer.begin,
                                optimizer.count, &state, err))
         return false;
-    bool same_config = check_same_config(run, dir, &state, err);
+    bool same_config = check_config_changes(run, dir, &state, err);
     trainer_state_free(&state);
     if (!same_config) return false;
     zero_restore(run->zero, model_param_data(run->model), state.optimizer_steps);

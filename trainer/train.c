@@ -10,6 +10,8 @@
 
 #include "train_private.h"
 
+#define SKIPS_LOGGED 20
+
 // ----------------------------------------------------------------------------
 // set-up
 
@@ -85,6 +87,15 @@ static Model *load_or_create_model(Run *run, bool verbose, Error *err) {
     return model;
 }
 
+// The skipped records (the first SKIPS_LOGGED), then data.max_skip_fraction.
+static bool report_skips(const Dataset *dataset, double max_fraction, bool verbose, Error *err) {
+    int64_t n = dataset_skipped_count(dataset);
+    for (int64_t i = 0; verbose && i < n && i < SKIPS_LOGGED; i++)
+        printf("skipped %s\n", dataset_skipped(dataset, i)->message);
+    if (verbose && n > SKIPS_LOGGED) printf("skipped %lld more records\n", (long long)(n - SKIPS_LOGGED));
+    return dataset_check_skips(dataset, max_fraction, err);
+}
+
 static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool verbose, Error *err) {
     const char *path = config->data.path;
     if (!path_exists(path) && config->data.create_if_missing[0]) {
@@ -100,7 +111,12 @@ static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool ve
         if ((slash && !make_dirs(dir, err)) || !dataset_write_demo_jsonl(path, 2000, config->train.seed, err))
             return NULL;
     }
-    return dataset_open_jsonl(path, tok, config->data.max_seq_len, err);
+    Dataset *dataset = dataset_open_jsonl(path, tok, config->data.max_seq_len, err);
+    if (dataset && !report_skips(dataset, config->data.max_skip_fraction, verbose, err)) {
+        dataset_destroy(dataset);
+        return NULL;
+    }
+    return dataset;
 }
 
 // Values the config accepts but this build cannot honour yet stop the run
@@ -220,10 +236,10 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
 // The step's micro-batches (with run, their images through its tower, and at
 // ZeRO stage 2 each micro-batch's gradient reduce-scattered to its owners,
 // bucket by bucket during the backward with zero.overlap_comm, the last
-// micro-batch's buckets copied to the host with --offload cpu); *interrupted
-// when a stop signal arrived after one of them (the step is then incomplete
-// and not applied). The loss sum stays on the device until all are issued:
-// reading it is the step's one wait for the device here.
+// micro-batch's buckets copied to the host with --offload cpu); with one
+// rank, *interrupted when a stop signal arrived after one of them (the step
+// is then incomplete and not applied). The loss sum stays on the device
+// until all are issued: reading it is the step's one wait for the device here.
 static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batch, uint64_t seed, int step,
                        double *mean_loss, bool *interrupted, Error *err) {
     model_zero_grads(model);
@@ -231,6 +247,7 @@ static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batc
                            .grads_ready = zero ? zero_grads_ready : NULL, .grads_ready_context = zero};
     size_t micro_tokens = (size_t)batch->B * batch->T;
     *interrupted = false;
+    bool one_rank = !run || run->dist.info.world_size == 1;
     for (int micro = 0; micro < batch->n_micro; micro++) {
         Batch micro_batch = {.B = batch->B, .T = batch->T, .tokens = batch->tokens + micro * micro_tokens,
                              .targets = batch->targets + micro * micro_tokens,
@@ -242,7 +259,7 @@ static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batc
         if (zero) zero_begin_micro_batch(zero, micro + 1 == batch->n_micro);
         if (!model_step(model, &micro_batch, &options, err)) return false;
         if (zero && !zero_reduce_micro_batch(zero, model_grad_data(model), err)) return false;
-        if (stop_signal && micro + 1 < batch->n_micro) {
+        if (one_rank && stop_signal && micro + 1 < batch->n_micro) {
             *interrupted = true;
             return true;
         }
@@ -276,17 +293,20 @@ static bool optimizer_step(Run *run, int step, double loss, float *norm_out, flo
 
 // This rank's micro-batches with the loss normalised by the label tokens of
 // all ranks; *loss: the step's mean loss over all ranks; *skipped when no
-// rank has a label token.
+// rank has a label token. With several ranks the same all-reduce counts the
+// ranks that got a stop signal: any makes every rank *interrupted before
+// the step, so all stop at the same one.
 static bool accumulate_global(Run *run, const StepBatch *batch, int step, double *loss, bool *skipped,
                               bool *interrupted, Error *err) {
     StepBatch global = *batch;
-    double label_tokens = (double)batch->n_label_tokens;
-    if (!all_reduce_host(&run->dist, &label_tokens, 1, err)) return false;
-    global.n_label_tokens = (int64_t)label_tokens;
+    bool several = run->dist.info.world_size > 1;
+    double sums[2] = {(double)batch->n_label_tokens, several && stop_signal ? 1.0 : 0.0};
+    if (!all_reduce_host(&run->dist, sums, 2, err)) return false;
+    global.n_label_tokens = (int64_t)sums[0];
     *loss = 0;
-    *interrupted = false;
+    *interrupted = sums[1] > 0;
     *skipped = global.n_label_tokens == 0;
-    if (*skipped) return true;
+    if (*interrupted || *skipped) return true;
     uint64_t rank_seed = run->config->train.seed ^ ((uint64_t)run->dist.info.rank * 0x9E3779B97F4A7C15ULL);
     return accumulate(run, run->zero, run->model, &global, rank_seed, step, loss, interrupted, err) &&
            (*interrupted || all_reduce_host(&run->dist, loss, 1, err));
@@ -350,8 +370,10 @@ static void record_step(Run *run, int step, double loss) {
     if (run->control->on_step) run->control->on_step(run->control->context, step + 1, loss);
 }
 
+// With several ranks a signal is acted on in accumulate_global, where they agree.
 static bool stop_requested(const Run *run, int step) {
-    return stop_signal || (run->control->stop_after_steps > 0 && step == run->control->stop_after_steps);
+    return (run->dist.info.world_size == 1 && stop_signal) ||
+           (run->control->stop_after_steps > 0 && step == run->control->stop_after_steps);
 }
 
 static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *err) {
@@ -389,8 +411,8 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         record_step(run, step, loss);
         if (run->is_rank0 && ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps))
             log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
-        if (config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0 &&
-            step + 1 < run->total_steps) {
+        bool every = config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0;
+        if (every || step + 1 == run->total_steps) { // the last step too, so a longer run can continue it
             if (!settle_optimizer(run, err)) return false;
             if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
             if (run->is_rank0) printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
@@ -408,18 +430,12 @@ static void fill_summary(const Run *run, TrainSummary *summary) {
     summary->last_loss = run->progress.last_loss;
 }
 
-// Signals are handled with one rank only: ranks stopping at different
-// micro-batches would leave the others waiting in a collective.
 static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     int start_step = 0;
     if (run->control->resume && !resume_from_checkpoint(run, &start_step, err)) return false;
     if (run->is_rank0) print_header(run);
     if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
-    bool single = run->dist.info.world_size == 1;
-    if (single) stop_signals_install();
-    bool ok = train_loop(run, start_step, summary, err);
-    if (single) stop_signals_restore();
-    return ok;
+    return train_loop(run, start_step, summary, err);
 }
 
 bool train_run_with(const Config *config, const TrainControl *control, TrainSummary *summary, Error *err) {
@@ -428,6 +444,8 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
     *summary = (TrainSummary){0};
     TrainControl no_control = {0};
     Run run = {.control = control ? control : &no_control};
+    bool installed_signals;
+    if (!stop_signals_install(&installed_signals, err)) return false;
     bool ok = setup(&run, config, err) && start_and_train(&run, summary, err);
     if (run.zero) fill_summary(&run, summary);
     if (ok && run.is_rank0 && !summary->interrupted)
@@ -435,6 +453,7 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
                summary->first_loss, summary->last_loss, run.ops->name, run.ops->peak_bytes() / 1e9,
                summary->adapter_dir);
     teardown(&run);
+    if (installed_signals) stop_signals_restore();
     return ok;
 }
 

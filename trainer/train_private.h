@@ -65,12 +65,13 @@ int64_t run_steps_for_epochs(Run *run, int n_epochs);
 int64_t run_samples(const Run *run);
 int64_t run_truncated(const Run *run);
 
-// Set by SIGINT / SIGTERM while train_run_with runs.
+// Set by SIGINT / SIGTERM once stop_signals_install ran (trainer.h).
 extern volatile sig_atomic_t stop_signal;
-void stop_signals_install(void);
+// Puts back the handlers from before stop_signals_install and forgets any signal.
 void stop_signals_restore(void);
 
-// Refuses to start (unless control->allow_low_disk) when keep_last
+// Refuses to start when checkpoint.dir cannot take a file, or (unless
+// control->allow_low_disk) when keep_last
 // checkpoints plus the final adapter exceed the free space of checkpoint.dir.
 bool check_disk_for_run(Run *run, Error *err);
 // Saves a checkpoint whose next step is next_step (the data loader is at its
@@ -85,7 +86,8 @@ bool resume_from_checkpoint(Run *run, int *start_step, Error *err);
 ModelOptions train_model_options(const Config *config, const Ops *ops, const LlamaConfig *llama);
 // "1.50 GiB", "3.20 MiB" or "512 bytes".
 void format_bytes(uint64_t bytes, char *text, size_t size);
-// Checkpoints a run of total_steps keeps on disk at once (every_steps, keep_last).
+// Checkpoints a run of total_steps has on disk at once (every_steps, keep_last,
+// the last step's): keep_last, plus the new one written before the oldest is pruned.
 int checkpoints_kept(const Config *config, int total_steps);
 // The whole run's disk need: the kept checkpoints of checkpoint_bytes each and the final adapter.
 uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoint_bytes, size_t n_params);

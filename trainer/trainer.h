@@ -125,10 +125,18 @@ typedef struct TrainControl {
     void *context;
 } TrainControl;
 
+// The SIGINT / SIGTERM handlers of training, unless installed already (a
+// signal received since is kept): lora-train installs them first thing, so a
+// signal during set-up stops the run at its first step with a checkpoint and
+// one after the outputs are complete leaves the exit status 0; train_run_with
+// installs them for its own duration otherwise. *installed: whether this call did.
+bool stop_signals_install(bool *installed, Error *err);
+
 // Runs the whole training job described by config. Progress goes to stdout;
 // summary (may be NULL) receives the outcome. SIGINT / SIGTERM finish the
-// current micro-batch, save a checkpoint and return true with
-// summary->interrupted; a second signal ends the process at once.
+// current micro-batch (with several ranks: the current step, the ranks
+// agreeing on it through the collective), save a checkpoint and return true
+// with summary->interrupted; with one rank a second signal ends the process.
 bool train_run(const Config *config, TrainSummary *summary, Error *err);
 bool train_run_with(const Config *config, const TrainControl *control, TrainSummary *summary, Error *err);
 
