@@ -24,7 +24,7 @@
 #include "bench/op_timer.h"
 #include "bench/step_util.h"
 #include "data/data.h"
-#include "dist/dist.h"
+#include "parallel/parallel.h"
 #include "model/model.h"
 #include "trainer/trainer.h"
 

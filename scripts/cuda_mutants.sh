@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Mutation check of the CUDA sources on the emulated backend (tools/cuda_emu):
 # every __syncthreads(), cudaStreamWaitEvent and stream / event / device
-# synchronize in kernels/cuda and dist/cuda/nccl.c is removed, one at a time
+# synchronize in kernels/cuda and parallel/cuda/nccl.c is removed, one at a time
 # (the call becomes `(void)0` or a cudaSuccess that does nothing), the GPU
 # programs are rebuilt and run, fastest first, until one fails, under the
 # forward schedule, then random:1 (CUDA_EMU_SCHEDULE). A mutant
@@ -12,7 +12,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 pattern='__syncthreads\(\)|cudaStreamWaitEvent\(|cudaStreamSynchronize\(|cudaEventSynchronize\(|cudaDeviceSynchronize\('
-sources=(kernels/cuda/*.cu kernels/cuda/*.cuh dist/cuda/nccl.c)
+sources=(kernels/cuda/*.cu kernels/cuda/*.cuh parallel/cuda/nccl.c)
 
 # "file:line:call" for every call in code (not in a // comment).
 mutants() {

@@ -16,7 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "dist/dist.h"
+#include "parallel/parallel.h"
 #include "model/model.h"
 
 static void clear_rank_env(void) {

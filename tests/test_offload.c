@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist/dist.h"
+#include "parallel/parallel.h"
 #include "trainer/trainer.h"
 
 enum { BATCH = 2, SEQ = 16, STEPS = 30, N_BATCHES = 2 };

@@ -13,7 +13,7 @@
 #include <sys/stat.h>
 
 #include "checkpoints/checkpoints.h"
-#include "dist/dist.h"
+#include "parallel/parallel.h"
 #include "trainer/trainer.h"
 #include "vision/vision.h"
 

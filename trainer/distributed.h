@@ -1,7 +1,7 @@
 // trainer's private view of the job's ranks: joining the store and the
 // collectives, and all-reducing host scalars (label counts, losses).
 #pragma once
-#include "dist/dist.h"
+#include "parallel/parallel.h"
 #include "trainer.h"
 
 // all_reduce_host's scalars live in backend memory (NCCL reduces device memory).

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "dist.h"
+#include "parallel.h"
 
 // *value = the variable as a non-negative int; false (no error) when unset.
 static bool env_int(const char *name, int *value, bool *present, Error *err) {

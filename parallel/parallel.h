@@ -1,4 +1,4 @@
-// dist: ranks, the rendezvous store, collectives and ZeRO.
+// parallel: ranks, the rendezvous store, collectives and ZeRO.
 //
 // A job of world_size processes (ranks) speaks torchrun's environment
 // protocol. Rank 0 hosts a small TCP key-value store on MASTER_ADDR:

@@ -24,7 +24,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "dist/dist.h"
+#include "parallel/parallel.h"
 
 typedef struct NcclState {
     ncclComm_t comm;     // NULL once aborted

@@ -1,7 +1,7 @@
 // World size 1: nothing to exchange.
 #include <stdlib.h>
 
-#include "dist.h"
+#include "parallel.h"
 
 typedef struct SingleState {
     size_t reductions_started; // every one finished at once

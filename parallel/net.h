@@ -1,10 +1,10 @@
-// dist's private TCP helpers: listening, connecting with retries, and whole
+// parallel's private TCP helpers: listening, connecting with retries, and whole
 // sends / receives bounded by a deadline (poll), naming the peer on failure.
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
 
-#include "dist.h"
+#include "parallel.h"
 
 // Listens on addr:port (port 0 = any free one); *port_out receives the port.
 int net_listen(const char *addr, int port, int *port_out, Error *err);

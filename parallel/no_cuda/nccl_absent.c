@@ -1,5 +1,5 @@
 // Built without CUDA: no NCCL.
-#include "dist/dist.h"
+#include "parallel/parallel.h"
 
 Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout_s, Error *err) {
     fail(err, "lora-train was built without CUDA, so NCCL collectives are unavailable");

@@ -41,7 +41,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "dist.h"
+#include "parallel.h"
 
 typedef struct Range {
     size_t begin, end;
