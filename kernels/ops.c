@@ -28,3 +28,11 @@ void rope_inverse_frequencies(float *inv_freq, int head_dim, float theta, const 
         if (scaling && scaling->llama3) inv_freq[i] = llama3_scaled_frequency(inv_freq[i], scaling);
     }
 }
+
+bool ops_cuda_is_emulated(void) {
+#ifdef LORA_TRAIN_CUDA_EMU
+    return true;
+#else
+    return false;
+#endif
+}

@@ -234,3 +234,7 @@ const Ops *ops_cpu(void);
 // SLURM_LOCALID, else 0; device 0 when the process sees only one), made
 // current on the calling thread before its stream and handles are created.
 const Ops *ops_cuda(Error *err);
+// True when the CUDA backend was built against tools/cuda_emu (-DLORA_TRAIN_CUDA=EMU):
+// it runs on the CPU, correct but far slower than the CPU backend, so
+// train.backend auto does not choose it; train.backend cuda does.
+bool ops_cuda_is_emulated(void);

@@ -17,7 +17,7 @@ static bool plan_uses_gpu(const Config *config) {
     if (strcmp(config->train.backend, "cpu") == 0) return false;
     if (strcmp(config->train.backend, "cuda") == 0) return true;
     Error why;
-    return ops_cuda(&why) != NULL;
+    return !ops_cuda_is_emulated() && ops_cuda(&why) != NULL;
 }
 
 bool config_llama_config(const Config *config, LlamaConfig *llama, HfLayout *layout, Error *err) {

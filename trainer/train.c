@@ -17,6 +17,11 @@
 
 static const Ops *choose_backend(const char *backend, bool verbose, Error *err) {
     if (strcmp(backend, "cpu") == 0) return ops_cpu();
+    if (strcmp(backend, "auto") == 0 && ops_cuda_is_emulated()) {
+        if (verbose) printf("the CUDA backend is the CPU emulation (tools/cuda_emu): using the CPU backend "
+                            "(train.backend cuda runs the emulation)\n");
+        return ops_cpu();
+    }
     Error why = {{0}};
     const Ops *cuda = ops_cuda(&why);
     if (cuda) return cuda;
