@@ -3,7 +3,8 @@
 // bit-identical losses and leaves a byte-identical adapter, with gradient
 // accumulation, shuffling across epochs and dropout on; a finished run
 // continued for more steps (from `latest`, its last step's checkpoint, with
-// operational keys changed) too, while a changed learning rate is refused; non-finite
+// operational keys changed) too, while a changed learning rate is refused
+// unless --allow-config-change says it is intended; non-finite
 // steps leave the optimizer untouched, and so do outlier steps skipped by the
 // z-score guard, with the same decisions after a resume; the disk guard stops before step 1 or
 // before a save that does not fit a real tmpfs, pruning nothing to make room;
@@ -97,22 +98,36 @@ static void test_resume_is_bit_identical(void **state) {
     free(straight_adapter);
 }
 
+// A changed lr is refused, naming the key and --allow-config-change; with
+// the flag the run continues from the checkpoint at the new lr: step 4's loss
+// (computed before step 4's update) equals the old-lr resume's, later ones differ.
 static void test_resume_refuses_another_config(void **state) {
     const char *dir = make_temp_dir("resume-config");
     char path[2048];
     snprintf(path, sizeof path, "%s/data.jsonl", dir);
     write_text_records(path, 40);
     Config config = resume_config(dir);
+    config_set_or_fail(&config, "%s", "checkpoint.keep_last=0"); // step-000003 stays for both resumes
     TrainSummary summary;
     run(&config, &(TrainControl){.stop_after_steps = 3}, &summary);
     assert_true(summary.interrupted);
+    snprintf(path, sizeof path, "%s/out/step-000003", dir);
+    LossRecorder old_lr = {0}, new_lr = {0};
+    run(&config, &(TrainControl){.resume = path, .on_step = record_loss, .context = &old_lr}, &summary);
     config_set_or_fail(&config, "%s", "train.lr=1e-3");
     Error err;
-    assert_false(train_run_with(&config, &(TrainControl){.resume = "latest"}, &summary, &err));
+    assert_false(train_run_with(&config, &(TrainControl){.resume = path}, &summary, &err));
     print_message("%s\n", err.message);
     assert_non_null(strstr(err.message, "different config"));
     assert_non_null(strstr(err.message, "train.lr: 0.003 in the checkpoint, 0.001 now"));
     assert_non_null(strstr(err.message, "may change on resume"));
+    assert_non_null(strstr(err.message, "add --allow-config-change if changing train.lr is intended"));
+
+    TrainControl allowed = {.resume = path, .allow_config_change = true, .on_step = record_loss, .context = &new_lr};
+    run(&config, &allowed, &summary);
+    assert_int_equal(summary.steps, TOTAL_STEPS);
+    assert_true(new_lr.losses[4] == old_lr.losses[4]);
+    for (int step = 5; step <= TOTAL_STEPS; step++) assert_true(new_lr.losses[step] != old_lr.losses[step]);
 }
 
 // A finished 4-step run continued to 8 steps (constant LR, so the schedule's

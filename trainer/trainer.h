@@ -122,6 +122,7 @@ bool train_accumulate(Model *model, struct Zero *zero, const struct StepBatch *b
 typedef struct TrainControl {
     const char *resume;          // a checkpoint folder, "latest" (newest complete in checkpoint.dir), or NULL
     bool allow_low_disk;         // train even when the run's checkpoints will not fit
+    bool allow_config_change;    // resume although keys that change the mathematics differ (they are printed)
     int stop_after_steps;        // tests: stop as SIGTERM would before this loop step (0 = never)
     int world_size;              // plan: ranks of the job (--world-size; 0 = 1)
     void (*on_step)(void *context, int step, double loss); // after every optimizer step (1-based)
