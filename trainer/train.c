@@ -336,7 +336,7 @@ typedef enum Verdict { STEP_APPLIED, STEP_NON_FINITE, STEP_LOSS_OUTLIER, STEP_NO
 // Gradients summed over ranks, clipped by the global norm, AdamW (ZeRO).
 // Parameters and optimizer state stay untouched unless *verdict is
 // STEP_APPLIED: a non-finite loss or norm, or one above its outlier limit,
-// skips the step (a loss outlier before the gradients are reduced).
+// skips the step (a non-finite or outlier loss without calling zero_step).
 static bool optimizer_step(Run *run, int step, double loss, const OutlierLimits *limits, float *norm_out,
                            float *lr_out, Verdict *verdict, Error *err) {
     Model *model = run->model;
