@@ -97,6 +97,12 @@ static bool serialize_optimizer(const CheckpointSource *source, CheckpointImage 
     return ok;
 }
 
+static json_object *number_array(const double *values, int n) {
+    json_object *array = json_object_new_array();
+    for (int i = 0; i < n; i++) json_object_array_add(array, json_object_new_double(values[i]));
+    return array;
+}
+
 static bool serialize_state(const TrainerState *state, int world_size, FileImage *out, Error *err) {
     const char *yaml = state->config_yaml ? state->config_yaml : "";
     char seed[24], config_hash[17];
@@ -113,6 +119,8 @@ static bool serialize_state(const TrainerState *state, int world_size, FileImage
     json_object_object_add(obj, "world_size", json_object_new_int(world_size));
     json_object_object_add(obj, "first_loss", json_object_new_double(state->first_loss));
     json_object_object_add(obj, "last_loss", json_object_new_double(state->last_loss));
+    json_object_object_add(obj, "recent_losses", number_array(state->recent_loss, state->n_recent));
+    json_object_object_add(obj, "recent_grad_norms", number_array(state->recent_norm, state->n_recent));
     json_object_object_add(obj, "config_fnv1a64", json_object_new_string(config_hash));
     json_object_object_add(obj, "config_yaml", json_object_new_string(yaml));
     bool ok = json_to_text(STATE_FILE, obj, out, err);
@@ -525,6 +533,33 @@ static bool get_string(json_object *obj, const char *path, const char *key, cons
     return true;
 }
 
+// values[n] from the array obj[key] (absent: n = 0, as in checkpoints older than the outlier window).
+static bool get_numbers(json_object *obj, const char *path, const char *key, double *values, int *n, Error *err) {
+    json_object *array;
+    *n = 0;
+    if (!json_object_object_get_ex(obj, key, &array)) return true;
+    if (!json_object_is_type(array, json_type_array) || json_object_array_length(array) > RECENT_STEPS_MAX)
+        return fail(err, "%s: %s is not an array of at most %d numbers", path, key, RECENT_STEPS_MAX);
+    for (size_t i = 0; i < json_object_array_length(array); i++) {
+        json_object *value = json_object_array_get_idx(array, i);
+        if (!json_object_is_type(value, json_type_int) && !json_object_is_type(value, json_type_double))
+            return fail(err, "%s: %s[%zu] is not a number", path, key, i);
+        values[(*n)++] = json_object_get_double(value);
+    }
+    return true;
+}
+
+// The outlier window: as many gradient norms as losses.
+static bool parse_recent(json_object *obj, const char *path, TrainerState *state, Error *err) {
+    int n_norms;
+    if (!get_numbers(obj, path, "recent_losses", state->recent_loss, &state->n_recent, err) ||
+        !get_numbers(obj, path, "recent_grad_norms", state->recent_norm, &n_norms, err))
+        return false;
+    if (n_norms != state->n_recent)
+        return fail(err, "%s: %d recent_losses but %d recent_grad_norms", path, state->n_recent, n_norms);
+    return true;
+}
+
 static bool parse_state(json_object *obj, const char *path, TrainerState *state, Error *err) {
     double step, optimizer_steps, epoch, step_in_epoch, skipped, bad;
     const char *seed, *yaml, *config_hash;
@@ -545,6 +580,7 @@ static bool parse_state(json_object *obj, const char *path, TrainerState *state,
                             .last_loss = state->last_loss};
     json_object *world_size;
     state->world_size = json_object_object_get_ex(obj, "world_size", &world_size) ? json_object_get_int(world_size) : 1;
+    if (!parse_recent(obj, path, state, err)) return false;
     state->config_yaml = checked_strdup(yaml, err);
     return state->config_yaml != NULL;
 }

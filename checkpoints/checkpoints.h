@@ -102,13 +102,16 @@ bool export_peft(const char *adapter_dir, const char *out_dir, Error *err);
 //   projector.safetensors                             the projector (vision-language models only)
 //   optimizer/rank-NNNNN.safetensors                  one per rank: its shard [begin, end) of AdamW exp_avg,
 //                                                     exp_avg_sq (ParamTable layout), the range and the step
-//   trainer_state.json                                step, data position, seed, losses, world size, config and its hash
+//   trainer_state.json                                step, data position, seed, losses, the outlier
+//                                                     window, world size, config and its hash
 //   COMPLETE                                          written last: every file's size and FNV-1a checksum
 // and <run_dir>/latest names the newest complete one. A save writes
 // .partial-step-NNNNNN/, fsyncs, re-reads and verifies every file, then
 // renames it: a failure or a kill at any point leaves earlier checkpoints intact.
 // A load gathers any range of the moments from whichever shard files hold it,
 // so a run resumes on a different number of ranks.
+
+#define RECENT_STEPS_MAX 1000 // train.skip_window's upper bound
 
 typedef struct TrainerState {
     int step;                // loop steps done: the next step's index and the LR schedule position
@@ -117,9 +120,11 @@ typedef struct TrainerState {
     int64_t step_in_epoch;
     uint64_t seed;           // init, shuffling (seed, epoch), dropout (seed, step, micro-batch)
     int skipped_steps;       // steps without label tokens
-    int bad_steps;           // steps with a non-finite loss or gradient, skipped
+    int bad_steps;           // steps skipped for a non-finite or outlier loss or gradient norm
     int world_size;          // ranks of the run that saved it (filled by the load)
     double first_loss, last_loss;
+    int n_recent;            // the last accepted steps' losses and gradient norms, oldest first (outlier window)
+    double recent_loss[RECENT_STEPS_MAX], recent_norm[RECENT_STEPS_MAX];
     char *config_yaml;       // the run's config; malloc'd when loaded
 } TrainerState;
 

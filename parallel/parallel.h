@@ -143,13 +143,16 @@ size_t zero_shard_size(const Zero *zero);
 // AdamW (on the owned shard at stage 2, then all-gathers the parameters).
 // After zero_reduce_micro_batch the shard is already summed over ranks.
 // *norm_out: the norm before clipping.
-// A non-finite norm leaves parameters and optimizer state untouched (every
-// rank sees the same global norm, so all skip together).
+// A non-finite norm, or one above zero_set_norm_limit's, leaves parameters
+// and optimizer state untouched (every rank sees the same global norm, so
+// all skip together).
 // With offload the shard's gradient is clipped and stepped on the host: the
 // copies made during the last micro-batch's backward, else downloaded here.
 // With delayed_update the AdamW of this step runs on a thread and params
 // receive the previous step's update instead (stage 2: all-gathered).
 bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err);
+// The norm above which the following zero_steps skip the update (INFINITY, the default: none).
+void zero_set_norm_limit(Zero *zero, float limit);
 // delayed_update: waits for the update in flight and writes it into params
 // (all ranks call it together); afterwards params and zero_state are current.
 // Without delayed_update it does nothing.

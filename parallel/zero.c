@@ -58,6 +58,7 @@ struct Zero {
     Offload offload;         // in host memory, with offload
     float *sum_squares;      // backend fp32 scalar
     bool grads_reduced;      // stage 2: the shard already holds the sum over ranks
+    float norm_limit;        // zero_set_norm_limit
     // overlap_comm: this micro-batch's buckets
     Range filling;           // the bucket being filled (empty: begin == end)
     Range *started;          // buckets in flight
@@ -94,7 +95,7 @@ Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, float 
     Zero *zero = checked_calloc(1, sizeof *zero, "the ZeRO optimizer", err);
     if (!zero) return NULL;
     *zero = (Zero){.ops = ops, .coll = coll, .n = n_params, .grads = grads, .options = *options, .begin = 0,
-                   .end = n_params};
+                   .end = n_params, .norm_limit = INFINITY};
     if (options->stage == 2) dist_shard_range(n_params, coll->world_size, coll->rank, &zero->begin, &zero->end);
     zero->sum_squares = ops->alloc(sizeof(float), err);
     if (!zero->sum_squares || !init_optimizer(zero, params, err)) {
@@ -284,7 +285,7 @@ bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_ou
     float norm;
     if (!reduce_grads(zero, grads, err) || !global_grad_norm(zero, grads, &norm, err)) return false;
     *norm_out = norm;
-    if (!isfinite(norm)) return true;
+    if (!isfinite(norm) || norm > zero->norm_limit) return true;
     float *shard_params = params + zero->begin, *shard_grads = grads + zero->begin;
     size_t shard = zero_shard_size(zero);
     if (zero->options.offload_cpu) {
@@ -295,6 +296,8 @@ bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_ou
     }
     return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
 }
+
+void zero_set_norm_limit(Zero *zero, float limit) { zero->norm_limit = limit; }
 
 bool zero_flush(Zero *zero, float *params, Error *err) {
     if (!zero->options.delayed_update) return true;

@@ -106,6 +106,8 @@ static void test_pack_refused_for_image_text(void **state) {
 
 static void test_unknown_flag(void **state) {
     expect_failure(VALID_PREFIX, "--config run.yaml --learning-rate 3", (const char *[]){"--learning-rate", NULL});
+    expect_failure(VALID_PREFIX, "--config run.yaml --allow-config-change",
+                   (const char *[]){"--allow-config-change needs --resume", NULL});
 }
 
 static void assert_file(const char *dir, const char *name) {

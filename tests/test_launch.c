@@ -8,7 +8,7 @@
 // rank killed mid-run ends the job with a message naming it, and so do ranks
 // that all fail at once; SIGTERM to lora-launch, or SIGINT to its process
 // group, saves a checkpoint of every rank and exits 0; ranks die with their
-// launcher.
+// launcher; the outlier guard skips the same step on 2 ranks as on 1.
 #include "run_util.h"
 
 #include <math.h>
@@ -319,6 +319,49 @@ static void test_signals_save_with_several_ranks(void **state) {
     assert_saved_by_two_ranks(dir, "job");
 }
 
+// 20 steps of one sentence (the model memorises it), one of random printable
+// bytes (step 21), 2 more of the sentence: 12 records a step.
+static void write_outlier_data(const char *dir) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    uint64_t x = 12345;
+    for (int i = 0; i < 23 * 12; i++) {
+        if (i / 12 != 20) {
+            fputs("{\"text\": \"the cat sat on the mat and the dog sat on the log\"}\n", f);
+            continue;
+        }
+        fputs("{\"text\": \"", f);
+        for (int c = 0; c < 48; c++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            fputc('#' + (int)((x >> 33) % 90), f); // '#'..'|': no quote or backslash
+        }
+        fputs("\"}\n", f);
+    }
+    assert_int_equal(fclose(f), 0);
+}
+
+// The outlier guard with several ranks: they see the same reduced loss, so
+// all skip step 21 together (a rank that stepped alone would hang ZeRO-2's
+// collectives), and the adapter matches one process's, which skipped it too.
+static void test_outlier_guard_with_ranks(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = strdup(make_temp_dir("launch-outlier"));
+    write_outlier_data(dir);
+    const char *guard = "--set data.shuffle=false --set data.max_seq_len=32 --set train.max_steps=23 "
+                        "--set train.skip_loss_zscore=3 --set train.skip_window=10";
+    train_with(dir, 0, 2, "none", "single", guard);
+    train_with(dir, 2, 2, "none", "ranks", guard);
+    const char *expect = "step 21/23 | skipped: loss ";
+    assert_log_says(dir, "single", expect);
+    assert_log_says(dir, "ranks", expect);
+    double max_abs, difference = adapter_difference_of(dir, "ranks", "single", &max_abs);
+    print_message("outlier skipped on 2 ranks and 1: relative difference %.3g (L2)\n", difference);
+    assert_true(difference < 1e-5);
+    free((void *)dir);
+}
+
 // kill -9 of lora-launch: its ranks die with it (within 20 s; "alive" in the
 // log otherwise, and the test kills them).
 static void test_ranks_die_with_their_launcher(void **state) {
@@ -350,6 +393,7 @@ int main(void) {
         cmocka_unit_test(test_ranks_failing_together_fail_the_job),
         cmocka_unit_test(test_signals_save_with_several_ranks),
         cmocka_unit_test(test_ranks_die_with_their_launcher),
+        cmocka_unit_test(test_outlier_guard_with_ranks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -3,8 +3,10 @@
 // bit-identical losses and leaves a byte-identical adapter, with gradient
 // accumulation, shuffling across epochs and dropout on; a finished run
 // continued for more steps (from `latest`, its last step's checkpoint, with
-// operational keys changed) too, while a changed learning rate is refused; non-finite
-// steps leave the optimizer untouched; the disk guard stops before step 1 or
+// operational keys changed) too, while a changed learning rate is refused
+// unless --allow-config-change says it is intended; non-finite
+// steps leave the optimizer untouched, and so do outlier steps skipped by the
+// z-score guard, with the same decisions after a resume; the disk guard stops before step 1 or
 // before a save that does not fit a real tmpfs, pruning nothing to make room;
 // an unwritable checkpoint.dir is found before step 1.
 #include "run_util.h"
@@ -96,22 +98,36 @@ static void test_resume_is_bit_identical(void **state) {
     free(straight_adapter);
 }
 
+// A changed lr is refused, naming the key and --allow-config-change; with
+// the flag the run continues from the checkpoint at the new lr: step 4's loss
+// (computed before step 4's update) equals the old-lr resume's, later ones differ.
 static void test_resume_refuses_another_config(void **state) {
     const char *dir = make_temp_dir("resume-config");
     char path[2048];
     snprintf(path, sizeof path, "%s/data.jsonl", dir);
     write_text_records(path, 40);
     Config config = resume_config(dir);
+    config_set_or_fail(&config, "%s", "checkpoint.keep_last=0"); // step-000003 stays for both resumes
     TrainSummary summary;
     run(&config, &(TrainControl){.stop_after_steps = 3}, &summary);
     assert_true(summary.interrupted);
+    snprintf(path, sizeof path, "%s/out/step-000003", dir);
+    LossRecorder old_lr = {0}, new_lr = {0};
+    run(&config, &(TrainControl){.resume = path, .on_step = record_loss, .context = &old_lr}, &summary);
     config_set_or_fail(&config, "%s", "train.lr=1e-3");
     Error err;
-    assert_false(train_run_with(&config, &(TrainControl){.resume = "latest"}, &summary, &err));
+    assert_false(train_run_with(&config, &(TrainControl){.resume = path}, &summary, &err));
     print_message("%s\n", err.message);
     assert_non_null(strstr(err.message, "different config"));
     assert_non_null(strstr(err.message, "train.lr: 0.003 in the checkpoint, 0.001 now"));
     assert_non_null(strstr(err.message, "may change on resume"));
+    assert_non_null(strstr(err.message, "add --allow-config-change if changing train.lr is intended"));
+
+    TrainControl allowed = {.resume = path, .allow_config_change = true, .on_step = record_loss, .context = &new_lr};
+    run(&config, &allowed, &summary);
+    assert_int_equal(summary.steps, TOTAL_STEPS);
+    assert_true(new_lr.losses[4] == old_lr.losses[4]);
+    for (int step = 5; step <= TOTAL_STEPS; step++) assert_true(new_lr.losses[step] != old_lr.losses[step]);
 }
 
 // A finished 4-step run continued to 8 steps (constant LR, so the schedule's
@@ -180,7 +196,7 @@ static void test_non_finite_steps_leave_optimizer_untouched(void **state) {
     TrainSummary summary;
     assert_false(train_run_with(&config, NULL, &summary, &err));
     print_message("%s\n", err.message);
-    assert_non_null(strstr(err.message, "3 non-finite steps in a row"));
+    assert_non_null(strstr(err.message, "3 bad steps in a row"));
     assert_int_equal(summary.bad_steps, 3);
     assert_int_equal(summary.steps, 0);
 
@@ -204,6 +220,125 @@ static void test_non_finite_steps_leave_optimizer_untouched(void **state) {
     free(m);
     free(v);
     model_destroy(model);
+}
+
+// 40 copies of one sentence (20 steps of 2 with data.shuffle false: the model
+// memorises it), 2 records of random printable bytes (step 21: an outlier
+// batch), 4 more of the sentence (steps 22-23).
+#define OUTLIER_STEP 21
+static Config outlier_config(const char *dir) {
+    char path[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    uint64_t x = 12345;
+    for (int i = 0; i < 46; i++) {
+        if (i != 40 && i != 41) {
+            fputs("{\"text\": \"the cat sat on the mat and the dog sat on the log\"}\n", f);
+            continue;
+        }
+        fputs("{\"text\": \"", f);
+        for (int c = 0; c < 48; c++) {
+            x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+            char byte = (char)('#' + (x >> 33) % 90); // '#'..'|': no quote or backslash
+            fputc(byte, f);
+        }
+        fputs("\"}\n", f);
+    }
+    assert_int_equal(fclose(f), 0);
+    const char *recipe[] = {"data.max_seq_len=32", "data.shuffle=false", "lora.target=all", "train.micro_batch=2",
+                            "train.max_steps=23", "train.lr=1e-2", "train.schedule=constant", "train.log_every=1",
+                            "checkpoint.every_steps=1", "train.backend=cpu", "train.skip_window=10"};
+    return tiny_run_config(dir, recipe, sizeof recipe / sizeof recipe[0]);
+}
+
+static char *checkpoint_file(const char *dir, int step, const char *name, size_t *size) {
+    char path[2048], *data;
+    snprintf(path, sizeof path, "%s/out/step-%06d/%s", dir, step, name);
+    Error err;
+    if (!read_file(path, &data, size, &err)) fail_msg("%s", err.message);
+    return data;
+}
+
+// The checkpoints before and after step are byte-identical in adapter and AdamW moments (or, !same, differ).
+static void assert_step_changed_nothing(const char *dir, int step, bool same) {
+    const char *files[] = {"adapter_model.safetensors", "optimizer/rank-00000.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        size_t before_size, after_size;
+        char *before = checkpoint_file(dir, step - 1, files[i], &before_size);
+        char *after = checkpoint_file(dir, step, files[i], &after_size);
+        bool equal = before_size == after_size && memcmp(before, after, before_size) == 0;
+        if (equal != same) fail_msg("step %d %s %s", step, same ? "changed" : "did not change", files[i]);
+        free(before);
+        free(after);
+    }
+}
+
+static char *run_outliers(const char *dir, const Config *config, const TrainControl *control, TrainSummary *summary,
+                          size_t *size) {
+    char out[2048];
+    snprintf(out, sizeof out, "%s/out", dir);
+    Error err;
+    if (!control->resume && path_exists(out) && !remove_tree(out, &err)) fail_msg("%s", err.message);
+    run(config, control, summary);
+    return summary->interrupted ? NULL : adapter_bytes(summary, size);
+}
+
+// Off by default, the outlier batch is trained on; with train.skip_loss_zscore
+// it is skipped before the update (adapter and moments of step 21 equal step
+// 20's), counted in bad_steps, and training goes on; so with
+// train.skip_grad_zscore (at lr 3e-2), by its gradient norm; a z-score no step reaches
+// leaves the run byte-identical to the default; a run stopped before the
+// outlier and resumed makes the same decisions (its window comes from the
+// checkpoint) and leaves the same adapter.
+static void test_outlier_step_is_skipped(void **state) {
+    const char *dir = make_temp_dir("resume-outlier");
+    Config config = outlier_config(dir);
+    LossRecorder plain = {0}, guarded = {0}, resumed = {0};
+    TrainSummary summary;
+    size_t plain_size, size;
+    char *plain_adapter = run_outliers(dir, &config, &(TrainControl){.on_step = record_loss, .context = &plain},
+                                       &summary, &plain_size);
+    assert_int_equal(summary.bad_steps, 0);
+    assert_step_changed_nothing(dir, OUTLIER_STEP, false);
+    print_message("loss at step 20 %.4f, at the outlier step %.4f\n", plain.losses[20], plain.losses[OUTLIER_STEP]);
+
+    Config never = config;
+    config_set_or_fail(&never, "%s", "train.skip_loss_zscore=1000");
+    config_set_or_fail(&never, "%s", "train.skip_grad_zscore=1000");
+    char *never_adapter = run_outliers(dir, &never, &(TrainControl){0}, &summary, &size);
+    assert_int_equal(summary.bad_steps, 0);
+    assert_int_equal(size, plain_size);
+    assert_memory_equal(never_adapter, plain_adapter, plain_size);
+
+    config_set_or_fail(&config, "%s", "train.skip_loss_zscore=3");
+    char *guarded_adapter = run_outliers(dir, &config, &(TrainControl){.on_step = record_loss, .context = &guarded},
+                                         &summary, &size);
+    assert_int_equal(summary.bad_steps, 1);
+    assert_int_equal(summary.steps, 22);
+    assert_true(guarded.losses[OUTLIER_STEP] == 0); // on_step sees accepted steps only
+    assert_losses_equal(&plain, &guarded, 1, OUTLIER_STEP - 1);
+    assert_step_changed_nothing(dir, OUTLIER_STEP, true);
+    assert_step_changed_nothing(dir, OUTLIER_STEP + 1, false);
+
+    Config by_norm = outlier_config(dir);
+    config_set_or_fail(&by_norm, "%s", "train.skip_grad_zscore=3");
+    config_set_or_fail(&by_norm, "%s", "train.lr=3e-2");
+    free(run_outliers(dir, &by_norm, &(TrainControl){0}, &summary, &size));
+    assert_int_equal(summary.bad_steps, 1);
+    assert_step_changed_nothing(dir, OUTLIER_STEP, true);
+
+    run_outliers(dir, &config, &(TrainControl){.stop_after_steps = 15}, &summary, &size);
+    assert_true(summary.interrupted);
+    char *resumed_adapter = run_outliers(dir, &config, &(TrainControl){.resume = "latest", .on_step = record_loss,
+                                                                       .context = &resumed}, &summary, &size);
+    assert_int_equal(summary.bad_steps, 1);
+    assert_losses_equal(&guarded, &resumed, 16, 23);
+    assert_memory_equal(resumed_adapter, guarded_adapter, size);
+    free(resumed_adapter);
+    free(guarded_adapter);
+    free(never_adapter);
+    free(plain_adapter);
 }
 
 // Bytes of the first checkpoint a run of config writes.
@@ -356,6 +491,7 @@ int main(void) {
         cmocka_unit_test(test_resume_refuses_another_config),
         cmocka_unit_test(test_finished_run_continues_for_more_steps),
         cmocka_unit_test(test_non_finite_steps_leave_optimizer_untouched),
+        cmocka_unit_test(test_outlier_step_is_skipped),
         cmocka_unit_test(test_disk_guard_on_a_small_tmpfs),
         cmocka_unit_test(test_full_disk_keeps_old_checkpoints),
         cmocka_unit_test(test_unwritable_checkpoint_dir_found_before_step_1),

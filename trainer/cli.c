@@ -8,7 +8,7 @@
 static void print_usage(FILE *out) {
     fprintf(out,
             "usage: lora-train --config FILE [--set key.path=value]... [--offload cpu] [--resume [DIR]]\n"
-            "                  [--allow-low-disk]\n"
+            "                  [--allow-config-change] [--allow-low-disk]\n"
             "       lora-train demo [--set key.path=value]...\n"
             "       lora-train data check --config FILE [--set key.path=value]...\n"
             "       lora-train plan --config FILE [--set key.path=value]... [--offload cpu] [--world-size N]\n"
@@ -21,6 +21,8 @@ static void print_usage(FILE *out) {
             "  --set KEY=VALUE      override one config key, e.g. --set train.lr=1e-4\n"
             "  --offload cpu        same as --set zero.offload=cpu\n"
             "  --resume [DIR]       continue from checkpoint DIR (default: the newest complete one)\n"
+            "  --allow-config-change  with --resume: continue although keys that change the mathematics\n"
+            "                       (lr, schedule, seed, data, ...) differ from the checkpoint's; they are printed\n"
             "  --allow-low-disk     train even when the run's checkpoints will not fit on the disk\n"
             "  demo                 train the embedded demo (configs/demo.yaml's recipe)\n"
             "  data check           read the whole dataset as training would; report counts and skipped records\n"
@@ -63,6 +65,10 @@ static bool parse_flags(int argc, char **argv, const char **config_path, TrainCo
             control->allow_low_disk = true;
             continue;
         }
+        if (strcmp(argv[i], "--allow-config-change") == 0) {
+            control->allow_config_change = true;
+            continue;
+        }
         bool takes_value = strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--set") == 0 ||
                            strcmp(argv[i], "--offload") == 0 || strcmp(argv[i], "--world-size") == 0;
         if (!takes_value) return fail(err, "unknown argument '%s' (see lora-train --help)", argv[i]);
@@ -72,6 +78,7 @@ static bool parse_flags(int argc, char **argv, const char **config_path, TrainCo
             return fail(err, "--world-size needs a positive number of ranks, not '%s'", argv[i + 1]);
         i++;
     }
+    if (control->allow_config_change && !control->resume) return fail(err, "--allow-config-change needs --resume");
     return true;
 }
 

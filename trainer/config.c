@@ -130,7 +130,14 @@ static const ConfigKey KEYS[] = {
     {"train.backend", KEY_ENUM, FIELD(train.backend), .allowed = BACKEND_VALUES,
      .help = "auto picks cuda when a GPU is present"},
     {"train.max_bad_steps", KEY_INT, FIELD(train.max_bad_steps), .range = AT_LEAST(1),
-     .help = "non-finite steps in a row (each skipped) before the run stops with a checkpoint"},
+     .help = "bad steps in a row (non-finite or outlier, each skipped) before the run stops with a checkpoint"},
+    {"train.skip_loss_zscore", KEY_FLOAT, FIELD(train.skip_loss_zscore), .range = AT_LEAST(0),
+     .help = "skip a step whose loss is more than this many standard deviations above the mean of the last "
+             "skip_window accepted steps (0: off; llm.c's examples use 5)"},
+    {"train.skip_grad_zscore", KEY_FLOAT, FIELD(train.skip_grad_zscore), .range = AT_LEAST(0),
+     .help = "the same for the gradient norm before clipping (0: off)"},
+    {"train.skip_window", KEY_INT, FIELD(train.skip_window), .range = {10, 1000, false, false},
+     .help = "accepted steps the z-scores look back on; they apply once 10 are in it"},
     {"checkpoint.dir", KEY_STRING, FIELD(checkpoint.dir), .required = true,
      .help = "run folder: step-NNNNNN/ checkpoints"},
     {"checkpoint.every_steps", KEY_INT, FIELD(checkpoint.every_steps), .range = AT_LEAST(0),
@@ -626,6 +633,9 @@ void config_defaults(Config *config) {
     snprintf(config->checkpoint.on_low_disk, CONFIG_NAME_MAX, "wait");
     config->checkpoint.low_disk_wait_minutes = 30.0f;
     config->train.max_bad_steps = 10;
+    config->train.skip_loss_zscore = 0.0f;
+    config->train.skip_grad_zscore = 0.0f;
+    config->train.skip_window = 100;
     config->zero.stage = 0;
     snprintf(config->zero.offload, CONFIG_NAME_MAX, "none");
     config->zero.delayed_update = false;

@@ -347,14 +347,28 @@ static void append_change(char *changes, size_t size, const char *key, YamlLine 
              (int)b.length, b.text);
 }
 
+// What differs between the checkpoint's config and this run's: operational
+// and length keys, and (allowed only with --allow-config-change) the others.
+typedef struct ConfigChanges {
+    char operational[1024], mathematical[1024];
+    bool length_changed;
+} ConfigChanges;
+
+static bool refuse_change(const char *key, YamlLine was, YamlLine is, Error *err) {
+    YamlLine a = line_value(was), b = line_value(is);
+    return fail(err, "the checkpoint was made with a different config (%s: %.*s in the checkpoint, %.*s now): "
+                     "only checkpoint.dir, every_steps, keep_last, on_low_disk, low_disk_wait_minutes, "
+                     "train.log_every, dist.timeout_s, train.max_steps and train.epochs may change on resume; "
+                     "add --allow-config-change if changing %s is intended",
+                key, (int)a.length, a.text, (int)b.length, b.text, key);
+}
+
 // Walks the checkpoint's config and this run's line by line: an operational
-// or length key that differs goes into changes (*length_changed for the
-// latter), any other difference is the error.
-static bool compare_configs(const char *saved, const char *now, char *changes, size_t size, bool *length_changed,
-                            Error *err) {
+// or length key that differs goes into changes->operational, any other key
+// into changes->mathematical when allow_math, else it is the error.
+static bool compare_configs(const char *saved, const char *now, bool allow_math, ConfigChanges *changes, Error *err) {
     char section[64] = "", key[128];
-    *length_changed = false;
-    changes[0] = '\0';
+    *changes = (ConfigChanges){0};
     while (*saved || *now) {
         YamlLine was = next_line(&saved), is = next_line(&now);
         bool keyed = line_key(was, section, key, sizeof key);
@@ -363,18 +377,14 @@ static bool compare_configs(const char *saved, const char *now, char *changes, s
         if (was.length == is.length && memcmp(was.text, is.text, was.length) == 0) continue;
         char other_key[128];
         bool same_key = keyed && line_key(is, section, other_key, sizeof other_key) && strcmp(key, other_key) == 0;
-        bool length = same_key && listed(key, LENGTH_KEYS, sizeof LENGTH_KEYS / sizeof *LENGTH_KEYS);
         if (!same_key) return fail(err, "the checkpoint's config has '%.*s' where this run's has '%.*s'",
                                    (int)was.length, was.text, (int)is.length, is.text);
-        if (!length && !listed(key, OPERATIONAL_KEYS, sizeof OPERATIONAL_KEYS / sizeof *OPERATIONAL_KEYS)) {
-            YamlLine a = line_value(was), b = line_value(is);
-            return fail(err, "the checkpoint was made with a different config (%s: %.*s in the checkpoint, %.*s now): "
-                             "only checkpoint.dir, every_steps, keep_last, on_low_disk, low_disk_wait_minutes, "
-                             "train.log_every, dist.timeout_s, train.max_steps and train.epochs may change on resume",
-                        key, (int)a.length, a.text, (int)b.length, b.text);
-        }
-        append_change(changes, size, key, was, is);
-        *length_changed |= length;
+        bool length = listed(key, LENGTH_KEYS, sizeof LENGTH_KEYS / sizeof *LENGTH_KEYS);
+        bool operational = length || listed(key, OPERATIONAL_KEYS, sizeof OPERATIONAL_KEYS / sizeof *OPERATIONAL_KEYS);
+        if (!operational && !allow_math) return refuse_change(key, was, is, err);
+        char *list = operational ? changes->operational : changes->mathematical;
+        append_change(list, sizeof changes->operational, key, was, is);
+        changes->length_changed |= length;
     }
     return true;
 }
@@ -385,16 +395,18 @@ static bool compare_configs(const char *saved, const char *now, char *changes, s
 static bool check_config_changes(const Run *run, const char *dir, const TrainerState *state, Error *err) {
     char *expected = config_yaml_in_checkpoint_split(run, state, err);
     if (!expected) return fail_context(err, "--resume %s: ", dir);
-    char changes[1024];
-    bool length_changed, ok = compare_configs(state->config_yaml, expected, changes, sizeof changes, &length_changed,
-                                              err);
+    ConfigChanges changes;
+    bool ok = compare_configs(state->config_yaml, expected, run->control->allow_config_change, &changes, err);
     free(expected);
     if (!ok) return fail_context(err, "--resume %s: ", dir);
     if (state->step > run->total_steps)
         return fail(err, "--resume %s: the checkpoint is at step %d, past this run's %d steps", dir, state->step,
                     run->total_steps);
-    if (run->is_rank0 && changes[0]) printf("resume: config changed: %s\n", changes);
-    if (run->is_rank0 && length_changed)
+    if (run->is_rank0 && changes.operational[0]) printf("resume: config changed: %s\n", changes.operational);
+    if (run->is_rank0 && changes.mathematical[0])
+        printf("resume: --allow-config-change: the run continues with changed mathematics: %s\n",
+               changes.mathematical);
+    if (run->is_rank0 && changes.length_changed)
         printf("resume: the LR schedule (train.schedule, %d warmup steps) now spans %d steps; from step %d on the "
                "LR follows it\n", run->schedule.warmup_steps, run->total_steps, state->step + 1);
     return true;

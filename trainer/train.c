@@ -281,18 +281,79 @@ bool train_accumulate(Model *model, Zero *zero, const StepBatch *batch, uint64_t
     return accumulate(NULL, zero, model, batch, seed, step, mean_loss, &interrupted, err);
 }
 
+// ----------------------------------------------------------------------------
+// outlier steps, as llm.c's z-score guard: a step whose loss or gradient norm
+// is more than train.skip_loss_zscore / skip_grad_zscore standard deviations
+// above the mean of the last train.skip_window accepted steps is skipped
+// before the update. The window lives in run->progress, so checkpoints carry
+// it and a resumed run decides as an uninterrupted one; the loss and norm
+// are reduced over ranks, so every rank decides alike.
+
+#define OUTLIER_MIN_HISTORY 10
+
+// The window's statistics of one quantity; limit: the value above which a step is an outlier.
+typedef struct Spread {
+    int n;
+    double mean, sd, limit;
+} Spread;
+
+typedef struct OutlierLimits {
+    Spread loss, norm;
+} OutlierLimits;
+
+// limit INFINITY when the rule is off (zscore 0) or fewer than OUTLIER_MIN_HISTORY steps are in the window.
+static Spread spread_of(const double *history, int n, int window, float zscore) {
+    int from = n > window ? n - window : 0;
+    Spread spread = {.n = n - from, .limit = INFINITY};
+    if (zscore <= 0 || spread.n < OUTLIER_MIN_HISTORY) return spread;
+    double sum = 0, squares = 0;
+    for (int i = from; i < n; i++) sum += history[i];
+    spread.mean = sum / spread.n;
+    for (int i = from; i < n; i++) squares += (history[i] - spread.mean) * (history[i] - spread.mean);
+    spread.sd = sqrt(squares / spread.n);
+    spread.limit = spread.mean + zscore * spread.sd;
+    return spread;
+}
+
+static OutlierLimits outlier_limits(const Run *run) {
+    const TrainerState *p = &run->progress;
+    int window = run->config->train.skip_window;
+    return (OutlierLimits){spread_of(p->recent_loss, p->n_recent, window, run->config->train.skip_loss_zscore),
+                           spread_of(p->recent_norm, p->n_recent, window, run->config->train.skip_grad_zscore)};
+}
+
+// Appends an accepted step to the window, dropping the oldest beyond train.skip_window.
+static void remember_step(Run *run, double loss, float norm) {
+    TrainerState *p = &run->progress;
+    int window = run->config->train.skip_window;
+    if (p->n_recent >= window) {
+        int drop = p->n_recent - window + 1;
+        p->n_recent -= drop;
+        memmove(p->recent_loss, p->recent_loss + drop, (size_t)p->n_recent * sizeof(double));
+        memmove(p->recent_norm, p->recent_norm + drop, (size_t)p->n_recent * sizeof(double));
+    }
+    p->recent_loss[p->n_recent] = loss;
+    p->recent_norm[p->n_recent++] = norm;
+}
+
+typedef enum Verdict { STEP_APPLIED, STEP_NON_FINITE, STEP_LOSS_OUTLIER, STEP_NORM_OUTLIER } Verdict;
+
 // Gradients summed over ranks, clipped by the global norm, AdamW (ZeRO).
-// *applied is false (parameters and optimizer state untouched) when the loss
-// or the gradient norm is not finite.
-static bool optimizer_step(Run *run, int step, double loss, float *norm_out, float *lr_out, bool *applied, Error *err) {
+// Parameters and optimizer state stay untouched unless *verdict is
+// STEP_APPLIED: a non-finite loss or norm, or one above its outlier limit,
+// skips the step (a non-finite or outlier loss without calling zero_step).
+static bool optimizer_step(Run *run, int step, double loss, const OutlierLimits *limits, float *norm_out,
+                           float *lr_out, Verdict *verdict, Error *err) {
     Model *model = run->model;
     *lr_out = lr_at_step(&run->schedule, step);
     *norm_out = NAN;
-    *applied = false;
-    if (!isfinite(loss)) return true;
+    *verdict = !isfinite(loss) ? STEP_NON_FINITE : loss > limits->loss.limit ? STEP_LOSS_OUTLIER : STEP_APPLIED;
+    if (*verdict != STEP_APPLIED) return true;
+    zero_set_norm_limit(run->zero, (float)limits->norm.limit);
     if (!zero_step(run->zero, model_param_data(model), model_grad_data(model), *lr_out, norm_out, err)) return false;
-    *applied = isfinite(*norm_out);
-    if (*applied) model_sync_params(model);
+    *verdict = !isfinite(*norm_out) ? STEP_NON_FINITE
+               : *norm_out > (float)limits->norm.limit ? STEP_NORM_OUTLIER : STEP_APPLIED;
+    if (*verdict == STEP_APPLIED) model_sync_params(model);
     return true;
 }
 
@@ -353,20 +414,37 @@ static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary,
     return true;
 }
 
-// A skipped non-finite step; false (after a checkpoint of the last good
-// state) when max_bad_steps came in a row.
-static bool count_bad_step(Run *run, int step, int *in_row, double loss, float norm, TrainSummary *summary,
-                           Error *err) {
+// The skip message names the rule that fired and its numbers.
+static void log_bad_step(const Run *run, int step, Verdict verdict, const OutlierLimits *limits, double loss,
+                         float norm, int in_row) {
+    if (!run->is_rank0) return;
+    printf("step %d/%d | skipped: ", step + 1, run->total_steps);
+    const Config *c = run->config;
+    if (verdict == STEP_NON_FINITE) printf("non-finite loss %g or gradient norm %g", loss, (double)norm);
+    if (verdict == STEP_LOSS_OUTLIER)
+        printf("loss %.4g is %.1f sigma above the last %d steps' mean %.4g (train.skip_loss_zscore %g)", loss,
+               (loss - limits->loss.mean) / limits->loss.sd, limits->loss.n, limits->loss.mean,
+               (double)c->train.skip_loss_zscore);
+    if (verdict == STEP_NORM_OUTLIER)
+        printf("gradient norm %.4g is %.1f sigma above the last %d steps' mean %.4g (train.skip_grad_zscore %g)",
+               (double)norm, (norm - limits->norm.mean) / limits->norm.sd, limits->norm.n, limits->norm.mean,
+               (double)c->train.skip_grad_zscore);
+    printf(" (%d in a row)\n", in_row);
+    fflush(stdout);
+}
+
+// A skipped step (non-finite or outlier); false (after a checkpoint of the
+// last good state) when max_bad_steps came in a row.
+static bool count_bad_step(Run *run, int step, Verdict verdict, const OutlierLimits *limits, int *in_row,
+                           double loss, float norm, TrainSummary *summary, Error *err) {
     run->progress.bad_steps++;
     (*in_row)++;
-    if (run->is_rank0)
-        printf("step %d/%d | skipped: non-finite loss %g or gradient norm %g (%d in a row)\n", step + 1,
-               run->total_steps, loss, (double)norm, *in_row);
+    log_bad_step(run, step, verdict, limits, loss, norm, *in_row);
     if (*in_row < run->config->train.max_bad_steps) return true;
     if (!settle_optimizer(run, err)) return false;
     if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
-    return fail(err, "step %d: %d non-finite steps in a row (train.max_bad_steps); the last good state is in %s",
-                step + 1, *in_row, summary->checkpoint_dir);
+    return fail(err, "step %d: %d bad steps in a row (non-finite or outliers; train.max_bad_steps); the last good "
+                     "state is in %s", step + 1, *in_row, summary->checkpoint_dir);
 }
 
 static void record_step(Run *run, int step, double loss) {
@@ -381,9 +459,42 @@ static bool stop_requested(const Run *run, int step) {
            (run->control->stop_after_steps > 0 && step == run->control->stop_after_steps);
 }
 
+// Timing of the log lines: the loop's start and the tokens trained since.
+typedef struct Throughput {
+    double start, tokens;
+} Throughput;
+
+// The optimizer step (or its skip, counted) of a step with label tokens, the outlier window and the log line.
+static bool update_and_log(Run *run, int step, const StepBatch *batch, double loss, int *bad_in_row,
+                           Throughput *throughput, TrainSummary *summary, Error *err) {
+    OutlierLimits limits = outlier_limits(run);
+    Verdict verdict;
+    float norm, lr;
+    if (!optimizer_step(run, step, loss, &limits, &norm, &lr, &verdict, err))
+        return fail_context(err, "step %d: ", step + 1);
+    if (verdict != STEP_APPLIED) return count_bad_step(run, step, verdict, &limits, bad_in_row, loss, norm, summary, err);
+    *bad_in_row = 0;
+    remember_step(run, loss, norm);
+    throughput->tokens += (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size;
+    record_step(run, step, loss);
+    if (run->is_rank0 && ((step + 1) % run->config->train.log_every == 0 || step + 1 == run->total_steps))
+        log_step(run, step + 1, loss, lr, norm, throughput->tokens, time_seconds() - throughput->start);
+    return true;
+}
+
+// After every checkpoint.every_steps-th step and the last one (so a longer
+// run can continue it), whether the step was applied or skipped.
+static bool save_if_due(Run *run, int step, TrainSummary *summary, Error *err) {
+    int every = run->config->checkpoint.every_steps;
+    if (!(every > 0 && (step + 1) % every == 0) && step + 1 != run->total_steps) return true;
+    if (!settle_optimizer(run, err)) return false;
+    if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+    if (run->is_rank0) printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
+    return true;
+}
+
 static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *err) {
-    const Config *config = run->config;
-    double start = time_seconds(), tokens = 0;
+    Throughput throughput = {.start = time_seconds()};
     int bad_in_row = 0;
     for (int step = start_step; step < run->total_steps; step++) {
         if (stop_requested(run, step)) return stop_with_checkpoint(run, step, summary, err);
@@ -393,8 +504,7 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         const StepBatch *batch = run_next_batch(run, err);
         if (!batch) return fail_context(err, "step %d: ", step + 1);
         double loss;
-        float norm, lr;
-        bool skipped, interrupted, applied;
+        bool skipped, interrupted;
         if (!accumulate_global(run, batch, step, &loss, &skipped, &interrupted, err))
             return fail_context(err, "step %d: ", step + 1);
         if (interrupted) {
@@ -404,24 +514,10 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         if (skipped) {
             run->progress.skipped_steps++;
             if (run->is_rank0) printf("step %d/%d | skipped: no label tokens in this step\n", step + 1, run->total_steps);
-            continue;
+        } else if (!update_and_log(run, step, batch, loss, &bad_in_row, &throughput, summary, err)) {
+            return false;
         }
-        if (!optimizer_step(run, step, loss, &norm, &lr, &applied, err)) return fail_context(err, "step %d: ", step + 1);
-        if (!applied) {
-            if (!count_bad_step(run, step, &bad_in_row, loss, norm, summary, err)) return false;
-            continue;
-        }
-        bad_in_row = 0;
-        tokens += (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size;
-        record_step(run, step, loss);
-        if (run->is_rank0 && ((step + 1) % config->train.log_every == 0 || step + 1 == run->total_steps))
-            log_step(run, step + 1, loss, lr, norm, tokens, time_seconds() - start);
-        bool every = config->checkpoint.every_steps > 0 && (step + 1) % config->checkpoint.every_steps == 0;
-        if (every || step + 1 == run->total_steps) { // the last step too, so a longer run can continue it
-            if (!settle_optimizer(run, err)) return false;
-            if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
-            if (run->is_rank0) printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
-        }
+        if (!save_if_due(run, step, summary, err)) return false;
     }
     if (!settle_optimizer(run, err)) return false;
     return !run->is_rank0 || save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);

@@ -52,7 +52,10 @@ typedef struct Config {
         int log_every;
         bool activation_checkpointing;
         char backend[CONFIG_NAME_MAX];       // "auto" | "cpu" | "cuda"
-        int max_bad_steps;                   // non-finite steps in a row before stopping
+        int max_bad_steps;                   // skipped bad steps (non-finite, outliers) in a row before stopping
+        float skip_loss_zscore;              // skip a step whose loss is this many sigma above the window (0: off)
+        float skip_grad_zscore;              // the same for the gradient norm (0: off)
+        int skip_window;                     // accepted steps the z-scores look back on
     } train;
     struct {
         char dir[CONFIG_PATH_MAX];
@@ -98,7 +101,7 @@ char *config_to_yaml(const Config *config, Error *err);
 typedef struct TrainSummary {
     int steps;                      // optimizer steps taken
     int skipped_steps;              // steps without label tokens
-    int bad_steps;                  // steps with a non-finite loss or gradient, skipped
+    int bad_steps;                  // steps skipped for a non-finite or outlier loss or gradient norm
     bool interrupted;               // stopped early (signal or stop_after_steps) with a checkpoint
     char checkpoint_dir[CONFIG_PATH_MAX + 32]; // the newest checkpoint this run saved ("" = none)
     double first_loss, last_loss;   // mean loss per label token of the first and last step
@@ -119,6 +122,7 @@ bool train_accumulate(Model *model, struct Zero *zero, const struct StepBatch *b
 typedef struct TrainControl {
     const char *resume;          // a checkpoint folder, "latest" (newest complete in checkpoint.dir), or NULL
     bool allow_low_disk;         // train even when the run's checkpoints will not fit
+    bool allow_config_change;    // resume although keys that change the mathematics differ (they are printed)
     int stop_after_steps;        // tests: stop as SIGTERM would before this loop step (0 = never)
     int world_size;              // plan: ranks of the job (--world-size; 0 = 1)
     void (*on_step)(void *context, int step, double loss); // after every optimizer step (1-based)
