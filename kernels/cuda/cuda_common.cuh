@@ -84,11 +84,15 @@ __device__ __forceinline__ float block_sum(float x) {
     x = lane < n_warps ? partial[lane] : 0.0f;
     return warp_sum(x);
 }
+// Called at most once per kernel (cross-entropy's row max), so nothing can
+// still be reading partial when it is written: unlike block_sum, no barrier
+// first. A kernel that calls it twice must add one between the calls
+// (scripts/cuda_mutants.sh found the barrier redundant; the emulated
+// backend's tests catch a missing one, as they did for block_sum's).
 __device__ __forceinline__ float block_max(float x) {
     __shared__ float partial[32];
     int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
     x = warp_max(x);
-    __syncthreads();
     if (lane == 0) partial[warp] = x;
     __syncthreads();
     x = lane < n_warps ? partial[lane] : -INFINITY;
