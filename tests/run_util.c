@@ -1,8 +1,10 @@
 #include "run_util.h"
 
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "checkpoints/checkpoints.h"
 
@@ -71,4 +73,38 @@ double adapter_difference(const char *adapter_a, const char *adapter_b, double *
     safetensors_close(a);
     safetensors_close(b);
     return worst;
+}
+
+static void write_llava_records(const char *path, int n) {
+    static const char *const files[] = {"video-001.jpeg", "video-001.progressive.jpeg", "video-001.q50.420.jpeg",
+                                        "video-001.cmyk.jpeg"};
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "[\n");
+    for (int i = 0; i < n; i++)
+        fprintf(f,
+                "%s{\"id\": \"%d\", \"image\": \"%s\", \"conversations\": [{\"from\": \"human\", \"value\": "
+                "\"<image>\\n%s\"}, {\"from\": \"gpt\", \"value\": \"%s\"}]}\n",
+                i ? "," : "", i, files[i % 4], i % 2 ? "Which file?" : "What is it?", i % 2 ? files[i % 4] : "a frame");
+    fprintf(f, "]\n");
+    assert_int_equal(fclose(f), 0);
+}
+
+bool vlm_run_config(const char *dir, int n_records, const char *const *assignments, size_t n, Config *config) {
+    const char *fixture = shared_fixture("images/jpeg");
+    char images[PATH_MAX], path[PATH_MAX];
+    if (!fixture || !realpath(fixture, images)) return false;
+    snprintf(path, sizeof path, "%s/records.json", dir);
+    write_llava_records(path, n_records);
+    config_defaults(config);
+    config_set_or_fail(config, "model.path=%s/model", dir);
+    config_set_or_fail(config, "model.create_if_missing=%s", "tiny");
+    config_set_or_fail(config, "data.path=%s", path);
+    config_set_or_fail(config, "data.images=%s", images);
+    config_set_or_fail(config, "vision.tower=%s/tower.safetensors", dir);
+    config_set_or_fail(config, "checkpoint.dir=%s/out", dir);
+    for (size_t i = 0; i < n; i++) config_set_or_fail(config, "%s", assignments[i]);
+    Error err;
+    if (!config_validate(config, &err)) fail_msg("%s", err.message);
+    return true;
 }

@@ -25,3 +25,9 @@ void record_loss(void *context, int step, double loss);
 // Largest ||a - b|| / ||b|| (L2) over the tensors of two adapter folders'
 // adapter_model.safetensors; *max_abs: the largest |a - b| / max|b| too.
 double adapter_difference(const char *adapter_a, const char *adapter_b, double *max_abs);
+
+// n LLaVA records in dir/records.json over the shared JPEG fixtures (two
+// questions, four images), and a config training a tiny random Llama and CLIP
+// tower on them (model, tower and checkpoints under dir), then each of the
+// assignments, validated. False when ../shared/fixtures/images/jpeg is missing.
+bool vlm_run_config(const char *dir, int n_records, const char *const *assignments, size_t n, Config *config);

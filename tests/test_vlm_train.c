@@ -16,44 +16,14 @@
 
 #define TOTAL_STEPS 6 // 4 steps per epoch: the run crosses an epoch boundary
 
-// 8 LLaVA records, two questions about four JPEG fixtures.
-static void write_records(const char *path) {
-    static const char *const files[] = {"video-001.jpeg", "video-001.progressive.jpeg", "video-001.q50.420.jpeg",
-                                        "video-001.cmyk.jpeg"};
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fprintf(f, "[\n");
-    for (int i = 0; i < 8; i++)
-        fprintf(f,
-                "%s{\"id\": \"%d\", \"image\": \"%s\", \"conversations\": [{\"from\": \"human\", \"value\": "
-                "\"<image>\\n%s\"}, {\"from\": \"gpt\", \"value\": \"%s\"}]}\n",
-                i ? "," : "", i, files[i % 4], i % 2 ? "Which file?" : "What is it?", i % 2 ? files[i % 4] : "a frame");
-    fprintf(f, "]\n");
-    assert_int_equal(fclose(f), 0);
-}
-
-// The run's config in dir; false when the shared image fixtures are absent.
+// 8 LLaVA records, two questions about four JPEG fixtures; false when the
+// shared image fixtures are absent.
 static bool vlm_config(const char *dir, Config *config) {
-    const char *fixture = shared_fixture("images/jpeg");
-    char images[PATH_MAX], path[PATH_MAX];
-    if (!fixture || !realpath(fixture, images)) return false;
-    snprintf(path, sizeof path, "%s/records.json", dir);
-    write_records(path);
-    config_defaults(config);
-    config_set_or_fail(config, "model.path=%s/model", dir);
-    config_set_or_fail(config, "model.create_if_missing=%s", "tiny");
-    config_set_or_fail(config, "data.path=%s/records.json", dir);
-    config_set_or_fail(config, "data.images=%s", images);
-    config_set_or_fail(config, "vision.tower=%s/tower.safetensors", dir);
-    config_set_or_fail(config, "checkpoint.dir=%s/out", dir);
     const char *recipe[] = {"vision.tower_preset=tiny", "data.image_tokens=16", "data.max_seq_len=64",
                             "data.shuffle=true", "lora.target=all", "lora.dropout=0.1", "train.micro_batch=2",
                             "train.max_steps=6", "train.lr=3e-3", "train.warmup=1", "train.log_every=100",
                             "checkpoint.every_steps=2", "train.backend=cpu"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(config, "%s", recipe[i]);
-    Error err;
-    if (!config_validate(config, &err)) fail_msg("%s", err.message);
-    return true;
+    return vlm_run_config(dir, 8, recipe, sizeof recipe / sizeof recipe[0], config);
 }
 
 static void run(const Config *config, const TrainControl *control, TrainSummary *summary) {

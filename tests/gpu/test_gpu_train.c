@@ -121,36 +121,13 @@ static void test_nf4_follows_cpu(void **state) { expect_cuda_follows_cpu("gpu-nf
 
 // 4 LLaVA records over the shared JPEG fixtures, a tiny random CLIP tower.
 static bool vlm_config(const char *dir, const char *backend, Config *config) {
-    const char *fixture = shared_fixture("images/jpeg");
-    char images[PATH_MAX], path[PATH_MAX];
-    if (!fixture || !realpath(fixture, images)) return false;
-    snprintf(path, sizeof path, "%s/records.json", dir);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    static const char *const files[] = {"video-001.jpeg", "video-001.progressive.jpeg"};
-    fprintf(f, "[\n");
-    for (int i = 0; i < 4; i++)
-        fprintf(f,
-                "%s{\"id\": \"%d\", \"image\": \"%s\", \"conversations\": [{\"from\": \"human\", \"value\": "
-                "\"<image>\\nWhich file?\"}, {\"from\": \"gpt\", \"value\": \"%s\"}]}\n",
-                i ? "," : "", i, files[i % 2], files[i % 2]);
-    fprintf(f, "]\n");
-    assert_int_equal(fclose(f), 0);
-    config_defaults(config);
-    config_set_or_fail(config, "model.path=%s/model", dir);
-    config_set_or_fail(config, "model.create_if_missing=%s", "tiny");
-    config_set_or_fail(config, "data.path=%s/records.json", dir);
-    config_set_or_fail(config, "data.images=%s", images);
-    config_set_or_fail(config, "vision.tower=%s/tower.safetensors", dir);
-    config_set_or_fail(config, "checkpoint.dir=%s/out", dir);
-    config_set_or_fail(config, "train.backend=%s", backend);
+    char backend_key[64];
+    snprintf(backend_key, sizeof backend_key, "train.backend=%s", backend);
     const char *recipe[] = {"vision.tower_preset=tiny", "data.image_tokens=16", "data.max_seq_len=48",
                             "lora.target=all", "lora.dropout=0.1", "train.micro_batch=2", "train.max_steps=4",
-                            "train.lr=3e-3", "train.warmup=0", "train.log_every=1", "checkpoint.every_steps=100"};
-    for (size_t i = 0; i < sizeof recipe / sizeof recipe[0]; i++) config_set_or_fail(config, "%s", recipe[i]);
-    Error err;
-    if (!config_validate(config, &err)) fail_msg("%s", err.message);
-    return true;
+                            "train.lr=3e-3", "train.warmup=0", "train.log_every=1", "checkpoint.every_steps=100",
+                            backend_key};
+    return vlm_run_config(dir, 4, recipe, sizeof recipe / sizeof recipe[0], config);
 }
 
 static void test_image_text_follows_cpu(void **state) {
