@@ -2,7 +2,8 @@
 // The C part (types and host functions) serves C and C++; the device part
 // (kernel launches, threadIdx, __syncthreads, warp intrinsics, atomics) is
 // C++ only and lives in emu_device.h. Semantics follow NVIDIA's CUDA Runtime
-// API reference; what is not implemented is refused with an error.
+// API reference; only the calls the project makes are declared here, so
+// another one fails to compile rather than misbehave.
 #pragma once
 #include <stddef.h>
 #include <stdint.h>
