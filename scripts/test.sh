@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The README's second command: install, build, and run the whole test suite;
 # then the GPU tests (tests/gpu) again on the emulated CUDA backend
-# (tools/cuda_emu, build-emu/), which runs them without a GPU.
+# (tools/cuda_emu, build-emu/), which runs them without a GPU. The tests that
+# compare with PyTorch / PEFT / transformers run in .venv (scripts/python_env.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+source scripts/python_env.sh
 
 # cmocka prints each case skipped for a missing fixture or device; list them all.
 list_skipped() {
