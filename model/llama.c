@@ -58,7 +58,7 @@ struct Model {
 
     // trainable parameters: fp32 masters, gradients, compute copy
     ParamTable params;
-    float *param_data, *grad_data;
+    float *param_data, *grad_data;  // flat_capacity floats: params.total, then zeros up to ZeRO's equal shards
     void *param_act;
     LoraSlot *slots;          // (L, LORA_TARGET_COUNT), A == NULL where not targeted
     Projector projector;      // w1 == NULL without one
@@ -279,6 +279,14 @@ const ParamEntry *param_table_find(const ParamTable *table, const char *name) {
     return NULL;
 }
 
+// The flat buffers' floats: params.total rounded up to a multiple of
+// options.flat_shards, so that ZeRO's shards are equal (ncclReduceScatter,
+// ncclAllGather); the padding stays zero.
+static size_t flat_capacity(const Model *m) {
+    size_t shards = m->options.flat_shards > 1 ? (size_t)m->options.flat_shards : 1;
+    return (m->params.total + shards - 1) / shards * shards;
+}
+
 // PEFT's init: A kaiming_uniform_(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)),
 // or `gaussian` N(0, (1/r)^2); B = 0.
 bool model_init_lora(Model *m, uint64_t seed, Error *err) {
@@ -306,7 +314,7 @@ bool model_init_lora(Model *m, uint64_t seed, Error *err) {
 
 void model_sync_params(Model *m) { m->ops->params_to_act(m->param_act, m->param_data, m->params.total); }
 
-void model_zero_grads(Model *m) { m->ops->zero(m->grad_data, m->params.total * sizeof(float)); }
+void model_zero_grads(Model *m) { m->ops->zero(m->grad_data, flat_capacity(m) * sizeof(float)); }
 
 // ----------------------------------------------------------------------------
 // creation
@@ -362,11 +370,12 @@ static size_t backend_scratch_bytes(const Model *m) {
 
 static bool allocate(Model *m, Error *err) {
     const Ops *ops = m->ops;
-    size_t n = m->params.total;
-    m->param_data = ops->alloc(n * sizeof(float), err);
-    m->grad_data = m->param_data ? ops->alloc(n * sizeof(float), err) : NULL;
+    size_t n = m->params.total, capacity = flat_capacity(m);
+    m->param_data = ops->alloc(capacity * sizeof(float), err);
+    m->grad_data = m->param_data ? ops->alloc(capacity * sizeof(float), err) : NULL;
     m->param_act = m->grad_data ? ops->alloc(n * m->act_size, err) : NULL;
     if (!m->param_act) return fail_context(err, "trainable parameters: ");
+    if (capacity > n) ops->zero(m->param_data + n, (capacity - n) * sizeof(float));
     if (m->options.trainable_only) return true;
 
     if (m->options.nf4 && !allocate_nf4(m, err)) return false;
@@ -420,8 +429,9 @@ bool model_plan(const ModelOptions *options, ModelPlan *plan, Error *err) {
     Model *m = model_shell(options, err);
     if (!m) return false;
     size_t n = m->params.total;
+    size_t capacity = flat_capacity(m);
     *plan = (ModelPlan){.frozen_bytes = layout_frozen(m, NULL), .n_params = n,
-                        .param_bytes = n * sizeof(float) + n * m->act_size, .grad_bytes = n * sizeof(float),
+                        .param_bytes = capacity * sizeof(float) + n * m->act_size, .grad_bytes = capacity * sizeof(float),
                         .activation_bytes = layout_activations(m, NULL), .scratch_bytes = backend_scratch_bytes(m)};
     if (options->nf4) {
         plan->nf4_bytes = nf4_resident_bytes(m);

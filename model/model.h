@@ -108,6 +108,8 @@ typedef struct ModelOptions {
     int projector_in;         // vision feature width (0 = text only)
     int image_token_id;
     int max_image_rows;       // image feature rows (images x patches) per micro-batch
+    int flat_shards;          // the flat parameter and gradient buffers are padded (with zeros) to a
+                              // multiple of it: ZeRO's equal shards over the ranks (0 or 1: no padding)
     bool trainable_only;      // the trainable parameters alone, no frozen weights or activations
                               // (lora-train plan: a checkpoint's exact size without the base model)
 } ModelOptions;
@@ -124,8 +126,8 @@ typedef struct ModelPlan {
     size_t nf4_bytes;         // NF4 linears: packed codes, absmax and maps
     size_t nf4_scratch_bytes; // the largest linear dequantized (act_dtype) and its fp32 absmax
     size_t n_params;          // trainable fp32 elements
-    size_t param_bytes;       // fp32 masters + act_dtype compute copy
-    size_t grad_bytes;        // fp32 gradients
+    size_t param_bytes;       // fp32 masters (with flat_shards' padding) + act_dtype compute copy
+    size_t grad_bytes;        // fp32 gradients (with the padding)
     size_t activation_bytes;  // the arena for (max_batch, max_seq_len), per activation_checkpointing
     size_t scratch_bytes;     // backend scratch reserved for the step's ops (Ops.reserve_scratch)
 } ModelPlan;
@@ -135,7 +137,7 @@ const LlamaConfig *model_config(const Model *model);
 const LoraConfig *model_lora(const Model *model);
 const Ops *model_ops(const Model *model);
 const ParamTable *model_params(const Model *model);
-float *model_param_data(Model *model);   // fp32 masters (backend memory), ParamTable layout
+float *model_param_data(Model *model);   // fp32 masters (backend memory), ParamTable layout, then flat_shards' padding
 float *model_grad_data(Model *model);    // fp32 gradients, same layout
 size_t model_activation_bytes(const Model *model);
 

@@ -38,6 +38,11 @@ bool rank_info_from_env(RankInfo *info, Error *err);
 // world_size shards of ceil(n / world_size) (the last ones shorter, possibly
 // empty: the padding is virtual): [*begin, *end).
 void dist_shard_range(size_t n, int world_size, int rank, size_t *begin, size_t *end);
+// n rounded up to a multiple of world_size: world_size equal shards of
+// ceil(n / world_size), dist_shard_range's with the padding made real. The
+// flat buffers given to reduce_scatter_sum and all_gather have this many
+// elements, as ncclReduceScatter and ncclAllGather need equal blocks.
+size_t dist_padded_size(size_t n, int world_size);
 // The part of [begin, end) inside rank r's shard of n: [*owned_begin,
 // *owned_end), empty (both equal) when they do not meet.
 void dist_owned_range(size_t n, int world_size, int rank, size_t begin, size_t end, size_t *owned_begin,
@@ -73,12 +78,17 @@ struct Collectives {
     void *state;
     // x (n) = sum over ranks of x; dtype DTYPE_F32 or DTYPE_F64.
     bool (*all_reduce_sum)(Collectives *c, void *x, size_t n, DType dtype, Error *err);
-    // In place on a flat fp32 buffer x (n): afterwards this rank's shard
-    // (dist_shard_range) holds the sum over ranks; the rest is unspecified.
+    // In place on a flat fp32 buffer x of n elements and room for
+    // dist_padded_size(n) (the padding is scratch: finite in, unspecified
+    // out): afterwards this rank's shard (dist_shard_range) holds the sum over
+    // ranks; the rest is unspecified. NCCL: one ncclReduceScatter.
     bool (*reduce_scatter_sum)(Collectives *c, float *x, size_t n, Error *err);
     // The same for the elements [begin, end) of x (n) only: each one's sum
     // over ranks lands on the rank whose shard of n holds it; the rest of
-    // [begin, end) is unspecified, elements outside it are untouched.
+    // [begin, end) is unspecified, elements outside it are untouched. A
+    // bucket of the backward: NCCL reduces each owner's piece to its owner
+    // (grouped ncclReduce calls, as DeepSpeed's ZeRO-2 reduces a bucket per
+    // partition), so no padding is needed.
     bool (*reduce_scatter_range_sum)(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err);
     // reduce_scatter_range_sum started in the background (the CPU: queued to
     // a communication thread that owns the sockets until the queue drains;
@@ -96,7 +106,8 @@ struct Collectives {
     // another stream to wait on (NCCL); NULL where a started reduction's
     // result may be read once reductions_finished counts it (the CPU, single).
     bool (*reductions_event)(Collectives *c, void **event, Error *err);
-    // In place on x (n): every rank's shard is copied to all ranks.
+    // In place on x (n, room for dist_padded_size(n) as reduce_scatter_sum):
+    // every rank's shard is copied to all ranks. NCCL: one ncclAllGather.
     bool (*all_gather)(Collectives *c, float *x, size_t n, Error *err);
     // bytes of x on root copied to every rank.
     bool (*broadcast)(Collectives *c, void *x, size_t bytes, int root, Error *err);
@@ -132,6 +143,8 @@ typedef struct Zero Zero;
 // params (n_params, backend memory) are the current parameters, the same on
 // every rank; the optimizer state covers this rank's shard (stage 2) or all.
 // grads (n_params, backend memory) is the buffer the backward adds into.
+// Both have room for dist_padded_size(n_params, world_size) floats, the
+// padding zeros (ModelOptions.flat_shards), for the collectives' equal shards.
 Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, float *grads, size_t n_params,
                   const ZeroOptions *options, Error *err);
 void zero_destroy(Zero *zero);

@@ -69,6 +69,11 @@ void dist_shard_range(size_t n, int world_size, int rank, size_t *begin, size_t 
     *end = e < n ? e : n;
 }
 
+size_t dist_padded_size(size_t n, int world_size) {
+    size_t shard = (n + (size_t)world_size - 1) / (size_t)world_size;
+    return shard * (size_t)world_size;
+}
+
 void dist_owned_range(size_t n, int world_size, int rank, size_t begin, size_t end, size_t *owned_begin,
                       size_t *owned_end) {
     size_t shard_begin, shard_end;

@@ -242,6 +242,36 @@ static void test_cpu_memory_matches_measured_peak(void **state) {
     check_memory("small", 1, 32, false, true);
 }
 
+// ZeRO's equal shards: with flat_shards the parameter and gradient buffers
+// grow to the next multiple of it, plan counts the padding, and it is zeros.
+static void test_flat_buffers_padded_for_equal_shards(void **state) {
+    (void)state;
+    ModelOptions options = counted_model_options("small", 1, 16);
+    Error err;
+    size_t resident[2], planned[2], n = 0;
+    const int shards[2] = {1, 7};
+    for (int k = 0; k < 2; k++) {
+        options.flat_shards = shards[k];
+        ModelPlan plan;
+        assert_true(model_plan(&options, &plan, &err));
+        planned[k] = plan.param_bytes + plan.grad_bytes;
+        live_bytes = peak_bytes = 0;
+        Model *model = model_create(&options, &err);
+        if (!model) fail_msg("model_create: %s", err.message);
+        resident[k] = live_bytes;
+        n = model_params(model)->total;
+        size_t padded = (n + 6) / 7 * 7;
+        for (size_t i = n; k == 1 && i < padded; i++)
+            assert_true(model_param_data(model)[i] == 0.0f && model_grad_data(model)[i] == 0.0f);
+        model_destroy(model);
+    }
+    size_t padding_bytes = 2 * ((n + 6) / 7 * 7 - n) * sizeof(float);
+    print_message("%zu parameters over 7 shards: %zu bytes of padding in the two flat buffers\n", n, padding_bytes);
+    assert_true(padding_bytes > 0);
+    assert_int_equal(planned[1] - planned[0], padding_bytes);
+    assert_int_equal(resident[1] - resident[0], padding_bytes);
+}
+
 // The backend bytes that stay allocated once the model (with LoRA on every
 // linear), its optimizer and, with `clip`, the tower and its feature buffer
 // exist, counted on the CPU backend.
@@ -369,6 +399,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_checkpoint_size_matches_written),
         cmocka_unit_test(test_cpu_memory_matches_measured_peak),
+        cmocka_unit_test(test_flat_buffers_padded_for_equal_shards),
         cmocka_unit_test(test_vlm_plan_adds_tower_and_projector),
         cmocka_unit_test(test_llama3_8b_plan),
         cmocka_unit_test(test_step_loop_allocates_nothing),

@@ -137,6 +137,7 @@ bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err) {
     Ops planning_ops = *ops_cpu();
     planning_ops.act_dtype = plan->gpu ? DTYPE_BF16 : DTYPE_F32;
     ModelOptions options = train_model_options(config, &planning_ops, &llama);
+    options.flat_shards = plan->world_size;
     if (!plan_vision(config, &options, plan, err) || !plan_memory(config, &options, plan, err))
         return fail_context(err, "plan: ");
     if (!plan_total_steps(config, plan->world_size, &plan->total_steps, err) ||

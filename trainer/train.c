@@ -53,6 +53,7 @@ ModelOptions train_model_options(const Config *config, const Ops *ops, const Lla
 // With a vision tower the model also holds the projector.
 static Model *create_model(Run *run, const Config *config, const LlamaConfig *llama, Error *err) {
     ModelOptions options = train_model_options(config, run->ops, llama);
+    options.flat_shards = run->dist.info.world_size;
     return vlm_model_options(run, llama, &options, err) ? model_create(&options, err) : NULL;
 }
 

@@ -130,8 +130,9 @@ static bool nccl_all_reduce(Collectives *c, void *x, size_t n, DType dtype, Erro
     return finish(c, "all_reduce", err);
 }
 
-// Uneven shards (the padding is virtual): one grouped reduce per owner of a
-// piece of x[begin, end), enqueued on the communication stream.
+// A bucket: one grouped reduce per owner of a piece of x[begin, end)
+// (DeepSpeed's per-partition reduction of a ZeRO-2 bucket), enqueued on the
+// communication stream; the range need not be padded.
 static bool enqueue_reduce_scatter_range(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err) {
     if (begin > end || end > n)
         return fail(err, "reduce_scatter_range_sum: [%zu, %zu) is not inside a buffer of %zu", begin, end, n);
@@ -153,8 +154,15 @@ static bool nccl_reduce_scatter_range(Collectives *c, float *x, size_t n, size_t
     return finish(c, "reduce_scatter", err);
 }
 
+// Equal shards of the padded buffer: rank r's block [r S, (r + 1) S) of x
+// reduced in place into the same block (NCCL's in-place form: recvbuff =
+// sendbuff + rank * recvcount).
 static bool nccl_reduce_scatter(Collectives *c, float *x, size_t n, Error *err) {
-    return nccl_reduce_scatter_range(c, x, n, 0, n, err);
+    size_t shard = dist_padded_size(n, c->world_size) / (size_t)c->world_size;
+    if (!begin_collective(c, "reduce_scatter", err)) return false;
+    NCCL_TRY(ncclReduceScatter(x, x + (size_t)c->rank * shard, shard, ncclFloat32, ncclSum, state_of(c)->comm,
+                               state_of(c)->stream), "reduce_scatter");
+    return finish(c, "reduce_scatter", err);
 }
 
 // The communication stream waits for the compute issued so far, then reduces;
@@ -185,16 +193,12 @@ static bool nccl_reductions_event(Collectives *c, void **event, Error *err) {
     return true;
 }
 
+// In place on the padded buffer: sendbuff = recvbuff + rank * sendcount.
 static bool nccl_all_gather(Collectives *c, float *x, size_t n, Error *err) {
+    size_t shard = dist_padded_size(n, c->world_size) / (size_t)c->world_size;
     if (!begin_collective(c, "all_gather", err)) return false;
-    NCCL_TRY(ncclGroupStart(), "group start");
-    for (int r = 0; r < c->world_size; r++) {
-        size_t begin, end;
-        dist_shard_range(n, c->world_size, r, &begin, &end);
-        NCCL_TRY(ncclBroadcast(x + begin, x + begin, end - begin, ncclFloat32, r, state_of(c)->comm,
-                               state_of(c)->stream), "all_gather");
-    }
-    NCCL_TRY(ncclGroupEnd(), "group end");
+    NCCL_TRY(ncclAllGather(x + (size_t)c->rank * shard, x, shard, ncclFloat32, state_of(c)->comm, state_of(c)->stream),
+             "all_gather");
     return finish(c, "all_gather", err);
 }
 

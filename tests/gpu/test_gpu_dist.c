@@ -10,11 +10,21 @@
 // copied to the host on the copy stream during the stand-in backward (after
 // the compute stream with one rank, after NCCL's event on a communicator)
 // the same bits as the shard downloaded at the step.
+// Two ranks (this program started twice with RANK 0 and 1, each its own
+// process and communicator, as lora-launch starts them): every collective on
+// an odd-sized buffer (equal padded shards) gives the exact sums; ZeRO-2 over
+// the two, plain, bucketed and offloaded, gives the parameters of one rank
+// stepping on the summed gradient; a peer that dies is an error, not a hang.
+// On a GPU the two ranks need two devices (LORA_TEST_TWO_GPUS=1); the
+// emulated backend always runs them.
 // Without a usable CUDA device the program prints why and exits 77 (skipped).
 #include "gpu_test_util.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "parallel/parallel.h"
 
@@ -265,13 +275,280 @@ static void test_nccl_buckets_give_the_unbucketed_parameters(void **state) {
     nccl_world_destroy(&world);
 }
 
-int main(void) {
+// ----------------------------------------------------------------------------
+// two ranks, each this program in its own process: `test_gpu_dist --rank SCENARIO`
+
+#define CHECK(cond) \
+    if (!(cond)) return (fail)(err, "rank %d: check failed at line %d: %s", rank, __LINE__, #cond)
+
+// x[i] = (rank + 1) + i / 8 for i < n, zeros in the padding: exact in fp32, so sums are exact.
+static float *rank_values(size_t n, size_t padded, int rank) {
+    float *x = calloc(padded, sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = (float)(rank + 1) + (float)i / 8.0f;
+    return x;
+}
+
+static float sum_over_ranks(size_t i, int world) {
+    return (float)(world * (world + 1) / 2) + (float)world * (float)i / 8.0f;
+}
+
+// x[begin, end)'s part in this rank's shard holds factor * the sum over
+// ranks, the rest of x outside [begin, end) factor * this rank's own values.
+static bool check_range(const float *x, size_t begin, size_t end, float factor, int rank, int world, Error *err) {
+    size_t owned_begin, owned_end;
+    dist_owned_range(N, world, rank, begin, end, &owned_begin, &owned_end);
+    for (size_t i = owned_begin; i < owned_end; i++) CHECK(x[i] == factor * sum_over_ranks(i, world));
+    for (size_t i = 0; i < N; i++)
+        if (i < begin || i >= end) CHECK(x[i] == factor * ((float)(rank + 1) + (float)i / 8.0f));
+    return true;
+}
+
+// x (device, padded) refilled with this rank's values.
+static void refill(float *x, size_t padded, int rank) {
+    float *values = rank_values(N, padded, rank);
+    gpu->upload(x, values, padded * sizeof(float));
+    free(values);
+}
+
+static bool two_rank_collectives(Collectives *c, Error *err) {
+    int rank = c->rank, world = c->world_size;
+    size_t padded = dist_padded_size(N, world);
+    float *x = gpu_alloc(padded * sizeof(float)), *back = host_alloc(padded);
+    refill(x, padded, rank);
+    if (!c->all_reduce_sum(c, x, N, DTYPE_F32, err)) return false;
+    gpu->download(back, x, N * sizeof(float));
+    for (size_t i = 0; i < N; i++) CHECK(back[i] == sum_over_ranks(i, world));
+
+    refill(x, padded, rank);
+    if (!c->reduce_scatter_sum(c, x, N, err)) return false;
+    gpu->download(back, x, padded * sizeof(float));
+    size_t begin, end;
+    dist_shard_range(N, world, rank, &begin, &end);
+    for (size_t i = begin; i < end; i++) CHECK(back[i] == sum_over_ranks(i, world));
+
+    for (size_t i = 0; i < padded; i++) back[i] = i >= begin && i < end ? (float)i : -1.0f;
+    gpu->upload(x, back, padded * sizeof(float));
+    if (!c->all_gather(c, x, N, err)) return false;
+    gpu->download(back, x, N * sizeof(float));
+    for (size_t i = 0; i < N; i++) CHECK(back[i] == (float)i);
+
+    // Buckets: blocking, one at a time, across the shard boundary and empty.
+    static const size_t ranges[][2] = {{0, N}, {1, N - 1}, {N / 2 - 3, N / 2 + 7}, {7, 7}, {N - 10, N}};
+    for (size_t k = 0; k < sizeof ranges / sizeof ranges[0]; k++) {
+        refill(x, padded, rank);
+        if (!c->reduce_scatter_range_sum(c, x, N, ranges[k][0], ranges[k][1], err)) return false;
+        gpu->download(back, x, N * sizeof(float));
+        if (!check_range(back, ranges[k][0], ranges[k][1], 1.0f, rank, world, err)) return false;
+    }
+    // ... and disjoint ones all in flight together, behind a kernel on the compute stream.
+    static const size_t cuts[] = {0, 3000, N / 2 - 2, N / 2 + 9, N};
+    refill(x, padded, rank);
+    gpu->scale_f32(x, 2.0f, N);
+    for (size_t k = 0; k + 1 < sizeof cuts / sizeof cuts[0]; k++)
+        if (!c->reduce_scatter_range_start(c, x, N, cuts[k], cuts[k + 1], err)) return false;
+    if (!c->wait(c, err)) return false;
+    gpu->download(back, x, N * sizeof(float));
+    if (!check_range(back, 0, N, 2.0f, rank, world, err)) return false;
+
+    double d[2] = {rank + 0.25, 1e12}, *dev = gpu_copy(d, sizeof d);
+    if (!c->all_reduce_sum(c, dev, 2, DTYPE_F64, err)) return false;
+    gpu->download(d, dev, sizeof d);
+    CHECK(d[0] == 1.0 + 0.5 && d[1] == 2e12);
+
+    char text[32] = "", expect[32] = "from rank 1";
+    if (rank == 1) snprintf(text, sizeof text, "%s", expect);
+    void *bytes = gpu_copy(text, sizeof text);
+    if (!c->broadcast(c, bytes, sizeof text, 1, err)) return false;
+    gpu->download(text, bytes, sizeof text);
+    CHECK(strcmp(text, expect) == 0);
+    gpu->free(bytes), gpu->free(dev), gpu->free(x), free(back);
+    return c->barrier(c, err);
+}
+
+// Rank r's gradient of a step: its own draw, so the two ranks differ.
+static void rank_gradient(float *g, int step, int rank) {
+    Rng rng;
+    rng_seed(&rng, 1000 + 10 * (uint64_t)step + (uint64_t)rank);
+    fill_uniform(g, N, -0.005f, 0.005f, &rng);
+}
+
+typedef struct ZeroCase {
+    const char *name;
+    bool offload, overlap;
+    float max_grad_norm;
+    double tolerance;  // of the parameters against one rank on the summed gradient
+} ZeroCase;
+
+// ZeRO-2 over the two ranks against ZeRO on one (collectives_single) stepping
+// on the sum of both ranks' gradients (a + b: NCCL's sum of two, the same
+// rounding). Without clipping the device AdamW sees the same numbers: the
+// same bits; clipping takes the norm from the shards' sums (another order):
+// within fp32 rounding; the CPU AdamW of the offload within 1e-5.
+static bool two_rank_zero_case(Collectives *c, const ZeroCase *zc, Error *err) {
+    int rank = c->rank;
+    Collectives *single = collectives_single(err);
+    if (!single) return false;
+    size_t padded = dist_padded_size(N, c->world_size);
+    float *initial = host_alloc(padded), *mine = host_alloc(padded), *other = host_alloc(padded), *sum = host_alloc(N);
+    Rng rng;
+    rng_seed(&rng, 77);
+    memset(initial, 0, padded * sizeof(float));
+    fill_uniform(initial, N, -0.5f, 0.5f, &rng);
+    ZeroOptions options = {.stage = 2, .offload_cpu = zc->offload, .overlap_comm = zc->overlap,
+                           .bucket_elements = 2 * LAYER, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                           .weight_decay = 0.01f, .max_grad_norm = zc->max_grad_norm};
+    ZeroOptions one_rank = options;
+    one_rank.offload_cpu = false, one_rank.overlap_comm = false;
+    ZeroRun ranks = {.params = gpu_copy(initial, padded * sizeof(float)), .grads = gpu_alloc(padded * sizeof(float))};
+    ZeroRun reference = {.params = gpu_copy(initial, N * sizeof(float)), .grads = gpu_alloc(N * sizeof(float))};
+    gpu->zero(ranks.grads, padded * sizeof(float));
+    ranks.zero = zero_create(gpu, c, ranks.params, ranks.grads, N, &options, err);
+    reference.zero = ranks.zero ? zero_create(gpu, single, reference.params, reference.grads, N, &one_rank, err) : NULL;
+    bool ok = reference.zero != NULL;
+    for (int step = 0; ok && step < STEPS; step++) {
+        rank_gradient(mine, step, rank);
+        rank_gradient(other, step, 1 - rank);
+        for (size_t i = 0; i < N; i++) sum[i] = mine[i] + other[i];
+        for (size_t i = 0; i < N; i++) mine[i] *= 2; // the stand-in backward halves it exactly
+        if (zc->overlap) zero_run_bucketed_step(&ranks, mine, 1e-2f);
+        else {
+            for (size_t i = 0; i < N; i++) mine[i] *= 0.5f;
+            zero_run_step(&ranks, mine, 1e-2f);
+        }
+        zero_run_step(&reference, sum, 1e-2f);
+    }
+    double error = ok ? params_difference(ranks.params, reference.params) : 0;
+    print_message("rank %d: %s: parameters after %d steps against one rank on the summed gradient: max relative "
+                  "error %.3g (bound %.3g)\n", rank, zc->name, STEPS, error, zc->tolerance);
+    ok = ok && (error <= zc->tolerance ||
+                (fail)(err, "rank %d: %s: parameters differ from one rank's by %.3g", rank, zc->name, error));
+    if (ranks.zero) zero_run_destroy(&ranks);
+    else gpu->free(ranks.params), gpu->free(ranks.grads);
+    if (reference.zero) zero_run_destroy(&reference);
+    else gpu->free(reference.params), gpu->free(reference.grads);
+    free(initial), free(mine), free(other), free(sum);
+    collectives_destroy(single);
+    return ok;
+}
+
+static bool two_rank_zero(Collectives *c, Error *err) {
+    static const ZeroCase cases[] = {
+        {"ZeRO-2, one reduce-scatter per step", false, false, 0, 0},
+        {"ZeRO-2, buckets during the backward", false, true, 1.0f, 0},
+        {"ZeRO-2, clipped", false, false, 0.1f, 1e-6},
+        {"ZeRO-2 --offload cpu, buckets copied to the host", true, true, 1.0f, F32_TOL},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++)
+        if (!two_rank_zero_case(c, &cases[k], err)) return false;
+    return true;
+}
+
+// Rank 1 leaves right after joining; rank 0's next collective must fail
+// within the timeout, naming what it waited for, and not hang.
+static bool two_rank_dead_peer(Collectives *c, Error *err) {
+    int rank = c->rank;
+    if (rank == 1) _exit(0);
+    float *x = gpu_alloc(N * sizeof(float));
+    gpu->zero(x, N * sizeof(float));
+    double start = time_seconds();
+    bool reduced = c->all_reduce_sum(c, x, N, DTYPE_F32, err);
+    double waited = time_seconds() - start;
+    printf("rank 0, peer gone: all_reduce %s after %.1f s: %s\n", reduced ? "returned" : "failed", waited,
+           reduced ? "" : err->message);
+    gpu->free(x);
+    CHECK(!reduced && waited < 30);
+    return true;
+}
+
+typedef bool (*RankScenario)(Collectives *c, Error *err);
+
+static RankScenario scenario_named(const char *name) {
+    if (strcmp(name, "collectives") == 0) return two_rank_collectives;
+    if (strcmp(name, "zero") == 0) return two_rank_zero;
+    if (strcmp(name, "dead-peer") == 0) return two_rank_dead_peer;
+    return NULL;
+}
+
+// The body of one rank process: joins the job the environment describes
+// (RANK, WORLD_SIZE, MASTER_PORT, ...) and runs the scenario.
+static int run_rank(const char *scenario_name) {
+    RankScenario scenario = scenario_named(scenario_name);
+    Error err = {0};
+    RankInfo info;
+    if (!scenario || !gpu_tests_init("NCCL, two ranks") || !rank_info_from_env(&info, &err)) {
+        fprintf(stderr, "rank: cannot run scenario %s: %s\n", scenario_name, err.message);
+        return 1;
+    }
+    double timeout_s = strcmp(scenario_name, "dead-peer") == 0 ? 10 : 60;
+    Store *store = store_create(&info, timeout_s, &err);
+    Collectives *nccl = store ? collectives_nccl(store, &info, timeout_s, &err) : NULL;
+    bool ok = nccl && scenario(nccl, &err);
+    if (!ok) fprintf(stderr, "rank %d, %s: %s\n", info.rank, scenario_name, err.message);
+    if (nccl) collectives_destroy(nccl);
+    if (store) store_destroy(store);
+    return ok ? 0 : 1;
+}
+
+// Starts this program twice as ranks 0 and 1 of a job on a free port and
+// returns how many of them failed.
+static int run_two_ranks(const char *scenario) {
+    int port = free_tcp_port(), failed = 0;
+    pid_t pids[2];
+    for (int r = 0; r < 2; r++) {
+        pids[r] = fork();
+        assert_true(pids[r] >= 0);
+        if (pids[r] > 0) continue;
+        char rank[8], port_text[16];
+        snprintf(rank, sizeof rank, "%d", r), snprintf(port_text, sizeof port_text, "%d", port);
+        setenv("RANK", rank, 1), setenv("LOCAL_RANK", rank, 1), setenv("WORLD_SIZE", "2", 1);
+        setenv("LOCAL_WORLD_SIZE", "2", 1), setenv("MASTER_ADDR", "127.0.0.1", 1), setenv("MASTER_PORT", port_text, 1);
+        execl("/proc/self/exe", "test_gpu_dist", "--rank", scenario, (char *)NULL);
+        _exit(127);
+    }
+    for (int r = 0; r < 2; r++) {
+        int status;
+        assert_int_equal(waitpid(pids[r], &status, 0), pids[r]);
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) failed++;
+    }
+    return failed;
+}
+
+static bool two_devices_or_skip(void) {
+#ifndef LORA_TRAIN_CUDA_EMU
+    if (!getenv("LORA_TEST_TWO_GPUS")) {  // NCCL refuses two ranks on one device
+        print_message("two ranks need two GPUs: set LORA_TEST_TWO_GPUS=1 where there are\n");
+        return false;
+    }
+#endif
+    return true;
+}
+
+static void test_nccl_two_ranks_collectives(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("collectives"), 0);
+}
+
+static void test_nccl_two_ranks_zero_follows_one_rank(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("zero"), 0);
+}
+
+static void test_nccl_two_ranks_dead_peer_is_an_error(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("dead-peer"), 0);
+}
+
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--rank") == 0) return run_rank(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nccl_world_size_one),
         cmocka_unit_test(test_nccl_ranged_reduce_scatter),
         cmocka_unit_test(test_nccl_buckets_give_the_unbucketed_parameters),
         cmocka_unit_test(test_nccl_join_times_out_without_the_peer),
         cmocka_unit_test(test_offload_gives_the_parameters_of_no_offload),
+        cmocka_unit_test(test_nccl_two_ranks_collectives),
+        cmocka_unit_test(test_nccl_two_ranks_zero_follows_one_rank),
+        cmocka_unit_test(test_nccl_two_ranks_dead_peer_is_an_error),
     };
     if (!gpu_tests_init("NCCL and offload GPU tests")) return GPU_TESTS_SKIPPED;
     return cmocka_run_group_tests(tests, NULL, NULL);
