@@ -158,7 +158,10 @@ static void assert_resharded_resume(const char *dir, int stage, int from_nproc, 
     print_message("stage %d: %d ranks stopped at step 2, resumed on %d: relative difference to the uninterrupted run "
                   "%.3g (L2), %.3g (max |a - b| / max |b|)\n",
                   stage, from_nproc, to_nproc ? to_nproc : 1, difference, max_abs);
-    assert_true(difference < 1e-6);
+    // Other rank counts sum the micro-batches' gradients in another order: the
+    // bound of the runs against one rank above (1e-5; measured 1.4e-6, the same
+    // as 2 ranks straight through against one).
+    assert_true(difference < 1e-5);
 }
 
 // dir/name/step-NNNNNN/optimizer/rank-NNNNN.safetensors

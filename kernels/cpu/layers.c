@@ -26,9 +26,9 @@ void cpu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *we
     for (int n = 0; n < N; n++) {
         const float *x = (const float *)inp + (size_t)n * C;
         float *y = (float *)out + (size_t)n * C;
-        float sum_squares = 0.0f;
+        double sum_squares = 0.0;  // over the hidden size (4096): in double
         for (int i = 0; i < C; i++) sum_squares += x[i] * x[i];
-        float row_rstd = 1.0f / sqrtf(sum_squares / C + eps);
+        float row_rstd = 1.0f / sqrtf((float)(sum_squares / C) + eps);
         for (int i = 0; i < C; i++) y[i] = x[i] * row_rstd * w[i];
         rstd[n] = row_rstd;
     }
@@ -137,12 +137,13 @@ void cpu_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint6
 // dlogits[n] = grad_scale * (softmax_n - onehot(target_n)), zero rows where
 // the target is ignored (-100; any target outside [0, V) is never read).
 
+// The denominator sums the whole vocabulary (128k terms for Llama 3): in double.
 static float row_log_sum_exp(const float *logits, int V) {
     float max_logit = -INFINITY;
     for (int j = 0; j < V; j++) max_logit = logits[j] > max_logit ? logits[j] : max_logit;
-    float sum = 0.0f;
+    double sum = 0.0;
     for (int j = 0; j < V; j++) sum += expf(logits[j] - max_logit);
-    return max_logit + logf(sum);
+    return max_logit + (float)log(sum);
 }
 
 // dlogits may alias logits: element j is read before it is written.

@@ -1,83 +1,26 @@
-// kernels/cpu: fp32 matrix multiply, cache-blocked.
+// kernels/cpu: fp32 matrix multiply through OpenBLAS's sgemm.
 //
-// The output is cut into TILE_M x TILE_N tiles, one per OpenMP iteration.
-// For each TILE_K slice of the inner dimension, op(a) and op(b) are packed
-// into small row-major tiles (which also resolves the four transpose cases),
-// and the tile is accumulated with an axpy over contiguous rows of op(b) that
-// the compiler vectorises: acc[i, :] += op(a)[i, k] * op(b)[k, :].
+// Debian's OpenBLAS picks its kernels for the CPU at run time (DYNAMIC_ARCH),
+// so one binary is fast on every x86-64 and arm64 machine. The OpenMP build of
+// it (libopenblas-openmp-dev) shares the project's OpenMP threads: one pool,
+// OMP_NUM_THREADS for both, and an sgemm called inside a parallel region runs
+// on its caller's thread. sgemm accumulates the inner dimension in blocks, so
+// a long K (the vocabulary in the lm_head's backward) is not one running sum.
+#include <cblas.h>
+
 #include "cpu.h"
 
-#define TILE_M 32
-#define TILE_N 128
-#define TILE_K 128
+static int at_least_one(int n) { return n > 1 ? n : 1; }
 
-typedef struct Operand {
-    const float *data;
-    bool transposed; // stored (cols, rows) instead of (rows, cols)
-    int rows, cols;  // of op(x)
-} Operand;
-
-static float operand_at(const Operand *x, int row, int col) {
-    return x->transposed ? x->data[(size_t)col * x->rows + row] : x->data[(size_t)row * x->cols + col];
-}
-
-// tile (n_rows, n_cols), row stride TILE_N or TILE_K = op(x)[row0:, col0:]
-static void pack_tile(float *tile, int stride, const Operand *x, int row0, int n_rows, int col0,
-                      int n_cols) {
-    for (int r = 0; r < n_rows; r++) {
-        for (int c = 0; c < n_cols; c++) tile[r * stride + c] = operand_at(x, row0 + r, col0 + c);
-    }
-}
-
-// acc (mb, nb) += a_tile (mb, kb) @ b_tile (kb, nb)
-static void accumulate_tile(float acc[TILE_M][TILE_N], const float a_tile[TILE_M][TILE_K],
-                            const float b_tile[TILE_K][TILE_N], int mb, int nb, int kb) {
-    for (int i = 0; i < mb; i++) {
-        for (int k = 0; k < kb; k++) {
-            float a_ik = a_tile[i][k];
-            #pragma omp simd
-            for (int j = 0; j < nb; j++) acc[i][j] += a_ik * b_tile[k][j];
-        }
-    }
-}
-
-// out[i0:i0+mb, j0:j0+nb] = alpha * (op(a) @ op(b))[tile] + beta * out[tile]
-static void matmul_tile(float *out, const Operand *a, const Operand *b, int N, int i0, int j0,
-                        float alpha, float beta) {
-    float acc[TILE_M][TILE_N] = {{0}};
-    float a_tile[TILE_M][TILE_K];
-    float b_tile[TILE_K][TILE_N];
-    int K = a->cols;
-    int mb = a->rows - i0 < TILE_M ? a->rows - i0 : TILE_M;
-    int nb = N - j0 < TILE_N ? N - j0 : TILE_N;
-    for (int k0 = 0; k0 < K; k0 += TILE_K) {
-        int kb = K - k0 < TILE_K ? K - k0 : TILE_K;
-        pack_tile(&a_tile[0][0], TILE_K, a, i0, mb, k0, kb);
-        pack_tile(&b_tile[0][0], TILE_N, b, k0, kb, j0, nb);
-        accumulate_tile(acc, a_tile, b_tile, mb, nb, kb);
-    }
-    for (int i = 0; i < mb; i++) {
-        float *out_row = out + (size_t)(i0 + i) * N + j0;
-        // beta == 0 overwrites, so an uninitialised (even NaN) out is fine
-        for (int j = 0; j < nb; j++) {
-            out_row[j] = beta == 0.0f ? alpha * acc[i][j] : alpha * acc[i][j] + beta * out_row[j];
-        }
-    }
-}
-
-// out (M, N) = alpha * op(a) (M, K) @ op(b) (K, N) + beta * out
+// out (M, N) = alpha * op(a) (M, K) @ op(b) (K, N) + beta * out, all row-major;
+// a is stored (K, M) when trans_a, b (N, K) when trans_b. beta == 0 does not
+// read out (BLAS's rule), so an uninitialised (even NaN) out is fine.
 void cpu_matmul(void *out, const void *a, const void *b, int M, int N, int K, bool trans_a,
                 bool trans_b, float alpha, float beta) {
-    Operand op_a = {.data = a, .transposed = trans_a, .rows = M, .cols = K};
-    Operand op_b = {.data = b, .transposed = trans_b, .rows = K, .cols = N};
-    int m_tiles = (M + TILE_M - 1) / TILE_M;
-    int n_tiles = (N + TILE_N - 1) / TILE_N;
-    #pragma omp parallel for collapse(2) schedule(static) if ((size_t)M * N * K >= CPU_PARALLEL_MIN_WORK)
-    for (int tm = 0; tm < m_tiles; tm++) {
-        for (int tn = 0; tn < n_tiles; tn++) {
-            matmul_tile(out, &op_a, &op_b, N, tm * TILE_M, tn * TILE_N, alpha, beta);
-        }
-    }
+    if (M == 0 || N == 0) return;
+    int lda = at_least_one(trans_a ? M : K), ldb = at_least_one(trans_b ? K : N);
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, M, N, K,
+                alpha, a, lda, b, ldb, beta, out, N);
 }
 
 // dweight (N, K) += alpha * dout^T (N, M) @ inp (M, K)
