@@ -6,6 +6,8 @@
 // derives every case (tests/test_ops.c checks it on the CPU). The weight
 // gradient's D is fp32 with beta = 1: cuBLASLt reads C = D and writes
 // alpha * product + D in place (C and D share a layout, as it requires).
+#include <string.h>
+
 #include "cuda_common.cuh"
 #include "lt_layout.h"
 
@@ -22,7 +24,31 @@ typedef struct LtMatmul {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t a_layout, b_layout, d_layout;
     cublasLtMatmulPreference_t preference;
+    cublasLtMatmulAlgo_t algo;  // the heuristic's first choice
 } LtMatmul;
+
+// What a GEMM's descriptors and algorithm depend on. Built with memset so
+// that memcmp compares it (no stray padding bytes).
+typedef struct LtKey {
+    int64_t a_rows, a_cols, b_rows, b_cols, d_rows, d_cols;
+    int32_t d_type, op_a, op_b;
+    uint32_t align_a, align_b, align_d;
+} LtKey;
+
+// Made once per shape and kept for the process, as the cuBLASLt handle is:
+// creating the descriptors and asking the heuristic on every call costs more
+// host time than a small GEMM runs. A step has a few dozen shapes; past
+// LT_CACHE_SIZE the oldest is replaced (a descriptor may be destroyed once
+// cublasLtMatmul has returned).
+#define LT_CACHE_SIZE 64
+
+typedef struct LtCacheEntry {
+    LtKey key;
+    LtMatmul mm;
+} LtCacheEntry;
+
+static LtCacheEntry lt_cache[LT_CACHE_SIZE];
+static int lt_cache_used, lt_cache_next;
 
 static void lt_matmul_destroy(LtMatmul *mm) {
     if (mm->preference) cublasCheck(cublasLtMatmulPreferenceDestroy(mm->preference));
@@ -30,6 +56,63 @@ static void lt_matmul_destroy(LtMatmul *mm) {
     if (mm->b_layout) cublasCheck(cublasLtMatrixLayoutDestroy(mm->b_layout));
     if (mm->a_layout) cublasCheck(cublasLtMatrixLayoutDestroy(mm->a_layout));
     if (mm->desc) cublasCheck(cublasLtMatmulDescDestroy(mm->desc));
+    memset(mm, 0, sizeof *mm);
+}
+
+// The descriptors, layouts and algorithm for key; false (recorded) when
+// cuBLASLt refuses one or has no algorithm for the shape.
+static bool lt_matmul_create(LtMatmul *mm, const LtKey *key) {
+    cublasOperation_t op_a = (cublasOperation_t)key->op_a, op_b = (cublasOperation_t)key->op_b;
+    cudaDataType_t d_type = (cudaDataType_t)key->d_type;
+    uint64_t workspace = cuda_ctx.lt_workspace_bytes;
+    cublasLtMatmulHeuristicResult_t heuristic;
+    int n_results = 0;
+    bool ok = cublasCheck(cublasLtMatmulDescCreate(&mm->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) &&
+              cublasCheck(cublasLtMatmulDescSetAttribute(mm->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a,
+                                                         sizeof op_a)) &&
+              cublasCheck(cublasLtMatmulDescSetAttribute(mm->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
+                                                         sizeof op_b)) &&
+              cublasCheck(cublasLtMatrixLayoutCreate(&mm->a_layout, CUDA_R_16BF, key->a_rows, key->a_cols,
+                                                     key->a_rows)) &&
+              cublasCheck(cublasLtMatrixLayoutCreate(&mm->b_layout, CUDA_R_16BF, key->b_rows, key->b_cols,
+                                                     key->b_rows)) &&
+              cublasCheck(cublasLtMatrixLayoutCreate(&mm->d_layout, d_type, key->d_rows, key->d_cols, key->d_rows)) &&
+              cublasCheck(cublasLtMatmulPreferenceCreate(&mm->preference)) &&
+              cublasCheck(cublasLtMatmulPreferenceSetAttribute(
+                  mm->preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace)) &&
+              cublasCheck(cublasLtMatmulPreferenceSetAttribute(
+                  mm->preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key->align_a, sizeof key->align_a)) &&
+              cublasCheck(cublasLtMatmulPreferenceSetAttribute(
+                  mm->preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key->align_b, sizeof key->align_b)) &&
+              cublasCheck(cublasLtMatmulPreferenceSetAttribute(
+                  mm->preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key->align_d, sizeof key->align_d)) &&
+              cublasCheck(cublasLtMatmulPreferenceSetAttribute(
+                  mm->preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key->align_d, sizeof key->align_d)) &&
+              cublasCheck(cublasLtMatmulAlgoGetHeuristic(cuda_ctx.lt, mm->desc, mm->a_layout, mm->b_layout,
+                                                         mm->d_layout, mm->d_layout, mm->preference, 1,
+                                                         &heuristic, &n_results));
+    if (ok && n_results == 0) {
+        record_failure(__FILE__, __LINE__, "cublasLtMatmulAlgoGetHeuristic", "no algorithm for this shape");
+        ok = false;
+    }
+    if (ok) mm->algo = heuristic.algo;
+    else lt_matmul_destroy(mm);
+    return ok;
+}
+
+// key's cached descriptors, made on first use; NULL when they cannot be.
+static const LtMatmul *lt_matmul_for(const LtKey *key) {
+    for (int i = 0; i < lt_cache_used; i++)
+        if (memcmp(&lt_cache[i].key, key, sizeof *key) == 0) return &lt_cache[i].mm;
+    int slot = lt_cache_used;
+    if (lt_cache_used < LT_CACHE_SIZE) lt_cache_used++;
+    else slot = lt_cache_next, lt_cache_next = (lt_cache_next + 1) % LT_CACHE_SIZE;
+    LtCacheEntry *entry = &lt_cache[slot];
+    lt_matmul_destroy(&entry->mm);
+    entry->key = *key;
+    if (lt_matmul_create(&entry->mm, key)) return &entry->mm;
+    memset(&entry->key, 0, sizeof entry->key);  // never matches a real GEMM (its rows are > 0)
+    return NULL;
 }
 
 // D = alpha * op(A) @ op(B) + beta * D as `g` describes (lt_layout.h), all
@@ -37,47 +120,19 @@ static void lt_matmul_destroy(LtMatmul *mm) {
 static void lt_matmul(void *d, cudaDataType_t d_type, const LtGemm *g, const void *const inputs[2], float alpha,
                       float beta) {
     if (g->rows == 0 || g->cols == 0) return;
-    LtMatmul mm = {};
     const void *a = inputs[g->A.arg], *b = inputs[g->B.arg];
-    cublasOperation_t op_a = g->A.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
-    cublasOperation_t op_b = g->B.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
-    uint64_t workspace = cuda_ctx.lt_workspace_bytes;
-    uint32_t align_a = alignment_of(a), align_b = alignment_of(b), align_d = alignment_of(d);
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int n_results = 0;
-    bool ok = cublasCheck(cublasLtMatmulDescCreate(&mm.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F)) &&
-              cublasCheck(cublasLtMatmulDescSetAttribute(mm.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_a,
-                                                         sizeof op_a)) &&
-              cublasCheck(cublasLtMatmulDescSetAttribute(mm.desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_b,
-                                                         sizeof op_b)) &&
-              cublasCheck(cublasLtMatrixLayoutCreate(&mm.a_layout, CUDA_R_16BF, g->A.rows, g->A.cols,
-                                                     (int64_t)g->A.rows)) &&
-              cublasCheck(cublasLtMatrixLayoutCreate(&mm.b_layout, CUDA_R_16BF, g->B.rows, g->B.cols,
-                                                     (int64_t)g->B.rows)) &&
-              cublasCheck(cublasLtMatrixLayoutCreate(&mm.d_layout, d_type, g->rows, g->cols, (int64_t)g->rows)) &&
-              cublasCheck(cublasLtMatmulPreferenceCreate(&mm.preference)) &&
-              cublasCheck(cublasLtMatmulPreferenceSetAttribute(
-                  mm.preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof workspace)) &&
-              cublasCheck(cublasLtMatmulPreferenceSetAttribute(
-                  mm.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof align_a)) &&
-              cublasCheck(cublasLtMatmulPreferenceSetAttribute(
-                  mm.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof align_b)) &&
-              cublasCheck(cublasLtMatmulPreferenceSetAttribute(
-                  mm.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_d, sizeof align_d)) &&
-              cublasCheck(cublasLtMatmulPreferenceSetAttribute(
-                  mm.preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_d, sizeof align_d)) &&
-              cublasCheck(cublasLtMatmulAlgoGetHeuristic(cuda_ctx.lt, mm.desc, mm.a_layout, mm.b_layout,
-                                                         mm.d_layout, mm.d_layout, mm.preference, 1,
-                                                         &heuristic, &n_results));
-    if (ok && n_results == 0) {
-        record_failure(__FILE__, __LINE__, "cublasLtMatmulAlgoGetHeuristic", "no algorithm for this shape");
-        ok = false;
-    }
-    if (ok)
-        cublasCheck(cublasLtMatmul(cuda_ctx.lt, mm.desc, &alpha, a, mm.a_layout, b, mm.b_layout, &beta, d,
-                                   mm.d_layout, d, mm.d_layout, &heuristic.algo, cuda_ctx.lt_workspace,
+    LtKey key;
+    memset(&key, 0, sizeof key);
+    key.a_rows = g->A.rows, key.a_cols = g->A.cols, key.b_rows = g->B.rows, key.b_cols = g->B.cols;
+    key.d_rows = g->rows, key.d_cols = g->cols, key.d_type = d_type;
+    key.op_a = g->A.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
+    key.op_b = g->B.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
+    key.align_a = alignment_of(a), key.align_b = alignment_of(b), key.align_d = alignment_of(d);
+    const LtMatmul *mm = lt_matmul_for(&key);
+    if (mm)
+        cublasCheck(cublasLtMatmul(cuda_ctx.lt, mm->desc, &alpha, a, mm->a_layout, b, mm->b_layout, &beta, d,
+                                   mm->d_layout, d, mm->d_layout, &mm->algo, cuda_ctx.lt_workspace,
                                    cuda_ctx.lt_workspace_bytes, cuda_ctx.stream));
-    lt_matmul_destroy(&mm);
 }
 
 // An empty sum (K = 0) leaves beta * out, which cuBLASLt may not compute.

@@ -103,13 +103,14 @@ static void test_upload_async_past_the_staging(void **state) {
 }
 
 #ifdef LORA_TRAIN_CUDA_EMU
-// A kernel fault (here an add past the end of its buffer, which the emulated
-// device's guard bytes catch) is reported by check once synchronize has run
-// the kernel, as a GPU reports it at the next synchronization.
+// A kernel fault (here an add 64 bf16 past the end of its buffer, inside the
+// emulated device's 256 guard bytes, which catch it) is reported by check
+// once synchronize has run the kernel, as a GPU reports it at the next
+// synchronization. (A write past the guard lands in the emulator's own heap.)
 static void test_an_asynchronous_fault_is_reported(void **state) {
     size_t n = 1000;
     float *x = random_act(n, -1, 1);
-    void *small = gpu_act(x, n / 2), *large = gpu_act(x, n);
+    void *small = gpu_act(x, n - 64), *large = gpu_act(x, n);
     gpu->add_inplace(small, large, n);
     gpu->synchronize();
     Error err;
@@ -176,6 +177,14 @@ static void test_matmul(void **state) {
             check_matmul(shapes[s][0], shapes[s][1], shapes[s][2], t & 1, t & 2, 0.5f, 1.0f);
         }
     }
+}
+
+// More shapes than the backend keeps descriptors for (64), each twice, then
+// the first ones again after they were replaced: every call still right.
+static void test_matmul_many_shapes(void **state) {
+    for (int round = 0; round < 2; round++)
+        for (int M = 1; M <= 80; M++) check_matmul(M, 8, 16, false, true, 1.0f, 0.0f);
+    for (int M = 1; M <= 10; M++) check_matmul(M, 8, 16, false, true, 0.5f, 1.0f);
 }
 
 static void check_matmul_weight_grad(int M, int N, int K) {
@@ -591,6 +600,7 @@ int main(void) {
         cmocka_unit_test(test_params_to_act_rounds_to_nearest_even),
         cmocka_unit_test(test_add_inplace),
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_many_shapes),
         cmocka_unit_test(test_matmul_weight_grad),
         cmocka_unit_test(test_embedding),
         cmocka_unit_test(test_rmsnorm),
