@@ -185,24 +185,15 @@ bool convert_to_f32(float *dst, const void *src, DType dtype, size_t n, Error *e
 // ----------------------------------------------------------------------------
 // RNG
 
-static uint64_t splitmix64(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
-}
+uint64_t rng_hash(uint64_t seed, uint64_t counter) { return rng_mix(rng_mix(seed) ^ counter); }
 
-uint64_t rng_hash(uint64_t seed, uint64_t counter) { return splitmix64(splitmix64(seed) ^ counter); }
+float rng_uniform_at(uint64_t seed, uint64_t counter) { return rng_uniform_keyed(rng_mix(seed), counter); }
 
-float rng_uniform_at(uint64_t seed, uint64_t counter) {
-    return (float)(rng_hash(seed, counter) >> 40) * (1.0f / 16777216.0f);
-}
-
-void rng_seed(Rng *rng, uint64_t seed) { rng->state = splitmix64(seed ^ 0x5eedULL); }
+void rng_seed(Rng *rng, uint64_t seed) { rng->state = rng_mix(seed ^ 0x5eedULL); }
 
 uint64_t rng_next(Rng *rng) {
     rng->state += 0x9e3779b97f4a7c15ULL;
-    return splitmix64(rng->state);
+    return rng_mix(rng->state);
 }
 
 float rng_uniform(Rng *rng) { return (float)(rng_next(rng) >> 40) * (1.0f / 16777216.0f); }

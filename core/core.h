@@ -90,6 +90,21 @@ bool convert_to_f32(float *dst, const void *src, DType dtype, size_t n, Error *e
 uint64_t rng_hash(uint64_t seed, uint64_t counter);
 float rng_uniform_at(uint64_t seed, uint64_t counter); // [0, 1)
 
+// SplitMix64's finaliser. rng_hash(seed, counter) = rng_mix(rng_mix(seed) ^
+// counter): a loop over many counters mixes the seed once (rng_mix(seed),
+// its key) and calls rng_uniform_keyed, which inlines.
+static inline uint64_t rng_mix(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+// rng_uniform_at(seed, counter) for key = rng_mix(seed).
+static inline float rng_uniform_keyed(uint64_t key, uint64_t counter) {
+    return (float)(rng_mix(key ^ counter) >> 40) * (1.0f / 16777216.0f);
+}
+
 // Sequential generator for initialisation and shuffling.
 typedef struct Rng {
     uint64_t state;

@@ -110,26 +110,29 @@ void cpu_swiglu_backward(void *dgate, void *dup, const void *dout, const void *g
 // inverted dropout: keep[i] = rng_uniform_at(seed, offset + i) >= p,
 // out = x * keep / (1 - p); the backward regenerates the same mask.
 
-static float dropout_factor(size_t i, float p, uint64_t seed, uint64_t offset) {
+// The factor of element `counter` for key = rng_mix(seed), made once per call.
+static inline float dropout_factor(uint64_t key, uint64_t counter, float p) {
     if (p <= 0.0f) return 1.0f;
     if (p >= 1.0f) return 0.0f;
-    return rng_uniform_at(seed, offset + i) >= p ? 1.0f / (1.0f - p) : 0.0f;
+    return rng_uniform_keyed(key, counter) >= p ? 1.0f / (1.0f - p) : 0.0f;
 }
 
 void cpu_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t seed,
                          uint64_t offset) {
     const float *x = inp;
     float *y = out;
+    uint64_t key = rng_mix(seed);
     #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
-    for (size_t i = 0; i < n; i++) y[i] = x[i] * dropout_factor(i, p, seed, offset);
+    for (size_t i = 0; i < n; i++) y[i] = x[i] * dropout_factor(key, offset + i, p);
 }
 
 void cpu_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint64_t seed,
                           uint64_t offset) {
     const float *dy = dout;
     float *dx = dinp;
+    uint64_t key = rng_mix(seed);
     #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
-    for (size_t i = 0; i < n; i++) dx[i] += dy[i] * dropout_factor(i, p, seed, offset);
+    for (size_t i = 0; i < n; i++) dx[i] += dy[i] * dropout_factor(key, offset + i, p);
 }
 
 // ----------------------------------------------------------------------------
