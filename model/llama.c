@@ -847,3 +847,40 @@ bool model_logits(Model *m, const Batch *batch, float *logits, Error *err) {
     if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
     return true;
 }
+
+// -log softmax(row)[target] in double, and whether the row's first largest logit is the target.
+static double row_loss_and_hit(const float *row, int V, int target, bool *hit) {
+    int argmax = 0;
+    for (int v = 1; v < V; v++)
+        if (row[v] > row[argmax]) argmax = v;
+    double sum = 0;
+    for (int v = 0; v < V; v++) sum += exp((double)row[v] - row[argmax]);
+    *hit = argmax == target;
+    return log(sum) + row[argmax] - row[target];
+}
+
+bool model_eval_batch(Model *m, const Batch *batch, EvalSums *sums, Error *err) {
+    StepState st = {.train = false};
+    if (!upload_batch(m, batch, &st, err)) return false;
+    forward_trunk(m, &st);
+    int C = m->config.hidden_size, V = m->config.vocab_size, chunk = lm_head_chunk(m);
+    float *row = checked_malloc((size_t)V * sizeof(float), "an evaluation row of logits", err);
+    if (!row) return false;
+    for (int start = 0; start < st.N; start += chunk) {
+        int rows = st.N - start < chunk ? st.N - start : chunk;
+        m->ops->matmul(m->logits, act_at(m, m->final_ln, (size_t)start * C), m->lm_head, rows, V, C, false, true,
+                       1.0f, 0.0f);
+        for (int r = 0; r < rows; r++) {
+            int target = batch->targets[start + r];
+            if (target == -100) continue;
+            m->ops->download_f32(row, act_at(m, m->logits, (size_t)r * V), (size_t)V);
+            bool hit;
+            sums->loss_sum += row_loss_and_hit(row, V, target, &hit);
+            sums->n_correct += hit;
+            sums->n_label_tokens++;
+        }
+    }
+    free(row);
+    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
+    return true;
+}
