@@ -301,7 +301,8 @@ static char *config_yaml_in_checkpoint_split(const Run *run, const TrainerState 
 // then recomputed over the new one, which the run states).
 static const char *const OPERATIONAL_KEYS[] = {"checkpoint.dir", "checkpoint.every_steps", "checkpoint.keep_last",
                                                "checkpoint.on_low_disk", "checkpoint.low_disk_wait_minutes",
-                                               "train.log_every", "dist.timeout_s"};
+                                               "train.log_every", "dist.timeout_s", "data.eval_path",
+                                               "train.eval_every", "checkpoint.keep_best"};
 static const char *const LENGTH_KEYS[] = {"train.max_steps", "train.epochs"};
 
 static bool listed(const char *key, const char *const *keys, size_t n) {
@@ -358,7 +359,8 @@ static bool refuse_change(const char *key, YamlLine was, YamlLine is, Error *err
     YamlLine a = line_value(was), b = line_value(is);
     return fail(err, "the checkpoint was made with a different config (%s: %.*s in the checkpoint, %.*s now): "
                      "only checkpoint.dir, every_steps, keep_last, on_low_disk, low_disk_wait_minutes, "
-                     "train.log_every, dist.timeout_s, train.max_steps and train.epochs may change on resume; "
+                     "train.log_every, dist.timeout_s, data.eval_path, train.eval_every, checkpoint.keep_best, "
+                     "train.max_steps and train.epochs may change on resume; "
                      "add --allow-config-change if changing %s is intended",
                 key, (int)a.length, a.text, (int)b.length, b.text, key);
 }

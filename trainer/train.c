@@ -3,6 +3,7 @@
 // One optimizer step = grad_accum micro-batches. The loss of a step is the sum
 // over all its label tokens divided by their count across all micro-batches,
 // so accumulation gives the same update as one large batch.
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -186,7 +187,9 @@ static bool setup(Run *run, const Config *config, Error *err) {
                                         .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
                                         .shuffle = config->data.shuffle, .rank = ranks.rank,
                                         .world_size = ranks.world_size, .pack = config->data.pack};
-    if (!run_create_loader(run, &loader_options, err)) return false;
+    if (!eval_prepare(run, &loader_options, err) || !run_create_loader(run, &loader_options, err) ||
+        !eval_create_loader(run, &loader_options, err))
+        return false;
     int64_t per_epoch = run_steps_per_epoch(run);
     if (per_epoch < 1)
         return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum x world_size = %d",
@@ -204,6 +207,7 @@ static bool setup(Run *run, const Config *config, Error *err) {
 static void teardown(Run *run) {
     free(run->config_yaml);
     zero_destroy(run->zero);
+    eval_destroy(run);
     dataloader_destroy(run->loader);
     vlm_destroy(run);
     dataset_destroy(run->dataset);
@@ -482,6 +486,48 @@ static bool update_and_log(Run *run, int step, const StepBatch *batch, double lo
     return true;
 }
 
+static bool write_text_file(const char *path, const char *text, Error *err) {
+    FILE *f = fopen(path, "w");
+    if (!f) return fail(err, "%s: %s", path, strerror(errno));
+    bool written = fputs(text, f) >= 0;
+    if (fclose(f) != 0 || !written) return fail(err, "%s: writing failed: %s", path, strerror(errno));
+    return true;
+}
+
+// keep_best: the adapter of the lowest eval loss so far in best/, with eval.json naming its step.
+static bool keep_if_best(Run *run, int step, const EvalResult *result, Error *err) {
+    TrainerState *p = &run->progress;
+    if (p->best_eval_step > 0 && !(result->loss < p->best_eval_loss)) return true;
+    p->best_eval_step = step + 1;
+    p->best_eval_loss = result->loss;
+    if (!run->config->checkpoint.keep_best || !run->is_rank0) return true;
+    char dir[CONFIG_PATH_MAX + 32], path[CONFIG_PATH_MAX + 64], json[256];
+    if (!save_adapter(run, "best", dir, sizeof dir, err)) return false;
+    snprintf(path, sizeof path, "%s/eval.json", dir);
+    snprintf(json, sizeof json, "{\"step\": %d, \"eval_loss\": %.17g, \"eval_token_accuracy\": %.17g}\n",
+                     step + 1, result->loss, result->token_accuracy);
+    if (!write_text_file(path, json, err)) return fail_context(err, "checkpoint.keep_best: ");
+    printf("best eval loss so far: adapter saved to %s\n", dir);
+    return true;
+}
+
+// After every train.eval_every-th step and the last one, with held-out data
+// (the last step's update settled first, so the final adapter is what is judged).
+static bool evaluate_if_due(Run *run, int step, Error *err) {
+    if (!eval_due(run, step)) return true;
+    if (step + 1 == run->total_steps && !settle_optimizer(run, err)) return false;
+    EvalResult result;
+    if (!eval_run(run, step + 1, &result, err)) return fail_context(err, "step %d: ", step + 1);
+    run->last_eval = result;
+    if (run->is_rank0) {
+        printf("eval after step %d/%d | loss %.4f | perplexity %.3f | token accuracy %.2f%% | %lld label tokens | "
+               "%.1f s\n", step + 1, run->total_steps, result.loss, result.perplexity, 100 * result.token_accuracy,
+               (long long)result.n_label_tokens, result.seconds);
+        fflush(stdout);
+    }
+    return keep_if_best(run, step, &result, err);
+}
+
 // After every checkpoint.every_steps-th step and the last one (so a longer
 // run can continue it), whether the step was applied or skipped.
 static bool save_if_due(Run *run, int step, TrainSummary *summary, Error *err) {
@@ -517,7 +563,7 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         } else if (!update_and_log(run, step, batch, loss, &bad_in_row, &throughput, summary, err)) {
             return false;
         }
-        if (!save_if_due(run, step, summary, err)) return false;
+        if (!evaluate_if_due(run, step, err) || !save_if_due(run, step, summary, err)) return false;
     }
     if (!settle_optimizer(run, err)) return false;
     return !run->is_rank0 || save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
@@ -529,6 +575,11 @@ static void fill_summary(const Run *run, TrainSummary *summary) {
     summary->bad_steps = run->progress.bad_steps;
     summary->first_loss = run->progress.first_loss;
     summary->last_loss = run->progress.last_loss;
+    summary->evaluations = run->eval.n_done;
+    summary->eval_loss = run->last_eval.loss;
+    summary->eval_token_accuracy = run->last_eval.token_accuracy;
+    summary->best_eval_step = run->progress.best_eval_step;
+    summary->best_eval_loss = run->progress.best_eval_loss;
 }
 
 static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {

@@ -8,6 +8,31 @@
 #include "distributed.h"
 #include "trainer.h"
 
+// Held-out evaluation (evaluate.c). With data.eval_fraction the run's dataset
+// is split: the training loader serves train_subset, the evaluation loader
+// eval_subset; with data.eval_path the evaluation loader serves a dataset of
+// its own. The evaluation loader has micro-batches of one row, in file order,
+// every rank its share; it never touches the training loader.
+typedef struct Evaluation {
+    int64_t *train_subset, *eval_subset; // data.eval_fraction's split (NULL otherwise)
+    int64_t n_train, n_eval;
+    Dataset *dataset;                    // data.eval_path's (text)
+    VlmDataset *vlm_dataset;             // data.eval_path's (image-text)
+    DataLoader *loader;                  // NULL without held-out data
+    VlmLoader *vlm_loader;
+    int n_done;                          // evaluations this process ran
+} Evaluation;
+
+// One evaluation over the held-out data, reduced over ranks.
+typedef struct EvalResult {
+    int step;                   // after this many steps
+    double loss;                // sum of -log p over label tokens / their count
+    double perplexity;          // exp(loss)
+    double token_accuracy;      // label tokens whose largest logit is the target / their count
+    int64_t n_label_tokens;
+    double seconds;
+} EvalResult;
+
 typedef struct Run {
     const Config *config;
     const TrainControl *control;
@@ -31,7 +56,22 @@ typedef struct Run {
     int32_t image_token_id;
     float *image_scratch;  // (micro_batch, 3, S, S) host: the images of one micro-batch
     void *image_features;  // (micro_batch * P, D) backend memory: the tower's output
+    Evaluation eval;
+    EvalResult last_eval;  // the latest evaluation (eval.n_done > 0)
 } Run;
+
+// evaluate.c: opens data.eval_path's dataset, or splits data.eval_fraction
+// off the run's (then *options serves the training share).
+bool eval_prepare(Run *run, DataLoaderOptions *options, Error *err);
+// The evaluation loader, once the training data is open.
+bool eval_create_loader(Run *run, const DataLoaderOptions *train_options, Error *err);
+bool eval_enabled(const Run *run);
+// Whether step (0-based) is followed by an evaluation: every train.eval_every and the last.
+bool eval_due(const Run *run, int step);
+// Evaluates the model as it stands after step steps (every rank; no dropout, the training
+// loader and random streams untouched).
+bool eval_run(Run *run, int step, EvalResult *result, Error *err);
+void eval_destroy(Run *run);
 
 // The model's LlamaConfig and key layout without loading it: config.json of
 // model.path, or the preset model.create_if_missing writes there (plan.c).
@@ -62,7 +102,7 @@ void run_data_seek(Run *run, int epoch, int64_t step_in_epoch);
 int64_t run_steps_per_epoch(const Run *run);
 // Steps of the run's first n_epochs epochs (with packing epochs differ slightly).
 int64_t run_steps_for_epochs(Run *run, int n_epochs);
-int64_t run_samples(const Run *run);
+int64_t run_samples(const Run *run); // served to training (without data.eval_fraction's share)
 int64_t run_truncated(const Run *run);
 
 // Set by SIGINT / SIGTERM once stop_signals_install ran (trainer.h).
