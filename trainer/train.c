@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics.h"
 #include "train_private.h"
 
 #define SKIPS_LOGGED 20
@@ -481,9 +482,15 @@ static bool update_and_log(Run *run, int step, const StepBatch *batch, double lo
     remember_step(run, loss, norm);
     throughput->tokens += (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size;
     record_step(run, step, loss);
-    if (run->is_rank0 && ((step + 1) % run->config->train.log_every == 0 || step + 1 == run->total_steps))
-        log_step(run, step + 1, loss, lr, norm, throughput->tokens, time_seconds() - throughput->start);
-    return true;
+    if (!run->is_rank0 || ((step + 1) % run->config->train.log_every != 0 && step + 1 != run->total_steps)) return true;
+    double since_start = time_seconds() - throughput->start;
+    log_step(run, step + 1, loss, lr, norm, throughput->tokens, since_start);
+    StepMetrics metrics = {.step = step + 1, .epoch = batch->epoch, .loss = loss, .lr = lr, .grad_norm = norm,
+                           .tokens = (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size,
+                           .tokens_per_s = throughput->tokens / since_start,
+                           .elapsed_s = time_seconds() - run->run_clock_start, .peak_bytes = run->ops->peak_bytes(),
+                           .skipped_steps = run->progress.skipped_steps, .bad_steps = run->progress.bad_steps};
+    return metrics_log_step(run->metrics, &metrics, err);
 }
 
 static bool write_text_file(const char *path, const char *text, Error *err) {
@@ -525,7 +532,10 @@ static bool evaluate_if_due(Run *run, int step, Error *err) {
                (long long)result.n_label_tokens, result.seconds);
         fflush(stdout);
     }
-    return keep_if_best(run, step, &result, err);
+    EvalMetrics metrics = {.step = step + 1, .loss = result.loss, .perplexity = result.perplexity,
+                           .token_accuracy = result.token_accuracy, .label_tokens = result.n_label_tokens,
+                           .seconds = result.seconds, .elapsed_s = time_seconds() - run->run_clock_start};
+    return metrics_log_eval(run->metrics, &metrics, err) && keep_if_best(run, step, &result, err);
 }
 
 // After every checkpoint.every_steps-th step and the last one (so a longer
@@ -587,6 +597,8 @@ static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     if (run->control->resume && !resume_from_checkpoint(run, &start_step, err)) return false;
     if (run->is_rank0) print_header(run);
     if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
+    if (run->is_rank0 && !(run->metrics = metrics_open(run->config->checkpoint.dir, start_step, err))) return false;
+    run->run_clock_start = time_seconds() - metrics_elapsed_before(run->metrics);
     return train_loop(run, start_step, summary, err);
 }
 
@@ -600,6 +612,7 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
     if (!stop_signals_install(&installed_signals, err)) return false;
     bool ok = setup(&run, config, err) && start_and_train(&run, summary, err);
     if (run.zero) fill_summary(&run, summary);
+    ok = metrics_close(run.metrics, ok ? err : &(Error){{0}}) && ok;
     if (ok && run.is_rank0 && !summary->interrupted)
         printf("done: %d steps, loss %.4f -> %.4f | peak %s memory %.2f GB | adapter saved to %s\n", summary->steps,
                summary->first_loss, summary->last_loss, run.ops->name, run.ops->peak_bytes() / 1e9,

@@ -58,6 +58,8 @@ typedef struct Run {
     void *image_features;  // (micro_batch * P, D) backend memory: the tower's output
     Evaluation eval;
     EvalResult last_eval;  // the latest evaluation (eval.n_done > 0)
+    struct MetricsLog *metrics; // rank 0: metrics.jsonl and the event file (metrics.h); NULL elsewhere
+    double run_clock_start; // time_seconds() at which the run's elapsed time (resumed processes included) is 0
 } Run;
 
 // evaluate.c: opens data.eval_path's dataset, or splits data.eval_fraction

@@ -1,0 +1,141 @@
+// metrics.jsonl and the TensorBoard scalars of a run (rank 0 writes them).
+//
+// metrics.jsonl: one JSON object a line, per logged step
+//   {"step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s", "peak_memory_bytes",
+//    "skipped_steps", "bad_steps"}
+// and per evaluation
+//   {"step", "eval_loss", "eval_perplexity", "eval_token_accuracy", "eval_label_tokens", "eval_seconds", "elapsed_s"}
+// Non-finite numbers are null. The same scalars go to the event file as
+// train/loss, train/lr, train/grad_norm, train/tokens_per_s, eval/loss,
+// eval/perplexity and eval/token_accuracy.
+#include <errno.h>
+#include <json-c/json.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "metrics.h"
+
+struct MetricsLog {
+    FILE *file;
+    char path[1100];
+    double elapsed_before;
+    EventWriter *events;
+};
+
+// ----------------------------------------------------------------------------
+// keeping the rows of steps up to the resumed one
+
+// The row's step and elapsed_s; false for a line that is no row (a torn last line).
+static bool parse_row(const char *line, int *step, double *elapsed_s) {
+    json_object *row = json_tokener_parse(line), *value;
+    bool ok = row && json_object_is_type(row, json_type_object) && json_object_object_get_ex(row, "step", &value) &&
+              json_object_is_type(value, json_type_int);
+    if (ok) *step = json_object_get_int(value);
+    if (ok && json_object_object_get_ex(row, "elapsed_s", &value)) *elapsed_s = json_object_get_double(value);
+    json_object_put(row);
+    return ok;
+}
+
+// Rewrites path with its rows of steps <= start_step (through a temporary file and a rename).
+static bool keep_rows_through(const char *path, int start_step, double *elapsed_before, Error *err) {
+    char *text, tmp[1200];
+    size_t size;
+    if (!read_file(path, &text, &size, err)) return false;
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        free(text);
+        return fail(err, "%s: %s", tmp, strerror(errno));
+    }
+    for (char *line = text, *end; *line; line = end + (*end != '\0')) {
+        end = line + strcspn(line, "\n");
+        char saved = *end;
+        *end = '\0';
+        int step;
+        double elapsed_s = *elapsed_before;
+        if (parse_row(line, &step, &elapsed_s) && step <= start_step) {
+            fprintf(out, "%s\n", line);
+            *elapsed_before = elapsed_s;
+        }
+        *end = saved;
+    }
+    free(text);
+    if (fclose(out) != 0) return fail(err, "%s: writing failed: %s", tmp, strerror(errno));
+    if (rename(tmp, path) != 0) return fail(err, "%s: renaming to %s failed: %s", tmp, path, strerror(errno));
+    return true;
+}
+
+MetricsLog *metrics_open(const char *run_dir, int start_step, Error *err) {
+    MetricsLog *log = checked_calloc(1, sizeof *log, "the metrics log", err);
+    if (!log) return NULL;
+    snprintf(log->path, sizeof log->path, "%s/%s", run_dir, METRICS_FILE);
+    bool ok = start_step == 0 || !path_exists(log->path) ||
+              keep_rows_through(log->path, start_step, &log->elapsed_before, err);
+    if (ok && !(log->file = fopen(log->path, start_step == 0 ? "w" : "a")))
+        ok = fail(err, "%s: %s", log->path, strerror(errno));
+    if (ok && !(log->events = event_writer_open(run_dir, start_step, err))) ok = false;
+    if (ok) return log;
+    metrics_close(log, &(Error){{0}});
+    return NULL;
+}
+
+double metrics_elapsed_before(const MetricsLog *log) { return log ? log->elapsed_before : 0; }
+
+// ----------------------------------------------------------------------------
+// rows
+
+static void put_number(FILE *f, const char *key, double value) {
+    if (isfinite(value)) fprintf(f, ", \"%s\": %.10g", key, value);
+    else fprintf(f, ", \"%s\": null", key);
+}
+
+static bool end_row(MetricsLog *log, Error *err) {
+    fputs("}\n", log->file);
+    if (fflush(log->file) != 0 || ferror(log->file))
+        return fail(err, "%s: writing failed: %s", log->path, strerror(errno));
+    return event_writer_flush(log->events, err);
+}
+
+bool metrics_log_step(MetricsLog *log, const StepMetrics *m, Error *err) {
+    if (!log) return true;
+    FILE *f = log->file;
+    fprintf(f, "{\"step\": %d, \"epoch\": %d", m->step, m->epoch);
+    put_number(f, "loss", m->loss);
+    put_number(f, "lr", m->lr);
+    put_number(f, "grad_norm", m->grad_norm);
+    put_number(f, "tokens", m->tokens);
+    put_number(f, "tokens_per_s", m->tokens_per_s);
+    put_number(f, "elapsed_s", m->elapsed_s);
+    fprintf(f, ", \"peak_memory_bytes\": %llu, \"skipped_steps\": %d, \"bad_steps\": %d",
+            (unsigned long long)m->peak_bytes, m->skipped_steps, m->bad_steps);
+    EventWriter *events = log->events;
+    return event_writer_scalar(events, "train/loss", m->step, m->loss, err) &&
+           event_writer_scalar(events, "train/lr", m->step, m->lr, err) &&
+           event_writer_scalar(events, "train/grad_norm", m->step, m->grad_norm, err) &&
+           event_writer_scalar(events, "train/tokens_per_s", m->step, m->tokens_per_s, err) && end_row(log, err);
+}
+
+bool metrics_log_eval(MetricsLog *log, const EvalMetrics *m, Error *err) {
+    if (!log) return true;
+    FILE *f = log->file;
+    fprintf(f, "{\"step\": %d", m->step);
+    put_number(f, "eval_loss", m->loss);
+    put_number(f, "eval_perplexity", m->perplexity);
+    put_number(f, "eval_token_accuracy", m->token_accuracy);
+    fprintf(f, ", \"eval_label_tokens\": %lld", (long long)m->label_tokens);
+    put_number(f, "eval_seconds", m->seconds);
+    put_number(f, "elapsed_s", m->elapsed_s);
+    EventWriter *events = log->events;
+    return event_writer_scalar(events, "eval/loss", m->step, m->loss, err) &&
+           event_writer_scalar(events, "eval/perplexity", m->step, m->perplexity, err) &&
+           event_writer_scalar(events, "eval/token_accuracy", m->step, m->token_accuracy, err) && end_row(log, err);
+}
+
+bool metrics_close(MetricsLog *log, Error *err) {
+    if (!log) return true;
+    bool ok = !log->file || fclose(log->file) == 0 || fail(err, "%s: closing failed: %s", log->path, strerror(errno));
+    ok = event_writer_close(log->events, err) && ok;
+    free(log);
+    return ok;
+}
