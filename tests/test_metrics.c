@@ -3,7 +3,9 @@
 // metrics.jsonl with exactly one row per step and per evaluation, with the
 // losses the steps had; tensorboard's own TFRecord reader (which checks every
 // CRC) and EventAccumulator read the event files back with the same values,
-// one per step after the resume, and a damaged byte fails the CRC check.
+// one per step after the resume, and a damaged byte fails the CRC check;
+// loss.png decodes (the project's PNG reader and Pillow) to 1000 x 600 with
+// the loss curves' colours inside the plot area.
 #include "run_util.h"
 
 #include <json-c/json.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 
 #include "trainer/metrics.h"
+#include "vision/vision.h"
 #include "trainer/trainer.h"
 
 #define TOTAL_STEPS 8
@@ -110,11 +113,14 @@ static void check_metrics_file(const char *dir, const RunLosses *losses) {
     }
 }
 
-static bool python_has_tensorboard(void) {
-    if (run_command("python3 -c 'import tensorboard' 2>/dev/null") == 0) return true;
+// Whether python3 imports module; under CI (scripts/python_env.sh installs it) a missing one fails the test.
+static bool python_has(const char *module) {
+    char command[256];
+    snprintf(command, sizeof command, "python3 -c 'import %s' 2>/dev/null", module);
+    if (run_command(command) == 0) return true;
     const char *ci = getenv("CI");
-    if (ci && strcmp(ci, "true") == 0) fail_msg("CI: python3 has no tensorboard (scripts/python_env.sh installs it)");
-    print_message("python3 with tensorboard is not available\n");
+    if (ci && strcmp(ci, "true") == 0) fail_msg("CI: python3 has no %s (scripts/python_env.sh installs it)", module);
+    print_message("python3 with %s is not available\n", module);
     return false;
 }
 
@@ -177,14 +183,49 @@ static void check_damage_is_caught(const char *run_dir, const char *dir, json_ob
     assert_int_equal(run_command(command), 0);
 }
 
+// Pixels inside the plot area within 40 of colour (r, g, b) in every channel.
+static int count_colour(const Image *image, int r, int g, int b) {
+    int count = 0;
+    for (int y = 50; y < PLOT_HEIGHT - 60; y++)
+        for (int x = 80; x < PLOT_WIDTH - 90; x++) {
+            const uint8_t *p = image->pixels + ((size_t)y * image->width + x) * 3;
+            count += abs(p[0] - r) < 40 && abs(p[1] - g) < 40 && abs(p[2] - b) < 40;
+        }
+    return count;
+}
+
+static void check_loss_png(const char *run_dir, const char *dir) {
+    char path[4096], command[16384];
+    snprintf(path, sizeof path, "%s/loss.png", run_dir);
+    Image image;
+    Error err;
+    if (!image_decode_file(path, &image, &err)) fail_msg("%s", err.message);
+    assert_int_equal(image.width, PLOT_WIDTH);
+    assert_int_equal(image.height, PLOT_HEIGHT);
+    int smoothed = count_colour(&image, 31, 97, 184), eval = count_colour(&image, 230, 107, 13);
+    print_message("loss.png: %d pixels of the smoothed loss, %d of the eval loss\n", smoothed, eval);
+    assert_true(smoothed > 500);
+    assert_true(eval > 100);
+    image_free(&image);
+    if (!python_has("PIL")) return;
+    snprintf(command, sizeof command,
+             "python3 -c \"from PIL import Image; im = Image.open('%s'); im.load(); "
+             "assert im.size == (%d, %d), im.size; colours = im.convert('RGB').crop((80, 50, %d, %d)).getcolors(1 << 24); "
+             "n = sum(count for count, colour in colours if colour != (255, 255, 255)); print('Pillow: non-white pixels in the plot area', n); "
+             "assert n > 5000\" > %s/pillow.log 2>&1",
+             path, PLOT_WIDTH, PLOT_HEIGHT, PLOT_WIDTH - 90, PLOT_HEIGHT - 60, dir);
+    assert_int_equal(run_command(command), 0);
+}
+
 static void test_metrics_and_events_across_resume(void **state) {
     const char *dir = make_temp_dir("metrics");
     RunLosses losses;
     interrupted_and_resumed_run(dir, &losses);
     check_metrics_file(dir, &losses);
-    if (!python_has_tensorboard()) skip();
     char run_dir[2048];
     snprintf(run_dir, sizeof run_dir, "%s/out", dir);
+    check_loss_png(run_dir, dir);
+    if (!python_has("tensorboard")) skip();
     json_object *events = read_events(run_dir, dir);
     if (!events) {
         char command[4096];

@@ -123,6 +123,7 @@ int lora_train_main(int argc, char **argv) {
     }
     if (data_check) return data_check_main(&config);
     if (plan) return plan_main(&config, control.world_size ? control.world_size : 1);
+    control.config_name = config_path;
     if (!train_run_with(&config, &control, NULL, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 1;

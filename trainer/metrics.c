@@ -139,3 +139,84 @@ bool metrics_close(MetricsLog *log, Error *err) {
     free(log);
     return ok;
 }
+
+// ----------------------------------------------------------------------------
+// reading metrics.jsonl back
+
+static double number_or_nan(json_object *row, const char *key) {
+    json_object *value;
+    if (!json_object_object_get_ex(row, key, &value) || json_object_is_type(value, json_type_null)) return NAN;
+    return json_object_get_double(value);
+}
+
+// Arrays for up to n rows of each kind.
+static bool allocate_history(RunHistory *h, size_t n, Error *err) {
+    h->step = calloc(n, sizeof(int));
+    h->eval_step = calloc(n, sizeof(int));
+    double **columns[] = {&h->loss, &h->lr, &h->tokens_per_s, &h->elapsed_s, &h->eval_loss, &h->eval_token_accuracy};
+    bool ok = h->step && h->eval_step;
+    for (size_t c = 0; c < sizeof columns / sizeof *columns; c++) ok = (*columns[c] = calloc(n, sizeof(double))) && ok;
+    return ok || fail(err, "out of memory for %zu rows of metrics", n);
+}
+
+static void add_row(RunHistory *h, json_object *row, int step) {
+    json_object *value;
+    if (json_object_object_get_ex(row, "eval_loss", &value)) {
+        h->eval_step[h->n_evals] = step;
+        h->eval_loss[h->n_evals] = number_or_nan(row, "eval_loss");
+        h->eval_token_accuracy[h->n_evals++] = number_or_nan(row, "eval_token_accuracy");
+        return;
+    }
+    int i = h->n_steps++;
+    h->step[i] = step;
+    h->loss[i] = number_or_nan(row, "loss");
+    h->lr[i] = number_or_nan(row, "lr");
+    h->tokens_per_s[i] = number_or_nan(row, "tokens_per_s");
+    h->elapsed_s[i] = number_or_nan(row, "elapsed_s");
+    double peak = number_or_nan(row, "peak_memory_bytes");
+    if (peak > (double)h->peak_bytes) h->peak_bytes = (uint64_t)peak;
+    h->skipped_steps = (int)number_or_nan(row, "skipped_steps");
+    h->bad_steps = (int)number_or_nan(row, "bad_steps");
+}
+
+static bool parse_history(const char *path, char *text, RunHistory *h, Error *err) {
+    int line_number = 0;
+    for (char *line = text, *end; *line; line = end) {
+        end = line + strcspn(line, "\n");
+        if (*end) *end++ = '\0';
+        line_number++;
+        json_object *row = json_tokener_parse(line), *step;
+        bool ok = row && json_object_object_get_ex(row, "step", &step) && json_object_is_type(step, json_type_int);
+        if (ok) add_row(h, row, json_object_get_int(step));
+        json_object_put(row);
+        if (!ok) return fail(err, "%s:%d: not a metrics row (a JSON object with an integer \"step\")", path, line_number);
+    }
+    return true;
+}
+
+bool history_read(const char *run_dir, RunHistory *history, Error *err) {
+    *history = (RunHistory){0};
+    char path[1200], *text;
+    size_t size;
+    snprintf(path, sizeof path, "%s/%s", run_dir, METRICS_FILE);
+    if (!path_exists(path)) return fail(err, "%s: no such file (is %s a lora-train run folder?)", path, run_dir);
+    if (!read_file(path, &text, &size, err)) return false;
+    size_t n_lines = 1;
+    for (size_t i = 0; i < size; i++) n_lines += text[i] == '\n';
+    bool ok = allocate_history(history, n_lines, err) && parse_history(path, text, history, err);
+    free(text);
+    if (!ok) history_free(history);
+    return ok;
+}
+
+void history_free(RunHistory *h) {
+    free(h->step);
+    free(h->loss);
+    free(h->lr);
+    free(h->tokens_per_s);
+    free(h->elapsed_s);
+    free(h->eval_step);
+    free(h->eval_loss);
+    free(h->eval_token_accuracy);
+    *h = (RunHistory){0};
+}

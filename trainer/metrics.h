@@ -65,3 +65,31 @@ double metrics_elapsed_before(const MetricsLog *log);
 bool metrics_log_step(MetricsLog *log, const StepMetrics *step, Error *err);
 bool metrics_log_eval(MetricsLog *log, const EvalMetrics *eval, Error *err);
 bool metrics_close(MetricsLog *log, Error *err);
+
+// ----------------------------------------------------------------------------
+// reading a run back (metrics.c) and drawing it (plot.c, cairo)
+
+// A run's metrics.jsonl: its logged steps and its evaluations, in file order.
+typedef struct RunHistory {
+    int n_steps;
+    int *step;                       // (n_steps,)
+    double *loss, *lr, *tokens_per_s, *elapsed_s;
+    uint64_t peak_bytes;             // the largest peak_memory_bytes
+    int skipped_steps, bad_steps;    // of the last row
+    int n_evals;
+    int *eval_step;                  // (n_evals,)
+    double *eval_loss, *eval_token_accuracy;
+} RunHistory;
+
+// Reads run_dir/metrics.jsonl; a line that is not a row is an error naming the file and line.
+bool history_read(const char *run_dir, RunHistory *history, Error *err);
+void history_free(RunHistory *history);
+
+#define PLOT_WIDTH 1000
+#define PLOT_HEIGHT 600
+
+// loss.png: training loss (raw, thin, and smoothed), eval loss (points),
+// learning rate on its own right-hand axis, ticks, labels, the title.
+bool plot_loss_png(const RunHistory *history, const char *title, const char *path, Error *err);
+// The runs' smoothed training losses (solid) and eval losses (dashed with points), one colour per run.
+bool plot_comparison_png(const RunHistory *runs, const char *const *names, int n_runs, const char *path, Error *err);

@@ -409,6 +409,27 @@ static bool settle_optimizer(Run *run, Error *err) {
     return true;
 }
 
+static const char *base_name(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash && slash[1] ? slash + 1 : path;
+}
+
+// loss.png in the run folder from its metrics.jsonl (rank 0). A plot that
+// cannot be drawn is reported and training goes on.
+static void draw_loss_plot(const Run *run) {
+    if (!run->is_rank0) return;
+    const Config *config = run->config;
+    char title[256], path[CONFIG_PATH_MAX + 16];
+    snprintf(title, sizeof title, "%.80s | model %.80s | LoRA r %d", run->control->config_name ? base_name(run->control->config_name)
+             : base_name(config->checkpoint.dir), base_name(config->model.path), config->lora.r);
+    snprintf(path, sizeof path, "%s/loss.png", config->checkpoint.dir);
+    RunHistory history;
+    Error err;
+    bool ok = history_read(config->checkpoint.dir, &history, &err) && plot_loss_png(&history, title, path, &err);
+    history_free(&history);
+    if (!ok) printf("warning: loss.png not drawn: %s\n", err.message);
+}
+
 // Saves the state before next_step and marks the run interrupted.
 static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary, Error *err) {
     summary->interrupted = true;
@@ -416,6 +437,7 @@ static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary,
     if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
     if (run->is_rank0) printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
            summary->checkpoint_dir);
+    draw_loss_plot(run);
     return true;
 }
 
@@ -546,6 +568,7 @@ static bool save_if_due(Run *run, int step, TrainSummary *summary, Error *err) {
     if (!settle_optimizer(run, err)) return false;
     if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
     if (run->is_rank0) printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
+    draw_loss_plot(run);
     return true;
 }
 

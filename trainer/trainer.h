@@ -133,6 +133,7 @@ typedef struct TrainControl {
     bool allow_config_change;    // resume although keys that change the mathematics differ (they are printed)
     int stop_after_steps;        // tests: stop as SIGTERM would before this loop step (0 = never)
     int world_size;              // plan: ranks of the job (--world-size; 0 = 1)
+    const char *config_name;     // the recipe's file, for loss.png's title (NULL: none)
     void (*on_step)(void *context, int step, double loss); // after every optimizer step (1-based)
     void *context;
 } TrainControl;
