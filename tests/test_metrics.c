@@ -5,7 +5,9 @@
 // CRC) and EventAccumulator read the event files back with the same values,
 // one per step after the resume, and a damaged byte fails the CRC check;
 // loss.png decodes (the project's PNG reader and Pillow) to 1000 x 600 with
-// the loss curves' colours inside the plot area.
+// the loss curves' colours inside the plot area; `lora-train report` tables
+// the run (and refuses a folder without metrics, or a damaged row, by name)
+// and draws its comparison PNG.
 #include "run_util.h"
 
 #include <json-c/json.h>
@@ -217,6 +219,50 @@ static void check_loss_png(const char *run_dir, const char *dir) {
     assert_int_equal(run_command(command), 0);
 }
 
+static void read_text(const char *path, char **text) {
+    size_t size;
+    Error err;
+    if (!read_file(path, text, &size, &err)) fail_msg("%s", err.message);
+}
+
+static void check_report(const char *run_dir, const char *dir) {
+    char command[8192], path[4096];
+    snprintf(command, sizeof command, "$LORA_TRAIN_BIN report %s %s --out %s/report.png > %s/report.txt 2>&1", run_dir,
+             run_dir, dir, dir);
+    assert_int_equal(run_command(command), 0);
+    snprintf(path, sizeof path, "%s/report.txt", dir);
+    char *table;
+    read_text(path, &table);
+    print_message("%s", table);
+    char *row = strstr(table, run_dir);
+    assert_non_null(row);
+    int steps;
+    assert_int_equal(sscanf(row + strlen(run_dir), "%d", &steps), 1);
+    assert_int_equal(steps, TOTAL_STEPS);
+    assert_non_null(strstr(row, "(8)")); // the best eval loss is the last one's
+    free(table);
+    snprintf(path, sizeof path, "%s/report.png", dir);
+    Image image;
+    Error err;
+    if (!image_decode_file(path, &image, &err)) fail_msg("%s", err.message);
+    assert_int_equal(image.width, PLOT_WIDTH);
+    assert_true(count_colour(&image, 230, 107, 13) > 500); // the second run's colour, drawn over the first
+    image_free(&image);
+
+    snprintf(command, sizeof command, "$LORA_TRAIN_BIN report %s > %s/report.txt 2>&1", dir, dir);
+    assert_int_equal(run_command(command), 1);
+    snprintf(path, sizeof path, "%s/report.txt", dir);
+    read_text(path, &table);
+    assert_non_null(strstr(table, "metrics.jsonl: no such file"));
+    free(table);
+    snprintf(command, sizeof command, "mkdir -p %s/torn && head -c 100 %s/metrics.jsonl > %s/torn/metrics.jsonl && "
+             "$LORA_TRAIN_BIN report %s/torn > %s/report.txt 2>&1", dir, run_dir, dir, dir, dir);
+    assert_int_equal(run_command(command), 1);
+    read_text(path, &table);
+    assert_non_null(strstr(table, "torn/metrics.jsonl:1: not a metrics row"));
+    free(table);
+}
+
 static void test_metrics_and_events_across_resume(void **state) {
     const char *dir = make_temp_dir("metrics");
     RunLosses losses;
@@ -225,6 +271,7 @@ static void test_metrics_and_events_across_resume(void **state) {
     char run_dir[2048];
     snprintf(run_dir, sizeof run_dir, "%s/out", dir);
     check_loss_png(run_dir, dir);
+    check_report(run_dir, dir);
     if (!python_has("tensorboard")) skip();
     json_object *events = read_events(run_dir, dir);
     if (!events) {

@@ -185,6 +185,10 @@ bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err);
 // Prints the plan; returns the process exit status.
 int plan_main(const Config *config, int world_size);
 
+// `lora-train report RUN_DIR... [--out FILE]` (argv after "report"): a table
+// of the runs from their metrics.jsonl and a PNG comparing their losses; the exit status.
+int report_main(int argc, char **argv);
+
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);
 // lora-launch's command line (one process per local rank): the exit status.
