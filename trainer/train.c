@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "metrics.h"
 #include "train_private.h"
@@ -243,6 +244,55 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
     fflush(stdout);
 }
 
+// Timing of the log lines: the loop's start and the tokens trained since.
+typedef struct Throughput {
+    double start, tokens;
+    int start_step;
+} Throughput;
+
+// ----------------------------------------------------------------------------
+// the progress line: with stderr on a terminal (rank 0) one line redrawn in
+// place after every step; any other message clears it first, and it comes
+// back after the next step. When stdout is that terminal too, the bar takes
+// the place of the per-step log lines (metrics.jsonl keeps them all).
+
+#define PROGRESS_BAR_WIDTH 24
+
+static void clear_progress(Run *run) {
+    if (!run->progress_shown) return;
+    fputs("\r\033[K", stderr);
+    run->progress_shown = false;
+}
+
+static void draw_progress(Run *run, int step, double loss, const Throughput *throughput, double since_start) {
+    char bar[PROGRESS_BAR_WIDTH + 1], eta[32], memory[32];
+    int filled = (int)((double)PROGRESS_BAR_WIDTH * step / run->total_steps);
+    for (int i = 0; i < PROGRESS_BAR_WIDTH; i++) bar[i] = i < filled ? '#' : '.';
+    bar[PROGRESS_BAR_WIDTH] = '\0';
+    int steps_run = step - throughput->start_step;
+    format_duration(since_start / (steps_run > 0 ? steps_run : 1) * (run->total_steps - step), eta, sizeof eta);
+    format_bytes(run->ops->peak_bytes(), memory, sizeof memory);
+    fprintf(stderr, "\r\033[K[%s] step %d/%d | loss %.4f | %.0f tok/s | eta %s | peak %s", bar, step, run->total_steps,
+            loss, throughput->tokens / since_start, eta, memory);
+    fflush(stderr);
+    run->progress_shown = true;
+}
+
+// The step's log line (unless the progress line replaces it) and its metrics row.
+static bool log_and_record_step(Run *run, int step, const StepBatch *batch, double loss, float lr, float norm,
+                                const Throughput *throughput, double since_start, Error *err) {
+    if (!run->progress_replaces_lines) {
+        clear_progress(run);
+        log_step(run, step + 1, loss, lr, norm, throughput->tokens, since_start);
+    }
+    StepMetrics metrics = {.step = step + 1, .epoch = batch->epoch, .loss = loss, .lr = lr, .grad_norm = norm,
+                           .tokens = (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size,
+                           .tokens_per_s = throughput->tokens / since_start,
+                           .elapsed_s = time_seconds() - run->run_clock_start, .peak_bytes = run->ops->peak_bytes(),
+                           .skipped_steps = run->progress.skipped_steps, .bad_steps = run->progress.bad_steps};
+    return metrics_log_step(run->metrics, &metrics, err);
+}
+
 // The step's micro-batches (with run, their images through its tower, and at
 // ZeRO stage 2 each micro-batch's gradient reduce-scattered to its owners,
 // bucket by bucket during the backward with zero.overlap_comm, the last
@@ -435,6 +485,7 @@ static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary,
     summary->interrupted = true;
     if (!settle_optimizer(run, err)) return false;
     if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+    clear_progress(run);
     if (run->is_rank0) printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
            summary->checkpoint_dir);
     draw_loss_plot(run);
@@ -442,9 +493,10 @@ static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary,
 }
 
 // The skip message names the rule that fired and its numbers.
-static void log_bad_step(const Run *run, int step, Verdict verdict, const OutlierLimits *limits, double loss,
+static void log_bad_step(Run *run, int step, Verdict verdict, const OutlierLimits *limits, double loss,
                          float norm, int in_row) {
     if (!run->is_rank0) return;
+    clear_progress(run);
     printf("step %d/%d | skipped: ", step + 1, run->total_steps);
     const Config *c = run->config;
     if (verdict == STEP_NON_FINITE) printf("non-finite loss %g or gradient norm %g", loss, (double)norm);
@@ -486,11 +538,6 @@ static bool stop_requested(const Run *run, int step) {
            (run->control->stop_after_steps > 0 && step == run->control->stop_after_steps);
 }
 
-// Timing of the log lines: the loop's start and the tokens trained since.
-typedef struct Throughput {
-    double start, tokens;
-} Throughput;
-
 // The optimizer step (or its skip, counted) of a step with label tokens, the outlier window and the log line.
 static bool update_and_log(Run *run, int step, const StepBatch *batch, double loss, int *bad_in_row,
                            Throughput *throughput, TrainSummary *summary, Error *err) {
@@ -504,15 +551,12 @@ static bool update_and_log(Run *run, int step, const StepBatch *batch, double lo
     remember_step(run, loss, norm);
     throughput->tokens += (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size;
     record_step(run, step, loss);
-    if (!run->is_rank0 || ((step + 1) % run->config->train.log_every != 0 && step + 1 != run->total_steps)) return true;
+    if (!run->is_rank0) return true;
     double since_start = time_seconds() - throughput->start;
-    log_step(run, step + 1, loss, lr, norm, throughput->tokens, since_start);
-    StepMetrics metrics = {.step = step + 1, .epoch = batch->epoch, .loss = loss, .lr = lr, .grad_norm = norm,
-                           .tokens = (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size,
-                           .tokens_per_s = throughput->tokens / since_start,
-                           .elapsed_s = time_seconds() - run->run_clock_start, .peak_bytes = run->ops->peak_bytes(),
-                           .skipped_steps = run->progress.skipped_steps, .bad_steps = run->progress.bad_steps};
-    return metrics_log_step(run->metrics, &metrics, err);
+    bool due = (step + 1) % run->config->train.log_every == 0 || step + 1 == run->total_steps;
+    bool ok = !due || log_and_record_step(run, step, batch, loss, lr, norm, throughput, since_start, err);
+    if (run->progress_line) draw_progress(run, step + 1, loss, throughput, since_start);
+    return ok;
 }
 
 static bool write_text_file(const char *path, const char *text, Error *err) {
@@ -532,6 +576,7 @@ static bool keep_if_best(Run *run, int step, const EvalResult *result, Error *er
     if (!run->config->checkpoint.keep_best || !run->is_rank0) return true;
     char dir[CONFIG_PATH_MAX + 32], path[CONFIG_PATH_MAX + 64], json[256];
     if (!save_adapter(run, "best", dir, sizeof dir, err)) return false;
+    clear_progress(run);
     snprintf(path, sizeof path, "%s/eval.json", dir);
     snprintf(json, sizeof json, "{\"step\": %d, \"eval_loss\": %.17g, \"eval_token_accuracy\": %.17g}\n",
                      step + 1, result->loss, result->token_accuracy);
@@ -549,6 +594,7 @@ static bool evaluate_if_due(Run *run, int step, Error *err) {
     if (!eval_run(run, step + 1, &result, err)) return fail_context(err, "step %d: ", step + 1);
     run->last_eval = result;
     if (run->is_rank0) {
+        clear_progress(run);
         printf("eval after step %d/%d | loss %.4f | perplexity %.3f | token accuracy %.2f%% | %lld label tokens | "
                "%.1f s\n", step + 1, run->total_steps, result.loss, result.perplexity, 100 * result.token_accuracy,
                (long long)result.n_label_tokens, result.seconds);
@@ -567,13 +613,14 @@ static bool save_if_due(Run *run, int step, TrainSummary *summary, Error *err) {
     if (!(every > 0 && (step + 1) % every == 0) && step + 1 != run->total_steps) return true;
     if (!settle_optimizer(run, err)) return false;
     if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+    clear_progress(run);
     if (run->is_rank0) printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
     draw_loss_plot(run);
     return true;
 }
 
 static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *err) {
-    Throughput throughput = {.start = time_seconds()};
+    Throughput throughput = {.start = time_seconds(), .start_step = start_step};
     int bad_in_row = 0;
     for (int step = start_step; step < run->total_steps; step++) {
         if (stop_requested(run, step)) return stop_with_checkpoint(run, step, summary, err);
@@ -592,12 +639,14 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         }
         if (skipped) {
             run->progress.skipped_steps++;
+            clear_progress(run);
             if (run->is_rank0) printf("step %d/%d | skipped: no label tokens in this step\n", step + 1, run->total_steps);
         } else if (!update_and_log(run, step, batch, loss, &bad_in_row, &throughput, summary, err)) {
             return false;
         }
         if (!evaluate_if_due(run, step, err) || !save_if_due(run, step, summary, err)) return false;
     }
+    clear_progress(run);
     if (!settle_optimizer(run, err)) return false;
     return !run->is_rank0 || save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
 }
@@ -622,6 +671,8 @@ static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
     if (run->is_rank0 && !(run->metrics = metrics_open(run->config->checkpoint.dir, start_step, err))) return false;
     run->run_clock_start = time_seconds() - metrics_elapsed_before(run->metrics);
+    run->progress_line = run->is_rank0 && isatty(STDERR_FILENO);
+    run->progress_replaces_lines = run->progress_line && isatty(STDOUT_FILENO);
     return train_loop(run, start_step, summary, err);
 }
 

@@ -60,6 +60,9 @@ typedef struct Run {
     EvalResult last_eval;  // the latest evaluation (eval.n_done > 0)
     struct MetricsLog *metrics; // rank 0: metrics.jsonl and the event file (metrics.h); NULL elsewhere
     double run_clock_start; // time_seconds() at which the run's elapsed time (resumed processes included) is 0
+    bool progress_line;     // rank 0 with stderr on a terminal: the progress line redrawn in place
+    bool progress_replaces_lines; // ... and stdout on it too: no per-step log lines
+    bool progress_shown;    // the progress line is on the screen (cleared before any other message)
 } Run;
 
 // evaluate.c: opens data.eval_path's dataset, or splits data.eval_fraction
