@@ -247,6 +247,25 @@ static void test_image_text_evaluation(void **state) {
     assert_in_range((int)(summary.eval_token_accuracy * 1000), 0, 1000);
 }
 
+// An epoch is the training share's: 30 of 40 samples in micro-batches of 4 give 7 steps, planned and run.
+static void test_epoch_of_the_training_share(void **state) {
+    const char *dir = make_temp_dir("eval-epoch");
+    char path[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_text_records(path, 40);
+    Config config = eval_config(dir, "data.eval_fraction=0.25");
+    config_set_or_fail(&config, "%s", "train.max_steps=0");
+    config_set_or_fail(&config, "%s", "train.micro_batch=4");
+    RunPlan plan;
+    Error err;
+    if (!run_plan(&config, 1, &plan, &err)) fail_msg("%s", err.message);
+    assert_int_equal(plan.total_steps, 7);
+    TrainSummary summary;
+    run(&config, &summary);
+    assert_int_equal(summary.steps, 7);
+    assert_int_equal(summary.evaluations, 1);
+}
+
 static void expect_refused(const char *const *assignments, size_t n, const char *message) {
     const char *dir = make_temp_dir("eval-keys");
     Config config;
@@ -278,6 +297,7 @@ int main(void) {
         cmocka_unit_test(test_eval_equals_direct_computation),
         cmocka_unit_test(test_training_identical_with_evaluation),
         cmocka_unit_test(test_image_text_evaluation),
+        cmocka_unit_test(test_epoch_of_the_training_share),
         cmocka_unit_test(test_bad_eval_keys_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -37,10 +37,11 @@ typedef struct EvalMetrics {
 
 typedef struct EventWriter EventWriter;
 
-// Creates run_dir/events.out.tfevents.<seconds>.<host>.<pid>.0 with the
-// file_version event; a resumed run (start_step > 0) adds a SessionLog START
-// at start_step + 1, so TensorBoard drops the older files' events from that
-// step on (those of the steps the interrupted process ran past its checkpoint).
+// Creates run_dir/events.out.tfevents.<seconds>.<host>.<pid>.<n> with the
+// file_version event and a SessionLog START at start_step + 1, by which
+// TensorBoard drops the folder's older files' events from that step on: those
+// of the steps an interrupted process ran past its checkpoint, or all of an
+// earlier run's in the same folder when this one starts afresh.
 EventWriter *event_writer_open(const char *run_dir, int start_step, Error *err);
 bool event_writer_scalar(EventWriter *writer, const char *tag, int64_t step, double value, Error *err);
 // Flushes the file (a reader sees every event written so far).

@@ -107,7 +107,9 @@ int checkpoints_kept(const Config *config, int total_steps) {
 
 uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoint_bytes, size_t n_params) {
     uint64_t adapter_bytes = (uint64_t)n_params * sizeof(float) + SAVE_MARGIN_BYTES;
-    return (uint64_t)checkpoints_kept(config, total_steps) * (checkpoint_bytes + SAVE_MARGIN_BYTES) + adapter_bytes;
+    int adapters = config->checkpoint.keep_best ? 2 : 1; // the final one and best/
+    return (uint64_t)checkpoints_kept(config, total_steps) * (checkpoint_bytes + SAVE_MARGIN_BYTES) +
+           (uint64_t)adapters * adapter_bytes;
 }
 
 static int saves_kept(const Run *run) { return checkpoints_kept(run->config, run->total_steps); }

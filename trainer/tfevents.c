@@ -142,7 +142,7 @@ EventWriter *event_writer_open(const char *run_dir, int start_step, Error *err) 
              host, (int)getpid(), files_opened++);
     writer->file = fopen(writer->path, "wb");
     bool ok = writer->file || fail(err, "%s: %s", writer->path, strerror(errno));
-    ok = ok && write_file_version(writer, err) && (start_step == 0 || write_session_start(writer, start_step + 1, err)) &&
+    ok = ok && write_file_version(writer, err) && write_session_start(writer, start_step + 1, err) &&
          event_writer_flush(writer, err);
     if (ok) return writer;
     event_writer_close(writer, &(Error){{0}});
