@@ -2,7 +2,8 @@
 // data.eval_fraction split never overlaps training and the training loader
 // serves exactly its share; the eval loss and token accuracy a run reports
 // equal a direct computation on the held-out samples with the final adapter
-// (the model's own cross-entropy in eval mode, argmax of model_logits);
+// (the model's own cross-entropy in eval mode, argmax of model_logits, a
+// sample's answer exact when every label token is the argmax);
 // training with evaluation is bit-identical to training without; keep_best
 // writes best/; image-text data evaluates too; bad eval keys are refused.
 #include "run_util.h"
@@ -107,7 +108,7 @@ static Model *trained_model(const Config *config, const char *adapter_dir) {
 }
 
 typedef struct Direct {
-    double loss, token_accuracy;
+    double loss, token_accuracy, answer_accuracy;
 } Direct;
 
 // The held-out samples one at a time: the model's cross-entropy sum (model_step
@@ -120,7 +121,7 @@ static Direct direct_eval(const Config *config, Model *model, Dataset *dataset, 
     assert_non_null(loader);
     int V = model_config(model)->vocab_size, T = config->data.max_seq_len;
     float *logits = malloc((size_t)T * V * sizeof(float));
-    double loss_sum = 0, hits = 0, labels = 0;
+    double loss_sum = 0, hits = 0, labels = 0, exact_answers = 0;
     for (int64_t i = 0; i < n; i++) {
         const StepBatch *step = dataloader_next(loader);
         Batch batch = {.B = 1, .T = T, .tokens = step->tokens, .targets = step->targets};
@@ -130,6 +131,7 @@ static Direct direct_eval(const Config *config, Model *model, Dataset *dataset, 
             !model_logits(model, &batch, logits, &err))
             fail_msg("%s", err.message);
         loss_sum += sum;
+        bool exact = true;
         for (int t = 0; t < T; t++) {
             if (step->targets[t] == IGNORE_INDEX) continue;
             const float *row = logits + (size_t)t * V;
@@ -137,19 +139,30 @@ static Direct direct_eval(const Config *config, Model *model, Dataset *dataset, 
             for (int v = 1; v < V; v++)
                 if (row[v] > row[best]) best = v;
             hits += best == step->targets[t];
+            exact = exact && best == step->targets[t];
             labels++;
         }
+        exact_answers += exact;
     }
     free(logits);
     dataloader_destroy(loader);
-    return (Direct){loss_sum / labels, hits / labels};
+    return (Direct){loss_sum / labels, hits / labels, exact_answers / (double)n};
 }
 
-static void test_eval_equals_direct_computation(void **state) {
-    const char *dir = make_temp_dir("eval-direct");
+// n chats whose answer is a short label ("odd" or "even" of a one-digit number): exact answers are learnable.
+static void write_label_chats(const char *path, int n) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < n; i++)
+        fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"%d?\"}, {\"role\": \"assistant\", "
+                   "\"content\": \"%s\"}]}\n", i % 10, i % 2 ? "odd" : "even");
+    assert_int_equal(fclose(f), 0);
+}
+
+// Trains 16 steps on dir/data.jsonl holding 40 records, evaluating a quarter of them after steps 8 and 16.
+static void check_against_direct_computation(const char *dir, bool answers_learnt) {
     char path[2048];
     snprintf(path, sizeof path, "%s/data.jsonl", dir);
-    write_text_records(path, 40);
     Config config = eval_config(dir, "data.eval_fraction=0.25");
     config_set_or_fail(&config, "%s", "train.max_steps=16");
     config_set_or_fail(&config, "%s", "train.lr=2e-2");
@@ -172,6 +185,9 @@ static void test_eval_equals_direct_computation(void **state) {
                   summary.eval_token_accuracy, direct.token_accuracy);
     assert_true(fabs(summary.eval_loss - direct.loss) < 1e-5 * direct.loss);
     assert_true(summary.eval_token_accuracy == direct.token_accuracy);
+    print_message("exact answers %.4f (direct %.4f)\n", summary.eval_answer_accuracy, direct.answer_accuracy);
+    assert_true(summary.eval_answer_accuracy == direct.answer_accuracy);
+    if (answers_learnt) assert_true(direct.answer_accuracy > 0.2); // 0.5 here: the path is exercised
     assert_true(direct.token_accuracy > 0);
 
     snprintf(path, sizeof path, "%s/out/best/adapter_model.safetensors", dir);
@@ -189,6 +205,22 @@ static void test_eval_equals_direct_computation(void **state) {
     free(held_out);
     dataset_destroy(dataset);
     tokenizer_destroy(tok);
+}
+
+static void test_eval_equals_direct_computation(void **state) {
+    const char *dir = make_temp_dir("eval-direct");
+    char path[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_text_records(path, 40);
+    check_against_direct_computation(dir, false);
+}
+
+static void test_exact_answers_equal_direct_computation(void **state) {
+    const char *dir = make_temp_dir("eval-answers");
+    char path[2048];
+    snprintf(path, sizeof path, "%s/data.jsonl", dir);
+    write_label_chats(path, 40);
+    check_against_direct_computation(dir, true);
 }
 
 static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
@@ -245,6 +277,7 @@ static void test_image_text_evaluation(void **state) {
     assert_int_equal(summary.evaluations, 2);
     assert_true(isfinite(summary.eval_loss) && summary.eval_loss > 0);
     assert_in_range((int)(summary.eval_token_accuracy * 1000), 0, 1000);
+    assert_in_range((int)(summary.eval_answer_accuracy * 1000), 0, 1000);
 }
 
 // An epoch is the training share's: 30 of 40 samples in micro-batches of 4 give 7 steps, planned and run.
@@ -295,6 +328,7 @@ int main(void) {
         cmocka_unit_test(test_split_is_disjoint_and_fixed),
         cmocka_unit_test(test_training_loader_serves_its_share),
         cmocka_unit_test(test_eval_equals_direct_computation),
+        cmocka_unit_test(test_exact_answers_equal_direct_computation),
         cmocka_unit_test(test_training_identical_with_evaluation),
         cmocka_unit_test(test_image_text_evaluation),
         cmocka_unit_test(test_epoch_of_the_training_share),

@@ -150,7 +150,8 @@ static void check_scalars(json_object *events, const RunLosses *losses) {
     json_object *eval = field(scalars, "eval/loss");
     assert_int_equal(json_object_array_length(eval), TOTAL_STEPS / EVAL_EVERY);
     for (const char *const *tag = (const char *const[]){"train/lr", "train/grad_norm", "train/tokens_per_s",
-                                                        "eval/perplexity", "eval/token_accuracy", NULL};
+                                                        "eval/perplexity", "eval/token_accuracy",
+                                                        "eval/answer_accuracy", NULL};
          *tag; tag++)
         assert_non_null(field(scalars, *tag));
     // the raw records hold the interrupted process's steps 3-5 too: the accumulator dropped them

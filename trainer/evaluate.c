@@ -99,11 +99,14 @@ bool eval_run(Run *run, int step, EvalResult *result, Error *err) {
     double start = time_seconds();
     EvalSums sums = {0};
     if (!eval_local(run, &sums, err)) return fail_context(err, "evaluation: ");
-    double totals[3] = {sums.loss_sum, (double)sums.n_label_tokens, (double)sums.n_correct};
-    if (!all_reduce_host(&run->dist, totals, 3, err)) return fail_context(err, "evaluation: ");
-    if (totals[1] == 0) return fail(err, "evaluation: the held-out data has no label tokens");
-    *result = (EvalResult){.step = step, .loss = totals[0] / totals[1], .token_accuracy = totals[2] / totals[1],
-                           .n_label_tokens = (int64_t)totals[1], .seconds = time_seconds() - start};
+    double tokens[3] = {sums.loss_sum, (double)sums.n_label_tokens, (double)sums.n_correct};
+    double answers[2] = {(double)sums.n_answers, (double)sums.n_answers_exact};
+    if (!all_reduce_host(&run->dist, tokens, 3, err) || !all_reduce_host(&run->dist, answers, 2, err))
+        return fail_context(err, "evaluation: ");
+    if (tokens[1] == 0) return fail(err, "evaluation: the held-out data has no label tokens");
+    *result = (EvalResult){.step = step, .loss = tokens[0] / tokens[1], .token_accuracy = tokens[2] / tokens[1],
+                           .answer_accuracy = answers[1] / answers[0], .n_label_tokens = (int64_t)tokens[1],
+                           .n_answers = (int64_t)answers[0], .seconds = time_seconds() - start};
     result->perplexity = exp(result->loss);
     run->eval.n_done++;
     return true;

@@ -4,10 +4,11 @@
 //   {"step", "epoch", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s", "peak_memory_bytes",
 //    "skipped_steps", "bad_steps"}
 // and per evaluation
-//   {"step", "eval_loss", "eval_perplexity", "eval_token_accuracy", "eval_label_tokens", "eval_seconds", "elapsed_s"}
+//   {"step", "eval_loss", "eval_perplexity", "eval_token_accuracy", "eval_answer_accuracy", "eval_label_tokens",
+//    "eval_answers", "eval_seconds", "elapsed_s"}
 // Non-finite numbers are null. The same scalars go to the event file as
 // train/loss, train/lr, train/grad_norm, train/tokens_per_s, eval/loss,
-// eval/perplexity and eval/token_accuracy.
+// eval/perplexity, eval/token_accuracy and eval/answer_accuracy.
 #include <errno.h>
 #include <json-c/json.h>
 #include <math.h>
@@ -123,13 +124,16 @@ bool metrics_log_eval(MetricsLog *log, const EvalMetrics *m, Error *err) {
     put_number(f, "eval_loss", m->loss);
     put_number(f, "eval_perplexity", m->perplexity);
     put_number(f, "eval_token_accuracy", m->token_accuracy);
-    fprintf(f, ", \"eval_label_tokens\": %lld", (long long)m->label_tokens);
+    put_number(f, "eval_answer_accuracy", m->answer_accuracy);
+    fprintf(f, ", \"eval_label_tokens\": %lld, \"eval_answers\": %lld", (long long)m->label_tokens,
+            (long long)m->answers);
     put_number(f, "eval_seconds", m->seconds);
     put_number(f, "elapsed_s", m->elapsed_s);
     EventWriter *events = log->events;
     return event_writer_scalar(events, "eval/loss", m->step, m->loss, err) &&
            event_writer_scalar(events, "eval/perplexity", m->step, m->perplexity, err) &&
-           event_writer_scalar(events, "eval/token_accuracy", m->step, m->token_accuracy, err) && end_row(log, err);
+           event_writer_scalar(events, "eval/token_accuracy", m->step, m->token_accuracy, err) &&
+           event_writer_scalar(events, "eval/answer_accuracy", m->step, m->answer_accuracy, err) && end_row(log, err);
 }
 
 bool metrics_close(MetricsLog *log, Error *err) {
@@ -153,7 +157,8 @@ static double number_or_nan(json_object *row, const char *key) {
 static bool allocate_history(RunHistory *h, size_t n, Error *err) {
     h->step = calloc(n, sizeof(int));
     h->eval_step = calloc(n, sizeof(int));
-    double **columns[] = {&h->loss, &h->lr, &h->tokens_per_s, &h->elapsed_s, &h->eval_loss, &h->eval_token_accuracy};
+    double **columns[] = {&h->loss,      &h->lr,  &h->tokens_per_s, &h->elapsed_s, &h->eval_loss, &h->eval_token_accuracy,
+                          &h->eval_answer_accuracy};
     bool ok = h->step && h->eval_step;
     for (size_t c = 0; c < sizeof columns / sizeof *columns; c++) ok = (*columns[c] = calloc(n, sizeof(double))) && ok;
     return ok || fail(err, "out of memory for %zu rows of metrics", n);
@@ -164,7 +169,8 @@ static void add_row(RunHistory *h, json_object *row, int step) {
     if (json_object_object_get_ex(row, "eval_loss", &value)) {
         h->eval_step[h->n_evals] = step;
         h->eval_loss[h->n_evals] = number_or_nan(row, "eval_loss");
-        h->eval_token_accuracy[h->n_evals++] = number_or_nan(row, "eval_token_accuracy");
+        h->eval_token_accuracy[h->n_evals] = number_or_nan(row, "eval_token_accuracy");
+        h->eval_answer_accuracy[h->n_evals++] = number_or_nan(row, "eval_answer_accuracy");
         return;
     }
     int i = h->n_steps++;
@@ -218,5 +224,6 @@ void history_free(RunHistory *h) {
     free(h->eval_step);
     free(h->eval_loss);
     free(h->eval_token_accuracy);
+    free(h->eval_answer_accuracy);
     *h = (RunHistory){0};
 }

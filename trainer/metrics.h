@@ -25,8 +25,8 @@ typedef struct StepMetrics {
 // One evaluation on the held-out data.
 typedef struct EvalMetrics {
     int step;
-    double loss, perplexity, token_accuracy;
-    int64_t label_tokens;
+    double loss, perplexity, token_accuracy, answer_accuracy;
+    int64_t label_tokens, answers;
     double seconds, elapsed_s;
 } EvalMetrics;
 
@@ -79,7 +79,7 @@ typedef struct RunHistory {
     int skipped_steps, bad_steps;    // of the last row
     int n_evals;
     int *eval_step;                  // (n_evals,)
-    double *eval_loss, *eval_token_accuracy;
+    double *eval_loss, *eval_token_accuracy, *eval_answer_accuracy;
 } RunHistory;
 
 // Reads run_dir/metrics.jsonl; a line that is not a row is an error naming the file and line.

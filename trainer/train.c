@@ -595,13 +595,15 @@ static bool evaluate_if_due(Run *run, int step, Error *err) {
     run->last_eval = result;
     if (run->is_rank0) {
         clear_progress(run);
-        printf("eval after step %d/%d | loss %.4f | perplexity %.3f | token accuracy %.2f%% | %lld label tokens | "
-               "%.1f s\n", step + 1, run->total_steps, result.loss, result.perplexity, 100 * result.token_accuracy,
+        printf("eval after step %d/%d | loss %.4f | perplexity %.3f | token accuracy %.2f%% | exact answers %.2f%% "
+               "of %lld | %lld label tokens | %.1f s\n", step + 1, run->total_steps, result.loss, result.perplexity,
+               100 * result.token_accuracy, 100 * result.answer_accuracy, (long long)result.n_answers,
                (long long)result.n_label_tokens, result.seconds);
         fflush(stdout);
     }
     EvalMetrics metrics = {.step = step + 1, .loss = result.loss, .perplexity = result.perplexity,
-                           .token_accuracy = result.token_accuracy, .label_tokens = result.n_label_tokens,
+                           .token_accuracy = result.token_accuracy, .answer_accuracy = result.answer_accuracy,
+                           .label_tokens = result.n_label_tokens, .answers = result.n_answers,
                            .seconds = result.seconds, .elapsed_s = time_seconds() - run->run_clock_start};
     return metrics_log_eval(run->metrics, &metrics, err) && keep_if_best(run, step, &result, err);
 }
@@ -660,6 +662,7 @@ static void fill_summary(const Run *run, TrainSummary *summary) {
     summary->evaluations = run->eval.n_done;
     summary->eval_loss = run->last_eval.loss;
     summary->eval_token_accuracy = run->last_eval.token_accuracy;
+    summary->eval_answer_accuracy = run->last_eval.answer_accuracy;
     summary->best_eval_step = run->progress.best_eval_step;
     summary->best_eval_loss = run->progress.best_eval_loss;
 }

@@ -29,7 +29,8 @@ typedef struct EvalResult {
     double loss;                // sum of -log p over label tokens / their count
     double perplexity;          // exp(loss)
     double token_accuracy;      // label tokens whose largest logit is the target / their count
-    int64_t n_label_tokens;
+    double answer_accuracy;     // samples whose label tokens are all such hits (greedy decoding gives the answer) / samples
+    int64_t n_label_tokens, n_answers;
     double seconds;
 } EvalResult;
 

@@ -111,7 +111,7 @@ typedef struct TrainSummary {
     double first_loss, last_loss;   // mean loss per label token of the first and last step
     char adapter_dir[CONFIG_PATH_MAX + 32]; // the final adapter folder
     int evaluations;                // held-out evaluations this process ran
-    double eval_loss, eval_token_accuracy; // the last one's
+    double eval_loss, eval_token_accuracy, eval_answer_accuracy; // the last one's
     int best_eval_step;             // the lowest eval loss of the run (resumed runs included); 0: none
     double best_eval_loss;
 } TrainSummary;
