@@ -11,6 +11,7 @@
 // launcher; the outlier guard skips the same step on 2 ranks as on 1.
 #include "run_util.h"
 
+#include <json-c/json.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -371,10 +372,15 @@ static void last_eval(const char *dir, const char *name, double *loss, double *a
     if (!read_file(path, &text, &size, &err)) fail_msg("%s", err.message);
     char *last = text + size - 1;
     while (last > text && last[-1] != '\n') last--;
-    double perplexity;
-    if (sscanf(last, "{\"step\": %*d, \"eval_loss\": %lf, \"eval_perplexity\": %lf, \"eval_token_accuracy\": %lf, "
-                     "\"eval_label_tokens\": %lld", loss, &perplexity, accuracy, label_tokens) != 4)
+    json_object *row = json_tokener_parse(last), *value;
+    if (!row || !json_object_object_get_ex(row, "eval_loss", &value))
         fail_msg("%s: the last row is not an evaluation: %s", path, last);
+    *loss = json_object_get_double(value);
+    assert_true(json_object_object_get_ex(row, "eval_token_accuracy", &value));
+    *accuracy = json_object_get_double(value);
+    assert_true(json_object_object_get_ex(row, "eval_label_tokens", &value));
+    *label_tokens = json_object_get_int64(value);
+    json_object_put(row);
     free(text);
 }
 

@@ -470,8 +470,9 @@ static void draw_loss_plot(const Run *run) {
     if (!run->is_rank0) return;
     const Config *config = run->config;
     char title[256], path[CONFIG_PATH_MAX + 16];
-    snprintf(title, sizeof title, "%.80s | model %.80s | LoRA r %d", run->control->config_name ? base_name(run->control->config_name)
-             : base_name(config->checkpoint.dir), base_name(config->model.path), config->lora.r);
+    const char *recipe = run->control->config_name ? run->control->config_name : config->checkpoint.dir;
+    snprintf(title, sizeof title, "%.80s | model %.80s | LoRA r %d", base_name(recipe), base_name(config->model.path),
+             config->lora.r);
     snprintf(path, sizeof path, "%s/loss.png", config->checkpoint.dir);
     RunHistory history;
     Error err;
