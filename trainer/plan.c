@@ -198,8 +198,8 @@ static void print_disk(const Config *config, const RunPlan *plan) {
     if (plan->total_steps == 0) {
         printf("  whole run: unknown (train.max_steps is 0 and %s does not exist yet)\n", config->data.path);
     } else {
-        char note[64];
-        snprintf(note, sizeof note, "%d checkpoints at once + the final adapter", plan->checkpoints_kept);
+        char note[96];
+        snprintf(note, sizeof note, "%d checkpoints at once + %s", plan->checkpoints_kept, adapters_kept(config));
         print_bytes_line("whole run", plan->run_disk_bytes, note);
     }
     print_bytes_line("free", plan->free_disk_bytes,

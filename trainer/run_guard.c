@@ -112,6 +112,10 @@ uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoi
            (uint64_t)adapters * adapter_bytes;
 }
 
+const char *adapters_kept(const Config *config) {
+    return config->checkpoint.keep_best ? "the final adapter and best/" : "the final adapter";
+}
+
 static int saves_kept(const Run *run) { return checkpoints_kept(run->config, run->total_steps); }
 
 // Rank 0's part plus, for every other rank, a shard file no larger than rank 0's.
@@ -148,16 +152,16 @@ bool check_disk_for_run(Run *run, Error *err) {
     format_bytes(need, need_text, sizeof need_text);
     format_bytes(free_bytes, free_text, sizeof free_text);
     format_bytes(checkpoint_bytes, checkpoint_text, sizeof checkpoint_text);
-    printf("disk: %s needs %s (%d checkpoints of %s at once + the final adapter), %s free\n", dir, need_text,
-           saves_kept(run), checkpoint_text, free_text);
+    printf("disk: %s needs %s (%d checkpoints of %s at once + %s), %s free\n", dir, need_text, saves_kept(run),
+           checkpoint_text, adapters_kept(run->config), free_text);
     if (need <= free_bytes) return true;
     if (run->control->allow_low_disk) {
         printf("warning: not enough free space for the whole run; going on (--allow-low-disk)\n");
         return true;
     }
-    return fail(err, "checkpoint.dir %s: the run needs %s (%d checkpoints of %s at once + the final adapter) but %s is "
+    return fail(err, "checkpoint.dir %s: the run needs %s (%d checkpoints of %s at once + %s) but %s is "
                      "free; free some space, lower checkpoint.keep_last, or pass --allow-low-disk",
-                dir, need_text, saves_kept(run), checkpoint_text, free_text);
+                dir, need_text, saves_kept(run), checkpoint_text, adapters_kept(run->config), free_text);
 }
 
 static bool has_room(const char *dir, uint64_t need, uint64_t *free_bytes, Error *err) {

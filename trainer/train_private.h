@@ -135,5 +135,7 @@ void format_bytes(uint64_t bytes, char *text, size_t size);
 // Checkpoints a run of total_steps has on disk at once (every_steps, keep_last,
 // the last step's): keep_last, plus the new one written before the oldest is pruned.
 int checkpoints_kept(const Config *config, int total_steps);
-// The whole run's disk need: the kept checkpoints of checkpoint_bytes each and the final adapter.
+// The whole run's disk need: the kept checkpoints of checkpoint_bytes each and the final adapter
+// (and best/ with checkpoint.keep_best: adapters_kept names them).
 uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoint_bytes, size_t n_params);
+const char *adapters_kept(const Config *config);
