@@ -262,7 +262,8 @@ static void test_training_identical_with_evaluation(void **state) {
     free(bytes_b);
 }
 
-// LLaVA records: evaluation runs through the tower and gives a finite loss and an accuracy.
+// LLaVA records, held out by data.eval_fraction or in data.eval_path: evaluation runs through the tower
+// and gives a finite loss and accuracies.
 static void test_image_text_evaluation(void **state) {
     const char *dir = make_temp_dir("eval-vlm");
     const char *recipe[] = {"vision.tower_preset=tiny", "data.image_tokens=16", "data.max_seq_len=64",
@@ -278,6 +279,17 @@ static void test_image_text_evaluation(void **state) {
     assert_true(isfinite(summary.eval_loss) && summary.eval_loss > 0);
     assert_in_range((int)(summary.eval_token_accuracy * 1000), 0, 1000);
     assert_in_range((int)(summary.eval_answer_accuracy * 1000), 0, 1000);
+
+    // data.eval_path: LLaVA records of their own (4, written by vlm_run_config into another folder)
+    const char *held_out_dir = make_temp_dir("eval-vlm-held-out");
+    Config held_out;
+    assert_true(vlm_run_config(held_out_dir, 4, recipe, 9, &held_out));
+    config_set_or_fail(&config, "%s", "data.eval_fraction=0");
+    config_set_or_fail(&config, "data.eval_path=%s", held_out.data.path);
+    config_set_or_fail(&config, "checkpoint.dir=%s/out-eval-path", dir);
+    run(&config, &summary);
+    assert_int_equal(summary.evaluations, 2);
+    assert_true(isfinite(summary.eval_loss) && summary.eval_loss > 0);
 }
 
 // An epoch is the training share's: 30 of 40 samples in micro-batches of 4 give 7 steps, planned and run.

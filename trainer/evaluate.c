@@ -62,6 +62,21 @@ bool eval_create_loader(Run *run, const DataLoaderOptions *train_options, Error 
 
 bool eval_enabled(const Run *run) { return run->eval.loader || run->eval.vlm_loader; }
 
+void eval_print_header(const Run *run) {
+    const Evaluation *eval = &run->eval;
+    const Config *config = run->config;
+    if (!eval_enabled(run)) return;
+    int64_t n = eval->eval_subset ? eval->n_eval
+                : eval->vlm_dataset ? vlm_dataset_size(eval->vlm_dataset) : dataset_size(eval->dataset);
+    printf("eval: %lld held-out samples (", (long long)n);
+    if (eval->eval_subset) printf("data.eval_fraction %g of %s)", (double)config->data.eval_fraction, config->data.path);
+    else printf("%s)", config->data.eval_path);
+    int every = config->train.eval_every;
+    if (every == 1) printf(" after every step\n");
+    else if (every > 1) printf(" after every %d steps and the last\n", every);
+    else printf(" after the last step\n");
+}
+
 bool eval_due(const Run *run, int step) {
     int every = run->config->train.eval_every;
     return eval_enabled(run) && ((every > 0 && (step + 1) % every == 0) || step + 1 == run->total_steps);

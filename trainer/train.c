@@ -672,6 +672,7 @@ static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     int start_step = 0;
     if (run->control->resume && !resume_from_checkpoint(run, &start_step, err)) return false;
     if (run->is_rank0) print_header(run);
+    if (run->is_rank0) eval_print_header(run);
     if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
     if (run->is_rank0 && !(run->metrics = metrics_open(run->config->checkpoint.dir, start_step, err))) return false;
     run->run_clock_start = time_seconds() - metrics_elapsed_before(run->metrics);

@@ -72,6 +72,8 @@ bool eval_prepare(Run *run, DataLoaderOptions *options, Error *err);
 // The evaluation loader, once the training data is open.
 bool eval_create_loader(Run *run, const DataLoaderOptions *train_options, Error *err);
 bool eval_enabled(const Run *run);
+// "eval: N held-out samples (where from) after every K steps and the last" (rank 0 calls it).
+void eval_print_header(const Run *run);
 // Whether step (0-based) is followed by an evaluation: every train.eval_every and the last.
 bool eval_due(const Run *run, int step);
 // Evaluates the model as it stands after step steps (every rank; no dropout, the training
