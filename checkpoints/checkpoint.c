@@ -119,6 +119,9 @@ static bool serialize_state(const TrainerState *state, int world_size, FileImage
     json_object_object_add(obj, "world_size", json_object_new_int(world_size));
     json_object_object_add(obj, "first_loss", json_object_new_double(state->first_loss));
     json_object_object_add(obj, "last_loss", json_object_new_double(state->last_loss));
+    json_object_object_add(obj, "best_eval_step", json_object_new_int(state->best_eval_step));
+    if (state->best_eval_step > 0)
+        json_object_object_add(obj, "best_eval_loss", json_object_new_double(state->best_eval_loss));
     json_object_object_add(obj, "recent_losses", number_array(state->recent_loss, state->n_recent));
     json_object_object_add(obj, "recent_grad_norms", number_array(state->recent_norm, state->n_recent));
     json_object_object_add(obj, "config_fnv1a64", json_object_new_string(config_hash));
@@ -560,6 +563,16 @@ static bool parse_recent(json_object *obj, const char *path, TrainerState *state
     return true;
 }
 
+// The best evaluation so far, absent from checkpoints of runs without one.
+static bool parse_best_eval(json_object *obj, const char *path, TrainerState *state, Error *err) {
+    json_object *step;
+    if (!json_object_object_get_ex(obj, "best_eval_step", &step)) return true;
+    if (!json_object_is_type(step, json_type_int) || json_object_get_int(step) < 0)
+        return fail(err, "%s: best_eval_step is not a step number", path);
+    state->best_eval_step = json_object_get_int(step);
+    return state->best_eval_step == 0 || get_number(obj, path, "best_eval_loss", &state->best_eval_loss, err);
+}
+
 static bool parse_state(json_object *obj, const char *path, TrainerState *state, Error *err) {
     double step, optimizer_steps, epoch, step_in_epoch, skipped, bad;
     const char *seed, *yaml, *config_hash;
@@ -580,7 +593,7 @@ static bool parse_state(json_object *obj, const char *path, TrainerState *state,
                             .last_loss = state->last_loss};
     json_object *world_size;
     state->world_size = json_object_object_get_ex(obj, "world_size", &world_size) ? json_object_get_int(world_size) : 1;
-    if (!parse_recent(obj, path, state, err)) return false;
+    if (!parse_recent(obj, path, state, err) || !parse_best_eval(obj, path, state, err)) return false;
     state->config_yaml = checked_strdup(yaml, err);
     return state->config_yaml != NULL;
 }

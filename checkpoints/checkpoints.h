@@ -123,6 +123,8 @@ typedef struct TrainerState {
     int bad_steps;           // steps skipped for a non-finite or outlier loss or gradient norm
     int world_size;          // ranks of the run that saved it (filled by the load)
     double first_loss, last_loss;
+    int best_eval_step;      // step of the lowest eval loss so far (0: no evaluation yet)
+    double best_eval_loss;
     int n_recent;            // the last accepted steps' losses and gradient norms, oldest first (outlier window)
     double recent_loss[RECENT_STEPS_MAX], recent_norm[RECENT_STEPS_MAX];
     char *config_yaml;       // the run's config; malloc'd when loaded

@@ -111,7 +111,16 @@ typedef struct DataLoaderOptions {
     bool shuffle;
     int rank, world_size;  // data parallel share (1 rank for now)
     bool pack;             // several samples per row (DataLoader only; see below)
+    const int64_t *subset; // the dataset's samples this loader serves, by index (NULL: all of them)
+    int64_t n_subset;
 } DataLoaderOptions;
+
+// Splits samples 0 .. n_samples - 1 into training and held-out indices, both
+// ascending and disjoint: round(fraction * n_samples) held out (at least 1,
+// at most n_samples - 1), the first of a permutation drawn from seed alone, so
+// the split is the same on every rank and every resume. Free both lists.
+bool data_split_held_out(int64_t n_samples, double fraction, uint64_t seed, int64_t **train, int64_t *n_train,
+                         int64_t **held_out, int64_t *n_held_out, Error *err);
 
 typedef struct StepBatch {
     int n_micro;
@@ -130,7 +139,7 @@ typedef struct StepBatch {
 
 typedef struct DataLoader DataLoader;
 
-// Order: a permutation of the dataset per epoch, from (seed, epoch); an epoch
+// Order: a permutation of the dataset (or of options.subset) per epoch, from (seed, epoch); an epoch
 // ends when fewer than micro_batch * grad_accum * world_size samples remain
 // (the remainder is dropped, as torch's drop_last).
 // With options.pack each epoch's order is first packed greedily, in order,

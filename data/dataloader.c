@@ -7,12 +7,17 @@
 #include "data.h"
 #include "data_private.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+// Seeds the held-out split apart from the epochs' shuffles.
+#define HELD_OUT_STREAM 0x4e1d0017ULL
 
 struct DataLoader {
     const Dataset *dataset;
     DataLoaderOptions options;
+    int64_t n_samples;        // served: the subset's or the dataset's
     int64_t samples_per_step; // S, over all ranks: samples, or with packing rows
     int64_t steps_per_epoch;  // with packing: of epoch 0
     int64_t *order;           // (n_samples,) the permutation of order_epoch
@@ -40,16 +45,24 @@ static int sample_tokens(const Dataset *dataset, int64_t index, int T) {
     return length < T ? length : T;
 }
 
-// Fewest rows of T tokens any packing of the dataset fills: every epoch has at least these.
-static int64_t min_packed_rows(const Dataset *dataset, int T) {
+static int64_t served_count(const Dataset *dataset, const DataLoaderOptions *o) {
+    return o->subset ? o->n_subset : dataset_size(dataset);
+}
+
+// The dataset index of the loader's i-th sample.
+static int64_t served_index(const DataLoaderOptions *o, int64_t i) { return o->subset ? o->subset[i] : i; }
+
+// Fewest rows of T tokens any packing of the served samples fills: every epoch has at least these.
+static int64_t min_packed_rows(const Dataset *dataset, const DataLoaderOptions *o) {
     int64_t tokens = 0;
-    for (int64_t i = 0; i < dataset_size(dataset); i++) tokens += sample_tokens(dataset, i, T);
+    int T = o->max_seq_len;
+    for (int64_t i = 0; i < served_count(dataset, o); i++) tokens += sample_tokens(dataset, served_index(o, i), T);
     return (tokens + T - 1) / T;
 }
 
 // Packing needs one step's rows in every epoch, whatever its order.
 static bool check_packable(const Dataset *dataset, const DataLoaderOptions *o, int64_t rows_per_step, Error *err) {
-    int64_t min_rows = min_packed_rows(dataset, o->max_seq_len);
+    int64_t min_rows = min_packed_rows(dataset, o);
     if (min_rows >= rows_per_step) return true;
     return fail(err, "data loader: packed into rows of %d tokens, the dataset's samples may fill as few as %lld rows, "
                      "fewer than one optimizer step's %lld (micro_batch %d x grad_accum %d x world_size %d)",
@@ -61,7 +74,7 @@ static void build_order(DataLoader *loader, int epoch);
 
 DataLoader *dataloader_create(const Dataset *dataset, const DataLoaderOptions *options, Error *err) {
     if (!check_options(options, err)) return NULL;
-    int64_t n_samples = dataset_size(dataset);
+    int64_t n_samples = served_count(dataset, options);
     int64_t samples_per_step = (int64_t)options->micro_batch * options->grad_accum * options->world_size;
     if (options->pack && !check_packable(dataset, options, samples_per_step, err)) return NULL;
     if (!options->pack && n_samples < samples_per_step) {
@@ -73,7 +86,7 @@ DataLoader *dataloader_create(const Dataset *dataset, const DataLoaderOptions *o
     }
     DataLoader *loader = checked_calloc(1, sizeof *loader, "a data loader", err);
     if (!loader) return NULL;
-    *loader = (DataLoader){.dataset = dataset, .options = *options, .samples_per_step = samples_per_step,
+    *loader = (DataLoader){.dataset = dataset, .options = *options, .n_samples = n_samples, .samples_per_step = samples_per_step,
                            .steps_per_epoch = n_samples / samples_per_step, .order_epoch = -1};
     size_t n_tokens = (size_t)options->grad_accum * options->micro_batch * options->max_seq_len;
     loader->order = checked_malloc((size_t)n_samples * sizeof *loader->order, "the epoch order", err);
@@ -118,6 +131,33 @@ void epoch_order(int64_t *order, int64_t n_samples, uint64_t seed, int epoch, bo
     rng_shuffle_indices(&rng, order, n_samples);
 }
 
+bool data_split_held_out(int64_t n_samples, double fraction, uint64_t seed, int64_t **train, int64_t *n_train,
+                         int64_t **held_out, int64_t *n_held_out, Error *err) {
+    if (n_samples < 2) return fail(err, "a held-out split needs at least 2 samples, the dataset has %lld", (long long)n_samples);
+    int64_t n_out = (int64_t)llround(fraction * (double)n_samples);
+    n_out = n_out < 1 ? 1 : n_out > n_samples - 1 ? n_samples - 1 : n_out;
+    uint8_t *is_held_out = checked_calloc((size_t)n_samples, 1, "the held-out split", err);
+    int64_t *order = is_held_out ? checked_malloc((size_t)n_samples * sizeof *order, "the held-out split", err) : NULL;
+    *train = order ? checked_malloc((size_t)(n_samples - n_out) * sizeof **train, "the training split", err) : NULL;
+    *held_out = *train ? checked_malloc((size_t)n_out * sizeof **held_out, "the held-out split", err) : NULL;
+    bool ok = *held_out != NULL;
+    if (ok) {
+        epoch_order(order, n_samples, rng_hash(seed, HELD_OUT_STREAM), 0, true);
+        for (int64_t i = 0; i < n_out; i++) is_held_out[order[i]] = 1;
+        *n_train = *n_held_out = 0;
+        for (int64_t i = 0; i < n_samples; i++) {
+            if (is_held_out[i]) (*held_out)[(*n_held_out)++] = i;
+            else (*train)[(*n_train)++] = i;
+        }
+    } else {
+        free(*train);
+        *train = NULL;
+    }
+    free(order);
+    free(is_held_out);
+    return ok;
+}
+
 // Greedy packing of order (n) into rows of T tokens: row r holds
 // order[row_first[r] .. row_first[r + 1]). Returns the number of rows.
 static int64_t pack_rows(const Dataset *dataset, const int64_t *order, int64_t n, int T, int64_t *row_first) {
@@ -136,8 +176,9 @@ static int64_t pack_rows(const Dataset *dataset, const int64_t *order, int64_t n
 }
 
 static void build_order(DataLoader *loader, int epoch) {
-    int64_t n_samples = dataset_size(loader->dataset);
+    int64_t n_samples = loader->n_samples;
     epoch_order(loader->order, n_samples, loader->options.seed, epoch, loader->options.shuffle);
+    for (int64_t i = 0; i < n_samples; i++) loader->order[i] = served_index(&loader->options, loader->order[i]);
     loader->order_epoch = epoch;
     if (loader->options.pack)
         loader->n_rows = pack_rows(loader->dataset, loader->order, n_samples, loader->options.max_seq_len,

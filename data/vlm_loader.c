@@ -13,6 +13,7 @@
 struct VlmLoader {
     VlmDataset *dataset;
     DataLoaderOptions options;
+    int64_t n_samples;         // served: the subset's or the dataset's
     double max_skip_fraction;
     int64_t samples_per_step;  // S, over all ranks
     int64_t steps_per_epoch;
@@ -51,12 +52,12 @@ static bool allocate_batch(VlmLoader *loader, int image_size, Error *err) {
 
 VlmLoader *vlm_loader_create(VlmDataset *dataset, const DataLoaderOptions *options, double max_skip_fraction,
                              Error *err) {
-    int64_t n_samples = vlm_dataset_size(dataset);
+    int64_t n_samples = options->subset ? options->n_subset : vlm_dataset_size(dataset);
     if (!check_options(options, n_samples, err)) return NULL;
     VlmLoader *loader = checked_calloc(1, sizeof *loader, "a vision-language loader", err);
     if (!loader) return NULL;
     int64_t per_step = (int64_t)options->micro_batch * options->grad_accum * options->world_size;
-    *loader = (VlmLoader){.dataset = dataset, .options = *options, .max_skip_fraction = max_skip_fraction,
+    *loader = (VlmLoader){.dataset = dataset, .options = *options, .n_samples = n_samples, .max_skip_fraction = max_skip_fraction,
                           .samples_per_step = per_step, .steps_per_epoch = n_samples / per_step, .order_epoch = -1};
     loader->order = checked_malloc((size_t)n_samples * sizeof *loader->order, "the epoch order", err);
     if (!loader->order || !allocate_batch(loader, vlm_dataset_image_size(dataset), err)) {
@@ -79,14 +80,15 @@ void vlm_loader_destroy(VlmLoader *loader) {
 int64_t vlm_loader_steps_per_epoch(const VlmLoader *loader) { return loader->steps_per_epoch; }
 
 static void build_order(VlmLoader *loader, int epoch) {
-    epoch_order(loader->order, vlm_dataset_size(loader->dataset), loader->options.seed, epoch,
-                loader->options.shuffle);
+    const DataLoaderOptions *o = &loader->options;
+    epoch_order(loader->order, loader->n_samples, o->seed, epoch, o->shuffle);
+    for (int64_t i = 0; o->subset && i < loader->n_samples; i++) loader->order[i] = o->subset[loader->order[i]];
     loader->order_epoch = epoch;
 }
 
 // The sample at epoch position `position`, or the next one (wrapping) that loads.
 static bool load_at(VlmLoader *loader, int64_t position, VlmSample *sample, Error *err) {
-    int64_t n_samples = vlm_dataset_size(loader->dataset);
+    int64_t n_samples = loader->n_samples;
     for (int64_t tried = 0; tried < n_samples; tried++) {
         bool skipped = false;
         int64_t index = loader->order[(position + tried) % n_samples];

@@ -857,3 +857,58 @@ bool model_logits(Model *m, const Batch *batch, float *logits, Error *err) {
     if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
     return true;
 }
+
+// -log softmax(row)[target] in double, and whether the row's first largest logit is the target.
+static double row_loss_and_hit(const float *row, int V, int target, bool *hit) {
+    int argmax = 0;
+    for (int v = 1; v < V; v++)
+        if (row[v] > row[argmax]) argmax = v;
+    double sum = 0;
+    for (int v = 0; v < V; v++) sum += exp((double)row[v] - row[argmax]);
+    *hit = argmax == target;
+    return log(sum) + row[argmax] - row[target];
+}
+
+// Per batch row: its label tokens and their argmax hits.
+typedef struct AnswerCounts {
+    int *labels, *hits; // (B,) each
+} AnswerCounts;
+
+bool model_eval_batch(Model *m, const Batch *batch, EvalSums *sums, Error *err) {
+    StepState st = {.train = false};
+    if (!upload_batch(m, batch, &st, err)) return false;
+    forward_trunk(m, &st);
+    int C = m->config.hidden_size, V = m->config.vocab_size, chunk = lm_head_chunk(m);
+    float *row = checked_malloc((size_t)V * sizeof(float), "an evaluation row of logits", err);
+    AnswerCounts answers = {.labels = row ? checked_calloc(2 * (size_t)batch->B, sizeof(int), "answer counts", err) : NULL};
+    if (!answers.labels) {
+        free(row);
+        return false;
+    }
+    answers.hits = answers.labels + batch->B;
+    for (int start = 0; start < st.N; start += chunk) {
+        int rows = st.N - start < chunk ? st.N - start : chunk;
+        m->ops->matmul(m->logits, act_at(m, m->final_ln, (size_t)start * C), m->lm_head, rows, V, C, false, true,
+                       1.0f, 0.0f);
+        for (int r = 0; r < rows; r++) {
+            int target = batch->targets[start + r];
+            if (target == -100) continue;
+            m->ops->download_f32(row, act_at(m, m->logits, (size_t)r * V), (size_t)V);
+            bool hit;
+            sums->loss_sum += row_loss_and_hit(row, V, target, &hit);
+            sums->n_correct += hit;
+            sums->n_label_tokens++;
+            int batch_row = (start + r) / batch->T;
+            answers.labels[batch_row]++;
+            answers.hits[batch_row] += hit;
+        }
+    }
+    for (int b = 0; b < batch->B; b++) {
+        sums->n_answers += answers.labels[b] > 0;
+        sums->n_answers_exact += answers.labels[b] > 0 && answers.hits[b] == answers.labels[b];
+    }
+    free(answers.labels);
+    free(row);
+    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
+    return true;
+}

@@ -207,6 +207,18 @@ bool model_step(Model *model, const Batch *batch, const StepOptions *options, Er
 bool model_loss_sum(Model *model, double *loss_sum, Error *err);
 // Logits (B, T, V) of a batch, fp32, onto the host (tests and evaluation).
 bool model_logits(Model *model, const Batch *batch, float *logits, Error *err);
+// Evaluation sums over the label tokens (targets != -100) of a batch, added
+// into *sums: -log p(target) in double from the fp32 logits, and the tokens
+// whose largest logit (the first, on ties) is the target; per row with label
+// tokens, whether every one of them is such a hit (greedy decoding would then
+// reproduce the answer exactly). No dropout, no gradients, the loss scalar of
+// model_step untouched.
+typedef struct EvalSums {
+    double loss_sum;
+    int64_t n_label_tokens, n_correct;
+    int64_t n_answers, n_answers_exact; // rows with label tokens; those with all of them hits
+} EvalSums;
+bool model_eval_batch(Model *model, const Batch *batch, EvalSums *sums, Error *err);
 void model_zero_grads(Model *model);
 // After the optimizer changed the fp32 masters: refresh the compute copy.
 void model_sync_params(Model *model);

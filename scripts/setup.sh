@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 packages=(build-essential cmake pkg-config libomp-dev libyaml-dev libjson-c-dev libcmocka-dev
           libpng-dev libjpeg62-turbo-dev libarchive-dev libpcre2-dev libicu-dev
           libopenblas-openmp-dev # the CPU backend's GEMMs (OpenBLAS on the project's OpenMP threads)
+          libcairo2-dev # loss.png and lora-train report's plots
           python3-venv # the Python test environment (scripts/python_env.sh)
           clang libclang-rt-dev) # clang + compiler-rt: the libFuzzer harnesses (scripts/fuzz.sh)
 missing=()

@@ -11,6 +11,7 @@
 // launcher; the outlier guard skips the same step on 2 ranks as on 1.
 #include "run_util.h"
 
+#include <json-c/json.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -365,6 +366,47 @@ static void test_outlier_guard_with_ranks(void **state) {
     free((void *)dir);
 }
 
+// The last row of dir/name/metrics.jsonl, an evaluation's: loss, token accuracy and label tokens.
+static void last_eval(const char *dir, const char *name, double *loss, double *accuracy, long long *label_tokens) {
+    char path[1024], *text;
+    size_t size;
+    Error err;
+    snprintf(path, sizeof path, "%s/%s/metrics.jsonl", dir, name);
+    if (!read_file(path, &text, &size, &err)) fail_msg("%s", err.message);
+    char *last = text + size - 1;
+    while (last > text && last[-1] != '\n') last--;
+    json_object *row = json_tokener_parse(last), *value;
+    if (!row || !json_object_object_get_ex(row, "eval_loss", &value))
+        fail_msg("%s: the last row is not an evaluation: %s", path, last);
+    *loss = json_object_get_double(value);
+    assert_true(json_object_object_get_ex(row, "eval_token_accuracy", &value));
+    *accuracy = json_object_get_double(value);
+    assert_true(json_object_object_get_ex(row, "eval_label_tokens", &value));
+    *label_tokens = json_object_get_int64(value);
+    json_object_put(row);
+    free(text);
+}
+
+// Evaluation on 2 ranks (each its half of the held-out samples, the sums
+// all-reduced) gives one process's eval loss and accuracy over the same samples.
+static void test_evaluation_with_ranks(void **state) {
+    if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
+    const char *dir = strdup(make_temp_dir("launch-eval"));
+    const char *eval = "--set data.eval_fraction=0.02 --set train.eval_every=5";
+    train_with(dir, 0, 2, "none", "single", eval);
+    train_with(dir, 2, 2, "none", "ranks", eval);
+    double loss_single, loss_ranks, accuracy_single, accuracy_ranks;
+    long long labels_single, labels_ranks;
+    last_eval(dir, "single", &loss_single, &accuracy_single, &labels_single);
+    last_eval(dir, "ranks", &loss_ranks, &accuracy_ranks, &labels_ranks);
+    print_message("eval loss %.9f on 1 process, %.9f on 2 ranks; token accuracy %.6f, %.6f over %lld label tokens\n",
+                  loss_single, loss_ranks, accuracy_single, accuracy_ranks, labels_single);
+    assert_true(labels_single > 0 && labels_ranks == labels_single);
+    assert_true(fabs(loss_ranks - loss_single) < 1e-5 * loss_single);
+    assert_true(fabs(accuracy_ranks - accuracy_single) <= 2.0 / (double)labels_single);
+    free((void *)dir);
+}
+
 // kill -9 of lora-launch: its ranks die with it (within 20 s; "alive" in the
 // log otherwise, and the test kills them).
 static void test_ranks_die_with_their_launcher(void **state) {
@@ -397,6 +439,7 @@ int main(void) {
         cmocka_unit_test(test_signals_save_with_several_ranks),
         cmocka_unit_test(test_ranks_die_with_their_launcher),
         cmocka_unit_test(test_outlier_guard_with_ranks),
+        cmocka_unit_test(test_evaluation_with_ranks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -15,6 +15,7 @@ static void print_usage(FILE *out) {
             "       lora-train init-model --arch llama --preset NAME|--config-json FILE --out DIR [--tokenizer FILE]\n"
             "       lora-train tokenize --tokenizer PATH [--special] < strings.json\n"
             "       lora-train export --checkpoint DIR --format peft|merged --out DIR [--base DIR]\n"
+            "       lora-train report RUN_DIR [RUN_DIR...] [--out FILE.png]\n"
             "\n"
             "Fine-tunes LoRA adapters on a Llama-family model as the YAML config describes.\n"
             "  --config FILE        the recipe (see configs/)\n"
@@ -27,7 +28,8 @@ static void print_usage(FILE *out) {
             "  demo                 train the embedded demo (configs/demo.yaml's recipe)\n"
             "  data check           read the whole dataset as training would; report counts and skipped records\n"
             "  plan                 memory by category, disk per checkpoint and for the run, tokens per step\n"
-            "                       (--world-size N: ranks of the job, default 1)\n");
+            "                       (--world-size N: ranks of the job, default 1)\n"
+            "  report               runs side by side from their metrics.jsonl: a table and a comparison plot\n");
 }
 
 // Applies the config file, then every --set / --offload in command-line order.
@@ -90,6 +92,7 @@ int lora_train_main(int argc, char **argv) {
     if (strcmp(argv[1], "init-model") == 0 || strcmp(argv[1], "tokenize") == 0 || strcmp(argv[1], "export") == 0) {
         return lora_train_tool_main(argv[1], argc - 2, argv + 2);
     }
+    if (strcmp(argv[1], "report") == 0) return report_main(argc - 2, argv + 2);
     bool demo = strcmp(argv[1], "demo") == 0;
     bool data_check = argc >= 3 && strcmp(argv[1], "data") == 0 && strcmp(argv[2], "check") == 0;
     bool plan = strcmp(argv[1], "plan") == 0;
@@ -123,6 +126,7 @@ int lora_train_main(int argc, char **argv) {
     }
     if (data_check) return data_check_main(&config);
     if (plan) return plan_main(&config, control.world_size ? control.world_size : 1);
+    control.config_name = config_path;
     if (!train_run_with(&config, &control, NULL, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 1;

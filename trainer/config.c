@@ -100,6 +100,11 @@ static const ConfigKey KEYS[] = {
      .help = "positions each <image> expands to (576 for CLIP ViT-L/14-336)"},
     {"data.max_skip_fraction", KEY_FLOAT, FIELD(data.max_skip_fraction), .range = UNIT_CLOSED,
      .help = "skipped records / records above this stops training"},
+    {"data.eval_path", KEY_STRING, FIELD(data.eval_path),
+     .help = "held-out data in data.path's format, evaluated every train.eval_every steps and at the end (empty: none)"},
+    {"data.eval_fraction", KEY_FLOAT, FIELD(data.eval_fraction), .range = UNIT_HALF_OPEN,
+     .help = "instead of data.eval_path: this fraction of data.path held out from training (a split fixed by "
+             "train.seed; 0: none)"},
     {"train.micro_batch", KEY_INT, FIELD(train.micro_batch), .range = AT_LEAST(1),
      .help = "samples per forward/backward"},
     {"train.grad_accum", KEY_INT, FIELD(train.grad_accum), .range = AT_LEAST(1),
@@ -125,6 +130,8 @@ static const ConfigKey KEYS[] = {
     {"train.seed", KEY_SEED, FIELD(train.seed), .help = "seed of init, dropout and shuffling"},
     {"train.log_every", KEY_INT, FIELD(train.log_every), .range = AT_LEAST(1),
      .help = "optimizer steps between log lines"},
+    {"train.eval_every", KEY_INT, FIELD(train.eval_every), .range = AT_LEAST(0),
+     .help = "optimizer steps between evaluations of the held-out data (0: only at the end)"},
     {"train.activation_checkpointing", KEY_BOOL, FIELD(train.activation_checkpointing),
      .help = "keep only layer inputs, recompute in backward"},
     {"train.backend", KEY_ENUM, FIELD(train.backend), .allowed = BACKEND_VALUES,
@@ -144,6 +151,8 @@ static const ConfigKey KEYS[] = {
      .help = "optimizer steps between checkpoints (0: only at the end)"},
     {"checkpoint.keep_last", KEY_INT, FIELD(checkpoint.keep_last), .range = AT_LEAST(0),
      .help = "checkpoints kept (0: all)"},
+    {"checkpoint.keep_best", KEY_BOOL, FIELD(checkpoint.keep_best),
+     .help = "keep the adapter of the best eval loss so far in best/ (needs held-out data)"},
     {"checkpoint.on_low_disk", KEY_ENUM, FIELD(checkpoint.on_low_disk), .allowed = LOW_DISK_VALUES,
      .help = "when a checkpoint does not fit: wait (re-check every 30 s) or abort; both stop resumably"},
     {"checkpoint.low_disk_wait_minutes", KEY_FLOAT, FIELD(checkpoint.low_disk_wait_minutes), .range = AT_LEAST(0),
@@ -660,6 +669,23 @@ static bool check_path_key(const Config *config, const ConfigKey *key, Error *er
     return fail(err, "%s: '%s' does not exist (set %s to create it)", key->path, value, creator->path);
 }
 
+// Held-out data comes from one source, and evaluation or keep_best needs it.
+static bool check_eval_keys(const Config *config, Error *err) {
+    bool eval_file = config->data.eval_path[0] != '\0';
+    if (eval_file && config->data.eval_fraction > 0)
+        return fail(err, "data.eval_path and data.eval_fraction: set one of them, not both");
+    if (eval_file && !path_exists(config->data.eval_path))
+        return fail(err, "data.eval_path: '%s' does not exist", config->data.eval_path);
+    if (eval_file || config->data.eval_fraction > 0) return true;
+    if (config->train.eval_every > 0)
+        return fail(err, "train.eval_every: %d, but there is no held-out data (set data.eval_path or "
+                         "data.eval_fraction)", config->train.eval_every);
+    if (config->checkpoint.keep_best)
+        return fail(err, "checkpoint.keep_best: there is no held-out data to judge by (set data.eval_path or "
+                         "data.eval_fraction)");
+    return true;
+}
+
 bool config_validate(const Config *config, Error *err) {
     for (size_t i = 0; i < N_KEYS; i++) {
         if (!check_key(config, &KEYS[i], err)) return false;
@@ -667,6 +693,7 @@ bool config_validate(const Config *config, Error *err) {
     }
     if (config->train.max_steps == 0 && config->train.epochs < 1)
         return fail(err, "train.epochs: must be >= 1 when train.max_steps is 0 (got %d)", config->train.epochs);
+    if (!check_eval_keys(config, err)) return false;
     if (config->data.pack && (config->data.images[0] || config->vision.tower[0]))
         return fail(err, "data.pack: packing is for text data only; this config is image-text (data.images or "
                          "vision.tower is set): set data.pack to false");

@@ -39,9 +39,17 @@ static bool plan_total_steps(const Config *config, int world_size, int *total_st
                                  .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
                                  .shuffle = config->data.shuffle, .world_size = world_size,
                                  .pack = config->data.pack};
-    DataLoader *loader = dataset ? dataloader_create(dataset, &options, err) : NULL;
+    int64_t *train = NULL, *held_out = NULL, n_held_out;
+    bool split = dataset && config->data.eval_fraction > 0 &&
+                 data_split_held_out(dataset_size(dataset), config->data.eval_fraction, config->train.seed, &train,
+                                     &options.n_subset, &held_out, &n_held_out, err);
+    options.subset = train; // data.eval_fraction: training serves the rest
+    bool serves = dataset && (split || config->data.eval_fraction <= 0);
+    DataLoader *loader = serves ? dataloader_create(dataset, &options, err) : NULL;
     if (loader) *total_steps = (int)dataloader_steps_for_epochs(loader, config->train.epochs);
     dataloader_destroy(loader);
+    free(train);
+    free(held_out);
     dataset_destroy(dataset);
     tokenizer_destroy(tok);
     return loader != NULL;
@@ -191,8 +199,8 @@ static void print_disk(const Config *config, const RunPlan *plan) {
     if (plan->total_steps == 0) {
         printf("  whole run: unknown (train.max_steps is 0 and %s does not exist yet)\n", config->data.path);
     } else {
-        char note[64];
-        snprintf(note, sizeof note, "%d checkpoints at once + the final adapter", plan->checkpoints_kept);
+        char note[96];
+        snprintf(note, sizeof note, "%d checkpoints at once + %s", plan->checkpoints_kept, adapters_kept(config));
         print_bytes_line("whole run", plan->run_disk_bytes, note);
     }
     print_bytes_line("free", plan->free_disk_bytes,

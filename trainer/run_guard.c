@@ -107,7 +107,13 @@ int checkpoints_kept(const Config *config, int total_steps) {
 
 uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoint_bytes, size_t n_params) {
     uint64_t adapter_bytes = (uint64_t)n_params * sizeof(float) + SAVE_MARGIN_BYTES;
-    return (uint64_t)checkpoints_kept(config, total_steps) * (checkpoint_bytes + SAVE_MARGIN_BYTES) + adapter_bytes;
+    int adapters = config->checkpoint.keep_best ? 2 : 1; // the final one and best/
+    return (uint64_t)checkpoints_kept(config, total_steps) * (checkpoint_bytes + SAVE_MARGIN_BYTES) +
+           (uint64_t)adapters * adapter_bytes;
+}
+
+const char *adapters_kept(const Config *config) {
+    return config->checkpoint.keep_best ? "the final adapter and best/" : "the final adapter";
 }
 
 static int saves_kept(const Run *run) { return checkpoints_kept(run->config, run->total_steps); }
@@ -146,16 +152,16 @@ bool check_disk_for_run(Run *run, Error *err) {
     format_bytes(need, need_text, sizeof need_text);
     format_bytes(free_bytes, free_text, sizeof free_text);
     format_bytes(checkpoint_bytes, checkpoint_text, sizeof checkpoint_text);
-    printf("disk: %s needs %s (%d checkpoints of %s at once + the final adapter), %s free\n", dir, need_text,
-           saves_kept(run), checkpoint_text, free_text);
+    printf("disk: %s needs %s (%d checkpoints of %s at once + %s), %s free\n", dir, need_text, saves_kept(run),
+           checkpoint_text, adapters_kept(run->config), free_text);
     if (need <= free_bytes) return true;
     if (run->control->allow_low_disk) {
         printf("warning: not enough free space for the whole run; going on (--allow-low-disk)\n");
         return true;
     }
-    return fail(err, "checkpoint.dir %s: the run needs %s (%d checkpoints of %s at once + the final adapter) but %s is "
+    return fail(err, "checkpoint.dir %s: the run needs %s (%d checkpoints of %s at once + %s) but %s is "
                      "free; free some space, lower checkpoint.keep_last, or pass --allow-low-disk",
-                dir, need_text, saves_kept(run), checkpoint_text, free_text);
+                dir, need_text, saves_kept(run), checkpoint_text, adapters_kept(run->config), free_text);
 }
 
 static bool has_room(const char *dir, uint64_t need, uint64_t *free_bytes, Error *err) {
@@ -301,7 +307,8 @@ static char *config_yaml_in_checkpoint_split(const Run *run, const TrainerState 
 // then recomputed over the new one, which the run states).
 static const char *const OPERATIONAL_KEYS[] = {"checkpoint.dir", "checkpoint.every_steps", "checkpoint.keep_last",
                                                "checkpoint.on_low_disk", "checkpoint.low_disk_wait_minutes",
-                                               "train.log_every", "dist.timeout_s"};
+                                               "train.log_every", "dist.timeout_s", "data.eval_path",
+                                               "train.eval_every", "checkpoint.keep_best"};
 static const char *const LENGTH_KEYS[] = {"train.max_steps", "train.epochs"};
 
 static bool listed(const char *key, const char *const *keys, size_t n) {
@@ -358,7 +365,8 @@ static bool refuse_change(const char *key, YamlLine was, YamlLine is, Error *err
     YamlLine a = line_value(was), b = line_value(is);
     return fail(err, "the checkpoint was made with a different config (%s: %.*s in the checkpoint, %.*s now): "
                      "only checkpoint.dir, every_steps, keep_last, on_low_disk, low_disk_wait_minutes, "
-                     "train.log_every, dist.timeout_s, train.max_steps and train.epochs may change on resume; "
+                     "train.log_every, dist.timeout_s, data.eval_path, train.eval_every, checkpoint.keep_best, "
+                     "train.max_steps and train.epochs may change on resume; "
                      "add --allow-config-change if changing %s is intended",
                 key, (int)a.length, a.text, (int)b.length, b.text, key);
 }

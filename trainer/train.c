@@ -3,11 +3,14 @@
 // One optimizer step = grad_accum micro-batches. The loss of a step is the sum
 // over all its label tokens divided by their count across all micro-batches,
 // so accumulation gives the same update as one large batch.
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "metrics.h"
 #include "train_private.h"
 
 #define SKIPS_LOGGED 20
@@ -187,7 +190,9 @@ static bool setup(Run *run, const Config *config, Error *err) {
                                         .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
                                         .shuffle = config->data.shuffle, .rank = ranks.rank,
                                         .world_size = ranks.world_size, .pack = config->data.pack};
-    if (!run_create_loader(run, &loader_options, err)) return false;
+    if (!eval_prepare(run, &loader_options, err) || !run_create_loader(run, &loader_options, err) ||
+        !eval_create_loader(run, &loader_options, err))
+        return false;
     int64_t per_epoch = run_steps_per_epoch(run);
     if (per_epoch < 1)
         return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum x world_size = %d",
@@ -205,6 +210,7 @@ static bool setup(Run *run, const Config *config, Error *err) {
 static void teardown(Run *run) {
     free(run->config_yaml);
     zero_destroy(run->zero);
+    eval_destroy(run);
     dataloader_destroy(run->loader);
     vlm_destroy(run);
     dataset_destroy(run->dataset);
@@ -237,6 +243,55 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
     printf("step %d/%d | loss %.4f | lr %.3e | grad norm %.4f | %.0f tok/s | elapsed %s | eta %s\n", step,
            run->total_steps, loss, lr, norm, tokens / elapsed, elapsed_text, eta_text);
     fflush(stdout);
+}
+
+// Timing of the log lines: the loop's start and the tokens trained since.
+typedef struct Throughput {
+    double start, tokens;
+    int start_step;
+} Throughput;
+
+// ----------------------------------------------------------------------------
+// the progress line: with stderr on a terminal (rank 0) one line redrawn in
+// place after every step; any other message clears it first, and it comes
+// back after the next step. When stdout is that terminal too, the bar takes
+// the place of the per-step log lines (metrics.jsonl keeps them all).
+
+#define PROGRESS_BAR_WIDTH 24
+
+static void clear_progress(Run *run) {
+    if (!run->progress_shown) return;
+    fputs("\r\033[K", stderr);
+    run->progress_shown = false;
+}
+
+static void draw_progress(Run *run, int step, double loss, const Throughput *throughput, double since_start) {
+    char bar[PROGRESS_BAR_WIDTH + 1], eta[32], memory[32];
+    int filled = (int)((double)PROGRESS_BAR_WIDTH * step / run->total_steps);
+    for (int i = 0; i < PROGRESS_BAR_WIDTH; i++) bar[i] = i < filled ? '#' : '.';
+    bar[PROGRESS_BAR_WIDTH] = '\0';
+    int steps_run = step - throughput->start_step;
+    format_duration(since_start / (steps_run > 0 ? steps_run : 1) * (run->total_steps - step), eta, sizeof eta);
+    format_bytes(run->ops->peak_bytes(), memory, sizeof memory);
+    fprintf(stderr, "\r\033[K[%s] step %d/%d | loss %.4f | %.0f tok/s | eta %s | peak %s", bar, step, run->total_steps,
+            loss, throughput->tokens / since_start, eta, memory);
+    fflush(stderr);
+    run->progress_shown = true;
+}
+
+// The step's log line (unless the progress line replaces it) and its metrics row.
+static bool log_and_record_step(Run *run, int step, const StepBatch *batch, double loss, float lr, float norm,
+                                const Throughput *throughput, double since_start, Error *err) {
+    if (!run->progress_replaces_lines) {
+        clear_progress(run);
+        log_step(run, step + 1, loss, lr, norm, throughput->tokens, since_start);
+    }
+    StepMetrics metrics = {.step = step + 1, .epoch = batch->epoch, .loss = loss, .lr = lr, .grad_norm = norm,
+                           .tokens = (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size,
+                           .tokens_per_s = throughput->tokens / since_start,
+                           .elapsed_s = time_seconds() - run->run_clock_start, .peak_bytes = run->ops->peak_bytes(),
+                           .skipped_steps = run->progress.skipped_steps, .bad_steps = run->progress.bad_steps};
+    return metrics_log_step(run->metrics, &metrics, err);
 }
 
 // The step's micro-batches (with run, their images through its tower, and at
@@ -405,20 +460,45 @@ static bool settle_optimizer(Run *run, Error *err) {
     return true;
 }
 
+static const char *base_name(const char *path) {
+    const char *slash = strrchr(path, '/');
+    return slash && slash[1] ? slash + 1 : path;
+}
+
+// loss.png in the run folder from its metrics.jsonl (rank 0). A plot that
+// cannot be drawn is reported and training goes on.
+static void draw_loss_plot(const Run *run) {
+    if (!run->is_rank0) return;
+    const Config *config = run->config;
+    char title[256], path[CONFIG_PATH_MAX + 16];
+    const char *recipe = run->control->config_name ? run->control->config_name : config->checkpoint.dir;
+    snprintf(title, sizeof title, "%.80s | model %.80s | LoRA r %d", base_name(recipe), base_name(config->model.path),
+             config->lora.r);
+    snprintf(path, sizeof path, "%s/loss.png", config->checkpoint.dir);
+    RunHistory history;
+    Error err;
+    bool ok = history_read(config->checkpoint.dir, &history, &err) && plot_loss_png(&history, title, path, &err);
+    history_free(&history);
+    if (!ok) printf("warning: loss.png not drawn: %s\n", err.message);
+}
+
 // Saves the state before next_step and marks the run interrupted.
 static bool stop_with_checkpoint(Run *run, int next_step, TrainSummary *summary, Error *err) {
     summary->interrupted = true;
     if (!settle_optimizer(run, err)) return false;
     if (!save_checkpoint(run, next_step, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+    clear_progress(run);
     if (run->is_rank0) printf("stopped before step %d: checkpoint saved to %s (continue with --resume)\n", next_step + 1,
            summary->checkpoint_dir);
+    draw_loss_plot(run);
     return true;
 }
 
 // The skip message names the rule that fired and its numbers.
-static void log_bad_step(const Run *run, int step, Verdict verdict, const OutlierLimits *limits, double loss,
+static void log_bad_step(Run *run, int step, Verdict verdict, const OutlierLimits *limits, double loss,
                          float norm, int in_row) {
     if (!run->is_rank0) return;
+    clear_progress(run);
     printf("step %d/%d | skipped: ", step + 1, run->total_steps);
     const Config *c = run->config;
     if (verdict == STEP_NON_FINITE) printf("non-finite loss %g or gradient norm %g", loss, (double)norm);
@@ -460,11 +540,6 @@ static bool stop_requested(const Run *run, int step) {
            (run->control->stop_after_steps > 0 && step == run->control->stop_after_steps);
 }
 
-// Timing of the log lines: the loop's start and the tokens trained since.
-typedef struct Throughput {
-    double start, tokens;
-} Throughput;
-
 // The optimizer step (or its skip, counted) of a step with label tokens, the outlier window and the log line.
 static bool update_and_log(Run *run, int step, const StepBatch *batch, double loss, int *bad_in_row,
                            Throughput *throughput, TrainSummary *summary, Error *err) {
@@ -478,9 +553,61 @@ static bool update_and_log(Run *run, int step, const StepBatch *batch, double lo
     remember_step(run, loss, norm);
     throughput->tokens += (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size;
     record_step(run, step, loss);
-    if (run->is_rank0 && ((step + 1) % run->config->train.log_every == 0 || step + 1 == run->total_steps))
-        log_step(run, step + 1, loss, lr, norm, throughput->tokens, time_seconds() - throughput->start);
+    if (!run->is_rank0) return true;
+    double since_start = time_seconds() - throughput->start;
+    bool due = (step + 1) % run->config->train.log_every == 0 || step + 1 == run->total_steps;
+    bool ok = !due || log_and_record_step(run, step, batch, loss, lr, norm, throughput, since_start, err);
+    if (run->progress_line) draw_progress(run, step + 1, loss, throughput, since_start);
+    return ok;
+}
+
+static bool write_text_file(const char *path, const char *text, Error *err) {
+    FILE *f = fopen(path, "w");
+    if (!f) return fail(err, "%s: %s", path, strerror(errno));
+    bool written = fputs(text, f) >= 0;
+    if (fclose(f) != 0 || !written) return fail(err, "%s: writing failed: %s", path, strerror(errno));
     return true;
+}
+
+// keep_best: the adapter of the lowest eval loss so far in best/, with eval.json naming its step.
+static bool keep_if_best(Run *run, int step, const EvalResult *result, Error *err) {
+    TrainerState *p = &run->progress;
+    if (p->best_eval_step > 0 && !(result->loss < p->best_eval_loss)) return true;
+    p->best_eval_step = step + 1;
+    p->best_eval_loss = result->loss;
+    if (!run->config->checkpoint.keep_best || !run->is_rank0) return true;
+    char dir[CONFIG_PATH_MAX + 32], path[CONFIG_PATH_MAX + 64], json[256];
+    if (!save_adapter(run, "best", dir, sizeof dir, err)) return false;
+    clear_progress(run);
+    snprintf(path, sizeof path, "%s/eval.json", dir);
+    snprintf(json, sizeof json, "{\"step\": %d, \"eval_loss\": %.17g, \"eval_token_accuracy\": %.17g}\n",
+                     step + 1, result->loss, result->token_accuracy);
+    if (!write_text_file(path, json, err)) return fail_context(err, "checkpoint.keep_best: ");
+    printf("best eval loss so far: adapter saved to %s\n", dir);
+    return true;
+}
+
+// After every train.eval_every-th step and the last one, with held-out data
+// (the last step's update settled first, so the final adapter is what is judged).
+static bool evaluate_if_due(Run *run, int step, Error *err) {
+    if (!eval_due(run, step)) return true;
+    if (step + 1 == run->total_steps && !settle_optimizer(run, err)) return false;
+    EvalResult result;
+    if (!eval_run(run, step + 1, &result, err)) return fail_context(err, "step %d: ", step + 1);
+    run->last_eval = result;
+    if (run->is_rank0) {
+        clear_progress(run);
+        printf("eval after step %d/%d | loss %.4f | perplexity %.3f | token accuracy %.2f%% | exact answers %.2f%% "
+               "of %lld | %lld label tokens | %.1f s\n", step + 1, run->total_steps, result.loss, result.perplexity,
+               100 * result.token_accuracy, 100 * result.answer_accuracy, (long long)result.n_answers,
+               (long long)result.n_label_tokens, result.seconds);
+        fflush(stdout);
+    }
+    EvalMetrics metrics = {.step = step + 1, .loss = result.loss, .perplexity = result.perplexity,
+                           .token_accuracy = result.token_accuracy, .answer_accuracy = result.answer_accuracy,
+                           .label_tokens = result.n_label_tokens, .answers = result.n_answers,
+                           .seconds = result.seconds, .elapsed_s = time_seconds() - run->run_clock_start};
+    return metrics_log_eval(run->metrics, &metrics, err) && keep_if_best(run, step, &result, err);
 }
 
 // After every checkpoint.every_steps-th step and the last one (so a longer
@@ -490,12 +617,14 @@ static bool save_if_due(Run *run, int step, TrainSummary *summary, Error *err) {
     if (!(every > 0 && (step + 1) % every == 0) && step + 1 != run->total_steps) return true;
     if (!settle_optimizer(run, err)) return false;
     if (!save_checkpoint(run, step + 1, summary->checkpoint_dir, sizeof summary->checkpoint_dir, err)) return false;
+    clear_progress(run);
     if (run->is_rank0) printf("saved checkpoint %s (verified)\n", summary->checkpoint_dir);
+    draw_loss_plot(run);
     return true;
 }
 
 static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *err) {
-    Throughput throughput = {.start = time_seconds()};
+    Throughput throughput = {.start = time_seconds(), .start_step = start_step};
     int bad_in_row = 0;
     for (int step = start_step; step < run->total_steps; step++) {
         if (stop_requested(run, step)) return stop_with_checkpoint(run, step, summary, err);
@@ -514,12 +643,14 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         }
         if (skipped) {
             run->progress.skipped_steps++;
+            clear_progress(run);
             if (run->is_rank0) printf("step %d/%d | skipped: no label tokens in this step\n", step + 1, run->total_steps);
         } else if (!update_and_log(run, step, batch, loss, &bad_in_row, &throughput, summary, err)) {
             return false;
         }
-        if (!save_if_due(run, step, summary, err)) return false;
+        if (!evaluate_if_due(run, step, err) || !save_if_due(run, step, summary, err)) return false;
     }
+    clear_progress(run);
     if (!settle_optimizer(run, err)) return false;
     return !run->is_rank0 || save_adapter(run, "adapter", summary->adapter_dir, sizeof summary->adapter_dir, err);
 }
@@ -530,13 +661,24 @@ static void fill_summary(const Run *run, TrainSummary *summary) {
     summary->bad_steps = run->progress.bad_steps;
     summary->first_loss = run->progress.first_loss;
     summary->last_loss = run->progress.last_loss;
+    summary->evaluations = run->eval.n_done;
+    summary->eval_loss = run->last_eval.loss;
+    summary->eval_token_accuracy = run->last_eval.token_accuracy;
+    summary->eval_answer_accuracy = run->last_eval.answer_accuracy;
+    summary->best_eval_step = run->progress.best_eval_step;
+    summary->best_eval_loss = run->progress.best_eval_loss;
 }
 
 static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     int start_step = 0;
     if (run->control->resume && !resume_from_checkpoint(run, &start_step, err)) return false;
     if (run->is_rank0) print_header(run);
+    if (run->is_rank0) eval_print_header(run);
     if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
+    if (run->is_rank0 && !(run->metrics = metrics_open(run->config->checkpoint.dir, start_step, err))) return false;
+    run->run_clock_start = time_seconds() - metrics_elapsed_before(run->metrics);
+    run->progress_line = run->is_rank0 && isatty(STDERR_FILENO);
+    run->progress_replaces_lines = run->progress_line && isatty(STDOUT_FILENO);
     return train_loop(run, start_step, summary, err);
 }
 
@@ -550,6 +692,7 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
     if (!stop_signals_install(&installed_signals, err)) return false;
     bool ok = setup(&run, config, err) && start_and_train(&run, summary, err);
     if (run.zero) fill_summary(&run, summary);
+    ok = metrics_close(run.metrics, ok ? err : &(Error){{0}}) && ok;
     if (ok && run.is_rank0 && !summary->interrupted)
         printf("done: %d steps, loss %.4f -> %.4f | peak %s memory %.2f GB | adapter saved to %s\n", summary->steps,
                summary->first_loss, summary->last_loss, run.ops->name, run.ops->peak_bytes() / 1e9,

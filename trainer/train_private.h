@@ -8,6 +8,32 @@
 #include "distributed.h"
 #include "trainer.h"
 
+// Held-out evaluation (evaluate.c). With data.eval_fraction the run's dataset
+// is split: the training loader serves train_subset, the evaluation loader
+// eval_subset; with data.eval_path the evaluation loader serves a dataset of
+// its own. The evaluation loader has micro-batches of one row, in file order,
+// every rank its share; it never touches the training loader.
+typedef struct Evaluation {
+    int64_t *train_subset, *eval_subset; // data.eval_fraction's split (NULL otherwise)
+    int64_t n_train, n_eval;
+    Dataset *dataset;                    // data.eval_path's (text)
+    VlmDataset *vlm_dataset;             // data.eval_path's (image-text)
+    DataLoader *loader;                  // NULL without held-out data
+    VlmLoader *vlm_loader;
+    int n_done;                          // evaluations this process ran
+} Evaluation;
+
+// One evaluation over the held-out data, reduced over ranks.
+typedef struct EvalResult {
+    int step;                   // after this many steps
+    double loss;                // sum of -log p over label tokens / their count
+    double perplexity;          // exp(loss)
+    double token_accuracy;      // label tokens whose largest logit is the target / their count
+    double answer_accuracy;     // samples whose label tokens are all such hits (greedy decoding gives the answer) / samples
+    int64_t n_label_tokens, n_answers;
+    double seconds;
+} EvalResult;
+
 typedef struct Run {
     const Config *config;
     const TrainControl *control;
@@ -31,7 +57,29 @@ typedef struct Run {
     int32_t image_token_id;
     float *image_scratch;  // (micro_batch, 3, S, S) host: the images of one micro-batch
     void *image_features;  // (micro_batch * P, D) backend memory: the tower's output
+    Evaluation eval;
+    EvalResult last_eval;  // the latest evaluation (eval.n_done > 0)
+    struct MetricsLog *metrics; // rank 0: metrics.jsonl and the event file (metrics.h); NULL elsewhere
+    double run_clock_start; // time_seconds() at which the run's elapsed time (resumed processes included) is 0
+    bool progress_line;     // rank 0 with stderr on a terminal: the progress line redrawn in place
+    bool progress_replaces_lines; // ... and stdout on it too: no per-step log lines
+    bool progress_shown;    // the progress line is on the screen (cleared before any other message)
 } Run;
+
+// evaluate.c: opens data.eval_path's dataset, or splits data.eval_fraction
+// off the run's (then *options serves the training share).
+bool eval_prepare(Run *run, DataLoaderOptions *options, Error *err);
+// The evaluation loader, once the training data is open.
+bool eval_create_loader(Run *run, const DataLoaderOptions *train_options, Error *err);
+bool eval_enabled(const Run *run);
+// "eval: N held-out samples (where from) after every K steps and the last" (rank 0 calls it).
+void eval_print_header(const Run *run);
+// Whether step (0-based) is followed by an evaluation: every train.eval_every and the last.
+bool eval_due(const Run *run, int step);
+// Evaluates the model as it stands after step steps (every rank; no dropout, the training
+// loader and random streams untouched).
+bool eval_run(Run *run, int step, EvalResult *result, Error *err);
+void eval_destroy(Run *run);
 
 // The model's LlamaConfig and key layout without loading it: config.json of
 // model.path, or the preset model.create_if_missing writes there (plan.c).
@@ -62,7 +110,7 @@ void run_data_seek(Run *run, int epoch, int64_t step_in_epoch);
 int64_t run_steps_per_epoch(const Run *run);
 // Steps of the run's first n_epochs epochs (with packing epochs differ slightly).
 int64_t run_steps_for_epochs(Run *run, int n_epochs);
-int64_t run_samples(const Run *run);
+int64_t run_samples(const Run *run); // served to training (without data.eval_fraction's share)
 int64_t run_truncated(const Run *run);
 
 // Set by SIGINT / SIGTERM once stop_signals_install ran (trainer.h).
@@ -89,5 +137,7 @@ void format_bytes(uint64_t bytes, char *text, size_t size);
 // Checkpoints a run of total_steps has on disk at once (every_steps, keep_last,
 // the last step's): keep_last, plus the new one written before the oldest is pruned.
 int checkpoints_kept(const Config *config, int total_steps);
-// The whole run's disk need: the kept checkpoints of checkpoint_bytes each and the final adapter.
+// The whole run's disk need: the kept checkpoints of checkpoint_bytes each and the final adapter
+// (and best/ with checkpoint.keep_best: adapters_kept names them).
 uint64_t run_disk_bytes(const Config *config, int total_steps, uint64_t checkpoint_bytes, size_t n_params);
+const char *adapters_kept(const Config *config);

@@ -157,6 +157,7 @@ int64_t run_steps_for_epochs(Run *run, int n_epochs) {
 }
 
 int64_t run_samples(const Run *run) {
+    if (run->eval.train_subset) return run->eval.n_train;
     return run->vlm_dataset ? vlm_dataset_size(run->vlm_dataset) : dataset_size(run->dataset);
 }
 

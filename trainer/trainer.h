@@ -35,6 +35,8 @@ typedef struct Config {
         bool pack;                           // several samples per row of max_seq_len (text only)
         int image_tokens;                    // positions per <image> (576 for CLIP ViT-L/14-336)
         float max_skip_fraction;             // skipped records / records above this is an error
+        char eval_path[CONFIG_PATH_MAX];     // held-out data in data.path's format ("" = none)
+        float eval_fraction;                 // or this fraction of data.path held out (0 = none)
     } data;
     struct {
         int micro_batch;
@@ -50,6 +52,7 @@ typedef struct Config {
         float max_grad_norm;                 // 0 = no clipping
         uint64_t seed;
         int log_every;
+        int eval_every;                      // steps between evaluations (0 = only at the end)
         bool activation_checkpointing;
         char backend[CONFIG_NAME_MAX];       // "auto" | "cpu" | "cuda"
         int max_bad_steps;                   // skipped bad steps (non-finite, outliers) in a row before stopping
@@ -61,6 +64,7 @@ typedef struct Config {
         char dir[CONFIG_PATH_MAX];
         int every_steps;                     // 0 = only at the end
         int keep_last;                       // 0 = keep all
+        bool keep_best;                      // the adapter of the best eval loss in best/
         char on_low_disk[CONFIG_NAME_MAX];   // "wait" | "abort"
         float low_disk_wait_minutes;
     } checkpoint;
@@ -106,6 +110,10 @@ typedef struct TrainSummary {
     char checkpoint_dir[CONFIG_PATH_MAX + 32]; // the newest checkpoint this run saved ("" = none)
     double first_loss, last_loss;   // mean loss per label token of the first and last step
     char adapter_dir[CONFIG_PATH_MAX + 32]; // the final adapter folder
+    int evaluations;                // held-out evaluations this process ran
+    double eval_loss, eval_token_accuracy, eval_answer_accuracy; // the last one's
+    int best_eval_step;             // the lowest eval loss of the run (resumed runs included); 0: none
+    double best_eval_loss;
 } TrainSummary;
 
 struct StepBatch;
@@ -125,6 +133,7 @@ typedef struct TrainControl {
     bool allow_config_change;    // resume although keys that change the mathematics differ (they are printed)
     int stop_after_steps;        // tests: stop as SIGTERM would before this loop step (0 = never)
     int world_size;              // plan: ranks of the job (--world-size; 0 = 1)
+    const char *config_name;     // the recipe's file, for loss.png's title (NULL: none)
     void (*on_step)(void *context, int step, double loss); // after every optimizer step (1-based)
     void *context;
 } TrainControl;
@@ -175,6 +184,10 @@ typedef struct RunPlan {
 bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err);
 // Prints the plan; returns the process exit status.
 int plan_main(const Config *config, int world_size);
+
+// `lora-train report RUN_DIR... [--out FILE]` (argv after "report"): a table
+// of the runs from their metrics.jsonl and a PNG comparing their losses; the exit status.
+int report_main(int argc, char **argv);
 
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);

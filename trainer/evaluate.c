@@ -1,0 +1,138 @@
+// Held-out evaluation: data.eval_path, or data.eval_fraction split off data.path.
+//
+// The evaluation loader yields micro-batches of one row in file order, rank r
+// taking samples r, r + world_size, ... (the last n_eval % world_size are left
+// out, as a loader's remainder). Each rank sums -log p and hits over its label
+// tokens; one all-reduce gives the totals, so the loss is label-token
+// weighted as training's. Nothing here draws from a random stream or moves
+// the training loader, so a run trains the same with or without evaluation.
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "train_private.h"
+
+static bool open_eval_dataset(Run *run, Error *err) {
+    const Config *config = run->config;
+    if (run_is_vlm(config)) {
+        VlmDatasetOptions options;
+        if (!vlm_dataset_options(config, run->tokenizer, run->image_token_id, &options, err)) return false;
+        options.path = config->data.eval_path;
+        run->eval.vlm_dataset = vlm_dataset_open(&options, err);
+        return run->eval.vlm_dataset &&
+               vlm_dataset_check_skips(run->eval.vlm_dataset, config->data.max_skip_fraction, err);
+    }
+    run->eval.dataset = dataset_open_jsonl(config->data.eval_path, run->tokenizer, config->data.max_seq_len, err);
+    return run->eval.dataset && dataset_check_skips(run->eval.dataset, config->data.max_skip_fraction, err);
+}
+
+bool eval_prepare(Run *run, DataLoaderOptions *options, Error *err) {
+    const Config *config = run->config;
+    Evaluation *eval = &run->eval;
+    if (config->data.eval_path[0]) return open_eval_dataset(run, err) || fail_context(err, "data.eval_path: ");
+    if (config->data.eval_fraction <= 0) return true;
+    int64_t n_samples = run->vlm_dataset ? vlm_dataset_size(run->vlm_dataset) : dataset_size(run->dataset);
+    if (!data_split_held_out(n_samples, config->data.eval_fraction, config->train.seed, &eval->train_subset,
+                             &eval->n_train, &eval->eval_subset, &eval->n_eval, err))
+        return fail_context(err, "data.eval_fraction %g of %s: ", (double)config->data.eval_fraction,
+                            config->data.path);
+    options->subset = eval->train_subset;
+    options->n_subset = eval->n_train;
+    return true;
+}
+
+bool eval_create_loader(Run *run, const DataLoaderOptions *train_options, Error *err) {
+    const Config *config = run->config;
+    Evaluation *eval = &run->eval;
+    if (!config->data.eval_path[0] && config->data.eval_fraction <= 0) return true;
+    DataLoaderOptions options = {.micro_batch = 1, .grad_accum = 1, .max_seq_len = config->data.max_seq_len,
+                                 .seed = config->train.seed, .shuffle = false, .rank = train_options->rank,
+                                 .world_size = train_options->world_size, .subset = eval->eval_subset,
+                                 .n_subset = eval->n_eval};
+    if (run->vlm_dataset) {
+        VlmDataset *dataset = eval->vlm_dataset ? eval->vlm_dataset : run->vlm_dataset;
+        eval->vlm_loader = vlm_loader_create(dataset, &options, config->data.max_skip_fraction, err);
+    } else {
+        eval->loader = dataloader_create(eval->dataset ? eval->dataset : run->dataset, &options, err);
+    }
+    if (eval->loader || eval->vlm_loader) return true;
+    return fail_context(err, "the held-out data (%s): ",
+                        config->data.eval_path[0] ? config->data.eval_path : "data.eval_fraction");
+}
+
+bool eval_enabled(const Run *run) { return run->eval.loader || run->eval.vlm_loader; }
+
+void eval_print_header(const Run *run) {
+    const Evaluation *eval = &run->eval;
+    const Config *config = run->config;
+    if (!eval_enabled(run)) return;
+    int64_t n = eval->eval_subset ? eval->n_eval
+                : eval->vlm_dataset ? vlm_dataset_size(eval->vlm_dataset) : dataset_size(eval->dataset);
+    printf("eval: %lld held-out samples (", (long long)n);
+    if (eval->eval_subset) printf("data.eval_fraction %g of %s)", (double)config->data.eval_fraction, config->data.path);
+    else printf("%s)", config->data.eval_path);
+    int every = config->train.eval_every;
+    if (every == 1) printf(" after every step\n");
+    else if (every > 1) printf(" after every %d steps and the last\n", every);
+    else printf(" after the last step\n");
+}
+
+bool eval_due(const Run *run, int step) {
+    int every = run->config->train.eval_every;
+    return eval_enabled(run) && ((every > 0 && (step + 1) % every == 0) || step + 1 == run->total_steps);
+}
+
+static int64_t eval_steps(const Run *run) {
+    const Evaluation *eval = &run->eval;
+    return eval->vlm_loader ? vlm_loader_steps_per_epoch(eval->vlm_loader) : dataloader_steps_per_epoch(eval->loader);
+}
+
+static const StepBatch *next_eval_batch(Run *run, Error *err) {
+    Evaluation *eval = &run->eval;
+    return eval->vlm_loader ? vlm_loader_next(eval->vlm_loader, err) : dataloader_next(eval->loader);
+}
+
+static void rewind_eval(Run *run) {
+    if (run->eval.vlm_loader) vlm_loader_seek(run->eval.vlm_loader, 0, 0);
+    else dataloader_seek(run->eval.loader, 0, 0);
+}
+
+// This rank's share of the held-out data into *sums.
+static bool eval_local(Run *run, EvalSums *sums, Error *err) {
+    rewind_eval(run);
+    for (int64_t i = 0; i < eval_steps(run); i++) {
+        const StepBatch *batch = next_eval_batch(run, err);
+        if (!batch) return false;
+        Batch micro = {.B = batch->B, .T = batch->T, .tokens = batch->tokens, .targets = batch->targets};
+        if (!vlm_micro_features(run, batch, 0, &micro, err) || !model_eval_batch(run->model, &micro, sums, err))
+            return false;
+    }
+    return true;
+}
+
+bool eval_run(Run *run, int step, EvalResult *result, Error *err) {
+    double start = time_seconds();
+    EvalSums sums = {0};
+    if (!eval_local(run, &sums, err)) return fail_context(err, "evaluation: ");
+    double tokens[3] = {sums.loss_sum, (double)sums.n_label_tokens, (double)sums.n_correct};
+    double answers[2] = {(double)sums.n_answers, (double)sums.n_answers_exact};
+    if (!all_reduce_host(&run->dist, tokens, 3, err) || !all_reduce_host(&run->dist, answers, 2, err))
+        return fail_context(err, "evaluation: ");
+    if (tokens[1] == 0) return fail(err, "evaluation: the held-out data has no label tokens");
+    *result = (EvalResult){.step = step, .loss = tokens[0] / tokens[1], .token_accuracy = tokens[2] / tokens[1],
+                           .answer_accuracy = answers[1] / answers[0], .n_label_tokens = (int64_t)tokens[1],
+                           .n_answers = (int64_t)answers[0], .seconds = time_seconds() - start};
+    result->perplexity = exp(result->loss);
+    run->eval.n_done++;
+    return true;
+}
+
+void eval_destroy(Run *run) {
+    Evaluation *eval = &run->eval;
+    dataloader_destroy(eval->loader);
+    vlm_loader_destroy(eval->vlm_loader);
+    dataset_destroy(eval->dataset);
+    vlm_dataset_destroy(eval->vlm_dataset);
+    free(eval->train_subset);
+    free(eval->eval_subset);
+}
