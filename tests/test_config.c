@@ -414,6 +414,62 @@ static void test_round_trip_defaults_and_awkward_values(void **state) {
     assert_round_trip(&c);
 }
 
+// ----------------------------------------------------------------------------
+// a checkpoint's config against this run's (--resume)
+
+// text with the line that starts with `line` removed, or (after) a line inserted after it.
+static char *edited(const char *text, const char *line, const char *inserted_after) {
+    const char *at = strstr(text, line);
+    assert_non_null(at);
+    const char *end = strchr(at, '\n') + 1;
+    size_t n = strlen(text) + (inserted_after ? strlen(inserted_after) : 0) + 1;
+    char *out = malloc(n);
+    if (inserted_after) snprintf(out, n, "%.*s%s%s", (int)(end - text), text, inserted_after, end);
+    else snprintf(out, n, "%.*s%s", (int)(at - text), text, end);
+    return out;
+}
+
+static char *dump(const Config *c) {
+    Error err = {{0}};
+    char *text = config_to_yaml(c, &err);
+    if (!text) fail_msg("%s", err.message);
+    return text;
+}
+
+// A checkpoint of an older version lacks a key added since (it had the
+// default) and has one removed since, and its help comments differ: it
+// resumes, the dropped key noted. A changed value is still refused; a new key
+// this run sets away from its default is a change like any other.
+static void test_config_changes_across_versions(void **state) {
+    Config c;
+    config_defaults(&c);
+    char *now = dump(&c);
+    char *lacking = edited(now, "  eval_every:", NULL);
+    char *older = edited(lacking, "vision:\n", "  retired_key: 1  # a key of an older version\n");
+    ConfigChanges changes;
+    Error err = {{0}};
+    if (!config_changes(older, now, false, &changes, &err)) fail_msg("%s", err.message);
+    print_message("older checkpoint: %s\n", changes.operational);
+    assert_string_equal(changes.mathematical, "");
+    assert_contains(changes.operational, "vision.retired_key (no longer a setting)");
+    assert_null(strstr(changes.operational, "eval_every"));
+
+    Config other = c;
+    set_ok(&other, "train.lr=1e-3");
+    char *other_lr = dump(&other);
+    assert_false(config_changes(other_lr, now, false, &changes, &err));
+    assert_contains(err.message, "add --allow-config-change if changing train.lr is intended");
+    assert_true(config_changes(other_lr, now, true, &changes, &err));
+    assert_contains(changes.mathematical, "train.lr");
+
+    Config evaluating = c;
+    set_ok(&evaluating, "train.eval_every=10");
+    char *now_evaluating = dump(&evaluating);
+    if (!config_changes(lacking, now_evaluating, false, &changes, &err)) fail_msg("%s", err.message);
+    assert_contains(changes.operational, "train.eval_every 0 -> 10");
+    free(now), free(lacking), free(older), free(other_lr), free(now_evaluating);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
@@ -437,6 +493,7 @@ int main(void) {
         cmocka_unit_test(test_validate_cross_field_rules),
         cmocka_unit_test(test_round_trip_full),
         cmocka_unit_test(test_round_trip_defaults_and_awkward_values),
+        cmocka_unit_test(test_config_changes_across_versions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -354,13 +354,6 @@ static void append_change(char *changes, size_t size, const char *key, YamlLine 
              (int)b.length, b.text);
 }
 
-// What differs between the checkpoint's config and this run's: operational
-// and length keys, and (allowed only with --allow-config-change) the others.
-typedef struct ConfigChanges {
-    char operational[1024], mathematical[1024];
-    bool length_changed;
-} ConfigChanges;
-
 static bool refuse_change(const char *key, YamlLine was, YamlLine is, Error *err) {
     YamlLine a = line_value(was), b = line_value(is);
     return fail(err, "the checkpoint was made with a different config (%s: %.*s in the checkpoint, %.*s now): "
@@ -371,30 +364,83 @@ static bool refuse_change(const char *key, YamlLine was, YamlLine is, Error *err
                 key, (int)a.length, a.text, (int)b.length, b.text, key);
 }
 
-// Walks the checkpoint's config and this run's line by line: an operational
-// or length key that differs goes into changes->operational, any other key
-// into changes->mathematical when allow_math, else it is the error.
-static bool compare_configs(const char *saved, const char *now, bool allow_math, ConfigChanges *changes, Error *err) {
-    char section[64] = "", key[128];
-    *changes = (ConfigChanges){0};
-    while (*saved || *now) {
-        YamlLine was = next_line(&saved), is = next_line(&now);
-        bool keyed = line_key(was, section, key, sizeof key);
-        if (!keyed && was.length > 0 && was.length < sizeof section)
-            snprintf(section, sizeof section, "%.*s", (int)was.length - 1, was.text);
-        if (was.length == is.length && memcmp(was.text, is.text, was.length) == 0) continue;
-        char other_key[128];
-        bool same_key = keyed && line_key(is, section, other_key, sizeof other_key) && strcmp(key, other_key) == 0;
-        if (!same_key) return fail(err, "the checkpoint's config has '%.*s' where this run's has '%.*s'",
-                                   (int)was.length, was.text, (int)is.length, is.text);
-        bool length = listed(key, LENGTH_KEYS, sizeof LENGTH_KEYS / sizeof *LENGTH_KEYS);
-        bool operational = length || listed(key, OPERATIONAL_KEYS, sizeof OPERATIONAL_KEYS / sizeof *OPERATIONAL_KEYS);
-        if (!operational && !allow_math) return refuse_change(key, was, is, err);
-        char *list = operational ? changes->operational : changes->mathematical;
-        append_change(list, sizeof changes->operational, key, was, is);
-        changes->length_changed |= length;
+// A config_to_yaml dump as its "section.key" lines.
+typedef struct ConfigEntry {
+    char key[128];
+    YamlLine line;
+} ConfigEntry;
+
+typedef struct ConfigEntries {
+    ConfigEntry *items;
+    int count;
+} ConfigEntries;
+
+static bool config_entries(const char *yaml, ConfigEntries *entries, Error *err) {
+    size_t lines = 1;
+    for (const char *c = yaml; *c; c++) lines += *c == '\n';
+    *entries = (ConfigEntries){checked_calloc(lines, sizeof(ConfigEntry), "the config's keys", err), 0};
+    if (!entries->items) return false;
+    char section[64] = "";
+    for (const char *cursor = yaml; *cursor;) {
+        YamlLine line = next_line(&cursor);
+        ConfigEntry *entry = &entries->items[entries->count];
+        if (line_key(line, section, entry->key, sizeof entry->key)) entry->line = line, entries->count++;
+        else if (line.length > 0 && line.length < sizeof section)
+            snprintf(section, sizeof section, "%.*s", (int)line.length - 1, line.text);
     }
     return true;
+}
+
+static const ConfigEntry *find_entry(const ConfigEntries *entries, const char *key) {
+    for (int i = 0; i < entries->count; i++)
+        if (strcmp(entries->items[i].key, key) == 0) return &entries->items[i];
+    return NULL;
+}
+
+static bool same_value(YamlLine a, YamlLine b) {
+    YamlLine x = line_value(a), y = line_value(b);
+    return x.length == y.length && memcmp(x.text, y.text, x.length) == 0;
+}
+
+// Compares the checkpoint's config with this run's key by key (values only:
+// the help comments may change between versions). A key the checkpoint lacks
+// (newer than it) had its default; a key only the checkpoint has is no longer
+// a setting and is noted. An operational or length key that differs goes into
+// changes->operational, any other key into changes->mathematical when
+// allow_math, else it is the error.
+static bool compare_entries(const ConfigEntries *saved, const ConfigEntries *now, const ConfigEntries *defaults,
+                            bool allow_math, ConfigChanges *changes, Error *err) {
+    for (int i = 0; i < now->count; i++) {
+        const ConfigEntry *is = &now->items[i], *was = find_entry(saved, is->key);
+        if (!was) was = find_entry(defaults, is->key);
+        if (!was || same_value(was->line, is->line)) continue;
+        bool length = listed(is->key, LENGTH_KEYS, sizeof LENGTH_KEYS / sizeof *LENGTH_KEYS);
+        bool operational = length || listed(is->key, OPERATIONAL_KEYS, sizeof OPERATIONAL_KEYS / sizeof *OPERATIONAL_KEYS);
+        if (!operational && !allow_math) return refuse_change(is->key, was->line, is->line, err);
+        append_change(operational ? changes->operational : changes->mathematical, sizeof changes->operational,
+                      is->key, was->line, is->line);
+        changes->length_changed |= length;
+    }
+    for (int i = 0; i < saved->count; i++) {
+        if (find_entry(now, saved->items[i].key)) continue;
+        size_t used = strlen(changes->operational);
+        snprintf(changes->operational + used, sizeof changes->operational - used, "%s%s (no longer a setting)",
+                 used ? ", " : "", saved->items[i].key);
+    }
+    return true;
+}
+
+bool config_changes(const char *saved, const char *now, bool allow_math, ConfigChanges *changes, Error *err) {
+    *changes = (ConfigChanges){0};
+    Config config;
+    config_defaults(&config);
+    char *defaults_yaml = config_to_yaml(&config, err);
+    ConfigEntries saved_entries = {0}, now_entries = {0}, default_entries = {0};
+    bool ok = defaults_yaml && config_entries(saved, &saved_entries, err) && config_entries(now, &now_entries, err) &&
+              config_entries(defaults_yaml, &default_entries, err) &&
+              compare_entries(&saved_entries, &now_entries, &default_entries, allow_math, changes, err);
+    free(saved_entries.items), free(now_entries.items), free(default_entries.items), free(defaults_yaml);
+    return ok;
 }
 
 // The checkpoint's config against this run's (with its micro-batch split);
@@ -404,7 +450,7 @@ static bool check_config_changes(const Run *run, const char *dir, const TrainerS
     char *expected = config_yaml_in_checkpoint_split(run, state, err);
     if (!expected) return fail_context(err, "--resume %s: ", dir);
     ConfigChanges changes;
-    bool ok = compare_configs(state->config_yaml, expected, run->control->allow_config_change, &changes, err);
+    bool ok = config_changes(state->config_yaml, expected, run->control->allow_config_change, &changes, err);
     free(expected);
     if (!ok) return fail_context(err, "--resume %s: ", dir);
     if (state->step > run->total_steps)

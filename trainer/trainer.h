@@ -102,6 +102,17 @@ bool config_validate(const Config *config, Error *err);
 // The config as YAML text (malloc'd), for logs and trainer state.
 char *config_to_yaml(const Config *config, Error *err);
 
+// What differs between a checkpoint's config and this run's (both
+// config_to_yaml dumps, the checkpoint's possibly from an older version):
+// operational and length keys, and (allowed only with --allow-config-change)
+// the others. Keys are compared by value; one the checkpoint lacks had its
+// default, one only the checkpoint has is noted as no longer a setting.
+typedef struct ConfigChanges {
+    char operational[1024], mathematical[1024];
+    bool length_changed;
+} ConfigChanges;
+bool config_changes(const char *saved, const char *now, bool allow_math, ConfigChanges *changes, Error *err);
+
 typedef struct TrainSummary {
     int steps;                      // optimizer steps taken
     int skipped_steps;              // steps without label tokens
