@@ -50,6 +50,8 @@ def parse_args():
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--probe-size", type=int, default=0, help="GEMM probe size (default 8192 on cuda, 256 on cpu)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="the base model's storage (float32: the CPU backend's, for a CPU comparison)")
     p.add_argument("--json", help="append the result line to this file")
     return p.parse_args()
 
@@ -74,7 +76,7 @@ def build_model(shape, args, device):
                          max_position_embeddings=max(args.seq, 2048), tie_word_embeddings=False,
                          attn_implementation="sdpa")
     torch.manual_seed(0)
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(getattr(torch, args.dtype))
     with torch.device(device):
         model = LlamaForCausalLM(config)
     torch.set_default_dtype(torch.float32)

@@ -63,6 +63,10 @@ static const Preset PRESETS[] = {
     {"small", {.vocab_size = 262, .hidden_size = 256, .intermediate_size = 688, .n_layers = 4, .n_heads = 8,
                .n_kv_heads = 4, .head_dim = 32, .max_position = 2048, .rms_eps = 1e-5f, .rope_theta = 10000,
                .bos_token_id = 256, .eos_token_id = 257, .initializer_range = 0.0625f}},
+    // The second CPU benchmark shape (bench/, docs/BENCHMARKS.md): ~155M parameters, Llama 2's vocabulary size.
+    {"medium", {.vocab_size = 32000, .hidden_size = 1024, .intermediate_size = 2816, .n_layers = 8, .n_heads = 16,
+                .n_kv_heads = 8, .head_dim = 64, .max_position = 2048, .rms_eps = 1e-5f, .rope_theta = 10000,
+                .bos_token_id = 1, .eos_token_id = 2, .initializer_range = 0.02f}},
     {"llama3-8b", {.vocab_size = 128256, .hidden_size = 4096, .intermediate_size = 14336, .n_layers = 32,
                    .n_heads = 32, .n_kv_heads = 8, .head_dim = 128, .max_position = 8192, .rms_eps = 1e-5f,
                    .rope_theta = 500000, .bos_token_id = 128000, .eos_token_id = 128001,
