@@ -114,3 +114,6 @@ bool make_dirs(const char *path, Error *err);        // mkdir -p
 bool remove_tree(const char *path, Error *err);      // rm -r (no error if absent)
 // Levenshtein distance, for did-you-mean suggestions.
 int edit_distance(const char *a, const char *b);
+// The shortest decimal that reads back (strtof) as value, as Python's repr
+// writes numbers: "0.05" for 0.05f, "1e-05", "0.0" (a point when integral).
+void format_float_shortest(float value, char *text, size_t size);
