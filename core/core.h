@@ -9,7 +9,7 @@
 // ----------------------------------------------------------------------------
 // errors
 
-#define ERROR_MESSAGE_MAX 1024
+#define ERROR_MESSAGE_MAX 4096
 
 typedef struct Error {
     char message[ERROR_MESSAGE_MAX];

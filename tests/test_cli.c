@@ -110,6 +110,98 @@ static void test_unknown_flag(void **state) {
                    (const char *[]){"--allow-config-change needs --resume", NULL});
 }
 
+// Every missing input in one message, each with what it is and how to get it:
+// the model's Hugging Face id and download command when model.name gives it.
+static void test_missing_inputs_reported_at_once(void **state) {
+    expect_failure("model:\n  path: models/llama\n  name: meta-llama/Meta-Llama-3-8B-Instruct\n"
+                   "data:\n  path: absent.json\n  images: absent.tar\nvision:\n  tower: clip/model.safetensors\n"
+                   "checkpoint:\n  dir: out\n",
+                   "--config run.yaml",
+                   (const char *[]){"4 inputs are missing", "model.path: 'models/llama' does not exist",
+                                    "huggingface-cli download meta-llama/Meta-Llama-3-8B-Instruct --local-dir models/llama",
+                                    "data.path: 'absent.json'", "data.images: 'absent.tar'",
+                                    "huggingface-cli download openai/clip-vit-large-patch14-336 model.safetensors "
+                                    "--local-dir clip", NULL});
+}
+
+// A folder init-model --preset writes has no tokenizer.json: tokenize uses the
+// byte tokenizer (bytes, <bos> 256 with --special), as training does.
+static void test_tokenize_byte_folder(void **state) {
+    const char *dir = make_temp_dir("cli_tokenize");
+    Outcome made = run_lora_train(dir, "init-model --arch llama --preset tiny --out tiny");
+    assert_int_equal(made.status, 0);
+    write_text(dir, "hello.json", "[\"Hello\"]");
+    write_text(dir, "hi.json", "[\"Hi\"]");
+    Outcome plain = run_lora_train(dir, "tokenize --tokenizer tiny < hello.json");
+    print_message("exit %d: %s", plain.status, plain.output);
+    assert_int_equal(plain.status, 0);
+    assert_string_equal(plain.output, "[[72, 101, 108, 108, 111]]\n");
+    Outcome special = run_lora_train(dir, "tokenize --tokenizer tiny --special < hi.json");
+    assert_int_equal(special.status, 0);
+    assert_string_equal(special.output, "[[256, 72, 105]]\n");
+}
+
+static char *read_text(const char *dir, const char *name) {
+    char path[1024], *text;
+    size_t size;
+    Error err;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (!read_file(path, &text, &size, &err)) fail_msg("%s", err.message);
+    return text;
+}
+
+static void write_base_name(const char *adapter_dir, const char *from, const char *to) {
+    char *text = read_text(adapter_dir, "adapter_config.json");
+    char *at = strstr(text, from);
+    if (!at) fail_msg("adapter_config.json lacks %s: %s", from, text);
+    char edited[16384];
+    snprintf(edited, sizeof edited, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+    write_text(adapter_dir, "adapter_config.json", edited);
+    free(text);
+}
+
+// adapter_config.json names the base by its absolute path (or model.name's
+// Hugging Face id), so export from another directory finds it; a base that is
+// not a folder here is named with --base, as the error says.
+static void test_base_model_path_and_export_base(void **state) {
+    char dir[1024], yaml[1024], model[PATH_MAX], expected[PATH_MAX + 64], args[4096];
+    snprintf(dir, sizeof dir, "%s", make_temp_dir("cli_base")); // the next call reuses its buffer
+    snprintf(yaml, sizeof yaml, "%strain:\n  max_steps: 1\n  backend: cpu\n", VALID_PREFIX);
+    write_text(dir, "run.yaml", yaml);
+    Outcome trained = run_lora_train(dir, "--config run.yaml");
+    assert_int_equal(trained.status, 0);
+    char adapter[1100];
+    snprintf(adapter, sizeof adapter, "%s/out/adapter", dir);
+    assert_non_null(realpath(dir, model));
+    strcat(model, "/model");
+    snprintf(expected, sizeof expected, "\"base_model_name_or_path\": \"%s\"", model);
+    char *config = read_text(adapter, "adapter_config.json");
+    if (!strstr(config, expected)) fail_msg("adapter_config.json lacks %s: %s", expected, config);
+    free(config);
+    const char *elsewhere = make_temp_dir("cli_base_elsewhere");
+    snprintf(args, sizeof args, "export --checkpoint '%s' --format merged --out merged", adapter);
+    Outcome exported = run_lora_train(elsewhere, args);
+    print_message("exit %d: %s", exported.status, exported.output);
+    assert_int_equal(exported.status, 0);
+
+    write_base_name(adapter, model, "meta-llama/Llama-3.2-1B");
+    snprintf(args, sizeof args, "export --checkpoint '%s' --format merged --out merged2", adapter);
+    Outcome refused = run_lora_train(elsewhere, args);
+    assert_int_not_equal(refused.status, 0);
+    if (!strstr(refused.output, "'meta-llama/Llama-3.2-1B' is not a folder here") || !strstr(refused.output, "--base DIR"))
+        fail_msg("export's error does not point to --base: %s", refused.output);
+    snprintf(args, sizeof args, "export --checkpoint '%s' --format merged --out merged2 --base '%s'", adapter, model);
+    assert_int_equal(run_lora_train(elsewhere, args).status, 0);
+
+    snprintf(args, sizeof args, "--config run.yaml --set model.name=meta-llama/Llama-3.2-1B --set checkpoint.dir=out2");
+    Outcome named = run_lora_train(dir, args);
+    print_message("exit %d: %s", named.status, named.output);
+    assert_int_equal(named.status, 0);
+    config = read_text(dir, "out2/adapter/adapter_config.json");
+    assert_non_null(strstr(config, "\"base_model_name_or_path\": \"meta-llama/Llama-3.2-1B\""));
+    free(config);
+}
+
 static void assert_file(const char *dir, const char *name) {
     char path[1024];
     snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -207,6 +299,9 @@ int main(void) {
         cmocka_unit_test(test_bad_override),        cmocka_unit_test(test_missing_config_file),
         cmocka_unit_test(test_missing_data_file),   cmocka_unit_test(test_unknown_flag),
         cmocka_unit_test(test_pack_refused_for_image_text),
+        cmocka_unit_test(test_missing_inputs_reported_at_once),
+        cmocka_unit_test(test_tokenize_byte_folder),
+        cmocka_unit_test(test_base_model_path_and_export_base),
         cmocka_unit_test(test_image_text_config_trains),
         cmocka_unit_test(test_signal_during_setup_saves),
         cmocka_unit_test(test_signal_after_done_exits_0),

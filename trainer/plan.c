@@ -2,9 +2,13 @@
 // before anything is trained or loaded. Memory comes from model_plan (the
 // layout code model_create allocates with), the checkpoint size from a real
 // checkpoint image of the trainable parameters (no base weights loaded).
+#include <ctype.h>
+#include <json-c/json.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "train_private.h"
 
@@ -26,6 +30,39 @@ bool config_llama_config(const Config *config, LlamaConfig *llama, HfLayout *lay
     if (!path_exists(path) && config->model.create_if_missing[0])
         return llama_config_preset(config->model.create_if_missing, llama, err);
     return hf_read_llama_config(path, llama, err) && hf_read_layout(path, layout, err);
+}
+
+// "owner/name" of letters, digits, '-', '_' and '.', as the Hugging Face Hub spells a repository.
+static bool is_hub_id(const char *text) {
+    const char *slash = strchr(text, '/');
+    if (!slash || slash == text || !slash[1] || strchr(slash + 1, '/') || text[0] == '.') return false;
+    for (const char *c = text; *c; c++)
+        if (c != slash && !isalnum((unsigned char)*c) && !strchr("-_.", *c)) return false;
+    return true;
+}
+
+// config.json's "_name_or_path" into name when it is a Hub id; false otherwise.
+static bool hub_id_of_folder(const char *model_dir, char *name, size_t size) {
+    char path[CONFIG_PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/config.json", model_dir);
+    json_object *config = json_object_from_file(path), *value = NULL;
+    bool found = config && json_object_object_get_ex(config, "_name_or_path", &value) &&
+                 json_object_is_type(value, json_type_string) && is_hub_id(json_object_get_string(value)) &&
+                 !path_exists(json_object_get_string(value));
+    if (found) snprintf(name, size, "%s", json_object_get_string(value));
+    json_object_put(config);
+    return found;
+}
+
+bool config_base_model_name(const Config *config, char *name, size_t size, Error *err) {
+    if (config->model.name[0]) return snprintf(name, size, "%s", config->model.name) > 0;
+    if (hub_id_of_folder(config->model.path, name, size)) return true;
+    char absolute[PATH_MAX];
+    if (realpath(config->model.path, absolute)) return snprintf(name, size, "%s", absolute) > 0;
+    if (config->model.path[0] == '/' || !getcwd(absolute, sizeof absolute))
+        return snprintf(name, size, "%s", config->model.path) > 0; // not created yet (plan)
+    int n = snprintf(name, size, "%s/%s", absolute, config->model.path);
+    return (n > 0 && (size_t)n < size) || fail(err, "model.path: %s/%s is too long", absolute, config->model.path);
 }
 
 // Optimizer steps of the run: train.max_steps, or epochs over the dataset.
@@ -60,8 +97,9 @@ static bool plan_checkpoint_bytes(const Config *config, const ModelOptions *opti
     float *moments = checked_calloc(2 * n, sizeof(float), "plan: Adam moments", err);
     char *yaml = moments ? config_to_yaml(config, err) : NULL;
     CheckpointImage *image = NULL;
-    if (yaml) {
-        AdapterInfo adapter = {.base_model_name_or_path = config->model.path, .layout = layout};
+    char base_model[CONFIG_PATH_MAX];
+    if (yaml && config_base_model_name(config, base_model, sizeof base_model, err)) {
+        AdapterInfo adapter = {.base_model_name_or_path = base_model, .layout = layout};
         TrainerState state = {.step = total_steps, .optimizer_steps = total_steps, .seed = config->train.seed,
                               .first_loss = 1.0, .last_loss = 1.0, .config_yaml = yaml};
         CheckpointSource source = {model, &adapter, moments, moments + n, true, &state, .world_size = 0};

@@ -299,7 +299,7 @@ static char *config_yaml_in_checkpoint_split(const Run *run, const TrainerState 
 // Keys a resumed run may change: where, how often and how patiently it
 // saves and logs, not what it computes; and its length (the LR schedule is
 // then recomputed over the new one, which the run states).
-static const char *const OPERATIONAL_KEYS[] = {"checkpoint.dir", "checkpoint.every_steps", "checkpoint.keep_last",
+static const char *const OPERATIONAL_KEYS[] = {"model.name", "checkpoint.dir", "checkpoint.every_steps", "checkpoint.keep_last",
                                                "checkpoint.on_low_disk", "checkpoint.low_disk_wait_minutes",
                                                "train.log_every", "dist.timeout_s"};
 static const char *const LENGTH_KEYS[] = {"train.max_steps", "train.epochs"};

@@ -142,7 +142,8 @@ static bool load_model_and_data(Run *run, Error *err) {
     if (!(run->tokenizer = config_tokenizer(config, err))) return false;
     run->model = load_or_create_model(run, run->is_rank0, err);
     if (!run->model) return false;
-    run->adapter_info = (AdapterInfo){.base_model_name_or_path = config->model.path};
+    if (!config_base_model_name(config, run->base_model, sizeof run->base_model, err)) return false;
+    run->adapter_info = (AdapterInfo){.base_model_name_or_path = run->base_model};
     if (!hf_read_layout(config->model.path, &run->adapter_info.layout, err)) return false;
     if (model_config(run->model)->vocab_size < tokenizer_vocab_size(run->tokenizer))
         return fail(err, "%s: vocab_size %d is smaller than the tokenizer's %d", config->model.path,

@@ -14,6 +14,7 @@ typedef struct Run {
     const Ops *ops;
     Model *model;
     AdapterInfo adapter_info; // base model path and key layout, for every adapter written
+    char base_model[CONFIG_PATH_MAX]; // adapter_info's base_model_name_or_path (config_base_model_name)
     Tokenizer *tokenizer;
     Dataset *dataset;
     DataLoader *loader;
@@ -36,6 +37,10 @@ typedef struct Run {
 // The model's LlamaConfig and key layout without loading it: config.json of
 // model.path, or the preset model.create_if_missing writes there (plan.c).
 bool config_llama_config(const Config *config, LlamaConfig *llama, HfLayout *layout, Error *err);
+// adapter_config.json's base_model_name_or_path, as PEFT, vLLM and LMDeploy
+// users expect it: model.name, else config.json's _name_or_path when it is a
+// Hugging Face id ("owner/name"), else model.path made absolute.
+bool config_base_model_name(const Config *config, char *name, size_t size, Error *err);
 
 // train_vlm.c: image-text training when data.images or vision.tower is set.
 bool run_is_vlm(const Config *config);

@@ -13,6 +13,7 @@
 typedef struct Config {
     struct {
         char path[CONFIG_PATH_MAX];          // Hugging Face model folder
+        char name[CONFIG_PATH_MAX];          // its Hugging Face id ("" = unknown): adapters, download hints
         char create_if_missing[CONFIG_NAME_MAX]; // preset to write at path if absent ("" = never)
         char quantize[CONFIG_NAME_MAX];      // "none" | "nf4"
         bool double_quant;                   // nf4: double-quantize the absmax (bitsandbytes' default)
