@@ -141,6 +141,39 @@ static void test_tokenize_byte_folder(void **state) {
     assert_string_equal(special.output, "[[256, 72, 105]]\n");
 }
 
+// data check on a text config: the demo data is written as training would,
+// the records read as chats, skips counted per reason with the first few shown.
+static void test_data_check_text(void **state) {
+    const char *dir = make_temp_dir("cli_data_check");
+    write_text(dir, "run.yaml", VALID_PREFIX);
+    Outcome demo = run_lora_train(dir, "data check --config run.yaml");
+    print_message("exit %d: %s", demo.status, demo.output);
+    assert_int_equal(demo.status, 0);
+    const char *expected[] = {"writing the demo dataset to data.jsonl", "data.jsonl: 2000 JSONL records",
+                              "usable samples   2000", "skipped          0", NULL};
+    for (int i = 0; expected[i]; i++)
+        if (!strstr(demo.output, expected[i])) fail_msg("data check output lacks '%s': %s", expected[i], demo.output);
+    assert_null(strstr(demo.output, "image"));
+
+    char records[4096] = "";
+    for (int i = 0; i < 6; i++) strcat(records, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n");
+    strcat(records, "{\"text\": \"a plain text\"}\nnot json\n{\"text\": 3}\n");
+    write_text(dir, "data.jsonl", records);
+    Outcome bad = run_lora_train(dir, "data check --config run.yaml --set data.max_skip_fraction=0.95");
+    print_message("exit %d: %s", bad.status, bad.output);
+    assert_int_equal(bad.status, 0);
+    const char *counted[] = {"9 JSONL records", "usable samples   1", "skipped          8", "    empty conversation: 6",
+                             "data.jsonl:1: \"messages\" has no assistant turn", "      ... 3 more",
+                             "    bad record: 2", "data.jsonl:8: invalid JSON", "data.jsonl:9: \"text\" is not a string",
+                             NULL};
+    for (int i = 0; counted[i]; i++)
+        if (!strstr(bad.output, counted[i])) fail_msg("data check output lacks '%s': %s", counted[i], bad.output);
+    assert_null(strstr(bad.output, "data.jsonl:4:")); // three examples per reason, not a line each
+    Outcome over = run_lora_train(dir, "data check --config run.yaml");
+    assert_int_equal(over.status, 1);
+    assert_non_null(strstr(over.output, "data.max_skip_fraction"));
+}
+
 static char *read_text(const char *dir, const char *name) {
     char path[1024], *text;
     size_t size;
@@ -301,6 +334,7 @@ int main(void) {
         cmocka_unit_test(test_pack_refused_for_image_text),
         cmocka_unit_test(test_missing_inputs_reported_at_once),
         cmocka_unit_test(test_tokenize_byte_folder),
+        cmocka_unit_test(test_data_check_text),
         cmocka_unit_test(test_base_model_path_and_export_base),
         cmocka_unit_test(test_image_text_config_trains),
         cmocka_unit_test(test_signal_during_setup_saves),

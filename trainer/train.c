@@ -101,21 +101,22 @@ static bool report_skips(const Dataset *dataset, double max_fraction, bool verbo
     return dataset_check_skips(dataset, max_fraction, err);
 }
 
+bool data_create_if_missing(const Config *config, bool verbose, Error *err) {
+    const char *path = config->data.path;
+    if (path_exists(path) || !config->data.create_if_missing[0]) return true;
+    if (strcmp(config->data.create_if_missing, "demo") != 0)
+        return fail(err, "data.create_if_missing: unknown generator '%s' (known: demo)", config->data.create_if_missing);
+    char dir[CONFIG_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    if (verbose) printf("writing the demo dataset to %s\n", path);
+    return (!slash || make_dirs(dir, err)) && dataset_write_demo_jsonl(path, 2000, config->train.seed, err);
+}
+
 static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool verbose, Error *err) {
     const char *path = config->data.path;
-    if (!path_exists(path) && config->data.create_if_missing[0]) {
-        if (strcmp(config->data.create_if_missing, "demo") != 0) {
-            fail(err, "data.create_if_missing: unknown generator '%s' (known: demo)", config->data.create_if_missing);
-            return NULL;
-        }
-        char dir[CONFIG_PATH_MAX];
-        snprintf(dir, sizeof dir, "%s", path);
-        char *slash = strrchr(dir, '/');
-        if (slash) *slash = '\0';
-        if (verbose) printf("writing the demo dataset to %s\n", path);
-        if ((slash && !make_dirs(dir, err)) || !dataset_write_demo_jsonl(path, 2000, config->train.seed, err))
-            return NULL;
-    }
+    if (!data_create_if_missing(config, verbose, err)) return NULL;
     Dataset *dataset = dataset_open_jsonl(path, tok, config->data.max_seq_len, err);
     if (dataset && !report_skips(dataset, config->data.max_skip_fraction, verbose, err)) {
         dataset_destroy(dataset);

@@ -42,6 +42,9 @@ bool config_llama_config(const Config *config, LlamaConfig *llama, HfLayout *lay
 // Hugging Face id ("owner/name"), else model.path made absolute.
 bool config_base_model_name(const Config *config, char *name, size_t size, Error *err);
 
+// Writes data.create_if_missing's dataset at data.path when absent (train.c).
+bool data_create_if_missing(const Config *config, bool verbose, Error *err);
+
 // train_vlm.c: image-text training when data.images or vision.tower is set.
 bool run_is_vlm(const Config *config);
 // Sets the projector's width, the image token and the feature rows per micro-batch.

@@ -145,8 +145,9 @@ bool stop_signals_install(bool *installed, Error *err);
 bool train_run(const Config *config, TrainSummary *summary, Error *err);
 bool train_run_with(const Config *config, const TrainControl *control, TrainSummary *summary, Error *err);
 
-// `lora-train data check`: reads the dataset as training would and prints its
-// counts and every skipped record; returns the process exit status.
+// `lora-train data check`: reads the dataset as training would (text JSONL or
+// LLaVA records, written first per data.create_if_missing) and prints its
+// counts, skips per reason and the first few of each; the process exit status.
 int data_check_main(const Config *config);
 
 // The tokenizer of model.path (its tokenizer.json, else the byte tokenizer,
