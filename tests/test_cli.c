@@ -174,6 +174,44 @@ static void test_data_check_text(void **state) {
     assert_non_null(strstr(over.output, "data.max_skip_fraction"));
 }
 
+// --version; a misspelled subcommand or flag gets the nearest one.
+static void test_version_and_did_you_mean(void **state) {
+    const char *dir = make_temp_dir("cli_names");
+    Outcome version = run_lora_train(dir, "--version");
+    assert_int_equal(version.status, 0);
+    assert_non_null(strstr(version.output, "lora-train 0."));
+    assert_non_null(strstr(version.output, "built with "));
+    const struct { const char *args, *expected; } cases[] = {
+        {"plna --config run.yaml", "unknown subcommand 'plna' (did you mean 'plan'?)"},
+        {"--config run.yaml --offlaod cpu", "unknown argument '--offlaod' (did you mean '--offload'?)"},
+        {"init-model --arch llama --prest tiny --out m", "unknown argument '--prest' (did you mean '--preset'?)"},
+        {"demo --sett train.lr=1", "unknown argument '--sett' (did you mean '--set'?)"},
+        {"demo --config configs/demo.yaml", "the text recipe is lora-train --config configs/demo.yaml"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        Outcome outcome = run_lora_train(dir, cases[i].args);
+        assert_int_equal(outcome.status, 2);
+        if (!strstr(outcome.output, cases[i].expected))
+            fail_msg("%s: lacks '%s': %s", cases[i].args, cases[i].expected, outcome.output);
+    }
+}
+
+// `lora-train demo --set` changes the vision-language demo that runs (it used
+// to run the text recipe instead), from any directory.
+static void test_demo_set_applies(void **state) {
+    const char *dir = make_temp_dir("cli_demo");
+    Outcome demo = run_lora_train(dir, "demo --set train.max_steps=2 --set train.log_every=1");
+    print_message("exit %d: %s", demo.status, demo.output);
+    assert_int_equal(demo.status, 0);
+    const char *expected[] = {"images.tar", "step 2/2", "done: 2 steps", "held-out accuracy before training",
+                              "picking one of the names at random would score 25% colours", NULL};
+    for (int i = 0; expected[i]; i++)
+        if (!strstr(demo.output, expected[i])) fail_msg("demo output lacks '%s': %s", expected[i], demo.output);
+    Outcome bad = run_lora_train(dir, "demo --set train.lrr=1");
+    assert_int_equal(bad.status, 1);
+    assert_non_null(strstr(bad.output, "--set: unknown key 'train.lrr' (did you mean 'train.lr'?)"));
+}
+
 static char *read_text(const char *dir, const char *name) {
     char path[1024], *text;
     size_t size;
@@ -271,7 +309,12 @@ static void test_image_text_config_trains(void **state) {
     print_message("exit %d: %s", outcome.status, outcome.output);
     assert_int_equal(outcome.status, 0);
     assert_non_null(strstr(outcome.output, "done: 3 steps"));
-    assert_non_null(strstr(outcome.output, "| peak cpu memory "));
+    const char *peak = strstr(outcome.output, "| peak memory: cpu backend ");
+    assert_non_null(peak);
+    double backend_gb = 0, process_gb = 0;
+    assert_int_equal(sscanf(peak, "| peak memory: cpu backend %lf GB (its own allocations), process %lf GB (resident)",
+                            &backend_gb, &process_gb), 2);
+    assert_true(process_gb >= backend_gb && process_gb > 0.001); // the process holds the backend's allocations
     assert_file(dir, "tower.safetensors");
     assert_file(dir, "out/step-000002/projector.safetensors");
     assert_file(dir, "out/adapter/projector.safetensors");
@@ -335,6 +378,8 @@ int main(void) {
         cmocka_unit_test(test_missing_inputs_reported_at_once),
         cmocka_unit_test(test_tokenize_byte_folder),
         cmocka_unit_test(test_data_check_text),
+        cmocka_unit_test(test_version_and_did_you_mean),
+        cmocka_unit_test(test_demo_set_applies),
         cmocka_unit_test(test_base_model_path_and_export_base),
         cmocka_unit_test(test_image_text_config_trains),
         cmocka_unit_test(test_signal_during_setup_saves),

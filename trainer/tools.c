@@ -12,7 +12,7 @@
 
 #include "checkpoints/checkpoints.h"
 #include "data/data.h"
-#include "trainer.h"
+#include "train_private.h"
 
 #define TOOL_PATH_MAX 4096
 
@@ -43,7 +43,9 @@ static bool parse_tool_args(int argc, char **argv, ToolArgs *args, Error *err) {
             *options[o].slot = argv[i + 1];
             known = true;
         }
-        if (!known) return fail(err, "unknown argument '%s' (see lora-train --help)", argv[i]);
+        static const char *const flags[] = {"--arch", "--preset", "--config-json", "--out", "--tokenizer",
+                                            "--checkpoint", "--format", "--base", "--seed", "--special", NULL};
+        if (!known) return fail_unknown_argument(err, argv[i], flags);
         i++;
     }
     return true;

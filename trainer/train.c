@@ -7,10 +7,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "train_private.h"
 
 #define SKIPS_LOGGED 20
+
+// The process's peak resident set (getrusage's ru_maxrss, KiB on Linux).
+static double process_peak_rss_bytes(void) {
+    struct rusage usage;
+    return getrusage(RUSAGE_SELF, &usage) == 0 ? 1024.0 * (double)usage.ru_maxrss : 0.0;
+}
 
 // ----------------------------------------------------------------------------
 // set-up
@@ -552,9 +559,9 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
     bool ok = setup(&run, config, err) && start_and_train(&run, summary, err);
     if (run.zero) fill_summary(&run, summary);
     if (ok && run.is_rank0 && !summary->interrupted)
-        printf("done: %d steps, loss %.4f -> %.4f | peak %s memory %.2f GB | adapter saved to %s\n", summary->steps,
-               summary->first_loss, summary->last_loss, run.ops->name, run.ops->peak_bytes() / 1e9,
-               summary->adapter_dir);
+        printf("done: %d steps, loss %.4f -> %.4f | peak memory: %s backend %.2f GB (its own allocations), process "
+               "%.2f GB (resident) | adapter saved to %s\n", summary->steps, summary->first_loss, summary->last_loss,
+               run.ops->name, run.ops->peak_bytes() / 1e9, process_peak_rss_bytes() / 1e9, summary->adapter_dir);
     teardown(&run);
     if (installed_signals) stop_signals_restore();
     return ok;

@@ -42,6 +42,11 @@ bool config_llama_config(const Config *config, LlamaConfig *llama, HfLayout *lay
 // Hugging Face id ("owner/name"), else model.path made absolute.
 bool config_base_model_name(const Config *config, char *name, size_t size, Error *err);
 
+// cli.c: the candidate nearest to word (at most 3 edits), or NULL; and the
+// error for an unknown argument with that did-you-mean.
+const char *did_you_mean(const char *word, const char *const *candidates);
+bool fail_unknown_argument(Error *err, const char *argument, const char *const *known);
+
 // Writes data.create_if_missing's dataset at data.path when absent (train.c).
 bool data_create_if_missing(const Config *config, bool verbose, Error *err);
 

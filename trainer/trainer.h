@@ -186,9 +186,11 @@ int lora_launch_main(int argc, char **argv);
 int lora_train_tool_main(const char *tool, int argc, char **argv);
 // The vision-language demo in dir: synthetic pictures in a tar and LLaVA
 // records, a tiny random VLM, projector + LoRA trained by train_run, held-out
-// accuracy before and after, the adapter under dir/out/adapter. Prints its
+// accuracy before and after, the adapter under dir/out/adapter. settings
+// ("key=value", as --set) apply over the demo's recipe. Prints its
 // progress; before / after (may be NULL) receive the held-out accuracies.
 typedef struct DemoAccuracy {
     double overall, colour, shape; // fractions of the held-out questions answered exactly
 } DemoAccuracy;
-bool vlm_demo_run(const char *dir, DemoAccuracy *before, DemoAccuracy *after, Error *err);
+bool vlm_demo_run(const char *dir, const char *const *settings, int n_settings, DemoAccuracy *before,
+                  DemoAccuracy *after, Error *err);
