@@ -4,6 +4,7 @@
 #include "test_util.h"
 
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -212,6 +213,81 @@ static void test_demo_set_applies(void **state) {
     assert_non_null(strstr(bad.output, "--set: unknown key 'train.lrr' (did you mean 'train.lr'?)"));
 }
 
+static const char *LLAMA3_8B_CONFIG =
+    "{\"architectures\": [\"LlamaForCausalLM\"], \"bos_token_id\": 128000, \"eos_token_id\": 128009, "
+    "\"hidden_act\": \"silu\", \"hidden_size\": 4096, \"intermediate_size\": 14336, "
+    "\"max_position_embeddings\": 8192, \"model_type\": \"llama\", \"num_attention_heads\": 32, "
+    "\"num_hidden_layers\": 32, \"num_key_value_heads\": 8, \"rms_norm_eps\": 1e-05, \"rope_theta\": 500000.0, "
+    "\"tie_word_embeddings\": false, \"torch_dtype\": \"bfloat16\", \"vocab_size\": 128256}";
+
+// The planned peak printed after "marker" ("  --set ...   20.92 GiB  fits"), in GiB.
+static double peak_after(const char *output, const char *marker) {
+    const char *at = strstr(output, marker);
+    if (!at) fail_msg("output lacks '%s': %s", marker, output);
+    at += strlen(marker);
+    while (*at == ' ') at++;
+    double value = 0;
+    char unit[8] = "";
+    if (sscanf(at, "%lf %7s", &value, unit) != 2) fail_msg("no size after '%s': %s", marker, at);
+    return strcmp(unit, "GiB") == 0 ? value : strcmp(unit, "MiB") == 0 ? value / 1024 : value / (1 << 30);
+}
+
+// plan before anything is downloaded: LLaVA on Llama-3-8B from its config.json
+// alone and the tower's preset, against a 24 GB GPU: does not fit, and the
+// changes that make it fit, each with the peak a plan with it predicts.
+static void test_plan_before_download(void **state) {
+    const char *dir = make_temp_dir("cli_plan");
+    char folder[1100];
+    snprintf(folder, sizeof folder, "%s/m", dir);
+    Error err;
+    assert_true(make_dirs(folder, &err));
+    write_text(folder, "config.json", LLAMA3_8B_CONFIG);
+    write_text(dir, "run.yaml", "model:\n  path: m\ndata:\n  path: absent.json\n  images: absent.tar\n"
+                                "  max_seq_len: 2048\nvision:\n  tower: clip/model.safetensors\ntrain:\n"
+                                "  micro_batch: 4\n  max_steps: 100\n  activation_checkpointing: false\n"
+                                "checkpoint:\n  dir: out\n");
+    Outcome plan = run_lora_train(dir, "plan --config run.yaml --gpu-memory 24GB");
+    print_message("exit %d: %s", plan.status, plan.output);
+    assert_int_equal(plan.status, 0);
+    const char *expected[] = {"not on disk yet", "vision.tower: 'clip/model.safetensors' does not exist",
+                              "GPU memory per rank (bf16 storage)", "vision tower",
+                              "fit: does NOT fit", "on a GPU of --gpu-memory 24GB of 22.35 GiB",
+                              "together, in that order until it fits: --set train.activation_checkpointing=true:",
+                              NULL};
+    for (int i = 0; expected[i]; i++)
+        if (!strstr(plan.output, expected[i])) fail_msg("plan output lacks '%s': %s", expected[i], plan.output);
+    assert_null(strstr(plan.output, "\n  workspace"));                  // no "workspace 4 bytes" line
+    assert_null(strstr(plan.output, "\n    without checkpointing")); // nor a duplicated row
+    double advised = peak_after(plan.output, "  --set train.activation_checkpointing=true");
+    Outcome changed = run_lora_train(dir, "plan --config run.yaml --gpu-memory 24GB "
+                                          "--set train.activation_checkpointing=true");
+    assert_int_equal(changed.status, 0);
+    assert_true(fabs(peak_after(changed.output, "fit: fits:") - advised) < 0.01);
+    assert_true(advised < 22.35 - 1.0);
+
+    Outcome no_config = run_lora_train(dir, "plan --config run.yaml --set model.path=absent "
+                                            "--set model.name=meta-llama/Meta-Llama-3-8B");
+    assert_int_equal(no_config.status, 1);
+    assert_non_null(strstr(no_config.output, "huggingface-cli download meta-llama/Meta-Llama-3-8B config.json"));
+}
+
+// A run whose plan exceeds this machine's memory stops before loading
+// anything, with plan's verdict and advice.
+static void test_run_refused_when_memory_exceeded(void **state) {
+    const char *dir = make_temp_dir("cli_too_big");
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml, "%strain:\n  micro_batch: 65536\n  max_steps: 1\n  backend: cpu\n", VALID_PREFIX);
+    write_text(dir, "run.yaml", yaml);
+    Outcome outcome = run_lora_train(dir, "--config run.yaml --set data.max_seq_len=8192");
+    print_message("exit %d: %s", outcome.status, outcome.output);
+    assert_int_equal(outcome.status, 1);
+    const char *expected[] = {"the run does NOT fit", "this machine's memory", "--set train.activation_checkpointing=true",
+                              "--set train.micro_batch=", NULL};
+    for (int i = 0; expected[i]; i++)
+        if (!strstr(outcome.output, expected[i])) fail_msg("error lacks '%s': %s", expected[i], outcome.output);
+    assert_null(strstr(outcome.output, "step 1"));
+}
+
 static char *read_text(const char *dir, const char *name) {
     char path[1024], *text;
     size_t size;
@@ -380,6 +456,8 @@ int main(void) {
         cmocka_unit_test(test_data_check_text),
         cmocka_unit_test(test_version_and_did_you_mean),
         cmocka_unit_test(test_demo_set_applies),
+        cmocka_unit_test(test_plan_before_download),
+        cmocka_unit_test(test_run_refused_when_memory_exceeded),
         cmocka_unit_test(test_base_model_path_and_export_base),
         cmocka_unit_test(test_image_text_config_trains),
         cmocka_unit_test(test_signal_during_setup_saves),

@@ -11,7 +11,7 @@
 
 static const char *const SUBCOMMANDS[] = {"demo", "data", "plan", "init-model", "tokenize", "export", NULL};
 static const char *const TRAIN_FLAGS[] = {"--config", "--set", "--offload", "--resume", "--allow-config-change",
-                                          "--allow-low-disk", "--world-size", "--help", "--version", NULL};
+                                          "--allow-low-disk", "--world-size", "--gpu-memory", "--help", "--version", NULL};
 
 const char *did_you_mean(const char *word, const char *const *candidates) {
     const char *best = NULL;
@@ -36,6 +36,7 @@ static void print_usage(FILE *out) {
             "       lora-train demo [--set key.path=value]... [--offload cpu]\n"
             "       lora-train data check --config FILE [--set key.path=value]...\n"
             "       lora-train plan --config FILE [--set key.path=value]... [--offload cpu] [--world-size N]\n"
+            "                       [--gpu-memory 24GB]\n"
             "       lora-train init-model --arch llama --preset NAME|--config-json FILE --out DIR [--tokenizer FILE]\n"
             "       lora-train tokenize --tokenizer PATH [--special] < strings.json\n"
             "       lora-train export --checkpoint DIR --format peft|merged --out DIR [--base DIR]\n"
@@ -53,11 +54,15 @@ static void print_usage(FILE *out) {
             "                       recipe is lora-train --config configs/demo.yaml)\n"
             "  data check           read the whole dataset as training would; report counts and skipped records\n"
             "  plan                 memory by category, disk per checkpoint and for the run, tokens per step\n"
-            "                       (--world-size N: ranks of the job, default 1)\n");
+            "                       (--world-size N: ranks of the job, default 1), whether it fits the GPU\n"
+            "                       (--gpu-memory SIZE, else the one here) and what would make it fit;\n"
+            "                       works before the model is downloaded (config.json alone, or nothing)\n");
 }
 
 // Applies the config file, then every --set / --offload in command-line order.
-static bool load_config(Config *config, const char *config_path, int argc, char **argv, Error *err) {
+// With missing (plan), inputs not on disk yet are listed there, not an error.
+static bool load_config(Config *config, const char *config_path, int argc, char **argv, char *missing,
+                        size_t missing_size, Error *err) {
     config_defaults(config);
     if (config_path && !config_load_yaml(config, config_path, err)) return false;
     for (int i = 0; i < argc; i++) {
@@ -69,6 +74,8 @@ static bool load_config(Config *config, const char *config_path, int argc, char 
             if (!config_set(config, assignment, err)) return fail_context(err, "--offload: ");
         }
     }
+    int n_missing;
+    if (missing) return config_validate_allowing_missing(config, missing, missing_size, &n_missing, err);
     return config_validate(config, err);
 }
 
@@ -80,7 +87,8 @@ static const char *resume_value(int argc, char **argv, int *i) {
 
 // Returns the value of --config, NULL if absent, and the run controls;
 // unknown flags are errors.
-static bool parse_flags(int argc, char **argv, const char **config_path, TrainControl *control, Error *err) {
+static bool parse_flags(int argc, char **argv, const char **config_path, TrainControl *control,
+                        const char **gpu_memory, Error *err) {
     *config_path = NULL;
     for (int i = 0; i < argc; i++) {
         if (strcmp(argv[i], "--resume") == 0) {
@@ -96,10 +104,12 @@ static bool parse_flags(int argc, char **argv, const char **config_path, TrainCo
             continue;
         }
         bool takes_value = strcmp(argv[i], "--config") == 0 || strcmp(argv[i], "--set") == 0 ||
-                           strcmp(argv[i], "--offload") == 0 || strcmp(argv[i], "--world-size") == 0;
+                           strcmp(argv[i], "--offload") == 0 || strcmp(argv[i], "--world-size") == 0 ||
+                           strcmp(argv[i], "--gpu-memory") == 0;
         if (!takes_value) return fail_unknown_argument(err, argv[i], TRAIN_FLAGS);
         if (i + 1 >= argc) return fail(err, "%s needs a value", argv[i]);
         if (strcmp(argv[i], "--config") == 0) *config_path = argv[i + 1];
+        if (strcmp(argv[i], "--gpu-memory") == 0) *gpu_memory = argv[i + 1];
         if (strcmp(argv[i], "--world-size") == 0 && (control->world_size = atoi(argv[i + 1])) < 1)
             return fail(err, "--world-size needs a positive number of ranks, not '%s'", argv[i + 1]);
         i++;
@@ -194,7 +204,8 @@ int lora_train_main(int argc, char **argv) {
     int flag_start = data_check ? 3 : plan ? 2 : 1;
     const char *config_path = NULL;
     TrainControl control = {0};
-    if (!parse_flags(argc - flag_start, argv + flag_start, &config_path, &control, &err)) {
+    const char *gpu_memory = NULL;
+    if (!parse_flags(argc - flag_start, argv + flag_start, &config_path, &control, &gpu_memory, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 2;
     }
@@ -202,13 +213,24 @@ int lora_train_main(int argc, char **argv) {
         fprintf(stderr, "lora-train: --config FILE is required (see lora-train --help)\n");
         return 2;
     }
+    if (gpu_memory && (!plan || parse_memory_size(gpu_memory) == 0)) {
+        fprintf(stderr, "lora-train: --gpu-memory %s: %s\n", gpu_memory,
+                plan ? "not a size (24GB, 24GiB, 80000MiB)" : "is a plan option");
+        return 2;
+    }
     Config config;
-    if (!load_config(&config, config_path, argc - flag_start, argv + flag_start, &err)) {
+    char missing[ERROR_MESSAGE_MAX];
+    if (!load_config(&config, config_path, argc - flag_start, argv + flag_start, plan ? missing : NULL,
+                     sizeof missing, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 2;
     }
     if (data_check) return data_check_main(&config);
-    if (plan) return plan_main(&config, control.world_size ? control.world_size : 1);
+    if (plan) {
+        PlanRequest request = {.world_size = control.world_size ? control.world_size : 1, .gpu_memory_text = gpu_memory,
+                               .gpu_memory_bytes = gpu_memory ? parse_memory_size(gpu_memory) : 0, .missing = missing};
+        return plan_main(&config, &request);
+    }
     if (!train_run_with(&config, &control, NULL, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 1;

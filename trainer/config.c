@@ -702,22 +702,29 @@ static bool check_path_key(const Config *config, const ConfigKey *key, char *mis
     return true;
 }
 
-bool config_validate(const Config *config, Error *err) {
-    char missing[ERROR_MESSAGE_MAX - 64] = "";
-    int n_missing = 0;
+bool config_validate_allowing_missing(const Config *config, char *missing, size_t size, int *n_missing, Error *err) {
+    missing[0] = '\0';
+    *n_missing = 0;
     for (size_t i = 0; i < N_KEYS; i++) {
         if (!check_key(config, &KEYS[i], err)) return false;
         size_t before = strlen(missing);
-        if (KEYS[i].type == KEY_STRING && !check_path_key(config, &KEYS[i], missing, sizeof missing, err)) return false;
-        n_missing += strlen(missing) != before;
+        if (KEYS[i].type == KEY_STRING && !check_path_key(config, &KEYS[i], missing, size, err)) return false;
+        *n_missing += strlen(missing) != before;
     }
-    if (n_missing == 1) return fail(err, "%s", missing + 3); // "key: 'value' does not exist: ..."
-    if (n_missing > 1) return fail(err, "%d inputs are missing:%s", n_missing, missing);
     if (config->train.max_steps == 0 && config->train.epochs < 1)
         return fail(err, "train.epochs: must be >= 1 when train.max_steps is 0 (got %d)", config->train.epochs);
     if (config->data.pack && (config->data.images[0] || config->vision.tower[0]))
         return fail(err, "data.pack: packing is for text data only; this config is image-text (data.images or "
                          "vision.tower is set): set data.pack to false");
+    return true;
+}
+
+bool config_validate(const Config *config, Error *err) {
+    char missing[ERROR_MESSAGE_MAX - 64];
+    int n_missing;
+    if (!config_validate_allowing_missing(config, missing, sizeof missing, &n_missing, err)) return false;
+    if (n_missing == 1) return fail(err, "%s", missing + 3); // "key: 'value' does not exist: ..."
+    if (n_missing > 1) return fail(err, "%d inputs are missing:%s", n_missing, missing);
     return true;
 }
 

@@ -181,6 +181,28 @@ static bool create_optimizer(Run *run, Error *err) {
     return run->zero != NULL;
 }
 
+// Refuses, with plan's advice, a run whose plan exceeds the memory it runs
+// in: the GPU's, or on the CPU backend the machine's share of this rank.
+static bool check_memory_fits(const Config *config, const Ops *ops, const RankInfo *ranks, Error *err) {
+    Config planned = *config;
+    snprintf(planned.train.backend, CONFIG_NAME_MAX, "%s", ops->device_memory ? "cuda" : "cpu");
+    char name[320], *verdict = checked_malloc(ERROR_MESSAGE_MAX, "the memory check", err);
+    uint64_t memory = machine_memory_bytes() / (uint64_t)(ranks->local_world_size > 0 ? ranks->local_world_size : 1);
+    snprintf(name, sizeof name, "this machine's memory (its share per local rank)");
+    CudaInfo info;
+    if (ops->device_memory) {
+        ops_cuda_info(&info);
+        memory = info.n_devices ? info.devices[0].total_bytes : 0;
+        snprintf(name, sizeof name, "GPU 0 (%s)", info.n_devices ? info.devices[0].name : "none");
+    }
+    bool fits = true;
+    bool ok = verdict && (memory == 0 || plan_check_fit(&planned, ranks->world_size, memory, 0, name, &fits, verdict,
+                                                        ERROR_MESSAGE_MAX, err));
+    if (ok && !fits) ok = fail(err, "the run %s", verdict);
+    free(verdict);
+    return ok;
+}
+
 static bool setup(Run *run, const Config *config, Error *err) {
     run->config = config;
     RankInfo ranks;
@@ -188,7 +210,9 @@ static bool setup(Run *run, const Config *config, Error *err) {
     run->is_rank0 = ranks.rank == 0;
     if (!check_supported(config, err)) return false;
     run->ops = choose_backend(config->train.backend, run->is_rank0, err);
-    if (!run->ops || !dist_context_start(&run->dist, run->ops, config->dist.timeout_s, err)) return false;
+    if (!run->ops || !check_memory_fits(config, run->ops, &ranks, err) ||
+        !dist_context_start(&run->dist, run->ops, config->dist.timeout_s, err))
+        return false;
     if (!load_model_and_data(run, err)) return false;
     DataLoaderOptions loader_options = {.micro_batch = config->train.micro_batch,
                                         .grad_accum = config->train.grad_accum,

@@ -96,6 +96,9 @@ bool config_load_yaml(Config *config, const char *path, Error *err);
 bool config_set(Config *config, const char *assignment, Error *err);
 // Cross-field checks after all overrides (ranges, files that must exist).
 bool config_validate(const Config *config, Error *err);
+// config_validate, but inputs not on disk yet are listed in missing (a line
+// each: "\n  key: 'path' does not exist: how to get it"), not an error: for plan.
+bool config_validate_allowing_missing(const Config *config, char *missing, size_t size, int *n_missing, Error *err);
 // The config as YAML text (malloc'd), for logs and trainer state.
 char *config_to_yaml(const Config *config, Error *err);
 
@@ -175,8 +178,31 @@ typedef struct RunPlan {
     int64_t tokens_per_step;           // micro_batch x max_seq_len x grad_accum x world_size
 } RunPlan;
 bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err);
-// Prints the plan; returns the process exit status.
-int plan_main(const Config *config, int world_size);
+// The memory part of run_plan alone (no checkpoint image, no dataset read).
+bool run_plan_memory(const Config *config, int world_size, RunPlan *plan, Error *err);
+// The peak the plan compares with a memory: per rank on the GPU, or on the
+// CPU backend everything in host memory.
+uint64_t plan_peak_bytes(const RunPlan *plan);
+// Whether config's plan fits memory (memory_name: "GPU 0 (NVIDIA H100)", ...)
+// with reserve bytes left for what plan does not count. verdict: "fits: ..." or
+// "does NOT fit: ..." and the changes that make it fit, cheapest first
+// (activation checkpointing, a smaller micro-batch with more accumulation,
+// --offload cpu, model.quantize nf4, more ranks with ZeRO-2), each with its peak.
+bool plan_check_fit(const Config *config, int world_size, uint64_t memory, uint64_t reserve, const char *memory_name,
+                    bool *fits, char *verdict, size_t size, Error *err);
+// This machine's physical memory in bytes (0 when unknown).
+uint64_t machine_memory_bytes(void);
+// "24GB", "24 GiB", "80000MiB" or "24" (GB) in bytes; 0 when not a size.
+uint64_t parse_memory_size(const char *text);
+
+typedef struct PlanRequest {
+    int world_size;                    // ranks of the job (--world-size; 0 = 1)
+    uint64_t gpu_memory_bytes;         // --gpu-memory: plan for a GPU of this size (0: the detected GPU, if any)
+    const char *gpu_memory_text;       // as typed
+    const char *missing;               // inputs not on disk yet (config_validate_allowing_missing) or NULL
+} PlanRequest;
+// Prints the plan, whether it fits and what would make it fit; returns the process exit status.
+int plan_main(const Config *config, const PlanRequest *request);
 
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);
