@@ -288,6 +288,22 @@ static void test_run_refused_when_memory_exceeded(void **state) {
     assert_null(strstr(outcome.output, "step 1"));
 }
 
+// doctor: a line per thing a run depends on, on this machine too (no GPU).
+static void test_doctor(void **state) {
+    const char *dir = make_temp_dir("cli_doctor");
+    write_text(dir, "run.yaml", "model:\n  path: absent\ndata:\n  path: absent.jsonl\ncheckpoint:\n  dir: ckpt/run\n");
+    Outcome doctor = run_lora_train(dir, "doctor --config run.yaml");
+    print_message("exit %d: %s", doctor.status, doctor.output);
+    assert_int_equal(doctor.status, 0);
+    const char *lines[] = {"] GPUs ", "] CUDA ", "] NCCL ", "] locked memory ", "] /dev/shm ",
+                           "] disk ", "free in . (checkpoints of ckpt/run)", "] cores ", "] memory ", NULL};
+    for (int i = 0; lines[i]; i++)
+        if (!strstr(doctor.output, lines[i])) fail_msg("doctor lacks '%s': %s", lines[i], doctor.output);
+    if (access("/proc/driver/nvidia/version", R_OK) != 0)
+        assert_non_null(strstr(doctor.output, "[warn] GPUs          no NVIDIA GPU found (no NVIDIA kernel driver loaded"));
+    assert_int_equal(run_lora_train(dir, "doctor").status, 0); // without a config: the default checkpoint.dir
+}
+
 static char *read_text(const char *dir, const char *name) {
     char path[1024], *text;
     size_t size;
@@ -458,6 +474,7 @@ int main(void) {
         cmocka_unit_test(test_demo_set_applies),
         cmocka_unit_test(test_plan_before_download),
         cmocka_unit_test(test_run_refused_when_memory_exceeded),
+        cmocka_unit_test(test_doctor),
         cmocka_unit_test(test_base_model_path_and_export_base),
         cmocka_unit_test(test_image_text_config_trains),
         cmocka_unit_test(test_signal_during_setup_saves),

@@ -9,7 +9,7 @@
 #define LORA_TRAIN_VERSION "unknown"
 #endif
 
-static const char *const SUBCOMMANDS[] = {"demo", "data", "plan", "init-model", "tokenize", "export", NULL};
+static const char *const SUBCOMMANDS[] = {"demo", "data", "plan", "doctor", "init-model", "tokenize", "export", NULL};
 static const char *const TRAIN_FLAGS[] = {"--config", "--set", "--offload", "--resume", "--allow-config-change",
                                           "--allow-low-disk", "--world-size", "--gpu-memory", "--help", "--version", NULL};
 
@@ -37,6 +37,7 @@ static void print_usage(FILE *out) {
             "       lora-train data check --config FILE [--set key.path=value]...\n"
             "       lora-train plan --config FILE [--set key.path=value]... [--offload cpu] [--world-size N]\n"
             "                       [--gpu-memory 24GB]\n"
+            "       lora-train doctor [--config FILE]\n"
             "       lora-train init-model --arch llama --preset NAME|--config-json FILE --out DIR [--tokenizer FILE]\n"
             "       lora-train tokenize --tokenizer PATH [--special] < strings.json\n"
             "       lora-train export --checkpoint DIR --format peft|merged --out DIR [--base DIR]\n"
@@ -56,7 +57,9 @@ static void print_usage(FILE *out) {
             "  plan                 memory by category, disk per checkpoint and for the run, tokens per step\n"
             "                       (--world-size N: ranks of the job, default 1), whether it fits the GPU\n"
             "                       (--gpu-memory SIZE, else the one here) and what would make it fit;\n"
-            "                       works before the model is downloaded (config.json alone, or nothing)\n");
+            "                       works before the model is downloaded (config.json alone, or nothing)\n"
+            "  doctor               GPUs, driver and CUDA against the build, NCCL, locked memory, /dev/shm, free\n"
+            "                       disk for checkpoints (checkpoint.dir of --config), cores, memory\n");
 }
 
 // Applies the config file, then every --set / --offload in command-line order.
@@ -190,24 +193,29 @@ int lora_train_main(int argc, char **argv) {
     }
     bool demo = strcmp(argv[1], "demo") == 0;
     bool data_check = argc >= 3 && strcmp(argv[1], "data") == 0 && strcmp(argv[2], "check") == 0;
-    bool plan = strcmp(argv[1], "plan") == 0;
+    bool plan = strcmp(argv[1], "plan") == 0, doctor = strcmp(argv[1], "doctor") == 0;
     if (strcmp(argv[1], "data") == 0 && !data_check) {
         fprintf(stderr, "lora-train: the data subcommand is data check --config FILE\n");
         return 2;
     }
     bool installed;
-    if (!data_check && !plan && !stop_signals_install(&installed, &err)) {
+    if (!data_check && !plan && !doctor && !stop_signals_install(&installed, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 1;
     }
     if (demo) return demo_main(argc - 2, argv + 2);
-    int flag_start = data_check ? 3 : plan ? 2 : 1;
+    int flag_start = data_check ? 3 : plan || doctor ? 2 : 1;
     const char *config_path = NULL;
     TrainControl control = {0};
     const char *gpu_memory = NULL;
     if (!parse_flags(argc - flag_start, argv + flag_start, &config_path, &control, &gpu_memory, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 2;
+    }
+    if (doctor && !config_path) {
+        Config defaults;
+        config_defaults(&defaults);
+        return doctor_main(&defaults);
     }
     if (!config_path) {
         fprintf(stderr, "lora-train: --config FILE is required (see lora-train --help)\n");
@@ -220,12 +228,13 @@ int lora_train_main(int argc, char **argv) {
     }
     Config config;
     char missing[ERROR_MESSAGE_MAX];
-    if (!load_config(&config, config_path, argc - flag_start, argv + flag_start, plan ? missing : NULL,
+    if (!load_config(&config, config_path, argc - flag_start, argv + flag_start, plan || doctor ? missing : NULL,
                      sizeof missing, &err)) {
         fprintf(stderr, "lora-train: %s\n", err.message);
         return 2;
     }
     if (data_check) return data_check_main(&config);
+    if (doctor) return doctor_main(&config);
     if (plan) {
         PlanRequest request = {.world_size = control.world_size ? control.world_size : 1, .gpu_memory_text = gpu_memory,
                                .gpu_memory_bytes = gpu_memory ? parse_memory_size(gpu_memory) : 0, .missing = missing};

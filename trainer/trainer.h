@@ -204,6 +204,11 @@ typedef struct PlanRequest {
 // Prints the plan, whether it fits and what would make it fit; returns the process exit status.
 int plan_main(const Config *config, const PlanRequest *request);
 
+// `lora-train doctor`: GPUs, driver and CUDA runtime against the build, NCCL,
+// locked memory, /dev/shm, free disk in checkpoint.dir, cores, memory; a line
+// each with what it means and what to do. Returns the process exit status.
+int doctor_main(const Config *config);
+
 // lora-train's command line: returns the process exit status.
 int lora_train_main(int argc, char **argv);
 // lora-launch's command line (one process per local rank): the exit status.
