@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "checkpoints/checkpoints.h"
 #include "trainer/trainer.h"
 
 typedef struct Outcome {
@@ -304,6 +305,49 @@ static void test_doctor(void **state) {
     assert_int_equal(run_lora_train(dir, "doctor").status, 0); // without a config: the default checkpoint.dir
 }
 
+static char *read_text(const char *dir, const char *name);
+
+// init-model writes the dtype config.json asks for: torch_dtype bfloat16 gives
+// BF16 tensors, each the rounding of the float32 model of the same seed.
+static void test_init_model_dtype(void **state) {
+    const char *dir = make_temp_dir("cli_dtype");
+    assert_int_equal(run_lora_train(dir, "init-model --arch llama --preset tiny --out f32").status, 0);
+    char *config = read_text(dir, "f32/config.json"), *at = strstr(config, "\"torch_dtype\": \"float32\"");
+    assert_non_null(at);
+    char bf16_config[8192];
+    snprintf(bf16_config, sizeof bf16_config, "%.*s\"torch_dtype\": \"bfloat16\"%s", (int)(at - config), config,
+             at + strlen("\"torch_dtype\": \"float32\""));
+    free(config);
+    write_text(dir, "bf16.json", bf16_config);
+    Outcome made = run_lora_train(dir, "init-model --arch llama --config-json bf16.json --out bf16");
+    print_message("exit %d: %s", made.status, made.output);
+    assert_int_equal(made.status, 0);
+    config = read_text(dir, "bf16/config.json");
+    assert_non_null(strstr(config, "\"torch_dtype\": \"bfloat16\""));
+    free(config);
+    char path[1100];
+    Error err;
+    snprintf(path, sizeof path, "%s/f32/model.safetensors", dir);
+    SafetensorsFile *f32 = safetensors_open(path, &err);
+    snprintf(path, sizeof path, "%s/bf16/model.safetensors", dir);
+    SafetensorsFile *bf16 = safetensors_open(path, &err);
+    assert_non_null(f32);
+    assert_non_null(bf16);
+    assert_int_equal(safetensors_count(f32), safetensors_count(bf16));
+    for (int i = 0; i < safetensors_count(f32); i++) {
+        Tensor a, b;
+        assert_true(safetensors_get(f32, safetensors_name(f32, i), &a, &err));
+        assert_true(safetensors_get(bf16, safetensors_name(f32, i), &b, &err));
+        assert_int_equal(a.dtype, DTYPE_F32);
+        assert_int_equal(b.dtype, DTYPE_BF16);
+        assert_int_equal(tensor_numel(&a), tensor_numel(&b));
+        for (int64_t k = 0; k < tensor_numel(&a); k++)
+            assert_int_equal(f32_to_bf16(((const float *)a.data)[k]), ((const uint16_t *)b.data)[k]);
+    }
+    safetensors_close(f32);
+    safetensors_close(bf16);
+}
+
 static char *read_text(const char *dir, const char *name) {
     char path[1024], *text;
     size_t size;
@@ -475,6 +519,7 @@ int main(void) {
         cmocka_unit_test(test_plan_before_download),
         cmocka_unit_test(test_run_refused_when_memory_exceeded),
         cmocka_unit_test(test_doctor),
+        cmocka_unit_test(test_init_model_dtype),
         cmocka_unit_test(test_base_model_path_and_export_base),
         cmocka_unit_test(test_image_text_config_trains),
         cmocka_unit_test(test_signal_during_setup_saves),

@@ -57,12 +57,15 @@ static void check_gpus(const CudaInfo *info) {
                info->built ? info->problem : "");
         return;
     }
+    bool emulated = ops_cuda_is_emulated();
     for (int d = 0; d < info->n_devices; d++) {
         const CudaDeviceInfo *device = &info->devices[d];
         bool bf16 = device->major >= 8;
-        report(bf16 ? CHECK_OK : CHECK_WARN, d == 0 ? "GPUs" : "", "%d: %s, %.1f GiB, compute capability %d.%d%s", d,
-               device->name, device->total_bytes / GIB, device->major, device->minor,
-               bf16 ? "" : ": bf16 needs 8.0 (Ampere) or newer; lora-train refuses this GPU");
+        report(!bf16 ? CHECK_WARN : emulated ? CHECK_NOTE : CHECK_OK, d == 0 ? "GPUs" : "",
+               "%d: %s, %.1f GiB, compute capability %d.%d%s", d, device->name, device->total_bytes / GIB,
+               device->major, device->minor,
+               !bf16 ? ": bf16 needs 8.0 (Ampere) or newer; lora-train refuses this GPU"
+               : emulated ? " (this build emulates CUDA on the CPU: train.backend auto uses the CPU backend)" : "");
     }
 }
 

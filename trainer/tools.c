@@ -94,17 +94,39 @@ static bool install_tokenizer(const char *tokenizer_path, const LlamaConfig *con
     return join(path, sizeof path, out, "tokenizer.json", err) && copy_whole_file(tokenizer_path, path, err);
 }
 
+// The dtype config.json asks for (torch_dtype, or dtype as transformers >= 4.56
+// writes it): bfloat16, float16 or float32 (also when absent).
+static bool requested_dtype(const char *config_json, DType *dtype, Error *err) {
+    *dtype = DTYPE_F32;
+    if (!config_json) return true;
+    json_object *config = json_object_from_file(config_json), *value = NULL;
+    if (!config) return fail(err, "%s: cannot read it as JSON", config_json);
+    bool given = (json_object_object_get_ex(config, "torch_dtype", &value) ||
+                  json_object_object_get_ex(config, "dtype", &value)) && json_object_is_type(value, json_type_string);
+    const char *name = given ? json_object_get_string(value) : "float32";
+    bool known = true;
+    if (strcmp(name, "bfloat16") == 0) *dtype = DTYPE_BF16;
+    else if (strcmp(name, "float16") == 0) *dtype = DTYPE_F16;
+    else known = strcmp(name, "float32") == 0;
+    if (!known) fail(err, "%s: torch_dtype '%s' is not bfloat16, float16 or float32", config_json, name);
+    json_object_put(config);
+    return known;
+}
+
 static bool init_model(const ToolArgs *args, Error *err) {
     LlamaConfig config;
-    if (!model_config_from_args(args, &config, err)) return false;
+    DType dtype;
+    if (!requested_dtype(args->config_json, &dtype, err) || !model_config_from_args(args, &config, err)) return false;
     ModelOptions options = {.ops = ops_cpu(), .config = config, .max_batch = 1, .max_seq_len = 1,
                             .lora = {.r = 1, .alpha = 1}, .seed = args->seed};
     Model *model = model_create(&options, err);
     if (!model) return false;
-    bool ok = model_init_random_base(model, args->seed, err) && hf_save_model(model, args->out, err) &&
+    bool ok = model_init_random_base(model, args->seed, err) && hf_save_model_as(model, args->out, dtype, err) &&
               (!args->tokenizer || install_tokenizer(args->tokenizer, &config, args->out, err));
     model_destroy(model);
-    if (ok) printf("wrote a random %s model to %s\n", args->preset ? args->preset : args->config_json, args->out);
+    if (ok)
+        printf("wrote a random %s model to %s (%s)\n", args->preset ? args->preset : args->config_json, args->out,
+               dtype_name(dtype));
     return ok;
 }
 

@@ -266,8 +266,9 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
     char elapsed_text[32], eta_text[32];
     format_duration(elapsed, elapsed_text, sizeof elapsed_text);
     format_duration(elapsed / step * (run->total_steps - step), eta_text, sizeof eta_text);
-    printf("step %d/%d | loss %.4f | lr %.3e | grad norm %.4f | %.0f tok/s | elapsed %s | eta %s\n", step,
-           run->total_steps, loss, lr, norm, tokens / elapsed, elapsed_text, eta_text);
+    double rate = tokens / elapsed; // 3 significant digits below 100 ("2.58"), whole tokens above
+    printf("step %d/%d | loss %.4f | lr %.3e | grad norm %.4f | %.*f tok/s | elapsed %s | eta %s\n", step,
+           run->total_steps, loss, lr, norm, rate >= 100 ? 0 : rate >= 10 ? 1 : 2, rate, elapsed_text, eta_text);
     fflush(stdout);
 }
 
