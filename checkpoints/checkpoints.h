@@ -22,6 +22,9 @@ int safetensors_count(const SafetensorsFile *file);
 const char *safetensors_name(const SafetensorsFile *file, int index);
 // View of the named tensor (data points into the mapping); false if absent.
 bool safetensors_get(const SafetensorsFile *file, const char *name, Tensor *out, Error *err);
+// Drops a view's pages from this process's memory once it is copied out (read
+// again from the file if touched later): loading keeps one tensor mapped, not the file.
+void safetensors_release(const Tensor *view);
 // __metadata__ value for key, or NULL.
 const char *safetensors_metadata(const SafetensorsFile *file, const char *key);
 

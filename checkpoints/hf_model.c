@@ -365,6 +365,7 @@ static bool load_frozen_tensor(void *context, const char *name, const Tensor *ds
     float *host = checked_malloc(n * sizeof(float) + 1, name, err);
     if (!host) return false;
     bool ok = convert_to_f32(host, src.data, src.dtype, n, err);
+    safetensors_release(&src);
     if (ok) {
         loader->ops->upload_f32(dst->data, host, n);
         loader->ops->synchronize();
@@ -427,8 +428,9 @@ static bool load_nf4_tensor(void *context, const char *name, Nf4Weight *w, Error
         return fail(err, "%s: tensor %s has shape %s, expected %s", file, key, found, want_text);
     size_t n = (size_t)tensor_numel(&src);
     float *host = checked_malloc(n * sizeof(float), name, err);
-    bool ok = host && convert_to_f32(host, src.data, src.dtype, n, err) &&
-              nf4_weight_quantize_from(w, loader->ops, host, err);
+    bool ok = host && convert_to_f32(host, src.data, src.dtype, n, err);
+    safetensors_release(&src);
+    ok = ok && nf4_weight_quantize_from(w, loader->ops, host, err);
     free(host);
     return ok ? true : fail_context(err, "%s: %s: ", file, key);
 }

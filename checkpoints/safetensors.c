@@ -244,6 +244,13 @@ static bool map_file(SafetensorsFile *file, Error *err) {
     return true;
 }
 
+void safetensors_release(const Tensor *view) {
+    size_t page = (size_t)sysconf(_SC_PAGE_SIZE);
+    uintptr_t begin = (uintptr_t)view->data / page * page;
+    uintptr_t end = (uintptr_t)view->data + tensor_nbytes(view);
+    if (end > begin) madvise((void *)begin, end - begin, MADV_DONTNEED); // advice: nothing to check
+}
+
 static uint64_t read_u64_le(const uint8_t *p) {
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
