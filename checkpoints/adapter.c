@@ -59,10 +59,18 @@ static json_object *target_modules_json(const LoraConfig *lora) {
     return list;
 }
 
+// A float as Python writes the config's value: the shortest decimal that reads
+// back as it (0.05, not 0.05000000074505806).
+static json_object *float_json(float value) {
+    char text[32];
+    format_float_shortest(value, text, sizeof text);
+    return json_object_new_double_s((double)value, text);
+}
+
 // lora_alpha as PEFT writes it: an integer when integral (16, not 16.0).
 static json_object *alpha_json(float alpha) {
     if (alpha == floorf(alpha) && fabsf(alpha) < 1e9f) return json_object_new_int((int)alpha);
-    return json_object_new_double((double)alpha);
+    return float_json(alpha);
 }
 
 // The LoraConfig fields PEFT has written since 0.10 (newer PEFT adds more,
@@ -85,7 +93,7 @@ static json_object *adapter_config_json(Model *model, const AdapterInfo *info) {
     json_object_object_add(obj, "layers_to_transform", NULL);
     json_object_object_add(obj, "loftq_config", json_object_new_object());
     json_object_object_add(obj, "lora_alpha", alpha_json(lora->alpha));
-    json_object_object_add(obj, "lora_dropout", json_object_new_double((double)lora->dropout));
+    json_object_object_add(obj, "lora_dropout", float_json(lora->dropout));
     json_object_object_add(obj, "megatron_config", NULL);
     json_object_object_add(obj, "megatron_core", json_object_new_string("megatron.core"));
     json_object_object_add(obj, "modules_to_save", NULL);

@@ -22,6 +22,9 @@ int safetensors_count(const SafetensorsFile *file);
 const char *safetensors_name(const SafetensorsFile *file, int index);
 // View of the named tensor (data points into the mapping); false if absent.
 bool safetensors_get(const SafetensorsFile *file, const char *name, Tensor *out, Error *err);
+// Drops a view's pages from this process's memory once it is copied out (read
+// again from the file if touched later): loading keeps one tensor mapped, not the file.
+void safetensors_release(const Tensor *view);
 // __metadata__ value for key, or NULL.
 const char *safetensors_metadata(const SafetensorsFile *file, const char *key);
 
@@ -33,6 +36,13 @@ typedef struct SafetensorsEntry {
 // Writes entries (in the given order) with optional string metadata pairs.
 bool safetensors_write(const char *path, const SafetensorsEntry *entries, int n_entries,
                        const char *const *metadata_kv, int n_metadata, Error *err);
+// safetensors_write with the data of one tensor at a time: entries give the
+// names, dtypes and shapes (data unused); fill writes tensor index's size bytes
+// into bytes. The file is never whole in memory.
+typedef bool (*SafetensorsFill)(void *context, int index, void *bytes, size_t size, Error *err);
+bool safetensors_write_streamed(const char *path, const SafetensorsEntry *entries, int n_entries,
+                                const char *const *metadata_kv, int n_metadata, SafetensorsFill fill, void *context,
+                                Error *err);
 // The same file's bytes in memory (*bytes malloc'd, *size bytes); name is for messages.
 bool safetensors_serialize(const char *name, const SafetensorsEntry *entries, int n_entries,
                            const char *const *metadata_kv, int n_metadata, uint8_t **bytes, size_t *size,
@@ -59,6 +69,9 @@ bool hf_read_layout(const char *model_dir, HfLayout *out, Error *err);
 bool hf_read_llama_config(const char *model_dir, LlamaConfig *out, Error *err);
 // Writes config.json and model.safetensors (fp32) of the model's frozen weights.
 bool hf_save_model(Model *model, const char *model_dir, Error *err);
+// hf_save_model with the frozen tensors stored as dtype (F32, BF16 or F16,
+// config.json's torch_dtype saying so), streamed to the file one at a time.
+bool hf_save_model_as(Model *model, const char *model_dir, DType dtype, Error *err);
 // Loads every frozen tensor of model from model_dir in whichever layout it
 // uses. Presence, dtype and shape of every tensor are checked before any is
 // loaded; a mismatch names the tensor, the expected and the found shape.

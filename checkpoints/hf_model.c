@@ -186,10 +186,7 @@ static json_object *float_json(float value) {
         snprintf(text, sizeof text, "%.1f", (double)value);
         return json_object_new_double_s((double)value, text);
     }
-    for (int digits = 1; digits <= 9; digits++) {
-        snprintf(text, sizeof text, "%.*g", digits, (double)value);
-        if (strtof(text, NULL) == value) break;
-    }
+    format_float_shortest(value, text, sizeof text);
     return json_object_new_double_s((double)value, text);
 }
 
@@ -231,58 +228,86 @@ static json_object *llama_config_json(const LlamaConfig *c) {
     return obj;
 }
 
-// Frozen tensors downloaded to fp32 host buffers, in the model's order.
-typedef struct HostTensors {
+// The frozen tensors in the model's order, as the file stores them (dtype),
+// each entry's data still the backend's: save_tensor downloads one at a time.
+typedef struct FrozenList {
     const Ops *ops;
+    DType dtype;
     SafetensorsEntry *entries;
     int count, capacity;
-} HostTensors;
+    float *scratch;    // one tensor in fp32, for conversion
+    size_t scratch_n;
+} FrozenList;
 
-static bool collect_host_tensor(void *context, const char *name, const Tensor *tensor, Error *err) {
-    HostTensors *host = context;
-    if (host->count == host->capacity) {
-        int capacity = host->capacity ? 2 * host->capacity : 64;
-        SafetensorsEntry *grown = realloc(host->entries, (size_t)capacity * sizeof *grown);
+static bool list_frozen_tensor(void *context, const char *name, const Tensor *tensor, Error *err) {
+    FrozenList *list = context;
+    if (list->count == list->capacity) {
+        int capacity = list->capacity ? 2 * list->capacity : 64;
+        SafetensorsEntry *grown = realloc(list->entries, (size_t)capacity * sizeof *grown);
         if (!grown) return fail(err, "out of memory listing frozen tensors at %s", name);
-        host->entries = grown;
-        host->capacity = capacity;
+        list->entries = grown;
+        list->capacity = capacity;
     }
-    size_t n = (size_t)tensor_numel(tensor);
-    float *data = checked_malloc(n * sizeof(float) + 1, name, err);
-    if (!data) return false;
-    host->ops->download_f32(data, tensor->data, n);
-    Tensor *t = &host->entries[host->count].tensor;
-    *t = *tensor;
-    t->dtype = DTYPE_F32;
-    t->data = data;
-    host->entries[host->count++].name = name;
+    SafetensorsEntry *entry = &list->entries[list->count++];
+    entry->name = name;
+    entry->tensor = *tensor;
+    entry->tensor.dtype = list->dtype;
     return true;
 }
 
-static void free_host_tensors(HostTensors *host) {
-    for (int i = 0; i < host->count; i++) free(host->entries[i].tensor.data);
-    free(host->entries);
+// Tensor index downloaded in fp32 and converted to the file's dtype into bytes.
+static bool save_tensor(void *context, int index, void *bytes, size_t size, Error *err) {
+    FrozenList *list = context;
+    const Tensor *t = &list->entries[index].tensor;
+    size_t n = (size_t)tensor_numel(t);
+    if (list->dtype == DTYPE_F32) {
+        list->ops->download_f32(bytes, t->data, n);
+        return true;
+    }
+    if (n > list->scratch_n) {
+        free(list->scratch);
+        list->scratch_n = n;
+        list->scratch = checked_malloc(n * sizeof(float), list->entries[index].name, err);
+        if (!list->scratch) return list->scratch_n = 0, false;
+    }
+    list->ops->download_f32(list->scratch, t->data, n);
+    uint16_t *half = bytes;
+    for (size_t i = 0; i < n; i++)
+        half[i] = list->dtype == DTYPE_BF16 ? f32_to_bf16(list->scratch[i]) : f32_to_f16(list->scratch[i]);
+    return size == n * sizeof(uint16_t) || fail(err, "%s: size mismatch", list->entries[index].name);
+}
+
+static const char *torch_dtype_name(DType dtype) {
+    return dtype == DTYPE_BF16 ? "bfloat16" : dtype == DTYPE_F16 ? "float16" : "float32";
 }
 
 // The frozen list has no lm_head when embeddings are tied, so none is written.
-bool hf_save_model(Model *model, const char *model_dir, Error *err) {
+bool hf_save_model_as(Model *model, const char *model_dir, DType dtype, Error *err) {
     char config_path[CHECKPOINT_PATH_MAX], weights_path[CHECKPOINT_PATH_MAX];
     if (model_is_nf4(model)) return fail(err, "%s: an NF4 model's base weights are not saved (load them from the "
                                               "original checkpoint)", model_dir);
+    if (dtype != DTYPE_F32 && dtype != DTYPE_BF16 && dtype != DTYPE_F16)
+        return fail(err, "%s: weights are saved as F32, BF16 or F16, not %s", model_dir, dtype_name(dtype));
     if (!make_dirs(model_dir, err) || !join_path(config_path, sizeof config_path, model_dir, "config.json", err) ||
         !join_path(weights_path, sizeof weights_path, model_dir, "model.safetensors", err)) {
         return false;
     }
     json_object *config = llama_config_json(model_config(model));
+    json_object_object_add(config, "torch_dtype", json_object_new_string(torch_dtype_name(dtype)));
     bool ok = write_json_file(config_path, config, err);
     json_object_put(config);
-    HostTensors host = {.ops = model_ops(model)};
-    ok = ok && model_visit_frozen(model, collect_host_tensor, &host, err);
+    FrozenList list = {.ops = model_ops(model), .dtype = dtype};
+    ok = ok && model_visit_frozen(model, list_frozen_tensor, &list, err);
     model_ops(model)->synchronize();
     const char *metadata[] = {"format", "pt"};
-    ok = ok && safetensors_write(weights_path, host.entries, host.count, metadata, 1, err);
-    free_host_tensors(&host);
+    ok = ok && safetensors_write_streamed(weights_path, list.entries, list.count, metadata, 1, save_tensor, &list, err);
+    free(list.scratch);
+    free(list.entries);
     return ok;
+}
+
+bool hf_save_model(Model *model, const char *model_dir, Error *err) {
+    return hf_save_model_as(model, model_dir, DTYPE_F32, err);
 }
 
 // ----------------------------------------------------------------------------
@@ -340,6 +365,7 @@ static bool load_frozen_tensor(void *context, const char *name, const Tensor *ds
     float *host = checked_malloc(n * sizeof(float) + 1, name, err);
     if (!host) return false;
     bool ok = convert_to_f32(host, src.data, src.dtype, n, err);
+    safetensors_release(&src);
     if (ok) {
         loader->ops->upload_f32(dst->data, host, n);
         loader->ops->synchronize();
@@ -402,8 +428,9 @@ static bool load_nf4_tensor(void *context, const char *name, Nf4Weight *w, Error
         return fail(err, "%s: tensor %s has shape %s, expected %s", file, key, found, want_text);
     size_t n = (size_t)tensor_numel(&src);
     float *host = checked_malloc(n * sizeof(float), name, err);
-    bool ok = host && convert_to_f32(host, src.data, src.dtype, n, err) &&
-              nf4_weight_quantize_from(w, loader->ops, host, err);
+    bool ok = host && convert_to_f32(host, src.data, src.dtype, n, err);
+    safetensors_release(&src);
+    ok = ok && nf4_weight_quantize_from(w, loader->ops, host, err);
     free(host);
     return ok ? true : fail_context(err, "%s: %s: ", file, key);
 }

@@ -244,6 +244,13 @@ static bool map_file(SafetensorsFile *file, Error *err) {
     return true;
 }
 
+void safetensors_release(const Tensor *view) {
+    size_t page = (size_t)sysconf(_SC_PAGE_SIZE);
+    uintptr_t begin = (uintptr_t)view->data / page * page;
+    uintptr_t end = (uintptr_t)view->data + tensor_nbytes(view);
+    if (end > begin) madvise((void *)begin, end - begin, MADV_DONTNEED); // advice: nothing to check
+}
+
 static uint64_t read_u64_le(const uint8_t *p) {
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
@@ -364,15 +371,44 @@ static json_object *build_header(const char *path, const SafetensorsEntry *entri
 
 static bool write_all(FILE *f, const void *data, size_t bytes) { return bytes == 0 || fwrite(data, 1, bytes, f) == bytes; }
 
-// Length, JSON padded with spaces so the data starts at a multiple of 8, data.
-static bool write_contents(FILE *f, const char *json, const SafetensorsEntry *entries, int n_entries) {
+// Length, then the JSON padded with spaces so the data starts at a multiple of 8.
+static bool write_header(FILE *f, const char *json) {
     size_t json_bytes = strlen(json);
     size_t padded = (json_bytes + 7) / 8 * 8;
     uint8_t length_le[8];
     for (int i = 0; i < 8; i++) length_le[i] = (uint8_t)((uint64_t)padded >> (8 * i));
     const char spaces[8] = "        ";
-    bool ok = write_all(f, length_le, 8) && write_all(f, json, json_bytes) && write_all(f, spaces, padded - json_bytes);
+    return write_all(f, length_le, 8) && write_all(f, json, json_bytes) && write_all(f, spaces, padded - json_bytes);
+}
+
+// The header, then the tensors' data in order.
+static bool write_contents(FILE *f, const char *json, const SafetensorsEntry *entries, int n_entries) {
+    bool ok = write_header(f, json);
     for (int i = 0; ok && i < n_entries; i++) ok = write_all(f, entries[i].tensor.data, tensor_nbytes(&entries[i].tensor));
+    return ok;
+}
+
+bool safetensors_write_streamed(const char *path, const SafetensorsEntry *entries, int n_entries,
+                                const char *const *metadata_kv, int n_metadata, SafetensorsFill fill, void *context,
+                                Error *err) {
+    json_object *header = build_header(path, entries, n_entries, metadata_kv, n_metadata, err);
+    if (!header) return false;
+    const char *json = json_object_to_json_string_ext(header, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+    FILE *f = fopen(path, "wb");
+    bool ok = f ? json && write_header(f, json) : fail(err, "%s: %s", path, strerror(errno));
+    bool write_failed = f && !ok;
+    json_object_put(header);
+    void *buffer = NULL;
+    for (int i = 0; ok && i < n_entries; i++) {
+        size_t bytes = tensor_nbytes(&entries[i].tensor);
+        void *bigger = realloc(buffer, bytes + 1);
+        ok = bigger ? (buffer = bigger, fill(context, i, buffer, bytes, err))
+                    : fail(err, "%s: out of memory for tensor %s", path, entries[i].name);
+        if (ok && !write_all(f, buffer, bytes)) ok = false, write_failed = true;
+    }
+    free(buffer);
+    bool closed = !f || fclose(f) == 0;
+    if (write_failed || !closed) return fail(err, "%s: write failed: %s", path, strerror(errno));
     return ok;
 }
 

@@ -304,3 +304,11 @@ int edit_distance(const char *a, const char *b) {
     }
     return row[lb];
 }
+
+void format_float_shortest(float value, char *text, size_t size) {
+    for (int digits = 1; digits <= 9; digits++) { // 9 significant digits always round-trip a float
+        snprintf(text, size, "%.*g", digits, (double)value);
+        if (strtof(text, NULL) == value) break;
+    }
+    if (isfinite(value) && !strpbrk(text, ".e") && strlen(text) + 3 <= size) strcat(text, ".0");
+}

@@ -9,7 +9,7 @@
 // ----------------------------------------------------------------------------
 // errors
 
-#define ERROR_MESSAGE_MAX 1024
+#define ERROR_MESSAGE_MAX 4096
 
 typedef struct Error {
     char message[ERROR_MESSAGE_MAX];
@@ -129,3 +129,6 @@ bool make_dirs(const char *path, Error *err);        // mkdir -p
 bool remove_tree(const char *path, Error *err);      // rm -r (no error if absent)
 // Levenshtein distance, for did-you-mean suggestions.
 int edit_distance(const char *a, const char *b);
+// The shortest decimal that reads back (strtof) as value, as Python's repr
+// writes numbers: "0.05" for 0.05f, "1e-05", "0.0" (a point when integral).
+void format_float_shortest(float value, char *text, size_t size);

@@ -75,9 +75,24 @@ bool sample_from_text(const Tokenizer *tok, const char *text, int max_seq_len, S
 
 typedef struct Dataset Dataset;
 
-// A record dataset_open_jsonl skipped: its line and "path:line: problem".
+typedef enum SkipReason {
+    SKIP_BAD_RECORD,           // invalid JSON or fields
+    SKIP_EMPTY_CONVERSATION,   // no turns, or no gpt turn to train on
+    SKIP_NO_PLACEHOLDER,       // an image is given but the text has no <image>
+    SKIP_PLACEHOLDER_MISMATCH, // <image> more often than images
+    SKIP_MISSING_IMAGE,        // not in the folder / archive
+    SKIP_BAD_IMAGE,            // corrupt or truncated image data
+    SKIP_IMAGE_TRUNCATED,      // the image's tokens do not fit in max_seq_len
+    SKIP_REASON_COUNT
+} SkipReason;
+
+const char *skip_reason_name(SkipReason reason); // "missing image", ...
+
+// A record dataset_open_jsonl skipped: its line, why (SKIP_BAD_RECORD: invalid
+// JSON or fields; SKIP_EMPTY_CONVERSATION: no assistant turn) and "path:line: problem".
 typedef struct DatasetSkip {
     int64_t line;
+    SkipReason reason;
     char message[256];
 } DatasetSkip;
 
@@ -249,18 +264,6 @@ void llava_record_free(LlavaRecord *record);
 // which text never holds).
 int32_t llava_image_token_id(const Tokenizer *tok, int model_vocab);
 
-typedef enum SkipReason {
-    SKIP_BAD_RECORD,           // invalid JSON or fields
-    SKIP_EMPTY_CONVERSATION,   // no turns, or no gpt turn to train on
-    SKIP_NO_PLACEHOLDER,       // an image is given but the text has no <image>
-    SKIP_PLACEHOLDER_MISMATCH, // <image> more often than images
-    SKIP_MISSING_IMAGE,        // not in the folder / archive
-    SKIP_BAD_IMAGE,            // corrupt or truncated image data
-    SKIP_IMAGE_TRUNCATED,      // the image's tokens do not fit in max_seq_len
-    SKIP_REASON_COUNT
-} SkipReason;
-
-const char *skip_reason_name(SkipReason reason); // "missing image", ...
 
 typedef struct SkippedRecord {
     int64_t record;    // position in the file

@@ -33,6 +33,7 @@ typedef struct JsonlReader {
     TokenSequence seq;
     const char **roles, **contents;
     int turns_capacity;
+    bool empty_conversation; // the record failed for having no assistant turn
 } JsonlReader;
 
 // ----------------------------------------------------------------------------
@@ -77,6 +78,7 @@ static bool render_messages_record(JsonlReader *reader, json_object *messages, E
         if (!read_message(message, turn, &reader->roles[turn], &reader->contents[turn], err)) return false;
         has_assistant = has_assistant || strcmp(reader->roles[turn], "assistant") == 0;
     }
+    reader->empty_conversation = !has_assistant;
     if (!has_assistant) return fail(err, "\"messages\" has no assistant turn (nothing to train on)");
     return render_messages(reader->tok, reader->roles, reader->contents, n_turns, &reader->seq, err);
 }
@@ -176,7 +178,7 @@ static void link_samples(Dataset *dataset) {
     }
 }
 
-static bool record_skip(Dataset *dataset, int64_t line_number, const Error *why, Error *err) {
+static bool record_skip(Dataset *dataset, int64_t line_number, SkipReason reason, const Error *why, Error *err) {
     if (dataset->n_skipped == dataset->skips_capacity) {
         int64_t capacity = dataset->skips_capacity ? 2 * dataset->skips_capacity : 16;
         DatasetSkip *skips = realloc(dataset->skips, (size_t)capacity * sizeof *skips);
@@ -186,6 +188,7 @@ static bool record_skip(Dataset *dataset, int64_t line_number, const Error *why,
     }
     DatasetSkip *skip = &dataset->skips[dataset->n_skipped++];
     skip->line = line_number;
+    skip->reason = reason;
     snprintf(skip->message, sizeof skip->message, "%.*s", (int)sizeof skip->message - 1, why->message);
     return true;
 }
@@ -202,12 +205,14 @@ static bool read_records(FILE *file, const char *path, JsonlReader *reader, Data
     for (int64_t line_number = 1; ok && (len = getline(&line, &line_capacity, file)) >= 0; line_number++) {
         if (is_blank(line, (size_t)len)) continue;
         Error why;
+        reader->empty_conversation = false;
         json_object *record = parse_line(reader->tokener, line, (size_t)len, &why);
         if (record && render_record(reader, record, &why)) {
             ok = append_sample(dataset, &reader->seq, max_seq_len, err);
         } else {
             fail_context(&why, "%s:%lld: ", path, (long long)line_number);
-            ok = record_skip(dataset, line_number, &why, err);
+            SkipReason reason = reader->empty_conversation ? SKIP_EMPTY_CONVERSATION : SKIP_BAD_RECORD;
+            ok = record_skip(dataset, line_number, reason, &why, err);
         }
         json_object_put(record);
     }

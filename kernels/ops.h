@@ -238,3 +238,22 @@ const Ops *ops_cuda(Error *err);
 // it runs on the CPU, correct but far slower than the CPU backend, so
 // train.backend auto does not choose it; train.backend cuda does.
 bool ops_cuda_is_emulated(void);
+
+// The NVIDIA GPUs the CUDA runtime sees, without choosing one or creating a
+// context: what plan compares with and doctor prints.
+#define CUDA_INFO_MAX_DEVICES 16
+typedef struct CudaDeviceInfo {
+    char name[256];
+    size_t total_bytes;
+    int major, minor;              // compute capability
+} CudaDeviceInfo;
+typedef struct CudaInfo {
+    bool built;                    // this build has the CUDA backend (emulated or not)
+    int built_version;             // CUDART_VERSION compiled against (12040 = 12.4); 0 without CUDA
+    int runtime_version;           // the libcudart loaded; 0 without CUDA
+    int driver_version;            // the newest CUDA the driver supports; 0 without a driver
+    int n_devices;                 // listed in devices (at most CUDA_INFO_MAX_DEVICES)
+    CudaDeviceInfo devices[CUDA_INFO_MAX_DEVICES];
+    char problem[ERROR_MESSAGE_MAX]; // why no GPU can be used ("" when one can)
+} CudaInfo;
+void ops_cuda_info(CudaInfo *info);

@@ -123,6 +123,8 @@ Collectives *collectives_cpu(Store *store, const RankInfo *info, double timeout_
 // NCCL on the CUDA backend's device (ops_cuda: LOCAL_RANK's), unique id shared through the store. NULL
 // with a reason when built without CUDA.
 Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout_s, Error *err);
+// The NCCL library's version (ncclGetVersion: 22105 = 2.21.5); 0 when built without NCCL.
+int nccl_version(void);
 void collectives_destroy(Collectives *c);
 
 // ----------------------------------------------------------------------------

@@ -67,7 +67,7 @@ run_tests() {
         cat "$OUT/$t.out" >>"$OUT/tests.log" && rm "$OUT/$t.out"
     done
     # the whole trainer on the GPU: the embedded vision-language demo, 600 steps
-    # (its data under runs/demo, ignored by git)
+    # (its data under runs/vlm-demo, ignored by git; --set applies to it)
     ours timeout 240 "$KIT/bin/lora-train" demo --set train.backend=cuda --set checkpoint.dir="$(mktemp -d)" \
         >"$OUT/demo.log" 2>&1
     echo "lora-train demo on cuda: exit $? | $(grep -iE '^done:|accuracy' "$OUT/demo.log" | tr '\n' ' ')" |

@@ -8,13 +8,20 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 source scripts/python_env.sh
 
-# cmocka prints each case skipped for a missing fixture or device; list them all.
+# cmocka prints each case skipped for a missing fixture or device (once when it
+# skips, once in its summary); list each once, with its test program and reason.
 list_skipped() {
   local skipped
-  skipped=$(grep -h -B1 -E '^\[  SKIPPED \] test_|^SKIPPED: ' "$1/Testing/Temporary/LastTest.log" 2>/dev/null |
-            grep -v -E '^-+$|^\[ RUN' || true)
+  skipped=$(awk '
+    /^[0-9]+\/[0-9]+ Test: / { program = $3 }
+    /^\[  SKIPPED \] test_/ && !seen[program " " $4]++ {
+      reason = previous ~ /^\[|^-+$/ ? "" : " (" previous ")"
+      print program ": " $4 reason
+    }
+    /^SKIPPED: / && !seen[program]++ { print program ": the whole program (" substr($0, 10) ")" }
+    { previous = $0 }' "$1/Testing/Temporary/LastTest.log" 2>/dev/null || true)
   if [ -n "$skipped" ]; then
-    echo "Skipped cases in $1 (with their reasons):"
+    echo "Skipped cases in $1 (test program: case (reason)):"
     echo "$skipped" | sed 's/^/  /'
   fi
 }

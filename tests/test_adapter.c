@@ -66,6 +66,20 @@ static void assert_error(bool ok, const Error *err, const char *needle) {
 // ----------------------------------------------------------------------------
 // adapters
 
+// The shortest decimal that reads back as the same float, as Python's repr.
+static void test_float_shortest(void **state) {
+    const struct { float value; const char *text; } cases[] = {
+        {0.05f, "0.05"}, {0.1f, "0.1"}, {0.0f, "0.0"}, {16.0f, "16.0"}, {1e-5f, "1e-05"},
+        {0.33333334f, "0.33333334"}, {3.4028235e38f, "3.4028235e+38"}, {1e-45f, "1e-45"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char text[32];
+        format_float_shortest(cases[i].value, text, sizeof text);
+        assert_string_equal(text, cases[i].text);
+        assert_true(strtof(text, NULL) == cases[i].value);
+    }
+}
+
 static void test_adapter_config_and_keys(void **state) {
     LlamaConfig config = tiny_config();
     Model *model = tiny_model(&config, TINY_RANK, TARGETS_QV, 1);
@@ -84,6 +98,11 @@ static void test_adapter_config_and_keys(void **state) {
     assert_true(json_object_is_type(json_object_object_get(json, "lora_alpha"), json_type_int));
     assert_int_equal(json_object_get_int(json_object_object_get(json, "lora_alpha")), 8);
     assert_float_equal(json_object_get_double(json_object_object_get(json, "lora_dropout")), 0.05, 1e-7);
+    char *text;
+    size_t size;
+    if (!read_file(path_in(dir, "adapter_config.json"), &text, &size, &err)) fail_msg("%s", err.message);
+    if (!strstr(text, "\"lora_dropout\": 0.05,")) fail_msg("lora_dropout not written as Python does: %s", text);
+    free(text);
     assert_string_equal(json_object_to_json_string(json_object_object_get(json, "target_modules")), "[ \"q_proj\", \"v_proj\" ]");
     assert_true(json_object_object_get_ex(json, "modules_to_save", &v) && v == NULL);
     assert_false(json_object_get_boolean(json_object_object_get(json, "use_rslora")));
@@ -372,7 +391,7 @@ static void test_peft_logits_match(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_adapter_config_and_keys),
+        cmocka_unit_test(test_float_shortest), cmocka_unit_test(test_adapter_config_and_keys),
         cmocka_unit_test(test_adapter_round_trip_bit_exact),
         cmocka_unit_test(test_adapter_load_mismatches),
         cmocka_unit_test(test_hf_model_round_trip),

@@ -8,7 +8,7 @@
 static void test_demo_accuracy(void **state) {
     DemoAccuracy before, after;
     Error err;
-    if (!vlm_demo_run(make_temp_dir("demo"), &before, &after, &err)) fail_msg("demo: %s", err.message);
+    if (!vlm_demo_run(make_temp_dir("demo"), NULL, 0, &before, &after, &err)) fail_msg("demo: %s", err.message);
     print_message("held-out accuracy %.3f -> %.3f (colour %.3f, shape %.3f)\n", before.overall, after.overall,
                   after.colour, after.shape);
     assert_true(before.overall < 0.5);

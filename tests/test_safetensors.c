@@ -255,9 +255,78 @@ static void test_write_reports_errors(void **state) {
     assert_non_null(strstr(err.message, "tensor x given twice"));
 }
 
+// The process's resident pages (/proc/self/statm's second field), in bytes.
+static double resident_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    long size = 0, resident = 0;
+    assert_non_null(f);
+    assert_int_equal(fscanf(f, "%ld %ld", &size, &resident), 2);
+    fclose(f);
+    return (double)resident * 4096.0;
+}
+
+static bool fill_from_entries(void *context, int index, void *bytes, size_t size, Error *err) {
+    const SafetensorsEntry *entries = context;
+    memcpy(bytes, entries[index].tensor.data, size);
+    return true;
+}
+
+// Streamed writing (one tensor's bytes at a time) gives the file safetensors_write gives.
+static void test_streamed_write(void **state) {
+    float a[6] = {1, 2, 3, 4, 5, 6};
+    uint16_t b[3] = {0x3f80, 0x4000, 0xc000};
+    SafetensorsEntry entries[] = {{"a", {DTYPE_F32, 2, {2, 3}, a}}, {"b", {DTYPE_BF16, 1, {3}, b}}};
+    const char *metadata[] = {"format", "pt"};
+    const char *dir = make_temp_dir("st-stream");
+    char whole[1100], streamed[1100];
+    Error err;
+    snprintf(whole, sizeof whole, "%s/whole.safetensors", dir);
+    snprintf(streamed, sizeof streamed, "%s/streamed.safetensors", dir);
+    assert_true(safetensors_write(whole, entries, 2, metadata, 1, &err));
+    assert_true(safetensors_write_streamed(streamed, entries, 2, metadata, 1, fill_from_entries, entries, &err));
+    char *x, *y;
+    size_t nx, ny;
+    assert_true(read_file(whole, &x, &nx, &err) && read_file(streamed, &y, &ny, &err));
+    assert_int_equal(nx, ny);
+    assert_memory_equal(x, y, nx);
+    free(x);
+    free(y);
+}
+
+// A tensor read through the mapping and released leaves the resident set.
+static void test_release_mapped_pages(void **state) {
+    enum { N = 16 << 20 }; // 64 MiB of F32
+    float *data = malloc(N * sizeof(float));
+    assert_non_null(data);
+    for (size_t i = 0; i < N; i++) data[i] = (float)(i % 1000);
+    SafetensorsEntry entry = {"big", {DTYPE_F32, 1, {N}, data}};
+    char path[1100];
+    Error err;
+    snprintf(path, sizeof path, "%s/big.safetensors", make_temp_dir("st-release"));
+    assert_true(safetensors_write(path, &entry, 1, NULL, 0, &err));
+    free(data);
+    SafetensorsFile *file = safetensors_open(path, &err);
+    assert_non_null(file);
+    Tensor view;
+    assert_true(safetensors_get(file, "big", &view, &err));
+    double before = resident_bytes(), sum = 0;
+    for (size_t i = 0; i < N; i++) sum += ((const float *)view.data)[i];
+    double touched = resident_bytes();
+    safetensors_release(&view);
+    double released = resident_bytes();
+    print_message("resident: %.0f MiB, reading the tensor %.0f MiB, released %.0f MiB (sum %.0f)\n", before / 1048576,
+                  touched / 1048576, released / 1048576, sum);
+    assert_true(touched - before > 48.0 * 1048576);
+    assert_true(touched - released > 48.0 * 1048576);
+    assert_true(((const float *)view.data)[12345] == 345.0f); // read again from the file
+    safetensors_close(file);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reads_python_file),
+        cmocka_unit_test(test_streamed_write),
+        cmocka_unit_test(test_release_mapped_pages),
         cmocka_unit_test(test_writer_round_trip),
         cmocka_unit_test(test_python_reads_our_file),
         cmocka_unit_test(test_rejects_bad_offsets),

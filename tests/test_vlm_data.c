@@ -634,12 +634,12 @@ static void test_data_check_cli(void **state) {
     Error err = {0};
     assert_true(read_file(log, &text, &size, &err));
     const char *expected[] = {
-        "13 records", "usable samples   3 (2 with an image)",
+        "13 LLaVA records", "usable samples   3 (2 with an image)",
         "images           16 x 16 (vision.tower_preset tiny), fit crop",
         "truncated        2", // the text-only record and, with 16 image tokens, an image record
         "skipped          10",
-        "skipped record 3 (id 'missing'): missing image: image 'nope.png' is not in",
-        "skipped record 12: bad record: invalid JSON", "corrupt image: 2",
+        "    missing image: ", "      record 3 (id 'missing'): image 'nope.png' is not in",
+        "    bad record: ", "      record 12: invalid JSON", "corrupt image: 2",
         "empty conversation: 2", "image beyond max_seq_len: 1",
     };
     for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++)

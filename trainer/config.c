@@ -67,6 +67,8 @@ static const char *const CHAT_TEMPLATE_VALUES[] = {"default", "llama3", NULL};
 static const ConfigKey KEYS[] = {
     {"model.path", KEY_STRING, FIELD(model.path), .required = true,
      .exists_unless = "model.create_if_missing", .help = "Hugging Face model folder"},
+    {"model.name", KEY_STRING, FIELD(model.name),
+     .help = "Hugging Face id of model.path (adapter_config.json's base_model_name_or_path)"},
     {"model.create_if_missing", KEY_STRING, FIELD(model.create_if_missing),
      .help = "preset written at model.path when absent (empty: never)"},
     {"model.quantize", KEY_ENUM, FIELD(model.quantize), .allowed = QUANTIZE_VALUES,
@@ -659,14 +661,54 @@ void config_defaults(Config *config) {
     snprintf(config->vision.chat_template, CONFIG_NAME_MAX, "default");
 }
 
-// A required string must be set; a path must exist unless its create_if_missing key names a generator.
-static bool check_path_key(const Config *config, const ConfigKey *key, Error *err) {
+// Hugging Face ids of the vision tower presets (vision/clip.c): where a recipe's tower comes from.
+static const char *tower_preset_id(const char *preset) {
+    return strcmp(preset, "clip-vit-large-patch14-336") == 0 ? "openai/clip-vit-large-patch14-336" : NULL;
+}
+
+// What a missing input is and how to get it, after "key: 'value' does not exist".
+static void missing_input_hint(const Config *config, const ConfigKey *key, char *hint, size_t size) {
+    const char *value = const_field_of(config, key);
+    char folder[CONFIG_PATH_MAX];
+    snprintf(folder, sizeof folder, "%s", value);
+    char *slash = strrchr(folder, '/');
+    if (slash) *slash = '\0';
+    const char *tower_id = tower_preset_id(config->vision.tower_preset);
+    if (strcmp(key->path, "model.path") == 0 && config->model.name[0])
+        snprintf(hint, size, "this recipe expects %s (model.name): huggingface-cli download %s --local-dir %s "
+                 "(a gated model needs its licence accepted on huggingface.co and huggingface-cli login)",
+                 config->model.name, config->model.name, value);
+    else if (strcmp(key->path, "model.path") == 0)
+        snprintf(hint, size, "a Hugging Face model folder: huggingface-cli download <id> --local-dir %s (and set "
+                 "model.name: <id>), or model.create_if_missing: tiny|demo|small for a random model", value);
+    else if (strcmp(key->path, "vision.tower") == 0 && tower_id)
+        snprintf(hint, size, "vision.tower_preset %s is %s: huggingface-cli download %s model.safetensors "
+                 "--local-dir %s", config->vision.tower_preset, tower_id, tower_id, slash ? folder : ".");
+    else if (strcmp(key->path, "vision.projector_init") == 0)
+        snprintf(hint, size, "a pretrained projector (LLaVA's pretraining stage writes it), or empty for a random one");
+    else if (strcmp(key->path, "data.path") == 0)
+        snprintf(hint, size, "the dataset (JSONL chats or texts, LLaVA JSON); LLaVA-1.5's: huggingface-cli download "
+                 "liuhaotian/LLaVA-Instruct-150K llava_v1_5_mix665k.json --repo-type dataset --local-dir %s",
+                 slash ? folder : ".");
+    else if (strcmp(key->path, "data.images") == 0)
+        snprintf(hint, size, "the images the records name: a folder or a .tar / .tar.gz / .zip");
+    else
+        snprintf(hint, size, "%s", key->help);
+}
+
+// A required string must be set; a path must exist unless its create_if_missing
+// key names a generator. A missing one is added to missing (a line each).
+static bool check_path_key(const Config *config, const ConfigKey *key, char *missing, size_t size, Error *err) {
     const char *value = const_field_of(config, key);
     if (key->required && value[0] == '\0') return fail(err, "%s: must be set", key->path);
     if (!key->exists_unless || value[0] == '\0' || path_exists(value)) return true;
     const ConfigKey *creator = find_key(key->exists_unless);
     if (((const char *)const_field_of(config, creator))[0] != '\0') return true;
-    return fail(err, "%s: '%s' does not exist (set %s to create it)", key->path, value, creator->path);
+    char hint[4 * CONFIG_PATH_MAX];
+    missing_input_hint(config, key, hint, sizeof hint);
+    size_t used = strlen(missing);
+    snprintf(missing + used, size - used, "\n  %s: '%s' does not exist: %.1500s", key->path, value, hint);
+    return true;
 }
 
 // Held-out data comes from one source, and evaluation or keep_best needs it.
@@ -686,10 +728,14 @@ static bool check_eval_keys(const Config *config, Error *err) {
     return true;
 }
 
-bool config_validate(const Config *config, Error *err) {
+bool config_validate_allowing_missing(const Config *config, char *missing, size_t size, int *n_missing, Error *err) {
+    missing[0] = '\0';
+    *n_missing = 0;
     for (size_t i = 0; i < N_KEYS; i++) {
         if (!check_key(config, &KEYS[i], err)) return false;
-        if (KEYS[i].type == KEY_STRING && !check_path_key(config, &KEYS[i], err)) return false;
+        size_t before = strlen(missing);
+        if (KEYS[i].type == KEY_STRING && !check_path_key(config, &KEYS[i], missing, size, err)) return false;
+        *n_missing += strlen(missing) != before;
     }
     if (config->train.max_steps == 0 && config->train.epochs < 1)
         return fail(err, "train.epochs: must be >= 1 when train.max_steps is 0 (got %d)", config->train.epochs);
@@ -697,6 +743,15 @@ bool config_validate(const Config *config, Error *err) {
     if (config->data.pack && (config->data.images[0] || config->vision.tower[0]))
         return fail(err, "data.pack: packing is for text data only; this config is image-text (data.images or "
                          "vision.tower is set): set data.pack to false");
+    return true;
+}
+
+bool config_validate(const Config *config, Error *err) {
+    char missing[ERROR_MESSAGE_MAX - 64];
+    int n_missing;
+    if (!config_validate_allowing_missing(config, missing, sizeof missing, &n_missing, err)) return false;
+    if (n_missing == 1) return fail(err, "%s", missing + 3); // "key: 'value' does not exist: ..."
+    if (n_missing > 1) return fail(err, "%d inputs are missing:%s", n_missing, missing);
     return true;
 }
 

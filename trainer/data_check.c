@@ -1,9 +1,13 @@
 // `lora-train data check --config FILE`: opens the dataset exactly as training
-// would, decoding every image, and reports its counts and every skipped record.
+// would (text JSONL, or LLaVA records with every image decoded; the demo data
+// written first when data.create_if_missing says so) and reports its counts
+// and the skipped records: a count per reason and the first few of each.
 #include <stdio.h>
 
 #include "data/data.h"
 #include "train_private.h"
+
+#define EXAMPLES_PER_REASON 3
 
 // Training's dataset options (image size, fit, image tokens, the image token
 // against the model's vocabulary), every image decoded at open.
@@ -14,27 +18,93 @@ static bool dataset_options(const Config *config, const Tokenizer *tok, int mode
     return true;
 }
 
-static void print_skipped(const VlmDataset *dataset) {
-    for (int64_t i = 0; i < vlm_dataset_skipped_count(dataset); i++) {
-        const SkippedRecord *skip = vlm_dataset_skipped(dataset, i);
-        printf("skipped record %lld%s%s%s: %s: %s\n", (long long)skip->record, skip->id[0] ? " (id '" : "",
-               skip->id, skip->id[0] ? "')" : "", skip_reason_name(skip->reason), skip->message);
+// "    missing image: 7" and the first EXAMPLES_PER_REASON records skipped for it.
+static void print_vlm_skips(const VlmDataset *dataset) {
+    const VlmDatasetStats *s = vlm_dataset_stats(dataset);
+    for (int reason = 0; reason < SKIP_REASON_COUNT; reason++) {
+        if (!s->skipped[reason]) continue;
+        printf("    %s: %lld\n", skip_reason_name((SkipReason)reason), (long long)s->skipped[reason]);
+        int shown = 0;
+        for (int64_t i = 0; i < vlm_dataset_skipped_count(dataset) && shown < EXAMPLES_PER_REASON; i++) {
+            const SkippedRecord *skip = vlm_dataset_skipped(dataset, i);
+            if (skip->reason != (SkipReason)reason) continue;
+            printf("      record %lld%s%s%s: %s\n", (long long)skip->record, skip->id[0] ? " (id '" : "", skip->id,
+                   skip->id[0] ? "')" : "", skip->message);
+            shown++;
+        }
+        if (s->skipped[reason] > shown) printf("      ... %lld more\n", (long long)(s->skipped[reason] - shown));
     }
 }
 
-static void print_counts(const Config *config, const VlmDatasetOptions *options, const VlmDataset *dataset,
-                         double seconds) {
+static void print_vlm_counts(const Config *config, const VlmDatasetOptions *options, const VlmDataset *dataset,
+                             double seconds) {
     const VlmDatasetStats *s = vlm_dataset_stats(dataset);
-    printf("%s: %lld records in %.1f s\n", config->data.path, (long long)s->records, seconds);
+    printf("%s: %lld LLaVA records in %.1f s\n", config->data.path, (long long)s->records, seconds);
     printf("  usable samples   %lld (%lld with an image)\n", (long long)s->samples, (long long)s->images);
     printf("  images           %d x %d (vision.tower_preset %s), fit %s\n", options->preprocess.size,
            options->preprocess.size, config->vision.tower_preset, config->vision.image_fit);
     printf("  tokens           %lld (%lld label tokens)\n", (long long)s->tokens, (long long)s->label_tokens);
     printf("  truncated        %lld (max_seq_len %d)\n", (long long)s->truncated, config->data.max_seq_len);
     printf("  skipped          %lld\n", (long long)s->skipped_total);
+    print_vlm_skips(dataset);
+}
+
+static bool check_vlm(const Config *config, const Tokenizer *tok, int model_vocab, Error *err) {
+    VlmDatasetOptions options;
+    if (!dataset_options(config, tok, model_vocab, &options, err)) return false;
+    double start = time_seconds();
+    VlmDataset *dataset = vlm_dataset_open(&options, err);
+    if (!dataset) return false;
+    print_vlm_counts(config, &options, dataset, time_seconds() - start);
+    bool ok = vlm_dataset_check_skips(dataset, config->data.max_skip_fraction, err);
+    vlm_dataset_destroy(dataset);
+    return ok;
+}
+
+static void print_text_skips(const Dataset *dataset) {
+    int64_t n = dataset_skipped_count(dataset);
     for (int reason = 0; reason < SKIP_REASON_COUNT; reason++) {
-        if (s->skipped[reason]) printf("    %s: %lld\n", skip_reason_name((SkipReason)reason), (long long)s->skipped[reason]);
+        int64_t count = 0;
+        for (int64_t i = 0; i < n; i++) count += dataset_skipped(dataset, i)->reason == (SkipReason)reason;
+        if (!count) continue;
+        printf("    %s: %lld\n", skip_reason_name((SkipReason)reason), (long long)count);
+        int shown = 0;
+        for (int64_t i = 0; i < n && shown < EXAMPLES_PER_REASON; i++) {
+            const DatasetSkip *skip = dataset_skipped(dataset, i);
+            if (skip->reason != (SkipReason)reason) continue;
+            printf("      %s\n", skip->message);
+            shown++;
+        }
+        if (count > shown) printf("      ... %lld more\n", (long long)(count - shown));
     }
+}
+
+static void print_text_counts(const Config *config, const Tokenizer *tok, const Dataset *dataset, double seconds) {
+    int64_t samples = dataset_size(dataset), skipped = dataset_skipped_count(dataset), tokens = 0, labels = 0;
+    for (int64_t i = 0; i < samples; i++) {
+        const Sample *sample = dataset_sample(dataset, i);
+        tokens += sample->length;
+        for (int t = 0; t < sample->length; t++) labels += sample->labels[t] != IGNORE_INDEX;
+    }
+    printf("%s: %lld JSONL records (messages / text) in %.1f s, chat template %s\n", config->data.path,
+           (long long)(samples + skipped), seconds, tokenizer_chat_template(tok));
+    printf("  usable samples   %lld\n", (long long)samples);
+    printf("  tokens           %lld (%lld label tokens)\n", (long long)tokens, (long long)labels);
+    printf("  truncated        %lld (max_seq_len %d)\n", (long long)dataset_truncated_count(dataset),
+           config->data.max_seq_len);
+    printf("  skipped          %lld\n", (long long)skipped);
+    print_text_skips(dataset);
+}
+
+static bool check_text(const Config *config, const Tokenizer *tok, Error *err) {
+    if (!data_create_if_missing(config, true, err)) return false;
+    double start = time_seconds();
+    Dataset *dataset = dataset_open_jsonl(config->data.path, tok, config->data.max_seq_len, err);
+    if (!dataset) return false;
+    print_text_counts(config, tok, dataset, time_seconds() - start);
+    bool ok = dataset_check_skips(dataset, config->data.max_skip_fraction, err);
+    dataset_destroy(dataset);
+    return ok;
 }
 
 int data_check_main(const Config *config) {
@@ -42,23 +112,8 @@ int data_check_main(const Config *config) {
     LlamaConfig llama;
     HfLayout layout;
     Tokenizer *tok = config_llama_config(config, &llama, &layout, &err) ? config_tokenizer(config, &err) : NULL;
-    VlmDatasetOptions options;
-    bool ready = tok && dataset_options(config, tok, llama.vocab_size, &options, &err);
-    double start = time_seconds();
-    VlmDataset *dataset = ready ? vlm_dataset_open(&options, &err) : NULL;
-    int status = 0;
-    if (!dataset) {
-        fprintf(stderr, "lora-train data check: %s\n", err.message);
-        status = 1;
-    } else {
-        print_skipped(dataset);
-        print_counts(config, &options, dataset, time_seconds() - start);
-        if (!vlm_dataset_check_skips(dataset, config->data.max_skip_fraction, &err)) {
-            fprintf(stderr, "lora-train data check: %s\n", err.message);
-            status = 1;
-        }
-    }
-    vlm_dataset_destroy(dataset);
+    bool ok = tok && (run_is_vlm(config) ? check_vlm(config, tok, llama.vocab_size, &err) : check_text(config, tok, &err));
+    if (!ok) fprintf(stderr, "lora-train data check: %s\n", err.message);
     tokenizer_destroy(tok);
-    return status;
+    return ok ? 0 : 1;
 }

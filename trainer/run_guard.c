@@ -305,7 +305,7 @@ static char *config_yaml_in_checkpoint_split(const Run *run, const TrainerState 
 // Keys a resumed run may change: where, how often and how patiently it
 // saves and logs, not what it computes; and its length (the LR schedule is
 // then recomputed over the new one, which the run states).
-static const char *const OPERATIONAL_KEYS[] = {"checkpoint.dir", "checkpoint.every_steps", "checkpoint.keep_last",
+static const char *const OPERATIONAL_KEYS[] = {"model.name", "checkpoint.dir", "checkpoint.every_steps", "checkpoint.keep_last",
                                                "checkpoint.on_low_disk", "checkpoint.low_disk_wait_minutes",
                                                "train.log_every", "dist.timeout_s", "data.eval_path",
                                                "train.eval_every", "checkpoint.keep_best"};
@@ -357,7 +357,7 @@ static void append_change(char *changes, size_t size, const char *key, YamlLine 
 static bool refuse_change(const char *key, YamlLine was, YamlLine is, Error *err) {
     YamlLine a = line_value(was), b = line_value(is);
     return fail(err, "the checkpoint was made with a different config (%s: %.*s in the checkpoint, %.*s now): "
-                     "only checkpoint.dir, every_steps, keep_last, on_low_disk, low_disk_wait_minutes, "
+                     "only model.name, checkpoint.dir, every_steps, keep_last, on_low_disk, low_disk_wait_minutes, "
                      "train.log_every, dist.timeout_s, data.eval_path, train.eval_every, checkpoint.keep_best, "
                      "train.max_steps and train.epochs may change on resume; "
                      "add --allow-config-change if changing %s is intended",

@@ -3,14 +3,16 @@
 //   lora-train init-model --arch llama (--preset NAME | --config-json FILE) --out DIR [--tokenizer FILE] [--seed N]
 //   lora-train tokenize --tokenizer PATH [--special]     JSON array of strings on stdin -> array of id arrays
 //   lora-train export --checkpoint DIR --format peft|merged --out DIR [--base DIR]
+#include <errno.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "checkpoints/checkpoints.h"
 #include "data/data.h"
-#include "trainer.h"
+#include "train_private.h"
 
 #define TOOL_PATH_MAX 4096
 
@@ -41,7 +43,9 @@ static bool parse_tool_args(int argc, char **argv, ToolArgs *args, Error *err) {
             *options[o].slot = argv[i + 1];
             known = true;
         }
-        if (!known) return fail(err, "unknown argument '%s' (see lora-train --help)", argv[i]);
+        static const char *const flags[] = {"--arch", "--preset", "--config-json", "--out", "--tokenizer",
+                                            "--checkpoint", "--format", "--base", "--seed", "--special", NULL};
+        if (!known) return fail_unknown_argument(err, argv[i], flags);
         i++;
     }
     return true;
@@ -90,17 +94,39 @@ static bool install_tokenizer(const char *tokenizer_path, const LlamaConfig *con
     return join(path, sizeof path, out, "tokenizer.json", err) && copy_whole_file(tokenizer_path, path, err);
 }
 
+// The dtype config.json asks for (torch_dtype, or dtype as transformers >= 4.56
+// writes it): bfloat16, float16 or float32 (also when absent).
+static bool requested_dtype(const char *config_json, DType *dtype, Error *err) {
+    *dtype = DTYPE_F32;
+    if (!config_json) return true;
+    json_object *config = json_object_from_file(config_json), *value = NULL;
+    if (!config) return fail(err, "%s: cannot read it as JSON", config_json);
+    bool given = (json_object_object_get_ex(config, "torch_dtype", &value) ||
+                  json_object_object_get_ex(config, "dtype", &value)) && json_object_is_type(value, json_type_string);
+    const char *name = given ? json_object_get_string(value) : "float32";
+    bool known = true;
+    if (strcmp(name, "bfloat16") == 0) *dtype = DTYPE_BF16;
+    else if (strcmp(name, "float16") == 0) *dtype = DTYPE_F16;
+    else known = strcmp(name, "float32") == 0;
+    if (!known) fail(err, "%s: torch_dtype '%s' is not bfloat16, float16 or float32", config_json, name);
+    json_object_put(config);
+    return known;
+}
+
 static bool init_model(const ToolArgs *args, Error *err) {
     LlamaConfig config;
-    if (!model_config_from_args(args, &config, err)) return false;
+    DType dtype;
+    if (!requested_dtype(args->config_json, &dtype, err) || !model_config_from_args(args, &config, err)) return false;
     ModelOptions options = {.ops = ops_cpu(), .config = config, .max_batch = 1, .max_seq_len = 1,
                             .lora = {.r = 1, .alpha = 1}, .seed = args->seed};
     Model *model = model_create(&options, err);
     if (!model) return false;
-    bool ok = model_init_random_base(model, args->seed, err) && hf_save_model(model, args->out, err) &&
+    bool ok = model_init_random_base(model, args->seed, err) && hf_save_model_as(model, args->out, dtype, err) &&
               (!args->tokenizer || install_tokenizer(args->tokenizer, &config, args->out, err));
     model_destroy(model);
-    if (ok) printf("wrote a random %s model to %s\n", args->preset ? args->preset : args->config_json, args->out);
+    if (ok)
+        printf("wrote a random %s model to %s (%s)\n", args->preset ? args->preset : args->config_json, args->out,
+               dtype_name(dtype));
     return ok;
 }
 
@@ -128,6 +154,22 @@ static bool read_stdin(char **text, Error *err) {
     return true;
 }
 
+// The ids of one string: tokenizer.json's, or the byte tokenizer's when tok is
+// NULL (a folder without tokenizer.json, as init-model --preset writes); with
+// special the post-processor's tokens (the byte tokenizer's: <bos> first).
+static bool encode_one(const HfTokenizer *tok, const char *text, size_t len, bool special, int32_t **ids, int *n_ids,
+                       Error *err) {
+    if (tok) return hf_tokenizer_encode(tok, text, len, special, ids, n_ids, err);
+    Tokenizer *bytes = tokenizer_bytes(err);
+    int capacity = (int)len + 1;
+    *n_ids = 0;
+    *ids = bytes ? checked_malloc((size_t)capacity * sizeof **ids, "token ids", err) : NULL;
+    if (*ids && special) (*ids)[(*n_ids)++] = tokenizer_bos(bytes);
+    bool ok = *ids && tokenizer_encode(bytes, text, len, ids, n_ids, &capacity, err);
+    tokenizer_destroy(bytes);
+    return ok;
+}
+
 // One line: [[ids of the first string], [ids of the second], ...].
 static bool print_encodings(const HfTokenizer *tok, json_object *texts, bool special, Error *err) {
     size_t n = json_object_array_length(texts);
@@ -137,8 +179,9 @@ static bool print_encodings(const HfTokenizer *tok, json_object *texts, bool spe
         if (!json_object_is_type(item, json_type_string)) return fail(err, "stdin: item %zu is not a string", i);
         int32_t *ids = NULL;
         int n_ids = 0;
-        if (!hf_tokenizer_encode(tok, json_object_get_string(item), (size_t)json_object_get_string_len(item), special,
-                                 &ids, &n_ids, err)) {
+        if (!encode_one(tok, json_object_get_string(item), (size_t)json_object_get_string_len(item), special, &ids,
+                        &n_ids, err)) {
+            free(ids);
             return fail_context(err, "stdin: item %zu: ", i);
         }
         printf("%s[", i ? ", " : "");
@@ -150,18 +193,29 @@ static bool print_encodings(const HfTokenizer *tok, json_object *texts, bool spe
     return true;
 }
 
+// --tokenizer names a tokenizer.json or a model folder; a folder without one
+// uses the built-in byte tokenizer (*path set to "").
+static bool tokenizer_path(const char *given, char *path, size_t size, Error *err) {
+    struct stat st;
+    if (stat(given, &st) != 0) return fail(err, "%s: %s", given, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return snprintf(path, size, "%s", given) > 0;
+    if (!join(path, size, given, "tokenizer.json", err)) return false;
+    if (!path_exists(path)) path[0] = '\0';
+    return true;
+}
+
 static bool tokenize(const ToolArgs *args, Error *err) {
     if (!args->tokenizer) return fail(err, "tokenize: --tokenizer PATH (tokenizer.json or its folder) is required");
     char path[TOOL_PATH_MAX];
-    bool is_dir = path_exists(args->tokenizer) && strstr(args->tokenizer, ".json") == NULL;
-    snprintf(path, sizeof path, is_dir ? "%s/tokenizer.json" : "%s", args->tokenizer);
+    if (!tokenizer_path(args->tokenizer, path, sizeof path, err)) return false;
     char *input;
     if (!read_stdin(&input, err)) return false;
     json_object *texts = json_tokener_parse(input);
     free(input);
     HfTokenizer *tok = NULL;
     bool ok = json_object_is_type(texts, json_type_array) || fail(err, "stdin: expected a JSON array of strings");
-    ok = ok && (tok = hf_tokenizer_load(path, err)) != NULL && print_encodings(tok, texts, args->special, err);
+    ok = ok && (!path[0] || (tok = hf_tokenizer_load(path, err)) != NULL) &&
+         print_encodings(tok, texts, args->special, err);
     hf_tokenizer_destroy(tok);
     json_object_put(texts);
     return ok;
@@ -170,7 +224,8 @@ static bool tokenize(const ToolArgs *args, Error *err) {
 // ----------------------------------------------------------------------------
 // export
 
-// The base model folder: --base, else adapter_config.json's base_model_name_or_path.
+// The base model folder: --base, else adapter_config.json's base_model_name_or_path
+// when it is a folder here (a Hugging Face id or a path of another machine is not).
 static bool base_model_dir(const ToolArgs *args, char *out, size_t size, Error *err) {
     if (args->base) return snprintf(out, size, "%s", args->base) > 0;
     char path[TOOL_PATH_MAX];
@@ -181,7 +236,12 @@ static bool base_model_dir(const ToolArgs *args, char *out, size_t size, Error *
               json_object_is_type(base, json_type_string);
     if (ok) snprintf(out, size, "%s", json_object_get_string(base));
     json_object_put(config);
-    return ok || fail(err, "%s: no base_model_name_or_path; name the base model with --base DIR", path);
+    if (!ok) return fail(err, "%s: no base_model_name_or_path; name the base model's folder with --base DIR", path);
+    struct stat st;
+    if (stat(out, &st) != 0 || !S_ISDIR(st.st_mode))
+        return fail(err, "%s: base_model_name_or_path '%s' is not a folder here; name the base model's folder with "
+                         "--base DIR", path, out);
+    return true;
 }
 
 static bool export_checkpoint(const ToolArgs *args, Error *err) {

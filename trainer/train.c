@@ -9,11 +9,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/resource.h>
 
 #include "metrics.h"
 #include "train_private.h"
 
 #define SKIPS_LOGGED 20
+
+// The process's peak resident set (getrusage's ru_maxrss, KiB on Linux).
+static double process_peak_rss_bytes(void) {
+    struct rusage usage;
+    return getrusage(RUSAGE_SELF, &usage) == 0 ? 1024.0 * (double)usage.ru_maxrss : 0.0;
+}
 
 // ----------------------------------------------------------------------------
 // set-up
@@ -105,21 +112,22 @@ static bool report_skips(const Dataset *dataset, double max_fraction, bool verbo
     return dataset_check_skips(dataset, max_fraction, err);
 }
 
+bool data_create_if_missing(const Config *config, bool verbose, Error *err) {
+    const char *path = config->data.path;
+    if (path_exists(path) || !config->data.create_if_missing[0]) return true;
+    if (strcmp(config->data.create_if_missing, "demo") != 0)
+        return fail(err, "data.create_if_missing: unknown generator '%s' (known: demo)", config->data.create_if_missing);
+    char dir[CONFIG_PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    if (verbose) printf("writing the demo dataset to %s\n", path);
+    return (!slash || make_dirs(dir, err)) && dataset_write_demo_jsonl(path, 2000, config->train.seed, err);
+}
+
 static Dataset *open_dataset(const Config *config, const Tokenizer *tok, bool verbose, Error *err) {
     const char *path = config->data.path;
-    if (!path_exists(path) && config->data.create_if_missing[0]) {
-        if (strcmp(config->data.create_if_missing, "demo") != 0) {
-            fail(err, "data.create_if_missing: unknown generator '%s' (known: demo)", config->data.create_if_missing);
-            return NULL;
-        }
-        char dir[CONFIG_PATH_MAX];
-        snprintf(dir, sizeof dir, "%s", path);
-        char *slash = strrchr(dir, '/');
-        if (slash) *slash = '\0';
-        if (verbose) printf("writing the demo dataset to %s\n", path);
-        if ((slash && !make_dirs(dir, err)) || !dataset_write_demo_jsonl(path, 2000, config->train.seed, err))
-            return NULL;
-    }
+    if (!data_create_if_missing(config, verbose, err)) return NULL;
     Dataset *dataset = dataset_open_jsonl(path, tok, config->data.max_seq_len, err);
     if (dataset && !report_skips(dataset, config->data.max_skip_fraction, verbose, err)) {
         dataset_destroy(dataset);
@@ -146,7 +154,8 @@ static bool load_model_and_data(Run *run, Error *err) {
     if (!(run->tokenizer = config_tokenizer(config, err))) return false;
     run->model = load_or_create_model(run, run->is_rank0, err);
     if (!run->model) return false;
-    run->adapter_info = (AdapterInfo){.base_model_name_or_path = config->model.path};
+    if (!config_base_model_name(config, run->base_model, sizeof run->base_model, err)) return false;
+    run->adapter_info = (AdapterInfo){.base_model_name_or_path = run->base_model};
     if (!hf_read_layout(config->model.path, &run->adapter_info.layout, err)) return false;
     if (model_config(run->model)->vocab_size < tokenizer_vocab_size(run->tokenizer))
         return fail(err, "%s: vocab_size %d is smaller than the tokenizer's %d", config->model.path,
@@ -176,6 +185,28 @@ static bool create_optimizer(Run *run, Error *err) {
     return run->zero != NULL;
 }
 
+// Refuses, with plan's advice, a run whose plan exceeds the memory it runs
+// in: the GPU's, or on the CPU backend the machine's share of this rank.
+static bool check_memory_fits(const Config *config, const Ops *ops, const RankInfo *ranks, Error *err) {
+    Config planned = *config;
+    snprintf(planned.train.backend, CONFIG_NAME_MAX, "%s", ops->device_memory ? "cuda" : "cpu");
+    char name[320], *verdict = checked_malloc(ERROR_MESSAGE_MAX, "the memory check", err);
+    uint64_t memory = machine_memory_bytes() / (uint64_t)(ranks->local_world_size > 0 ? ranks->local_world_size : 1);
+    snprintf(name, sizeof name, "this machine's memory (its share per local rank)");
+    CudaInfo info;
+    if (ops->device_memory) {
+        ops_cuda_info(&info);
+        memory = info.n_devices ? info.devices[0].total_bytes : 0;
+        snprintf(name, sizeof name, "GPU 0 (%s)", info.n_devices ? info.devices[0].name : "none");
+    }
+    bool fits = true;
+    bool ok = verdict && (memory == 0 || plan_check_fit(&planned, ranks->world_size, memory, 0, name, &fits, verdict,
+                                                        ERROR_MESSAGE_MAX, err));
+    if (ok && !fits) ok = fail(err, "the run %s", verdict);
+    free(verdict);
+    return ok;
+}
+
 static bool setup(Run *run, const Config *config, Error *err) {
     run->config = config;
     RankInfo ranks;
@@ -183,7 +214,9 @@ static bool setup(Run *run, const Config *config, Error *err) {
     run->is_rank0 = ranks.rank == 0;
     if (!check_supported(config, err)) return false;
     run->ops = choose_backend(config->train.backend, run->is_rank0, err);
-    if (!run->ops || !dist_context_start(&run->dist, run->ops, config->dist.timeout_s, err)) return false;
+    if (!run->ops || !check_memory_fits(config, run->ops, &ranks, err) ||
+        !dist_context_start(&run->dist, run->ops, config->dist.timeout_s, err))
+        return false;
     if (!load_model_and_data(run, err)) return false;
     DataLoaderOptions loader_options = {.micro_batch = config->train.micro_batch,
                                         .grad_accum = config->train.grad_accum,
@@ -240,8 +273,9 @@ static void log_step(const Run *run, int step, double loss, float lr, float norm
     char elapsed_text[32], eta_text[32];
     format_duration(elapsed, elapsed_text, sizeof elapsed_text);
     format_duration(elapsed / step * (run->total_steps - step), eta_text, sizeof eta_text);
-    printf("step %d/%d | loss %.4f | lr %.3e | grad norm %.4f | %.0f tok/s | elapsed %s | eta %s\n", step,
-           run->total_steps, loss, lr, norm, tokens / elapsed, elapsed_text, eta_text);
+    double rate = tokens / elapsed; // 3 significant digits below 100 ("2.58"), whole tokens above
+    printf("step %d/%d | loss %.4f | lr %.3e | grad norm %.4f | %.*f tok/s | elapsed %s | eta %s\n", step,
+           run->total_steps, loss, lr, norm, rate >= 100 ? 0 : rate >= 10 ? 1 : 2, rate, elapsed_text, eta_text);
     fflush(stdout);
 }
 
@@ -694,9 +728,9 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
     if (run.zero) fill_summary(&run, summary);
     ok = metrics_close(run.metrics, ok ? err : &(Error){{0}}) && ok;
     if (ok && run.is_rank0 && !summary->interrupted)
-        printf("done: %d steps, loss %.4f -> %.4f | peak %s memory %.2f GB | adapter saved to %s\n", summary->steps,
-               summary->first_loss, summary->last_loss, run.ops->name, run.ops->peak_bytes() / 1e9,
-               summary->adapter_dir);
+        printf("done: %d steps, loss %.4f -> %.4f | peak memory: %s backend %.2f GB (its own allocations), process "
+               "%.2f GB (resident) | adapter saved to %s\n", summary->steps, summary->first_loss, summary->last_loss,
+               run.ops->name, run.ops->peak_bytes() / 1e9, process_peak_rss_bytes() / 1e9, summary->adapter_dir);
     teardown(&run);
     if (installed_signals) stop_signals_restore();
     return ok;

@@ -40,6 +40,7 @@ typedef struct Run {
     const Ops *ops;
     Model *model;
     AdapterInfo adapter_info; // base model path and key layout, for every adapter written
+    char base_model[CONFIG_PATH_MAX]; // adapter_info's base_model_name_or_path (config_base_model_name)
     Tokenizer *tokenizer;
     Dataset *dataset;
     DataLoader *loader;
@@ -84,6 +85,18 @@ void eval_destroy(Run *run);
 // The model's LlamaConfig and key layout without loading it: config.json of
 // model.path, or the preset model.create_if_missing writes there (plan.c).
 bool config_llama_config(const Config *config, LlamaConfig *llama, HfLayout *layout, Error *err);
+// adapter_config.json's base_model_name_or_path, as PEFT, vLLM and LMDeploy
+// users expect it: model.name, else config.json's _name_or_path when it is a
+// Hugging Face id ("owner/name"), else model.path made absolute.
+bool config_base_model_name(const Config *config, char *name, size_t size, Error *err);
+
+// cli.c: the candidate nearest to word (at most 3 edits), or NULL; and the
+// error for an unknown argument with that did-you-mean.
+const char *did_you_mean(const char *word, const char *const *candidates);
+bool fail_unknown_argument(Error *err, const char *argument, const char *const *known);
+
+// Writes data.create_if_missing's dataset at data.path when absent (train.c).
+bool data_create_if_missing(const Config *config, bool verbose, Error *err);
 
 // train_vlm.c: image-text training when data.images or vision.tower is set.
 bool run_is_vlm(const Config *config);

@@ -13,6 +13,7 @@
 typedef struct Config {
     struct {
         char path[CONFIG_PATH_MAX];          // Hugging Face model folder
+        char name[CONFIG_PATH_MAX];          // its Hugging Face id ("" = unknown): adapters, download hints
         char create_if_missing[CONFIG_NAME_MAX]; // preset to write at path if absent ("" = never)
         char quantize[CONFIG_NAME_MAX];      // "none" | "nf4"
         bool double_quant;                   // nf4: double-quantize the absmax (bitsandbytes' default)
@@ -99,6 +100,9 @@ bool config_load_yaml(Config *config, const char *path, Error *err);
 bool config_set(Config *config, const char *assignment, Error *err);
 // Cross-field checks after all overrides (ranges, files that must exist).
 bool config_validate(const Config *config, Error *err);
+// config_validate, but inputs not on disk yet are listed in missing (a line
+// each: "\n  key: 'path' does not exist: how to get it"), not an error: for plan.
+bool config_validate_allowing_missing(const Config *config, char *missing, size_t size, int *n_missing, Error *err);
 // The config as YAML text (malloc'd), for logs and trainer state.
 char *config_to_yaml(const Config *config, Error *err);
 
@@ -164,8 +168,9 @@ bool stop_signals_install(bool *installed, Error *err);
 bool train_run(const Config *config, TrainSummary *summary, Error *err);
 bool train_run_with(const Config *config, const TrainControl *control, TrainSummary *summary, Error *err);
 
-// `lora-train data check`: reads the dataset as training would and prints its
-// counts and every skipped record; returns the process exit status.
+// `lora-train data check`: reads the dataset as training would (text JSONL or
+// LLaVA records, written first per data.create_if_missing) and prints its
+// counts, skips per reason and the first few of each; the process exit status.
 int data_check_main(const Config *config);
 
 // The tokenizer of model.path (its tokenizer.json, else the byte tokenizer,
@@ -193,8 +198,36 @@ typedef struct RunPlan {
     int64_t tokens_per_step;           // micro_batch x max_seq_len x grad_accum x world_size
 } RunPlan;
 bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err);
-// Prints the plan; returns the process exit status.
-int plan_main(const Config *config, int world_size);
+// The memory part of run_plan alone (no checkpoint image, no dataset read).
+bool run_plan_memory(const Config *config, int world_size, RunPlan *plan, Error *err);
+// The peak the plan compares with a memory: per rank on the GPU, or on the
+// CPU backend everything in host memory.
+uint64_t plan_peak_bytes(const RunPlan *plan);
+// Whether config's plan fits memory (memory_name: "GPU 0 (NVIDIA H100)", ...)
+// with reserve bytes left for what plan does not count. verdict: "fits: ..." or
+// "does NOT fit: ..." and the changes that make it fit, cheapest first
+// (activation checkpointing, a smaller micro-batch with more accumulation,
+// --offload cpu, model.quantize nf4, more ranks with ZeRO-2), each with its peak.
+bool plan_check_fit(const Config *config, int world_size, uint64_t memory, uint64_t reserve, const char *memory_name,
+                    bool *fits, char *verdict, size_t size, Error *err);
+// This machine's physical memory in bytes (0 when unknown).
+uint64_t machine_memory_bytes(void);
+// "24GB", "24 GiB", "80000MiB" or "24" (GB) in bytes; 0 when not a size.
+uint64_t parse_memory_size(const char *text);
+
+typedef struct PlanRequest {
+    int world_size;                    // ranks of the job (--world-size; 0 = 1)
+    uint64_t gpu_memory_bytes;         // --gpu-memory: plan for a GPU of this size (0: the detected GPU, if any)
+    const char *gpu_memory_text;       // as typed
+    const char *missing;               // inputs not on disk yet (config_validate_allowing_missing) or NULL
+} PlanRequest;
+// Prints the plan, whether it fits and what would make it fit; returns the process exit status.
+int plan_main(const Config *config, const PlanRequest *request);
+
+// `lora-train doctor`: GPUs, driver and CUDA runtime against the build, NCCL,
+// locked memory, /dev/shm, free disk in checkpoint.dir, cores, memory; a line
+// each with what it means and what to do. Returns the process exit status.
+int doctor_main(const Config *config);
 
 // `lora-train report RUN_DIR... [--out FILE]` (argv after "report"): a table
 // of the runs from their metrics.jsonl and a PNG comparing their losses; the exit status.
@@ -208,9 +241,11 @@ int lora_launch_main(int argc, char **argv);
 int lora_train_tool_main(const char *tool, int argc, char **argv);
 // The vision-language demo in dir: synthetic pictures in a tar and LLaVA
 // records, a tiny random VLM, projector + LoRA trained by train_run, held-out
-// accuracy before and after, the adapter under dir/out/adapter. Prints its
+// accuracy before and after, the adapter under dir/out/adapter. settings
+// ("key=value", as --set) apply over the demo's recipe. Prints its
 // progress; before / after (may be NULL) receive the held-out accuracies.
 typedef struct DemoAccuracy {
     double overall, colour, shape; // fractions of the held-out questions answered exactly
 } DemoAccuracy;
-bool vlm_demo_run(const char *dir, DemoAccuracy *before, DemoAccuracy *after, Error *err);
+bool vlm_demo_run(const char *dir, const char *const *settings, int n_settings, DemoAccuracy *before,
+                  DemoAccuracy *after, Error *err);

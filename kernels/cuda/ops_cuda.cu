@@ -306,12 +306,56 @@ static bool choose_device(int device_count, int *device, Error *err) {
 
 // Selects the device before creating anything on it (stream, cuBLASLt
 // handle, buffers), so every rank of a node works on its own GPU.
+// Why no GPU can be used, in words: what was found of the driver beside the
+// runtime lora-train was built with (cudaGetDeviceCount's own error says
+// "driver version is insufficient" when there is no driver at all).
+static bool fail_no_gpu(cudaError_t status, int runtime, int driver, Error *err) {
+    if (driver == 0)
+        return fail(err, "no NVIDIA GPU found: no NVIDIA driver is installed (CUDA runtime %d.%d)", runtime / 1000,
+                    runtime % 1000 / 10);
+    if (driver < runtime)
+        return fail(err, "the NVIDIA driver supports CUDA up to %d.%d, older than the CUDA %d.%d runtime lora-train "
+                         "was built with: update the driver or build with an older CUDA toolkit",
+                    driver / 1000, driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10);
+    return fail(err, "no NVIDIA GPU found (driver for CUDA %d.%d, runtime %d.%d): %s", driver / 1000,
+                driver % 1000 / 10, runtime / 1000, runtime % 1000 / 10,
+                status == cudaSuccess ? "cudaGetDeviceCount found none" : cudaGetErrorString(status));
+}
+
+void ops_cuda_info(CudaInfo *info) {
+    memset(info, 0, sizeof *info);
+    info->built = true;
+    info->built_version = CUDART_VERSION;
+    cudaRuntimeGetVersion(&info->runtime_version);
+    cudaDriverGetVersion(&info->driver_version); // 0: no driver (libcuda.so.1) installed
+    int device_count = 0;
+    cudaError_t status = cudaGetDeviceCount(&device_count);
+    Error err;
+    if (status != cudaSuccess || device_count == 0) {
+        fail_no_gpu(status, info->runtime_version, info->driver_version, &err);
+        snprintf(info->problem, sizeof info->problem, "%s", err.message);
+        return;
+    }
+    for (int d = 0; d < device_count && d < CUDA_INFO_MAX_DEVICES; d++) {
+        cudaDeviceProp prop;
+        if (cudaGetDeviceProperties(&prop, d) != cudaSuccess) continue;
+        CudaDeviceInfo *device = &info->devices[info->n_devices++];
+        snprintf(device->name, sizeof device->name, "%s", prop.name);
+        device->total_bytes = prop.totalGlobalMem;
+        device->major = prop.major;
+        device->minor = prop.minor;
+    }
+}
+
 static bool context_init(Error *err) {
     int device_count = 0, device;
     cudaError_t status = cudaGetDeviceCount(&device_count);
-    if (status != cudaSuccess)
-        return fail(err, "no CUDA device: %s", cudaGetErrorString(status));
-    if (device_count == 0) return fail(err, "no CUDA device: cudaGetDeviceCount found none");
+    if (status != cudaSuccess || device_count == 0) {
+        int runtime = 0, driver = 0;
+        cudaRuntimeGetVersion(&runtime);
+        cudaDriverGetVersion(&driver);
+        return fail_no_gpu(status, runtime, driver, err);
+    }
     if (!choose_device(device_count, &device, err)) return false;
     if ((status = cudaSetDevice(device)) != cudaSuccess)
         return fail(err, "cudaSetDevice(%d): %s", device, cudaGetErrorString(status));

@@ -1,7 +1,14 @@
 // Built when the CUDA toolkit is absent: the CUDA backend reports why it is missing.
+#include <stdio.h>
+
 #include "../ops.h"
 
 const Ops *ops_cuda(Error *err) {
     fail(err, "this lora-train was built without CUDA (no nvcc was found at build time)");
     return NULL;
+}
+
+void ops_cuda_info(CudaInfo *info) {
+    *info = (CudaInfo){0};
+    snprintf(info->problem, sizeof info->problem, "this lora-train was built without CUDA (no nvcc at build time)");
 }

@@ -284,3 +284,8 @@ Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout
     }
     return c;
 }
+
+int nccl_version(void) {
+    int version = 0;
+    return ncclGetVersion(&version) == ncclSuccess ? version : 0;
+}
