@@ -148,8 +148,8 @@ static void test_image_text_config_trains(void **state) {
     assert_non_null(strstr(outcome.output, "done: 3 steps"));
     assert_non_null(strstr(outcome.output, "| peak cpu memory "));
     assert_file(dir, "tower.safetensors");
-    assert_file(dir, "out/step-000002/projector.safetensors");
-    assert_file(dir, "out/adapter/projector.safetensors");
+    assert_file(dir, "out/step-000002/adapter_model.safetensors");
+    assert_file(dir, "out/adapter/adapter_model.safetensors");
 }
 
 // SIGTERM while lora-train is still setting up (its model folder just
