@@ -64,6 +64,25 @@ bool hf_save_model(Model *model, const char *model_dir, Error *err);
 // loaded; a mismatch names the tensor, the expected and the found shape.
 bool hf_load_weights(Model *model, const char *model_dir, Error *err);
 
+// The vision side of a llava-hf folder (LlavaForConditionalGeneration): the
+// CLIP tower's shape from config.json's vision_config, vision_feature_layer and
+// vision_feature_select_strategy (default | full), image_token_index, and the
+// image processor (preprocessor_config.json, or processor_config.json's
+// image_processor): size, mean, std, pad colour int(mean * 255). Refused with
+// the file and the key: SigLIP or other towers, a hidden_act other than
+// quick_gelu, projector_hidden_act other than gelu, a list of feature layers,
+// resampling other than bicubic, a crop other than the resize's size.
+typedef struct LlavaVision {
+    ClipVisionConfig clip;
+    int image_token_id;
+    bool has_preprocess;        // an image processor config was found (else CLIP's mean / std at the tower's size)
+    ImagePreprocess preprocess; // fit IMAGE_FIT_CROP; the caller picks the fit
+} LlavaVision;
+
+// *is_llava false (and true returned) when the folder's config.json is not a
+// llava one or is absent.
+bool hf_read_llava_vision(const char *model_dir, bool *is_llava, LlavaVision *out, Error *err);
+
 // ----------------------------------------------------------------------------
 // PEFT adapters
 

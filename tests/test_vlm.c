@@ -364,7 +364,7 @@ static void test_llava_llama3_recipe(void **state) {
     assert_string_equal(c.vision.image_fit, "pad");
     assert_string_equal(c.vision.projector, "mlp2x_gelu");
     assert_true(c.vision.train_projector);
-    assert_string_equal(c.vision.chat_template, "llama3");
+    assert_string_equal(c.data.chat_template, "llama3");
     assert_int_equal(c.data.max_seq_len, 2048);
     for (int t = 0; t < LORA_TARGET_COUNT; t++) assert_true(c.lora.targets[t]);
     ClipVisionConfig clip;
