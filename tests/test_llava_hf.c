@@ -6,7 +6,8 @@
 // AutoProcessor's pixels. Both exports serve the trained model: PeftModel
 // on the adapter folder (LoRA + the projector as modules_to_save) and
 // from_pretrained on the merged folder give lora-train's logits, and
-// AutoProcessor loads the merged folder (scripts/check_llava_exports.py).
+// AutoProcessor loads the merged folder; at the trained adapter the loss and
+// every LoRA and projector gradient are PeftModel's (scripts/check_llava_exports.py).
 #include "run_util.h"
 
 #include <limits.h>
@@ -103,6 +104,7 @@ static Model *trained_model(const char *folder, const char *adapter_dir, const L
 
 typedef struct Inputs {
     int32_t tokens[SEQ];
+    int32_t labels[SEQ]; // transformers' labels: the token where trained, -100 elsewhere (images, the first two)
     float *pixels; // (1, 3, S, S)
     int n_pixels;
 } Inputs;
@@ -116,38 +118,102 @@ static Inputs make_inputs(const LlavaVision *vision, const char *path) {
     for (int t = 0; t < SEQ; t++) {
         bool image = t >= IMAGE_AT && t < IMAGE_AT + n_image;
         in.tokens[t] = image ? vision->image_token_id : 1 + (int32_t)rng_below(&rng, 590);
+        in.labels[t] = image || t < 2 ? -100 : in.tokens[t];
     }
     in.pixels = malloc((size_t)in.n_pixels * sizeof(float));
     assert_non_null(in.pixels);
     fill_uniform(in.pixels, (size_t)in.n_pixels, -1.5f, 1.5f, &rng);
     int S = vision->clip.image_size;
-    SafetensorsEntry entries[2] = {{"input_ids", {DTYPE_I32, 2, {1, SEQ}, in.tokens}},
+    SafetensorsEntry entries[3] = {{"input_ids", {DTYPE_I32, 2, {1, SEQ}, in.tokens}},
+                                   {"labels", {DTYPE_I32, 2, {1, SEQ}, in.labels}},
                                    {"pixel_values", {DTYPE_F32, 4, {1, 3, S, S}, in.pixels}}};
     Error err;
-    if (!safetensors_write(path, entries, 2, NULL, 0, &err)) fail_msg("%s", err.message);
+    if (!safetensors_write(path, entries, 3, NULL, 0, &err)) fail_msg("%s", err.message);
     return in;
 }
 
-static float *our_logits(const char *folder, const char *adapter_dir, const LlavaVision *vision, const Inputs *in) {
-    Model *model = trained_model(folder, adapter_dir, vision);
+// The folder's tower's features of the inputs' image (malloc'd).
+static float *tower_features(const char *folder, const LlavaVision *vision, const Inputs *in) {
     Error err;
     ClipTower *tower = clip_tower_create(ops_cpu(), &vision->clip, 1, &err);
     if (!tower || !clip_load_weights(tower, folder, &err)) fail_msg("%s", err.message);
-    size_t n_features = (size_t)clip_n_features(&vision->clip) * vision->clip.hidden_size;
-    float *features = malloc(n_features * sizeof(float));
+    float *features = malloc((size_t)clip_n_features(&vision->clip) * vision->clip.hidden_size * sizeof(float));
+    assert_non_null(features);
+    if (!clip_tower_forward(tower, in->pixels, 1, features, &err)) fail_msg("%s", err.message);
+    clip_tower_destroy(tower);
+    return features;
+}
+
+static float *our_logits(Model *model, const LlavaVision *vision, const Inputs *in, const float *features) {
     size_t n = (size_t)SEQ * model_config(model)->vocab_size;
     float *logits = malloc(n * sizeof(float));
-    assert_non_null(features);
     assert_non_null(logits);
     poison(logits, n);
-    if (!clip_tower_forward(tower, in->pixels, 1, features, &err)) fail_msg("%s", err.message);
-    Batch batch = {.B = 1, .T = SEQ, .tokens = (int32_t *)in->tokens, .n_image_rows = clip_n_features(&vision->clip),
+    Batch batch = {.B = 1, .T = SEQ, .tokens = in->tokens, .n_image_rows = clip_n_features(&vision->clip),
                    .image_features = features};
+    Error err;
     if (!model_logits(model, &batch, logits, &err)) fail_msg("%s", err.message);
-    free(features);
-    clip_tower_destroy(tower);
-    model_destroy(model);
     return logits;
+}
+
+// The adapter file's key of a ParamTable name in a LLaVA base (as adapter_save writes it).
+static void adapter_key(const char *name, char *key, size_t size) {
+    if (strncmp(name, "model.", 6) == 0) snprintf(key, size, "base_model.model.model.language_model.%s.grad", name + 6);
+    else snprintf(key, size, "base_model.model.model.%s.grad", name);
+}
+
+// Loss and gradients of every trainable tensor (LoRA and projector) at the
+// trained adapter against PeftModel's, on the inputs' labels.
+static void check_loss_and_grads(Model *model, const char *dir, const char *folder, const char *adapter_dir,
+                                 const LlavaVision *vision, const Inputs *in, const float *features) {
+    int32_t targets[SEQ];
+    int n_labels = 0;
+    for (int t = 0; t < SEQ; t++) {
+        targets[t] = t + 1 < SEQ ? in->labels[t + 1] : -100;
+        n_labels += targets[t] != -100;
+    }
+    Batch batch = {.B = 1, .T = SEQ, .tokens = in->tokens, .targets = targets,
+                   .n_image_rows = clip_n_features(&vision->clip), .image_features = features};
+    StepOptions options = {.grad_scale = 1.0f / (float)n_labels, .train = true};
+    double loss_sum;
+    Error err;
+    model_zero_grads(model);
+    if (!model_step(model, &batch, &options, &err) || !model_loss_sum(model, &loss_sum, &err)) fail_msg("%s", err.message);
+    char command[4 * PATH_MAX], out[PATH_MAX];
+    snprintf(out, sizeof out, "%s/grads.safetensors", dir);
+    snprintf(command, sizeof command,
+             "python3 scripts/check_llava_exports.py %s/inputs.safetensors %s --base %s --adapter %s --grads > %s/grads.log 2>&1",
+             dir, out, folder, adapter_dir, dir);
+    if (run_command(command) != 0) fail_msg("%s failed (see %s/grads.log)", command, dir);
+    SafetensorsFile *file = safetensors_open(out, &err);
+    Tensor t;
+    if (!file || !safetensors_get(file, "loss", &t, &err)) fail_msg("%s", err.message);
+    double loss = loss_sum / n_labels, peft_loss = ((const float *)t.data)[0];
+    const ParamTable *table = model_params(model);
+    const float *grads = model_grad_data(model);
+    double diff = 0, norm = 0, worst = 0; // all tensors together; the worst tensor alone
+    for (int i = 0; i < table->count; i++) {
+        const ParamEntry *e = &table->entries[i];
+        char key[PARAM_NAME_MAX + 64];
+        adapter_key(e->name, key, sizeof key);
+        if (!safetensors_get(file, key, &t, &err)) fail_msg("%s", err.message);
+        assert_int_equal(tensor_numel(&t), e->numel);
+        double tensor_diff = 0, tensor_norm = 0;
+        for (size_t k = 0; k < e->numel; k++) {
+            double want = ((const float *)t.data)[k];
+            tensor_diff += (grads[e->offset + k] - want) * (grads[e->offset + k] - want);
+            tensor_norm += want * want;
+        }
+        diff += tensor_diff, norm += tensor_norm;
+        worst = fmax(worst, sqrt(tensor_diff / tensor_norm));
+    }
+    assert_int_equal(safetensors_count(file), table->count + 1); // every trainable tensor and the loss
+    print_message("loss %.7f vs PeftModel %.7f; gradients of %d tensors: relative L2 %.3g, worst tensor %.3g\n", loss,
+                  peft_loss, table->count, sqrt(diff / norm), worst);
+    assert_true(fabs(loss - peft_loss) < 1e-5 * fabs(peft_loss));
+    assert_true(sqrt(diff / norm) < 1e-5);
+    assert_true(worst < 1e-4);
+    safetensors_close(file);
 }
 
 // scripts/check_llava_exports.py's logits (n of them) for the given model arguments.
@@ -190,7 +256,10 @@ static void check_exports(const char *name) {
     char inputs_path[PATH_MAX];
     snprintf(inputs_path, sizeof inputs_path, "%s/inputs.safetensors", dir);
     Inputs in = make_inputs(&vision, inputs_path);
-    float *ours = our_logits(folder, summary.adapter_dir, &vision, &in);
+    Model *model = trained_model(folder, summary.adapter_dir, &vision);
+    float *features = tower_features(folder, &vision, &in);
+    float *ours = our_logits(model, &vision, &in, features);
+    check_loss_and_grads(model, dir, folder, summary.adapter_dir, &vision, &in, features);
     LlamaConfig llama;
     Error err;
     if (!hf_read_llama_config(folder, &llama, &err)) fail_msg("%s", err.message);
@@ -212,7 +281,8 @@ static void check_exports(const char *name) {
     assert_true(moved > 1e-2);
     assert_true(peft_error < 1e-5);
     assert_true(merged_error < 1e-5);
-    free(ours), free(base), free(peft), free(merged_logits), free(in.pixels);
+    free(ours), free(base), free(peft), free(merged_logits), free(in.pixels), free(features);
+    model_destroy(model);
 }
 
 // The folder's image processor settings give the pixels AutoProcessor gives
