@@ -56,6 +56,46 @@ static void test_reads_folder_config(void **state) {
     assert_memory_equal(wide.preprocess.pad_color, ((uint8_t[3]){127, 127, 127}), 3);
 }
 
+// config.json text with one part replaced, in a fresh folder; the error of reading it.
+static void assert_refused(const char *config_json, const char *processor_json, const char *message) {
+    const char *dir = make_temp_dir("refused");
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(config_json, f);
+    assert_int_equal(fclose(f), 0);
+    if (processor_json) {
+        snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
+        assert_non_null(f = fopen(path, "w"));
+        fputs(processor_json, f);
+        assert_int_equal(fclose(f), 0);
+    }
+    LlavaVision vision;
+    bool is_llava;
+    Error err;
+    assert_false(hf_read_llava_vision(dir, &is_llava, &vision, &err));
+    if (!strstr(err.message, message)) fail_msg("'%s' lacks '%s'", err.message, message);
+}
+
+// What the tower and projector code cannot do honestly is refused, naming the file and the key.
+static void test_refuses_what_it_cannot_run(void **state) {
+    assert_refused("{\"model_type\": \"llava\", \"vision_config\": {\"model_type\": \"siglip_vision_model\"}}", NULL,
+                   "config.json: vision_config.model_type is 'siglip_vision_model'; lora-train's tower is CLIP");
+    assert_refused("{\"model_type\": \"llava\", \"vision_config\": {\"hidden_act\": \"gelu\"}}", NULL,
+                   "vision_config.hidden_act is 'gelu'");
+    assert_refused("{\"model_type\": \"llava\", \"vision_feature_layer\": [-2, -5]}", NULL,
+                   "vision_feature_layer is a list");
+    assert_refused("{\"model_type\": \"llava\", \"projector_hidden_act\": \"relu\"}", NULL,
+                   "projector_hidden_act is 'relu'");
+    assert_refused("{\"model_type\": \"llava\"}", "{\"resample\": 2}", "preprocessor_config.json: resample 2");
+    LlavaVision vision;
+    bool is_llava = true;
+    Error err;
+    assert_true(hf_read_llava_vision("tests/fixtures/hf/llama/model", &is_llava, &vision, &err));
+    assert_false(is_llava);
+}
+
 static bool python_ready(void) {
     if (run_command("python3 -c 'import peft, transformers, safetensors' 2>/dev/null") == 0) return true;
     print_message("python3 with transformers, peft and safetensors is not available\n");
@@ -328,6 +368,7 @@ static void test_sharded_folder_exports(void **state) { check_exports("sharded")
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reads_folder_config),
+        cmocka_unit_test(test_refuses_what_it_cannot_run),
         cmocka_unit_test(test_clip_folder_preprocessing),
         cmocka_unit_test(test_sharded_folder_preprocessing),
         cmocka_unit_test(test_clip_folder_exports),
