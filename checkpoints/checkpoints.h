@@ -118,7 +118,7 @@ bool adapter_load(Model *model, const char *dir, Error *err);
 // tokenizer and processor files (chat_template.jinja, preprocessor_config.json,
 // processor_config.json) are copied.
 bool export_merged(const char *base_dir, const char *adapter_dir, const char *out_dir, Error *err);
-// The adapter folder's two files copied into out_dir.
+// The adapter folder's two files (and an older folder's PROJECTOR_FILE) copied into out_dir.
 bool export_peft(const char *adapter_dir, const char *out_dir, Error *err);
 
 // ----------------------------------------------------------------------------

@@ -26,7 +26,8 @@ static bool copy_if_present(const char *src_dir, const char *dst_dir, const char
 
 bool export_peft(const char *adapter_dir, const char *out_dir, Error *err) {
     return make_dirs(out_dir, err) && copy_if_present(adapter_dir, out_dir, "adapter_config.json", err) &&
-           copy_if_present(adapter_dir, out_dir, "adapter_model.safetensors", err);
+           copy_if_present(adapter_dir, out_dir, "adapter_model.safetensors", err) &&
+           copy_if_present(adapter_dir, out_dir, PROJECTOR_FILE, err);
 }
 
 // s from adapter_config.json's r, lora_alpha and use_rslora.
@@ -198,7 +199,9 @@ static bool write_merged(HfWeights *base, Merge *m, const char *path, Error *err
                   n_pairs - m->n_merged, n_pairs);
     }
     if (ok && m->n_projector != n_projector) {
-        ok = fail(err, "%s: %d of its %d trained projector tensors match no multi_modal_projector tensor of the base model",
+        ok = fail(err, "%s: %d of its %d trained projector tensors match no multi_modal_projector tensor of the base model "
+                       "(a merged vision-language model needs a llava-hf base folder holding the tower and projector; "
+                       "--format peft keeps the adapter as it is)",
                   m->projector_path, n_projector - m->n_projector, n_projector);
     }
     const char *metadata[] = {"format", "pt"};

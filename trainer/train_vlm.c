@@ -10,6 +10,13 @@
 
 #include "train_private.h"
 
+#define DEFAULT_TOWER_PRESET "clip-vit-large-patch14-336" // vision.tower_preset auto without a llava-hf folder
+
+// vision.tower_preset with auto resolved for a model.path that is no llava-hf folder.
+static const char *tower_preset(const Config *config) {
+    return strcmp(config->vision.tower_preset, "auto") == 0 ? DEFAULT_TOWER_PRESET : config->vision.tower_preset;
+}
+
 bool run_is_vlm(const Config *config) { return config->data.images[0] || config->vision.tower[0]; }
 
 static ImageFit image_fit_named(const char *name) {
@@ -20,11 +27,10 @@ static ImageFit image_fit_named(const char *name) {
 // The tower's shape: vision.tower_preset, else a llava-hf model.path's config.json
 // (CLIP ViT-L/14-336 otherwise); vision.feature_layer (0: the folder's, else -2) overrides.
 static bool setup_tower_shape(const Config *config, bool is_llava, const LlavaVision *folder, VlmSetup *out, Error *err) {
-    const char *preset = config->vision.tower_preset;
-    bool from_folder = is_llava && strcmp(preset, "auto") == 0;
+    const char *preset = tower_preset(config);
+    bool from_folder = is_llava && strcmp(config->vision.tower_preset, "auto") == 0;
     if (from_folder) out->clip = folder->clip;
-    else if (!clip_config_preset(strcmp(preset, "auto") == 0 ? "clip-vit-large-patch14-336" : preset, &out->clip, err))
-        return false;
+    else if (!clip_config_preset(preset, &out->clip, err)) return false;
     if (config->vision.feature_layer != 0) out->clip.feature_layer = config->vision.feature_layer;
     if (!clip_config_validate(&out->clip, err))
         return fail_context(err, "%s: ", from_folder ? config->model.path : "vision.tower_preset");
@@ -99,7 +105,7 @@ static bool load_or_create_tower(Run *run, const VlmSetup *setup, Error *err) {
     if (!run->tower) return false;
     const char *path = setup->tower;
     if (path_exists(path) || !config->model.create_if_missing[0]) return clip_load_weights(run->tower, path, err);
-    if (run->is_rank0) printf("creating a random '%s' vision tower in %s\n", config->vision.tower_preset, path);
+    if (run->is_rank0) printf("creating a random '%s' vision tower in %s\n", tower_preset(config), path);
     clip_tower_init_random(run->tower, config->train.seed ^ 0xc11bULL);
     return clip_save_weights(run->tower, path, err);
 }
