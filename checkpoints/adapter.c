@@ -1,6 +1,7 @@
 // PEFT LoRA adapters: adapter_config.json + adapter_model.safetensors with keys
 // "base_model.model." + module path in the base's layout (the ParamTable name
-// for Llama bases), A (r, in) and B (out, r), fp32.
+// for Llama bases), A (r, in) and B (out, r), fp32; a trained projector as
+// PEFT saves modules_to_save: "base_model.model." + its module path + ".linear_1.weight", ...
 #include "checkpoints.h"
 #include "checkpoints_internal.h"
 
@@ -9,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define PEFT_KEY_PREFIX "base_model.model."
 #define ADAPTER_KEY_MAX (PARAM_NAME_MAX + 64)
 
 static int compare_strings(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
@@ -21,10 +21,18 @@ static int compare_json_strings(const void *a, const void *b) {
 // The layout of an adapter's module paths for a base checkpoint in `base`.
 static HfLayout module_layout(HfLayout base) { return base == HF_LAYOUT_LLAMA ? HF_LAYOUT_LLAMA : HF_LAYOUT_LLAVA; }
 
-// ParamTable name "model.layers.0.self_attn.q_proj.lora_A.weight" under layout.
+#define PROJECTOR_MODULE "multi_modal_projector"
+
+static bool is_projector(const char *param_name) { return strncmp(param_name, PROJECTOR_MODULE ".", strlen(PROJECTOR_MODULE) + 1) == 0; }
+
+// Adapter key of a ParamTable name under layout: "model.layers.0.self_attn.q_proj.lora_A.weight"
+// -> "base_model.model.model.language_model.layers.0...", "multi_modal_projector.linear_1.weight"
+// -> "base_model.model.model.multi_modal_projector.linear_1.weight" (LlavaForConditionalGeneration's
+// module path; a Llama base with a separate tower keeps the bare name).
 static bool module_key(HfLayout layout, const char *param_name, char *out, size_t size, Error *err) {
     char key[PARAM_NAME_MAX + 32];
-    if (!hf_layout_key(layout, param_name, false, key, sizeof key, err)) return false;
+    if (is_projector(param_name)) snprintf(key, sizeof key, "%s%s", layout == HF_LAYOUT_LLAMA ? "" : "model.", param_name);
+    else if (!hf_layout_key(layout, param_name, false, key, sizeof key, err)) return false;
     int n = snprintf(out, size, PEFT_KEY_PREFIX "%s", key);
     if (n < 0 || (size_t)n >= size) return fail(err, "adapter key too long: %s", key);
     return true;
@@ -75,6 +83,14 @@ static json_object *alpha_json(float alpha) {
 
 // The LoraConfig fields PEFT has written since 0.10 (newer PEFT adds more,
 // all optional when reading).
+// ["multi_modal_projector"] when the projector is trained, else null.
+static json_object *modules_to_save_json(const ParamTable *table) {
+    if (table->n_lora == table->count) return NULL;
+    json_object *list = json_object_new_array();
+    json_object_array_add(list, json_object_new_string(PROJECTOR_MODULE));
+    return list;
+}
+
 static json_object *adapter_config_json(Model *model, const AdapterInfo *info) {
     const LoraConfig *lora = model_lora(model);
     HfLayout layout = module_layout(info ? info->layout : HF_LAYOUT_LLAMA);
@@ -96,7 +112,7 @@ static json_object *adapter_config_json(Model *model, const AdapterInfo *info) {
     json_object_object_add(obj, "lora_dropout", float_json(lora->dropout));
     json_object_object_add(obj, "megatron_config", NULL);
     json_object_object_add(obj, "megatron_core", json_object_new_string("megatron.core"));
-    json_object_object_add(obj, "modules_to_save", NULL);
+    json_object_object_add(obj, "modules_to_save", modules_to_save_json(model_params(model)));
     json_object_object_add(obj, "peft_type", json_object_new_string("LORA"));
     json_object_object_add(obj, "r", json_object_new_int(lora->r));
     json_object_object_add(obj, "rank_pattern", json_object_new_object());
@@ -124,20 +140,22 @@ float *download_params(Model *model, Error *err) {
     return host;
 }
 
+// Every trainable tensor: the LoRA pairs, then the projector (biases 1-D).
 static bool serialize_adapter_weights(Model *model, HfLayout layout, uint8_t **bytes, size_t *size, Error *err) {
     const ParamTable *table = model_params(model);
     float *host = download_params(model, err);
-    SafetensorsEntry *entries = host ? checked_calloc((size_t)table->n_lora + 1, sizeof *entries, "adapter tensors", err) : NULL;
+    SafetensorsEntry *entries = host ? checked_calloc((size_t)table->count + 1, sizeof *entries, "adapter tensors", err) : NULL;
     char (*keys)[ADAPTER_KEY_MAX] =
-        entries ? checked_calloc((size_t)table->n_lora + 1, sizeof *keys, "adapter tensor names", err) : NULL;
+        entries ? checked_calloc((size_t)table->count + 1, sizeof *keys, "adapter tensor names", err) : NULL;
     bool ok = keys != NULL;
-    for (int i = 0; ok && i < table->n_lora; i++) {
+    for (int i = 0; ok && i < table->count; i++) {
         const ParamEntry *e = &table->entries[i];
         ok = module_key(layout, e->name, keys[i], sizeof keys[i], err);
-        entries[i] = (SafetensorsEntry){keys[i], {DTYPE_F32, 2, {e->shape[0], e->shape[1]}, host + e->offset}};
+        int ndim = is_projector(e->name) && e->shape[1] == 1 && strstr(e->name, ".bias") ? 1 : 2;
+        entries[i] = (SafetensorsEntry){keys[i], {DTYPE_F32, ndim, {e->shape[0], e->shape[1]}, host + e->offset}};
     }
     const char *metadata[] = {"format", "pt"};
-    ok = ok && safetensors_serialize(ADAPTER_WEIGHTS_FILE, entries, table->n_lora, metadata, 1, bytes, size, err);
+    ok = ok && safetensors_serialize(ADAPTER_WEIGHTS_FILE, entries, table->count, metadata, 1, bytes, size, err);
     free(keys);
     free(entries);
     free(host);
@@ -167,10 +185,7 @@ bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error 
               sync_dir(dir, err);
     file_image_free(&config);
     file_image_free(&weights);
-    if (!ok || model_params(model)->n_lora == model_params(model)->count) return ok;
-    char projector_path[CHECKPOINT_PATH_MAX];
-    return join_path(projector_path, sizeof projector_path, dir, PROJECTOR_FILE, err) &&
-           projector_save(model, projector_path, err) && sync_dir(dir, err);
+    return ok;
 }
 
 // ----------------------------------------------------------------------------
@@ -217,10 +232,13 @@ static bool read_param(const SafetensorsFile *file, HfLayout layout, const char 
     return true;
 }
 
-// The layout whose decoder prefix the file's first key uses (Llama when none).
+// The layout whose decoder prefix the file's first LoRA key uses (Llama when none).
 HfLayout adapter_file_layout(const SafetensorsFile *file) {
     static const HfLayout layouts[] = {HF_LAYOUT_LLAVA, HF_LAYOUT_LLAVA_LEGACY};
-    const char *key = safetensors_count(file) > 0 ? safetensors_name(file, 0) : "";
+    const char *key = "";
+    for (int i = 0; i < safetensors_count(file) && !key[0]; i++) {
+        if (strstr(safetensors_name(file, i), ".lora_")) key = safetensors_name(file, i);
+    }
     for (size_t i = 0; i < sizeof layouts / sizeof layouts[0]; i++) {
         char prefix[64];
         snprintf(prefix, sizeof prefix, PEFT_KEY_PREFIX "%s", hf_layout_decoder_prefix(layouts[i]));
@@ -229,17 +247,18 @@ HfLayout adapter_file_layout(const SafetensorsFile *file) {
     return HF_LAYOUT_LLAMA;
 }
 
-// Every tensor of the file must be one of the model's parameters.
+// Every tensor of the file must be one of the model's parameters (the projector
+// is optional: folders written before it moved into the file keep it beside).
 static bool check_no_extra_tensors(const SafetensorsFile *file, HfLayout layout, const char *path,
                                    const ParamTable *table, Error *err) {
-    size_t prefix = strlen(PEFT_KEY_PREFIX) + strlen(hf_layout_decoder_prefix(layout));
     for (int i = 0; i < safetensors_count(file); i++) {
         const char *key = safetensors_name(file, i);
-        char name[ADAPTER_KEY_MAX];
-        snprintf(name, sizeof name, "model.%s", strlen(key) > prefix ? key + prefix : "");
-        char expected[ADAPTER_KEY_MAX];
-        bool known = param_table_find(table, name) && module_key(layout, name, expected, sizeof expected, err) &&
-                     strcmp(expected, key) == 0;
+        bool known = false;
+        for (int p = 0; !known && p < table->count; p++) {
+            char expected[ADAPTER_KEY_MAX];
+            if (!module_key(layout, table->entries[p].name, expected, sizeof expected, err)) return false;
+            known = strcmp(expected, key) == 0;
+        }
         if (!known) {
             return fail(err, "%s: tensor %s is not a LoRA parameter of this model (targets or layers differ?)", path, key);
         }
@@ -271,6 +290,6 @@ bool adapter_load(Model *model, const char *dir, Error *err) {
         return false;
     if (model_params(model)->n_lora == model_params(model)->count) return true;
     char projector_path[CHECKPOINT_PATH_MAX];
-    return join_path(projector_path, sizeof projector_path, dir, PROJECTOR_FILE, err) &&
-           projector_load(model, projector_path, err);
+    if (!join_path(projector_path, sizeof projector_path, dir, PROJECTOR_FILE, err)) return false;
+    return projector_load(model, path_exists(projector_path) ? projector_path : weights_path, err);
 }

@@ -28,8 +28,9 @@
 #define PRUNED_PREFIX ".pruned-"
 #define STEP_NAME_MAX 32
 
-// Rank 0's files besides its optimizer shard, then the marker. FILE_PROJECTOR
-// only for a model with a projector (empty, unwritten and unlisted otherwise).
+// Rank 0's files besides its optimizer shard, then the marker. FILE_PROJECTOR:
+// checkpoints saved before the projector moved into the adapter file list it;
+// new ones leave it empty, unwritten and unlisted.
 enum { FILE_ADAPTER_CONFIG, FILE_ADAPTER_WEIGHTS, FILE_PROJECTOR, FILE_STATE, FILE_MARKER, N_FILES };
 static const char *const FILE_NAMES[N_FILES] = {ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, PROJECTOR_FILE, STATE_FILE,
                                                 MARKER_FILE};
@@ -44,8 +45,6 @@ struct CheckpointImage {
 };
 
 static void step_name(int step, char *name) { snprintf(name, STEP_NAME_MAX, "step-%06d", step); }
-
-static bool has_projector(Model *model) { return model_params(model)->n_lora < model_params(model)->count; }
 
 static bool in_image(const CheckpointImage *image, int file) { return file != FILE_PROJECTOR || image->files[file].bytes; }
 
@@ -177,8 +176,6 @@ static bool serialize_latest(CheckpointImage *image, Error *err) {
 static bool serialize_rank0_files(const CheckpointSource *source, CheckpointImage *image, Error *err) {
     if (!adapter_serialize(source->model, source->adapter, &image->files[FILE_ADAPTER_CONFIG],
                            &image->files[FILE_ADAPTER_WEIGHTS], err) ||
-        (has_projector(source->model) && !projector_serialize(source->model, &image->files[FILE_PROJECTOR].bytes,
-                                                              &image->files[FILE_PROJECTOR].size, err)) ||
         !serialize_state(source->state, image->world_size, &image->files[FILE_STATE], err) || !serialize_latest(image, err))
         return false;
     FileDigest *digests = checked_malloc((size_t)image->world_size * sizeof *digests, "shard digests", err);

@@ -77,6 +77,25 @@ bool hf_save_model_as(Model *model, const char *model_dir, DType dtype, Error *e
 // loaded; a mismatch names the tensor, the expected and the found shape.
 bool hf_load_weights(Model *model, const char *model_dir, Error *err);
 
+// The vision side of a llava-hf folder (LlavaForConditionalGeneration): the
+// CLIP tower's shape from config.json's vision_config, vision_feature_layer and
+// vision_feature_select_strategy (default | full), image_token_index, and the
+// image processor (preprocessor_config.json, or processor_config.json's
+// image_processor): size, mean, std, pad colour int(mean * 255). Refused with
+// the file and the key: SigLIP or other towers, a hidden_act other than
+// quick_gelu, projector_hidden_act other than gelu, a list of feature layers,
+// resampling other than bicubic, a crop other than the resize's size.
+typedef struct LlavaVision {
+    ClipVisionConfig clip;
+    int image_token_id;
+    bool has_preprocess;        // an image processor config was found (else CLIP's mean / std at the tower's size)
+    ImagePreprocess preprocess; // fit IMAGE_FIT_CROP; the caller picks the fit
+} LlavaVision;
+
+// *is_llava false (and true returned) when the folder's config.json is not a
+// llava one or is absent.
+bool hf_read_llava_vision(const char *model_dir, bool *is_llava, LlavaVision *out, Error *err);
+
 // ----------------------------------------------------------------------------
 // PEFT adapters
 
@@ -92,10 +111,13 @@ typedef struct AdapterInfo {
 // transformers >= 4.52 (model.language_model.layers.*), as PEFT writes them
 // for both checkpoint layouts, and target_modules lists every targeted
 // module's full path, so PEFT leaves the vision tower's q/k/v_proj alone.
-// A model with a projector also writes it beside them as PROJECTOR_FILE.
+// A trained projector goes into the same file as PEFT saves modules_to_save
+// (base_model.model.model.multi_modal_projector.linear_1.weight, ...; without
+// the second "model." for a Llama base), modules_to_save ["multi_modal_projector"].
 bool adapter_save(Model *model, const AdapterInfo *info, const char *dir, Error *err);
 // Loads LoRA tensors from a PEFT adapter folder (keys in any HfLayout) into
-// the model's parameters.
+// the model's parameters, and the projector from the adapter file or, in
+// folders written before it moved there, PROJECTOR_FILE beside it.
 bool adapter_load(Model *model, const char *dir, Error *err);
 
 // ----------------------------------------------------------------------------
@@ -103,16 +125,18 @@ bool adapter_load(Model *model, const char *dir, Error *err);
 
 // base_dir with every LoRA pair of adapter_dir folded in (W + s * B A, in
 // fp32, rounded once to W's dtype): out_dir/model.safetensors keeps the base's
-// tensor names and dtypes (vision tower and projector copied as they are),
-// config.json and the tokenizer files are copied.
+// tensor names and dtypes; the adapter's trained projector (its file's
+// modules_to_save tensors, or PROJECTOR_FILE beside it) replaces the base's,
+// which must hold one; the vision tower is copied as it is; config.json, the
+// tokenizer and processor files (chat_template.jinja, preprocessor_config.json,
+// processor_config.json) are copied.
 bool export_merged(const char *base_dir, const char *adapter_dir, const char *out_dir, Error *err);
-// The adapter folder's two files copied into out_dir.
+// The adapter folder's two files (and an older folder's PROJECTOR_FILE) copied into out_dir.
 bool export_peft(const char *adapter_dir, const char *out_dir, Error *err);
 
 // ----------------------------------------------------------------------------
 // training checkpoints: <run_dir>/step-NNNNNN/ holds
-//   adapter_config.json, adapter_model.safetensors   the PEFT adapter, usable as is
-//   projector.safetensors                             the projector (vision-language models only)
+//   adapter_config.json, adapter_model.safetensors   the PEFT adapter (with the projector), usable as is
 //   optimizer/rank-NNNNN.safetensors                  one per rank: its shard [begin, end) of AdamW exp_avg,
 //                                                     exp_avg_sq (ParamTable layout), the range and the step
 //   trainer_state.json                                step, data position, seed, losses, the outlier
@@ -205,16 +229,17 @@ bool disk_free_bytes(const char *path, uint64_t *free_bytes, Error *err);
 // ----------------------------------------------------------------------------
 // vision-language: projector and CLIP tower weights
 
-#define PROJECTOR_FILE "projector.safetensors"
+#define PROJECTOR_FILE "projector.safetensors" // adapter folders written before the projector moved into the adapter file
 
-// The projector's four tensors, fp32, llava-hf names: multi_modal_projector.
-// linear_1.weight (C, in), linear_1.bias (C), linear_2.weight (C, C), linear_2.bias (C).
-bool projector_save(Model *model, const char *path, Error *err);
-// From a safetensors file holding the projector under llava-hf names (with or
-// without the "model." prefix of the new layout) or LLaVA pretraining's
+// The projector's four tensors, llava-hf names multi_modal_projector.linear_1.weight
+// (C, in), linear_1.bias (C), linear_2.weight (C, C), linear_2.bias (C), from a
+// safetensors file or a model folder (single or sharded) holding them under
+// those names (with or without the "model." prefix of the new layout, or a
+// PEFT adapter's "base_model.model." before either) or LLaVA pretraining's
 // (model.mm_projector.0/2.{weight,bias}); shapes are checked.
 bool projector_load(Model *model, const char *path, Error *err);
-// Every tower weight from a safetensors file with CLIP keys ("vision_model....",
+// Every tower weight from a safetensors file or a model folder (single or
+// sharded) with CLIP keys ("vision_model....",
 // as openai/clip-vit-large-patch14-336) or a llava-hf checkpoint's (under
 // "vision_tower." or "model.vision_tower."), each with or without the
 // "vision_model." part (transformers 5 saves without); other tensors are ignored.

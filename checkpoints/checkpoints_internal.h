@@ -18,7 +18,8 @@ json_object *read_json_object(const char *path, Error *err);
 bool write_json_file(const char *path, json_object *obj, Error *err);
 
 // The tensors of a Hugging Face model folder: model.safetensors, or every shard
-// that model.safetensors.index.json's weight_map lists, each mapped once.
+// that model.safetensors.index.json's weight_map lists, each mapped once; or of
+// one safetensors file when model_dir is a file.
 typedef struct HfWeights HfWeights;
 
 HfWeights *hf_weights_open(const char *model_dir, Error *err);
@@ -38,6 +39,7 @@ HfLayout adapter_file_layout(const SafetensorsFile *file);
 bool copy_file(const char *src, const char *dst, Error *err);
 
 #define ADAPTER_CONFIG_FILE "adapter_config.json"
+#define PEFT_KEY_PREFIX "base_model.model." // PeftModel's path to the base model's modules
 #define ADAPTER_WEIGHTS_FILE "adapter_model.safetensors"
 
 // A file's whole contents in memory (bytes malloc'd).
@@ -63,8 +65,6 @@ bool verify_file(const char *path, uint64_t size, uint64_t checksum, Error *err)
 
 // The adapter's adapter_config.json and adapter_model.safetensors, in memory.
 bool adapter_serialize(Model *model, const AdapterInfo *info, FileImage *config, FileImage *weights, Error *err);
-// The model's projector as PROJECTOR_FILE's bytes (false when it has none).
-bool projector_serialize(Model *model, uint8_t **bytes, size_t *size, Error *err);
 
 // The fp32 masters of every trainable parameter onto the host (ParamTable
 // layout, malloc'd), and back onto the backend with the compute copy refreshed.

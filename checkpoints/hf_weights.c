@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #define INDEX_FILE "model.safetensors.index.json"
 #define SINGLE_FILE "model.safetensors"
@@ -99,15 +100,22 @@ static bool open_single(HfWeights *weights, const char *path, Error *err) {
     return weights->files && weights->paths && open_shard(weights, path, 1, &index, err);
 }
 
+static bool is_directory(const char *path) {
+    struct stat info;
+    return stat(path, &info) == 0 && S_ISDIR(info.st_mode);
+}
+
 HfWeights *hf_weights_open(const char *model_dir, Error *err) {
     char single[CHECKPOINT_PATH_MAX], index[CHECKPOINT_PATH_MAX];
-    if (!join_path(single, sizeof single, model_dir, SINGLE_FILE, err) ||
-        !join_path(index, sizeof index, model_dir, INDEX_FILE, err)) {
+    bool folder = !path_exists(model_dir) || is_directory(model_dir);
+    if (!folder) snprintf(single, sizeof single, "%s", model_dir);
+    if (folder && (!join_path(single, sizeof single, model_dir, SINGLE_FILE, err) ||
+                   !join_path(index, sizeof index, model_dir, INDEX_FILE, err))) {
         return NULL;
     }
     HfWeights *weights = checked_calloc(1, sizeof *weights, model_dir, err);
     if (!weights) return NULL;
-    bool sharded = !path_exists(single) && path_exists(index);
+    bool sharded = folder && !path_exists(single) && path_exists(index);
     if (!(sharded ? open_index(weights, model_dir, index, err) : open_single(weights, single, err))) {
         hf_weights_close(weights);
         return NULL;

@@ -1,5 +1,5 @@
-// Vision-language weights: the trainable projector (its own safetensors, beside
-// the adapter) and the frozen CLIP tower from Hugging Face safetensors.
+// Vision-language weights: the trainable projector and the frozen CLIP tower
+// from Hugging Face safetensors (a file, or a folder single or sharded).
 #include "checkpoints.h"
 #include "checkpoints_internal.h"
 
@@ -21,51 +21,30 @@ static bool projector_entries(Model *model, const ParamEntry *entries[4], Error 
 
 static bool is_bias(const ParamEntry *e) { return e->shape[1] == 1 && strstr(e->name, ".bias") != NULL; }
 
-bool projector_serialize(Model *model, uint8_t **bytes, size_t *size, Error *err) {
-    const ParamEntry *entries[4];
-    if (!projector_entries(model, entries, err)) return false;
-    float *host = download_params(model, err);
-    if (!host) return false;
-    SafetensorsEntry out[4];
-    for (int i = 0; i < 4; i++) {
-        const ParamEntry *e = entries[i];
-        out[i] = (SafetensorsEntry){e->name, {DTYPE_F32, is_bias(e) ? 1 : 2, {e->shape[0], e->shape[1]}, host + e->offset}};
-    }
-    const char *metadata[] = {"format", "pt"};
-    bool ok = safetensors_serialize(PROJECTOR_FILE, out, 4, metadata, 1, bytes, size, err);
-    free(host);
-    return ok;
-}
+// Where the projector's tensors may sit: llava-hf's two layouts, a PEFT
+// adapter's modules_to_save keys over either, LLaVA pretraining's mm_projector.
+static const char *const PROJECTOR_PREFIXES[] = {"", "model.", PEFT_KEY_PREFIX, PEFT_KEY_PREFIX "model."};
+#define N_PROJECTOR_PREFIXES (int)(sizeof PROJECTOR_PREFIXES / sizeof PROJECTOR_PREFIXES[0])
 
-bool projector_save(Model *model, const char *path, Error *err) {
-    FileImage image = {0};
-    if (!projector_serialize(model, &image.bytes, &image.size, err)) return fail_context(err, "%s: ", path);
-    bool ok = write_file_durable(path, &image, err);
-    file_image_free(&image);
-    return ok;
-}
-
-// The file's name for entry i (0..3) under one of the accepted layouts, or NULL.
-static const char *find_projector_key(const SafetensorsFile *file, const ParamEntry *e, int i, char *key, size_t size) {
+// The name of entry i (0..3) in weights under one of the accepted layouts, or NULL.
+static const char *find_projector_key(const HfWeights *weights, const ParamEntry *e, int i, char *key, size_t size) {
     static const char *const llava_names[4] = {"0.weight", "0.bias", "2.weight", "2.bias"};
-    const char *candidates[3][2] = {{"", e->name}, {"model.", e->name}, {"model.mm_projector.", llava_names[i]}};
-    for (int c = 0; c < 3; c++) {
-        snprintf(key, size, "%s%s", candidates[c][0], candidates[c][1]);
-        for (int t = 0; t < safetensors_count(file); t++) {
-            if (strcmp(safetensors_name(file, t), key) == 0) return key;
-        }
+    Tensor view;
+    for (int c = 0; c <= N_PROJECTOR_PREFIXES; c++) {
+        if (c < N_PROJECTOR_PREFIXES) snprintf(key, size, "%s%s", PROJECTOR_PREFIXES[c], e->name);
+        else snprintf(key, size, "model.mm_projector.%s", llava_names[i]);
+        if (hf_weights_find(weights, key, &view, NULL)) return key;
     }
     return NULL;
 }
 
-static bool read_projector_tensor(const SafetensorsFile *file, const char *path, const ParamEntry *e, int i,
+static bool read_projector_tensor(const HfWeights *weights, const char *path, const ParamEntry *e, int i,
                                   float *host, Error *err) {
-    char key[PARAM_NAME_MAX + 32];
-    if (!find_projector_key(file, e, i, key, sizeof key))
+    char key[PARAM_NAME_MAX + 64];
+    Tensor t;
+    if (!find_projector_key(weights, e, i, key, sizeof key) || !hf_weights_find(weights, key, &t, NULL))
         return fail(err, "%s: no projector tensor %s (nor model.%s, nor LLaVA's model.mm_projector.%d.%s)", path, e->name,
                     e->name, i < 2 ? 0 : 2, i % 2 ? "bias" : "weight");
-    Tensor t;
-    if (!safetensors_get(file, key, &t, err)) return false;
     bool shape_ok = is_bias(e) ? t.ndim == 1 && t.shape[0] == e->shape[0]
                                : t.ndim == 2 && t.shape[0] == e->shape[0] && t.shape[1] == e->shape[1];
     if (!shape_ok) {
@@ -80,14 +59,14 @@ static bool read_projector_tensor(const SafetensorsFile *file, const char *path,
 bool projector_load(Model *model, const char *path, Error *err) {
     const ParamEntry *entries[4];
     if (!projector_entries(model, entries, err)) return fail_context(err, "%s: ", path);
-    SafetensorsFile *file = safetensors_open(path, err);
-    if (!file) return false;
+    HfWeights *weights = hf_weights_open(path, err);
+    if (!weights) return false;
     float *host = download_params(model, err);
     bool ok = host != NULL;
-    for (int i = 0; ok && i < 4; i++) ok = read_projector_tensor(file, path, entries[i], i, host, err);
+    for (int i = 0; ok && i < 4; i++) ok = read_projector_tensor(weights, path, entries[i], i, host, err);
     if (ok) upload_params(model, host);
     free(host);
-    safetensors_close(file);
+    hf_weights_close(weights);
     return ok;
 }
 
@@ -95,7 +74,7 @@ bool projector_load(Model *model, const char *path, Error *err) {
 // CLIP tower
 
 typedef struct ClipLoader {
-    const SafetensorsFile *file;
+    const HfWeights *weights;
     const char *path;
     const char *prefix; // prepended to the tower's names in this file
     bool bare;          // the file's names lack "vision_model." (transformers 5's own saves)
@@ -105,11 +84,9 @@ typedef struct ClipLoader {
 static const char *const CLIP_PREFIXES[] = {"", "vision_tower.", "model.vision_tower."};
 #define CLIP_MODEL_PREFIX "vision_model."
 
-static bool has_tensor(const SafetensorsFile *file, const char *name) {
-    for (int i = 0; i < safetensors_count(file); i++) {
-        if (strcmp(safetensors_name(file, i), name) == 0) return true;
-    }
-    return false;
+static bool has_tensor(const HfWeights *weights, const char *name) {
+    Tensor view;
+    return hf_weights_find(weights, name, &view, NULL);
 }
 
 static bool load_clip_tensor(void *context, const char *name, const Tensor *dst, Error *err) {
@@ -117,7 +94,7 @@ static bool load_clip_tensor(void *context, const char *name, const Tensor *dst,
     char key[256];
     snprintf(key, sizeof key, "%s%s", loader->prefix, loader->bare ? name + strlen(CLIP_MODEL_PREFIX) : name);
     Tensor src;
-    if (!safetensors_get(loader->file, key, &src, err)) return fail(err, "%s: missing tensor %s", loader->path, key);
+    if (!hf_weights_find(loader->weights, key, &src, NULL)) return fail(err, "%s: missing tensor %s", loader->path, key);
     bool same = src.ndim == dst->ndim;
     for (int d = 0; same && d < dst->ndim; d++) same = src.shape[d] == dst->shape[d];
     if (!same) {
@@ -140,13 +117,13 @@ static bool load_clip_tensor(void *context, const char *name, const Tensor *dst,
 }
 
 bool clip_load_weights(ClipTower *tower, const char *path, Error *err) {
-    SafetensorsFile *file = safetensors_open(path, err);
-    if (!file) return false;
-    ClipLoader loader = {file, path, NULL, false, NULL};
+    HfWeights *weights = hf_weights_open(path, err);
+    if (!weights) return false;
+    ClipLoader loader = {weights, path, NULL, false, NULL};
     for (int i = 0; i < 6 && !loader.prefix; i++) {
         char probe[128];
         snprintf(probe, sizeof probe, "%s%sembeddings.class_embedding", CLIP_PREFIXES[i / 2], i % 2 ? "" : CLIP_MODEL_PREFIX);
-        if (has_tensor(file, probe)) {
+        if (has_tensor(weights, probe)) {
             loader.prefix = CLIP_PREFIXES[i / 2];
             loader.bare = i % 2;
         }
@@ -156,7 +133,7 @@ bool clip_load_weights(ClipTower *tower, const char *path, Error *err) {
                        "vision_tower. / model.vision_tower. prefix)", path);
     loader.ops = clip_tower_ops(tower);
     ok = ok && clip_tower_visit(tower, load_clip_tensor, &loader, err);
-    safetensors_close(file);
+    hf_weights_close(weights);
     return ok;
 }
 

@@ -227,9 +227,7 @@ static bool render_string(const Tokenizer *tok, const LlavaRole *roles, const ch
     case CHAT_TEMPLATE_LLAMA2: return render_llama2(bos, eos, roles, contents, n_turns, r, err);
     case CHAT_TEMPLATE_VICUNA_V1: return render_vicuna_v1(bos, eos, roles, contents, n_turns, r, err);
     case CHAT_TEMPLATE_PLAIN: return render_plain(bos, roles, contents, n_turns, r, err);
-    default:
-        return fail(err, "no chat template: tokenizer_config.json's chat_template is absent or not one of llama3, "
-                         "llama2, vicuna_v1; set data.template");
+    default: return tokenizer_check_chat_template(tok, err);
     }
 }
 

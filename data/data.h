@@ -21,9 +21,10 @@ typedef struct Tokenizer Tokenizer;
 // <pad>=258 and the chat markers (vocab 262). Serves the demo and tests.
 Tokenizer *tokenizer_bytes(Error *err);
 // A model folder's tokenizer.json (with tokenizer_config.json's bos/eos/pad
-// tokens and chat_template when present), or a tokenizer.json file; a folder
-// without tokenizer.json gets the byte tokenizer. The chat template is
-// recognised from chat_template (llama3, llama2, vicuna_v1), else none.
+// tokens when present), or a tokenizer.json file; a folder without
+// tokenizer.json gets the byte tokenizer. The chat template is recognised
+// (llama3, llama2, vicuna_v1, else none) from chat_template.jinja beside it
+// (transformers 5), else tokenizer_config.json's chat_template.
 Tokenizer *tokenizer_load(const char *model_dir_or_file, Error *err);
 // Chat templates by name: llama3, llama2 ([INST] with <<SYS>>), vicuna_v1
 // (LLaVA-1.5), plain (LLaVA pretraining); "auto" keeps the recognised one.
@@ -32,6 +33,10 @@ Tokenizer *tokenizer_load(const char *model_dir_or_file, Error *err);
 // keeps its own rendering (see sample_from_messages) and takes only "auto".
 bool tokenizer_set_chat_template(Tokenizer *tok, const char *name, Error *err);
 const char *tokenizer_chat_template(const Tokenizer *tok); // "llama3", ..., "bytes", "none"
+// True when chats can be rendered; else an error naming the file whose template
+// was not recognised, or saying there was none: datasets of chats check it
+// once, before their records, rather than skip every record for it.
+bool tokenizer_check_chat_template(const Tokenizer *tok, Error *err);
 void tokenizer_destroy(Tokenizer *tok);
 int tokenizer_vocab_size(const Tokenizer *tok);
 int tokenizer_bos(const Tokenizer *tok);

@@ -34,6 +34,7 @@ typedef struct JsonlReader {
     const char **roles, **contents;
     int turns_capacity;
     bool empty_conversation; // the record failed for having no assistant turn
+    bool no_chat_template; // a chat record met a tokenizer without a usable template: the whole file stops
 } JsonlReader;
 
 // ----------------------------------------------------------------------------
@@ -69,6 +70,7 @@ static bool read_message(json_object *message, int turn, const char **role, cons
 }
 
 static bool render_messages_record(JsonlReader *reader, json_object *messages, Error *err) {
+    if (!tokenizer_check_chat_template(reader->tok, err)) return reader->no_chat_template = true, false;
     if (!json_object_is_type(messages, json_type_array)) return fail(err, "\"messages\" is not an array");
     int n_turns = (int)json_object_array_length(messages);
     if (!reserve_turns(reader, n_turns, err)) return false;
@@ -209,6 +211,8 @@ static bool read_records(FILE *file, const char *path, JsonlReader *reader, Data
         json_object *record = parse_line(reader->tokener, line, (size_t)len, &why);
         if (record && render_record(reader, record, &why)) {
             ok = append_sample(dataset, &reader->seq, max_seq_len, err);
+        } else if (reader->no_chat_template) {
+            ok = fail(err, "%s:%lld: %s", path, (long long)line_number, why.message);
         } else {
             fail_context(&why, "%s:%lld: ", path, (long long)line_number);
             SkipReason reason = reader->empty_conversation ? SKIP_EMPTY_CONVERSATION : SKIP_BAD_RECORD;

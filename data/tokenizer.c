@@ -24,6 +24,7 @@ struct Tokenizer {
     int vocab_size;
     int bos_id, eos_id, pad_id;
     ChatTemplate chat_template;
+    char template_source[4096 + 64]; // the file the recognised (or unrecognised) template came from; "" none
 };
 
 Tokenizer *tokenizer_bytes(Error *err) {
@@ -87,16 +88,29 @@ static bool resolve_specials(Tokenizer *tok, json_object *config, const char *pa
     return true;
 }
 
-// Reads tokenizer_config.json beside tokenizer.json, when there is one.
+// The chat template: chat_template.jinja beside tokenizer.json (transformers 5
+// saves it there, and prefers it), else tokenizer_config.json's chat_template.
+static bool load_chat_template(Tokenizer *tok, const char *folder, json_object *config, const char *config_path,
+                               Error *err) {
+    char jinja_path[4096 + 32], *jinja_text = NULL;
+    size_t size;
+    snprintf(jinja_path, sizeof jinja_path, "%s/chat_template.jinja", folder);
+    if (path_exists(jinja_path) && !read_file(jinja_path, &jinja_text, &size, err)) return false;
+    const char *jinja = jinja_text ? jinja_text : config_chat_template(config);
+    tok->chat_template = jinja ? chat_template_recognise(jinja) : CHAT_TEMPLATE_NONE;
+    if (jinja) snprintf(tok->template_source, sizeof tok->template_source, "%s", jinja_text ? jinja_path : config_path);
+    free(jinja_text);
+    return true;
+}
+
+// Reads tokenizer_config.json and chat_template.jinja beside tokenizer.json, when there are.
 static bool load_hf_config(Tokenizer *tok, const char *folder, const char *json_path, Error *err) {
     char config_path[4096 + 32];
     snprintf(config_path, sizeof config_path, "%s/tokenizer_config.json", folder);
     json_object *config = NULL;
     if (path_exists(config_path) && !(config = json_object_from_file(config_path)))
         return fail(err, "%s: not valid JSON (%s)", config_path, json_util_get_last_err());
-    bool ok = resolve_specials(tok, config, json_path, err);
-    const char *jinja = config_chat_template(config);
-    tok->chat_template = jinja ? chat_template_recognise(jinja) : CHAT_TEMPLATE_NONE;
+    bool ok = resolve_specials(tok, config, json_path, err) && load_chat_template(tok, folder, config, config_path, err);
     json_object_put(config);
     return ok;
 }
@@ -140,6 +154,15 @@ bool tokenizer_set_chat_template(Tokenizer *tok, const char *name, Error *err) {
 }
 
 const char *tokenizer_chat_template(const Tokenizer *tok) { return chat_template_name(tok->chat_template); }
+
+bool tokenizer_check_chat_template(const Tokenizer *tok, Error *err) {
+    if (tok->chat_template != CHAT_TEMPLATE_NONE) return true;
+    if (tok->template_source[0])
+        return fail(err, "%s: its chat template is none of those lora-train renders (llama3, llama2, vicuna_v1); set "
+                         "data.template", tok->template_source);
+    return fail(err, "no chat template: the tokenizer's folder has no chat_template.jinja and no chat_template in "
+                     "tokenizer_config.json; set data.template");
+}
 
 ChatTemplate tokenizer_template_kind(const Tokenizer *tok) { return tok->chat_template; }
 const HfTokenizer *tokenizer_hf(const Tokenizer *tok) { return tok->hf; }

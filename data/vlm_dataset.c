@@ -201,6 +201,7 @@ static bool scan_records(VlmDataset *dataset, Error *err) {
 
 static bool check_options(const VlmDatasetOptions *o, Error *err) {
     if (!o->tok) return fail(err, "%s: no tokenizer", o->path);
+    if (!tokenizer_check_chat_template(o->tok, err)) return fail_context(err, "%s: ", o->path);
     if (o->max_seq_len < 2) return fail(err, "%s: max_seq_len must be at least 2 (got %d)", o->path, o->max_seq_len);
     if (o->n_image_tokens < 1) return fail(err, "%s: n_image_tokens must be positive (got %d)", o->path, o->n_image_tokens);
     if (o->preprocess.size < 1) return fail(err, "%s: the image size must be positive", o->path);

@@ -75,7 +75,7 @@ double adapter_difference(const char *adapter_a, const char *adapter_b, double *
     return worst;
 }
 
-static void write_llava_records(const char *path, int n) {
+void write_llava_records(const char *path, int n) {
     static const char *const files[] = {"video-001.jpeg", "video-001.progressive.jpeg", "video-001.q50.420.jpeg",
                                         "video-001.cmyk.jpeg"};
     FILE *f = fopen(path, "w");

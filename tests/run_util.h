@@ -26,6 +26,8 @@ void record_loss(void *context, int step, double loss);
 // adapter_model.safetensors; *max_abs: the largest |a - b| / max|b| too.
 double adapter_difference(const char *adapter_a, const char *adapter_b, double *max_abs);
 
+// n LLaVA records at path over the shared JPEG fixtures (two questions, four images).
+void write_llava_records(const char *path, int n);
 // n LLaVA records in dir/records.json over the shared JPEG fixtures (two
 // questions, four images), and a config training a tiny random Llama and CLIP
 // tower on them (model, tower and checkpoints under dir), then each of the

@@ -2,7 +2,8 @@
 // without a system turn) against transformers' apply_chat_template(...,
 // tokenize=True, return_assistant_tokens_mask=True) on the tokenizer
 // fixtures (tests/fixtures/chat_templates, from scripts/ref_chat_templates.py);
-// recognition of the template from tokenizer_config.json's chat_template;
+// recognition of the template from tokenizer_config.json's chat_template or
+// chat_template.jinja (transformers 5), and an unrecognised one reported once;
 // tokenizer_load's choice of kind; LLaVA records through the same templates.
 #include "test_util.h"
 
@@ -187,6 +188,55 @@ static void test_recognised_from_config(void **state) {
     check_recognised("sentencepiece_style", "vicuna_v1");
 }
 
+static void write_text_file(const char *dir, const char *name, const char *text) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+}
+
+// transformers 5 keeps the template in chat_template.jinja (and prefers it);
+// a template lora-train cannot render stops a chat dataset with one error that
+// names the file, instead of skipping every record for the same reason.
+static void test_chat_template_jinja(void **state) {
+    (void)state;
+    Reference ref = load_reference("sentencepiece_style");
+    const char *dir = make_model_folder(&ref, "llama2");
+    char *llama3;
+    size_t size;
+    Error err = {0};
+    if (!read_file(FIXTURES "llama3.jinja", &llama3, &size, &err)) fail_msg("%s", err.message);
+    write_text_file(dir, "chat_template.jinja", llama3);
+    free(llama3);
+    Tokenizer *tok = load_tokenizer(dir);
+    assert_string_equal(tokenizer_chat_template(tok), "llama3");
+    tokenizer_destroy(tok);
+
+    write_text_file(dir, "chat_template.jinja", "{% for m in messages %}<|im_start|>{{ m['content'] }}{% endfor %}");
+    tok = load_tokenizer(dir);
+    assert_string_equal(tokenizer_chat_template(tok), "none");
+    char records[600];
+    snprintf(records, sizeof records, "%s/chats.jsonl", dir);
+    FILE *f = fopen(records, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 400; i++)
+        fprintf(f, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"yo\"}]}\n");
+    assert_int_equal(fclose(f), 0);
+    assert_null(dataset_open_jsonl(records, tok, 64, &err));
+    assert_non_null(strstr(err.message, "chats.jsonl:1: "));
+    assert_non_null(strstr(err.message, "chat_template.jinja: its chat template is none of those"));
+    assert_non_null(strstr(err.message, "set data.template"));
+    VlmDatasetOptions options = {.path = records, .images = dir, .tok = tok, .max_seq_len = 64, .n_image_tokens = 1,
+                                 .image_token_id = 0, .preprocess = image_preprocess_clip336(IMAGE_FIT_PAD)};
+    assert_null(vlm_dataset_open(&options, &err));
+    assert_non_null(strstr(err.message, "chat_template.jinja: its chat template is none of those"));
+    tokenizer_destroy(tok);
+    assert_true(remove_tree(dir, &err));
+    json_object_put(ref.root);
+}
+
 // ----------------------------------------------------------------------------
 // tokenizer kinds and errors
 
@@ -310,6 +360,7 @@ int main(void) {
         cmocka_unit_test(test_sentencepiece_style),
         cmocka_unit_test(test_mistral),
         cmocka_unit_test(test_recognised_from_config),
+        cmocka_unit_test(test_chat_template_jinja),
         cmocka_unit_test(test_kinds_and_errors),
         cmocka_unit_test(test_llava_records),
     };

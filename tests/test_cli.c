@@ -452,8 +452,8 @@ static void test_image_text_config_trains(void **state) {
                             &backend_gb, &process_gb), 2);
     assert_true(process_gb >= backend_gb && process_gb > 0.001); // the process holds the backend's allocations
     assert_file(dir, "tower.safetensors");
-    assert_file(dir, "out/step-000002/projector.safetensors");
-    assert_file(dir, "out/adapter/projector.safetensors");
+    assert_file(dir, "out/step-000002/adapter_model.safetensors");
+    assert_file(dir, "out/adapter/adapter_model.safetensors");
 }
 
 // SIGTERM while lora-train is still setting up (its model folder just

@@ -304,8 +304,7 @@ static void test_vlm_plan_adds_tower_and_projector(void **state) {
     RunPlan text = plan_of(&config);
     Error err;
     ClipVisionConfig clip;
-    assert_true(clip_config_preset("tiny", &clip, &err));
-    clip.feature_layer = config.vision.feature_layer;
+    assert_true(clip_config_preset("tiny", &clip, &err)); // vision.feature_layer 0: the preset's -2
     config_set_or_fail(&config, "vision.tower=%s", "/nonexistent/plan-tower");
     config_set_or_fail(&config, "vision.tower_preset=%s", "tiny");
     char patches[16];

@@ -1,6 +1,6 @@
 // Vision-language model: the CLIP tower and the whole LLaVA forward against
 // transformers (scripts/ref_clip.py), projector loading in both namings and
-// saving beside the adapter, the projector's gradients through the whole
+// saving in the PEFT adapter file, the projector's gradients through the whole
 // model against finite differences, and the splice's errors.
 #include "test_util.h"
 
@@ -189,33 +189,53 @@ static void test_projector_llava_names(void **state) {
     model_destroy(a), model_destroy(b);
 }
 
-// adapter_save writes the projector beside the PEFT files; adapter_load reads it back.
-static void test_projector_saved_beside_adapter(void **state) {
+// adapter_save writes the projector into the PEFT file as PEFT saves
+// modules_to_save; adapter_load reads it back, and still reads an older
+// folder's projector.safetensors beside the adapter.
+static void test_projector_saved_in_adapter(void **state) {
     if (!path_exists(FIXTURES "lm/model.safetensors")) skip();
-    Model *a = fixture_llava(), *b = fixture_llava();
+    Model *a = fixture_llava(), *b = fixture_llava(), *c = fixture_llava();
     Rng rng;
     rng_seed(&rng, 8);
     fill_uniform(model_param_data(a), model_params(a)->total, -0.3f, 0.3f, &rng);
     model_sync_params(a);
     const char *dir = make_temp_dir("vlm_adapter");
-    char adapter_dir[512], projector_path[600], weights_path[600];
+    char adapter_dir[512], config_path[600], weights_path[600], projector_path[600];
     snprintf(adapter_dir, sizeof adapter_dir, "%s/adapter", dir);
-    snprintf(projector_path, sizeof projector_path, "%s/" PROJECTOR_FILE, adapter_dir);
+    snprintf(config_path, sizeof config_path, "%s/adapter_config.json", adapter_dir);
     snprintf(weights_path, sizeof weights_path, "%s/adapter_model.safetensors", adapter_dir);
+    snprintf(projector_path, sizeof projector_path, "%s/" PROJECTOR_FILE, adapter_dir);
     Error err;
     AdapterInfo info = {.base_model_name_or_path = "lm"};
     if (!adapter_save(a, &info, adapter_dir, &err) || !adapter_load(b, adapter_dir, &err)) fail_msg("%s", err.message);
     assert_memory_equal(model_param_data(a), model_param_data(b), model_params(a)->total * sizeof(float));
-    SafetensorsFile *peft = safetensors_open(weights_path, &err), *projector = safetensors_open(projector_path, &err);
+    assert_false(path_exists(projector_path));
+    SafetensorsFile *peft = safetensors_open(weights_path, &err);
     assert_non_null(peft);
-    assert_non_null(projector);
-    assert_int_equal(safetensors_count(peft), model_params(a)->n_lora); // LoRA only in the PEFT file
+    assert_int_equal(safetensors_count(peft), model_params(a)->count); // LoRA and projector
     Tensor bias;
-    assert_true(safetensors_get(projector, "multi_modal_projector.linear_2.bias", &bias, &err));
+    assert_true(safetensors_get(peft, "base_model.model.multi_modal_projector.linear_2.bias", &bias, &err));
     assert_int_equal(bias.ndim, 1);
     assert_int_equal(bias.shape[0], 32);
-    safetensors_close(peft), safetensors_close(projector);
-    model_destroy(a), model_destroy(b);
+    safetensors_close(peft);
+    char *config_text;
+    size_t size;
+    assert_true(read_file(config_path, &config_text, &size, &err));
+    const char *modules = strstr(config_text, "\"modules_to_save\": [");
+    assert_non_null(modules);
+    assert_non_null(strstr(modules, "\"multi_modal_projector\""));
+    free(config_text);
+
+    char command[1200];
+    snprintf(command, sizeof command, "cp " FIXTURES "projector.safetensors %s", projector_path);
+    assert_int_equal(run_command(command), 0);
+    if (!adapter_load(b, adapter_dir, &err) || !projector_load(c, FIXTURES "projector.safetensors", &err))
+        fail_msg("%s", err.message);
+    float *pb = projector_params(b), *pc = projector_params(c);
+    const ParamTable *table = model_params(b);
+    assert_memory_equal(pb, pc, (table->total - table->entries[table->n_lora].offset) * sizeof(float));
+    free(pb), free(pc);
+    model_destroy(a), model_destroy(b), model_destroy(c);
 }
 
 // ----------------------------------------------------------------------------
@@ -344,7 +364,7 @@ static void test_llava_llama3_recipe(void **state) {
     assert_string_equal(c.vision.image_fit, "pad");
     assert_string_equal(c.vision.projector, "mlp2x_gelu");
     assert_true(c.vision.train_projector);
-    assert_string_equal(c.vision.chat_template, "llama3");
+    assert_string_equal(c.data.chat_template, "llama3");
     assert_int_equal(c.data.max_seq_len, 2048);
     for (int t = 0; t < LORA_TARGET_COUNT; t++) assert_true(c.lora.targets[t]);
     ClipVisionConfig clip;
@@ -361,7 +381,7 @@ int main(void) {
         cmocka_unit_test(test_clip_load_errors),
         cmocka_unit_test(test_llava_logits_match_transformers),
         cmocka_unit_test(test_projector_llava_names),
-        cmocka_unit_test(test_projector_saved_beside_adapter),
+        cmocka_unit_test(test_projector_saved_in_adapter),
         cmocka_unit_test(test_projector_gradients_finite_differences),
         cmocka_unit_test(test_splice_errors),
         cmocka_unit_test(test_llava_llama3_recipe),

@@ -59,8 +59,7 @@ static const char *const OFFLOAD_VALUES[] = {"none", "cpu", NULL};
 static const char *const LOW_DISK_VALUES[] = {"wait", "abort", NULL};
 static const char *const IMAGE_FIT_VALUES[] = {"pad", "crop", "squash", NULL};
 static const char *const PROJECTOR_VALUES[] = {"mlp2x_gelu", NULL};
-static const char *const CLIP_PRESET_VALUES[] = {"clip-vit-large-patch14-336", "tiny", NULL};
-static const char *const CHAT_TEMPLATE_VALUES[] = {"default", "llama3", NULL};
+static const char *const CLIP_PRESET_VALUES[] = {"auto", "clip-vit-large-patch14-336", "tiny", NULL};
 
 #define FIELD(member) .offset = offsetof(Config, member), .size = sizeof(((Config *)0)->member)
 
@@ -98,8 +97,8 @@ static const ConfigKey KEYS[] = {
     {"data.pack", KEY_BOOL, FIELD(data.pack),
      .help = "pack several samples into each row of max_seq_len (text only); attention and RoPE positions "
              "restart at every sample"},
-    {"data.image_tokens", KEY_INT, FIELD(data.image_tokens), .range = AT_LEAST(1),
-     .help = "positions each <image> expands to (576 for CLIP ViT-L/14-336)"},
+    {"data.image_tokens", KEY_INT, FIELD(data.image_tokens), .range = AT_LEAST(0),
+     .help = "positions each <image> expands to; 0: the tower's features per image (576 for CLIP ViT-L/14-336)"},
     {"data.max_skip_fraction", KEY_FLOAT, FIELD(data.max_skip_fraction), .range = UNIT_CLOSED,
      .help = "skipped records / records above this stops training"},
     {"data.eval_path", KEY_STRING, FIELD(data.eval_path),
@@ -160,20 +159,21 @@ static const ConfigKey KEYS[] = {
     {"checkpoint.low_disk_wait_minutes", KEY_FLOAT, FIELD(checkpoint.low_disk_wait_minutes), .range = AT_LEAST(0),
      .help = "how long on_low_disk: wait waits for space before stopping"},
     {"vision.tower", KEY_STRING, FIELD(vision.tower), .exists_unless = "model.create_if_missing",
-     .help = "CLIP vision tower safetensors (CLIPVisionModel or llava-hf keys); empty = text only"},
+     .help = "CLIP vision tower: safetensors file or folder (CLIPVisionModel or llava-hf keys); empty = a llava-hf "
+             "model.path's own, else text only"},
     {"vision.tower_preset", KEY_ENUM, FIELD(vision.tower_preset), .allowed = CLIP_PRESET_VALUES,
-     .help = "the tower's shape"},
+     .help = "the tower's shape; auto: a llava-hf model.path's vision_config, else clip-vit-large-patch14-336"},
     {"vision.feature_layer", KEY_INT, FIELD(vision.feature_layer), .range = {-64, 64, false, false},
-     .help = "hidden state the features come from (-2: penultimate, as LLaVA)"},
+     .help = "hidden state the features come from (-2: penultimate, as LLaVA); 0: a llava-hf model.path's "
+             "vision_feature_layer, else -2"},
     {"vision.image_fit", KEY_ENUM, FIELD(vision.image_fit), .allowed = IMAGE_FIT_VALUES,
      .help = "pad: expand to square with the mean colour (LLaVA-1.5); crop: CLIP's center crop"},
     {"vision.projector", KEY_ENUM, FIELD(vision.projector), .allowed = PROJECTOR_VALUES,
      .help = "vision-language projector: Linear, GELU, Linear"},
     {"vision.projector_init", KEY_STRING, FIELD(vision.projector_init), .exists_unless = "model.create_if_missing",
-     .help = "pretrained projector safetensors (llava-hf or model.mm_projector.0/2 names); empty = random"},
+     .help = "starting projector: safetensors file or folder (llava-hf or model.mm_projector.0/2 names); empty = "
+             "a llava-hf model.path's own, else random"},
     {"vision.train_projector", KEY_BOOL, FIELD(vision.train_projector), .help = "update the projector"},
-    {"vision.chat_template", KEY_ENUM, FIELD(vision.chat_template), .allowed = CHAT_TEMPLATE_VALUES,
-     .help = "conversation format of the records"},
     {"zero.stage", KEY_INT, FIELD(zero.stage), .range = AT_LEAST(0), .allowed = ZERO_STAGE_VALUES,
      .help = "0: replicated optimizer state; 2: sharded state and gradients"},
     {"zero.offload", KEY_ENUM, FIELD(zero.offload), .allowed = OFFLOAD_VALUES,
@@ -619,7 +619,7 @@ void config_defaults(Config *config) {
     snprintf(config->data.chat_template, CONFIG_NAME_MAX, "auto");
     config->data.shuffle = true;
     config->data.pack = false;
-    config->data.image_tokens = 576;
+    config->data.image_tokens = 0;
     config->data.max_skip_fraction = 0.01f;
     config->train.micro_batch = 1;
     config->train.grad_accum = 1;
@@ -653,12 +653,11 @@ void config_defaults(Config *config) {
     config->zero.overlap_comm = true;
     config->zero.bucket_mb = 25.0f;
     config->dist.timeout_s = 300.0f;
-    snprintf(config->vision.tower_preset, CONFIG_NAME_MAX, "clip-vit-large-patch14-336");
-    config->vision.feature_layer = -2;
+    snprintf(config->vision.tower_preset, CONFIG_NAME_MAX, "auto");
+    config->vision.feature_layer = 0;
     snprintf(config->vision.image_fit, CONFIG_NAME_MAX, "pad");
     snprintf(config->vision.projector, CONFIG_NAME_MAX, "mlp2x_gelu");
     config->vision.train_projector = true;
-    snprintf(config->vision.chat_template, CONFIG_NAME_MAX, "default");
 }
 
 // Hugging Face ids of the vision tower presets (vision/clip.c): where a recipe's tower comes from.

@@ -13,7 +13,10 @@
 // against the model's vocabulary), every image decoded at open.
 static bool dataset_options(const Config *config, const Tokenizer *tok, int model_vocab, VlmDatasetOptions *options,
                             Error *err) {
-    if (!vlm_dataset_options(config, tok, llava_image_token_id(tok, model_vocab), options, err)) return false;
+    VlmSetup setup;
+    if (!vlm_setup(config, &setup, err) ||
+        !vlm_dataset_options(config, tok, vlm_image_token_id(&setup, tok, model_vocab), options, err))
+        return false;
     options->decode_images = true;
     return true;
 }

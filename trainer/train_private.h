@@ -100,17 +100,28 @@ bool data_create_if_missing(const Config *config, bool verbose, Error *err);
 
 // train_vlm.c: image-text training when data.images or vision.tower is set.
 bool run_is_vlm(const Config *config);
+// The image-text settings: vision.* keys where set, else a llava-hf model.path's
+// own (config.json, its image processor, its tower and projector weights).
+typedef struct VlmSetup {
+    ClipVisionConfig clip;      // vision.tower_preset / vision.feature_layer, else config.json's
+    const char *tower;          // vision.tower, else model.path (llava-hf)
+    const char *projector_init; // vision.projector_init, else model.path (llava-hf), else "" (random)
+    int32_t image_token_id;     // config.json's image_token_index; -1: llava_image_token_id's rule
+    ImagePreprocess preprocess; // the folder's image processor, else CLIP's; vision.image_fit
+} VlmSetup;
+bool vlm_setup(const Config *config, VlmSetup *out, Error *err);
+int32_t vlm_image_token_id(const VlmSetup *setup, const Tokenizer *tok, int model_vocab);
 // Sets the projector's width, the image token and the feature rows per micro-batch.
 bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options, Error *err);
 // The projector's share of vlm_model_options (no tokenizer needed) and the tower's config: for plan.
 bool vlm_projector_options(const Config *config, ModelOptions *options, ClipVisionConfig *clip, Error *err);
-// The dataset as training opens it (and `data check`): the tower's image size and patches
-// (vision.tower_preset), vision.image_fit, images decoded by the loader.
+// The dataset as training opens it (and `data check`): vlm_setup's preprocessing and
+// image tokens per image, images decoded by the loader.
 bool vlm_dataset_options(const Config *config, const Tokenizer *tok, int32_t image_token_id,
                          VlmDatasetOptions *options, Error *err);
-// Backend bytes of one micro-batch's tower features (micro_batch * P, D), the buffer vlm_load allocates.
+// Backend bytes of one micro-batch's tower features (micro_batch * features, D), the buffer vlm_load allocates.
 size_t vlm_feature_bytes(const Config *config, const ClipVisionConfig *clip, DType act_dtype);
-// The tower (loaded, or written random with model.create_if_missing), vision.projector_init, the dataset.
+// The tower (loaded, or written random with model.create_if_missing), the starting projector, the dataset.
 bool vlm_load(Run *run, Error *err);
 // Image features of micro-batch micro into out (nothing for a text run: run NULL or no tower).
 bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out, Error *err);

@@ -1,5 +1,6 @@
 // The vision-language side of a training run (data.images or vision.tower
-// set): the frozen CLIP tower, LLaVA records through VlmDataset / VlmLoader,
+// set): what comes from the config and what from a llava-hf model.path
+// (vlm_setup), the frozen CLIP tower, LLaVA records through VlmDataset / VlmLoader,
 // and for every micro-batch the tower's features of the rows holding an image
 // (forward only, nothing kept for a backward). The data-position functions
 // serve text and vision-language runs alike.
@@ -9,64 +10,113 @@
 
 #include "train_private.h"
 
+#define DEFAULT_TOWER_PRESET "clip-vit-large-patch14-336" // vision.tower_preset auto without a llava-hf folder
+
+// vision.tower_preset with auto resolved for a model.path that is no llava-hf folder.
+static const char *tower_preset(const Config *config) {
+    return strcmp(config->vision.tower_preset, "auto") == 0 ? DEFAULT_TOWER_PRESET : config->vision.tower_preset;
+}
+
 bool run_is_vlm(const Config *config) { return config->data.images[0] || config->vision.tower[0]; }
-
-static bool tower_config(const Config *config, ClipVisionConfig *clip, Error *err) {
-    if (!clip_config_preset(config->vision.tower_preset, clip, err)) return false;
-    clip->feature_layer = config->vision.feature_layer;
-    if (!clip_config_validate(clip, err)) return fail_context(err, "vision.tower_preset %s: ", config->vision.tower_preset);
-    if (clip_n_patches(clip) != config->data.image_tokens)
-        return fail(err, "data.image_tokens is %d, but vision.tower_preset %s gives %d patches per image",
-                    config->data.image_tokens, config->vision.tower_preset, clip_n_patches(clip));
-    return true;
-}
-
-bool vlm_projector_options(const Config *config, ModelOptions *options, ClipVisionConfig *clip, Error *err) {
-    if (!config->vision.tower[0]) return fail(err, "data.images is set but vision.tower is not: image-text training needs a tower");
-    if (!tower_config(config, clip, err)) return false;
-    options->projector_in = clip->hidden_size;
-    options->max_image_rows = config->train.micro_batch * clip_n_patches(clip);
-    return true;
-}
-
-bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options, Error *err) {
-    if (!run_is_vlm(run->config)) return true;
-    ClipVisionConfig clip;
-    if (!vlm_projector_options(run->config, options, &clip, err)) return false;
-    run->image_token_id = llava_image_token_id(run->tokenizer, llama->vocab_size);
-    options->image_token_id = run->image_token_id;
-    return true;
-}
-
-// vision.tower, first written with random weights when it is absent and
-// model.create_if_missing is set (rank 0 alone gets there first).
-static bool load_or_create_tower(Run *run, Error *err) {
-    const Config *config = run->config;
-    ClipVisionConfig clip;
-    if (!tower_config(config, &clip, err)) return false;
-    run->tower = clip_tower_create(run->ops, &clip, config->train.micro_batch, err);
-    if (!run->tower) return false;
-    const char *path = config->vision.tower;
-    if (path_exists(path) || !config->model.create_if_missing[0]) return clip_load_weights(run->tower, path, err);
-    if (run->is_rank0) printf("creating a random '%s' vision tower in %s\n", config->vision.tower_preset, path);
-    clip_tower_init_random(run->tower, config->train.seed ^ 0xc11bULL);
-    return clip_save_weights(run->tower, path, err);
-}
 
 static ImageFit image_fit_named(const char *name) {
     if (strcmp(name, "pad") == 0) return IMAGE_FIT_PAD;
     return strcmp(name, "crop") == 0 ? IMAGE_FIT_CROP : IMAGE_FIT_SQUASH;
 }
 
+// The tower's shape: vision.tower_preset, else a llava-hf model.path's config.json
+// (CLIP ViT-L/14-336 otherwise); vision.feature_layer (0: the folder's, else -2) overrides.
+static bool setup_tower_shape(const Config *config, bool is_llava, const LlavaVision *folder, VlmSetup *out, Error *err) {
+    const char *preset = tower_preset(config);
+    bool from_folder = is_llava && strcmp(config->vision.tower_preset, "auto") == 0;
+    if (from_folder) out->clip = folder->clip;
+    else if (!clip_config_preset(preset, &out->clip, err)) return false;
+    if (config->vision.feature_layer != 0) out->clip.feature_layer = config->vision.feature_layer;
+    if (!clip_config_validate(&out->clip, err))
+        return fail_context(err, "%s: ", from_folder ? config->model.path : "vision.tower_preset");
+    int features = clip_n_features(&out->clip);
+    if (config->data.image_tokens != 0 && config->data.image_tokens != features)
+        return fail(err, "data.image_tokens is %d, but the vision tower (%s) gives %d features per image",
+                    config->data.image_tokens, from_folder ? config->model.path : preset, features);
+    return true;
+}
+
+// Preprocessing: the folder's image processor (size, mean, std) when it has one,
+// else CLIP's mean and std at the tower's size; vision.image_fit picks the fit.
+static bool setup_preprocess(const Config *config, bool is_llava, const LlavaVision *folder, VlmSetup *out, Error *err) {
+    ImageFit fit = image_fit_named(config->vision.image_fit);
+    out->preprocess = image_preprocess_clip336(fit);
+    out->preprocess.size = out->clip.image_size;
+    if (!is_llava || !folder->has_preprocess) return true;
+    out->preprocess = folder->preprocess;
+    out->preprocess.fit = fit;
+    if (out->preprocess.size != out->clip.image_size)
+        return fail(err, "%s: the image processor makes %d x %d pixels, the vision tower takes %d x %d", config->model.path,
+                    out->preprocess.size, out->preprocess.size, out->clip.image_size, out->clip.image_size);
+    return true;
+}
+
+bool vlm_setup(const Config *config, VlmSetup *out, Error *err) {
+    LlavaVision folder;
+    bool is_llava = false;
+    if (path_exists(config->model.path) && !hf_read_llava_vision(config->model.path, &is_llava, &folder, err)) return false;
+    *out = (VlmSetup){.tower = config->vision.tower, .projector_init = config->vision.projector_init,
+                      .image_token_id = is_llava ? folder.image_token_id : -1};
+    if (is_llava && !out->tower[0]) out->tower = config->model.path;
+    if (is_llava && !out->projector_init[0]) out->projector_init = config->model.path;
+    return setup_tower_shape(config, is_llava, &folder, out, err) && setup_preprocess(config, is_llava, &folder, out, err);
+}
+
+int32_t vlm_image_token_id(const VlmSetup *setup, const Tokenizer *tok, int model_vocab) {
+    return setup->image_token_id >= 0 ? setup->image_token_id : llava_image_token_id(tok, model_vocab);
+}
+
+bool vlm_projector_options(const Config *config, ModelOptions *options, ClipVisionConfig *clip, Error *err) {
+    VlmSetup setup;
+    if (!vlm_setup(config, &setup, err)) return false;
+    if (!setup.tower[0])
+        return fail(err, "data.images is set but vision.tower is not, and model.path is no llava-hf folder: "
+                         "image-text training needs a tower");
+    *clip = setup.clip;
+    options->projector_in = clip->hidden_size;
+    options->max_image_rows = config->train.micro_batch * clip_n_features(clip);
+    return true;
+}
+
+bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options, Error *err) {
+    if (!run_is_vlm(run->config)) return true;
+    ClipVisionConfig clip;
+    VlmSetup setup;
+    if (!vlm_projector_options(run->config, options, &clip, err) || !vlm_setup(run->config, &setup, err)) return false;
+    run->image_token_id = vlm_image_token_id(&setup, run->tokenizer, llama->vocab_size);
+    if (run->image_token_id >= llama->vocab_size)
+        return fail(err, "%s: image_token_index %d is outside the vocabulary of %d", run->config->model.path,
+                    run->image_token_id, llama->vocab_size);
+    options->image_token_id = run->image_token_id;
+    return true;
+}
+
+// The tower (vision.tower, or the llava-hf model folder), first written with
+// random weights when vision.tower is absent and model.create_if_missing is
+// set (rank 0 alone gets there first).
+static bool load_or_create_tower(Run *run, const VlmSetup *setup, Error *err) {
+    const Config *config = run->config;
+    run->tower = clip_tower_create(run->ops, &setup->clip, config->train.micro_batch, err);
+    if (!run->tower) return false;
+    const char *path = setup->tower;
+    if (path_exists(path) || !config->model.create_if_missing[0]) return clip_load_weights(run->tower, path, err);
+    if (run->is_rank0) printf("creating a random '%s' vision tower in %s\n", tower_preset(config), path);
+    clip_tower_init_random(run->tower, config->train.seed ^ 0xc11bULL);
+    return clip_save_weights(run->tower, path, err);
+}
+
 bool vlm_dataset_options(const Config *config, const Tokenizer *tok, int32_t image_token_id,
                          VlmDatasetOptions *options, Error *err) {
-    ClipVisionConfig clip;
-    if (!tower_config(config, &clip, err)) return false;
-    ImagePreprocess preprocess = image_preprocess_clip336(image_fit_named(config->vision.image_fit));
-    preprocess.size = clip.image_size; // CLIP's mean, std and pad colour at the tower's resolution
+    VlmSetup setup;
+    if (!vlm_setup(config, &setup, err)) return false;
     *options = (VlmDatasetOptions){.path = config->data.path, .images = config->data.images, .tok = tok,
-                                   .max_seq_len = config->data.max_seq_len, .n_image_tokens = clip_n_patches(&clip),
-                                   .image_token_id = image_token_id, .preprocess = preprocess};
+                                   .max_seq_len = config->data.max_seq_len, .n_image_tokens = clip_n_features(&setup.clip),
+                                   .image_token_id = image_token_id, .preprocess = setup.preprocess};
     return true;
 }
 
@@ -77,15 +127,18 @@ static bool open_vlm_dataset(Run *run, Error *err) {
     return run->vlm_dataset && vlm_dataset_check_skips(run->vlm_dataset, run->config->data.max_skip_fraction, err);
 }
 
-// The tower, the pretrained projector (vision.projector_init) and the dataset.
 size_t vlm_feature_bytes(const Config *config, const ClipVisionConfig *clip, DType act_dtype) {
-    return (size_t)config->train.micro_batch * clip_n_patches(clip) * clip->hidden_size * dtype_size(act_dtype);
+    return (size_t)config->train.micro_batch * clip_n_features(clip) * clip->hidden_size * dtype_size(act_dtype);
 }
 
+// The tower, the starting projector (vision.projector_init, or the llava-hf
+// model folder's) and the dataset.
 bool vlm_load(Run *run, Error *err) {
     const Config *config = run->config;
-    if (config->vision.projector_init[0] && !projector_load(run->model, config->vision.projector_init, err)) return false;
-    if (!load_or_create_tower(run, err) || !open_vlm_dataset(run, err)) return false;
+    VlmSetup setup;
+    if (!vlm_setup(config, &setup, err)) return false;
+    if (setup.projector_init[0] && !projector_load(run->model, setup.projector_init, err)) return false;
+    if (!load_or_create_tower(run, &setup, err) || !open_vlm_dataset(run, err)) return false;
     const ClipVisionConfig *clip = clip_tower_config(run->tower);
     size_t pixels = (size_t)3 * clip->image_size * clip->image_size;
     run->image_scratch = checked_malloc((size_t)config->train.micro_batch * pixels * sizeof(float), "images", err);
@@ -117,7 +170,7 @@ bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out,
         memcpy(run->image_scratch + n_images * pixels, batch->images + row * pixels, pixels * sizeof(float));
         n_images++;
     }
-    out->n_image_rows = n_images * clip_n_patches(clip);
+    out->n_image_rows = n_images * clip_n_features(clip);
     out->image_features = n_images ? run->image_features : NULL;
     return n_images == 0 || clip_tower_forward(run->tower, run->image_scratch, n_images, run->image_features, err);
 }

@@ -34,7 +34,7 @@ typedef struct Config {
         char chat_template[CONFIG_NAME_MAX]; // data.template: auto | llama3 | llama2 | vicuna_v1 | plain
         bool shuffle;
         bool pack;                           // several samples per row of max_seq_len (text only)
-        int image_tokens;                    // positions per <image> (576 for CLIP ViT-L/14-336)
+        int image_tokens;                    // positions per <image>; 0: the tower's features per image
         float max_skip_fraction;             // skipped records / records above this is an error
         char eval_path[CONFIG_PATH_MAX];     // held-out data in data.path's format ("" = none)
         float eval_fraction;                 // or this fraction of data.path held out (0 = none)
@@ -70,14 +70,13 @@ typedef struct Config {
         float low_disk_wait_minutes;
     } checkpoint;
     struct {
-        char tower[CONFIG_PATH_MAX];         // CLIP vision tower safetensors ("" = text only)
-        char tower_preset[CONFIG_NAME_MAX];  // ClipVisionConfig preset, e.g. clip-vit-large-patch14-336
-        int feature_layer;                   // LLaVA's vision_feature_layer: -2 = penultimate
+        char tower[CONFIG_PATH_MAX];         // CLIP tower file or folder ("" = a llava-hf model.path's, else text only)
+        char tower_preset[CONFIG_NAME_MAX];  // "auto" (a llava-hf model.path's vision_config) | a ClipVisionConfig preset
+        int feature_layer;                   // LLaVA's vision_feature_layer: -2 = penultimate; 0 = the folder's (else -2)
         char image_fit[CONFIG_NAME_MAX];     // "pad" (LLaVA-1.5) | "crop" (CLIP) | "squash"
         char projector[CONFIG_NAME_MAX];     // "mlp2x_gelu"
-        char projector_init[CONFIG_PATH_MAX]; // pretrained projector safetensors ("" = random init)
+        char projector_init[CONFIG_PATH_MAX]; // starting projector file or folder ("" = a llava-hf model.path's, else random)
         bool train_projector;
-        char chat_template[CONFIG_NAME_MAX]; // "default" (the built-in role markers) | "llama3"
     } vision;
     struct {
         int stage;                           // 0 | 2

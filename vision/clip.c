@@ -39,6 +39,7 @@ struct ClipTower {
     float *mean, *rstd;      // (N)
     int32_t *class_rows;     // (max_images): b * T
     int32_t *patch_rows;     // (max_images * P): b * T + 1 + p
+    int32_t *feature_rows;   // the rows the features take: patch_rows, or every row ('full')
 };
 
 static const char *const PROJ_NAMES[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
@@ -48,9 +49,9 @@ static const char *const PROJ_NAMES[4] = {"q_proj", "k_proj", "v_proj", "out_pro
 
 bool clip_config_preset(const char *name, ClipVisionConfig *out, Error *err) {
     if (strcmp(name, "clip-vit-large-patch14-336") == 0) {
-        *out = (ClipVisionConfig){1024, 4096, 24, 16, 336, 14, 3, 1e-5f, -2};
+        *out = (ClipVisionConfig){1024, 4096, 24, 16, 336, 14, 3, 1e-5f, -2, false};
     } else if (strcmp(name, "tiny") == 0) {
-        *out = (ClipVisionConfig){32, 64, 3, 4, 16, 4, 3, 1e-5f, -2};
+        *out = (ClipVisionConfig){32, 64, 3, 4, 16, 4, 3, 1e-5f, -2, false};
     } else {
         return fail(err, "unknown CLIP preset '%s' (known: clip-vit-large-patch14-336, tiny)", name);
     }
@@ -61,6 +62,8 @@ int clip_n_patches(const ClipVisionConfig *c) {
     int grid = c->image_size / c->patch_size;
     return grid * grid;
 }
+
+int clip_n_features(const ClipVisionConfig *c) { return clip_n_patches(c) + (c->keep_class_token ? 1 : 0); }
 
 int clip_layers_used(const ClipVisionConfig *c) {
     return c->feature_layer < 0 ? c->n_layers + 1 + c->feature_layer : c->feature_layer;
@@ -170,20 +173,24 @@ static size_t layout_activations(ClipTower *t, uint8_t *base) {
     t->rstd = carve(&carver, N * sizeof(float));
     t->class_rows = carve(&carver, n * sizeof(int32_t));
     t->patch_rows = carve(&carver, n * P * sizeof(int32_t));
+    t->feature_rows = c->keep_class_token ? carve(&carver, N * sizeof(int32_t)) : t->patch_rows;
     return carver.used;
 }
 
-// class_rows[b] = b * T, patch_rows[b * P + p] = b * T + 1 + p
+// class_rows[b] = b * T, patch_rows[b * P + p] = b * T + 1 + p, with 'full' feature_rows[i] = i
 static bool upload_row_indices(ClipTower *t, Error *err) {
     int P = clip_n_patches(&t->config), T = P + 1, n = t->max_images;
-    int32_t *rows = checked_malloc((size_t)n * (P + 1) * sizeof(int32_t), "CLIP row indices", err);
+    int32_t *rows = checked_malloc((size_t)n * (P + 1 + T) * sizeof(int32_t), "CLIP row indices", err);
     if (!rows) return false;
+    int32_t *all_rows = rows + (size_t)n * (P + 1);
     for (int b = 0; b < n; b++) {
         rows[b] = b * T;
         for (int p = 0; p < P; p++) rows[n + b * P + p] = b * T + 1 + p;
     }
+    for (int i = 0; i < n * T; i++) all_rows[i] = i;
     t->ops->upload(t->class_rows, rows, (size_t)n * sizeof(int32_t));
     t->ops->upload(t->patch_rows, rows + n, (size_t)n * P * sizeof(int32_t));
+    if (t->config.keep_class_token) t->ops->upload(t->feature_rows, all_rows, (size_t)n * T * sizeof(int32_t));
     free(rows);
     return true;
 }
@@ -327,6 +334,6 @@ bool clip_tower_forward(ClipTower *t, const float *images, int n_images, void *f
     t->x = t->ln;
     t->ln = embedded;
     for (int l = 0; l < t->n_layers_used; l++) layer_forward(t, &t->layers[l], n_images);
-    ops->embedding_forward(features, t->patch_rows, t->x, n_images * P, D);
+    ops->embedding_forward(features, t->feature_rows, t->x, n_images * clip_n_features(c), D);
     return ops->check(err);
 }

@@ -91,7 +91,8 @@ bool image_preprocess(const Image *image, const ImagePreprocess *p, float *out, 
 // x = [class_embedding; patch_embedding(image)] + position_embedding; x = pre_layrnorm(x)
 // per layer: x += out_proj(attention(layer_norm1(x))); x += fc2(quick_gelu(fc1(layer_norm2(x))))
 // The features are hidden_states[feature_layer] (LLaVA's vision_feature_layer,
-// -2 = the penultimate layer's output) with the class token dropped ('default').
+// -2 = the penultimate layer's output) with the class token dropped ('default')
+// or kept first ('full').
 
 typedef struct ClipVisionConfig {
     int hidden_size;        // D
@@ -103,12 +104,15 @@ typedef struct ClipVisionConfig {
     int channels;
     float layer_norm_eps;
     int feature_layer;      // index into hidden_states (n_layers + 1 of them); negative from the end
+    bool keep_class_token;  // vision_feature_select_strategy 'full' (false: 'default')
 } ClipVisionConfig;
 
 // "clip-vit-large-patch14-336" (LLaVA-1.5's tower) or "tiny" (tests, demo).
 bool clip_config_preset(const char *name, ClipVisionConfig *out, Error *err);
 bool clip_config_validate(const ClipVisionConfig *config, Error *err);
 int clip_n_patches(const ClipVisionConfig *config);
+// Feature rows per image: the patches, plus the class token with 'full'.
+int clip_n_features(const ClipVisionConfig *config);
 // Encoder layers the features need: hidden_states[k] is the output of layer k - 1.
 int clip_layers_used(const ClipVisionConfig *config);
 
@@ -131,5 +135,5 @@ bool clip_tower_visit(ClipTower *tower, ClipTensorVisitor visit, void *context, 
 // norm weights 1, biases 0.
 void clip_tower_init_random(ClipTower *tower, uint64_t seed);
 // images: host fp32 (n_images, channels, S, S) as image_preprocess writes them;
-// features: backend memory (n_images, P, D) in the backend's act_dtype.
+// features: backend memory (n_images, clip_n_features, D) in the backend's act_dtype.
 bool clip_tower_forward(ClipTower *tower, const float *images, int n_images, void *features, Error *err);
