@@ -440,6 +440,14 @@ static char *dump(const Config *c) {
 // default) and has one removed since, and its help comments differ: it
 // resumes, the dropped key noted. A changed value is still refused; a new key
 // this run sets away from its default is a change like any other.
+static void test_removed_key_says_what_replaced_it(void **state) {
+    Config c;
+    config_defaults(&c);
+    Error err = {{0}};
+    assert_false(config_set(&c, "vision.chat_template=llama3", &err));
+    assert_contains(err.message, "'vision.chat_template' is no longer a setting: the chat template is data.template");
+}
+
 static void test_config_changes_across_versions(void **state) {
     Config c;
     config_defaults(&c);
@@ -494,6 +502,7 @@ int main(void) {
         cmocka_unit_test(test_round_trip_full),
         cmocka_unit_test(test_round_trip_defaults_and_awkward_values),
         cmocka_unit_test(test_config_changes_across_versions),
+        cmocka_unit_test(test_removed_key_says_what_replaced_it),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -264,7 +264,15 @@ static const char *suggest_section(const char *name, char *buf, size_t buf_size)
     return buf;
 }
 
+// Keys earlier versions had, with what replaced them.
+static const char *const REMOVED_KEYS[][2] = {
+    {"vision.chat_template", "the chat template is data.template (auto: the model folder's own)"},
+};
+
 static bool fail_unknown_key(const char *path, Error *err) {
+    for (size_t i = 0; i < sizeof REMOVED_KEYS / sizeof REMOVED_KEYS[0]; i++)
+        if (strcmp(path, REMOVED_KEYS[i][0]) == 0)
+            return fail(err, "'%s' is no longer a setting: %s; remove it", path, REMOVED_KEYS[i][1]);
     const char *suggestion = suggest_key(path);
     if (!suggestion) return fail(err, "unknown key '%s'", path);
     return fail(err, "unknown key '%s' (did you mean '%s'?)", path, suggestion);
@@ -661,8 +669,10 @@ void config_defaults(Config *config) {
 }
 
 // Hugging Face ids of the vision tower presets (vision/clip.c): where a recipe's tower comes from.
+// A vision.tower file with tower_preset auto is clip-vit-large-patch14-336's (train_vlm.c).
 static const char *tower_preset_id(const char *preset) {
-    return strcmp(preset, "clip-vit-large-patch14-336") == 0 ? "openai/clip-vit-large-patch14-336" : NULL;
+    bool clip_large = strcmp(preset, "clip-vit-large-patch14-336") == 0 || strcmp(preset, "auto") == 0;
+    return clip_large ? "openai/clip-vit-large-patch14-336" : NULL;
 }
 
 // What a missing input is and how to get it, after "key: 'value' does not exist".
