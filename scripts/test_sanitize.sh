@@ -5,6 +5,7 @@
 # excepted). Extra arguments go to ctest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/python_env.sh  # the tests that read their output back with Python's packages
 cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=Release -DLORA_TRAIN_SANITIZE=ON -DLORA_TRAIN_CUDA=OFF >/dev/null
 cmake --build build-sanitize -j"$(nproc)"
 suppressions="$PWD/scripts/lsan.supp" # third-party leaks (fontconfig through cairo)
