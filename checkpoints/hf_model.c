@@ -318,7 +318,11 @@ typedef struct WeightLoader {
     const char *model_dir;
     HfLayout layout;
     const Ops *ops;
+    Progress progress;  // tensors loaded (and quantized) of the model's
+    int loaded;
 } WeightLoader;
+
+static void count_loaded(WeightLoader *loader) { progress_update(&loader->progress, ++loader->loaded); }
 
 static bool shapes_equal(const Tensor *a, const Tensor *b) {
     if (a->ndim != b->ndim) return false;
@@ -356,7 +360,7 @@ static bool check_frozen_tensor(void *context, const char *name, const Tensor *d
 }
 
 static bool load_frozen_tensor(void *context, const char *name, const Tensor *dst, Error *err) {
-    const WeightLoader *loader = context;
+    WeightLoader *loader = context;
     Tensor src;
     const char *file;
     char key[PARAM_NAME_MAX];
@@ -371,6 +375,7 @@ static bool load_frozen_tensor(void *context, const char *name, const Tensor *ds
         loader->ops->synchronize();
     }
     free(host);
+    count_loaded(loader);
     return ok;
 }
 
@@ -414,7 +419,8 @@ static bool load_serialized_nf4(const WeightLoader *loader, const char *key, con
 
 // An NF4 linear: loaded as bitsandbytes stored it, or quantized from F32/BF16/F16.
 static bool load_nf4_tensor(void *context, const char *name, Nf4Weight *w, Error *err) {
-    const WeightLoader *loader = context;
+    WeightLoader *loader = context;
+    count_loaded(loader);
     Tensor src;
     const char *file;
     char key[PARAM_NAME_MAX];
@@ -435,13 +441,27 @@ static bool load_nf4_tensor(void *context, const char *name, Nf4Weight *w, Error
     return ok ? true : fail_context(err, "%s: %s: ", file, key);
 }
 
+static bool count_frozen(void *context, const char *name, const Tensor *dst, Error *err) {
+    return ++*(int *)context > 0;
+}
+
+static bool count_nf4(void *context, const char *name, Nf4Weight *w, Error *err) { return ++*(int *)context > 0; }
+
 bool hf_load_weights(Model *model, const char *model_dir, Error *err) {
     HfWeights *weights = hf_weights_open(model_dir, err);
     if (!weights) return false;
-    WeightLoader loader = {weights, model_dir, hf_weights_layout(weights), model_ops(model)};
+    WeightLoader loader = {.weights = weights, .model_dir = model_dir, .layout = hf_weights_layout(weights),
+                           .ops = model_ops(model)};
+    int n_tensors = 0;
+    char what[1024];
+    snprintf(what, sizeof what, "loading %s%s (tensors)", model_dir, model_is_nf4(model) ? ", quantizing to NF4" : "");
     bool ok = model_visit_frozen(model, check_frozen_tensor, &loader, err) &&
-              model_visit_frozen(model, load_frozen_tensor, &loader, err) &&
-              (!model_is_nf4(model) || model_visit_nf4(model, load_nf4_tensor, &loader, err));
+              model_visit_frozen(model, count_frozen, &n_tensors, err) &&
+              (!model_is_nf4(model) || model_visit_nf4(model, count_nf4, &n_tensors, err));
+    progress_begin(&loader.progress, what, n_tensors, false);
+    ok = ok && model_visit_frozen(model, load_frozen_tensor, &loader, err) &&
+         (!model_is_nf4(model) || model_visit_nf4(model, load_nf4_tensor, &loader, err));
+    if (ok) progress_end(&loader.progress);
     hf_weights_close(weights);
     return ok;
 }

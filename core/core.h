@@ -132,3 +132,26 @@ int edit_distance(const char *a, const char *b);
 // The shortest decimal that reads back (strtof) as value, as Python's repr
 // writes numbers: "0.05" for 0.05f, "1e-05", "0.0" (a point when integral).
 void format_float_shortest(float value, char *text, size_t size);
+
+// ----------------------------------------------------------------------------
+// progress of long preparation (loading weights, quantizing, reading datasets)
+
+// `what` going from 0 to `total` units (bytes when `bytes`). Nothing is said
+// until the job has run PROGRESS_DELAY_S seconds (LORA_TRAIN_PROGRESS_DELAY
+// overrides it; 0 reports every job): then, on stderr, one line redrawn in
+// place at most 4 times a second on a terminal, else a line at each further
+// tenth, and a last line at progress_end. progress_set_quiet(true) silences
+// every job (ranks other than 0).
+#define PROGRESS_DELAY_S 2.0
+
+typedef struct Progress {
+    const char *what;
+    double total, start, next_draw;
+    bool bytes, terminal, shown;
+    int tenths_said;
+} Progress;
+
+void progress_set_quiet(bool quiet);
+void progress_begin(Progress *p, const char *what, double total, bool bytes);
+void progress_update(Progress *p, double done);
+void progress_end(Progress *p);

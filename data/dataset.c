@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 struct Dataset {
     Sample *samples;          // (n_samples,) views into the pools
@@ -204,7 +205,13 @@ static bool read_records(FILE *file, const char *path, JsonlReader *reader, Data
     size_t line_capacity = 0;
     ssize_t len;
     bool ok = true;
+    struct stat st;
+    char what[1024];
+    snprintf(what, sizeof what, "reading %s", path);
+    Progress progress;
+    progress_begin(&progress, what, fstat(fileno(file), &st) == 0 ? (double)st.st_size : 0, true);
     for (int64_t line_number = 1; ok && (len = getline(&line, &line_capacity, file)) >= 0; line_number++) {
+        progress_update(&progress, (double)ftell(file));
         if (is_blank(line, (size_t)len)) continue;
         Error why;
         reader->empty_conversation = false;
@@ -221,6 +228,7 @@ static bool read_records(FILE *file, const char *path, JsonlReader *reader, Data
         json_object_put(record);
     }
     if (ok && ferror(file)) ok = fail(err, "%s: read error: %s", path, strerror(errno));
+    if (ok) progress_end(&progress);
     free(line);
     return ok;
 }

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SCAN_CHUNK (1 << 20)
@@ -146,7 +147,13 @@ static bool scan_file(LlavaIndex *index, Error *err) {
     int64_t position = 0;
     bool ok = true;
     ssize_t got;
+    struct stat st;
+    char what[1024];
+    snprintf(what, sizeof what, "indexing %s", index->path);
+    Progress progress;
+    progress_begin(&progress, what, fstat(index->fd, &st) == 0 ? (double)st.st_size : 0, true);
     while (ok && (got = read(index->fd, chunk, SCAN_CHUNK)) != 0) {
+        progress_update(&progress, (double)position);
         if (got < 0 && errno == EINTR) continue;
         if (got < 0) {
             ok = fail(err, "read: %s", strerror(errno));
@@ -156,6 +163,7 @@ static bool scan_file(LlavaIndex *index, Error *err) {
         position += got;
     }
     free(chunk);
+    if (ok) progress_end(&progress);
     index->is_jsonl = scanner.is_jsonl;
     return ok && finish_scan(&scanner, index, position, err);
 }

@@ -190,7 +190,15 @@ static bool scan_records(VlmDataset *dataset, Error *err) {
         scratch.image = checked_malloc(image_floats(dataset) * sizeof(float), "an image tensor", err);
     dataset->load_failed = checked_calloc((size_t)(n_records > 0 ? n_records : 1), 1, "the load-failure flags", err);
     bool ok = dataset->usable && dataset->load_failed && (!dataset->options.decode_images || scratch.image);
-    for (int64_t i = 0; ok && i < n_records; i++) ok = scan_record(dataset, i, &scratch, err);
+    char what[1024];
+    snprintf(what, sizeof what, "checking and tokenizing the records of %s", dataset->path);
+    Progress progress;
+    progress_begin(&progress, what, (double)n_records, false);
+    for (int64_t i = 0; ok && i < n_records; i++) {
+        ok = scan_record(dataset, i, &scratch, err);
+        progress_update(&progress, (double)(i + 1));
+    }
+    if (ok) progress_end(&progress);
     token_sequence_free(&scratch.seq);
     free(scratch.image);
     return ok;

@@ -66,10 +66,42 @@ static void test_log_lines_in_a_pipe(void **state) {
     free(text);
 }
 
+// Preparation says how far it is (LORA_TRAIN_PROGRESS_DELAY=0: every job,
+// however short): the dataset read and the model's tensors loaded, in a pipe
+// a line each ending at 100%, on a terminal redrawn in place; with the
+// default delay a job this short says nothing.
+static void test_preparation_progress(void **state) {
+    const char *quiet_dir = make_temp_dir("progress-quiet");
+    write_recipe(quiet_dir);
+    char *quiet = run_and_capture(quiet_dir, "$LORA_TRAIN_BIN --config %s/run.yaml 2>&1 | cat > %s");
+    assert_null(strstr(quiet, "(tensors): "));
+    const char *dir = make_temp_dir("progress-prepare");
+    write_recipe(dir);
+    char *piped = run_and_capture(dir, "LORA_TRAIN_PROGRESS_DELAY=0 $LORA_TRAIN_BIN --config %s/run.yaml 2>&1 | "
+                                       "cat > %s");
+    char reading[2048], loading[2048];
+    snprintf(reading, sizeof reading, "reading %s/data.jsonl: 100%% (", dir);
+    snprintf(loading, sizeof loading, "loading %s/model (tensors): 100%% (", dir);
+    assert_non_null(strstr(piped, reading));
+    assert_non_null(strstr(piped, loading));
+    assert_null(strchr(piped, '\r'));
+    if (run_command("command -v script > /dev/null") == 0) {
+        const char *tty_dir = make_temp_dir("progress-prepare-tty");
+        write_recipe(tty_dir);
+        char *tty = run_and_capture(tty_dir, "script -q -e -c \"LORA_TRAIN_PROGRESS_DELAY=0 $LORA_TRAIN_BIN --config "
+                                             "%s/run.yaml\" /dev/null < /dev/null > %s 2>&1");
+        snprintf(loading, sizeof loading, "\r\033[Kloading %s/model (tensors): ", tty_dir);
+        assert_non_null(strstr(tty, loading));
+        free(tty);
+    }
+    free(quiet), free(piped);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_progress_line_on_a_terminal),
         cmocka_unit_test(test_log_lines_in_a_pipe),
+        cmocka_unit_test(test_preparation_progress),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

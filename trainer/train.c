@@ -212,6 +212,7 @@ static bool setup(Run *run, const Config *config, Error *err) {
     RankInfo ranks;
     if (!rank_info_from_env(&ranks, err)) return false;
     run->is_rank0 = ranks.rank == 0;
+    progress_set_quiet(!run->is_rank0);  // preparation progress from rank 0 alone
     if (!check_supported(config, err)) return false;
     run->ops = choose_backend(config->train.backend, run->is_rank0, err);
     if (!run->ops || !check_memory_fits(config, run->ops, &ranks, err) ||
