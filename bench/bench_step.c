@@ -34,7 +34,7 @@ int main(int argc, char **argv) {
     if (!model_init_random_base(model, 1, &err)) return fprintf(stderr, "%s\n", err.message), 1;
     size_t n_params = model_params(model)->total;
     AdamW opt;
-    float *norm_scratch = ops.alloc(sizeof(float), &err);
+    float *norm_scratch = ops.alloc(&ops, sizeof(float), &err);
     if (!norm_scratch || !adamw_init(&opt, &ops, n_params, 0.9f, 0.999f, 1e-8f, 0.0f, &err))
         return fprintf(stderr, "%s\n", err.message), 1;
     StepBatch batch;
@@ -63,7 +63,7 @@ int main(int argc, char **argv) {
            B * T / median, model_activation_bytes(model) / 1e6, 1e3 * mean);
     op_timer_print(stdout, steps);
     adamw_destroy(&opt);
-    ops.free(norm_scratch);
+    ops.free(&ops, norm_scratch);
     model_destroy(model);
     return 0;
 }

@@ -83,7 +83,7 @@ static bool fill_frozen(void *context, const char *name, const Tensor *tensor, E
     const float *source = tensor->ndim == 1 ? f->ones : f->tile;  // norms are 1, as transformers initialises them
     for (size_t start = 0; start < n; start += TILE) {
         size_t count = n - start < TILE ? n - start : TILE;
-        f->ops->upload_f32((char *)tensor->data + start * act_size, source, count);
+        f->ops->upload_f32(f->ops, (char *)tensor->data + start * act_size, source, count);
     }
     return true;
 }
@@ -91,8 +91,8 @@ static bool fill_frozen(void *context, const char *name, const Tensor *tensor, E
 static bool copy_device(const Ops *ops, void *dst, const void *src, size_t bytes, Error *err) {
     void *host = malloc(bytes ? bytes : 1);
     if (!host) return fail(err, "out of host memory copying %zu bytes", bytes);
-    ops->download(host, src, bytes);
-    ops->upload(dst, host, bytes);
+    ops->download(ops, host, src, bytes);
+    ops->upload(ops, dst, host, bytes);
     free(host);
     return true;
 }
@@ -137,7 +137,7 @@ static bool init_random_base(Model *model, Error *err) {
     bool ok = model_visit_frozen(model, fill_frozen, &f, err) && (!model_is_nf4(model) ||
                                                                    model_visit_nf4(model, fill_nf4, &f, err));
     free(f.tile), free(f.ones);
-    return ok && f.ops->check(err);
+    return ok && f.ops->check(f.ops, err);
 }
 
 // ----------------------------------------------------------------------------
@@ -161,25 +161,26 @@ static double flops_per_token(const LlamaConfig *c, int T, bool checkpointing) {
 // 3 warm-up products, then the mean of 10, on random data.
 static double gemm_rate(const Ops *ops, int S, Error *err) {
     size_t n = (size_t)S * S, bytes = n * dtype_size(ops->act_dtype);
-    void *a = ops->alloc(bytes, err), *b = a ? ops->alloc(bytes, err) : NULL, *out = b ? ops->alloc(bytes, err) : NULL;
+    void *a = ops->alloc(ops, bytes, err), *b = a ? ops->alloc(ops, bytes, err) : NULL,
+         *out = b ? ops->alloc(ops, bytes, err) : NULL;
     float *host = malloc(n * sizeof(float));
     double rate = 0;
     if (out && host) {
         Rng rng;
         rng_seed(&rng, 2);
         for (size_t i = 0; i < n; i++) host[i] = rng_uniform(&rng) - 0.5f;
-        ops->upload_f32(a, host, n);
-        ops->upload_f32(b, host, n);
-        for (int i = 0; i < 3; i++) ops->matmul(out, a, b, S, S, S, false, true, 1.0f, 0.0f);
-        ops->synchronize();
+        ops->upload_f32(ops, a, host, n);
+        ops->upload_f32(ops, b, host, n);
+        for (int i = 0; i < 3; i++) ops->matmul(ops, out, a, b, S, S, S, false, true, 1.0f, 0.0f);
+        ops->synchronize(ops);
         double start = time_seconds();
-        for (int i = 0; i < 10; i++) ops->matmul(out, a, b, S, S, S, false, true, 1.0f, 0.0f);
-        ops->synchronize();
+        for (int i = 0; i < 10; i++) ops->matmul(ops, out, a, b, S, S, S, false, true, 1.0f, 0.0f);
+        ops->synchronize(ops);
         rate = 10 * 2.0 * S * (double)S * S / (time_seconds() - start);
     }
     free(host);
-    ops->free(a), ops->free(b), ops->free(out);
-    return ops->check(err) ? rate : 0;
+    ops->free(ops, a), ops->free(ops, b), ops->free(ops, out);
+    return ops->check(ops, err) ? rate : 0;
 }
 
 // ----------------------------------------------------------------------------
@@ -198,14 +199,14 @@ static bool train_steps(const Args *a, Model *model, Zero *zero, Result *r, Erro
     bool ok = batch.tokens && batch.targets && seconds;
     for (int step = 0; ok && step < a->warmup + a->steps; step++) {
         if (step == a->warmup && a->profile) op_timer_reset();
-        ops->synchronize();
+        ops->synchronize(ops);
         double start = time_seconds(), loss;
         float norm;
         ok = train_accumulate(model, zero, &batch, 1, step, &loss, err) &&
              zero_step(zero, model_param_data(model), model_grad_data(model), a->lr, &norm, err);
         model_sync_params(model);
-        ops->synchronize();
-        ok = ok && ops->check(err);
+        ops->synchronize(ops);
+        ok = ok && ops->check(ops, err);
         if (step == 0) r->first_loss = loss;
         r->last_loss = loss;
         if (step >= a->warmup) seconds[step - a->warmup] = time_seconds() - start;
@@ -236,7 +237,7 @@ static bool run(const Args *a, const Ops *ops, LlamaConfig *config, Result *r, E
     bool ok = init_random_base(model, err) && (coll = collectives_single(err)) &&
               (zero = zero_create(ops, coll, model_param_data(model), model_grad_data(model), r->n_params, &zero_options, err)) &&
               train_steps(a, model, zero, r, err);
-    r->peak_bytes = ops->peak_bytes();
+    r->peak_bytes = ops->peak_bytes(ops);
     zero_destroy(zero);
     collectives_destroy(coll);
     model_destroy(model);

@@ -23,52 +23,67 @@ static const Ops *base;
 static double op_seconds[OP_COUNT];
 static long op_calls[OP_COUNT];
 
-#define TIMED(name, params, args)                        \
-    static void timed_##name params {                    \
-        base->synchronize();                             \
-        double start = time_seconds();                   \
-        base->name args;                                 \
-        base->synchronize();                             \
-        op_seconds[OP_##name] += time_seconds() - start; \
-        op_calls[OP_##name]++;                           \
+#define TIMED(name, params, args)                                                                                      \
+    static void timed_##name params {                                                                                  \
+        base->synchronize(base);                                                                                       \
+        double start = time_seconds();                                                                                 \
+        base->name args;                                                                                               \
+        base->synchronize(base);                                                                                       \
+        op_seconds[OP_##name] += time_seconds() - start;                                                               \
+        op_calls[OP_##name]++;                                                                                         \
     }
 
-TIMED(matmul, (void *o, const void *a, const void *b, int M, int N, int K, bool ta, bool tb, float al, float be),
-      (o, a, b, M, N, K, ta, tb, al, be))
-TIMED(matmul_weight_grad, (float *dw, const void *dy, const void *x, int M, int N, int K, float al),
-      (dw, dy, x, M, N, K, al))
-TIMED(add_inplace, (void *a, const void *b, size_t n), (a, b, n))
-TIMED(embedding_forward, (void *o, const int32_t *ids, const void *t, int N, int C), (o, ids, t, N, C))
-TIMED(rmsnorm_forward, (void *o, float *r, const void *x, const void *w, int N, int C, float e), (o, r, x, w, N, C, e))
-TIMED(rmsnorm_backward, (void *dx, const void *dy, const void *x, const void *w, const float *r, int N, int C),
-      (dx, dy, x, w, r, N, C))
-TIMED(rope_forward, (void *x, const int32_t *p, const float *f, int N, int h, int d), (x, p, f, N, h, d))
-TIMED(rope_backward, (void *x, const int32_t *p, const float *f, int N, int h, int d), (x, p, f, N, h, d))
-TIMED(attention_forward, (void *o, float *l, const void *q, const void *k, const void *v, const int32_t *s, int b,
-                          int t, int h, int kv, int d), (o, l, q, k, v, s, b, t, h, kv, d))
-TIMED(attention_backward, (void *dq, void *dk, void *dv, const void *dout, const void *out, const float *l,
-                           const void *q, const void *k, const void *v, const int32_t *s, int b, int t, int h, int kv,
-                           int d), (dq, dk, dv, dout, out, l, q, k, v, s, b, t, h, kv, d))
-TIMED(swiglu_forward, (void *o, const void *g, const void *u, size_t n), (o, g, u, n))
-TIMED(swiglu_backward, (void *dg, void *du, const void *dy, const void *g, const void *u, size_t n),
-      (dg, du, dy, g, u, n))
-TIMED(dropout_forward, (void *o, const void *x, size_t n, float p, uint64_t s, uint64_t off), (o, x, n, p, s, off))
-TIMED(dropout_backward, (void *dx, const void *dy, size_t n, float p, uint64_t s, uint64_t off),
-      (dx, dy, n, p, s, off))
-TIMED(cross_entropy, (float *l, void *dl, const void *lg, const int32_t *t, int N, int V, float g),
-      (l, dl, lg, t, N, V, g))
-TIMED(sum_squares, (float *o, const float *g, size_t n), (o, g, n))
-TIMED(scale_f32, (float *x, float s, size_t n), (x, s, n))
-TIMED(adamw, (float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2, float e,
-              float wd, int step), (p, g, m, v, n, lr, b1, b2, e, wd, step))
-TIMED(zero, (void *p, size_t bytes), (p, bytes))
-TIMED(params_to_act, (void *d, const float *s, size_t n), (d, s, n))
-TIMED(dequantize_blockwise_u8, (float *o, const uint8_t *q, const float *c, const float *a, float off, size_t n,
-                                int bs), (o, q, c, a, off, n, bs))
-TIMED(dequantize_nf4, (void *o, const uint8_t *p, const float *c, const float *a, size_t n), (o, p, c, a, n))
-TIMED(download, (void *dst, const void *src, size_t bytes), (dst, src, bytes))
-TIMED(upload, (void *dst, const void *src, size_t bytes), (dst, src, bytes))
-TIMED(upload_async, (void *dst, const void *src, size_t bytes), (dst, src, bytes))
+TIMED(matmul,
+      (const Ops *ops, void *o, const void *a, const void *b, int M, int N, int K, bool ta, bool tb, float al,
+       float be),
+      (base, o, a, b, M, N, K, ta, tb, al, be))
+TIMED(matmul_weight_grad, (const Ops *ops, float *dw, const void *dy, const void *x, int M, int N, int K, float al),
+      (base, dw, dy, x, M, N, K, al))
+TIMED(add_inplace, (const Ops *ops, void *a, const void *b, size_t n), (base, a, b, n))
+TIMED(embedding_forward, (const Ops *ops, void *o, const int32_t *ids, const void *t, int N, int C),
+      (base, o, ids, t, N, C))
+TIMED(rmsnorm_forward, (const Ops *ops, void *o, float *r, const void *x, const void *w, int N, int C, float e),
+      (base, o, r, x, w, N, C, e))
+TIMED(rmsnorm_backward,
+      (const Ops *ops, void *dx, const void *dy, const void *x, const void *w, const float *r, int N, int C),
+      (base, dx, dy, x, w, r, N, C))
+TIMED(rope_forward, (const Ops *ops, void *x, const int32_t *p, const float *f, int N, int h, int d),
+      (base, x, p, f, N, h, d))
+TIMED(rope_backward, (const Ops *ops, void *x, const int32_t *p, const float *f, int N, int h, int d),
+      (base, x, p, f, N, h, d))
+TIMED(attention_forward,
+      (const Ops *ops, void *o, float *l, const void *q, const void *k, const void *v, const int32_t *s, int b, int t,
+       int h, int kv, int d),
+      (base, o, l, q, k, v, s, b, t, h, kv, d))
+TIMED(attention_backward,
+      (const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out, const float *l, const void *q,
+       const void *k, const void *v, const int32_t *s, int b, int t, int h, int kv, int d),
+      (base, dq, dk, dv, dout, out, l, q, k, v, s, b, t, h, kv, d))
+TIMED(swiglu_forward, (const Ops *ops, void *o, const void *g, const void *u, size_t n), (base, o, g, u, n))
+TIMED(swiglu_backward, (const Ops *ops, void *dg, void *du, const void *dy, const void *g, const void *u, size_t n),
+      (base, dg, du, dy, g, u, n))
+TIMED(dropout_forward, (const Ops *ops, void *o, const void *x, size_t n, float p, uint64_t s, uint64_t off),
+      (base, o, x, n, p, s, off))
+TIMED(dropout_backward, (const Ops *ops, void *dx, const void *dy, size_t n, float p, uint64_t s, uint64_t off),
+      (base, dx, dy, n, p, s, off))
+TIMED(cross_entropy, (const Ops *ops, float *l, void *dl, const void *lg, const int32_t *t, int N, int V, float g),
+      (base, l, dl, lg, t, N, V, g))
+TIMED(sum_squares, (const Ops *ops, float *o, const float *g, size_t n), (base, o, g, n))
+TIMED(scale_f32, (const Ops *ops, float *x, float s, size_t n), (base, x, s, n))
+TIMED(adamw,
+      (const Ops *ops, float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2, float e,
+       float wd, int step),
+      (base, p, g, m, v, n, lr, b1, b2, e, wd, step))
+TIMED(zero, (const Ops *ops, void *p, size_t bytes), (base, p, bytes))
+TIMED(params_to_act, (const Ops *ops, void *d, const float *s, size_t n), (base, d, s, n))
+TIMED(dequantize_blockwise_u8,
+      (const Ops *ops, float *o, const uint8_t *q, const float *c, const float *a, float off, size_t n, int bs),
+      (base, o, q, c, a, off, n, bs))
+TIMED(dequantize_nf4, (const Ops *ops, void *o, const uint8_t *p, const float *c, const float *a, size_t n),
+      (base, o, p, c, a, n))
+TIMED(download, (const Ops *ops, void *dst, const void *src, size_t bytes), (base, dst, src, bytes))
+TIMED(upload, (const Ops *ops, void *dst, const void *src, size_t bytes), (base, dst, src, bytes))
+TIMED(upload_async, (const Ops *ops, void *dst, const void *src, size_t bytes), (base, dst, src, bytes))
 
 Ops op_timer_wrap(const Ops *backend) {
     base = backend;

@@ -126,17 +126,19 @@ static json_object *adapter_config_json(Model *model, const AdapterInfo *info) {
 }
 
 void upload_params(Model *model, const float *host) {
-    model_ops(model)->upload(model_param_data(model), host, model_params(model)->total * sizeof(float));
+    const Ops *ops = model_ops(model);
+    ops->upload(ops, model_param_data(model), host, model_params(model)->total * sizeof(float));
     model_sync_params(model);
-    model_ops(model)->synchronize();
+    ops->synchronize(ops);
 }
 
 float *download_params(Model *model, Error *err) {
     const ParamTable *table = model_params(model);
     float *host = checked_malloc(table->total * sizeof(float) + 1, "trainable parameters", err);
     if (!host) return NULL;
-    model_ops(model)->download(host, model_param_data(model), table->total * sizeof(float));
-    model_ops(model)->synchronize();
+    const Ops *ops = model_ops(model);
+    ops->download(ops, host, model_param_data(model), table->total * sizeof(float));
+    ops->synchronize(ops);
     return host;
 }
 

@@ -75,9 +75,9 @@ static bool serialize_optimizer(const CheckpointSource *source, CheckpointImage 
         memcpy(host, source->adam_m, count * sizeof(float));
         memcpy(host + count, source->adam_v, count * sizeof(float));
     } else {
-        ops->download(host, source->adam_m, count * sizeof(float));
-        ops->download(host + count, source->adam_v, count * sizeof(float));
-        ops->synchronize();
+        ops->download(ops, host, source->adam_m, count * sizeof(float));
+        ops->download(ops, host + count, source->adam_v, count * sizeof(float));
+        ops->synchronize(ops);
     }
     char step[24], rank[24], world_size[24], begin_text[24], end_text[24], total_text[24], name[OPTIMIZER_NAME_MAX];
     snprintf(step, sizeof step, "%d", source->state->optimizer_steps);
@@ -465,7 +465,8 @@ static bool copy_overlap(const SafetensorsFile *file, const char *path, const ch
     if (lo >= hi) return true;
     const float *src = (const float *)t.data + (lo - file_begin);
     size_t bytes = (hi - lo) * sizeof(float);
-    if (request->ops) request->ops->upload(dst + (lo - request->begin), src, bytes);
+    if (request->ops)
+        request->ops->upload(request->ops, dst + (lo - request->begin), src, bytes);
     else memcpy(dst + (lo - request->begin), src, bytes);
     return true;
 }
@@ -616,7 +617,8 @@ bool checkpoint_load_shard(const char *dir, Model *model, float *adam_m, float *
     int optimizer_steps = 0;
     bool ok = checkpoint_verify(dir, err) && adapter_load(model, dir, err) &&
               load_optimizer(dir, &request, &optimizer_steps, err) && load_state(dir, state, err);
-    model_ops(model)->synchronize();
+    const Ops *ops = model_ops(model);
+    ops->synchronize(ops);
     if (!ok) return fail_context(err, "loading checkpoint %s: ", dir);
     if (state->optimizer_steps != optimizer_steps)
         return fail(err, "loading checkpoint %s: " STATE_FILE " says %d AdamW steps, the optimizer shards %d", dir,

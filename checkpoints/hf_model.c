@@ -261,7 +261,7 @@ static bool save_tensor(void *context, int index, void *bytes, size_t size, Erro
     const Tensor *t = &list->entries[index].tensor;
     size_t n = (size_t)tensor_numel(t);
     if (list->dtype == DTYPE_F32) {
-        list->ops->download_f32(bytes, t->data, n);
+        list->ops->download_f32(list->ops, bytes, t->data, n);
         return true;
     }
     if (n > list->scratch_n) {
@@ -270,7 +270,7 @@ static bool save_tensor(void *context, int index, void *bytes, size_t size, Erro
         list->scratch = checked_malloc(n * sizeof(float), list->entries[index].name, err);
         if (!list->scratch) return list->scratch_n = 0, false;
     }
-    list->ops->download_f32(list->scratch, t->data, n);
+    list->ops->download_f32(list->ops, list->scratch, t->data, n);
     uint16_t *half = bytes;
     for (size_t i = 0; i < n; i++)
         half[i] = list->dtype == DTYPE_BF16 ? f32_to_bf16(list->scratch[i]) : f32_to_f16(list->scratch[i]);
@@ -298,7 +298,8 @@ bool hf_save_model_as(Model *model, const char *model_dir, DType dtype, Error *e
     json_object_put(config);
     FrozenList list = {.ops = model_ops(model), .dtype = dtype};
     ok = ok && model_visit_frozen(model, list_frozen_tensor, &list, err);
-    model_ops(model)->synchronize();
+    const Ops *ops = model_ops(model);
+    ops->synchronize(ops);
     const char *metadata[] = {"format", "pt"};
     ok = ok && safetensors_write_streamed(weights_path, list.entries, list.count, metadata, 1, save_tensor, &list, err);
     free(list.scratch);
@@ -371,8 +372,8 @@ static bool load_frozen_tensor(void *context, const char *name, const Tensor *ds
     bool ok = convert_to_f32(host, src.data, src.dtype, n, err);
     safetensors_release(&src);
     if (ok) {
-        loader->ops->upload_f32(dst->data, host, n);
-        loader->ops->synchronize();
+        loader->ops->upload_f32(loader->ops, dst->data, host, n);
+        loader->ops->synchronize(loader->ops);
     }
     free(host);
     count_loaded(loader);

@@ -107,8 +107,8 @@ static bool load_clip_tensor(void *context, const char *name, const Tensor *dst,
     if (!host) return false;
     bool ok = convert_to_f32(host, src.data, src.dtype, n, err);
     if (ok) {
-        loader->ops->upload_f32(dst->data, host, n);
-        loader->ops->synchronize();
+        loader->ops->upload_f32(loader->ops, dst->data, host, n);
+        loader->ops->synchronize(loader->ops);
     } else {
         fail_context(err, "%s: tensor %s: ", loader->path, key);
     }
@@ -161,7 +161,7 @@ static bool save_clip_tensor(void *context, const char *name, const Tensor *tens
     size_t bytes = (size_t)tensor_numel(tensor) * dtype_size(tensor->dtype);
     void *host = checked_malloc(bytes + 1, name, err);
     if (!host) return false;
-    saver->ops->download(host, tensor->data, bytes);
+    saver->ops->download(saver->ops, host, tensor->data, bytes);
     snprintf(saver->names[saver->count], sizeof saver->names[0], "%s", name);
     saver->entries[saver->count] = (SafetensorsEntry){NULL, *tensor}; // named once the list stops growing
     saver->entries[saver->count].tensor.data = host;
@@ -172,7 +172,7 @@ static bool save_clip_tensor(void *context, const char *name, const Tensor *tens
 bool clip_save_weights(ClipTower *tower, const char *path, Error *err) {
     ClipSaver saver = {.ops = clip_tower_ops(tower)};
     bool ok = clip_tower_visit(tower, save_clip_tensor, &saver, err);
-    saver.ops->synchronize();
+    saver.ops->synchronize(saver.ops);
     for (int i = 0; i < saver.count; i++) saver.entries[i].name = saver.names[i];
     const char *metadata[] = {"format", "pt"};
     ok = ok && safetensors_write(path, saver.entries, saver.count, metadata, 1, err);

@@ -14,6 +14,8 @@
 // - Backward ops ADD into every gradient they produce (dinp += ...), like
 //   llm.c: the caller zeroes gradient buffers when it needs them fresh.
 // - Ops are asynchronous on a GPU; `synchronize` waits for all of them.
+// - An Ops is a backend handle: every function takes the handle it is called
+//   through first (ops->matmul(ops, ...)) and finds the backend's state there.
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -35,88 +37,93 @@ typedef struct RopeScaling {
 // inv_freq[i] = theta^(-2i / head_dim), i < head_dim / 2, then scaled.
 void rope_inverse_frequencies(float *inv_freq, int head_dim, float theta, const RopeScaling *scaling);
 
-typedef struct Ops {
+typedef struct Ops Ops;
+struct Ops {
     const char *name;  // "cpu" or "cuda", for messages; what differs is in the capabilities below
     // ---- capabilities ------------------------------------------------------
     bool device_memory;   // tensors live in device memory: collectives go through NCCL on the device
     bool pinned_staging;  // host buffers the backend copies to and from are pinned, so copies overlap
     DType act_dtype;   // storage of activations and frozen weights
+    // The backend's own state, which its ops reach only through this handle:
+    // CUDA's device, streams, cuBLASLt handle, workspace and scratch; NULL on
+    // the CPU. Every op takes the handle it was called through as `ops`.
+    void *state;
 
     // ---- memory (device memory for CUDA, host memory for the CPU) --------
-    void *(*alloc)(size_t bytes, Error *err);
-    void (*free)(void *ptr);
+    void *(*alloc)(const Ops *ops, size_t bytes, Error *err);
+    void (*free)(const Ops *ops, void *ptr);
     // upload and download return with the copy complete.
-    void (*upload)(void *dst, const void *src_host, size_t bytes);
-    void (*download)(void *dst_host, const void *src, size_t bytes);
+    void (*upload)(const Ops *ops, void *dst, const void *src_host, size_t bytes);
+    void (*download)(const Ops *ops, void *dst_host, const void *src, size_t bytes);
     // dst = src_host in stream order: the bytes are taken before it returns
     // (src_host may be reused at once, pageable or not) and reach dst before
     // the ops issued after it run, without the host waiting for the ops
     // issued before it. For the small per-micro-batch inputs (tokens,
     // positions, ...). A plain copy on the CPU.
-    void (*upload_async)(void *dst, const void *src_host, size_t bytes);
-    void (*zero)(void *ptr, size_t bytes);
-    void (*synchronize)(void);
+    void (*upload_async)(const Ops *ops, void *dst, const void *src_host, size_t bytes);
+    void (*zero)(const Ops *ops, void *ptr, size_t bytes);
+    void (*synchronize)(const Ops *ops);
     // The stream every op is issued on (cudaStream_t), for collectives that
     // order themselves after it with events; NULL on the CPU backend.
-    void *(*stream)(void);
+    void *(*stream)(const Ops *ops);
     // The most memory this backend's alloc held at once since the process
     // started (CPU: its allocations; CUDA: its cudaMallocs, scratch and
     // cuBLASLt workspace included, the CUDA context not).
-    size_t (*peak_bytes)(void);
+    size_t (*peak_bytes)(const Ops *ops);
     // Grows the backend's scratch (CUDA: attention_backward's row statistics,
     // attention_backward_scratch_bytes) to at least `bytes` now, so that no op
     // allocates, and synchronizes the device, inside the step loop. Nothing
     // to do on the CPU.
-    bool (*reserve_scratch)(size_t bytes, Error *err);
+    bool (*reserve_scratch)(const Ops *ops, size_t bytes, Error *err);
     // dst_host = src on a copy stream that overlaps the ops issued later:
     // the copy starts once `after` (a cudaEvent_t, e.g. a collective's on its
     // own stream) has fired, or when NULL once the ops issued so far are done.
     // dst_host must be pinned to overlap on CUDA. A plain copy on the CPU.
-    void (*download_async)(void *dst_host, const void *src, size_t bytes, void *after);
+    void (*download_async)(const Ops *ops, void *dst_host, const void *src, size_t bytes, void *after);
     // Waits for every download_async issued.
-    void (*synchronize_copies)(void);
+    void (*synchronize_copies)(const Ops *ops);
 
     // act[i] = (act_dtype) src[i], src fp32 on the host. Loads weights.
     // Both return with the copy complete, as upload and download.
-    void (*upload_f32)(void *dst_act, const float *src_host, size_t n);
+    void (*upload_f32)(const Ops *ops, void *dst_act, const float *src_host, size_t n);
     // dst[i] = (float) act[i], onto the host. Reads results.
-    void (*download_f32)(float *dst_host, const void *src_act, size_t n);
+    void (*download_f32)(const Ops *ops, float *dst_host, const void *src_act, size_t n);
     // act[i] = (act_dtype) params[i], both on the device: the compute copy of
     // the fp32 trainable parameters (an alias-free copy even on the CPU).
-    void (*params_to_act)(void *dst_act, const float *params, size_t n);
+    void (*params_to_act)(const Ops *ops, void *dst_act, const float *params, size_t n);
 
     // ---- linear algebra --------------------------------------------------
     // out (M, N) = alpha * op(a) @ op(b) + beta * out, with op(a) (M, K) and
     // op(b) (K, N); a is stored (K, M) when trans_a, b is stored (N, K) when
     // trans_b. A linear layer x W^T is matmul(y, x, W, M, N, K, false, true, 1, 0).
-    void (*matmul)(void *out, const void *a, const void *b, int M, int N, int K,
-                   bool trans_a, bool trans_b, float alpha, float beta);
+    void (*matmul)(const Ops *ops, void *out, const void *a, const void *b, int M, int N, int K, bool trans_a,
+                   bool trans_b, float alpha, float beta);
     // dweight (N, K) += alpha * dout^T @ inp, dout (M, N), inp (M, K): the
     // weight gradient of y = x W^T, accumulated in fp32.
-    void (*matmul_weight_grad)(float *dweight, const void *dout, const void *inp,
-                               int M, int N, int K, float alpha);
+    void (*matmul_weight_grad)(const Ops *ops, float *dweight, const void *dout, const void *inp, int M, int N, int K,
+                               float alpha);
     // a[i] += b[i]
-    void (*add_inplace)(void *a, const void *b, size_t n);
+    void (*add_inplace)(const Ops *ops, void *a, const void *b, size_t n);
 
     // ---- embedding -------------------------------------------------------
     // out (N, C) = table[ids[n]], table (V, C), ids on the device.
-    void (*embedding_forward)(void *out, const int32_t *ids, const void *table, int N, int C);
+    void (*embedding_forward)(const Ops *ops, void *out, const int32_t *ids, const void *table, int N, int C);
 
     // ---- RMSNorm (Llama) -------------------------------------------------
     // out = inp / sqrt(mean(inp^2) + eps) * weight; rstd (N) saved for backward.
-    void (*rmsnorm_forward)(void *out, float *rstd, const void *inp, const void *weight,
-                            int N, int C, float eps);
-    void (*rmsnorm_backward)(void *dinp, const void *dout, const void *inp, const void *weight,
+    void (*rmsnorm_forward)(const Ops *ops, void *out, float *rstd, const void *inp, const void *weight, int N, int C,
+                            float eps);
+    void (*rmsnorm_backward)(const Ops *ops, void *dinp, const void *dout, const void *inp, const void *weight,
                              const float *rstd, int N, int C);
 
     // ---- rotary position embedding (Hugging Face rotate_half layout) ------
     // x (N, n_head, head_dim) rotated in place by positions (N) and
     // inv_freq (head_dim / 2): x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin,
     // x1 = x[:head_dim/2], x2 = x[head_dim/2:]. Backward rotates by -angle.
-    void (*rope_forward)(void *x, const int32_t *positions, const float *inv_freq,
-                         int N, int n_head, int head_dim);
-    void (*rope_backward)(void *dx, const int32_t *positions, const float *inv_freq,
-                          int N, int n_head, int head_dim);
+    void (*rope_forward)(const Ops *ops, void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                         int head_dim);
+    void (*rope_backward)(const Ops *ops, void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                          int head_dim);
 
     // ---- causal self-attention with grouped-query heads -------------------
     // q (B, T, n_head, hd), k and v (B, T, n_kv_head, hd), out like q.
@@ -128,25 +135,23 @@ typedef struct Ops {
     // of the first token of t's segment, so it is t or seq_start[b, t - 1].
     // Token t attends to u iff seq_start[b, t] <= u <= t. NULL: each row is
     // one causal sequence (seq_start = 0 everywhere).
-    void (*attention_forward)(void *out, float *lse, const void *q, const void *k, const void *v,
-                              const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                              int head_dim);
-    void (*attention_backward)(void *dq, void *dk, void *dv, const void *dout, const void *out,
-                               const float *lse, const void *q, const void *k, const void *v,
-                               const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                               int head_dim);
+    void (*attention_forward)(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                              const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim);
+    void (*attention_backward)(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                               const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
+                               int B, int T, int n_head, int n_kv_head, int head_dim);
 
     // ---- SwiGLU: out = silu(gate) * up, silu(x) = x / (1 + e^-x) ----------
-    void (*swiglu_forward)(void *out, const void *gate, const void *up, size_t n);
-    void (*swiglu_backward)(void *dgate, void *dup, const void *dout, const void *gate,
-                            const void *up, size_t n);
+    void (*swiglu_forward)(const Ops *ops, void *out, const void *gate, const void *up, size_t n);
+    void (*swiglu_backward)(const Ops *ops, void *dgate, void *dup, const void *dout, const void *gate, const void *up,
+                            size_t n);
 
     // ---- dropout (inverted): out = inp * keep / (1 - p) ------------------
     // keep[i] = rng_uniform_at(seed, offset + i) >= p: counter-based, so the
     // backward regenerates the mask and every backend draws the same one.
-    void (*dropout_forward)(void *out, const void *inp, size_t n, float p, uint64_t seed,
+    void (*dropout_forward)(const Ops *ops, void *out, const void *inp, size_t n, float p, uint64_t seed,
                             uint64_t offset);
-    void (*dropout_backward)(void *dinp, const void *dout, size_t n, float p, uint64_t seed,
+    void (*dropout_backward)(const Ops *ops, void *dinp, const void *dout, size_t n, float p, uint64_t seed,
                              uint64_t offset);
 
     // ---- cross-entropy, forward and backward in one pass ------------------
@@ -154,59 +159,60 @@ typedef struct Ops {
     // -log softmax(logits)[target] into *loss_sum (device fp32 scalar) and, if
     // dlogits is not NULL, writes dlogits = grad_scale * (softmax - onehot)
     // (zero rows where ignored). dlogits may alias logits.
-    void (*cross_entropy)(float *loss_sum, void *dlogits, const void *logits,
-                          const int32_t *targets, int N, int V, float grad_scale);
+    void (*cross_entropy)(const Ops *ops, float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
+                          int N, int V, float grad_scale);
 
     // ---- vision towers and projectors -------------------------------------
     // LayerNorm: out = (inp - mean) * rstd * weight + bias per row of C,
     // rstd = 1 / sqrt(var + eps) (biased variance); mean, rstd (N) saved.
     // Backward adds dinp; dweight and dbias (fp32, C) are added when not NULL.
-    void (*layernorm_forward)(void *out, float *mean, float *rstd, const void *inp, const void *weight,
+    void (*layernorm_forward)(const Ops *ops, void *out, float *mean, float *rstd, const void *inp, const void *weight,
                               const void *bias, int N, int C, float eps);
-    void (*layernorm_backward)(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
-                               const void *weight, const float *mean, const float *rstd, int N, int C);
+    void (*layernorm_backward)(const Ops *ops, void *dinp, float *dweight, float *dbias, const void *dout,
+                               const void *inp, const void *weight, const float *mean, const float *rstd, int N, int C);
     // GELU, exact (nn.GELU()): out = x Phi(x) = x (1 + erf(x / sqrt 2)) / 2.
-    void (*gelu_forward)(void *out, const void *inp, size_t n);
-    void (*gelu_backward)(void *dinp, const void *dout, const void *inp, size_t n);
+    void (*gelu_forward)(const Ops *ops, void *out, const void *inp, size_t n);
+    void (*gelu_backward)(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
     // quick_gelu (CLIP): out = x sigmoid(1.702 x).
-    void (*quick_gelu_forward)(void *out, const void *inp, size_t n);
-    void (*quick_gelu_backward)(void *dinp, const void *dout, const void *inp, size_t n);
+    void (*quick_gelu_forward)(const Ops *ops, void *out, const void *inp, size_t n);
+    void (*quick_gelu_backward)(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
     // out (N, C) += bias (C) on every row; dbias (fp32, C) += sum over rows of dout.
-    void (*bias_add)(void *out, const void *bias, int N, int C);
-    void (*bias_backward)(float *dbias, const void *dout, int N, int C);
+    void (*bias_add)(const Ops *ops, void *out, const void *bias, int N, int C);
+    void (*bias_backward)(const Ops *ops, float *dbias, const void *dout, int N, int C);
     // out[rows[r]] = src[r]: src (R, C) rows written into out (N, C) at rows (R).
-    void (*scatter_rows)(void *out, const int32_t *rows, const void *src, int R, int C);
+    void (*scatter_rows)(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C);
     // Convolution with stride = kernel = patch, no bias (CLIP's patch embedding):
     // images (B, channels, size, size), weight (D, channels, patch, patch),
     // out (B, P, D) with P = (size / patch)^2 patches in row-major order.
-    void (*patch_embed_forward)(void *out, const void *images, const void *weight, int B, int channels,
+    void (*patch_embed_forward)(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,
                                 int image_size, int patch, int D);
     // Bidirectional (non-causal) multi-head attention, forward only:
     // q, k, v, out (B, T, n_head, hd); out_t = softmax_u(q_t . k_u / sqrt(hd)) v_u.
-    void (*attention_full_forward)(void *out, const void *q, const void *k, const void *v, int B, int T,
+    void (*attention_full_forward)(const Ops *ops, void *out, const void *q, const void *k, const void *v, int B, int T,
                                    int n_head, int head_dim);
 
     // ---- optimizer -------------------------------------------------------
     // *out (device fp32 scalar) += sum(g[i]^2)
-    void (*sum_squares)(float *out, const float *g, size_t n);
+    void (*sum_squares)(const Ops *ops, float *out, const float *g, size_t n);
     // x[i] *= s
-    void (*scale_f32)(float *x, float s, size_t n);
+    void (*scale_f32)(const Ops *ops, float *x, float s, size_t n);
     // AdamW as torch.optim.AdamW (decoupled weight decay, bias correction
     // folded into step size and denominator), step counts from 1.
-    void (*adamw)(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+    void (*adamw)(const Ops *ops, float *params, const float *grads, float *m, float *v, size_t n, float lr,
                   float beta1, float beta2, float eps, float weight_decay, int step);
 
     // ---- NF4 (QLoRA): bitsandbytes' blockwise dequantization -------------
     // out[i] = fp32(code[q[i]] * absmax[i / blocksize]) + offset, fp32: the
     // double-quantized statistics (8-bit codes, blocks of 256).
-    void (*dequantize_blockwise_u8)(float *out, const uint8_t *q, const float *code, const float *absmax,
-                                    float offset, size_t n, int blocksize);
+    void (*dequantize_blockwise_u8)(const Ops *ops, float *out, const uint8_t *q, const float *code,
+                                    const float *absmax, float offset, size_t n, int blocksize);
     // out[i] (act_dtype) = code[nibble i] * absmax[i / 64], nibble 2j the high
     // half of packed[j], 2j+1 the low half; product rounded to fp32 first.
-    void (*dequantize_nf4)(void *out, const uint8_t *packed, const float *code, const float *absmax, size_t n);
+    void (*dequantize_nf4)(const Ops *ops, void *out, const uint8_t *packed, const float *code, const float *absmax,
+                           size_t n);
 
-    bool (*check)(Error *err);  // first asynchronous failure since the last check, if any
-} Ops;
+    bool (*check)(const Ops *ops, Error *err); // first asynchronous failure since the last check, if any
+};
 
 // The CUDA backend's fixed device buffers, allocated once by ops_cuda: the
 // cuBLASLt workspace, the fp32 staging buffer of upload_f32/download_f32, and

@@ -306,15 +306,15 @@ bool model_init_lora(Model *m, uint64_t seed, Error *err) {
         }
     }
     if (m->projector.w1) projector_init(&m->projector, host, &rng);
-    m->ops->upload(m->param_data, host, m->params.total * sizeof(float));
+    m->ops->upload(m->ops, m->param_data, host, m->params.total * sizeof(float));
     free(host);
     model_sync_params(m);
-    return m->ops->check(err) || fail_context(err, "initialising the trainable parameters: ");
+    return m->ops->check(m->ops, err) || fail_context(err, "initialising the trainable parameters: ");
 }
 
-void model_sync_params(Model *m) { m->ops->params_to_act(m->param_act, m->param_data, m->params.total); }
+void model_sync_params(Model *m) { m->ops->params_to_act(m->ops, m->param_act, m->param_data, m->params.total); }
 
-void model_zero_grads(Model *m) { m->ops->zero(m->grad_data, flat_capacity(m) * sizeof(float)); }
+void model_zero_grads(Model *m) { m->ops->zero(m->ops, m->grad_data, flat_capacity(m) * sizeof(float)); }
 
 // ----------------------------------------------------------------------------
 // creation
@@ -346,8 +346,8 @@ static bool allocate_nf4(Model *m, Error *err) {
         if (!nf4_weight_alloc(&m->nf4[i], m->ops, out, in, m->options.nf4_double_quant, err))
             return fail_context(err, "NF4 weights: ");
     }
-    m->nf4_weight = m->ops->alloc(nf4_scratch_weight_bytes(m), err);
-    m->nf4_absmax = m->nf4_weight ? m->ops->alloc(nf4_scratch_absmax_bytes(m), err) : NULL;
+    m->nf4_weight = m->ops->alloc(m->ops, nf4_scratch_weight_bytes(m), err);
+    m->nf4_absmax = m->nf4_weight ? m->ops->alloc(m->ops, nf4_scratch_absmax_bytes(m), err) : NULL;
     return m->nf4_absmax ? true : fail_context(err, "NF4 dequantization scratch: ");
 }
 
@@ -371,25 +371,25 @@ static size_t backend_scratch_bytes(const Model *m) {
 static bool allocate(Model *m, Error *err) {
     const Ops *ops = m->ops;
     size_t n = m->params.total, capacity = flat_capacity(m);
-    m->param_data = ops->alloc(capacity * sizeof(float), err);
-    m->grad_data = m->param_data ? ops->alloc(capacity * sizeof(float), err) : NULL;
-    m->param_act = m->grad_data ? ops->alloc(n * m->act_size, err) : NULL;
+    m->param_data = ops->alloc(ops, capacity * sizeof(float), err);
+    m->grad_data = m->param_data ? ops->alloc(ops, capacity * sizeof(float), err) : NULL;
+    m->param_act = m->grad_data ? ops->alloc(ops, n * m->act_size, err) : NULL;
     if (!m->param_act) return fail_context(err, "trainable parameters: ");
-    if (capacity > n) ops->zero(m->param_data + n, (capacity - n) * sizeof(float));
+    if (capacity > n) ops->zero(ops, m->param_data + n, (capacity - n) * sizeof(float));
     if (m->options.trainable_only) return true;
 
     if (m->options.nf4 && !allocate_nf4(m, err)) return false;
     size_t frozen_bytes = layout_frozen(m, NULL);
-    m->frozen_block = ops->alloc(frozen_bytes, err);
+    m->frozen_block = ops->alloc(ops, frozen_bytes, err);
     if (!m->frozen_block) return fail_context(err, "frozen weights: ");
     layout_frozen(m, m->frozen_block);
 
     m->act_bytes = layout_activations(m, NULL);
-    m->act_block = ops->alloc(m->act_bytes, err);
+    m->act_block = ops->alloc(ops, m->act_bytes, err);
     if (!m->act_block) return fail_context(err, "activations: ");
     layout_activations(m, m->act_block);
-    ops->zero(m->loss, sizeof(float));
-    if (!ops->reserve_scratch(backend_scratch_bytes(m), err)) return fail_context(err, "backend scratch: ");
+    ops->zero(ops, m->loss, sizeof(float));
+    if (!ops->reserve_scratch(ops, backend_scratch_bytes(m), err)) return fail_context(err, "backend scratch: ");
     size_t N = (size_t)m->options.max_batch * m->options.max_seq_len;
     m->host_positions = checked_malloc(N * sizeof(int32_t), "batch positions", err);
     m->host_image_rows = checked_malloc(((size_t)m->options.max_image_rows + 1) * sizeof(int32_t), "image rows", err);
@@ -451,7 +451,7 @@ Model *model_create(const ModelOptions *options, Error *err) {
     if (!options->trainable_only) {
         float inv_freq[m->config.head_dim / 2];
         rope_inverse_frequencies(inv_freq, m->config.head_dim, m->config.rope_theta, &m->config.rope_scaling);
-        m->ops->upload(m->inv_freq, inv_freq, sizeof inv_freq);
+        m->ops->upload(m->ops, m->inv_freq, inv_freq, sizeof inv_freq);
     }
     if (!model_init_lora(m, options->seed, err)) {
         model_destroy(m);
@@ -464,15 +464,15 @@ Model *model_create(const ModelOptions *options, Error *err) {
 void model_destroy(Model *m) {
     if (!m) return;
     const Ops *ops = m->ops;
-    ops->free(m->frozen_block);
+    ops->free(ops, m->frozen_block);
     for (int i = 0; m->nf4 && i < m->config.n_layers * LORA_TARGET_COUNT; i++) nf4_weight_free(&m->nf4[i], ops);
     free(m->nf4);
-    ops->free(m->nf4_weight);
-    ops->free(m->nf4_absmax);
-    ops->free(m->param_data);
-    ops->free(m->grad_data);
-    ops->free(m->param_act);
-    ops->free(m->act_block);
+    ops->free(ops, m->nf4_weight);
+    ops->free(ops, m->nf4_absmax);
+    ops->free(ops, m->param_data);
+    ops->free(ops, m->grad_data);
+    ops->free(ops, m->param_act);
+    ops->free(ops, m->act_block);
     free(m->layers);
     free(m->frozen);
     free(m->layer_input);
@@ -533,7 +533,7 @@ bool model_init_random_base(Model *m, uint64_t seed, Error *err) {
         if (!host) return fail_context(err, "random base weights: ");
         for (size_t j = 0; j < n; j++) host[j] = t->ndim == 1 ? 1.0f : std * rng_normal(&rng);
         bool ok = m->frozen[i].nf4 ? nf4_weight_quantize_from(m->frozen[i].nf4, m->ops, host, err)
-                                   : (m->ops->upload_f32(t->data, host, n), m->ops->check(err));
+                                   : (m->ops->upload_f32(m->ops, t->data, host, n), m->ops->check(m->ops, err));
         free(host);
         if (!ok) return fail_context(err, "random base weight %s: ", m->frozen[i].name);
     }
@@ -573,7 +573,8 @@ static uint64_t dropout_seed_of(const StepState *st, int layer, LoraTarget t) {
 // The input LoRA sees: dropout(x) in m->lora_x when dropout is on, x otherwise.
 static const void *lora_input(Model *m, const StepState *st, int layer, LoraTarget t, const void *x, int in) {
     if (!dropout_active(m, st)) return x;
-    m->ops->dropout_forward(m->lora_x, x, (size_t)st->N * in, m->lora.dropout, dropout_seed_of(st, layer, t), 0);
+    m->ops->dropout_forward(m->ops, m->lora_x, x, (size_t)st->N * in, m->lora.dropout, dropout_seed_of(st, layer, t),
+                            0);
     return m->lora_x;
 }
 
@@ -583,13 +584,13 @@ static void linear_forward(Model *m, const StepState *st, int layer, LoraTarget 
     const Ops *ops = m->ops;
     int in, out, N = st->N;
     linear_shape(&m->config, t, &in, &out);
-    ops->matmul(y, x, linear_weight(m, layer, t), N, out, in, false, true, 1.0f, 0.0f);
+    ops->matmul(ops, y, x, linear_weight(m, layer, t), N, out, in, false, true, 1.0f, 0.0f);
     const LoraSlot *slot = &m->slots[layer * LORA_TARGET_COUNT + t];
     if (!slot->A) return;
     int r = m->lora.r;
     const void *A = act_at(m, m->param_act, slot->A->offset), *B = act_at(m, m->param_act, slot->B->offset);
-    ops->matmul(lora_h, lora_input(m, st, layer, t, x, in), A, N, r, in, false, true, 1.0f, 0.0f);
-    ops->matmul(y, lora_h, B, N, out, r, false, true, lora_scale(&m->lora), 1.0f);
+    ops->matmul(ops, lora_h, lora_input(m, st, layer, t, x, in), A, N, r, in, false, true, 1.0f, 0.0f);
+    ops->matmul(ops, y, lora_h, B, N, out, r, false, true, lora_scale(&m->lora), 1.0f);
 }
 
 // Given dy (N, out): dx += dy W + dropout'(s * dy B A); dB += s dy^T h; dA += (s dy B)^T dropout(x).
@@ -598,22 +599,22 @@ static void linear_backward(Model *m, const StepState *st, int layer, LoraTarget
     const Ops *ops = m->ops;
     int in, out, N = st->N;
     linear_shape(&m->config, t, &in, &out);
-    ops->matmul(dx, dy, linear_weight(m, layer, t), N, in, out, false, false, 1.0f, 1.0f);
+    ops->matmul(ops, dx, dy, linear_weight(m, layer, t), N, in, out, false, false, 1.0f, 1.0f);
     const LoraSlot *slot = &m->slots[layer * LORA_TARGET_COUNT + t];
     if (!slot->A) return;
     int r = m->lora.r;
     float s = lora_scale(&m->lora);
     const void *A = act_at(m, m->param_act, slot->A->offset), *B = act_at(m, m->param_act, slot->B->offset);
-    ops->matmul_weight_grad(m->grad_data + slot->B->offset, dy, lora_h, N, out, r, s);
-    ops->matmul(m->lora_dh, dy, B, N, r, out, false, false, s, 0.0f);                 // (N, r)
+    ops->matmul_weight_grad(ops, m->grad_data + slot->B->offset, dy, lora_h, N, out, r, s);
+    ops->matmul(ops, m->lora_dh, dy, B, N, r, out, false, false, s, 0.0f); // (N, r)
     const void *x_seen = lora_input(m, st, layer, t, x, in);
-    ops->matmul_weight_grad(m->grad_data + slot->A->offset, m->lora_dh, x_seen, N, r, in, 1.0f);
+    ops->matmul_weight_grad(ops, m->grad_data + slot->A->offset, m->lora_dh, x_seen, N, r, in, 1.0f);
     if (!dropout_active(m, st)) {
-        ops->matmul(dx, m->lora_dh, A, N, in, r, false, false, 1.0f, 1.0f);
+        ops->matmul(ops, dx, m->lora_dh, A, N, in, r, false, false, 1.0f, 1.0f);
         return;
     }
-    ops->matmul(m->lora_dx, m->lora_dh, A, N, in, r, false, false, 1.0f, 0.0f);
-    ops->dropout_backward(dx, m->lora_dx, (size_t)N * in, m->lora.dropout, dropout_seed_of(st, layer, t), 0);
+    ops->matmul(ops, m->lora_dx, m->lora_dh, A, N, in, r, false, false, 1.0f, 0.0f);
+    ops->dropout_backward(ops, dx, m->lora_dx, (size_t)N * in, m->lora.dropout, dropout_seed_of(st, layer, t), 0);
 }
 
 // ----------------------------------------------------------------------------
@@ -629,22 +630,22 @@ static void layer_forward(Model *m, const StepState *st, int l, const void *x, v
     const LayerWeights *w = &m->layers[l];
     LayerActs *a = acts_of(m, l);
     int N = st->N, C = c->hidden_size;
-    ops->rmsnorm_forward(a->ln1, a->rstd1, x, w->input_layernorm, N, C, c->rms_eps);
+    ops->rmsnorm_forward(ops, a->ln1, a->rstd1, x, w->input_layernorm, N, C, c->rms_eps);
     linear_forward(m, st, l, LORA_Q, a->q, a->ln1, a->lora_h[LORA_Q]);
     linear_forward(m, st, l, LORA_K, a->k, a->ln1, a->lora_h[LORA_K]);
     linear_forward(m, st, l, LORA_V, a->v, a->ln1, a->lora_h[LORA_V]);
-    ops->rope_forward(a->q, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
-    ops->rope_forward(a->k, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
-    ops->attention_forward(a->att, a->lse, a->q, a->k, a->v, st->seq_start, st->B, st->T, c->n_heads, c->n_kv_heads,
-                           c->head_dim);
+    ops->rope_forward(ops, a->q, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
+    ops->rope_forward(ops, a->k, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
+    ops->attention_forward(ops, a->att, a->lse, a->q, a->k, a->v, st->seq_start, st->B, st->T, c->n_heads,
+                           c->n_kv_heads, c->head_dim);
     linear_forward(m, st, l, LORA_O, a->mid, a->att, a->lora_h[LORA_O]);
-    ops->add_inplace(a->mid, x, (size_t)N * C);
-    ops->rmsnorm_forward(a->ln2, a->rstd2, a->mid, w->post_attention_layernorm, N, C, c->rms_eps);
+    ops->add_inplace(ops, a->mid, x, (size_t)N * C);
+    ops->rmsnorm_forward(ops, a->ln2, a->rstd2, a->mid, w->post_attention_layernorm, N, C, c->rms_eps);
     linear_forward(m, st, l, LORA_GATE, a->gate, a->ln2, a->lora_h[LORA_GATE]);
     linear_forward(m, st, l, LORA_UP, a->up, a->ln2, a->lora_h[LORA_UP]);
-    ops->swiglu_forward(a->h, a->gate, a->up, (size_t)N * c->intermediate_size);
+    ops->swiglu_forward(ops, a->h, a->gate, a->up, (size_t)N * c->intermediate_size);
     linear_forward(m, st, l, LORA_DOWN, x_out, a->h, a->lora_h[LORA_DOWN]);
-    ops->add_inplace(x_out, a->mid, (size_t)N * C);
+    ops->add_inplace(ops, x_out, a->mid, (size_t)N * C);
 }
 
 // On entry m->d_res holds dL/d(layer output); on return dL/d(layer input x).
@@ -656,30 +657,30 @@ static void layer_backward(Model *m, const StepState *st, int l, const void *x) 
     int N = st->N, C = c->hidden_size;
     size_t s = m->act_size, n_mlp = (size_t)N * c->intermediate_size;
     // out = mid + down(h)
-    ops->zero(m->d_h, n_mlp * s);
+    ops->zero(ops, m->d_h, n_mlp * s);
     linear_backward(m, st, l, LORA_DOWN, m->d_h, m->d_res, a->h, a->lora_h[LORA_DOWN]);
-    ops->zero(m->d_gate, n_mlp * s);
-    ops->zero(m->d_up, n_mlp * s);
-    ops->swiglu_backward(m->d_gate, m->d_up, m->d_h, a->gate, a->up, n_mlp);
-    ops->zero(m->d_ln, (size_t)N * C * s);
+    ops->zero(ops, m->d_gate, n_mlp * s);
+    ops->zero(ops, m->d_up, n_mlp * s);
+    ops->swiglu_backward(ops, m->d_gate, m->d_up, m->d_h, a->gate, a->up, n_mlp);
+    ops->zero(ops, m->d_ln, (size_t)N * C * s);
     linear_backward(m, st, l, LORA_GATE, m->d_ln, m->d_gate, a->ln2, a->lora_h[LORA_GATE]);
     linear_backward(m, st, l, LORA_UP, m->d_ln, m->d_up, a->ln2, a->lora_h[LORA_UP]);
-    ops->rmsnorm_backward(m->d_res, m->d_ln, a->mid, w->post_attention_layernorm, a->rstd2, N, C);
+    ops->rmsnorm_backward(ops, m->d_res, m->d_ln, a->mid, w->post_attention_layernorm, a->rstd2, N, C);
     // mid = x + o(att)
-    ops->zero(m->d_att, (size_t)N * q_width(c) * s);
+    ops->zero(ops, m->d_att, (size_t)N * q_width(c) * s);
     linear_backward(m, st, l, LORA_O, m->d_att, m->d_res, a->att, a->lora_h[LORA_O]);
-    ops->zero(m->dq, (size_t)N * q_width(c) * s);
-    ops->zero(m->dk, (size_t)N * kv_width(c) * s);
-    ops->zero(m->dv, (size_t)N * kv_width(c) * s);
-    ops->attention_backward(m->dq, m->dk, m->dv, m->d_att, a->att, a->lse, a->q, a->k, a->v, st->seq_start, st->B,
+    ops->zero(ops, m->dq, (size_t)N * q_width(c) * s);
+    ops->zero(ops, m->dk, (size_t)N * kv_width(c) * s);
+    ops->zero(ops, m->dv, (size_t)N * kv_width(c) * s);
+    ops->attention_backward(ops, m->dq, m->dk, m->dv, m->d_att, a->att, a->lse, a->q, a->k, a->v, st->seq_start, st->B,
                             st->T, c->n_heads, c->n_kv_heads, c->head_dim);
-    ops->rope_backward(m->dq, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
-    ops->rope_backward(m->dk, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
-    ops->zero(m->d_ln, (size_t)N * C * s);
+    ops->rope_backward(ops, m->dq, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
+    ops->rope_backward(ops, m->dk, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
+    ops->zero(ops, m->d_ln, (size_t)N * C * s);
     linear_backward(m, st, l, LORA_Q, m->d_ln, m->dq, a->ln1, a->lora_h[LORA_Q]);
     linear_backward(m, st, l, LORA_K, m->d_ln, m->dk, a->ln1, a->lora_h[LORA_K]);
     linear_backward(m, st, l, LORA_V, m->d_ln, m->dv, a->ln1, a->lora_h[LORA_V]);
-    ops->rmsnorm_backward(m->d_res, m->d_ln, x, w->input_layernorm, a->rstd1, N, C);
+    ops->rmsnorm_backward(ops, m->d_res, m->d_ln, x, w->input_layernorm, a->rstd1, N, C);
 }
 
 // ----------------------------------------------------------------------------
@@ -707,7 +708,7 @@ static bool upload_image_rows(Model *m, const Batch *batch, Error *err) {
     if (found != R)
         return fail(err, "the batch has %d image tokens (id %d) but %d image feature rows", found,
                     m->options.image_token_id, R);
-    m->ops->upload_async(m->projector.rows, m->host_image_rows, (size_t)R * sizeof(int32_t));
+    m->ops->upload_async(m->ops, m->projector.rows, m->host_image_rows, (size_t)R * sizeof(int32_t));
     m->n_image_rows = R;
     m->image_features = batch->image_features;
     return true;
@@ -744,11 +745,11 @@ static bool upload_batch(Model *m, const Batch *batch, StepState *st, Error *err
     if (!batch_positions(batch, m->host_positions, err) || !upload_image_rows(m, batch, err)) return false;
     size_t bytes = (size_t)st->N * sizeof(int32_t);
     const Ops *ops = m->ops;
-    ops->upload_async(m->tokens, batch->tokens, bytes);
-    ops->upload_async(m->positions, m->host_positions, bytes);
+    ops->upload_async(ops, m->tokens, batch->tokens, bytes);
+    ops->upload_async(ops, m->positions, m->host_positions, bytes);
     st->seq_start = batch->seq_start ? m->seq_start : NULL;
-    if (batch->seq_start) ops->upload_async(m->seq_start, batch->seq_start, bytes);
-    if (batch->targets) ops->upload_async(m->targets, batch->targets, bytes);
+    if (batch->seq_start) ops->upload_async(ops, m->seq_start, batch->seq_start, bytes);
+    if (batch->targets) ops->upload_async(ops, m->targets, batch->targets, bytes);
     return true;
 }
 
@@ -756,13 +757,13 @@ static bool upload_batch(Model *m, const Batch *batch, StepState *st, Error *err
 static void forward_trunk(Model *m, const StepState *st) {
     const Ops *ops = m->ops;
     const LlamaConfig *c = &m->config;
-    ops->embedding_forward(m->layer_input[0], m->tokens, m->embed_tokens, st->N, c->hidden_size);
+    ops->embedding_forward(ops, m->layer_input[0], m->tokens, m->embed_tokens, st->N, c->hidden_size);
     if (m->n_image_rows > 0) { // splice: image features replace the image tokens' embeddings
         projector_forward(ops, &m->projector, m->param_act, m->image_features, m->n_image_rows);
-        ops->scatter_rows(m->layer_input[0], m->projector.rows, m->projector.out, m->n_image_rows, c->hidden_size);
+        ops->scatter_rows(ops, m->layer_input[0], m->projector.rows, m->projector.out, m->n_image_rows, c->hidden_size);
     }
     for (int l = 0; l < c->n_layers; l++) layer_forward(m, st, l, m->layer_input[l], m->layer_input[l + 1]);
-    ops->rmsnorm_forward(m->final_ln, m->final_rstd, m->layer_input[c->n_layers], m->final_norm, st->N,
+    ops->rmsnorm_forward(ops, m->final_ln, m->final_rstd, m->layer_input[c->n_layers], m->final_norm, st->N,
                          c->hidden_size, c->rms_eps);
 }
 
@@ -771,15 +772,16 @@ static void forward_trunk(Model *m, const StepState *st) {
 static void lm_head_loss(Model *m, const StepState *st, float grad_scale) {
     const Ops *ops = m->ops;
     int C = m->config.hidden_size, V = m->config.vocab_size, chunk = lm_head_chunk(m);
-    if (!st->options->accumulate_loss) ops->zero(m->loss, sizeof(float));
+    if (!st->options->accumulate_loss) ops->zero(ops, m->loss, sizeof(float));
     for (int start = 0; start < st->N; start += chunk) {
         int rows = st->N - start < chunk ? st->N - start : chunk;
         const void *hidden = act_at(m, m->final_ln, (size_t)start * C);
-        ops->matmul(m->logits, hidden, m->lm_head, rows, V, C, false, true, 1.0f, 0.0f);
-        ops->cross_entropy(m->loss, st->train ? m->logits : NULL, m->logits, m->targets + start, rows, V, grad_scale);
+        ops->matmul(ops, m->logits, hidden, m->lm_head, rows, V, C, false, true, 1.0f, 0.0f);
+        ops->cross_entropy(ops, m->loss, st->train ? m->logits : NULL, m->logits, m->targets + start, rows, V,
+                           grad_scale);
         if (st->train) {
             void *d_hidden = act_at(m, m->d_final_ln, (size_t)start * C);
-            ops->matmul(d_hidden, m->logits, m->lm_head, rows, C, V, false, false, 1.0f, 0.0f);
+            ops->matmul(ops, d_hidden, m->logits, m->lm_head, rows, C, V, false, false, 1.0f, 0.0f);
         }
     }
 }
@@ -806,8 +808,8 @@ static void backward(Model *m, const StepState *st) {
     const Ops *ops = m->ops;
     const LlamaConfig *c = &m->config;
     int L = c->n_layers;
-    ops->zero(m->d_res, (size_t)st->N * c->hidden_size * m->act_size);
-    ops->rmsnorm_backward(m->d_res, m->d_final_ln, m->layer_input[L], m->final_norm, m->final_rstd, st->N,
+    ops->zero(ops, m->d_res, (size_t)st->N * c->hidden_size * m->act_size);
+    ops->rmsnorm_backward(ops, m->d_res, m->d_final_ln, m->layer_input[L], m->final_norm, m->final_rstd, st->N,
                           c->hidden_size);
     for (int l = L - 1; l >= 0; l--) {
         // Recompute: layer l's output buffer is no longer read, and the
@@ -830,15 +832,15 @@ bool model_step(Model *m, const Batch *batch, const StepOptions *options, Error 
     forward_trunk(m, &st);
     lm_head_loss(m, &st, options->grad_scale);
     if (st.train) backward(m, &st);
-    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
+    if (m->ops->check && !m->ops->check(m->ops, err)) return fail_context(err, "%s backend: ", m->ops->name);
     return true;
 }
 
 // The one host wait of a step: the download completes every op issued so far.
 bool model_loss_sum(Model *m, double *loss_sum, Error *err) {
     float loss;
-    m->ops->download(&loss, m->loss, sizeof loss);
-    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
+    m->ops->download(m->ops, &loss, m->loss, sizeof loss);
+    if (m->ops->check && !m->ops->check(m->ops, err)) return fail_context(err, "%s backend: ", m->ops->name);
     *loss_sum = loss;
     return true;
 }
@@ -850,11 +852,11 @@ bool model_logits(Model *m, const Batch *batch, float *logits, Error *err) {
     int C = m->config.hidden_size, V = m->config.vocab_size, chunk = lm_head_chunk(m);
     for (int start = 0; start < st.N; start += chunk) {
         int rows = st.N - start < chunk ? st.N - start : chunk;
-        m->ops->matmul(m->logits, act_at(m, m->final_ln, (size_t)start * C), m->lm_head, rows, V, C, false, true,
-                       1.0f, 0.0f);
-        m->ops->download_f32(logits + (size_t)start * V, m->logits, (size_t)rows * V);
+        m->ops->matmul(m->ops, m->logits, act_at(m, m->final_ln, (size_t)start * C), m->lm_head, rows, V, C, false,
+                       true, 1.0f, 0.0f);
+        m->ops->download_f32(m->ops, logits + (size_t)start * V, m->logits, (size_t)rows * V);
     }
-    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
+    if (m->ops->check && !m->ops->check(m->ops, err)) return fail_context(err, "%s backend: ", m->ops->name);
     return true;
 }
 
@@ -888,12 +890,12 @@ bool model_eval_batch(Model *m, const Batch *batch, EvalSums *sums, Error *err) 
     answers.hits = answers.labels + batch->B;
     for (int start = 0; start < st.N; start += chunk) {
         int rows = st.N - start < chunk ? st.N - start : chunk;
-        m->ops->matmul(m->logits, act_at(m, m->final_ln, (size_t)start * C), m->lm_head, rows, V, C, false, true,
-                       1.0f, 0.0f);
+        m->ops->matmul(m->ops, m->logits, act_at(m, m->final_ln, (size_t)start * C), m->lm_head, rows, V, C, false,
+                       true, 1.0f, 0.0f);
         for (int r = 0; r < rows; r++) {
             int target = batch->targets[start + r];
             if (target == -100) continue;
-            m->ops->download_f32(row, act_at(m, m->logits, (size_t)r * V), (size_t)V);
+            m->ops->download_f32(m->ops, row, act_at(m, m->logits, (size_t)r * V), (size_t)V);
             bool hit;
             sums->loss_sum += row_loss_and_hit(row, V, target, &hit);
             sums->n_correct += hit;
@@ -909,6 +911,6 @@ bool model_eval_batch(Model *m, const Batch *batch, EvalSums *sums, Error *err) 
     }
     free(answers.labels);
     free(row);
-    if (m->ops->check && !m->ops->check(err)) return fail_context(err, "%s backend: ", m->ops->name);
+    if (m->ops->check && !m->ops->check(m->ops, err)) return fail_context(err, "%s backend: ", m->ops->name);
     return true;
 }

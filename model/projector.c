@@ -45,23 +45,23 @@ static const void *param(const Ops *ops, const void *params, const ParamEntry *e
 
 void projector_forward(const Ops *ops, const Projector *p, const void *params, const void *features, int R) {
     int C = p->hidden;
-    ops->matmul(p->h1, features, param(ops, params, p->w1), R, C, p->in, false, true, 1.0f, 0.0f);
-    ops->bias_add(p->h1, param(ops, params, p->b1), R, C);
-    ops->gelu_forward(p->g, p->h1, (size_t)R * C);
-    ops->matmul(p->out, p->g, param(ops, params, p->w2), R, C, C, false, true, 1.0f, 0.0f);
-    ops->bias_add(p->out, param(ops, params, p->b2), R, C);
+    ops->matmul(ops, p->h1, features, param(ops, params, p->w1), R, C, p->in, false, true, 1.0f, 0.0f);
+    ops->bias_add(ops, p->h1, param(ops, params, p->b1), R, C);
+    ops->gelu_forward(ops, p->g, p->h1, (size_t)R * C);
+    ops->matmul(ops, p->out, p->g, param(ops, params, p->w2), R, C, C, false, true, 1.0f, 0.0f);
+    ops->bias_add(ops, p->out, param(ops, params, p->b2), R, C);
 }
 
 void projector_backward(const Ops *ops, const Projector *p, const void *params, float *grads,
                         const void *features, const void *d_embedded, int R) {
     int C = p->hidden;
     size_t act_bytes = (size_t)R * C * dtype_size(ops->act_dtype);
-    ops->embedding_forward(p->d_out, p->rows, d_embedded, R, C); // gather the image rows
-    ops->matmul_weight_grad(grads + p->w2->offset, p->d_out, p->g, R, C, C, 1.0f);
-    ops->bias_backward(grads + p->b2->offset, p->d_out, R, C);
-    ops->matmul(p->d_g, p->d_out, param(ops, params, p->w2), R, C, C, false, false, 1.0f, 0.0f);
-    ops->zero(p->d_out, act_bytes); // reused as dh1
-    ops->gelu_backward(p->d_out, p->d_g, p->h1, (size_t)R * C);
-    ops->matmul_weight_grad(grads + p->w1->offset, p->d_out, features, R, C, p->in, 1.0f);
-    ops->bias_backward(grads + p->b1->offset, p->d_out, R, C);
+    ops->embedding_forward(ops, p->d_out, p->rows, d_embedded, R, C); // gather the image rows
+    ops->matmul_weight_grad(ops, grads + p->w2->offset, p->d_out, p->g, R, C, C, 1.0f);
+    ops->bias_backward(ops, grads + p->b2->offset, p->d_out, R, C);
+    ops->matmul(ops, p->d_g, p->d_out, param(ops, params, p->w2), R, C, C, false, false, 1.0f, 0.0f);
+    ops->zero(ops, p->d_out, act_bytes); // reused as dh1
+    ops->gelu_backward(ops, p->d_out, p->d_g, p->h1, (size_t)R * C);
+    ops->matmul_weight_grad(ops, grads + p->w1->offset, p->d_out, features, R, C, p->in, 1.0f);
+    ops->bias_backward(ops, grads + p->b1->offset, p->d_out, R, C);
 }

@@ -33,7 +33,7 @@ bool offload_init(Offload *offload, const Ops *ops, const float *params_shard, s
     }
     memset(offload->m, 0, n * sizeof(float));
     memset(offload->v, 0, n * sizeof(float));
-    ops->download(offload->master, params_shard, n * sizeof(float));
+    ops->download(ops, offload->master, params_shard, n * sizeof(float));
     return true;
 }
 
@@ -52,7 +52,7 @@ void offload_step(Offload *offload, float *params_shard, float lr) {
     offload->step++;
     cpu_adamw(offload->master, offload_grads(offload), offload->m, offload->v, offload->n, lr, &offload->hyper,
               offload->step);
-    offload->ops->upload(params_shard, offload->master, offload->n * sizeof(float));
+    offload->ops->upload(offload->ops, params_shard, offload->master, offload->n * sizeof(float));
 }
 
 // The worker thread of a delayed update: AdamW on the host buffers only.
@@ -73,7 +73,7 @@ static bool wait_for_pending(Offload *offload, Error *err) {
 
 bool offload_flush(Offload *offload, float *params_shard, Error *err) {
     if (!wait_for_pending(offload, err)) return false;
-    offload->ops->upload(params_shard, offload->master, offload->n * sizeof(float));
+    offload->ops->upload(offload->ops, params_shard, offload->master, offload->n * sizeof(float));
     return true;
 }
 

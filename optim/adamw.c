@@ -8,35 +8,35 @@ bool adamw_init(AdamW *opt, const Ops *ops, size_t n, float beta1, float beta2, 
     *opt = (AdamW){.ops = ops, .n = n, .beta1 = beta1, .beta2 = beta2, .eps = eps,
                    .weight_decay = weight_decay};
     size_t bytes = n * sizeof(float);
-    opt->m = ops->alloc(bytes, err);
-    opt->v = opt->m ? ops->alloc(bytes, err) : NULL;
+    opt->m = ops->alloc(ops, bytes, err);
+    opt->v = opt->m ? ops->alloc(ops, bytes, err) : NULL;
     if (!opt->v) {
         adamw_destroy(opt);
         return fail_context(err, "allocating AdamW moments for %zu parameters: ", n);
     }
-    ops->zero(opt->m, bytes);
-    ops->zero(opt->v, bytes);
+    ops->zero(ops, opt->m, bytes);
+    ops->zero(ops, opt->v, bytes);
     return true;
 }
 
 void adamw_destroy(AdamW *opt) {
-    if (opt->m) opt->ops->free(opt->m);
-    if (opt->v) opt->ops->free(opt->v);
+    if (opt->m) opt->ops->free(opt->ops, opt->m);
+    if (opt->v) opt->ops->free(opt->ops, opt->v);
     opt->m = opt->v = NULL;
 }
 
 void adamw_step(AdamW *opt, float *params, const float *grads, float lr) {
     opt->step++;
-    opt->ops->adamw(params, grads, opt->m, opt->v, opt->n, lr, opt->beta1, opt->beta2, opt->eps,
+    opt->ops->adamw(opt->ops, params, grads, opt->m, opt->v, opt->n, lr, opt->beta1, opt->beta2, opt->eps,
                     opt->weight_decay, opt->step);
 }
 
 // sqrt(sum g^2), the sum taken on the device into a scalar, then downloaded.
 float grad_norm(const Ops *ops, const float *grads, size_t n, float *scratch_device_scalar) {
     float sum_squares = 0.0f;
-    ops->zero(scratch_device_scalar, sizeof(float));
-    ops->sum_squares(scratch_device_scalar, grads, n);
-    ops->download(&sum_squares, scratch_device_scalar, sizeof(float));
+    ops->zero(ops, scratch_device_scalar, sizeof(float));
+    ops->sum_squares(ops, scratch_device_scalar, grads, n);
+    ops->download(ops, &sum_squares, scratch_device_scalar, sizeof(float));
     return sqrtf(sum_squares);
 }
 
@@ -44,6 +44,6 @@ float grad_norm(const Ops *ops, const float *grads, size_t n, float *scratch_dev
 float clip_grads(const Ops *ops, float *grads, size_t n, float norm, float max_norm) {
     float clip_coef = max_norm / (norm + 1e-6f);
     if (clip_coef >= 1.0f) return 1.0f;
-    ops->scale_f32(grads, clip_coef, n);
+    ops->scale_f32(ops, grads, clip_coef, n);
     return clip_coef;
 }

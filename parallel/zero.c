@@ -97,7 +97,7 @@ Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, float 
     *zero = (Zero){.ops = ops, .coll = coll, .n = n_params, .grads = grads, .options = *options, .begin = 0,
                    .end = n_params, .norm_limit = INFINITY};
     if (options->stage == 2) dist_shard_range(n_params, coll->world_size, coll->rank, &zero->begin, &zero->end);
-    zero->sum_squares = ops->alloc(sizeof(float), err);
+    zero->sum_squares = ops->alloc(ops, sizeof(float), err);
     if (!zero->sum_squares || !init_optimizer(zero, params, err)) {
         zero_destroy(zero);
         return NULL;
@@ -109,11 +109,11 @@ void zero_destroy(Zero *zero) {
     if (!zero) return;
     Error ignored; // a failed step: no bucket may still be reading or writing the gradients
     if (zero->n_started > 0) zero->coll->wait(zero->coll, &ignored);
-    zero->ops->synchronize_copies();
+    zero->ops->synchronize_copies(zero->ops);
     free(zero->started), free(zero->copies);
     if (zero->adamw.m) adamw_destroy(&zero->adamw);
     offload_destroy(&zero->offload);
-    if (zero->sum_squares) zero->ops->free(zero->sum_squares);
+    if (zero->sum_squares) zero->ops->free(zero->ops, zero->sum_squares);
     free(zero);
 }
 
@@ -156,7 +156,7 @@ static bool copy_reduced_buckets(Zero *zero, Error *err) {
     float *host = offload_grads(&zero->offload); // (shard): host[i - zero->begin] is element i
     for (; zero->n_copied < ready && zero->n_copied < zero->n_copies; zero->n_copied++) {
         Range owned = zero->copies[zero->n_copied];
-        zero->ops->download_async(host + (owned.begin - zero->begin), zero->grads + owned.begin,
+        zero->ops->download_async(zero->ops, host + (owned.begin - zero->begin), zero->grads + owned.begin,
                                   (owned.end - owned.begin) * sizeof(float), event);
     }
     return true;
@@ -219,7 +219,7 @@ static bool finish_buckets(Zero *zero, Error *err) {
     bool waited = zero->coll->wait(zero->coll, &wait_error);
     if (started && !waited) *err = wait_error;
     bool copied = started && waited && copy_reduced_buckets(zero, err);
-    zero->ops->synchronize_copies();
+    zero->ops->synchronize_copies(zero->ops);
     zero->host_grads_ready = copied && zero->copy_to_host;
     zero->copy_to_host = false;
     zero->n_started = zero->n_copies = zero->n_copied = 0;
@@ -232,8 +232,8 @@ bool zero_reduce_micro_batch(Zero *zero, float *grads, Error *err) {
     bool reduced = overlapping(zero) ? finish_buckets(zero, err)
                                      : zero->coll->reduce_scatter_sum(zero->coll, grads, zero->n, err);
     if (!reduced) return false;
-    zero->ops->zero(grads, zero->begin * sizeof(float));
-    zero->ops->zero(grads + zero->end, (zero->n - zero->end) * sizeof(float));
+    zero->ops->zero(zero->ops, grads, zero->begin * sizeof(float));
+    zero->ops->zero(zero->ops, grads + zero->end, (zero->n - zero->end) * sizeof(float));
     zero->grads_reduced = true;
     return true;
 }
@@ -255,12 +255,12 @@ static bool reduce_grads(Zero *zero, float *grads, Error *err) {
 // sqrt(sum of g^2 over the whole buffer): the shard's sum, all-reduced at stage 2.
 static bool global_grad_norm(Zero *zero, const float *grads, float *norm, Error *err) {
     const Ops *ops = zero->ops;
-    ops->zero(zero->sum_squares, sizeof(float));
-    ops->sum_squares(zero->sum_squares, grads + zero->begin, zero_shard_size(zero));
+    ops->zero(ops, zero->sum_squares, sizeof(float));
+    ops->sum_squares(ops, zero->sum_squares, grads + zero->begin, zero_shard_size(zero));
     if (zero->options.stage == 2 && !zero->coll->all_reduce_sum(zero->coll, zero->sum_squares, 1, DTYPE_F32, err))
         return false;
     float sum = 0.0f;
-    ops->download(&sum, zero->sum_squares, sizeof sum);
+    ops->download(ops, &sum, zero->sum_squares, sizeof sum);
     *norm = sqrtf(sum);
     return true;
 }
@@ -272,7 +272,7 @@ static bool offloaded_update(Zero *zero, float *shard_params, const float *shard
                              float lr, Error *err) {
     Offload *offload = &zero->offload;
     float *host_grads = offload_grads(offload);
-    if (!on_host) zero->ops->download(host_grads, shard_grads, offload->n * sizeof(float));
+    if (!on_host) zero->ops->download(zero->ops, host_grads, shard_grads, offload->n * sizeof(float));
     if (zero->options.max_grad_norm > 0) clip_grads(ops_cpu(), host_grads, offload->n, norm, zero->options.max_grad_norm);
     if (zero->options.delayed_update) return offload_step_delayed(offload, shard_params, lr, err);
     offload_step(offload, shard_params, lr);
@@ -322,6 +322,6 @@ void zero_restore(Zero *zero, const float *params, int step) {
         return;
     }
     zero->offload.step = step;
-    zero->ops->download(zero->offload.master, params + zero->begin, zero_shard_size(zero) * sizeof(float));
-    zero->ops->synchronize();
+    zero->ops->download(zero->ops, zero->offload.master, params + zero->begin, zero_shard_size(zero) * sizeof(float));
+    zero->ops->synchronize(zero->ops);
 }

@@ -25,13 +25,13 @@ size_t nf4_weight_bytes(int64_t rows, int64_t cols, bool double_quant) {
 bool nf4_weight_alloc(Nf4Weight *w, const Ops *ops, int64_t rows, int64_t cols, bool double_quant, Error *err) {
     Nf4Sizes s = sizes_of(rows, cols);
     *w = (Nf4Weight){.rows = rows, .cols = cols, .double_quant = double_quant};
-    bool ok = (w->packed = ops->alloc(s.packed, err)) && (w->code = ops->alloc(16 * sizeof(float), err));
+    bool ok = (w->packed = ops->alloc(ops, s.packed, err)) && (w->code = ops->alloc(ops, 16 * sizeof(float), err));
     if (ok && double_quant) {
-        ok = (w->absmax_q = ops->alloc(s.blocks, err)) &&
-             (w->nested_absmax = ops->alloc(s.nested * sizeof(float), err)) &&
-             (w->nested_map = ops->alloc(NF4_DYNAMIC_MAP_SIZE * sizeof(float), err));
+        ok = (w->absmax_q = ops->alloc(ops, s.blocks, err)) &&
+             (w->nested_absmax = ops->alloc(ops, s.nested * sizeof(float), err)) &&
+             (w->nested_map = ops->alloc(ops, NF4_DYNAMIC_MAP_SIZE * sizeof(float), err));
     } else if (ok) {
-        ok = (w->absmax = ops->alloc(s.blocks * sizeof(float), err)) != NULL;
+        ok = (w->absmax = ops->alloc(ops, s.blocks * sizeof(float), err)) != NULL;
     }
     if (!ok) nf4_weight_free(w, ops);
     return ok;
@@ -40,7 +40,7 @@ bool nf4_weight_alloc(Nf4Weight *w, const Ops *ops, int64_t rows, int64_t cols, 
 void nf4_weight_free(Nf4Weight *w, const Ops *ops) {
     void *buffers[] = {w->packed, w->absmax, w->absmax_q, w->nested_absmax, w->code, w->nested_map};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) {
-        if (buffers[i]) ops->free(buffers[i]);
+        if (buffers[i]) ops->free(ops, buffers[i]);
     }
     *w = (Nf4Weight){0};
 }
@@ -52,8 +52,8 @@ bool nf4_weight_quantize_from(Nf4Weight *w, const Ops *ops, const float *values,
     bool ok = packed && absmax;
     if (ok) {
         nf4_quantize(values, s.numel, packed, absmax);
-        ops->upload(w->packed, packed, s.packed);
-        ops->upload(w->code, NF4_CODE, sizeof NF4_CODE);
+        ops->upload(ops, w->packed, packed, s.packed);
+        ops->upload(ops, w->code, NF4_CODE, sizeof NF4_CODE);
     }
     if (ok && w->double_quant) {
         float map[NF4_DYNAMIC_MAP_SIZE];
@@ -61,13 +61,13 @@ bool nf4_weight_quantize_from(Nf4Weight *w, const Ops *ops, const float *values,
         uint8_t *absmax_q = packed + s.packed;
         float *nested = absmax + s.blocks;
         nf4_double_quantize(absmax, s.blocks, map, absmax_q, nested, &w->offset);
-        ops->upload(w->absmax_q, absmax_q, s.blocks);
-        ops->upload(w->nested_absmax, nested, s.nested * sizeof(float));
-        ops->upload(w->nested_map, map, sizeof map);
+        ops->upload(ops, w->absmax_q, absmax_q, s.blocks);
+        ops->upload(ops, w->nested_absmax, nested, s.nested * sizeof(float));
+        ops->upload(ops, w->nested_map, map, sizeof map);
     } else if (ok) {
-        ops->upload(w->absmax, absmax, s.blocks * sizeof(float));
+        ops->upload(ops, w->absmax, absmax, s.blocks * sizeof(float));
     }
-    ops->synchronize();
+    ops->synchronize(ops);
     free(packed);
     free(absmax);
     return ok;
@@ -129,16 +129,16 @@ bool nf4_weight_upload_serialized(Nf4Weight *w, const Ops *ops, const Nf4Seriali
         !check_count(name, ".absmax", src->n_absmax, s.blocks, err))
         return false;
     if (w->double_quant && !check_count(name, ".nested_absmax", src->n_nested_absmax, s.nested, err)) return false;
-    ops->upload(w->packed, src->packed, s.packed);
-    ops->upload(w->code, src->quant_map, 16 * sizeof(float));
+    ops->upload(ops, w->packed, src->packed, s.packed);
+    ops->upload(ops, w->code, src->quant_map, 16 * sizeof(float));
     if (w->double_quant) {
-        ops->upload(w->absmax_q, src->absmax, s.blocks);
-        ops->upload(w->nested_absmax, src->nested_absmax, s.nested * sizeof(float));
-        ops->upload(w->nested_map, src->nested_map, NF4_DYNAMIC_MAP_SIZE * sizeof(float));
+        ops->upload(ops, w->absmax_q, src->absmax, s.blocks);
+        ops->upload(ops, w->nested_absmax, src->nested_absmax, s.nested * sizeof(float));
+        ops->upload(ops, w->nested_map, src->nested_map, NF4_DYNAMIC_MAP_SIZE * sizeof(float));
     } else {
-        ops->upload(w->absmax, src->absmax, s.blocks * sizeof(float));
+        ops->upload(ops, w->absmax, src->absmax, s.blocks * sizeof(float));
     }
-    ops->synchronize();
+    ops->synchronize(ops);
     return true;
 }
 
@@ -146,9 +146,9 @@ void nf4_weight_dequantize(const Nf4Weight *w, const Ops *ops, void *out, float 
     Nf4Sizes s = sizes_of(w->rows, w->cols);
     const float *absmax = w->absmax;
     if (w->double_quant) {
-        ops->dequantize_blockwise_u8(absmax_scratch, w->absmax_q, w->nested_map, w->nested_absmax, w->offset,
+        ops->dequantize_blockwise_u8(ops, absmax_scratch, w->absmax_q, w->nested_map, w->nested_absmax, w->offset,
                                      s.blocks, NF4_NESTED_BLOCK);
         absmax = absmax_scratch;
     }
-    ops->dequantize_nf4(out, w->packed, w->code, absmax, s.numel);
+    ops->dequantize_nf4(ops, out, w->packed, w->code, absmax, s.numel);
 }

@@ -40,7 +40,8 @@ static void randomize_params(Model *model, uint64_t seed) {
     Rng rng;
     rng_seed(&rng, seed);
     fill_uniform(host, n, -0.5f, 0.5f, &rng);
-    model_ops(model)->upload(model_param_data(model), host, n * sizeof(float));
+    const Ops *ops = model_ops(model);
+    ops->upload(ops, model_param_data(model), host, n * sizeof(float));
     model_sync_params(model);
     free(host);
 }
@@ -48,7 +49,8 @@ static void randomize_params(Model *model, uint64_t seed) {
 static float *params_on_host(Model *model) {
     size_t n = model_params(model)->total;
     float *host = malloc(n * sizeof(float));
-    model_ops(model)->download(host, model_param_data(model), n * sizeof(float));
+    const Ops *ops = model_ops(model);
+    ops->download(ops, host, model_param_data(model), n * sizeof(float));
     return host;
 }
 
@@ -205,8 +207,9 @@ static bool assert_same_frozen(void *context, const char *name, const Tensor *te
     size_t n = (size_t)tensor_numel(tensor);
     assert_int_equal(n, tensor_numel(&other));
     float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
-    model_ops(compare->other)->download_f32(a, tensor->data, n);
-    model_ops(compare->other)->download_f32(b, other.data, n);
+    const Ops *ops = model_ops(compare->other);
+    ops->download_f32(ops, a, tensor->data, n);
+    ops->download_f32(ops, b, other.data, n);
     if (memcmp(a, b, n * sizeof(float)) != 0) fail_msg("frozen tensor %s differs after save + load", name);
     free(a);
     free(b);

@@ -100,7 +100,8 @@ static void check_loss_and_grads(Model *model, const Reference *ref, const Batch
 
     const ParamTable *table = model_params(model);
     float *grads = malloc(table->total * sizeof(float));
-    model_ops(model)->download(grads, model_grad_data(model), table->total * sizeof(float));
+    const Ops *ops = model_ops(model);
+    ops->download(ops, grads, model_grad_data(model), table->total * sizeof(float));
     double worst = 0;
     for (int i = 0; i < table->count; i++) {
         const ParamEntry *e = &table->entries[i];
@@ -146,7 +147,8 @@ static float *frozen_on_host(Model *model, const char *name, size_t *n) {
     if (!model_frozen_tensor(model, name, &t, &err)) fail_msg("%s", err.message);
     *n = (size_t)tensor_numel(&t);
     float *host = malloc(*n * sizeof(float));
-    model_ops(model)->download_f32(host, t.data, *n);
+    const Ops *ops = model_ops(model);
+    ops->download_f32(ops, host, t.data, *n);
     return host;
 }
 
@@ -182,7 +184,8 @@ static bool compare_frozen(void *context, const char *name, const Tensor *tensor
     const Comparison *c = context;
     size_t n = (size_t)tensor_numel(tensor), n_other;
     float *ours = malloc(n * sizeof(float));
-    model_ops(c->other)->download_f32(ours, tensor->data, n);
+    const Ops *ops = model_ops(c->other);
+    ops->download_f32(ops, ours, tensor->data, n);
     float *theirs = frozen_on_host(c->other, name, &n_other);
     assert_int_equal(n, n_other);
     DType dtype = DTYPE_F32;

@@ -380,7 +380,9 @@ static void test_step_loss_read_once(void **state) {
 // A backend that fails while the model initialises its trainable parameters
 // (a device fault, an out-of-memory upload): model_create returns the reason,
 // not a model whose LoRA B is whatever the memory held.
-static bool failing_check(Error *err) { return (fail)(err, "injected backend failure"); }  // (fail): cmocka has a fail() macro
+static bool failing_check(const Ops *ops, Error *err) {
+    return (fail)(err, "injected backend failure");
+} // (fail): cmocka has a fail() macro
 
 static void test_create_reports_a_failed_initialisation(void **state) {
     Ops failing = *ops_cpu();

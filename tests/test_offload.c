@@ -87,7 +87,7 @@ typedef struct DelayedReference {
 
 static void reference_step(DelayedReference *ref, float *params, float *grads) {
     float sum_squares = 0;
-    ops_cpu()->sum_squares(&sum_squares, grads, ref->n);
+    ops_cpu()->sum_squares(ops_cpu(), &sum_squares, grads, ref->n);
     clip_grads(ops_cpu(), grads, ref->n, sqrtf(sum_squares), MAX_GRAD_NORM);
     if (ref->updates > 0) cpu_adamw(ref->masters, ref->pending_grads, ref->m, ref->v, ref->n, LR, &HYPER, ref->updates);
     memcpy(params, ref->masters, ref->n * sizeof(float));

@@ -123,7 +123,7 @@ static void check_matmul(bool trans_a, bool trans_b, float alpha, float beta) {
     float *a = random_floats((size_t)s.M * s.K, -1.0f, 1.0f, &rng), *b = random_floats((size_t)s.K * s.N, -1.0f, 1.0f, &rng);
     float *out = beta == 0.0f ? poisoned_floats(out_size) : random_floats(out_size, -1.0f, 1.0f, &rng);
     float *out_before = copy_floats(out, out_size);
-    cpu->matmul(out, a, b, s.M, s.N, s.K, trans_a, trans_b, alpha, beta);
+    cpu->matmul(cpu, out, a, b, s.M, s.N, s.K, trans_a, trans_b, alpha, beta);
     Problem p = {.inputs = {to_double(a, (size_t)s.M * s.K), to_double(b, (size_t)s.K * s.N)},
                  .out_size = out_size, .forward = matmul_reference, .shape = &s};
     double *want = reference_forward(&p);
@@ -153,8 +153,8 @@ static void test_linear_backward(void **state) {
     float *dout = random_floats((size_t)s.M * s.N, -1.0f, 1.0f, &rng);
     float *dx = random_floats((size_t)s.M * s.K, -1.0f, 1.0f, &rng), *dW = random_floats((size_t)s.N * s.K, -1.0f, 1.0f, &rng);
     float *dx_before = copy_floats(dx, (size_t)s.M * s.K), *dW_before = copy_floats(dW, (size_t)s.N * s.K);
-    cpu->matmul_weight_grad(dW, dout, x, s.M, s.N, s.K, -0.5f);
-    cpu->matmul(dx, dout, W, s.M, s.K, s.N, false, false, 1.0f, 1.0f);
+    cpu->matmul_weight_grad(cpu, dW, dout, x, s.M, s.N, s.K, -0.5f);
+    cpu->matmul(cpu, dx, dout, W, s.M, s.K, s.N, false, false, 1.0f, 1.0f);
 
     Problem p = {.inputs = {to_double(x, (size_t)s.M * s.K), to_double(W, (size_t)s.N * s.K)},
                  .input_sizes = {(size_t)s.M * s.K, (size_t)s.N * s.K},
@@ -242,7 +242,7 @@ static void test_embedding_forward(void **state) {
     rng_seed(&rng, 30);
     float *table = random_floats(V * C, -1.0f, 1.0f, &rng), *out = poisoned_floats(N * C);
     int32_t ids[N] = {4, 0, 8, 4};
-    cpu->embedding_forward(out, ids, table, N, C);
+    cpu->embedding_forward(cpu, out, ids, table, N, C);
     for (int n = 0; n < N; n++) assert_memory_equal(out + n * C, table + ids[n] * C, C * sizeof(float));
     free(table), free(out);
 }
@@ -279,8 +279,8 @@ static void test_rmsnorm(void **state) {
     float *x = random_floats(n, -1.0f, 1.0f, &rng), *weight = random_floats(s.C, -1.0f, 1.0f, &rng), *dout = random_floats(n, -1.0f, 1.0f, &rng);
     float *out = poisoned_floats(n), *rstd = poisoned_floats(s.N);
     float *dx = random_floats(n, -1.0f, 1.0f, &rng), *dx_before = copy_floats(dx, n);
-    cpu->rmsnorm_forward(out, rstd, x, weight, s.N, s.C, s.eps);
-    cpu->rmsnorm_backward(dx, dout, x, weight, rstd, s.N, s.C);
+    cpu->rmsnorm_forward(cpu, out, rstd, x, weight, s.N, s.C, s.eps);
+    cpu->rmsnorm_backward(cpu, dx, dout, x, weight, rstd, s.N, s.C);
 
     Problem p = {.inputs = {to_double(x, n), to_double(weight, s.C)}, .input_sizes = {n, (size_t)s.C},
                  .out_size = n, .forward = rmsnorm_reference, .shape = &s};
@@ -332,8 +332,8 @@ static void check_rope(const RopeScaling *scaling) {
     rng_seed(&rng, 50);
     float *x = random_floats(n, -1.0f, 1.0f, &rng), *dout = random_floats(n, -1.0f, 1.0f, &rng);
     float *rotated = copy_floats(x, n), *dx = copy_floats(dout, n);
-    cpu->rope_forward(rotated, positions, inv_freq, N, N_HEAD, HEAD_DIM);
-    cpu->rope_backward(dx, positions, inv_freq, N, N_HEAD, HEAD_DIM);
+    cpu->rope_forward(cpu, rotated, positions, inv_freq, N, N_HEAD, HEAD_DIM);
+    cpu->rope_backward(cpu, dx, positions, inv_freq, N, N_HEAD, HEAD_DIM);
 
     Problem p = {.inputs = {to_double(x, n)}, .input_sizes = {n}, .out_size = n,
                  .forward = rope_reference, .shape = &s};
@@ -438,8 +438,8 @@ static void check_attention(AttentionShape s) {
     float *dq = random_floats(q_size, -1.0f, 1.0f, &rng), *dk = random_floats(kv_size, -1.0f, 1.0f, &rng), *dv = random_floats(kv_size, -1.0f, 1.0f, &rng);
     float *dq_before = copy_floats(dq, q_size), *dk_before = copy_floats(dk, kv_size);
     float *dv_before = copy_floats(dv, kv_size);
-    cpu->attention_forward(out, lse, q, k, v, s.seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
-    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, s.seq_start, s.B, s.T, s.n_head, s.n_kv_head,
+    cpu->attention_forward(cpu, out, lse, q, k, v, s.seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    cpu->attention_backward(cpu, dq, dk, dv, dout, out, lse, q, k, v, s.seq_start, s.B, s.T, s.n_head, s.n_kv_head,
                             s.head_dim);
 
     Problem p = {.inputs = {to_double(q, q_size), to_double(k, kv_size), to_double(v, kv_size)},
@@ -495,8 +495,8 @@ static void test_attention_packed_equals_segments(void **state) {
     float *v = random_floats(kv_size, -1, 1, &rng), *dout = random_floats(q_size, -1, 1, &rng);
     float *out = poisoned_floats(q_size), *lse = poisoned_floats((size_t)B * H * T);
     float *dq = calloc(q_size, sizeof(float)), *dk = calloc(kv_size, sizeof(float)), *dv = calloc(kv_size, sizeof(float));
-    cpu->attention_forward(out, lse, q, k, v, seq_start, B, T, H, KV, HD);
-    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, H, KV, HD);
+    cpu->attention_forward(cpu, out, lse, q, k, v, seq_start, B, T, H, KV, HD);
+    cpu->attention_backward(cpu, dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, H, KV, HD);
     int checked = 0;
     for (int i = 0; i < B * T; i++) {
         int b = i / T, first = i % T, length = 1;
@@ -508,8 +508,8 @@ static void test_attention_packed_equals_segments(void **state) {
         float *seg_out = poisoned_floats(seg_q), *seg_lse = poisoned_floats((size_t)H * length);
         float *seg_dq = calloc(seg_q, sizeof(float)), *seg_dk = calloc(seg_kv, sizeof(float));
         float *seg_dv = calloc(seg_kv, sizeof(float));
-        cpu->attention_forward(seg_out, seg_lse, seg[0], seg[1], seg[2], NULL, 1, length, H, KV, HD);
-        cpu->attention_backward(seg_dq, seg_dk, seg_dv, seg[3], seg_out, seg_lse, seg[0], seg[1], seg[2], NULL, 1,
+        cpu->attention_forward(cpu, seg_out, seg_lse, seg[0], seg[1], seg[2], NULL, 1, length, H, KV, HD);
+        cpu->attention_backward(cpu, seg_dq, seg_dk, seg_dv, seg[3], seg_out, seg_lse, seg[0], seg[1], seg[2], NULL, 1,
                                 length, H, KV, HD);
         size_t q_at = ((size_t)b * T + first) * H * HD, kv_at = ((size_t)b * T + first) * KV * HD;
         assert_memory_equal(out + q_at, seg_out, seg_q * sizeof(float));
@@ -553,7 +553,7 @@ static void check_attention_vs_torch(const char *prefix, bool packed) {
         for (int i = 0; i < B * T; i++) seq_start[i] = (int32_t)data[5][i];
     }
     float *out = poisoned_floats(q_size), *lse = poisoned_floats(lse_size);
-    cpu->attention_forward(out, lse, qf, kf, vf, seq_start, B, T, H, KV, hd);
+    cpu->attention_forward(cpu, out, lse, qf, kf, vf, seq_start, B, T, H, KV, hd);
     assert_close("attention vs torch", out, data[3], q_size, FORWARD_TOL);
     assert_close("attention lse vs torch", lse, data[4], lse_size, FORWARD_TOL);
     free(dims), free(seq_start);
@@ -584,8 +584,8 @@ static void test_swiglu(void **state) {
     for (int i = 0; i < N; i++) gate[i] *= 4.0f;
     float *out = poisoned_floats(N), *dgate = random_floats(N, -1.0f, 1.0f, &rng), *dup = random_floats(N, -1.0f, 1.0f, &rng);
     float *dgate_before = copy_floats(dgate, N), *dup_before = copy_floats(dup, N);
-    cpu->swiglu_forward(out, gate, up, N);
-    cpu->swiglu_backward(dgate, dup, dout, gate, up, N);
+    cpu->swiglu_forward(cpu, out, gate, up, N);
+    cpu->swiglu_backward(cpu, dgate, dup, dout, gate, up, N);
 
     Problem p = {.inputs = {to_double(gate, N), to_double(up, N)}, .input_sizes = {N, N},
                  .out_size = N, .forward = swiglu_reference};
@@ -624,9 +624,9 @@ static void test_dropout_mask(void **state) {
     rng_seed(&rng, 80);
     float *x = random_floats(N, -1.0f, 1.0f, &rng), *dout = random_floats(N, -1.0f, 1.0f, &rng), *out = poisoned_floats(N);
     float *shifted = poisoned_floats(N - 1), *dx = random_floats(N, -1.0f, 1.0f, &rng), *dx_before = copy_floats(dx, N);
-    cpu->dropout_forward(out, x, N, p, seed, offset);
-    cpu->dropout_backward(dx, dout, N, p, seed, offset);
-    cpu->dropout_forward(shifted, x + 1, N - 1, p, seed, offset + 1);
+    cpu->dropout_forward(cpu, out, x, N, p, seed, offset);
+    cpu->dropout_backward(cpu, dx, dout, N, p, seed, offset);
+    cpu->dropout_forward(cpu, shifted, x + 1, N - 1, p, seed, offset + 1);
     // kept elements are scaled by 1 / (1 - p), and the backward uses the same mask
     size_t kept = 0;
     for (size_t i = 0; i < N; i++) {
@@ -646,8 +646,8 @@ static void test_dropout_zero_is_identity(void **state) {
     rng_seed(&rng, 81);
     float *x = random_floats(N, -1.0f, 1.0f, &rng), *out = poisoned_floats(N), *dx = random_floats(N, -1.0f, 1.0f, &rng);
     float *dx_before = copy_floats(dx, N);
-    cpu->dropout_forward(out, x, N, 0.0f, 7, 0);
-    cpu->dropout_backward(dx, x, N, 0.0f, 7, 0);
+    cpu->dropout_forward(cpu, out, x, N, 0.0f, 7, 0);
+    cpu->dropout_backward(cpu, dx, x, N, 0.0f, 7, 0);
     assert_memory_equal(out, x, N * sizeof(float));
     for (int i = 0; i < N; i++) assert_true(dx[i] == dx_before[i] + x[i]);
     free(x), free(out), free(dx), free(dx_before);
@@ -660,8 +660,8 @@ static void test_dropout_backward(void **state) {
     rng_seed(&rng, 82);
     float *x = random_floats(N, -1.0f, 1.0f, &rng), *dout = random_floats(N, -1.0f, 1.0f, &rng), *out = poisoned_floats(N);
     float *dx = random_floats(N, -1.0f, 1.0f, &rng), *dx_before = copy_floats(dx, N);
-    cpu->dropout_forward(out, x, N, s.p, s.seed, s.offset);
-    cpu->dropout_backward(dx, dout, N, s.p, s.seed, s.offset);
+    cpu->dropout_forward(cpu, out, x, N, s.p, s.seed, s.offset);
+    cpu->dropout_backward(cpu, dx, dout, N, s.p, s.seed, s.offset);
     Problem p = {.inputs = {to_double(x, N)}, .input_sizes = {N}, .out_size = N,
                  .forward = dropout_reference, .shape = &s};
     double *want = reference_forward(&p), *w = to_double(dout, N), *want_dx = fd_gradient(&p, 0, w);
@@ -704,8 +704,8 @@ static void test_cross_entropy(void **state) {
     float *logits = poisoned_floats(N * V), *dlogits = poisoned_floats(N * V);
     fill_uniform(logits, N * V, -3.0f, 3.0f, &rng);
     float loss_sum = 1.5f, loss_only = 1.5f;
-    cpu->cross_entropy(&loss_sum, dlogits, logits, targets, N, V, (float)s.grad_scale);
-    cpu->cross_entropy(&loss_only, NULL, logits, targets, N, V, (float)s.grad_scale);
+    cpu->cross_entropy(cpu, &loss_sum, dlogits, logits, targets, N, V, (float)s.grad_scale);
+    cpu->cross_entropy(cpu, &loss_only, NULL, logits, targets, N, V, (float)s.grad_scale);
 
     Problem p = {.inputs = {to_double(logits, N * V)}, .input_sizes = {N * V}, .out_size = 1,
                  .forward = cross_entropy_reference, .shape = &s};
@@ -720,7 +720,7 @@ static void test_cross_entropy(void **state) {
 
     float aliased_loss = 0.0f;
     float *aliased = copy_floats(logits, N * V);
-    cpu->cross_entropy(&aliased_loss, aliased, aliased, targets, N, V, (float)s.grad_scale);
+    cpu->cross_entropy(cpu, &aliased_loss, aliased, aliased, targets, N, V, (float)s.grad_scale);
     assert_memory_equal(aliased, dlogits, N * V * sizeof(float));
     free_problem(&p);
     free(want_dlogits), free(logits), free(dlogits), free(aliased);
@@ -735,25 +735,25 @@ static void test_memory_round_trip(void **state) {
     Rng rng;
     rng_seed(&rng, 100);
     float *host = random_floats(N, -1.0f, 1.0f, &rng), *back = poisoned_floats(N);
-    float *device = cpu->alloc(N * sizeof(float), &err), *act = cpu->alloc(N * sizeof(float), &err);
+    float *device = cpu->alloc(cpu, N * sizeof(float), &err), *act = cpu->alloc(cpu, N * sizeof(float), &err);
     assert_non_null(device);
     assert_non_null(act);
-    cpu->upload(device, host, N * sizeof(float));
-    cpu->params_to_act(act, device, N);
-    cpu->download_f32(back, act, N);
+    cpu->upload(cpu, device, host, N * sizeof(float));
+    cpu->params_to_act(cpu, act, device, N);
+    cpu->download_f32(cpu, back, act, N);
     assert_memory_equal(back, host, N * sizeof(float));
-    cpu->zero(device, N * sizeof(float));
-    cpu->upload_f32(act, host, N);
-    cpu->download(back, device, N * sizeof(float));
+    cpu->zero(cpu, device, N * sizeof(float));
+    cpu->upload_f32(cpu, act, host, N);
+    cpu->download(cpu, back, device, N * sizeof(float));
     for (int i = 0; i < N; i++) assert_true(back[i] == 0.0f);
-    cpu->add_inplace(device, act, N);
-    cpu->scale_f32(device, 2.0f, N);
-    cpu->synchronize();
+    cpu->add_inplace(cpu, device, act, N);
+    cpu->scale_f32(cpu, device, 2.0f, N);
+    cpu->synchronize(cpu);
     for (int i = 0; i < N; i++) assert_true(device[i] == 2.0f * host[i]);
-    assert_true(cpu->check(&err));
+    assert_true(cpu->check(cpu, &err));
     assert_string_equal(cpu->name, "cpu");
     assert_int_equal(cpu->act_dtype, DTYPE_F32);
-    cpu->free(device), cpu->free(act);
+    cpu->free(cpu, device), cpu->free(cpu, act);
     free(host), free(back);
 }
 
@@ -763,9 +763,9 @@ static void test_sum_squares_in_double(void **state) {
     float g[N], total = 0.0f;
     g[0] = 1e4f;
     for (int i = 1; i < N; i++) g[i] = 1.0f;
-    cpu->sum_squares(&total, g, N);
+    cpu->sum_squares(cpu, &total, g, N);
     assert_true(total == 100001000.0f);
-    cpu->sum_squares(&total, g + 1, 3);
+    cpu->sum_squares(cpu, &total, g + 1, 3);
     assert_true(total == 100001000.0f + 3.0f);
 }
 
@@ -774,20 +774,20 @@ static void test_sum_squares_in_double(void **state) {
 static void test_peak_bytes_counts_live_allocations(void **state) {
     const Ops *ops = ops_cpu();
     Error err;
-    size_t before = ops->peak_bytes(), big = (size_t)64 << 20;
-    void *a = ops->alloc(big, &err);
+    size_t before = ops->peak_bytes(ops), big = (size_t)64 << 20;
+    void *a = ops->alloc(ops, big, &err);
     assert_non_null(a);
-    assert_true(ops->peak_bytes() >= big);
-    size_t with_a = ops->peak_bytes();
-    ops->free(a);
-    void *b = ops->alloc(big / 2, &err), *c = ops->alloc(big / 2, &err);
+    assert_true(ops->peak_bytes(ops) >= big);
+    size_t with_a = ops->peak_bytes(ops);
+    ops->free(ops, a);
+    void *b = ops->alloc(ops, big / 2, &err), *c = ops->alloc(ops, big / 2, &err);
     assert_non_null(b);
     assert_non_null(c);
-    assert_true(ops->peak_bytes() == with_a);  // a's bytes were given back first
-    void *d = ops->alloc(big, &err);
+    assert_true(ops->peak_bytes(ops) == with_a); // a's bytes were given back first
+    void *d = ops->alloc(ops, big, &err);
     assert_non_null(d);
-    assert_true(ops->peak_bytes() >= before + 2 * big);
-    ops->free(b), ops->free(c), ops->free(d);
+    assert_true(ops->peak_bytes(ops) >= before + 2 * big);
+    ops->free(ops, b), ops->free(ops, c), ops->free(ops, d);
 }
 
 int main(void) {

@@ -91,7 +91,7 @@ typedef struct Counted {
 static size_t live_bytes, peak_bytes;
 static long backend_allocations;
 
-static void *counted_alloc(size_t bytes, Error *err) {
+static void *counted_alloc(const Ops *ops, size_t bytes, Error *err) {
     backend_allocations++;
     Counted *block = checked_malloc(sizeof(Counted) + 64 + bytes, "counted block", err);
     if (!block) return NULL;
@@ -101,7 +101,7 @@ static void *counted_alloc(size_t bytes, Error *err) {
     return (uint8_t *)block + 64;
 }
 
-static void counted_free(void *ptr) {
+static void counted_free(const Ops *ops, void *ptr) {
     if (!ptr) return;
     Counted *block = (Counted *)((uint8_t *)ptr - 64);
     live_bytes -= block->bytes;
@@ -140,18 +140,19 @@ void *__wrap_realloc(void *ptr, size_t bytes) { return host_allocations++, __rea
 // The largest scratch reserved, and the largest attention_backward would take.
 static size_t scratch_reserved, scratch_needed;
 
-static bool counted_reserve_scratch(size_t bytes, Error *err) {
+static bool counted_reserve_scratch(const Ops *ops, size_t bytes, Error *err) {
     if (bytes > scratch_reserved) scratch_reserved = bytes;
-    return ops_cpu()->reserve_scratch(bytes, err);
+    return ops_cpu()->reserve_scratch(ops_cpu(), bytes, err);
 }
 
-static void counted_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out,
+static void counted_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                                        const float *lse, const void *q, const void *k, const void *v,
                                        const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
                                        int head_dim) {
     size_t bytes = attention_backward_scratch_bytes(B, T, n_head);
     if (bytes > scratch_needed) scratch_needed = bytes;
-    ops_cpu()->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim);
+    ops_cpu()->attention_backward(ops_cpu(), dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head,
+                                  head_dim);
 }
 
 // The CPU backend with its alloc and free counted, its scratch requests recorded.
@@ -286,9 +287,11 @@ static size_t measured_resident(const char *preset, int B, int T, const ClipVisi
     Error err;
     ClipTower *tower = clip ? clip_tower_create(counted, clip, B, &err) : NULL;
     if (clip && !tower) fail_msg("clip_tower_create: %s", err.message);
-    void *features = clip ? counted->alloc((size_t)B * clip_n_patches(clip) * clip->hidden_size * sizeof(float), &err) : NULL;
+    void *features =
+        clip ? counted->alloc(counted, (size_t)B * clip_n_patches(clip) * clip->hidden_size * sizeof(float), &err)
+             : NULL;
     size_t resident = live_bytes;
-    counted->free(features);
+    counted->free(counted, features);
     clip_tower_destroy(tower);
     trainable_destroy(&t);
     return resident;

@@ -54,8 +54,8 @@ static void test_layernorm(void **state) {
     float *dx = random_floats(N * C, -1.5f, 1.5f, &rng), *dw = random_floats(C, -1.5f, 1.5f, &rng), *db = random_floats(C, -1.5f, 1.5f, &rng);
     float dx_before[N * C], dw_before[C], db_before[C];
     memcpy(dx_before, dx, sizeof dx_before), memcpy(dw_before, dw, sizeof dw_before), memcpy(db_before, db, sizeof db_before);
-    cpu->layernorm_forward(out, mean, rstd, x, w, b, N, C, 1e-5f);
-    cpu->layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
+    cpu->layernorm_forward(cpu, out, mean, rstd, x, w, b, N, C, 1e-5f);
+    cpu->layernorm_backward(cpu, dx, dw, db, dout, x, w, mean, rstd, N, C);
     Problem p = {.inputs = {to_double(x, N * C), to_double(w, C), to_double(b, C)}, .input_sizes = {N * C, C, C},
                  .out_size = N * C, .forward = layernorm_reference, .N = N, .C = C};
     double *want = reference_forward(&p), *weights = to_double(dout, N * C);
@@ -64,7 +64,7 @@ static void test_layernorm(void **state) {
     assert_increment("layernorm dx", dx, dx_before, want_dx, N * C, FD_TOL);
     assert_increment("layernorm dweight", dw, dw_before, want_dw, C, FD_TOL);
     assert_increment("layernorm dbias", db, db_before, want_db, C, FD_TOL);
-    cpu->layernorm_backward(dx, NULL, NULL, dout, x, w, mean, rstd, N, C); // frozen norms: no weight grads
+    cpu->layernorm_backward(cpu, dx, NULL, NULL, dout, x, w, mean, rstd, N, C); // frozen norms: no weight grads
     free_problem(&p);
     free(want), free(weights), free(want_dx), free(want_dw), free(want_db);
     free(x), free(w), free(b), free(dout), free(out), free(dx), free(dw), free(db);
@@ -81,8 +81,8 @@ static void quick_gelu_reference(const Problem *p, double *out) {
     for (size_t i = 0; i < p->out_size; i++) out[i] = p->inputs[0][i] / (1.0 + exp(-1.702 * p->inputs[0][i]));
 }
 
-typedef void (*ElementwiseForward)(void *out, const void *inp, size_t n);
-typedef void (*ElementwiseBackward)(void *dinp, const void *dout, const void *inp, size_t n);
+typedef void (*ElementwiseForward)(const Ops *ops, void *out, const void *inp, size_t n);
+typedef void (*ElementwiseBackward)(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
 
 static void check_activation(const char *what, ElementwiseForward forward, ElementwiseBackward backward,
                              void (*reference)(const Problem *, double *)) {
@@ -93,8 +93,8 @@ static void check_activation(const char *what, ElementwiseForward forward, Eleme
     float *dx = random_floats(N, -1.5f, 1.5f, &rng), dx_before[N];
     x[0] = 0.0f, x[1] = -4.0f, x[2] = 4.0f;
     memcpy(dx_before, dx, sizeof dx_before);
-    forward(out, x, N);
-    backward(dx, dout, x, N);
+    forward(cpu, out, x, N);
+    backward(cpu, dx, dout, x, N);
     Problem p = {.inputs = {to_double(x, N)}, .input_sizes = {N}, .out_size = N, .forward = reference, .N = N, .C = 1};
     double *want = reference_forward(&p), *weights = to_double(dout, N), *want_dx = fd_gradient(&p, 0, weights);
     assert_close(what, out, want, N, FORWARD_TOL);
@@ -119,8 +119,8 @@ static void test_bias_add_and_backward(void **state) {
     float *y = random_floats(N * C, -1.5f, 1.5f, &rng), *b = random_floats(C, -1.5f, 1.5f, &rng), *dbias = random_floats(C, -1.5f, 1.5f, &rng);
     float y_before[N * C], dbias_before[C];
     memcpy(y_before, y, sizeof y_before), memcpy(dbias_before, dbias, sizeof dbias_before);
-    cpu->bias_add(y, b, N, C);
-    cpu->bias_backward(dbias, y_before, N, C);
+    cpu->bias_add(cpu, y, b, N, C);
+    cpu->bias_backward(cpu, dbias, y_before, N, C);
     for (int n = 0; n < N; n++) {
         for (int c = 0; c < C; c++) assert_float_equal(y[n * C + c], y_before[n * C + c] + b[c], 1e-6);
     }
@@ -137,7 +137,7 @@ static void test_scatter_rows(void **state) {
     float out[N * C], src[R * C] = {1, 2, 3, 4, 5, 6};
     for (int i = 0; i < N * C; i++) out[i] = -1.0f;
     int32_t rows[R] = {4, 1};
-    cpu->scatter_rows(out, rows, src, R, C);
+    cpu->scatter_rows(cpu, out, rows, src, R, C);
     for (int n = 0; n < N; n++) {
         for (int c = 0; c < C; c++) {
             float want = n == 4 ? src[c] : n == 1 ? src[C + c] : -1.0f;
@@ -155,7 +155,7 @@ static void test_patch_embed(void **state) {
     rng_seed(&rng, 4);
     float *images = random_floats(B * CH * S * S, -1.5f, 1.5f, &rng), *w = random_floats(D * CH * P * P, -1.5f, 1.5f, &rng);
     float *out = poisoned_floats(B * G * G * D);
-    cpu->patch_embed_forward(out, images, w, B, CH, S, P, D);
+    cpu->patch_embed_forward(cpu, out, images, w, B, CH, S, P, D);
     double want[B * G * G * D];
     for (int b = 0; b < B; b++)
         for (int py = 0; py < G; py++)
@@ -182,7 +182,7 @@ static void test_attention_full(void **state) {
     rng_seed(&rng, 5);
     float *q = random_floats(B * T * W, -1.5f, 1.5f, &rng), *k = random_floats(B * T * W, -1.5f, 1.5f, &rng), *v = random_floats(B * T * W, -1.5f, 1.5f, &rng);
     float *out = poisoned_floats(B * T * W);
-    cpu->attention_full_forward(out, q, k, v, B, T, H, HD);
+    cpu->attention_full_forward(cpu, out, q, k, v, B, T, H, HD);
     double want[B * T * W];
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)

@@ -307,7 +307,7 @@ static void draw_progress(Run *run, int step, double loss, const Throughput *thr
     bar[PROGRESS_BAR_WIDTH] = '\0';
     int steps_run = step - throughput->start_step;
     format_duration(since_start / (steps_run > 0 ? steps_run : 1) * (run->total_steps - step), eta, sizeof eta);
-    format_bytes(run->ops->peak_bytes(), memory, sizeof memory);
+    format_bytes(run->ops->peak_bytes(run->ops), memory, sizeof memory);
     fprintf(stderr, "\r\033[K[%s] step %d/%d | loss %.4f | %.0f tok/s | eta %s | peak %s", bar, step, run->total_steps,
             loss, throughput->tokens / since_start, eta, memory);
     fflush(stderr);
@@ -321,11 +321,17 @@ static bool log_and_record_step(Run *run, int step, const StepBatch *batch, doub
         clear_progress(run);
         log_step(run, step + 1, loss, lr, norm, throughput->tokens, since_start);
     }
-    StepMetrics metrics = {.step = step + 1, .epoch = batch->epoch, .loss = loss, .lr = lr, .grad_norm = norm,
+    StepMetrics metrics = {.step = step + 1,
+                           .epoch = batch->epoch,
+                           .loss = loss,
+                           .lr = lr,
+                           .grad_norm = norm,
                            .tokens = (double)batch->n_micro * batch->B * batch->T * run->dist.info.world_size,
                            .tokens_per_s = throughput->tokens / since_start,
-                           .elapsed_s = time_seconds() - run->run_clock_start, .peak_bytes = run->ops->peak_bytes(),
-                           .skipped_steps = run->progress.skipped_steps, .bad_steps = run->progress.bad_steps};
+                           .elapsed_s = time_seconds() - run->run_clock_start,
+                           .peak_bytes = run->ops->peak_bytes(run->ops),
+                           .skipped_steps = run->progress.skipped_steps,
+                           .bad_steps = run->progress.bad_steps};
     return metrics_log_step(run->metrics, &metrics, err);
 }
 
@@ -730,8 +736,9 @@ bool train_run_with(const Config *config, const TrainControl *control, TrainSumm
     ok = metrics_close(run.metrics, ok ? err : &(Error){{0}}) && ok;
     if (ok && run.is_rank0 && !summary->interrupted)
         printf("done: %d steps, loss %.4f -> %.4f | peak memory: %s backend %.2f GB (its own allocations), process "
-               "%.2f GB (resident) | adapter saved to %s\n", summary->steps, summary->first_loss, summary->last_loss,
-               run.ops->name, run.ops->peak_bytes() / 1e9, process_peak_rss_bytes() / 1e9, summary->adapter_dir);
+               "%.2f GB (resident) | adapter saved to %s\n",
+               summary->steps, summary->first_loss, summary->last_loss, run.ops->name,
+               run.ops->peak_bytes(run.ops) / 1e9, process_peak_rss_bytes() / 1e9, summary->adapter_dir);
     teardown(&run);
     if (installed_signals) stop_signals_restore();
     return ok;

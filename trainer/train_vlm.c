@@ -142,8 +142,9 @@ bool vlm_load(Run *run, Error *err) {
     const ClipVisionConfig *clip = clip_tower_config(run->tower);
     size_t pixels = (size_t)3 * clip->image_size * clip->image_size;
     run->image_scratch = checked_malloc((size_t)config->train.micro_batch * pixels * sizeof(float), "images", err);
-    run->image_features =
-        run->image_scratch ? run->ops->alloc(vlm_feature_bytes(config, clip, run->ops->act_dtype), err) : NULL;
+    run->image_features = run->image_scratch
+                              ? run->ops->alloc(run->ops, vlm_feature_bytes(config, clip, run->ops->act_dtype), err)
+                              : NULL;
     return run->image_features != NULL;
 }
 
@@ -176,7 +177,7 @@ bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out,
 }
 
 void vlm_destroy(Run *run) {
-    if (run->image_features) run->ops->free(run->image_features);
+    if (run->image_features) run->ops->free(run->ops, run->image_features);
     free(run->image_scratch);
     vlm_loader_destroy(run->vlm_loader);
     vlm_dataset_destroy(run->vlm_dataset);

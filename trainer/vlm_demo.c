@@ -187,8 +187,9 @@ static bool evaluator_open(Evaluator *e, const Config *config, const char *dir, 
                               .max_seq_len = config->data.max_seq_len, .n_image_tokens = clip_n_patches(&clip),
                               .image_token_id = 0, .preprocess = preprocess};
     e->held_out = vlm_dataset_open(&data, err);
-    e->features = e->held_out ? e->ops->alloc((size_t)clip_n_patches(&clip) * clip.hidden_size * sizeof(float), err)
-                              : NULL;
+    e->features = e->held_out
+                      ? e->ops->alloc(e->ops, (size_t)clip_n_patches(&clip) * clip.hidden_size * sizeof(float), err)
+                      : NULL;
     e->logits = checked_malloc((size_t)config->data.max_seq_len * options.config.vocab_size * sizeof(float), "logits",
                                err);
     return e->features && e->logits;
@@ -196,7 +197,7 @@ static bool evaluator_open(Evaluator *e, const Config *config, const char *dir, 
 
 static void evaluator_close(Evaluator *e) {
     free(e->logits);
-    if (e->features) e->ops->free(e->features);
+    if (e->features) e->ops->free(e->ops, e->features);
     vlm_dataset_destroy(e->held_out);
     if (e->model) model_destroy(e->model);
     clip_tower_destroy(e->tower);

@@ -188,9 +188,9 @@ static bool upload_row_indices(ClipTower *t, Error *err) {
         for (int p = 0; p < P; p++) rows[n + b * P + p] = b * T + 1 + p;
     }
     for (int i = 0; i < n * T; i++) all_rows[i] = i;
-    t->ops->upload(t->class_rows, rows, (size_t)n * sizeof(int32_t));
-    t->ops->upload(t->patch_rows, rows + n, (size_t)n * P * sizeof(int32_t));
-    if (t->config.keep_class_token) t->ops->upload(t->feature_rows, all_rows, (size_t)n * T * sizeof(int32_t));
+    t->ops->upload(t->ops, t->class_rows, rows, (size_t)n * sizeof(int32_t));
+    t->ops->upload(t->ops, t->patch_rows, rows + n, (size_t)n * P * sizeof(int32_t));
+    if (t->config.keep_class_token) t->ops->upload(t->ops, t->feature_rows, all_rows, (size_t)n * T * sizeof(int32_t));
     free(rows);
     return true;
 }
@@ -209,7 +209,7 @@ ClipTower *clip_tower_create(const Ops *ops, const ClipVisionConfig *config, int
     bool ok = t->layers && t->weights;
     if (ok) {
         size_t weight_bytes = layout_weights(t, NULL), act_bytes = layout_activations(t, NULL);
-        ok = (t->weight_block = ops->alloc(weight_bytes, err)) && (t->act_block = ops->alloc(act_bytes, err));
+        ok = (t->weight_block = ops->alloc(ops, weight_bytes, err)) && (t->act_block = ops->alloc(ops, act_bytes, err));
     }
     if (ok) {
         layout_weights(t, t->weight_block);
@@ -237,8 +237,8 @@ bool clip_tower_bytes(DType act_dtype, const ClipVisionConfig *config, int max_i
 
 void clip_tower_destroy(ClipTower *t) {
     if (!t) return;
-    if (t->weight_block) t->ops->free(t->weight_block);
-    if (t->act_block) t->ops->free(t->act_block);
+    if (t->weight_block) t->ops->free(t->ops, t->weight_block);
+    if (t->act_block) t->ops->free(t->ops, t->act_block);
     free(t->layers);
     free(t->weights);
     free(t);
@@ -270,7 +270,7 @@ void clip_tower_init_random(ClipTower *t, uint64_t seed) {
             else if (is_norm) host[j] = 1.0f;
             else host[j] = 0.02f * rng_normal(&rng);
         }
-        t->ops->upload_f32(w->tensor.data, host, n);
+        t->ops->upload_f32(t->ops, w->tensor.data, host, n);
         free(host);
     }
 }
@@ -284,8 +284,8 @@ static void *act_at(const ClipTower *t, void *base, size_t elements) {
 
 // y (N, out) = x (N, in) W^T + b
 static void linear(const ClipTower *t, void *y, const void *x, const void *W, const void *b, int N, int in, int out) {
-    t->ops->matmul(y, x, W, N, out, in, false, true, 1.0f, 0.0f);
-    t->ops->bias_add(y, b, N, out);
+    t->ops->matmul(t->ops, y, x, W, N, out, in, false, true, 1.0f, 0.0f);
+    t->ops->bias_add(t->ops, y, b, N, out);
 }
 
 // x (n * T, D) = [class; patches] + positions
@@ -293,12 +293,12 @@ static void embed(ClipTower *t, int n_images) {
     const Ops *ops = t->ops;
     const ClipVisionConfig *c = &t->config;
     int D = c->hidden_size, P = clip_n_patches(c), T = P + 1;
-    ops->patch_embed_forward(t->patches, t->images, t->patch_w, n_images, c->channels, c->image_size,
+    ops->patch_embed_forward(ops, t->patches, t->images, t->patch_w, n_images, c->channels, c->image_size,
                              c->patch_size, D);
-    ops->scatter_rows(t->x, t->patch_rows, t->patches, n_images * P, D);
+    ops->scatter_rows(ops, t->x, t->patch_rows, t->patches, n_images * P, D);
     for (int b = 0; b < n_images; b++) {
-        ops->scatter_rows(t->x, t->class_rows + b, t->class_emb, 1, D);
-        ops->add_inplace(act_at(t, t->x, (size_t)b * T * D), t->pos_emb, (size_t)T * D);
+        ops->scatter_rows(ops, t->x, t->class_rows + b, t->class_emb, 1, D);
+        ops->add_inplace(ops, act_at(t, t->x, (size_t)b * T * D), t->pos_emb, (size_t)T * D);
     }
 }
 
@@ -306,18 +306,18 @@ static void layer_forward(ClipTower *t, const ClipLayer *w, int n_images) {
     const Ops *ops = t->ops;
     const ClipVisionConfig *c = &t->config;
     int D = c->hidden_size, I = c->intermediate_size, T = clip_n_patches(c) + 1, N = n_images * T;
-    ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, w->ln1_w, w->ln1_b, N, D, c->layer_norm_eps);
+    ops->layernorm_forward(ops, t->ln, t->mean, t->rstd, t->x, w->ln1_w, w->ln1_b, N, D, c->layer_norm_eps);
     linear(t, t->q, t->ln, w->w[0], w->b[0], N, D, D);
     linear(t, t->k, t->ln, w->w[1], w->b[1], N, D, D);
     linear(t, t->v, t->ln, w->w[2], w->b[2], N, D, D);
-    ops->attention_full_forward(t->att, t->q, t->k, t->v, n_images, T, c->n_heads, D / c->n_heads);
+    ops->attention_full_forward(ops, t->att, t->q, t->k, t->v, n_images, T, c->n_heads, D / c->n_heads);
     linear(t, t->q, t->att, w->w[3], w->b[3], N, D, D);
-    ops->add_inplace(t->x, t->q, (size_t)N * D);
-    ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, w->ln2_w, w->ln2_b, N, D, c->layer_norm_eps);
+    ops->add_inplace(ops, t->x, t->q, (size_t)N * D);
+    ops->layernorm_forward(ops, t->ln, t->mean, t->rstd, t->x, w->ln2_w, w->ln2_b, N, D, c->layer_norm_eps);
     linear(t, t->mlp, t->ln, w->fc1_w, w->fc1_b, N, D, I);
-    ops->quick_gelu_forward(t->mlp, t->mlp, (size_t)N * I);
+    ops->quick_gelu_forward(ops, t->mlp, t->mlp, (size_t)N * I);
     linear(t, t->q, t->mlp, w->fc2_w, w->fc2_b, N, I, D);
-    ops->add_inplace(t->x, t->q, (size_t)N * D);
+    ops->add_inplace(ops, t->x, t->q, (size_t)N * D);
 }
 
 bool clip_tower_forward(ClipTower *t, const float *images, int n_images, void *features, Error *err) {
@@ -327,13 +327,13 @@ bool clip_tower_forward(ClipTower *t, const float *images, int n_images, void *f
         return fail(err, "CLIP tower: %d images in one forward; the tower was sized for 1 to %d", n_images,
                     t->max_images);
     int D = c->hidden_size, P = clip_n_patches(c), N = n_images * (P + 1);
-    ops->upload_f32(t->images, images, (size_t)n_images * c->channels * c->image_size * c->image_size);
+    ops->upload_f32(ops, t->images, images, (size_t)n_images * c->channels * c->image_size * c->image_size);
     embed(t, n_images);
-    ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, t->pre_ln_w, t->pre_ln_b, N, D, c->layer_norm_eps);
+    ops->layernorm_forward(ops, t->ln, t->mean, t->rstd, t->x, t->pre_ln_w, t->pre_ln_b, N, D, c->layer_norm_eps);
     void *embedded = t->x; // the residual stream continues in the normalised buffer
     t->x = t->ln;
     t->ln = embedded;
     for (int l = 0; l < t->n_layers_used; l++) layer_forward(t, &t->layers[l], n_images);
-    ops->embedding_forward(features, t->feature_rows, t->x, n_images * clip_n_features(c), D);
-    return ops->check(err);
+    ops->embedding_forward(ops, features, t->feature_rows, t->x, n_images * clip_n_features(c), D);
+    return ops->check(ops, err);
 }

@@ -103,9 +103,8 @@ static void attention_block_forward(const AttentionShape *s, const QueryBlock *q
                 out + q_offset(s, qb->b, qb->t0, qb->h), s->n_head * hd);
 }
 
-void cpu_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
-                           const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                           int head_dim) {
+void cpu_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                           const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
     AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start};
     int rows = query_block_rows(T), n_blocks = (T + rows - 1) / rows;
     #pragma omp parallel for collapse(3) schedule(dynamic) if ((size_t)B * n_head * T * T * head_dim >= CPU_PARALLEL_MIN_WORK)
@@ -150,10 +149,9 @@ static void attention_block_backward(const AttentionShape *s, const AttentionGra
 
 // One thread per (b, kv head): it owns dk, dv of that head and dq of its
 // query heads, so no two threads write the same gradient.
-void cpu_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out,
-                            const float *lse, const void *q, const void *k, const void *v,
-                            const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                            int head_dim) {
+void cpu_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                            const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
+                            int B, int T, int n_head, int n_kv_head, int head_dim) {
     AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start};
     AttentionGrads g = {dq, dk, dv, dout, out, lse, q, k, v};
     int group = n_head / n_kv_head, rows = query_block_rows(T);

@@ -1,7 +1,7 @@
 // NF4 dequantization (bitsandbytes' dequantize_blockwise / dequantize_4bit) in fp32.
 #include "cpu.h"
 
-void cpu_dequantize_blockwise_u8(float *out, const uint8_t *q, const float *code, const float *absmax,
+void cpu_dequantize_blockwise_u8(const Ops *ops, float *out, const uint8_t *q, const float *code, const float *absmax,
                                  float offset, size_t n, int blocksize) {
 #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
@@ -10,7 +10,8 @@ void cpu_dequantize_blockwise_u8(float *out, const uint8_t *q, const float *code
     }
 }
 
-void cpu_dequantize_nf4(void *out, const uint8_t *packed, const float *code, const float *absmax, size_t n) {
+void cpu_dequantize_nf4(const Ops *ops, void *out, const uint8_t *packed, const float *code, const float *absmax,
+                        size_t n) {
     float *w = out;
 #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) {

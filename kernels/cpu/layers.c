@@ -7,7 +7,7 @@
 // ----------------------------------------------------------------------------
 // embedding: out (N, C) = table (V, C)[ids[n]]
 
-void cpu_embedding_forward(void *out, const int32_t *ids, const void *table, int N, int C) {
+void cpu_embedding_forward(const Ops *ops, void *out, const int32_t *ids, const void *table, int N, int C) {
     #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
     for (int n = 0; n < N; n++) {
         memcpy((float *)out + (size_t)n * C, (const float *)table + (size_t)ids[n] * C,
@@ -19,7 +19,7 @@ void cpu_embedding_forward(void *out, const int32_t *ids, const void *table, int
 // RMSNorm: y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps), per row of C
 // dx_i = rstd * w_i dy_i - x_i * rstd^3 * (sum_j w_j dy_j x_j) / C
 
-void cpu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *weight, int N, int C,
+void cpu_rmsnorm_forward(const Ops *ops, void *out, float *rstd, const void *inp, const void *weight, int N, int C,
                          float eps) {
     const float *w = weight;
     #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
@@ -34,7 +34,7 @@ void cpu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *we
     }
 }
 
-void cpu_rmsnorm_backward(void *dinp, const void *dout, const void *inp, const void *weight,
+void cpu_rmsnorm_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, const void *weight,
                           const float *rstd, int N, int C) {
     const float *w = weight;
     #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
@@ -73,12 +73,12 @@ static void rope_rotate(float *x, const int32_t *positions, const float *inv_fre
     }
 }
 
-void cpu_rope_forward(void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
+void cpu_rope_forward(const Ops *ops, void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
                       int head_dim) {
     rope_rotate(x, positions, inv_freq, N, n_head, head_dim, 1.0f);
 }
 
-void cpu_rope_backward(void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
+void cpu_rope_backward(const Ops *ops, void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
                        int head_dim) {
     rope_rotate(dx, positions, inv_freq, N, n_head, head_dim, -1.0f);
 }
@@ -87,14 +87,14 @@ void cpu_rope_backward(void *dx, const int32_t *positions, const float *inv_freq
 // SwiGLU: out = silu(g) * u, silu(g) = g * sigmoid(g)
 // dg += dout * u * sigmoid(g) * (1 + g (1 - sigmoid(g))), du += dout * silu(g)
 
-void cpu_swiglu_forward(void *out, const void *gate, const void *up, size_t n) {
+void cpu_swiglu_forward(const Ops *ops, void *out, const void *gate, const void *up, size_t n) {
     const float *g = gate, *u = up;
     float *y = out;
     #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-void cpu_swiglu_backward(void *dgate, void *dup, const void *dout, const void *gate, const void *up,
+void cpu_swiglu_backward(const Ops *ops, void *dgate, void *dup, const void *dout, const void *gate, const void *up,
                          size_t n) {
     const float *g = gate, *u = up, *dy = dout;
     float *dg = dgate, *du = dup;
@@ -117,7 +117,7 @@ static inline float dropout_factor(uint64_t key, uint64_t counter, float p) {
     return rng_uniform_keyed(key, counter) >= p ? 1.0f / (1.0f - p) : 0.0f;
 }
 
-void cpu_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t seed,
+void cpu_dropout_forward(const Ops *ops, void *out, const void *inp, size_t n, float p, uint64_t seed,
                          uint64_t offset) {
     const float *x = inp;
     float *y = out;
@@ -126,7 +126,7 @@ void cpu_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t
     for (size_t i = 0; i < n; i++) y[i] = x[i] * dropout_factor(key, offset + i, p);
 }
 
-void cpu_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint64_t seed,
+void cpu_dropout_backward(const Ops *ops, void *dinp, const void *dout, size_t n, float p, uint64_t seed,
                           uint64_t offset) {
     const float *dy = dout;
     float *dx = dinp;
@@ -158,7 +158,7 @@ static void cross_entropy_row_grad(float *dlogits, const float *logits, int targ
     }
 }
 
-void cpu_cross_entropy(float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
+void cpu_cross_entropy(const Ops *ops, float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
                        int N, int V, float grad_scale) {
     double total = 0.0;
     #pragma omp parallel for reduction(+ : total) if ((size_t)N * V >= CPU_PARALLEL_MIN_WORK)

@@ -15,7 +15,7 @@ static int at_least_one(int n) { return n > 1 ? n : 1; }
 // out (M, N) = alpha * op(a) (M, K) @ op(b) (K, N) + beta * out, all row-major;
 // a is stored (K, M) when trans_a, b (N, K) when trans_b. beta == 0 does not
 // read out (BLAS's rule), so an uninitialised (even NaN) out is fine.
-void cpu_matmul(void *out, const void *a, const void *b, int M, int N, int K, bool trans_a,
+void cpu_matmul(const Ops *ops, void *out, const void *a, const void *b, int M, int N, int K, bool trans_a,
                 bool trans_b, float alpha, float beta) {
     if (M == 0 || N == 0) return;
     int lda = at_least_one(trans_a ? M : K), ldb = at_least_one(trans_b ? K : N);
@@ -24,7 +24,7 @@ void cpu_matmul(void *out, const void *a, const void *b, int M, int N, int K, bo
 }
 
 // dweight (N, K) += alpha * dout^T (N, M) @ inp (M, K)
-void cpu_matmul_weight_grad(float *dweight, const void *dout, const void *inp, int M, int N, int K,
+void cpu_matmul_weight_grad(const Ops *ops, float *dweight, const void *dout, const void *inp, int M, int N, int K,
                             float alpha) {
-    cpu_matmul(dweight, dout, inp, N, K, M, true, false, alpha, 1.0f);
+    cpu_matmul(ops, dweight, dout, inp, N, K, M, true, false, alpha, 1.0f);
 }

@@ -23,7 +23,7 @@ static void count_allocation(size_t bytes) {
     while (live > peak && !atomic_compare_exchange_weak(&peak_bytes, &peak, live)) {}
 }
 
-static void *cpu_alloc(size_t bytes, Error *err) {
+static void *cpu_alloc(const Ops *ops, size_t bytes, Error *err) {
     void *block = NULL;
     size_t rounded = (bytes + 63) / 64 * 64;
     if (posix_memalign(&block, 64, CPU_ALLOC_HEADER + rounded) != 0) {
@@ -35,49 +35,53 @@ static void *cpu_alloc(size_t bytes, Error *err) {
     return (char *)block + CPU_ALLOC_HEADER;
 }
 
-static void cpu_free(void *ptr) {
+static void cpu_free(const Ops *ops, void *ptr) {
     if (!ptr) return;
     void *block = (char *)ptr - CPU_ALLOC_HEADER;
     atomic_fetch_sub(&live_bytes, *(size_t *)block);
     free(block);
 }
 
-static size_t cpu_peak_bytes(void) { return atomic_load(&peak_bytes); }
+static size_t cpu_peak_bytes(const Ops *ops) { return atomic_load(&peak_bytes); }
 
 static void cpu_copy(void *dst, const void *src, size_t bytes) {
     if (bytes) memmove(dst, src, bytes);
 }
 
-static void cpu_zero(void *ptr, size_t bytes) {
+static void cpu_transfer(const Ops *ops, void *dst, const void *src, size_t bytes) { cpu_copy(dst, src, bytes); }
+
+static void cpu_zero(const Ops *ops, void *ptr, size_t bytes) {
     if (bytes) memset(ptr, 0, bytes);
 }
 
-static void cpu_synchronize(void) {}
-static void *cpu_stream(void) { return NULL; }
-static void cpu_download_async(void *dst, const void *src, size_t bytes, void *after) { cpu_copy(dst, src, bytes); }
-static bool cpu_reserve_scratch(size_t bytes, Error *err) { return true; }
+static void cpu_synchronize(const Ops *ops) {}
+static void *cpu_stream(const Ops *ops) { return NULL; }
+static void cpu_download_async(const Ops *ops, void *dst, const void *src, size_t bytes, void *after) {
+    cpu_copy(dst, src, bytes);
+}
+static bool cpu_reserve_scratch(const Ops *ops, size_t bytes, Error *err) { return true; }
 
-static bool cpu_check(Error *err) { return true; }
+static bool cpu_check(const Ops *ops, Error *err) { return true; }
 
 // fp32 storage: every conversion is a copy
 static void cpu_copy_f32(void *dst, const void *src, size_t n) { cpu_copy(dst, src, n * sizeof(float)); }
 
-static void cpu_upload_f32(void *dst_act, const float *src_host, size_t n) {
+static void cpu_upload_f32(const Ops *ops, void *dst_act, const float *src_host, size_t n) {
     cpu_copy_f32(dst_act, src_host, n);
 }
 
-static void cpu_download_f32(float *dst_host, const void *src_act, size_t n) {
+static void cpu_download_f32(const Ops *ops, float *dst_host, const void *src_act, size_t n) {
     cpu_copy_f32(dst_host, src_act, n);
 }
 
-static void cpu_params_to_act(void *dst_act, const float *params, size_t n) {
+static void cpu_params_to_act(const Ops *ops, void *dst_act, const float *params, size_t n) {
     cpu_copy_f32(dst_act, params, n);
 }
 
 // ----------------------------------------------------------------------------
 // elementwise and optimizer ops
 
-static void cpu_add_inplace(void *a, const void *b, size_t n) {
+static void cpu_add_inplace(const Ops *ops, void *a, const void *b, size_t n) {
     float *x = a;
     const float *y = b;
     #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
@@ -85,14 +89,14 @@ static void cpu_add_inplace(void *a, const void *b, size_t n) {
 }
 
 // *out += sum g^2, accumulated in double
-static void cpu_sum_squares(float *out, const float *g, size_t n) {
+static void cpu_sum_squares(const Ops *ops, float *out, const float *g, size_t n) {
     double sum = 0.0;
     #pragma omp parallel for reduction(+ : sum) if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) sum += (double)g[i] * g[i];
     *out += (float)sum;
 }
 
-static void cpu_scale_f32(float *x, float s, size_t n) {
+static void cpu_scale_f32(const Ops *ops, float *x, float s, size_t n) {
     #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
@@ -106,7 +110,7 @@ static float lerp(float start, float end, float weight) {
 //   p *= 1 - lr wd;  m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
 //   p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 // Scalars are formed in double, as Python floats, then applied in fp32.
-static void cpu_adamw(float *params, const float *grads, float *m, float *v, size_t n, float lr,
+static void cpu_adamw(const Ops *ops, float *params, const float *grads, float *m, float *v, size_t n, float lr,
                       float beta1, float beta2, float eps, float weight_decay, int step) {
     float decay = (float)(1.0 - (double)lr * weight_decay);
     float m_weight = (float)(1.0 - (double)beta1);
@@ -136,9 +140,9 @@ static const Ops cpu_ops = {
     .act_dtype = DTYPE_F32,
     .alloc = cpu_alloc,
     .free = cpu_free,
-    .upload = cpu_copy,
-    .download = cpu_copy,
-    .upload_async = cpu_copy,
+    .upload = cpu_transfer,
+    .download = cpu_transfer,
+    .upload_async = cpu_transfer,
     .zero = cpu_zero,
     .synchronize = cpu_synchronize,
     .stream = cpu_stream,

@@ -9,7 +9,7 @@
 // LayerNorm per row of C: xhat = (x - mean) * rstd, y = xhat * w + b
 // dx = rstd * (w dy - mean(w dy) - xhat * mean(w dy xhat)); dw += dy xhat; db += dy
 
-void cpu_layernorm_forward(void *out, float *mean, float *rstd, const void *inp, const void *weight,
+void cpu_layernorm_forward(const Ops *ops, void *out, float *mean, float *rstd, const void *inp, const void *weight,
                            const void *bias, int N, int C, float eps) {
     const float *w = weight, *b = bias;
     #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
@@ -27,7 +27,7 @@ void cpu_layernorm_forward(void *out, float *mean, float *rstd, const void *inp,
     }
 }
 
-void cpu_layernorm_backward(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
+void cpu_layernorm_backward(const Ops *ops, void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
                             const void *weight, const float *mean, const float *rstd, int N, int C) {
     const float *w = weight;
     #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
@@ -63,14 +63,14 @@ void cpu_layernorm_backward(void *dinp, float *dweight, float *dbias, const void
 
 static float normal_cdf(float x) { return 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)); }
 
-void cpu_gelu_forward(void *out, const void *inp, size_t n) {
+void cpu_gelu_forward(const Ops *ops, void *out, const void *inp, size_t n) {
     const float *x = inp;
     float *y = out;
     #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) y[i] = x[i] * normal_cdf(x[i]);
 }
 
-void cpu_gelu_backward(void *dinp, const void *dout, const void *inp, size_t n) {
+void cpu_gelu_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n) {
     const float *x = inp, *dy = dout;
     float *dx = dinp;
     const float inv_sqrt_2pi = 0.3989422804014327f;
@@ -83,14 +83,14 @@ void cpu_gelu_backward(void *dinp, const void *dout, const void *inp, size_t n) 
 
 static float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-void cpu_quick_gelu_forward(void *out, const void *inp, size_t n) {
+void cpu_quick_gelu_forward(const Ops *ops, void *out, const void *inp, size_t n) {
     const float *x = inp;
     float *y = out;
     #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
     for (size_t i = 0; i < n; i++) y[i] = x[i] * sigmoid(1.702f * x[i]);
 }
 
-void cpu_quick_gelu_backward(void *dinp, const void *dout, const void *inp, size_t n) {
+void cpu_quick_gelu_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n) {
     const float *x = inp, *dy = dout;
     float *dx = dinp;
     #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
@@ -103,7 +103,7 @@ void cpu_quick_gelu_backward(void *dinp, const void *dout, const void *inp, size
 // ----------------------------------------------------------------------------
 // bias and rows
 
-void cpu_bias_add(void *out, const void *bias, int N, int C) {
+void cpu_bias_add(const Ops *ops, void *out, const void *bias, int N, int C) {
     const float *b = bias;
     #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
     for (int n = 0; n < N; n++) {
@@ -112,14 +112,14 @@ void cpu_bias_add(void *out, const void *bias, int N, int C) {
     }
 }
 
-void cpu_bias_backward(float *dbias, const void *dout, int N, int C) {
+void cpu_bias_backward(const Ops *ops, float *dbias, const void *dout, int N, int C) {
     const float *dy = dout;
     for (int n = 0; n < N; n++) {
         for (int i = 0; i < C; i++) dbias[i] += dy[(size_t)n * C + i];
     }
 }
 
-void cpu_scatter_rows(void *out, const int32_t *rows, const void *src, int R, int C) {
+void cpu_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C) {
     for (int r = 0; r < R; r++) {
         memcpy((float *)out + (size_t)rows[r] * C, (const float *)src + (size_t)r * C, (size_t)C * sizeof(float));
     }
@@ -129,7 +129,7 @@ void cpu_scatter_rows(void *out, const int32_t *rows, const void *src, int R, in
 // patch embedding: out[b, py * G + px, d] =
 //   sum_{c, i, j} weight[d, c, i, j] * images[b, c, py * patch + i, px * patch + j], G = size / patch
 
-void cpu_patch_embed_forward(void *out, const void *images, const void *weight, int B, int channels,
+void cpu_patch_embed_forward(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,
                              int image_size, int patch, int D) {
     int grid = image_size / patch, n_patches = grid * grid;
     const float *img = images, *w = weight;
@@ -157,7 +157,7 @@ void cpu_patch_embed_forward(void *out, const void *images, const void *weight, 
 // ----------------------------------------------------------------------------
 // non-causal attention: one query row at a time, scores kept in a T-long buffer
 
-void cpu_attention_full_forward(void *out, const void *q, const void *k, const void *v, int B, int T,
+void cpu_attention_full_forward(const Ops *ops, void *out, const void *q, const void *k, const void *v, int B, int T,
                                 int n_head, int head_dim) {
     float scale = 1.0f / sqrtf((float)head_dim);
     size_t row_stride = (size_t)n_head * head_dim;

@@ -278,41 +278,43 @@ static bool shapes_supported(int n_head, int n_kv_head, int head_dim) {
     return true;
 }
 
-void cuda_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
+void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
                             const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
+    CudaContext *ctx = cuda_context(ops);
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
     dim3 grid(ceil_div(T, WARPS), n_head, B);
     size_t smem = 2 * TILE * head_dim * sizeof(bf16);
-    attention_forward_kernel<<<grid, WARPS * 32, smem, cuda_ctx.stream>>>(
-        (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, n_head, n_kv_head,
-        head_dim, 1.0f / sqrtf((float)head_dim));
+    attention_forward_kernel<<<grid, WARPS * 32, smem, ctx->stream>>>(
+        (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, n_head, n_kv_head, head_dim,
+        1.0f / sqrtf((float)head_dim));
     launchCheck("attention_forward_kernel");
 }
 
-void cuda_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
-                             const void *q, const void *k, const void *v, const int32_t *seq_start, int B, int T,
-                             int n_head, int n_kv_head, int head_dim) {
+void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                             const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
+                             int B, int T, int n_head, int n_kv_head, int head_dim) {
+    CudaContext *ctx = cuda_context(ops);
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
     size_t n_rows = (size_t)B * T * n_head;
-    float *D = (float *)cuda_scratch(attention_backward_scratch_bytes(B, T, n_head));
+    float *D = (float *)cuda_scratch(ctx, attention_backward_scratch_bytes(B, T, n_head));
     if (!D) return;
     float scale = 1.0f / sqrtf((float)head_dim);
-    attention_row_dot_kernel<<<ceil_div(n_rows * 32, 256), 256, 0, cuda_ctx.stream>>>(
+    attention_row_dot_kernel<<<ceil_div(n_rows * 32, 256), 256, 0, ctx->stream>>>(
         D, (const bf16 *)dout, (const bf16 *)out, T, n_head, head_dim, n_rows);
     if (!launchCheck("attention_row_dot_kernel")) return;
 
     size_t tile_bytes = 2 * TILE * head_dim * sizeof(bf16);
     dim3 dq_grid(ceil_div(T, WARPS), n_head, B);
-    attention_dq_kernel<<<dq_grid, WARPS * 32, tile_bytes, cuda_ctx.stream>>>(
-        (bf16 *)dq, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T,
-        n_head, n_kv_head, head_dim, scale);
+    attention_dq_kernel<<<dq_grid, WARPS * 32, tile_bytes, ctx->stream>>>(
+        (bf16 *)dq, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, n_head,
+        n_kv_head, head_dim, scale);
     if (!launchCheck("attention_dq_kernel")) return;
 
     dim3 dkdv_grid(ceil_div(T, WARPS), n_kv_head, B);
     size_t row_stats_bytes = 2 * TILE * sizeof(float) + TILE * sizeof(int);  // lse, D, seq_start
-    attention_dkdv_kernel<<<dkdv_grid, WARPS * 32, tile_bytes + row_stats_bytes, cuda_ctx.stream>>>(
+    attention_dkdv_kernel<<<dkdv_grid, WARPS * 32, tile_bytes + row_stats_bytes, ctx->stream>>>(
         (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
         seq_start, T, n_head, n_kv_head, head_dim, scale);
     launchCheck("attention_dkdv_kernel");

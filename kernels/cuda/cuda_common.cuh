@@ -13,6 +13,17 @@ extern "C" {
 
 typedef __nv_bfloat16 bf16;
 
+// Every cudaMalloc of a context with its size, so the live total and its high
+// water (peak_bytes) are exact.
+typedef struct LiveAllocation {
+    void *ptr;
+    size_t bytes;
+} LiveAllocation;
+typedef struct AllocationTable {
+    LiveAllocation *live;
+    size_t n_live, capacity, live_bytes, peak_bytes;
+} AllocationTable;
+
 // One stream, one cuBLASLt handle and workspace, one fp32 staging buffer for
 // host <-> device conversions, and a scratch buffer that grows on demand;
 // a copy stream for download_async; pinned staging for upload_async.
@@ -36,9 +47,12 @@ typedef struct CudaContext {
     size_t upload_used;  // bytes taken in the current half
     cudaEvent_t upload_done[2];
     int sm_count;
+    struct LtCache *lt_cache;
+    AllocationTable allocations; // cuBLASLt descriptors and algorithm per GEMM shape (matmul.cu)
 } CudaContext;
 
-extern CudaContext cuda_ctx;
+// The context an op works in: the state of the handle it was called through.
+static inline CudaContext *cuda_context(const Ops *ops) { return (CudaContext *)ops->state; }
 
 // The op functions return void: the first failure is recorded here and
 // reported by synchronize/check. Both helpers return true when call succeeded.
@@ -50,13 +64,15 @@ bool cublas_check(cublasStatus_t status, const char *file, int line, const char 
 #define launchCheck(kernel_name) cuda_check(cudaGetLastError(), __FILE__, __LINE__, kernel_name)
 
 // Device scratch of at least `bytes`, valid until the next call; NULL on failure.
-void *cuda_scratch(size_t bytes);
+void *cuda_scratch(CudaContext *ctx, size_t bytes);
+// The empty cache of cuBLASLt descriptors, made with the context.
+bool cuda_lt_cache_create(CudaContext *ctx, Error *err);
 
 static inline unsigned int ceil_div(size_t a, size_t b) { return (unsigned int)((a + b - 1) / b); }
 // Grid of `threads`-wide blocks covering n elements, capped for grid-stride loops.
-static inline unsigned int grid_for(size_t n, int threads) {
+static inline unsigned int grid_for(const CudaContext *ctx, size_t n, int threads) {
     size_t blocks = (n + (size_t)threads - 1) / (size_t)threads;
-    size_t cap = (size_t)cuda_ctx.sm_count * 32;
+    size_t cap = (size_t)ctx->sm_count * 32;
     if (blocks > cap) blocks = cap;
     return blocks > 0 ? (unsigned int)blocks : 1u;
 }
@@ -101,62 +117,63 @@ __device__ __forceinline__ float block_max(float x) {
 
 // ---- op functions, defined in the .cu files beside ops_cuda.cu -----------
 // matmul.cu
-void cuda_matmul(void *out, const void *a, const void *b, int M, int N, int K, bool trans_a,
+void cuda_matmul(const Ops *ops, void *out, const void *a, const void *b, int M, int N, int K, bool trans_a,
                  bool trans_b, float alpha, float beta);
-void cuda_matmul_weight_grad(float *dweight, const void *dout, const void *inp, int M, int N, int K,
+void cuda_matmul_weight_grad(const Ops *ops, float *dweight, const void *dout, const void *inp, int M, int N, int K,
                              float alpha);
 // layers.cu
-void cuda_add_inplace(void *a, const void *b, size_t n);
-void cuda_params_to_act(void *dst_act, const float *params, size_t n);
-void cuda_f32_to_act(void *dst_act, const float *src, size_t n);
-void cuda_act_to_f32(float *dst, const void *src_act, size_t n);
-void cuda_embedding_forward(void *out, const int32_t *ids, const void *table, int N, int C);
-void cuda_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *weight, int N, int C,
+void cuda_add_inplace(const Ops *ops, void *a, const void *b, size_t n);
+void cuda_params_to_act(const Ops *ops, void *dst_act, const float *params, size_t n);
+void cuda_f32_to_act(CudaContext *ctx, void *dst_act, const float *src, size_t n);
+void cuda_act_to_f32(CudaContext *ctx, float *dst, const void *src_act, size_t n);
+void cuda_embedding_forward(const Ops *ops, void *out, const int32_t *ids, const void *table, int N, int C);
+void cuda_rmsnorm_forward(const Ops *ops, void *out, float *rstd, const void *inp, const void *weight, int N, int C,
                           float eps);
-void cuda_rmsnorm_backward(void *dinp, const void *dout, const void *inp, const void *weight,
+void cuda_rmsnorm_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, const void *weight,
                            const float *rstd, int N, int C);
-void cuda_rope_forward(void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
+void cuda_rope_forward(const Ops *ops, void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
                        int head_dim);
-void cuda_rope_backward(void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
+void cuda_rope_backward(const Ops *ops, void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
                         int head_dim);
-void cuda_swiglu_forward(void *out, const void *gate, const void *up, size_t n);
-void cuda_swiglu_backward(void *dgate, void *dup, const void *dout, const void *gate, const void *up,
+void cuda_swiglu_forward(const Ops *ops, void *out, const void *gate, const void *up, size_t n);
+void cuda_swiglu_backward(const Ops *ops, void *dgate, void *dup, const void *dout, const void *gate, const void *up,
                           size_t n);
-void cuda_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t seed,
+void cuda_dropout_forward(const Ops *ops, void *out, const void *inp, size_t n, float p, uint64_t seed,
                           uint64_t offset);
-void cuda_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint64_t seed,
+void cuda_dropout_backward(const Ops *ops, void *dinp, const void *dout, size_t n, float p, uint64_t seed,
                            uint64_t offset);
 // attention.cu
-void cuda_attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
+void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
                             const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim);
-void cuda_attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out,
-                             const float *lse, const void *q, const void *k, const void *v,
-                             const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim);
+void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                             const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
+                             int B, int T, int n_head, int n_kv_head, int head_dim);
 // loss_optim.cu
-void cuda_cross_entropy(float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
+void cuda_cross_entropy(const Ops *ops, float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
                         int N, int V, float grad_scale);
-void cuda_sum_squares(float *out, const float *g, size_t n);
-void cuda_scale_f32(float *x, float s, size_t n);
-void cuda_adamw(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
+void cuda_sum_squares(const Ops *ops, float *out, const float *g, size_t n);
+void cuda_scale_f32(const Ops *ops, float *x, float s, size_t n);
+void cuda_adamw(const Ops *ops, float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
                 float beta2, float eps, float weight_decay, int step);
 
 // dequant.cu
-void cuda_dequantize_blockwise_u8(float *out, const uint8_t *q, const float *code, const float *absmax,
+void cuda_dequantize_blockwise_u8(const Ops *ops, float *out, const uint8_t *q, const float *code, const float *absmax,
                                   float offset, size_t n, int blocksize);
-void cuda_dequantize_nf4(void *out, const uint8_t *packed, const float *code, const float *absmax, size_t n);
+void cuda_dequantize_nf4(const Ops *ops, void *out, const uint8_t *packed, const float *code, const float *absmax,
+                         size_t n);
 // vision_ops.cu
-void cuda_layernorm_forward(void *out, float *mean, float *rstd, const void *inp, const void *weight,
+void cuda_layernorm_forward(const Ops *ops, void *out, float *mean, float *rstd, const void *inp, const void *weight,
                             const void *bias, int N, int C, float eps);
-void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
-                             const void *weight, const float *mean, const float *rstd, int N, int C);
-void cuda_gelu_forward(void *out, const void *inp, size_t n);
-void cuda_gelu_backward(void *dinp, const void *dout, const void *inp, size_t n);
-void cuda_quick_gelu_forward(void *out, const void *inp, size_t n);
-void cuda_quick_gelu_backward(void *dinp, const void *dout, const void *inp, size_t n);
-void cuda_bias_add(void *out, const void *bias, int N, int C);
-void cuda_bias_backward(float *dbias, const void *dout, int N, int C);
-void cuda_scatter_rows(void *out, const int32_t *rows, const void *src, int R, int C);
-void cuda_patch_embed_forward(void *out, const void *images, const void *weight, int B, int channels,
+void cuda_layernorm_backward(const Ops *ops, void *dinp, float *dweight, float *dbias, const void *dout,
+                             const void *inp, const void *weight, const float *mean, const float *rstd, int N, int C);
+void cuda_gelu_forward(const Ops *ops, void *out, const void *inp, size_t n);
+void cuda_gelu_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
+void cuda_quick_gelu_forward(const Ops *ops, void *out, const void *inp, size_t n);
+void cuda_quick_gelu_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
+void cuda_bias_add(const Ops *ops, void *out, const void *bias, int N, int C);
+void cuda_bias_backward(const Ops *ops, float *dbias, const void *dout, int N, int C);
+void cuda_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C);
+void cuda_patch_embed_forward(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,
                               int image_size, int patch, int D);
-void cuda_attention_full_forward(void *out, const void *q, const void *k, const void *v, int B, int T,
+void cuda_attention_full_forward(const Ops *ops, void *out, const void *q, const void *k, const void *v, int B, int T,
                                  int n_head, int head_dim);

@@ -22,17 +22,20 @@ __global__ void dequantize_nf4_kernel(bf16 *out, const uint8_t *packed, const fl
     }
 }
 
-void cuda_dequantize_blockwise_u8(float *out, const uint8_t *q, const float *code, const float *absmax,
+void cuda_dequantize_blockwise_u8(const Ops *ops, float *out, const uint8_t *q, const float *code, const float *absmax,
                                   float offset, size_t n, int blocksize) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    dequantize_blockwise_u8_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(out, q, code, absmax,
-                                                                                         offset, n, blocksize);
+    dequantize_blockwise_u8_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>(out, q, code, absmax, offset,
+                                                                                           n, blocksize);
     launchCheck("dequantize_blockwise_u8_kernel");
 }
 
-void cuda_dequantize_nf4(void *out, const uint8_t *packed, const float *code, const float *absmax, size_t n) {
+void cuda_dequantize_nf4(const Ops *ops, void *out, const uint8_t *packed, const float *code, const float *absmax,
+                         size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    dequantize_nf4_kernel<<<grid_for((n + 1) / 2, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)out, packed,
-                                                                                          code, absmax, n);
+    dequantize_nf4_kernel<<<grid_for(ctx, (n + 1) / 2, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)out, packed, code,
+                                                                                            absmax, n);
     launchCheck("dequantize_nf4_kernel");
 }

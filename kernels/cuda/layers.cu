@@ -19,23 +19,26 @@ __global__ void add_inplace_kernel(bf16 *a, const bf16 *b, size_t n) {
     GRID_STRIDE(i, n) a[i] = __float2bfloat16_rn(__bfloat162float(a[i]) + __bfloat162float(b[i]));
 }
 
-void cuda_f32_to_act(void *dst_act, const float *src, size_t n) {
+void cuda_f32_to_act(CudaContext *ctx, void *dst_act, const float *src, size_t n) {
     if (n == 0) return;
-    f32_to_bf16_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)dst_act, src, n);
+    f32_to_bf16_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)dst_act, src, n);
     launchCheck("f32_to_bf16_kernel");
 }
 
-void cuda_act_to_f32(float *dst, const void *src_act, size_t n) {
+void cuda_act_to_f32(CudaContext *ctx, float *dst, const void *src_act, size_t n) {
     if (n == 0) return;
-    bf16_to_f32_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(dst, (const bf16 *)src_act, n);
+    bf16_to_f32_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>(dst, (const bf16 *)src_act, n);
     launchCheck("bf16_to_f32_kernel");
 }
 
-void cuda_params_to_act(void *dst_act, const float *params, size_t n) { cuda_f32_to_act(dst_act, params, n); }
+void cuda_params_to_act(const Ops *ops, void *dst_act, const float *params, size_t n) {
+    cuda_f32_to_act(cuda_context(ops), dst_act, params, n);
+}
 
-void cuda_add_inplace(void *a, const void *b, size_t n) {
+void cuda_add_inplace(const Ops *ops, void *a, const void *b, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    add_inplace_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)a, (const bf16 *)b, n);
+    add_inplace_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)a, (const bf16 *)b, n);
     launchCheck("add_inplace_kernel");
 }
 
@@ -48,9 +51,10 @@ __global__ void embedding_forward_kernel(bf16 *out, const int32_t *ids, const bf
     for (int c = threadIdx.x; c < C; c += blockDim.x) out_row[c] = row[c];
 }
 
-void cuda_embedding_forward(void *out, const int32_t *ids, const void *table, int N, int C) {
+void cuda_embedding_forward(const Ops *ops, void *out, const int32_t *ids, const void *table, int N, int C) {
+    CudaContext *ctx = cuda_context(ops);
     if (N == 0) return;
-    embedding_forward_kernel<<<N, THREADS, 0, cuda_ctx.stream>>>((bf16 *)out, ids, (const bf16 *)table, C);
+    embedding_forward_kernel<<<N, THREADS, 0, ctx->stream>>>((bf16 *)out, ids, (const bf16 *)table, C);
     launchCheck("embedding_forward_kernel");
 }
 
@@ -91,19 +95,21 @@ __global__ void rmsnorm_backward_kernel(bf16 *dinp, const bf16 *dout, const bf16
     }
 }
 
-void cuda_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *weight, int N, int C,
+void cuda_rmsnorm_forward(const Ops *ops, void *out, float *rstd, const void *inp, const void *weight, int N, int C,
                           float eps) {
+    CudaContext *ctx = cuda_context(ops);
     if (N == 0) return;
-    rmsnorm_forward_kernel<<<N, THREADS, 0, cuda_ctx.stream>>>((bf16 *)out, rstd, (const bf16 *)inp,
-                                                               (const bf16 *)weight, C, eps);
+    rmsnorm_forward_kernel<<<N, THREADS, 0, ctx->stream>>>((bf16 *)out, rstd, (const bf16 *)inp, (const bf16 *)weight,
+                                                           C, eps);
     launchCheck("rmsnorm_forward_kernel");
 }
 
-void cuda_rmsnorm_backward(void *dinp, const void *dout, const void *inp, const void *weight,
+void cuda_rmsnorm_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, const void *weight,
                            const float *rstd, int N, int C) {
+    CudaContext *ctx = cuda_context(ops);
     if (N == 0) return;
-    rmsnorm_backward_kernel<<<N, THREADS, 0, cuda_ctx.stream>>>(
-        (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, (const bf16 *)weight, rstd, C);
+    rmsnorm_backward_kernel<<<N, THREADS, 0, ctx->stream>>>((bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp,
+                                                            (const bf16 *)weight, rstd, C);
     launchCheck("rmsnorm_backward_kernel");
 }
 
@@ -128,23 +134,23 @@ __global__ void rope_kernel(bf16 *x, const int32_t *positions, const float *inv_
     }
 }
 
-static void rope(void *x, const int32_t *positions, const float *inv_freq, int N, int n_head, int head_dim,
-                 float direction) {
+static void rope(CudaContext *ctx, void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                 int head_dim, float direction) {
     size_t n_pairs = (size_t)N * n_head * (head_dim / 2);
     if (n_pairs == 0) return;
-    rope_kernel<<<grid_for(n_pairs, THREADS), THREADS, 0, cuda_ctx.stream>>>(
-        (bf16 *)x, positions, inv_freq, n_head, head_dim, n_pairs, direction);
+    rope_kernel<<<grid_for(ctx, n_pairs, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)x, positions, inv_freq, n_head,
+                                                                              head_dim, n_pairs, direction);
     launchCheck("rope_kernel");
 }
 
-void cuda_rope_forward(void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
+void cuda_rope_forward(const Ops *ops, void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
                        int head_dim) {
-    rope(x, positions, inv_freq, N, n_head, head_dim, 1.0f);
+    rope(cuda_context(ops), x, positions, inv_freq, N, n_head, head_dim, 1.0f);
 }
 
-void cuda_rope_backward(void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
+void cuda_rope_backward(const Ops *ops, void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
                         int head_dim) {
-    rope(dx, positions, inv_freq, N, n_head, head_dim, -1.0f);
+    rope(cuda_context(ops), dx, positions, inv_freq, N, n_head, head_dim, -1.0f);
 }
 
 // ----------------------------------------------------------------------------
@@ -170,17 +176,19 @@ __global__ void swiglu_backward_kernel(bf16 *dgate, bf16 *dup, const bf16 *dout,
     }
 }
 
-void cuda_swiglu_forward(void *out, const void *gate, const void *up, size_t n) {
+void cuda_swiglu_forward(const Ops *ops, void *out, const void *gate, const void *up, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    swiglu_forward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
-        (bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n);
+    swiglu_forward_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)out, (const bf16 *)gate,
+                                                                                  (const bf16 *)up, n);
     launchCheck("swiglu_forward_kernel");
 }
 
-void cuda_swiglu_backward(void *dgate, void *dup, const void *dout, const void *gate, const void *up,
+void cuda_swiglu_backward(const Ops *ops, void *dgate, void *dup, const void *dout, const void *gate, const void *up,
                           size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    swiglu_backward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
+    swiglu_backward_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>(
         (bf16 *)dgate, (bf16 *)dup, (const bf16 *)dout, (const bf16 *)gate, (const bf16 *)up, n);
     launchCheck("swiglu_backward_kernel");
 }
@@ -210,20 +218,22 @@ __global__ void dropout_kernel(bf16 *out, const bf16 *inp, size_t n, float p, fl
     }
 }
 
-static void dropout(void *out, const void *inp, size_t n, float p, uint64_t seed, uint64_t offset,
+static void dropout(CudaContext *ctx, void *out, const void *inp, size_t n, float p, uint64_t seed, uint64_t offset,
                     bool accumulate) {
     if (n == 0) return;
     if (p <= 0.0f) p = 0.0f;  // as the CPU backend: p <= 0 keeps all, p >= 1 drops all
     float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-    dropout_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
-        (bf16 *)out, (const bf16 *)inp, n, p, scale, splitmix64(seed), offset, accumulate);
+    dropout_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)out, (const bf16 *)inp, n, p, scale,
+                                                                           splitmix64(seed), offset, accumulate);
     launchCheck("dropout_kernel");
 }
 
-void cuda_dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t seed, uint64_t offset) {
-    dropout(out, inp, n, p, seed, offset, false);
+void cuda_dropout_forward(const Ops *ops, void *out, const void *inp, size_t n, float p, uint64_t seed,
+                          uint64_t offset) {
+    dropout(cuda_context(ops), out, inp, n, p, seed, offset, false);
 }
 
-void cuda_dropout_backward(void *dinp, const void *dout, size_t n, float p, uint64_t seed, uint64_t offset) {
-    dropout(dinp, dout, n, p, seed, offset, true);
+void cuda_dropout_backward(const Ops *ops, void *dinp, const void *dout, size_t n, float p, uint64_t seed,
+                           uint64_t offset) {
+    dropout(cuda_context(ops), dinp, dout, n, p, seed, offset, true);
 }

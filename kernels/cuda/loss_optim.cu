@@ -20,8 +20,8 @@ __global__ void add_sum_kernel(float *out, const float *x, size_t n) {
     if (threadIdx.x == 0) *out += total;
 }
 
-static void add_sum(float *out, const float *x, size_t n) {
-    add_sum_kernel<<<1, REDUCE_THREADS, 0, cuda_ctx.stream>>>(out, x, n);
+static void add_sum(CudaContext *ctx, float *out, const float *x, size_t n) {
+    add_sum_kernel<<<1, REDUCE_THREADS, 0, ctx->stream>>>(out, x, n);
     launchCheck("add_sum_kernel");
 }
 
@@ -68,20 +68,21 @@ __global__ void cross_entropy_kernel(float *row_loss, bf16 *dlogits, const bf16 
 
 // The row losses take N floats of scratch (within what attention's backward
 // reserves for a batch of at least N tokens).
-void cuda_cross_entropy(float *loss_sum, void *dlogits, const void *logits, const int32_t *targets, int N, int V,
-                        float grad_scale) {
+void cuda_cross_entropy(const Ops *ops, float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
+                        int N, int V, float grad_scale) {
+    CudaContext *ctx = cuda_context(ops);
     if (N == 0 || V == 0) return;
-    float *row_loss = (float *)cuda_scratch((size_t)N * sizeof(float));
+    float *row_loss = (float *)cuda_scratch(ctx, (size_t)N * sizeof(float));
     if (!row_loss) return;
-    cross_entropy_kernel<<<N, CE_THREADS, 0, cuda_ctx.stream>>>(row_loss, (bf16 *)dlogits, (const bf16 *)logits,
-                                                                targets, V, grad_scale);
+    cross_entropy_kernel<<<N, CE_THREADS, 0, ctx->stream>>>(row_loss, (bf16 *)dlogits, (const bf16 *)logits, targets, V,
+                                                            grad_scale);
     if (!launchCheck("cross_entropy_kernel")) return;
-    add_sum(loss_sum, row_loss, (size_t)N);
+    add_sum(ctx, loss_sum, row_loss, (size_t)N);
 }
 
 // ----------------------------------------------------------------------------
 // *out += sum(g^2): a grid-stride partial per thread, a block sum per block
-// into cuda_ctx.partials, then add_sum over the blocks
+// into ctx->partials, then add_sum over the blocks
 
 __global__ void sum_squares_kernel(float *partials, const float *g, size_t n) {
     float partial = 0.0f;
@@ -94,18 +95,20 @@ __global__ void scale_f32_kernel(float *x, float s, size_t n) {
     GRID_STRIDE(i, n) x[i] *= s;
 }
 
-void cuda_sum_squares(float *out, const float *g, size_t n) {
+void cuda_sum_squares(const Ops *ops, float *out, const float *g, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    unsigned int blocks = grid_for(n, THREADS);
+    unsigned int blocks = grid_for(ctx, n, THREADS);
     if (blocks > CUDA_REDUCE_PARTIALS) blocks = CUDA_REDUCE_PARTIALS;
-    sum_squares_kernel<<<blocks, THREADS, 0, cuda_ctx.stream>>>(cuda_ctx.partials, g, n);
+    sum_squares_kernel<<<blocks, THREADS, 0, ctx->stream>>>(ctx->partials, g, n);
     if (!launchCheck("sum_squares_kernel")) return;
-    add_sum(out, cuda_ctx.partials, blocks);
+    add_sum(ctx, out, ctx->partials, blocks);
 }
 
-void cuda_scale_f32(float *x, float s, size_t n) {
+void cuda_scale_f32(const Ops *ops, float *x, float s, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    scale_f32_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(x, s, n);
+    scale_f32_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>(x, s, n);
     launchCheck("scale_f32_kernel");
 }
 
@@ -127,12 +130,14 @@ __global__ void adamw_kernel(float *params, const float *grads, float *m, float 
     }
 }
 
-void cuda_adamw(float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
+void cuda_adamw(const Ops *ops, float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
                 float beta2, float eps, float weight_decay, int step) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
     double step_size = (double)lr / (1.0 - pow((double)beta1, step));
     double bc2_sqrt = sqrt(1.0 - pow((double)beta2, step));
-    adamw_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
-        params, grads, m, v, n, (float)(1.0 - (double)lr * weight_decay), beta1, beta2, eps, (float)step_size, (float)bc2_sqrt);
+    adamw_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>(
+        params, grads, m, v, n, (float)(1.0 - (double)lr * weight_decay), beta1, beta2, eps, (float)step_size,
+        (float)bc2_sqrt);
     launchCheck("adamw_kernel");
 }

@@ -8,11 +8,9 @@
 
 #include "cuda_common.cuh"
 
-CudaContext cuda_ctx;
-
-
 // ----------------------------------------------------------------------------
-// sticky error: the first failure since the last check
+// sticky error: the first failure since the last check. Process-wide, as the
+// CUDA runtime's own sticky errors are: helpers that record one need no handle.
 
 static bool failure_pending;
 static char failure_message[ERROR_MESSAGE_MAX];
@@ -38,7 +36,7 @@ bool cublas_check(cublasStatus_t status, const char *file, int line, const char 
     return false;
 }
 
-static bool check(Error *err) {
+static bool check(const Ops *ops, Error *err) {
     cudaCheck(cudaGetLastError());
     if (!failure_pending) return true;
     failure_pending = false;
@@ -49,49 +47,41 @@ static bool check(Error *err) {
 // memory: every cudaMalloc of the backend is recorded with its size, so the
 // live total and its high water (peak_bytes) are exact
 
-typedef struct LiveAllocation {
-    void *ptr;
-    size_t bytes;
-} LiveAllocation;
-
-static LiveAllocation *live_allocations;
-static size_t n_live, live_capacity, live_bytes, peak_bytes;
-
-static bool track_allocation(void *ptr, size_t bytes) {
-    if (n_live == live_capacity) {
-        size_t capacity = live_capacity ? 2 * live_capacity : 256;
-        LiveAllocation *grown = (LiveAllocation *)realloc(live_allocations, capacity * sizeof *grown);
+static bool track_allocation(AllocationTable *table, void *ptr, size_t bytes) {
+    if (table->n_live == table->capacity) {
+        size_t capacity = table->capacity ? 2 * table->capacity : 256;
+        LiveAllocation *grown = (LiveAllocation *)realloc(table->live, capacity * sizeof *grown);
         if (!grown) return false;
-        live_allocations = grown;
-        live_capacity = capacity;
+        table->live = grown;
+        table->capacity = capacity;
     }
-    live_allocations[n_live++] = (LiveAllocation){ptr, bytes};
-    live_bytes += bytes;
-    if (live_bytes > peak_bytes) peak_bytes = live_bytes;
+    table->live[table->n_live++] = (LiveAllocation){ptr, bytes};
+    table->live_bytes += bytes;
+    if (table->live_bytes > table->peak_bytes) table->peak_bytes = table->live_bytes;
     return true;
 }
 
-static void untrack_allocation(void *ptr) {
-    for (size_t i = n_live; i-- > 0;) {
-        if (live_allocations[i].ptr != ptr) continue;
-        live_bytes -= live_allocations[i].bytes;
-        live_allocations[i] = live_allocations[--n_live];
+static void untrack_allocation(AllocationTable *table, void *ptr) {
+    for (size_t i = table->n_live; i-- > 0;) {
+        if (table->live[i].ptr != ptr) continue;
+        table->live_bytes -= table->live[i].bytes;
+        table->live[i] = table->live[--table->n_live];
         return;
     }
 }
 
 // cudaMalloc, recorded; a full record table counts as out of memory.
-static cudaError_t tracked_malloc(void **ptr, size_t bytes) {
+static cudaError_t tracked_malloc(CudaContext *ctx, void **ptr, size_t bytes) {
     cudaError_t status = cudaMalloc(ptr, bytes > 0 ? bytes : 1);
-    if (status != cudaSuccess || track_allocation(*ptr, bytes)) return status;
+    if (status != cudaSuccess || track_allocation(&ctx->allocations, *ptr, bytes)) return status;
     cudaCheck(cudaFree(*ptr));
     *ptr = NULL;
     return cudaErrorMemoryAllocation;
 }
 
-static void *device_alloc(size_t bytes, Error *err) {
+static void *context_alloc(CudaContext *ctx, size_t bytes, Error *err) {
     void *ptr = NULL;
-    cudaError_t status = tracked_malloc(&ptr, bytes);
+    cudaError_t status = tracked_malloc(ctx, &ptr, bytes);
     if (status != cudaSuccess) {
         fail(err, "cudaMalloc of %zu bytes: %s", bytes, cudaGetErrorString(status));
         return NULL;
@@ -101,31 +91,38 @@ static void *device_alloc(size_t bytes, Error *err) {
 
 // Waits for the device first: cudaFree may, but need not, wait for the work
 // queued on the memory (and the copy and communication streams may use it).
-static void device_free(void *ptr) {
+static void context_free(CudaContext *ctx, void *ptr) {
     if (!ptr) return;
     cudaCheck(cudaDeviceSynchronize());
-    untrack_allocation(ptr);
+    untrack_allocation(&ctx->allocations, ptr);
     cudaCheck(cudaFree(ptr));
 }
 
-static size_t device_peak_bytes(void) { return peak_bytes; }
+static void *device_alloc(const Ops *ops, size_t bytes, Error *err) {
+    return context_alloc(cuda_context(ops), bytes, err);
+}
 
-// Growing frees the old buffer, after the work queued on it (device_free waits).
-void *cuda_scratch(size_t bytes) {
-    if (bytes <= cuda_ctx.scratch_bytes) return cuda_ctx.scratch;
-    if (cuda_ctx.scratch) device_free(cuda_ctx.scratch);
-    cuda_ctx.scratch = NULL;
-    cuda_ctx.scratch_bytes = 0;
-    if (!cudaCheck(tracked_malloc(&cuda_ctx.scratch, bytes))) return NULL;
-    cuda_ctx.scratch_bytes = bytes;
-    return cuda_ctx.scratch;
+static void device_free(const Ops *ops, void *ptr) { context_free(cuda_context(ops), ptr); }
+
+static size_t device_peak_bytes(const Ops *ops) { return cuda_context(ops)->allocations.peak_bytes; }
+
+// Growing frees the old buffer, after the work queued on it (context_free waits).
+void *cuda_scratch(CudaContext *ctx, size_t bytes) {
+    if (bytes <= ctx->scratch_bytes) return ctx->scratch;
+    if (ctx->scratch) context_free(ctx, ctx->scratch);
+    ctx->scratch = NULL;
+    ctx->scratch_bytes = 0;
+    if (!cudaCheck(tracked_malloc(ctx, &ctx->scratch, bytes))) return NULL;
+    ctx->scratch_bytes = bytes;
+    return ctx->scratch;
 }
 
 // Called by a model at creation with its largest batch's needs; cuda_scratch
 // records its failure for check, which reports and clears it here.
-static bool reserve_scratch(size_t bytes, Error *err) {
-    if (bytes == 0 || cuda_scratch(bytes)) return true;
-    check(err);
+static bool reserve_scratch(const Ops *ops, size_t bytes, Error *err) {
+    CudaContext *ctx = cuda_context(ops);
+    if (bytes == 0 || cuda_scratch(ctx, bytes)) return true;
+    check(ops, err);
     return fail_context(err, "reserving %zu bytes of scratch: ", bytes);
 }
 
@@ -134,18 +131,18 @@ static bool reserve_scratch(size_t bytes, Error *err) {
 
 // Copies are stream-ordered and complete before returning, so the host
 // buffer may be reused at once.
-static void upload(void *dst, const void *src_host, size_t bytes) {
+static void upload(const Ops *ops, void *dst, const void *src_host, size_t bytes) {
+    CudaContext *ctx = cuda_context(ops);
     if (bytes == 0) return;
-    if (!cudaCheck(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, cuda_ctx.stream)))
-        return;
-    cudaCheck(cudaStreamSynchronize(cuda_ctx.stream));
+    if (!cudaCheck(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, ctx->stream))) return;
+    cudaCheck(cudaStreamSynchronize(ctx->stream));
 }
 
-static void download(void *dst_host, const void *src, size_t bytes) {
+static void download(const Ops *ops, void *dst_host, const void *src, size_t bytes) {
+    CudaContext *ctx = cuda_context(ops);
     if (bytes == 0) return;
-    if (!cudaCheck(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, cuda_ctx.stream)))
-        return;
-    cudaCheck(cudaStreamSynchronize(cuda_ctx.stream));
+    if (!cudaCheck(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, ctx->stream))) return;
+    cudaCheck(cudaStreamSynchronize(ctx->stream));
 }
 
 // upload_async copies from pinned staging: a cudaMemcpyAsync from pageable
@@ -154,88 +151,95 @@ static void download(void *dst_host, const void *src, size_t bytes) {
 // once the stream has run its last copy (the event recorded after it): the
 // host waits there only when it is a whole half of uploads (several
 // micro-batches of tokens, targets and positions) ahead of the stream.
-static unsigned char *upload_staging_take(size_t bytes) {
-    if (cuda_ctx.upload_used + bytes > CUDA_UPLOAD_STAGING_BYTES / 2) {
-        cuda_ctx.upload_half ^= 1;
-        cuda_ctx.upload_used = 0;
-        if (!cudaCheck(cudaEventSynchronize(cuda_ctx.upload_done[cuda_ctx.upload_half]))) return NULL;
+static unsigned char *upload_staging_take(CudaContext *ctx, size_t bytes) {
+    if (ctx->upload_used + bytes > CUDA_UPLOAD_STAGING_BYTES / 2) {
+        ctx->upload_half ^= 1;
+        ctx->upload_used = 0;
+        if (!cudaCheck(cudaEventSynchronize(ctx->upload_done[ctx->upload_half]))) return NULL;
     }
-    unsigned char *slot = cuda_ctx.upload_staging + cuda_ctx.upload_half * (CUDA_UPLOAD_STAGING_BYTES / 2) +
-                          cuda_ctx.upload_used;
-    cuda_ctx.upload_used += bytes;
+    unsigned char *slot = ctx->upload_staging + ctx->upload_half * (CUDA_UPLOAD_STAGING_BYTES / 2) + ctx->upload_used;
+    ctx->upload_used += bytes;
     return slot;
 }
 
-static void upload_async(void *dst, const void *src_host, size_t bytes) {
+static void upload_async(const Ops *ops, void *dst, const void *src_host, size_t bytes) {
+    CudaContext *ctx = cuda_context(ops);
     const size_t half = CUDA_UPLOAD_STAGING_BYTES / 2;
     for (size_t start = 0; start < bytes; start += half) {
         size_t count = bytes - start < half ? bytes - start : half;
-        unsigned char *slot = upload_staging_take(count);
+        unsigned char *slot = upload_staging_take(ctx, count);
         if (!slot) return;
         memcpy(slot, (const unsigned char *)src_host + start, count);
-        if (!cudaCheck(cudaMemcpyAsync((unsigned char *)dst + start, slot, count, cudaMemcpyHostToDevice,
-                                       cuda_ctx.stream)))
+        if (!cudaCheck(cudaMemcpyAsync((unsigned char *)dst + start, slot, count, cudaMemcpyHostToDevice, ctx->stream)))
             return;
-        if (!cudaCheck(cudaEventRecord(cuda_ctx.upload_done[cuda_ctx.upload_half], cuda_ctx.stream))) return;
+        if (!cudaCheck(cudaEventRecord(ctx->upload_done[ctx->upload_half], ctx->stream))) return;
     }
 }
 
-static void zero(void *ptr, size_t bytes) {
-    if (bytes > 0) cudaCheck(cudaMemsetAsync(ptr, 0, bytes, cuda_ctx.stream));
+static void zero(const Ops *ops, void *ptr, size_t bytes) {
+    CudaContext *ctx = cuda_context(ops);
+    if (bytes > 0) cudaCheck(cudaMemsetAsync(ptr, 0, bytes, ctx->stream));
 }
 
-static void synchronize(void) { cudaCheck(cudaStreamSynchronize(cuda_ctx.stream)); }
+static void synchronize(const Ops *ops) { cudaCheck(cudaStreamSynchronize(cuda_context(ops)->stream)); }
 
-static void *compute_stream(void) { return cuda_ctx.stream; }
+static void *compute_stream(const Ops *ops) { return cuda_context(ops)->stream; }
 
 // The copy stream waits for `after` (an event of another stream) or for the
 // compute issued so far, then copies; the compute stream goes on meanwhile.
-static void download_async(void *dst_host, const void *src, size_t bytes, void *after) {
+static void download_async(const Ops *ops, void *dst_host, const void *src, size_t bytes, void *after) {
+    CudaContext *ctx = cuda_context(ops);
     if (bytes == 0) return;
     cudaEvent_t ready = (cudaEvent_t)after;
     if (!ready) {
-        if (!cudaCheck(cudaEventRecord(cuda_ctx.compute_done, cuda_ctx.stream))) return;
-        ready = cuda_ctx.compute_done;
+        if (!cudaCheck(cudaEventRecord(ctx->compute_done, ctx->stream))) return;
+        ready = ctx->compute_done;
     }
-    if (!cudaCheck(cudaStreamWaitEvent(cuda_ctx.copy_stream, ready, 0))) return;
-    cudaCheck(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, cuda_ctx.copy_stream));
+    if (!cudaCheck(cudaStreamWaitEvent(ctx->copy_stream, ready, 0))) return;
+    cudaCheck(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, ctx->copy_stream));
 }
 
-static void synchronize_copies(void) { cudaCheck(cudaStreamSynchronize(cuda_ctx.copy_stream)); }
+static void synchronize_copies(const Ops *ops) { cudaCheck(cudaStreamSynchronize(cuda_context(ops)->copy_stream)); }
 
 // Host fp32 -> staging (fp32, device) -> bf16, one chunk at a time.
-static void upload_f32(void *dst_act, const float *src_host, size_t n) {
+static void upload_f32(const Ops *ops, void *dst_act, const float *src_host, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     bf16 *dst = (bf16 *)dst_act;
-    for (size_t start = 0; start < n; start += cuda_ctx.staging_floats) {
-        size_t count = n - start < cuda_ctx.staging_floats ? n - start : cuda_ctx.staging_floats;
-        if (!cudaCheck(cudaMemcpyAsync(cuda_ctx.staging, src_host + start, count * sizeof(float),
-                                       cudaMemcpyHostToDevice, cuda_ctx.stream)))
+    for (size_t start = 0; start < n; start += ctx->staging_floats) {
+        size_t count = n - start < ctx->staging_floats ? n - start : ctx->staging_floats;
+        if (!cudaCheck(cudaMemcpyAsync(ctx->staging, src_host + start, count * sizeof(float), cudaMemcpyHostToDevice,
+                                       ctx->stream)))
             return;
-        cuda_f32_to_act(dst + start, cuda_ctx.staging, count);
-        if (!cudaCheck(cudaStreamSynchronize(cuda_ctx.stream))) return;
+        cuda_f32_to_act(ctx, dst + start, ctx->staging, count);
+        if (!cudaCheck(cudaStreamSynchronize(ctx->stream))) return;
     }
 }
 
-static void download_f32(float *dst_host, const void *src_act, size_t n) {
+static void download_f32(const Ops *ops, float *dst_host, const void *src_act, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     const bf16 *src = (const bf16 *)src_act;
-    for (size_t start = 0; start < n; start += cuda_ctx.staging_floats) {
-        size_t count = n - start < cuda_ctx.staging_floats ? n - start : cuda_ctx.staging_floats;
-        cuda_act_to_f32(cuda_ctx.staging, src + start, count);
-        if (!cudaCheck(cudaMemcpyAsync(dst_host + start, cuda_ctx.staging, count * sizeof(float),
-                                       cudaMemcpyDeviceToHost, cuda_ctx.stream)))
+    for (size_t start = 0; start < n; start += ctx->staging_floats) {
+        size_t count = n - start < ctx->staging_floats ? n - start : ctx->staging_floats;
+        cuda_act_to_f32(ctx, ctx->staging, src + start, count);
+        if (!cudaCheck(cudaMemcpyAsync(dst_host + start, ctx->staging, count * sizeof(float), cudaMemcpyDeviceToHost,
+                                       ctx->stream)))
             return;
-        if (!cudaCheck(cudaStreamSynchronize(cuda_ctx.stream))) return;
+        if (!cudaCheck(cudaStreamSynchronize(ctx->stream))) return;
     }
 }
 
 // ----------------------------------------------------------------------------
 // the table
 
+// The process's one context: its device is chosen by the launcher's local rank.
+static CudaContext context;
+
 static const Ops cuda_ops = {
     .name = "cuda",
     .device_memory = true,
     .pinned_staging = true,
     .act_dtype = DTYPE_BF16,
+    .state = &context,
     .alloc = device_alloc,
     .free = device_free,
     .upload = upload,
@@ -347,7 +351,7 @@ void ops_cuda_info(CudaInfo *info) {
     }
 }
 
-static bool context_init(Error *err) {
+static bool context_init(CudaContext *ctx, Error *err) {
     int device_count = 0, device;
     cudaError_t status = cudaGetDeviceCount(&device_count);
     if (status != cudaSuccess || device_count == 0) {
@@ -365,39 +369,40 @@ static bool context_init(Error *err) {
     if (prop.major < 8)
         return fail(err, "CUDA device %d (%s) has compute capability %d.%d; bf16 needs 8.0 or newer", device,
                     prop.name, prop.major, prop.minor);
-    cuda_ctx.sm_count = prop.multiProcessorCount;
+    ctx->sm_count = prop.multiProcessorCount;
     // Non-blocking: nothing on the legacy default stream serializes with it;
     // every other stream is ordered against it with events.
-    if ((status = cudaStreamCreateWithFlags(&cuda_ctx.stream, cudaStreamNonBlocking)) != cudaSuccess)
+    if ((status = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking)) != cudaSuccess)
         return fail(err, "cudaStreamCreate: %s", cudaGetErrorString(status));
-    if ((status = cudaStreamCreateWithFlags(&cuda_ctx.copy_stream, cudaStreamNonBlocking)) != cudaSuccess)
+    if ((status = cudaStreamCreateWithFlags(&ctx->copy_stream, cudaStreamNonBlocking)) != cudaSuccess)
         return fail(err, "cudaStreamCreate (copies): %s", cudaGetErrorString(status));
-    if ((status = cudaEventCreateWithFlags(&cuda_ctx.compute_done, cudaEventDisableTiming)) != cudaSuccess)
+    if ((status = cudaEventCreateWithFlags(&ctx->compute_done, cudaEventDisableTiming)) != cudaSuccess)
         return fail(err, "cudaEventCreate: %s", cudaGetErrorString(status));
     for (int half = 0; half < 2; half++) {
-        if ((status = cudaEventCreateWithFlags(&cuda_ctx.upload_done[half], cudaEventDisableTiming)) != cudaSuccess)
+        if ((status = cudaEventCreateWithFlags(&ctx->upload_done[half], cudaEventDisableTiming)) != cudaSuccess)
             return fail(err, "cudaEventCreate (uploads): %s", cudaGetErrorString(status));
     }
-    if ((status = cudaMallocHost((void **)&cuda_ctx.upload_staging, CUDA_UPLOAD_STAGING_BYTES)) != cudaSuccess)
+    if ((status = cudaMallocHost((void **)&ctx->upload_staging, CUDA_UPLOAD_STAGING_BYTES)) != cudaSuccess)
         return fail(err, "cudaMallocHost of %zu bytes (upload staging): %s", CUDA_UPLOAD_STAGING_BYTES,
                     cudaGetErrorString(status));
-    cublasStatus_t lt_status = cublasLtCreate(&cuda_ctx.lt);
+    cublasStatus_t lt_status = cublasLtCreate(&ctx->lt);
     if (lt_status != CUBLAS_STATUS_SUCCESS) return fail(err, "cublasLtCreate: status %d", (int)lt_status);
-    cuda_ctx.lt_workspace_bytes = CUDA_LT_WORKSPACE_BYTES;
-    cuda_ctx.lt_workspace = device_alloc(cuda_ctx.lt_workspace_bytes, err);
-    if (!cuda_ctx.lt_workspace) return fail_context(err, "cuBLASLt workspace: ");
-    cuda_ctx.staging_floats = CUDA_STAGING_BYTES / sizeof(float);  // per host <-> device chunk
-    cuda_ctx.staging = (float *)device_alloc(cuda_ctx.staging_floats * sizeof(float), err);
-    if (!cuda_ctx.staging) return fail_context(err, "staging buffer: ");
-    cuda_ctx.partials = (float *)device_alloc(CUDA_REDUCE_PARTIALS_BYTES, err);
-    if (!cuda_ctx.partials) return fail_context(err, "reduction partials: ");
+    if (!cuda_lt_cache_create(ctx, err)) return false;
+    ctx->lt_workspace_bytes = CUDA_LT_WORKSPACE_BYTES;
+    ctx->lt_workspace = context_alloc(ctx, ctx->lt_workspace_bytes, err);
+    if (!ctx->lt_workspace) return fail_context(err, "cuBLASLt workspace: ");
+    ctx->staging_floats = CUDA_STAGING_BYTES / sizeof(float); // per host <-> device chunk
+    ctx->staging = (float *)context_alloc(ctx, ctx->staging_floats * sizeof(float), err);
+    if (!ctx->staging) return fail_context(err, "staging buffer: ");
+    ctx->partials = (float *)context_alloc(ctx, CUDA_REDUCE_PARTIALS_BYTES, err);
+    if (!ctx->partials) return fail_context(err, "reduction partials: ");
     return true;
 }
 
 extern "C" const Ops *ops_cuda(Error *err) {
     static bool ready;
     if (!ready) {
-        if (!context_init(err)) return NULL;
+        if (!context_init(&context, err)) return NULL;
         ready = true;
     }
     return &cuda_ops;

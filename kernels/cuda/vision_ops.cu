@@ -48,20 +48,21 @@ __global__ void layernorm_backward_kernel(bf16 *dinp, float *dweight, float *dbi
     }
 }
 
-void cuda_layernorm_forward(void *out, float *mean, float *rstd, const void *inp, const void *weight,
+void cuda_layernorm_forward(const Ops *ops, void *out, float *mean, float *rstd, const void *inp, const void *weight,
                             const void *bias, int N, int C, float eps) {
+    CudaContext *ctx = cuda_context(ops);
     if (N == 0) return;
-    layernorm_forward_kernel<<<N, THREADS, 0, cuda_ctx.stream>>>((bf16 *)out, mean, rstd, (const bf16 *)inp,
-                                                                (const bf16 *)weight, (const bf16 *)bias, C, eps);
+    layernorm_forward_kernel<<<N, THREADS, 0, ctx->stream>>>((bf16 *)out, mean, rstd, (const bf16 *)inp,
+                                                             (const bf16 *)weight, (const bf16 *)bias, C, eps);
     launchCheck("layernorm_forward_kernel");
 }
 
-void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, const void *dout, const void *inp,
-                             const void *weight, const float *mean, const float *rstd, int N, int C) {
+void cuda_layernorm_backward(const Ops *ops, void *dinp, float *dweight, float *dbias, const void *dout,
+                             const void *inp, const void *weight, const float *mean, const float *rstd, int N, int C) {
+    CudaContext *ctx = cuda_context(ops);
     if (N == 0) return;
-    layernorm_backward_kernel<<<N, THREADS, 0, cuda_ctx.stream>>>((bf16 *)dinp, dweight, dbias, (const bf16 *)dout,
-                                                                 (const bf16 *)inp, (const bf16 *)weight, mean,
-                                                                 rstd, C);
+    layernorm_backward_kernel<<<N, THREADS, 0, ctx->stream>>>((bf16 *)dinp, dweight, dbias, (const bf16 *)dout,
+                                                              (const bf16 *)inp, (const bf16 *)weight, mean, rstd, C);
     launchCheck("layernorm_backward_kernel");
 }
 
@@ -93,30 +94,34 @@ __global__ void quick_gelu_backward_kernel(bf16 *dinp, const bf16 *dout, const b
     }
 }
 
-void cuda_gelu_forward(void *out, const void *inp, size_t n) {
+void cuda_gelu_forward(const Ops *ops, void *out, const void *inp, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    gelu_forward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)out, (const bf16 *)inp, n);
+    gelu_forward_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)out, (const bf16 *)inp, n);
     launchCheck("gelu_forward_kernel");
 }
 
-void cuda_gelu_backward(void *dinp, const void *dout, const void *inp, size_t n) {
+void cuda_gelu_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    gelu_backward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)dinp, (const bf16 *)dout,
-                                                                                (const bf16 *)inp, n);
+    gelu_backward_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)dinp, (const bf16 *)dout,
+                                                                                 (const bf16 *)inp, n);
     launchCheck("gelu_backward_kernel");
 }
 
-void cuda_quick_gelu_forward(void *out, const void *inp, size_t n) {
+void cuda_quick_gelu_forward(const Ops *ops, void *out, const void *inp, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    quick_gelu_forward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)out,
-                                                                                     (const bf16 *)inp, n);
+    quick_gelu_forward_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)out, (const bf16 *)inp,
+                                                                                      n);
     launchCheck("quick_gelu_forward_kernel");
 }
 
-void cuda_quick_gelu_backward(void *dinp, const void *dout, const void *inp, size_t n) {
+void cuda_quick_gelu_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
-    quick_gelu_backward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
-        (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, n);
+    quick_gelu_backward_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)dinp, (const bf16 *)dout,
+                                                                                       (const bf16 *)inp, n);
     launchCheck("quick_gelu_backward_kernel");
 }
 
@@ -142,22 +147,25 @@ __global__ void scatter_rows_kernel(bf16 *out, const int32_t *rows, const bf16 *
     for (int c = threadIdx.x; c < C; c += blockDim.x) dst[c] = row[c];
 }
 
-void cuda_bias_add(void *out, const void *bias, int N, int C) {
+void cuda_bias_add(const Ops *ops, void *out, const void *bias, int N, int C) {
+    CudaContext *ctx = cuda_context(ops);
     size_t n = (size_t)N * C;
     if (n == 0) return;
-    bias_add_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)out, (const bf16 *)bias, n, C);
+    bias_add_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)out, (const bf16 *)bias, n, C);
     launchCheck("bias_add_kernel");
 }
 
-void cuda_bias_backward(float *dbias, const void *dout, int N, int C) {
+void cuda_bias_backward(const Ops *ops, float *dbias, const void *dout, int N, int C) {
+    CudaContext *ctx = cuda_context(ops);
     if (C == 0) return;
-    bias_backward_kernel<<<ceil_div(C, THREADS), THREADS, 0, cuda_ctx.stream>>>(dbias, (const bf16 *)dout, N, C);
+    bias_backward_kernel<<<ceil_div(C, THREADS), THREADS, 0, ctx->stream>>>(dbias, (const bf16 *)dout, N, C);
     launchCheck("bias_backward_kernel");
 }
 
-void cuda_scatter_rows(void *out, const int32_t *rows, const void *src, int R, int C) {
+void cuda_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C) {
+    CudaContext *ctx = cuda_context(ops);
     if (R == 0) return;
-    scatter_rows_kernel<<<R, THREADS, 0, cuda_ctx.stream>>>((bf16 *)out, rows, (const bf16 *)src, C);
+    scatter_rows_kernel<<<R, THREADS, 0, ctx->stream>>>((bf16 *)out, rows, (const bf16 *)src, C);
     launchCheck("scatter_rows_kernel");
 }
 
@@ -182,11 +190,12 @@ __global__ void patch_embed_kernel(bf16 *out, const bf16 *images, const bf16 *we
     }
 }
 
-void cuda_patch_embed_forward(void *out, const void *images, const void *weight, int B, int channels,
+void cuda_patch_embed_forward(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,
                               int image_size, int patch, int D) {
+    CudaContext *ctx = cuda_context(ops);
     int grid = image_size / patch;
     if (B == 0 || grid == 0) return;
-    patch_embed_kernel<<<B * grid * grid, THREADS, 0, cuda_ctx.stream>>>(
+    patch_embed_kernel<<<B * grid * grid, THREADS, 0, ctx->stream>>>(
         (bf16 *)out, (const bf16 *)images, (const bf16 *)weight, channels, image_size, patch, D);
     launchCheck("patch_embed_kernel");
 }
@@ -221,15 +230,16 @@ __global__ void attention_full_kernel(bf16 *out, const bf16 *q, const bf16 *k, c
     for (int j = 0, i = lane; i < head_dim; j++, i += 32) out_row[i] = __float2bfloat16_rn(acc[j] / sum);
 }
 
-void cuda_attention_full_forward(void *out, const void *q, const void *k, const void *v, int B, int T, int n_head,
-                                 int head_dim) {
+void cuda_attention_full_forward(const Ops *ops, void *out, const void *q, const void *k, const void *v, int B, int T,
+                                 int n_head, int head_dim) {
+    CudaContext *ctx = cuda_context(ops);
     size_t rows = (size_t)B * n_head * T;
     if (rows == 0) return;
     if (head_dim > 32 * ATT_MAX_PER_LANE) {
         record_failure(__FILE__, __LINE__, "attention_full_forward", "head_dim above 256 is not supported");
         return;
     }
-    attention_full_kernel<<<ceil_div(rows * 32, THREADS), THREADS, 0, cuda_ctx.stream>>>(
+    attention_full_kernel<<<ceil_div(rows * 32, THREADS), THREADS, 0, ctx->stream>>>(
         (bf16 *)out, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, B, T, n_head, head_dim);
     launchCheck("attention_full_kernel");
 }

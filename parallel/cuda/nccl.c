@@ -94,7 +94,7 @@ static bool wait_comm(Collectives *c, const char *what, Error *err) {
 
 // Orders the communication stream after the compute work issued so far.
 static bool after_compute(NcclState *s, Error *err) {
-    cudaStream_t compute = (cudaStream_t)s->ops->stream();
+    cudaStream_t compute = (cudaStream_t)s->ops->stream(s->ops);
     CUDA_TRY(cudaEventRecord(s->compute_ready, compute), "recording the compute stream's event");
     CUDA_TRY(cudaStreamWaitEvent(s->stream, s->compute_ready, 0), "ordering the collective after the compute stream");
     return true;

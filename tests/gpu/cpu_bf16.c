@@ -14,97 +14,104 @@ static void round_to_bf16(void *x, size_t n) {
     for (size_t i = 0; i < n; i++) f[i] = bf16_to_f32(f32_to_bf16(f[i]));
 }
 
-static void upload_f32(void *dst, const float *src, size_t n) {
-    fp32.upload_f32(dst, src, n);
+static void upload_f32(const Ops *ops, void *dst, const float *src, size_t n) {
+    fp32.upload_f32(&fp32, dst, src, n);
     round_to_bf16(dst, n);
 }
-static void params_to_act(void *dst, const float *params, size_t n) {
-    fp32.params_to_act(dst, params, n);
+static void params_to_act(const Ops *ops, void *dst, const float *params, size_t n) {
+    fp32.params_to_act(&fp32, dst, params, n);
     round_to_bf16(dst, n);
 }
-static void matmul(void *out, const void *a, const void *b, int M, int N, int K, bool trans_a, bool trans_b,
-                   float alpha, float beta) {
-    fp32.matmul(out, a, b, M, N, K, trans_a, trans_b, alpha, beta);
+static void matmul(const Ops *ops, void *out, const void *a, const void *b, int M, int N, int K, bool trans_a,
+                   bool trans_b, float alpha, float beta) {
+    fp32.matmul(&fp32, out, a, b, M, N, K, trans_a, trans_b, alpha, beta);
     round_to_bf16(out, (size_t)M * N);
 }
-static void add_inplace(void *a, const void *b, size_t n) {
-    fp32.add_inplace(a, b, n);
+static void add_inplace(const Ops *ops, void *a, const void *b, size_t n) {
+    fp32.add_inplace(&fp32, a, b, n);
     round_to_bf16(a, n);
 }
-static void embedding_forward(void *out, const int32_t *ids, const void *table, int N, int C) {
-    fp32.embedding_forward(out, ids, table, N, C);
+static void embedding_forward(const Ops *ops, void *out, const int32_t *ids, const void *table, int N, int C) {
+    fp32.embedding_forward(&fp32, out, ids, table, N, C);
     round_to_bf16(out, (size_t)N * C);
 }
-static void rmsnorm_forward(void *out, float *rstd, const void *inp, const void *weight, int N, int C, float eps) {
-    fp32.rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
+static void rmsnorm_forward(const Ops *ops, void *out, float *rstd, const void *inp, const void *weight, int N, int C,
+                            float eps) {
+    fp32.rmsnorm_forward(&fp32, out, rstd, inp, weight, N, C, eps);
     round_to_bf16(out, (size_t)N * C);
 }
-static void rmsnorm_backward(void *dinp, const void *dout, const void *inp, const void *weight, const float *rstd,
-                             int N, int C) {
-    fp32.rmsnorm_backward(dinp, dout, inp, weight, rstd, N, C);
+static void rmsnorm_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, const void *weight,
+                             const float *rstd, int N, int C) {
+    fp32.rmsnorm_backward(&fp32, dinp, dout, inp, weight, rstd, N, C);
     round_to_bf16(dinp, (size_t)N * C);
 }
-static void rope_forward(void *x, const int32_t *positions, const float *inv_freq, int N, int n_head, int hd) {
-    fp32.rope_forward(x, positions, inv_freq, N, n_head, hd);
+static void rope_forward(const Ops *ops, void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                         int hd) {
+    fp32.rope_forward(&fp32, x, positions, inv_freq, N, n_head, hd);
     round_to_bf16(x, (size_t)N * n_head * hd);
 }
-static void rope_backward(void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head, int hd) {
-    fp32.rope_backward(dx, positions, inv_freq, N, n_head, hd);
+static void rope_backward(const Ops *ops, void *dx, const int32_t *positions, const float *inv_freq, int N, int n_head,
+                          int hd) {
+    fp32.rope_backward(&fp32, dx, positions, inv_freq, N, n_head, hd);
     round_to_bf16(dx, (size_t)N * n_head * hd);
 }
-static void attention_forward(void *out, float *lse, const void *q, const void *k, const void *v,
+static void attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
                               const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int hd) {
-    fp32.attention_forward(out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, hd);
+    fp32.attention_forward(&fp32, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, hd);
     round_to_bf16(out, (size_t)B * T * n_head * hd);
 }
-static void attention_backward(void *dq, void *dk, void *dv, const void *dout, const void *out, const float *lse,
-                               const void *q, const void *k, const void *v, const int32_t *seq_start, int B, int T,
-                               int n_head, int n_kv_head, int hd) {
-    fp32.attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, hd);
+static void attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                               const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
+                               int B, int T, int n_head, int n_kv_head, int hd) {
+    fp32.attention_backward(&fp32, dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, hd);
     round_to_bf16(dq, (size_t)B * T * n_head * hd);
     round_to_bf16(dk, (size_t)B * T * n_kv_head * hd);
     round_to_bf16(dv, (size_t)B * T * n_kv_head * hd);
 }
-static void swiglu_forward(void *out, const void *gate, const void *up, size_t n) {
-    fp32.swiglu_forward(out, gate, up, n);
+static void swiglu_forward(const Ops *ops, void *out, const void *gate, const void *up, size_t n) {
+    fp32.swiglu_forward(&fp32, out, gate, up, n);
     round_to_bf16(out, n);
 }
-static void swiglu_backward(void *dgate, void *dup, const void *dout, const void *gate, const void *up, size_t n) {
-    fp32.swiglu_backward(dgate, dup, dout, gate, up, n);
+static void swiglu_backward(const Ops *ops, void *dgate, void *dup, const void *dout, const void *gate, const void *up,
+                            size_t n) {
+    fp32.swiglu_backward(&fp32, dgate, dup, dout, gate, up, n);
     round_to_bf16(dgate, n);
     round_to_bf16(dup, n);
 }
-static void dropout_forward(void *out, const void *inp, size_t n, float p, uint64_t seed, uint64_t offset) {
-    fp32.dropout_forward(out, inp, n, p, seed, offset);
+static void dropout_forward(const Ops *ops, void *out, const void *inp, size_t n, float p, uint64_t seed,
+                            uint64_t offset) {
+    fp32.dropout_forward(&fp32, out, inp, n, p, seed, offset);
     round_to_bf16(out, n);
 }
-static void dropout_backward(void *dinp, const void *dout, size_t n, float p, uint64_t seed, uint64_t offset) {
-    fp32.dropout_backward(dinp, dout, n, p, seed, offset);
+static void dropout_backward(const Ops *ops, void *dinp, const void *dout, size_t n, float p, uint64_t seed,
+                             uint64_t offset) {
+    fp32.dropout_backward(&fp32, dinp, dout, n, p, seed, offset);
     round_to_bf16(dinp, n);
 }
-static void cross_entropy(float *loss_sum, void *dlogits, const void *logits, const int32_t *targets, int N, int V,
-                          float grad_scale) {
-    fp32.cross_entropy(loss_sum, dlogits, logits, targets, N, V, grad_scale);
+static void cross_entropy(const Ops *ops, float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
+                          int N, int V, float grad_scale) {
+    fp32.cross_entropy(&fp32, loss_sum, dlogits, logits, targets, N, V, grad_scale);
     if (dlogits) round_to_bf16(dlogits, (size_t)N * V);
 }
-static void gelu_forward(void *out, const void *inp, size_t n) {
-    fp32.gelu_forward(out, inp, n);
+static void gelu_forward(const Ops *ops, void *out, const void *inp, size_t n) {
+    fp32.gelu_forward(&fp32, out, inp, n);
     round_to_bf16(out, n);
 }
-static void gelu_backward(void *dinp, const void *dout, const void *inp, size_t n) {
-    fp32.gelu_backward(dinp, dout, inp, n);
+static void gelu_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n) {
+    fp32.gelu_backward(&fp32, dinp, dout, inp, n);
     round_to_bf16(dinp, n);
 }
-static void bias_add(void *out, const void *bias, int N, int C) {
-    fp32.bias_add(out, bias, N, C);
+static void bias_add(const Ops *ops, void *out, const void *bias, int N, int C) {
+    fp32.bias_add(&fp32, out, bias, N, C);
     round_to_bf16(out, (size_t)N * C);
 }
-static void scatter_rows(void *out, const int32_t *rows, const void *src, int R, int C) {
-    fp32.scatter_rows(out, rows, src, R, C);
+static void scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C) {
+    fp32.scatter_rows(&fp32, out, rows, src, R, C);
     for (int r = 0; r < R; r++) round_to_bf16((float *)out + (size_t)rows[r] * C, (size_t)C);
 }
-static void dequantize_nf4(void *out, const uint8_t *packed, const float *code, const float *absmax, size_t n) {
-    fp32.dequantize_nf4(out, packed, code, absmax, n);
+static void dequantize_nf4(const Ops *ops, void *out, const uint8_t *packed, const float *code, const float *absmax,
+                           size_t n) {
+    fp32.dequantize_nf4(&fp32, out, packed, code, absmax, n);
     round_to_bf16(out, n);
 }
 

@@ -50,20 +50,20 @@ float *random_act(size_t n, float lo, float hi) {
 
 void *gpu_alloc(size_t bytes) {
     Error err;
-    void *dev = gpu->alloc(bytes > 0 ? bytes : 1, &err);
+    void *dev = gpu->alloc(gpu, bytes > 0 ? bytes : 1, &err);
     if (!dev) fail_msg("%s", err.message);
     return dev;
 }
 
 void *gpu_copy(const void *host, size_t bytes) {
     void *dev = gpu_alloc(bytes);
-    gpu->upload(dev, host, bytes);
+    gpu->upload(gpu, dev, host, bytes);
     return dev;
 }
 
 void *gpu_act(const float *host, size_t n) {
     void *dev = gpu_alloc(n * dtype_size(gpu->act_dtype));
-    gpu->upload_f32(dev, host, n);
+    gpu->upload_f32(gpu, dev, host, n);
     return dev;
 }
 
@@ -76,20 +76,20 @@ void *gpu_poisoned(size_t n) {
 
 void gpu_ok(void) {
     Error err;
-    gpu->synchronize();
-    if (!gpu->check(&err)) fail_msg("%s", err.message);
+    gpu->synchronize(gpu);
+    if (!gpu->check(gpu, &err)) fail_msg("%s", err.message);
 }
 
 float *gpu_act_result(const void *dev, size_t n) {
     float *host = host_alloc(n);
-    gpu->download_f32(host, dev, n);
+    gpu->download_f32(gpu, host, dev, n);
     gpu_ok();
     return host;
 }
 
 float *gpu_f32_result(const void *dev, size_t n) {
     float *host = host_alloc(n);
-    gpu->download(host, dev, n * sizeof(float));
+    gpu->download(gpu, host, dev, n * sizeof(float));
     gpu_ok();
     return host;
 }

@@ -76,10 +76,10 @@ static void test_nccl_world_size_one(void **state) {
     double sum_host[2] = {1.5, -2.25}, sum_back[2];
     double *sum = gpu_copy(sum_host, sizeof sum_host);
     assert_true(nccl->all_reduce_sum(nccl, sum, 2, DTYPE_F64, &err));
-    gpu->download(sum_back, sum, sizeof sum_back);
-    gpu->synchronize();
+    gpu->download(gpu, sum_back, sum, sizeof sum_back);
+    gpu->synchronize(gpu);
     assert_memory_equal(sum_back, sum_host, sizeof sum_host);
-    gpu->free(sum), gpu->free(x), free(back), free(values);
+    gpu->free(gpu, sum), gpu->free(gpu, x), free(back), free(values);
     nccl_world_destroy(&world);
 }
 
@@ -98,7 +98,7 @@ static void test_nccl_ranged_reduce_scatter(void **state) {
     Error err;
     for (int k = 0; k < N_RANGES; k++)
         if (!nccl->reduce_scatter_range_sum(nccl, x, N, ranges[k][0], ranges[k][1], &err)) fail_msg("%s", err.message);
-    gpu->scale_f32(x, 2.0f, N); // compute the reductions must wait for
+    gpu->scale_f32(gpu, x, 2.0f, N); // compute the reductions must wait for
     for (int k = 0; k < N_RANGES; k++)
         if (!nccl->reduce_scatter_range_start(nccl, x, N, ranges[k][0], ranges[k][1], &err)) fail_msg("%s", err.message);
     if (!nccl->wait(nccl, &err)) fail_msg("wait: %s", err.message);
@@ -107,7 +107,7 @@ static void test_nccl_ranged_reduce_scatter(void **state) {
     for (size_t i = 0; i < N; i++) assert_true(back[i] == 2.0f * values[i]);
     assert_false(nccl->reduce_scatter_range_sum(nccl, x, N, 10, N + 1, &err));
     print_message("range outside the buffer: %s\n", err.message);
-    gpu->free(x), free(back), free(values);
+    gpu->free(gpu, x), free(back), free(values);
     nccl_world_destroy(&world);
 }
 
@@ -152,7 +152,7 @@ static ZeroRun zero_run(Collectives *coll, const float *initial, bool offload, b
 }
 
 static void zero_run_step(ZeroRun *run, const float *grads_host, float lr) {
-    gpu->upload(run->grads, grads_host, N * sizeof(float));
+    gpu->upload(gpu, run->grads, grads_host, N * sizeof(float));
     float norm;
     Error err;
     if (!zero_step(run->zero, run->params, run->grads, lr, &norm, &err)) fail_msg("zero_step: %s", err.message);
@@ -165,11 +165,11 @@ static void zero_run_step(ZeroRun *run, const float *grads_host, float lr) {
 static void zero_run_bucketed_step(ZeroRun *run, const float *grads_host, float lr) {
     Error err;
     zero_begin_micro_batch(run->zero, true);
-    gpu->zero(run->grads, N * sizeof(float));
+    gpu->zero(gpu, run->grads, N * sizeof(float));
     for (size_t end = N; end > 0;) {
         size_t begin = end > LAYER ? end - LAYER : 0;
-        gpu->upload(run->grads + begin, grads_host + begin, (end - begin) * sizeof(float));
-        gpu->scale_f32(run->grads + begin, 0.5f, end - begin);
+        gpu->upload(gpu, run->grads + begin, grads_host + begin, (end - begin) * sizeof(float));
+        gpu->scale_f32(gpu, run->grads + begin, 0.5f, end - begin);
         zero_grads_ready(run->zero, begin, end);
         end = begin;
     }
@@ -180,7 +180,7 @@ static void zero_run_bucketed_step(ZeroRun *run, const float *grads_host, float 
 
 static void zero_run_destroy(ZeroRun *run) {
     zero_destroy(run->zero);
-    gpu->free(run->params), gpu->free(run->grads);
+    gpu->free(gpu, run->params), gpu->free(gpu, run->grads);
 }
 
 // Max |a - b| / max(|b|, floor) over the buffer, on the host.
@@ -258,7 +258,7 @@ static void test_nccl_buckets_give_the_unbucketed_parameters(void **state) {
         zero_run_bucketed_step(&offload_bucketed, grads, 1e-2f);
         ZeroRun *unbucketed[] = {&plain, &offload_plain};
         for (int r = 0; r < 2; r++) {
-            gpu->upload(unbucketed[r]->grads, halved, N * sizeof(float));
+            gpu->upload(gpu, unbucketed[r]->grads, halved, N * sizeof(float));
             if (!zero_reduce_micro_batch(unbucketed[r]->zero, unbucketed[r]->grads, &err)) fail_msg("%s", err.message);
             float norm;
             if (!zero_step(unbucketed[r]->zero, unbucketed[r]->params, unbucketed[r]->grads, 1e-2f, &norm, &err))
@@ -306,7 +306,7 @@ static bool check_range(const float *x, size_t begin, size_t end, float factor, 
 // x (device, padded) refilled with this rank's values.
 static void refill(float *x, size_t padded, int rank) {
     float *values = rank_values(N, padded, rank);
-    gpu->upload(x, values, padded * sizeof(float));
+    gpu->upload(gpu, x, values, padded * sizeof(float));
     free(values);
 }
 
@@ -316,20 +316,20 @@ static bool two_rank_collectives(Collectives *c, Error *err) {
     float *x = gpu_alloc(padded * sizeof(float)), *back = host_alloc(padded);
     refill(x, padded, rank);
     if (!c->all_reduce_sum(c, x, N, DTYPE_F32, err)) return false;
-    gpu->download(back, x, N * sizeof(float));
+    gpu->download(gpu, back, x, N * sizeof(float));
     for (size_t i = 0; i < N; i++) CHECK(back[i] == sum_over_ranks(i, world));
 
     refill(x, padded, rank);
     if (!c->reduce_scatter_sum(c, x, N, err)) return false;
-    gpu->download(back, x, padded * sizeof(float));
+    gpu->download(gpu, back, x, padded * sizeof(float));
     size_t begin, end;
     dist_shard_range(N, world, rank, &begin, &end);
     for (size_t i = begin; i < end; i++) CHECK(back[i] == sum_over_ranks(i, world));
 
     for (size_t i = 0; i < padded; i++) back[i] = i >= begin && i < end ? (float)i : -1.0f;
-    gpu->upload(x, back, padded * sizeof(float));
+    gpu->upload(gpu, x, back, padded * sizeof(float));
     if (!c->all_gather(c, x, N, err)) return false;
-    gpu->download(back, x, N * sizeof(float));
+    gpu->download(gpu, back, x, N * sizeof(float));
     for (size_t i = 0; i < N; i++) CHECK(back[i] == (float)i);
 
     // Buckets: blocking, one at a time, across the shard boundary and empty.
@@ -337,31 +337,31 @@ static bool two_rank_collectives(Collectives *c, Error *err) {
     for (size_t k = 0; k < sizeof ranges / sizeof ranges[0]; k++) {
         refill(x, padded, rank);
         if (!c->reduce_scatter_range_sum(c, x, N, ranges[k][0], ranges[k][1], err)) return false;
-        gpu->download(back, x, N * sizeof(float));
+        gpu->download(gpu, back, x, N * sizeof(float));
         if (!check_range(back, ranges[k][0], ranges[k][1], 1.0f, rank, world, err)) return false;
     }
     // ... and disjoint ones all in flight together, behind a kernel on the compute stream.
     static const size_t cuts[] = {0, 3000, N / 2 - 2, N / 2 + 9, N};
     refill(x, padded, rank);
-    gpu->scale_f32(x, 2.0f, N);
+    gpu->scale_f32(gpu, x, 2.0f, N);
     for (size_t k = 0; k + 1 < sizeof cuts / sizeof cuts[0]; k++)
         if (!c->reduce_scatter_range_start(c, x, N, cuts[k], cuts[k + 1], err)) return false;
     if (!c->wait(c, err)) return false;
-    gpu->download(back, x, N * sizeof(float));
+    gpu->download(gpu, back, x, N * sizeof(float));
     if (!check_range(back, 0, N, 2.0f, rank, world, err)) return false;
 
     double d[2] = {rank + 0.25, 1e12}, *dev = gpu_copy(d, sizeof d);
     if (!c->all_reduce_sum(c, dev, 2, DTYPE_F64, err)) return false;
-    gpu->download(d, dev, sizeof d);
+    gpu->download(gpu, d, dev, sizeof d);
     CHECK(d[0] == 1.0 + 0.5 && d[1] == 2e12);
 
     char text[32] = "", expect[32] = "from rank 1";
     if (rank == 1) snprintf(text, sizeof text, "%s", expect);
     void *bytes = gpu_copy(text, sizeof text);
     if (!c->broadcast(c, bytes, sizeof text, 1, err)) return false;
-    gpu->download(text, bytes, sizeof text);
+    gpu->download(gpu, text, bytes, sizeof text);
     CHECK(strcmp(text, expect) == 0);
-    gpu->free(bytes), gpu->free(dev), gpu->free(x), free(back);
+    gpu->free(gpu, bytes), gpu->free(gpu, dev), gpu->free(gpu, x), free(back);
     return c->barrier(c, err);
 }
 
@@ -401,7 +401,7 @@ static bool two_rank_zero_case(Collectives *c, const ZeroCase *zc, Error *err) {
     one_rank.offload_cpu = false, one_rank.overlap_comm = false;
     ZeroRun ranks = {.params = gpu_copy(initial, padded * sizeof(float)), .grads = gpu_alloc(padded * sizeof(float))};
     ZeroRun reference = {.params = gpu_copy(initial, N * sizeof(float)), .grads = gpu_alloc(N * sizeof(float))};
-    gpu->zero(ranks.grads, padded * sizeof(float));
+    gpu->zero(gpu, ranks.grads, padded * sizeof(float));
     ranks.zero = zero_create(gpu, c, ranks.params, ranks.grads, N, &options, err);
     reference.zero = ranks.zero ? zero_create(gpu, single, reference.params, reference.grads, N, &one_rank, err) : NULL;
     bool ok = reference.zero != NULL;
@@ -423,9 +423,11 @@ static bool two_rank_zero_case(Collectives *c, const ZeroCase *zc, Error *err) {
     ok = ok && (error <= zc->tolerance ||
                 (fail)(err, "rank %d: %s: parameters differ from one rank's by %.3g", rank, zc->name, error));
     if (ranks.zero) zero_run_destroy(&ranks);
-    else gpu->free(ranks.params), gpu->free(ranks.grads);
+    else
+        gpu->free(gpu, ranks.params), gpu->free(gpu, ranks.grads);
     if (reference.zero) zero_run_destroy(&reference);
-    else gpu->free(reference.params), gpu->free(reference.grads);
+    else
+        gpu->free(gpu, reference.params), gpu->free(gpu, reference.grads);
     free(initial), free(mine), free(other), free(sum);
     collectives_destroy(single);
     return ok;
@@ -449,13 +451,13 @@ static bool two_rank_dead_peer(Collectives *c, Error *err) {
     int rank = c->rank;
     if (rank == 1) _exit(0);
     float *x = gpu_alloc(N * sizeof(float));
-    gpu->zero(x, N * sizeof(float));
+    gpu->zero(gpu, x, N * sizeof(float));
     double start = time_seconds();
     bool reduced = c->all_reduce_sum(c, x, N, DTYPE_F32, err);
     double waited = time_seconds() - start;
     printf("rank 0, peer gone: all_reduce %s after %.1f s: %s\n", reduced ? "returned" : "failed", waited,
            reduced ? "" : err->message);
-    gpu->free(x);
+    gpu->free(gpu, x);
     CHECK(!reduced && waited < 30);
     return true;
 }

@@ -73,7 +73,8 @@ static void set_random_params(Model *model) {
     Rng rng;
     rng_seed(&rng, 5);
     fill_uniform(host, table->total, -0.2f, 0.2f, &rng);
-    model_ops(model)->upload(model_param_data(model), host, table->total * sizeof(float));
+    const Ops *ops = model_ops(model);
+    ops->upload(ops, model_param_data(model), host, table->total * sizeof(float));
     model_sync_params(model);
     free(host);
 }
@@ -120,9 +121,9 @@ static double train_step(Model *model, const TestBatch *tb, bool vlm) {
     void *features = NULL;
     Batch batch = {.B = BATCH, .T = SEQ, .tokens = tb->tokens, .targets = tb->targets};
     if (vlm) {
-        features = ops->alloc(IMAGE_ROWS * PROJECTOR_IN * dtype_size(ops->act_dtype), &err);
+        features = ops->alloc(ops, IMAGE_ROWS * PROJECTOR_IN * dtype_size(ops->act_dtype), &err);
         if (!features) fail_msg("%s", err.message);
-        ops->upload_f32(features, tb->features, IMAGE_ROWS * PROJECTOR_IN);
+        ops->upload_f32(ops, features, tb->features, IMAGE_ROWS * PROJECTOR_IN);
         batch.n_image_rows = IMAGE_ROWS;
         batch.image_features = features;
     }
@@ -131,9 +132,9 @@ static double train_step(Model *model, const TestBatch *tb, bool vlm) {
     model_zero_grads(model);
     if (!model_step(model, &batch, &step, &err) || !model_loss_sum(model, &loss, &err))
         fail_msg("model_step on %s: %s", ops->name, err.message);
-    ops->synchronize();
-    if (!ops->check(&err)) fail_msg("%s", err.message);
-    ops->free(features);
+    ops->synchronize(ops);
+    if (!ops->check(ops, &err)) fail_msg("%s", err.message);
+    ops->free(ops, features);
     return loss;
 }
 
@@ -142,7 +143,8 @@ static float *download_floats(Model *model, const float *src) {
     float *host = malloc(n * sizeof(float));
     assert_non_null(host);
     poison(host, n);
-    model_ops(model)->download(host, src, n * sizeof(float));
+    const Ops *ops = model_ops(model);
+    ops->download(ops, host, src, n * sizeof(float));
     return host;
 }
 

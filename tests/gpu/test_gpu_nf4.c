@@ -34,18 +34,18 @@ static void check_blockwise_u8(size_t n_blocks) {
     nf4_double_quantize(absmax, n_blocks, map, absmax_q, nested, &offset);
 
     float *want = nan_array(n_blocks), *got = nan_array(n_blocks);
-    cpu->dequantize_blockwise_u8(want, absmax_q, map, nested, offset, n_blocks, NF4_NESTED_BLOCK);
+    cpu->dequantize_blockwise_u8(cpu, want, absmax_q, map, nested, offset, n_blocks, NF4_NESTED_BLOCK);
     uint8_t *dev_q = gpu_copy(absmax_q, n_blocks);
     float *dev_map = gpu_copy(map, sizeof map);
     float *dev_nested = gpu_copy(nested, nf4_blocks(n_blocks, NF4_NESTED_BLOCK) * sizeof(float));
     float *dev_out = gpu_copy(got, n_blocks * sizeof(float));
-    gpu->dequantize_blockwise_u8(dev_out, dev_q, dev_map, dev_nested, offset, n_blocks, NF4_NESTED_BLOCK);
-    gpu->download(got, dev_out, n_blocks * sizeof(float));
+    gpu->dequantize_blockwise_u8(gpu, dev_out, dev_q, dev_map, dev_nested, offset, n_blocks, NF4_NESTED_BLOCK);
+    gpu->download(gpu, got, dev_out, n_blocks * sizeof(float));
     gpu_ok();
     for (size_t i = 0; i < n_blocks; i++)
         if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
             fail_msg("dequantize_blockwise_u8 (%zu blocks): [%zu] gpu %.9g cpu %.9g", n_blocks, i, got[i], want[i]);
-    gpu->free(dev_q), gpu->free(dev_map), gpu->free(dev_nested), gpu->free(dev_out);
+    gpu->free(gpu, dev_q), gpu->free(gpu, dev_map), gpu->free(gpu, dev_nested), gpu->free(gpu, dev_out);
     free(absmax), free(absmax_q), free(nested), free(want), free(got);
 }
 
@@ -81,7 +81,7 @@ static void check_weight(int64_t rows, int64_t cols, bool double_quant) {
             fail_msg("nf4 %lldx%lld%s: [%zu] gpu %.9g, cpu %.9g rounded to bf16 %.9g", (long long)rows,
                      (long long)cols, double_quant ? " double quant" : "", i, got[i], want[i], expected);
     }
-    gpu->free(dev_out), gpu->free(dev_absmax);
+    gpu->free(gpu, dev_out), gpu->free(gpu, dev_absmax);
     nf4_weight_free(&on_cpu, cpu), nf4_weight_free(&on_gpu, gpu);
     free(values), free(want), free(cpu_absmax), free(got);
 }

@@ -44,7 +44,7 @@ static void test_upload_download_round_trip(void **state) {
     float *back = gpu_act_result(dev, n);
     assert_memory_equal(back, x, n * sizeof(float));  // bf16 values survive exactly
     free(back);
-    gpu->free(dev);
+    gpu->free(gpu, dev);
     free(x);
 }
 
@@ -63,18 +63,18 @@ static void test_copies_are_done_on_return(void **state) {
     float *x = random_act(n, -2, 2), *pinned = pinned_floats(n);
     memcpy(pinned, x, n * sizeof(float));
     float *dev = gpu_alloc(n * sizeof(float));
-    gpu->upload(dev, pinned, n * sizeof(float));
+    gpu->upload(gpu, dev, pinned, n * sizeof(float));
     memset(pinned, 0, n * sizeof(float));
-    gpu->download(pinned, dev, n * sizeof(float));
+    gpu->download(gpu, pinned, dev, n * sizeof(float));
     assert_memory_equal(pinned, x, n * sizeof(float));
 
     void *act = gpu_alloc(n * dtype_size(gpu->act_dtype));
-    gpu->upload_f32(act, pinned, n);
+    gpu->upload_f32(gpu, act, pinned, n);
     memset(pinned, 0, n * sizeof(float));
-    gpu->download_f32(pinned, act, n);
+    gpu->download_f32(gpu, pinned, act, n);
     assert_memory_equal(pinned, x, n * sizeof(float));  // bf16 values survive exactly
     gpu_ok();
-    gpu->free(act), gpu->free(dev), pinned_free(pinned), free(x);
+    gpu->free(gpu, act), gpu->free(gpu, dev), pinned_free(pinned), free(x);
 }
 
 // upload_async takes the bytes before it returns, through two halves of
@@ -90,13 +90,13 @@ static void test_upload_async_past_the_staging(void **state) {
     for (int u = 0; u < UPLOADS; u++) {
         for (size_t i = 0; i < n; i++) host[i] = (int32_t)(u * n + i);
         dev[u] = gpu_alloc(n * sizeof(int32_t));
-        gpu->upload_async(dev[u], host, n * sizeof(int32_t));
+        gpu->upload_async(gpu, dev[u], host, n * sizeof(int32_t));
     }
     for (int u = 0; u < UPLOADS; u++) {
-        gpu->download(host, dev[u], n * sizeof(int32_t));
+        gpu->download(gpu, host, dev[u], n * sizeof(int32_t));
         for (size_t i = 0; i < n; i++)
             if (host[i] != (int32_t)(u * n + i)) fail_msg("upload %d, element %zu: %d", u, i, host[i]);
-        gpu->free(dev[u]);
+        gpu->free(gpu, dev[u]);
     }
     gpu_ok();
     free(host);
@@ -111,10 +111,10 @@ static void test_an_asynchronous_fault_is_reported(void **state) {
     size_t n = 1000;
     float *x = random_act(n, -1, 1);
     void *small = gpu_act(x, n - 64), *large = gpu_act(x, n);
-    gpu->add_inplace(small, large, n);
-    gpu->synchronize();
+    gpu->add_inplace(gpu, small, large, n);
+    gpu->synchronize(gpu);
     Error err;
-    assert_false(gpu->check(&err));
+    assert_false(gpu->check(gpu, &err));
     print_message("check after the fault: %s\n", err.message);
     free(x);
 }
@@ -125,12 +125,12 @@ static void test_params_to_act_rounds_to_nearest_even(void **state) {
     float *params = random_f32(n, -5, 5);
     float *dev_params = gpu_copy(params, n * sizeof(float));
     float *dev_act = gpu_poisoned(n);
-    gpu->params_to_act(dev_act, dev_params, n);
+    gpu->params_to_act(gpu, dev_act, dev_params, n);
     float *got = gpu_act_result(dev_act, n);
     for (size_t i = 0; i < n; i++) assert_true(got[i] == bf16_to_f32(f32_to_bf16(params[i])));
     free(got);
-    gpu->free(dev_act);
-    gpu->free(dev_params);
+    gpu->free(gpu, dev_act);
+    gpu->free(gpu, dev_params);
     free(params);
 }
 
@@ -138,11 +138,11 @@ static void test_add_inplace(void **state) {
     size_t n = 10007;
     float *a = random_act(n, -1, 1), *b = random_act(n, -1, 1);
     void *dev_a = gpu_act(a, n), *dev_b = gpu_act(b, n);
-    cpu->add_inplace(a, b, n);
-    gpu->add_inplace(dev_a, dev_b, n);
+    cpu->add_inplace(cpu, a, b, n);
+    gpu->add_inplace(gpu, dev_a, dev_b, n);
     expect_act(dev_a, a, n, BF16_TOL, "add_inplace");
-    gpu->free(dev_a);
-    gpu->free(dev_b);
+    gpu->free(gpu, dev_a);
+    gpu->free(gpu, dev_b);
     free(a);
     free(b);
 }
@@ -155,15 +155,15 @@ static void check_matmul(int M, int N, int K, bool trans_a, bool trans_b, float 
     float *a = random_act((size_t)M * K, -1, 1), *b = random_act((size_t)K * N, -1, 1);
     float *out = beta == 0.0f ? nan_array(n_out) : random_act(n_out, -1, 1);
     void *dev_a = gpu_act(a, (size_t)M * K), *dev_b = gpu_act(b, (size_t)K * N), *dev_out = gpu_act(out, n_out);
-    cpu->matmul(out, a, b, M, N, K, trans_a, trans_b, alpha, beta);
-    gpu->matmul(dev_out, dev_a, dev_b, M, N, K, trans_a, trans_b, alpha, beta);
+    cpu->matmul(cpu, out, a, b, M, N, K, trans_a, trans_b, alpha, beta);
+    gpu->matmul(gpu, dev_out, dev_a, dev_b, M, N, K, trans_a, trans_b, alpha, beta);
     char what[128];
     snprintf(what, sizeof what, "matmul M=%d N=%d K=%d trans_a=%d trans_b=%d alpha=%g beta=%g", M, N, K,
              trans_a, trans_b, alpha, beta);
     expect_act(dev_out, out, n_out, BF16_TOL, what);
-    gpu->free(dev_a);
-    gpu->free(dev_b);
-    gpu->free(dev_out);
+    gpu->free(gpu, dev_a);
+    gpu->free(gpu, dev_b);
+    gpu->free(gpu, dev_out);
     free(a);
     free(b);
     free(out);
@@ -192,14 +192,14 @@ static void check_matmul_weight_grad(int M, int N, int K) {
     float *dweight = random_f32((size_t)N * K, -1, 1);
     void *dev_dout = gpu_act(dout, (size_t)M * N), *dev_inp = gpu_act(inp, (size_t)M * K);
     float *dev_dweight = gpu_copy(dweight, (size_t)N * K * sizeof(float));
-    cpu->matmul_weight_grad(dweight, dout, inp, M, N, K, 0.25f);
-    gpu->matmul_weight_grad(dev_dweight, dev_dout, dev_inp, M, N, K, 0.25f);
+    cpu->matmul_weight_grad(cpu, dweight, dout, inp, M, N, K, 0.25f);
+    gpu->matmul_weight_grad(gpu, dev_dweight, dev_dout, dev_inp, M, N, K, 0.25f);
     char what[96];
     snprintf(what, sizeof what, "matmul_weight_grad M=%d N=%d K=%d", M, N, K);
     expect_f32(dev_dweight, dweight, (size_t)N * K, BF16_TOL, what);
-    gpu->free(dev_dout);
-    gpu->free(dev_inp);
-    gpu->free(dev_dweight);
+    gpu->free(gpu, dev_dout);
+    gpu->free(gpu, dev_inp);
+    gpu->free(gpu, dev_dweight);
     free(dout);
     free(inp);
     free(dweight);
@@ -222,12 +222,12 @@ static void test_embedding(void **state) {
     for (int n = 0; n < N; n++) ids[n] = (int32_t)rng_below(&test_rng, V);
     void *dev_table = gpu_act(table, (size_t)V * C), *dev_out = gpu_act(out, (size_t)N * C);
     int32_t *dev_ids = gpu_copy(ids, sizeof ids);
-    cpu->embedding_forward(out, ids, table, N, C);
-    gpu->embedding_forward(dev_out, dev_ids, dev_table, N, C);
+    cpu->embedding_forward(cpu, out, ids, table, N, C);
+    gpu->embedding_forward(gpu, dev_out, dev_ids, dev_table, N, C);
     expect_act(dev_out, out, (size_t)N * C, BF16_TOL, "embedding_forward");
-    gpu->free(dev_table);
-    gpu->free(dev_out);
-    gpu->free(dev_ids);
+    gpu->free(gpu, dev_table);
+    gpu->free(gpu, dev_out);
+    gpu->free(gpu, dev_ids);
     free(table);
     free(out);
 }
@@ -239,22 +239,22 @@ static void check_rmsnorm(int N, int C) {
     void *dev_inp = gpu_act(inp, n), *dev_weight = gpu_act(weight, C), *dev_dout = gpu_act(dout, n);
     void *dev_out = gpu_act(out, n);
     float *dev_rstd = gpu_copy(rstd, N * sizeof(float));
-    cpu->rmsnorm_forward(out, rstd, inp, weight, N, C, 1e-5f);
-    gpu->rmsnorm_forward(dev_out, dev_rstd, dev_inp, dev_weight, N, C, 1e-5f);
+    cpu->rmsnorm_forward(cpu, out, rstd, inp, weight, N, C, 1e-5f);
+    gpu->rmsnorm_forward(gpu, dev_out, dev_rstd, dev_inp, dev_weight, N, C, 1e-5f);
     expect_act(dev_out, out, n, BF16_TOL, "rmsnorm_forward out");
     expect_f32(dev_rstd, rstd, N, STAT_TOL, "rmsnorm_forward rstd");
 
     float *dinp_alone = calloc(n, sizeof(float));
     assert_non_null(dinp_alone);
-    cpu->rmsnorm_backward(dinp_alone, dout, inp, weight, rstd, N, C);
+    cpu->rmsnorm_backward(cpu, dinp_alone, dout, inp, weight, rstd, N, C);
     float *dinp = accumulator_like(dinp_alone, n);
     void *dev_dinp = gpu_act(dinp, n);
-    cpu->rmsnorm_backward(dinp, dout, inp, weight, rstd, N, C);
-    gpu->rmsnorm_backward(dev_dinp, dev_dout, dev_inp, dev_weight, dev_rstd, N, C);
+    cpu->rmsnorm_backward(cpu, dinp, dout, inp, weight, rstd, N, C);
+    gpu->rmsnorm_backward(gpu, dev_dinp, dev_dout, dev_inp, dev_weight, dev_rstd, N, C);
     expect_act(dev_dinp, dinp, n, BF16_TOL, "rmsnorm_backward dinp");
 
     void *devs[] = {dev_inp, dev_weight, dev_dout, dev_out, dev_rstd, dev_dinp};
-    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(devs[i]);
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(gpu, devs[i]);
     float *hosts[] = {inp, weight, dout, out, rstd, dinp_alone, dinp};
     for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
 }
@@ -279,20 +279,20 @@ static void check_rope(int N, int n_head, int head_dim, bool llama3) {
     void *dev_x = gpu_act(x, n);
     float *dev_inv_freq = gpu_copy(inv_freq, head_dim / 2 * sizeof(float));
     int32_t *dev_positions = gpu_copy(positions, N * sizeof(int32_t));
-    cpu->rope_forward(x, positions, inv_freq, N, n_head, head_dim);
-    gpu->rope_forward(dev_x, dev_positions, dev_inv_freq, N, n_head, head_dim);
+    cpu->rope_forward(cpu, x, positions, inv_freq, N, n_head, head_dim);
+    gpu->rope_forward(gpu, dev_x, dev_positions, dev_inv_freq, N, n_head, head_dim);
     expect_act(dev_x, x, n, BF16_TOL, "rope_forward");
 
     float *dx = random_act(n, -1, 1);
     void *dev_dx = gpu_act(dx, n);
-    cpu->rope_backward(dx, positions, inv_freq, N, n_head, head_dim);
-    gpu->rope_backward(dev_dx, dev_positions, dev_inv_freq, N, n_head, head_dim);
+    cpu->rope_backward(cpu, dx, positions, inv_freq, N, n_head, head_dim);
+    gpu->rope_backward(gpu, dev_dx, dev_positions, dev_inv_freq, N, n_head, head_dim);
     expect_act(dev_dx, dx, n, BF16_TOL, "rope_backward");
 
-    gpu->free(dev_x);
-    gpu->free(dev_dx);
-    gpu->free(dev_inv_freq);
-    gpu->free(dev_positions);
+    gpu->free(gpu, dev_x);
+    gpu->free(gpu, dev_dx);
+    gpu->free(gpu, dev_inv_freq);
+    gpu->free(gpu, dev_positions);
     free(inv_freq);
     free(positions);
     free(x);
@@ -311,22 +311,22 @@ static void check_swiglu(size_t n) {
     float *out = nan_array(n);
     void *dev_gate = gpu_act(gate, n), *dev_up = gpu_act(up, n), *dev_dout = gpu_act(dout, n);
     void *dev_out = gpu_act(out, n);
-    cpu->swiglu_forward(out, gate, up, n);
-    gpu->swiglu_forward(dev_out, dev_gate, dev_up, n);
+    cpu->swiglu_forward(cpu, out, gate, up, n);
+    gpu->swiglu_forward(gpu, dev_out, dev_gate, dev_up, n);
     expect_act(dev_out, out, n, BF16_TOL, "swiglu_forward");
 
     float *dgate_alone = calloc(n, sizeof(float)), *dup_alone = calloc(n, sizeof(float));
     assert_true(dgate_alone && dup_alone);
-    cpu->swiglu_backward(dgate_alone, dup_alone, dout, gate, up, n);
+    cpu->swiglu_backward(cpu, dgate_alone, dup_alone, dout, gate, up, n);
     float *dgate = accumulator_like(dgate_alone, n), *dup = accumulator_like(dup_alone, n);
     void *dev_dgate = gpu_act(dgate, n), *dev_dup = gpu_act(dup, n);
-    cpu->swiglu_backward(dgate, dup, dout, gate, up, n);
-    gpu->swiglu_backward(dev_dgate, dev_dup, dev_dout, dev_gate, dev_up, n);
+    cpu->swiglu_backward(cpu, dgate, dup, dout, gate, up, n);
+    gpu->swiglu_backward(gpu, dev_dgate, dev_dup, dev_dout, dev_gate, dev_up, n);
     expect_act(dev_dgate, dgate, n, BF16_TOL, "swiglu_backward dgate");
     expect_act(dev_dup, dup, n, BF16_TOL, "swiglu_backward dup");
 
     void *devs[] = {dev_gate, dev_up, dev_dout, dev_out, dev_dgate, dev_dup};
-    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(devs[i]);
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(gpu, devs[i]);
     float *hosts[] = {gate, up, dout, out, dgate_alone, dup_alone, dgate, dup};
     for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
 }
@@ -355,8 +355,8 @@ static void expect_same_zeros(const float *got, const float *want, size_t n, con
 static void check_dropout(size_t n, float p, uint64_t seed, uint64_t offset) {
     float *inp = nonzero_act(n), *out = nan_array(n);
     void *dev_inp = gpu_act(inp, n), *dev_out = gpu_act(out, n);
-    cpu->dropout_forward(out, inp, n, p, seed, offset);
-    gpu->dropout_forward(dev_out, dev_inp, n, p, seed, offset);
+    cpu->dropout_forward(cpu, out, inp, n, p, seed, offset);
+    gpu->dropout_forward(gpu, dev_out, dev_inp, n, p, seed, offset);
     float *got = gpu_act_result(dev_out, n);
     expect_same_zeros(got, out, n, "dropout_forward");
     expect_close(got, out, n, BF16_TOL, "dropout_forward");
@@ -366,22 +366,22 @@ static void check_dropout(size_t n, float p, uint64_t seed, uint64_t offset) {
     float *dinp_zero = calloc(n, sizeof(float));
     assert_non_null(dinp_zero);
     void *dev_dinp_zero = gpu_act(dinp_zero, n);
-    cpu->dropout_backward(dinp_zero, inp, n, p, seed, offset);
-    gpu->dropout_backward(dev_dinp_zero, dev_inp, n, p, seed, offset);
+    cpu->dropout_backward(cpu, dinp_zero, inp, n, p, seed, offset);
+    gpu->dropout_backward(gpu, dev_dinp_zero, dev_inp, n, p, seed, offset);
     got = gpu_act_result(dev_dinp_zero, n);
     expect_same_zeros(got, dinp_zero, n, "dropout_backward mask");
     free(got);
 
     float *dinp = accumulator_like(dinp_zero, n);
     void *dev_dinp = gpu_act(dinp, n);
-    cpu->dropout_backward(dinp, inp, n, p, seed, offset);
-    gpu->dropout_backward(dev_dinp, dev_inp, n, p, seed, offset);
+    cpu->dropout_backward(cpu, dinp, inp, n, p, seed, offset);
+    gpu->dropout_backward(gpu, dev_dinp, dev_inp, n, p, seed, offset);
     expect_act(dev_dinp, dinp, n, BF16_TOL, "dropout_backward");
 
-    gpu->free(dev_inp);
-    gpu->free(dev_out);
-    gpu->free(dev_dinp_zero);
-    gpu->free(dev_dinp);
+    gpu->free(gpu, dev_inp);
+    gpu->free(gpu, dev_out);
+    gpu->free(gpu, dev_dinp_zero);
+    gpu->free(gpu, dev_dinp);
     free(inp);
     free(out);
     free(dinp_zero);
@@ -419,8 +419,8 @@ static void check_cross_entropy(int N, int V, bool in_place, bool with_grad, boo
     float *dev_loss = gpu_copy(&loss, sizeof loss);
     float *dlogits = in_place ? logits : nan_array(n);
     void *dev_dlogits = in_place ? dev_logits : gpu_act(dlogits, n);
-    cpu->cross_entropy(&loss, with_grad ? dlogits : NULL, logits, targets, N, V, 0.125f);
-    gpu->cross_entropy(dev_loss, with_grad ? dev_dlogits : NULL, dev_logits, dev_targets, N, V, 0.125f);
+    cpu->cross_entropy(cpu, &loss, with_grad ? dlogits : NULL, logits, targets, N, V, 0.125f);
+    gpu->cross_entropy(gpu, dev_loss, with_grad ? dev_dlogits : NULL, dev_logits, dev_targets, N, V, 0.125f);
     char what[96];
     snprintf(what, sizeof what, "cross_entropy N=%d V=%d in_place=%d loss", N, V, in_place);
     expect_f32(dev_loss, &loss, 1, STAT_TOL, what);
@@ -429,12 +429,12 @@ static void check_cross_entropy(int N, int V, bool in_place, bool with_grad, boo
         expect_act(dev_dlogits, dlogits, n, BF16_TOL, what);
     }
     if (!in_place) {
-        gpu->free(dev_dlogits);
+        gpu->free(gpu, dev_dlogits);
         free(dlogits);
     }
-    gpu->free(dev_logits);
-    gpu->free(dev_targets);
-    gpu->free(dev_loss);
+    gpu->free(gpu, dev_logits);
+    gpu->free(gpu, dev_targets);
+    gpu->free(gpu, dev_loss);
     free(logits);
     free(targets);
 }
@@ -472,8 +472,8 @@ static void check_attention(AttentionShape s, const int *segments, int n_segment
     void *dev_q = gpu_act(q, n_q), *dev_k = gpu_act(k, n_kv), *dev_v = gpu_act(v, n_kv);
     void *dev_out = gpu_act(out, n_q), *dev_dout = gpu_act(dout, n_q);
     float *dev_lse = gpu_copy(lse, n_lse * sizeof(float));
-    cpu->attention_forward(out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
-    gpu->attention_forward(dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head, s.n_kv_head,
+    cpu->attention_forward(cpu, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    gpu->attention_forward(gpu, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head, s.n_kv_head,
                            s.head_dim);
     char what[128];
     snprintf(what, sizeof what, "attention B=%d T=%d heads=%d/%d hd=%d segments=%d", s.B, s.T, s.n_head,
@@ -485,24 +485,24 @@ static void check_attention(AttentionShape s, const int *segments, int n_segment
     float *dq_alone = calloc(n_q, sizeof(float)), *dk_alone = calloc(n_kv, sizeof(float));
     float *dv_alone = calloc(n_kv, sizeof(float));
     assert_true(dq_alone && dk_alone && dv_alone);
-    cpu->attention_backward(dq_alone, dk_alone, dv_alone, dout, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head,
+    cpu->attention_backward(cpu, dq_alone, dk_alone, dv_alone, dout, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head,
                             s.n_kv_head, s.head_dim);
     float *dq = accumulator_like(dq_alone, n_q), *dk = accumulator_like(dk_alone, n_kv);
     float *dv = accumulator_like(dv_alone, n_kv);
     void *dev_dq = gpu_act(dq, n_q), *dev_dk = gpu_act(dk, n_kv), *dev_dv = gpu_act(dv, n_kv);
-    cpu->attention_backward(dq, dk, dv, dout, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head,
+    cpu->attention_backward(cpu, dq, dk, dv, dout, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head,
                             s.head_dim);
-    gpu->attention_backward(dev_dq, dev_dk, dev_dv, dev_dout, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start,
+    gpu->attention_backward(gpu, dev_dq, dev_dk, dev_dv, dev_dout, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start,
                             s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
     expect_act(dev_dq, dq, n_q, BF16_TOL, "attention_backward dq");
     expect_act(dev_dk, dk, n_kv, BF16_TOL, "attention_backward dk");
     expect_act(dev_dv, dv, n_kv, BF16_TOL, "attention_backward dv");
 
     void *devs[] = {dev_q, dev_k, dev_v, dev_out, dev_dout, dev_lse, dev_dq, dev_dk, dev_dv};
-    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(devs[i]);
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(gpu, devs[i]);
     float *hosts[] = {q, k, v, out, lse, dout, dq_alone, dk_alone, dv_alone, dq, dk, dv};
     for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
-    if (dev_seq_start) gpu->free(dev_seq_start);
+    if (dev_seq_start) gpu->free(gpu, dev_seq_start);
     free(seq_start);
 }
 
@@ -535,15 +535,15 @@ static void test_attention_rejects_large_head_dim(void **state) {
     float *x = random_act(n, -1, 1);
     void *dev_q = gpu_act(x, n), *dev_out = gpu_act(x, n);
     float *dev_lse = gpu_copy(x, 2 * sizeof(float));
-    gpu->attention_forward(dev_out, dev_lse, dev_q, dev_q, dev_q, NULL, 1, 2, 1, 1, 300);
-    gpu->synchronize();
+    gpu->attention_forward(gpu, dev_out, dev_lse, dev_q, dev_q, dev_q, NULL, 1, 2, 1, 1, 300);
+    gpu->synchronize(gpu);
     Error err;
-    assert_false(gpu->check(&err));
+    assert_false(gpu->check(gpu, &err));
     assert_non_null(strstr(err.message, "head_dim"));
-    assert_true(gpu->check(&err));  // reported once
-    gpu->free(dev_q);
-    gpu->free(dev_out);
-    gpu->free(dev_lse);
+    assert_true(gpu->check(gpu, &err)); // reported once
+    gpu->free(gpu, dev_q);
+    gpu->free(gpu, dev_out);
+    gpu->free(gpu, dev_lse);
     free(x);
 }
 
@@ -556,14 +556,14 @@ static void test_sum_squares_and_scale(void **state) {
         size_t n = sizes[s];
         float *g = random_f32(n, -1, 1), total = 3.25f;
         float *dev_g = gpu_copy(g, n * sizeof(float)), *dev_total = gpu_copy(&total, sizeof total);
-        cpu->sum_squares(&total, g, n);
-        gpu->sum_squares(dev_total, dev_g, n);
+        cpu->sum_squares(cpu, &total, g, n);
+        gpu->sum_squares(gpu, dev_total, dev_g, n);
         expect_f32(dev_total, &total, 1, F32_TOL, "sum_squares");
-        cpu->scale_f32(g, 0.3f, n);
-        gpu->scale_f32(dev_g, 0.3f, n);
+        cpu->scale_f32(cpu, g, 0.3f, n);
+        gpu->scale_f32(gpu, dev_g, 0.3f, n);
         expect_f32(dev_g, g, n, F32_TOL, "scale_f32");
-        gpu->free(dev_g);
-        gpu->free(dev_total);
+        gpu->free(gpu, dev_g);
+        gpu->free(gpu, dev_total);
         free(g);
     }
 }
@@ -576,17 +576,17 @@ static void test_adamw(void **state) {
     for (int step = 1; step <= 3; step++) {
         float *grads = random_f32(n, -1, 1);
         float *dev_grads = gpu_copy(grads, n * sizeof(float));
-        cpu->adamw(params, grads, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
-        gpu->adamw(dev_params, dev_grads, dev_m, dev_v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
-        gpu->free(dev_grads);
+        cpu->adamw(cpu, params, grads, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+        gpu->adamw(gpu, dev_params, dev_grads, dev_m, dev_v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+        gpu->free(gpu, dev_grads);
         free(grads);
     }
     expect_f32(dev_params, params, n, F32_TOL, "adamw params");
     expect_f32(dev_m, m, n, F32_TOL, "adamw m");
     expect_f32(dev_v, v, n, F32_TOL, "adamw v");
-    gpu->free(dev_params);
-    gpu->free(dev_m);
-    gpu->free(dev_v);
+    gpu->free(gpu, dev_params);
+    gpu->free(gpu, dev_m);
+    gpu->free(gpu, dev_v);
     free(params);
     free(m);
     free(v);

@@ -88,7 +88,7 @@ static size_t device_peak_bytes(void) {
 #ifdef LORA_TRAIN_CUDA_EMU
     return cuda_emu_peak_device_bytes();  // every cudaMalloc of the process, not only the backend's
 #else
-    return gpu->peak_bytes();
+    return gpu->peak_bytes(gpu);
 #endif
 }
 

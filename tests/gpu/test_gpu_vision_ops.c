@@ -20,17 +20,17 @@ static void check_layernorm(int N, int C) {
     void *d_dx = gpu_act(dx, n), *d_out = gpu_poisoned(n);
     float *d_dw = gpu_copy(dw, C * sizeof(float)), *d_db = gpu_copy(db, C * sizeof(float));
     float *d_mean = gpu_alloc(N * sizeof(float)), *d_rstd = gpu_alloc(N * sizeof(float));
-    cpu->layernorm_forward(out, mean, rstd, x, w, b, N, C, 1e-5f);
-    gpu->layernorm_forward(d_out, d_mean, d_rstd, d_x, d_w, d_b, N, C, 1e-5f);
+    cpu->layernorm_forward(cpu, out, mean, rstd, x, w, b, N, C, 1e-5f);
+    gpu->layernorm_forward(gpu, d_out, d_mean, d_rstd, d_x, d_w, d_b, N, C, 1e-5f);
     expect_act(d_out, out, n, BF16_TOL, "layernorm_forward");
     expect_f32(d_rstd, rstd, N, STAT_TOL, "layernorm rstd");
-    cpu->layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
-    gpu->layernorm_backward(d_dx, d_dw, d_db, d_dout, d_x, d_w, d_mean, d_rstd, N, C);
+    cpu->layernorm_backward(cpu, dx, dw, db, dout, x, w, mean, rstd, N, C);
+    gpu->layernorm_backward(gpu, d_dx, d_dw, d_db, d_dout, d_x, d_w, d_mean, d_rstd, N, C);
     expect_act(d_dx, dx, n, BF16_TOL, "layernorm_backward dx");
     expect_f32(d_dw, dw, C, BF16_TOL, "layernorm_backward dweight");
     expect_f32(d_db, db, C, BF16_TOL, "layernorm_backward dbias");
     void *device[] = {d_x, d_w, d_b, d_dout, d_dx, d_out, d_dw, d_db, d_mean, d_rstd};
-    for (size_t i = 0; i < sizeof device / sizeof *device; i++) gpu->free(device[i]);
+    for (size_t i = 0; i < sizeof device / sizeof *device; i++) gpu->free(gpu, device[i]);
     free(x), free(w), free(b), free(dout), free(dx), free(dw), free(db), free(out), free(mean), free(rstd);
 }
 
@@ -40,20 +40,20 @@ static void test_layernorm(void **state) {
     check_layernorm(577, 1024);
 }
 
-typedef void (*Forward)(void *out, const void *inp, size_t n);
-typedef void (*Backward)(void *dinp, const void *dout, const void *inp, size_t n);
+typedef void (*Forward)(const Ops *ops, void *out, const void *inp, size_t n);
+typedef void (*Backward)(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
 
 static void check_activation(Forward cpu_f, Backward cpu_b, Forward gpu_f, Backward gpu_b, size_t n, const char *what) {
     float *x = random_act(n, -4, 4), *dout = random_act(n, -1, 1), *dx = random_act(n, -1, 1);
     float *out = malloc((n ? n : 1) * sizeof(float));
     void *d_x = gpu_act(x, n), *d_dout = gpu_act(dout, n), *d_dx = gpu_act(dx, n), *d_out = gpu_poisoned(n);
-    cpu_f(out, x, n);
-    gpu_f(d_out, d_x, n);
+    cpu_f(cpu, out, x, n);
+    gpu_f(gpu, d_out, d_x, n);
     expect_act(d_out, out, n, BF16_TOL, what);
-    cpu_b(dx, dout, x, n);
-    gpu_b(d_dx, d_dout, d_x, n);
+    cpu_b(cpu, dx, dout, x, n);
+    gpu_b(gpu, d_dx, d_dout, d_x, n);
     expect_act(d_dx, dx, n, BF16_TOL, what);
-    gpu->free(d_x), gpu->free(d_dout), gpu->free(d_dx), gpu->free(d_out);
+    gpu->free(gpu, d_x), gpu->free(gpu, d_dout), gpu->free(gpu, d_dx), gpu->free(gpu, d_out);
     free(x), free(dout), free(dx), free(out);
 }
 
@@ -74,16 +74,16 @@ static void test_bias_and_scatter(void **state) {
     void *d_y = gpu_act(y, N * C), *d_b = gpu_act(b, C), *d_src = gpu_act(src, R * C);
     float *d_dbias = gpu_copy(dbias, C * sizeof(float));
     int32_t *d_rows = gpu_copy(rows, sizeof rows);
-    cpu->bias_backward(dbias, y, N, C);
-    gpu->bias_backward(d_dbias, d_y, N, C);
+    cpu->bias_backward(cpu, dbias, y, N, C);
+    gpu->bias_backward(gpu, d_dbias, d_y, N, C);
     expect_f32(d_dbias, dbias, C, BF16_TOL, "bias_backward");
-    cpu->bias_add(y, b, N, C);
-    gpu->bias_add(d_y, d_b, N, C);
+    cpu->bias_add(cpu, y, b, N, C);
+    gpu->bias_add(gpu, d_y, d_b, N, C);
     expect_act(d_y, y, N * C, BF16_TOL, "bias_add");
-    cpu->scatter_rows(y, rows, src, R, C);
-    gpu->scatter_rows(d_y, d_rows, d_src, R, C);
+    cpu->scatter_rows(cpu, y, rows, src, R, C);
+    gpu->scatter_rows(gpu, d_y, d_rows, d_src, R, C);
     expect_act(d_y, y, N * C, BF16_TOL, "scatter_rows");
-    gpu->free(d_y), gpu->free(d_b), gpu->free(d_src), gpu->free(d_dbias), gpu->free(d_rows);
+    gpu->free(gpu, d_y), gpu->free(gpu, d_b), gpu->free(gpu, d_src), gpu->free(gpu, d_dbias), gpu->free(gpu, d_rows);
     free(y), free(b), free(dbias), free(src);
 }
 
@@ -93,10 +93,10 @@ static void check_patch_embed(int B, int channels, int size, int patch, int D) {
     size_t n_out = (size_t)B * grid * grid * D;
     float *images = random_act(n_img, -2, 2), *w = random_act(n_w, -0.1f, 0.1f), *out = malloc(n_out * sizeof(float));
     void *d_images = gpu_act(images, n_img), *d_w = gpu_act(w, n_w), *d_out = gpu_poisoned(n_out);
-    cpu->patch_embed_forward(out, images, w, B, channels, size, patch, D);
-    gpu->patch_embed_forward(d_out, d_images, d_w, B, channels, size, patch, D);
+    cpu->patch_embed_forward(cpu, out, images, w, B, channels, size, patch, D);
+    gpu->patch_embed_forward(gpu, d_out, d_images, d_w, B, channels, size, patch, D);
     expect_act(d_out, out, n_out, BF16_TOL, "patch_embed_forward");
-    gpu->free(d_images), gpu->free(d_w), gpu->free(d_out);
+    gpu->free(gpu, d_images), gpu->free(gpu, d_w), gpu->free(gpu, d_out);
     free(images), free(w), free(out);
 }
 
@@ -110,10 +110,10 @@ static void check_attention_full(int B, int T, int n_head, int head_dim) {
     float *q = random_act(n, -1, 1), *k = random_act(n, -1, 1), *v = random_act(n, -1, 1);
     float *out = malloc(n * sizeof(float));
     void *d_q = gpu_act(q, n), *d_k = gpu_act(k, n), *d_v = gpu_act(v, n), *d_out = gpu_poisoned(n);
-    cpu->attention_full_forward(out, q, k, v, B, T, n_head, head_dim);
-    gpu->attention_full_forward(d_out, d_q, d_k, d_v, B, T, n_head, head_dim);
+    cpu->attention_full_forward(cpu, out, q, k, v, B, T, n_head, head_dim);
+    gpu->attention_full_forward(gpu, d_out, d_q, d_k, d_v, B, T, n_head, head_dim);
     expect_act(d_out, out, n, BF16_TOL, "attention_full_forward");
-    gpu->free(d_q), gpu->free(d_k), gpu->free(d_v), gpu->free(d_out);
+    gpu->free(gpu, d_q), gpu->free(gpu, d_k), gpu->free(gpu, d_v), gpu->free(gpu, d_out);
     free(q), free(k), free(v), free(out);
 }
 

@@ -7,9 +7,9 @@
 file(READ "${IN}" text)
 set(name "[A-Za-z_][A-Za-z_0-9]*")
 set(space "[ \t\r\n]*")
-string(REGEX REPLACE "(${name})${space}<<<([^>]*)>>>${space}\\(${space}\\)" "::emu::Launch(\"\\1\", \\2).run(\\1)"
+string(REGEX REPLACE "(${name})${space}<<<(([^>]|->)*)>>>${space}\\(${space}\\)" "::emu::Launch(\"\\1\", \\2).run(\\1)"
        text "${text}")
-string(REGEX REPLACE "(${name})${space}<<<([^>]*)>>>${space}\\(" "::emu::Launch(\"\\1\", \\2).run(\\1, " text "${text}")
+string(REGEX REPLACE "(${name})${space}<<<(([^>]|->)*)>>>${space}\\(" "::emu::Launch(\"\\1\", \\2).run(\\1, " text "${text}")
 string(REGEX REPLACE "extern${space}__shared__${space}([^;\\[]*[^;\\[ \t])[ \t]+(${name})${space}\\[${space}\\]${space};"
        "\\1 *\\2 = (\\1 *)::emu::dynamic_shared();" text "${text}")
 if(text MATCHES "<<<|extern${space}__shared__")
