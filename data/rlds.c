@@ -228,7 +228,7 @@ static const Feature *typed_feature(const Example *ex, const char *key, FeatureK
     const Feature *f = example_feature(ex, key);
     if (!f) snprintf(why, why_size, "no feature '%s'", key);
     else if (f->kind != kind)
-        snprintf(why, why_size, "feature '%s' is a %s, not a %s", key, feature_kind_name(f->kind),
+        snprintf(why, why_size, "feature '%s' is %s, expected %s", key, feature_kind_name(f->kind),
                  feature_kind_name(kind));
     return f && f->kind == kind ? f : NULL;
 }
@@ -273,14 +273,13 @@ static SkipReason rlds_check_episode(const RobotDataset *d, const Example *ex, i
 }
 
 // With decode_images: every step's image decodes (SKIP_REASON_COUNT), else SKIP_BAD_IMAGE and why.
-static SkipReason rlds_decode_images(const RobotDataset *d, const Example *ex, const char *label, char *why,
-                                     size_t why_size) {
+static SkipReason rlds_decode_images(const RobotDataset *d, const Example *ex, char *why, size_t why_size) {
     const Feature *image = example_feature(ex, d->image_key);
     for (int64_t t = 0; d->options.decode_images && t < image->count; t++) {
         Image decoded = {0};
         Error decode_err;
-        char name[ERROR_MESSAGE_MAX + 32];
-        snprintf(name, sizeof name, "%s step %lld", label, (long long)t);
+        char name[32];
+        snprintf(name, sizeof name, "step %lld", (long long)t);
         bool ok = image_decode_memory(image->bytes[t].data, image->bytes[t].size, name, &decoded, &decode_err);
         free(decoded.pixels);
         if (!ok) {
@@ -315,7 +314,7 @@ static bool rlds_add_record(RobotDataset *d, int shard, const uint8_t *data, siz
     if (!example_parse(data, size, &ex, &parse_err)) snprintf(why, sizeof why, "tf.train.Example: %s", parse_err.message);
     else if (!rlds_resolve_keys(d, &ex, why, sizeof why)) reason = SKIP_BAD_RECORD;
     else if ((reason = rlds_check_episode(d, &ex, &n_steps, why, sizeof why)) == SKIP_REASON_COUNT)
-        reason = rlds_decode_images(d, &ex, label, why, sizeof why);
+        reason = rlds_decode_images(d, &ex, why, sizeof why);
     int64_t first_step = d->n_steps;
     bool added = reason == SKIP_REASON_COUNT && rlds_add_steps(d, &ex, n_steps, err);
     example_free(&ex);
@@ -468,7 +467,8 @@ bool robot_dataset_check_skips(const RobotDataset *d, double max_fraction, Error
             used += (size_t)snprintf(counts + used, sizeof counts - used, "%s%s: %lld", used ? ", " : "",
                                      skip_reason_name((SkipReason)reason), (long long)s->skipped[reason]);
     }
-    return fail(err, "%s: %lld of %lld records skipped (%s), more than data.max_skip_fraction %g; first: %s",
-                d->options.path, (long long)s->skipped_total, (long long)s->records, counts, max_fraction,
+    return fail(err, "%s: %lld of %lld records skipped (%.2f%%), over data.max_skip_fraction %.2f%% (%s); first: %s",
+                d->options.path, (long long)s->skipped_total, (long long)s->records,
+                100.0 * (double)s->skipped_total / (double)s->records, 100.0 * max_fraction, counts,
                 d->skipped[0].message);
 }

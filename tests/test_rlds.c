@@ -317,7 +317,7 @@ static void test_bad_jsonl_lines(void **state) {
     assert_string_equal(robot_dataset_skipped(dataset, 0)->message, line2);
     Error err = {{0}};
     assert_false(robot_dataset_check_skips(dataset, 0.5, &err));
-    assert_non_null(strstr(err.message, "5 of 6 records skipped"));
+    assert_non_null(strstr(err.message, "5 of 6 records skipped (83.33%), over data.max_skip_fraction 50.00%"));
     robot_dataset_destroy(dataset);
 }
 
@@ -533,6 +533,56 @@ static void test_open_errors(void **state) {
     assert_non_null(strstr(err.message, "not steps x 8"));
 }
 
+// ----------------------------------------------------------------------------
+// lora-train data check
+
+static int data_check(const char *data_path, const char *max_skip, const char *log) {
+    const char *bin = getenv("LORA_TRAIN_BIN");
+    if (!bin) {
+        print_message("LORA_TRAIN_BIN is not set (run through ctest)\n");
+        skip();
+    }
+    const char *dir = make_temp_dir("rlds_check");
+    char config[600], command[4096], cwd[1024];
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    snprintf(config, sizeof config, "%s/check.yaml", dir);
+    FILE *f = fopen(config, "wb");
+    assert_non_null(f);
+    fprintf(f, "model:\n  path: %s/no-model\n  create_if_missing: tiny\ndata:\n  path: %s/%s\n", dir, cwd, data_path);
+    assert_int_equal(fclose(f), 0);
+    snprintf(command, sizeof command, "%s data check --config %s --set data.max_skip_fraction=%s > %s 2>&1", bin,
+             config, max_skip, log);
+    return run_command(command);
+}
+
+static void assert_log_holds(const char *log, const char *const *lines, size_t n) {
+    char *text;
+    size_t size;
+    Error err = {{0}};
+    if (!read_file(log, &text, &size, &err)) fail_msg("%s", err.message);
+    for (size_t i = 0; i < n; i++)
+        if (!strstr(text, lines[i])) fail_msg("data check output lacks \"%s\":\n%s", lines[i], text);
+    free(text);
+}
+
+static void test_data_check_cli(void **state) {
+    (void)state;
+    char log[600];
+    snprintf(log, sizeof log, "%s/check.log", make_temp_dir("rlds_check_log"));
+    assert_int_equal(data_check(FIXTURES "/bad", "0.9", log), 0);
+    const char *bad[] = {"RLDS dataset 'tiny_rlds', 9 episode records", "usable episodes  1", "skipped          8",
+                         "    bad record: 7", "record 0: feature 'steps/action' is bytes_list, expected float_list",
+                         "    corrupt image: 1", "record 7: step 1: invalid PNG"};
+    assert_log_holds(log, bad, sizeof bad / sizeof bad[0]);
+    assert_int_equal(data_check(FIXTURES "/bad", "0.5", log), 1);
+    const char *over[] = {"8 of 9 records skipped (88.89%), over data.max_skip_fraction 50.00%"};
+    assert_log_holds(log, over, 1);
+    assert_int_equal(data_check(FIXTURES "/steps.jsonl", "0", log), 0);
+    const char *jsonl[] = {"JSONL robot steps 'steps', 16 lines", "usable episodes  4", "usable steps     16",
+                           "normalised             yes      yes      yes      yes      yes      yes       no"};
+    assert_log_holds(log, jsonl, sizeof jsonl / sizeof jsonl[0]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tfrecord_genuine_shards),
@@ -547,6 +597,7 @@ int main(void) {
         cmocka_unit_test(test_bad_episodes_skipped),
         cmocka_unit_test(test_corrupt_tfrecords),
         cmocka_unit_test(test_open_errors),
+        cmocka_unit_test(test_data_check_cli),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
