@@ -145,6 +145,38 @@ static bool rlds_read_name(RobotDataset *d, const char *dir, Error *err) {
     return ok && d->name;
 }
 
+// features.json's step features: featuresDict.features.steps.sequence.feature.featuresDict.features.
+static json_object *step_features(json_object *root) {
+    static const char *const PATH[] = {"featuresDict", "features", "steps", "sequence", "feature", "featuresDict",
+                                       "features", NULL};
+    json_object *node = root;
+    for (int i = 0; node && PATH[i]; i++)
+        if (!json_object_object_get_ex(node, PATH[i], &node)) node = NULL;
+    return node;
+}
+
+// The action's length from features.json's shape of it (a step key, nested
+// ones through featuresDict.features): 0 when the file, the key or a 1-D shape is absent.
+static int features_action_dim(const char *dir, const char *action_key) {
+    char *path = join_path(dir, "features.json"), key[256], *save = NULL;
+    json_object *root = path ? json_object_from_file(path) : NULL, *node = step_features(root), *dims;
+    free(path);
+    snprintf(key, sizeof key, "%s", strncmp(action_key, "steps/", 6) == 0 ? action_key + 6 : action_key);
+    for (char *part = strtok_r(key, "/", &save); node && part; part = strtok_r(NULL, "/", &save)) {
+        if (!json_object_object_get_ex(node, part, &node)) node = NULL;
+        else if (*save && (!json_object_object_get_ex(node, "featuresDict", &node) ||
+                           !json_object_object_get_ex(node, "features", &node)))
+            node = NULL;
+    }
+    json_object *tensor, *shape;
+    int dim = 0;
+    if (node && json_object_object_get_ex(node, "tensor", &tensor) && json_object_object_get_ex(tensor, "shape", &shape) &&
+        json_object_object_get_ex(shape, "dimensions", &dims) && json_object_array_length(dims) == 1)
+        dim = atoi(json_object_get_string(json_object_array_get_idx(dims, 0)));
+    json_object_put(root);
+    return dim;
+}
+
 // "<anything>-<split>.tfrecord-NNNNN-of-NNNNN"
 static bool is_split_shard(const char *file, const char *split) {
     char marker[256];
@@ -347,7 +379,11 @@ static bool rlds_read_shard(RobotDataset *d, int shard, Error *err) {
 static bool rlds_open(RobotDataset *d, Error *err) {
     char *dir = rlds_resolve_dir(d->options.path);
     if (!dir) return fail(err, "%s: no dataset_info.json (an RLDS / TFDS folder holds it)", d->options.path);
-    bool ok = rlds_read_name(d, dir, err) && rlds_open_shards(d, dir, err);
+    int dim = d->options.action_dim ? 0 : features_action_dim(dir, d->options.action_key ? d->options.action_key : "action");
+    bool ok = dim <= ROBOT_ACTION_DIM_MAX ||
+              fail(err, "%s/features.json: actions of %d dimensions (at most %d)", dir, dim, ROBOT_ACTION_DIM_MAX);
+    if (dim > 0) d->action_dim = dim;
+    ok = ok && rlds_read_name(d, dir, err) && rlds_open_shards(d, dir, err);
     free(dir);
     for (int shard = 0; ok && shard < d->n_shards; shard++) ok = rlds_read_shard(d, shard, err);
     return ok;

@@ -98,7 +98,7 @@ typedef struct RobotDataOptions {
     const char *instruction_key; // NULL: language_instruction, observation/natural_language_instruction,
                                  // natural_language_instruction
     const char *action_key;      // NULL: action
-    int action_dim;              // 0: 7 (xyz, rpy, gripper)
+    int action_dim;              // 0: features.json's shape of the action, else 7 (xyz, rpy, gripper)
     bool decode_images;          // decode every step's image at open (data check)
 } RobotDataOptions;
 

@@ -8,6 +8,7 @@
 #include "test_util.h"
 
 #include <json-c/json.h>
+#include <libgen.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -117,6 +118,11 @@ static const char *copy_dataset(const char *tag) {
         copy_file(from, to);
     }
     return dir;
+}
+
+static void remove_dir(const char *dir) {
+    Error err = {{0}};
+    if (!remove_tree(dir, &err)) fail_msg("%s", err.message);
 }
 
 static void patch_file(const char *path, long offset, uint8_t xor_mask) {
@@ -319,6 +325,7 @@ static void test_bad_jsonl_lines(void **state) {
     assert_false(robot_dataset_check_skips(dataset, 0.5, &err));
     assert_non_null(strstr(err.message, "5 of 6 records skipped (83.33%), over data.max_skip_fraction 50.00%"));
     robot_dataset_destroy(dataset);
+    remove_dir(dir);
 }
 
 // ----------------------------------------------------------------------------
@@ -371,6 +378,7 @@ static void test_statistics_as_openvla(void **state) {
     assert_non_null(strstr(err.message, "no statistics of dataset 'other'"));
     json_object_put(written);
     robot_dataset_destroy(dataset);
+    remove_dir(dirname(path));
     json_object_put(reference);
 }
 
@@ -483,6 +491,7 @@ static void test_corrupt_tfrecords(void **state) {
     assert_non_null(strstr(robot_dataset_skipped(dataset, 0)->message, ": record 1 at byte "));
     assert_non_null(strstr(robot_dataset_skipped(dataset, 0)->message, "data CRC mismatch"));
     robot_dataset_destroy(dataset);
+    remove_dir(dir);
 
     // A flipped length byte: the rest of that file cannot be framed; the other shard still reads.
     dir = copy_dataset("rlds_bad_length");
@@ -494,6 +503,7 @@ static void test_corrupt_tfrecords(void **state) {
     assert_int_equal(s->skipped[SKIP_CORRUPT_RECORD], 1);
     assert_non_null(strstr(robot_dataset_skipped(dataset, 0)->message, "length CRC mismatch"));
     robot_dataset_destroy(dataset);
+    remove_dir(dir);
 
     // Every truncation of the second shard: whole records before the cut read, the cut one skipped.
     dir = copy_dataset("rlds_truncated");
@@ -513,6 +523,7 @@ static void test_corrupt_tfrecords(void **state) {
         robot_dataset_destroy(dataset);
         copy_file(DATASET "/" SHARD1, shard1);
     }
+    remove_dir(dir);
 }
 
 static void test_open_errors(void **state) {
@@ -531,18 +542,36 @@ static void test_open_errors(void **state) {
     options = (RobotDataOptions){.path = DATASET, .action_dim = 8};
     assert_null(robot_dataset_open(&options, &err));
     assert_non_null(strstr(err.message, "not steps x 8"));
+
+    // Without action_dim, features.json's shape of the action says it.
+    const char *dir = copy_dataset("rlds_features");
+    char features[700], *text;
+    size_t size;
+    snprintf(features, sizeof features, "%s/features.json", dir);
+    if (!read_file(features, &text, &size, &err)) fail_msg("%s", err.message);
+    char *seven = strstr(text, "\"7\"");
+    assert_non_null(seven);
+    seven[1] = '6';
+    FILE *f = fopen(features, "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(text, 1, size, f), size);
+    fclose(f);
+    free(text);
+    options = (RobotDataOptions){.path = dir};
+    assert_null(robot_dataset_open(&options, &err));
+    assert_non_null(strstr(err.message, "not steps x 6"));
+    remove_dir(dir);
 }
 
 // ----------------------------------------------------------------------------
 // lora-train data check
 
-static int data_check(const char *data_path, const char *max_skip, const char *log) {
+static int data_check(const char *dir, const char *data_path, const char *max_skip, const char *log) {
     const char *bin = getenv("LORA_TRAIN_BIN");
     if (!bin) {
         print_message("LORA_TRAIN_BIN is not set (run through ctest)\n");
         skip();
     }
-    const char *dir = make_temp_dir("rlds_check");
     char config[600], command[4096], cwd[1024];
     assert_non_null(getcwd(cwd, sizeof cwd));
     snprintf(config, sizeof config, "%s/check.yaml", dir);
@@ -567,20 +596,22 @@ static void assert_log_holds(const char *log, const char *const *lines, size_t n
 
 static void test_data_check_cli(void **state) {
     (void)state;
-    char log[600];
-    snprintf(log, sizeof log, "%s/check.log", make_temp_dir("rlds_check_log"));
-    assert_int_equal(data_check(FIXTURES "/bad", "0.9", log), 0);
+    char dir[300], log[600];
+    snprintf(dir, sizeof dir, "%s", make_temp_dir("rlds_check"));
+    snprintf(log, sizeof log, "%s/check.log", dir);
+    assert_int_equal(data_check(dir, FIXTURES "/bad", "0.9", log), 0);
     const char *bad[] = {"RLDS dataset 'tiny_rlds', 9 episode records", "usable episodes  1", "skipped          8",
                          "    bad record: 7", "record 0: feature 'steps/action' is bytes_list, expected float_list",
                          "    corrupt image: 1", "record 7: step 1: invalid PNG"};
     assert_log_holds(log, bad, sizeof bad / sizeof bad[0]);
-    assert_int_equal(data_check(FIXTURES "/bad", "0.5", log), 1);
+    assert_int_equal(data_check(dir, FIXTURES "/bad", "0.5", log), 1);
     const char *over[] = {"8 of 9 records skipped (88.89%), over data.max_skip_fraction 50.00%"};
     assert_log_holds(log, over, 1);
-    assert_int_equal(data_check(FIXTURES "/steps.jsonl", "0", log), 0);
+    assert_int_equal(data_check(dir, FIXTURES "/steps.jsonl", "0", log), 0);
     const char *jsonl[] = {"JSONL robot steps 'steps', 16 lines", "usable episodes  4", "usable steps     16",
                            "normalised             yes      yes      yes      yes      yes      yes       no"};
     assert_log_holds(log, jsonl, sizeof jsonl / sizeof jsonl[0]);
+    remove_dir(dir);
 }
 
 int main(void) {
