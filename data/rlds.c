@@ -115,7 +115,7 @@ static bool has_dataset_info(const char *dir) {
 static char *rlds_resolve_dir(const char *path) {
     if (has_dataset_info(path)) return strdup(path);
     struct dirent **entries;
-    int n = scandir(path, &entries, NULL, alphasort);
+    int n = scandir(path, &entries, NULL, versionsort); // 1.0.0 < 1.0.2 < 10.0.0
     char *found = NULL;
     for (int i = n - 1; i >= 0; i--) {
         char *dir = found || entries[i]->d_name[0] == '.' ? NULL : join_path(path, entries[i]->d_name);

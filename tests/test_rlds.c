@@ -440,6 +440,9 @@ static void test_prompt_as_openvla(void **state) {
         free(prompt);
     }
     json_object_put(expected);
+    Error err = {{0}};
+    assert_null(openvla_prompt("open the \xff drawer", &err)); // Python's bytes.decode() refuses it too
+    assert_non_null(strstr(err.message, "not valid UTF-8"));
 }
 
 // ----------------------------------------------------------------------------
