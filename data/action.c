@@ -1,14 +1,17 @@
 // OpenVLA's action rules: dataset statistics (get_dataset_statistics),
 // BOUNDS_Q99 normalisation (normalize_action_and_proprio), the 256-bin
-// ActionTokenizer and the prompt (PurePromptBuilder).
+// ActionTokenizer, the prompt (PurePromptBuilder) and the training sample
+// (RLDSBatchTransform).
 #include <json-c/json.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unicode/uchar.h>
 #include <unicode/ustring.h>
+#include <unicode/utf8.h>
 
-#include "rlds.h"
+#include "data_private.h"
 
 // ----------------------------------------------------------------------------
 // statistics
@@ -263,4 +266,75 @@ char *openvla_prompt(const char *instruction, Error *err) {
     if (prompt) snprintf(prompt, size, "%s%s%s", PREFIX, lower, SUFFIX);
     free(lower);
     return prompt;
+}
+
+// ----------------------------------------------------------------------------
+// training sample
+
+// Python's str.isspace: White_Space, and the separators U+001C..U+001F.
+static bool is_python_space(UChar32 c) { return u_isUWhiteSpace(c) || (c >= 0x1c && c <= 0x1f); }
+
+// PurePromptBuilder.add_turn's message.replace("<image>", "").strip() (malloc'd).
+static char *prompt_message(const char *text, Error *err) {
+    static const char IMAGE[] = "<image>";
+    size_t n = strlen(text), kept = 0;
+    char *out = checked_malloc(n + 1, "prompt message", err);
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        if (strncmp(text + i, IMAGE, sizeof IMAGE - 1) == 0) i += sizeof IMAGE - 1;
+        else out[kept++] = text[i++];
+    }
+    int32_t start = 0, end = (int32_t)kept, at;
+    UChar32 c;
+    for (at = start; at < end; start = at) { // leading spaces
+        U8_NEXT(out, at, end, c);
+        if (c < 0 || !is_python_space(c)) break;
+    }
+    for (at = end; at > start; end = at) { // trailing spaces
+        U8_PREV(out, start, at, c);
+        if (c < 0 || !is_python_space(c)) break;
+    }
+    memmove(out, out + start, (size_t)(end - start));
+    out[end - start] = '\0';
+    return out;
+}
+
+// "In: {human}\nOut: {gpt}</s>" as PurePromptBuilder.get_prompt after the two turns of RLDSBatchTransform.
+static char *openvla_training_text(const char *instruction, const char *action_text, Error *err) {
+    char *lower = lowercase_utf8(instruction, err), *question = NULL, *human = NULL, *gpt = NULL, *text = NULL;
+    if (lower && asprintf(&question, "What action should the robot take to %s?", lower) < 0) question = NULL;
+    if (lower && !question) fail(err, "out of memory for the prompt");
+    human = question ? prompt_message(question, err) : NULL;
+    gpt = human ? prompt_message(action_text, err) : NULL;
+    if (gpt && asprintf(&text, "In: %s\nOut: %s</s>", human, gpt[0] ? gpt : " ") < 0) text = NULL;
+    if (gpt && !text) fail(err, "out of memory for the prompt");
+    free(lower);
+    free(question);
+    free(human);
+    free(gpt);
+    return text;
+}
+
+bool openvla_sample(const Tokenizer *tok, const ActionTokenizer *action_tokenizer, const char *instruction,
+                    const float *normalized_action, int action_dim, Sample *out, Error *err) {
+    memset(out, 0, sizeof *out);
+    const HfTokenizer *hf = tokenizer_hf(tok);
+    if (!hf) return fail(err, "OpenVLA samples need the model's tokenizer.json (action tokens are its last ids)");
+    int32_t action_ids[ROBOT_ACTION_DIM_MAX];
+    for (int i = 0; i < action_dim; i++) action_ids[i] = action_token_id(action_tokenizer, normalized_action[i]);
+    char *action_text = hf_tokenizer_decode(hf, action_ids, action_dim, false, err);
+    char *text = action_text ? openvla_training_text(instruction, action_text, err) : NULL;
+    int n_ids = 0;
+    bool ok = text && hf_tokenizer_encode(hf, text, strlen(text), true, &out->ids, &n_ids, err);
+    free(action_text);
+    free(text);
+    out->labels = ok ? checked_malloc((size_t)n_ids * sizeof *out->labels, "labels", err) : NULL;
+    if (!out->labels) {
+        sample_free(out);
+        return false;
+    }
+    out->length = n_ids;
+    int first_label = n_ids - (action_dim + 1); // labels[: -(len(action) + 1)] = IGNORE_INDEX
+    for (int t = 0; t < n_ids; t++) out->labels[t] = t >= first_label ? out->ids[t] : IGNORE_INDEX;
+    return true;
 }

@@ -196,8 +196,14 @@ void action_tokenizer_init(ActionTokenizer *tokenizer, int vocab_size);
 int32_t action_token_id(const ActionTokenizer *tokenizer, float normalized_value);
 double action_token_value(const ActionTokenizer *tokenizer, int32_t token_id);
 
-// OpenVLA's prompt as its PurePromptBuilder and the checkpoint's processor
-// use it: "In: What action should the robot take to {instruction.lower()}?\nOut:"
-// (lowercased with Unicode's default case mapping, as Python's str.lower).
-// Training appends " " + the action tokens + "</s>". malloc'd; the caller frees it.
+// OpenVLA's inference prompt, as its deploy and evaluation scripts write it:
+// "In: What action should the robot take to {instruction.lower()}?\nOut:"
+// (lowercased with Unicode's default case mapping, as Python's str.lower). malloc'd.
 char *openvla_prompt(const char *instruction, Error *err);
+// One training sample as OpenVLA's RLDSBatchTransform makes it: the action's
+// tokens decoded to text, PurePromptBuilder's "In: {question}\nOut: {action text}</s>"
+// (each message with "<image>" removed and str.strip()ped, the instruction
+// lowercased) tokenized with BOS; labels on the last action_dim + 1 tokens
+// (the action and </s>), IGNORE_INDEX before. Needs a tokenizer.json tokenizer.
+bool openvla_sample(const Tokenizer *tok, const ActionTokenizer *action_tokenizer, const char *instruction,
+                    const float *normalized_action, int action_dim, Sample *out, Error *err);

@@ -17,9 +17,11 @@ Writes into tests/fixtures/rlds/:
                             beside one good episode, with the same dataset_info.json / features.json
   steps.jsonl + images/     the same steps as the JSONL form (images as files)
   action_tokens.json        OpenVLA ActionTokenizer ids and decoded values for random and edge actions
-Needs tensorflow-cpu, tensorflow-datasets, pillow (a venv of its own: python3 -m venv /work/venv-tf).
-With OPENVLA_SRC=<openvla checkout>, the token references are also checked against OpenVLA's own
-ActionTokenizer class (prismatic/vla/action_tokenizer.py) run on a stub tokenizer.
+expected.json's samples_mistral_tokenizer: RLDSBatchTransform's input_ids / labels (transformers' AutoTokenizer
+of ../shared/fixtures/tokenizers/mistral, a Llama-2-style 32k SentencePiece BPE, for openvla-7b's Llama 2).
+Needs tensorflow-cpu, tensorflow-datasets, pillow, transformers (a venv of its own: python3 -m venv /work/venv-tf).
+With OPENVLA_SRC=<openvla checkout>, the references are also checked against OpenVLA's own
+ActionTokenizer class (prismatic/vla/action_tokenizer.py, on a stub tokenizer) and PurePromptBuilder.
 """
 import hashlib
 import io
@@ -34,7 +36,10 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "rlds")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+OUT = os.path.join(ROOT, "tests", "fixtures", "rlds")
+# Mistral-7B's tokenizer: a Llama-2-style 32k SentencePiece BPE standing in for openvla-7b's Llama 2 one.
+MISTRAL = os.path.join(ROOT, "..", "shared", "fixtures", "tokenizers", "mistral")
 VOCAB_SIZE = 32000  # Llama 2's tokenizer.vocab_size, as openvla-7b's
 N_BINS = 256
 INSTRUCTIONS = ["Put the Bowl on the plate", "open the TOP drawer", "pick up the ketchup and place it in the basket"]
@@ -137,6 +142,52 @@ class NumpyActionTokenizer:
     def decode(self, ids):
         d = np.clip(self.vocab_size - ids - 1, a_min=0, a_max=self.bin_centers.shape[0] - 1)
         return self.bin_centers[d]
+
+
+class PromptBuilder:
+    """OpenVLA's PurePromptBuilder: "In: {human}\\nOut: {gpt}</s>", each message with <image> removed and stripped."""
+
+    def __init__(self):
+        self.prompt = ""
+
+    def add_turn(self, role, message):
+        message = message.replace("<image>", "").strip()
+        self.prompt += f"In: {message}\nOut: " if role == "human" else f"{message if message != '' else ' '}</s>"
+
+    def get_prompt(self):
+        return self.prompt.removeprefix("<s>").rstrip()
+
+
+def openvla_prompt_builder():
+    """OpenVLA's own PurePromptBuilder when OPENVLA_SRC is set, else the same rule above."""
+    src = os.environ.get("OPENVLA_SRC")
+    if not src:
+        return PromptBuilder()
+    path = os.path.join(src, "prismatic", "models", "backbones", "llm", "prompting", "base_prompter.py")
+    namespace = {}
+    exec(compile(open(path).read(), path, "exec"), namespace)
+    return namespace["PurePromptBuilder"]("openvla")
+
+
+def openvla_samples(instructions, normalized):
+    """RLDSBatchTransform's input_ids and labels (predict_stop_token: the action and </s> are labelled)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(MISTRAL)
+    action_tok = NumpyActionTokenizer(tok.vocab_size)
+    samples = []
+    for instruction, action in zip(instructions, normalized):
+        lang = instruction.lower()
+        ours, theirs = PromptBuilder(), openvla_prompt_builder()
+        for builder in (ours, theirs):
+            builder.add_turn("human", f"What action should the robot take to {lang}?")
+            builder.add_turn("gpt", tok.decode(list(action_tok.ids(action))))
+        assert ours.get_prompt() == theirs.get_prompt()
+        ids = tok(theirs.get_prompt(), add_special_tokens=True).input_ids
+        labels = [-100] * (len(ids) - (len(action) + 1)) + ids[-(len(action) + 1):]
+        samples.append({"instruction": instruction, "normalized": [float(a) for a in action], "ids": ids,
+                        "labels": labels[-len(ids):]})
+    return samples
 
 
 def check_against_openvla_class(tok, actions, ids):
@@ -301,10 +352,15 @@ def main():
     # The prompt as RLDSBatchTransform + PurePromptBuilder write it (instruction .lower(), message .strip()).
     prompts = [[text, f"In: What action should the robot take to {text.lower()}?\nOut:"]
                for text in INSTRUCTIONS + ["Öffne die SCHUBLADE", "ΟΔΥΣΣΕΥΣ", "İstanbul ǅ", "  spaced  "]]
+    step_instructions = [step["instruction"] for episode in episodes for step in episode["steps"]]
+    extra = ["  spaced  ", "<image> put the cup in the sink", "ΟΔΥΣΣΕΥΣ", ""]
+    samples = openvla_samples(step_instructions + extra,
+                              list(normalized) + [normalized[0]] * len(extra)) if os.path.isdir(MISTRAL) else []
     expected = {"name": "tiny_rlds", "action_dim": 7, "episodes": episodes, "prompts": prompts,
-                "normalized": normalized.tolist(), "tokens": tok.ids(normalized).tolist()}
+                "normalized": normalized.tolist(), "tokens": tok.ids(normalized).tolist(),
+                "samples_mistral_tokenizer": samples}
     with open(os.path.join(OUT, "expected.json"), "w") as f:
-        json.dump(expected, f, indent=1)
+        json.dump(expected, f)
 
     write_bad(dataset_dir, min(raws, key=lambda ex: len(ex.features.feature["steps/action"].float_list.value)))
     write_action_tokens(np.random.default_rng(7))

@@ -445,6 +445,40 @@ static void test_prompt_as_openvla(void **state) {
     assert_non_null(strstr(err.message, "not valid UTF-8"));
 }
 
+// RLDSBatchTransform's input_ids and labels, with Mistral-7B's Llama-2-style tokenizer from the shared fixtures.
+static void test_training_sample_as_openvla(void **state) {
+    (void)state;
+    const char *folder = shared_fixture("tokenizers/mistral");
+    if (!folder) {
+        print_message("../shared/fixtures/tokenizers/mistral is missing\n");
+        skip();
+    }
+    Error err = {{0}};
+    Tokenizer *tok = tokenizer_load(folder, &err);
+    if (!tok) fail_msg("%s", err.message);
+    ActionTokenizer action_tokenizer;
+    action_tokenizer_init(&action_tokenizer, 32000); // tokenizer.vocab_size, as OpenVLA's
+    json_object *expected = load_json(FIXTURES "/expected.json"), *samples = get(expected, "samples_mistral_tokenizer");
+    assert_int_equal(json_object_array_length(samples), 20);
+    for (size_t i = 0; i < json_object_array_length(samples); i++) {
+        json_object *want = at(samples, i), *ids = get(want, "ids"), *labels = get(want, "labels");
+        float action[7];
+        for (int j = 0; j < 7; j++) action[j] = (float)json_object_get_double(at(get(want, "normalized"), (size_t)j));
+        Sample sample;
+        const char *instruction = json_object_get_string(get(want, "instruction"));
+        if (!openvla_sample(tok, &action_tokenizer, instruction, action, 7, &sample, &err)) fail_msg("%s", err.message);
+        if ((size_t)sample.length != json_object_array_length(ids))
+            fail_msg("'%s': %d tokens, transformers %zu", instruction, sample.length, json_object_array_length(ids));
+        for (int t = 0; t < sample.length; t++) {
+            assert_int_equal(sample.ids[t], json_object_get_int(at(ids, (size_t)t)));
+            assert_int_equal(sample.labels[t], json_object_get_int(at(labels, (size_t)t)));
+        }
+        sample_free(&sample);
+    }
+    json_object_put(expected);
+    tokenizer_destroy(tok);
+}
+
 // ----------------------------------------------------------------------------
 // bad data
 
@@ -628,6 +662,7 @@ int main(void) {
         cmocka_unit_test(test_normalized_tokens_as_openvla),
         cmocka_unit_test(test_action_tokenizer_as_openvla),
         cmocka_unit_test(test_prompt_as_openvla),
+        cmocka_unit_test(test_training_sample_as_openvla),
         cmocka_unit_test(test_bad_episodes_skipped),
         cmocka_unit_test(test_corrupt_tfrecords),
         cmocka_unit_test(test_open_errors),
