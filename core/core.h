@@ -124,6 +124,9 @@ double time_seconds(void);                          // monotonic clock
 uint64_t fnv1a64(const void *data, size_t n, uint64_t hash);
 #define FNV1A64_INIT 0xcbf29ce484222325ULL
 bool read_file(const char *path, char **data, size_t *size, Error *err);
+// CRC-32C (Castagnoli) of data and TFRecord's mask of it: rotate right 15, add 0xa282ead8.
+uint32_t crc32c(const void *data, size_t size);
+uint32_t crc32c_masked(const void *data, size_t size);
 bool path_exists(const char *path);
 bool make_dirs(const char *path, Error *err);        // mkdir -p
 bool remove_tree(const char *path, Error *err);      // rm -r (no error if absent)

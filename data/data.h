@@ -88,6 +88,7 @@ typedef enum SkipReason {
     SKIP_MISSING_IMAGE,        // not in the folder / archive
     SKIP_BAD_IMAGE,            // corrupt or truncated image data
     SKIP_IMAGE_TRUNCATED,      // the image's tokens do not fit in max_seq_len
+    SKIP_CORRUPT_RECORD,       // a TFRecord's CRC fails or its file ends inside it (robot data)
     SKIP_REASON_COUNT
 } SkipReason;
 

@@ -82,3 +82,61 @@ const Tokenizer *vlm_dataset_tokenizer(const VlmDataset *dataset);
 void epoch_order(int64_t *order, int64_t n_samples, uint64_t seed, int epoch, bool shuffle);
 // Moves a position past the end of an epoch into the following epochs.
 void normalize_epoch_position(int64_t steps_per_epoch, int *epoch, int64_t *step_in_epoch);
+
+// ----------------------------------------------------------------------------
+// robot datasets (rlds.c, robot_jsonl.c)
+
+#include "rlds.h"
+
+typedef struct RobotStepEntry {
+    int64_t episode;         // usable episode index
+    int step;                // within it
+    const char *instruction; // one of RobotDataset.strings
+} RobotStepEntry;
+
+typedef struct RobotEpisode { // RLDS: where its record is
+    int shard;
+    int64_t offset, record_index;
+    int64_t first_step;
+} RobotEpisode;
+
+struct RobotDataset {
+    RobotDataOptions options;
+    const char *split;
+    char *name;
+    bool is_rlds;
+    int action_dim;
+    char image_key[256], instruction_key[256], action_key[256]; // resolved
+    TfRecordReader **shards;
+    int n_shards;
+    int64_t shards_capacity;
+    ImageStore *images; // JSONL: where "image" paths point
+    char *image_root;   // JSONL: the file's folder when options.images is unset
+    char **image_paths; // JSONL: (n_steps,)
+    int64_t n_image_paths, image_paths_capacity;
+    RobotEpisode *episodes;
+    int64_t episodes_capacity;
+    RobotStepEntry *steps;
+    int64_t n_steps, steps_capacity;
+    float *actions; // (n_steps, action_dim)
+    int64_t actions_capacity;
+    char **strings; // distinct consecutive instructions
+    int64_t n_strings, strings_capacity;
+    SkippedRecord *skipped;
+    int64_t n_skipped, skipped_capacity;
+    RobotDatasetStats stats;
+};
+
+// Grows *array (of *capacity elements of elem bytes) to hold needed.
+bool robot_grow(void **array, int64_t *capacity, int64_t needed, size_t elem, Error *err);
+// Appends a step of the episode stats.episodes (the one being read).
+bool robot_add_step(RobotDataset *d, const char *instruction, size_t instruction_size, const float *action,
+                    int step_in_episode, Error *err);
+// Counts record as skipped for reason; false only without memory.
+bool robot_skip(RobotDataset *d, int64_t record, SkipReason reason, Error *err, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+// False with the first non-finite dimension.
+bool robot_action_finite(const float *action, int dim, int *bad_dim);
+bool robot_jsonl_detect(const char *path);
+bool robot_jsonl_open(RobotDataset *d, Error *err);
+bool robot_jsonl_image(const RobotDataset *d, int64_t i, Image *out, Error *err);

@@ -33,6 +33,7 @@ static const char *const SKIP_REASON_NAMES[SKIP_REASON_COUNT] = {
     [SKIP_MISSING_IMAGE] = "missing image",
     [SKIP_BAD_IMAGE] = "corrupt image",
     [SKIP_IMAGE_TRUNCATED] = "image beyond max_seq_len",
+    [SKIP_CORRUPT_RECORD] = "corrupt TFRecord",
 };
 
 const char *skip_reason_name(SkipReason reason) {

@@ -15,7 +15,7 @@ else
   shift || true
 fi
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(safetensors tokenizer config llava image archive)
+[ ${#targets[@]} -eq 0 ] && targets=(safetensors tokenizer config llava image archive tfrecord)
 
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Release -DLORA_TRAIN_FUZZ=ON >/dev/null
 cmake --build build-fuzz --target fuzzers -j"$(nproc)"

@@ -1,10 +1,12 @@
 // `lora-train data check --config FILE`: opens the dataset exactly as training
-// would (text JSONL, or LLaVA records with every image decoded; the demo data
+// would (text JSONL, LLaVA records with every image decoded, or robot data: an
+// RLDS / TFDS folder or JSONL steps, every step's image decoded; the demo data
 // written first when data.create_if_missing says so) and reports its counts
 // and the skipped records: a count per reason and the first few of each.
 #include <stdio.h>
 
 #include "data/data.h"
+#include "data/rlds.h"
 #include "train_private.h"
 
 #define EXAMPLES_PER_REASON 3
@@ -21,22 +23,37 @@ static bool dataset_options(const Config *config, const Tokenizer *tok, int mode
     return true;
 }
 
-// "    missing image: 7" and the first EXAMPLES_PER_REASON records skipped for it.
-static void print_vlm_skips(const VlmDataset *dataset) {
-    const VlmDatasetStats *s = vlm_dataset_stats(dataset);
+typedef const SkippedRecord *(*SkippedAt)(const void *dataset, int64_t i);
+
+// "    missing image: 7" and the first EXAMPLES_PER_REASON records skipped for it (their number
+// first unless the message names the record, as robot data's do).
+static void print_record_skips(const int64_t *counts, int64_t n_skipped, SkippedAt skipped_at, const void *dataset,
+                               bool number_records) {
     for (int reason = 0; reason < SKIP_REASON_COUNT; reason++) {
-        if (!s->skipped[reason]) continue;
-        printf("    %s: %lld\n", skip_reason_name((SkipReason)reason), (long long)s->skipped[reason]);
+        if (!counts[reason]) continue;
+        printf("    %s: %lld\n", skip_reason_name((SkipReason)reason), (long long)counts[reason]);
         int shown = 0;
-        for (int64_t i = 0; i < vlm_dataset_skipped_count(dataset) && shown < EXAMPLES_PER_REASON; i++) {
-            const SkippedRecord *skip = vlm_dataset_skipped(dataset, i);
+        for (int64_t i = 0; i < n_skipped && shown < EXAMPLES_PER_REASON; i++) {
+            const SkippedRecord *skip = skipped_at(dataset, i);
             if (skip->reason != (SkipReason)reason) continue;
-            printf("      record %lld%s%s%s: %s\n", (long long)skip->record, skip->id[0] ? " (id '" : "", skip->id,
-                   skip->id[0] ? "')" : "", skip->message);
+            if (number_records)
+                printf("      record %lld%s%s%s: ", (long long)skip->record, skip->id[0] ? " (id '" : "", skip->id,
+                       skip->id[0] ? "')" : "");
+            printf("%s%s\n", number_records ? "" : "      ", skip->message);
             shown++;
         }
-        if (s->skipped[reason] > shown) printf("      ... %lld more\n", (long long)(s->skipped[reason] - shown));
+        if (counts[reason] > shown) printf("      ... %lld more\n", (long long)(counts[reason] - shown));
     }
+}
+
+static const SkippedRecord *vlm_skipped_at(const void *dataset, int64_t i) { return vlm_dataset_skipped(dataset, i); }
+static const SkippedRecord *robot_skipped_at(const void *dataset, int64_t i) {
+    return robot_dataset_skipped(dataset, i);
+}
+
+static void print_vlm_skips(const VlmDataset *dataset) {
+    print_record_skips(vlm_dataset_stats(dataset)->skipped, vlm_dataset_skipped_count(dataset), vlm_skipped_at,
+                       dataset, true);
 }
 
 static void print_vlm_counts(const Config *config, const VlmDatasetOptions *options, const VlmDataset *dataset,
@@ -110,8 +127,52 @@ static bool check_text(const Config *config, const Tokenizer *tok, Error *err) {
     return ok;
 }
 
+// The keys in use, the counts, the per-dimension action statistics OpenVLA normalises with (q01 / q99).
+static void print_robot_counts(const Config *config, const RobotDataset *dataset, double seconds) {
+    const RobotDatasetStats *s = robot_dataset_stats(dataset);
+    const char *image, *instruction, *action;
+    robot_dataset_keys(dataset, &image, &instruction, &action);
+    bool rlds = robot_dataset_is_rlds(dataset);
+    printf("%s: %s '%s', %lld %s in %.1f s\n", config->data.path, rlds ? "RLDS dataset" : "JSONL robot steps",
+           robot_dataset_name(dataset), (long long)s->records, rlds ? "episode records" : "lines", seconds);
+    printf("  keys             image %s, instruction %s, action %s (%d-D)\n", image, instruction, action,
+           robot_dataset_action_dim(dataset));
+    printf("  usable episodes  %lld\n", (long long)s->episodes);
+    printf("  usable steps     %lld\n", (long long)s->steps);
+    ActionStats stats;
+    Error err = {{0}};
+    if (robot_dataset_action_stats(dataset, NULL, &stats, &err)) {
+        printf("  action q01       ");
+        for (int i = 0; i < stats.dim; i++) printf(" %8.4f", stats.q01[i]);
+        printf("\n  action q99       ");
+        for (int i = 0; i < stats.dim; i++) printf(" %8.4f", stats.q99[i]);
+        printf("\n  normalised       ");
+        for (int i = 0; i < stats.dim; i++) printf(" %8s", stats.mask[i] ? "yes" : "no");
+        printf("\n");
+    }
+    printf("  skipped          %lld\n", (long long)s->skipped_total);
+    print_record_skips(s->skipped, robot_dataset_skipped_count(dataset), robot_skipped_at, dataset, false);
+}
+
+// Robot data needs no tokenizer to be checked: every step's image is decoded.
+static bool check_robot(const Config *config, Error *err) {
+    RobotDataOptions options = {.path = config->data.path, .images = config->data.images, .decode_images = true};
+    double start = time_seconds();
+    RobotDataset *dataset = robot_dataset_open(&options, err);
+    if (!dataset) return false;
+    print_robot_counts(config, dataset, time_seconds() - start);
+    bool ok = robot_dataset_check_skips(dataset, config->data.max_skip_fraction, err);
+    robot_dataset_destroy(dataset);
+    return ok;
+}
+
 int data_check_main(const Config *config) {
     Error err = {{0}};
+    if (robot_data_detect(config->data.path)) {
+        bool ok = check_robot(config, &err);
+        if (!ok) fprintf(stderr, "lora-train data check: %s\n", err.message);
+        return ok ? 0 : 1;
+    }
     LlamaConfig llama;
     HfLayout layout;
     Tokenizer *tok = config_llama_config(config, &llama, &layout, &err) ? config_tokenizer(config, &err) : NULL;

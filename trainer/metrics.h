@@ -47,9 +47,6 @@ bool event_writer_scalar(EventWriter *writer, const char *tag, int64_t step, dou
 // Flushes the file (a reader sees every event written so far).
 bool event_writer_flush(EventWriter *writer, Error *err);
 bool event_writer_close(EventWriter *writer, Error *err);
-// CRC-32C (Castagnoli) of data and TFRecord's mask of it: rotate right 15, add 0xa282ead8.
-uint32_t crc32c(const void *data, size_t size);
-uint32_t crc32c_masked(const void *data, size_t size);
 
 // ----------------------------------------------------------------------------
 // metrics.jsonl and the event file together (metrics.c)
