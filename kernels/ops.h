@@ -171,6 +171,10 @@ typedef struct Ops {
     // quick_gelu (CLIP): out = x sigmoid(1.702 x).
     void (*quick_gelu_forward)(void *out, const void *inp, size_t n);
     void (*quick_gelu_backward)(void *dinp, const void *dout, const void *inp, size_t n);
+    // GELU, tanh approximation (SigLIP's gelu_pytorch_tanh, nn.GELU(approximate='tanh')):
+    // out = x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) / 2.
+    void (*gelu_tanh_forward)(void *out, const void *inp, size_t n);
+    void (*gelu_tanh_backward)(void *dinp, const void *dout, const void *inp, size_t n);
     // out (N, C) += bias (C) on every row; dbias (fp32, C) += sum over rows of dout.
     void (*bias_add)(void *out, const void *bias, int N, int C);
     void (*bias_backward)(float *dbias, const void *dout, int N, int C);

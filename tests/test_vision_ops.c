@@ -1,7 +1,8 @@
 // Vision ops of the CPU backend against double-precision references written
-// here from the documented definitions (nn.LayerNorm, nn.GELU, CLIP's
-// quick_gelu, Conv2d with stride = kernel, softmax attention), with central
-// finite differences of those references checking every backward.
+// here from the documented definitions (nn.LayerNorm, nn.GELU exact and tanh,
+// CLIP's quick_gelu, Conv2d with stride = kernel, softmax attention), with
+// central finite differences of those references checking every backward;
+// GELU tanh also against PyTorch's forward and autograd (scripts/ref_ops.py).
 #include "gradcheck.h"
 
 #include <math.h>
@@ -81,6 +82,13 @@ static void quick_gelu_reference(const Problem *p, double *out) {
     for (size_t i = 0; i < p->out_size; i++) out[i] = p->inputs[0][i] / (1.0 + exp(-1.702 * p->inputs[0][i]));
 }
 
+static void gelu_tanh_reference(const Problem *p, double *out) {
+    for (size_t i = 0; i < p->out_size; i++) {
+        double x = p->inputs[0][i];
+        out[i] = 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    }
+}
+
 typedef void (*ElementwiseForward)(void *out, const void *inp, size_t n);
 typedef void (*ElementwiseBackward)(void *dinp, const void *dout, const void *inp, size_t n);
 
@@ -107,6 +115,24 @@ static void test_gelu(void **state) { check_activation("gelu", cpu->gelu_forward
 
 static void test_quick_gelu(void **state) {
     check_activation("quick_gelu", cpu->quick_gelu_forward, cpu->quick_gelu_backward, quick_gelu_reference);
+}
+
+static void test_gelu_tanh(void **state) {
+    check_activation("gelu_tanh", cpu->gelu_tanh_forward, cpu->gelu_tanh_backward, gelu_tanh_reference);
+}
+
+// F.gelu(x, approximate="tanh") and its autograd gradient, from PyTorch in fp32
+static void test_gelu_tanh_matches_pytorch(void **state) {
+    enum { N = 65 };
+    double *x = load_fixture("gelu_tanh_x.txt", N), *want_out = load_fixture("gelu_tanh_out.txt", N);
+    double *dout = load_fixture("gelu_tanh_dout.txt", N), *want_dx = load_fixture("gelu_tanh_dx.txt", N);
+    float xf[N], doutf[N], out[N], dx[N], zeros[N] = {0};
+    for (int i = 0; i < N; i++) xf[i] = (float)x[i], doutf[i] = (float)dout[i], dx[i] = 0.0f;
+    cpu->gelu_tanh_forward(out, xf, N);
+    cpu->gelu_tanh_backward(dx, doutf, xf, N);
+    assert_close("gelu_tanh vs PyTorch", out, want_out, N, FORWARD_TOL);
+    assert_increment("gelu_tanh backward vs PyTorch", dx, zeros, want_dx, N, FORWARD_TOL);
+    free(x), free(want_out), free(dout), free(want_dx);
 }
 
 // ----------------------------------------------------------------------------
@@ -210,6 +236,8 @@ int main(void) {
         cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_gelu),
         cmocka_unit_test(test_quick_gelu),
+        cmocka_unit_test(test_gelu_tanh),
+        cmocka_unit_test(test_gelu_tanh_matches_pytorch),
         cmocka_unit_test(test_bias_add_and_backward),
         cmocka_unit_test(test_scatter_rows),
         cmocka_unit_test(test_patch_embed),

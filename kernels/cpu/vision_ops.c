@@ -1,5 +1,5 @@
 // kernels/cpu: ops of vision towers and projectors, fp32: LayerNorm, GELU,
-// quick_gelu, bias, row scatter, patch embedding, non-causal attention.
+// quick_gelu, GELU tanh, bias, row scatter, patch embedding, non-causal attention.
 #include "cpu.h"
 
 #include <math.h>
@@ -60,6 +60,8 @@ void cpu_layernorm_backward(void *dinp, float *dweight, float *dbias, const void
 // ----------------------------------------------------------------------------
 // GELU (exact): y = x Phi(x), dy/dx = Phi(x) + x phi(x)
 // quick_gelu: y = x s(1.702 x), dy/dx = s + 1.702 x s (1 - s)
+// GELU tanh: u = k (x + 0.044715 x^3), k = sqrt(2 / pi), y = x (1 + tanh u) / 2,
+//   dy/dx = (1 + tanh u) / 2 + x (1 - tanh^2 u) k (1 + 3 * 0.044715 x^2) / 2
 
 static float normal_cdf(float x) { return 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)); }
 
@@ -97,6 +99,27 @@ void cpu_quick_gelu_backward(void *dinp, const void *dout, const void *inp, size
     for (size_t i = 0; i < n; i++) {
         float s = sigmoid(1.702f * x[i]);
         dx[i] += dy[i] * (s + 1.702f * x[i] * s * (1.0f - s));
+    }
+}
+
+#define GELU_TANH_K 0.7978845608028654f // sqrt(2 / pi)
+#define GELU_TANH_A 0.044715f
+
+void cpu_gelu_tanh_forward(void *out, const void *inp, size_t n) {
+    const float *x = inp;
+    float *y = out;
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
+    for (size_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + tanhf(GELU_TANH_K * (x[i] + GELU_TANH_A * x[i] * x[i] * x[i])));
+}
+
+void cpu_gelu_tanh_backward(void *dinp, const void *dout, const void *inp, size_t n) {
+    const float *x = inp, *dy = dout;
+    float *dx = dinp;
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
+    for (size_t i = 0; i < n; i++) {
+        float x2 = x[i] * x[i], t = tanhf(GELU_TANH_K * (x[i] + GELU_TANH_A * x2 * x[i]));
+        float du = GELU_TANH_K * (1.0f + 3.0f * GELU_TANH_A * x2);
+        dx[i] += dy[i] * (0.5f * (1.0f + t) + 0.5f * x[i] * (1.0f - t * t) * du);
     }
 }
 

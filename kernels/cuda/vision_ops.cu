@@ -1,4 +1,4 @@
-// Ops of vision towers and projectors: LayerNorm, GELU, quick_gelu, bias, row
+// Ops of vision towers and projectors: LayerNorm, GELU, quick_gelu, GELU tanh, bias, row
 // scatter, patch embedding, non-causal attention. bf16 storage, fp32 math.
 #include "cuda_common.cuh"
 
@@ -66,7 +66,7 @@ void cuda_layernorm_backward(void *dinp, float *dweight, float *dbias, const voi
 }
 
 // ----------------------------------------------------------------------------
-// GELU (exact) and quick_gelu
+// GELU (exact), quick_gelu and GELU tanh (u = k (x + 0.044715 x^3), y = x (1 + tanh u) / 2)
 
 __device__ __forceinline__ float normal_cdf(float x) { return 0.5f * (1.0f + erff(x * 0.70710678118654752f)); }
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -90,6 +90,25 @@ __global__ void quick_gelu_backward_kernel(bf16 *dinp, const bf16 *dout, const b
     GRID_STRIDE(i, n) {
         float x = ld(inp, i), s = sigmoidf(1.702f * x);
         dinp[i] = __float2bfloat16_rn(ld(dinp, i) + ld(dout, i) * (s + 1.702f * x * s * (1.0f - s)));
+    }
+}
+
+#define GELU_TANH_K 0.7978845608028654f // sqrt(2 / pi)
+#define GELU_TANH_A 0.044715f
+
+__global__ void gelu_tanh_forward_kernel(bf16 *out, const bf16 *inp, size_t n) {
+    GRID_STRIDE(i, n) {
+        float x = ld(inp, i);
+        out[i] = __float2bfloat16_rn(0.5f * x * (1.0f + tanhf(GELU_TANH_K * (x + GELU_TANH_A * x * x * x))));
+    }
+}
+
+// dy/dx = (1 + tanh u) / 2 + x (1 - tanh^2 u) k (1 + 3 * 0.044715 x^2) / 2
+__global__ void gelu_tanh_backward_kernel(bf16 *dinp, const bf16 *dout, const bf16 *inp, size_t n) {
+    GRID_STRIDE(i, n) {
+        float x = ld(inp, i), t = tanhf(GELU_TANH_K * (x + GELU_TANH_A * x * x * x));
+        float du = GELU_TANH_K * (1.0f + 3.0f * GELU_TANH_A * x * x);
+        dinp[i] = __float2bfloat16_rn(ld(dinp, i) + ld(dout, i) * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du));
     }
 }
 
@@ -118,6 +137,20 @@ void cuda_quick_gelu_backward(void *dinp, const void *dout, const void *inp, siz
     quick_gelu_backward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
         (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, n);
     launchCheck("quick_gelu_backward_kernel");
+}
+
+void cuda_gelu_tanh_forward(void *out, const void *inp, size_t n) {
+    if (n == 0) return;
+    gelu_tanh_forward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)out, (const bf16 *)inp,
+                                                                                    n);
+    launchCheck("gelu_tanh_forward_kernel");
+}
+
+void cuda_gelu_tanh_backward(void *dinp, const void *dout, const void *inp, size_t n) {
+    if (n == 0) return;
+    gelu_tanh_backward_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>(
+        (bf16 *)dinp, (const bf16 *)dout, (const bf16 *)inp, n);
+    launchCheck("gelu_tanh_backward_kernel");
 }
 
 // ----------------------------------------------------------------------------

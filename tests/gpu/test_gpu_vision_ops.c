@@ -1,5 +1,5 @@
 // The vision ops of the CUDA backend against the CPU backend on the same
-// bf16-representable inputs (as test_gpu_ops.c): LayerNorm, GELU, quick_gelu,
+// bf16-representable inputs (as test_gpu_ops.c): LayerNorm, GELU, quick_gelu, GELU tanh,
 // bias, row scatter, patch embedding, non-causal attention. Outputs are
 // poisoned first; gradients the ops add into start from random values.
 // Error ||gpu - cpu|| / ||cpu|| < 1e-2 (bf16 storage), < 1e-4 for fp32 statistics.
@@ -57,12 +57,14 @@ static void check_activation(Forward cpu_f, Backward cpu_b, Forward gpu_f, Backw
     free(x), free(dout), free(dx), free(out);
 }
 
-static void test_gelu_and_quick_gelu(void **state) {
+static void test_gelus(void **state) {
     size_t sizes[] = {1, 1000, 300001};
     for (int i = 0; i < 3; i++) {
         check_activation(cpu->gelu_forward, cpu->gelu_backward, gpu->gelu_forward, gpu->gelu_backward, sizes[i], "gelu");
         check_activation(cpu->quick_gelu_forward, cpu->quick_gelu_backward, gpu->quick_gelu_forward,
                          gpu->quick_gelu_backward, sizes[i], "quick_gelu");
+        check_activation(cpu->gelu_tanh_forward, cpu->gelu_tanh_backward, gpu->gelu_tanh_forward,
+                         gpu->gelu_tanh_backward, sizes[i], "gelu_tanh");
     }
 }
 
@@ -126,7 +128,7 @@ static void test_attention_full(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layernorm),
-        cmocka_unit_test(test_gelu_and_quick_gelu),
+        cmocka_unit_test(test_gelus),
         cmocka_unit_test(test_bias_and_scatter),
         cmocka_unit_test(test_patch_embed),
         cmocka_unit_test(test_attention_full),
