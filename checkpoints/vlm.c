@@ -122,14 +122,15 @@ bool clip_load_weights(ClipTower *tower, const char *path, Error *err) {
     ClipLoader loader = {weights, path, NULL, false, NULL};
     for (int i = 0; i < 6 && !loader.prefix; i++) {
         char probe[128];
-        snprintf(probe, sizeof probe, "%s%sembeddings.class_embedding", CLIP_PREFIXES[i / 2], i % 2 ? "" : CLIP_MODEL_PREFIX);
+        snprintf(probe, sizeof probe, "%s%sembeddings.patch_embedding.weight", CLIP_PREFIXES[i / 2],
+                 i % 2 ? "" : CLIP_MODEL_PREFIX);
         if (has_tensor(weights, probe)) {
             loader.prefix = CLIP_PREFIXES[i / 2];
             loader.bare = i % 2;
         }
     }
     bool ok = loader.prefix != NULL;
-    if (!ok) fail(err, "%s: no CLIP vision tower (no [vision_model.]embeddings.class_embedding, with or without a "
+    if (!ok) fail(err, "%s: no vision tower (no [vision_model.]embeddings.patch_embedding.weight, with or without a "
                        "vision_tower. / model.vision_tower. prefix)", path);
     loader.ops = clip_tower_ops(tower);
     ok = ok && clip_tower_visit(tower, load_clip_tensor, &loader, err);

@@ -1,5 +1,6 @@
-// vision: the CLIP vision tower, frozen and forward only, in Hugging Face's
-// CLIPVisionModel layout. N = n_images * T tokens, T = P + 1 (class token first).
+// vision: the ViT vision tower (CLIP, SigLIP), frozen and forward only, in
+// Hugging Face's CLIPVisionModel / SiglipVisionModel layouts. N = n_images * T
+// tokens, T = P + 1 with a class token (first), else T = P.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +28,8 @@ struct ClipTower {
     void *weight_block;
     ClipWeight *weights;
     int n_weights;
-    void *patch_w, *class_emb, *pos_emb, *pre_ln_w, *pre_ln_b; // (D, C, p, p), (D), (T, D), (D), (D)
+    void *patch_w, *patch_b, *class_emb, *pos_emb; // (D, C, p, p), (D), (D), (T, D); patch_b, class_emb per config
+    void *pre_ln_w, *pre_ln_b;                      // (D), (D) with pre_norm
     ClipLayer *layers;
     // activations for max_images
     void *act_block;
@@ -37,9 +39,9 @@ struct ClipTower {
     void *q, *k, *v, *att;   // (N, D)
     void *mlp;               // (N, I)
     float *mean, *rstd;      // (N)
-    int32_t *class_rows;     // (max_images): b * T
-    int32_t *patch_rows;     // (max_images * P): b * T + 1 + p
-    int32_t *feature_rows;   // the rows the features take: patch_rows, or every row ('full')
+    int32_t *class_rows;     // (max_images): b * T, with a class token
+    int32_t *patch_rows;     // (max_images * P): b * T + class_token + p
+    int32_t *feature_rows;   // (max_images * F): b * T + f, or b * T + 1 + f ('default'), F features
 };
 
 static const char *const PROJ_NAMES[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
@@ -48,13 +50,18 @@ static const char *const PROJ_NAMES[4] = {"q_proj", "k_proj", "v_proj", "out_pro
 // configuration
 
 bool clip_config_preset(const char *name, ClipVisionConfig *out, Error *err) {
+    ClipVisionConfig clip = {.channels = 3, .layer_norm_eps = 1e-5f, .feature_layer = -2, .class_token = true,
+                             .pre_norm = true, .activation = VIT_QUICK_GELU};
     if (strcmp(name, "clip-vit-large-patch14-336") == 0) {
-        *out = (ClipVisionConfig){1024, 4096, 24, 16, 336, 14, 3, 1e-5f, -2, false};
+        clip.hidden_size = 1024, clip.intermediate_size = 4096, clip.n_layers = 24, clip.n_heads = 16;
+        clip.image_size = 336, clip.patch_size = 14;
     } else if (strcmp(name, "tiny") == 0) {
-        *out = (ClipVisionConfig){32, 64, 3, 4, 16, 4, 3, 1e-5f, -2, false};
+        clip.hidden_size = 32, clip.intermediate_size = 64, clip.n_layers = 3, clip.n_heads = 4;
+        clip.image_size = 16, clip.patch_size = 4;
     } else {
         return fail(err, "unknown CLIP preset '%s' (known: clip-vit-large-patch14-336, tiny)", name);
     }
+    *out = clip;
     return true;
 }
 
@@ -63,7 +70,9 @@ int clip_n_patches(const ClipVisionConfig *c) {
     return grid * grid;
 }
 
-int clip_n_features(const ClipVisionConfig *c) { return clip_n_patches(c) + (c->keep_class_token ? 1 : 0); }
+int clip_n_tokens(const ClipVisionConfig *c) { return clip_n_patches(c) + (c->class_token ? 1 : 0); }
+
+int clip_n_features(const ClipVisionConfig *c) { return clip_n_tokens(c) - (c->keep_first_token ? 0 : 1); }
 
 int clip_layers_used(const ClipVisionConfig *c) {
     return c->feature_layer < 0 ? c->n_layers + 1 + c->feature_layer : c->feature_layer;
@@ -71,16 +80,19 @@ int clip_layers_used(const ClipVisionConfig *c) {
 
 bool clip_config_validate(const ClipVisionConfig *c, Error *err) {
     if (c->hidden_size < 1 || c->intermediate_size < 1 || c->n_layers < 1 || c->n_heads < 1 || c->channels < 1)
-        return fail(err, "CLIP config: sizes must be positive");
+        return fail(err, "vision tower config: sizes must be positive");
     if (c->hidden_size % c->n_heads != 0)
-        return fail(err, "CLIP config: hidden_size %d is not a multiple of num_attention_heads %d", c->hidden_size,
+        return fail(err, "vision tower config: hidden_size %d is not a multiple of num_attention_heads %d", c->hidden_size,
                     c->n_heads);
     if (c->patch_size < 1 || c->image_size % c->patch_size != 0)
-        return fail(err, "CLIP config: image_size %d is not a multiple of patch_size %d", c->image_size, c->patch_size);
+        return fail(err, "vision tower config: image_size %d is not a multiple of patch_size %d", c->image_size, c->patch_size);
     int used = clip_layers_used(c);
     if (used < 0 || used > c->n_layers)
-        return fail(err, "CLIP config: vision_feature_layer %d is outside the %d hidden states", c->feature_layer,
+        return fail(err, "vision tower config: vision_feature_layer %d is outside the %d hidden states", c->feature_layer,
                     c->n_layers + 1);
+    if (clip_n_features(c) < 1)
+        return fail(err, "vision tower config: 'default' drops the only token of a %d x %d image", c->image_size,
+                    c->image_size);
     return true;
 }
 
@@ -147,10 +159,13 @@ static size_t layout_weights(ClipTower *t, uint8_t *base) {
     Carver carver = {base, 0};
     t->n_weights = 0;
     add_weight(t, &carver, &t->patch_w, "embeddings.patch_embedding.weight", 4, D, c->channels, p, p);
-    add_weight(t, &carver, &t->class_emb, "embeddings.class_embedding", 1, D, 0, 0, 0);
-    add_weight(t, &carver, &t->pos_emb, "embeddings.position_embedding.weight", 2, clip_n_patches(c) + 1, D, 0, 0);
-    add_weight(t, &carver, &t->pre_ln_w, "pre_layrnorm.weight", 1, D, 0, 0, 0);
-    add_weight(t, &carver, &t->pre_ln_b, "pre_layrnorm.bias", 1, D, 0, 0, 0);
+    if (c->patch_bias) add_weight(t, &carver, &t->patch_b, "embeddings.patch_embedding.bias", 1, D, 0, 0, 0);
+    if (c->class_token) add_weight(t, &carver, &t->class_emb, "embeddings.class_embedding", 1, D, 0, 0, 0);
+    add_weight(t, &carver, &t->pos_emb, "embeddings.position_embedding.weight", 2, clip_n_tokens(c), D, 0, 0);
+    if (c->pre_norm) {
+        add_weight(t, &carver, &t->pre_ln_w, "pre_layrnorm.weight", 1, D, 0, 0, 0);
+        add_weight(t, &carver, &t->pre_ln_b, "pre_layrnorm.bias", 1, D, 0, 0, 0);
+    }
     for (int l = 0; l < t->n_layers_used; l++) layout_layer(t, &carver, l);
     return carver.used;
 }
@@ -158,7 +173,7 @@ static size_t layout_weights(ClipTower *t, uint8_t *base) {
 static size_t layout_activations(ClipTower *t, uint8_t *base) {
     const ClipVisionConfig *c = &t->config;
     size_t s = dtype_size(t->ops->act_dtype), n = (size_t)t->max_images, P = (size_t)clip_n_patches(c);
-    size_t N = n * (P + 1), D = (size_t)c->hidden_size;
+    size_t N = n * clip_n_tokens(c), F = (size_t)clip_n_features(c), D = (size_t)c->hidden_size;
     Carver carver = {base, 0};
     t->images = carve(&carver, n * c->channels * c->image_size * c->image_size * s);
     t->patches = carve(&carver, n * P * D * s);
@@ -173,39 +188,42 @@ static size_t layout_activations(ClipTower *t, uint8_t *base) {
     t->rstd = carve(&carver, N * sizeof(float));
     t->class_rows = carve(&carver, n * sizeof(int32_t));
     t->patch_rows = carve(&carver, n * P * sizeof(int32_t));
-    t->feature_rows = c->keep_class_token ? carve(&carver, N * sizeof(int32_t)) : t->patch_rows;
+    t->feature_rows = carve(&carver, n * F * sizeof(int32_t));
     return carver.used;
 }
 
-// class_rows[b] = b * T, patch_rows[b * P + p] = b * T + 1 + p, with 'full' feature_rows[i] = i
+// class_rows[b] = b * T, patch_rows[b * P + p] = b * T + prefix + p (prefix: the
+// class token), feature_rows[b * F + f] = b * T + first + f (first: 1 with 'default')
 static bool upload_row_indices(ClipTower *t, Error *err) {
-    int P = clip_n_patches(&t->config), T = P + 1, n = t->max_images;
-    int32_t *rows = checked_malloc((size_t)n * (P + 1 + T) * sizeof(int32_t), "CLIP row indices", err);
-    if (!rows) return false;
-    int32_t *all_rows = rows + (size_t)n * (P + 1);
+    const ClipVisionConfig *c = &t->config;
+    int P = clip_n_patches(c), T = clip_n_tokens(c), F = clip_n_features(c), n = t->max_images;
+    int prefix = c->class_token ? 1 : 0, first = c->keep_first_token ? 0 : 1;
+    int32_t *class_rows = checked_malloc((size_t)n * (1 + P + F) * sizeof(int32_t), "vision tower row indices", err);
+    if (!class_rows) return false;
+    int32_t *patch_rows = class_rows + n, *feature_rows = patch_rows + (size_t)n * P;
     for (int b = 0; b < n; b++) {
-        rows[b] = b * T;
-        for (int p = 0; p < P; p++) rows[n + b * P + p] = b * T + 1 + p;
+        class_rows[b] = b * T;
+        for (int p = 0; p < P; p++) patch_rows[b * P + p] = b * T + prefix + p;
+        for (int f = 0; f < F; f++) feature_rows[b * F + f] = b * T + first + f;
     }
-    for (int i = 0; i < n * T; i++) all_rows[i] = i;
-    t->ops->upload(t->class_rows, rows, (size_t)n * sizeof(int32_t));
-    t->ops->upload(t->patch_rows, rows + n, (size_t)n * P * sizeof(int32_t));
-    if (t->config.keep_class_token) t->ops->upload(t->feature_rows, all_rows, (size_t)n * T * sizeof(int32_t));
-    free(rows);
+    t->ops->upload(t->class_rows, class_rows, (size_t)n * sizeof(int32_t));
+    t->ops->upload(t->patch_rows, patch_rows, (size_t)n * P * sizeof(int32_t));
+    t->ops->upload(t->feature_rows, feature_rows, (size_t)n * F * sizeof(int32_t));
+    free(class_rows);
     return true;
 }
 
 ClipTower *clip_tower_create(const Ops *ops, const ClipVisionConfig *config, int max_images, Error *err) {
     if (!clip_config_validate(config, err)) return NULL;
-    if (max_images < 1) return fail(err, "CLIP tower: max_images must be at least 1"), NULL;
-    ClipTower *t = checked_calloc(1, sizeof *t, "CLIP tower", err);
+    if (max_images < 1) return fail(err, "vision tower: max_images must be at least 1"), NULL;
+    ClipTower *t = checked_calloc(1, sizeof *t, "vision tower", err);
     if (!t) return NULL;
     t->ops = ops;
     t->config = *config;
     t->max_images = max_images;
     t->n_layers_used = clip_layers_used(config);
     t->layers = checked_calloc((size_t)t->n_layers_used + 1, sizeof(ClipLayer), "CLIP layers", err);
-    t->weights = checked_calloc((size_t)t->n_layers_used * 16 + 5, sizeof(ClipWeight), "CLIP weight table", err);
+    t->weights = checked_calloc((size_t)t->n_layers_used * 16 + 6, sizeof(ClipWeight), "vision tower weight table", err);
     bool ok = t->layers && t->weights;
     if (ok) {
         size_t weight_bytes = layout_weights(t, NULL), act_bytes = layout_activations(t, NULL);
@@ -288,24 +306,34 @@ static void linear(const ClipTower *t, void *y, const void *x, const void *W, co
     t->ops->bias_add(y, b, N, out);
 }
 
-// x (n * T, D) = [class; patches] + positions
+// x (n * T, D) = [class;] (patches + patch bias) + positions
 static void embed(ClipTower *t, int n_images) {
     const Ops *ops = t->ops;
     const ClipVisionConfig *c = &t->config;
-    int D = c->hidden_size, P = clip_n_patches(c), T = P + 1;
+    int D = c->hidden_size, P = clip_n_patches(c), T = clip_n_tokens(c);
     ops->patch_embed_forward(t->patches, t->images, t->patch_w, n_images, c->channels, c->image_size,
                              c->patch_size, D);
+    if (c->patch_bias) ops->bias_add(t->patches, t->patch_b, n_images * P, D);
     ops->scatter_rows(t->x, t->patch_rows, t->patches, n_images * P, D);
     for (int b = 0; b < n_images; b++) {
-        ops->scatter_rows(t->x, t->class_rows + b, t->class_emb, 1, D);
+        if (c->class_token) ops->scatter_rows(t->x, t->class_rows + b, t->class_emb, 1, D);
         ops->add_inplace(act_at(t, t->x, (size_t)b * T * D), t->pos_emb, (size_t)T * D);
+    }
+}
+
+// out = act(inp), n elements
+static void activation_forward(const ClipTower *t, void *out, const void *inp, size_t n) {
+    switch (t->config.activation) {
+    case VIT_QUICK_GELU: t->ops->quick_gelu_forward(out, inp, n); break;
+    case VIT_GELU_TANH: t->ops->gelu_tanh_forward(out, inp, n); break;
+    case VIT_GELU: t->ops->gelu_forward(out, inp, n); break;
     }
 }
 
 static void layer_forward(ClipTower *t, const ClipLayer *w, int n_images) {
     const Ops *ops = t->ops;
     const ClipVisionConfig *c = &t->config;
-    int D = c->hidden_size, I = c->intermediate_size, T = clip_n_patches(c) + 1, N = n_images * T;
+    int D = c->hidden_size, I = c->intermediate_size, T = clip_n_tokens(c), N = n_images * T;
     ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, w->ln1_w, w->ln1_b, N, D, c->layer_norm_eps);
     linear(t, t->q, t->ln, w->w[0], w->b[0], N, D, D);
     linear(t, t->k, t->ln, w->w[1], w->b[1], N, D, D);
@@ -315,7 +343,7 @@ static void layer_forward(ClipTower *t, const ClipLayer *w, int n_images) {
     ops->add_inplace(t->x, t->q, (size_t)N * D);
     ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, w->ln2_w, w->ln2_b, N, D, c->layer_norm_eps);
     linear(t, t->mlp, t->ln, w->fc1_w, w->fc1_b, N, D, I);
-    ops->quick_gelu_forward(t->mlp, t->mlp, (size_t)N * I);
+    activation_forward(t, t->mlp, t->mlp, (size_t)N * I);
     linear(t, t->q, t->mlp, w->fc2_w, w->fc2_b, N, I, D);
     ops->add_inplace(t->x, t->q, (size_t)N * D);
 }
@@ -324,15 +352,17 @@ bool clip_tower_forward(ClipTower *t, const float *images, int n_images, void *f
     const Ops *ops = t->ops;
     const ClipVisionConfig *c = &t->config;
     if (n_images < 1 || n_images > t->max_images)
-        return fail(err, "CLIP tower: %d images in one forward; the tower was sized for 1 to %d", n_images,
+        return fail(err, "vision tower: %d images in one forward; the tower was sized for 1 to %d", n_images,
                     t->max_images);
-    int D = c->hidden_size, P = clip_n_patches(c), N = n_images * (P + 1);
+    int D = c->hidden_size, N = n_images * clip_n_tokens(c);
     ops->upload_f32(t->images, images, (size_t)n_images * c->channels * c->image_size * c->image_size);
     embed(t, n_images);
-    ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, t->pre_ln_w, t->pre_ln_b, N, D, c->layer_norm_eps);
-    void *embedded = t->x; // the residual stream continues in the normalised buffer
-    t->x = t->ln;
-    t->ln = embedded;
+    if (c->pre_norm) {
+        ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, t->pre_ln_w, t->pre_ln_b, N, D, c->layer_norm_eps);
+        void *embedded = t->x; // the residual stream continues in the normalised buffer
+        t->x = t->ln;
+        t->ln = embedded;
+    }
     for (int l = 0; l < t->n_layers_used; l++) layer_forward(t, &t->layers[l], n_images);
     ops->embedding_forward(features, t->feature_rows, t->x, n_images * clip_n_features(c), D);
     return ops->check(err);

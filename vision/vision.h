@@ -86,14 +86,25 @@ ImagePreprocess image_preprocess_square(int size, const float mean[3], const flo
 bool image_preprocess(const Image *image, const ImagePreprocess *p, float *out, Error *err);
 
 // ----------------------------------------------------------------------------
-// CLIP vision tower (Hugging Face CLIPVisionModel layout), frozen, forward only
+// ViT vision towers (Hugging Face CLIPVisionModel and SiglipVisionModel
+// layouts), frozen, forward only: one encoder, the differences are flags.
 //
-// x = [class_embedding; patch_embedding(image)] + position_embedding; x = pre_layrnorm(x)
-// per layer: x += out_proj(attention(layer_norm1(x))); x += fc2(quick_gelu(fc1(layer_norm2(x))))
+// x = [class_embedding;] patch_embedding(image) [+ patch bias] + position_embedding
+// x = pre_layrnorm(x) (CLIP)
+// per layer: x += out_proj(attention(layer_norm1(x))); x += fc2(act(fc1(layer_norm2(x))))
 // The features are hidden_states[feature_layer] (LLaVA's vision_feature_layer,
-// -2 = the penultimate layer's output) with the class token dropped ('default')
-// or kept first ('full').
+// -2 = the penultimate layer's output; never SigLIP's post_layernorm, which
+// hidden_states do not include), all T tokens ('full') or all but the first
+// ('default': transformers' Llava drops token 0 whatever it is, CLIP's class
+// token or SigLIP's first patch).
 
+typedef enum VitActivation {
+    VIT_QUICK_GELU, // CLIP: x sigmoid(1.702 x)
+    VIT_GELU_TANH,  // SigLIP: gelu_pytorch_tanh
+    VIT_GELU,       // exact erf GELU
+} VitActivation;
+
+// The tower's shape; named for CLIP, the first of the towers it describes.
 typedef struct ClipVisionConfig {
     int hidden_size;        // D
     int intermediate_size;  // MLP width
@@ -104,14 +115,21 @@ typedef struct ClipVisionConfig {
     int channels;
     float layer_norm_eps;
     int feature_layer;      // index into hidden_states (n_layers + 1 of them); negative from the end
-    bool keep_class_token;  // vision_feature_select_strategy 'full' (false: 'default')
+    bool keep_first_token;  // vision_feature_select_strategy 'full' (false: 'default')
+    // the architecture: CLIP all true but patch_bias, SigLIP all false but patch_bias
+    bool class_token;       // a class embedding before the patches: T = P + 1 tokens (else T = P)
+    bool pre_norm;          // pre_layrnorm on the embeddings
+    bool patch_bias;        // the patch convolution has a bias
+    VitActivation activation;
 } ClipVisionConfig;
 
-// "clip-vit-large-patch14-336" (LLaVA-1.5's tower) or "tiny" (tests, demo).
+// "clip-vit-large-patch14-336" (LLaVA-1.5's tower) or "tiny" (tests, demo), both CLIP.
 bool clip_config_preset(const char *name, ClipVisionConfig *out, Error *err);
 bool clip_config_validate(const ClipVisionConfig *config, Error *err);
 int clip_n_patches(const ClipVisionConfig *config);
-// Feature rows per image: the patches, plus the class token with 'full'.
+// Tokens per image: the patches and the class token, when there is one.
+int clip_n_tokens(const ClipVisionConfig *config);
+// Feature rows per image: the tokens, less the first with 'default'.
 int clip_n_features(const ClipVisionConfig *config);
 // Encoder layers the features need: hidden_states[k] is the output of layer k - 1.
 int clip_layers_used(const ClipVisionConfig *config);
@@ -127,7 +145,7 @@ void clip_tower_destroy(ClipTower *tower);
 bool clip_tower_bytes(DType act_dtype, const ClipVisionConfig *config, int max_images, size_t *bytes, Error *err);
 const ClipVisionConfig *clip_tower_config(const ClipTower *tower);
 const Ops *clip_tower_ops(const ClipTower *tower);
-// Calls visit for every weight with its Hugging Face name
+// Calls visit for every weight the features need with its Hugging Face name
 // ("vision_model.encoder.layers.0.self_attn.q_proj.weight"); data is backend memory.
 typedef bool (*ClipTensorVisitor)(void *context, const char *name, const Tensor *tensor, Error *err);
 bool clip_tower_visit(ClipTower *tower, ClipTensorVisitor visit, void *context, Error *err);
