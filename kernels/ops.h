@@ -178,6 +178,9 @@ typedef struct Ops {
     // out (N, C) += bias (C) on every row; dbias (fp32, C) += sum over rows of dout.
     void (*bias_add)(void *out, const void *bias, int N, int C);
     void (*bias_backward)(float *dbias, const void *dout, int N, int C);
+    // x (N, C) *= scale (C) on every row: timm's LayerScale (DINOv2's ls1 / ls2 gammas);
+    // its backward is the same op on the gradient.
+    void (*scale_columns)(void *x, const void *scale, int N, int C);
     // out[rows[r]] = src[r]: src (R, C) rows written into out (N, C) at rows (R).
     void (*scatter_rows)(void *out, const int32_t *rows, const void *src, int R, int C);
     // Convolution with stride = kernel = patch, no bias (CLIP's patch embedding):

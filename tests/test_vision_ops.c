@@ -1,6 +1,6 @@
 // Vision ops of the CPU backend against double-precision references written
 // here from the documented definitions (nn.LayerNorm, nn.GELU exact and tanh,
-// CLIP's quick_gelu, Conv2d with stride = kernel, softmax attention), with
+// CLIP's quick_gelu, LayerScale, Conv2d with stride = kernel, softmax attention), with
 // central finite differences of those references checking every backward;
 // GELU tanh also against PyTorch's forward and autograd (scripts/ref_ops.py).
 #include "gradcheck.h"
@@ -158,6 +158,19 @@ static void test_bias_add_and_backward(void **state) {
     free(y), free(b), free(dbias);
 }
 
+static void test_scale_columns(void **state) {
+    enum { N = 4, C = 7 };
+    Rng rng;
+    rng_seed(&rng, 6);
+    float *x = random_floats(N * C, -1.5f, 1.5f, &rng), *scale = random_floats(C, -1.5f, 1.5f, &rng);
+    float *before = copy_floats(x, N * C);
+    cpu->scale_columns(x, scale, N, C);
+    for (int n = 0; n < N; n++) {
+        for (int c = 0; c < C; c++) assert_float_equal(x[n * C + c], before[n * C + c] * scale[c], 0.0);
+    }
+    free(x), free(scale), free(before);
+}
+
 static void test_scatter_rows(void **state) {
     enum { N = 6, C = 3, R = 2 };
     float out[N * C], src[R * C] = {1, 2, 3, 4, 5, 6};
@@ -239,6 +252,7 @@ int main(void) {
         cmocka_unit_test(test_gelu_tanh),
         cmocka_unit_test(test_gelu_tanh_matches_pytorch),
         cmocka_unit_test(test_bias_add_and_backward),
+        cmocka_unit_test(test_scale_columns),
         cmocka_unit_test(test_scatter_rows),
         cmocka_unit_test(test_patch_embed),
         cmocka_unit_test(test_attention_full),

@@ -174,6 +174,7 @@ static const Ops cpu_ops = {
     .gelu_tanh_backward = cpu_gelu_tanh_backward,
     .bias_add = cpu_bias_add,
     .bias_backward = cpu_bias_backward,
+    .scale_columns = cpu_scale_columns,
     .scatter_rows = cpu_scatter_rows,
     .patch_embed_forward = cpu_patch_embed_forward,
     .attention_full_forward = cpu_attention_full_forward,

@@ -1,5 +1,5 @@
 // kernels/cpu: ops of vision towers and projectors, fp32: LayerNorm, GELU,
-// quick_gelu, GELU tanh, bias, row scatter, patch embedding, non-causal attention.
+// quick_gelu, GELU tanh, bias, column scale, row scatter, patch embedding, non-causal attention.
 #include "cpu.h"
 
 #include <math.h>
@@ -139,6 +139,15 @@ void cpu_bias_backward(float *dbias, const void *dout, int N, int C) {
     const float *dy = dout;
     for (int n = 0; n < N; n++) {
         for (int i = 0; i < C; i++) dbias[i] += dy[(size_t)n * C + i];
+    }
+}
+
+void cpu_scale_columns(void *x, const void *scale, int N, int C) {
+    const float *s = scale;
+    #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
+    for (int n = 0; n < N; n++) {
+        float *row = (float *)x + (size_t)n * C;
+        for (int i = 0; i < C; i++) row[i] *= s[i];
     }
 }
 

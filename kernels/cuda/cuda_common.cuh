@@ -156,6 +156,7 @@ void cuda_quick_gelu_backward(void *dinp, const void *dout, const void *inp, siz
 void cuda_gelu_tanh_forward(void *out, const void *inp, size_t n);
 void cuda_gelu_tanh_backward(void *dinp, const void *dout, const void *inp, size_t n);
 void cuda_bias_add(void *out, const void *bias, int N, int C);
+void cuda_scale_columns(void *x, const void *scale, int N, int C);
 void cuda_bias_backward(float *dbias, const void *dout, int N, int C);
 void cuda_scatter_rows(void *out, const int32_t *rows, const void *src, int R, int C);
 void cuda_patch_embed_forward(void *out, const void *images, const void *weight, int B, int channels,

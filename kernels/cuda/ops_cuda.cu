@@ -276,6 +276,7 @@ static const Ops cuda_ops = {
     .gelu_tanh_backward = cuda_gelu_tanh_backward,
     .bias_add = cuda_bias_add,
     .bias_backward = cuda_bias_backward,
+    .scale_columns = cuda_scale_columns,
     .scatter_rows = cuda_scatter_rows,
     .patch_embed_forward = cuda_patch_embed_forward,
     .attention_full_forward = cuda_attention_full_forward,

@@ -1,5 +1,5 @@
-// Ops of vision towers and projectors: LayerNorm, GELU, quick_gelu, GELU tanh, bias, row
-// scatter, patch embedding, non-causal attention. bf16 storage, fp32 math.
+// Ops of vision towers and projectors: LayerNorm, GELU, quick_gelu, GELU tanh, bias, column
+// scale, row scatter, patch embedding, non-causal attention. bf16 storage, fp32 math.
 #include "cuda_common.cuh"
 
 #define THREADS 256
@@ -169,6 +169,10 @@ __global__ void bias_backward_kernel(float *dbias, const bf16 *dout, int N, int 
     dbias[c] += sum;
 }
 
+__global__ void scale_columns_kernel(bf16 *x, const bf16 *scale, size_t n, int C) {
+    GRID_STRIDE(i, n) x[i] = __float2bfloat16_rn(ld(x, i) * ld(scale, i % C));
+}
+
 __global__ void scatter_rows_kernel(bf16 *out, const int32_t *rows, const bf16 *src, int C) {
     bf16 *dst = out + (size_t)rows[blockIdx.x] * C;
     const bf16 *row = src + (size_t)blockIdx.x * C;
@@ -186,6 +190,13 @@ void cuda_bias_backward(float *dbias, const void *dout, int N, int C) {
     if (C == 0) return;
     bias_backward_kernel<<<ceil_div(C, THREADS), THREADS, 0, cuda_ctx.stream>>>(dbias, (const bf16 *)dout, N, C);
     launchCheck("bias_backward_kernel");
+}
+
+void cuda_scale_columns(void *x, const void *scale, int N, int C) {
+    size_t n = (size_t)N * C;
+    if (n == 0) return;
+    scale_columns_kernel<<<grid_for(n, THREADS), THREADS, 0, cuda_ctx.stream>>>((bf16 *)x, (const bf16 *)scale, n, C);
+    launchCheck("scale_columns_kernel");
 }
 
 void cuda_scatter_rows(void *out, const int32_t *rows, const void *src, int R, int C) {

@@ -1,6 +1,6 @@
 // The vision ops of the CUDA backend against the CPU backend on the same
 // bf16-representable inputs (as test_gpu_ops.c): LayerNorm, GELU, quick_gelu, GELU tanh,
-// bias, row scatter, patch embedding, non-causal attention. Outputs are
+// bias, column scale, row scatter, patch embedding, non-causal attention. Outputs are
 // poisoned first; gradients the ops add into start from random values.
 // Error ||gpu - cpu|| / ||cpu|| < 1e-2 (bf16 storage), < 1e-4 for fp32 statistics.
 // Without a usable CUDA device every test is skipped with the reason.
@@ -82,6 +82,9 @@ static void test_bias_and_scatter(void **state) {
     cpu->bias_add(y, b, N, C);
     gpu->bias_add(d_y, d_b, N, C);
     expect_act(d_y, y, N * C, BF16_TOL, "bias_add");
+    cpu->scale_columns(y, b, N, C);
+    gpu->scale_columns(d_y, d_b, N, C);
+    expect_act(d_y, y, N * C, BF16_TOL, "scale_columns");
     cpu->scatter_rows(y, rows, src, R, C);
     gpu->scatter_rows(d_y, d_rows, d_src, R, C);
     expect_act(d_y, y, N * C, BF16_TOL, "scatter_rows");
