@@ -60,7 +60,8 @@ static bool read_tower_config(json_object *vision, const char *path, ClipVisionC
     if (!siglip && strcmp(type, "clip_vision_model") != 0)
         return fail(err, "%s: vision_config.model_type is '%s'; lora-train's towers are CLIP (clip_vision_model) and "
                          "SigLIP (siglip_vision_model)", path, type);
-    *c = (ClipVisionConfig){.class_token = !siglip, .pre_norm = !siglip, .patch_bias = siglip};
+    *c = (ClipVisionConfig){.layout = VIT_LAYOUT_HF, .class_token = !siglip, .pos_embed_prefix = true,
+                            .pre_norm = !siglip, .patch_bias = siglip};
     return read_activation(vision, path, siglip ? "gelu_pytorch_tanh" : "quick_gelu", &c->activation, err) &&
            int_or(vision, path, "hidden_size", 768, &c->hidden_size, err) &&
            int_or(vision, path, "intermediate_size", 3072, &c->intermediate_size, err) &&
@@ -81,7 +82,7 @@ static bool read_feature_choice(json_object *config, const char *path, ClipVisio
     const char *strategy = string_or(config, "vision_feature_select_strategy", "default");
     if (strcmp(strategy, "default") != 0 && strcmp(strategy, "full") != 0)
         return fail(err, "%s: vision_feature_select_strategy '%s' (known: default, full)", path, strategy);
-    c->keep_first_token = strcmp(strategy, "full") == 0;
+    c->skip_tokens = strcmp(strategy, "full") == 0 ? 0 : 1; // Llava's 'default': hidden_states[layer][:, 1:]
     const char *act = string_or(config, "projector_hidden_act", "gelu");
     if (strcmp(act, "gelu") != 0)
         return fail(err, "%s: projector_hidden_act is '%s'; the projector implements gelu only", path, act);

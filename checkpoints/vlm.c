@@ -120,18 +120,20 @@ bool clip_load_weights(ClipTower *tower, const char *path, Error *err) {
     HfWeights *weights = hf_weights_open(path, err);
     if (!weights) return false;
     ClipLoader loader = {weights, path, NULL, false, NULL};
+    bool hf = clip_tower_config(tower)->layout == VIT_LAYOUT_HF; // timm's names have no "vision_model."
+    const char *probe_name = hf ? "embeddings.patch_embedding.weight" : "patch_embed.proj.weight";
     for (int i = 0; i < 6 && !loader.prefix; i++) {
         char probe[128];
-        snprintf(probe, sizeof probe, "%s%sembeddings.patch_embedding.weight", CLIP_PREFIXES[i / 2],
-                 i % 2 ? "" : CLIP_MODEL_PREFIX);
+        if (!hf && i % 2 == 0) continue;
+        snprintf(probe, sizeof probe, "%s%s%s", CLIP_PREFIXES[i / 2], i % 2 ? "" : CLIP_MODEL_PREFIX, probe_name);
         if (has_tensor(weights, probe)) {
             loader.prefix = CLIP_PREFIXES[i / 2];
-            loader.bare = i % 2;
+            loader.bare = hf && i % 2;
         }
     }
     bool ok = loader.prefix != NULL;
-    if (!ok) fail(err, "%s: no vision tower (no [vision_model.]embeddings.patch_embedding.weight, with or without a "
-                       "vision_tower. / model.vision_tower. prefix)", path);
+    if (!ok) fail(err, "%s: no vision tower (no %s%s, with or without a vision_tower. / model.vision_tower. prefix)",
+                  path, hf ? "[vision_model.]" : "", probe_name);
     loader.ops = clip_tower_ops(tower);
     ok = ok && clip_tower_visit(tower, load_clip_tensor, &loader, err);
     hf_weights_close(weights);

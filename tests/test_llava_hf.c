@@ -40,7 +40,7 @@ static void test_reads_folder_config(void **state) {
     assert_int_equal(clip.clip.hidden_size, 32);
     assert_int_equal(clip.clip.n_layers, 3);
     assert_int_equal(clip.clip.feature_layer, -2);
-    assert_false(clip.clip.keep_first_token);
+    assert_int_equal(clip.clip.skip_tokens, 1);
     assert_int_equal(clip_n_features(&clip.clip), 16);
     assert_int_equal(clip.image_token_id, 605); // <image>, added after the 605 tokens of the tokenizer
     assert_true(clip.has_preprocess);
@@ -52,7 +52,7 @@ static void test_reads_folder_config(void **state) {
     assert_int_equal(wide.clip.hidden_size, 24);
     assert_int_equal(wide.clip.n_heads, 3);
     assert_int_equal(wide.clip.feature_layer, -1);
-    assert_true(wide.clip.keep_first_token);
+    assert_int_equal(wide.clip.skip_tokens, 0);
     assert_int_equal(clip_n_features(&wide.clip), 10); // 3 x 3 patches and the class token ("full")
     assert_true(wide.has_preprocess);
     assert_int_equal(wide.preprocess.size, 24);
@@ -65,7 +65,7 @@ static void test_reads_folder_config(void **state) {
     assert_int_equal(siglip.clip.n_layers, 2);
     assert_int_equal(siglip.clip.feature_layer, -1);
     assert_float_equal(siglip.clip.layer_norm_eps, 1e-6f, 0.0f);
-    assert_false(siglip.clip.keep_first_token);
+    assert_int_equal(siglip.clip.skip_tokens, 1);
     assert_int_equal(clip_n_features(&siglip.clip), 15); // 'default' drops the first of 4 x 4 patches, as Llava does
     assert_true(siglip.has_preprocess);
     assert_int_equal(siglip.preprocess.fit, IMAGE_FIT_SQUASH); // SiglipImageProcessor: straight to 16 x 16
@@ -103,7 +103,7 @@ static void test_refuses_what_it_cannot_run(void **state) {
                    "\"hidden_act\": \"relu\"}}", NULL, "vision_config.hidden_act is 'relu'");
     assert_refused("{\"model_type\": \"llava\", \"vision_feature_select_strategy\": \"default\", \"vision_config\": "
                    "{\"model_type\": \"siglip_vision_model\", \"image_size\": 16, \"patch_size\": 16}}", NULL,
-                   "'default' drops the only token");
+                   "the features skip 1 of the 1 tokens");
     assert_refused("{\"model_type\": \"llava\", \"vision_feature_layer\": [-2, -5]}", NULL,
                    "vision_feature_layer is a list");
     assert_refused("{\"model_type\": \"llava\", \"projector_hidden_act\": \"relu\"}", NULL,

@@ -1,5 +1,6 @@
 // Vision-language model: the CLIP tower and the whole LLaVA forward against
-// transformers (scripts/ref_clip.py), projector loading in both namings and
+// transformers (scripts/ref_clip.py), OpenVLA's DINOv2 and SigLIP towers in
+// timm's layout against timm (scripts/ref_timm_towers.py), projector loading in both namings and
 // saving in the PEFT adapter file, the projector's gradients through the whole
 // model against finite differences, and the splice's errors.
 #include "test_util.h"
@@ -87,6 +88,47 @@ static void test_clip_features_match_transformers(void **state) {
     free(pixels), free(want), free(got), free(want_d);
     clip_tower_destroy(tower);
     safetensors_close(io);
+}
+
+// ----------------------------------------------------------------------------
+// OpenVLA's towers in timm's layout vs timm's get_intermediate_layers (scripts/ref_timm_towers.py)
+
+// The preset shrunk to the fixtures' tiny shape (its flags kept), its weights, its features of the two images.
+static void check_timm_tower(const char *preset, const char *weights, const char *features_key, int mlp_width) {
+    SafetensorsFile *io = open_fixture("timm_io.safetensors");
+    size_t n_features;
+    float *pixels = fixture_floats(io, "pixel_values", NULL), *want = fixture_floats(io, features_key, &n_features);
+    assert_int_equal(n_features, 2 * N_PATCHES * VISION_HIDDEN);
+    ClipVisionConfig config;
+    Error err;
+    assert_true(clip_config_preset(preset, &config, &err));
+    config.hidden_size = VISION_HIDDEN, config.intermediate_size = mlp_width, config.n_layers = 3, config.n_heads = 4;
+    config.image_size = 16, config.patch_size = 4;
+    assert_int_equal(clip_n_features(&config), N_PATCHES);
+    char path[256];
+    snprintf(path, sizeof path, FIXTURES "%s", weights);
+    ClipTower *tower = clip_tower_create(ops_cpu(), &config, 2, &err);
+    if (!tower || !clip_load_weights(tower, path, &err)) fail_msg("%s", err.message);
+    float *got = malloc(n_features * sizeof(float));
+    poison(got, n_features);
+    if (!clip_tower_forward(tower, pixels, 2, got, &err)) fail_msg("%s", err.message);
+    double *want_d = to_double(want, n_features);
+    double error = max_rel_error(got, want_d, n_features, 1e-2);
+    print_message("%s features vs timm: max relative error %.3g\n", preset, error);
+    assert_true(error < 1e-4);
+    free(pixels), free(want), free(got), free(want_d);
+    clip_tower_destroy(tower);
+    safetensors_close(io);
+}
+
+// class token, 4 registers, layer scale, positions of the patches alone, exact GELU
+static void test_dinov2_features_match_timm(void **state) {
+    check_timm_tower("dinov2-vit-l14-reg4", "timm_dinov2.safetensors", "dinov2_features", 128);
+}
+
+// no class token, exact GELU, the attention-pool head and final norm unused
+static void test_timm_siglip_features_match_timm(void **state) {
+    check_timm_tower("siglip-so400m-14", "timm_siglip.safetensors", "siglip_features", 119);
 }
 
 static void test_clip_load_errors(void **state) {
@@ -378,6 +420,8 @@ static void test_llava_llama3_recipe(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clip_features_match_transformers),
+        cmocka_unit_test(test_dinov2_features_match_timm),
+        cmocka_unit_test(test_timm_siglip_features_match_timm),
         cmocka_unit_test(test_clip_load_errors),
         cmocka_unit_test(test_llava_logits_match_transformers),
         cmocka_unit_test(test_projector_llava_names),

@@ -1,6 +1,7 @@
-// vision: the ViT vision tower (CLIP, SigLIP), frozen and forward only, in
-// Hugging Face's CLIPVisionModel / SiglipVisionModel layouts. N = n_images * T
-// tokens, T = P + 1 with a class token (first), else T = P.
+// vision: the ViT vision tower, frozen and forward only: CLIP and SigLIP in
+// Hugging Face's CLIPVisionModel / SiglipVisionModel layouts, DINOv2 and SigLIP
+// in timm's. N = n_images * T tokens, T = prefix + P: the class token and the
+// registers first (prefix, when the tower has them), then the P patches.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +15,7 @@ typedef struct ClipLayer {
     void *ln1_w, *ln1_b, *ln2_w, *ln2_b;     // (D)
     void *w[4], *b[4];                        // q, k, v, out_proj: (D, D), (D)
     void *fc1_w, *fc1_b, *fc2_w, *fc2_b;      // (I, D), (I), (D, I), (D)
+    void *ls1, *ls2;                          // (D) layer scale gammas, with layer_scale
 } ClipLayer;
 
 typedef struct ClipWeight {
@@ -28,8 +30,9 @@ struct ClipTower {
     void *weight_block;
     ClipWeight *weights;
     int n_weights;
-    void *patch_w, *patch_b, *class_emb, *pos_emb; // (D, C, p, p), (D), (D), (T, D); patch_b, class_emb per config
-    void *pre_ln_w, *pre_ln_b;                      // (D), (D) with pre_norm
+    void *patch_w, *patch_b, *class_emb, *registers; // (D, C, p, p), (D), (D), (R, D); all but patch_w per config
+    void *pos_emb;                                    // (T, D), or (P, D) without pos_embed_prefix
+    void *pre_ln_w, *pre_ln_b;                        // (D), (D) with pre_norm
     ClipLayer *layers;
     // activations for max_images
     void *act_block;
@@ -40,8 +43,9 @@ struct ClipTower {
     void *mlp;               // (N, I)
     float *mean, *rstd;      // (N)
     int32_t *class_rows;     // (max_images): b * T, with a class token
-    int32_t *patch_rows;     // (max_images * P): b * T + class_token + p
-    int32_t *feature_rows;   // (max_images * F): b * T + f, or b * T + 1 + f ('default'), F features
+    int32_t *register_rows;  // (max_images * R): b * T + class_token + r
+    int32_t *patch_rows;     // (max_images * P): b * T + prefix + p
+    int32_t *feature_rows;   // (max_images * F): b * T + skip_tokens + f, F features
 };
 
 static const char *const PROJ_NAMES[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
@@ -50,16 +54,28 @@ static const char *const PROJ_NAMES[4] = {"q_proj", "k_proj", "v_proj", "out_pro
 // configuration
 
 bool clip_config_preset(const char *name, ClipVisionConfig *out, Error *err) {
-    ClipVisionConfig clip = {.channels = 3, .layer_norm_eps = 1e-5f, .feature_layer = -2, .class_token = true,
+    ClipVisionConfig clip = {.channels = 3, .layer_norm_eps = 1e-5f, .feature_layer = -2, .skip_tokens = 1,
+                             .layout = VIT_LAYOUT_HF, .class_token = true, .pos_embed_prefix = true,
                              .pre_norm = true, .activation = VIT_QUICK_GELU};
+    // timm's VisionTransformer as OpenVLA creates it (img_size 224): LayerNorm eps 1e-6, nn.GELU, patch bias
+    ClipVisionConfig timm = {.channels = 3, .layer_norm_eps = 1e-6f, .feature_layer = -2, .layout = VIT_LAYOUT_TIMM,
+                             .patch_bias = true, .activation = VIT_GELU, .image_size = 224, .patch_size = 14};
     if (strcmp(name, "clip-vit-large-patch14-336") == 0) {
         clip.hidden_size = 1024, clip.intermediate_size = 4096, clip.n_layers = 24, clip.n_heads = 16;
         clip.image_size = 336, clip.patch_size = 14;
     } else if (strcmp(name, "tiny") == 0) {
         clip.hidden_size = 32, clip.intermediate_size = 64, clip.n_layers = 3, clip.n_heads = 4;
         clip.image_size = 16, clip.patch_size = 4;
+    } else if (strcmp(name, "dinov2-vit-l14-reg4") == 0) { // no_embed_class: positions of the patches alone
+        timm.hidden_size = 1024, timm.intermediate_size = 4096, timm.n_layers = 24, timm.n_heads = 16;
+        timm.class_token = true, timm.n_registers = 4, timm.skip_tokens = 5, timm.layer_scale = true;
+        clip = timm;
+    } else if (strcmp(name, "siglip-so400m-14") == 0) { // mlp_ratio 3.7362: int(1152 * 3.7362) = 4304
+        timm.hidden_size = 1152, timm.intermediate_size = 4304, timm.n_layers = 27, timm.n_heads = 16;
+        clip = timm;
     } else {
-        return fail(err, "unknown CLIP preset '%s' (known: clip-vit-large-patch14-336, tiny)", name);
+        return fail(err, "unknown vision tower preset '%s' (known: clip-vit-large-patch14-336, tiny, "
+                         "dinov2-vit-l14-reg4, siglip-so400m-14)", name);
     }
     *out = clip;
     return true;
@@ -70,29 +86,35 @@ int clip_n_patches(const ClipVisionConfig *c) {
     return grid * grid;
 }
 
-int clip_n_tokens(const ClipVisionConfig *c) { return clip_n_patches(c) + (c->class_token ? 1 : 0); }
+// class token and registers
+static int n_prefix_tokens(const ClipVisionConfig *c) { return (c->class_token ? 1 : 0) + c->n_registers; }
 
-int clip_n_features(const ClipVisionConfig *c) { return clip_n_tokens(c) - (c->keep_first_token ? 0 : 1); }
+int clip_n_tokens(const ClipVisionConfig *c) { return n_prefix_tokens(c) + clip_n_patches(c); }
+
+int clip_n_features(const ClipVisionConfig *c) { return clip_n_tokens(c) - c->skip_tokens; }
 
 int clip_layers_used(const ClipVisionConfig *c) {
     return c->feature_layer < 0 ? c->n_layers + 1 + c->feature_layer : c->feature_layer;
 }
 
 bool clip_config_validate(const ClipVisionConfig *c, Error *err) {
-    if (c->hidden_size < 1 || c->intermediate_size < 1 || c->n_layers < 1 || c->n_heads < 1 || c->channels < 1)
+    if (c->hidden_size < 1 || c->intermediate_size < 1 || c->n_layers < 1 || c->n_heads < 1 || c->channels < 1 ||
+        c->n_registers < 0 || c->skip_tokens < 0)
         return fail(err, "vision tower config: sizes must be positive");
     if (c->hidden_size % c->n_heads != 0)
         return fail(err, "vision tower config: hidden_size %d is not a multiple of num_attention_heads %d", c->hidden_size,
                     c->n_heads);
     if (c->patch_size < 1 || c->image_size % c->patch_size != 0)
         return fail(err, "vision tower config: image_size %d is not a multiple of patch_size %d", c->image_size, c->patch_size);
+    if (c->layout == VIT_LAYOUT_HF && (c->n_registers || c->layer_scale))
+        return fail(err, "vision tower config: registers and layer scale exist in timm's layout only");
     int used = clip_layers_used(c);
     if (used < 0 || used > c->n_layers)
         return fail(err, "vision tower config: vision_feature_layer %d is outside the %d hidden states", c->feature_layer,
                     c->n_layers + 1);
     if (clip_n_features(c) < 1)
-        return fail(err, "vision tower config: 'default' drops the only token of a %d x %d image", c->image_size,
-                    c->image_size);
+        return fail(err, "vision tower config: the features skip %d of the %d tokens of a %d x %d image, leaving none",
+                    c->skip_tokens, clip_n_tokens(c), c->image_size, c->image_size);
     return true;
 }
 
@@ -113,7 +135,7 @@ static void *carve(Carver *carver, size_t bytes) {
     return carver->base ? carver->base + start : NULL;
 }
 
-// One weight (shape up to 4-D) under its Hugging Face name.
+// One weight (shape up to 4-D) under its name in the layout (Hugging Face's under "vision_model.").
 static void add_weight(ClipTower *t, Carver *carver, void **slot, const char *name, int ndim, int64_t d0,
                        int64_t d1, int64_t d2, int64_t d3) {
     int64_t shape[4] = {d0, d1, d2, d3};
@@ -122,19 +144,21 @@ static void add_weight(ClipTower *t, Carver *carver, void **slot, const char *na
     *slot = carve(carver, numel * dtype_size(t->ops->act_dtype));
     if (!carver->base) return;
     ClipWeight *w = &t->weights[t->n_weights++];
-    snprintf(w->name, sizeof w->name, "vision_model.%s", name);
+    snprintf(w->name, sizeof w->name, "%s%s", t->config.layout == VIT_LAYOUT_HF ? "vision_model." : "", name);
     w->tensor = (Tensor){.dtype = t->ops->act_dtype, .ndim = ndim, .data = *slot};
     memcpy(w->tensor.shape, shape, sizeof shape);
 }
 
-static void layout_layer(ClipTower *t, Carver *carver, int l) {
-    const ClipVisionConfig *c = &t->config;
-    ClipLayer *layer = &t->layers[l];
-    int D = c->hidden_size, I = c->intermediate_size;
-    char name[CLIP_NAME_MAX];
 #define LAYER_WEIGHT(slot, suffix, ndim, d0, d1)                                    \
-    snprintf(name, sizeof name, "encoder.layers.%d.%s", l, suffix);                 \
+    snprintf(name, sizeof name, "%s.%d.%s", layer_prefix, l, suffix);               \
     add_weight(t, carver, slot, name, ndim, d0, d1, 0, 0)
+
+// Hugging Face: encoder.layers.l.{layer_norm1, self_attn.{q,k,v,out}_proj, layer_norm2, mlp.fc1, mlp.fc2}
+static void layout_layer_hf(ClipTower *t, Carver *carver, int l) {
+    ClipLayer *layer = &t->layers[l];
+    int D = t->config.hidden_size, I = t->config.intermediate_size;
+    const char *layer_prefix = "encoder.layers";
+    char name[CLIP_NAME_MAX];
     for (int p = 0; p < 4; p++) {
         char suffix[64];
         snprintf(suffix, sizeof suffix, "self_attn.%s.weight", PROJ_NAMES[p]);
@@ -150,23 +174,76 @@ static void layout_layer(ClipTower *t, Carver *carver, int l) {
     LAYER_WEIGHT(&layer->fc2_b, "mlp.fc2.bias", 1, D, 0);
     LAYER_WEIGHT(&layer->ln2_w, "layer_norm2.weight", 1, D, 0);
     LAYER_WEIGHT(&layer->ln2_b, "layer_norm2.bias", 1, D, 0);
+}
+
+// timm: blocks.l.{norm1, attn.qkv (3D, D) = [q; k; v], attn.proj, ls1.gamma, norm2, mlp.fc1, mlp.fc2, ls2.gamma}
+static void layout_layer_timm(ClipTower *t, Carver *carver, int l) {
+    ClipLayer *layer = &t->layers[l];
+    int D = t->config.hidden_size, I = t->config.intermediate_size;
+    const char *layer_prefix = "blocks";
+    char name[CLIP_NAME_MAX];
+    LAYER_WEIGHT(&layer->w[0], "attn.qkv.weight", 2, 3 * D, D);
+    LAYER_WEIGHT(&layer->b[0], "attn.qkv.bias", 1, 3 * D, 0);
+    for (int p = 1; carver->base && p < 3; p++) { // k and v: the fused tensor's second and third thirds
+        layer->w[p] = (uint8_t *)layer->w[0] + (size_t)p * D * D * dtype_size(t->ops->act_dtype);
+        layer->b[p] = (uint8_t *)layer->b[0] + (size_t)p * D * dtype_size(t->ops->act_dtype);
+    }
+    LAYER_WEIGHT(&layer->w[3], "attn.proj.weight", 2, D, D);
+    LAYER_WEIGHT(&layer->b[3], "attn.proj.bias", 1, D, 0);
+    LAYER_WEIGHT(&layer->ln1_w, "norm1.weight", 1, D, 0);
+    LAYER_WEIGHT(&layer->ln1_b, "norm1.bias", 1, D, 0);
+    LAYER_WEIGHT(&layer->fc1_w, "mlp.fc1.weight", 2, I, D);
+    LAYER_WEIGHT(&layer->fc1_b, "mlp.fc1.bias", 1, I, 0);
+    LAYER_WEIGHT(&layer->fc2_w, "mlp.fc2.weight", 2, D, I);
+    LAYER_WEIGHT(&layer->fc2_b, "mlp.fc2.bias", 1, D, 0);
+    LAYER_WEIGHT(&layer->ln2_w, "norm2.weight", 1, D, 0);
+    LAYER_WEIGHT(&layer->ln2_b, "norm2.bias", 1, D, 0);
+    if (t->config.layer_scale) {
+        LAYER_WEIGHT(&layer->ls1, "ls1.gamma", 1, D, 0);
+        LAYER_WEIGHT(&layer->ls2, "ls2.gamma", 1, D, 0);
+    }
+}
 #undef LAYER_WEIGHT
+
+// Hugging Face: embeddings.{patch_embedding, class_embedding, position_embedding}, pre_layrnorm
+static void layout_embeddings_hf(ClipTower *t, Carver *carver) {
+    const ClipVisionConfig *c = &t->config;
+    int D = c->hidden_size, p = c->patch_size, positions = c->pos_embed_prefix ? clip_n_tokens(c) : clip_n_patches(c);
+    add_weight(t, carver, &t->patch_w, "embeddings.patch_embedding.weight", 4, D, c->channels, p, p);
+    if (c->patch_bias) add_weight(t, carver, &t->patch_b, "embeddings.patch_embedding.bias", 1, D, 0, 0, 0);
+    if (c->class_token) add_weight(t, carver, &t->class_emb, "embeddings.class_embedding", 1, D, 0, 0, 0);
+    add_weight(t, carver, &t->pos_emb, "embeddings.position_embedding.weight", 2, positions, D, 0, 0);
+    if (c->pre_norm) {
+        add_weight(t, carver, &t->pre_ln_w, "pre_layrnorm.weight", 1, D, 0, 0, 0);
+        add_weight(t, carver, &t->pre_ln_b, "pre_layrnorm.bias", 1, D, 0, 0, 0);
+    }
+}
+
+// timm: patch_embed.proj, cls_token (1, 1, D), reg_token (1, R, D), pos_embed (1, positions, D), norm_pre
+static void layout_embeddings_timm(ClipTower *t, Carver *carver) {
+    const ClipVisionConfig *c = &t->config;
+    int D = c->hidden_size, p = c->patch_size, positions = c->pos_embed_prefix ? clip_n_tokens(c) : clip_n_patches(c);
+    add_weight(t, carver, &t->patch_w, "patch_embed.proj.weight", 4, D, c->channels, p, p);
+    if (c->patch_bias) add_weight(t, carver, &t->patch_b, "patch_embed.proj.bias", 1, D, 0, 0, 0);
+    if (c->class_token) add_weight(t, carver, &t->class_emb, "cls_token", 3, 1, 1, D, 0);
+    if (c->n_registers) add_weight(t, carver, &t->registers, "reg_token", 3, 1, c->n_registers, D, 0);
+    add_weight(t, carver, &t->pos_emb, "pos_embed", 3, 1, positions, D, 0);
+    if (c->pre_norm) {
+        add_weight(t, carver, &t->pre_ln_w, "norm_pre.weight", 1, D, 0, 0, 0);
+        add_weight(t, carver, &t->pre_ln_b, "norm_pre.bias", 1, D, 0, 0, 0);
+    }
 }
 
 static size_t layout_weights(ClipTower *t, uint8_t *base) {
-    const ClipVisionConfig *c = &t->config;
-    int D = c->hidden_size, p = c->patch_size;
+    bool hf = t->config.layout == VIT_LAYOUT_HF;
     Carver carver = {base, 0};
     t->n_weights = 0;
-    add_weight(t, &carver, &t->patch_w, "embeddings.patch_embedding.weight", 4, D, c->channels, p, p);
-    if (c->patch_bias) add_weight(t, &carver, &t->patch_b, "embeddings.patch_embedding.bias", 1, D, 0, 0, 0);
-    if (c->class_token) add_weight(t, &carver, &t->class_emb, "embeddings.class_embedding", 1, D, 0, 0, 0);
-    add_weight(t, &carver, &t->pos_emb, "embeddings.position_embedding.weight", 2, clip_n_tokens(c), D, 0, 0);
-    if (c->pre_norm) {
-        add_weight(t, &carver, &t->pre_ln_w, "pre_layrnorm.weight", 1, D, 0, 0, 0);
-        add_weight(t, &carver, &t->pre_ln_b, "pre_layrnorm.bias", 1, D, 0, 0, 0);
+    if (hf) layout_embeddings_hf(t, &carver);
+    else layout_embeddings_timm(t, &carver);
+    for (int l = 0; l < t->n_layers_used; l++) {
+        if (hf) layout_layer_hf(t, &carver, l);
+        else layout_layer_timm(t, &carver, l);
     }
-    for (int l = 0; l < t->n_layers_used; l++) layout_layer(t, &carver, l);
     return carver.used;
 }
 
@@ -187,26 +264,30 @@ static size_t layout_activations(ClipTower *t, uint8_t *base) {
     t->mean = carve(&carver, N * sizeof(float));
     t->rstd = carve(&carver, N * sizeof(float));
     t->class_rows = carve(&carver, n * sizeof(int32_t));
+    t->register_rows = carve(&carver, n * c->n_registers * sizeof(int32_t));
     t->patch_rows = carve(&carver, n * P * sizeof(int32_t));
     t->feature_rows = carve(&carver, n * F * sizeof(int32_t));
     return carver.used;
 }
 
-// class_rows[b] = b * T, patch_rows[b * P + p] = b * T + prefix + p (prefix: the
-// class token), feature_rows[b * F + f] = b * T + first + f (first: 1 with 'default')
+// class_rows[b] = b * T, register_rows[b * R + r] = b * T + class + r,
+// patch_rows[b * P + p] = b * T + prefix + p, feature_rows[b * F + f] = b * T + skip_tokens + f
 static bool upload_row_indices(ClipTower *t, Error *err) {
     const ClipVisionConfig *c = &t->config;
-    int P = clip_n_patches(c), T = clip_n_tokens(c), F = clip_n_features(c), n = t->max_images;
-    int prefix = c->class_token ? 1 : 0, first = c->keep_first_token ? 0 : 1;
-    int32_t *class_rows = checked_malloc((size_t)n * (1 + P + F) * sizeof(int32_t), "vision tower row indices", err);
+    int P = clip_n_patches(c), T = clip_n_tokens(c), F = clip_n_features(c), R = c->n_registers, n = t->max_images;
+    int prefix = n_prefix_tokens(c), first_register = c->class_token ? 1 : 0;
+    int32_t *class_rows = checked_malloc((size_t)n * (1 + R + P + F) * sizeof(int32_t), "vision tower row indices", err);
     if (!class_rows) return false;
-    int32_t *patch_rows = class_rows + n, *feature_rows = patch_rows + (size_t)n * P;
+    int32_t *register_rows = class_rows + n, *patch_rows = register_rows + (size_t)n * R;
+    int32_t *feature_rows = patch_rows + (size_t)n * P;
     for (int b = 0; b < n; b++) {
         class_rows[b] = b * T;
+        for (int r = 0; r < R; r++) register_rows[b * R + r] = b * T + first_register + r;
         for (int p = 0; p < P; p++) patch_rows[b * P + p] = b * T + prefix + p;
-        for (int f = 0; f < F; f++) feature_rows[b * F + f] = b * T + first + f;
+        for (int f = 0; f < F; f++) feature_rows[b * F + f] = b * T + c->skip_tokens + f;
     }
     t->ops->upload(t->class_rows, class_rows, (size_t)n * sizeof(int32_t));
+    if (R) t->ops->upload(t->register_rows, register_rows, (size_t)n * R * sizeof(int32_t));
     t->ops->upload(t->patch_rows, patch_rows, (size_t)n * P * sizeof(int32_t));
     t->ops->upload(t->feature_rows, feature_rows, (size_t)n * F * sizeof(int32_t));
     free(class_rows);
@@ -223,7 +304,7 @@ ClipTower *clip_tower_create(const Ops *ops, const ClipVisionConfig *config, int
     t->max_images = max_images;
     t->n_layers_used = clip_layers_used(config);
     t->layers = checked_calloc((size_t)t->n_layers_used + 1, sizeof(ClipLayer), "CLIP layers", err);
-    t->weights = checked_calloc((size_t)t->n_layers_used * 16 + 6, sizeof(ClipWeight), "vision tower weight table", err);
+    t->weights = checked_calloc((size_t)t->n_layers_used * 16 + 8, sizeof(ClipWeight), "vision tower weight table", err);
     bool ok = t->layers && t->weights;
     if (ok) {
         size_t weight_bytes = layout_weights(t, NULL), act_bytes = layout_activations(t, NULL);
@@ -282,7 +363,7 @@ void clip_tower_init_random(ClipTower *t, uint64_t seed) {
         size_t n = (size_t)tensor_numel(&w->tensor);
         float *host = malloc(n * sizeof(float));
         if (!host) return;
-        bool is_norm = strstr(w->name, "layer_norm") || strstr(w->name, "layrnorm");
+        bool is_norm = strstr(w->name, "norm") != NULL; // layer_norm1, pre_layrnorm, norm1, norm_pre
         for (size_t j = 0; j < n; j++) {
             if (ends_with(w->name, ".bias")) host[j] = 0.0f;
             else if (is_norm) host[j] = 1.0f;
@@ -306,18 +387,22 @@ static void linear(const ClipTower *t, void *y, const void *x, const void *W, co
     t->ops->bias_add(y, b, N, out);
 }
 
-// x (n * T, D) = [class;] (patches + patch bias) + positions
+// x (n * T, D) = [class;] [registers;] (patches + patch bias) + positions, the
+// positions over every token, or added to the patches alone without pos_embed_prefix
 static void embed(ClipTower *t, int n_images) {
     const Ops *ops = t->ops;
     const ClipVisionConfig *c = &t->config;
-    int D = c->hidden_size, P = clip_n_patches(c), T = clip_n_tokens(c);
+    int D = c->hidden_size, P = clip_n_patches(c), T = clip_n_tokens(c), R = c->n_registers;
     ops->patch_embed_forward(t->patches, t->images, t->patch_w, n_images, c->channels, c->image_size,
                              c->patch_size, D);
     if (c->patch_bias) ops->bias_add(t->patches, t->patch_b, n_images * P, D);
+    for (int b = 0; b < n_images && !c->pos_embed_prefix; b++)
+        ops->add_inplace(act_at(t, t->patches, (size_t)b * P * D), t->pos_emb, (size_t)P * D);
     ops->scatter_rows(t->x, t->patch_rows, t->patches, n_images * P, D);
     for (int b = 0; b < n_images; b++) {
         if (c->class_token) ops->scatter_rows(t->x, t->class_rows + b, t->class_emb, 1, D);
-        ops->add_inplace(act_at(t, t->x, (size_t)b * T * D), t->pos_emb, (size_t)T * D);
+        if (R) ops->scatter_rows(t->x, t->register_rows + (size_t)b * R, t->registers, R, D);
+        if (c->pos_embed_prefix) ops->add_inplace(act_at(t, t->x, (size_t)b * T * D), t->pos_emb, (size_t)T * D);
     }
 }
 
@@ -340,11 +425,13 @@ static void layer_forward(ClipTower *t, const ClipLayer *w, int n_images) {
     linear(t, t->v, t->ln, w->w[2], w->b[2], N, D, D);
     ops->attention_full_forward(t->att, t->q, t->k, t->v, n_images, T, c->n_heads, D / c->n_heads);
     linear(t, t->q, t->att, w->w[3], w->b[3], N, D, D);
+    if (c->layer_scale) ops->scale_columns(t->q, w->ls1, N, D);
     ops->add_inplace(t->x, t->q, (size_t)N * D);
     ops->layernorm_forward(t->ln, t->mean, t->rstd, t->x, w->ln2_w, w->ln2_b, N, D, c->layer_norm_eps);
     linear(t, t->mlp, t->ln, w->fc1_w, w->fc1_b, N, D, I);
     activation_forward(t, t->mlp, t->mlp, (size_t)N * I);
     linear(t, t->q, t->mlp, w->fc2_w, w->fc2_b, N, I, D);
+    if (c->layer_scale) ops->scale_columns(t->q, w->ls2, N, D);
     ops->add_inplace(t->x, t->q, (size_t)N * D);
 }
 
