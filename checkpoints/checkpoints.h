@@ -240,10 +240,16 @@ bool disk_free_bytes(const char *path, uint64_t *free_bytes, Error *err);
 // (model.mm_projector.0/2.{weight,bias}); shapes are checked.
 bool projector_load(Model *model, const char *path, Error *err);
 // Every tower weight from a safetensors file or a model folder (single or
-// sharded) with CLIP keys ("vision_model....",
-// as openai/clip-vit-large-patch14-336) or a llava-hf checkpoint's (under
+// sharded) with its layout's keys: Hugging Face's ("vision_model....", as
+// openai/clip-vit-large-patch14-336) or a llava-hf checkpoint's (under
 // "vision_tower." or "model.vision_tower."), each with or without the
-// "vision_model." part (transformers 5 saves without); other tensors are ignored.
+// "vision_model." part (transformers 5 saves without); timm's state dict
+// ("patch_embed.proj.weight", ...); other tensors are ignored.
 bool clip_load_weights(ClipTower *tower, const char *path, Error *err);
+// The tower's weights (its layout's names) under prefix exactly, as OpenVLA's
+// checkpoints hold their two timm towers ("vision_backbone.featurizer.",
+// "vision_backbone.fused_featurizer."). Both loaders take timm's LayerScale
+// gammas under OpenVLA's name for them too ("ls1.scale_factor" for "ls1.gamma").
+bool clip_load_weights_under(ClipTower *tower, const char *path, const char *prefix, Error *err);
 // Every tower weight under its CLIPVisionModel name, in the backend's dtype.
 bool clip_save_weights(ClipTower *tower, const char *path, Error *err);
