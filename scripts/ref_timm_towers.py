@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Reference numbers for OpenVLA's two vision towers in timm's layout, on tiny random configs.
 
-timm is not in scripts/requirements-test.txt (it needs torchvision, which would change
-transformers' image processors there), so this runs in a separate environment with timm and
-torchvision beside the pinned torch; its outputs are committed:
+timm is not in scripts/requirements-test.txt (it needs torchvision, whose presence switches
+transformers' image processors to another backend there), so this runs in an environment of its
+own with timm and torchvision beside the pinned torch (made with timm 1.0.31); its outputs are
+committed and the tests need no timm:
 
-    python3 -m venv /work/venv-towers && pip install timm torchvision   (any env with timm)
-    /work/venv-towers/bin/python scripts/ref_timm_towers.py
+    python3 scripts/ref_timm_towers.py
 
 Writes tests/fixtures/vlm/:
   timm_dinov2.safetensors   state dict of timm's vit_large_patch14_reg4_dinov2 (class token, 4
