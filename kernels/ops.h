@@ -185,7 +185,8 @@ typedef struct Ops {
     void (*scatter_rows)(void *out, const int32_t *rows, const void *src, int R, int C);
     // Convolution with stride = kernel = patch, no bias (CLIP's patch embedding):
     // images (B, channels, size, size), weight (D, channels, patch, patch),
-    // out (B, P, D) with P = (size / patch)^2 patches in row-major order.
+    // out (B, P, D) with P = (size / patch)^2 patches in row-major order (a remainder
+    // of size / patch pixels unused, as Conv2d's 'valid' padding).
     void (*patch_embed_forward)(void *out, const void *images, const void *weight, int B, int channels,
                                 int image_size, int patch, int D);
     // Bidirectional (non-causal) multi-head attention, forward only:

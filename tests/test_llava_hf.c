@@ -73,26 +73,45 @@ static void test_reads_folder_config(void **state) {
     assert_float_equal(siglip.preprocess.std[0], 0.5f, 0.0f);
 }
 
-// config.json text with one part replaced, in a fresh folder; the error of reading it.
-static void assert_refused(const char *config_json, const char *processor_json, const char *message) {
-    const char *dir = make_temp_dir("refused");
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(config_json, f);
-    assert_int_equal(fclose(f), 0);
-    if (processor_json) {
-        snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
-        assert_non_null(f = fopen(path, "w"));
-        fputs(processor_json, f);
+// A fresh folder holding config.json and, when not NULL, preprocessor_config.json.
+static const char *write_folder(const char *config_json, const char *processor_json) {
+    const char *dir = make_temp_dir("folder");
+    const char *names[2] = {"config.json", "preprocessor_config.json"}, *texts[2] = {config_json, processor_json};
+    for (int i = 0; i < 2 && texts[i]; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(texts[i], f);
         assert_int_equal(fclose(f), 0);
     }
+    return dir;
+}
+
+// The error of reading a folder with these files.
+static void assert_refused(const char *config_json, const char *processor_json, const char *message) {
     LlavaVision vision;
     bool is_llava;
     Error err;
-    assert_false(hf_read_llava_vision(dir, &is_llava, &vision, &err));
+    assert_false(hf_read_llava_vision(write_folder(config_json, processor_json), &is_llava, &vision, &err));
     if (!strstr(err.message, message)) fail_msg("'%s' lacks '%s'", err.message, message);
+}
+
+// SigLIP as llava-interleave and llava-onevision ship it: 'full', the last layer,
+// SiglipVisionConfig's defaults for what config.json leaves out (so400m/14-384's shape given).
+static void test_reads_siglip_full(void **state) {
+    const char *dir = write_folder("{\"model_type\": \"llava\", \"vision_feature_select_strategy\": \"full\", "
+                                   "\"vision_feature_layer\": -1, \"vision_config\": {\"model_type\": "
+                                   "\"siglip_vision_model\", \"hidden_size\": 1152, \"intermediate_size\": 4304, "
+                                   "\"num_hidden_layers\": 26, \"num_attention_heads\": 16, \"image_size\": 384, "
+                                   "\"patch_size\": 14}}",
+                                   NULL);
+    LlavaVision vision = read_vision(dir);
+    assert_int_equal(clip_n_features(&vision.clip), 27 * 27); // every patch, no class token
+    assert_int_equal(clip_layers_used(&vision.clip), 26);
+    assert_int_equal(vision.clip.activation, VIT_GELU_TANH);
+    assert_float_equal(vision.clip.layer_norm_eps, 1e-6f, 0.0f);
+    assert_int_equal(vision.clip.channels, 3);
 }
 
 // What the tower and projector code cannot do honestly is refused, naming the file and the key.
@@ -389,6 +408,7 @@ static void test_siglip_folder_exports(void **state) { check_exports("siglip"); 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reads_folder_config),
+        cmocka_unit_test(test_reads_siglip_full),
         cmocka_unit_test(test_refuses_what_it_cannot_run),
         cmocka_unit_test(test_clip_folder_preprocessing),
         cmocka_unit_test(test_sharded_folder_preprocessing),

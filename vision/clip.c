@@ -104,8 +104,9 @@ bool clip_config_validate(const ClipVisionConfig *c, Error *err) {
     if (c->hidden_size % c->n_heads != 0)
         return fail(err, "vision tower config: hidden_size %d is not a multiple of num_attention_heads %d", c->hidden_size,
                     c->n_heads);
-    if (c->patch_size < 1 || c->image_size % c->patch_size != 0)
-        return fail(err, "vision tower config: image_size %d is not a multiple of patch_size %d", c->image_size, c->patch_size);
+    // a remainder (SigLIP so400m/14 at 384: 27 patches and 6 pixels) is left out, as Conv2d's 'valid' padding does
+    if (c->patch_size < 1 || c->image_size < c->patch_size)
+        return fail(err, "vision tower config: image_size %d is smaller than patch_size %d", c->image_size, c->patch_size);
     if (c->layout == VIT_LAYOUT_HF && (c->n_registers || c->layer_scale))
         return fail(err, "vision tower config: registers and layer scale exist in timm's layout only");
     int used = clip_layers_used(c);

@@ -120,7 +120,7 @@ typedef struct ClipVisionConfig {
     int n_layers;           // num_hidden_layers of the checkpoint
     int n_heads;
     int image_size;         // S: input (channels, S, S)
-    int patch_size;         // P = (S / patch_size)^2 patches
+    int patch_size;         // P = (S / patch_size)^2 patches (a remainder of pixels unused)
     int channels;
     float layer_norm_eps;
     int feature_layer;      // index into hidden_states (n_layers + 1 of them); negative from the end

@@ -111,6 +111,7 @@ static void check_patch_embed(int B, int channels, int size, int patch, int D) {
 
 static void test_patch_embed(void **state) {
     check_patch_embed(1, 3, 16, 4, 32);
+    check_patch_embed(1, 3, 18, 4, 32); // a remainder of 2 pixels unused
     check_patch_embed(2, 3, 336, 14, 1024);
 }
 
