@@ -97,7 +97,7 @@ static void assert_refused(const char *config_json, const char *processor_json, 
     if (!strstr(err.message, message)) fail_msg("'%s' lacks '%s'", err.message, message);
 }
 
-// SigLIP as llava-interleave and llava-onevision ship it: 'full', the last layer,
+// SigLIP so400m/14 at 384 as llava-interleave has it: 'full', the last layer,
 // SiglipVisionConfig's defaults for what config.json leaves out (so400m/14-384's shape given).
 static void test_reads_siglip_full(void **state) {
     const char *dir = write_folder("{\"model_type\": \"llava\", \"vision_feature_select_strategy\": \"full\", "
