@@ -78,18 +78,19 @@ bool hf_save_model_as(Model *model, const char *model_dir, DType dtype, Error *e
 bool hf_load_weights(Model *model, const char *model_dir, Error *err);
 
 // The vision side of a llava-hf folder (LlavaForConditionalGeneration): the
-// CLIP tower's shape from config.json's vision_config, vision_feature_layer and
-// vision_feature_select_strategy (default | full), image_token_index, and the
-// image processor (preprocessor_config.json, or processor_config.json's
-// image_processor): size, mean, std, pad colour int(mean * 255). Refused with
-// the file and the key: SigLIP or other towers, a hidden_act other than
-// quick_gelu, projector_hidden_act other than gelu, a list of feature layers,
+// tower's shape (CLIP or SigLIP) from config.json's vision_config,
+// vision_feature_layer and vision_feature_select_strategy (default | full),
+// image_token_index, and the image processor (preprocessor_config.json, or
+// processor_config.json's image_processor): size, its fit, mean, std, pad
+// colour int(mean * 255). Refused with the file and the key: towers other than
+// CLIP and SigLIP, a hidden_act other than quick_gelu, gelu, gelu_pytorch_tanh
+// or gelu_new, projector_hidden_act other than gelu, a list of feature layers,
 // resampling other than bicubic, a crop other than the resize's size.
 typedef struct LlavaVision {
     ClipVisionConfig clip;
     int image_token_id;
     bool has_preprocess;        // an image processor config was found (else CLIP's mean / std at the tower's size)
-    ImagePreprocess preprocess; // fit IMAGE_FIT_CROP; the caller picks the fit
+    ImagePreprocess preprocess; // fit: the processor's own (CROP, or SQUASH for a square size); the caller picks
 } LlavaVision;
 
 // *is_llava false (and true returned) when the folder's config.json is not a
@@ -239,10 +240,16 @@ bool disk_free_bytes(const char *path, uint64_t *free_bytes, Error *err);
 // (model.mm_projector.0/2.{weight,bias}); shapes are checked.
 bool projector_load(Model *model, const char *path, Error *err);
 // Every tower weight from a safetensors file or a model folder (single or
-// sharded) with CLIP keys ("vision_model....",
-// as openai/clip-vit-large-patch14-336) or a llava-hf checkpoint's (under
+// sharded) with its layout's keys: Hugging Face's ("vision_model....", as
+// openai/clip-vit-large-patch14-336) or a llava-hf checkpoint's (under
 // "vision_tower." or "model.vision_tower."), each with or without the
-// "vision_model." part (transformers 5 saves without); other tensors are ignored.
+// "vision_model." part (transformers 5 saves without); timm's state dict
+// ("patch_embed.proj.weight", ...); other tensors are ignored.
 bool clip_load_weights(ClipTower *tower, const char *path, Error *err);
+// The tower's weights (its layout's names) under prefix exactly, as OpenVLA's
+// checkpoints hold their two timm towers ("vision_backbone.featurizer.",
+// "vision_backbone.fused_featurizer."). Both loaders take timm's LayerScale
+// gammas under OpenVLA's name for them too ("ls1.scale_factor" for "ls1.gamma").
+bool clip_load_weights_under(ClipTower *tower, const char *path, const char *prefix, Error *err);
 // Every tower weight under its CLIPVisionModel name, in the backend's dtype.
 bool clip_save_weights(ClipTower *tower, const char *path, Error *err);

@@ -37,24 +37,40 @@ static bool float_or(json_object *obj, const char *path, const char *key, float 
     return true;
 }
 
-// CLIPVisionConfig's fields; without a vision_config LlavaConfig builds
-// CLIP ViT-L/14-336's.
-static bool read_clip_config(json_object *vision, const char *path, ClipVisionConfig *c, Error *err) {
+// vision_config.hidden_act: the activations the tower implements, by transformers' ACT2FN names
+// (gelu_new is the same tanh formula as gelu_pytorch_tanh).
+static bool read_activation(json_object *vision, const char *path, const char *fallback, VitActivation *out,
+                            Error *err) {
+    const char *act = string_or(vision, "hidden_act", fallback);
+    if (strcmp(act, "quick_gelu") == 0) *out = VIT_QUICK_GELU;
+    else if (strcmp(act, "gelu_pytorch_tanh") == 0 || strcmp(act, "gelu_new") == 0) *out = VIT_GELU_TANH;
+    else if (strcmp(act, "gelu") == 0) *out = VIT_GELU;
+    else
+        return fail(err, "%s: vision_config.hidden_act is '%s'; the vision tower implements quick_gelu, gelu, "
+                         "gelu_pytorch_tanh and gelu_new", path, act);
+    return true;
+}
+
+// CLIPVisionConfig's or SiglipVisionConfig's fields, absent ones at their
+// defaults; without a vision_config LlavaConfig builds CLIP ViT-L/14-336's.
+static bool read_tower_config(json_object *vision, const char *path, ClipVisionConfig *c, Error *err) {
     if (!vision) return clip_config_preset("clip-vit-large-patch14-336", c, err);
     const char *type = string_or(vision, "model_type", "clip_vision_model");
-    if (strcmp(type, "clip_vision_model") != 0)
-        return fail(err, "%s: vision_config.model_type is '%s'; lora-train's tower is CLIP (clip_vision_model) only", path, type);
-    const char *act = string_or(vision, "hidden_act", "quick_gelu");
-    if (strcmp(act, "quick_gelu") != 0)
-        return fail(err, "%s: vision_config.hidden_act is '%s'; the CLIP tower implements quick_gelu only", path, act);
-    return int_or(vision, path, "hidden_size", 768, &c->hidden_size, err) &&
+    bool siglip = strcmp(type, "siglip_vision_model") == 0;
+    if (!siglip && strcmp(type, "clip_vision_model") != 0)
+        return fail(err, "%s: vision_config.model_type is '%s'; lora-train's towers are CLIP (clip_vision_model) and "
+                         "SigLIP (siglip_vision_model)", path, type);
+    *c = (ClipVisionConfig){.layout = VIT_LAYOUT_HF, .class_token = !siglip, .pos_embed_prefix = true,
+                            .pre_norm = !siglip, .patch_bias = siglip};
+    return read_activation(vision, path, siglip ? "gelu_pytorch_tanh" : "quick_gelu", &c->activation, err) &&
+           int_or(vision, path, "hidden_size", 768, &c->hidden_size, err) &&
            int_or(vision, path, "intermediate_size", 3072, &c->intermediate_size, err) &&
            int_or(vision, path, "num_hidden_layers", 12, &c->n_layers, err) &&
            int_or(vision, path, "num_attention_heads", 12, &c->n_heads, err) &&
            int_or(vision, path, "image_size", 224, &c->image_size, err) &&
-           int_or(vision, path, "patch_size", 32, &c->patch_size, err) &&
+           int_or(vision, path, "patch_size", siglip ? 16 : 32, &c->patch_size, err) &&
            int_or(vision, path, "num_channels", 3, &c->channels, err) &&
-           float_or(vision, path, "layer_norm_eps", 1e-5f, &c->layer_norm_eps, err);
+           float_or(vision, path, "layer_norm_eps", siglip ? 1e-6f : 1e-5f, &c->layer_norm_eps, err);
 }
 
 // vision_feature_layer (one layer; a list of layers is refused),
@@ -66,7 +82,7 @@ static bool read_feature_choice(json_object *config, const char *path, ClipVisio
     const char *strategy = string_or(config, "vision_feature_select_strategy", "default");
     if (strcmp(strategy, "default") != 0 && strcmp(strategy, "full") != 0)
         return fail(err, "%s: vision_feature_select_strategy '%s' (known: default, full)", path, strategy);
-    c->keep_class_token = strcmp(strategy, "full") == 0;
+    c->skip_tokens = strcmp(strategy, "full") == 0 ? 0 : 1; // Llava's 'default': hidden_states[layer][:, 1:]
     const char *act = string_or(config, "projector_hidden_act", "gelu");
     if (strcmp(act, "gelu") != 0)
         return fail(err, "%s: projector_hidden_act is '%s'; the projector implements gelu only", path, act);
@@ -86,8 +102,9 @@ static bool read_mean_std(json_object *obj, const char *path, const char *key, f
     return true;
 }
 
-// size {"shortest_edge": S} (CLIP) or {"height": S, "width": S}; crop_size {"height": S, "width": S}.
-static bool read_square(json_object *obj, const char *path, const char *key, int *out, Error *err) {
+// size {"shortest_edge": S} (CLIP) or {"height": S, "width": S} (SigLIP: a resize
+// straight to S x S, *square true); crop_size {"height": S, "width": S}.
+static bool read_square(json_object *obj, const char *path, const char *key, int *out, bool *square, Error *err) {
     json_object *size = member(obj, key);
     if (!size) return true;
     if (json_object_is_type(size, json_type_int)) return *out = json_object_get_int(size), true;
@@ -96,17 +113,20 @@ static bool read_square(json_object *obj, const char *path, const char *key, int
         !int_or(size, path, "width", 0, &width, err))
         return false;
     if (edge > 0) return *out = edge, true;
-    if (height > 0 && height == width) return *out = height, true;
+    if (height > 0 && height == width) return *out = height, *square = true, true;
     return fail(err, "%s: %s must be {\"shortest_edge\": S} or a square {\"height\": S, \"width\": S}", path, key);
 }
 
 // An image processor's settings over p (CLIP's until then): resample must be
-// bicubic (3), rescale 1/255, and the crop the resize's size.
+// bicubic (3), rescale 1/255, and the crop the resize's size. The fit is the
+// processor's: CROP after a shortest-edge resize, SQUASH for a square size.
 static bool read_image_processor(json_object *proc, const char *path, ImagePreprocess *p, Error *err) {
     int resample = 3, resize = p->size, crop = p->size;
+    bool square = false, square_crop = false;
     float rescale = 1.0f / 255.0f;
     if (!int_or(proc, path, "resample", 3, &resample, err) || !float_or(proc, path, "rescale_factor", rescale, &rescale, err) ||
-        !read_square(proc, path, "size", &resize, err) || !read_square(proc, path, "crop_size", &crop, err) ||
+        !read_square(proc, path, "size", &resize, &square, err) ||
+        !read_square(proc, path, "crop_size", &crop, &square_crop, err) ||
         !read_mean_std(proc, path, "image_mean", p->mean, err) || !read_mean_std(proc, path, "image_std", p->std, err))
         return false;
     if (resample != 3) return fail(err, "%s: resample %d; lora-train resizes with Pillow's BICUBIC (3) only", path, resample);
@@ -115,6 +135,7 @@ static bool read_image_processor(json_object *proc, const char *path, ImagePrepr
     if (resize != crop && (!do_crop || json_object_get_boolean(do_crop)))
         return fail(err, "%s: resize to %d then crop to %d; lora-train resizes and crops to one size", path, resize, crop);
     p->size = crop;
+    p->fit = square ? IMAGE_FIT_SQUASH : IMAGE_FIT_CROP;
     for (int c = 0; c < 3; c++) p->pad_color[c] = (uint8_t)(int)(p->mean[c] * 255.0f);
     return true;
 }
@@ -146,7 +167,7 @@ bool hf_read_llava_vision(const char *model_dir, bool *is_llava, LlavaVision *ou
     if (!config) return false;
     *is_llava = strcmp(string_or(config, "model_type", ""), "llava") == 0;
     *out = (LlavaVision){.preprocess = image_preprocess_clip336(IMAGE_FIT_CROP)};
-    bool ok = !*is_llava || (read_clip_config(member(config, "vision_config"), path, &out->clip, err) &&
+    bool ok = !*is_llava || (read_tower_config(member(config, "vision_config"), path, &out->clip, err) &&
                              read_feature_choice(config, path, &out->clip, err) &&
                              int_or(config, path, "image_token_index", 32000, &out->image_token_id, err));
     json_object_put(config);

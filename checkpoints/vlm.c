@@ -89,12 +89,26 @@ static bool has_tensor(const HfWeights *weights, const char *name) {
     return hf_weights_find(weights, name, &view, NULL);
 }
 
+// The file's tensor of a tower weight: its name under the loader's prefix, or for
+// timm's LayerScale "ls1.gamma" OpenVLA's "ls1.scale_factor" (its checkpoints rename
+// the gammas, which transformers would otherwise rename on load).
+static bool find_tower_tensor(const ClipLoader *loader, const char *name, char *key, size_t size, Tensor *src) {
+    snprintf(key, size, "%s%s", loader->prefix, loader->bare ? name + strlen(CLIP_MODEL_PREFIX) : name);
+    if (hf_weights_find(loader->weights, key, src, NULL)) return true;
+    size_t n = strlen(key);
+    if (n < 6 || strcmp(key + n - 6, ".gamma") != 0 || n - 6 + sizeof ".scale_factor" > size) return false;
+    memcpy(key + n - 6, ".scale_factor", sizeof ".scale_factor");
+    if (hf_weights_find(loader->weights, key, src, NULL)) return true;
+    memcpy(key + n - 6, ".gamma", sizeof ".gamma");
+    return false;
+}
+
 static bool load_clip_tensor(void *context, const char *name, const Tensor *dst, Error *err) {
     const ClipLoader *loader = context;
     char key[256];
-    snprintf(key, sizeof key, "%s%s", loader->prefix, loader->bare ? name + strlen(CLIP_MODEL_PREFIX) : name);
     Tensor src;
-    if (!hf_weights_find(loader->weights, key, &src, NULL)) return fail(err, "%s: missing tensor %s", loader->path, key);
+    if (!find_tower_tensor(loader, name, key, sizeof key, &src))
+        return fail(err, "%s: missing tensor %s", loader->path, key);
     bool same = src.ndim == dst->ndim;
     for (int d = 0; same && d < dst->ndim; d++) same = src.shape[d] == dst->shape[d];
     if (!same) {
@@ -116,23 +130,40 @@ static bool load_clip_tensor(void *context, const char *name, const Tensor *dst,
     return ok;
 }
 
+// Every tower weight from weights under the loader's prefix.
+static bool load_tower(ClipTower *tower, ClipLoader *loader, Error *err) {
+    loader->ops = clip_tower_ops(tower);
+    return clip_tower_visit(tower, load_clip_tensor, loader, err);
+}
+
+bool clip_load_weights_under(ClipTower *tower, const char *path, const char *prefix, Error *err) {
+    HfWeights *weights = hf_weights_open(path, err);
+    if (!weights) return false;
+    ClipLoader loader = {weights, path, prefix, false, NULL};
+    bool ok = load_tower(tower, &loader, err);
+    hf_weights_close(weights);
+    return ok;
+}
+
 bool clip_load_weights(ClipTower *tower, const char *path, Error *err) {
     HfWeights *weights = hf_weights_open(path, err);
     if (!weights) return false;
     ClipLoader loader = {weights, path, NULL, false, NULL};
+    bool hf = clip_tower_config(tower)->layout == VIT_LAYOUT_HF; // timm's names have no "vision_model."
+    const char *probe_name = hf ? "embeddings.patch_embedding.weight" : "patch_embed.proj.weight";
     for (int i = 0; i < 6 && !loader.prefix; i++) {
         char probe[128];
-        snprintf(probe, sizeof probe, "%s%sembeddings.class_embedding", CLIP_PREFIXES[i / 2], i % 2 ? "" : CLIP_MODEL_PREFIX);
+        if (!hf && i % 2 == 0) continue;
+        snprintf(probe, sizeof probe, "%s%s%s", CLIP_PREFIXES[i / 2], i % 2 ? "" : CLIP_MODEL_PREFIX, probe_name);
         if (has_tensor(weights, probe)) {
             loader.prefix = CLIP_PREFIXES[i / 2];
-            loader.bare = i % 2;
+            loader.bare = hf && i % 2;
         }
     }
     bool ok = loader.prefix != NULL;
-    if (!ok) fail(err, "%s: no CLIP vision tower (no [vision_model.]embeddings.class_embedding, with or without a "
-                       "vision_tower. / model.vision_tower. prefix)", path);
-    loader.ops = clip_tower_ops(tower);
-    ok = ok && clip_tower_visit(tower, load_clip_tensor, &loader, err);
+    if (!ok) fail(err, "%s: no vision tower (no %s%s, with or without a vision_tower. / model.vision_tower. prefix)",
+                  path, hf ? "[vision_model.]" : "", probe_name);
+    ok = ok && load_tower(tower, &loader, err);
     hf_weights_close(weights);
     return ok;
 }

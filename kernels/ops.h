@@ -176,14 +176,22 @@ struct Ops {
     // quick_gelu (CLIP): out = x sigmoid(1.702 x).
     void (*quick_gelu_forward)(const Ops *ops, void *out, const void *inp, size_t n);
     void (*quick_gelu_backward)(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
+    // GELU, tanh approximation (SigLIP's gelu_pytorch_tanh, nn.GELU(approximate='tanh')):
+    // out = x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))) / 2.
+    void (*gelu_tanh_forward)(const Ops *ops, void *out, const void *inp, size_t n);
+    void (*gelu_tanh_backward)(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
     // out (N, C) += bias (C) on every row; dbias (fp32, C) += sum over rows of dout.
     void (*bias_add)(const Ops *ops, void *out, const void *bias, int N, int C);
     void (*bias_backward)(const Ops *ops, float *dbias, const void *dout, int N, int C);
+    // x (N, C) *= scale (C) on every row: timm's LayerScale (DINOv2's ls1 / ls2 gammas);
+    // its backward is the same op on the gradient.
+    void (*scale_columns)(const Ops *ops, void *x, const void *scale, int N, int C);
     // out[rows[r]] = src[r]: src (R, C) rows written into out (N, C) at rows (R).
     void (*scatter_rows)(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C);
     // Convolution with stride = kernel = patch, no bias (CLIP's patch embedding):
     // images (B, channels, size, size), weight (D, channels, patch, patch),
-    // out (B, P, D) with P = (size / patch)^2 patches in row-major order.
+    // out (B, P, D) with P = (size / patch)^2 patches in row-major order (a remainder
+    // of size / patch pixels unused, as Conv2d's 'valid' padding).
     void (*patch_embed_forward)(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,
                                 int image_size, int patch, int D);
     // Bidirectional (non-causal) multi-head attention, forward only:

@@ -11,6 +11,9 @@
   as transformers' DataCollatorWithFlattening): SDPA with a block-diagonal
   causal mask built from attention_packed_seq_start.txt (B, T), the index
   within its row of the first token of each token's sample.
+- gelu_tanh_{x,out,dout,dx}.txt: torch.nn.functional.gelu(x, approximate="tanh") (SigLIP's
+  gelu_pytorch_tanh) in fp32 on 64 points over [-6, 6] and 0, and the gradient autograd gives
+  for the upstream gradient dout (tests/test_vision_ops.c).
 
 Each file is whitespace-separated numbers; attention_shape.txt holds B T H KV hd.
 Run: python3 scripts/ref_ops.py
@@ -105,9 +108,21 @@ def attention_packed_reference():
     save("attention_packed_lse.txt", lse)
 
 
+def gelu_tanh_reference():
+    x = torch.cat([torch.linspace(-6.0, 6.0, 64), torch.zeros(1)]).requires_grad_(True)
+    out = torch.nn.functional.gelu(x, approximate="tanh")
+    dout = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    out.backward(dout)
+    save("gelu_tanh_x.txt", x)
+    save("gelu_tanh_out.txt", out)
+    save("gelu_tanh_dout.txt", dout)
+    save("gelu_tanh_dx.txt", x.grad)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     torch.manual_seed(0)
     rope_references()
     attention_reference()
     attention_packed_reference()
+    gelu_tanh_reference()

@@ -1,8 +1,28 @@
 #include "gradcheck.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+double *load_fixture(const char *name, size_t count) {
+    char path[512];
+    snprintf(path, sizeof path, "tests/fixtures/ops/%s", name);
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        print_message("missing fixture %s (run scripts/ref_ops.py)\n", path);
+        skip();
+    }
+    double *values = malloc(count * sizeof(double));
+    assert_non_null(values);
+    size_t n = 0;
+    while (n < count && fscanf(f, "%lf", &values[n]) == 1) n++;
+    double extra;
+    assert_int_equal(fscanf(f, "%lf", &extra), EOF);
+    fclose(f);
+    assert_int_equal(n, count);
+    return values;
+}
 
 static double weighted_sum(const Problem *p, const double *w, double *out) {
     p->forward(p, out);

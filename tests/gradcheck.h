@@ -20,6 +20,10 @@ struct Problem {
     int N, C;          // row shape, for row-wise ops
 };
 
+// Reads exactly `count` whitespace-separated numbers from tests/fixtures/ops/<name>
+// (scripts/ref_ops.py); skips the test when the file is missing.
+double *load_fixture(const char *name, size_t count);
+
 // (L(x + eps) - L(x - eps)) / 2 eps for every element x of input `which`.
 double *fd_gradient(const Problem *p, int which, const double *w);
 double *reference_forward(const Problem *p);

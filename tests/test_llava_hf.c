@@ -1,5 +1,6 @@
 // A llava-hf folder as users download it (tests/fixtures/llava_hf, written by
-// transformers itself: scripts/ref_llava_hf.py) is enough: training takes the
+// transformers itself: scripts/ref_llava_hf.py; CLIP towers, single and
+// sharded, and a SigLIP tower) is enough: training takes the
 // tower's shape, feature layer and strategy, image token, preprocessing, tower
 // and starting projector from it with no vision.* keys, and the chat template
 // from its chat_template.jinja; its image processor's settings give
@@ -32,58 +33,96 @@ static LlavaVision read_vision(const char *folder) {
     return vision;
 }
 
-// The vision side read from the two folders: what transformers wrote in them.
+// The vision side read from the folders: what transformers wrote in them.
 static void test_reads_folder_config(void **state) {
     LlavaVision clip = read_vision(FIXTURES "clip"), wide = read_vision(FIXTURES "sharded");
+    LlavaVision siglip = read_vision(FIXTURES "siglip");
     assert_int_equal(clip.clip.hidden_size, 32);
     assert_int_equal(clip.clip.n_layers, 3);
     assert_int_equal(clip.clip.feature_layer, -2);
-    assert_false(clip.clip.keep_class_token);
+    assert_int_equal(clip.clip.skip_tokens, 1);
     assert_int_equal(clip_n_features(&clip.clip), 16);
     assert_int_equal(clip.image_token_id, 605); // <image>, added after the 605 tokens of the tokenizer
     assert_true(clip.has_preprocess);
     assert_int_equal(clip.preprocess.size, 16);
+    assert_int_equal(clip.preprocess.fit, IMAGE_FIT_CROP); // CLIPImageProcessor: shortest edge, then center crop
+    assert_true(clip.clip.class_token && clip.clip.pre_norm && !clip.clip.patch_bias);
+    assert_int_equal(clip.clip.activation, VIT_QUICK_GELU);
     assert_memory_equal(clip.preprocess.pad_color, ((uint8_t[3]){122, 116, 104}), 3);
     assert_int_equal(wide.clip.hidden_size, 24);
     assert_int_equal(wide.clip.n_heads, 3);
     assert_int_equal(wide.clip.feature_layer, -1);
-    assert_true(wide.clip.keep_class_token);
+    assert_int_equal(wide.clip.skip_tokens, 0);
     assert_int_equal(clip_n_features(&wide.clip), 10); // 3 x 3 patches and the class token ("full")
     assert_true(wide.has_preprocess);
     assert_int_equal(wide.preprocess.size, 24);
     assert_float_equal(wide.preprocess.mean[1], 0.5f, 0.0f);
     assert_float_equal(wide.preprocess.std[2], 0.5f, 0.0f);
     assert_memory_equal(wide.preprocess.pad_color, ((uint8_t[3]){127, 127, 127}), 3);
+    assert_false(siglip.clip.class_token || siglip.clip.pre_norm);
+    assert_true(siglip.clip.patch_bias);
+    assert_int_equal(siglip.clip.activation, VIT_GELU_TANH);
+    assert_int_equal(siglip.clip.n_layers, 2);
+    assert_int_equal(siglip.clip.feature_layer, -1);
+    assert_float_equal(siglip.clip.layer_norm_eps, 1e-6f, 0.0f);
+    assert_int_equal(siglip.clip.skip_tokens, 1);
+    assert_int_equal(clip_n_features(&siglip.clip), 15); // 'default' drops the first of 4 x 4 patches, as Llava does
+    assert_true(siglip.has_preprocess);
+    assert_int_equal(siglip.preprocess.fit, IMAGE_FIT_SQUASH); // SiglipImageProcessor: straight to 16 x 16
+    assert_int_equal(siglip.preprocess.size, 16);
+    assert_float_equal(siglip.preprocess.std[0], 0.5f, 0.0f);
 }
 
-// config.json text with one part replaced, in a fresh folder; the error of reading it.
-static void assert_refused(const char *config_json, const char *processor_json, const char *message) {
-    const char *dir = make_temp_dir("refused");
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "w");
-    assert_non_null(f);
-    fputs(config_json, f);
-    assert_int_equal(fclose(f), 0);
-    if (processor_json) {
-        snprintf(path, sizeof path, "%s/preprocessor_config.json", dir);
-        assert_non_null(f = fopen(path, "w"));
-        fputs(processor_json, f);
+// A fresh folder holding config.json and, when not NULL, preprocessor_config.json.
+static const char *write_folder(const char *config_json, const char *processor_json) {
+    const char *dir = make_temp_dir("folder");
+    const char *names[2] = {"config.json", "preprocessor_config.json"}, *texts[2] = {config_json, processor_json};
+    for (int i = 0; i < 2 && texts[i]; i++) {
+        char path[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        FILE *f = fopen(path, "w");
+        assert_non_null(f);
+        fputs(texts[i], f);
         assert_int_equal(fclose(f), 0);
     }
+    return dir;
+}
+
+// The error of reading a folder with these files.
+static void assert_refused(const char *config_json, const char *processor_json, const char *message) {
     LlavaVision vision;
     bool is_llava;
     Error err;
-    assert_false(hf_read_llava_vision(dir, &is_llava, &vision, &err));
+    assert_false(hf_read_llava_vision(write_folder(config_json, processor_json), &is_llava, &vision, &err));
     if (!strstr(err.message, message)) fail_msg("'%s' lacks '%s'", err.message, message);
+}
+
+// SigLIP so400m/14 at 384 as llava-interleave has it: 'full', the last layer,
+// SiglipVisionConfig's defaults for what config.json leaves out (so400m/14-384's shape given).
+static void test_reads_siglip_full(void **state) {
+    const char *dir = write_folder("{\"model_type\": \"llava\", \"vision_feature_select_strategy\": \"full\", "
+                                   "\"vision_feature_layer\": -1, \"vision_config\": {\"model_type\": "
+                                   "\"siglip_vision_model\", \"hidden_size\": 1152, \"intermediate_size\": 4304, "
+                                   "\"num_hidden_layers\": 26, \"num_attention_heads\": 16, \"image_size\": 384, "
+                                   "\"patch_size\": 14}}",
+                                   NULL);
+    LlavaVision vision = read_vision(dir);
+    assert_int_equal(clip_n_features(&vision.clip), 27 * 27); // every patch, no class token
+    assert_int_equal(clip_layers_used(&vision.clip), 26);
+    assert_int_equal(vision.clip.activation, VIT_GELU_TANH);
+    assert_float_equal(vision.clip.layer_norm_eps, 1e-6f, 0.0f);
+    assert_int_equal(vision.clip.channels, 3);
 }
 
 // What the tower and projector code cannot do honestly is refused, naming the file and the key.
 static void test_refuses_what_it_cannot_run(void **state) {
-    assert_refused("{\"model_type\": \"llava\", \"vision_config\": {\"model_type\": \"siglip_vision_model\"}}", NULL,
-                   "config.json: vision_config.model_type is 'siglip_vision_model'; lora-train's tower is CLIP");
-    assert_refused("{\"model_type\": \"llava\", \"vision_config\": {\"hidden_act\": \"gelu\"}}", NULL,
-                   "vision_config.hidden_act is 'gelu'");
+    assert_refused("{\"model_type\": \"llava\", \"vision_config\": {\"model_type\": \"pixtral\"}}", NULL,
+                   "config.json: vision_config.model_type is 'pixtral'; lora-train's towers are CLIP");
+    assert_refused("{\"model_type\": \"llava\", \"vision_config\": {\"model_type\": \"siglip_vision_model\", "
+                   "\"hidden_act\": \"relu\"}}", NULL, "vision_config.hidden_act is 'relu'");
+    assert_refused("{\"model_type\": \"llava\", \"vision_feature_select_strategy\": \"default\", \"vision_config\": "
+                   "{\"model_type\": \"siglip_vision_model\", \"image_size\": 16, \"patch_size\": 16}}", NULL,
+                   "the features skip 1 of the 1 tokens");
     assert_refused("{\"model_type\": \"llava\", \"vision_feature_layer\": [-2, -5]}", NULL,
                    "vision_feature_layer is a list");
     assert_refused("{\"model_type\": \"llava\", \"projector_hidden_act\": \"relu\"}", NULL,
@@ -325,8 +364,8 @@ static void check_exports(const char *name) {
     model_destroy(model);
 }
 
-// The folder's image processor settings give the pixels AutoProcessor gives
-// (vision.image_fit: crop is what CLIPImageProcessor does).
+// The folder's image processor settings, its fit included, give the pixels
+// AutoProcessor gives (CLIPImageProcessor's crop, SiglipImageProcessor's square resize).
 static void check_preprocessing(const char *name) {
     if (!python_ready()) skip();
     const char *image_path = shared_fixture("images/jpeg/video-001.jpeg");
@@ -339,7 +378,6 @@ static void check_preprocessing(const char *name) {
              image_path, out, folder, dir);
     if (run_command(command) != 0) fail_msg("%s failed", command);
     LlavaVision vision = read_vision(folder);
-    vision.preprocess.fit = IMAGE_FIT_CROP;
     Image image;
     Error err;
     if (!image_decode_file(image_path, &image, &err)) fail_msg("%s", err.message);
@@ -362,17 +400,22 @@ static void check_preprocessing(const char *name) {
 
 static void test_clip_folder_preprocessing(void **state) { check_preprocessing("clip"); }
 static void test_sharded_folder_preprocessing(void **state) { check_preprocessing("sharded"); }
+static void test_siglip_folder_preprocessing(void **state) { check_preprocessing("siglip"); }
 static void test_clip_folder_exports(void **state) { check_exports("clip"); }
 static void test_sharded_folder_exports(void **state) { check_exports("sharded"); }
+static void test_siglip_folder_exports(void **state) { check_exports("siglip"); }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reads_folder_config),
+        cmocka_unit_test(test_reads_siglip_full),
         cmocka_unit_test(test_refuses_what_it_cannot_run),
         cmocka_unit_test(test_clip_folder_preprocessing),
         cmocka_unit_test(test_sharded_folder_preprocessing),
         cmocka_unit_test(test_clip_folder_exports),
         cmocka_unit_test(test_sharded_folder_exports),
+        cmocka_unit_test(test_siglip_folder_preprocessing),
+        cmocka_unit_test(test_siglip_folder_exports),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,30 +13,6 @@
 #include "kernels/ops.h"
 
 // ----------------------------------------------------------------------------
-// fixtures: whitespace-separated numbers under tests/fixtures/ops/
-
-// Reads exactly `count` numbers from tests/fixtures/ops/<name>; skips the test
-// when the file is missing.
-static double *load_fixture(const char *name, size_t count) {
-    char path[512];
-    snprintf(path, sizeof path, "tests/fixtures/ops/%s", name);
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        print_message("missing fixture %s (run scripts/ref_ops.py)\n", path);
-        skip();
-    }
-    double *values = malloc(count * sizeof(double));
-    assert_non_null(values);
-    size_t n = 0;
-    while (n < count && fscanf(f, "%lf", &values[n]) == 1) n++;
-    double extra;
-    assert_int_equal(fscanf(f, "%lf", &extra), EOF);
-    fclose(f);
-    assert_int_equal(n, count);
-    return values;
-}
-
-// ----------------------------------------------------------------------------
 // helpers
 
 static const Ops *cpu;

@@ -1,7 +1,8 @@
 // Vision ops of the CPU backend against double-precision references written
-// here from the documented definitions (nn.LayerNorm, nn.GELU, CLIP's
-// quick_gelu, Conv2d with stride = kernel, softmax attention), with central
-// finite differences of those references checking every backward.
+// here from the documented definitions (nn.LayerNorm, nn.GELU exact and tanh,
+// CLIP's quick_gelu, LayerScale, Conv2d with stride = kernel, softmax attention), with
+// central finite differences of those references checking every backward;
+// GELU tanh also against PyTorch's forward and autograd (scripts/ref_ops.py).
 #include "gradcheck.h"
 
 #include <math.h>
@@ -81,6 +82,13 @@ static void quick_gelu_reference(const Problem *p, double *out) {
     for (size_t i = 0; i < p->out_size; i++) out[i] = p->inputs[0][i] / (1.0 + exp(-1.702 * p->inputs[0][i]));
 }
 
+static void gelu_tanh_reference(const Problem *p, double *out) {
+    for (size_t i = 0; i < p->out_size; i++) {
+        double x = p->inputs[0][i];
+        out[i] = 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+    }
+}
+
 typedef void (*ElementwiseForward)(const Ops *ops, void *out, const void *inp, size_t n);
 typedef void (*ElementwiseBackward)(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
 
@@ -109,6 +117,24 @@ static void test_quick_gelu(void **state) {
     check_activation("quick_gelu", cpu->quick_gelu_forward, cpu->quick_gelu_backward, quick_gelu_reference);
 }
 
+static void test_gelu_tanh(void **state) {
+    check_activation("gelu_tanh", cpu->gelu_tanh_forward, cpu->gelu_tanh_backward, gelu_tanh_reference);
+}
+
+// F.gelu(x, approximate="tanh") and its autograd gradient, from PyTorch in fp32
+static void test_gelu_tanh_matches_pytorch(void **state) {
+    enum { N = 65 };
+    double *x = load_fixture("gelu_tanh_x.txt", N), *want_out = load_fixture("gelu_tanh_out.txt", N);
+    double *dout = load_fixture("gelu_tanh_dout.txt", N), *want_dx = load_fixture("gelu_tanh_dx.txt", N);
+    float xf[N], doutf[N], out[N], dx[N], zeros[N] = {0};
+    for (int i = 0; i < N; i++) xf[i] = (float)x[i], doutf[i] = (float)dout[i], dx[i] = 0.0f;
+    cpu->gelu_tanh_forward(cpu, out, xf, N);
+    cpu->gelu_tanh_backward(cpu, dx, doutf, xf, N);
+    assert_close("gelu_tanh vs PyTorch", out, want_out, N, FORWARD_TOL);
+    assert_increment("gelu_tanh backward vs PyTorch", dx, zeros, want_dx, N, FORWARD_TOL);
+    free(x), free(want_out), free(dout), free(want_dx);
+}
+
 // ----------------------------------------------------------------------------
 // bias and row scatter
 
@@ -132,6 +158,19 @@ static void test_bias_add_and_backward(void **state) {
     free(y), free(b), free(dbias);
 }
 
+static void test_scale_columns(void **state) {
+    enum { N = 4, C = 7 };
+    Rng rng;
+    rng_seed(&rng, 6);
+    float *x = random_floats(N * C, -1.5f, 1.5f, &rng), *scale = random_floats(C, -1.5f, 1.5f, &rng);
+    float *before = copy_floats(x, N * C);
+    cpu->scale_columns(cpu, x, scale, N, C);
+    for (int n = 0; n < N; n++) {
+        for (int c = 0; c < C; c++) assert_float_equal(x[n * C + c], before[n * C + c] * scale[c], 0.0);
+    }
+    free(x), free(scale), free(before);
+}
+
 static void test_scatter_rows(void **state) {
     enum { N = 6, C = 3, R = 2 };
     float out[N * C], src[R * C] = {1, 2, 3, 4, 5, 6};
@@ -149,14 +188,16 @@ static void test_scatter_rows(void **state) {
 // ----------------------------------------------------------------------------
 // patch embedding: Conv2d(channels, D, kernel = stride = patch, bias = False), flattened
 
-static void test_patch_embed(void **state) {
-    enum { B = 2, CH = 3, S = 12, P = 4, D = 5, G = S / P };
+static void check_patch_embed(int S) {
+    enum { B = 2, CH = 3, P = 4, D = 5, MAX_G = 4 };
+    int G = S / P;
     Rng rng;
     rng_seed(&rng, 4);
     float *images = random_floats(B * CH * S * S, -1.5f, 1.5f, &rng), *w = random_floats(D * CH * P * P, -1.5f, 1.5f, &rng);
     float *out = poisoned_floats(B * G * G * D);
     cpu->patch_embed_forward(cpu, out, images, w, B, CH, S, P, D);
-    double want[B * G * G * D];
+    double want[B * MAX_G * MAX_G * D];
+    assert_true(G <= MAX_G);
     for (int b = 0; b < B; b++)
         for (int py = 0; py < G; py++)
             for (int px = 0; px < G; px++)
@@ -171,6 +212,11 @@ static void test_patch_embed(void **state) {
                 }
     assert_close("patch_embed", out, want, B * G * G * D, FORWARD_TOL);
     free(images), free(w), free(out);
+}
+
+static void test_patch_embed(void **state) {
+    check_patch_embed(12);
+    check_patch_embed(14); // 3 x 3 patches, the last 2 columns and rows unused ('valid' padding)
 }
 
 // ----------------------------------------------------------------------------
@@ -210,7 +256,10 @@ int main(void) {
         cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_gelu),
         cmocka_unit_test(test_quick_gelu),
+        cmocka_unit_test(test_gelu_tanh),
+        cmocka_unit_test(test_gelu_tanh_matches_pytorch),
         cmocka_unit_test(test_bias_add_and_backward),
+        cmocka_unit_test(test_scale_columns),
         cmocka_unit_test(test_scatter_rows),
         cmocka_unit_test(test_patch_embed),
         cmocka_unit_test(test_attention_full),

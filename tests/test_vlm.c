@@ -1,5 +1,6 @@
 // Vision-language model: the CLIP tower and the whole LLaVA forward against
-// transformers (scripts/ref_clip.py), projector loading in both namings and
+// transformers (scripts/ref_clip.py), OpenVLA's DINOv2 and SigLIP towers in
+// timm's layout against timm (scripts/ref_timm_towers.py), projector loading in both namings and
 // saving in the PEFT adapter file, the projector's gradients through the whole
 // model against finite differences, and the splice's errors.
 #include "test_util.h"
@@ -89,6 +90,83 @@ static void test_clip_features_match_transformers(void **state) {
     safetensors_close(io);
 }
 
+// ----------------------------------------------------------------------------
+// OpenVLA's towers in timm's layout vs timm's get_intermediate_layers (scripts/ref_timm_towers.py)
+
+// The preset shrunk to the fixtures' tiny shape (its flags kept), its weights
+// (from path, under prefix when not NULL), its features of the two images.
+static void check_timm_tower(const char *preset, const char *path, const char *prefix, const char *features_key,
+                             int mlp_width) {
+    SafetensorsFile *io = open_fixture("timm_io.safetensors");
+    size_t n_features;
+    float *pixels = fixture_floats(io, "pixel_values", NULL), *want = fixture_floats(io, features_key, &n_features);
+    assert_int_equal(n_features, 2 * N_PATCHES * VISION_HIDDEN);
+    ClipVisionConfig config;
+    Error err;
+    assert_true(clip_config_preset(preset, &config, &err));
+    config.hidden_size = VISION_HIDDEN, config.intermediate_size = mlp_width, config.n_layers = 3, config.n_heads = 4;
+    config.image_size = 16, config.patch_size = 4;
+    assert_int_equal(clip_n_features(&config), N_PATCHES);
+    ClipTower *tower = clip_tower_create(ops_cpu(), &config, 2, &err);
+    bool loaded = tower && (prefix ? clip_load_weights_under(tower, path, prefix, &err) : clip_load_weights(tower, path, &err));
+    if (!loaded) fail_msg("%s", err.message);
+    float *got = malloc(n_features * sizeof(float));
+    poison(got, n_features);
+    if (!clip_tower_forward(tower, pixels, 2, got, &err)) fail_msg("%s", err.message);
+    double *want_d = to_double(want, n_features);
+    double error = max_rel_error(got, want_d, n_features, 1e-2);
+    print_message("%s features (under '%s') vs timm: max relative error %.3g\n", preset, prefix ? prefix : "", error);
+    assert_true(error < 1e-4);
+    free(pixels), free(want), free(got), free(want_d);
+    clip_tower_destroy(tower);
+    safetensors_close(io);
+}
+
+// class token, 4 registers, layer scale, positions of the patches alone, exact GELU
+static void test_dinov2_features_match_timm(void **state) {
+    check_timm_tower("dinov2-vit-l14-reg4", FIXTURES "timm_dinov2.safetensors", NULL, "dinov2_features", 128);
+}
+
+// no class token, exact GELU, the attention-pool head and final norm unused
+static void test_timm_siglip_features_match_timm(void **state) {
+    check_timm_tower("siglip-so400m-14", FIXTURES "timm_siglip.safetensors", NULL, "siglip_features", 119);
+}
+
+// Appends file's tensors to entries under prefix, LayerScale's ".gamma" renamed ".scale_factor".
+static int add_renamed(SafetensorsFile *file, const char *prefix, SafetensorsEntry *entries, char (*names)[160], int n) {
+    for (int i = 0; i < safetensors_count(file); i++, n++) {
+        const char *name = safetensors_name(file, i);
+        size_t len = strlen(name);
+        bool gamma = len > 6 && strcmp(name + len - 6, ".gamma") == 0;
+        snprintf(names[n], sizeof names[n], "%s%.*s%s", prefix, (int)(gamma ? len - 6 : len), name, gamma ? ".scale_factor" : "");
+        entries[n].name = names[n];
+        Error err;
+        if (!safetensors_get(file, name, &entries[n].tensor, &err)) fail_msg("%s", err.message);
+    }
+    return n;
+}
+
+// Both towers in one file as OpenVLA's checkpoints hold them: under
+// vision_backbone.featurizer. (DINOv2) and .fused_featurizer. (SigLIP), the
+// LayerScale gammas named scale_factor.
+static void test_towers_under_openvla_names(void **state) {
+    SafetensorsFile *dinov2 = open_fixture("timm_dinov2.safetensors"), *siglip = open_fixture("timm_siglip.safetensors");
+    int count = safetensors_count(dinov2) + safetensors_count(siglip);
+    SafetensorsEntry *entries = calloc((size_t)count, sizeof *entries);
+    char(*names)[160] = calloc((size_t)count, sizeof *names);
+    assert_non_null(entries), assert_non_null(names);
+    int n = add_renamed(dinov2, "vision_backbone.featurizer.", entries, names, 0);
+    assert_int_equal(add_renamed(siglip, "vision_backbone.fused_featurizer.", entries, names, n), count);
+    char path[512];
+    snprintf(path, sizeof path, "%s/openvla_towers.safetensors", make_temp_dir("openvla_towers"));
+    Error err;
+    if (!safetensors_write(path, entries, count, NULL, 0, &err)) fail_msg("%s", err.message);
+    check_timm_tower("dinov2-vit-l14-reg4", path, "vision_backbone.featurizer.", "dinov2_features", 128);
+    check_timm_tower("siglip-so400m-14", path, "vision_backbone.fused_featurizer.", "siglip_features", 119);
+    free(entries), free(names);
+    safetensors_close(dinov2), safetensors_close(siglip);
+}
+
 static void test_clip_load_errors(void **state) {
     ClipVisionConfig config;
     Error err;
@@ -101,7 +179,7 @@ static void test_clip_load_errors(void **state) {
     assert_non_null(strstr(err.message, "vision_model.embeddings.patch_embedding.weight has shape [32, 3, 4, 4]"));
     clip_tower_destroy(tower);
     assert_false(clip_load_weights(tower = tiny_tower_unloaded(1), FIXTURES "projector.safetensors", &err));
-    assert_non_null(strstr(err.message, "no CLIP vision tower"));
+    assert_non_null(strstr(err.message, "no vision tower"));
     clip_tower_destroy(tower);
     config.feature_layer = -5;
     assert_null(clip_tower_create(ops_cpu(), &config, 1, &err));
@@ -378,6 +456,9 @@ static void test_llava_llama3_recipe(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clip_features_match_transformers),
+        cmocka_unit_test(test_dinov2_features_match_timm),
+        cmocka_unit_test(test_timm_siglip_features_match_timm),
+        cmocka_unit_test(test_towers_under_openvla_names),
         cmocka_unit_test(test_clip_load_errors),
         cmocka_unit_test(test_llava_logits_match_transformers),
         cmocka_unit_test(test_projector_llava_names),

@@ -1,5 +1,5 @@
 // kernels/cpu: ops of vision towers and projectors, fp32: LayerNorm, GELU,
-// quick_gelu, bias, row scatter, patch embedding, non-causal attention.
+// quick_gelu, GELU tanh, bias, column scale, row scatter, patch embedding, non-causal attention.
 #include "cpu.h"
 
 #include <math.h>
@@ -60,6 +60,8 @@ void cpu_layernorm_backward(const Ops *ops, void *dinp, float *dweight, float *d
 // ----------------------------------------------------------------------------
 // GELU (exact): y = x Phi(x), dy/dx = Phi(x) + x phi(x)
 // quick_gelu: y = x s(1.702 x), dy/dx = s + 1.702 x s (1 - s)
+// GELU tanh: u = k (x + 0.044715 x^3), k = sqrt(2 / pi), y = x (1 + tanh u) / 2,
+//   dy/dx = (1 + tanh u) / 2 + x (1 - tanh^2 u) k (1 + 3 * 0.044715 x^2) / 2
 
 static float normal_cdf(float x) { return 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)); }
 
@@ -100,6 +102,27 @@ void cpu_quick_gelu_backward(const Ops *ops, void *dinp, const void *dout, const
     }
 }
 
+#define GELU_TANH_K 0.7978845608028654f // sqrt(2 / pi)
+#define GELU_TANH_A 0.044715f
+
+void cpu_gelu_tanh_forward(const Ops *ops, void *out, const void *inp, size_t n) {
+    const float *x = inp;
+    float *y = out;
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
+    for (size_t i = 0; i < n; i++) y[i] = 0.5f * x[i] * (1.0f + tanhf(GELU_TANH_K * (x[i] + GELU_TANH_A * x[i] * x[i] * x[i])));
+}
+
+void cpu_gelu_tanh_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n) {
+    const float *x = inp, *dy = dout;
+    float *dx = dinp;
+    #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
+    for (size_t i = 0; i < n; i++) {
+        float x2 = x[i] * x[i], t = tanhf(GELU_TANH_K * (x[i] + GELU_TANH_A * x2 * x[i]));
+        float du = GELU_TANH_K * (1.0f + 3.0f * GELU_TANH_A * x2);
+        dx[i] += dy[i] * (0.5f * (1.0f + t) + 0.5f * x[i] * (1.0f - t * t) * du);
+    }
+}
+
 // ----------------------------------------------------------------------------
 // bias and rows
 
@@ -116,6 +139,15 @@ void cpu_bias_backward(const Ops *ops, float *dbias, const void *dout, int N, in
     const float *dy = dout;
     for (int n = 0; n < N; n++) {
         for (int i = 0; i < C; i++) dbias[i] += dy[(size_t)n * C + i];
+    }
+}
+
+void cpu_scale_columns(const Ops *ops, void *x, const void *scale, int N, int C) {
+    const float *s = scale;
+    #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
+    for (int n = 0; n < N; n++) {
+        float *row = (float *)x + (size_t)n * C;
+        for (int i = 0; i < C; i++) row[i] *= s[i];
     }
 }
 

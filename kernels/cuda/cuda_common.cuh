@@ -170,7 +170,10 @@ void cuda_gelu_forward(const Ops *ops, void *out, const void *inp, size_t n);
 void cuda_gelu_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
 void cuda_quick_gelu_forward(const Ops *ops, void *out, const void *inp, size_t n);
 void cuda_quick_gelu_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
+void cuda_gelu_tanh_forward(const Ops *ops, void *out, const void *inp, size_t n);
+void cuda_gelu_tanh_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n);
 void cuda_bias_add(const Ops *ops, void *out, const void *bias, int N, int C);
+void cuda_scale_columns(const Ops *ops, void *x, const void *scale, int N, int C);
 void cuda_bias_backward(const Ops *ops, float *dbias, const void *dout, int N, int C);
 void cuda_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C);
 void cuda_patch_embed_forward(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,

@@ -1,5 +1,5 @@
-// Ops of vision towers and projectors: LayerNorm, GELU, quick_gelu, bias, row
-// scatter, patch embedding, non-causal attention. bf16 storage, fp32 math.
+// Ops of vision towers and projectors: LayerNorm, GELU, quick_gelu, GELU tanh, bias, column
+// scale, row scatter, patch embedding, non-causal attention. bf16 storage, fp32 math.
 #include "cuda_common.cuh"
 
 #define THREADS 256
@@ -67,7 +67,7 @@ void cuda_layernorm_backward(const Ops *ops, void *dinp, float *dweight, float *
 }
 
 // ----------------------------------------------------------------------------
-// GELU (exact) and quick_gelu
+// GELU (exact), quick_gelu and GELU tanh (u = k (x + 0.044715 x^3), y = x (1 + tanh u) / 2)
 
 __device__ __forceinline__ float normal_cdf(float x) { return 0.5f * (1.0f + erff(x * 0.70710678118654752f)); }
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -91,6 +91,25 @@ __global__ void quick_gelu_backward_kernel(bf16 *dinp, const bf16 *dout, const b
     GRID_STRIDE(i, n) {
         float x = ld(inp, i), s = sigmoidf(1.702f * x);
         dinp[i] = __float2bfloat16_rn(ld(dinp, i) + ld(dout, i) * (s + 1.702f * x * s * (1.0f - s)));
+    }
+}
+
+#define GELU_TANH_K 0.7978845608028654f // sqrt(2 / pi)
+#define GELU_TANH_A 0.044715f
+
+__global__ void gelu_tanh_forward_kernel(bf16 *out, const bf16 *inp, size_t n) {
+    GRID_STRIDE(i, n) {
+        float x = ld(inp, i);
+        out[i] = __float2bfloat16_rn(0.5f * x * (1.0f + tanhf(GELU_TANH_K * (x + GELU_TANH_A * x * x * x))));
+    }
+}
+
+// dy/dx = (1 + tanh u) / 2 + x (1 - tanh^2 u) k (1 + 3 * 0.044715 x^2) / 2
+__global__ void gelu_tanh_backward_kernel(bf16 *dinp, const bf16 *dout, const bf16 *inp, size_t n) {
+    GRID_STRIDE(i, n) {
+        float x = ld(inp, i), t = tanhf(GELU_TANH_K * (x + GELU_TANH_A * x * x * x));
+        float du = GELU_TANH_K * (1.0f + 3.0f * GELU_TANH_A * x * x);
+        dinp[i] = __float2bfloat16_rn(ld(dinp, i) + ld(dout, i) * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du));
     }
 }
 
@@ -125,6 +144,21 @@ void cuda_quick_gelu_backward(const Ops *ops, void *dinp, const void *dout, cons
     launchCheck("quick_gelu_backward_kernel");
 }
 
+void cuda_gelu_tanh_forward(const Ops *ops, void *out, const void *inp, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
+    if (n == 0) return;
+    gelu_tanh_forward_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)out, (const bf16 *)inp, n);
+    launchCheck("gelu_tanh_forward_kernel");
+}
+
+void cuda_gelu_tanh_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, size_t n) {
+    CudaContext *ctx = cuda_context(ops);
+    if (n == 0) return;
+    gelu_tanh_backward_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)dinp, (const bf16 *)dout,
+                                                                                      (const bf16 *)inp, n);
+    launchCheck("gelu_tanh_backward_kernel");
+}
+
 // ----------------------------------------------------------------------------
 // bias and rows
 
@@ -139,6 +173,10 @@ __global__ void bias_backward_kernel(float *dbias, const bf16 *dout, int N, int 
     float sum = 0.0f;
     for (int n = 0; n < N; n++) sum += ld(dout, (size_t)n * C + c);
     dbias[c] += sum;
+}
+
+__global__ void scale_columns_kernel(bf16 *x, const bf16 *scale, size_t n, int C) {
+    GRID_STRIDE(i, n) x[i] = __float2bfloat16_rn(ld(x, i) * ld(scale, i % C));
 }
 
 __global__ void scatter_rows_kernel(bf16 *out, const int32_t *rows, const bf16 *src, int C) {
@@ -160,6 +198,14 @@ void cuda_bias_backward(const Ops *ops, float *dbias, const void *dout, int N, i
     if (C == 0) return;
     bias_backward_kernel<<<ceil_div(C, THREADS), THREADS, 0, ctx->stream>>>(dbias, (const bf16 *)dout, N, C);
     launchCheck("bias_backward_kernel");
+}
+
+void cuda_scale_columns(const Ops *ops, void *x, const void *scale, int N, int C) {
+    CudaContext *ctx = cuda_context(ops);
+    size_t n = (size_t)N * C;
+    if (n == 0) return;
+    scale_columns_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>((bf16 *)x, (const bf16 *)scale, n, C);
+    launchCheck("scale_columns_kernel");
 }
 
 void cuda_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C) {

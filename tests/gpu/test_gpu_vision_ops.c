@@ -1,12 +1,16 @@
 // The vision ops of the CUDA backend against the CPU backend on the same
-// bf16-representable inputs (as test_gpu_ops.c): LayerNorm, GELU, quick_gelu,
-// bias, row scatter, patch embedding, non-causal attention. Outputs are
+// bf16-representable inputs (as test_gpu_ops.c): LayerNorm, GELU, quick_gelu, GELU tanh,
+// bias, column scale, row scatter, patch embedding, non-causal attention, and whole
+// frozen towers (SigLIP, DINOv2). Outputs are
 // poisoned first; gradients the ops add into start from random values.
 // Error ||gpu - cpu|| / ||cpu|| < 1e-2 (bf16 storage), < 1e-4 for fp32 statistics.
 // Without a usable CUDA device every test is skipped with the reason.
 #include "gpu_test_util.h"
 
 #include <stdlib.h>
+
+#include "checkpoints/checkpoints.h"
+#include "vision/vision.h"
 
 #define BF16_TOL 1e-2
 #define STAT_TOL 1e-4
@@ -57,12 +61,14 @@ static void check_activation(Forward cpu_f, Backward cpu_b, Forward gpu_f, Backw
     free(x), free(dout), free(dx), free(out);
 }
 
-static void test_gelu_and_quick_gelu(void **state) {
+static void test_gelus(void **state) {
     size_t sizes[] = {1, 1000, 300001};
     for (int i = 0; i < 3; i++) {
         check_activation(cpu->gelu_forward, cpu->gelu_backward, gpu->gelu_forward, gpu->gelu_backward, sizes[i], "gelu");
         check_activation(cpu->quick_gelu_forward, cpu->quick_gelu_backward, gpu->quick_gelu_forward,
                          gpu->quick_gelu_backward, sizes[i], "quick_gelu");
+        check_activation(cpu->gelu_tanh_forward, cpu->gelu_tanh_backward, gpu->gelu_tanh_forward,
+                         gpu->gelu_tanh_backward, sizes[i], "gelu_tanh");
     }
 }
 
@@ -80,6 +86,9 @@ static void test_bias_and_scatter(void **state) {
     cpu->bias_add(cpu, y, b, N, C);
     gpu->bias_add(gpu, d_y, d_b, N, C);
     expect_act(d_y, y, N * C, BF16_TOL, "bias_add");
+    cpu->scale_columns(cpu, y, b, N, C);
+    gpu->scale_columns(gpu, d_y, d_b, N, C);
+    expect_act(d_y, y, N * C, BF16_TOL, "scale_columns");
     cpu->scatter_rows(cpu, y, rows, src, R, C);
     gpu->scatter_rows(gpu, d_y, d_rows, d_src, R, C);
     expect_act(d_y, y, N * C, BF16_TOL, "scatter_rows");
@@ -102,6 +111,7 @@ static void check_patch_embed(int B, int channels, int size, int patch, int D) {
 
 static void test_patch_embed(void **state) {
     check_patch_embed(1, 3, 16, 4, 32);
+    check_patch_embed(1, 3, 18, 4, 32); // a remainder of 2 pixels unused
     check_patch_embed(2, 3, 336, 14, 1024);
 }
 
@@ -123,13 +133,58 @@ static void test_attention_full(void **state) {
     check_attention_full(1, 577, 16, 64);
 }
 
+// A whole frozen tower on both backends from the same weights and pixels.
+static void check_tower(const ClipVisionConfig *config, const char *weights) {
+    if (!path_exists(weights)) skip();
+    enum { IMAGES = 2 };
+    size_t n_pixels = (size_t)IMAGES * 3 * config->image_size * config->image_size;
+    size_t n_features = (size_t)IMAGES * clip_n_features(config) * config->hidden_size;
+    float *pixels = random_f32(n_pixels, -1.5f, 1.5f), *want = host_alloc(n_features);
+    Error err;
+    ClipTower *on_cpu = clip_tower_create(cpu, config, IMAGES, &err), *on_gpu = clip_tower_create(gpu, config, IMAGES, &err);
+    if (!on_cpu || !on_gpu || !clip_load_weights(on_cpu, weights, &err) || !clip_load_weights(on_gpu, weights, &err))
+        fail_msg("%s", err.message);
+    void *d_features = gpu_poisoned(n_features);
+    if (!clip_tower_forward(on_cpu, pixels, IMAGES, want, &err) || !clip_tower_forward(on_gpu, pixels, IMAGES, d_features, &err))
+        fail_msg("%s", err.message);
+    expect_act(d_features, want, n_features, BF16_TOL, weights);
+    gpu->free(gpu, d_features);
+    clip_tower_destroy(on_cpu), clip_tower_destroy(on_gpu);
+    free(pixels), free(want);
+}
+
+// An OpenVLA preset (timm's layout) at the tiny shape of tests/fixtures/vlm/timm_*.safetensors.
+static ClipVisionConfig tiny_timm(const char *preset, int mlp_width) {
+    ClipVisionConfig config;
+    Error err;
+    if (!clip_config_preset(preset, &config, &err)) fail_msg("%s", err.message);
+    config.hidden_size = 32, config.intermediate_size = mlp_width, config.n_layers = 3, config.n_heads = 4;
+    config.image_size = 16, config.patch_size = 4;
+    return config;
+}
+
+// The HF SigLIP folder's tower (gelu_tanh, patch bias, 'default' skipping patch 0),
+// timm's DINOv2 (class token, registers, layer scale) and timm's SigLIP.
+static void test_towers_follow_cpu(void **state) {
+    const char *siglip_folder = "tests/fixtures/llava_hf/siglip";
+    LlavaVision vision;
+    bool is_llava;
+    Error err;
+    if (!hf_read_llava_vision(siglip_folder, &is_llava, &vision, &err)) fail_msg("%s", err.message);
+    check_tower(&vision.clip, siglip_folder);
+    ClipVisionConfig dinov2 = tiny_timm("dinov2-vit-l14-reg4", 128), siglip = tiny_timm("siglip-so400m-14", 119);
+    check_tower(&dinov2, "tests/fixtures/vlm/timm_dinov2.safetensors");
+    check_tower(&siglip, "tests/fixtures/vlm/timm_siglip.safetensors");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layernorm),
-        cmocka_unit_test(test_gelu_and_quick_gelu),
+        cmocka_unit_test(test_gelus),
         cmocka_unit_test(test_bias_and_scatter),
         cmocka_unit_test(test_patch_embed),
         cmocka_unit_test(test_attention_full),
+        cmocka_unit_test(test_towers_follow_cpu),
     };
     if (!gpu_tests_init("every GPU vision op test")) return GPU_TESTS_SKIPPED;
     rng_seed(&test_rng, 20240612);
