@@ -61,7 +61,7 @@ int main(int argc, char **argv) {
     printf("step time: median %.3f s over %d steps (min %.3f, max %.3f) = %.0f tokens/s at the median; "
            "activations %.1f MB; mean step %.2f ms\n\n", median, steps, step_seconds[0], step_seconds[steps - 1],
            B * T / median, model_activation_bytes(model) / 1e6, 1e3 * mean);
-    op_timer_print(stdout, steps);
+    op_timer_print(stdout, steps, NULL);
     adamw_destroy(&opt);
     ops.free(&ops, norm_scratch);
     model_destroy(model);

@@ -268,6 +268,14 @@ static void print_json(FILE *out, const Args *a, const Ops *ops, const LlamaConf
     fprintf(out, "}\n");
 }
 
+// The GPU the CUDA backend runs on, when its peaks are known (not on the CPU or the emulated backend).
+static const DevicePeak *bench_device(const Ops *ops) {
+    if (!ops->device_memory || ops_cuda_is_emulated()) return NULL;
+    CudaInfo info;
+    ops_cuda_info(&info);
+    return info.n_devices > 0 ? device_peak_named(info.devices[0].name) : NULL;
+}
+
 static void print_summary(const Args *a, const Ops *ops, const LlamaConfig *c, const Result *r) {
     double tokens_per_s = a->batch * a->seq / r->median_s, flops = flops_per_token(c, a->seq, a->checkpointing);
     printf("bench_train: %s backend, preset %s (hidden %d, %d layers, vocab %d), B=%d T=%d, LoRA r=%d on all 7 "
@@ -281,7 +289,7 @@ static void print_summary(const Args *a, const Ops *ops, const LlamaConfig *c, c
     printf("MFU: %.3g FLOP/token x %.1f tokens/s = %.3f TFLOP/s of a measured %d^3 GEMM rate of %.3f TFLOP/s = "
            "%.1f%%\n", flops, tokens_per_s, flops * tokens_per_s / 1e12, a->probe_size, r->gemm_flops / 1e12,
            100 * flops * tokens_per_s / r->gemm_flops);
-    if (a->profile) printf("\n"), op_timer_print(stdout, a->steps), printf("\n");
+    if (a->profile) printf("\n"), op_timer_print(stdout, a->steps, bench_device(ops)), printf("\n");
 }
 
 int main(int argc, char **argv) {
