@@ -599,6 +599,13 @@ static void test_swiglu(void **state) {
     free(out), free(dgate), free(dup), free(dgate_before), free(dup_before);
 }
 
+// Far out in the tails silu(g) is 0 and g, and NaN stays NaN.
+static void test_swiglu_tails(void **state) {
+    float gate[4] = {-200.0f, 200.0f, -INFINITY, NAN}, up[4] = {2.0f, 2.0f, 2.0f, 2.0f}, out[4];
+    cpu->swiglu_forward(out, gate, up, 4);
+    assert_true(fabsf(out[0]) < 1e-30f && out[1] == 400.0f && isnan(out[3]));
+}
+
 // ----------------------------------------------------------------------------
 // dropout
 
@@ -726,6 +733,20 @@ static void test_cross_entropy(void **state) {
     free(want_dlogits), free(logits), free(dlogits), free(aliased);
 }
 
+// Masked classes (logits -inf, as vision rows mask them) get softmax 0 exactly;
+// a NaN logit makes the loss NaN rather than vanishing from the sum.
+static void test_cross_entropy_masked_and_nan(void **state) {
+    float logits[4] = {-INFINITY, 0.5f, -INFINITY, 1.0f}, dlogits[4], loss = 0.0f;
+    int32_t target = 3;
+    cpu->cross_entropy(&loss, dlogits, logits, &target, 1, 4, 1.0f);
+    double want = log(exp(0.5) + exp(1.0)) - 1.0;
+    assert_close("masked cross-entropy loss", &loss, &want, 1, FORWARD_TOL);
+    assert_true(dlogits[0] == 0.0f && dlogits[2] == 0.0f && isfinite(dlogits[1]) && dlogits[3] < 0.0f);
+    logits[1] = NAN, loss = 0.0f;
+    cpu->cross_entropy(&loss, NULL, logits, &target, 1, 4, 1.0f);
+    assert_true(isnan(loss));
+}
+
 // ----------------------------------------------------------------------------
 // memory, elementwise and reductions
 
@@ -810,10 +831,12 @@ int main(void) {
         cmocka_unit_test(test_attention_packed_equals_segments),
         cmocka_unit_test(test_attention_packed_vs_torch),
         cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_swiglu_tails),
         cmocka_unit_test(test_dropout_mask),
         cmocka_unit_test(test_dropout_zero_is_identity),
         cmocka_unit_test(test_dropout_backward),
         cmocka_unit_test(test_cross_entropy),
+        cmocka_unit_test(test_cross_entropy_masked_and_nan),
         cmocka_unit_test(test_memory_round_trip),
         cmocka_unit_test(test_sum_squares_in_double),
     };

@@ -24,11 +24,12 @@
 static inline size_t cpu_chunk_size(size_t n, size_t start) { return n - start < CPU_CHUNK ? n - start : CPU_CHUNK; }
 
 // e^x in arithmetic a vector loop can hold (libm's expf stays scalar):
-// Cephes' expf polynomial, within 1.1 ulp of e^x on [-87, 88]. The exponent
-// is clamped to a normal float's, so e^x below -87.3 gives about 1e-38 and
-// above 88.7 about 2e38 (not 0 and inf); NaN stays NaN. Branch-free (a clamp
-// of x would stop GCC vectorising its callers), and the same instructions in
-// every lane and in a loop's remainder, so a value does not depend on its position.
+// Cephes' expf polynomial, within 1.1 ulp of e^x on [-87.3, 88.7]. Below
+// -87.3 (where e^x leaves the normal floats) it gives 0, -inf included;
+// above 88.7 the exponent is clamped, giving about 2e38, not inf; NaN stays
+// NaN. No clamp of x (one stops GCC vectorising its callers), and the same
+// instructions in every lane and in a loop's remainder, so a value does not
+// depend on its position.
 static inline float exp_vectorizable(float x) {
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln 2)
     float r = x - n * 0.693359375f - n * -2.12194440e-4f;              // x - n ln 2, ln 2 in two parts
@@ -42,6 +43,7 @@ static inline float exp_vectorizable(float x) {
     int32_t exponent = (int32_t)n;
     exponent = exponent < -126 ? -126 : exponent;
     exponent = exponent > 127 ? 127 : exponent;
-    union { int32_t bits; float value; } two_to_n = {.bits = (exponent + 127) << 23};
-    return p * two_to_n.value;
+    union { int32_t bits; float value; } two_to_n = {.bits = (exponent + 127) << 23}, result = {.value = p * two_to_n.value};
+    result.bits &= (int32_t)(x < -87.3f) - 1;  // 0 below -87.3: a mask, as a select is not vectorised either
+    return result.value;
 }
