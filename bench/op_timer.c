@@ -5,14 +5,15 @@
 
 enum {
     OP_matmul, OP_matmul_weight_grad, OP_add_inplace, OP_embedding_forward, OP_rmsnorm_forward,
-    OP_rmsnorm_backward, OP_rope_forward, OP_rope_backward, OP_attention_forward, OP_attention_backward,
-    OP_swiglu_forward, OP_swiglu_backward, OP_dropout_forward, OP_dropout_backward, OP_cross_entropy,
+    OP_residual_rmsnorm_forward, OP_rmsnorm_backward, OP_rope_forward, OP_rope_backward, OP_attention_forward,
+    OP_attention_backward, OP_swiglu_forward, OP_swiglu_backward, OP_dropout_forward, OP_dropout_backward, OP_cross_entropy,
     OP_sum_squares, OP_scale_f32, OP_adamw, OP_zero, OP_params_to_act, OP_dequantize_blockwise_u8,
     OP_dequantize_nf4, OP_download, OP_upload, OP_upload_async, OP_COUNT
 };
 
 static const char *const OP_NAMES[OP_COUNT] = {
-    "matmul", "matmul_weight_grad", "add_inplace", "embedding_forward", "rmsnorm_forward", "rmsnorm_backward",
+    "matmul", "matmul_weight_grad", "add_inplace", "embedding_forward", "rmsnorm_forward",
+    "residual_rmsnorm_forward", "rmsnorm_backward",
     "rope_forward", "rope_backward", "attention_forward", "attention_backward", "swiglu_forward",
     "swiglu_backward", "dropout_forward", "dropout_backward", "cross_entropy", "sum_squares", "scale_f32",
     "adamw", "zero", "params_to_act", "dequantize_blockwise_u8", "dequantize_nf4", "download", "upload",
@@ -40,6 +41,8 @@ TIMED(matmul_weight_grad, (float *dw, const void *dy, const void *x, int M, int 
 TIMED(add_inplace, (void *a, const void *b, size_t n), (a, b, n))
 TIMED(embedding_forward, (void *o, const int32_t *ids, const void *t, int N, int C), (o, ids, t, N, C))
 TIMED(rmsnorm_forward, (void *o, float *r, const void *x, const void *w, int N, int C, float e), (o, r, x, w, N, C, e))
+TIMED(residual_rmsnorm_forward, (void *o, float *r, void *x, const void *res, const void *w, int N, int C, float e),
+      (o, r, x, res, w, N, C, e))
 TIMED(rmsnorm_backward, (void *dx, const void *dy, const void *x, const void *w, const float *r, int N, int C),
       (dx, dy, x, w, r, N, C))
 TIMED(rope_forward, (void *x, const int32_t *p, const float *f, int N, int h, int d), (x, p, f, N, h, d))
@@ -76,6 +79,7 @@ Ops op_timer_wrap(const Ops *backend) {
     ops.matmul = timed_matmul, ops.matmul_weight_grad = timed_matmul_weight_grad;
     ops.add_inplace = timed_add_inplace, ops.embedding_forward = timed_embedding_forward;
     ops.rmsnorm_forward = timed_rmsnorm_forward, ops.rmsnorm_backward = timed_rmsnorm_backward;
+    ops.residual_rmsnorm_forward = timed_residual_rmsnorm_forward;
     ops.rope_forward = timed_rope_forward, ops.rope_backward = timed_rope_backward;
     ops.attention_forward = timed_attention_forward, ops.attention_backward = timed_attention_backward;
     ops.swiglu_forward = timed_swiglu_forward, ops.swiglu_backward = timed_swiglu_backward;

@@ -295,6 +295,32 @@ static void test_rmsnorm(void **state) {
     free(dx), free(dx_before);
 }
 
+// The residual add and the norm after it in one op: against transformers'
+// LlamaDecoderLayer (hidden = residual + attention output; LlamaRMSNorm) in
+// float64, and bit for bit against add_inplace then rmsnorm_forward.
+static void test_residual_rmsnorm(void **state) {
+    enum { N = 5, C = 37 };
+    const size_t n = (size_t)N * C;
+    double *x64 = load_fixture("residual_rmsnorm_x.txt", n), *residual64 = load_fixture("residual_rmsnorm_residual.txt", n);
+    double *weight64 = load_fixture("residual_rmsnorm_weight.txt", C);
+    double *want_sum = load_fixture("residual_rmsnorm_sum.txt", n), *want_out = load_fixture("residual_rmsnorm_out.txt", n);
+    float *x = poisoned_floats(n), *residual = poisoned_floats(n), *weight = poisoned_floats(C);
+    for (size_t i = 0; i < n; i++) x[i] = (float)x64[i], residual[i] = (float)residual64[i];
+    for (int i = 0; i < C; i++) weight[i] = (float)weight64[i];
+    float *x_apart = copy_floats(x, n), *out = poisoned_floats(n), *out_apart = poisoned_floats(n);
+    float *rstd = poisoned_floats(N), *rstd_apart = poisoned_floats(N);
+    cpu->residual_rmsnorm_forward(out, rstd, x, residual, weight, N, C, 1e-5f);
+    assert_close("residual_rmsnorm sum vs torch", x, want_sum, n, FORWARD_TOL);
+    assert_close("residual_rmsnorm out vs torch", out, want_out, n, FORWARD_TOL);
+    cpu->add_inplace(x_apart, residual, n);
+    cpu->rmsnorm_forward(out_apart, rstd_apart, x_apart, weight, N, C, 1e-5f);
+    assert_memory_equal(x, x_apart, n * sizeof(float));
+    assert_memory_equal(out, out_apart, n * sizeof(float));
+    assert_memory_equal(rstd, rstd_apart, N * sizeof(float));
+    free(x64), free(residual64), free(weight64), free(want_sum), free(want_out);
+    free(x), free(residual), free(weight), free(x_apart), free(out), free(out_apart), free(rstd), free(rstd_apart);
+}
+
 // ----------------------------------------------------------------------------
 // RoPE
 
@@ -821,6 +847,7 @@ int main(void) {
         cmocka_unit_test(test_cublaslt_layouts),
         cmocka_unit_test(test_embedding_forward),
         cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_residual_rmsnorm),
         cmocka_unit_test(test_rope_plain),
         cmocka_unit_test(test_rope_llama3),
         cmocka_unit_test(test_attention_gqa),

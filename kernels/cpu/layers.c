@@ -20,15 +20,32 @@ void cpu_embedding_forward(void *out, const int32_t *ids, const void *table, int
 // RMSNorm: y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps), per row of C
 // dx_i = rstd * w_i dy_i - x_i * rstd^3 * (sum_j w_j dy_j x_j) / C
 
+// y = x * rstd * w for one row of C given its sum of squares; returns rstd.
+static inline float rmsnorm_scale_row(float *y, const float *x, const float *w, int C, float eps, double sum_squares) {
+    float rstd = 1.0f / sqrtf((float)(sum_squares / C) + eps);
+    #pragma omp simd
+    for (int i = 0; i < C; i++) y[i] = x[i] * rstd * w[i];
+    return rstd;
+}
+
 // One row's y; returns its rstd. The sum of squares (over the hidden size, 4096) in double.
 CPU_VECTORIZED static float rmsnorm_row(float *y, const float *x, const float *w, int C, float eps) {
     double sum_squares = 0.0;
     #pragma omp simd reduction(+ : sum_squares)
     for (int i = 0; i < C; i++) sum_squares += x[i] * x[i];
-    float rstd = 1.0f / sqrtf((float)(sum_squares / C) + eps);
-    #pragma omp simd
-    for (int i = 0; i < C; i++) y[i] = x[i] * rstd * w[i];
-    return rstd;
+    return rmsnorm_scale_row(y, x, w, C, eps, sum_squares);
+}
+
+// x += residual and the sum of squares in the same pass, then y as rmsnorm_row.
+CPU_VECTORIZED static float residual_rmsnorm_row(float *y, float *x, const float *residual, const float *w, int C,
+                                                 float eps) {
+    double sum_squares = 0.0;
+    #pragma omp simd reduction(+ : sum_squares)
+    for (int i = 0; i < C; i++) {
+        x[i] += residual[i];
+        sum_squares += x[i] * x[i];
+    }
+    return rmsnorm_scale_row(y, x, w, C, eps, sum_squares);
 }
 
 void cpu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *weight, int N, int C,
@@ -37,6 +54,16 @@ void cpu_rmsnorm_forward(void *out, float *rstd, const void *inp, const void *we
     for (int n = 0; n < N; n++) {
         size_t row = (size_t)n * C;
         rstd[n] = rmsnorm_row((float *)out + row, (const float *)inp + row, weight, C, eps);
+    }
+}
+
+void cpu_residual_rmsnorm_forward(void *out, float *rstd, void *x, const void *residual, const void *weight, int N,
+                                  int C, float eps) {
+    #pragma omp parallel for if ((size_t)N * C >= CPU_PARALLEL_MIN_WORK)
+    for (int n = 0; n < N; n++) {
+        size_t row = (size_t)n * C;
+        rstd[n] = residual_rmsnorm_row((float *)out + row, (float *)x + row, (const float *)residual + row, weight, C,
+                                       eps);
     }
 }
 

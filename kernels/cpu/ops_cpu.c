@@ -166,6 +166,7 @@ static const Ops cpu_ops = {
     .add_inplace = cpu_add_inplace,
     .embedding_forward = cpu_embedding_forward,
     .rmsnorm_forward = cpu_rmsnorm_forward,
+    .residual_rmsnorm_forward = cpu_residual_rmsnorm_forward,
     .rmsnorm_backward = cpu_rmsnorm_backward,
     .rope_forward = cpu_rope_forward,
     .rope_backward = cpu_rope_backward,
