@@ -5,14 +5,15 @@
 
 enum {
     OP_matmul, OP_matmul_weight_grad, OP_add_inplace, OP_embedding_forward, OP_rmsnorm_forward,
-    OP_rmsnorm_backward, OP_rope_forward, OP_rope_backward, OP_attention_forward, OP_attention_backward,
-    OP_swiglu_forward, OP_swiglu_backward, OP_dropout_forward, OP_dropout_backward, OP_cross_entropy,
+    OP_residual_rmsnorm_forward, OP_rmsnorm_backward, OP_rope_forward, OP_rope_backward, OP_attention_forward,
+    OP_attention_backward, OP_swiglu_forward, OP_swiglu_backward, OP_dropout_forward, OP_dropout_backward, OP_cross_entropy,
     OP_sum_squares, OP_scale_f32, OP_adamw, OP_zero, OP_params_to_act, OP_dequantize_blockwise_u8,
     OP_dequantize_nf4, OP_download, OP_upload, OP_upload_async, OP_COUNT
 };
 
 static const char *const OP_NAMES[OP_COUNT] = {
-    "matmul", "matmul_weight_grad", "add_inplace", "embedding_forward", "rmsnorm_forward", "rmsnorm_backward",
+    "matmul", "matmul_weight_grad", "add_inplace", "embedding_forward", "rmsnorm_forward",
+    "residual_rmsnorm_forward", "rmsnorm_backward",
     "rope_forward", "rope_backward", "attention_forward", "attention_backward", "swiglu_forward",
     "swiglu_backward", "dropout_forward", "dropout_backward", "cross_entropy", "sum_squares", "scale_f32",
     "adamw", "zero", "params_to_act", "dequantize_blockwise_u8", "dequantize_nf4", "download", "upload",
@@ -64,6 +65,10 @@ TIMED(embedding_forward, (const Ops *ops, void *o, const int32_t *ids, const voi
 // x^2, sum, x * rstd * w: 4 per element; inp read, out written, rstd (fp32) written
 TIMED(rmsnorm_forward, (const Ops *ops, void *o, float *r, const void *x, const void *w, int N, int C, float e),
       (base, o, r, x, w, N, C, e), ((OpCost){4.0 * N * C, E * (2.0 * N * C + C) + 4.0 * N}))
+// x += residual, then rmsnorm_forward: 5 per element; x read and written, residual read, out written
+TIMED(residual_rmsnorm_forward, (const Ops *ops, void *o, float *r, void *x, const void *res, const void *w, int N,
+                                 int C, float e), (base, o, r, x, res, w, N, C, e),
+      ((OpCost){5.0 * N * C, E * (4.0 * N * C + C) + 4.0 * N}))
 // dout * w, its dot with x, and dx = rstd (g - x dot / C): 7 per element; dinp read and written
 TIMED(rmsnorm_backward, (const Ops *ops, void *dx, const void *dy, const void *x, const void *w, const float *r, int N,
                          int C), (base, dx, dy, x, w, r, N, C),
@@ -126,6 +131,7 @@ Ops op_timer_wrap(const Ops *backend) {
     ops.matmul = timed_matmul, ops.matmul_weight_grad = timed_matmul_weight_grad;
     ops.add_inplace = timed_add_inplace, ops.embedding_forward = timed_embedding_forward;
     ops.rmsnorm_forward = timed_rmsnorm_forward, ops.rmsnorm_backward = timed_rmsnorm_backward;
+    ops.residual_rmsnorm_forward = timed_residual_rmsnorm_forward;
     ops.rope_forward = timed_rope_forward, ops.rope_backward = timed_rope_backward;
     ops.attention_forward = timed_attention_forward, ops.attention_backward = timed_attention_backward;
     ops.swiglu_forward = timed_swiglu_forward, ops.swiglu_backward = timed_swiglu_backward;

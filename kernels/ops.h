@@ -113,6 +113,10 @@ struct Ops {
     // out = inp / sqrt(mean(inp^2) + eps) * weight; rstd (N) saved for backward.
     void (*rmsnorm_forward)(const Ops *ops, void *out, float *rstd, const void *inp, const void *weight, int N, int C,
                             float eps);
+    // x += residual, then out = rmsnorm(x) as rmsnorm_forward: a residual add
+    // and the norm after it in one pass over x (x holds the sum afterwards).
+    void (*residual_rmsnorm_forward)(const Ops *ops, void *out, float *rstd, void *x, const void *residual,
+                                     const void *weight, int N, int C, float eps);
     void (*rmsnorm_backward)(const Ops *ops, void *dinp, const void *dout, const void *inp, const void *weight,
                              const float *rstd, int N, int C);
 

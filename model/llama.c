@@ -639,8 +639,7 @@ static void layer_forward(Model *m, const StepState *st, int l, const void *x, v
     ops->attention_forward(ops, a->att, a->lse, a->q, a->k, a->v, st->seq_start, st->B, st->T, c->n_heads,
                            c->n_kv_heads, c->head_dim);
     linear_forward(m, st, l, LORA_O, a->mid, a->att, a->lora_h[LORA_O]);
-    ops->add_inplace(ops, a->mid, x, (size_t)N * C);
-    ops->rmsnorm_forward(ops, a->ln2, a->rstd2, a->mid, w->post_attention_layernorm, N, C, c->rms_eps);
+    ops->residual_rmsnorm_forward(ops, a->ln2, a->rstd2, a->mid, x, w->post_attention_layernorm, N, C, c->rms_eps);
     linear_forward(m, st, l, LORA_GATE, a->gate, a->ln2, a->lora_h[LORA_GATE]);
     linear_forward(m, st, l, LORA_UP, a->up, a->ln2, a->lora_h[LORA_UP]);
     ops->swiglu_forward(ops, a->h, a->gate, a->up, (size_t)N * c->intermediate_size);

@@ -14,6 +14,10 @@
 - gelu_tanh_{x,out,dout,dx}.txt: torch.nn.functional.gelu(x, approximate="tanh") (SigLIP's
   gelu_pytorch_tanh) in fp32 on 64 points over [-6, 6] and 0, and the gradient autograd gives
   for the upstream gradient dout (tests/test_vision_ops.c).
+- residual_rmsnorm_*.txt: a decoder layer's residual add and the norm after it,
+  as transformers' LlamaDecoderLayer runs them (hidden = residual + attn_out;
+  LlamaRMSNorm(hidden)), in float64 from fp32 inputs: x, residual, weight
+  (N, C), (N, C), (C) and the sum and the normalised output.
 
 Each file is whitespace-separated numbers; attention_shape.txt holds B T H KV hd.
 Run: python3 scripts/ref_ops.py
@@ -23,7 +27,7 @@ import os
 import torch
 from transformers import LlamaConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "ops")
 
@@ -117,6 +121,22 @@ def gelu_tanh_reference():
     save("gelu_tanh_out.txt", out)
     save("gelu_tanh_dout.txt", dout)
     save("gelu_tanh_dx.txt", x.grad)
+def residual_rmsnorm_reference():
+    N, C, eps = 5, 37, 1e-5
+    g = torch.Generator().manual_seed(4321)
+    x = torch.randn(N, C, generator=g)
+    residual = torch.randn(N, C, generator=g)
+    weight = torch.rand(C, generator=g) + 0.5
+    norm = LlamaRMSNorm(C, eps=eps).to(torch.float64)
+    with torch.no_grad():
+        norm.weight.copy_(weight.to(torch.float64))
+        hidden = x.to(torch.float64) + residual.to(torch.float64)
+        out = norm(hidden)
+    save("residual_rmsnorm_x.txt", x)
+    save("residual_rmsnorm_residual.txt", residual)
+    save("residual_rmsnorm_weight.txt", weight)
+    save("residual_rmsnorm_sum.txt", hidden)
+    save("residual_rmsnorm_out.txt", out)
 
 
 if __name__ == "__main__":
@@ -126,3 +146,4 @@ if __name__ == "__main__":
     attention_reference()
     attention_packed_reference()
     gelu_tanh_reference()
+    residual_rmsnorm_reference()

@@ -271,6 +271,32 @@ static void test_rmsnorm(void **state) {
     free(dx), free(dx_before);
 }
 
+// The residual add and the norm after it in one op: against transformers'
+// LlamaDecoderLayer (hidden = residual + attention output; LlamaRMSNorm) in
+// float64, and bit for bit against add_inplace then rmsnorm_forward.
+static void test_residual_rmsnorm(void **state) {
+    enum { N = 5, C = 37 };
+    const size_t n = (size_t)N * C;
+    double *x64 = load_fixture("residual_rmsnorm_x.txt", n), *residual64 = load_fixture("residual_rmsnorm_residual.txt", n);
+    double *weight64 = load_fixture("residual_rmsnorm_weight.txt", C);
+    double *want_sum = load_fixture("residual_rmsnorm_sum.txt", n), *want_out = load_fixture("residual_rmsnorm_out.txt", n);
+    float *x = poisoned_floats(n), *residual = poisoned_floats(n), *weight = poisoned_floats(C);
+    for (size_t i = 0; i < n; i++) x[i] = (float)x64[i], residual[i] = (float)residual64[i];
+    for (int i = 0; i < C; i++) weight[i] = (float)weight64[i];
+    float *x_apart = copy_floats(x, n), *out = poisoned_floats(n), *out_apart = poisoned_floats(n);
+    float *rstd = poisoned_floats(N), *rstd_apart = poisoned_floats(N);
+    cpu->residual_rmsnorm_forward(cpu, out, rstd, x, residual, weight, N, C, 1e-5f);
+    assert_close("residual_rmsnorm sum vs torch", x, want_sum, n, FORWARD_TOL);
+    assert_close("residual_rmsnorm out vs torch", out, want_out, n, FORWARD_TOL);
+    cpu->add_inplace(cpu, x_apart, residual, n);
+    cpu->rmsnorm_forward(cpu, out_apart, rstd_apart, x_apart, weight, N, C, 1e-5f);
+    assert_memory_equal(x, x_apart, n * sizeof(float));
+    assert_memory_equal(out, out_apart, n * sizeof(float));
+    assert_memory_equal(rstd, rstd_apart, N * sizeof(float));
+    free(x64), free(residual64), free(weight64), free(want_sum), free(want_out);
+    free(x), free(residual), free(weight), free(x_apart), free(out), free(out_apart), free(rstd), free(rstd_apart);
+}
+
 // ----------------------------------------------------------------------------
 // RoPE
 
@@ -575,6 +601,13 @@ static void test_swiglu(void **state) {
     free(out), free(dgate), free(dup), free(dgate_before), free(dup_before);
 }
 
+// Far out in the tails silu(g) is 0 and g, and NaN stays NaN.
+static void test_swiglu_tails(void **state) {
+    float gate[4] = {-200.0f, 200.0f, -INFINITY, NAN}, up[4] = {2.0f, 2.0f, 2.0f, 2.0f}, out[4];
+    cpu->swiglu_forward(cpu, out, gate, up, 4);
+    assert_true(fabsf(out[0]) < 1e-30f && out[1] == 400.0f && isnan(out[3]));
+}
+
 // ----------------------------------------------------------------------------
 // dropout
 
@@ -702,6 +735,20 @@ static void test_cross_entropy(void **state) {
     free(want_dlogits), free(logits), free(dlogits), free(aliased);
 }
 
+// Masked classes (logits -inf, as vision rows mask them) get softmax 0 exactly;
+// a NaN logit makes the loss NaN rather than vanishing from the sum.
+static void test_cross_entropy_masked_and_nan(void **state) {
+    float logits[4] = {-INFINITY, 0.5f, -INFINITY, 1.0f}, dlogits[4], loss = 0.0f;
+    int32_t target = 3;
+    cpu->cross_entropy(cpu, &loss, dlogits, logits, &target, 1, 4, 1.0f);
+    double want = log(exp(0.5) + exp(1.0)) - 1.0;
+    assert_close("masked cross-entropy loss", &loss, &want, 1, FORWARD_TOL);
+    assert_true(dlogits[0] == 0.0f && dlogits[2] == 0.0f && isfinite(dlogits[1]) && dlogits[3] < 0.0f);
+    logits[1] = NAN, loss = 0.0f;
+    cpu->cross_entropy(cpu, &loss, NULL, logits, &target, 1, 4, 1.0f);
+    assert_true(isnan(loss));
+}
+
 // ----------------------------------------------------------------------------
 // memory, elementwise and reductions
 
@@ -776,6 +823,7 @@ int main(void) {
         cmocka_unit_test(test_cublaslt_layouts),
         cmocka_unit_test(test_embedding_forward),
         cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_residual_rmsnorm),
         cmocka_unit_test(test_rope_plain),
         cmocka_unit_test(test_rope_llama3),
         cmocka_unit_test(test_attention_gqa),
@@ -786,10 +834,12 @@ int main(void) {
         cmocka_unit_test(test_attention_packed_equals_segments),
         cmocka_unit_test(test_attention_packed_vs_torch),
         cmocka_unit_test(test_swiglu),
+        cmocka_unit_test(test_swiglu_tails),
         cmocka_unit_test(test_dropout_mask),
         cmocka_unit_test(test_dropout_zero_is_identity),
         cmocka_unit_test(test_dropout_backward),
         cmocka_unit_test(test_cross_entropy),
+        cmocka_unit_test(test_cross_entropy_masked_and_nan),
         cmocka_unit_test(test_memory_round_trip),
         cmocka_unit_test(test_sum_squares_in_double),
     };

@@ -26,6 +26,8 @@ void cpu_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const 
 void cpu_embedding_forward(const Ops *ops, void *out, const int32_t *ids, const void *table, int N, int C);
 void cpu_rmsnorm_forward(const Ops *ops, void *out, float *rstd, const void *inp, const void *weight, int N, int C,
                          float eps);
+void cpu_residual_rmsnorm_forward(const Ops *ops, void *out, float *rstd, void *x, const void *residual,
+                                  const void *weight, int N, int C, float eps);
 void cpu_rmsnorm_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, const void *weight,
                           const float *rstd, int N, int C);
 void cpu_rope_forward(const Ops *ops, void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,

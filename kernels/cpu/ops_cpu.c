@@ -2,6 +2,7 @@
 // Host memory is device memory, every op is synchronous, and nothing fails
 // asynchronously.
 #include "cpu.h"
+#include "vectorize.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -81,18 +82,29 @@ static void cpu_params_to_act(const Ops *ops, void *dst_act, const float *params
 // ----------------------------------------------------------------------------
 // elementwise and optimizer ops
 
+CPU_VECTORIZED static void add_chunk(float *a, const float *b, size_t n) {
+    #pragma omp simd
+    for (size_t i = 0; i < n; i++) a[i] += b[i];
+}
+
 static void cpu_add_inplace(const Ops *ops, void *a, const void *b, size_t n) {
-    float *x = a;
-    const float *y = b;
     #pragma omp parallel for if (n >= CPU_PARALLEL_MIN_WORK)
-    for (size_t i = 0; i < n; i++) x[i] += y[i];
+    for (size_t start = 0; start < n; start += CPU_CHUNK)
+        add_chunk((float *)a + start, (const float *)b + start, cpu_chunk_size(n, start));
+}
+
+CPU_VECTORIZED static double sum_squares_chunk(const float *g, size_t n) {
+    double sum = 0.0;
+    #pragma omp simd reduction(+ : sum)
+    for (size_t i = 0; i < n; i++) sum += (double)g[i] * g[i];
+    return sum;
 }
 
 // *out += sum g^2, accumulated in double
 static void cpu_sum_squares(const Ops *ops, float *out, const float *g, size_t n) {
     double sum = 0.0;
     #pragma omp parallel for reduction(+ : sum) if (n >= CPU_PARALLEL_MIN_WORK)
-    for (size_t i = 0; i < n; i++) sum += (double)g[i] * g[i];
+    for (size_t start = 0; start < n; start += CPU_CHUNK) sum += sum_squares_chunk(g + start, cpu_chunk_size(n, start));
     *out += (float)sum;
 }
 
@@ -158,6 +170,7 @@ static const Ops cpu_ops = {
     .add_inplace = cpu_add_inplace,
     .embedding_forward = cpu_embedding_forward,
     .rmsnorm_forward = cpu_rmsnorm_forward,
+    .residual_rmsnorm_forward = cpu_residual_rmsnorm_forward,
     .rmsnorm_backward = cpu_rmsnorm_backward,
     .rope_forward = cpu_rope_forward,
     .rope_backward = cpu_rope_backward,

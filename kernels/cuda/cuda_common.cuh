@@ -129,6 +129,8 @@ void cuda_act_to_f32(CudaContext *ctx, float *dst, const void *src_act, size_t n
 void cuda_embedding_forward(const Ops *ops, void *out, const int32_t *ids, const void *table, int N, int C);
 void cuda_rmsnorm_forward(const Ops *ops, void *out, float *rstd, const void *inp, const void *weight, int N, int C,
                           float eps);
+void cuda_residual_rmsnorm_forward(const Ops *ops, void *out, float *rstd, void *x, const void *residual,
+                                   const void *weight, int N, int C, float eps);
 void cuda_rmsnorm_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, const void *weight,
                            const float *rstd, int N, int C);
 void cuda_rope_forward(const Ops *ops, void *x, const int32_t *positions, const float *inv_freq, int N, int n_head,

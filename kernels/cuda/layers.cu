@@ -78,6 +78,25 @@ __global__ void rmsnorm_forward_kernel(bf16 *out, float *rstd, const bf16 *inp, 
     if (threadIdx.x == 0) rstd[blockIdx.x] = row_rstd;
 }
 
+// x += residual (rounded to bf16, as add_inplace), then rmsnorm_forward_kernel's
+// out and rstd of the sum; each thread reads back only the elements it wrote.
+__global__ void residual_rmsnorm_forward_kernel(bf16 *out, float *rstd, bf16 *inp, const bf16 *residual,
+                                                const bf16 *weight, int C, float eps) {
+    bf16 *x = inp + (size_t)blockIdx.x * C;
+    const bf16 *r = residual + (size_t)blockIdx.x * C;
+    bf16 *y = out + (size_t)blockIdx.x * C;
+    float sum_sq = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        x[c] = __float2bfloat16_rn(__bfloat162float(x[c]) + __bfloat162float(r[c]));
+        float xc = __bfloat162float(x[c]);
+        sum_sq += xc * xc;
+    }
+    float row_rstd = rsqrtf(block_sum(sum_sq) / C + eps);
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        y[c] = __float2bfloat16_rn(__bfloat162float(x[c]) * row_rstd * __bfloat162float(weight[c]));
+    if (threadIdx.x == 0) rstd[blockIdx.x] = row_rstd;
+}
+
 __global__ void rmsnorm_backward_kernel(bf16 *dinp, const bf16 *dout, const bf16 *inp, const bf16 *weight,
                                         const float *rstd, int C) {
     size_t row = blockIdx.x;
@@ -102,6 +121,15 @@ void cuda_rmsnorm_forward(const Ops *ops, void *out, float *rstd, const void *in
     rmsnorm_forward_kernel<<<N, THREADS, 0, ctx->stream>>>((bf16 *)out, rstd, (const bf16 *)inp, (const bf16 *)weight,
                                                            C, eps);
     launchCheck("rmsnorm_forward_kernel");
+}
+
+void cuda_residual_rmsnorm_forward(const Ops *ops, void *out, float *rstd, void *x, const void *residual,
+                                   const void *weight, int N, int C, float eps) {
+    CudaContext *ctx = cuda_context(ops);
+    if (N == 0) return;
+    residual_rmsnorm_forward_kernel<<<N, THREADS, 0, ctx->stream>>>(
+        (bf16 *)out, rstd, (bf16 *)x, (const bf16 *)residual, (const bf16 *)weight, C, eps);
+    launchCheck("residual_rmsnorm_forward_kernel");
 }
 
 void cuda_rmsnorm_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, const void *weight,

@@ -260,6 +260,7 @@ static const Ops cuda_ops = {
     .add_inplace = cuda_add_inplace,
     .embedding_forward = cuda_embedding_forward,
     .rmsnorm_forward = cuda_rmsnorm_forward,
+    .residual_rmsnorm_forward = cuda_residual_rmsnorm_forward,
     .rmsnorm_backward = cuda_rmsnorm_backward,
     .rope_forward = cuda_rope_forward,
     .rope_backward = cuda_rope_backward,

@@ -40,6 +40,12 @@ static void rmsnorm_forward(const Ops *ops, void *out, float *rstd, const void *
     fp32.rmsnorm_forward(&fp32, out, rstd, inp, weight, N, C, eps);
     round_to_bf16(out, (size_t)N * C);
 }
+// The sum is stored (rounded) before the norm reads it, as on CUDA.
+static void residual_rmsnorm_forward(const Ops *ops, void *out, float *rstd, void *x, const void *residual,
+                                     const void *weight, int N, int C, float eps) {
+    add_inplace(ops, x, residual, (size_t)N * C);
+    rmsnorm_forward(ops, out, rstd, x, weight, N, C, eps);
+}
 static void rmsnorm_backward(const Ops *ops, void *dinp, const void *dout, const void *inp, const void *weight,
                              const float *rstd, int N, int C) {
     fp32.rmsnorm_backward(&fp32, dinp, dout, inp, weight, rstd, N, C);
@@ -123,6 +129,7 @@ const Ops *ops_cpu_bf16(void) {
     ops.upload_f32 = upload_f32, ops.params_to_act = params_to_act, ops.matmul = matmul;
     ops.add_inplace = add_inplace, ops.embedding_forward = embedding_forward;
     ops.rmsnorm_forward = rmsnorm_forward, ops.rmsnorm_backward = rmsnorm_backward;
+    ops.residual_rmsnorm_forward = residual_rmsnorm_forward;
     ops.rope_forward = rope_forward, ops.rope_backward = rope_backward;
     ops.attention_forward = attention_forward, ops.attention_backward = attention_backward;
     ops.swiglu_forward = swiglu_forward, ops.swiglu_backward = swiglu_backward;

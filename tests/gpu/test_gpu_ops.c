@@ -259,6 +259,30 @@ static void check_rmsnorm(int N, int C) {
     for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
 }
 
+// x += residual, then the norm: the sum rounded to bf16 as add_inplace stores it.
+static void check_residual_rmsnorm(int N, int C) {
+    size_t n = (size_t)N * C;
+    float *x = random_act(n, -2, 2), *residual = random_act(n, -2, 2), *weight = random_act(C, 0.5f, 1.5f);
+    float *out = nan_array(n), *rstd = nan_array(N);
+    void *dev_x = gpu_act(x, n), *dev_residual = gpu_act(residual, n), *dev_weight = gpu_act(weight, C);
+    void *dev_out = gpu_act(out, n);
+    float *dev_rstd = gpu_copy(rstd, N * sizeof(float));
+    ops_cpu_bf16()->residual_rmsnorm_forward(ops_cpu_bf16(), out, rstd, x, residual, weight, N, C, 1e-5f);
+    gpu->residual_rmsnorm_forward(gpu, dev_out, dev_rstd, dev_x, dev_residual, dev_weight, N, C, 1e-5f);
+    expect_act(dev_x, x, n, BF16_TOL, "residual_rmsnorm_forward sum");
+    expect_act(dev_out, out, n, BF16_TOL, "residual_rmsnorm_forward out");
+    expect_f32(dev_rstd, rstd, N, STAT_TOL, "residual_rmsnorm_forward rstd");
+    void *devs[] = {dev_x, dev_residual, dev_weight, dev_out, dev_rstd};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(gpu, devs[i]);
+    free(x), free(residual), free(weight), free(out), free(rstd);
+}
+
+static void test_residual_rmsnorm(void **state) {
+    check_residual_rmsnorm(1, 1);
+    check_residual_rmsnorm(5, 33);
+    check_residual_rmsnorm(17, 4096);
+}
+
 static void test_rmsnorm(void **state) {
     check_rmsnorm(1, 1);
     check_rmsnorm(5, 33);
@@ -604,6 +628,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_weight_grad),
         cmocka_unit_test(test_embedding),
         cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_residual_rmsnorm),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_dropout),
