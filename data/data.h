@@ -344,3 +344,24 @@ int64_t vlm_loader_steps_per_epoch(const VlmLoader *loader);
 const StepBatch *vlm_loader_next(VlmLoader *loader, Error *err);
 void vlm_loader_position(const VlmLoader *loader, int *epoch, int64_t *step_in_epoch);
 void vlm_loader_seek(VlmLoader *loader, int epoch, int64_t step_in_epoch);
+
+// ----------------------------------------------------------------------------
+// StepLoader: the one interface training and evaluation draw steps through,
+// whichever data the run has (text: DataLoader, LLaVA: VlmLoader, robot steps:
+// RobotLoader in rlds.h). It owns the loader it wraps, not the dataset.
+
+typedef struct StepLoader StepLoader;
+
+StepLoader *step_loader_text(const Dataset *dataset, const DataLoaderOptions *options, Error *err);
+StepLoader *step_loader_vlm(VlmDataset *dataset, const DataLoaderOptions *options, double max_skip_fraction,
+                            Error *err);
+void step_loader_destroy(StepLoader *loader);
+// The next step (the loader owns it), or NULL with err on failure.
+const StepBatch *step_loader_next(StepLoader *loader, Error *err);
+// Position for exact resume: (epoch, step within epoch), and back to it.
+void step_loader_position(const StepLoader *loader, int *epoch, int64_t *step_in_epoch);
+void step_loader_seek(StepLoader *loader, int epoch, int64_t step_in_epoch);
+int64_t step_loader_steps_per_epoch(const StepLoader *loader); // of epoch 0
+int64_t step_loader_steps_for_epochs(StepLoader *loader, int n_epochs);
+int64_t step_loader_samples(const StepLoader *loader);   // served: the subset's or the dataset's
+int64_t step_loader_truncated(const StepLoader *loader); // the dataset's samples cut to max_seq_len

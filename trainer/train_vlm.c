@@ -2,8 +2,8 @@
 // set): what comes from the config and what from a llava-hf model.path
 // (vlm_setup), the frozen CLIP tower, LLaVA records through VlmDataset / VlmLoader,
 // and for every micro-batch the tower's features of the rows holding an image
-// (forward only, nothing kept for a backward). The data-position functions
-// serve text and vision-language runs alike.
+// (forward only, nothing kept for a backward). run_open_loader picks the
+// StepLoader of the run's data, text or vision-language.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,15 +148,6 @@ bool vlm_load(Run *run, Error *err) {
     return run->image_features != NULL;
 }
 
-bool run_create_loader(Run *run, const DataLoaderOptions *options, Error *err) {
-    if (run->vlm_dataset) {
-        run->vlm_loader = vlm_loader_create(run->vlm_dataset, options, run->config->data.max_skip_fraction, err);
-        return run->vlm_loader != NULL;
-    }
-    run->loader = dataloader_create(run->dataset, options, err);
-    return run->loader != NULL;
-}
-
 // Micro-batch micro's images through the frozen tower: the rows holding an
 // image, in row order, give (n_images * P, D) feature rows, the order in which
 // their image tokens appear in the (B, T) tokens.
@@ -179,42 +170,14 @@ bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out,
 void vlm_destroy(Run *run) {
     if (run->image_features) run->ops->free(run->ops, run->image_features);
     free(run->image_scratch);
-    vlm_loader_destroy(run->vlm_loader);
     vlm_dataset_destroy(run->vlm_dataset);
     clip_tower_destroy(run->tower);
 }
 
-// ----------------------------------------------------------------------------
-// the data position, whichever loader the run has
-
-const StepBatch *run_next_batch(Run *run, Error *err) {
-    return run->vlm_loader ? vlm_loader_next(run->vlm_loader, err) : dataloader_next(run->loader);
-}
-
-void run_data_position(const Run *run, int *epoch, int64_t *step_in_epoch) {
-    if (run->vlm_loader) vlm_loader_position(run->vlm_loader, epoch, step_in_epoch);
-    else dataloader_position(run->loader, epoch, step_in_epoch);
-}
-
-void run_data_seek(Run *run, int epoch, int64_t step_in_epoch) {
-    if (run->vlm_loader) vlm_loader_seek(run->vlm_loader, epoch, step_in_epoch);
-    else dataloader_seek(run->loader, epoch, step_in_epoch);
-}
-
-int64_t run_steps_per_epoch(const Run *run) {
-    return run->vlm_loader ? vlm_loader_steps_per_epoch(run->vlm_loader) : dataloader_steps_per_epoch(run->loader);
-}
-
-int64_t run_steps_for_epochs(Run *run, int n_epochs) {
-    if (run->vlm_loader) return vlm_loader_steps_per_epoch(run->vlm_loader) * n_epochs;
-    return dataloader_steps_for_epochs(run->loader, n_epochs);
-}
-
-int64_t run_samples(const Run *run) {
-    if (run->eval.train_subset) return run->eval.n_train;
-    return run->vlm_dataset ? vlm_dataset_size(run->vlm_dataset) : dataset_size(run->dataset);
-}
-
-int64_t run_truncated(const Run *run) {
-    return run->vlm_dataset ? vlm_dataset_stats(run->vlm_dataset)->truncated : dataset_truncated_count(run->dataset);
+StepLoader *run_open_loader(const Run *run, const Dataset *dataset, VlmDataset *vlm_dataset,
+                            const DataLoaderOptions *options, Error *err) {
+    if (run->vlm_dataset)
+        return step_loader_vlm(vlm_dataset ? vlm_dataset : run->vlm_dataset, options,
+                               run->config->data.max_skip_fraction, err);
+    return step_loader_text(dataset ? dataset : run->dataset, options, err);
 }
