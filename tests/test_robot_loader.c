@@ -1,0 +1,231 @@
+// RobotLoader against tests/fixtures/rlds/ (scripts/ref_rlds.py, tensorflow-datasets):
+// each step's row is RLDSBatchTransform's input_ids / labels (transformers'
+// tokenizer, committed in expected.json) with the image placeholders right
+// after BOS, its image the step's image preprocessed; the shuffle buffer
+// visits every step once per epoch; seek reproduces the batch sequence.
+#include "test_util.h"
+
+#include <json-c/json.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "data/rlds.h"
+
+#define FIXTURES "tests/fixtures/rlds"
+#define DATASET FIXTURES "/tiny_rlds/1.0.0"
+#define N_STEPS 16
+#define IMAGE_TOKENS 4
+#define IMAGE_TOKEN_ID 32000
+#define IMAGE_SIZE 16
+#define T 96
+
+typedef struct Fixture {
+    Tokenizer *tok;
+    RobotDataset *dataset;
+    RobotSampleOptions robot;
+} Fixture;
+
+static int setup(void **state) {
+    const char *folder = shared_fixture("tokenizers/mistral");
+    if (!folder) {
+        print_message("../shared/fixtures/tokenizers/mistral is missing\n");
+        return -1;
+    }
+    Fixture *f = calloc(1, sizeof *f);
+    Error err = {{0}};
+    RobotDataOptions options = {.path = DATASET};
+    f->tok = tokenizer_load(folder, &err);
+    f->dataset = f->tok ? robot_dataset_open(&options, &err) : NULL;
+    if (!f->dataset || !robot_dataset_action_stats(f->dataset, NULL, &f->robot.stats, &err)) {
+        print_message("%s\n", err.message);
+        return -1;
+    }
+    const float mean[3] = {0.5f, 0.5f, 0.5f}, std[3] = {0.5f, 0.5f, 0.5f};
+    f->robot.tok = f->tok;
+    f->robot.action_vocab_size = 32000; // Llama 2's tokenizer.vocab_size, as OpenVLA's
+    f->robot.n_image_tokens = IMAGE_TOKENS;
+    f->robot.image_token_id = IMAGE_TOKEN_ID;
+    f->robot.preprocess = image_preprocess_square(IMAGE_SIZE, mean, std);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    Fixture *f = *state;
+    robot_dataset_destroy(f->dataset);
+    tokenizer_destroy(f->tok);
+    free(f);
+    return 0;
+}
+
+static StepLoader *open_loader(const Fixture *f, int shuffle_buffer, int micro_batch, int grad_accum) {
+    RobotSampleOptions robot = f->robot;
+    robot.shuffle_buffer = shuffle_buffer;
+    DataLoaderOptions options = {.micro_batch = micro_batch, .grad_accum = grad_accum, .max_seq_len = T,
+                                 .seed = 7, .shuffle = true, .rank = 0, .world_size = 1};
+    Error err = {{0}};
+    StepLoader *loader = step_loader_robot(f->dataset, &robot, &options, &err);
+    if (!loader) fail_msg("step_loader_robot: %s", err.message);
+    return loader;
+}
+
+static json_object *get(json_object *object, const char *key) {
+    json_object *value;
+    if (!json_object_object_get_ex(object, key, &value)) fail_msg("no key '%s'", key);
+    return value;
+}
+
+// Step i's image as the loader must preprocess it.
+static void expected_image(const Fixture *f, int64_t i, float *out) {
+    Image image;
+    Error err = {{0}};
+    if (!robot_dataset_image(f->dataset, i, &image, &err) || !image_preprocess(&image, &f->robot.preprocess, out, &err))
+        fail_msg("%s", err.message);
+    image_free(&image);
+}
+
+// The step a one-row batch holds, told by its image (every step's differs).
+static int step_of(const Fixture *f, const StepBatch *batch) {
+    size_t floats = 3 * IMAGE_SIZE * IMAGE_SIZE;
+    float *image = malloc(floats * sizeof *image);
+    int found = -1;
+    for (int i = 0; i < N_STEPS && found < 0; i++) {
+        expected_image(f, i, image);
+        if (memcmp(image, batch->images, floats * sizeof *image) == 0) found = i;
+    }
+    free(image);
+    if (found < 0) fail_msg("a batch's image is no step's");
+    return found;
+}
+
+// In data order, step i's row is BOS, the image positions, then transformers' ids after BOS;
+// targets are the labels shifted left (IGNORE_INDEX on the image positions).
+static void test_rows_as_openvla(void **state) {
+    Fixture *f = *state;
+    json_object *expected = json_object_from_file(FIXTURES "/expected.json");
+    json_object *samples = get(expected, "samples_mistral_tokenizer");
+    StepLoader *loader = open_loader(f, 0, 1, 1);
+    assert_int_equal(step_loader_steps_per_epoch(loader), N_STEPS);
+    assert_int_equal(step_loader_samples(loader), N_STEPS);
+    assert_int_equal(step_loader_truncated(loader), 0);
+    float image[3 * IMAGE_SIZE * IMAGE_SIZE];
+    Error err = {{0}};
+    for (int i = 0; i < N_STEPS; i++) {
+        const StepBatch *batch = step_loader_next(loader, &err);
+        if (!batch) fail_msg("%s", err.message);
+        json_object *sample = json_object_array_get_idx(samples, (size_t)i);
+        json_object *ids = get(sample, "ids"), *labels = get(sample, "labels");
+        int n = (int)json_object_array_length(ids), length = n + IMAGE_TOKENS;
+        int32_t want_ids[T], want_labels[T];
+        want_ids[0] = json_object_get_int(json_object_array_get_idx(ids, 0));
+        want_labels[0] = IGNORE_INDEX;
+        for (int t = 1; t <= IMAGE_TOKENS; t++) want_ids[t] = IMAGE_TOKEN_ID, want_labels[t] = IGNORE_INDEX;
+        for (int t = 1; t < n; t++) {
+            want_ids[IMAGE_TOKENS + t] = json_object_get_int(json_object_array_get_idx(ids, (size_t)t));
+            want_labels[IMAGE_TOKENS + t] = json_object_get_int(json_object_array_get_idx(labels, (size_t)t));
+        }
+        int64_t label_tokens = 0;
+        for (int t = 0; t < length; t++) {
+            assert_int_equal(batch->tokens[t], want_ids[t]);
+            int32_t target = t + 1 < length ? want_labels[t + 1] : IGNORE_INDEX;
+            assert_int_equal(batch->targets[t], target);
+            label_tokens += target != IGNORE_INDEX;
+        }
+        for (int t = length; t < T; t++) assert_int_equal(batch->targets[t], IGNORE_INDEX);
+        assert_int_equal(batch->n_label_tokens, label_tokens);
+        assert_int_equal(label_tokens, 8); // 7 action tokens and </s>
+        assert_true(batch->has_image[0]);
+        assert_int_equal(batch->image_size, IMAGE_SIZE);
+        expected_image(f, i, image);
+        assert_memory_equal(batch->images, image, sizeof image);
+        // robot_training_sample gives the same row.
+        Sample alone;
+        if (!robot_training_sample(f->dataset, &f->robot, i, &alone, &err)) fail_msg("%s", err.message);
+        assert_int_equal(alone.length, length);
+        assert_memory_equal(alone.ids, want_ids, (size_t)length * sizeof *want_ids);
+        sample_free(&alone);
+    }
+    step_loader_destroy(loader);
+    json_object_put(expected);
+}
+
+// With a buffer smaller than the data, every step once per epoch, in orders
+// that differ from data order and from epoch to epoch.
+static void test_shuffle_buffer_visits_every_step(void **state) {
+    Fixture *f = *state;
+    StepLoader *loader = open_loader(f, 5, 1, 1);
+    int orders[3][N_STEPS];
+    Error err = {{0}};
+    for (int epoch = 0; epoch < 3; epoch++) {
+        int seen[N_STEPS] = {0};
+        for (int s = 0; s < N_STEPS; s++) {
+            const StepBatch *batch = step_loader_next(loader, &err);
+            if (!batch) fail_msg("%s", err.message);
+            assert_int_equal(batch->epoch, epoch);
+            orders[epoch][s] = step_of(f, batch);
+            seen[orders[epoch][s]]++;
+        }
+        for (int i = 0; i < N_STEPS; i++) assert_int_equal(seen[i], 1);
+        int in_data_order = 0;
+        for (int s = 0; s < N_STEPS; s++) in_data_order += orders[epoch][s] == s;
+        assert_true(in_data_order < N_STEPS);
+    }
+    assert_memory_not_equal(orders[0], orders[1], sizeof orders[0]);
+    step_loader_destroy(loader);
+}
+
+// Positions recorded over three epochs of 2 x 2-row steps; a second loader
+// sought to each position gives the same step, images included.
+static void test_seek_reproduces_batches(void **state) {
+    Fixture *f = *state;
+    StepLoader *loader = open_loader(f, 6, 2, 2), *resumed = open_loader(f, 6, 2, 2);
+    enum { STEPS = 3 * N_STEPS / 4 };
+    assert_int_equal(step_loader_steps_for_epochs(loader, 3), STEPS);
+    static int32_t tokens[STEPS][4 * T];
+    static float images[STEPS][4 * 3 * IMAGE_SIZE * IMAGE_SIZE];
+    int epochs[STEPS];
+    int64_t steps_in_epoch[STEPS];
+    Error err = {{0}};
+    for (int s = 0; s < STEPS; s++) {
+        step_loader_position(loader, &epochs[s], &steps_in_epoch[s]);
+        const StepBatch *batch = step_loader_next(loader, &err);
+        if (!batch) fail_msg("%s", err.message);
+        memcpy(tokens[s], batch->tokens, sizeof tokens[s]);
+        memcpy(images[s], batch->images, sizeof images[s]);
+    }
+    assert_int_equal(epochs[STEPS - 1], 2);
+    for (int s = STEPS - 1; s >= 0; s -= 2) {
+        step_loader_seek(resumed, epochs[s], steps_in_epoch[s]);
+        for (int k = s; k < STEPS && k < s + 2; k++) {
+            const StepBatch *batch = step_loader_next(resumed, &err);
+            if (!batch) fail_msg("%s", err.message);
+            assert_memory_equal(batch->tokens, tokens[k], sizeof tokens[k]);
+            assert_memory_equal(batch->images, images[k], sizeof images[k]);
+        }
+    }
+    step_loader_destroy(loader);
+    step_loader_destroy(resumed);
+}
+
+static void test_bad_options_refused(void **state) {
+    Fixture *f = *state;
+    RobotSampleOptions robot = f->robot;
+    DataLoaderOptions options = {.micro_batch = 4, .grad_accum = 4, .max_seq_len = T, .world_size = 2};
+    Error err = {{0}};
+    assert_null(step_loader_robot(f->dataset, &robot, &options, &err));
+    assert_non_null(strstr(err.message, "16 usable steps are fewer than one optimizer step's 32"));
+    options.world_size = 1;
+    robot.shuffle_buffer = -1;
+    assert_null(step_loader_robot(f->dataset, &robot, &options, &err));
+    assert_non_null(strstr(err.message, "shuffle_buffer (-1)"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rows_as_openvla),
+        cmocka_unit_test(test_shuffle_buffer_visits_every_step),
+        cmocka_unit_test(test_seek_reproduces_batches),
+        cmocka_unit_test(test_bad_options_refused),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
