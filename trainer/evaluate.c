@@ -14,14 +14,7 @@
 
 static bool open_eval_dataset(Run *run, Error *err) {
     const Config *config = run->config;
-    if (run_is_vlm(config)) {
-        VlmDatasetOptions options;
-        if (!vlm_dataset_options(config, run->tokenizer, run->image_token_id, &options, err)) return false;
-        options.path = config->data.eval_path;
-        run->eval.vlm_dataset = vlm_dataset_open(&options, err);
-        return run->eval.vlm_dataset &&
-               vlm_dataset_check_skips(run->eval.vlm_dataset, config->data.max_skip_fraction, err);
-    }
+    if (run_is_vlm(config)) return vlm_open_held_out(run, err);
     run->eval.dataset = dataset_open_jsonl(config->data.eval_path, run->tokenizer, config->data.max_seq_len, err);
     return run->eval.dataset && dataset_check_skips(run->eval.dataset, config->data.max_skip_fraction, err);
 }
@@ -31,7 +24,7 @@ bool eval_prepare(Run *run, DataLoaderOptions *options, Error *err) {
     Evaluation *eval = &run->eval;
     if (config->data.eval_path[0]) return open_eval_dataset(run, err) || fail_context(err, "data.eval_path: ");
     if (config->data.eval_fraction <= 0) return true;
-    int64_t n_samples = run->vlm_dataset ? vlm_dataset_size(run->vlm_dataset) : dataset_size(run->dataset);
+    int64_t n_samples = run_data_size(run);
     if (!data_split_held_out(n_samples, config->data.eval_fraction, config->train.seed, &eval->train_subset,
                              &eval->n_train, &eval->eval_subset, &eval->n_eval, err))
         return fail_context(err, "data.eval_fraction %g of %s: ", (double)config->data.eval_fraction,
@@ -49,7 +42,9 @@ bool eval_create_loader(Run *run, const DataLoaderOptions *train_options, Error 
                                  .seed = config->train.seed, .shuffle = false, .rank = train_options->rank,
                                  .world_size = train_options->world_size, .subset = eval->eval_subset,
                                  .n_subset = eval->n_eval};
-    eval->loader = run_open_loader(run, eval->dataset, eval->vlm_dataset, &options, err);
+    void *held_out = eval->robot_dataset ? (void *)eval->robot_dataset
+                     : eval->vlm_dataset ? (void *)eval->vlm_dataset : (void *)eval->dataset;
+    eval->loader = run_open_loader(run, held_out, &options, err);
     if (eval->loader) return true;
     return fail_context(err, "the held-out data (%s): ",
                         config->data.eval_path[0] ? config->data.eval_path : "data.eval_fraction");
@@ -111,6 +106,7 @@ void eval_destroy(Run *run) {
     step_loader_destroy(eval->loader);
     dataset_destroy(eval->dataset);
     vlm_dataset_destroy(eval->vlm_dataset);
+    robot_dataset_destroy(eval->robot_dataset);
     free(eval->train_subset);
     free(eval->eval_subset);
 }

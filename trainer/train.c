@@ -224,7 +224,7 @@ static bool setup(Run *run, const Config *config, Error *err) {
                                         .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
                                         .shuffle = config->data.shuffle, .rank = ranks.rank,
                                         .world_size = ranks.world_size, .pack = config->data.pack};
-    if (!eval_prepare(run, &loader_options, err) || !(run->loader = run_open_loader(run, NULL, NULL, &loader_options, err)) ||
+    if (!eval_prepare(run, &loader_options, err) || !(run->loader = run_open_loader(run, NULL, &loader_options, err)) ||
         !eval_create_loader(run, &loader_options, err))
         return false;
     int64_t per_epoch = step_loader_steps_per_epoch(run->loader);
@@ -717,6 +717,7 @@ static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     if (run->is_rank0) eval_print_header(run);
     if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
     if (run->is_rank0 && !(run->metrics = metrics_open(run->config->checkpoint.dir, start_step, err))) return false;
+    if (run->is_rank0 && !vlm_write_dataset_statistics(run, err)) return false;
     run->run_clock_start = time_seconds() - metrics_elapsed_before(run->metrics);
     run->progress_line = run->is_rank0 && isatty(STDERR_FILENO);
     run->progress_replaces_lines = run->progress_line && isatty(STDOUT_FILENO);

@@ -5,6 +5,7 @@
 
 #include "checkpoints/checkpoints.h"
 #include "data/data.h"
+#include "data/rlds.h"
 #include "distributed.h"
 #include "trainer.h"
 
@@ -18,6 +19,7 @@ typedef struct Evaluation {
     int64_t n_train, n_eval;
     Dataset *dataset;                    // data.eval_path's (text)
     VlmDataset *vlm_dataset;             // data.eval_path's (image-text)
+    RobotDataset *robot_dataset;         // data.eval_path's (robot steps)
     StepLoader *loader;                  // NULL without held-out data
     int n_done;                          // evaluations this process ran
 } Evaluation;
@@ -53,6 +55,8 @@ typedef struct Run {
     // vision-language runs (train_vlm.c); NULL otherwise, and then dataset serves
     ClipTower *tower;
     VlmDataset *vlm_dataset;
+    RobotDataset *robot_dataset; // robot data (rlds, robot_jsonl) in place of vlm_dataset
+    ActionStats action_stats;    // its actions' statistics, for normalisation and dataset_statistics.json
     int32_t image_token_id;
     float *image_scratch;  // (micro_batch, 3, S, S) host: the images of one micro-batch
     void *image_features;  // (micro_batch * P, D) backend memory: the tower's output
@@ -124,10 +128,16 @@ bool vlm_load(Run *run, Error *err);
 // Image features of micro-batch micro into out (nothing for a text run: run NULL or no tower).
 bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out, Error *err);
 void vlm_destroy(Run *run);
-// A StepLoader over the run's data (vlm_dataset when set, else dataset) or,
-// for evaluation, over the given held-out dataset of the same kind when not NULL.
-StepLoader *run_open_loader(const Run *run, const Dataset *dataset, VlmDataset *vlm_dataset,
-                            const DataLoaderOptions *options, Error *err);
+// A StepLoader over the run's data (robot_dataset, vlm_dataset or dataset,
+// whichever is set) or, for evaluation, over held_out: the held-out dataset of
+// the same kind (RobotDataset, VlmDataset or Dataset), NULL for the run's own.
+StepLoader *run_open_loader(const Run *run, void *held_out, const DataLoaderOptions *options, Error *err);
+// Usable samples of the run's training data (before data.eval_fraction's split).
+int64_t run_data_size(const Run *run);
+// data.eval_path opened as the run's data is (robot or image-text runs).
+bool vlm_open_held_out(Run *run, Error *err);
+// Robot data: its action statistics as dataset_statistics.json in checkpoint.dir (rank 0).
+bool vlm_write_dataset_statistics(const Run *run, Error *err);
 
 // Set by SIGINT / SIGTERM once stop_signals_install ran (trainer.h).
 extern volatile sig_atomic_t stop_signal;
