@@ -39,6 +39,9 @@ const char *tokenizer_chat_template(const Tokenizer *tok); // "llama3", ..., "by
 bool tokenizer_check_chat_template(const Tokenizer *tok, Error *err);
 void tokenizer_destroy(Tokenizer *tok);
 int tokenizer_vocab_size(const Tokenizer *tok);
+// transformers' tokenizer.vocab_size: the model's vocabulary without added
+// tokens (tokenizer.json's model.vocab; the byte tokenizer's vocab_size).
+int tokenizer_base_vocab_size(const Tokenizer *tok);
 int tokenizer_bos(const Tokenizer *tok);
 int tokenizer_eos(const Tokenizer *tok);
 int tokenizer_pad(const Tokenizer *tok);
@@ -202,6 +205,7 @@ const char *hf_tokenizer_id_to_token(const HfTokenizer *tok, int id);
 int hf_tokenizer_token_to_id(const HfTokenizer *tok, const char *token);
 // Largest id + 1, over the model's vocab and the added tokens.
 int hf_tokenizer_vocab_size(const HfTokenizer *tok);
+int hf_tokenizer_model_vocab_size(const HfTokenizer *tok); // model.vocab's entries, added tokens excluded
 bool hf_tokenizer_is_special(const HfTokenizer *tok, int id);
 
 // ----------------------------------------------------------------------------

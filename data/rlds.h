@@ -216,7 +216,7 @@ bool openvla_sample(const Tokenizer *tok, const ActionTokenizer *action_tokenize
 typedef struct RobotSampleOptions {
     const Tokenizer *tok;       // the model's tokenizer.json (openvla_sample)
     ActionStats stats;          // normalisation: the training data's (robot_dataset_action_stats)
-    int action_vocab_size;      // ActionTokenizer's vocab_size (tokenizer.vocab_size, added tokens excluded)
+    int action_vocab_size;      // ActionTokenizer's vocab_size: tokenizer_base_vocab_size (tokenizer.vocab_size)
     int n_image_tokens;         // placeholders right after BOS, where the projected patches go
     int32_t image_token_id;     // their id
     ImagePreprocess preprocess; // the step's image into (3, S, S)

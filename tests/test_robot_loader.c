@@ -49,7 +49,8 @@ static int setup(void **state) {
     }
     const float mean[3] = {0.5f, 0.5f, 0.5f}, std[3] = {0.5f, 0.5f, 0.5f};
     f->robot.tok = f->tok;
-    f->robot.action_vocab_size = 32000; // Llama 2's tokenizer.vocab_size, as OpenVLA's
+    f->robot.action_vocab_size = tokenizer_base_vocab_size(f->tok);
+    assert_int_equal(f->robot.action_vocab_size, 32000); // Llama 2's tokenizer.vocab_size, as OpenVLA's
     f->robot.n_image_tokens = IMAGE_TOKENS;
     f->robot.image_token_id = IMAGE_TOKEN_ID;
     f->robot.preprocess = image_preprocess_square(IMAGE_SIZE, mean, std);
@@ -233,6 +234,29 @@ static void test_bad_options_refused(void **state) {
     assert_non_null(strstr(err.message, "shuffle_buffer (-1)"));
 }
 
+// The action tokens count from tokenizer.vocab_size, added tokens excluded:
+// openvla-7b's tokenizer adds <PAD> at 32000 and still bins into 31744 .. 31999.
+static void test_action_vocab_excludes_added_tokens(void **state) {
+    fixture_or_skip(state);
+    char from[1024], dir[600], to[1100];
+    snprintf(from, sizeof from, "%s/tokenizer.json", shared_fixture("tokenizers/mistral"));
+    snprintf(dir, sizeof dir, "%s", make_temp_dir("robot_pad"));
+    snprintf(to, sizeof to, "%s/tokenizer.json", dir);
+    json_object *root = json_object_from_file(from), *added = get(root, "added_tokens"), *pad = json_object_new_object();
+    json_object_object_add(pad, "id", json_object_new_int(32000));
+    json_object_object_add(pad, "content", json_object_new_string("<PAD>"));
+    json_object_object_add(pad, "special", json_object_new_boolean(1));
+    json_object_array_add(added, pad);
+    assert_int_equal(json_object_to_file(to, root), 0);
+    json_object_put(root);
+    Error err = {{0}};
+    Tokenizer *tok = tokenizer_load(dir, &err);
+    if (!tok) fail_msg("%s", err.message);
+    assert_int_equal(tokenizer_vocab_size(tok), 32001);
+    assert_int_equal(tokenizer_base_vocab_size(tok), 32000);
+    tokenizer_destroy(tok);
+}
+
 // ----------------------------------------------------------------------------
 // training through lora-train: a random Llama with Mistral's tokenizer and a tiny tower
 
@@ -333,6 +357,7 @@ int main(void) {
         cmocka_unit_test(test_shuffle_buffer_visits_every_step),
         cmocka_unit_test(test_seek_reproduces_batches),
         cmocka_unit_test(test_bad_options_refused),
+        cmocka_unit_test(test_action_vocab_excludes_added_tokens),
         cmocka_unit_test(test_training_run),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -233,7 +233,7 @@ static bool robot_sample_options(const Run *run, RobotSampleOptions *out, Error 
     VlmSetup setup;
     if (!vlm_setup(run->config, &setup, err)) return false;
     *out = (RobotSampleOptions){.tok = run->tokenizer, .stats = run->action_stats,
-                                .action_vocab_size = tokenizer_vocab_size(run->tokenizer),
+                                .action_vocab_size = tokenizer_base_vocab_size(run->tokenizer),
                                 .n_image_tokens = clip_n_features(&setup.clip), .image_token_id = run->image_token_id,
                                 .preprocess = setup.preprocess, .shuffle_buffer = run->config->data.shuffle_buffer};
     return true;
