@@ -340,6 +340,11 @@ static void test_training_run(void **state) {
         fail_msg("%s", err.message);
     assert_same_stats(&written, &reference);
 
+    // plan counts the epochs' steps as RobotLoader deals them: 16 steps / 2 per step x 3 epochs.
+    snprintf(args, sizeof args, "%s plan --config %s --set train.max_steps=0 --set train.epochs=3 2>&1 | "
+             "grep -q 'plan for 1 rank, 24 steps'", bin, path);
+    assert_int_equal(run_command(args), 0);
+
     // Resumed from the step-2 checkpoint in a folder of its own: the same adapter, byte for byte.
     snprintf(args, sizeof args, "mkdir -p %s/again && cp -r %s/out/step-000002 %s/again/", dir, dir, dir);
     assert_int_equal(run_command(args), 0);

@@ -134,6 +134,8 @@ void vlm_destroy(Run *run);
 StepLoader *run_open_loader(const Run *run, void *held_out, const DataLoaderOptions *options, Error *err);
 // Usable samples of the run's training data (before data.eval_fraction's split).
 int64_t run_data_size(const Run *run);
+// Robot steps at path as data.format and the step keys say, skips checked.
+RobotDataset *open_robot_dataset(const Config *config, const char *path, Error *err);
 // data.eval_path opened as the run's data is (robot or image-text runs).
 bool vlm_open_held_out(Run *run, Error *err);
 // Robot data: its action statistics as dataset_statistics.json in checkpoint.dir (rank 0).

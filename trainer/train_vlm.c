@@ -1,9 +1,9 @@
 // The vision-language side of a training run (data.images or vision.tower
 // set): what comes from the config and what from a llava-hf model.path
-// (vlm_setup), the frozen CLIP tower, LLaVA records through VlmDataset / VlmLoader,
-// and for every micro-batch the tower's features of the rows holding an image
+// (vlm_setup), the frozen CLIP tower, LLaVA records through VlmDataset / VlmLoader
+// or robot steps through RobotDataset / RobotLoader, and for every micro-batch the tower's features of the rows holding an image
 // (forward only, nothing kept for a backward). run_open_loader picks the
-// StepLoader of the run's data, text or vision-language.
+// StepLoader of the run's data: text, LLaVA or robot steps.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -130,8 +130,7 @@ static bool is_directory(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
-// Robot steps at path as data.format and the step keys say, skips checked.
-static RobotDataset *open_robot_dataset(const Config *config, const char *path, Error *err) {
+RobotDataset *open_robot_dataset(const Config *config, const char *path, Error *err) {
     bool rlds = strcmp(config_data_format(config), "rlds") == 0;
     RobotDataOptions options = {.path = path, .images = key_or_default(config->data.images),
                                 .image_key = key_or_default(config->data.image_key),
