@@ -234,5 +234,8 @@ bool robot_training_sample(const RobotDataset *dataset, const RobotSampleOptions
 // (seed, epoch, output index), so (epoch, step in epoch) resumes exactly; a
 // permutation, every served step once per epoch. Steps are dealt to optimizer
 // steps, micro-batches and ranks as VlmLoader deals samples (the remainder dropped).
+// A step whose image fails to load is recorded in the dataset's skips
+// (SKIP_BAD_IMAGE) and replaced by the next position of the epoch's order whose
+// image loads; the step fails once skips pass max_skip_fraction.
 StepLoader *step_loader_robot(RobotDataset *dataset, const RobotSampleOptions *robot, const DataLoaderOptions *options,
-                              Error *err);
+                              double max_skip_fraction, Error *err);

@@ -13,6 +13,7 @@ typedef struct RobotLoader {
     RobotDataset *dataset;
     RobotSampleOptions robot;
     DataLoaderOptions options;
+    double max_skip_fraction;
     ActionTokenizer action_tokenizer;
     int64_t n_samples;        // served: the subset's or the dataset's
     int64_t samples_per_step; // over all ranks
@@ -20,6 +21,7 @@ typedef struct RobotLoader {
     int64_t truncated;        // served steps longer than max_seq_len
     int64_t *order;           // (n_samples,) the order of order_epoch
     int64_t *buffer;          // (min(shuffle_buffer, n_samples),)
+    uint8_t *bad_image;       // (dataset steps,) an image that failed to load, skipped once recorded
     int order_epoch;          // -1 before the first
     int epoch;
     int64_t step_in_epoch;
@@ -104,12 +106,13 @@ static bool allocate(RobotLoader *loader, Error *err) {
     StepBatch *batch = &loader->batch;
     *batch = (StepBatch){.n_micro = o->grad_accum, .B = o->micro_batch, .T = o->max_seq_len, .image_size = S};
     loader->order = checked_malloc((size_t)loader->n_samples * sizeof *loader->order, "the epoch order", err);
+    loader->bad_image = checked_calloc((size_t)robot_dataset_size(loader->dataset), 1, "image flags", err);
     loader->buffer = checked_malloc((size_t)(buffer > 0 ? buffer : 1) * sizeof *loader->buffer, "the shuffle buffer", err);
     batch->tokens = checked_malloc(rows * T * sizeof(int32_t), "batch tokens", err);
     batch->targets = checked_malloc(rows * T * sizeof(int32_t), "batch targets", err);
     batch->images = checked_malloc(rows * 3 * (size_t)S * (size_t)S * sizeof(float), "batch images", err);
     batch->has_image = checked_malloc(rows, "batch image flags", err);
-    return loader->order && loader->buffer && batch->tokens && batch->targets && batch->images && batch->has_image;
+    return loader->order && loader->bad_image && loader->buffer && batch->tokens && batch->targets && batch->images && batch->has_image;
 }
 
 static void robot_loader_destroy(void *impl) {
@@ -117,6 +120,7 @@ static void robot_loader_destroy(void *impl) {
     if (!loader) return;
     free(loader->order);
     free(loader->buffer);
+    free(loader->bad_image);
     free(loader->batch.tokens);
     free(loader->batch.targets);
     free(loader->batch.images);
@@ -141,16 +145,42 @@ static void build_order(RobotLoader *loader, int epoch) {
     loader->order_epoch = epoch;
 }
 
-// Row `row` of the batch from step i; returns its label-token count, or -1 on failure.
-static int64_t fill_row(RobotLoader *loader, int64_t row, int64_t i, Error *err) {
-    StepBatch *batch = &loader->batch;
-    size_t image_floats = 3 * (size_t)batch->image_size * (size_t)batch->image_size;
+// Step i's image preprocessed into out; false with *skipped when it does not
+// load (recorded in the dataset's skips the first time), false alone on other errors.
+static bool load_image(RobotLoader *loader, int64_t i, float *out, bool *skipped, Error *err) {
+    *skipped = loader->bad_image[i] != 0;
+    if (*skipped) return false;
     Image image;
-    if (!robot_dataset_image(loader->dataset, i, &image, err)) return -1;
-    bool ok = image_preprocess(&image, &loader->robot.preprocess, batch->images + (size_t)row * image_floats, err);
+    Error why = {{0}};
+    bool ok = robot_dataset_image(loader->dataset, i, &image, &why) &&
+              image_preprocess(&image, &loader->robot.preprocess, out, &why);
     image_free(&image);
+    if (ok) return true;
+    RobotStep step = robot_dataset_step(loader->dataset, i);
+    loader->bad_image[i] = 1;
+    *skipped = robot_skip(loader->dataset, step.episode, SKIP_BAD_IMAGE, err, "episode %lld, step %d: %s",
+                          (long long)step.episode, step.step, why.message);
+    return false;
+}
+
+// Row `row` of the batch from the step at epoch position `position`, or the
+// next one (wrapping) whose image loads; returns its label-token count, or -1 on failure.
+static int64_t fill_row(RobotLoader *loader, int64_t row, int64_t position, Error *err) {
+    StepBatch *batch = &loader->batch;
+    float *image = batch->images + (size_t)row * 3 * (size_t)batch->image_size * (size_t)batch->image_size;
+    int64_t i = -1;
+    for (int64_t tried = 0; tried < loader->n_samples && i < 0; tried++) {
+        int64_t candidate = loader->order[(position + tried) % loader->n_samples];
+        bool skipped;
+        if (load_image(loader, candidate, image, &skipped, err)) i = candidate;
+        else if (!skipped || !robot_dataset_check_skips(loader->dataset, loader->max_skip_fraction, err)) return -1;
+    }
+    if (i < 0) {
+        fail(err, "robot loader: no step's image loads");
+        return -1;
+    }
     Sample sample;
-    if (!ok || !training_sample(loader->dataset, &loader->robot, &loader->action_tokenizer, i, &sample, err)) return -1;
+    if (!training_sample(loader->dataset, &loader->robot, &loader->action_tokenizer, i, &sample, err)) return -1;
     batch->has_image[row] = 1;
     int32_t pad = tokenizer_pad(loader->robot.tok);
     int64_t labels = step_fill_row(&sample, batch->T, pad, batch->tokens + row * batch->T, batch->targets + row * batch->T);
@@ -168,7 +198,7 @@ static const StepBatch *robot_next(void *impl, Error *err) {
     int64_t rows = (int64_t)o->grad_accum * o->micro_batch;
     batch->n_label_tokens = 0;
     for (int64_t row = 0; row < rows; row++) {
-        int64_t labels = fill_row(loader, row, loader->order[step_start + row * o->world_size + o->rank], err);
+        int64_t labels = fill_row(loader, row, step_start + row * o->world_size + o->rank, err);
         if (labels < 0) return NULL;
         batch->n_label_tokens += labels;
     }
@@ -201,13 +231,14 @@ static const StepLoaderKind ROBOT_LOADER = {robot_next, robot_position, robot_se
                                             robot_loader_destroy};
 
 StepLoader *step_loader_robot(RobotDataset *dataset, const RobotSampleOptions *robot, const DataLoaderOptions *options,
-                              Error *err) {
+                              double max_skip_fraction, Error *err) {
     int64_t n_samples = options->subset ? options->n_subset : robot_dataset_size(dataset);
     if (!check_options(options, robot, n_samples, err)) return NULL;
     RobotLoader *loader = checked_calloc(1, sizeof *loader, "a robot loader", err);
     if (!loader) return NULL;
     int64_t per_step = (int64_t)options->micro_batch * options->grad_accum * options->world_size;
-    *loader = (RobotLoader){.dataset = dataset, .robot = *robot, .options = *options, .n_samples = n_samples,
+    *loader = (RobotLoader){.dataset = dataset, .robot = *robot, .options = *options,
+                            .max_skip_fraction = max_skip_fraction, .n_samples = n_samples,
                             .samples_per_step = per_step, .steps_per_epoch = n_samples / per_step, .order_epoch = -1};
     action_tokenizer_init(&loader->action_tokenizer, robot->action_vocab_size);
     if (!allocate(loader, err) || !count_truncated(loader, err)) {

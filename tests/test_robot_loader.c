@@ -78,7 +78,7 @@ static StepLoader *open_loader(const Fixture *f, int shuffle_buffer, int micro_b
     DataLoaderOptions options = {.micro_batch = micro_batch, .grad_accum = grad_accum, .max_seq_len = T,
                                  .seed = 7, .shuffle = true, .rank = 0, .world_size = 1};
     Error err = {{0}};
-    StepLoader *loader = step_loader_robot(f->dataset, &robot, &options, &err);
+    StepLoader *loader = step_loader_robot(f->dataset, &robot, &options, 0, &err);
     if (!loader) fail_msg("step_loader_robot: %s", err.message);
     return loader;
 }
@@ -226,12 +226,58 @@ static void test_bad_options_refused(void **state) {
     RobotSampleOptions robot = f->robot;
     DataLoaderOptions options = {.micro_batch = 4, .grad_accum = 4, .max_seq_len = T, .world_size = 2};
     Error err = {{0}};
-    assert_null(step_loader_robot(f->dataset, &robot, &options, &err));
+    assert_null(step_loader_robot(f->dataset, &robot, &options, 0, &err));
     assert_non_null(strstr(err.message, "16 usable steps are fewer than one optimizer step's 32"));
     options.world_size = 1;
     robot.shuffle_buffer = -1;
-    assert_null(step_loader_robot(f->dataset, &robot, &options, &err));
+    assert_null(step_loader_robot(f->dataset, &robot, &options, 0, &err));
     assert_non_null(strstr(err.message, "shuffle_buffer (-1)"));
+}
+
+// The bad fixture opened without decoding: a step whose image is corrupt is
+// recorded as a bad image and replaced by the next step that loads; with
+// data.max_skip_fraction 0 the step fails naming the skips.
+static void test_bad_image_skipped(void **state) {
+    Fixture *f = fixture_or_skip(state);
+    RobotDataOptions data = {.path = FIXTURES "/bad"};
+    Error err = {{0}};
+    RobotDataset *dataset = robot_dataset_open(&data, &err);
+    if (!dataset) fail_msg("%s", err.message);
+    assert_int_equal(robot_dataset_stats(dataset)->skipped[SKIP_BAD_IMAGE], 0);
+    DataLoaderOptions options = {.micro_batch = 1, .grad_accum = 1, .max_seq_len = T, .world_size = 1};
+    StepLoader *loader = step_loader_robot(dataset, &f->robot, &options, 1.0, &err);
+    if (!loader) fail_msg("%s", err.message);
+    float image[3 * IMAGE_SIZE * IMAGE_SIZE];
+    for (int64_t s = 0; s < step_loader_steps_per_epoch(loader); s++) {
+        const StepBatch *batch = step_loader_next(loader, &err);
+        if (!batch) fail_msg("%s", err.message);
+        Image decoded;
+        bool skipped_step = true;
+        for (int64_t i = 0; i < robot_dataset_size(dataset) && skipped_step; i++) {
+            if (!robot_dataset_image(dataset, i, &decoded, &err)) continue;
+            if (!image_preprocess(&decoded, &f->robot.preprocess, image, &err)) fail_msg("%s", err.message);
+            image_free(&decoded);
+            skipped_step = memcmp(image, batch->images, sizeof image) != 0;
+        }
+        assert_false(skipped_step); // every row holds an image that loads
+    }
+    const RobotDatasetStats *stats = robot_dataset_stats(dataset);
+    assert_true(stats->skipped[SKIP_BAD_IMAGE] >= 1);
+    const SkippedRecord *last = robot_dataset_skipped(dataset, robot_dataset_skipped_count(dataset) - 1);
+    assert_int_equal(last->reason, SKIP_BAD_IMAGE);
+    assert_non_null(strstr(last->message, "episode"));
+    step_loader_destroy(loader);
+    robot_dataset_destroy(dataset);
+
+    dataset = robot_dataset_open(&data, &err);
+    loader = dataset ? step_loader_robot(dataset, &f->robot, &options, 0, &err) : NULL;
+    if (!loader) fail_msg("%s", err.message);
+    bool failed = false;
+    for (int64_t s = 0; s < step_loader_steps_per_epoch(loader) && !failed; s++) failed = !step_loader_next(loader, &err);
+    assert_true(failed);
+    assert_non_null(strstr(err.message, "over data.max_skip_fraction"));
+    step_loader_destroy(loader);
+    robot_dataset_destroy(dataset);
 }
 
 // The action tokens count from tokenizer.vocab_size, added tokens excluded:
@@ -362,6 +408,7 @@ int main(void) {
         cmocka_unit_test(test_shuffle_buffer_visits_every_step),
         cmocka_unit_test(test_seek_reproduces_batches),
         cmocka_unit_test(test_bad_options_refused),
+        cmocka_unit_test(test_bad_image_skipped),
         cmocka_unit_test(test_action_vocab_excludes_added_tokens),
         cmocka_unit_test(test_training_run),
     };

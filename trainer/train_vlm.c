@@ -242,7 +242,8 @@ StepLoader *run_open_loader(const Run *run, void *held_out, const DataLoaderOpti
     if (run->robot_dataset) {
         RobotSampleOptions robot;
         return robot_sample_options(run, &robot, err)
-                   ? step_loader_robot(held_out ? held_out : run->robot_dataset, &robot, options, err)
+                   ? step_loader_robot(held_out ? held_out : run->robot_dataset, &robot, options,
+                                     run->config->data.max_skip_fraction, err)
                    : NULL;
     }
     if (run->vlm_dataset)
