@@ -112,7 +112,8 @@ static bool allocate(RobotLoader *loader, Error *err) {
     batch->targets = checked_malloc(rows * T * sizeof(int32_t), "batch targets", err);
     batch->images = checked_malloc(rows * 3 * (size_t)S * (size_t)S * sizeof(float), "batch images", err);
     batch->has_image = checked_malloc(rows, "batch image flags", err);
-    return loader->order && loader->bad_image && loader->buffer && batch->tokens && batch->targets && batch->images && batch->has_image;
+    return loader->order && loader->bad_image && loader->buffer && batch->tokens && batch->targets && batch->images &&
+           batch->has_image;
 }
 
 static void robot_loader_destroy(void *impl) {

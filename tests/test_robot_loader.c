@@ -8,7 +8,6 @@
 #include "test_util.h"
 
 #include <json-c/json.h>
-#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -1,9 +1,10 @@
 // The vision-language side of a training run (data.images or vision.tower
-// set): what comes from the config and what from a llava-hf model.path
-// (vlm_setup), the frozen CLIP tower, LLaVA records through VlmDataset / VlmLoader
-// or robot steps through RobotDataset / RobotLoader, and for every micro-batch the tower's features of the rows holding an image
-// (forward only, nothing kept for a backward). run_open_loader picks the
-// StepLoader of the run's data: text, LLaVA or robot steps.
+// set, or robot data): what comes from the config and what from a llava-hf
+// model.path (vlm_setup), the frozen CLIP tower, LLaVA records through
+// VlmDataset or robot steps through RobotDataset, and for every micro-batch
+// the tower's features of the rows holding an image (forward only, nothing
+// kept for a backward). run_open_loader picks the StepLoader of the run's
+// data: text (DataLoader), LLaVA (VlmLoader) or robot steps (RobotLoader).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
