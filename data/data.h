@@ -39,6 +39,9 @@ const char *tokenizer_chat_template(const Tokenizer *tok); // "llama3", ..., "by
 bool tokenizer_check_chat_template(const Tokenizer *tok, Error *err);
 void tokenizer_destroy(Tokenizer *tok);
 int tokenizer_vocab_size(const Tokenizer *tok);
+// transformers' tokenizer.vocab_size: the model's vocabulary without added
+// tokens (tokenizer.json's model.vocab; the byte tokenizer's vocab_size).
+int tokenizer_base_vocab_size(const Tokenizer *tok);
 int tokenizer_bos(const Tokenizer *tok);
 int tokenizer_eos(const Tokenizer *tok);
 int tokenizer_pad(const Tokenizer *tok);
@@ -202,6 +205,7 @@ const char *hf_tokenizer_id_to_token(const HfTokenizer *tok, int id);
 int hf_tokenizer_token_to_id(const HfTokenizer *tok, const char *token);
 // Largest id + 1, over the model's vocab and the added tokens.
 int hf_tokenizer_vocab_size(const HfTokenizer *tok);
+int hf_tokenizer_model_vocab_size(const HfTokenizer *tok); // model.vocab's entries, added tokens excluded
 bool hf_tokenizer_is_special(const HfTokenizer *tok, int id);
 
 // ----------------------------------------------------------------------------
@@ -344,3 +348,24 @@ int64_t vlm_loader_steps_per_epoch(const VlmLoader *loader);
 const StepBatch *vlm_loader_next(VlmLoader *loader, Error *err);
 void vlm_loader_position(const VlmLoader *loader, int *epoch, int64_t *step_in_epoch);
 void vlm_loader_seek(VlmLoader *loader, int epoch, int64_t step_in_epoch);
+
+// ----------------------------------------------------------------------------
+// StepLoader: the one interface training and evaluation draw steps through,
+// whichever data the run has (text: DataLoader, LLaVA: VlmLoader, robot steps:
+// RobotLoader in rlds.h). It owns the loader it wraps, not the dataset.
+
+typedef struct StepLoader StepLoader;
+
+StepLoader *step_loader_text(const Dataset *dataset, const DataLoaderOptions *options, Error *err);
+StepLoader *step_loader_vlm(VlmDataset *dataset, const DataLoaderOptions *options, double max_skip_fraction,
+                            Error *err);
+void step_loader_destroy(StepLoader *loader);
+// The next step (the loader owns it), or NULL with err on failure.
+const StepBatch *step_loader_next(StepLoader *loader, Error *err);
+// Position for exact resume: (epoch, step within epoch), and back to it.
+void step_loader_position(const StepLoader *loader, int *epoch, int64_t *step_in_epoch);
+void step_loader_seek(StepLoader *loader, int epoch, int64_t step_in_epoch);
+int64_t step_loader_steps_per_epoch(const StepLoader *loader); // of epoch 0
+int64_t step_loader_steps_for_epochs(StepLoader *loader, int n_epochs);
+int64_t step_loader_samples(const StepLoader *loader);   // served: the subset's or the dataset's
+int64_t step_loader_truncated(const StepLoader *loader); // the dataset's samples cut to max_seq_len

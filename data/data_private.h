@@ -140,3 +140,20 @@ bool robot_action_finite(const float *action, int dim, int *bad_dim);
 bool robot_jsonl_detect(const char *path);
 bool robot_jsonl_open(RobotDataset *d, Error *err);
 bool robot_jsonl_image(const RobotDataset *d, int64_t i, Image *out, Error *err);
+
+// ----------------------------------------------------------------------------
+// StepLoader's table (loader.c): a loader kind fills one and wraps itself with step_loader_wrap.
+
+typedef struct StepLoaderKind {
+    const StepBatch *(*next)(void *impl, Error *err);
+    void (*position)(const void *impl, int *epoch, int64_t *step_in_epoch);
+    void (*seek)(void *impl, int epoch, int64_t step_in_epoch);
+    int64_t (*steps_per_epoch)(const void *impl);
+    int64_t (*steps_for_epochs)(void *impl, int n_epochs);
+    int64_t (*samples)(const void *impl);
+    int64_t (*truncated)(const void *impl);
+    void (*destroy)(void *impl);
+} StepLoaderKind;
+
+// A StepLoader owning impl (NULL impl gives NULL, err already set); on failure impl is destroyed.
+StepLoader *step_loader_wrap(const StepLoaderKind *kind, void *impl, Error *err);

@@ -286,3 +286,27 @@ void dataloader_seek(DataLoader *loader, int epoch, int64_t step_in_epoch) {
     loader->step_in_epoch = step_in_epoch < 0 ? 0 : step_in_epoch;
     normalize_position(loader);
 }
+
+// ----------------------------------------------------------------------------
+// as a StepLoader
+
+static const StepBatch *text_next(void *impl, Error *err) {
+    (void)err;
+    return dataloader_next(impl);
+}
+static void text_position(const void *impl, int *epoch, int64_t *step) { dataloader_position(impl, epoch, step); }
+static void text_seek(void *impl, int epoch, int64_t step) { dataloader_seek(impl, epoch, step); }
+static int64_t text_steps_per_epoch(const void *impl) { return dataloader_steps_per_epoch(impl); }
+static int64_t text_steps_for_epochs(void *impl, int n_epochs) { return dataloader_steps_for_epochs(impl, n_epochs); }
+static int64_t text_samples(const void *impl) { return ((const DataLoader *)impl)->n_samples; }
+static int64_t text_truncated(const void *impl) {
+    return dataset_truncated_count(((const DataLoader *)impl)->dataset);
+}
+static void text_destroy(void *impl) { dataloader_destroy(impl); }
+
+static const StepLoaderKind TEXT_LOADER = {text_next, text_position, text_seek, text_steps_per_epoch,
+                                           text_steps_for_epochs, text_samples, text_truncated, text_destroy};
+
+StepLoader *step_loader_text(const Dataset *dataset, const DataLoaderOptions *options, Error *err) {
+    return step_loader_wrap(&TEXT_LOADER, dataloader_create(dataset, options, err), err);
+}

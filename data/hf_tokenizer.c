@@ -438,6 +438,7 @@ int hf_tokenizer_token_to_id(const HfTokenizer *tok, const char *token) {
 }
 
 int hf_tokenizer_vocab_size(const HfTokenizer *tok) { return tok->n_ids; }
+int hf_tokenizer_model_vocab_size(const HfTokenizer *tok) { return (int)tok->vocab.count; }
 
 bool hf_tokenizer_is_special(const HfTokenizer *tok, int id) {
     return id >= 0 && id < tok->n_ids && tok->id_special[id];

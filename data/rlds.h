@@ -207,3 +207,35 @@ char *openvla_prompt(const char *instruction, Error *err);
 // (the action and </s>), IGNORE_INDEX before. Needs a tokenizer.json tokenizer.
 bool openvla_sample(const Tokenizer *tok, const ActionTokenizer *action_tokenizer, const char *instruction,
                     const float *normalized_action, int action_dim, Sample *out, Error *err);
+
+// ----------------------------------------------------------------------------
+// RobotLoader (robot_loader.c): robot steps as OpenVLA training samples behind
+// a StepLoader, in the StepBatch shape VlmLoader fills (tokens, targets, one
+// preprocessed image per row), so the image-text training path consumes them.
+
+typedef struct RobotSampleOptions {
+    const Tokenizer *tok;       // the model's tokenizer.json (openvla_sample)
+    ActionStats stats;          // normalisation: the training data's (robot_dataset_action_stats)
+    int action_vocab_size;      // ActionTokenizer's vocab_size: tokenizer_base_vocab_size (tokenizer.vocab_size)
+    int n_image_tokens;         // placeholders right after BOS, where the projected patches go
+    int32_t image_token_id;     // their id
+    ImagePreprocess preprocess; // the step's image into (3, S, S)
+    int shuffle_buffer;         // bounded shuffle buffer of steps; 0 or 1: data order
+} RobotSampleOptions;
+
+// Step i as OpenVLA trains on it: BOS, n_image_tokens image_token_id positions
+// (labels IGNORE_INDEX), then openvla_sample's ids after its BOS with their labels
+// (the action normalised with options->stats).
+bool robot_training_sample(const RobotDataset *dataset, const RobotSampleOptions *options, int64_t i, Sample *out,
+                           Error *err);
+// Order per epoch: the served steps in data order through a bounded shuffle
+// buffer (as tf.data's shuffle: each output is a uniform pick among the buffer's
+// steps, its place refilled by the next incoming step), the picks from
+// (seed, epoch, output index), so (epoch, step in epoch) resumes exactly; a
+// permutation, every served step once per epoch. Steps are dealt to optimizer
+// steps, micro-batches and ranks as VlmLoader deals samples (the remainder dropped).
+// A step whose image fails to load is recorded in the dataset's skips
+// (SKIP_BAD_IMAGE) and replaced by the next position of the epoch's order whose
+// image loads; the step fails once skips pass max_skip_fraction.
+StepLoader *step_loader_robot(RobotDataset *dataset, const RobotSampleOptions *robot, const DataLoaderOptions *options,
+                              double max_skip_fraction, Error *err);

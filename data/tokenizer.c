@@ -168,6 +168,9 @@ ChatTemplate tokenizer_template_kind(const Tokenizer *tok) { return tok->chat_te
 const HfTokenizer *tokenizer_hf(const Tokenizer *tok) { return tok->hf; }
 
 int tokenizer_vocab_size(const Tokenizer *tok) { return tok->vocab_size; }
+int tokenizer_base_vocab_size(const Tokenizer *tok) {
+    return tok->hf ? hf_tokenizer_model_vocab_size(tok->hf) : tok->vocab_size;
+}
 int tokenizer_bos(const Tokenizer *tok) { return tok->bos_id; }
 int tokenizer_eos(const Tokenizer *tok) { return tok->eos_id; }
 int tokenizer_pad(const Tokenizer *tok) { return tok->pad_id; }

@@ -140,3 +140,25 @@ void vlm_loader_seek(VlmLoader *loader, int epoch, int64_t step_in_epoch) {
     loader->step_in_epoch = step_in_epoch < 0 ? 0 : step_in_epoch;
     normalize_epoch_position(loader->steps_per_epoch, &loader->epoch, &loader->step_in_epoch);
 }
+
+// ----------------------------------------------------------------------------
+// as a StepLoader
+
+static const StepBatch *vlm_next(void *impl, Error *err) { return vlm_loader_next(impl, err); }
+static void vlm_position(const void *impl, int *epoch, int64_t *step) { vlm_loader_position(impl, epoch, step); }
+static void vlm_seek(void *impl, int epoch, int64_t step) { vlm_loader_seek(impl, epoch, step); }
+static int64_t vlm_steps_per_epoch(const void *impl) { return vlm_loader_steps_per_epoch(impl); }
+static int64_t vlm_steps_for_epochs(void *impl, int n_epochs) { return vlm_loader_steps_per_epoch(impl) * n_epochs; }
+static int64_t vlm_samples(const void *impl) { return ((const VlmLoader *)impl)->n_samples; }
+static int64_t vlm_truncated(const void *impl) {
+    return vlm_dataset_stats(((const VlmLoader *)impl)->dataset)->truncated;
+}
+static void vlm_destroy_impl(void *impl) { vlm_loader_destroy(impl); }
+
+static const StepLoaderKind VLM_LOADER = {vlm_next, vlm_position, vlm_seek, vlm_steps_per_epoch,
+                                          vlm_steps_for_epochs, vlm_samples, vlm_truncated, vlm_destroy_impl};
+
+StepLoader *step_loader_vlm(VlmDataset *dataset, const DataLoaderOptions *options, double max_skip_fraction,
+                            Error *err) {
+    return step_loader_wrap(&VLM_LOADER, vlm_loader_create(dataset, options, max_skip_fraction, err), err);
+}

@@ -375,6 +375,34 @@ static void test_validate_cross_field_rules(void **state) {
     assert_contains(validate_error(&c), "lora.target: no module selected");
 }
 
+// data.format and the robot keys: misspellings get did-you-mean, values are
+// checked, and the keys must suit the data.
+static void test_robot_data_keys(void **state) {
+    (void)state;
+    assert_contains(set_error("data.fromat=rlds"), "unknown key 'data.fromat' (did you mean 'data.format'?)");
+    assert_contains(set_error("data.image_kye=image"), "did you mean 'data.image_key'?");
+    assert_contains(set_error("data.format=tfrecord"), "data.format: 'tfrecord' is not one of: auto, jsonl, llava, rlds, robot_jsonl");
+    assert_contains(set_error("data.shuffle_buffer=-1"), "data.shuffle_buffer: -1 is out of range (must be >= 0)");
+    Config c;
+    valid_config(&c);
+    assert_string_equal(config_data_format(&c), "jsonl");
+    set_ok(&c, "data.action_key=actions");
+    assert_contains(validate_error(&c), "data.action_key: only robot data has step keys, and data.format is jsonl");
+    valid_config(&c);
+    set_ok(&c, "data.format=llava");
+    assert_contains(validate_error(&c), "data.format: llava needs data.images or vision.tower");
+    valid_config(&c);
+    set_ok(&c, "data.path=tests/fixtures/rlds/tiny_rlds");
+    assert_string_equal(config_data_format(&c), "rlds");
+    set_ok(&c, "data.path=tests/fixtures/rlds/steps.jsonl");
+    assert_string_equal(config_data_format(&c), "robot_jsonl");
+    set_ok(&c, "data.image_key=image");
+    Error err = {{0}};
+    if (!config_validate(&c, &err)) fail_msg("robot JSONL with data.image_key: %s", err.message);
+    set_ok(&c, "data.pack=true");
+    assert_contains(validate_error(&c), "data.pack: packing is for text data only");
+}
+
 // ----------------------------------------------------------------------------
 // config_to_yaml
 
@@ -499,6 +527,7 @@ int main(void) {
         cmocka_unit_test(test_validate_accepts_existing_paths),
         cmocka_unit_test(test_validate_names_key_and_path),
         cmocka_unit_test(test_validate_cross_field_rules),
+        cmocka_unit_test(test_robot_data_keys),
         cmocka_unit_test(test_round_trip_full),
         cmocka_unit_test(test_round_trip_defaults_and_awkward_values),
         cmocka_unit_test(test_config_changes_across_versions),

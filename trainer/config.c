@@ -8,8 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <yaml.h>
 
+#include "../data/rlds.h"
 #include "trainer.h"
 
 // ----------------------------------------------------------------------------
@@ -59,6 +61,7 @@ static const char *const OFFLOAD_VALUES[] = {"none", "cpu", NULL};
 static const char *const LOW_DISK_VALUES[] = {"wait", "abort", NULL};
 static const char *const IMAGE_FIT_VALUES[] = {"pad", "crop", "squash", NULL};
 static const char *const PROJECTOR_VALUES[] = {"mlp2x_gelu", NULL};
+static const char *const DATA_FORMAT_VALUES[] = {"auto", "jsonl", "llava", "rlds", "robot_jsonl", NULL};
 static const char *const CLIP_PRESET_VALUES[] = {"auto", "clip-vit-large-patch14-336", "tiny", NULL};
 
 #define FIELD(member) .offset = offsetof(Config, member), .size = sizeof(((Config *)0)->member)
@@ -106,6 +109,15 @@ static const ConfigKey KEYS[] = {
     {"data.eval_fraction", KEY_FLOAT, FIELD(data.eval_fraction), .range = UNIT_HALF_OPEN,
      .help = "instead of data.eval_path: this fraction of data.path held out from training (a split fixed by "
              "train.seed; 0: none)"},
+    {"data.format", KEY_ENUM, FIELD(data.format), .allowed = DATA_FORMAT_VALUES,
+     .help = "auto (as data check tells), jsonl (text), llava, rlds (RLDS / TFDS folder) or robot_jsonl (JSONL steps)"},
+    {"data.image_key", KEY_STRING, FIELD(data.image_key),
+     .help = "robot data: the step's image key, e.g. observation/image (empty: the first of the OXE defaults present)"},
+    {"data.instruction_key", KEY_STRING, FIELD(data.instruction_key),
+     .help = "robot data: the step's instruction key (empty: language_instruction or the OXE alternatives)"},
+    {"data.action_key", KEY_STRING, FIELD(data.action_key), .help = "robot data: the step's action key (empty: action)"},
+    {"data.shuffle_buffer", KEY_INT, FIELD(data.shuffle_buffer), .range = AT_LEAST(0),
+     .help = "robot data: steps in the bounded shuffle buffer (OpenVLA's shuffle_buffer_size; 0 or 1: data order)"},
     {"train.micro_batch", KEY_INT, FIELD(train.micro_batch), .range = AT_LEAST(1),
      .help = "samples per forward/backward"},
     {"train.grad_accum", KEY_INT, FIELD(train.grad_accum), .range = AT_LEAST(1),
@@ -629,6 +641,8 @@ void config_defaults(Config *config) {
     config->data.pack = false;
     config->data.image_tokens = 0;
     config->data.max_skip_fraction = 0.01f;
+    snprintf(config->data.format, CONFIG_NAME_MAX, "auto");
+    config->data.shuffle_buffer = 100000;
     config->train.micro_batch = 1;
     config->train.grad_accum = 1;
     config->train.max_steps = 0;
@@ -737,6 +751,43 @@ static bool check_eval_keys(const Config *config, Error *err) {
     return true;
 }
 
+static bool is_directory(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+const char *config_data_format(const Config *config) {
+    if (strcmp(config->data.format, "auto") != 0) return config->data.format;
+    if (robot_data_detect(config->data.path)) return is_directory(config->data.path) ? "rlds" : "robot_jsonl";
+    return config->data.images[0] || config->vision.tower[0] ? "llava" : "jsonl";
+}
+
+bool config_is_robot_data(const Config *config) {
+    const char *format = config_data_format(config);
+    return strcmp(format, "rlds") == 0 || strcmp(format, "robot_jsonl") == 0;
+}
+
+// data.format against the other data keys: robot keys for robot data alone,
+// image-text keys for llava or robot data, no packing with images.
+static bool check_data_format(const Config *config, Error *err) {
+    const char *format = config_data_format(config);
+    bool robot = config_is_robot_data(config), image_text = config->data.images[0] || config->vision.tower[0];
+    const char *robot_key = config->data.image_key[0] ? "data.image_key"
+                            : config->data.instruction_key[0] ? "data.instruction_key"
+                            : config->data.action_key[0] ? "data.action_key" : NULL;
+    if (robot_key && !robot)
+        return fail(err, "%s: only robot data has step keys, and data.format is %s%s", robot_key, format,
+                    strcmp(config->data.format, "auto") == 0 ? " (auto: data.path is no RLDS folder or JSONL of steps)" : "");
+    if (strcmp(format, "jsonl") == 0 && image_text)
+        return fail(err, "data.format: jsonl is text data, but data.images or vision.tower is set (use llava or auto)");
+    if (strcmp(format, "llava") == 0 && !image_text)
+        return fail(err, "data.format: llava needs data.images or vision.tower");
+    if (config->data.pack && (image_text || robot))
+        return fail(err, "data.pack: packing is for text data only; this config is image-text (data.images or "
+                         "vision.tower is set, or robot data): set data.pack to false");
+    return true;
+}
+
 bool config_validate_allowing_missing(const Config *config, char *missing, size_t size, int *n_missing, Error *err) {
     missing[0] = '\0';
     *n_missing = 0;
@@ -749,10 +800,7 @@ bool config_validate_allowing_missing(const Config *config, char *missing, size_
     if (config->train.max_steps == 0 && config->train.epochs < 1)
         return fail(err, "train.epochs: must be >= 1 when train.max_steps is 0 (got %d)", config->train.epochs);
     if (!check_eval_keys(config, err)) return false;
-    if (config->data.pack && (config->data.images[0] || config->vision.tower[0]))
-        return fail(err, "data.pack: packing is for text data only; this config is image-text (data.images or "
-                         "vision.tower is set): set data.pack to false");
-    return true;
+    return check_data_format(config, err);
 }
 
 bool config_validate(const Config *config, Error *err) {

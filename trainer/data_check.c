@@ -156,7 +156,11 @@ static void print_robot_counts(const Config *config, const RobotDataset *dataset
 
 // Robot data needs no tokenizer to be checked: every step's image is decoded.
 static bool check_robot(const Config *config, Error *err) {
-    RobotDataOptions options = {.path = config->data.path, .images = config->data.images, .decode_images = true};
+    const char *image = config->data.image_key, *instruction = config->data.instruction_key;
+    const char *action = config->data.action_key;
+    RobotDataOptions options = {.path = config->data.path, .images = config->data.images, .decode_images = true,
+                                .image_key = image[0] ? image : NULL, .instruction_key = instruction[0] ? instruction : NULL,
+                                .action_key = action[0] ? action : NULL};
     double start = time_seconds();
     RobotDataset *dataset = robot_dataset_open(&options, err);
     if (!dataset) return false;
@@ -168,7 +172,7 @@ static bool check_robot(const Config *config, Error *err) {
 
 int data_check_main(const Config *config) {
     Error err = {{0}};
-    if (robot_data_detect(config->data.path)) {
+    if (config_is_robot_data(config)) {
         bool ok = check_robot(config, &err);
         if (!ok) fprintf(stderr, "lora-train data check: %s\n", err.message);
         return ok ? 0 : 1;

@@ -14,14 +14,7 @@
 
 static bool open_eval_dataset(Run *run, Error *err) {
     const Config *config = run->config;
-    if (run_is_vlm(config)) {
-        VlmDatasetOptions options;
-        if (!vlm_dataset_options(config, run->tokenizer, run->image_token_id, &options, err)) return false;
-        options.path = config->data.eval_path;
-        run->eval.vlm_dataset = vlm_dataset_open(&options, err);
-        return run->eval.vlm_dataset &&
-               vlm_dataset_check_skips(run->eval.vlm_dataset, config->data.max_skip_fraction, err);
-    }
+    if (run_is_vlm(config)) return vlm_open_held_out(run, err);
     run->eval.dataset = dataset_open_jsonl(config->data.eval_path, run->tokenizer, config->data.max_seq_len, err);
     return run->eval.dataset && dataset_check_skips(run->eval.dataset, config->data.max_skip_fraction, err);
 }
@@ -31,7 +24,7 @@ bool eval_prepare(Run *run, DataLoaderOptions *options, Error *err) {
     Evaluation *eval = &run->eval;
     if (config->data.eval_path[0]) return open_eval_dataset(run, err) || fail_context(err, "data.eval_path: ");
     if (config->data.eval_fraction <= 0) return true;
-    int64_t n_samples = run->vlm_dataset ? vlm_dataset_size(run->vlm_dataset) : dataset_size(run->dataset);
+    int64_t n_samples = run_data_size(run);
     if (!data_split_held_out(n_samples, config->data.eval_fraction, config->train.seed, &eval->train_subset,
                              &eval->n_train, &eval->eval_subset, &eval->n_eval, err))
         return fail_context(err, "data.eval_fraction %g of %s: ", (double)config->data.eval_fraction,
@@ -49,26 +42,21 @@ bool eval_create_loader(Run *run, const DataLoaderOptions *train_options, Error 
                                  .seed = config->train.seed, .shuffle = false, .rank = train_options->rank,
                                  .world_size = train_options->world_size, .subset = eval->eval_subset,
                                  .n_subset = eval->n_eval};
-    if (run->vlm_dataset) {
-        VlmDataset *dataset = eval->vlm_dataset ? eval->vlm_dataset : run->vlm_dataset;
-        eval->vlm_loader = vlm_loader_create(dataset, &options, config->data.max_skip_fraction, err);
-    } else {
-        eval->loader = dataloader_create(eval->dataset ? eval->dataset : run->dataset, &options, err);
-    }
-    if (eval->loader || eval->vlm_loader) return true;
+    void *held_out = eval->robot_dataset ? (void *)eval->robot_dataset
+                     : eval->vlm_dataset ? (void *)eval->vlm_dataset : (void *)eval->dataset;
+    eval->loader = run_open_loader(run, held_out, &options, err);
+    if (eval->loader) return true;
     return fail_context(err, "the held-out data (%s): ",
                         config->data.eval_path[0] ? config->data.eval_path : "data.eval_fraction");
 }
 
-bool eval_enabled(const Run *run) { return run->eval.loader || run->eval.vlm_loader; }
+bool eval_enabled(const Run *run) { return run->eval.loader != NULL; }
 
 void eval_print_header(const Run *run) {
     const Evaluation *eval = &run->eval;
     const Config *config = run->config;
     if (!eval_enabled(run)) return;
-    int64_t n = eval->eval_subset ? eval->n_eval
-                : eval->vlm_dataset ? vlm_dataset_size(eval->vlm_dataset) : dataset_size(eval->dataset);
-    printf("eval: %lld held-out samples (", (long long)n);
+    printf("eval: %lld held-out samples (", (long long)step_loader_samples(eval->loader));
     if (eval->eval_subset) printf("data.eval_fraction %g of %s)", (double)config->data.eval_fraction, config->data.path);
     else printf("%s)", config->data.eval_path);
     int every = config->train.eval_every;
@@ -82,26 +70,12 @@ bool eval_due(const Run *run, int step) {
     return eval_enabled(run) && ((every > 0 && (step + 1) % every == 0) || step + 1 == run->total_steps);
 }
 
-static int64_t eval_steps(const Run *run) {
-    const Evaluation *eval = &run->eval;
-    return eval->vlm_loader ? vlm_loader_steps_per_epoch(eval->vlm_loader) : dataloader_steps_per_epoch(eval->loader);
-}
-
-static const StepBatch *next_eval_batch(Run *run, Error *err) {
-    Evaluation *eval = &run->eval;
-    return eval->vlm_loader ? vlm_loader_next(eval->vlm_loader, err) : dataloader_next(eval->loader);
-}
-
-static void rewind_eval(Run *run) {
-    if (run->eval.vlm_loader) vlm_loader_seek(run->eval.vlm_loader, 0, 0);
-    else dataloader_seek(run->eval.loader, 0, 0);
-}
-
 // This rank's share of the held-out data into *sums.
 static bool eval_local(Run *run, EvalSums *sums, Error *err) {
-    rewind_eval(run);
-    for (int64_t i = 0; i < eval_steps(run); i++) {
-        const StepBatch *batch = next_eval_batch(run, err);
+    StepLoader *loader = run->eval.loader;
+    step_loader_seek(loader, 0, 0);
+    for (int64_t i = 0; i < step_loader_steps_per_epoch(loader); i++) {
+        const StepBatch *batch = step_loader_next(loader, err);
         if (!batch) return false;
         Batch micro = {.B = batch->B, .T = batch->T, .tokens = batch->tokens, .targets = batch->targets};
         if (!vlm_micro_features(run, batch, 0, &micro, err) || !model_eval_batch(run->model, &micro, sums, err))
@@ -129,10 +103,10 @@ bool eval_run(Run *run, int step, EvalResult *result, Error *err) {
 
 void eval_destroy(Run *run) {
     Evaluation *eval = &run->eval;
-    dataloader_destroy(eval->loader);
-    vlm_loader_destroy(eval->vlm_loader);
+    step_loader_destroy(eval->loader);
     dataset_destroy(eval->dataset);
     vlm_dataset_destroy(eval->vlm_dataset);
+    robot_dataset_destroy(eval->robot_dataset);
     free(eval->train_subset);
     free(eval->eval_subset);
 }

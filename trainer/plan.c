@@ -97,11 +97,29 @@ bool config_base_model_name(const Config *config, char *name, size_t size, Error
     return (n > 0 && (size_t)n < size) || fail(err, "model.path: %s/%s is too long", absolute, config->model.path);
 }
 
+// Robot data: whole steps of micro_batch x grad_accum x ranks per epoch over
+// the steps training serves, as RobotLoader deals them.
+static bool plan_robot_steps(const Config *config, int world_size, int *total_steps, Error *err) {
+    RobotDataset *dataset = open_robot_dataset(config, config->data.path, err);
+    if (!dataset) return false;
+    int64_t n = robot_dataset_size(dataset), *train = NULL, *held_out = NULL, n_held_out;
+    robot_dataset_destroy(dataset);
+    if (config->data.eval_fraction > 0 &&
+        !data_split_held_out(n, config->data.eval_fraction, config->train.seed, &train, &n, &held_out, &n_held_out, err))
+        return false;
+    free(train);
+    free(held_out);
+    int64_t per_step = (int64_t)config->train.micro_batch * config->train.grad_accum * world_size;
+    *total_steps = (int)(n / per_step * config->train.epochs);
+    return true;
+}
+
 // Optimizer steps of the run: train.max_steps, or epochs over the dataset.
 static bool plan_total_steps(const Config *config, int world_size, int *total_steps, Error *err) {
     *total_steps = config->train.max_steps;
     if (*total_steps > 0) return true;
     if (!path_exists(config->data.path)) return true; // unknown until the dataset exists
+    if (config_is_robot_data(config)) return plan_robot_steps(config, world_size, total_steps, err);
     Tokenizer *tok = config_tokenizer(config, err); // the run's token counts: packed rows depend on them
     Dataset *dataset = tok ? dataset_open_jsonl(config->data.path, tok, config->data.max_seq_len, err) : NULL;
     DataLoaderOptions options = {.micro_batch = config->train.micro_batch, .grad_accum = config->train.grad_accum,

@@ -71,7 +71,7 @@ static TrainerState state_at(Run *run, int next_step) {
     state.optimizer_steps = zero_state(run->zero).step;
     state.seed = run->config->train.seed;
     state.config_yaml = run->config_yaml;
-    run_data_position(run, &state.epoch, &state.step_in_epoch);
+    step_loader_position(run->loader, &state.epoch, &state.step_in_epoch);
     return state;
 }
 
@@ -485,7 +485,7 @@ bool resume_from_checkpoint(Run *run, int *start_step, Error *err) {
     trainer_state_free(&state);
     if (!same_config) return false;
     zero_restore(run->zero, model_param_data(run->model), state.optimizer_steps);
-    run_data_seek(run, state.epoch, state.step_in_epoch);
+    step_loader_seek(run->loader, state.epoch, state.step_in_epoch);
     run->progress = state;
     run->progress.config_yaml = NULL;
     *start_step = state.step;

@@ -224,16 +224,16 @@ static bool setup(Run *run, const Config *config, Error *err) {
                                         .max_seq_len = config->data.max_seq_len, .seed = config->train.seed,
                                         .shuffle = config->data.shuffle, .rank = ranks.rank,
                                         .world_size = ranks.world_size, .pack = config->data.pack};
-    if (!eval_prepare(run, &loader_options, err) || !run_create_loader(run, &loader_options, err) ||
+    if (!eval_prepare(run, &loader_options, err) || !(run->loader = run_open_loader(run, NULL, &loader_options, err)) ||
         !eval_create_loader(run, &loader_options, err))
         return false;
-    int64_t per_epoch = run_steps_per_epoch(run);
+    int64_t per_epoch = step_loader_steps_per_epoch(run->loader);
     if (per_epoch < 1)
         return fail(err, "%s: %lld samples are fewer than one step's micro_batch x grad_accum x world_size = %d",
-                    config->data.path, (long long)run_samples(run),
+                    config->data.path, (long long)step_loader_samples(run->loader),
                     config->train.micro_batch * config->train.grad_accum * ranks.world_size);
     run->total_steps = config->train.max_steps > 0 ? config->train.max_steps
-                                                   : (int)run_steps_for_epochs(run, config->train.epochs);
+                                                   : (int)step_loader_steps_for_epochs(run->loader, config->train.epochs);
     run->schedule = (LrSchedule){.kind = config->train.schedule, .peak_lr = config->train.lr,
                                  .warmup_steps = warmup_steps_from(config->train.warmup, run->total_steps),
                                  .total_steps = run->total_steps, .min_lr_ratio = config->train.min_lr_ratio};
@@ -245,7 +245,7 @@ static void teardown(Run *run) {
     free(run->config_yaml);
     zero_destroy(run->zero);
     eval_destroy(run);
-    dataloader_destroy(run->loader);
+    step_loader_destroy(run->loader);
     vlm_destroy(run);
     dataset_destroy(run->dataset);
     model_destroy(run->model);
@@ -485,8 +485,8 @@ static void print_header(const Run *run) {
            run->ops->name, c->n_layers, c->hidden_size, c->vocab_size, run->config->lora.r,
            (long long)model_params(run->model)->total);
     printf("data %s: %lld samples (%lld truncated to %d tokens)%s | %d steps of %d x %d micro-batches\n",
-           run->config->data.path, (long long)run_samples(run),
-           (long long)run_truncated(run), run->config->data.max_seq_len,
+           run->config->data.path, (long long)step_loader_samples(run->loader),
+           (long long)step_loader_truncated(run->loader), run->config->data.max_seq_len,
            run->config->data.pack ? ", packed into rows" : "", run->total_steps,
            run->config->train.grad_accum, run->config->train.micro_batch);
     fflush(stdout);
@@ -671,15 +671,15 @@ static bool train_loop(Run *run, int start_step, TrainSummary *summary, Error *e
         if (stop_requested(run, step)) return stop_with_checkpoint(run, step, summary, err);
         int epoch;
         int64_t step_in_epoch;
-        run_data_position(run, &epoch, &step_in_epoch);
-        const StepBatch *batch = run_next_batch(run, err);
+        step_loader_position(run->loader, &epoch, &step_in_epoch);
+        const StepBatch *batch = step_loader_next(run->loader, err);
         if (!batch) return fail_context(err, "step %d: ", step + 1);
         double loss;
         bool skipped, interrupted;
         if (!accumulate_global(run, batch, step, &loss, &skipped, &interrupted, err))
             return fail_context(err, "step %d: ", step + 1);
         if (interrupted) {
-            run_data_seek(run, epoch, step_in_epoch);
+            step_loader_seek(run->loader, epoch, step_in_epoch);
             return stop_with_checkpoint(run, step, summary, err);
         }
         if (skipped) {
@@ -717,6 +717,7 @@ static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     if (run->is_rank0) eval_print_header(run);
     if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
     if (run->is_rank0 && !(run->metrics = metrics_open(run->config->checkpoint.dir, start_step, err))) return false;
+    if (run->is_rank0 && !vlm_write_dataset_statistics(run, err)) return false;
     run->run_clock_start = time_seconds() - metrics_elapsed_before(run->metrics);
     run->progress_line = run->is_rank0 && isatty(STDERR_FILENO);
     run->progress_replaces_lines = run->progress_line && isatty(STDOUT_FILENO);

@@ -5,6 +5,7 @@
 
 #include "checkpoints/checkpoints.h"
 #include "data/data.h"
+#include "data/rlds.h"
 #include "distributed.h"
 #include "trainer.h"
 
@@ -18,8 +19,8 @@ typedef struct Evaluation {
     int64_t n_train, n_eval;
     Dataset *dataset;                    // data.eval_path's (text)
     VlmDataset *vlm_dataset;             // data.eval_path's (image-text)
-    DataLoader *loader;                  // NULL without held-out data
-    VlmLoader *vlm_loader;
+    RobotDataset *robot_dataset;         // data.eval_path's (robot steps)
+    StepLoader *loader;                  // NULL without held-out data
     int n_done;                          // evaluations this process ran
 } Evaluation;
 
@@ -43,7 +44,7 @@ typedef struct Run {
     char base_model[CONFIG_PATH_MAX]; // adapter_info's base_model_name_or_path (config_base_model_name)
     Tokenizer *tokenizer;
     Dataset *dataset;
-    DataLoader *loader;
+    StepLoader *loader;    // the training steps, whichever data the run has (run_open_loader)
     DistContext dist;
     Zero *zero;
     LrSchedule schedule;
@@ -51,10 +52,11 @@ typedef struct Run {
     bool is_rank0;         // logs and writes adapters and checkpoints
     char *config_yaml;     // saved in every checkpoint, compared on resume
     TrainerState progress; // losses and step counts so far (position fields filled at save time)
-    // vision-language runs (train_vlm.c); NULL otherwise, and then dataset and loader serve
+    // vision-language runs (train_vlm.c); NULL otherwise, and then dataset serves
     ClipTower *tower;
     VlmDataset *vlm_dataset;
-    VlmLoader *vlm_loader;
+    RobotDataset *robot_dataset; // robot data (rlds, robot_jsonl) in place of vlm_dataset
+    ActionStats action_stats;    // its actions' statistics, for normalisation and dataset_statistics.json
     int32_t image_token_id;
     float *image_scratch;  // (micro_batch, 3, S, S) host: the images of one micro-batch
     void *image_features;  // (micro_batch * P, D) backend memory: the tower's output
@@ -126,16 +128,18 @@ bool vlm_load(Run *run, Error *err);
 // Image features of micro-batch micro into out (nothing for a text run: run NULL or no tower).
 bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out, Error *err);
 void vlm_destroy(Run *run);
-// The data loader of either kind and its position.
-bool run_create_loader(Run *run, const DataLoaderOptions *options, Error *err);
-const StepBatch *run_next_batch(Run *run, Error *err);
-void run_data_position(const Run *run, int *epoch, int64_t *step_in_epoch);
-void run_data_seek(Run *run, int epoch, int64_t step_in_epoch);
-int64_t run_steps_per_epoch(const Run *run);
-// Steps of the run's first n_epochs epochs (with packing epochs differ slightly).
-int64_t run_steps_for_epochs(Run *run, int n_epochs);
-int64_t run_samples(const Run *run); // served to training (without data.eval_fraction's share)
-int64_t run_truncated(const Run *run);
+// A StepLoader over the run's data (robot_dataset, vlm_dataset or dataset,
+// whichever is set) or, for evaluation, over held_out: the held-out dataset of
+// the same kind (RobotDataset, VlmDataset or Dataset), NULL for the run's own.
+StepLoader *run_open_loader(const Run *run, void *held_out, const DataLoaderOptions *options, Error *err);
+// Usable samples of the run's training data (before data.eval_fraction's split).
+int64_t run_data_size(const Run *run);
+// Robot steps at path as data.format and the step keys say, skips checked.
+RobotDataset *open_robot_dataset(const Config *config, const char *path, Error *err);
+// data.eval_path opened as the run's data is (robot or image-text runs).
+bool vlm_open_held_out(Run *run, Error *err);
+// Robot data: its action statistics as dataset_statistics.json in checkpoint.dir (rank 0).
+bool vlm_write_dataset_statistics(const Run *run, Error *err);
 
 // Set by SIGINT / SIGTERM once stop_signals_install ran (trainer.h).
 extern volatile sig_atomic_t stop_signal;

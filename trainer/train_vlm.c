@@ -1,12 +1,14 @@
 // The vision-language side of a training run (data.images or vision.tower
-// set): what comes from the config and what from a llava-hf model.path
-// (vlm_setup), the frozen CLIP tower, LLaVA records through VlmDataset / VlmLoader,
-// and for every micro-batch the tower's features of the rows holding an image
-// (forward only, nothing kept for a backward). The data-position functions
-// serve text and vision-language runs alike.
+// set, or robot data): what comes from the config and what from a llava-hf
+// model.path (vlm_setup), the frozen CLIP tower, LLaVA records through
+// VlmDataset or robot steps through RobotDataset, and for every micro-batch
+// the tower's features of the rows holding an image (forward only, nothing
+// kept for a backward). run_open_loader picks the StepLoader of the run's
+// data: text (DataLoader), LLaVA (VlmLoader) or robot steps (RobotLoader).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "train_private.h"
 
@@ -17,7 +19,9 @@ static const char *tower_preset(const Config *config) {
     return strcmp(config->vision.tower_preset, "auto") == 0 ? DEFAULT_TOWER_PRESET : config->vision.tower_preset;
 }
 
-bool run_is_vlm(const Config *config) { return config->data.images[0] || config->vision.tower[0]; }
+bool run_is_vlm(const Config *config) {
+    return config->data.images[0] || config->vision.tower[0] || config_is_robot_data(config);
+}
 
 static ImageFit image_fit_named(const char *name) {
     if (strcmp(name, "pad") == 0) return IMAGE_FIT_PAD;
@@ -120,11 +124,60 @@ bool vlm_dataset_options(const Config *config, const Tokenizer *tok, int32_t ima
     return true;
 }
 
+static const char *key_or_default(const char *key) { return key[0] ? key : NULL; }
+
+static bool is_directory(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+RobotDataset *open_robot_dataset(const Config *config, const char *path, Error *err) {
+    bool rlds = strcmp(config_data_format(config), "rlds") == 0;
+    RobotDataOptions options = {.path = path, .images = key_or_default(config->data.images),
+                                .image_key = key_or_default(config->data.image_key),
+                                .instruction_key = key_or_default(config->data.instruction_key),
+                                .action_key = key_or_default(config->data.action_key)};
+    if (rlds != is_directory(path)) {
+        fail(err, "%s: data.format is %s, but this is %s", path, config_data_format(config),
+             rlds ? "no RLDS folder" : "an RLDS folder");
+        return NULL;
+    }
+    RobotDataset *dataset = robot_dataset_open(&options, err);
+    if (dataset && robot_dataset_check_skips(dataset, config->data.max_skip_fraction, err)) return dataset;
+    robot_dataset_destroy(dataset);
+    return NULL;
+}
+
+// The run's data: LLaVA records, or robot steps and their action statistics
+// (over the whole of data.path, OpenVLA's training split).
 static bool open_vlm_dataset(Run *run, Error *err) {
+    const Config *config = run->config;
+    if (config_is_robot_data(config)) {
+        run->robot_dataset = open_robot_dataset(config, config->data.path, err);
+        return run->robot_dataset && robot_dataset_action_stats(run->robot_dataset, NULL, &run->action_stats, err);
+    }
     VlmDatasetOptions options;
-    if (!vlm_dataset_options(run->config, run->tokenizer, run->image_token_id, &options, err)) return false;
+    if (!vlm_dataset_options(config, run->tokenizer, run->image_token_id, &options, err)) return false;
     run->vlm_dataset = vlm_dataset_open(&options, err);
-    return run->vlm_dataset && vlm_dataset_check_skips(run->vlm_dataset, run->config->data.max_skip_fraction, err);
+    return run->vlm_dataset && vlm_dataset_check_skips(run->vlm_dataset, config->data.max_skip_fraction, err);
+}
+
+bool vlm_open_held_out(Run *run, Error *err) {
+    const Config *config = run->config;
+    Evaluation *eval = &run->eval;
+    if (run->robot_dataset) return (eval->robot_dataset = open_robot_dataset(config, config->data.eval_path, err)) != NULL;
+    VlmDatasetOptions options;
+    if (!vlm_dataset_options(config, run->tokenizer, run->image_token_id, &options, err)) return false;
+    options.path = config->data.eval_path;
+    eval->vlm_dataset = vlm_dataset_open(&options, err);
+    return eval->vlm_dataset && vlm_dataset_check_skips(eval->vlm_dataset, config->data.max_skip_fraction, err);
+}
+
+bool vlm_write_dataset_statistics(const Run *run, Error *err) {
+    if (!run->robot_dataset) return true;
+    char path[CONFIG_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/dataset_statistics.json", run->config->checkpoint.dir);
+    return action_stats_write_json(&run->action_stats, robot_dataset_name(run->robot_dataset), path, err);
 }
 
 size_t vlm_feature_bytes(const Config *config, const ClipVisionConfig *clip, DType act_dtype) {
@@ -146,15 +199,6 @@ bool vlm_load(Run *run, Error *err) {
                               ? run->ops->alloc(run->ops, vlm_feature_bytes(config, clip, run->ops->act_dtype), err)
                               : NULL;
     return run->image_features != NULL;
-}
-
-bool run_create_loader(Run *run, const DataLoaderOptions *options, Error *err) {
-    if (run->vlm_dataset) {
-        run->vlm_loader = vlm_loader_create(run->vlm_dataset, options, run->config->data.max_skip_fraction, err);
-        return run->vlm_loader != NULL;
-    }
-    run->loader = dataloader_create(run->dataset, options, err);
-    return run->loader != NULL;
 }
 
 // Micro-batch micro's images through the frozen tower: the rows holding an
@@ -179,42 +223,36 @@ bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out,
 void vlm_destroy(Run *run) {
     if (run->image_features) run->ops->free(run->ops, run->image_features);
     free(run->image_scratch);
-    vlm_loader_destroy(run->vlm_loader);
     vlm_dataset_destroy(run->vlm_dataset);
+    robot_dataset_destroy(run->robot_dataset);
     clip_tower_destroy(run->tower);
 }
 
-// ----------------------------------------------------------------------------
-// the data position, whichever loader the run has
-
-const StepBatch *run_next_batch(Run *run, Error *err) {
-    return run->vlm_loader ? vlm_loader_next(run->vlm_loader, err) : dataloader_next(run->loader);
+// The robot samples as vlm_setup's tower and preprocessing need them.
+static bool robot_sample_options(const Run *run, RobotSampleOptions *out, Error *err) {
+    VlmSetup setup;
+    if (!vlm_setup(run->config, &setup, err)) return false;
+    *out = (RobotSampleOptions){.tok = run->tokenizer, .stats = run->action_stats,
+                                .action_vocab_size = tokenizer_base_vocab_size(run->tokenizer),
+                                .n_image_tokens = clip_n_features(&setup.clip), .image_token_id = run->image_token_id,
+                                .preprocess = setup.preprocess, .shuffle_buffer = run->config->data.shuffle_buffer};
+    return true;
 }
 
-void run_data_position(const Run *run, int *epoch, int64_t *step_in_epoch) {
-    if (run->vlm_loader) vlm_loader_position(run->vlm_loader, epoch, step_in_epoch);
-    else dataloader_position(run->loader, epoch, step_in_epoch);
+StepLoader *run_open_loader(const Run *run, void *held_out, const DataLoaderOptions *options, Error *err) {
+    if (run->robot_dataset) {
+        RobotSampleOptions robot;
+        return robot_sample_options(run, &robot, err)
+                   ? step_loader_robot(held_out ? held_out : run->robot_dataset, &robot, options,
+                                     run->config->data.max_skip_fraction, err)
+                   : NULL;
+    }
+    if (run->vlm_dataset)
+        return step_loader_vlm(held_out ? held_out : run->vlm_dataset, options, run->config->data.max_skip_fraction, err);
+    return step_loader_text(held_out ? held_out : run->dataset, options, err);
 }
 
-void run_data_seek(Run *run, int epoch, int64_t step_in_epoch) {
-    if (run->vlm_loader) vlm_loader_seek(run->vlm_loader, epoch, step_in_epoch);
-    else dataloader_seek(run->loader, epoch, step_in_epoch);
-}
-
-int64_t run_steps_per_epoch(const Run *run) {
-    return run->vlm_loader ? vlm_loader_steps_per_epoch(run->vlm_loader) : dataloader_steps_per_epoch(run->loader);
-}
-
-int64_t run_steps_for_epochs(Run *run, int n_epochs) {
-    if (run->vlm_loader) return vlm_loader_steps_per_epoch(run->vlm_loader) * n_epochs;
-    return dataloader_steps_for_epochs(run->loader, n_epochs);
-}
-
-int64_t run_samples(const Run *run) {
-    if (run->eval.train_subset) return run->eval.n_train;
+int64_t run_data_size(const Run *run) {
+    if (run->robot_dataset) return robot_dataset_size(run->robot_dataset);
     return run->vlm_dataset ? vlm_dataset_size(run->vlm_dataset) : dataset_size(run->dataset);
-}
-
-int64_t run_truncated(const Run *run) {
-    return run->vlm_dataset ? vlm_dataset_stats(run->vlm_dataset)->truncated : dataset_truncated_count(run->dataset);
 }

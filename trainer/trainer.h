@@ -38,6 +38,11 @@ typedef struct Config {
         float max_skip_fraction;             // skipped records / records above this is an error
         char eval_path[CONFIG_PATH_MAX];     // held-out data in data.path's format ("" = none)
         float eval_fraction;                 // or this fraction of data.path held out (0 = none)
+        char format[CONFIG_NAME_MAX];        // auto | jsonl | llava | rlds | robot_jsonl (config_data_format)
+        char image_key[CONFIG_NAME_MAX];     // robot data: step keys ("" = the dataset's defaults)
+        char instruction_key[CONFIG_NAME_MAX];
+        char action_key[CONFIG_NAME_MAX];
+        int shuffle_buffer;                  // robot data: steps in the bounded shuffle buffer
     } data;
     struct {
         int micro_batch;
@@ -98,6 +103,11 @@ bool config_load_yaml(Config *config, const char *path, Error *err);
 // Applies one "key.path=value" override (value parsed as YAML scalar or flow list).
 bool config_set(Config *config, const char *assignment, Error *err);
 // Cross-field checks after all overrides (ranges, files that must exist).
+// data.format with auto resolved as `data check` tells: robot data (robot_data_detect:
+// an RLDS folder is rlds, a JSONL file of steps robot_jsonl), else llava when
+// data.images or vision.tower is set, else jsonl.
+const char *config_data_format(const Config *config);
+bool config_is_robot_data(const Config *config); // rlds or robot_jsonl
 bool config_validate(const Config *config, Error *err);
 // config_validate, but inputs not on disk yet are listed in missing (a line
 // each: "\n  key: 'path' does not exist: how to get it"), not an error: for plan.
