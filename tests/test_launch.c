@@ -387,23 +387,31 @@ static void last_eval(const char *dir, const char *name, double *loss, double *a
     free(text);
 }
 
-// Evaluation on 2 ranks (each its half of the held-out samples, the sums
-// all-reduced) gives one process's eval loss and accuracy over the same samples.
+// Evaluation on 2 and 3 ranks (each every world-size-th held-out sample, the
+// sums all-reduced) gives one process's eval loss and accuracy over the same
+// samples: 3 ranks do not divide the held-out samples, and none is left out.
 static void test_evaluation_with_ranks(void **state) {
     if (!binary("LORA_TRAIN_BIN") || !binary("LORA_LAUNCH_BIN")) skip();
     const char *dir = strdup(make_temp_dir("launch-eval"));
     const char *eval = "--set data.eval_fraction=0.02 --set train.eval_every=5";
     train_with(dir, 0, 2, "none", "single", eval);
-    train_with(dir, 2, 2, "none", "ranks", eval);
-    double loss_single, loss_ranks, accuracy_single, accuracy_ranks;
-    long long labels_single, labels_ranks;
+    double loss_single, accuracy_single;
+    long long labels_single;
     last_eval(dir, "single", &loss_single, &accuracy_single, &labels_single);
-    last_eval(dir, "ranks", &loss_ranks, &accuracy_ranks, &labels_ranks);
-    print_message("eval loss %.9f on 1 process, %.9f on 2 ranks; token accuracy %.6f, %.6f over %lld label tokens\n",
-                  loss_single, loss_ranks, accuracy_single, accuracy_ranks, labels_single);
-    assert_true(labels_single > 0 && labels_ranks == labels_single);
-    assert_true(fabs(loss_ranks - loss_single) < 1e-5 * loss_single);
-    assert_true(fabs(accuracy_ranks - accuracy_single) <= 2.0 / (double)labels_single);
+    for (int nproc = 2; nproc <= 3; nproc++) {
+        char name[32];
+        snprintf(name, sizeof name, "ranks%d", nproc);
+        train_with(dir, nproc, 2, "none", name, eval);
+        double loss_ranks, accuracy_ranks;
+        long long labels_ranks;
+        last_eval(dir, name, &loss_ranks, &accuracy_ranks, &labels_ranks);
+        print_message("eval loss %.9f on 1 process, %.9f on %d ranks; token accuracy %.6f, %.6f; label tokens %lld, "
+                      "%lld\n", loss_single, loss_ranks, nproc, accuracy_single, accuracy_ranks, labels_single,
+                      labels_ranks);
+        assert_true(labels_single > 0 && labels_ranks == labels_single);
+        assert_true(fabs(loss_ranks - loss_single) < 1e-5 * loss_single);
+        assert_true(fabs(accuracy_ranks - accuracy_single) <= 2.0 / (double)labels_single);
+    }
     free((void *)dir);
 }
 

@@ -1,10 +1,10 @@
 // Held-out evaluation: data.eval_path, or data.eval_fraction split off data.path.
 //
-// The evaluation loader yields micro-batches of one row in file order, rank r
-// taking samples r, r + world_size, ... (the last n_eval % world_size are left
-// out, as a loader's remainder). Each rank sums -log p and hits over its label
-// tokens; one all-reduce gives the totals, so the loss is label-token
-// weighted as training's. Nothing here draws from a random stream or moves
+// The evaluation loader yields micro-batches of one row in file order over the
+// whole held-out set; rank r evaluates samples r, r + world_size, ... so every
+// sample counts once whatever the world size. Each rank sums -log p and hits
+// over its label tokens; one all-reduce gives the totals, so the loss is
+// label-token weighted as training's. Nothing here draws from a random stream or moves
 // the training loader, so a run trains the same with or without evaluation.
 #include <math.h>
 #include <stdio.h>
@@ -39,9 +39,10 @@ bool eval_create_loader(Run *run, const DataLoaderOptions *train_options, Error 
     Evaluation *eval = &run->eval;
     if (!config->data.eval_path[0] && config->data.eval_fraction <= 0) return true;
     DataLoaderOptions options = {.micro_batch = 1, .grad_accum = 1, .max_seq_len = config->data.max_seq_len,
-                                 .seed = config->train.seed, .shuffle = false, .rank = train_options->rank,
-                                 .world_size = train_options->world_size, .subset = eval->eval_subset,
-                                 .n_subset = eval->n_eval};
+                                 .seed = config->train.seed, .shuffle = false, .rank = 0, .world_size = 1,
+                                 .subset = eval->eval_subset, .n_subset = eval->n_eval};
+    eval->rank = train_options->rank;
+    eval->world_size = train_options->world_size;
     void *held_out = eval->robot_dataset ? (void *)eval->robot_dataset
                      : eval->vlm_dataset ? (void *)eval->vlm_dataset : (void *)eval->dataset;
     eval->loader = run_open_loader(run, held_out, &options, err);
@@ -73,8 +74,8 @@ bool eval_due(const Run *run, int step) {
 // This rank's share of the held-out data into *sums.
 static bool eval_local(Run *run, EvalSums *sums, Error *err) {
     StepLoader *loader = run->eval.loader;
-    step_loader_seek(loader, 0, 0);
-    for (int64_t i = 0; i < step_loader_steps_per_epoch(loader); i++) {
+    for (int64_t i = run->eval.rank; i < step_loader_steps_per_epoch(loader); i += run->eval.world_size) {
+        step_loader_seek(loader, 0, i);
         const StepBatch *batch = step_loader_next(loader, err);
         if (!batch) return false;
         Batch micro = {.B = batch->B, .T = batch->T, .tokens = batch->tokens, .targets = batch->targets};

@@ -20,7 +20,8 @@ typedef struct Evaluation {
     Dataset *dataset;                    // data.eval_path's (text)
     VlmDataset *vlm_dataset;             // data.eval_path's (image-text)
     RobotDataset *robot_dataset;         // data.eval_path's (robot steps)
-    StepLoader *loader;                  // NULL without held-out data
+    StepLoader *loader;                  // NULL without held-out data; all of it, one sample per step
+    int rank, world_size;                // this rank evaluates steps rank, rank + world_size, ...
     int n_done;                          // evaluations this process ran
 } Evaluation;
 
