@@ -24,10 +24,14 @@ static bool copy_if_present(const char *src_dir, const char *dst_dir, const char
     return !path_exists(src) || copy_file(src, dst, err);
 }
 
+// An OpenVLA run's action statistics: inference un-normalises the actions with them.
+#define ACTION_STATISTICS_FILE "dataset_statistics.json"
+
 bool export_peft(const char *adapter_dir, const char *out_dir, Error *err) {
     return make_dirs(out_dir, err) && copy_if_present(adapter_dir, out_dir, "adapter_config.json", err) &&
            copy_if_present(adapter_dir, out_dir, "adapter_model.safetensors", err) &&
-           copy_if_present(adapter_dir, out_dir, PROJECTOR_FILE, err);
+           copy_if_present(adapter_dir, out_dir, PROJECTOR_FILE, err) &&
+           copy_if_present(adapter_dir, out_dir, ACTION_STATISTICS_FILE, err);
 }
 
 // s from adapter_config.json's r, lora_alpha and use_rslora.
@@ -237,6 +241,7 @@ bool export_merged(const char *base_dir, const char *adapter_dir, const char *ou
     for (size_t i = 0; i < sizeof COPIED_FILES / sizeof COPIED_FILES[0]; i++) {
         if (!copy_if_present(base_dir, out_dir, COPIED_FILES[i], err)) return false;
     }
+    if (!copy_if_present(adapter_dir, out_dir, ACTION_STATISTICS_FILE, err)) return false;
     HfWeights *base = hf_weights_open(base_dir, err);
     SafetensorsFile *adapter = base ? safetensors_open(adapter_path, err) : NULL, *projector = NULL;
     merge.adapter = adapter;

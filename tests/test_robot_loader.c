@@ -384,6 +384,17 @@ static void test_training_run(void **state) {
         !action_stats_read_json(FIXTURES "/dataset_statistics.json", "tiny_rlds", &reference, &err))
         fail_msg("%s", err.message);
     assert_same_stats(&written, &reference);
+    // The adapter folder carries them too, and so does its PEFT export: inference un-normalises with them.
+    snprintf(stats_path, sizeof stats_path, "%s/out/adapter/dataset_statistics.json", dir);
+    char exported[1100];
+    snprintf(exported, sizeof exported, "%s/exported/dataset_statistics.json", dir);
+    snprintf(args, sizeof args, "export --checkpoint %s/out/adapter --format peft --out %s/exported", dir, dir);
+    lora_train(bin, args, log);
+    for (int i = 0; i < 2; i++) {
+        if (!action_stats_read_json(i == 0 ? stats_path : exported, "tiny_rlds", &written, &err))
+            fail_msg("%s", err.message);
+        assert_same_stats(&written, &reference);
+    }
 
     // plan counts the epochs' steps as RobotLoader deals them: 16 steps / 2 per step x 3 epochs.
     snprintf(args, sizeof args, "%s plan --config %s --set train.max_steps=0 --set train.epochs=3 2>&1 | "

@@ -258,7 +258,8 @@ static void teardown(Run *run) {
 
 static bool save_adapter(Run *run, const char *name, char *dir_out, size_t dir_size, Error *err) {
     snprintf(dir_out, dir_size, "%s/%s", run->config->checkpoint.dir, name);
-    if (!adapter_save(run->model, &run->adapter_info, dir_out, err)) return fail_context(err, "saving the adapter to %s: ", dir_out);
+    if (!adapter_save(run->model, &run->adapter_info, dir_out, err) || !vlm_write_dataset_statistics(run, dir_out, err))
+        return fail_context(err, "saving the adapter to %s: ", dir_out);
     return true;
 }
 
@@ -717,7 +718,7 @@ static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     if (run->is_rank0) eval_print_header(run);
     if (run->is_rank0 && !check_disk_for_run(run, err)) return false;
     if (run->is_rank0 && !(run->metrics = metrics_open(run->config->checkpoint.dir, start_step, err))) return false;
-    if (run->is_rank0 && !vlm_write_dataset_statistics(run, err)) return false;
+    if (run->is_rank0 && !vlm_write_dataset_statistics(run, run->config->checkpoint.dir, err)) return false;
     run->run_clock_start = time_seconds() - metrics_elapsed_before(run->metrics);
     run->progress_line = run->is_rank0 && isatty(STDERR_FILENO);
     run->progress_replaces_lines = run->progress_line && isatty(STDOUT_FILENO);

@@ -139,8 +139,9 @@ int64_t run_data_size(const Run *run);
 RobotDataset *open_robot_dataset(const Config *config, const char *path, Error *err);
 // data.eval_path opened as the run's data is (robot or image-text runs).
 bool vlm_open_held_out(Run *run, Error *err);
-// Robot data: its action statistics as dataset_statistics.json in checkpoint.dir (rank 0).
-bool vlm_write_dataset_statistics(const Run *run, Error *err);
+// Robot data: its action statistics as dataset_statistics.json in dir (checkpoint.dir,
+// and every adapter folder the run saves, which inference un-normalises actions with).
+bool vlm_write_dataset_statistics(const Run *run, const char *dir, Error *err);
 
 // Set by SIGINT / SIGTERM once stop_signals_install ran (trainer.h).
 extern volatile sig_atomic_t stop_signal;

@@ -173,10 +173,10 @@ bool vlm_open_held_out(Run *run, Error *err) {
     return eval->vlm_dataset && vlm_dataset_check_skips(eval->vlm_dataset, config->data.max_skip_fraction, err);
 }
 
-bool vlm_write_dataset_statistics(const Run *run, Error *err) {
+bool vlm_write_dataset_statistics(const Run *run, const char *dir, Error *err) {
     if (!run->robot_dataset) return true;
     char path[CONFIG_PATH_MAX + 32];
-    snprintf(path, sizeof path, "%s/dataset_statistics.json", run->config->checkpoint.dir);
+    snprintf(path, sizeof path, "%s/dataset_statistics.json", dir);
     return action_stats_write_json(&run->action_stats, robot_dataset_name(run->robot_dataset), path, err);
 }
 
