@@ -63,38 +63,40 @@ void cuda_embedding_forward(const Ops *ops, void *out, const int32_t *ids, const
 // rstd = 1 / sqrt(mean(x^2) + eps), out = x * rstd * w
 // dx += rstd * w * dout - x * rstd^3 * mean(w * dout * x)
 
-__global__ void rmsnorm_forward_kernel(bf16 *out, float *rstd, const bf16 *inp, const bf16 *weight, int C,
-                                       float eps) {
-    const bf16 *x = inp + (size_t)blockIdx.x * C;
-    bf16 *y = out + (size_t)blockIdx.x * C;
-    float sum_sq = 0.0f;
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float xc = __bfloat162float(x[c]);
-        sum_sq += xc * xc;
-    }
+// The row's out and rstd from each thread's share of its sum of squares; each
+// thread reads back only the elements of x it summed.
+__device__ __forceinline__ void rmsnorm_finish_row(bf16 *y, float *rstd, const bf16 *x, const bf16 *weight, int C,
+                                                   float eps, float sum_sq) {
     float row_rstd = rsqrtf(block_sum(sum_sq) / C + eps);
     for (int c = threadIdx.x; c < C; c += blockDim.x)
         y[c] = __float2bfloat16_rn(__bfloat162float(x[c]) * row_rstd * __bfloat162float(weight[c]));
     if (threadIdx.x == 0) rstd[blockIdx.x] = row_rstd;
 }
 
+__global__ void rmsnorm_forward_kernel(bf16 *out, float *rstd, const bf16 *inp, const bf16 *weight, int C,
+                                       float eps) {
+    const bf16 *x = inp + (size_t)blockIdx.x * C;
+    float sum_sq = 0.0f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float xc = __bfloat162float(x[c]);
+        sum_sq += xc * xc;
+    }
+    rmsnorm_finish_row(out + (size_t)blockIdx.x * C, rstd, x, weight, C, eps, sum_sq);
+}
+
 // x += residual (rounded to bf16, as add_inplace), then rmsnorm_forward_kernel's
-// out and rstd of the sum; each thread reads back only the elements it wrote.
+// out and rstd of the sum.
 __global__ void residual_rmsnorm_forward_kernel(bf16 *out, float *rstd, bf16 *inp, const bf16 *residual,
                                                 const bf16 *weight, int C, float eps) {
     bf16 *x = inp + (size_t)blockIdx.x * C;
     const bf16 *r = residual + (size_t)blockIdx.x * C;
-    bf16 *y = out + (size_t)blockIdx.x * C;
     float sum_sq = 0.0f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         x[c] = __float2bfloat16_rn(__bfloat162float(x[c]) + __bfloat162float(r[c]));
         float xc = __bfloat162float(x[c]);
         sum_sq += xc * xc;
     }
-    float row_rstd = rsqrtf(block_sum(sum_sq) / C + eps);
-    for (int c = threadIdx.x; c < C; c += blockDim.x)
-        y[c] = __float2bfloat16_rn(__bfloat162float(x[c]) * row_rstd * __bfloat162float(weight[c]));
-    if (threadIdx.x == 0) rstd[blockIdx.x] = row_rstd;
+    rmsnorm_finish_row(out + (size_t)blockIdx.x * C, rstd, x, weight, C, eps, sum_sq);
 }
 
 __global__ void rmsnorm_backward_kernel(bf16 *dinp, const bf16 *dout, const bf16 *inp, const bf16 *weight,
