@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "lora_linear.h"
 #include "projector.h"
 
 typedef struct LoraSlot { // one targeted linear of one layer
@@ -570,51 +571,34 @@ static uint64_t dropout_seed_of(const StepState *st, int layer, LoraTarget t) {
     return rng_hash(st->dropout_seed, (uint64_t)layer * LORA_TARGET_COUNT + t);
 }
 
-// The input LoRA sees: dropout(x) in m->lora_x when dropout is on, x otherwise.
-static const void *lora_input(Model *m, const StepState *st, int layer, LoraTarget t, const void *x, int in) {
-    if (!dropout_active(m, st)) return x;
-    m->ops->dropout_forward(m->ops, m->lora_x, x, (size_t)st->N * in, m->lora.dropout, dropout_seed_of(st, layer, t),
-                            0);
-    return m->lora_x;
+// Linear t of a layer as lora_linear.h describes it (W dequantized first with NF4).
+static LoraLinear layer_linear(Model *m, const StepState *st, int layer, LoraTarget t) {
+    const LoraSlot *slot = &m->slots[layer * LORA_TARGET_COUNT + t];
+    LoraLinear l = {.W = linear_weight(m, layer, t), .A = slot->A, .B = slot->B, .r = m->lora.r,
+                    .scale = lora_scale(&m->lora), .dropout = dropout_active(m, st) ? m->lora.dropout : 0.0f,
+                    .dropout_seed = dropout_seed_of(st, layer, t)};
+    linear_shape(&m->config, t, &l.in, &l.out);
+    return l;
+}
+
+static LoraScratch lora_scratch(const Model *m) {
+    return (LoraScratch){.x_dropped = m->lora_x, .dx_dropped = m->lora_dx, .dh = m->lora_dh};
 }
 
 // y (N, out) = x W^T + s * (dropout(x) A^T) B^T; lora_h (N, r) keeps dropout(x) A^T.
 static void linear_forward(Model *m, const StepState *st, int layer, LoraTarget t, void *y, const void *x,
                            void *lora_h) {
-    const Ops *ops = m->ops;
-    int in, out, N = st->N;
-    linear_shape(&m->config, t, &in, &out);
-    ops->matmul(ops, y, x, linear_weight(m, layer, t), N, out, in, false, true, 1.0f, 0.0f);
-    const LoraSlot *slot = &m->slots[layer * LORA_TARGET_COUNT + t];
-    if (!slot->A) return;
-    int r = m->lora.r;
-    const void *A = act_at(m, m->param_act, slot->A->offset), *B = act_at(m, m->param_act, slot->B->offset);
-    ops->matmul(ops, lora_h, lora_input(m, st, layer, t, x, in), A, N, r, in, false, true, 1.0f, 0.0f);
-    ops->matmul(ops, y, lora_h, B, N, out, r, false, true, lora_scale(&m->lora), 1.0f);
+    LoraLinear l = layer_linear(m, st, layer, t);
+    LoraScratch scratch = lora_scratch(m);
+    lora_linear_forward(m->ops, &l, m->param_act, &scratch, y, x, lora_h, st->N);
 }
 
 // Given dy (N, out): dx += dy W + dropout'(s * dy B A); dB += s dy^T h; dA += (s dy B)^T dropout(x).
 static void linear_backward(Model *m, const StepState *st, int layer, LoraTarget t, void *dx, const void *dy,
                             const void *x, const void *lora_h) {
-    const Ops *ops = m->ops;
-    int in, out, N = st->N;
-    linear_shape(&m->config, t, &in, &out);
-    ops->matmul(ops, dx, dy, linear_weight(m, layer, t), N, in, out, false, false, 1.0f, 1.0f);
-    const LoraSlot *slot = &m->slots[layer * LORA_TARGET_COUNT + t];
-    if (!slot->A) return;
-    int r = m->lora.r;
-    float s = lora_scale(&m->lora);
-    const void *A = act_at(m, m->param_act, slot->A->offset), *B = act_at(m, m->param_act, slot->B->offset);
-    ops->matmul_weight_grad(ops, m->grad_data + slot->B->offset, dy, lora_h, N, out, r, s);
-    ops->matmul(ops, m->lora_dh, dy, B, N, r, out, false, false, s, 0.0f); // (N, r)
-    const void *x_seen = lora_input(m, st, layer, t, x, in);
-    ops->matmul_weight_grad(ops, m->grad_data + slot->A->offset, m->lora_dh, x_seen, N, r, in, 1.0f);
-    if (!dropout_active(m, st)) {
-        ops->matmul(ops, dx, m->lora_dh, A, N, in, r, false, false, 1.0f, 1.0f);
-        return;
-    }
-    ops->matmul(ops, m->lora_dx, m->lora_dh, A, N, in, r, false, false, 1.0f, 0.0f);
-    ops->dropout_backward(ops, dx, m->lora_dx, (size_t)N * in, m->lora.dropout, dropout_seed_of(st, layer, t), 0);
+    LoraLinear l = layer_linear(m, st, layer, t);
+    LoraScratch scratch = lora_scratch(m);
+    lora_linear_backward(m->ops, &l, m->param_act, m->grad_data, &scratch, dx, dy, x, lora_h, st->N);
 }
 
 // ----------------------------------------------------------------------------

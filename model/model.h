@@ -222,3 +222,92 @@ bool model_eval_batch(Model *model, const Batch *batch, EvalSums *sums, Error *e
 void model_zero_grads(Model *model);
 // After the optimizer changed the fp32 masters: refresh the compute copy.
 void model_sync_params(Model *model);
+
+// ----------------------------------------------------------------------------
+// ViT vision towers, frozen, forward only: one encoder for CLIP and SigLIP in
+// Hugging Face's CLIPVisionModel / SiglipVisionModel layouts and DINOv2 and
+// SigLIP in timm's VisionTransformer layout (OpenVLA's featurizers); the
+// differences are flags.
+//
+// tokens = [class;] [registers;] patch_embedding(image) [+ patch bias], T of them
+// x = tokens + position_embedding (over all T tokens, or the P patches alone)
+// x = pre_layrnorm(x) (CLIP)
+// per layer: x += [ls1 *] out_proj(attention(layer_norm1(x)))
+//            x += [ls2 *] fc2(act(fc1(layer_norm2(x))))
+// The features are hidden_states[feature_layer] (LLaVA's vision_feature_layer,
+// -2 = the penultimate layer's output; never a final norm such as SigLIP's
+// post_layernorm, which hidden_states do not include), tokens [skip_tokens, T):
+// llava's 'default' skips token 0 whatever it is (CLIP's class token or
+// SigLIP's first patch), 'full' none, OpenVLA the class and register tokens.
+
+typedef enum VitActivation {
+    VIT_QUICK_GELU, // CLIP: x sigmoid(1.702 x)
+    VIT_GELU_TANH,  // transformers' SigLIP: gelu_pytorch_tanh
+    VIT_GELU,       // exact erf GELU (timm's nn.GELU, DINOv2 and timm's SigLIP)
+} VitActivation;
+
+typedef enum VitLayout {
+    VIT_LAYOUT_HF,   // vision_model.embeddings.*, vision_model.encoder.layers.N.self_attn.q_proj.*, ...
+    VIT_LAYOUT_TIMM, // cls_token, reg_token, pos_embed, patch_embed.proj.*, blocks.N.attn.qkv.* (q, k, v fused), ...
+} VitLayout;
+
+// The tower's shape; named for CLIP, the first of the towers it describes.
+typedef struct ClipVisionConfig {
+    int hidden_size;        // D
+    int intermediate_size;  // MLP width
+    int n_layers;           // num_hidden_layers of the checkpoint
+    int n_heads;
+    int image_size;         // S: input (channels, S, S)
+    int patch_size;         // P = (S / patch_size)^2 patches (a remainder of pixels unused)
+    int channels;
+    float layer_norm_eps;
+    int feature_layer;      // index into hidden_states (n_layers + 1 of them); negative from the end
+    int skip_tokens;        // the features are tokens [skip_tokens, T)
+    // the architecture
+    VitLayout layout;
+    bool class_token;       // a class embedding first
+    int n_registers;        // register tokens after it (DINOv2 reg4: 4): T = class + registers + P
+    bool pos_embed_prefix;  // the position embedding covers the class and register tokens too (else the P patches)
+    bool pre_norm;          // a LayerNorm on the embeddings (CLIP's pre_layrnorm)
+    bool patch_bias;        // the patch convolution has a bias
+    bool layer_scale;       // per-channel gammas on both residual branches (timm's ls1 / ls2)
+    VitActivation activation;
+} ClipVisionConfig;
+
+// "clip-vit-large-patch14-336" (LLaVA-1.5's tower), "tiny" (tests, demo; both
+// CLIP, 'default' features of layer -2), or OpenVLA's featurizers at 224 pixels in
+// timm's layout, features of the second-to-last block without prefix tokens:
+// "dinov2-vit-l14-reg4" (vit_large_patch14_reg4_dinov2) and "siglip-so400m-14"
+// (vit_so400m_patch14_siglip_224).
+bool clip_config_preset(const char *name, ClipVisionConfig *out, Error *err);
+bool clip_config_validate(const ClipVisionConfig *config, Error *err);
+int clip_n_patches(const ClipVisionConfig *config);
+// Tokens per image: the class token and registers, when there are, and the patches.
+int clip_n_tokens(const ClipVisionConfig *config);
+// Feature rows per image: the tokens less the skipped ones.
+int clip_n_features(const ClipVisionConfig *config);
+// Encoder layers the features need: hidden_states[k] is the output of layer k - 1.
+int clip_layers_used(const ClipVisionConfig *config);
+
+typedef struct ClipTower ClipTower;
+
+// Allocates the weights of the layers the features need (uninitialised) and
+// activations for up to max_images images per forward.
+ClipTower *clip_tower_create(const Ops *ops, const ClipVisionConfig *config, int max_images, Error *err);
+void clip_tower_destroy(ClipTower *tower);
+// The backend bytes clip_tower_create allocates (weights + activations) in
+// storage act_dtype, without allocating: what `lora-train plan` counts.
+bool clip_tower_bytes(DType act_dtype, const ClipVisionConfig *config, int max_images, size_t *bytes, Error *err);
+const ClipVisionConfig *clip_tower_config(const ClipTower *tower);
+const Ops *clip_tower_ops(const ClipTower *tower);
+// Calls visit for every weight the features need with its name in the layout
+// ("vision_model.encoder.layers.0.self_attn.q_proj.weight", "blocks.0.attn.qkv.weight");
+// data is backend memory.
+typedef bool (*ClipTensorVisitor)(void *context, const char *name, const Tensor *tensor, Error *err);
+bool clip_tower_visit(ClipTower *tower, ClipTensorVisitor visit, void *context, Error *err);
+// Random weights for tests and the demo: matrices and embeddings N(0, 0.02^2),
+// norm weights 1, biases 0.
+void clip_tower_init_random(ClipTower *tower, uint64_t seed);
+// images: host fp32 (n_images, channels, S, S) as image_preprocess writes them;
+// features: backend memory (n_images, clip_n_features, D) in the backend's act_dtype.
+bool clip_tower_forward(ClipTower *tower, const float *images, int n_images, void *features, Error *err);

@@ -15,6 +15,7 @@
 #include "checkpoints/checkpoints.h"
 #include "parallel/parallel.h"
 #include "trainer/trainer.h"
+#include "model/model.h"
 #include "vision/vision.h"
 
 static Config plan_config(const char *dir) {

@@ -682,7 +682,7 @@ void config_defaults(Config *config) {
     config->vision.train_projector = true;
 }
 
-// Hugging Face ids of the vision tower presets (vision/clip.c): where a recipe's tower comes from.
+// Hugging Face ids of the vision tower presets (model/vision_tower.c): where a recipe's tower comes from.
 // A vision.tower file with tower_preset auto is clip-vit-large-patch14-336's (train_vlm.c).
 static const char *tower_preset_id(const char *preset) {
     bool clip_large = strcmp(preset, "clip-vit-large-patch14-336") == 0 || strcmp(preset, "auto") == 0;

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 
 #include "checkpoints/checkpoints.h"
+#include "model/model.h"
 #include "vision/vision.h"
 
 #define BF16_TOL 1e-2

@@ -1,4 +1,4 @@
-// vision: the ViT vision tower, frozen and forward only: CLIP and SigLIP in
+// model: the ViT vision tower, frozen and forward only: CLIP and SigLIP in
 // Hugging Face's CLIPVisionModel / SiglipVisionModel layouts, DINOv2 and SigLIP
 // in timm's. N = n_images * T tokens, T = prefix + P: the class token and the
 // registers first (prefix, when the tower has them), then the P patches.
@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "vision/vision.h"
+#include "model.h"
 
 #define CLIP_NAME_MAX 128
 
