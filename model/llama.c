@@ -571,10 +571,11 @@ static uint64_t dropout_seed_of(const StepState *st, int layer, LoraTarget t) {
     return rng_hash(st->dropout_seed, (uint64_t)layer * LORA_TARGET_COUNT + t);
 }
 
-// Linear t of a layer as lora_linear.h describes it (W dequantized first with NF4).
-static LoraLinear layer_linear(Model *m, const StepState *st, int layer, LoraTarget t) {
+// Linear t of a layer as lora_linear.h describes it; W (dequantized first with
+// NF4) only where the caller multiplies by it.
+static LoraLinear layer_linear(Model *m, const StepState *st, int layer, LoraTarget t, bool with_weight) {
     const LoraSlot *slot = &m->slots[layer * LORA_TARGET_COUNT + t];
-    LoraLinear l = {.W = linear_weight(m, layer, t), .A = slot->A, .B = slot->B, .r = m->lora.r,
+    LoraLinear l = {.W = with_weight ? linear_weight(m, layer, t) : NULL, .A = slot->A, .B = slot->B, .r = m->lora.r,
                     .scale = lora_scale(&m->lora), .dropout = dropout_active(m, st) ? m->lora.dropout : 0.0f,
                     .dropout_seed = dropout_seed_of(st, layer, t)};
     linear_shape(&m->config, t, &l.in, &l.out);
@@ -588,15 +589,16 @@ static LoraScratch lora_scratch(const Model *m) {
 // y (N, out) = x W^T + s * (dropout(x) A^T) B^T; lora_h (N, r) keeps dropout(x) A^T.
 static void linear_forward(Model *m, const StepState *st, int layer, LoraTarget t, void *y, const void *x,
                            void *lora_h) {
-    LoraLinear l = layer_linear(m, st, layer, t);
+    LoraLinear l = layer_linear(m, st, layer, t, true);
     LoraScratch scratch = lora_scratch(m);
     lora_linear_forward(m->ops, &l, m->param_act, &scratch, y, x, lora_h, st->N);
 }
 
-// Given dy (N, out): dx += dy W + dropout'(s * dy B A); dB += s dy^T h; dA += (s dy B)^T dropout(x).
+// Given dy (N, out): dx += dy W + dropout'(s * dy B A) (dx NULL: not computed);
+// dB += s dy^T h; dA += (s dy B)^T dropout(x).
 static void linear_backward(Model *m, const StepState *st, int layer, LoraTarget t, void *dx, const void *dy,
                             const void *x, const void *lora_h) {
-    LoraLinear l = layer_linear(m, st, layer, t);
+    LoraLinear l = layer_linear(m, st, layer, t, dx != NULL);
     LoraScratch scratch = lora_scratch(m);
     lora_linear_backward(m->ops, &l, m->param_act, m->grad_data, &scratch, dx, dy, x, lora_h, st->N);
 }
@@ -631,8 +633,10 @@ static void layer_forward(Model *m, const StepState *st, int l, const void *x, v
     ops->add_inplace(ops, x_out, a->mid, (size_t)N * C);
 }
 
-// On entry m->d_res holds dL/d(layer output); on return dL/d(layer input x).
-static void layer_backward(Model *m, const StepState *st, int l, const void *x) {
+// On entry m->d_res holds dL/d(layer output); on return dL/d(layer input x),
+// unless need_dx is false (the first layer of a text batch: only the frozen
+// embedding would read it), when the LoRA gradients are all it computes.
+static void layer_backward(Model *m, const StepState *st, int l, const void *x, bool need_dx) {
     const Ops *ops = m->ops;
     const LlamaConfig *c = &m->config;
     const LayerWeights *w = &m->layers[l];
@@ -659,11 +663,12 @@ static void layer_backward(Model *m, const StepState *st, int l, const void *x) 
                             st->T, c->n_heads, c->n_kv_heads, c->head_dim);
     ops->rope_backward(ops, m->dq, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
     ops->rope_backward(ops, m->dk, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
-    ops->zero(ops, m->d_ln, (size_t)N * C * s);
-    linear_backward(m, st, l, LORA_Q, m->d_ln, m->dq, a->ln1, a->lora_h[LORA_Q]);
-    linear_backward(m, st, l, LORA_K, m->d_ln, m->dk, a->ln1, a->lora_h[LORA_K]);
-    linear_backward(m, st, l, LORA_V, m->d_ln, m->dv, a->ln1, a->lora_h[LORA_V]);
-    ops->rmsnorm_backward(ops, m->d_res, m->d_ln, x, w->input_layernorm, a->rstd1, N, C);
+    void *d_ln = need_dx ? m->d_ln : NULL;
+    if (need_dx) ops->zero(ops, m->d_ln, (size_t)N * C * s);
+    linear_backward(m, st, l, LORA_Q, d_ln, m->dq, a->ln1, a->lora_h[LORA_Q]);
+    linear_backward(m, st, l, LORA_K, d_ln, m->dk, a->ln1, a->lora_h[LORA_K]);
+    linear_backward(m, st, l, LORA_V, d_ln, m->dv, a->ln1, a->lora_h[LORA_V]);
+    if (need_dx) ops->rmsnorm_backward(ops, m->d_res, m->d_ln, x, w->input_layernorm, a->rstd1, N, C);
 }
 
 // ----------------------------------------------------------------------------
@@ -798,7 +803,7 @@ static void backward(Model *m, const StepState *st) {
         // Recompute: layer l's output buffer is no longer read, and the
         // recomputation writes the same values (dropout masks are counter-based).
         if (m->options.activation_checkpointing) layer_forward(m, st, l, m->layer_input[l], m->layer_input[l + 1]);
-        layer_backward(m, st, l, m->layer_input[l]);
+        layer_backward(m, st, l, m->layer_input[l], l > 0 || m->n_image_rows > 0);
         notify_grads_ready(m, st, l);
     }
     if (m->n_image_rows > 0) // m->d_res = dL/d(embeddings)
