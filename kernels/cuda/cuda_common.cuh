@@ -81,6 +81,46 @@ static inline unsigned int grid_for(const CudaContext *ctx, size_t n, int thread
 #define GRID_STRIDE(i, n) \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
+// for (size_t i ...) over [begin, n): the scalar tail after a packed loop.
+#define GRID_STRIDE_FROM(i, begin, n)                                                         \
+    for (size_t i = (begin) + blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n);       \
+         i += (size_t)gridDim.x * blockDim.x)
+
+// Eight bf16 moved by one 128-bit load or store. A kernel takes the packed path
+// where its pointers are 16-byte aligned (packs_of) and finishes the rest one
+// element at a time.
+typedef struct __align__(16) Bf16x8 {
+    bf16 v[8];
+} Bf16x8;
+
+__device__ __forceinline__ bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+// Packs of 8 in n elements: n / 8 when every pointer is 16-byte aligned, else 0.
+__device__ __forceinline__ size_t packs_of(size_t n, const void *a, const void *b, const void *c = NULL,
+                                           const void *d = NULL) {
+    bool aligned = aligned16(a) && aligned16(b) && (!c || aligned16(c)) && (!d || aligned16(d));
+    return aligned ? n / 8 : 0;
+}
+
+// Pack `pack` of p (16-byte aligned): one ld.global.v4 / st.global.v4. The emulation
+// copies bytes instead, as g++ has no licence to read bf16 objects through a struct.
+__device__ __forceinline__ Bf16x8 load8(const bf16 *p, size_t pack) {
+#ifdef LORA_TRAIN_CUDA_EMU
+    Bf16x8 x;
+    memcpy(&x, p + pack * 8, sizeof x);
+    return x;
+#else
+    return ((const Bf16x8 *)p)[pack];
+#endif
+}
+__device__ __forceinline__ void store8(bf16 *p, size_t pack, Bf16x8 x) {
+#ifdef LORA_TRAIN_CUDA_EMU
+    memcpy(p + pack * 8, &x, sizeof x);
+#else
+    ((Bf16x8 *)p)[pack] = x;
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float x) {
     for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(0xffffffffu, x, offset);
     return x;
