@@ -83,10 +83,11 @@ struct Ops {
     // Waits for every download_async issued.
     void (*synchronize_copies)(const Ops *ops);
 
-    // act[i] = (act_dtype) src[i], src fp32 on the host. Loads weights.
-    // Both return with the copy complete, as upload and download.
+    // act[i] = (act_dtype) src[i], src fp32 on the host: weights, a batch's images.
+    // Returns once src_host may be reused, the copy queued in stream order as
+    // upload_async's (a device backend does not wait for the device here).
     void (*upload_f32)(const Ops *ops, void *dst_act, const float *src_host, size_t n);
-    // dst[i] = (float) act[i], onto the host. Reads results.
+    // dst[i] = (float) act[i], onto the host, returning with the copy complete. Reads results.
     void (*download_f32)(const Ops *ops, float *dst_host, const void *src_act, size_t n);
     // act[i] = (act_dtype) params[i], both on the device: the compute copy of
     // the fp32 trainable parameters (an alias-free copy even on the CPU).

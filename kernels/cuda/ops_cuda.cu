@@ -201,17 +201,23 @@ static void download_async(const Ops *ops, void *dst_host, const void *src, size
 
 static void synchronize_copies(const Ops *ops) { cudaCheck(cudaStreamSynchronize(cuda_context(ops)->copy_stream)); }
 
-// Host fp32 -> staging (fp32, device) -> bf16, one chunk at a time.
+// Host fp32 -> pinned upload staging -> device fp32 staging -> bf16, a chunk
+// at a time in stream order (the next chunk's copy into the device staging runs
+// after this chunk's conversion). Returns once src_host is copied out, as
+// upload_async: the image rows of every micro-batch go up without a host wait.
 static void upload_f32(const Ops *ops, void *dst_act, const float *src_host, size_t n) {
     CudaContext *ctx = cuda_context(ops);
     bf16 *dst = (bf16 *)dst_act;
-    for (size_t start = 0; start < n; start += ctx->staging_floats) {
-        size_t count = n - start < ctx->staging_floats ? n - start : ctx->staging_floats;
-        if (!cudaCheck(cudaMemcpyAsync(ctx->staging, src_host + start, count * sizeof(float), cudaMemcpyHostToDevice,
-                                       ctx->stream)))
-            return;
+    size_t chunk = CUDA_UPLOAD_STAGING_BYTES / 2 / sizeof(float);
+    if (chunk > ctx->staging_floats) chunk = ctx->staging_floats;
+    for (size_t start = 0; start < n; start += chunk) {
+        size_t count = n - start < chunk ? n - start : chunk, bytes = count * sizeof(float);
+        unsigned char *slot = upload_staging_take(ctx, bytes);
+        if (!slot) return;
+        memcpy(slot, src_host + start, bytes);
+        if (!cudaCheck(cudaMemcpyAsync(ctx->staging, slot, bytes, cudaMemcpyHostToDevice, ctx->stream))) return;
+        if (!cudaCheck(cudaEventRecord(ctx->upload_done[ctx->upload_half], ctx->stream))) return;
         cuda_f32_to_act(ctx, dst + start, ctx->staging, count);
-        if (!cudaCheck(cudaStreamSynchronize(ctx->stream))) return;
     }
 }
 

@@ -23,6 +23,9 @@
 
 #include "model/model.h"
 #include "optim/optim.h"
+#ifdef LORA_TRAIN_CUDA_EMU
+#include <cuda_runtime.h> // cuda_emu_host_waits
+#endif
 
 enum { BATCH = 2, SEQ = 13, PROJECTOR_IN = 24, IMAGE_ROWS = 6, IMAGE_TOKEN = 261, ADAM_STEPS = 3 };
 
@@ -237,8 +240,67 @@ static void test_nf4_checkpointing(void **state) { check_case((Case){.nf4 = true
 static void test_projector(void **state) { check_case((Case){.vlm = true}); }
 static void test_projector_checkpointing(void **state) { check_case((Case){.vlm = true, .checkpointing = true}); }
 
+#ifdef LORA_TRAIN_CUDA_EMU
+// ----------------------------------------------------------------------------
+// no host stalls: a step's micro-batches go to the device without the host
+// waiting for it (the emulation counts every wait that finds work pending)
+
+enum { TOWER_ROWS = 16, TOWER_WIDTH = 32 }; // the "tiny" tower: 16 feature rows of 32 per image
+
+// Three micro-batches of an image-text step, each image through the tower
+// (upload_f32 of its pixels) and into the model: not one host wait until the
+// step's loss is read.
+static void test_micro_batches_issue_without_waiting(void **state) {
+    ModelOptions options = case_options(gpu, (Case){.vlm = true});
+    options.projector_in = TOWER_WIDTH, options.max_image_rows = TOWER_ROWS;
+    Error err;
+    Model *model = model_create(&options, &err);
+    if (!model || !model_init_random_base(model, 1234, &err)) fail_msg("%s", err.message);
+    ClipVisionConfig vision;
+    assert_true(clip_config_preset("tiny", &vision, &err));
+    assert_int_equal(clip_n_features(&vision), TOWER_ROWS);
+    assert_int_equal(vision.hidden_size, TOWER_WIDTH);
+    ClipTower *tower = clip_tower_create(gpu, &vision, 1, &err);
+    if (!tower) fail_msg("%s", err.message);
+    clip_tower_init_random(tower, 3);
+    void *features = gpu->alloc(gpu, (size_t)TOWER_ROWS * TOWER_WIDTH * dtype_size(gpu->act_dtype), &err);
+    assert_non_null(features);
+    size_t n_pixels = (size_t)vision.channels * vision.image_size * vision.image_size;
+    float *pixels = random_act(n_pixels, -1, 1);
+    int32_t tokens[BATCH * SEQ], targets[BATCH * SEQ];
+    for (int i = 0; i < BATCH * SEQ; i++) tokens[i] = i % 7, targets[i] = (i + 1) % 7;
+    for (int r = 0; r < TOWER_ROWS; r++) tokens[(r % 2) * SEQ + 1 + r / 2] = IMAGE_TOKEN;
+    Batch batch = {.B = BATCH, .T = SEQ, .tokens = tokens, .targets = targets, .n_image_rows = TOWER_ROWS,
+                   .image_features = features};
+    gpu->synchronize(gpu);
+
+    uint64_t waits = cuda_emu_host_waits();
+    for (int micro = 0; micro < 3; micro++) {
+        StepOptions step = {.grad_scale = 1e-2f, .train = true, .dropout_seed = 42 + micro,
+                            .accumulate_loss = micro > 0};
+        if (!clip_tower_forward(tower, pixels, 1, features, &err) || !model_step(model, &batch, &step, &err))
+            fail_msg("%s", err.message);
+    }
+    print_message("host waits while issuing 3 micro-batches: %llu\n",
+                  (unsigned long long)(cuda_emu_host_waits() - waits));
+    assert_true(cuda_emu_host_waits() == waits);
+    double loss;
+    assert_true(model_loss_sum(model, &loss, &err));
+    assert_true(cuda_emu_host_waits() > waits); // reading the loss is the step's wait, and is counted
+    assert_true(isfinite(loss) && loss > 0);
+
+    free(pixels);
+    gpu->free(gpu, features);
+    clip_tower_destroy(tower);
+    model_destroy(model);
+}
+#endif
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+#ifdef LORA_TRAIN_CUDA_EMU
+        cmocka_unit_test(test_micro_batches_issue_without_waiting),
+#endif
         cmocka_unit_test(test_bf16),
         cmocka_unit_test(test_bf16_checkpointing),
         cmocka_unit_test(test_nf4),

@@ -315,11 +315,13 @@ static bool run_entry(CUstream_st *s) {
 // streams whose next entry may run in the schedule's order. Blocking: waits
 // (napping) while the only runnable work waits on another process;
 // nonblocking: returns false then. False too after a fault.
+static uint64_t host_waits;  // blocking drives that found work to wait for
+
 static bool drive(const std::vector<Target> &targets, bool blocking) {
     std::vector<uint64_t> need = needed_for(targets);
     std::vector<CUstream_st *> ready;
     std::vector<bool> stalled(streams.size(), false);
-    for (;;) {
+    for (bool first = true;; first = false) {
         if (sticky_error != cudaSuccess) {
             drop_all_work();
             return false;
@@ -333,6 +335,7 @@ static bool drive(const std::vector<Target> &targets, bool blocking) {
             if (!stalled[s->id] && std::all_of(head.after.begin(), head.after.end(), satisfied)) ready.push_back(s);
         }
         if (done) return true;
+        if (first && blocking) host_waits++;
         if (ready.empty()) {
             if (!blocking) return false;
             nap();  // other threads may create streams meanwhile
@@ -626,6 +629,8 @@ cudaError_t cudaFreeHost(void *ptr) {
     Lock lock;
     return release(ptr, Memory::pinned, "cudaFreeHost");
 }
+
+uint64_t cuda_emu_host_waits(void) { return host_waits; }
 
 size_t cuda_emu_peak_device_bytes(void) {
     Lock lock;
