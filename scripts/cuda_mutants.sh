@@ -36,7 +36,7 @@ mkdir "$work/repo"
 (cd "$root" && git ls-files -z | xargs -0 tar cf -) | tar xf - -C "$work/repo"
 [ -d "$root/../shared" ] && ln -s "$root/../shared" "$work/shared"
 cd "$work/repo"
-programs=(test_gpu_ops test_gpu_model test_gpu_dist test_gpu_vision_ops test_gpu_nf4 test_gpu_train)
+programs=(test_gpu_flash test_gpu_ops test_gpu_model test_gpu_dist test_gpu_vision_ops test_gpu_nf4 test_gpu_train)
 build() { cmake --build build -j"$(nproc)" --target lora-train lora-launch "${programs[@]}" >/dev/null 2>&1; }
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DLORA_TRAIN_CUDA=EMU >/dev/null
 build

@@ -1,4 +1,5 @@
-// Causal self-attention with grouped-query heads, flash-attention style:
+// Causal self-attention with grouped-query heads on CUDA cores, flash-attention style (the tensor-core
+// kernels of flash_attention.cu take head_dim 64, 80, 96 and 128; these take every head_dim <= 256):
 // the (T, T) score matrix is never stored. The forward keeps a running max
 // and sum per query row (online softmax) and saves lse; the backward
 // recomputes P = exp(s - lse) from q, k and lse.
@@ -17,6 +18,7 @@
 #include <math.h>
 
 #include "cuda_common.cuh"
+#include "../cuda_testing.h"
 
 #define WARPS 8                       // rows owned per block
 #define TILE 32                       // rows staged in shared memory at a time
@@ -278,8 +280,9 @@ static bool shapes_supported(int n_head, int n_kv_head, int head_dim) {
     return true;
 }
 
-void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
-                            const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
+void cuda_attention_reference_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k,
+                                      const void *v, const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
+                                      int head_dim) {
     CudaContext *ctx = cuda_context(ops);
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
@@ -291,19 +294,27 @@ void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q
     launchCheck("attention_forward_kernel");
 }
 
-void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
-                             const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
-                             int B, int T, int n_head, int n_kv_head, int head_dim) {
+// D (B, n_head, T) = rowsum(dout * out) in the backend's scratch; NULL on failure.
+static const float *row_dot(CudaContext *ctx, const void *dout, const void *out, int B, int T, int n_head,
+                            int head_dim) {
+    size_t n_rows = (size_t)B * T * n_head;
+    float *D = (float *)cuda_scratch(ctx, attention_backward_scratch_bytes(B, T, n_head));
+    if (!D) return NULL;
+    attention_row_dot_kernel<<<ceil_div(n_rows * 32, 256), 256, 0, ctx->stream>>>(
+        D, (const bf16 *)dout, (const bf16 *)out, T, n_head, head_dim, n_rows);
+    return launchCheck("attention_row_dot_kernel") ? D : NULL;
+}
+
+void cuda_attention_reference_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout,
+                                       const void *out, const float *lse, const void *q, const void *k, const void *v,
+                                       const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
+                                       int head_dim) {
     CudaContext *ctx = cuda_context(ops);
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
-    size_t n_rows = (size_t)B * T * n_head;
-    float *D = (float *)cuda_scratch(ctx, attention_backward_scratch_bytes(B, T, n_head));
+    const float *D = row_dot(ctx, dout, out, B, T, n_head, head_dim);
     if (!D) return;
     float scale = 1.0f / sqrtf((float)head_dim);
-    attention_row_dot_kernel<<<ceil_div(n_rows * 32, 256), 256, 0, ctx->stream>>>(
-        D, (const bf16 *)dout, (const bf16 *)out, T, n_head, head_dim, n_rows);
-    if (!launchCheck("attention_row_dot_kernel")) return;
 
     size_t tile_bytes = 2 * TILE * head_dim * sizeof(bf16);
     dim3 dq_grid(ceil_div(T, WARPS), n_head, B);
@@ -318,4 +329,35 @@ void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const
         (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
         seq_start, T, n_head, n_kv_head, head_dim, scale);
     launchCheck("attention_dkdv_kernel");
+}
+
+// The tensor-core kernels (flash_attention.cu) for the head sizes they take, these kernels for the others.
+void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                            const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
+    if (!cuda_flash_attention_supported(head_dim)) {
+        cuda_attention_reference_forward(ops, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim);
+        return;
+    }
+    if (B == 0 || T == 0 || n_head == 0) return;
+    if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
+    cuda_flash_attention_forward(cuda_context(ops), (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k,
+                                 (const bf16 *)v, seq_start, B, T, n_head, n_kv_head, head_dim);
+}
+
+void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                             const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
+                             int B, int T, int n_head, int n_kv_head, int head_dim) {
+    if (!cuda_flash_attention_supported(head_dim)) {
+        cuda_attention_reference_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head,
+                                          n_kv_head, head_dim);
+        return;
+    }
+    if (B == 0 || T == 0 || n_head == 0) return;
+    if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
+    CudaContext *ctx = cuda_context(ops);
+    const float *D = row_dot(ctx, dout, out, B, T, n_head, head_dim);
+    if (!D) return;
+    cuda_flash_attention_backward(ctx, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D,
+                                  (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, B, T, n_head,
+                                  n_kv_head, head_dim);
 }

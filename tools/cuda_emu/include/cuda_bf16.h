@@ -33,3 +33,5 @@ static inline __nv_bfloat16 __float2bfloat16_rn(float f) {
 }
 
 static inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
+
+static inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.__x; }

@@ -48,10 +48,20 @@ extern dim3 block_dim, grid_dim;
 void *dynamic_shared();
 void syncthreads(const char *file, int line);
 
-enum WarpOpKind { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, BALLOT, ANY, ALL, SYNCWARP };
+enum WarpOpKind { SHFL_IDX, SHFL_UP, SHFL_DOWN, SHFL_XOR, BALLOT, ANY, ALL, SYNCWARP, MMA, LDMATRIX };
 // Every lane of `mask` calls it with the same kind and mask; returns the
-// value of the source lane (shuffles) or the vote.
+// value of the source lane (shuffles) or the vote. MMA and LDMATRIX: `value`
+// points to the lane's operands, which the last lane to arrive reads and
+// whose results it writes for every lane (launch.cpp).
 uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int width);
+
+// The tensor-core instructions of kernels/cuda/mma.cuh, with the PTX ISA's
+// fragment layouts, as collectives of the whole warp (all 32 lanes, or a fault):
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 with C = D = d, and
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{,.trans}.shared.b16 (row: this lane's
+// row address, in the block's shared memory, 16-byte aligned).
+void warp_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2]);
+void warp_ldmatrix(uint32_t *r, int n_matrices, bool trans, const void *row);
 
 template <typename T>
 T shuffle(WarpOpKind kind, unsigned mask, T var, int param, int width) {

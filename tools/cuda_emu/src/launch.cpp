@@ -263,7 +263,8 @@ static bool open_barrier() {
 
 static const char *kind_name(WarpOpKind kind) {
     static const char *names[] = {"__shfl_sync", "__shfl_up_sync", "__shfl_down_sync", "__shfl_xor_sync",
-                                  "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp"};
+                                  "__ballot_sync", "__any_sync", "__all_sync", "__syncwarp", "mma.sync",
+                                  "ldmatrix"};
     return names[kind];
 }
 
@@ -289,7 +290,7 @@ static uint64_t warp_result(const WarpOpSlot *op, WarpOpKind kind, int lane, int
             if ((op->mask >> l & 1u) && op->value[l]) votes |= 1u << l;
         return kind == BALLOT ? votes : kind == ANY ? votes != 0 : votes == op->mask;
     }
-    if (kind == SYNCWARP) return 0;
+    if (kind == SYNCWARP || kind == MMA || kind == LDMATRIX) return 0;
     int source = source_lane(kind, lane, param, width);
     if (!(op->mask >> source & 1u)) {
         char what[256];
@@ -343,6 +344,8 @@ static Fiber *next_ready_lane(const Fiber *f) {
     return NULL;
 }
 
+static void run_matrix_op(const WarpOpSlot *op);
+
 uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int width) {
     Fiber *f = current;
     unsigned bit = 1u << f->lane;
@@ -359,6 +362,7 @@ uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int 
     op->arrived |= bit;
     if (op->arrived == op->mask) {
         op->complete = true;
+        if (kind == MMA || kind == LDMATRIX) run_matrix_op(op);
         Fiber **lanes = &block.fibers[(size_t)f->warp * 32];
         for (int l = 0; l < 32; l++)
             if ((op->mask >> l & 1u) && l != f->lane) lanes[l]->state = FiberState::ready;
@@ -375,6 +379,121 @@ uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int 
     op->left |= bit;
     if (op->left == op->mask) op->used = false;
     return result;
+}
+
+// ----------------------------------------------------------------------------
+// tensor-core instructions (kernels/cuda/mma.cuh): every lane deposits a
+// pointer to its operands on its own stack; the last lane to arrive gathers
+// the 32 lanes' registers into whole matrices by the PTX ISA's fragment
+// tables, computes, and scatters each lane's result registers back.
+
+static const unsigned FULL_WARP = 0xffffffffu;
+
+struct MmaLane {
+    float *d;
+    const uint32_t *a, *b;
+};
+
+struct LdmatrixLane {
+    uint32_t *r;
+    int n_matrices;
+    bool trans;
+    const char *row;
+};
+
+static float bf16_half(uint32_t reg, int half) {
+    uint32_t bits = (half ? reg >> 16 : reg & 0xffffu) << 16;
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+// Lane l = 4 g + t: A[g + 8 (r & 1)][2t + e + 8 (r >> 1)] = half e of a[r];
+// B[2t + e + 8 r][g] = half e of b[r]; C[g + 8 (i >> 1)][2t + (i & 1)] = c[i].
+// Each product of two bf16 is exact in fp32; D = C + sum over k = 0..15 in
+// order, a running fp32 sum that starts at 0 (the tensor core's own order and
+// rounding inside the sum are not modelled).
+static void run_mma(const WarpOpSlot *op) {
+    float A[16][16], B[16][8], C[16][8];
+    const MmaLane *lanes[32];
+    for (int l = 0; l < 32; l++) {
+        lanes[l] = (const MmaLane *)(uintptr_t)op->value[l];
+        int g = l / 4, t = l % 4;
+        for (int r = 0; r < 4; r++)
+            for (int e = 0; e < 2; e++) A[g + 8 * (r & 1)][2 * t + e + 8 * (r >> 1)] = bf16_half(lanes[l]->a[r], e);
+        for (int r = 0; r < 2; r++)
+            for (int e = 0; e < 2; e++) B[2 * t + e + 8 * r][g] = bf16_half(lanes[l]->b[r], e);
+        for (int i = 0; i < 4; i++) C[g + 8 * (i >> 1)][2 * t + (i & 1)] = lanes[l]->d[i];
+    }
+    for (int l = 0; l < 32; l++) {
+        int g = l / 4, t = l % 4;
+        for (int i = 0; i < 4; i++) {
+            int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+            float sum = 0.0f;
+            for (int k = 0; k < 16; k++) sum += A[row][k] * B[k][col];
+            lanes[l]->d[i] = C[row][col] + sum;
+        }
+    }
+}
+
+extern "C" char __start_cuda_emu_shared[] __attribute__((weak));
+extern "C" char __stop_cuda_emu_shared[] __attribute__((weak));
+
+static bool in_shared_memory(const char *p, size_t bytes) {
+    const char *dyn = block.dynamic_shared, *dyn_end = dyn + block.spec->shared_bytes;
+    if (p >= dyn && p + bytes <= dyn_end) return true;
+    return __start_cuda_emu_shared && p >= __start_cuda_emu_shared && p + bytes <= __stop_cuda_emu_shared;
+}
+
+// Lane i (i < 8 n) addresses row i % 8 of matrix i / 8; register j of lane
+// l = 4 g + t gets matrix j's M[g][2t], M[g][2t + 1] (.trans: M[2t][g],
+// M[2t + 1][g]), the first in the low half. The rows are read when the last
+// lane arrives; the addresses of lanes >= 8 n are ignored, as on sm_80 and later.
+static void run_ldmatrix(const WarpOpSlot *op) {
+    const LdmatrixLane *lanes[32];
+    for (int l = 0; l < 32; l++) lanes[l] = (const LdmatrixLane *)(uintptr_t)op->value[l];
+    int n = lanes[0]->n_matrices;
+    bool trans = lanes[0]->trans;
+    for (int l = 0; l < 32; l++)
+        if (lanes[l]->n_matrices != n || lanes[l]->trans != trans)
+            fiber_fault("ldmatrix: the lanes of a warp disagree on .num or .trans");
+    uint16_t M[4][8][8];
+    for (int i = 0; i < 8 * n; i++) {
+        const char *row = lanes[i]->row;
+        if ((uintptr_t)row % 16 != 0 || !in_shared_memory(row, 16)) {
+            char what[192];
+            snprintf(what, sizeof what, "ldmatrix: lane %d's row address %p is not 16 bytes of shared memory, "
+                     "16-byte aligned", i, (const void *)row);
+            fiber_fault(what);
+        }
+        memcpy(M[i / 8][i % 8], row, 16);
+    }
+    for (int l = 0; l < 32; l++) {
+        int g = l / 4, t = l % 4;
+        for (int j = 0; j < n; j++) {
+            uint16_t lo = trans ? M[j][2 * t][g] : M[j][g][2 * t];
+            uint16_t hi = trans ? M[j][2 * t + 1][g] : M[j][g][2 * t + 1];
+            lanes[l]->r[j] = (uint32_t)lo | (uint32_t)hi << 16;
+        }
+    }
+}
+
+static void run_matrix_op(const WarpOpSlot *op) {
+    if (op->kind == MMA)
+        run_mma(op);
+    else
+        run_ldmatrix(op);
+}
+
+void warp_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2]) {
+    MmaLane lane{d, a, b};
+    warp_op(MMA, FULL_WARP, (uint64_t)(uintptr_t)&lane, 0, 32);
+}
+
+void warp_ldmatrix(uint32_t *r, int n_matrices, bool trans, const void *row) {
+    if (n_matrices != 1 && n_matrices != 2 && n_matrices != 4) fiber_fault("ldmatrix: .num is not x1, x2 or x4");
+    LdmatrixLane lane{r, n_matrices, trans, (const char *)row};
+    warp_op(LDMATRIX, FULL_WARP, (uint64_t)(uintptr_t)&lane, 0, 32);
 }
 
 // ----------------------------------------------------------------------------
@@ -430,9 +549,6 @@ static bool run_block(const std::vector<size_t> &order) {
     }
     return true;
 }
-
-extern "C" char __start_cuda_emu_shared[] __attribute__((weak));
-extern "C" char __stop_cuda_emu_shared[] __attribute__((weak));
 
 void *dynamic_shared() { return block.dynamic_shared; }
 

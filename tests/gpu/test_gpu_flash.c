@@ -1,0 +1,174 @@
+// The tensor-core flash attention (kernels/cuda/flash_attention.cu) that attention_forward / attention_backward
+// take for head_dim 64, 80, 96 and 128, against two oracles on the same bf16-rounded inputs: the CPU backend
+// (fp32) and the CUDA-core kernels it replaces (kernels/cuda_testing.h). First the fragment functions of
+// kernels/cuda/mma.cuh alone, on small integers whose products and sums are exact, so a layout error is named
+// by its mode and element. ctest runs it twice on the emulation, the second time with CUDA_EMU_SCHEDULE=random:7.
+#include "gpu_test_util.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda_testing.h"
+
+#define BF16_TOL 1e-2       // vs the CPU backend, as test_gpu_ops
+#define STAT_TOL 1e-4       // lse
+#define REFERENCE_TOL 5e-3  // vs the CUDA-core kernels: both round to bf16, the flash kernels P too
+
+// ----------------------------------------------------------------------------
+// mma.cuh
+
+static float *small_integers(size_t n) {
+    float *x = host_alloc(n);
+    for (size_t i = 0; i < n; i++) x[i] = (float)((int)(rng_next(&test_rng) % 9) - 4);
+    return x;
+}
+
+static void test_mma_fragments(void **state) {
+    float *a = small_integers(16 * 16), *b = small_integers(16 * 8), *c = small_integers(16 * 8);
+    float *bt = host_alloc(8 * 16), *want = host_alloc(16 * 8);
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < 8; n++) bt[n * 16 + k] = b[k * 8 + n];
+    for (int m = 0; m < 16; m++)
+        for (int n = 0; n < 8; n++) {
+            float sum = c[m * 8 + n];
+            for (int k = 0; k < 16; k++) sum += a[m * 16 + k] * b[k * 8 + n];
+            want[m * 8 + n] = sum;  // small integers: exact in any order
+        }
+    void *dev_a = gpu_act(a, 16 * 16), *dev_b = gpu_act(b, 16 * 8), *dev_bt = gpu_act(bt, 8 * 16);
+    float *dev_c = gpu_copy(c, 16 * 8 * sizeof(float)), *dev_d = gpu_alloc(16 * 8 * sizeof(float));
+    const char *modes[] = {"fragments by the PTX tables", "ldmatrix.x4 + ldmatrix.x2.trans",
+                           "ldmatrix.x4 + ldmatrix.x2"};
+    for (int mode = 0; mode < 3; mode++) {
+        cuda_mma_probe(gpu, dev_d, dev_a, mode == 2 ? dev_bt : dev_b, dev_c, mode);
+        float *d = gpu_f32_result(dev_d, 16 * 8);
+        for (int i = 0; i < 16 * 8; i++)
+            if (d[i] != want[i]) fail_msg("mma %s: D[%d][%d] = %g, want %g", modes[mode], i / 8, i % 8, d[i], want[i]);
+        free(d);
+    }
+    void *devs[] = {dev_a, dev_b, dev_bt, dev_c, dev_d};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(gpu, devs[i]);
+    float *hosts[] = {a, b, c, bt, want};
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
+}
+
+// ----------------------------------------------------------------------------
+// attention
+
+typedef struct Shape {
+    int B, T, n_head, n_kv_head, head_dim;
+} Shape;
+
+// Packed rows: n_segments > 0 segment lengths laid end to end, row after row (test_gpu_ops's convention).
+static void check_flash(Shape s, const int *segments, int n_segments) {
+    size_t n_q = (size_t)s.B * s.T * s.n_head * s.head_dim, n_kv = (size_t)s.B * s.T * s.n_kv_head * s.head_dim;
+    size_t n_lse = (size_t)s.B * s.n_head * s.T;
+    char what[128];
+    snprintf(what, sizeof what, "flash attention B=%d T=%d heads=%d/%d hd=%d segments=%d", s.B, s.T, s.n_head,
+             s.n_kv_head, s.head_dim, n_segments);
+    print_message("%s\n", what);
+    float *q = random_act(n_q, -2, 2), *k = random_act(n_kv, -2, 2), *v = random_act(n_kv, -1, 1);
+    float *dout = random_act(n_q, -1, 1), *out = nan_array(n_q), *lse = nan_array(n_lse);
+    int32_t *seq_start = NULL, *dev_seq_start = NULL;
+    if (n_segments > 0) {
+        seq_start = malloc((size_t)s.B * s.T * sizeof(int32_t));
+        assert_non_null(seq_start);
+        packed_seq_start(seq_start, s.B, s.T, segments, n_segments);
+        dev_seq_start = gpu_copy(seq_start, (size_t)s.B * s.T * sizeof(int32_t));
+    }
+    void *dev_q = gpu_act(q, n_q), *dev_k = gpu_act(k, n_kv), *dev_v = gpu_act(v, n_kv), *dev_dout = gpu_act(dout, n_q);
+    void *dev_out = gpu_poisoned(n_q), *ref_out = gpu_poisoned(n_q);
+    float *dev_lse = gpu_copy(lse, n_lse * sizeof(float)), *ref_lse = gpu_copy(lse, n_lse * sizeof(float));
+
+    cpu->attention_forward(cpu, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    gpu->attention_forward(gpu, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head,
+                           s.n_kv_head, s.head_dim);
+    cuda_attention_reference_forward(gpu, ref_out, ref_lse, dev_q, dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head,
+                                     s.n_kv_head, s.head_dim);
+    expect_act(dev_out, out, n_q, BF16_TOL, "forward out vs CPU");
+    expect_f32(dev_lse, lse, n_lse, STAT_TOL, "forward lse vs CPU");
+    float *ref = gpu_act_result(ref_out, n_q), *ref_l = gpu_f32_result(ref_lse, n_lse);
+    expect_act(dev_out, ref, n_q, REFERENCE_TOL, "forward out vs CUDA cores");
+    expect_f32(dev_lse, ref_l, n_lse, STAT_TOL, "forward lse vs CUDA cores");
+    free(ref);
+    free(ref_l);
+
+    // Gradients add into random starting values; the same ones for the three backward passes.
+    size_t sizes[3] = {n_q, n_kv, n_kv};
+    float *grad[3], *start[3];
+    void *dev_grad[3], *ref_grad[3];
+    for (int i = 0; i < 3; i++) {
+        start[i] = random_act(sizes[i], -0.1f, 0.1f);
+        grad[i] = host_alloc(sizes[i]);
+        memcpy(grad[i], start[i], sizes[i] * sizeof(float));
+        dev_grad[i] = gpu_act(start[i], sizes[i]);
+        ref_grad[i] = gpu_act(start[i], sizes[i]);
+    }
+    cpu->attention_backward(cpu, grad[0], grad[1], grad[2], dout, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head,
+                            s.n_kv_head, s.head_dim);
+    gpu->attention_backward(gpu, dev_grad[0], dev_grad[1], dev_grad[2], dev_dout, dev_out, dev_lse, dev_q, dev_k,
+                            dev_v, dev_seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    cuda_attention_reference_backward(gpu, ref_grad[0], ref_grad[1], ref_grad[2], dev_dout, dev_out, dev_lse, dev_q,
+                                      dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    const char *names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; i++) {
+        // the gradient alone, without its starting values, so the bound is on what the kernels add
+        float *got = gpu_act_result(dev_grad[i], sizes[i]), *other = gpu_act_result(ref_grad[i], sizes[i]);
+        for (size_t j = 0; j < sizes[i]; j++) got[j] -= start[i][j], other[j] -= start[i][j], grad[i][j] -= start[i][j];
+        char label[64];
+        snprintf(label, sizeof label, "backward %s vs CPU", names[i]);
+        expect_close(got, grad[i], sizes[i], BF16_TOL, label);
+        snprintf(label, sizeof label, "backward %s vs CUDA cores", names[i]);
+        expect_close(got, other, sizes[i], REFERENCE_TOL, label);
+        free(got);
+        free(other);
+        gpu->free(gpu, dev_grad[i]);
+        gpu->free(gpu, ref_grad[i]);
+        free(grad[i]);
+        free(start[i]);
+    }
+
+    void *devs[] = {dev_q, dev_k, dev_v, dev_dout, dev_out, ref_out, dev_lse, ref_lse};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(gpu, devs[i]);
+    float *hosts[] = {q, k, v, dout, out, lse};
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
+    if (dev_seq_start) gpu->free(gpu, dev_seq_start);
+    free(seq_start);
+}
+
+// Every head size, T off the 64-row tiles (1, 17, 70, 130), GQA ratios 1, 4 and 8, B > 1.
+static void test_flash_shapes(void **state) {
+    const Shape shapes[] = {
+        {1, 1, 1, 1, 64},     // one token
+        {2, 17, 4, 1, 80},    // GQA 4, B = 2, less than one tile
+        {1, 70, 8, 1, 96},    // GQA 8, two tiles
+        {1, 130, 2, 2, 128},  // MHA, three tiles
+        {2, 70, 4, 4, 64},    // MHA, B = 2
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_flash(shapes[i], NULL, 0);
+}
+
+// Packed rows: segments across tiles, segments of one token, a row that is one segment, segments that leave
+// whole tiles to skip.
+static void test_flash_packed(void **state) {
+    const int across_tiles[] = {10, 1, 1, 53, 5, 70};
+    check_flash((Shape){2, 70, 4, 1, 64}, across_tiles, 6);
+    const int skip_tiles[] = {60, 1, 5, 64};
+    check_flash((Shape){1, 130, 8, 1, 128}, skip_tiles, 4);
+    const int single_tokens[] = {3, 1, 1, 1, 11, 17};
+    check_flash((Shape){2, 17, 4, 4, 96}, single_tokens, 6);
+    const int mixed[] = {30, 40};
+    check_flash((Shape){1, 70, 8, 2, 80}, mixed, 2);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mma_fragments),
+        cmocka_unit_test(test_flash_shapes),
+        cmocka_unit_test(test_flash_packed),
+    };
+    if (!gpu_tests_init("the flash attention tests")) return GPU_TESTS_SKIPPED;
+    rng_seed(&test_rng, 20261205);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
