@@ -42,6 +42,7 @@ struct ClipTower {
     void *q, *k, *v, *att;   // (N, D)
     void *mlp;               // (N, I)
     float *mean, *rstd;      // (N)
+    float *lse;              // (n, H, T) attention's log-sum-exp
     int32_t *class_rows;     // (max_images): b * T, with a class token
     int32_t *register_rows;  // (max_images * R): b * T + class_token + r
     int32_t *patch_rows;     // (max_images * P): b * T + prefix + p
@@ -264,6 +265,7 @@ static size_t layout_activations(ClipTower *t, uint8_t *base) {
     t->mlp = carve(&carver, N * c->intermediate_size * s);
     t->mean = carve(&carver, N * sizeof(float));
     t->rstd = carve(&carver, N * sizeof(float));
+    t->lse = carve(&carver, N * c->n_heads * sizeof(float));
     t->class_rows = carve(&carver, n * sizeof(int32_t));
     t->register_rows = carve(&carver, n * c->n_registers * sizeof(int32_t));
     t->patch_rows = carve(&carver, n * P * sizeof(int32_t));
@@ -424,7 +426,7 @@ static void layer_forward(ClipTower *t, const ClipLayer *w, int n_images) {
     linear(t, t->q, t->ln, w->w[0], w->b[0], N, D, D);
     linear(t, t->k, t->ln, w->w[1], w->b[1], N, D, D);
     linear(t, t->v, t->ln, w->w[2], w->b[2], N, D, D);
-    ops->attention_full_forward(ops, t->att, t->q, t->k, t->v, n_images, T, c->n_heads, D / c->n_heads);
+    ops->attention_full_forward(ops, t->att, t->lse, t->q, t->k, t->v, n_images, T, c->n_heads, D / c->n_heads);
     linear(t, t->q, t->att, w->w[3], w->b[3], N, D, D);
     if (c->layer_scale) ops->scale_columns(ops, t->q, w->ls1, N, D);
     ops->add_inplace(ops, t->x, t->q, (size_t)N * D);

@@ -1,6 +1,6 @@
 // The vision ops of the CUDA backend against the CPU backend on the same
 // bf16-representable inputs (as test_gpu_ops.c): LayerNorm, GELU, quick_gelu, GELU tanh,
-// bias, column scale, row scatter, patch embedding, non-causal attention, and whole
+// bias, column scale, row scatter, patch embedding, non-causal attention (forward and backward), and whole
 // frozen towers (SigLIP, DINOv2). Outputs are
 // poisoned first; gradients the ops add into start from random values.
 // Error ||gpu - cpu|| / ||cpu|| < 1e-2 (bf16 storage), < 1e-4 for fp32 statistics.
@@ -116,22 +116,40 @@ static void test_patch_embed(void **state) {
     check_patch_embed(2, 3, 336, 14, 1024);
 }
 
-static void check_attention_full(int B, int T, int n_head, int head_dim) {
-    size_t n = (size_t)B * T * n_head * head_dim;
-    float *q = random_act(n, -1, 1), *k = random_act(n, -1, 1), *v = random_act(n, -1, 1);
-    float *out = malloc(n * sizeof(float));
-    void *d_q = gpu_act(q, n), *d_k = gpu_act(k, n), *d_v = gpu_act(v, n), *d_out = gpu_poisoned(n);
-    cpu->attention_full_forward(cpu, out, q, k, v, B, T, n_head, head_dim);
-    gpu->attention_full_forward(gpu, d_out, d_q, d_k, d_v, B, T, n_head, head_dim);
+// Forward (out, lse) and, with backward, the gradients added into random dq, dk, dv; each
+// backend's backward reads its own forward's out and lse.
+static void check_attention_full(int B, int T, int n_head, int head_dim, bool backward) {
+    size_t n = (size_t)B * T * n_head * head_dim, n_lse = (size_t)B * n_head * T;
+    float *q = random_act(n, -1, 1), *k = random_act(n, -1, 1), *v = random_act(n, -1, 1), *dout = random_act(n, -1, 1);
+    float *out = malloc(n * sizeof(float)), *lse = malloc(n_lse * sizeof(float)), *grads[3];
+    void *d_q = gpu_act(q, n), *d_k = gpu_act(k, n), *d_v = gpu_act(v, n), *d_out = gpu_poisoned(n), *d_grads[3];
+    void *d_dout = gpu_act(dout, n);
+    float *d_lse = gpu_alloc(n_lse * sizeof(float));
+    for (int i = 0; i < 3; i++) grads[i] = random_act(n, -1, 1), d_grads[i] = gpu_act(grads[i], n);
+    cpu->attention_full_forward(cpu, out, lse, q, k, v, B, T, n_head, head_dim);
+    gpu->attention_full_forward(gpu, d_out, d_lse, d_q, d_k, d_v, B, T, n_head, head_dim);
     expect_act(d_out, out, n, BF16_TOL, "attention_full_forward");
-    gpu->free(gpu, d_q), gpu->free(gpu, d_k), gpu->free(gpu, d_v), gpu->free(gpu, d_out);
-    free(q), free(k), free(v), free(out);
+    expect_f32(d_lse, lse, n_lse, STAT_TOL, "attention_full_forward lse");
+    if (backward) {
+        cpu->attention_full_backward(cpu, grads[0], grads[1], grads[2], dout, out, lse, q, k, v, B, T, n_head,
+                                     head_dim);
+        gpu->attention_full_backward(gpu, d_grads[0], d_grads[1], d_grads[2], d_dout, d_out, d_lse, d_q, d_k, d_v, B, T,
+                                     n_head, head_dim);
+        expect_act(d_grads[0], grads[0], n, BF16_TOL, "attention_full_backward dq");
+        expect_act(d_grads[1], grads[1], n, BF16_TOL, "attention_full_backward dk");
+        expect_act(d_grads[2], grads[2], n, BF16_TOL, "attention_full_backward dv");
+    }
+    void *device[] = {d_q, d_k, d_v, d_out, d_dout, d_lse, d_grads[0], d_grads[1], d_grads[2]};
+    for (size_t i = 0; i < sizeof device / sizeof *device; i++) gpu->free(gpu, device[i]);
+    free(q), free(k), free(v), free(dout), free(out), free(lse);
+    for (int i = 0; i < 3; i++) free(grads[i]);
 }
 
 static void test_attention_full(void **state) {
-    check_attention_full(1, 1, 1, 8);
-    check_attention_full(2, 17, 4, 8);
-    check_attention_full(1, 577, 16, 64);
+    check_attention_full(1, 1, 1, 8, true);
+    check_attention_full(2, 17, 4, 8, true);
+    check_attention_full(1, 65, 4, 64, true); // several query and key tiles
+    check_attention_full(1, 577, 16, 64, false);
 }
 
 // A whole frozen tower on both backends from the same weights and pixels.
