@@ -1,12 +1,13 @@
 // The vision ops of the CUDA backend against the CPU backend on the same
 // bf16-representable inputs (as test_gpu_ops.c): LayerNorm, GELU, quick_gelu, GELU tanh,
 // bias, column scale, row scatter, patch embedding, non-causal attention (forward and backward), and whole
-// frozen towers (SigLIP, DINOv2). Outputs are
+// frozen towers (SigLIP, DINOv2) and the LoRA backward of timm's two. Outputs are
 // poisoned first; gradients the ops add into start from random values.
 // Error ||gpu - cpu|| / ||cpu|| < 1e-2 (bf16 storage), < 1e-4 for fp32 statistics.
 // Without a usable CUDA device every test is skipped with the reason.
 #include "gpu_test_util.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 #include "checkpoints/checkpoints.h"
@@ -15,6 +16,7 @@
 
 #define BF16_TOL 1e-2
 #define STAT_TOL 1e-4
+#define LORA_GRAD_TOL 3e-2 // a tower's backward: two layers of bf16 activations
 
 static void check_layernorm(int N, int C) {
     size_t n = (size_t)N * C;
@@ -196,6 +198,56 @@ static void test_towers_follow_cpu(void **state) {
     check_tower(&siglip, "tests/fixtures/vlm/timm_siglip.safetensors");
 }
 
+// A training tower with LoRA (rank 4) on both backends: the same weights, pixels, adapters
+// (bf16-representable) and feature gradients; the features and every adapter gradient.
+static void check_tower_backward(const ClipVisionConfig *config, const char *weights) {
+    if (!path_exists(weights)) skip();
+    enum { IMAGES = 2, RANK = 4 };
+    size_t n_pixels = (size_t)IMAGES * 3 * config->image_size * config->image_size;
+    size_t n_features = (size_t)IMAGES * clip_n_features(config) * config->hidden_size;
+    ParamEntry *entries = calloc((size_t)clip_lora_n_params(config), sizeof(ParamEntry));
+    ParamTable table = {.entries = entries};
+    clip_lora_add_params(config, RANK, "tower.", &table);
+    float *pixels = random_f32(n_pixels, -1.5f, 1.5f), *params = random_act(table.total, -0.3f, 0.3f);
+    float *d_features = random_act(n_features, -1, 1), *want = host_alloc(n_features);
+    float *grads = calloc(table.total, sizeof(float));
+    ClipTowerOptions options = {.lora_r = RANK, .train = true};
+    Error err;
+    ClipTower *on_cpu = clip_tower_create_with(cpu, config, IMAGES, &options, &err);
+    ClipTower *on_gpu = clip_tower_create_with(gpu, config, IMAGES, &options, &err);
+    if (!on_cpu || !on_gpu || !clip_load_weights(on_cpu, weights, &err) || !clip_load_weights(on_gpu, weights, &err) ||
+        !clip_tower_bind_lora(on_cpu, &table, "tower.", 2.0f, &err) ||
+        !clip_tower_bind_lora(on_gpu, &table, "tower.", 2.0f, &err))
+        fail_msg("%s", err.message);
+    void *g_features = gpu_poisoned(n_features), *g_params = gpu_act(params, table.total);
+    void *g_d_features = gpu_act(d_features, n_features);
+    float *g_grads = gpu_copy(grads, table.total * sizeof(float));
+    if (!clip_tower_forward_lora(on_cpu, params, pixels, IMAGES, want, &err) ||
+        !clip_tower_backward(on_cpu, params, grads, d_features, IMAGES, &err) ||
+        !clip_tower_forward_lora(on_gpu, g_params, pixels, IMAGES, g_features, &err) ||
+        !clip_tower_backward(on_gpu, g_params, g_grads, g_d_features, IMAGES, &err))
+        fail_msg("%s", err.message);
+    expect_act(g_features, want, n_features, BF16_TOL, "LoRA tower features");
+    float *got = gpu_f32_result(g_grads, table.total);
+    double worst = 0;
+    for (int i = 0; i < table.count; i++) {
+        const ParamEntry *e = &entries[i];
+        worst = fmax(worst, rel_error(got + e->offset, grads + e->offset, e->numel));
+        expect_close(got + e->offset, grads + e->offset, e->numel, LORA_GRAD_TOL, e->name);
+    }
+    print_message("%s: %d LoRA gradients within %.3g of the CPU's (relative L2)\n", weights, table.count, worst);
+    gpu->free(gpu, g_features), gpu->free(gpu, g_params), gpu->free(gpu, g_d_features), gpu->free(gpu, g_grads);
+    clip_tower_destroy(on_cpu), clip_tower_destroy(on_gpu);
+    free(entries), free(pixels), free(params), free(d_features), free(want), free(grads), free(got);
+}
+
+// DINOv2 (layer scale, registers) and timm's SigLIP at the fixtures' tiny shape.
+static void test_tower_backward_follows_cpu(void **state) {
+    ClipVisionConfig dinov2 = tiny_timm("dinov2-vit-l14-reg4", 128), siglip = tiny_timm("siglip-so400m-14", 119);
+    check_tower_backward(&dinov2, "tests/fixtures/vlm/timm_dinov2.safetensors");
+    check_tower_backward(&siglip, "tests/fixtures/vlm/timm_siglip.safetensors");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layernorm),
@@ -204,6 +256,7 @@ int main(void) {
         cmocka_unit_test(test_patch_embed),
         cmocka_unit_test(test_attention_full),
         cmocka_unit_test(test_towers_follow_cpu),
+        cmocka_unit_test(test_tower_backward_follows_cpu),
     };
     if (!gpu_tests_init("every GPU vision op test")) return GPU_TESTS_SKIPPED;
     rng_seed(&test_rng, 20240612);
