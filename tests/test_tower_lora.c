@@ -3,8 +3,9 @@
 // gradient of every lora_A and lora_B the features reach, for loss = sum(features * G), on the
 // CPU backend, with all activations kept and with activation checkpointing. The reference is
 // float64; the bound is a relative L2 error ||got - want|| / ||want|| < 1e-5 per tensor (fp32
-// sums). Also the frozen tower's forward with the same adapters, the PEFT names and shapes of
-// the parameter entries, and the binding's errors.
+// sums). Also the frozen tower's forward with the same adapters, Hugging Face's layout (CLIP)
+// against a central difference, the PEFT names and shapes of the parameter entries, the
+// binding's errors and the plan's byte counts.
 #include "test_util.h"
 
 #include <math.h>
@@ -184,6 +185,65 @@ static void test_frozen_tower_applies_adapters(void **state) {
     safetensors_close(fixture), safetensors_close(io);
 }
 
+// sum(features * G) of a frozen tower with adapters params, in double.
+static double tower_loss(ClipTower *tower, const float *params, const float *pixels, const float *G, float *features,
+                         size_t n_features) {
+    Error err;
+    if (!clip_tower_forward_lora(tower, params, pixels, 1, features, &err)) fail_msg("%s", err.message);
+    double loss = 0;
+    for (size_t i = 0; i < n_features; i++) loss += (double)features[i] * G[i];
+    return loss;
+}
+
+// Hugging Face's layout (CLIP "tiny": pre-norm, quick_gelu, q, k, v, out_proj apart), random
+// weights and adapters: the training forward's features equal the frozen one's, and the
+// gradient along a random direction d of every adapter, grad . d, equals the central
+// difference (L(p + eps d) - L(p - eps d)) / 2 eps of the fp32 loss within 1e-3.
+static void test_hf_layout_gradient(void **state) {
+    ClipVisionConfig config;
+    Error err;
+    assert_true(clip_config_preset("tiny", &config, &err));
+    size_t n_features = (size_t)clip_n_features(&config) * config.hidden_size;
+    ParamTable table = {.entries = calloc((size_t)clip_lora_n_params(&config), sizeof(ParamEntry))};
+    assert_non_null(table.entries);
+    clip_lora_add_params(&config, RANK, "vision_tower.", &table);
+    Rng rng;
+    rng_seed(&rng, 7);
+    float *params = malloc(table.total * sizeof(float)), *direction = malloc(table.total * sizeof(float));
+    float *pixels = malloc(3 * 16 * 16 * sizeof(float)), *G = malloc(n_features * sizeof(float));
+    float *features = malloc(n_features * sizeof(float)), *trained = malloc(n_features * sizeof(float));
+    float *grads = calloc(table.total, sizeof(float)), *shifted = malloc(table.total * sizeof(float));
+    assert_true(params && direction && pixels && G && features && trained && grads && shifted);
+    fill_uniform(params, table.total, -0.1f, 0.1f, &rng);
+    fill_uniform(direction, table.total, -1.0f, 1.0f, &rng);
+    fill_uniform(pixels, 3 * 16 * 16, -1.5f, 1.5f, &rng);
+    fill_uniform(G, n_features, -1.0f, 1.0f, &rng);
+    ClipTowerOptions frozen_options = {.lora_r = RANK}, train_options = {.lora_r = RANK, .train = true};
+    ClipTower *frozen = clip_tower_create_with(ops_cpu(), &config, 1, &frozen_options, &err);
+    ClipTower *training = clip_tower_create_with(ops_cpu(), &config, 1, &train_options, &err);
+    assert_true(frozen && training);
+    clip_tower_init_random(frozen, 3), clip_tower_init_random(training, 3);
+    assert_true(clip_tower_bind_lora(frozen, &table, "vision_tower.", LORA_SCALE, &err));
+    assert_true(clip_tower_bind_lora(training, &table, "vision_tower.", LORA_SCALE, &err));
+    double loss = tower_loss(frozen, params, pixels, G, features, n_features);
+    if (!clip_tower_forward_lora(training, params, pixels, 1, trained, &err) ||
+        !clip_tower_backward(training, params, grads, G, 1, &err))
+        fail_msg("%s", err.message);
+    assert_true(rel_l2(trained, features, n_features) < 1e-6);
+    double analytic = 0, eps = 1e-3;
+    for (size_t i = 0; i < table.total; i++) analytic += (double)grads[i] * direction[i];
+    for (size_t i = 0; i < table.total; i++) shifted[i] = params[i] + (float)eps * direction[i];
+    double plus = tower_loss(frozen, shifted, pixels, G, features, n_features);
+    for (size_t i = 0; i < table.total; i++) shifted[i] = params[i] - (float)eps * direction[i];
+    double minus = tower_loss(frozen, shifted, pixels, G, features, n_features);
+    double numeric = (plus - minus) / (2 * eps);
+    print_message("tiny CLIP: loss %.4g, grad . d %.6g, central difference %.6g\n", loss, analytic, numeric);
+    assert_true(fabs(analytic - numeric) < 1e-3 * fabs(numeric));
+    clip_tower_destroy(frozen), clip_tower_destroy(training);
+    free(table.entries), free(params), free(direction), free(pixels), free(G), free(features), free(trained);
+    free(grads), free(shifted);
+}
+
 // PEFT's names and shapes: timm's fused qkv is one module; Hugging Face's layout has q, k, v, out_proj.
 static void test_lora_names(void **state) {
     ClipVisionConfig timm = tiny_config(&DINOV2), hf;
@@ -252,6 +312,7 @@ int main(void) {
         cmocka_unit_test(test_dinov2_lora_checkpointing),
         cmocka_unit_test(test_siglip_lora_checkpointing),
         cmocka_unit_test(test_frozen_tower_applies_adapters),
+        cmocka_unit_test(test_hf_layout_gradient),
         cmocka_unit_test(test_lora_names),
         cmocka_unit_test(test_bind_errors),
         cmocka_unit_test(test_bytes),
