@@ -199,10 +199,16 @@ struct Ops {
     // of size / patch pixels unused, as Conv2d's 'valid' padding).
     void (*patch_embed_forward)(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,
                                 int image_size, int patch, int D);
-    // Bidirectional (non-causal) multi-head attention, forward only:
-    // q, k, v, out (B, T, n_head, hd); out_t = softmax_u(q_t . k_u / sqrt(hd)) v_u.
-    void (*attention_full_forward)(const Ops *ops, void *out, const void *q, const void *k, const void *v, int B, int T,
-                                   int n_head, int head_dim);
+    // Bidirectional (non-causal) multi-head attention, every query over all T keys of its row:
+    // q, k, v, out (B, T, n_head, hd); out_t = softmax_u(q_t . k_u / sqrt(hd)) v_u;
+    // lse (B, n_head, T) saved as attention_forward's. The backward ADDS into
+    // dq, dk, dv as attention_backward does (and takes the same CUDA scratch,
+    // attention_backward_scratch_bytes).
+    void (*attention_full_forward)(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                                   int B, int T, int n_head, int head_dim);
+    void (*attention_full_backward)(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                                    const float *lse, const void *q, const void *k, const void *v, int B, int T,
+                                    int n_head, int head_dim);
 
     // ---- optimizer -------------------------------------------------------
     // *out (device fp32 scalar) += sum(g[i]^2)

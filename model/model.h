@@ -224,7 +224,7 @@ void model_zero_grads(Model *model);
 void model_sync_params(Model *model);
 
 // ----------------------------------------------------------------------------
-// ViT vision towers, frozen, forward only: one encoder for CLIP and SigLIP in
+// ViT vision towers, frozen or with LoRA on their linears: one encoder for CLIP and SigLIP in
 // Hugging Face's CLIPVisionModel / SiglipVisionModel layouts and DINOv2 and
 // SigLIP in timm's VisionTransformer layout (OpenVLA's featurizers); the
 // differences are flags.
@@ -291,13 +291,24 @@ int clip_layers_used(const ClipVisionConfig *config);
 
 typedef struct ClipTower ClipTower;
 
+// What a tower is created for beyond a frozen forward.
+typedef struct ClipTowerOptions {
+    int lora_r;                    // > 0: every linear of the used layers takes an adapter of this rank (bound below)
+    bool train;                    // keep what clip_tower_backward needs
+    bool activation_checkpointing; // with train: keep only each layer's input, recompute the layer in the backward
+} ClipTowerOptions;
+
 // Allocates the weights of the layers the features need (uninitialised) and
-// activations for up to max_images images per forward.
+// activations for up to max_images images per forward: those of one layer at
+// a time (frozen), or with options->train every layer's for the backward.
 ClipTower *clip_tower_create(const Ops *ops, const ClipVisionConfig *config, int max_images, Error *err);
+ClipTower *clip_tower_create_with(const Ops *ops, const ClipVisionConfig *config, int max_images,
+                                  const ClipTowerOptions *options, Error *err); // options NULL: frozen
 void clip_tower_destroy(ClipTower *tower);
-// The backend bytes clip_tower_create allocates (weights + activations) in
-// storage act_dtype, without allocating: what `lora-train plan` counts.
-bool clip_tower_bytes(DType act_dtype, const ClipVisionConfig *config, int max_images, size_t *bytes, Error *err);
+// The backend bytes clip_tower_create_with allocates (weights + activations) in
+// storage act_dtype, without allocating: what `lora-train plan` counts (options NULL: frozen).
+bool clip_tower_bytes(DType act_dtype, const ClipVisionConfig *config, int max_images, const ClipTowerOptions *options,
+                      size_t *bytes, Error *err);
 const ClipVisionConfig *clip_tower_config(const ClipTower *tower);
 const Ops *clip_tower_ops(const ClipTower *tower);
 // Calls visit for every weight the features need with its name in the layout
@@ -310,4 +321,33 @@ bool clip_tower_visit(ClipTower *tower, ClipTensorVisitor visit, void *context, 
 void clip_tower_init_random(ClipTower *tower, uint64_t seed);
 // images: host fp32 (n_images, channels, S, S) as image_preprocess writes them;
 // features: backend memory (n_images, clip_n_features, D) in the backend's act_dtype.
+// Without adapters: fails once clip_tower_bind_lora bound some.
 bool clip_tower_forward(ClipTower *tower, const float *images, int n_images, void *features, Error *err);
+
+// LoRA on the tower (OpenVLA: PEFT all-linear, which wraps every nn.Linear of
+// the towers): one adapter per linear of the layers the features need, named
+// as PEFT names it under the module prefix of the tower in the whole model:
+// "<prefix>blocks.<l>.{attn.qkv, attn.proj, mlp.fc1, mlp.fc2}.lora_{A,B}.weight"
+// (timm; the fused qkv is one module, A (r, D), B (3D, r)) or
+// "<prefix>vision_model.encoder.layers.<l>.{self_attn.{q,k,v,out}_proj, mlp.fc1,
+// mlp.fc2}.lora_{A,B}.weight" (Hugging Face). A (r, in), B (out, r).
+// Entries clip_lora_add_params appends.
+int clip_lora_n_params(const ClipVisionConfig *config);
+// Appends those entries (A then B of each module, layer by layer) at the end of
+// table's flat buffer; table->entries must have room for clip_lora_n_params more.
+// table->n_lora is the caller's (these are LoRA entries for its init and export).
+void clip_lora_add_params(const ClipVisionConfig *config, int r, const char *prefix, ParamTable *table);
+// Finds the tower's entries in table under prefix (rank the tower's lora_r) and
+// uses them with y += scale (x A^T) B^T; table's entries must stay where they are.
+bool clip_tower_bind_lora(ClipTower *tower, const ParamTable *table, const char *prefix, float scale, Error *err);
+// clip_tower_forward with the bound adapters read from param_act, the act_dtype
+// compute copy of the flat buffer (NULL: no adapters bound). A training tower
+// keeps what the backward needs of this forward.
+bool clip_tower_forward_lora(ClipTower *tower, const void *param_act, const float *images, int n_images, void *features,
+                             Error *err);
+// After a forward of a tower created with train: from d_features (backend
+// memory, act_dtype, (n_images, clip_n_features, D)) back through the used
+// layers, ADDING into grads (fp32, the flat buffer's layout) the gradients of
+// every bound lora_A and lora_B. The frozen weights, embeddings and pixels get none.
+bool clip_tower_backward(ClipTower *tower, const void *param_act, float *grads, const void *d_features, int n_images,
+                         Error *err);

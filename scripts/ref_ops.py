@@ -11,6 +11,11 @@
   as transformers' DataCollatorWithFlattening): SDPA with a block-diagonal
   causal mask built from attention_packed_seq_start.txt (B, T), the index
   within its row of the first token of each token's sample.
+- attention_full_*.txt: bidirectional attention (the vision towers'):
+  scaled_dot_product_attention(is_causal=False) in float64 from fp32 q, k, v
+  (B, T, H, hd), its output and lse, and for an upstream gradient dout the
+  gradients dq, dk, dv autograd gives (tests/test_vision_ops.c);
+  attention_full_shape.txt holds B T H hd.
 - gelu_tanh_{x,out,dout,dx}.txt: torch.nn.functional.gelu(x, approximate="tanh") (SigLIP's
   gelu_pytorch_tanh) in fp32 on 64 points over [-6, 6] and 0, and the gradient autograd gives
   for the upstream gradient dout (tests/test_vision_ops.c).
@@ -112,6 +117,21 @@ def attention_packed_reference():
     save("attention_packed_lse.txt", lse)
 
 
+def attention_full_reference():
+    B, T, H, hd = 2, 9, 3, 8
+    g = torch.Generator().manual_seed(2468)
+    q, k, v, dout = (torch.randn(B, T, H, hd, generator=g) for _ in range(4))
+    qh, kh, vh = (x.transpose(1, 2).to(torch.float64).requires_grad_(True) for x in (q, k, v))
+    out = torch.nn.functional.scaled_dot_product_attention(qh, kh, vh, is_causal=False)
+    out.backward(dout.transpose(1, 2).to(torch.float64))
+    lse = torch.logsumexp((qh @ kh.transpose(-1, -2)) / hd ** 0.5, dim=-1)  # (B, H, T)
+    with open(os.path.join(OUT, "attention_full_shape.txt"), "w") as f:
+        f.write(f"{B} {T} {H} {hd}\n")
+    for name, x in (("q", q), ("k", k), ("v", v), ("dout", dout), ("out", out.transpose(1, 2)), ("lse", lse),
+                    ("dq", qh.grad.transpose(1, 2)), ("dk", kh.grad.transpose(1, 2)), ("dv", vh.grad.transpose(1, 2))):
+        save(f"attention_full_{name}.txt", x)
+
+
 def gelu_tanh_reference():
     x = torch.cat([torch.linspace(-6.0, 6.0, 64), torch.zeros(1)]).requires_grad_(True)
     out = torch.nn.functional.gelu(x, approximate="tanh")
@@ -145,5 +165,6 @@ if __name__ == "__main__":
     rope_references()
     attention_reference()
     attention_packed_reference()
+    attention_full_reference()
     gelu_tanh_reference()
     residual_rmsnorm_reference()

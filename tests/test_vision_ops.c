@@ -2,10 +2,12 @@
 // here from the documented definitions (nn.LayerNorm, nn.GELU exact and tanh,
 // CLIP's quick_gelu, LayerScale, Conv2d with stride = kernel, softmax attention), with
 // central finite differences of those references checking every backward;
-// GELU tanh also against PyTorch's forward and autograd (scripts/ref_ops.py).
+// GELU tanh and bidirectional attention also against PyTorch's forward and autograd
+// (scripts/ref_ops.py).
 #include "gradcheck.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -220,16 +222,17 @@ static void test_patch_embed(void **state) {
 }
 
 // ----------------------------------------------------------------------------
-// non-causal attention: out_t = sum_u softmax_u(q_t . k_u / sqrt(hd)) v_u over all u
+// non-causal attention: out_t = sum_u softmax_u(q_t . k_u / sqrt(hd)) v_u over all u,
+// lse_t = log sum_u e^{q_t . k_u / sqrt(hd)}
 
 static void test_attention_full(void **state) {
     enum { B = 2, T = 7, H = 3, HD = 4, W = H * HD };
     Rng rng;
     rng_seed(&rng, 5);
     float *q = random_floats(B * T * W, -1.5f, 1.5f, &rng), *k = random_floats(B * T * W, -1.5f, 1.5f, &rng), *v = random_floats(B * T * W, -1.5f, 1.5f, &rng);
-    float *out = poisoned_floats(B * T * W);
-    cpu->attention_full_forward(cpu, out, q, k, v, B, T, H, HD);
-    double want[B * T * W];
+    float *out = poisoned_floats(B * T * W), *lse = poisoned_floats(B * H * T);
+    cpu->attention_full_forward(cpu, out, lse, q, k, v, B, T, H, HD);
+    double want[B * T * W], want_lse[B * H * T];
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
             for (int t = 0; t < T; t++) {
@@ -241,6 +244,7 @@ static void test_attention_full(void **state) {
                     max_score = fmax(max_score, scores[u]);
                 }
                 for (int u = 0; u < T; u++) sum += (scores[u] = exp(scores[u] - max_score));
+                want_lse[(b * H + h) * T + t] = max_score + log(sum);
                 for (int i = 0; i < HD; i++) {
                     double acc = 0;
                     for (int u = 0; u < T; u++) acc += scores[u] / sum * v[(b * T + u) * W + h * HD + i];
@@ -248,7 +252,44 @@ static void test_attention_full(void **state) {
                 }
             }
     assert_close("attention_full", out, want, B * T * W, FORWARD_TOL);
-    free(q), free(k), free(v), free(out);
+    assert_close("attention_full lse", lse, want_lse, B * H * T, FORWARD_TOL);
+    free(q), free(k), free(v), free(out), free(lse);
+}
+
+// Forward and backward against torch's scaled_dot_product_attention(is_causal=False) and
+// autograd (scripts/ref_ops.py): the backward adds into gradients that start non-zero (the
+// increments, differences of fp32 sums near 1, to 1e-4).
+static void test_attention_full_vs_torch(void **state) {
+    double *dims = load_fixture("attention_full_shape.txt", 4);
+    int B = (int)dims[0], T = (int)dims[1], H = (int)dims[2], hd = (int)dims[3];
+    size_t n = (size_t)B * T * H * hd, n_lse = (size_t)B * H * T;
+    enum { Q, K, V, DOUT, OUT, LSE, DQ, DK, DV, PARTS };
+    const char *parts[PARTS] = {"q", "k", "v", "dout", "out", "lse", "dq", "dk", "dv"};
+    double *want[PARTS];
+    float *f[DOUT + 1];
+    for (int i = 0; i < PARTS; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "attention_full_%s.txt", parts[i]);
+        want[i] = load_fixture(name, i == LSE ? n_lse : n);
+        if (i > DOUT) continue;
+        f[i] = poisoned_floats(n);
+        for (size_t j = 0; j < n; j++) f[i][j] = (float)want[i][j];
+    }
+    Rng rng;
+    rng_seed(&rng, 11);
+    float *out = poisoned_floats(n), *lse = poisoned_floats(n_lse), *grads[3], *before[3];
+    for (int i = 0; i < 3; i++) grads[i] = random_floats(n, -1.0f, 1.0f, &rng), before[i] = copy_floats(grads[i], n);
+    cpu->attention_full_forward(cpu, out, lse, f[Q], f[K], f[V], B, T, H, hd);
+    cpu->attention_full_backward(cpu, grads[0], grads[1], grads[2], f[DOUT], out, lse, f[Q], f[K], f[V], B, T, H, hd);
+    assert_close("attention_full out vs torch", out, want[OUT], n, FORWARD_TOL);
+    assert_close("attention_full lse vs torch", lse, want[LSE], n_lse, FORWARD_TOL);
+    assert_increment("attention_full dq vs torch", grads[0], before[0], want[DQ], n, FD_TOL);
+    assert_increment("attention_full dk vs torch", grads[1], before[1], want[DK], n, FD_TOL);
+    assert_increment("attention_full dv vs torch", grads[2], before[2], want[DV], n, FD_TOL);
+    for (int i = 0; i < PARTS; i++) free(want[i]);
+    for (int i = 0; i <= DOUT; i++) free(f[i]);
+    for (int i = 0; i < 3; i++) free(grads[i]), free(before[i]);
+    free(dims), free(out), free(lse);
 }
 
 int main(void) {
@@ -263,6 +304,7 @@ int main(void) {
         cmocka_unit_test(test_scatter_rows),
         cmocka_unit_test(test_patch_embed),
         cmocka_unit_test(test_attention_full),
+        cmocka_unit_test(test_attention_full_vs_torch),
     };
     return cmocka_run_group_tests(tests, setup_ops, NULL);
 }

@@ -217,7 +217,7 @@ static bool plan_vision(const Config *config, ModelOptions *options, RunPlan *pl
     ClipVisionConfig clip;
     DType act_dtype = options->ops->act_dtype;
     if (!vlm_projector_options(config, options, &clip, err) ||
-        !clip_tower_bytes(act_dtype, &clip, config->train.micro_batch, &plan->tower_bytes, err))
+        !clip_tower_bytes(act_dtype, &clip, config->train.micro_batch, NULL, &plan->tower_bytes, err))
         return false;
     plan->tower_bytes += vlm_feature_bytes(config, &clip, act_dtype);
     return true;

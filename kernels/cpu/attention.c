@@ -1,16 +1,18 @@
-// kernels/cpu: causal self-attention with grouped-query heads, fp32.
+// kernels/cpu: self-attention with grouped-query heads, fp32: causal (the
+// decoder's) or bidirectional (the vision towers', every query sees all T keys).
 //
 // q, out (B, T, n_head, hd); k, v (B, T, n_kv_head, hd); lse (B, n_head, T).
 // Query head h reads kv head h / (n_head / n_kv_head). For query t of a
 // segment starting at t0 = seq_start[b, t] (0 without seq_start):
 //   s_u = q_t . k_u / sqrt(hd), t0 <= u <= t;  lse_t = log sum_u e^{s_u}
 // Keys before t0 are never visited, so a packed row costs less than a padded one.
+// Bidirectional: t0 = 0 and u < T for every query.
 //   p_u = e^{s_u - lse_t};  out_t = sum_u p_u v_u
 // The backward recomputes p from q, k and lse (no T x T matrix is kept):
 //   dv_u += p_u dout_t;  dp_u = dout_t . v_u;  D_t = dout_t . out_t
 //   ds_u = p_u (dp_u - D_t);  dq_t += ds_u k_u / sqrt(hd);  dk_u += ds_u q_t / sqrt(hd)
 // Tiled: a block of queries [t0, t1) of one head against the keys it sees,
-// [first_key(t0), t1): the scores S = Q K^T, dV += P^T dO, dP = dO V^T,
+// [first_key(t0), t1) (bidirectional: [0, T)): the scores S = Q K^T, dV += P^T dO, dP = dO V^T,
 // dQ += dS K and dK += dS^T Q are sgemms on strided rows (one thread each,
 // inside the OpenMP loop); the (block, keys) tiles live on the stack.
 #include "cpu.h"
@@ -21,6 +23,7 @@
 typedef struct AttentionShape {
     int B, T, n_head, n_kv_head, head_dim;
     const int32_t *seq_start; // (B, T) or NULL
+    bool causal;              // else every query sees every key of its row
 } AttentionShape;
 
 // first key query t of row b attends to
@@ -48,10 +51,11 @@ static float dot(const float *x, const float *y, int n) {
 #define TILE_FLOATS 65536
 #define QUERY_BLOCK 64
 
-// Queries [t0, t1) of row b and the keys they see, [k0, t1): seq_start does
-// not decrease along a row, so t0's first key is the block's first.
+// Queries [t0, t1) of row b and the keys they see, [k0, k1): seq_start does
+// not decrease along a row, so t0's first key is the block's first; k1 = t1
+// when causal, else T.
 typedef struct QueryBlock {
-    int b, h, kv_head, t0, t1, k0;
+    int b, h, kv_head, t0, t1, k0, k1;
 } QueryBlock;
 
 static int query_block_rows(int T) {
@@ -62,7 +66,7 @@ static int query_block_rows(int T) {
 static QueryBlock query_block(const AttentionShape *s, int b, int h, int t0, int rows) {
     int t1 = t0 + rows < s->T ? t0 + rows : s->T;
     return (QueryBlock){.b = b, .h = h, .kv_head = h / (s->n_head / s->n_kv_head), .t0 = t0, .t1 = t1,
-                        .k0 = first_key(s, b, t0)};
+                        .k0 = first_key(s, b, t0), .k1 = s->causal ? t1 : s->T};
 }
 
 // P (nq, nk) = the block's probabilities e^{s - lse} (0 outside each query's
@@ -70,12 +74,12 @@ static QueryBlock query_block(const AttentionShape *s, int b, int h, int t0, int
 // backward) or, when compute_lse, computed into it (the forward).
 static void block_probabilities(const AttentionShape *s, const QueryBlock *qb, const float *q, const float *k,
                                 float *P, float *lse, bool compute_lse) {
-    int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->t1 - qb->k0;
+    int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->k1 - qb->k0;
     float scale = 1.0f / sqrtf((float)hd);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale, q + q_offset(s, qb->b, qb->t0, qb->h),
                 s->n_head * hd, k + kv_offset(s, qb->b, qb->k0, qb->kv_head), s->n_kv_head * hd, 0.0f, P, nk);
     for (int i = 0; i < nq; i++) {
-        int t = qb->t0 + i, first = first_key(s, qb->b, t) - qb->k0, last = t - qb->k0;
+        int t = qb->t0 + i, first = first_key(s, qb->b, t) - qb->k0, last = s->causal ? t - qb->k0 : nk - 1;
         float *row = P + (size_t)i * nk;
         if (compute_lse) {
             float max_score = -INFINITY;
@@ -92,10 +96,10 @@ static float *lse_at(const AttentionShape *s, float *lse, int b, int h, int t) {
     return lse + ((size_t)b * s->n_head + h) * s->T + t;
 }
 
-// out[t0, t1) = P V[k0, t1), lse[t0, t1) saved.
+// out[t0, t1) = P V[k0, k1), lse[t0, t1) saved.
 static void attention_block_forward(const AttentionShape *s, const QueryBlock *qb, float *out, float *lse,
                                     const float *q, const float *k, const float *v) {
-    int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->t1 - qb->k0;
+    int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->k1 - qb->k0;
     float P[nq * nk];
     block_probabilities(s, qb, q, k, P, lse_at(s, lse, qb->b, qb->h, qb->t0), true);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, P, nk,
@@ -103,19 +107,30 @@ static void attention_block_forward(const AttentionShape *s, const QueryBlock *q
                 out + q_offset(s, qb->b, qb->t0, qb->h), s->n_head * hd);
 }
 
-void cpu_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
-                           const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
-    AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start};
-    int rows = query_block_rows(T), n_blocks = (T + rows - 1) / rows;
-    #pragma omp parallel for collapse(3) schedule(dynamic) if ((size_t)B * n_head * T * T * head_dim >= CPU_PARALLEL_MIN_WORK)
+static void attention_forward(const AttentionShape *s, float *out, float *lse, const float *q, const float *k,
+                              const float *v) {
+    int B = s->B, T = s->T, n_head = s->n_head, rows = query_block_rows(T), n_blocks = (T + rows - 1) / rows;
+    #pragma omp parallel for collapse(3) schedule(dynamic) if ((size_t)B * n_head * T * T * s->head_dim >= CPU_PARALLEL_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < n_head; h++) {
             for (int block = 0; block < n_blocks; block++) {
-                QueryBlock qb = query_block(&s, b, h, block * rows, rows);
-                attention_block_forward(&s, &qb, out, lse, q, k, v);
+                QueryBlock qb = query_block(s, b, h, block * rows, rows);
+                attention_block_forward(s, &qb, out, lse, q, k, v);
             }
         }
     }
+}
+
+void cpu_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                           const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
+    AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start, true};
+    attention_forward(&s, out, lse, q, k, v);
+}
+
+void cpu_attention_full_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                                int B, int T, int n_head, int head_dim) {
+    AttentionShape s = {B, T, n_head, n_head, head_dim, NULL, false};
+    attention_forward(&s, out, lse, q, k, v);
 }
 
 typedef struct AttentionGrads {
@@ -126,7 +141,7 @@ typedef struct AttentionGrads {
 // One query block's share of every gradient (the caller owns dk, dv of its kv head):
 // dV += P^T dO;  dP = dO V^T;  dS = P (dP - D) / sqrt(hd);  dQ += dS K;  dK += dS^T Q.
 static void attention_block_backward(const AttentionShape *s, const AttentionGrads *g, const QueryBlock *qb) {
-    int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->t1 - qb->k0;
+    int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->k1 - qb->k0;
     int q_stride = s->n_head * hd, kv_stride = s->n_kv_head * hd;
     size_t q_at = q_offset(s, qb->b, qb->t0, qb->h), kv_at = kv_offset(s, qb->b, qb->k0, qb->kv_head);
     float scale = 1.0f / sqrtf((float)hd);
@@ -149,21 +164,33 @@ static void attention_block_backward(const AttentionShape *s, const AttentionGra
 
 // One thread per (b, kv head): it owns dk, dv of that head and dq of its
 // query heads, so no two threads write the same gradient.
-void cpu_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
-                            const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
-                            int B, int T, int n_head, int n_kv_head, int head_dim) {
-    AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start};
-    AttentionGrads g = {dq, dk, dv, dout, out, lse, q, k, v};
-    int group = n_head / n_kv_head, rows = query_block_rows(T);
-    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * n_head * T * T * head_dim >= CPU_PARALLEL_MIN_WORK)
+static void attention_backward(const AttentionShape *s, const AttentionGrads *g) {
+    int B = s->B, T = s->T, n_kv_head = s->n_kv_head, group = s->n_head / n_kv_head, rows = query_block_rows(T);
+    #pragma omp parallel for collapse(2) schedule(dynamic) if ((size_t)B * s->n_head * T * T * s->head_dim >= CPU_PARALLEL_MIN_WORK)
     for (int b = 0; b < B; b++) {
         for (int kv_head = 0; kv_head < n_kv_head; kv_head++) {
             for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
                 for (int t0 = 0; t0 < T; t0 += rows) {
-                    QueryBlock qb = query_block(&s, b, h, t0, rows);
-                    attention_block_backward(&s, &g, &qb);
+                    QueryBlock qb = query_block(s, b, h, t0, rows);
+                    attention_block_backward(s, g, &qb);
                 }
             }
         }
     }
+}
+
+void cpu_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                            const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
+                            int B, int T, int n_head, int n_kv_head, int head_dim) {
+    AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start, true};
+    AttentionGrads g = {dq, dk, dv, dout, out, lse, q, k, v};
+    attention_backward(&s, &g);
+}
+
+void cpu_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                                 const float *lse, const void *q, const void *k, const void *v, int B, int T,
+                                 int n_head, int head_dim) {
+    AttentionShape s = {B, T, n_head, n_head, head_dim, NULL, false};
+    AttentionGrads g = {dq, dk, dv, dout, out, lse, q, k, v};
+    attention_backward(&s, &g);
 }

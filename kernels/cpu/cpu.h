@@ -21,6 +21,11 @@ void cpu_attention_forward(const Ops *ops, void *out, float *lse, const void *q,
 void cpu_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                             const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
                             int B, int T, int n_head, int n_kv_head, int head_dim);
+void cpu_attention_full_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                                int B, int T, int n_head, int head_dim);
+void cpu_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                                 const float *lse, const void *q, const void *k, const void *v, int B, int T,
+                                 int n_head, int head_dim);
 
 // layers.c
 void cpu_embedding_forward(const Ops *ops, void *out, const int32_t *ids, const void *table, int N, int C);
@@ -65,5 +70,3 @@ void cpu_bias_backward(const Ops *ops, float *dbias, const void *dout, int N, in
 void cpu_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C);
 void cpu_patch_embed_forward(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,
                              int image_size, int patch, int D);
-void cpu_attention_full_forward(const Ops *ops, void *out, const void *q, const void *k, const void *v, int B, int T,
-                                int n_head, int head_dim);

@@ -195,6 +195,7 @@ static const Ops cpu_ops = {
     .scatter_rows = cpu_scatter_rows,
     .patch_embed_forward = cpu_patch_embed_forward,
     .attention_full_forward = cpu_attention_full_forward,
+    .attention_full_backward = cpu_attention_full_backward,
     .sum_squares = cpu_sum_squares,
     .scale_f32 = cpu_scale_f32,
     .adamw = cpu_adamw,

@@ -1,5 +1,6 @@
 // kernels/cpu: ops of vision towers and projectors, fp32: LayerNorm, GELU,
-// quick_gelu, GELU tanh, bias, column scale, row scatter, patch embedding, non-causal attention.
+// quick_gelu, GELU tanh, bias, column scale, row scatter, patch embedding (the towers'
+// bidirectional attention is attention.c's).
 #include "cpu.h"
 
 #include <math.h>
@@ -181,40 +182,6 @@ void cpu_patch_embed_forward(const Ops *ops, void *out, const void *images, cons
                     }
                 }
                 y[d] = sum;
-            }
-        }
-    }
-}
-
-// ----------------------------------------------------------------------------
-// non-causal attention: one query row at a time, scores kept in a T-long buffer
-
-void cpu_attention_full_forward(const Ops *ops, void *out, const void *q, const void *k, const void *v, int B, int T,
-                                int n_head, int head_dim) {
-    float scale = 1.0f / sqrtf((float)head_dim);
-    size_t row_stride = (size_t)n_head * head_dim;
-    #pragma omp parallel for collapse(2) if ((size_t)B * n_head * T * T * head_dim >= CPU_PARALLEL_MIN_WORK)
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < n_head; h++) {
-            float scores[T];
-            for (int t = 0; t < T; t++) {
-                const float *q_row = (const float *)q + ((size_t)b * T + t) * row_stride + (size_t)h * head_dim;
-                float max_score = -INFINITY, sum = 0.0f;
-                for (int u = 0; u < T; u++) {
-                    const float *k_row = (const float *)k + ((size_t)b * T + u) * row_stride + (size_t)h * head_dim;
-                    float dot = 0.0f;
-                    for (int i = 0; i < head_dim; i++) dot += q_row[i] * k_row[i];
-                    scores[u] = dot * scale;
-                    if (scores[u] > max_score) max_score = scores[u];
-                }
-                for (int u = 0; u < T; u++) sum += (scores[u] = expf(scores[u] - max_score));
-                float *out_row = (float *)out + ((size_t)b * T + t) * row_stride + (size_t)h * head_dim;
-                for (int i = 0; i < head_dim; i++) out_row[i] = 0.0f;
-                for (int u = 0; u < T; u++) {
-                    const float *v_row = (const float *)v + ((size_t)b * T + u) * row_stride + (size_t)h * head_dim;
-                    float p = scores[u] / sum;
-                    for (int i = 0; i < head_dim; i++) out_row[i] += p * v_row[i];
-                }
             }
         }
     }

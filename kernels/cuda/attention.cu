@@ -1,5 +1,6 @@
-// Causal self-attention with grouped-query heads on CUDA cores, flash-attention style (the tensor-core
-// kernels of flash_attention.cu take head_dim 64, 80, 96 and 128; these take every head_dim <= 256):
+// Self-attention with grouped-query heads on CUDA cores, flash-attention style, causal (the decoder's) or
+// bidirectional (the vision towers': every query sees all T keys); the tensor-core kernels of
+// flash_attention.cu take the causal head_dim 64, 80, 96 and 128, these every head_dim <= 256:
 // the (T, T) score matrix is never stored. The forward keeps a running max
 // and sum per query row (online softmax) and saves lse; the backward
 // recomputes P = exp(s - lse) from q, k and lse.
@@ -9,7 +10,8 @@
 // Packed rows: query t attends to keys seq_start[b, t] <= u <= t; seq_start
 // (B, T) is non-decreasing along a row (NULL: 0 everywhere), so a block skips
 // the key tiles before its first query's segment and the query tiles after
-// its last key's.
+// its last key's. Bidirectional (causal false, seq_start NULL): keys [0, T)
+// for every query.
 //
 // One warp owns one row (a query row in the forward and for dq, a key row for
 // dk/dv); each lane holds elements d = lane + 32 j of that row in registers.
@@ -60,7 +62,8 @@ __device__ __forceinline__ int segment_start(const int32_t *seq_start, int b, in
 
 // The query row a warp of the forward or dq kernel owns (grid (ceil(T / WARPS), n_head, B)),
 // and the keys its block stages: [keys_begin, n_keys) covers every key any of
-// the block's queries attends (the first query's segment start .. the last query).
+// the block's queries attends (the first query's segment start .. the last query,
+// or all T keys when not causal).
 struct QueryWarp {
     int b, h, kv_head, lane;
     int t;            // the query row; only meaningful when active
@@ -70,7 +73,8 @@ struct QueryWarp {
     size_t q_offset;  // of row t (row 0 when inactive) in a (B, T, n_head, hd) tensor
 };
 
-__device__ __forceinline__ QueryWarp query_warp(const int32_t *seq_start, int T, int n_head, int n_kv_head, int hd) {
+__device__ __forceinline__ QueryWarp query_warp(const int32_t *seq_start, int T, int n_head, int n_kv_head, int hd,
+                                                bool causal) {
     QueryWarp w;
     w.b = blockIdx.z, w.h = blockIdx.y, w.kv_head = w.h / (n_head / n_kv_head);
     w.lane = threadIdx.x % 32;
@@ -78,7 +82,7 @@ __device__ __forceinline__ QueryWarp query_warp(const int32_t *seq_start, int T,
     w.t = first_query + threadIdx.x / 32;
     w.active = w.t < T;
     w.keys_begin = segment_start(seq_start, w.b, T, first_query);
-    w.n_keys = min(T, first_query + WARPS);
+    w.n_keys = causal ? min(T, first_query + WARPS) : T;
     w.t_begin = w.active ? segment_start(seq_start, w.b, T, w.t) : 0;
     w.q_offset = (((size_t)w.b * T + (w.active ? w.t : 0)) * n_head + w.h) * hd;
     return w;
@@ -99,10 +103,10 @@ __device__ __forceinline__ void stage_rows(bf16 *tile, const bf16 *src, int b, i
 
 __global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                                          const int32_t *seq_start, int T, int n_head, int n_kv_head, int hd,
-                                         float scale) {
+                                         float scale, bool causal) {
     extern __shared__ bf16 smem[];
     bf16 *k_tile = smem, *v_tile = smem + TILE * hd;
-    QueryWarp w = query_warp(seq_start, T, n_head, n_kv_head, hd);
+    QueryWarp w = query_warp(seq_start, T, n_head, n_kv_head, hd, causal);
     int b = w.b, h = w.h, kv_head = w.kv_head, lane = w.lane, t = w.t, t_begin = w.t_begin;
     bool active = w.active;
     size_t q_offset = w.q_offset;
@@ -121,7 +125,7 @@ __global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, c
         __syncthreads();
         if (!active) continue;
         int first = max(0, t_begin - tile_start);       // keys of t's segment
-        int last = min(tile_rows, t - tile_start + 1);  // causal: keys <= t
+        int last = causal ? min(tile_rows, t - tile_start + 1) : tile_rows;  // causal: keys <= t
         for (int key = first; key < last; key++) {
             float s = warp_dot(q_row, k_tile + key * hd, hd, lane) * scale;
             float new_max = fmaxf(running_max, s);
@@ -168,10 +172,10 @@ __global__ void attention_row_dot_kernel(float *D, const bf16 *dout, const bf16 
 // dq: grid (ceil(T / WARPS), n_head, B), a warp per query row, key tiles staged.
 __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse, const float *D,
                                     const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                                    int T, int n_head, int n_kv_head, int hd, float scale) {
+                                    int T, int n_head, int n_kv_head, int hd, float scale, bool causal) {
     extern __shared__ bf16 smem[];
     bf16 *k_tile = smem, *v_tile = smem + TILE * hd;
-    QueryWarp w = query_warp(seq_start, T, n_head, n_kv_head, hd);
+    QueryWarp w = query_warp(seq_start, T, n_head, n_kv_head, hd, causal);
     int b = w.b, h = w.h, kv_head = w.kv_head, lane = w.lane, t = w.t, t_begin = w.t_begin;
     bool active = w.active;
     size_t q_offset = w.q_offset;
@@ -192,7 +196,7 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
         __syncthreads();
         if (!active) continue;
         int first = max(0, t_begin - tile_start);
-        int last = min(tile_rows, t - tile_start + 1);
+        int last = causal ? min(tile_rows, t - tile_start + 1) : tile_rows;
         for (int key = first; key < last; key++) {
             float p = expf(warp_dot(q_row, k_tile + key * hd, hd, lane) * scale - row_lse);
             float dp = warp_dot(dout_row, v_tile + key * hd, hd, lane);
@@ -209,10 +213,10 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
 
 // dk, dv: grid (ceil(T / WARPS), n_kv_head, B), a warp per key row; query
 // tiles of every query head in the group are staged, queries i >= key of the
-// key's segment only (seq_start[i] <= key).
+// key's segment only (seq_start[i] <= key), or every query when not causal.
 __global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
                                       const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                                      int T, int n_head, int n_kv_head, int hd, float scale) {
+                                      int T, int n_head, int n_kv_head, int hd, float scale, bool causal) {
     extern __shared__ bf16 smem[];
     bf16 *q_tile = smem, *dout_tile = smem + TILE * hd;
     float *lse_tile = (float *)(smem + 2 * TILE * hd), *D_tile = lse_tile + TILE;
@@ -233,7 +237,7 @@ __global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, cons
 
     for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
         const float *lse_bh = lse + ((size_t)b * n_head + h) * T, *D_bh = D + ((size_t)b * n_head + h) * T;
-        for (int tile_start = first_key; tile_start < T; tile_start += TILE) {
+        for (int tile_start = causal ? first_key : 0; tile_start < T; tile_start += TILE) {
             // queries from here on belong to segments after every key of the block
             if (segment_start(seq_start, b, T, tile_start) > last_key) break;
             int tile_rows = min(TILE, T - tile_start);
@@ -247,7 +251,7 @@ __global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, cons
             }
             __syncthreads();
             if (!active) continue;
-            for (int query = max(0, key - tile_start); query < tile_rows; query++) {  // causal: i >= key
+            for (int query = causal ? max(0, key - tile_start) : 0; query < tile_rows; query++) {  // causal: i >= key
                 if (start_tile[query] > key) break;  // past the key's segment
                 float p = expf(warp_dot(k_row, q_tile + query * hd, hd, lane) * scale - lse_tile[query]);
                 float dp = warp_dot(v_row, dout_tile + query * hd, hd, lane);
@@ -280,9 +284,9 @@ static bool shapes_supported(int n_head, int n_kv_head, int head_dim) {
     return true;
 }
 
-void cuda_attention_reference_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k,
-                                      const void *v, const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                                      int head_dim) {
+static void launch_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                           const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim,
+                           bool causal) {
     CudaContext *ctx = cuda_context(ops);
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
@@ -290,7 +294,7 @@ void cuda_attention_reference_forward(const Ops *ops, void *out, float *lse, con
     size_t smem = 2 * TILE * head_dim * sizeof(bf16);
     attention_forward_kernel<<<grid, WARPS * 32, smem, ctx->stream>>>(
         (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, n_head, n_kv_head, head_dim,
-        1.0f / sqrtf((float)head_dim));
+        1.0f / sqrtf((float)head_dim), causal);
     launchCheck("attention_forward_kernel");
 }
 
@@ -305,37 +309,49 @@ static const float *row_dot(CudaContext *ctx, const void *dout, const void *out,
     return launchCheck("attention_row_dot_kernel") ? D : NULL;
 }
 
-void cuda_attention_reference_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout,
-                                       const void *out, const float *lse, const void *q, const void *k, const void *v,
-                                       const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                                       int head_dim) {
+static void launch_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                            const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
+                            int B, int T, int n_head, int n_kv_head, int head_dim, bool causal) {
     CudaContext *ctx = cuda_context(ops);
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
     const float *D = row_dot(ctx, dout, out, B, T, n_head, head_dim);
     if (!D) return;
     float scale = 1.0f / sqrtf((float)head_dim);
-
     size_t tile_bytes = 2 * TILE * head_dim * sizeof(bf16);
     dim3 dq_grid(ceil_div(T, WARPS), n_head, B);
     attention_dq_kernel<<<dq_grid, WARPS * 32, tile_bytes, ctx->stream>>>(
         (bf16 *)dq, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, n_head,
-        n_kv_head, head_dim, scale);
+        n_kv_head, head_dim, scale, causal);
     if (!launchCheck("attention_dq_kernel")) return;
 
     dim3 dkdv_grid(ceil_div(T, WARPS), n_kv_head, B);
     size_t row_stats_bytes = 2 * TILE * sizeof(float) + TILE * sizeof(int);  // lse, D, seq_start
     attention_dkdv_kernel<<<dkdv_grid, WARPS * 32, tile_bytes + row_stats_bytes, ctx->stream>>>(
         (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
-        seq_start, T, n_head, n_kv_head, head_dim, scale);
+        seq_start, T, n_head, n_kv_head, head_dim, scale, causal);
     launchCheck("attention_dkdv_kernel");
+}
+
+// The CUDA-core kernels alone, causal: the fallback's entry for the tests (kernels/cuda_testing.h).
+void cuda_attention_reference_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k,
+                                      const void *v, const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
+                                      int head_dim) {
+    launch_forward(ops, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim, true);
+}
+
+void cuda_attention_reference_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout,
+                                       const void *out, const float *lse, const void *q, const void *k, const void *v,
+                                       const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
+                                       int head_dim) {
+    launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim, true);
 }
 
 // The tensor-core kernels (flash_attention.cu) for the head sizes they take, these kernels for the others.
 void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
                             const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
     if (!cuda_flash_attention_supported(head_dim)) {
-        cuda_attention_reference_forward(ops, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim);
+        launch_forward(ops, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim, true);
         return;
     }
     if (B == 0 || T == 0 || n_head == 0) return;
@@ -348,8 +364,7 @@ void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const
                              const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
                              int B, int T, int n_head, int n_kv_head, int head_dim) {
     if (!cuda_flash_attention_supported(head_dim)) {
-        cuda_attention_reference_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head,
-                                          n_kv_head, head_dim);
+        launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim, true);
         return;
     }
     if (B == 0 || T == 0 || n_head == 0) return;
@@ -360,4 +375,16 @@ void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const
     cuda_flash_attention_backward(ctx, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D,
                                   (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, B, T, n_head,
                                   n_kv_head, head_dim);
+}
+
+// Bidirectional: the CUDA-core kernels with the causal mask off (the flash kernels are causal only).
+void cuda_attention_full_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                                 int B, int T, int n_head, int head_dim) {
+    launch_forward(ops, out, lse, q, k, v, NULL, B, T, n_head, n_head, head_dim, false);
+}
+
+void cuda_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                                  const float *lse, const void *q, const void *k, const void *v, int B, int T,
+                                  int n_head, int head_dim) {
+    launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, NULL, B, T, n_head, n_head, head_dim, false);
 }

@@ -190,6 +190,11 @@ void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q
 void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                              const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
                              int B, int T, int n_head, int n_kv_head, int head_dim);
+void cuda_attention_full_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                                 int B, int T, int n_head, int head_dim);
+void cuda_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                                  const float *lse, const void *q, const void *k, const void *v, int B, int T,
+                                  int n_head, int head_dim);
 // flash_attention.cu: the tensor-core attention attention.cu dispatches to (head_dim 64, 80, 96, 128);
 // D (B, n_head, T) = rowsum(dout * out)
 bool cuda_flash_attention_supported(int head_dim);
@@ -229,5 +234,3 @@ void cuda_bias_backward(const Ops *ops, float *dbias, const void *dout, int N, i
 void cuda_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C);
 void cuda_patch_embed_forward(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,
                               int image_size, int patch, int D);
-void cuda_attention_full_forward(const Ops *ops, void *out, const void *q, const void *k, const void *v, int B, int T,
-                                 int n_head, int head_dim);

@@ -291,6 +291,7 @@ static const Ops cuda_ops = {
     .scatter_rows = cuda_scatter_rows,
     .patch_embed_forward = cuda_patch_embed_forward,
     .attention_full_forward = cuda_attention_full_forward,
+    .attention_full_backward = cuda_attention_full_backward,
     .sum_squares = cuda_sum_squares,
     .scale_f32 = cuda_scale_f32,
     .adamw = cuda_adamw,

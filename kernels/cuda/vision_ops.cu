@@ -1,5 +1,6 @@
 // Ops of vision towers and projectors: LayerNorm, GELU, quick_gelu, GELU tanh, bias, column
-// scale, row scatter, patch embedding, non-causal attention. bf16 storage, fp32 math.
+// scale, row scatter, patch embedding (the towers' bidirectional attention is attention.cu's).
+// bf16 storage, fp32 math.
 #include "cuda_common.cuh"
 
 #define THREADS 256
@@ -244,48 +245,4 @@ void cuda_patch_embed_forward(const Ops *ops, void *out, const void *images, con
     patch_embed_kernel<<<B * grid * grid, THREADS, 0, ctx->stream>>>(
         (bf16 *)out, (const bf16 *)images, (const bf16 *)weight, channels, image_size, patch, D);
     launchCheck("patch_embed_kernel");
-}
-
-// ----------------------------------------------------------------------------
-// non-causal attention: one warp per (b, h, t) query row, online softmax over
-// all T keys; lanes split head_dim (at most 32 * ATT_MAX_PER_LANE).
-
-#define ATT_MAX_PER_LANE 8
-
-__global__ void attention_full_kernel(bf16 *out, const bf16 *q, const bf16 *k, const bf16 *v, int B, int T,
-                                      int n_head, int head_dim) {
-    size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) / 32;
-    int lane = threadIdx.x % 32;
-    if (warp >= (size_t)B * n_head * T) return;
-    int t = warp % T, h = (warp / T) % n_head, b = warp / ((size_t)T * n_head);
-    size_t stride = (size_t)n_head * head_dim;
-    const bf16 *q_row = q + ((size_t)b * T + t) * stride + (size_t)h * head_dim;
-    float scale = rsqrtf((float)head_dim), acc[ATT_MAX_PER_LANE] = {0}, max_score = -INFINITY, sum = 0.0f;
-    for (int u = 0; u < T; u++) {
-        const bf16 *k_row = k + ((size_t)b * T + u) * stride + (size_t)h * head_dim;
-        const bf16 *v_row = v + ((size_t)b * T + u) * stride + (size_t)h * head_dim;
-        float dot = 0.0f;
-        for (int i = lane; i < head_dim; i += 32) dot += ld(q_row, i) * ld(k_row, i);
-        float score = warp_sum(dot) * scale;
-        float new_max = fmaxf(max_score, score), correction = expf(max_score - new_max), p = expf(score - new_max);
-        sum = sum * correction + p;
-        for (int j = 0, i = lane; i < head_dim; j++, i += 32) acc[j] = acc[j] * correction + p * ld(v_row, i);
-        max_score = new_max;
-    }
-    bf16 *out_row = out + ((size_t)b * T + t) * stride + (size_t)h * head_dim;
-    for (int j = 0, i = lane; i < head_dim; j++, i += 32) out_row[i] = __float2bfloat16_rn(acc[j] / sum);
-}
-
-void cuda_attention_full_forward(const Ops *ops, void *out, const void *q, const void *k, const void *v, int B, int T,
-                                 int n_head, int head_dim) {
-    CudaContext *ctx = cuda_context(ops);
-    size_t rows = (size_t)B * n_head * T;
-    if (rows == 0) return;
-    if (head_dim > 32 * ATT_MAX_PER_LANE) {
-        record_failure(__FILE__, __LINE__, "attention_full_forward", "head_dim above 256 is not supported");
-        return;
-    }
-    attention_full_kernel<<<ceil_div(rows * 32, THREADS), THREADS, 0, ctx->stream>>>(
-        (bf16 *)out, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, B, T, n_head, head_dim);
-    launchCheck("attention_full_kernel");
 }

@@ -1,12 +1,13 @@
 // The vision ops of the CUDA backend against the CPU backend on the same
 // bf16-representable inputs (as test_gpu_ops.c): LayerNorm, GELU, quick_gelu, GELU tanh,
-// bias, column scale, row scatter, patch embedding, non-causal attention, and whole
-// frozen towers (SigLIP, DINOv2). Outputs are
+// bias, column scale, row scatter, patch embedding, non-causal attention (forward and backward), and whole
+// frozen towers (SigLIP, DINOv2) and the LoRA backward of timm's two. Outputs are
 // poisoned first; gradients the ops add into start from random values.
 // Error ||gpu - cpu|| / ||cpu|| < 1e-2 (bf16 storage), < 1e-4 for fp32 statistics.
 // Without a usable CUDA device every test is skipped with the reason.
 #include "gpu_test_util.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 #include "checkpoints/checkpoints.h"
@@ -15,6 +16,7 @@
 
 #define BF16_TOL 1e-2
 #define STAT_TOL 1e-4
+#define LORA_GRAD_TOL 3e-2 // a tower's backward: two layers of bf16 activations
 
 static void check_layernorm(int N, int C) {
     size_t n = (size_t)N * C;
@@ -116,22 +118,40 @@ static void test_patch_embed(void **state) {
     check_patch_embed(2, 3, 336, 14, 1024);
 }
 
-static void check_attention_full(int B, int T, int n_head, int head_dim) {
-    size_t n = (size_t)B * T * n_head * head_dim;
-    float *q = random_act(n, -1, 1), *k = random_act(n, -1, 1), *v = random_act(n, -1, 1);
-    float *out = malloc(n * sizeof(float));
-    void *d_q = gpu_act(q, n), *d_k = gpu_act(k, n), *d_v = gpu_act(v, n), *d_out = gpu_poisoned(n);
-    cpu->attention_full_forward(cpu, out, q, k, v, B, T, n_head, head_dim);
-    gpu->attention_full_forward(gpu, d_out, d_q, d_k, d_v, B, T, n_head, head_dim);
+// Forward (out, lse) and, with backward, the gradients added into random dq, dk, dv; each
+// backend's backward reads its own forward's out and lse.
+static void check_attention_full(int B, int T, int n_head, int head_dim, bool backward) {
+    size_t n = (size_t)B * T * n_head * head_dim, n_lse = (size_t)B * n_head * T;
+    float *q = random_act(n, -1, 1), *k = random_act(n, -1, 1), *v = random_act(n, -1, 1), *dout = random_act(n, -1, 1);
+    float *out = malloc(n * sizeof(float)), *lse = malloc(n_lse * sizeof(float)), *grads[3];
+    void *d_q = gpu_act(q, n), *d_k = gpu_act(k, n), *d_v = gpu_act(v, n), *d_out = gpu_poisoned(n), *d_grads[3];
+    void *d_dout = gpu_act(dout, n);
+    float *d_lse = gpu_alloc(n_lse * sizeof(float));
+    for (int i = 0; i < 3; i++) grads[i] = random_act(n, -1, 1), d_grads[i] = gpu_act(grads[i], n);
+    cpu->attention_full_forward(cpu, out, lse, q, k, v, B, T, n_head, head_dim);
+    gpu->attention_full_forward(gpu, d_out, d_lse, d_q, d_k, d_v, B, T, n_head, head_dim);
     expect_act(d_out, out, n, BF16_TOL, "attention_full_forward");
-    gpu->free(gpu, d_q), gpu->free(gpu, d_k), gpu->free(gpu, d_v), gpu->free(gpu, d_out);
-    free(q), free(k), free(v), free(out);
+    expect_f32(d_lse, lse, n_lse, STAT_TOL, "attention_full_forward lse");
+    if (backward) {
+        cpu->attention_full_backward(cpu, grads[0], grads[1], grads[2], dout, out, lse, q, k, v, B, T, n_head,
+                                     head_dim);
+        gpu->attention_full_backward(gpu, d_grads[0], d_grads[1], d_grads[2], d_dout, d_out, d_lse, d_q, d_k, d_v, B, T,
+                                     n_head, head_dim);
+        expect_act(d_grads[0], grads[0], n, BF16_TOL, "attention_full_backward dq");
+        expect_act(d_grads[1], grads[1], n, BF16_TOL, "attention_full_backward dk");
+        expect_act(d_grads[2], grads[2], n, BF16_TOL, "attention_full_backward dv");
+    }
+    void *device[] = {d_q, d_k, d_v, d_out, d_dout, d_lse, d_grads[0], d_grads[1], d_grads[2]};
+    for (size_t i = 0; i < sizeof device / sizeof *device; i++) gpu->free(gpu, device[i]);
+    free(q), free(k), free(v), free(dout), free(out), free(lse);
+    for (int i = 0; i < 3; i++) free(grads[i]);
 }
 
 static void test_attention_full(void **state) {
-    check_attention_full(1, 1, 1, 8);
-    check_attention_full(2, 17, 4, 8);
-    check_attention_full(1, 577, 16, 64);
+    check_attention_full(1, 1, 1, 8, true);
+    check_attention_full(2, 17, 4, 8, true);
+    check_attention_full(1, 65, 4, 64, true); // several query and key tiles
+    check_attention_full(1, 577, 16, 64, false);
 }
 
 // A whole frozen tower on both backends from the same weights and pixels.
@@ -178,6 +198,56 @@ static void test_towers_follow_cpu(void **state) {
     check_tower(&siglip, "tests/fixtures/vlm/timm_siglip.safetensors");
 }
 
+// A training tower with LoRA (rank 4) on both backends: the same weights, pixels, adapters
+// (bf16-representable) and feature gradients; the features and every adapter gradient.
+static void check_tower_backward(const ClipVisionConfig *config, const char *weights) {
+    if (!path_exists(weights)) skip();
+    enum { IMAGES = 2, RANK = 4 };
+    size_t n_pixels = (size_t)IMAGES * 3 * config->image_size * config->image_size;
+    size_t n_features = (size_t)IMAGES * clip_n_features(config) * config->hidden_size;
+    ParamEntry *entries = calloc((size_t)clip_lora_n_params(config), sizeof(ParamEntry));
+    ParamTable table = {.entries = entries};
+    clip_lora_add_params(config, RANK, "tower.", &table);
+    float *pixels = random_f32(n_pixels, -1.5f, 1.5f), *params = random_act(table.total, -0.3f, 0.3f);
+    float *d_features = random_act(n_features, -1, 1), *want = host_alloc(n_features);
+    float *grads = calloc(table.total, sizeof(float));
+    ClipTowerOptions options = {.lora_r = RANK, .train = true};
+    Error err;
+    ClipTower *on_cpu = clip_tower_create_with(cpu, config, IMAGES, &options, &err);
+    ClipTower *on_gpu = clip_tower_create_with(gpu, config, IMAGES, &options, &err);
+    if (!on_cpu || !on_gpu || !clip_load_weights(on_cpu, weights, &err) || !clip_load_weights(on_gpu, weights, &err) ||
+        !clip_tower_bind_lora(on_cpu, &table, "tower.", 2.0f, &err) ||
+        !clip_tower_bind_lora(on_gpu, &table, "tower.", 2.0f, &err))
+        fail_msg("%s", err.message);
+    void *g_features = gpu_poisoned(n_features), *g_params = gpu_act(params, table.total);
+    void *g_d_features = gpu_act(d_features, n_features);
+    float *g_grads = gpu_copy(grads, table.total * sizeof(float));
+    if (!clip_tower_forward_lora(on_cpu, params, pixels, IMAGES, want, &err) ||
+        !clip_tower_backward(on_cpu, params, grads, d_features, IMAGES, &err) ||
+        !clip_tower_forward_lora(on_gpu, g_params, pixels, IMAGES, g_features, &err) ||
+        !clip_tower_backward(on_gpu, g_params, g_grads, g_d_features, IMAGES, &err))
+        fail_msg("%s", err.message);
+    expect_act(g_features, want, n_features, BF16_TOL, "LoRA tower features");
+    float *got = gpu_f32_result(g_grads, table.total);
+    double worst = 0;
+    for (int i = 0; i < table.count; i++) {
+        const ParamEntry *e = &entries[i];
+        worst = fmax(worst, rel_error(got + e->offset, grads + e->offset, e->numel));
+        expect_close(got + e->offset, grads + e->offset, e->numel, LORA_GRAD_TOL, e->name);
+    }
+    print_message("%s: %d LoRA gradients within %.3g of the CPU's (relative L2)\n", weights, table.count, worst);
+    gpu->free(gpu, g_features), gpu->free(gpu, g_params), gpu->free(gpu, g_d_features), gpu->free(gpu, g_grads);
+    clip_tower_destroy(on_cpu), clip_tower_destroy(on_gpu);
+    free(entries), free(pixels), free(params), free(d_features), free(want), free(grads), free(got);
+}
+
+// DINOv2 (layer scale, registers) and timm's SigLIP at the fixtures' tiny shape.
+static void test_tower_backward_follows_cpu(void **state) {
+    ClipVisionConfig dinov2 = tiny_timm("dinov2-vit-l14-reg4", 128), siglip = tiny_timm("siglip-so400m-14", 119);
+    check_tower_backward(&dinov2, "tests/fixtures/vlm/timm_dinov2.safetensors");
+    check_tower_backward(&siglip, "tests/fixtures/vlm/timm_siglip.safetensors");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_layernorm),
@@ -186,6 +256,7 @@ int main(void) {
         cmocka_unit_test(test_patch_embed),
         cmocka_unit_test(test_attention_full),
         cmocka_unit_test(test_towers_follow_cpu),
+        cmocka_unit_test(test_tower_backward_follows_cpu),
     };
     if (!gpu_tests_init("every GPU vision op test")) return GPU_TESTS_SKIPPED;
     rng_seed(&test_rng, 20240612);
