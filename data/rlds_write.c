@@ -255,7 +255,8 @@ static bool encode_episode(RldsWriter *w, const RldsStep *steps, int n, float *f
     ok = ok && example_add_int64s(e, "steps/is_last", ints, n, err);
     for (int t = 0; t < n; t++) ints[t] = steps[t].is_terminal;
     ok = ok && example_add_int64s(e, "steps/is_terminal", ints, n, err);
-    for (int t = 0; t < n; t++) views[t] = (ByteView){(const uint8_t *)steps[t].instruction, strlen(steps[t].instruction)};
+    for (int t = 0; t < n; t++)
+        views[t] = (ByteView){(const uint8_t *)steps[t].instruction, strlen(steps[t].instruction)};
     ok = ok && example_add_bytes(e, "steps/language_instruction", views, n, err);
     for (int t = 0; t < n; t++) views[t] = (ByteView){steps[t].image, steps[t].image_size};
     ok = ok && example_add_bytes(e, "steps/observation/image", views, n, err);

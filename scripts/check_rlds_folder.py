@@ -57,7 +57,7 @@ def check_episode(e, episode, raw, expected, shape):
         if expected is not None:
             want = expected.get((e, t))
             check(want is not None, f"{where}: not in --expected")
-            check(instruction == want["instruction"], f"{where}: instruction {instruction!r} != {want['instruction']!r}")
+            check(instruction == want["instruction"], f"{where}: {instruction!r}, expected {want['instruction']!r}")
             check(np.array_equal(step["action"], np.array(want["action"], np.float32)), f"{where}: expected action")
     return n
 
