@@ -254,6 +254,20 @@ void action_tokenizer_init(ActionTokenizer *tokenizer, int vocab_size);
 int32_t action_token_id(const ActionTokenizer *tokenizer, float normalized_value);
 double action_token_value(const ActionTokenizer *tokenizer, int32_t token_id);
 
+// Action metrics as OpenVLA's vla-scripts/finetune.py logs them, over the label
+// positions whose target is an action token (target > action_token_begin_idx =
+// vocab_size - 257; IGNORE_INDEX and </s> are not): action_accuracy = the share
+// whose argmax is the target; action_l1_loss = mean |decode(argmax) - decode(target)|,
+// both decoded to bin centres (normalised actions). Summed here; finetune.py
+// averages per batch, an evaluation divides the sums over the whole held-out set.
+typedef struct ActionMetricSums {
+    int64_t n_action_tokens, n_correct;
+    double l1_sum;
+} ActionMetricSums;
+
+void action_metrics_add(const ActionTokenizer *tokenizer, const int32_t *predicted, const int32_t *targets, int64_t n,
+                        ActionMetricSums *sums);
+
 // OpenVLA's inference prompt, as its deploy and evaluation scripts write it:
 // "In: What action should the robot take to {instruction.lower()}?\nOut:"
 // (lowercased with Unicode's default case mapping, as Python's str.lower). malloc'd.

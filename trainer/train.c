@@ -643,12 +643,17 @@ static bool evaluate_if_due(Run *run, int step, Error *err) {
                "of %lld | %lld label tokens | %.1f s\n", step + 1, run->total_steps, result.loss, result.perplexity,
                100 * result.token_accuracy, 100 * result.answer_accuracy, (long long)result.n_answers,
                (long long)result.n_label_tokens, result.seconds);
+        if (run->robot_dataset)
+            printf("  actions: token accuracy %.2f%% | L1 %.4f (normalised, bin centres) | %lld action tokens\n",
+                   100 * result.action_accuracy, result.action_l1, (long long)result.n_action_tokens);
         fflush(stdout);
     }
     EvalMetrics metrics = {.step = step + 1, .loss = result.loss, .perplexity = result.perplexity,
                            .token_accuracy = result.token_accuracy, .answer_accuracy = result.answer_accuracy,
                            .label_tokens = result.n_label_tokens, .answers = result.n_answers,
-                           .seconds = result.seconds, .elapsed_s = time_seconds() - run->run_clock_start};
+                           .seconds = result.seconds, .elapsed_s = time_seconds() - run->run_clock_start,
+                           .has_actions = run->robot_dataset != NULL, .action_accuracy = result.action_accuracy,
+                           .action_l1 = result.action_l1, .action_tokens = result.n_action_tokens};
     return metrics_log_eval(run->metrics, &metrics, err) && keep_if_best(run, step, &result, err);
 }
 
@@ -707,6 +712,8 @@ static void fill_summary(const Run *run, TrainSummary *summary) {
     summary->eval_loss = run->last_eval.loss;
     summary->eval_token_accuracy = run->last_eval.token_accuracy;
     summary->eval_answer_accuracy = run->last_eval.answer_accuracy;
+    summary->eval_action_accuracy = run->last_eval.action_accuracy;
+    summary->eval_action_l1 = run->last_eval.action_l1;
     summary->best_eval_step = run->progress.best_eval_step;
     summary->best_eval_loss = run->progress.best_eval_loss;
 }

@@ -136,6 +136,7 @@ typedef struct TrainSummary {
     char adapter_dir[CONFIG_PATH_MAX + 32]; // the final adapter folder
     int evaluations;                // held-out evaluations this process ran
     double eval_loss, eval_token_accuracy, eval_answer_accuracy; // the last one's
+    double eval_action_accuracy, eval_action_l1; // the last one's, robot runs (NaN otherwise)
     int best_eval_step;             // the lowest eval loss of the run (resumed runs included); 0: none
     double best_eval_loss;
 } TrainSummary;
