@@ -75,7 +75,9 @@ def main():
     builder = tfds.builder_from_directory(args.dir)
     shape = tuple(builder.info.features["steps"]["observation"]["image"].shape)
     lengths = builder.info.splits[args.split].shard_lengths
-    dataset = tfds.as_numpy(builder.as_dataset(split=args.split, shuffle_files=False))
+    # One shard after the other, as the raw records are read (tfds interleaves 16 records of 16 files by default).
+    read_config = tfds.ReadConfig(interleave_cycle_length=1)
+    dataset = tfds.as_numpy(builder.as_dataset(split=args.split, shuffle_files=False, read_config=read_config))
     n_episodes = n_steps = 0
     for e, (episode, raw) in enumerate(zip(dataset, raw_episodes(args.dir, args.split), strict=True)):
         n_steps += check_episode(e, episode, raw, expected, shape)
