@@ -35,7 +35,8 @@ static void test_metrics_as_finetune_py(void **state) {
         ActionTokenizer tok;
         action_tokenizer_init(&tok, json_object_get_int(get(item, "vocab_size")));
         int64_t n, n_targets;
-        int32_t *predicted = int_array(get(item, "predicted"), &n), *targets = int_array(get(item, "targets"), &n_targets);
+        int32_t *predicted = int_array(get(item, "predicted"), &n);
+        int32_t *targets = int_array(get(item, "targets"), &n_targets);
         assert_int_equal(n, n_targets);
         ActionMetricSums sums = {0};
         action_metrics_add(&tok, predicted, targets, n, &sums);
