@@ -137,6 +137,7 @@ typedef struct TrainSummary {
     int evaluations;                // held-out evaluations this process ran
     double eval_loss, eval_token_accuracy, eval_answer_accuracy; // the last one's
     double eval_action_accuracy, eval_action_l1; // the last one's, robot runs (NaN otherwise)
+    double before_eval_loss, before_eval_action_accuracy, before_eval_action_l1; // TrainControl.eval_before's
     int best_eval_step;             // the lowest eval loss of the run (resumed runs included); 0: none
     double best_eval_loss;
 } TrainSummary;
@@ -157,6 +158,7 @@ typedef struct TrainControl {
     bool allow_low_disk;         // train even when the run's checkpoints will not fit
     bool allow_config_change;    // resume although keys that change the mathematics differ (they are printed)
     int stop_after_steps;        // tests: stop as SIGTERM would before this loop step (0 = never)
+    bool eval_before;            // a fresh run with held-out data evaluates it before its first step too
     int world_size;              // plan: ranks of the job (--world-size; 0 = 1)
     const char *config_name;     // the recipe's file, for loss.png's title (NULL: none)
     void (*on_step)(void *context, int step, double loss); // after every optimizer step (1-based)
