@@ -261,3 +261,13 @@ typedef struct DemoAccuracy {
 } DemoAccuracy;
 bool vlm_demo_run(const char *dir, const char *const *settings, int n_settings, DemoAccuracy *before,
                   DemoAccuracy *after, Error *err);
+// The vision-language-action demo in dir (lora-train demo --vla): a synthetic
+// grid world's episodes written as RLDS, a tiny random VLM over a small
+// Llama-2-style tokenizer, LoRA + projector trained by train_run as OpenVLA
+// data; held-out action-token accuracy and L1 before and after (result may be NULL).
+typedef struct VlaDemoResult {
+    double accuracy_before, accuracy_after; // held-out action tokens whose argmax is the target
+    double l1_before, l1_after;             // mean |decoded argmax - decoded target| (normalised actions)
+    double seconds;                         // the whole demo: data, model, training, evaluations
+} VlaDemoResult;
+bool vla_demo_run(const char *dir, const char *const *settings, int n_settings, VlaDemoResult *result, Error *err);
