@@ -19,11 +19,14 @@ static void test_vla_demo_learns(void **state) {
     VlaDemoResult result;
     Error err = {{0}};
     if (!vla_demo_run(dir, settings, 3, &result, &err)) fail_msg("demo --vla: %s", err.message);
-    print_message("action-token accuracy %.3f -> %.3f, L1 %.3f -> %.3f, %.0f s\n", result.accuracy_before,
-                  result.accuracy_after, result.l1_before, result.l1_after, result.seconds);
+    print_message("action-token accuracy %.3f -> %.3f (blind %.3f), L1 %.3f -> %.3f (blind %.3f), %.0f s\n",
+                  result.accuracy_before, result.accuracy_after, result.accuracy_blind, result.l1_before,
+                  result.l1_after, result.l1_blind, result.seconds);
     assert_true(result.accuracy_before < 0.05);
-    assert_true(result.accuracy_after > 0.6);
     assert_true(result.l1_after < 0.5 * result.l1_before);
+    // better than a model blind to the picture: the tip and the object's cells are read from it
+    assert_true(result.accuracy_after > result.accuracy_blind + 0.02);
+    assert_true(result.l1_after < 0.8 * result.l1_blind);
 
     snprintf(path, sizeof path, "%s/rlds_held_out/vla_demo", dir);
     RobotDataOptions options = {.path = path};

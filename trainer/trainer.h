@@ -268,6 +268,7 @@ bool vlm_demo_run(const char *dir, const char *const *settings, int n_settings, 
 typedef struct VlaDemoResult {
     double accuracy_before, accuracy_after; // held-out action tokens whose argmax is the target
     double l1_before, l1_after;             // mean |decoded argmax - decoded target| (normalised actions)
+    double accuracy_blind, l1_blind;        // each dimension's most common training token, whatever the input
     double seconds;                         // the whole demo: data, model, training, evaluations
 } VlaDemoResult;
 bool vla_demo_run(const char *dir, const char *const *settings, int n_settings, VlaDemoResult *result, Error *err);
