@@ -247,7 +247,7 @@ static void draw_object(Image *image, int cell_x, int cell_y, int colour, int ki
 
 // The scene on a noisy grey floor; the tip a black dot in its cell's centre. (A
 // distractor of another colour makes the task one of reading the instruction
-// too, but the tiny model then needs several times the demo's minute.)
+// too; the tiny model then gains far less over an image-blind one in a minute.)
 static void draw_scene(const Scene *s, Image *image, Rng *rng) {
     for (size_t i = 0; i < (size_t)PICTURE * PICTURE * 3; i++) image->pixels[i] = (uint8_t)(120 + rng_below(rng, 30));
     draw_object(image, s->target_x, s->target_y, s->target_colour, s->target_kind);
