@@ -225,6 +225,17 @@ double action_token_value(const ActionTokenizer *t, int32_t token_id) {
     return t->centers[bin];
 }
 
+void action_metrics_add(const ActionTokenizer *t, const int32_t *predicted, const int32_t *targets, int64_t n,
+                        ActionMetricSums *sums) {
+    int32_t begin = t->vocab_size - (ACTION_BINS + 1); // ActionTokenizer.action_token_begin_idx
+    for (int64_t i = 0; i < n; i++) {
+        if (targets[i] <= begin) continue;
+        sums->n_action_tokens++;
+        sums->n_correct += predicted[i] == targets[i];
+        sums->l1_sum += fabs(action_token_value(t, predicted[i]) - action_token_value(t, targets[i]));
+    }
+}
+
 // ----------------------------------------------------------------------------
 // prompt
 

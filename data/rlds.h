@@ -11,6 +11,8 @@
 #include "../vision/vision.h"
 #include "data.h"
 
+#define ROBOT_ACTION_DIM_MAX 32
+
 // ----------------------------------------------------------------------------
 // TFRecord files (tfrecord.c): per record, little-endian,
 //   uint64 length | uint32 masked CRC-32C of the 8 length bytes | data | uint32 masked CRC-32C of data
@@ -74,6 +76,63 @@ const Feature *example_feature(const Example *example, const char *key); // NULL
 const char *feature_kind_name(FeatureKind kind); // "bytes_list", "float_list", "int64_list", "no value"
 
 // ----------------------------------------------------------------------------
+// writing (rlds_write.c): TFRecord files, tf.train.Examples and RLDS folders as
+// tensorflow-datasets writes them (scripts/check_rlds_folder.py reads one back with tfds)
+
+typedef struct TfRecordWriter TfRecordWriter;
+
+TfRecordWriter *tfrecord_writer_open(const char *path, Error *err); // creates or truncates path
+bool tfrecord_write(TfRecordWriter *writer, const uint8_t *data, size_t size, Error *err);
+uint64_t tfrecord_writer_bytes(const TfRecordWriter *writer); // framed bytes written so far
+bool tfrecord_writer_close(TfRecordWriter *writer, Error *err);
+
+// A tf.train.Example built feature by feature (keys in the order added; float
+// and int64 lists packed, as TensorFlow serializes them). Start zeroed.
+typedef struct ExampleEncoder {
+    uint8_t *data; // the Features message so far
+    size_t size, capacity;
+} ExampleEncoder;
+
+bool example_add_bytes(ExampleEncoder *encoder, const char *key, const ByteView *values, int64_t n, Error *err);
+bool example_add_floats(ExampleEncoder *encoder, const char *key, const float *values, int64_t n, Error *err);
+bool example_add_int64s(ExampleEncoder *encoder, const char *key, const int64_t *values, int64_t n, Error *err);
+// The serialized Example (malloc'd); the encoder is emptied for the next one.
+bool example_encoder_finish(ExampleEncoder *encoder, uint8_t **data, size_t *size, Error *err);
+void example_encoder_free(ExampleEncoder *encoder);
+
+// One step of an RLDS episode, as the Open X-Embodiment datasets hold them.
+typedef struct RldsStep {
+    const uint8_t *image; // encoded PNG or JPEG (the folder's image_format), image_width x image_height RGB
+    size_t image_size;
+    const char *instruction;                // language_instruction
+    float action[ROBOT_ACTION_DIM_MAX];     // the first action_dim used
+    float reward, discount;
+    bool is_first, is_last, is_terminal;
+} RldsStep;
+
+typedef struct RldsWriterOptions {
+    const char *dir;          // the dataset folder (created): dataset_info.json, features.json, the shards
+    const char *name;         // dataset_info.json's name and the shards' prefix
+    const char *split;        // NULL: "train"
+    const char *version;      // NULL: "1.0.0"
+    const char *image_format; // "png" (NULL) or "jpeg": features.json's encodingFormat
+    int image_width, image_height;
+    int action_dim;
+    int episodes_per_shard;   // 0: 1000
+} RldsWriterOptions;
+
+typedef struct RldsWriter RldsWriter;
+
+// One tf.train.Example per episode with its steps under "steps/" (action,
+// discount, is_first, is_last, is_terminal, language_instruction,
+// observation/image, reward), shards <name>-<split>.tfrecord-NNNNN-of-NNNNN;
+// close writes features.json and, last, dataset_info.json (shardLengths, numBytes).
+RldsWriter *rlds_writer_open(const RldsWriterOptions *options, Error *err);
+bool rlds_write_episode(RldsWriter *writer, const RldsStep *steps, int n_steps, Error *err);
+bool rlds_writer_close(RldsWriter *writer, Error *err); // frees the writer either way
+void rlds_writer_abort(RldsWriter *writer);             // frees it, removing the shards written
+
+// ----------------------------------------------------------------------------
 // robot datasets (rlds.c): steps of (image, instruction, action)
 //
 // RLDS / TFDS folder, as Open X-Embodiment and LIBERO ship them:
@@ -87,7 +146,6 @@ const char *feature_kind_name(FeatureKind kind); // "bytes_list", "float_list", 
 // relative to `images` (a folder or archive, see image_store_open), by default
 // the file's folder. Without "episode" every line is an episode of its own.
 
-#define ROBOT_ACTION_DIM_MAX 32
 
 typedef struct RobotDataOptions {
     const char *path;            // RLDS / TFDS folder or JSONL file
@@ -195,6 +253,20 @@ typedef struct ActionTokenizer {
 void action_tokenizer_init(ActionTokenizer *tokenizer, int vocab_size);
 int32_t action_token_id(const ActionTokenizer *tokenizer, float normalized_value);
 double action_token_value(const ActionTokenizer *tokenizer, int32_t token_id);
+
+// Action metrics as OpenVLA's vla-scripts/finetune.py logs them, over the label
+// positions whose target is an action token (target > action_token_begin_idx =
+// vocab_size - 257; IGNORE_INDEX and </s> are not): action_accuracy = the share
+// whose argmax is the target; action_l1_loss = mean |decode(argmax) - decode(target)|,
+// both decoded to bin centres (normalised actions). Summed here; finetune.py
+// averages per batch, an evaluation divides the sums over the whole held-out set.
+typedef struct ActionMetricSums {
+    int64_t n_action_tokens, n_correct;
+    double l1_sum;
+} ActionMetricSums;
+
+void action_metrics_add(const ActionTokenizer *tokenizer, const int32_t *predicted, const int32_t *targets, int64_t n,
+                        ActionMetricSums *sums);
 
 // OpenVLA's inference prompt, as its deploy and evaluation scripts write it:
 // "In: What action should the robot take to {instruction.lower()}?\nOut:"

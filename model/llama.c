@@ -848,14 +848,14 @@ bool model_logits(Model *m, const Batch *batch, float *logits, Error *err) {
     return true;
 }
 
-// -log softmax(row)[target] in double, and whether the row's first largest logit is the target.
-static double row_loss_and_hit(const float *row, int V, int target, bool *hit) {
+// -log softmax(row)[target] in double, and the row's first largest logit's id.
+static double row_loss_and_argmax(const float *row, int V, int target, int *argmax_out) {
     int argmax = 0;
     for (int v = 1; v < V; v++)
         if (row[v] > row[argmax]) argmax = v;
     double sum = 0;
     for (int v = 0; v < V; v++) sum += exp((double)row[v] - row[argmax]);
-    *hit = argmax == target;
+    *argmax_out = argmax;
     return log(sum) + row[argmax] - row[target];
 }
 
@@ -865,6 +865,10 @@ typedef struct AnswerCounts {
 } AnswerCounts;
 
 bool model_eval_batch(Model *m, const Batch *batch, EvalSums *sums, Error *err) {
+    return model_eval_batch_argmax(m, batch, sums, NULL, err);
+}
+
+bool model_eval_batch_argmax(Model *m, const Batch *batch, EvalSums *sums, int32_t *argmax, Error *err) {
     StepState st = {.train = false};
     if (!upload_batch(m, batch, &st, err)) return false;
     forward_trunk(m, &st);
@@ -884,8 +888,10 @@ bool model_eval_batch(Model *m, const Batch *batch, EvalSums *sums, Error *err) 
             int target = batch->targets[start + r];
             if (target == -100) continue;
             m->ops->download_f32(m->ops, row, act_at(m, m->logits, (size_t)r * V), (size_t)V);
-            bool hit;
-            sums->loss_sum += row_loss_and_hit(row, V, target, &hit);
+            int best;
+            sums->loss_sum += row_loss_and_argmax(row, V, target, &best);
+            bool hit = best == target;
+            if (argmax) argmax[start + r] = best;
             sums->n_correct += hit;
             sums->n_label_tokens++;
             int batch_row = (start + r) / batch->T;

@@ -219,6 +219,9 @@ typedef struct EvalSums {
     int64_t n_answers, n_answers_exact; // rows with label tokens; those with all of them hits
 } EvalSums;
 bool model_eval_batch(Model *model, const Batch *batch, EvalSums *sums, Error *err);
+// The same, and argmax (B * T; NULL: none) receives each label token's largest
+// logit's id at its position (other positions untouched): robot runs' action metrics.
+bool model_eval_batch_argmax(Model *model, const Batch *batch, EvalSums *sums, int32_t *argmax, Error *err);
 void model_zero_grads(Model *model);
 // After the optimizer changed the fp32 masters: refresh the compute copy.
 void model_sync_params(Model *model);

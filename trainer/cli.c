@@ -33,7 +33,7 @@ static void print_usage(FILE *out) {
     fprintf(out,
             "usage: lora-train --config FILE [--set key.path=value]... [--offload cpu] [--resume [DIR]]\n"
             "                  [--allow-config-change] [--allow-low-disk]\n"
-            "       lora-train demo [--set key.path=value]... [--offload cpu]\n"
+            "       lora-train demo [--vla] [--set key.path=value]... [--offload cpu]\n"
             "       lora-train data check --config FILE [--set key.path=value]...\n"
             "       lora-train plan --config FILE [--set key.path=value]... [--offload cpu] [--world-size N]\n"
             "                       [--gpu-memory 24GB]\n"
@@ -53,7 +53,7 @@ static void print_usage(FILE *out) {
             "  --allow-low-disk     train even when the run's checkpoints will not fit on the disk\n"
             "  --version            lora-train's version and the CUDA it was built for\n"
             "  demo                 train the embedded vision-language demo (--set changes its recipe; the text\n"
-            "                       recipe is lora-train --config configs/demo.yaml)\n"
+            "                       recipe is lora-train --config configs/demo.yaml); --vla: the robot demo\n"
             "  data check           read the whole dataset as training would; report counts and skipped records\n"
             "  plan                 memory by category, disk per checkpoint and for the run, tokens per step\n"
             "                       (--world-size N: ranks of the job, default 1), whether it fits the GPU\n"
@@ -144,22 +144,46 @@ static bool check_subcommand(const char *first, Error *err) {
     return fail(err, "unknown subcommand '%s' (see lora-train --help)", first);
 }
 
-// `lora-train demo [--set k=v]... [--offload cpu]`: the vision-language demo
-// in runs/vlm-demo with the settings over its recipe.
+static void print_demo_usage(void) {
+    printf("usage: lora-train demo [--vla] [--set key.path=value]... [--offload cpu]\n"
+           "\n"
+           "Trains a tiny random vision-language model on synthetic data on the CPU in about a minute.\n"
+           "  (default)     pictures of coloured shapes, LLaVA records: held-out answers to \"colour?\" / \"shape?\"\n"
+           "                before and after, in runs/vlm-demo\n"
+           "  --vla         a robot arm's tip steered to the object an instruction names (\"move to the red\n"
+           "                circle\"): episodes written as an RLDS dataset, trained as OpenVLA data (256-bin action\n"
+           "                tokens); held-out action-token accuracy and L1 before and after, in runs/vla-demo\n"
+           "  --set KEY=VALUE  change the demo's recipe, e.g. --set train.max_steps=100\n"
+           "  --offload cpu    same as --set zero.offload=cpu\n"
+           "The text-only recipe is lora-train --config configs/demo.yaml.\n");
+}
+
+// `lora-train demo [--vla] [--set k=v]... [--offload cpu]`: the vision-language
+// demo in runs/vlm-demo (or with --vla the robot demo in runs/vla-demo) with the
+// settings over its recipe.
 static int demo_main(int argc, char **argv) {
     Error err = {{0}};
     const char *settings[argc > 0 ? argc : 1];
     char offload[CONFIG_NAME_MAX + 16];
     int n_settings = 0;
+    bool vla = false;
     for (int i = 0; i < argc; i++) {
         bool set = strcmp(argv[i], "--set") == 0, offloads = strcmp(argv[i], "--offload") == 0;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            print_demo_usage();
+            return 0;
+        }
+        if (strcmp(argv[i], "--vla") == 0) {
+            vla = true;
+            continue;
+        }
         if (strcmp(argv[i], "--config") == 0) {
             fprintf(stderr, "lora-train demo: takes --set only; the text recipe is lora-train --config %s\n",
                     i + 1 < argc ? argv[i + 1] : "configs/demo.yaml");
             return 2;
         }
         if (!set && !offloads) {
-            fail_unknown_argument(&err, argv[i], (const char *const[]){"--set", "--offload", NULL});
+            fail_unknown_argument(&err, argv[i], (const char *const[]){"--set", "--offload", "--vla", "--help", NULL});
             fprintf(stderr, "lora-train demo: %s\n", err.message);
             return 2;
         }
@@ -171,7 +195,9 @@ static int demo_main(int argc, char **argv) {
         settings[n_settings++] = offloads ? offload : argv[i + 1];
         i++;
     }
-    if (vlm_demo_run("runs/vlm-demo", settings, n_settings, NULL, NULL, &err)) return 0;
+    bool ok = vla ? vla_demo_run("runs/vla-demo", settings, n_settings, NULL, &err)
+                  : vlm_demo_run("runs/vlm-demo", settings, n_settings, NULL, NULL, &err);
+    if (ok) return 0;
     fprintf(stderr, "lora-train demo: %s\n", err.message);
     return 1;
 }

@@ -71,33 +71,48 @@ bool eval_due(const Run *run, int step) {
     return eval_enabled(run) && ((every > 0 && (step + 1) % every == 0) || step + 1 == run->total_steps);
 }
 
-// This rank's share of the held-out data into *sums.
-static bool eval_local(Run *run, EvalSums *sums, Error *err) {
+// This rank's share of the held-out data into *sums; robot runs also sum the
+// action metrics of the argmax ids (OpenVLA's action_accuracy and action_l1_loss).
+static bool eval_local(Run *run, EvalSums *sums, ActionMetricSums *actions, Error *err) {
     StepLoader *loader = run->eval.loader;
-    for (int64_t i = run->eval.rank; i < step_loader_steps_per_epoch(loader); i += run->eval.world_size) {
+    int T = run->config->data.max_seq_len;
+    int32_t *argmax = run->robot_dataset ? checked_malloc((size_t)T * sizeof *argmax, "argmax ids", err) : NULL;
+    if (run->robot_dataset && !argmax) return false;
+    ActionTokenizer action_tokenizer;
+    if (argmax) action_tokenizer_init(&action_tokenizer, tokenizer_base_vocab_size(run->tokenizer));
+    bool ok = true;
+    for (int64_t i = run->eval.rank; ok && i < step_loader_steps_per_epoch(loader); i += run->eval.world_size) {
         step_loader_seek(loader, 0, i);
         const StepBatch *batch = step_loader_next(loader, err);
-        if (!batch) return false;
-        Batch micro = {.B = batch->B, .T = batch->T, .tokens = batch->tokens, .targets = batch->targets};
-        if (!vlm_micro_features(run, batch, 0, &micro, err) || !model_eval_batch(run->model, &micro, sums, err))
-            return false;
+        Batch micro = {0};
+        if (batch) micro = (Batch){.B = batch->B, .T = batch->T, .tokens = batch->tokens, .targets = batch->targets};
+        ok = batch && vlm_micro_features(run, batch, 0, &micro, err) &&
+             model_eval_batch_argmax(run->model, &micro, sums, argmax, err);
+        if (ok && argmax) action_metrics_add(&action_tokenizer, argmax, batch->targets, (int64_t)batch->T, actions);
     }
-    return true;
+    free(argmax);
+    return ok;
 }
 
 bool eval_run(Run *run, int step, EvalResult *result, Error *err) {
     double start = time_seconds();
     EvalSums sums = {0};
-    if (!eval_local(run, &sums, err)) return fail_context(err, "evaluation: ");
+    ActionMetricSums action_sums = {0};
+    if (!eval_local(run, &sums, &action_sums, err)) return fail_context(err, "evaluation: ");
     double tokens[3] = {sums.loss_sum, (double)sums.n_label_tokens, (double)sums.n_correct};
     double answers[2] = {(double)sums.n_answers, (double)sums.n_answers_exact};
-    if (!all_reduce_host(&run->dist, tokens, 3, err) || !all_reduce_host(&run->dist, answers, 2, err))
+    double actions[3] = {(double)action_sums.n_action_tokens, (double)action_sums.n_correct, action_sums.l1_sum};
+    if (!all_reduce_host(&run->dist, tokens, 3, err) || !all_reduce_host(&run->dist, answers, 2, err) ||
+        !all_reduce_host(&run->dist, actions, 3, err))
         return fail_context(err, "evaluation: ");
     if (tokens[1] == 0) return fail(err, "evaluation: the held-out data has no label tokens");
     *result = (EvalResult){.step = step, .loss = tokens[0] / tokens[1], .token_accuracy = tokens[2] / tokens[1],
                            .answer_accuracy = answers[1] / answers[0], .n_label_tokens = (int64_t)tokens[1],
                            .n_answers = (int64_t)answers[0], .seconds = time_seconds() - start};
     result->perplexity = exp(result->loss);
+    result->n_action_tokens = (int64_t)actions[0];
+    result->action_accuracy = actions[0] > 0 ? actions[1] / actions[0] : NAN;
+    result->action_l1 = actions[0] > 0 ? actions[2] / actions[0] : NAN;
     run->eval.n_done++;
     return true;
 }

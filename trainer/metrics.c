@@ -5,10 +5,11 @@
 //    "skipped_steps", "bad_steps"}
 // and per evaluation
 //   {"step", "eval_loss", "eval_perplexity", "eval_token_accuracy", "eval_answer_accuracy", "eval_label_tokens",
-//    "eval_answers", "eval_seconds", "elapsed_s"}
+//    "eval_answers", "eval_seconds", "elapsed_s"}, robot runs adding "eval_action_accuracy", "eval_action_l1"
+//   and "eval_action_tokens" (OpenVLA's action_accuracy and action_l1_loss)
 // Non-finite numbers are null. The same scalars go to the event file as
 // train/loss, train/lr, train/grad_norm, train/tokens_per_s, eval/loss,
-// eval/perplexity, eval/token_accuracy and eval/answer_accuracy.
+// eval/perplexity, eval/token_accuracy and eval/answer_accuracy (eval/action_accuracy, eval/action_l1).
 #include <errno.h>
 #include <json-c/json.h>
 #include <math.h>
@@ -127,10 +128,18 @@ bool metrics_log_eval(MetricsLog *log, const EvalMetrics *m, Error *err) {
     put_number(f, "eval_answer_accuracy", m->answer_accuracy);
     fprintf(f, ", \"eval_label_tokens\": %lld, \"eval_answers\": %lld", (long long)m->label_tokens,
             (long long)m->answers);
+    if (m->has_actions) {
+        put_number(f, "eval_action_accuracy", m->action_accuracy);
+        put_number(f, "eval_action_l1", m->action_l1);
+        fprintf(f, ", \"eval_action_tokens\": %lld", (long long)m->action_tokens);
+    }
     put_number(f, "eval_seconds", m->seconds);
     put_number(f, "elapsed_s", m->elapsed_s);
     EventWriter *events = log->events;
-    return event_writer_scalar(events, "eval/loss", m->step, m->loss, err) &&
+    bool actions_ok = !m->has_actions ||
+                      (event_writer_scalar(events, "eval/action_accuracy", m->step, m->action_accuracy, err) &&
+                       event_writer_scalar(events, "eval/action_l1", m->step, m->action_l1, err));
+    return actions_ok && event_writer_scalar(events, "eval/loss", m->step, m->loss, err) &&
            event_writer_scalar(events, "eval/perplexity", m->step, m->perplexity, err) &&
            event_writer_scalar(events, "eval/token_accuracy", m->step, m->token_accuracy, err) &&
            event_writer_scalar(events, "eval/answer_accuracy", m->step, m->answer_accuracy, err) && end_row(log, err);

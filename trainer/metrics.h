@@ -28,6 +28,9 @@ typedef struct EvalMetrics {
     double loss, perplexity, token_accuracy, answer_accuracy;
     int64_t label_tokens, answers;
     double seconds, elapsed_s;
+    bool has_actions;                // robot runs: the action metrics below are logged
+    double action_accuracy, action_l1;
+    int64_t action_tokens;
 } EvalMetrics;
 
 // ----------------------------------------------------------------------------

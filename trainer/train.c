@@ -629,27 +629,48 @@ static bool keep_if_best(Run *run, int step, const EvalResult *result, Error *er
     return true;
 }
 
+// Evaluates the model after `done` steps: printed, logged, kept in *result.
+static bool evaluate_and_log(Run *run, int done, EvalResult *out, Error *err) {
+    EvalResult result;
+    if (!eval_run(run, done, &result, err)) return fail_context(err, "step %d: ", done);
+    *out = result;
+    if (run->is_rank0) {
+        clear_progress(run);
+        printf("eval after step %d/%d | loss %.4f | perplexity %.3f | token accuracy %.2f%% | exact answers %.2f%% "
+               "of %lld | %lld label tokens | %.1f s\n", done, run->total_steps, result.loss, result.perplexity,
+               100 * result.token_accuracy, 100 * result.answer_accuracy, (long long)result.n_answers,
+               (long long)result.n_label_tokens, result.seconds);
+        if (run->robot_dataset)
+            printf("  actions: token accuracy %.2f%% | L1 %.4f (normalised, bin centres) | %lld action tokens\n",
+                   100 * result.action_accuracy, result.action_l1, (long long)result.n_action_tokens);
+        fflush(stdout);
+    }
+    EvalMetrics metrics = {.step = done, .loss = result.loss, .perplexity = result.perplexity,
+                           .token_accuracy = result.token_accuracy, .answer_accuracy = result.answer_accuracy,
+                           .label_tokens = result.n_label_tokens, .answers = result.n_answers,
+                           .seconds = result.seconds, .elapsed_s = time_seconds() - run->run_clock_start,
+                           .has_actions = run->robot_dataset != NULL, .action_accuracy = result.action_accuracy,
+                           .action_l1 = result.action_l1, .action_tokens = result.n_action_tokens};
+    return metrics_log_eval(run->metrics, &metrics, err);
+}
+
 // After every train.eval_every-th step and the last one, with held-out data
 // (the last step's update settled first, so the final adapter is what is judged).
 static bool evaluate_if_due(Run *run, int step, Error *err) {
     if (!eval_due(run, step)) return true;
     if (step + 1 == run->total_steps && !settle_optimizer(run, err)) return false;
-    EvalResult result;
-    if (!eval_run(run, step + 1, &result, err)) return fail_context(err, "step %d: ", step + 1);
-    run->last_eval = result;
-    if (run->is_rank0) {
-        clear_progress(run);
-        printf("eval after step %d/%d | loss %.4f | perplexity %.3f | token accuracy %.2f%% | exact answers %.2f%% "
-               "of %lld | %lld label tokens | %.1f s\n", step + 1, run->total_steps, result.loss, result.perplexity,
-               100 * result.token_accuracy, 100 * result.answer_accuracy, (long long)result.n_answers,
-               (long long)result.n_label_tokens, result.seconds);
-        fflush(stdout);
-    }
-    EvalMetrics metrics = {.step = step + 1, .loss = result.loss, .perplexity = result.perplexity,
-                           .token_accuracy = result.token_accuracy, .answer_accuracy = result.answer_accuracy,
-                           .label_tokens = result.n_label_tokens, .answers = result.n_answers,
-                           .seconds = result.seconds, .elapsed_s = time_seconds() - run->run_clock_start};
-    return metrics_log_eval(run->metrics, &metrics, err) && keep_if_best(run, step, &result, err);
+    return evaluate_and_log(run, step + 1, &run->last_eval, err) && keep_if_best(run, step, &run->last_eval, err);
+}
+
+// TrainControl.eval_before: the held-out data evaluated before the first step of a fresh run.
+static bool evaluate_before(Run *run, int start_step, TrainSummary *summary, Error *err) {
+    if (!run->control->eval_before || start_step != 0 || !eval_enabled(run)) return true;
+    EvalResult before;
+    if (!evaluate_and_log(run, 0, &before, err)) return false;
+    summary->before_eval_loss = before.loss;
+    summary->before_eval_action_accuracy = before.action_accuracy;
+    summary->before_eval_action_l1 = before.action_l1;
+    return true;
 }
 
 // After every checkpoint.every_steps-th step and the last one (so a longer
@@ -707,6 +728,8 @@ static void fill_summary(const Run *run, TrainSummary *summary) {
     summary->eval_loss = run->last_eval.loss;
     summary->eval_token_accuracy = run->last_eval.token_accuracy;
     summary->eval_answer_accuracy = run->last_eval.answer_accuracy;
+    summary->eval_action_accuracy = run->last_eval.action_accuracy;
+    summary->eval_action_l1 = run->last_eval.action_l1;
     summary->best_eval_step = run->progress.best_eval_step;
     summary->best_eval_loss = run->progress.best_eval_loss;
 }
@@ -722,7 +745,7 @@ static bool start_and_train(Run *run, TrainSummary *summary, Error *err) {
     run->run_clock_start = time_seconds() - metrics_elapsed_before(run->metrics);
     run->progress_line = run->is_rank0 && isatty(STDERR_FILENO);
     run->progress_replaces_lines = run->progress_line && isatty(STDOUT_FILENO);
-    return train_loop(run, start_step, summary, err);
+    return evaluate_before(run, start_step, summary, err) && train_loop(run, start_step, summary, err);
 }
 
 bool train_run_with(const Config *config, const TrainControl *control, TrainSummary *summary, Error *err) {

@@ -33,6 +33,10 @@ typedef struct EvalResult {
     double token_accuracy;      // label tokens whose largest logit is the target / their count
     double answer_accuracy;     // samples whose label tokens are all such hits (greedy decoding gives the answer) / samples
     int64_t n_label_tokens, n_answers;
+    // robot runs (OpenVLA's finetune.py metrics over the action-token labels); NaN and 0 otherwise
+    double action_accuracy;     // action tokens whose argmax is the target / action tokens
+    double action_l1;           // mean |bin centre of the argmax - bin centre of the target| (normalised actions)
+    int64_t n_action_tokens;
     double seconds;
 } EvalResult;
 

@@ -136,6 +136,8 @@ typedef struct TrainSummary {
     char adapter_dir[CONFIG_PATH_MAX + 32]; // the final adapter folder
     int evaluations;                // held-out evaluations this process ran
     double eval_loss, eval_token_accuracy, eval_answer_accuracy; // the last one's
+    double eval_action_accuracy, eval_action_l1; // the last one's, robot runs (NaN otherwise)
+    double before_eval_loss, before_eval_action_accuracy, before_eval_action_l1; // TrainControl.eval_before's
     int best_eval_step;             // the lowest eval loss of the run (resumed runs included); 0: none
     double best_eval_loss;
 } TrainSummary;
@@ -156,6 +158,7 @@ typedef struct TrainControl {
     bool allow_low_disk;         // train even when the run's checkpoints will not fit
     bool allow_config_change;    // resume although keys that change the mathematics differ (they are printed)
     int stop_after_steps;        // tests: stop as SIGTERM would before this loop step (0 = never)
+    bool eval_before;            // a fresh run with held-out data evaluates it before its first step too
     int world_size;              // plan: ranks of the job (--world-size; 0 = 1)
     const char *config_name;     // the recipe's file, for loss.png's title (NULL: none)
     void (*on_step)(void *context, int step, double loss); // after every optimizer step (1-based)
@@ -258,3 +261,14 @@ typedef struct DemoAccuracy {
 } DemoAccuracy;
 bool vlm_demo_run(const char *dir, const char *const *settings, int n_settings, DemoAccuracy *before,
                   DemoAccuracy *after, Error *err);
+// The vision-language-action demo in dir (lora-train demo --vla): a synthetic
+// grid world's episodes written as RLDS, a tiny random VLM over a small
+// Llama-2-style tokenizer, LoRA + projector trained by train_run as OpenVLA
+// data; held-out action-token accuracy and L1 before and after (result may be NULL).
+typedef struct VlaDemoResult {
+    double accuracy_before, accuracy_after; // held-out action tokens whose argmax is the target
+    double l1_before, l1_after;             // mean |decoded argmax - decoded target| (normalised actions)
+    double accuracy_blind, l1_blind;        // each dimension's most common training token, whatever the input
+    double seconds;                         // the whole demo: data, model, training, evaluations
+} VlaDemoResult;
+bool vla_demo_run(const char *dir, const char *const *settings, int n_settings, VlaDemoResult *result, Error *err);
