@@ -227,6 +227,86 @@ static void test_matches_the_reference(void **state) {
     safetensors_close(ref);
 }
 
+static bool python_ready(void) {
+    if (run_command("python3 -c 'import peft, transformers, safetensors' 2>/dev/null") == 0) return true;
+    print_message("python3 with transformers, peft and safetensors is not available\n");
+    return false;
+}
+
+// The reference's towers' features side by side (B P, D), DINOv2's first.
+static float *reference_features(SafetensorsFile *ref) {
+    float *dinov2 = reference_floats(ref, "dinov2_features", B * P * D0);
+    float *siglip = reference_floats(ref, "siglip_features", B * P * D1);
+    float *features = malloc(B * P * D * sizeof(float));
+    assert_non_null(features);
+    for (int r = 0; r < B * P; r++) {
+        memcpy(features + r * D, dinov2 + r * D0, D0 * sizeof(float));
+        memcpy(features + r * D + D0, siglip + r * D1, D1 * sizeof(float));
+    }
+    free(dinov2), free(siglip);
+    return features;
+}
+
+// The features and the input ids (without placeholders) for scripts/check_openvla_adapter.py.
+static void write_peft_inputs(SafetensorsFile *ref, const float *features, const char *path) {
+    float *ids = reference_floats(ref, "input_ids", B * TEXT_T);
+    int32_t input_ids[B * TEXT_T];
+    for (int i = 0; i < B * TEXT_T; i++) input_ids[i] = (int32_t)ids[i];
+    SafetensorsEntry entries[2] = {
+        {"features", {DTYPE_F32, 3, {B, P, D}, (void *)features}},
+        {"input_ids", {DTYPE_I32, 2, {B, TEXT_T}, input_ids}},
+    };
+    Error err;
+    if (!safetensors_write(path, entries, 2, NULL, 0, &err)) fail_msg("%s", err.message);
+    free(ids);
+}
+
+// The adapter lora-train saves for an OpenVLA base is one PEFT puts into OpenVLA's modules
+// (every tensor a module's, every LoRA module given its tensor) and gives lora-train's logits.
+static void test_saved_adapter_loads_in_peft(void **state) {
+    if (!python_ready()) skip();
+    SafetensorsFile *ref = open_reference();
+    Error err;
+    Model *model = openvla_model(D, &err);
+    if (!model || !hf_load_weights(model, MODEL_DIR, &err) || !adapter_load(model, ADAPTER_DIR, &err))
+        fail_msg("%s", err.message);
+    const Ops *ops = model_ops(model);
+    size_t n = model_params(model)->total;
+    float *host = malloc(n * sizeof(float));
+    ops->download(ops, host, model_param_data(model), n * sizeof(float));
+    for (size_t i = 0; i < n; i++) host[i] *= 1.5f; // away from the fixture's adapter: the file checked is ours
+    ops->upload(ops, model_param_data(model), host, n * sizeof(float));
+    model_sync_params(model);
+    float *features = reference_features(ref), *logits = malloc((size_t)B * T * V * sizeof(float));
+    int32_t tokens[B * T], targets[B * T];
+    robot_batch(ref, tokens, targets);
+    Batch batch = {.B = B, .T = T, .tokens = tokens, .targets = targets, .n_image_rows = B * P,
+                   .image_features = features};
+    if (!model_logits(model, &batch, logits, &err)) fail_msg("%s", err.message);
+
+    char dir[512], adapter[600], inputs[600], out[600], command[4096];
+    snprintf(dir, sizeof dir, "%s", make_temp_dir("openvla_peft"));
+    snprintf(adapter, sizeof adapter, "%s/adapter", dir);
+    snprintf(inputs, sizeof inputs, "%s/inputs.safetensors", dir);
+    snprintf(out, sizeof out, "%s/logits.safetensors", dir);
+    AdapterInfo info = {.base_model_name_or_path = "openvla/openvla-7b", .layout = HF_LAYOUT_OPENVLA};
+    if (!adapter_save(model, &info, adapter, &err)) fail_msg("%s", err.message);
+    write_peft_inputs(ref, features, inputs);
+    snprintf(command, sizeof command, "python3 scripts/check_openvla_adapter.py %s %s %s %s > %s/peft.log 2>&1",
+             MODEL_DIR, adapter, inputs, out, dir);
+    if (run_command(command) != 0) fail_msg("%s failed (see %s/peft.log)", command, dir);
+    SafetensorsFile *peft = safetensors_open(out, &err);
+    if (!peft) fail_msg("%s", err.message);
+    float *peft_logits = reference_floats(peft, "logits", (size_t)B * T * V);
+    float *fixture_logits = reference_floats(ref, "logits", (size_t)B * T * V);
+    assert_true(relative_l2(logits, fixture_logits, (size_t)B * T * V) > 100 * TOLERANCE);
+    expect_close(logits, peft_logits, (size_t)B * T * V, "logits vs PEFT with the saved adapter");
+    free(host), free(features), free(logits), free(peft_logits), free(fixture_logits);
+    safetensors_close(peft);
+    safetensors_close(ref);
+    model_destroy(model);
+}
+
 // Errors name the file and the tensor: a projector of another width, a folder without one.
 static void test_load_errors_name_the_tensor(void **state) {
     Error err;
@@ -254,6 +334,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reads_the_config),
         cmocka_unit_test(test_matches_the_reference),
+        cmocka_unit_test(test_saved_adapter_loads_in_peft),
         cmocka_unit_test(test_load_errors_name_the_tensor),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
