@@ -301,6 +301,23 @@ static void test_saved_adapter_loads_in_peft(void **state) {
     float *fixture_logits = reference_floats(ref, "logits", (size_t)B * T * V);
     assert_true(relative_l2(logits, fixture_logits, (size_t)B * T * V) > 100 * TOLERANCE);
     expect_close(logits, peft_logits, (size_t)B * T * V, "logits vs PEFT with the saved adapter");
+
+    // merged: W + s B A rounded to the base's bf16, the projector's linears too; loaded with no-op adapters (B = 0)
+    char merged[600];
+    snprintf(merged, sizeof merged, "%s/merged", dir);
+    if (!export_merged(MODEL_DIR, adapter, merged, &err)) fail_msg("%s", err.message);
+    Model *plain = openvla_model(D, &err);
+    float *plain_logits = malloc((size_t)B * T * V * sizeof(float));
+    if (!plain || !hf_load_weights(plain, MODEL_DIR, &err) || !model_logits(plain, &batch, plain_logits, &err))
+        fail_msg("%s", err.message);
+    double base_error = relative_l2(plain_logits, logits, (size_t)B * T * V);
+    if (!hf_load_weights(plain, merged, &err) || !model_logits(plain, &batch, plain_logits, &err))
+        fail_msg("%s", err.message);
+    double merged_error = relative_l2(plain_logits, logits, (size_t)B * T * V);
+    print_message("merged export: logits %.3g from the adapter's (the base alone: %.3g)\n", merged_error, base_error);
+    assert_true(merged_error < 0.02 * base_error);
+    model_destroy(plain);
+    free(plain_logits);
     free(host), free(features), free(logits), free(peft_logits), free(fixture_logits);
     safetensors_close(peft);
     safetensors_close(ref);
