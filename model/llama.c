@@ -281,7 +281,9 @@ static bool build_param_table(Model *m, Error *err) {
     int per_layer = 0;
     for (int t = 0; t < LORA_TARGET_COUNT; t++) per_layer += m->lora.targets[t] ? 2 : 0;
     ParamTable *table = &m->params;
-    table->entries = checked_calloc((size_t)per_layer * c->n_layers + 11, sizeof(ParamEntry), "parameter table", err);
+    // room for OpenVLA's projector adapters and for the mlp2x projector's four (+ 1 as before)
+    size_t capacity = (size_t)per_layer * c->n_layers + 2 * FUSED_PROJECTOR_LINEARS + 5;
+    table->entries = checked_calloc(capacity, sizeof(ParamEntry), "parameter table", err);
     m->slots = checked_calloc((size_t)c->n_layers * LORA_TARGET_COUNT, sizeof(LoraSlot), "LoRA slots", err);
     if (!table->entries || !m->slots) return false;
     for (int l = 0; l < c->n_layers; l++) {
@@ -876,11 +878,12 @@ static void backward(Model *m, const StepState *st) {
         layer_backward(m, st, l, m->layer_input[l]);
         notify_grads_ready(m, st, l);
     }
-    if (m->n_image_rows > 0 && is_openvla(m)) { // m->d_res = dL/d(embeddings)
+    bool fused_backward = m->lora.target_projector || m->fused.d_features; // else nothing to compute
+    if (m->n_image_rows > 0 && is_openvla(m) && fused_backward) { // m->d_res = dL/d(embeddings)
         FusedProjector fused = fused_for_step(m, st);
         fused_projector_backward(ops, &fused, m->param_act, m->grad_data, m->image_features, m->d_res,
                                  m->n_image_rows);
-    } else if (m->n_image_rows > 0) {
+    } else if (m->n_image_rows > 0 && !is_openvla(m)) {
         projector_backward(ops, &m->projector, m->param_act, m->grad_data, m->image_features, m->d_res,
                            m->n_image_rows);
     }
