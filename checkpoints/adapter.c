@@ -19,7 +19,10 @@ static int compare_json_strings(const void *a, const void *b) {
 }
 
 // The layout of an adapter's module paths for a base checkpoint in `base`.
-static HfLayout module_layout(HfLayout base) { return base == HF_LAYOUT_LLAMA ? HF_LAYOUT_LLAMA : HF_LAYOUT_LLAVA; }
+// LLaVA's are renamed by PEFT on transformers >= 4.52; OpenVLA's remote code keeps its names.
+static HfLayout module_layout(HfLayout base) {
+    return base == HF_LAYOUT_LLAMA || base == HF_LAYOUT_OPENVLA ? base : HF_LAYOUT_LLAVA;
+}
 
 #define PROJECTOR_MODULE "multi_modal_projector"
 
@@ -38,8 +41,8 @@ static bool module_key(HfLayout layout, const char *param_name, char *out, size_
     return true;
 }
 
-// Every LoRA module's full path in the LLaVA layout, sorted: the language
-// model's linears only (a short name would also match the vision tower's q_proj).
+// Every LoRA module's full path in the LLaVA or OpenVLA layout, sorted: the language model's
+// linears (and OpenVLA's projector's) only (a short name would also match the vision tower's q_proj).
 static json_object *module_paths_json(const ParamTable *table, HfLayout layout) {
     json_object *list = json_object_new_array();
     for (int i = 0; i < table->count; i++) {
@@ -47,7 +50,9 @@ static json_object *module_paths_json(const ParamTable *table, HfLayout layout) 
         const char *suffix = strstr(name, ".lora_A.weight");
         if (!suffix) continue;
         char path[PARAM_NAME_MAX + 32];
-        snprintf(path, sizeof path, "%s%.*s", hf_layout_decoder_prefix(layout), (int)(suffix - name - 6), name + 6);
+        Error unused;
+        if (!hf_layout_key(layout, name, false, path, sizeof path, &unused)) continue; // names are the model's own
+        path[strlen(path) - strlen(suffix)] = '\0';
         json_object_array_add(list, json_object_new_string(path));
     }
     json_object_array_sort(list, compare_json_strings);

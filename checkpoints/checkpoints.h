@@ -59,6 +59,8 @@ typedef enum HfLayout {
     HF_LAYOUT_LLAMA,        // model.layers.*, lm_head.weight
     HF_LAYOUT_LLAVA_LEGACY, // language_model.model.layers.*, language_model.lm_head.weight (save_pretrained < 4.52)
     HF_LAYOUT_LLAVA,        // model.language_model.layers.*, lm_head.weight (transformers >= 4.52)
+    HF_LAYOUT_OPENVLA,      // OpenVLAForActionPrediction: the legacy LLaVA names, with projector.fc1..3 and
+                            // vision_backbone.* beside (its adapters keep these names, unlike LLaVA's)
 } HfLayout;
 
 // Prefix of the decoder's modules under layout: "model.", "language_model.model.", ...
@@ -96,6 +98,22 @@ typedef struct LlavaVision {
 // *is_llava false (and true returned) when the folder's config.json is not a
 // llava one or is absent.
 bool hf_read_llava_vision(const char *model_dir, bool *is_llava, LlavaVision *out, Error *err);
+
+// An OpenVLA folder (config.json architectures ["OpenVLAForActionPrediction"] or model_type
+// "openvla"; the language model from text_config through hf_read_llama_config): the fused towers'
+// shapes from timm_model_ids (vit_large_patch14_reg4_dinov2* -> dinov2-vit-l14-reg4,
+// vit_so400m_patch14_siglip_224* -> siglip-so400m-14) at image_sizes, n_action_bins and
+// pad_to_multiple_of. Refused, naming config.json: a single (unfused) tower, other timm models,
+// timm_override_act_layers, image sizes that differ.
+typedef struct OpenVlaVision {
+    ClipVisionConfig towers[2]; // vision_backbone.featurizer, vision_backbone.fused_featurizer
+    int n_action_bins;
+    int pad_to_multiple_of;
+} OpenVlaVision;
+// *is_openvla false (and true returned) when config.json is absent or not OpenVLA's.
+bool hf_read_openvla(const char *model_dir, bool *is_openvla, OpenVlaVision *out, Error *err);
+// Both towers' weights from the folder (vision_backbone.featurizer. / .fused_featurizer.).
+bool openvla_load_towers(FusedFeaturizer *featurizer, const char *model_dir, Error *err);
 
 // ----------------------------------------------------------------------------
 // PEFT adapters

@@ -16,6 +16,7 @@ static const char *const COPIED_FILES[] = {
     "config.json",         "generation_config.json",   "tokenizer.json",        "tokenizer_config.json",
     "tokenizer.model",     "special_tokens_map.json",  "added_tokens.json",     "chat_template.jinja",
     "chat_template.json",  "preprocessor_config.json", "processor_config.json",
+    "configuration_prismatic.py", "modeling_prismatic.py", "processing_prismatic.py", // OpenVLA's remote code
 };
 
 static bool copy_if_present(const char *src_dir, const char *dst_dir, const char *name, Error *err) {
@@ -63,13 +64,15 @@ typedef struct Merge {
 } Merge;
 
 // Adapter key of base tensor `name` ("...q_proj.weight" -> "...q_proj.lora_A.weight"), or false when
-// the tensor is outside the language model's decoder.
+// the tensor is outside the language model's decoder (and OpenVLA's projector, whose keys keep its names).
 static bool lora_key(const Merge *m, const char *name, char which, char *out, size_t size) {
     const char *prefix = hf_layout_decoder_prefix(m->base_layout);
+    const char *adapter_prefix = hf_layout_decoder_prefix(m->adapter_layout);
+    if (m->base_layout == HF_LAYOUT_OPENVLA && strncmp(name, "projector.", 10) == 0) prefix = adapter_prefix = "";
     size_t prefix_len = strlen(prefix), len = strlen(name);
     if (strncmp(name, prefix, prefix_len) != 0 || len < prefix_len + 7 || strcmp(name + len - 7, ".weight") != 0) return false;
-    int n = snprintf(out, size, PEFT_KEY_PREFIX "%s%.*s.lora_%c.weight", hf_layout_decoder_prefix(m->adapter_layout),
-                     (int)(len - 7 - prefix_len), name + prefix_len, which);
+    int n = snprintf(out, size, PEFT_KEY_PREFIX "%s%.*s.lora_%c.weight", adapter_prefix, (int)(len - 7 - prefix_len),
+                     name + prefix_len, which);
     return n > 0 && (size_t)n < size;
 }
 

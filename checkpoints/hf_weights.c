@@ -154,7 +154,8 @@ bool hf_weights_find(const HfWeights *weights, const char *name, Tensor *out, co
 
 const char *hf_layout_decoder_prefix(HfLayout layout) {
     switch (layout) {
-    case HF_LAYOUT_LLAVA_LEGACY: return "language_model.model.";
+    case HF_LAYOUT_LLAVA_LEGACY:
+    case HF_LAYOUT_OPENVLA: return "language_model.model.";
     case HF_LAYOUT_LLAVA: return "model.language_model.";
     default: return "model.";
     }
@@ -162,7 +163,7 @@ const char *hf_layout_decoder_prefix(HfLayout layout) {
 
 // lm_head of a LLaVA folder: the layout's own place first, then the other one.
 static const char *lm_head_key(HfLayout layout, bool alternative) {
-    bool legacy_place = (layout == HF_LAYOUT_LLAVA_LEGACY) != alternative;
+    bool legacy_place = (layout == HF_LAYOUT_LLAVA_LEGACY || layout == HF_LAYOUT_OPENVLA) != alternative;
     return layout == HF_LAYOUT_LLAMA || !legacy_place ? "lm_head.weight" : "language_model.lm_head.weight";
 }
 
@@ -172,8 +173,10 @@ bool hf_layout_key(HfLayout layout, const char *canonical, bool alternative, cha
         n = snprintf(out, size, "%s", lm_head_key(layout, alternative));
     } else if (strncmp(canonical, "model.", 6) == 0) {
         n = snprintf(out, size, "%s%s", hf_layout_decoder_prefix(layout), canonical + 6);
+    } else if (strncmp(canonical, "projector.", 10) == 0) { // OpenVLA's, at the top level
+        n = snprintf(out, size, "%s", canonical);
     } else {
-        return fail(err, "tensor name %s is not under model. or lm_head", canonical);
+        return fail(err, "tensor name %s is not under model., projector. or lm_head", canonical);
     }
     if (n < 0 || (size_t)n >= size) return fail(err, "tensor name too long: %s", canonical);
     return true;
@@ -185,7 +188,10 @@ HfLayout hf_weights_layout(const HfWeights *weights) {
         char key[PARAM_NAME_MAX];
         Tensor view;
         snprintf(key, sizeof key, "%sembed_tokens.weight", hf_layout_decoder_prefix(candidates[i]));
-        if (hf_weights_find(weights, key, &view, NULL)) return candidates[i];
+        if (!hf_weights_find(weights, key, &view, NULL)) continue;
+        bool openvla = candidates[i] == HF_LAYOUT_LLAVA_LEGACY &&
+                       hf_weights_find(weights, "projector.fc1.weight", &view, NULL);
+        return openvla ? HF_LAYOUT_OPENVLA : candidates[i];
     }
     return HF_LAYOUT_LLAMA;
 }

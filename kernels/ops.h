@@ -193,6 +193,10 @@ struct Ops {
     void (*scale_columns)(const Ops *ops, void *x, const void *scale, int N, int C);
     // out[rows[r]] = src[r]: src (R, C) rows written into out (N, C) at rows (R).
     void (*scatter_rows)(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C);
+    // dst[r, dst_col0 + c] = src[r, src_col0 + c] for r < rows, c < n_cols; dst (rows, dst_cols), src (rows,
+    // src_cols): OpenVLA's two towers' features side by side, and their gradients apart again.
+    void (*copy_columns)(const Ops *ops, void *dst, int dst_cols, int dst_col0, const void *src, int src_cols,
+                         int src_col0, int n_cols, int rows);
     // Convolution with stride = kernel = patch, no bias (CLIP's patch embedding):
     // images (B, channels, size, size), weight (D, channels, patch, patch),
     // out (B, P, D) with P = (size / patch)^2 patches in row-major order (a remainder

@@ -15,6 +15,7 @@
 #include "model.h"
 #include "lora_linear.h"
 #include "projector.h"
+#include "fused_projector.h"
 
 typedef struct LoraSlot { // one targeted linear of one layer
     const ParamEntry *A;  // (r, in)
@@ -63,6 +64,7 @@ struct Model {
     void *param_act;
     LoraSlot *slots;          // (L, LORA_TARGET_COUNT), A == NULL where not targeted
     Projector projector;      // w1 == NULL without one
+    FusedProjector fused;     // OpenVLA's (ModelOptions.projector_kind), W == NULL without one
 
     // activations: one allocation sized for (max_batch, max_seq_len)
     void *act_block;
@@ -115,6 +117,9 @@ static int max_linear_in(const LlamaConfig *c) {
     return widest;
 }
 
+static bool has_projector(const Model *m) { return m->options.projector_in > 0; }
+static bool is_openvla(const Model *m) { return has_projector(m) && m->options.projector_kind == PROJECTOR_OPENVLA; }
+
 // ----------------------------------------------------------------------------
 // memory layout: each layout function assigns pointers from an Arena over a
 // base and returns the bytes used; a first pass with base = NULL measures.
@@ -165,6 +170,13 @@ static size_t layout_frozen(Model *m, uint8_t *base) {
     } else {
         add_frozen(m, &arena, &m->lm_head, "lm_head.weight", c->vocab_size, c->hidden_size);
     }
+    for (int k = 0; is_openvla(m) && k < FUSED_PROJECTOR_LINEARS; k++) {
+        LoraLinear *l = &m->fused.fc[k];
+        snprintf(name, sizeof name, "projector.fc%d.weight", k + 1);
+        add_frozen(m, &arena, (void **)&l->W, name, l->out, l->in);
+        snprintf(name, sizeof name, "projector.fc%d.bias", k + 1);
+        add_frozen(m, &arena, (void **)&l->b, name, l->out, 0);
+    }
     return arena.used;
 }
 
@@ -187,6 +199,28 @@ static void layout_layer_acts(Model *m, Arena *arena, LayerActs *a) {
     for (int t = 0; t < LORA_TARGET_COUNT; t++) {
         a->lora_h[t] = m->lora.targets[t] ? arena_take(arena, N * m->lora.r * s) : NULL;
     }
+}
+
+static void layout_fused_projector(Model *m, Arena *arena) {
+    FusedProjector *p = &m->fused;
+    size_t R = (size_t)m->options.max_image_rows, C = (size_t)m->config.hidden_size, s = m->act_size;
+    size_t in = (size_t)p->fc[0].in, wide = (size_t)p->fc[0].out, widest = wide > C ? wide : C;
+    p->h1 = arena_take(arena, R * wide * s);
+    p->g1 = arena_take(arena, R * wide * s);
+    p->h2 = arena_take(arena, R * C * s);
+    p->g2 = arena_take(arena, R * C * s);
+    p->out = arena_take(arena, R * C * s);
+    for (int k = 0; k < FUSED_PROJECTOR_LINEARS; k++)
+        p->lora_h[k] = p->fc[k].A ? arena_take(arena, R * m->lora.r * s) : NULL;
+    p->d_out = arena_take(arena, R * C * s);
+    p->d_g2 = arena_take(arena, R * C * s);
+    p->d_g1 = arena_take(arena, R * wide * s);
+    p->d_h1 = arena_take(arena, R * wide * s);
+    p->d_features = m->options.image_feature_grads ? arena_take(arena, R * in * s) : NULL;
+    p->scratch.x_dropped = arena_take(arena, R * widest * s);
+    p->scratch.dx_dropped = arena_take(arena, R * widest * s);
+    p->scratch.dh = arena_take(arena, R * m->lora.r * s);
+    p->rows = arena_take(arena, R * sizeof(int32_t));
 }
 
 static int lm_head_chunk(const Model *m) {
@@ -232,8 +266,10 @@ static size_t layout_activations(Model *m, uint8_t *base) {
         p->out = arena_take(&arena, R * C * s);
         p->d_out = arena_take(&arena, R * C * s);
         p->d_g = arena_take(&arena, R * C * s);
+        p->d_features = m->options.image_feature_grads ? arena_take(&arena, R * p->in * s) : NULL;
         p->rows = arena_take(&arena, R * sizeof(int32_t));
     }
+    if (is_openvla(m)) layout_fused_projector(m, &arena);
     return arena.used;
 }
 
@@ -245,7 +281,9 @@ static bool build_param_table(Model *m, Error *err) {
     int per_layer = 0;
     for (int t = 0; t < LORA_TARGET_COUNT; t++) per_layer += m->lora.targets[t] ? 2 : 0;
     ParamTable *table = &m->params;
-    table->entries = checked_calloc((size_t)per_layer * c->n_layers + 5, sizeof(ParamEntry), "parameter table", err);
+    // room for OpenVLA's projector adapters and for the mlp2x projector's four (+ 1 as before)
+    size_t capacity = (size_t)per_layer * c->n_layers + 2 * FUSED_PROJECTOR_LINEARS + 5;
+    table->entries = checked_calloc(capacity, sizeof(ParamEntry), "parameter table", err);
     m->slots = checked_calloc((size_t)c->n_layers * LORA_TARGET_COUNT, sizeof(LoraSlot), "LoRA slots", err);
     if (!table->entries || !m->slots) return false;
     for (int l = 0; l < c->n_layers; l++) {
@@ -268,8 +306,11 @@ static bool build_param_table(Model *m, Error *err) {
             slot->B = &table->entries[table->count - 1];
         }
     }
+    table->n_decoder_lora = table->count;
+    if (is_openvla(m) && m->lora.target_projector) fused_projector_add_lora(&m->fused, table, m->lora.r);
     table->n_lora = table->count;
-    if (m->options.projector_in > 0) projector_add_params(&m->projector, table, m->options.projector_in, c->hidden_size);
+    if (has_projector(m) && !is_openvla(m))
+        projector_add_params(&m->projector, table, m->options.projector_in, c->hidden_size);
     return true;
 }
 
@@ -314,6 +355,10 @@ bool model_init_lora(Model *m, uint64_t seed, Error *err) {
 }
 
 void model_sync_params(Model *m) { m->ops->params_to_act(m->ops, m->param_act, m->param_data, m->params.total); }
+
+const void *model_image_feature_grads(const Model *m) {
+    return is_openvla(m) ? m->fused.d_features : m->projector.d_features;
+}
 
 void model_zero_grads(Model *m) { m->ops->zero(m->ops, m->grad_data, flat_capacity(m) * sizeof(float)); }
 
@@ -397,6 +442,16 @@ static bool allocate(Model *m, Error *err) {
     return m->host_positions && m->host_image_rows;
 }
 
+// fc1 (4 in, in), fc2 (C, 4 in), fc3 (C, C); the adapters' rank and scale.
+static void fused_projector_shape(Model *m) {
+    int in = m->options.projector_in, C = m->config.hidden_size, wide = fused_projector_wide(in);
+    int shapes[FUSED_PROJECTOR_LINEARS][2] = {{in, wide}, {wide, C}, {C, C}};
+    for (int k = 0; k < FUSED_PROJECTOR_LINEARS; k++) {
+        m->fused.fc[k] = (LoraLinear){.in = shapes[k][0], .out = shapes[k][1], .r = m->lora.r,
+                                      .scale = lora_scale(&m->lora)};
+    }
+}
+
 // The model's tables and parameter layout, nothing in backend memory yet.
 static Model *model_shell(const ModelOptions *options, Error *err) {
     if (!llama_config_validate(&options->config, err)) return NULL;
@@ -414,9 +469,11 @@ static Model *model_shell(const ModelOptions *options, Error *err) {
     m->config = options->config;
     m->lora = options->lora;
     m->act_size = dtype_size(m->ops->act_dtype);
+    if (is_openvla(m)) fused_projector_shape(m);
     int L = m->config.n_layers;
     m->layers = checked_calloc((size_t)L, sizeof(LayerWeights), "layer weights", err);
-    m->frozen = checked_calloc((size_t)L * 9 + 3, sizeof(FrozenEntry), "frozen tensor table", err);
+    size_t n_frozen = (size_t)L * 9 + 3 + 2 * FUSED_PROJECTOR_LINEARS;
+    m->frozen = checked_calloc(n_frozen, sizeof(FrozenEntry), "frozen tensor table", err);
     m->layer_input = checked_calloc((size_t)L + 1, sizeof(void *), "layer inputs", err);
     m->acts = checked_calloc((size_t)L, sizeof(LayerActs), "layer activations", err);
     if (!m->layers || !m->frozen || !m->layer_input || !m->acts || !build_param_table(m, err)) {
@@ -522,7 +579,7 @@ bool model_visit_nf4(Model *m, Nf4Visitor visit, void *context, Error *err) {
 }
 
 // transformers' LlamaPreTrainedModel._init_weights: linears and embeddings
-// N(0, initializer_range^2), RMSNorm weights 1.
+// N(0, initializer_range^2), RMSNorm weights 1, biases (OpenVLA's projector) 0.
 bool model_init_random_base(Model *m, uint64_t seed, Error *err) {
     float std = m->config.initializer_range > 0 ? m->config.initializer_range : 0.02f;
     Rng rng;
@@ -532,7 +589,8 @@ bool model_init_random_base(Model *m, uint64_t seed, Error *err) {
         size_t n = (size_t)tensor_numel(t);
         float *host = checked_malloc(n * sizeof(float), m->frozen[i].name, err);
         if (!host) return fail_context(err, "random base weights: ");
-        for (size_t j = 0; j < n; j++) host[j] = t->ndim == 1 ? 1.0f : std * rng_normal(&rng);
+        bool bias = strstr(m->frozen[i].name, ".bias") != NULL;
+        for (size_t j = 0; j < n; j++) host[j] = t->ndim == 1 ? (bias ? 0.0f : 1.0f) : std * rng_normal(&rng);
         bool ok = m->frozen[i].nf4 ? nf4_weight_quantize_from(m->frozen[i].nf4, m->ops, host, err)
                                    : (m->ops->upload_f32(m->ops, t->data, host, n), m->ops->check(m->ops, err));
         free(host);
@@ -674,12 +732,24 @@ static void layer_backward(Model *m, const StepState *st, int l, const void *x, 
 // ----------------------------------------------------------------------------
 // whole model
 
+static int32_t *image_rows(Model *m) { return is_openvla(m) ? m->fused.rows : m->projector.rows; }
+
+// The projector's adapters with this step's dropout (seeds after the decoder's).
+static FusedProjector fused_for_step(const Model *m, const StepState *st) {
+    FusedProjector p = m->fused;
+    for (int k = 0; k < FUSED_PROJECTOR_LINEARS; k++) {
+        p.fc[k].dropout = dropout_active(m, st) ? m->lora.dropout : 0.0f;
+        p.fc[k].dropout_seed = rng_hash(st->dropout_seed, (uint64_t)m->config.n_layers * LORA_TARGET_COUNT + k);
+    }
+    return p;
+}
+
 // The positions of image_token_id in tokens, which must number n_image_rows.
 static bool upload_image_rows(Model *m, const Batch *batch, Error *err) {
     int N = batch->B * batch->T, R = batch->n_image_rows;
     m->n_image_rows = 0;
     m->image_features = NULL;
-    if (!m->projector.w1) {
+    if (!has_projector(m)) {
         if (R > 0) return fail(err, "the batch has %d image feature rows but the model has no projector", R);
         return true;
     }
@@ -696,7 +766,7 @@ static bool upload_image_rows(Model *m, const Batch *batch, Error *err) {
     if (found != R)
         return fail(err, "the batch has %d image tokens (id %d) but %d image feature rows", found,
                     m->options.image_token_id, R);
-    m->ops->upload_async(m->ops, m->projector.rows, m->host_image_rows, (size_t)R * sizeof(int32_t));
+    m->ops->upload_async(m->ops, image_rows(m), m->host_image_rows, (size_t)R * sizeof(int32_t));
     m->n_image_rows = R;
     m->image_features = batch->image_features;
     return true;
@@ -747,8 +817,15 @@ static void forward_trunk(Model *m, const StepState *st) {
     const LlamaConfig *c = &m->config;
     ops->embedding_forward(ops, m->layer_input[0], m->tokens, m->embed_tokens, st->N, c->hidden_size);
     if (m->n_image_rows > 0) { // splice: image features replace the image tokens' embeddings
-        projector_forward(ops, &m->projector, m->param_act, m->image_features, m->n_image_rows);
-        ops->scatter_rows(ops, m->layer_input[0], m->projector.rows, m->projector.out, m->n_image_rows, c->hidden_size);
+        const void *projected = m->projector.out;
+        if (is_openvla(m)) {
+            FusedProjector fused = fused_for_step(m, st);
+            fused_projector_forward(ops, &fused, m->param_act, m->image_features, m->n_image_rows);
+            projected = m->fused.out;
+        } else {
+            projector_forward(ops, &m->projector, m->param_act, m->image_features, m->n_image_rows);
+        }
+        ops->scatter_rows(ops, m->layer_input[0], image_rows(m), projected, m->n_image_rows, c->hidden_size);
     }
     for (int l = 0; l < c->n_layers; l++) layer_forward(m, st, l, m->layer_input[l], m->layer_input[l + 1]);
     ops->rmsnorm_forward(ops, m->final_ln, m->final_rstd, m->layer_input[c->n_layers], m->final_norm, st->N,
@@ -775,10 +852,10 @@ static void lm_head_loss(Model *m, const StepState *st, float grad_scale) {
 }
 
 // [*begin, *end) of the flat buffer: layer l's LoRA tensors (every layer
-// targets the same linears), or with l = n_layers the projector's.
+// targets the same linears), or with l = n_layers the projector's (adapters or weights).
 static void param_range(const Model *m, int l, size_t *begin, size_t *end) {
     const ParamTable *t = &m->params;
-    int per_layer = t->n_lora / m->config.n_layers, first = l * per_layer;
+    int per_layer = t->n_decoder_lora / m->config.n_layers, first = l * per_layer;
     bool projector = l == m->config.n_layers;
     int last = projector ? t->count - 1 : first + per_layer - 1;
     *begin = first <= last ? t->entries[first].offset : 0;
@@ -806,9 +883,15 @@ static void backward(Model *m, const StepState *st) {
         layer_backward(m, st, l, m->layer_input[l], l > 0 || m->n_image_rows > 0);
         notify_grads_ready(m, st, l);
     }
-    if (m->n_image_rows > 0) // m->d_res = dL/d(embeddings)
+    bool fused_backward = m->lora.target_projector || m->fused.d_features; // else nothing to compute
+    if (m->n_image_rows > 0 && is_openvla(m) && fused_backward) { // m->d_res = dL/d(embeddings)
+        FusedProjector fused = fused_for_step(m, st);
+        fused_projector_backward(ops, &fused, m->param_act, m->grad_data, m->image_features, m->d_res,
+                                 m->n_image_rows);
+    } else if (m->n_image_rows > 0 && !is_openvla(m)) {
         projector_backward(ops, &m->projector, m->param_act, m->grad_data, m->image_features, m->d_res,
                            m->n_image_rows);
+    }
     notify_grads_ready(m, st, L);
 }
 
@@ -844,6 +927,14 @@ bool model_logits(Model *m, const Batch *batch, float *logits, Error *err) {
                        true, 1.0f, 0.0f);
         m->ops->download_f32(m->ops, logits + (size_t)start * V, m->logits, (size_t)rows * V);
     }
+    if (m->ops->check && !m->ops->check(m->ops, err)) return fail_context(err, "%s backend: ", m->ops->name);
+    return true;
+}
+
+bool model_image_embeddings(Model *m, float *out, Error *err) {
+    const void *projected = is_openvla(m) ? m->fused.out : m->projector.out;
+    size_t n = (size_t)m->n_image_rows * m->config.hidden_size;
+    if (n > 0) m->ops->download_f32(m->ops, out, projected, n);
     if (m->ops->check && !m->ops->check(m->ops, err)) return fail_context(err, "%s backend: ", m->ops->name);
     return true;
 }

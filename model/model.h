@@ -49,6 +49,10 @@ typedef struct LoraConfig {
     float dropout;
     bool rslora;                       // scale alpha / sqrt(r) instead of alpha / r
     bool targets[LORA_TARGET_COUNT];
+    // PEFT's all-linear beyond the decoder: OpenVLA's frozen projector (fc1..fc3) and the
+    // vision towers' linears (the towers' adapters are not built yet: the flag is carried for them).
+    bool target_projector;
+    bool target_towers;
     LoraInit init;
 } LoraConfig;
 
@@ -72,7 +76,9 @@ typedef struct ParamEntry {
 typedef struct ParamTable {
     ParamEntry *entries;
     int count;
-    int n_lora;                // entries[0, n_lora) are LoRA A/B; then the projector's, if any
+    int n_lora;                // entries[0, n_lora) are LoRA A/B; then the trainable projector's, if any
+    int n_decoder_lora;        // entries[0, n_decoder_lora) the decoder's, layer by layer; then OpenVLA's
+                               // projector adapters (projector.fc1.lora_A.weight, ...) up to n_lora
     size_t total;              // floats in the flat buffer
 } ParamTable;
 
@@ -90,6 +96,11 @@ typedef struct LayerWeights {
 
 typedef struct Model Model;
 
+typedef enum ProjectorKind {
+    PROJECTOR_MLP2X_GELU, // LLaVA's, trainable, in the flat buffer
+    PROJECTOR_OPENVLA,    // OpenVLA's fused-tower projector, frozen, LoRA on its three linears
+} ProjectorKind;
+
 typedef struct ModelOptions {
     const Ops *ops;
     LlamaConfig config;
@@ -106,6 +117,11 @@ typedef struct ModelOptions {
     // with bias, named multi_modal_projector.linear_1/2 as llava-hf) whose
     // outputs replace the embeddings at the positions holding image_token_id.
     int projector_in;         // vision feature width (0 = text only)
+    // PROJECTOR_OPENVLA: OpenVLA's projector for fused towers instead (fc1 (4 in, in), GELU,
+    // fc2 (C, 4 in), GELU, fc3 (C, C), biases; frozen, named projector.fcK.weight / .bias),
+    // with LoRA adapters when lora.target_projector.
+    ProjectorKind projector_kind;
+    bool image_feature_grads; // the backward also gives dL/d(image features) (model_image_feature_grads)
     int image_token_id;
     int max_image_rows;       // image feature rows (images x patches) per micro-batch
     int flat_shards;          // the flat parameter and gradient buffers are padded (with zeros) to a
@@ -207,6 +223,8 @@ bool model_step(Model *model, const Batch *batch, const StepOptions *options, Er
 bool model_loss_sum(Model *model, double *loss_sum, Error *err);
 // Logits (B, T, V) of a batch, fp32, onto the host (tests and evaluation).
 bool model_logits(Model *model, const Batch *batch, float *logits, Error *err);
+// The projected image rows (n_image_rows, C) the last forward spliced in, fp32, onto the host.
+bool model_image_embeddings(Model *model, float *out, Error *err);
 // Evaluation sums over the label tokens (targets != -100) of a batch, added
 // into *sums: -log p(target) in double from the fp32 logits, and the tokens
 // whose largest logit (the first, on ties) is the target; per row with label
@@ -223,6 +241,10 @@ bool model_eval_batch(Model *model, const Batch *batch, EvalSums *sums, Error *e
 // logit's id at its position (other positions untouched): robot runs' action metrics.
 bool model_eval_batch_argmax(Model *model, const Batch *batch, EvalSums *sums, int32_t *argmax, Error *err);
 void model_zero_grads(Model *model);
+// With ModelOptions.image_feature_grads: dL/d(image features) (n_image_rows, projector_in) of the
+// last model_step that trained on images (grad_scale applied; backend memory, act_dtype, valid until
+// the next step), the input of the towers' backward; NULL without the option.
+const void *model_image_feature_grads(const Model *model);
 // After the optimizer changed the fp32 masters: refresh the compute copy.
 void model_sync_params(Model *model);
 
@@ -354,3 +376,24 @@ bool clip_tower_forward_lora(ClipTower *tower, const void *param_act, const floa
 // every bound lora_A and lora_B. The frozen weights, embeddings and pixels get none.
 bool clip_tower_backward(ClipTower *tower, const void *param_act, float *grads, const void *d_features, int n_images,
                          Error *err);
+
+// ----------------------------------------------------------------------------
+// OpenVLA's fused featurizer (PrismaticVisionBackbone, use_fused_vision_backbone): two towers
+// on the two halves of 6-channel pixel_values (each half with its tower's own normalisation),
+// their features side by side, DINOv2's first:
+//   features (n P, D0 + D1) = [featurizer(pixels[:, 0:3]) | fused_featurizer(pixels[:, 3:6])]
+// Tower 0 is vision_backbone.featurizer (dinov2-vit-l14-reg4), tower 1 .fused_featurizer
+// (siglip-so400m-14); both must give the same P features per image at the same size S.
+
+typedef struct FusedFeaturizer FusedFeaturizer;
+
+FusedFeaturizer *fused_featurizer_create(const Ops *ops, const ClipVisionConfig configs[2], int max_images, Error *err);
+void fused_featurizer_destroy(FusedFeaturizer *featurizer);
+// Tower 0 (featurizer) or 1 (fused_featurizer): for loading, and the towers' backward, which
+// takes its columns of model_image_feature_grads (copy_columns: tower 0 columns [0, D0), tower 1 [D0, D0 + D1)).
+ClipTower *fused_featurizer_tower(FusedFeaturizer *featurizer, int which);
+int fused_featurizer_width(const FusedFeaturizer *featurizer);      // D0 + D1: the projector's input
+int fused_featurizer_n_features(const FusedFeaturizer *featurizer); // P per image
+// pixels: host fp32 (n_images, 6, S, S); features: backend memory (n_images P, D0 + D1), act_dtype.
+bool fused_featurizer_forward(FusedFeaturizer *featurizer, const float *pixels, int n_images, void *features,
+                              Error *err);

@@ -1,7 +1,7 @@
 // model: the mlp2x_gelu projector, forward and backward.
 //   forward:  h1 = x W1^T + b1;  g = gelu(h1);  out = g W2^T + b2
 //   backward: dW2 += dout^T g;  db2 += sum dout;  dg = dout W2
-//             dh1 = gelu'(h1) dg;  dW1 += dh1^T x;  db1 += sum dh1
+//             dh1 = gelu'(h1) dg;  dW1 += dh1^T x;  db1 += sum dh1;  [dx = dh1 W1]
 #include <math.h>
 #include <stdio.h>
 
@@ -64,4 +64,6 @@ void projector_backward(const Ops *ops, const Projector *p, const void *params, 
     ops->gelu_backward(ops, p->d_out, p->d_g, p->h1, (size_t)R * C);
     ops->matmul_weight_grad(ops, grads + p->w1->offset, p->d_out, features, R, C, p->in, 1.0f);
     ops->bias_backward(ops, grads + p->b1->offset, p->d_out, R, C);
+    if (p->d_features)
+        ops->matmul(ops, p->d_features, p->d_out, param(ops, params, p->w1), R, p->in, C, false, false, 1.0f, 0.0f);
 }

@@ -11,6 +11,7 @@ typedef struct Projector {
     int in, hidden;                      // vision feature width, C
     void *h1, *g, *out;                  // (R, C) activations
     void *d_out, *d_g;                   // (R, C) gradients
+    void *d_features;                    // (R, in) dL/dfeatures, or NULL when not asked for
     int32_t *rows;                       // (R) image-token positions, backend memory
 } Projector;
 
@@ -22,6 +23,7 @@ void projector_init(const Projector *p, float *host_params, Rng *rng);
 // p->out (R, C) from features (R, in); params in act_dtype (ParamTable layout).
 void projector_forward(const Ops *ops, const Projector *p, const void *params, const void *features, int R);
 // From d_embedded (N, C), the gradient of the spliced embeddings: gathers the
-// R image rows and adds the projector's gradients into grads (fp32).
+// R image rows and adds the projector's gradients into grads (fp32); when
+// p->d_features is set, writes dL/dfeatures (R, in) = dh1 W1 there.
 void projector_backward(const Ops *ops, const Projector *p, const void *params, float *grads,
                         const void *features, const void *d_embedded, int R);

@@ -34,6 +34,7 @@ static void assert_configs_equal(const Config *a, const Config *b) {
     assert_true(a->lora.alpha == b->lora.alpha);
     assert_true(a->lora.dropout == b->lora.dropout);
     for (int t = 0; t < LORA_TARGET_COUNT; t++) assert_int_equal(a->lora.targets[t], b->lora.targets[t]);
+    assert_int_equal(a->lora.all_linear, b->lora.all_linear);
     assert_int_equal(a->lora.rslora, b->lora.rslora);
     assert_string_equal(a->lora.init, b->lora.init);
     assert_string_equal(a->data.path, b->data.path);
@@ -311,8 +312,16 @@ static void test_target_all(void **state) {
     set_ok(&c, "lora.target=all");
     assert_targets(&c, "q k v o gate up down");
     config_defaults(&c);
+    assert_false(c.lora.all_linear);
     set_ok(&c, "lora.target=all-linear");
     assert_targets(&c, "q k v o gate up down");
+    assert_true(c.lora.all_linear); // PEFT's: OpenVLA's projector and towers too
+    Error err;
+    char *yaml = config_to_yaml(&c, &err);
+    assert_non_null(strstr(yaml, "all-linear"));
+    free(yaml);
+    set_ok(&c, "lora.target=[q, v]");
+    assert_false(c.lora.all_linear);
     config_defaults(&c);
     set_ok(&c, "lora.target=[q, k, v, o, gate, up, down]");
     assert_targets(&c, "q k v o gate up down");

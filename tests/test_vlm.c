@@ -323,7 +323,8 @@ enum { BATCH = 2, SEQ = 9, FEATURE_WIDTH = 8, TINY_IMAGE_TOKEN = 5 };
 
 static Model *tiny_vlm(void) {
     ModelOptions options = {.ops = ops_cpu(), .max_batch = BATCH, .max_seq_len = SEQ, .seed = 11,
-                            .projector_in = FEATURE_WIDTH, .image_token_id = TINY_IMAGE_TOKEN, .max_image_rows = 8};
+                            .projector_in = FEATURE_WIDTH, .image_token_id = TINY_IMAGE_TOKEN, .max_image_rows = 8,
+                            .image_feature_grads = true};
     Error err;
     assert_true(llama_config_preset("tiny", &options.config, &err));
     options.lora = (LoraConfig){.r = 4, .alpha = 8, .targets = {[LORA_Q] = true, [LORA_V] = true, [LORA_DOWN] = true}};
@@ -401,6 +402,26 @@ static void test_projector_gradients_finite_differences(void **state) {
                   checked[0], checked[1], checked[2], checked[3], worst);
     for (int k = 0; k < 4; k++) assert_true(checked[k] >= 5);
     assert_true(worst < 1.0);
+    // dL/d(features), what a trainable tower's backward starts from (ModelOptions.image_feature_grads)
+    loss_of(model, &batch);
+    float d_features[8 * FEATURE_WIDTH];
+    memcpy(d_features, model_image_feature_grads(model), (size_t)n_rows * FEATURE_WIDTH * sizeof(float));
+    double worst_feature = 0;
+    int large = 0;
+    for (int i = 0; i < n_rows * FEATURE_WIDTH; i++) {
+        large += fabsf(d_features[i]) > 1e-3f;
+        float saved = features[i], eps = 3e-3f;
+        features[i] = saved + eps;
+        double plus = loss_of(model, &batch);
+        features[i] = saved - eps;
+        double minus = loss_of(model, &batch);
+        features[i] = saved;
+        double numeric = (plus - minus) / (2.0 * eps);
+        worst_feature = fmax(worst_feature, fabs(numeric - d_features[i]) / (1e-2 * fabs(numeric) + 3e-4));
+    }
+    print_message("feature gradients, worst |fd - g| / (1e-2 |fd| + 3e-4) = %.3f\n", worst_feature);
+    assert_true(large > n_rows * FEATURE_WIDTH / 2);
+    assert_true(worst_feature < 1.0);
     free(grads);
     model_destroy(model);
 }

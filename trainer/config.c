@@ -82,7 +82,8 @@ static const ConfigKey KEYS[] = {
     {"lora.dropout", KEY_FLOAT, FIELD(lora.dropout), .range = UNIT_HALF_OPEN,
      .help = "dropout on the LoRA input"},
     {"lora.target", KEY_TARGETS, FIELD(lora.targets),
-     .help = "all, all-linear, or a list of q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"},
+     .help = "all (the decoder's seven linears), all-linear (PEFT's: every linear but lm_head), or a list of "
+             "q_proj k_proj v_proj o_proj gate_proj up_proj down_proj"},
     {"lora.rslora", KEY_BOOL, FIELD(lora.rslora), .help = "scale = alpha / sqrt(r)"},
     {"lora.init", KEY_ENUM, FIELD(lora.init), .allowed = INIT_VALUES,
      .help = "A init: kaiming (PEFT) or gaussian N(0, 1/r)"},
@@ -478,14 +479,17 @@ static bool parse_target_list(const ConfigKey *key, yaml_document_t *doc, const 
     return true;
 }
 
-static bool parse_targets(const ConfigKey *key, yaml_document_t *doc, const yaml_node_t *node, bool *targets,
+// lora.target (the key's field, config->lora.targets) and lora.all_linear beside it.
+static bool parse_targets(const ConfigKey *key, yaml_document_t *doc, const yaml_node_t *node, Config *config,
                           Error *err) {
-    if (node->type == YAML_SEQUENCE_NODE) return parse_target_list(key, doc, node, targets, err);
+    config->lora.all_linear = false;
+    if (node->type == YAML_SEQUENCE_NODE) return parse_target_list(key, doc, node, config->lora.targets, err);
     const char *text = (const char *)node->data.scalar.value;
     if (strcmp(text, "all") != 0 && strcmp(text, "all-linear") != 0)
         return fail(err, "%s: expected 'all', 'all-linear' or a list like [q_proj, v_proj], got '%s'", key->path,
                     text);
-    for (int t = 0; t < LORA_TARGET_COUNT; t++) targets[t] = true;
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) config->lora.targets[t] = true;
+    config->lora.all_linear = strcmp(text, "all-linear") == 0;
     return true;
 }
 
@@ -505,7 +509,7 @@ static bool apply_node(Config *config, const ConfigKey *key, yaml_document_t *do
     case KEY_ENUM: return parse_string(key, node, field, err);
     case KEY_SCHEDULE: return parse_schedule(key, text, field, err);
     case KEY_SEED: return parse_seed(key, text, field, err);
-    case KEY_TARGETS: return parse_targets(key, doc, node, field, err);
+    case KEY_TARGETS: return parse_targets(key, doc, node, config, err);
     }
     return fail(err, "%s: unknown key type", key->path);
 }
@@ -836,7 +840,12 @@ static void write_quoted(FILE *out, const char *text) {
     fputc('"', out);
 }
 
-static void write_targets(FILE *out, const bool *targets) {
+static void write_targets(FILE *out, const Config *config) {
+    const bool *targets = config->lora.targets;
+    if (config->lora.all_linear) {
+        fputs("all-linear", out);
+        return;
+    }
     fputc('[', out);
     bool first = true;
     for (int t = 0; t < LORA_TARGET_COUNT; t++) {
@@ -857,7 +866,7 @@ static void write_value(FILE *out, const Config *config, const ConfigKey *key) {
     case KEY_ENUM: fputs(field, out); break;
     case KEY_SCHEDULE: fputs(key->allowed[*(const Schedule *)field], out); break;
     case KEY_SEED: fprintf(out, "%" PRIu64, *(const uint64_t *)field); break;
-    case KEY_TARGETS: write_targets(out, field); break;
+    case KEY_TARGETS: write_targets(out, config); break;
     }
 }
 

@@ -26,16 +26,19 @@ static bool plan_uses_gpu(const Config *config) {
 }
 
 // The key layout from config.json alone (the weights not downloaded yet):
-// LLaVA's newer layout for a llava model_type; the layout changes only the
+// LLaVA's newer layout for a llava model_type, OpenVLA's for openvla; the layout changes only the
 // adapter's key names, so the plan's checkpoint size by a few bytes.
 static HfLayout layout_from_config_json(const char *model_dir) {
     char path[CONFIG_PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/config.json", model_dir);
     json_object *config = json_object_from_file(path), *type = NULL;
-    bool llava = config && json_object_object_get_ex(config, "model_type", &type) &&
-                 json_object_is_type(type, json_type_string) && strcmp(json_object_get_string(type), "llava") == 0;
+    const char *model_type = config && json_object_object_get_ex(config, "model_type", &type) &&
+                                     json_object_is_type(type, json_type_string) ? json_object_get_string(type) : "";
+    HfLayout layout = strcmp(model_type, "llava") == 0     ? HF_LAYOUT_LLAVA
+                      : strcmp(model_type, "openvla") == 0 ? HF_LAYOUT_OPENVLA
+                                                           : HF_LAYOUT_LLAMA;
     json_object_put(config);
-    return llava ? HF_LAYOUT_LLAVA : HF_LAYOUT_LLAMA;
+    return layout;
 }
 
 static bool weights_present(const char *model_dir) {
@@ -210,9 +213,33 @@ static bool plan_memory(const Config *config, const ModelOptions *options, RunPl
 }
 
 
+// OpenVLA: its projector in the model, beside it both towers, each with its feature buffer, and the
+// buffer of their features side by side.
+static bool plan_openvla(const Config *config, const OpenVlaVision *vla, ModelOptions *options, RunPlan *plan,
+                         Error *err) {
+    DType act_dtype = options->ops->act_dtype;
+    int micro = config->train.micro_batch;
+    vlm_openvla_model_options(config, vla, options);
+    plan->tower_bytes = (size_t)options->max_image_rows * options->projector_in * dtype_size(act_dtype);
+    // all-linear puts adapters on the towers, which then keep what their backward needs
+    ClipTowerOptions training = {.lora_r = config->lora.r, .train = true,
+                                 .activation_checkpointing = config->train.activation_checkpointing};
+    const ClipTowerOptions *tower_options = config->lora.all_linear ? &training : NULL;
+    for (int k = 0; k < 2; k++) {
+        size_t bytes;
+        if (!clip_tower_bytes(act_dtype, &vla->towers[k], micro, tower_options, &bytes, err)) return false;
+        plan->tower_bytes += bytes + vlm_feature_bytes(config, &vla->towers[k], act_dtype);
+    }
+    return true;
+}
+
 // An image-text run adds the projector to the model, and beside it the frozen
-// tower and the buffer of its features.
+// tower and the buffer of its features; an OpenVLA model.path, its two towers.
 static bool plan_vision(const Config *config, ModelOptions *options, RunPlan *plan, Error *err) {
+    bool is_openvla;
+    OpenVlaVision vla;
+    if (!vlm_read_openvla(config, &is_openvla, &vla, err)) return false;
+    if (is_openvla) return plan_openvla(config, &vla, options, plan, err);
     if (!run_is_vlm(config)) return true;
     ClipVisionConfig clip;
     DType act_dtype = options->ops->act_dtype;
@@ -249,7 +276,7 @@ bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err) {
     planning_ops.act_dtype = plan->gpu ? DTYPE_BF16 : DTYPE_F32;
     if (!config_llama_config(config, &llama, &layout, err)) return fail_context(err, "plan: ");
     ModelOptions options = train_model_options(config, &planning_ops, &llama);
-    if (run_is_vlm(config) && !plan_vision(config, &options, &(RunPlan){0}, err)) return fail_context(err, "plan: ");
+    if (!plan_vision(config, &options, &(RunPlan){0}, err)) return fail_context(err, "plan: ");
     if (!plan_total_steps(config, plan->world_size, &plan->total_steps, err) ||
         !plan_checkpoint_bytes(config, &options, layout, plan->total_steps, &plan->checkpoint_bytes, err))
         return fail_context(err, "plan: ");

@@ -48,6 +48,8 @@ static LoraConfig lora_config_from(const Config *config) {
                        .rslora = config->lora.rslora,
                        .init = strcmp(config->lora.init, "gaussian") == 0 ? LORA_INIT_GAUSSIAN : LORA_INIT_KAIMING};
     memcpy(lora.targets, config->lora.targets, sizeof lora.targets);
+    lora.target_projector = config->lora.all_linear;
+    lora.target_towers = config->lora.all_linear; // hook (#15): the towers' adapters, once they exist, read this
     return lora;
 }
 

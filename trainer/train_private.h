@@ -126,6 +126,11 @@ bool vlm_projector_options(const Config *config, ModelOptions *options, ClipVisi
 // image tokens per image, images decoded by the loader.
 bool vlm_dataset_options(const Config *config, const Tokenizer *tok, int32_t image_token_id,
                          VlmDatasetOptions *options, Error *err);
+// An OpenVLA model.path (hf_read_openvla; *vla's towers the presets of its timm_model_ids).
+bool vlm_read_openvla(const Config *config, bool *is_openvla, OpenVlaVision *vla, Error *err);
+// OpenVLA's projector in options: the fused towers' width in, frozen with LoRA per lora.target all-linear,
+// micro_batch images of P features each.
+void vlm_openvla_model_options(const Config *config, const OpenVlaVision *vla, ModelOptions *options);
 // Backend bytes of one micro-batch's tower features (micro_batch * features, D), the buffer vlm_load allocates.
 size_t vlm_feature_bytes(const Config *config, const ClipVisionConfig *clip, DType act_dtype);
 // The tower (loaded, or written random with model.create_if_missing), the starting projector, the dataset.

@@ -87,7 +87,24 @@ bool vlm_projector_options(const Config *config, ModelOptions *options, ClipVisi
     return true;
 }
 
+bool vlm_read_openvla(const Config *config, bool *is_openvla, OpenVlaVision *vla, Error *err) {
+    *is_openvla = false;
+    return !path_exists(config->model.path) || hf_read_openvla(config->model.path, is_openvla, vla, err);
+}
+
+void vlm_openvla_model_options(const Config *config, const OpenVlaVision *vla, ModelOptions *options) {
+    options->projector_kind = PROJECTOR_OPENVLA;
+    options->projector_in = vla->towers[0].hidden_size + vla->towers[1].hidden_size;
+    options->max_image_rows = config->train.micro_batch * clip_n_features(&vla->towers[0]);
+}
+
 bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options, Error *err) {
+    bool is_openvla;
+    OpenVlaVision vla;
+    if (!vlm_read_openvla(run->config, &is_openvla, &vla, err)) return false;
+    if (is_openvla) // the model, its loading and plan know OpenVLA; the run's images and towers do not yet
+        return fail(err, "%s: an OpenVLA folder; training it needs the fused towers and 6-channel images in the "
+                         "run, which are not wired in yet (lora-train plan reads it)", run->config->model.path);
     if (!run_is_vlm(run->config)) return true;
     ClipVisionConfig clip;
     VlmSetup setup;

@@ -22,7 +22,9 @@ typedef struct Config {
         int r;
         float alpha;
         float dropout;
-        bool targets[LORA_TARGET_COUNT];     // from lora.target: [q_proj, v_proj, ...] or "all"
+        bool targets[LORA_TARGET_COUNT];     // from lora.target: [q_proj, v_proj, ...], "all" or "all-linear"
+        bool all_linear;                     // "all-linear": PEFT's, every linear but lm_head (OpenVLA's projector
+                                             // and towers too; a text model's seven linears alike)
         bool rslora;
         char init[CONFIG_NAME_MAX];          // "kaiming" | "gaussian"
     } lora;

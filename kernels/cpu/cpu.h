@@ -68,5 +68,7 @@ void cpu_bias_add(const Ops *ops, void *out, const void *bias, int N, int C);
 void cpu_scale_columns(const Ops *ops, void *x, const void *scale, int N, int C);
 void cpu_bias_backward(const Ops *ops, float *dbias, const void *dout, int N, int C);
 void cpu_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C);
+void cpu_copy_columns(const Ops *ops, void *dst, int dst_cols, int dst_col0, const void *src, int src_cols,
+                      int src_col0, int n_cols, int rows);
 void cpu_patch_embed_forward(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,
                              int image_size, int patch, int D);

@@ -193,6 +193,7 @@ static const Ops cpu_ops = {
     .bias_backward = cpu_bias_backward,
     .scale_columns = cpu_scale_columns,
     .scatter_rows = cpu_scatter_rows,
+    .copy_columns = cpu_copy_columns,
     .patch_embed_forward = cpu_patch_embed_forward,
     .attention_full_forward = cpu_attention_full_forward,
     .attention_full_backward = cpu_attention_full_backward,

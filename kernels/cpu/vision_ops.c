@@ -158,6 +158,14 @@ void cpu_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void
     }
 }
 
+void cpu_copy_columns(const Ops *ops, void *dst, int dst_cols, int dst_col0, const void *src, int src_cols,
+                      int src_col0, int n_cols, int rows) {
+    for (int r = 0; r < rows; r++) {
+        memcpy((float *)dst + (size_t)r * dst_cols + dst_col0, (const float *)src + (size_t)r * src_cols + src_col0,
+               (size_t)n_cols * sizeof(float));
+    }
+}
+
 // ----------------------------------------------------------------------------
 // patch embedding: out[b, py * G + px, d] =
 //   sum_{c, i, j} weight[d, c, i, j] * images[b, c, py * patch + i, px * patch + j], G = size / patch

@@ -232,5 +232,7 @@ void cuda_bias_add(const Ops *ops, void *out, const void *bias, int N, int C);
 void cuda_scale_columns(const Ops *ops, void *x, const void *scale, int N, int C);
 void cuda_bias_backward(const Ops *ops, float *dbias, const void *dout, int N, int C);
 void cuda_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const void *src, int R, int C);
+void cuda_copy_columns(const Ops *ops, void *dst, int dst_cols, int dst_col0, const void *src, int src_cols,
+                       int src_col0, int n_cols, int rows);
 void cuda_patch_embed_forward(const Ops *ops, void *out, const void *images, const void *weight, int B, int channels,
                               int image_size, int patch, int D);

@@ -289,6 +289,7 @@ static const Ops cuda_ops = {
     .bias_backward = cuda_bias_backward,
     .scale_columns = cuda_scale_columns,
     .scatter_rows = cuda_scatter_rows,
+    .copy_columns = cuda_copy_columns,
     .patch_embed_forward = cuda_patch_embed_forward,
     .attention_full_forward = cuda_attention_full_forward,
     .attention_full_backward = cuda_attention_full_backward,

@@ -186,6 +186,14 @@ __global__ void scatter_rows_kernel(bf16 *out, const int32_t *rows, const bf16 *
     for (int c = threadIdx.x; c < C; c += blockDim.x) dst[c] = row[c];
 }
 
+// one block per row: dst[r, dst_col0 + c] = src[r, src_col0 + c]
+__global__ void copy_columns_kernel(bf16 *dst, int dst_cols, int dst_col0, const bf16 *src, int src_cols, int src_col0,
+                                    int n_cols) {
+    bf16 *out = dst + (size_t)blockIdx.x * dst_cols + dst_col0;
+    const bf16 *row = src + (size_t)blockIdx.x * src_cols + src_col0;
+    for (int c = threadIdx.x; c < n_cols; c += blockDim.x) out[c] = row[c];
+}
+
 void cuda_bias_add(const Ops *ops, void *out, const void *bias, int N, int C) {
     CudaContext *ctx = cuda_context(ops);
     size_t n = (size_t)N * C;
@@ -214,6 +222,15 @@ void cuda_scatter_rows(const Ops *ops, void *out, const int32_t *rows, const voi
     if (R == 0) return;
     scatter_rows_kernel<<<R, THREADS, 0, ctx->stream>>>((bf16 *)out, rows, (const bf16 *)src, C);
     launchCheck("scatter_rows_kernel");
+}
+
+void cuda_copy_columns(const Ops *ops, void *dst, int dst_cols, int dst_col0, const void *src, int src_cols,
+                       int src_col0, int n_cols, int rows) {
+    CudaContext *ctx = cuda_context(ops);
+    if (rows == 0 || n_cols == 0) return;
+    copy_columns_kernel<<<rows, THREADS, 0, ctx->stream>>>((bf16 *)dst, dst_cols, dst_col0, (const bf16 *)src,
+                                                           src_cols, src_col0, n_cols);
+    launchCheck("copy_columns_kernel");
 }
 
 // ----------------------------------------------------------------------------

@@ -95,6 +95,10 @@ static void test_bias_and_scatter(void **state) {
     cpu->scatter_rows(cpu, y, rows, src, R, C);
     gpu->scatter_rows(gpu, d_y, d_rows, d_src, R, C);
     expect_act(d_y, y, N * C, BF16_TOL, "scatter_rows");
+    enum { SRC_COLS = 61 }; // src as (R, 61): its columns [5, 55) into columns [70, 120) of y's first R rows
+    cpu->copy_columns(cpu, y, C, 70, src, SRC_COLS, 5, 50, R);
+    gpu->copy_columns(gpu, d_y, C, 70, d_src, SRC_COLS, 5, 50, R);
+    expect_act(d_y, y, N * C, BF16_TOL, "copy_columns");
     gpu->free(gpu, d_y), gpu->free(gpu, d_b), gpu->free(gpu, d_src), gpu->free(gpu, d_dbias), gpu->free(gpu, d_rows);
     free(y), free(b), free(dbias), free(src);
 }
