@@ -280,13 +280,14 @@ static void test_ranks_failing_together_fail_the_job(void **state) {
 
 // A 2-rank ZeRO-2 job with no end in sight, its launcher ($L) the leader of
 // its own process group, as Slurm and a terminal see it: once a step is
-// logged, `act` runs (signals it; $O is the job's log); returns the job's exit status (137 after
+// logged (in a fresh log: a resumed job's wait must not find the last run's
+// steps and signal the new job before it has installed its handlers), `act` runs (signals it; $O is the job's log); returns the job's exit status (137 after
 // 60 s if it has not ended by then: the whole group is killed).
 static int act_on_job(const char *dir, const char *name, const char *extra, const char *act) {
     char flags[2048], command[8192];
     common_flags(dir, flags, sizeof flags);
     snprintf(command, sizeof command,
-             "O=%s/%s.log; OMP_NUM_THREADS=1 setsid %s --nproc-per-node 2 --master-port %d %s %s "
+             "O=%s/%s.log; rm -f $O; OMP_NUM_THREADS=1 setsid %s --nproc-per-node 2 --master-port %d %s %s "
              "--set train.max_steps=100000 --set zero.stage=2 --set checkpoint.dir=%s/%s %s > $O 2>&1 & L=$!; "
              "for i in $(seq 600); do grep -q '^step [0-9]*/' $O && break; sleep 0.1; done; %s; "
              "(sleep 60; kill -KILL -$L) >/dev/null 2>&1 & W=$!; wait $L; S=$?; kill $W 2>/dev/null; exit $S",
