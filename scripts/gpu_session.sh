@@ -56,7 +56,7 @@ run_tests() {
     nvidia-smi 2>&1 | tee -a "$summary"
     echo "CUDA libraries from: $cuda_dirs" | tee -a "$summary"
     export LORA_TRAIN_BIN="$KIT/bin/lora-train" LORA_LAUNCH_BIN="$KIT/bin/lora-launch"  # test_gpu_train runs them
-    for t in test_gpu_ops test_gpu_vision_ops test_gpu_nf4 test_gpu_model test_gpu_dist test_gpu_train; do
+    for t in test_gpu_flash test_gpu_ops test_gpu_vision_ops test_gpu_nf4 test_gpu_model test_gpu_dist test_gpu_train; do
         start=$SECONDS
         echo "==== $t" >>"$OUT/tests.log"
         ours timeout 240 "$KIT/bin/$t" >"$OUT/$t.out" 2>&1
