@@ -652,7 +652,7 @@ static void test_cpu_adamw_matches_the_cpu_backend(void **state) {
         fill_uniform(g, N, -0.1f, 0.1f, &rng);
         cpu_adamw(p, g, m, v, N, 1e-3f, &hyper, step);
         ops_cpu()->adamw(ops_cpu(), p2, g, m2, v2, N, 1e-3f, hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay,
-                         step);
+                         step, NULL, INFINITY);
     }
     double *reference = malloc(N * sizeof *reference);
     for (size_t i = 0; i < N; i++) reference[i] = p2[i];
