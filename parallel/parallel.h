@@ -178,7 +178,8 @@ bool zero_step_issue(Zero *zero, float *params, float *grads, float lr, Error *e
 // so zero_state's step (the bias correction) advances only for applied steps.
 // zero_step_issue fails until the norm has been read.
 float zero_step_norm(Zero *zero);
-// The norm above which the following zero_steps skip the update (INFINITY, the default: none).
+// The norm above which the following zero_steps skip the update (INFINITY, the default: none);
+// set before zero_step_issue, not between it and zero_step_norm (which judges the step by it again).
 void zero_set_norm_limit(Zero *zero, float limit);
 // delayed_update: waits for the update in flight and writes it into params
 // (all ranks call it together); afterwards params and zero_state are current.
