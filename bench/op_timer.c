@@ -7,7 +7,7 @@ enum {
     OP_matmul, OP_matmul_weight_grad, OP_add_inplace, OP_embedding_forward, OP_rmsnorm_forward,
     OP_residual_rmsnorm_forward, OP_rmsnorm_backward, OP_rope_forward, OP_rope_backward, OP_attention_forward,
     OP_attention_backward, OP_swiglu_forward, OP_swiglu_backward, OP_dropout_forward, OP_dropout_backward, OP_cross_entropy,
-    OP_sum_squares, OP_scale_f32, OP_adamw, OP_zero, OP_params_to_act, OP_dequantize_blockwise_u8,
+    OP_sum_squares, OP_scale_f32, OP_clip_by_norm, OP_adamw, OP_zero, OP_params_to_act, OP_dequantize_blockwise_u8,
     OP_dequantize_nf4, OP_download, OP_upload, OP_upload_async, OP_COUNT
 };
 
@@ -16,8 +16,8 @@ static const char *const OP_NAMES[OP_COUNT] = {
     "residual_rmsnorm_forward", "rmsnorm_backward",
     "rope_forward", "rope_backward", "attention_forward", "attention_backward", "swiglu_forward",
     "swiglu_backward", "dropout_forward", "dropout_backward", "cross_entropy", "sum_squares", "scale_f32",
-    "adamw", "zero", "params_to_act", "dequantize_blockwise_u8", "dequantize_nf4", "download", "upload",
-    "upload_async",
+    "clip_by_norm", "adamw", "zero", "params_to_act", "dequantize_blockwise_u8", "dequantize_nf4", "download",
+    "upload", "upload_async",
 };
 
 static const Ops *base;
@@ -106,9 +106,12 @@ TIMED(sum_squares, (const Ops *ops, float *o, const float *g, size_t n), (base, 
       ((OpCost){2.0 * n, 4.0 * n}))
 TIMED(scale_f32, (const Ops *ops, float *x, float s, size_t n), (base, x, s, n), ((OpCost){(double)n, 8.0 * n}))
 // decay, two moments, the update: 12 per element; p, m, v read and written, g read (fp32)
+// coefficient from the norm, then a scale: x read and written
+TIMED(clip_by_norm, (const Ops *ops, float *x, size_t n, const float *sum, float max_norm), (base, x, n, sum, max_norm),
+      ((OpCost){(double)n, 8.0 * n}))
 TIMED(adamw, (const Ops *ops, float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
-              float e, float wd, int step), (base, p, g, m, v, n, lr, b1, b2, e, wd, step),
-      ((OpCost){12.0 * n, 28.0 * n}))
+              float e, float wd, int step, const float *skip, float limit),
+      (base, p, g, m, v, n, lr, b1, b2, e, wd, step, skip, limit), ((OpCost){12.0 * n, 28.0 * n}))
 TIMED(zero, (const Ops *ops, void *p, size_t bytes), (base, p, bytes), ((OpCost){0, (double)bytes}))
 TIMED(params_to_act, (const Ops *ops, void *d, const float *s, size_t n), (base, d, s, n),
       ((OpCost){0, (4 + E) * n}))
@@ -137,7 +140,8 @@ Ops op_timer_wrap(const Ops *backend) {
     ops.swiglu_forward = timed_swiglu_forward, ops.swiglu_backward = timed_swiglu_backward;
     ops.dropout_forward = timed_dropout_forward, ops.dropout_backward = timed_dropout_backward;
     ops.cross_entropy = timed_cross_entropy, ops.sum_squares = timed_sum_squares, ops.scale_f32 = timed_scale_f32;
-    ops.adamw = timed_adamw, ops.zero = timed_zero, ops.params_to_act = timed_params_to_act;
+    ops.clip_by_norm = timed_clip_by_norm, ops.adamw = timed_adamw, ops.zero = timed_zero;
+    ops.params_to_act = timed_params_to_act;
     ops.dequantize_blockwise_u8 = timed_dequantize_blockwise_u8, ops.dequantize_nf4 = timed_dequantize_nf4;
     ops.download = timed_download, ops.upload = timed_upload, ops.upload_async = timed_upload_async;
     return ops;

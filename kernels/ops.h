@@ -17,6 +17,7 @@
 // - An Ops is a backend handle: every function takes the handle it is called
 //   through first (ops->matmul(ops, ...)) and finds the backend's state there.
 #pragma once
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -219,10 +220,17 @@ struct Ops {
     void (*sum_squares)(const Ops *ops, float *out, const float *g, size_t n);
     // x[i] *= s
     void (*scale_f32)(const Ops *ops, float *x, float s, size_t n);
+    // torch.nn.utils.clip_grad_norm_ with the norm's square on the device: x[i] *= coef when coef < 1,
+    // coef = max_norm / (sqrt(*sum_squares) + 1e-6) in fp32 (a NaN coef leaves x as it is).
+    void (*clip_by_norm)(const Ops *ops, float *x, size_t n, const float *sum_squares, float max_norm);
     // AdamW as torch.optim.AdamW (decoupled weight decay, bias correction
     // folded into step size and denominator), step counts from 1.
+    // skip_sum_squares (device fp32 scalar, or NULL: never skipped): params, m
+    // and v stay untouched when norm = sqrt(*skip_sum_squares) is not finite
+    // or norm > norm_limit (ops_step_skipped), decided on the device.
     void (*adamw)(const Ops *ops, float *params, const float *grads, float *m, float *v, size_t n, float lr,
-                  float beta1, float beta2, float eps, float weight_decay, int step);
+                  float beta1, float beta2, float eps, float weight_decay, int step, const float *skip_sum_squares,
+                  float norm_limit);
 
     // ---- NF4 (QLoRA): bitsandbytes' blockwise dequantization -------------
     // out[i] = fp32(code[q[i]] * absmax[i / blocksize]) + offset, fp32: the
@@ -254,6 +262,19 @@ struct Ops {
 // float per (token, query head)); what a model reserves for its largest batch.
 static inline size_t attention_backward_scratch_bytes(int B, int T, int n_head) {
     return (size_t)B * (size_t)T * (size_t)n_head * sizeof(float);
+}
+
+#ifdef __CUDACC__
+#define OPS_HOST_DEVICE __host__ __device__
+#else
+#define OPS_HOST_DEVICE
+#endif
+
+// The optimizer step's skip rule on the global norm sqrt(sum_squares): not finite, or above the limit
+// (INFINITY: none). The adamw op decides it on the device, the host the same way once it reads the norm.
+static inline OPS_HOST_DEVICE bool ops_step_skipped(float sum_squares, float norm_limit) {
+    float norm = sqrtf(sum_squares);
+    return !isfinite(norm) || norm > norm_limit;
 }
 
 // The CPU backend: always available.

@@ -26,9 +26,14 @@ void adamw_destroy(AdamW *opt) {
 }
 
 void adamw_step(AdamW *opt, float *params, const float *grads, float lr) {
+    adamw_step_unless_skipped(opt, params, grads, lr, NULL, INFINITY);
     opt->step++;
+}
+
+void adamw_step_unless_skipped(AdamW *opt, float *params, const float *grads, float lr, const float *sum_squares,
+                               float norm_limit) {
     opt->ops->adamw(opt->ops, params, grads, opt->m, opt->v, opt->n, lr, opt->beta1, opt->beta2, opt->eps,
-                    opt->weight_decay, opt->step);
+                    opt->weight_decay, opt->step + 1, sum_squares, norm_limit);
 }
 
 // sqrt(sum g^2), the sum taken on the device into a scalar, then downloaded.

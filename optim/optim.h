@@ -35,6 +35,11 @@ bool adamw_init(AdamW *opt, const Ops *ops, size_t n, float beta1, float beta2, 
                 float weight_decay, Error *err);
 void adamw_destroy(AdamW *opt);
 void adamw_step(AdamW *opt, float *params, const float *grads, float lr);
+// Issues step opt->step + 1, left undone on the device when sqrt(*sum_squares) (device scalar) is not finite or
+// above norm_limit (the adamw op's skip rule), without counting it: the caller adds it to opt->step once it has
+// read the norm and knows the step was taken, so the bias correction stays torch's.
+void adamw_step_unless_skipped(AdamW *opt, float *params, const float *grads, float lr, const float *sum_squares,
+                               float norm_limit);
 
 // L2 norm of the gradients (as torch.nn.utils.clip_grad_norm_'s total norm).
 float grad_norm(const Ops *ops, const float *grads, size_t n, float *scratch_device_scalar);

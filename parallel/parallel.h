@@ -165,8 +165,21 @@ size_t zero_shard_size(const Zero *zero);
 // copies made during the last micro-batch's backward, else downloaded here.
 // With delayed_update the AdamW of this step runs on a thread and params
 // receive the previous step's update instead (stage 2: all-gathered).
+// zero_step_issue, then zero_step_norm.
 bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err);
-// The norm above which the following zero_steps skip the update (INFINITY, the default: none).
+// The step of zero_step without reading its norm. Without offload the norm's
+// square stays on the device (all-reduced there at stage 2), the clip
+// coefficient and the skip are decided there (the clip_by_norm op, the adamw
+// op's skip rule), so the host does not wait for the device (the NCCL
+// collectives of stage 2 aside). With offload the host reads the norm first.
+bool zero_step_issue(Zero *zero, float *params, float *grads, float lr, Error *err);
+// The norm before clipping of the step issued last: its one download (without
+// offload), which waits for the step; counts the AdamW step when it was taken,
+// so zero_state's step (the bias correction) advances only for applied steps.
+// zero_step_issue fails until the norm has been read.
+float zero_step_norm(Zero *zero);
+// The norm above which the following zero_steps skip the update (INFINITY, the default: none);
+// set before zero_step_issue, not between it and zero_step_norm (which judges the step by it again).
 void zero_set_norm_limit(Zero *zero, float limit);
 // delayed_update: waits for the update in flight and writes it into params
 // (all ranks call it together); afterwards params and zero_state are current.

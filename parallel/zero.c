@@ -35,6 +35,8 @@
 // zero_step then finds the gradient on the host and downloads nothing (it
 // still does at stage 0, without overlap, or without the last micro-batch
 // flagged). The norm is taken on the device, the clipping on the host copy.
+// Without offload nothing of the step comes to the host until zero_step_norm:
+// the clip coefficient and the skip are decided on the device.
 // delayed_update (offload only): the CPU AdamW of step k runs on a thread
 // during step k + 1's forward and backward, reading one host gradient buffer
 // while step k + 1's buckets arrive in the other; zero_step k + 1 collects it.
@@ -56,7 +58,9 @@ struct Zero {
     size_t begin, end;       // the shard this rank's optimizer updates
     AdamW adamw;             // on the backend, without offload
     Offload offload;         // in host memory, with offload
-    float *sum_squares;      // backend fp32 scalar
+    float *sum_squares;      // backend fp32 scalar: the step's global sum of g^2
+    float host_sum_squares;  // its value on the host, once read
+    bool step_pending;       // zero_step_issue ran; zero_step_norm has not read its norm yet
     bool grads_reduced;      // stage 2: the shard already holds the sum over ranks
     float norm_limit;        // zero_set_norm_limit
     // overlap_comm: this micro-batch's buckets
@@ -252,49 +256,71 @@ static bool reduce_grads(Zero *zero, float *grads, Error *err) {
     return zero->coll->all_reduce_sum(zero->coll, grads, zero->n, DTYPE_F32, err);
 }
 
-// sqrt(sum of g^2 over the whole buffer): the shard's sum, all-reduced at stage 2.
-static bool global_grad_norm(Zero *zero, const float *grads, float *norm, Error *err) {
+// sum(g^2) over the whole buffer into zero->sum_squares (backend scalar): the
+// shard's sum, all-reduced at stage 2; nothing comes to the host.
+static bool issue_sum_squares(Zero *zero, const float *grads, Error *err) {
     const Ops *ops = zero->ops;
     ops->zero(ops, zero->sum_squares, sizeof(float));
     ops->sum_squares(ops, zero->sum_squares, grads + zero->begin, zero_shard_size(zero));
-    if (zero->options.stage == 2 && !zero->coll->all_reduce_sum(zero->coll, zero->sum_squares, 1, DTYPE_F32, err))
-        return false;
-    float sum = 0.0f;
-    ops->download(ops, &sum, zero->sum_squares, sizeof sum);
-    *norm = sqrtf(sum);
-    return true;
+    return zero->options.stage != 2 || zero->coll->all_reduce_sum(zero->coll, zero->sum_squares, 1, DTYPE_F32, err);
 }
 
 // The shard's gradient on the host (copied per bucket during the backward,
 // else downloaded now), clipped there by the CPU backend's scale (host
 // memory, the same arithmetic), then the CPU AdamW, now or on the worker.
-static bool offloaded_update(Zero *zero, float *shard_params, const float *shard_grads, bool on_host, float norm,
-                             float lr, Error *err) {
+// The host needs the norm first: the step's one download, mid-step.
+static bool offloaded_update(Zero *zero, float *params, const float *grads, bool on_host, float lr, Error *err) {
+    zero->ops->download(zero->ops, &zero->host_sum_squares, zero->sum_squares, sizeof(float));
+    if (ops_step_skipped(zero->host_sum_squares, zero->norm_limit)) return true;
     Offload *offload = &zero->offload;
-    float *host_grads = offload_grads(offload);
-    if (!on_host) zero->ops->download(zero->ops, host_grads, shard_grads, offload->n * sizeof(float));
-    if (zero->options.max_grad_norm > 0) clip_grads(ops_cpu(), host_grads, offload->n, norm, zero->options.max_grad_norm);
-    if (zero->options.delayed_update) return offload_step_delayed(offload, shard_params, lr, err);
-    offload_step(offload, shard_params, lr);
-    return true;
+    float *host_grads = offload_grads(offload), *shard_params = params + zero->begin;
+    if (!on_host) zero->ops->download(zero->ops, host_grads, grads + zero->begin, offload->n * sizeof(float));
+    float max_norm = zero->options.max_grad_norm;
+    if (max_norm > 0) clip_grads(ops_cpu(), host_grads, offload->n, sqrtf(zero->host_sum_squares), max_norm);
+    if (zero->options.delayed_update) {
+        if (!offload_step_delayed(offload, shard_params, lr, err)) return false;
+    } else {
+        offload_step(offload, shard_params, lr);
+    }
+    return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
+}
+
+// On the backend: clip by the device's norm, AdamW unless the device finds the
+// step skipped (then params, m and v keep their bits; the all-gather at stage 2
+// gathers unchanged shards), the step counted by zero_step_norm.
+static bool device_update(Zero *zero, float *params, float *grads, float lr, Error *err) {
+    float *shard_grads = grads + zero->begin;
+    if (zero->options.max_grad_norm > 0)
+        zero->ops->clip_by_norm(zero->ops, shard_grads, zero_shard_size(zero), zero->sum_squares,
+                                zero->options.max_grad_norm);
+    adamw_step_unless_skipped(&zero->adamw, params + zero->begin, shard_grads, lr, zero->sum_squares,
+                              zero->norm_limit);
+    return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
+}
+
+bool zero_step_issue(Zero *zero, float *params, float *grads, float lr, Error *err) {
+    if (zero->step_pending) return fail(err, "ZeRO: a step was issued before the last one's norm was read");
+    bool on_host = zero->host_grads_ready;
+    zero->host_grads_ready = false;
+    if (!reduce_grads(zero, grads, err) || !issue_sum_squares(zero, grads, err)) return false;
+    zero->step_pending = true;
+    if (zero->options.offload_cpu) return offloaded_update(zero, params, grads, on_host, lr, err);
+    return device_update(zero, params, grads, lr, err);
+}
+
+float zero_step_norm(Zero *zero) {
+    if (zero->step_pending && !zero->options.offload_cpu) {
+        zero->ops->download(zero->ops, &zero->host_sum_squares, zero->sum_squares, sizeof(float));
+        if (!ops_step_skipped(zero->host_sum_squares, zero->norm_limit)) zero->adamw.step++;
+    }
+    zero->step_pending = false;
+    return sqrtf(zero->host_sum_squares);
 }
 
 bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err) {
-    bool on_host = zero->host_grads_ready;
-    zero->host_grads_ready = false;
-    float norm;
-    if (!reduce_grads(zero, grads, err) || !global_grad_norm(zero, grads, &norm, err)) return false;
-    *norm_out = norm;
-    if (!isfinite(norm) || norm > zero->norm_limit) return true;
-    float *shard_params = params + zero->begin, *shard_grads = grads + zero->begin;
-    size_t shard = zero_shard_size(zero);
-    if (zero->options.offload_cpu) {
-        if (!offloaded_update(zero, shard_params, shard_grads, on_host, norm, lr, err)) return false;
-    } else {
-        if (zero->options.max_grad_norm > 0) clip_grads(zero->ops, shard_grads, shard, norm, zero->options.max_grad_norm);
-        adamw_step(&zero->adamw, shard_params, shard_grads, lr);
-    }
-    return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
+    if (!zero_step_issue(zero, params, grads, lr, err)) return false;
+    *norm_out = zero_step_norm(zero);
+    return true;
 }
 
 void zero_set_norm_limit(Zero *zero, float limit) { zero->norm_limit = limit; }

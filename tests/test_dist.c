@@ -5,7 +5,9 @@
 // reduced while the backward of a many-layer model goes on (and a rank that
 // dies with a bucket in flight), with the offload their copies to the host
 // made during the backward and the steps equal to the unbucketed offload's,
-// and the offloaded CPU AdamW against the CPU backend's op.
+// zero_step on the CPU backend against the host sequence it replaced (bit for
+// bit, clipped and skipped steps), and the offloaded CPU AdamW against the
+// CPU backend's op.
 #include "test_util.h"
 
 #include <math.h>
@@ -639,6 +641,56 @@ static void test_store_get_times_out_naming_the_key(void **state) {
 // ----------------------------------------------------------------------------
 // the offloaded optimizer
 
+// zero_step on the CPU backend (the step issued with the device's clip and
+// skip, the norm read after) is the host sequence it replaced, bit for bit:
+// norm = sqrt(sum_squares), skip when not finite or above the limit, else
+// clip_grads by that norm and AdamW with the step counted, for clipped,
+// unclipped, non-finite and outlier steps.
+static void test_zero_step_is_the_host_sequence(void **state) {
+    enum { N = 20011, STEPS = 6, NAN_STEP = 2 };
+    const Ops *ops = ops_cpu();
+    const float scales[STEPS] = {1, 1e-3f, 1, 1, 1, 2}, limits[STEPS] = {INFINITY, 1, INFINITY, 30, 1e3f, 1e3f};
+    ZeroOptions options = {.stage = 0, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f,
+                           .max_grad_norm = 0.5f};
+    float *p = malloc(N * sizeof *p), *g = malloc(N * sizeof *g), *p2 = malloc(N * sizeof *p2);
+    float *g2 = malloc(N * sizeof *g2), *m = calloc(N, sizeof *m), *v = calloc(N, sizeof *v);
+    Rng rng;
+    rng_seed(&rng, 11);
+    fill_uniform(p, N, -1, 1, &rng);
+    memcpy(p2, p, N * sizeof *p);
+    Error err;
+    Collectives *single = collectives_single(&err);
+    Zero *zero = single ? zero_create(ops, single, p, g, N, &options, &err) : NULL;
+    if (!zero) fail_msg("%s", err.message);
+    int taken = 0;
+    for (int step = 0; step < STEPS; step++) {
+        fill_uniform(g, N, -1, 1, &rng);
+        for (size_t i = 0; i < N; i++) g[i] *= scales[step];
+        if (step == NAN_STEP) g[N / 2] = NAN;
+        memcpy(g2, g, N * sizeof *g);
+        zero_set_norm_limit(zero, limits[step]);
+        float norm, sum = 0;
+        if (!zero_step(zero, p, g, 1e-2f, &norm, &err)) fail_msg("zero_step: %s", err.message);
+        ops->sum_squares(ops, &sum, g2, N);
+        float want = sqrtf(sum);
+        assert_memory_equal(&norm, &want, sizeof norm);
+        if (isfinite(want) && want <= limits[step]) {
+            clip_grads(ops, g2, N, want, options.max_grad_norm);
+            ops->adamw(ops, p2, g2, m, v, N, 1e-2f, options.beta1, options.beta2, options.eps, options.weight_decay,
+                       ++taken, NULL, INFINITY);
+        }
+        ZeroState z = zero_state(zero);
+        assert_int_equal(z.step, taken);
+        assert_memory_equal(p, p2, N * sizeof *p);
+        assert_memory_equal(z.m, m, N * sizeof *m);
+        assert_memory_equal(z.v, v, N * sizeof *v);
+    }
+    assert_int_equal(taken, 4); // 2 (NaN) and 3 (norm about 82, above 30) skipped; 1 not clipped
+    zero_destroy(zero);
+    collectives_destroy(single);
+    free(p), free(g), free(p2), free(g2), free(m), free(v);
+}
+
 static void test_cpu_adamw_matches_the_cpu_backend(void **state) {
     enum { N = 100003 };
     float *p = malloc(N * sizeof *p), *g = malloc(N * sizeof *g), *m = calloc(N, sizeof *m), *v = calloc(N, sizeof *v);
@@ -652,7 +704,7 @@ static void test_cpu_adamw_matches_the_cpu_backend(void **state) {
         fill_uniform(g, N, -0.1f, 0.1f, &rng);
         cpu_adamw(p, g, m, v, N, 1e-3f, &hyper, step);
         ops_cpu()->adamw(ops_cpu(), p2, g, m2, v2, N, 1e-3f, hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay,
-                         step);
+                         step, NULL, INFINITY);
     }
     double *reference = malloc(N * sizeof *reference);
     for (size_t i = 0; i < N; i++) reference[i] = p2[i];
@@ -676,6 +728,7 @@ int main(void) {
         cmocka_unit_test(test_hung_rank_is_named_after_the_timeout),
         cmocka_unit_test(test_rank_dead_mid_bucket_is_named),
         cmocka_unit_test(test_store_get_times_out_naming_the_key),
+        cmocka_unit_test(test_zero_step_is_the_host_sequence),
         cmocka_unit_test(test_cpu_adamw_matches_the_cpu_backend),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -113,6 +113,12 @@ static void cpu_scale_f32(const Ops *ops, float *x, float s, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= s;
 }
 
+// coef = max_norm / (sqrt(sum) + 1e-6) in fp32, as clip_grads; applied when < 1
+static void cpu_clip_by_norm(const Ops *ops, float *x, size_t n, const float *sum_squares, float max_norm) {
+    float clip_coef = max_norm / (sqrtf(*sum_squares) + 1e-6f);
+    if (clip_coef < 1.0f) cpu_scale_f32(ops, x, clip_coef, n);
+}
+
 // torch's lerp: start + w (end - start), evaluated from the nearer end
 static float lerp(float start, float end, float weight) {
     return weight < 0.5f ? start + weight * (end - start) : end - (end - start) * (1.0f - weight);
@@ -123,7 +129,9 @@ static float lerp(float start, float end, float weight) {
 //   p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
 // Scalars are formed in double, as Python floats, then applied in fp32.
 static void cpu_adamw(const Ops *ops, float *params, const float *grads, float *m, float *v, size_t n, float lr,
-                      float beta1, float beta2, float eps, float weight_decay, int step) {
+                      float beta1, float beta2, float eps, float weight_decay, int step,
+                      const float *skip_sum_squares, float norm_limit) {
+    if (skip_sum_squares && ops_step_skipped(*skip_sum_squares, norm_limit)) return;
     float decay = (float)(1.0 - (double)lr * weight_decay);
     float m_weight = (float)(1.0 - (double)beta1);
     float v_weight = (float)(1.0 - (double)beta2);
@@ -199,6 +207,7 @@ static const Ops cpu_ops = {
     .attention_full_backward = cpu_attention_full_backward,
     .sum_squares = cpu_sum_squares,
     .scale_f32 = cpu_scale_f32,
+    .clip_by_norm = cpu_clip_by_norm,
     .adamw = cpu_adamw,
     .dequantize_blockwise_u8 = cpu_dequantize_blockwise_u8,
     .dequantize_nf4 = cpu_dequantize_nf4,

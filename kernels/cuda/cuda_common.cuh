@@ -209,8 +209,10 @@ void cuda_cross_entropy(const Ops *ops, float *loss_sum, void *dlogits, const vo
                         int N, int V, float grad_scale);
 void cuda_sum_squares(const Ops *ops, float *out, const float *g, size_t n);
 void cuda_scale_f32(const Ops *ops, float *x, float s, size_t n);
+void cuda_clip_by_norm(const Ops *ops, float *x, size_t n, const float *sum_squares, float max_norm);
 void cuda_adamw(const Ops *ops, float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
-                float beta2, float eps, float weight_decay, int step);
+                float beta2, float eps, float weight_decay, int step, const float *skip_sum_squares,
+                float norm_limit);
 
 // dequant.cu
 void cuda_dequantize_blockwise_u8(const Ops *ops, float *out, const uint8_t *q, const float *code, const float *absmax,

@@ -95,6 +95,14 @@ __global__ void scale_f32_kernel(float *x, float s, size_t n) {
     GRID_STRIDE(i, n) x[i] *= s;
 }
 
+// coef = max_norm / (sqrt(*sum_squares) + 1e-6) in fp32 (clip_grads' arithmetic), read by every thread:
+// x *= coef when coef < 1, so the host never needs the norm.
+__global__ void clip_by_norm_kernel(float *x, size_t n, const float *sum_squares, float max_norm) {
+    float clip_coef = max_norm / (sqrtf(*sum_squares) + 1e-6f);
+    if (!(clip_coef < 1.0f)) return;
+    GRID_STRIDE(i, n) x[i] *= clip_coef;
+}
+
 void cuda_sum_squares(const Ops *ops, float *out, const float *g, size_t n) {
     CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
@@ -112,14 +120,25 @@ void cuda_scale_f32(const Ops *ops, float *x, float s, size_t n) {
     launchCheck("scale_f32_kernel");
 }
 
+void cuda_clip_by_norm(const Ops *ops, float *x, size_t n, const float *sum_squares, float max_norm) {
+    CudaContext *ctx = cuda_context(ops);
+    if (n == 0) return;
+    clip_by_norm_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>(x, n, sum_squares, max_norm);
+    launchCheck("clip_by_norm_kernel");
+}
+
 // ----------------------------------------------------------------------------
 // AdamW as torch.optim.AdamW (foreach=False, capturable=False):
 // p *= 1 - lr wd;  m = lerp(m, g, 1 - beta1);  v = beta2 v + (1 - beta2) g^2
 // p -= step_size * m / (sqrt(v) / bc2_sqrt + eps),
 // step_size = lr / (1 - beta1^step), bc2_sqrt = sqrt(1 - beta2^step), in double on the host.
+// With skip_sum_squares every thread reads the global norm's square and leaves
+// its elements untouched when the step is skipped (ops_step_skipped).
 
 __global__ void adamw_kernel(float *params, const float *grads, float *m, float *v, size_t n, float decay,
-                             float beta1, float beta2, float eps, float step_size, float bc2_sqrt) {
+                             float beta1, float beta2, float eps, float step_size, float bc2_sqrt,
+                             const float *skip_sum_squares, float norm_limit) {
+    if (skip_sum_squares && ops_step_skipped(*skip_sum_squares, norm_limit)) return;
     GRID_STRIDE(i, n) {
         float g = grads[i];
         float m_i = m[i] + (1.0f - beta1) * (g - m[i]);
@@ -131,13 +150,14 @@ __global__ void adamw_kernel(float *params, const float *grads, float *m, float 
 }
 
 void cuda_adamw(const Ops *ops, float *params, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
-                float beta2, float eps, float weight_decay, int step) {
+                float beta2, float eps, float weight_decay, int step, const float *skip_sum_squares,
+                float norm_limit) {
     CudaContext *ctx = cuda_context(ops);
     if (n == 0) return;
     double step_size = (double)lr / (1.0 - pow((double)beta1, step));
     double bc2_sqrt = sqrt(1.0 - pow((double)beta2, step));
     adamw_kernel<<<grid_for(ctx, n, THREADS), THREADS, 0, ctx->stream>>>(
         params, grads, m, v, n, (float)(1.0 - (double)lr * weight_decay), beta1, beta2, eps, (float)step_size,
-        (float)bc2_sqrt);
+        (float)bc2_sqrt, skip_sum_squares, norm_limit);
     launchCheck("adamw_kernel");
 }

@@ -295,6 +295,7 @@ static const Ops cuda_ops = {
     .attention_full_backward = cuda_attention_full_backward,
     .sum_squares = cuda_sum_squares,
     .scale_f32 = cuda_scale_f32,
+    .clip_by_norm = cuda_clip_by_norm,
     .adamw = cuda_adamw,
     .dequantize_blockwise_u8 = cuda_dequantize_blockwise_u8,
     .dequantize_nf4 = cuda_dequantize_nf4,

@@ -613,8 +613,9 @@ static void test_adamw(void **state) {
     for (int step = 1; step <= 3; step++) {
         float *grads = random_f32(n, -1, 1);
         float *dev_grads = gpu_copy(grads, n * sizeof(float));
-        cpu->adamw(cpu, params, grads, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
-        gpu->adamw(gpu, dev_params, dev_grads, dev_m, dev_v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step);
+        cpu->adamw(cpu, params, grads, m, v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step, NULL, INFINITY);
+        gpu->adamw(gpu, dev_params, dev_grads, dev_m, dev_v, n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, step, NULL,
+                   INFINITY);
         gpu->free(gpu, dev_grads);
         free(grads);
     }
