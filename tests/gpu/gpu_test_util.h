@@ -44,6 +44,7 @@ void rope_inputs_free(RopeInputs *rope);
 // The CPU oracle of cpu->attention_forward / _backward with rope (NULL: those ops as they are) that the kernels
 // match: q and k rotated by rope_forward and rounded to bf16, as the kernels stage them (as the unfused
 // model's rope_forward stored them); the backward's dq, dk rotated back by rope_backward and added.
+// ops_cpu_bf16 (cpu_bf16.c) attends through these too.
 void cpu_attention_forward_bf16_rope(float *out, float *lse, const float *q, const float *k, const float *v,
                                      const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
                                      int n_kv_head, int head_dim);
