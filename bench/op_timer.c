@@ -78,18 +78,26 @@ TIMED(rope_forward, (const Ops *ops, void *x, const int32_t *p, const float *f, 
       (base, x, p, f, N, h, d), ((OpCost){3.0 * N * h * d, 2 * E * N * h * d + 4.0 * N + 2.0 * d}))
 TIMED(rope_backward, (const Ops *ops, void *x, const int32_t *p, const float *f, int N, int h, int d),
       (base, x, p, f, N, h, d), ((OpCost){3.0 * N * h * d, 2 * E * N * h * d + 4.0 * N + 2.0 * d}))
-// q k and p v per causal pair: 4 d; q, k, v read, out and lse (fp32) written
+// Fused RoPE: q and k rotated once each as rope_forward counts them (3 per element), positions and inv_freq read.
+static OpCost rope_rotation(const AttentionRope *rope, int b, int t, int h, int kv, int d) {
+    return rope ? (OpCost){3.0 * b * t * d * (h + kv), 4.0 * b * t + 2.0 * d} : (OpCost){0, 0};
+}
+// q k and p v per causal pair: 4 d; q, k, v read, out and lse (fp32) written; the rotation of q, k
 TIMED(attention_forward, (const Ops *ops, void *o, float *l, const void *q, const void *k, const void *v,
-                          const int32_t *s, int b, int t, int h, int kv, int d),
-      (base, o, l, q, k, v, s, b, t, h, kv, d),
-      ((OpCost){4.0 * d * causal_pairs(b, t, h), E * ((double)b * t * d * (2.0 * h + 2.0 * kv)) + 4.0 * b * h * t}))
+                          const int32_t *s, const AttentionRope *r, int b, int t, int h, int kv, int d),
+      (base, o, l, q, k, v, s, r, b, t, h, kv, d),
+      ((OpCost){4.0 * d * causal_pairs(b, t, h) + rope_rotation(r, b, t, h, kv, d).flops,
+                E * ((double)b * t * d * (2.0 * h + 2.0 * kv)) + 4.0 * b * h * t +
+                    rope_rotation(r, b, t, h, kv, d).bytes}))
 // FlashAttention-2's backward: s = q k and dp = dout v again, dq, dk, dv: 10 d per
-// pair; q, k, v, out, dout, lse read, dq, dk, dv read and written
+// pair; q, k, v, out, dout, lse read, dq, dk, dv read and written; q, k rotated again and dq, dk rotated back
 TIMED(attention_backward, (const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
-                           const float *l, const void *q, const void *k, const void *v, const int32_t *s, int b, int t,
-                           int h, int kv, int d), (base, dq, dk, dv, dout, out, l, q, k, v, s, b, t, h, kv, d),
-      ((OpCost){10.0 * d * causal_pairs(b, t, h),
-                E * ((double)b * t * d * (5.0 * h + 6.0 * kv)) + 4.0 * b * h * t}))
+                           const float *l, const void *q, const void *k, const void *v, const int32_t *s,
+                           const AttentionRope *r, int b, int t, int h, int kv, int d),
+      (base, dq, dk, dv, dout, out, l, q, k, v, s, r, b, t, h, kv, d),
+      ((OpCost){10.0 * d * causal_pairs(b, t, h) + 2 * rope_rotation(r, b, t, h, kv, d).flops,
+                E * ((double)b * t * d * (5.0 * h + 6.0 * kv)) + 4.0 * b * h * t +
+                    rope_rotation(r, b, t, h, kv, d).bytes}))
 // silu(g) u = g u / (1 + e^-g): 5 per element
 TIMED(swiglu_forward, (const Ops *ops, void *o, const void *g, const void *u, size_t n), (base, o, g, u, n),
       ((OpCost){5.0 * n, 3 * E * n}))

@@ -38,6 +38,14 @@ typedef struct RopeScaling {
 // inv_freq[i] = theta^(-2i / head_dim), i < head_dim / 2, then scaled.
 void rope_inverse_frequencies(float *inv_freq, int head_dim, float theta, const RopeScaling *scaling);
 
+// The rotation attention_forward / attention_backward apply to q and k as
+// they load them: rope_forward's arguments, positions (N = B * T) and
+// inv_freq (head_dim / 2), both in the backend's memory.
+typedef struct AttentionRope {
+    const int32_t *positions;
+    const float *inv_freq;
+} AttentionRope;
+
 typedef struct Ops Ops;
 struct Ops {
     const char *name;  // "cpu" or "cuda", for messages; what differs is in the capabilities below
@@ -141,11 +149,18 @@ struct Ops {
     // of the first token of t's segment, so it is t or seq_start[b, t - 1].
     // Token t attends to u iff seq_start[b, t] <= u <= t. NULL: each row is
     // one causal sequence (seq_start = 0 everywhere).
+    // Fused RoPE: with rope, q and k are the un-rotated projections and the
+    // op attends with rope_forward's rotation of them (positions indexed by
+    // token b * T + t), applied as q, k are loaded, in the forward and in the
+    // backward's recomputation; the backward's dq, dk are with respect to the
+    // un-rotated q, k (rope_backward of the rotated ones' gradients). NULL:
+    // q, k are used as they are (the vision towers, no positions).
     void (*attention_forward)(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
-                              const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim);
+                              const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                              int n_kv_head, int head_dim);
     void (*attention_backward)(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                                const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
-                               int B, int T, int n_head, int n_kv_head, int head_dim);
+                               const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int head_dim);
 
     // ---- SwiGLU: out = silu(gate) * up, silu(x) = x / (1 + e^-x) ----------
     void (*swiglu_forward)(const Ops *ops, void *out, const void *gate, const void *up, size_t n);

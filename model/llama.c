@@ -3,7 +3,7 @@
 //
 // Per layer, with N = B * T tokens, C hidden, H query heads, KV kv heads:
 //   ln1 = rmsnorm(x)                      q, k, v = lora_linear(ln1)
-//   q, k = rope(q), rope(k)               att = causal_gqa_attention(q, k, v)
+//   att = causal_gqa_attention(rope(q), rope(k), v)   (RoPE applied inside attention as q, k load)
 //   mid = x + lora_linear_o(att)          ln2 = rmsnorm(mid)
 //   h = silu(lora_linear_gate(ln2)) * lora_linear_up(ln2)
 //   out = mid + lora_linear_down(h)
@@ -87,9 +87,8 @@ static void layer_forward(Model *m, const StepState *st, int l, const void *x, v
     linear_forward(m, st, l, LORA_Q, a->q, a->ln1, a->lora_h[LORA_Q]);
     linear_forward(m, st, l, LORA_K, a->k, a->ln1, a->lora_h[LORA_K]);
     linear_forward(m, st, l, LORA_V, a->v, a->ln1, a->lora_h[LORA_V]);
-    ops->rope_forward(ops, a->q, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
-    ops->rope_forward(ops, a->k, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
-    ops->attention_forward(ops, a->att, a->lse, a->q, a->k, a->v, st->seq_start, st->B, st->T, c->n_heads,
+    AttentionRope rope = {m->positions, m->inv_freq};
+    ops->attention_forward(ops, a->att, a->lse, a->q, a->k, a->v, st->seq_start, &rope, st->B, st->T, c->n_heads,
                            c->n_kv_heads, c->head_dim);
     linear_forward(m, st, l, LORA_O, a->mid, a->att, a->lora_h[LORA_O]);
     ops->residual_rmsnorm_forward(ops, a->ln2, a->rstd2, a->mid, x, w->post_attention_layernorm, N, C, c->rms_eps);
@@ -126,10 +125,9 @@ static void layer_backward(Model *m, const StepState *st, int l, const void *x, 
     ops->zero(ops, m->dq, (size_t)N * q_width(c) * s);
     ops->zero(ops, m->dk, (size_t)N * kv_width(c) * s);
     ops->zero(ops, m->dv, (size_t)N * kv_width(c) * s);
-    ops->attention_backward(ops, m->dq, m->dk, m->dv, m->d_att, a->att, a->lse, a->q, a->k, a->v, st->seq_start, st->B,
-                            st->T, c->n_heads, c->n_kv_heads, c->head_dim);
-    ops->rope_backward(ops, m->dq, m->positions, m->inv_freq, N, c->n_heads, c->head_dim);
-    ops->rope_backward(ops, m->dk, m->positions, m->inv_freq, N, c->n_kv_heads, c->head_dim);
+    AttentionRope rope = {m->positions, m->inv_freq};
+    ops->attention_backward(ops, m->dq, m->dk, m->dv, m->d_att, a->att, a->lse, a->q, a->k, a->v, st->seq_start, &rope,
+                            st->B, st->T, c->n_heads, c->n_kv_heads, c->head_dim);
     void *d_ln = need_dx ? m->d_ln : NULL;
     if (need_dx) ops->zero(ops, m->d_ln, (size_t)N * C * s);
     linear_backward(m, st, l, LORA_Q, d_ln, m->dq, a->ln1, a->lora_h[LORA_Q]);

@@ -21,7 +21,7 @@ typedef struct LoraSlot { // one targeted linear of one layer
 typedef struct LayerActs {           // what one layer's backward reads; (N, ...) each
     void *ln1, *ln2;                 // (N, C) normalised inputs of attention and MLP
     float *rstd1, *rstd2;            // (N)
-    void *q, *k, *v;                 // (N, H*hd), (N, KV*hd), (N, KV*hd), after rope
+    void *q, *k, *v;                 // (N, H*hd), (N, KV*hd), (N, KV*hd), before rope (attention rotates q, k)
     void *att;                       // (N, H*hd) attention output
     float *lse;                      // (B, H, T)
     void *mid;                       // (N, C) residual after attention

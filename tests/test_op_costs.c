@@ -91,17 +91,23 @@ static void test_attention_costs_of_one_layer(void **state) {
     run_one_step(&c, &r);
     // B 2 rows of T 8 tokens, 4 query heads, 2 kv heads, head_dim 8: 2 * 4 * (8 * 9 / 2) = 288
     // causal (query, key) pairs; q.k and p.v are 2 * 8 FLOPs each: 288 * 32 = 9,216 forward;
-    // the backward's five products 288 * 80 = 23,040. fp32 storage (E = 4): the forward reads
-    // q (2*8*32 floats), k, v (2*8*16 each), writes out (2*8*32) and lse (2*4*8):
-    // 4 * (512 + 256 + 256 + 512 + 64) = 6,400 bytes.
+    // the backward's five products 288 * 80 = 23,040. RoPE is fused into attention: rotating q
+    // (16 tokens x 4 heads x 8) and k (16 x 2 x 8) is 3 * 768 = 2,304 FLOPs, once in the forward
+    // (11,520) and twice in the backward (q, k again and dq, dk back: 27,648). fp32 storage
+    // (E = 4): the forward reads q (2*8*32 floats), k, v (2*8*16 each), writes out (2*8*32) and
+    // lse (2*4*8), and reads positions (16 int32) and inv_freq (4 floats):
+    // 4 * (512 + 256 + 256 + 512 + 64 + 16 + 4) = 6,480 bytes.
     OpTotals forward = totals_of("attention_forward"), backward = totals_of("attention_backward");
     assert_int_equal(forward.calls, 1);
-    assert_true(forward.flops == 9216.0);
-    assert_true(backward.flops == 23040.0);
-    assert_true(forward.bytes == 6400.0);
-    // The backward reads q, out, dout (512 floats each), k, v (256 each) and lse (64), reads and
-    // writes dq (512), dk, dv (256 each): 4 * (1536 + 512 + 64 + 1024 + 1024) = 16,640 bytes.
-    assert_true(backward.bytes == 16640.0);
+    assert_true(forward.flops == 11520.0);
+    assert_true(backward.flops == 27648.0);
+    assert_true(forward.bytes == 6480.0);
+    // The backward reads q, out, dout (512 floats each), k, v (256 each), lse (64), positions and
+    // inv_freq (20), reads and writes dq (512), dk, dv (256 each):
+    // 4 * (1536 + 512 + 64 + 20 + 1024 + 1024) = 16,720 bytes.
+    assert_true(backward.bytes == 16720.0);
+    // No separate rope pass is left in the step.
+    assert_int_equal(totals_of("rope_forward").calls + totals_of("rope_backward").calls, 0);
 }
 
 static void test_device_peaks(void **state) {

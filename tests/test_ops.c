@@ -440,9 +440,9 @@ static void check_attention(AttentionShape s) {
     float *dq = random_floats(q_size, -1.0f, 1.0f, &rng), *dk = random_floats(kv_size, -1.0f, 1.0f, &rng), *dv = random_floats(kv_size, -1.0f, 1.0f, &rng);
     float *dq_before = copy_floats(dq, q_size), *dk_before = copy_floats(dk, kv_size);
     float *dv_before = copy_floats(dv, kv_size);
-    cpu->attention_forward(cpu, out, lse, q, k, v, s.seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
-    cpu->attention_backward(cpu, dq, dk, dv, dout, out, lse, q, k, v, s.seq_start, s.B, s.T, s.n_head, s.n_kv_head,
-                            s.head_dim);
+    cpu->attention_forward(cpu, out, lse, q, k, v, s.seq_start, NULL, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    cpu->attention_backward(cpu, dq, dk, dv, dout, out, lse, q, k, v, s.seq_start, NULL, s.B, s.T, s.n_head,
+                            s.n_kv_head, s.head_dim);
 
     Problem p = {.inputs = {to_double(q, q_size), to_double(k, kv_size), to_double(v, kv_size)},
                  .input_sizes = {q_size, kv_size, kv_size}, .out_size = q_size,
@@ -497,8 +497,8 @@ static void test_attention_packed_equals_segments(void **state) {
     float *v = random_floats(kv_size, -1, 1, &rng), *dout = random_floats(q_size, -1, 1, &rng);
     float *out = poisoned_floats(q_size), *lse = poisoned_floats((size_t)B * H * T);
     float *dq = calloc(q_size, sizeof(float)), *dk = calloc(kv_size, sizeof(float)), *dv = calloc(kv_size, sizeof(float));
-    cpu->attention_forward(cpu, out, lse, q, k, v, seq_start, B, T, H, KV, HD);
-    cpu->attention_backward(cpu, dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, H, KV, HD);
+    cpu->attention_forward(cpu, out, lse, q, k, v, seq_start, NULL, B, T, H, KV, HD);
+    cpu->attention_backward(cpu, dq, dk, dv, dout, out, lse, q, k, v, seq_start, NULL, B, T, H, KV, HD);
     int checked = 0;
     for (int i = 0; i < B * T; i++) {
         int b = i / T, first = i % T, length = 1;
@@ -510,9 +510,9 @@ static void test_attention_packed_equals_segments(void **state) {
         float *seg_out = poisoned_floats(seg_q), *seg_lse = poisoned_floats((size_t)H * length);
         float *seg_dq = calloc(seg_q, sizeof(float)), *seg_dk = calloc(seg_kv, sizeof(float));
         float *seg_dv = calloc(seg_kv, sizeof(float));
-        cpu->attention_forward(cpu, seg_out, seg_lse, seg[0], seg[1], seg[2], NULL, 1, length, H, KV, HD);
-        cpu->attention_backward(cpu, seg_dq, seg_dk, seg_dv, seg[3], seg_out, seg_lse, seg[0], seg[1], seg[2], NULL, 1,
-                                length, H, KV, HD);
+        cpu->attention_forward(cpu, seg_out, seg_lse, seg[0], seg[1], seg[2], NULL, NULL, 1, length, H, KV, HD);
+        cpu->attention_backward(cpu, seg_dq, seg_dk, seg_dv, seg[3], seg_out, seg_lse, seg[0], seg[1], seg[2], NULL,
+                                NULL, 1, length, H, KV, HD);
         size_t q_at = ((size_t)b * T + first) * H * HD, kv_at = ((size_t)b * T + first) * KV * HD;
         assert_memory_equal(out + q_at, seg_out, seg_q * sizeof(float));
         assert_memory_equal(dq + q_at, seg_dq, seg_q * sizeof(float));
@@ -527,6 +527,72 @@ static void test_attention_packed_equals_segments(void **state) {
     }
     assert_int_equal(checked, 4);
     free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
+}
+
+// Fused RoPE (AttentionRope): the op on un-rotated q, k equals rope_forward, then attention, then
+// rope_backward of dq, dk; the gradients are still added. Positions restart at each packed segment.
+static void check_attention_rope(int B, int T, int H, int KV, int HD, const int *segments, int n_segments) {
+    size_t q_size = (size_t)B * T * H * HD, kv_size = (size_t)B * T * KV * HD, lse_size = (size_t)B * H * T;
+    int32_t *seq_start = NULL, positions[B * T];
+    if (segments) {
+        seq_start = malloc((size_t)B * T * sizeof(int32_t));
+        assert_non_null(seq_start);
+        packed_seq_start(seq_start, B, T, segments, n_segments);
+    }
+    for (int i = 0; i < B * T; i++) positions[i] = 3 * (i % T - (seq_start ? seq_start[i] : 0)) + 1;
+    float inv_freq[HD / 2];
+    RopeScaling llama31 = {.llama3 = true, .factor = 8, .low_freq_factor = 1, .high_freq_factor = 4,
+                           .original_max_position = 64};
+    rope_inverse_frequencies(inv_freq, HD, 500000.0f, &llama31);
+    AttentionRope rope = {positions, inv_freq};
+    Rng rng;
+    rng_seed(&rng, 90 + T);
+    float *q = random_floats(q_size, -1, 1, &rng), *k = random_floats(kv_size, -1, 1, &rng);
+    float *v = random_floats(kv_size, -1, 1, &rng), *dout = random_floats(q_size, -1, 1, &rng);
+    float *grad[3] = {random_floats(q_size, -1, 1, &rng), random_floats(kv_size, -1, 1, &rng),
+                      random_floats(kv_size, -1, 1, &rng)};
+    float *out = poisoned_floats(q_size), *lse = poisoned_floats(lse_size);
+    float *ref_grad[3] = {copy_floats(grad[0], q_size), copy_floats(grad[1], kv_size),
+                          copy_floats(grad[2], kv_size)};
+    float *ref_out = poisoned_floats(q_size), *ref_lse = poisoned_floats(lse_size);
+    float *qr = copy_floats(q, q_size), *kr = copy_floats(k, kv_size);
+    float *ref_dq = calloc(q_size, sizeof(float)), *ref_dk = calloc(kv_size, sizeof(float));
+    cpu->attention_forward(cpu, out, lse, q, k, v, seq_start, &rope, B, T, H, KV, HD);
+    cpu->attention_backward(cpu, grad[0], grad[1], grad[2], dout, out, lse, q, k, v, seq_start, &rope, B, T, H, KV, HD);
+
+    cpu->rope_forward(cpu, qr, positions, inv_freq, B * T, H, HD);
+    cpu->rope_forward(cpu, kr, positions, inv_freq, B * T, KV, HD);
+    cpu->attention_forward(cpu, ref_out, ref_lse, qr, kr, v, seq_start, NULL, B, T, H, KV, HD);
+    cpu->attention_backward(cpu, ref_dq, ref_dk, ref_grad[2], dout, ref_out, ref_lse, qr, kr, v, seq_start, NULL, B,
+                            T, H, KV, HD);
+    cpu->rope_backward(cpu, ref_dq, positions, inv_freq, B * T, H, HD);
+    cpu->rope_backward(cpu, ref_dk, positions, inv_freq, B * T, KV, HD);
+    for (size_t i = 0; i < q_size; i++) ref_grad[0][i] += ref_dq[i];
+    for (size_t i = 0; i < kv_size; i++) ref_grad[1][i] += ref_dk[i];
+    double *want_out = to_double(ref_out, q_size), *want_lse = to_double(ref_lse, lse_size);
+    assert_close("attention rope out", out, want_out, q_size, 1e-5);
+    assert_close("attention rope lse", lse, want_lse, lse_size, 1e-5);
+    size_t sizes[3] = {q_size, kv_size, kv_size};
+    const char *names[3] = {"attention rope dq", "attention rope dk", "attention rope dv"};
+    for (int g = 0; g < 3; g++) {
+        double *want = to_double(ref_grad[g], sizes[g]);
+        assert_close(names[g], grad[g], want, sizes[g], 1e-5);
+        free(want), free(grad[g]), free(ref_grad[g]);
+    }
+    free(want_out), free(want_lse), free(seq_start), free(q), free(k), free(v), free(dout), free(out), free(lse);
+    free(ref_out), free(ref_lse), free(qr), free(kr), free(ref_dq), free(ref_dk);
+}
+
+static void test_attention_rope_gqa(void **state) { check_attention_rope(2, 9, 8, 2, 16, NULL, 0); }
+
+static void test_attention_rope_packed(void **state) {
+    check_attention_rope(2, 6, 4, 1, 8, PACKED_SEGMENTS, 4);
+}
+
+// More keys than one of the backend's key chunks (64), and query heads 8 to a kv head.
+static void test_attention_rope_long_packed(void **state) {
+    static const int segments[] = {70, 80, 150};
+    check_attention_rope(2, 150, 8, 1, 12, segments, 3);
 }
 
 // One forward against torch's scaled_dot_product_attention: causal
@@ -555,7 +621,7 @@ static void check_attention_vs_torch(const char *prefix, bool packed) {
         for (int i = 0; i < B * T; i++) seq_start[i] = (int32_t)data[5][i];
     }
     float *out = poisoned_floats(q_size), *lse = poisoned_floats(lse_size);
-    cpu->attention_forward(cpu, out, lse, qf, kf, vf, seq_start, B, T, H, KV, hd);
+    cpu->attention_forward(cpu, out, lse, qf, kf, vf, seq_start, NULL, B, T, H, KV, hd);
     assert_close("attention vs torch", out, data[3], q_size, FORWARD_TOL);
     assert_close("attention lse vs torch", lse, data[4], lse_size, FORWARD_TOL);
     free(dims), free(seq_start);
@@ -833,6 +899,9 @@ int main(void) {
         cmocka_unit_test(test_attention_packed_gradcheck),
         cmocka_unit_test(test_attention_packed_equals_segments),
         cmocka_unit_test(test_attention_packed_vs_torch),
+        cmocka_unit_test(test_attention_rope_gqa),
+        cmocka_unit_test(test_attention_rope_packed),
+        cmocka_unit_test(test_attention_rope_long_packed),
         cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_swiglu_tails),
         cmocka_unit_test(test_dropout_mask),

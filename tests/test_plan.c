@@ -148,12 +148,12 @@ static bool counted_reserve_scratch(const Ops *ops, size_t bytes, Error *err) {
 
 static void counted_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                                        const float *lse, const void *q, const void *k, const void *v,
-                                       const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                                       int head_dim) {
+                                       const int32_t *seq_start, const AttentionRope *rope, int B, int T,
+                                       int n_head, int n_kv_head, int head_dim) {
     size_t bytes = attention_backward_scratch_bytes(B, T, n_head);
     if (bytes > scratch_needed) scratch_needed = bytes;
-    ops_cpu()->attention_backward(ops_cpu(), dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head,
-                                  head_dim);
+    ops_cpu()->attention_backward(ops_cpu(), dq, dk, dv, dout, out, lse, q, k, v, seq_start, rope, B, T, n_head,
+                                  n_kv_head, head_dim);
 }
 
 // The CPU backend with its alloc and free counted, its scratch requests recorded.

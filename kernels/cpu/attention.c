@@ -13,16 +13,20 @@
 //   ds_u = p_u (dp_u - D_t);  dq_t += ds_u k_u / sqrt(hd);  dk_u += ds_u q_t / sqrt(hd)
 // Tiled: a block of queries [t0, t1) of one head against the keys it sees,
 // [first_key(t0), t1) (bidirectional: [0, T)): the scores S = Q K^T, dV += P^T dO, dP = dO V^T,
-// dQ += dS K and dK += dS^T Q are sgemms on strided rows (one thread each,
-// inside the OpenMP loop); the (block, keys) tiles live on the stack.
+// dQ += dS K and dK += dS^T Q are sgemms (one thread each, inside the OpenMP loop); the (block, keys)
+// tiles live on the stack. Q's block and K's keys, KEY_CHUNK at a time, are copied onto the stack first,
+// rotated by rope_forward when rope is given (q, k un-rotated: the decoder's fused RoPE); dQ and dK are
+// summed there and rotated back (rope_backward) before they are added.
 #include "cpu.h"
 
 #include <cblas.h>
 #include <math.h>
+#include <string.h>
 
 typedef struct AttentionShape {
     int B, T, n_head, n_kv_head, head_dim;
     const int32_t *seq_start; // (B, T) or NULL
+    const AttentionRope *rope; // rotation of q and k, or NULL
     bool causal;              // else every query sees every key of its row
 } AttentionShape;
 
@@ -50,6 +54,31 @@ static float dot(const float *x, const float *y, int n) {
 // At most this many floats per (query block, keys) tile: 256 KiB on a thread's stack.
 #define TILE_FLOATS 65536
 #define QUERY_BLOCK 64
+#define KEY_CHUNK 64
+
+// dst (n, hd) = rows [t0, t0 + n) of `head` in row b of a (B, T, n_heads, hd) tensor, rotated as
+// rope_forward rotates them when s->rope is set.
+static void load_rows(const AttentionShape *s, float *dst, const float *src, int n_heads, int head, int b, int t0,
+                      int n) {
+    int hd = s->head_dim;
+    for (int i = 0; i < n; i++)
+        memcpy(dst + (size_t)i * hd, src + (((size_t)b * s->T + t0 + i) * n_heads + head) * hd, hd * sizeof(float));
+    if (s->rope)
+        cpu_rope_forward(NULL, dst, s->rope->positions + (size_t)b * s->T + t0, s->rope->inv_freq, n, 1, hd);
+}
+
+// Those rows += src (n, hd), rotated back as rope_backward rotates them when s->rope is set (src overwritten).
+static void add_rows(const AttentionShape *s, float *dst, float *src, int n_heads, int head, int b, int t0, int n) {
+    int hd = s->head_dim;
+    if (s->rope)
+        cpu_rope_backward(NULL, src, s->rope->positions + (size_t)b * s->T + t0, s->rope->inv_freq, n, 1, hd);
+    for (int i = 0; i < n; i++) {
+        float *row = dst + (((size_t)b * s->T + t0 + i) * n_heads + head) * hd;
+        const float *add = src + (size_t)i * hd;
+        #pragma omp simd
+        for (int d = 0; d < hd; d++) row[d] += add[d];
+    }
+}
 
 // Queries [t0, t1) of row b and the keys they see, [k0, k1): seq_start does
 // not decrease along a row, so t0's first key is the block's first; k1 = t1
@@ -69,15 +98,18 @@ static QueryBlock query_block(const AttentionShape *s, int b, int h, int t0, int
                         .k0 = first_key(s, b, t0), .k1 = s->causal ? t1 : s->T};
 }
 
-// P (nq, nk) = the block's probabilities e^{s - lse} (0 outside each query's
-// keys), from the scores recomputed with one sgemm. lse (nq) is given (the
-// backward) or, when compute_lse, computed into it (the forward).
-static void block_probabilities(const AttentionShape *s, const QueryBlock *qb, const float *q, const float *k,
+// P (nq, nk) = the block's probabilities e^{s - lse} (0 outside each query's keys), from the scores
+// recomputed from the block's (rotated) queries qr (nq, hd) and its keys, loaded KEY_CHUNK at a time.
+// lse (nq) is given (the backward) or, when compute_lse, computed into it (the forward).
+static void block_probabilities(const AttentionShape *s, const QueryBlock *qb, const float *qr, const float *k,
                                 float *P, float *lse, bool compute_lse) {
     int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->k1 - qb->k0;
-    float scale = 1.0f / sqrtf((float)hd);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, scale, q + q_offset(s, qb->b, qb->t0, qb->h),
-                s->n_head * hd, k + kv_offset(s, qb->b, qb->k0, qb->kv_head), s->n_kv_head * hd, 0.0f, P, nk);
+    float scale = 1.0f / sqrtf((float)hd), kr[KEY_CHUNK * hd];
+    for (int c = 0; c < nk; c += KEY_CHUNK) {
+        int nc = nk - c < KEY_CHUNK ? nk - c : KEY_CHUNK;
+        load_rows(s, kr, k, s->n_kv_head, qb->kv_head, qb->b, qb->k0 + c, nc);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nc, hd, scale, qr, hd, kr, hd, 0.0f, P + c, nk);
+    }
     for (int i = 0; i < nq; i++) {
         int t = qb->t0 + i, first = first_key(s, qb->b, t) - qb->k0, last = s->causal ? t - qb->k0 : nk - 1;
         float *row = P + (size_t)i * nk;
@@ -100,8 +132,9 @@ static float *lse_at(const AttentionShape *s, float *lse, int b, int h, int t) {
 static void attention_block_forward(const AttentionShape *s, const QueryBlock *qb, float *out, float *lse,
                                     const float *q, const float *k, const float *v) {
     int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->k1 - qb->k0;
-    float P[nq * nk];
-    block_probabilities(s, qb, q, k, P, lse_at(s, lse, qb->b, qb->h, qb->t0), true);
+    float P[nq * nk], qr[nq * hd];
+    load_rows(s, qr, q, s->n_head, qb->h, qb->b, qb->t0, nq);
+    block_probabilities(s, qb, qr, k, P, lse_at(s, lse, qb->b, qb->h, qb->t0), true);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, P, nk,
                 v + kv_offset(s, qb->b, qb->k0, qb->kv_head), s->n_kv_head * hd, 0.0f,
                 out + q_offset(s, qb->b, qb->t0, qb->h), s->n_head * hd);
@@ -122,14 +155,15 @@ static void attention_forward(const AttentionShape *s, float *out, float *lse, c
 }
 
 void cpu_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
-                           const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
-    AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start, true};
+                           const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                           int n_kv_head, int head_dim) {
+    AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start, rope, true};
     attention_forward(&s, out, lse, q, k, v);
 }
 
 void cpu_attention_full_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
                                 int B, int T, int n_head, int head_dim) {
-    AttentionShape s = {B, T, n_head, n_head, head_dim, NULL, false};
+    AttentionShape s = {B, T, n_head, n_head, head_dim, NULL, NULL, false};
     attention_forward(&s, out, lse, q, k, v);
 }
 
@@ -139,14 +173,16 @@ typedef struct AttentionGrads {
 } AttentionGrads;
 
 // One query block's share of every gradient (the caller owns dk, dv of its kv head):
-// dV += P^T dO;  dP = dO V^T;  dS = P (dP - D) / sqrt(hd);  dQ += dS K;  dK += dS^T Q.
+// dV += P^T dO;  dP = dO V^T;  dS = P (dP - D) / sqrt(hd);  dQ += dS K;  dK += dS^T Q,
+// Q and K rotated, dQ and dK rotated back, a chunk of keys at a time.
 static void attention_block_backward(const AttentionShape *s, const AttentionGrads *g, const QueryBlock *qb) {
     int hd = s->head_dim, nq = qb->t1 - qb->t0, nk = qb->k1 - qb->k0;
     int q_stride = s->n_head * hd, kv_stride = s->n_kv_head * hd;
     size_t q_at = q_offset(s, qb->b, qb->t0, qb->h), kv_at = kv_offset(s, qb->b, qb->k0, qb->kv_head);
     float scale = 1.0f / sqrtf((float)hd);
-    float P[nq * nk], dS[nq * nk];
-    block_probabilities(s, qb, g->q, g->k, P, (float *)lse_at(s, (float *)g->lse, qb->b, qb->h, qb->t0), false);
+    float P[nq * nk], dS[nq * nk], qr[nq * hd], dq[nq * hd], kr[KEY_CHUNK * hd], dk[KEY_CHUNK * hd];
+    load_rows(s, qr, g->q, s->n_head, qb->h, qb->b, qb->t0, nq);
+    block_probabilities(s, qb, qr, g->k, P, (float *)lse_at(s, (float *)g->lse, qb->b, qb->h, qb->t0), false);
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, nq, 1.0f, P, nk, g->dout + q_at, q_stride, 1.0f,
                 g->dv + kv_at, kv_stride);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, hd, 1.0f, g->dout + q_at, q_stride, g->v + kv_at,
@@ -156,10 +192,15 @@ static void attention_block_backward(const AttentionShape *s, const AttentionGra
         float *p = P + (size_t)i * nk, *ds = dS + (size_t)i * nk;
         for (int j = 0; j < nk; j++) ds[j] = p[j] * (ds[j] - D) * scale;
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nk, 1.0f, dS, nk, g->k + kv_at, kv_stride, 1.0f,
-                g->dq + q_at, q_stride);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nk, hd, nq, 1.0f, dS, nk, g->q + q_at, q_stride, 1.0f,
-                g->dk + kv_at, kv_stride);
+    for (int c = 0; c < nk; c += KEY_CHUNK) {
+        int nc = nk - c < KEY_CHUNK ? nk - c : KEY_CHUNK;
+        load_rows(s, kr, g->k, s->n_kv_head, qb->kv_head, qb->b, qb->k0 + c, nc);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, hd, nc, 1.0f, dS + c, nk, kr, hd, c ? 1.0f : 0.0f,
+                    dq, hd);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, nc, hd, nq, 1.0f, dS + c, nk, qr, hd, 0.0f, dk, hd);
+        add_rows(s, g->dk, dk, s->n_kv_head, qb->kv_head, qb->b, qb->k0 + c, nc);
+    }
+    add_rows(s, g->dq, dq, s->n_head, qb->h, qb->b, qb->t0, nq);
 }
 
 // One thread per (b, kv head): it owns dk, dv of that head and dq of its
@@ -181,8 +222,8 @@ static void attention_backward(const AttentionShape *s, const AttentionGrads *g)
 
 void cpu_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                             const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
-                            int B, int T, int n_head, int n_kv_head, int head_dim) {
-    AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start, true};
+                            const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int head_dim) {
+    AttentionShape s = {B, T, n_head, n_kv_head, head_dim, seq_start, rope, true};
     AttentionGrads g = {dq, dk, dv, dout, out, lse, q, k, v};
     attention_backward(&s, &g);
 }
@@ -190,7 +231,7 @@ void cpu_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const 
 void cpu_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                                  const float *lse, const void *q, const void *k, const void *v, int B, int T,
                                  int n_head, int head_dim) {
-    AttentionShape s = {B, T, n_head, n_head, head_dim, NULL, false};
+    AttentionShape s = {B, T, n_head, n_head, head_dim, NULL, NULL, false};
     AttentionGrads g = {dq, dk, dv, dout, out, lse, q, k, v};
     attention_backward(&s, &g);
 }

@@ -17,10 +17,11 @@ void cpu_matmul_weight_grad(const Ops *ops, float *dweight, const void *dout, co
 
 // attention.c
 void cpu_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
-                           const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim);
+                           const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                           int n_kv_head, int head_dim);
 void cpu_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                             const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
-                            int B, int T, int n_head, int n_kv_head, int head_dim);
+                            const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int head_dim);
 void cpu_attention_full_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
                                 int B, int T, int n_head, int head_dim);
 void cpu_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,

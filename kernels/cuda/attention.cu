@@ -17,6 +17,11 @@
 // dk/dv); each lane holds elements d = lane + 32 j of that row in registers.
 // The rows a block's warps read from the other side come through shared
 // memory, TILE rows at a time.
+// Fused RoPE (positions not NULL): q and k rows are rotated as they are loaded
+// from global memory (registers or a staged tile; element d's partner d +- hd/2
+// read there too, sincosf of position * inv_freq on the fly); dq and dk are
+// rotated back through a per-warp row of shared memory before they are added,
+// since d's partner sits in another lane.
 #include <math.h>
 
 #include "cuda_common.cuh"
@@ -27,11 +32,23 @@
 #define HEAD_DIM_MAX 256
 #define PER_LANE (HEAD_DIM_MAX / 32)  // register slots per lane
 
-__device__ __forceinline__ void load_row(float *dst, const bf16 *row, int hd, int lane) {
+// Element d of a row, rotated as rope_kernel rotates it when inv_freq is not NULL (rounded to bf16 as
+// rope_forward stores it): x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, angle = position inv_freq[d % hd/2].
+__device__ __forceinline__ bf16 rope_element(const bf16 *row, int d, int hd, int position, const float *inv_freq) {
+    if (!inv_freq) return row[d];
+    int half = hd / 2;
+    float sin_a, cos_a;
+    sincosf((float)position * inv_freq[d % half], &sin_a, &cos_a);
+    float x1 = __bfloat162float(row[d]), x2 = __bfloat162float(row[d < half ? d + half : d - half]);
+    return __float2bfloat16_rn(d < half ? x1 * cos_a - x2 * sin_a : x1 * cos_a + x2 * sin_a);
+}
+
+__device__ __forceinline__ void load_row(float *dst, const bf16 *row, int hd, int lane, int position = 0,
+                                         const float *inv_freq = NULL) {
 #pragma unroll
     for (int j = 0; j < PER_LANE; j++) {
         int d = lane + 32 * j;
-        dst[j] = d < hd ? __bfloat162float(row[d]) : 0.0f;
+        dst[j] = d < hd ? __bfloat162float(rope_element(row, d, hd, position, inv_freq)) : 0.0f;
     }
 }
 
@@ -41,6 +58,27 @@ __device__ __forceinline__ void add_row(bf16 *dst, const float *src, int hd, int
     for (int j = 0; j < PER_LANE; j++) {
         int d = lane + 32 * j;
         if (d < hd) dst[d] = __float2bfloat16_rn(__bfloat162float(dst[d]) + src[j]);
+    }
+}
+
+// dst += src rotated back (rope_backward: g1' = g1 cos + g2 sin, g2' = g2 cos - g1 sin) through the warp's
+// row of shared memory `buffer` (hd floats), where each lane finds the partner d +- hd/2 of its elements.
+__device__ __forceinline__ void add_row_rotated(bf16 *dst, const float *src, float *buffer, int hd, int lane,
+                                                int position, const float *inv_freq) {
+    int half = hd / 2;
+#pragma unroll
+    for (int j = 0; j < PER_LANE; j++)
+        if (lane + 32 * j < hd) buffer[lane + 32 * j] = src[j];
+    __syncwarp();
+#pragma unroll
+    for (int j = 0; j < PER_LANE; j++) {
+        int d = lane + 32 * j;
+        if (d >= hd) continue;
+        float sin_a, cos_a;
+        sincosf((float)position * inv_freq[d % half], &sin_a, &cos_a);
+        float g = buffer[d], partner = buffer[d < half ? d + half : d - half];
+        g = d < half ? g * cos_a + partner * sin_a : g * cos_a - partner * sin_a;
+        dst[d] = __float2bfloat16_rn(__bfloat162float(dst[d]) + g);
     }
 }
 
@@ -89,12 +127,15 @@ __device__ __forceinline__ QueryWarp query_warp(const int32_t *seq_start, int T,
 }
 
 // Copies rows [first, first + n_rows) of a (B, T, n_heads, hd) tensor, for
-// batch b and head `head`, into tile (n_rows, hd).
+// batch b and head `head`, into tile (n_rows, hd), rotated when positions is not NULL.
 __device__ __forceinline__ void stage_rows(bf16 *tile, const bf16 *src, int b, int first, int n_rows, int T,
-                                           int n_heads, int head, int hd) {
+                                           int n_heads, int head, int hd, const int32_t *positions = NULL,
+                                           const float *inv_freq = NULL) {
     for (int idx = threadIdx.x; idx < n_rows * hd; idx += blockDim.x) {
         int row = idx / hd, d = idx % hd;
-        tile[idx] = src[(((size_t)b * T + first + row) * n_heads + head) * hd + d];
+        size_t t = (size_t)b * T + first + row;
+        tile[idx] = rope_element(src + (t * n_heads + head) * hd, d, hd, positions ? positions[t] : 0,
+                                 positions ? inv_freq : NULL);
     }
 }
 
@@ -102,8 +143,8 @@ __device__ __forceinline__ void stage_rows(bf16 *tile, const bf16 *src, int b, i
 // forward: grid (ceil(T / WARPS), n_head, B)
 
 __global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                                         const int32_t *seq_start, int T, int n_head, int n_kv_head, int hd,
-                                         float scale, bool causal) {
+                                         const int32_t *seq_start, const int32_t *positions, const float *inv_freq,
+                                         int T, int n_head, int n_kv_head, int hd, float scale, bool causal) {
     extern __shared__ bf16 smem[];
     bf16 *k_tile = smem, *v_tile = smem + TILE * hd;
     QueryWarp w = query_warp(seq_start, T, n_head, n_kv_head, hd, causal);
@@ -112,7 +153,8 @@ __global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, c
     size_t q_offset = w.q_offset;
 
     float q_row[PER_LANE], acc[PER_LANE];
-    load_row(q_row, q + q_offset, hd, lane);
+    int q_position = positions ? positions[(size_t)b * T + (active ? t : 0)] : 0;
+    load_row(q_row, q + q_offset, hd, lane, q_position, positions ? inv_freq : NULL);
 #pragma unroll
     for (int j = 0; j < PER_LANE; j++) acc[j] = 0.0f;
     float running_max = -INFINITY, running_sum = 0.0f;
@@ -120,7 +162,7 @@ __global__ void attention_forward_kernel(bf16 *out, float *lse, const bf16 *q, c
     for (int tile_start = w.keys_begin; tile_start < w.n_keys; tile_start += TILE) {
         int tile_rows = min(TILE, w.n_keys - tile_start);
         __syncthreads();  // the previous tile is no longer read
-        stage_rows(k_tile, k, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
+        stage_rows(k_tile, k, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd, positions, inv_freq);
         stage_rows(v_tile, v, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
         __syncthreads();
         if (!active) continue;
@@ -172,7 +214,8 @@ __global__ void attention_row_dot_kernel(float *D, const bf16 *dout, const bf16 
 // dq: grid (ceil(T / WARPS), n_head, B), a warp per query row, key tiles staged.
 __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse, const float *D,
                                     const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                                    int T, int n_head, int n_kv_head, int hd, float scale, bool causal) {
+                                    const int32_t *positions, const float *inv_freq, int T, int n_head,
+                                    int n_kv_head, int hd, float scale, bool causal) {
     extern __shared__ bf16 smem[];
     bf16 *k_tile = smem, *v_tile = smem + TILE * hd;
     QueryWarp w = query_warp(seq_start, T, n_head, n_kv_head, hd, causal);
@@ -182,7 +225,8 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
     size_t stat = ((size_t)b * n_head + h) * T + (active ? t : 0);
 
     float q_row[PER_LANE], dout_row[PER_LANE], dq_acc[PER_LANE];
-    load_row(q_row, q + q_offset, hd, lane);
+    int q_position = positions ? positions[(size_t)b * T + (active ? t : 0)] : 0;
+    load_row(q_row, q + q_offset, hd, lane, q_position, positions ? inv_freq : NULL);
     load_row(dout_row, dout + q_offset, hd, lane);
 #pragma unroll
     for (int j = 0; j < PER_LANE; j++) dq_acc[j] = 0.0f;
@@ -191,7 +235,7 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
     for (int tile_start = w.keys_begin; tile_start < w.n_keys; tile_start += TILE) {
         int tile_rows = min(TILE, w.n_keys - tile_start);
         __syncthreads();
-        stage_rows(k_tile, k, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
+        stage_rows(k_tile, k, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd, positions, inv_freq);
         stage_rows(v_tile, v, b, tile_start, tile_rows, T, n_kv_head, kv_head, hd);
         __syncthreads();
         if (!active) continue;
@@ -208,7 +252,13 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
             }
         }
     }
-    if (active) add_row(dq + q_offset, dq_acc, hd, lane);
+    if (!positions) {
+        if (active) add_row(dq + q_offset, dq_acc, hd, lane);
+        return;
+    }
+    __syncthreads();  // the tiles are no longer read: a row of floats per warp in their place
+    if (active) add_row_rotated(dq + q_offset, dq_acc, (float *)smem + threadIdx.x / 32 * hd, hd, lane, q_position,
+                                inv_freq);
 }
 
 // dk, dv: grid (ceil(T / WARPS), n_kv_head, B), a warp per key row; query
@@ -216,7 +266,8 @@ __global__ void attention_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse
 // key's segment only (seq_start[i] <= key), or every query when not causal.
 __global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D,
                                       const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                                      int T, int n_head, int n_kv_head, int hd, float scale, bool causal) {
+                                      const int32_t *positions, const float *inv_freq, int T, int n_head,
+                                      int n_kv_head, int hd, float scale, bool causal) {
     extern __shared__ bf16 smem[];
     bf16 *q_tile = smem, *dout_tile = smem + TILE * hd;
     float *lse_tile = (float *)(smem + 2 * TILE * hd), *D_tile = lse_tile + TILE;
@@ -230,7 +281,8 @@ __global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, cons
     size_t kv_offset = (((size_t)b * T + (active ? key : 0)) * n_kv_head + kv_head) * hd;
 
     float k_row[PER_LANE], v_row[PER_LANE], dk_acc[PER_LANE], dv_acc[PER_LANE];
-    load_row(k_row, k + kv_offset, hd, lane);
+    int k_position = positions ? positions[(size_t)b * T + (active ? key : 0)] : 0;
+    load_row(k_row, k + kv_offset, hd, lane, k_position, positions ? inv_freq : NULL);
     load_row(v_row, v + kv_offset, hd, lane);
 #pragma unroll
     for (int j = 0; j < PER_LANE; j++) dk_acc[j] = dv_acc[j] = 0.0f;
@@ -242,7 +294,7 @@ __global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, cons
             if (segment_start(seq_start, b, T, tile_start) > last_key) break;
             int tile_rows = min(TILE, T - tile_start);
             __syncthreads();
-            stage_rows(q_tile, q, b, tile_start, tile_rows, T, n_head, h, hd);
+            stage_rows(q_tile, q, b, tile_start, tile_rows, T, n_head, h, hd, positions, inv_freq);
             stage_rows(dout_tile, dout, b, tile_start, tile_rows, T, n_head, h, hd);
             for (int i = threadIdx.x; i < tile_rows; i += blockDim.x) {
                 lse_tile[i] = lse_bh[tile_start + i];
@@ -267,8 +319,12 @@ __global__ void attention_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, cons
             }
         }
     }
+    if (positions) __syncthreads();  // the tiles are no longer read: a row of floats per warp in their place
     if (!active) return;
-    add_row(dk + kv_offset, dk_acc, hd, lane);
+    if (positions)
+        add_row_rotated(dk + kv_offset, dk_acc, (float *)smem + warp * hd, hd, lane, k_position, inv_freq);
+    else
+        add_row(dk + kv_offset, dk_acc, hd, lane);
     add_row(dv + kv_offset, dv_acc, hd, lane);
 }
 
@@ -285,16 +341,16 @@ static bool shapes_supported(int n_head, int n_kv_head, int head_dim) {
 }
 
 static void launch_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
-                           const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim,
-                           bool causal) {
+                           const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                           int n_kv_head, int head_dim, bool causal) {
     CudaContext *ctx = cuda_context(ops);
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
     dim3 grid(ceil_div(T, WARPS), n_head, B);
     size_t smem = 2 * TILE * head_dim * sizeof(bf16);
     attention_forward_kernel<<<grid, WARPS * 32, smem, ctx->stream>>>(
-        (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, n_head, n_kv_head, head_dim,
-        1.0f / sqrtf((float)head_dim), causal);
+        (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, rope ? rope->positions : NULL,
+        rope ? rope->inv_freq : NULL, T, n_head, n_kv_head, head_dim, 1.0f / sqrtf((float)head_dim), causal);
     launchCheck("attention_forward_kernel");
 }
 
@@ -311,60 +367,66 @@ static const float *row_dot(CudaContext *ctx, const void *dout, const void *out,
 
 static void launch_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                             const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
-                            int B, int T, int n_head, int n_kv_head, int head_dim, bool causal) {
+                            const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int head_dim,
+                            bool causal) {
     CudaContext *ctx = cuda_context(ops);
     if (B == 0 || T == 0 || n_head == 0 || head_dim == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
     const float *D = row_dot(ctx, dout, out, B, T, n_head, head_dim);
     if (!D) return;
     float scale = 1.0f / sqrtf((float)head_dim);
-    size_t tile_bytes = 2 * TILE * head_dim * sizeof(bf16);
+    const int32_t *positions = rope ? rope->positions : NULL;
+    const float *inv_freq = rope ? rope->inv_freq : NULL;
+    size_t tile_bytes = 2 * TILE * head_dim * sizeof(bf16);  // >= WARPS * head_dim floats, dq / dk rotated back
     dim3 dq_grid(ceil_div(T, WARPS), n_head, B);
     attention_dq_kernel<<<dq_grid, WARPS * 32, tile_bytes, ctx->stream>>>(
-        (bf16 *)dq, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, T, n_head,
-        n_kv_head, head_dim, scale, causal);
+        (bf16 *)dq, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, positions,
+        inv_freq, T, n_head, n_kv_head, head_dim, scale, causal);
     if (!launchCheck("attention_dq_kernel")) return;
 
     dim3 dkdv_grid(ceil_div(T, WARPS), n_kv_head, B);
     size_t row_stats_bytes = 2 * TILE * sizeof(float) + TILE * sizeof(int);  // lse, D, seq_start
     attention_dkdv_kernel<<<dkdv_grid, WARPS * 32, tile_bytes + row_stats_bytes, ctx->stream>>>(
         (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
-        seq_start, T, n_head, n_kv_head, head_dim, scale, causal);
+        seq_start, positions, inv_freq, T, n_head, n_kv_head, head_dim, scale, causal);
     launchCheck("attention_dkdv_kernel");
 }
 
 // The CUDA-core kernels alone, causal: the fallback's entry for the tests (kernels/cuda_testing.h).
 void cuda_attention_reference_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k,
-                                      const void *v, const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                                      int head_dim) {
-    launch_forward(ops, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim, true);
+                                      const void *v, const int32_t *seq_start, const AttentionRope *rope, int B, int T,
+                                      int n_head, int n_kv_head, int head_dim) {
+    launch_forward(ops, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim, true);
 }
 
 void cuda_attention_reference_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout,
                                        const void *out, const float *lse, const void *q, const void *k, const void *v,
-                                       const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                                       int head_dim) {
-    launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim, true);
+                                       const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                                       int n_kv_head, int head_dim) {
+    launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim,
+                    true);
 }
 
 // The tensor-core kernels (flash_attention.cu) for the head sizes they take, these kernels for the others.
 void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
-                            const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
+                            const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                            int n_kv_head, int head_dim) {
     if (!cuda_flash_attention_supported(head_dim)) {
-        launch_forward(ops, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim, true);
+        launch_forward(ops, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim, true);
         return;
     }
     if (B == 0 || T == 0 || n_head == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
     cuda_flash_attention_forward(cuda_context(ops), (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k,
-                                 (const bf16 *)v, seq_start, B, T, n_head, n_kv_head, head_dim);
+                                 (const bf16 *)v, seq_start, rope, B, T, n_head, n_kv_head, head_dim);
 }
 
 void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                              const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
-                             int B, int T, int n_head, int n_kv_head, int head_dim) {
+                             const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int head_dim) {
     if (!cuda_flash_attention_supported(head_dim)) {
-        launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, head_dim, true);
+        launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim,
+                        true);
         return;
     }
     if (B == 0 || T == 0 || n_head == 0) return;
@@ -373,18 +435,18 @@ void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const
     const float *D = row_dot(ctx, dout, out, B, T, n_head, head_dim);
     if (!D) return;
     cuda_flash_attention_backward(ctx, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D,
-                                  (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, B, T, n_head,
+                                  (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, rope, B, T, n_head,
                                   n_kv_head, head_dim);
 }
 
 // Bidirectional: the CUDA-core kernels with the causal mask off (the flash kernels are causal only).
 void cuda_attention_full_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
                                  int B, int T, int n_head, int head_dim) {
-    launch_forward(ops, out, lse, q, k, v, NULL, B, T, n_head, n_head, head_dim, false);
+    launch_forward(ops, out, lse, q, k, v, NULL, NULL, B, T, n_head, n_head, head_dim, false);
 }
 
 void cuda_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                                   const float *lse, const void *q, const void *k, const void *v, int B, int T,
                                   int n_head, int head_dim) {
-    launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, NULL, B, T, n_head, n_head, head_dim, false);
+    launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, NULL, NULL, B, T, n_head, n_head, head_dim, false);
 }

@@ -186,10 +186,11 @@ void cuda_dropout_backward(const Ops *ops, void *dinp, const void *dout, size_t 
                            uint64_t offset);
 // attention.cu
 void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
-                            const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim);
+                            const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                            int n_kv_head, int head_dim);
 void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                              const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
-                             int B, int T, int n_head, int n_kv_head, int head_dim);
+                             const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int head_dim);
 void cuda_attention_full_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
                                  int B, int T, int n_head, int head_dim);
 void cuda_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
@@ -199,11 +200,12 @@ void cuda_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, 
 // D (B, n_head, T) = rowsum(dout * out)
 bool cuda_flash_attention_supported(int head_dim);
 void cuda_flash_attention_forward(CudaContext *ctx, bf16 *out, float *lse, const bf16 *q, const bf16 *k,
-                                  const bf16 *v, const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                                  int head_dim);
+                                  const bf16 *v, const int32_t *seq_start, const AttentionRope *rope, int B, int T,
+                                  int n_head, int n_kv_head, int head_dim);
 void cuda_flash_attention_backward(CudaContext *ctx, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout,
                                    const float *lse, const float *D, const bf16 *q, const bf16 *k, const bf16 *v,
-                                   const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim);
+                                   const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                                   int n_kv_head, int head_dim);
 // loss_optim.cu
 void cuda_cross_entropy(const Ops *ops, float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
                         int N, int V, float grad_scale);

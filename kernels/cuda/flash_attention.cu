@@ -16,6 +16,10 @@
 //     dP^T = V dO^T, dv += P^T dO, dk += scale dS^T Q.
 // dq and dk/dv are separate passes (dq recomputes P once more), so every gradient is written once, by one
 // block, in a fixed order: no atomics, no (T, T) matrix and no scratch beyond D.
+// Fused RoPE (positions not NULL): q and k tiles are rotated as they are staged (rope_kernel's rotation,
+// sincosf of position * inv_freq on the fly, rounded to bf16 as rope_forward stores), and dq, dk are
+// rotated back (by -angle) in registers before they are added: a lane's C fragments hold columns d and
+// d + HD / 2 both (fragment n and n + HD / 16).
 #include <math.h>
 
 #include "cuda_common.cuh"
@@ -33,14 +37,27 @@ __device__ __forceinline__ int first_key(const int32_t *seq_start, int b, int T,
 }
 
 // tile (FA_TILE, HD + FA_PAD) = rows [first, first + FA_TILE) of a (B, T, n_heads, HD) tensor at (b, head);
-// rows >= T are zero (they meet masked probabilities, and 0 * NaN would not vanish).
+// rows >= T are zero (they meet masked probabilities, and 0 * NaN would not vanish). With positions, each
+// row is rotated: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, angle = positions[b T + t] inv_freq[d % HD/2].
 template <int HD>
 __device__ __forceinline__ void stage_tile(bf16 *tile, const bf16 *src, int b, int first, int T, int n_heads,
-                                           int head) {
+                                           int head, const int32_t *positions = NULL,
+                                           const float *inv_freq = NULL) {
     for (int idx = threadIdx.x; idx < FA_TILE * HD; idx += blockDim.x) {
         int row = idx / HD, d = idx % HD, t = first + row;
-        tile[row * (HD + FA_PAD) + d] =
-            t < T ? src[(((size_t)b * T + t) * n_heads + head) * HD + d] : __float2bfloat16_rn(0.0f);
+        bf16 x = __float2bfloat16_rn(0.0f);
+        if (t < T) {
+            const bf16 *src_row = src + (((size_t)b * T + t) * n_heads + head) * HD;
+            x = src_row[d];
+            if (positions) {
+                const int half = HD / 2;
+                float sin_a, cos_a;
+                sincosf((float)positions[(size_t)b * T + t] * inv_freq[d % half], &sin_a, &cos_a);
+                float x1 = __bfloat162float(x), x2 = __bfloat162float(src_row[d < half ? d + half : d - half]);
+                x = __float2bfloat16_rn(d < half ? x1 * cos_a - x2 * sin_a : x1 * cos_a + x2 * sin_a);
+            }
+        }
+        tile[row * (HD + FA_PAD) + d] = x;
     }
 }
 
@@ -113,20 +130,37 @@ __device__ __forceinline__ float quad_max(float x) {
 }
 
 // row += scale acc (16 x HD C fragments) for this lane's rows r (row t = rows[r], skipped when >= T) of a
-// (B, T, n_heads, HD) bf16 tensor at (b, head): the gradients' "add into".
+// (B, T, n_heads, HD) bf16 tensor at (b, head): the gradients' "add into". With positions, g = scale acc is
+// first rotated back (rope_backward): g1' = g1 cos + g2 sin, g2' = g2 cos - g1 sin, g2 in fragment n + HD / 16.
 template <int HD>
 __device__ __forceinline__ void add_rows(bf16 *dst, const float acc[HD / 8][4], float scale, const int rows[2],
-                                         int b, int T, int n_heads, int head, int lane) {
+                                         int b, int T, int n_heads, int head, int lane,
+                                         const int32_t *positions = NULL, const float *inv_freq = NULL) {
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         if (rows[r] >= T) continue;
         bf16 *row = dst + (((size_t)b * T + rows[r]) * n_heads + head) * HD;
+        float g[HD / 8][2];
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) g[n][0] = scale * acc[n][2 * r], g[n][1] = scale * acc[n][2 * r + 1];
+        if (positions) {
+            float position = (float)positions[(size_t)b * T + rows[r]];
+#pragma unroll
+            for (int n = 0; n < HD / 16; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    float sin_a, cos_a, g1 = g[n][e], g2 = g[n + HD / 16][e];
+                    sincosf(position * inv_freq[8 * n + 2 * (lane % 4) + e], &sin_a, &cos_a);
+                    g[n][e] = g1 * cos_a + g2 * sin_a;
+                    g[n + HD / 16][e] = g2 * cos_a - g1 * sin_a;
+                }
+        }
 #pragma unroll
         for (int n = 0; n < HD / 8; n++)
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 int d = 8 * n + 2 * (lane % 4) + e;
-                row[d] = __float2bfloat16_rn(__bfloat162float(row[d]) + scale * acc[n][2 * r + e]);
+                row[d] = __float2bfloat16_rn(__bfloat162float(row[d]) + g[n][e]);
             }
     }
 }
@@ -137,7 +171,8 @@ __device__ __forceinline__ void add_rows(bf16 *dst, const float acc[HD / 8][4], 
 template <int HD>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     flash_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                         const int32_t *seq_start, int T, int n_head, int n_kv_head, float scale) {
+                         const int32_t *seq_start, const int32_t *positions, const float *inv_freq, int T,
+                         int n_head, int n_kv_head, float scale) {
     extern __shared__ bf16 fa_smem[];
     bf16 *q_tile = fa_smem, *k_tile = q_tile + FA_TILE * (HD + FA_PAD), *v_tile = k_tile + FA_TILE * (HD + FA_PAD);
     int b = blockIdx.z, h = blockIdx.y, kv_head = h / (n_head / n_kv_head);
@@ -150,7 +185,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         rows[r] = q0 + 16 * warp + lane / 4 + 8 * r;
         lo[r] = rows[r] < T ? first_key(seq_start, b, T, rows[r]) : 0;
     }
-    stage_tile<HD>(q_tile, q, b, q0, T, n_head, h);
+    stage_tile<HD>(q_tile, q, b, q0, T, n_head, h, positions, inv_freq);
     __syncthreads();
     uint32_t qa[HD / 16][4];
     load_rows<HD>(qa, q_tile, 16 * warp, lane);
@@ -158,7 +193,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     float acc[HD / 8][4] = {}, m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     for (int k0 = keys_begin; k0 < keys_end; k0 += FA_TILE) {
         __syncthreads();  // the previous k, v tiles are no longer read
-        stage_tile<HD>(k_tile, k, b, k0, T, n_kv_head, kv_head);
+        stage_tile<HD>(k_tile, k, b, k0, T, n_kv_head, kv_head, positions, inv_freq);
         stage_tile<HD>(v_tile, v, b, k0, T, n_kv_head, kv_head);
         __syncthreads();
         float s[8][4];
@@ -213,7 +248,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
 template <int HD>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     flash_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse, const float *D, const bf16 *q, const bf16 *k,
-                    const bf16 *v, const int32_t *seq_start, int T, int n_head, int n_kv_head, float scale) {
+                    const bf16 *v, const int32_t *seq_start, const int32_t *positions, const float *inv_freq, int T,
+                    int n_head, int n_kv_head, float scale) {
     extern __shared__ bf16 fa_smem[];
     const int tile_elems = FA_TILE * (HD + FA_PAD);
     bf16 *q_tile = fa_smem, *dout_tile = q_tile + tile_elems, *k_tile = dout_tile + tile_elems;
@@ -233,7 +269,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         row_lse[r] = active ? lse[stat] : 0.0f;
         row_D[r] = active ? D[stat] : 0.0f;
     }
-    stage_tile<HD>(q_tile, q, b, q0, T, n_head, h);
+    stage_tile<HD>(q_tile, q, b, q0, T, n_head, h, positions, inv_freq);
     stage_tile<HD>(dout_tile, dout, b, q0, T, n_head, h);
     __syncthreads();
     uint32_t qa[HD / 16][4], da[HD / 16][4];
@@ -243,7 +279,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     float acc[HD / 8][4] = {};
     for (int k0 = keys_begin; k0 < keys_end; k0 += FA_TILE) {
         __syncthreads();
-        stage_tile<HD>(k_tile, k, b, k0, T, n_kv_head, kv_head);
+        stage_tile<HD>(k_tile, k, b, k0, T, n_kv_head, kv_head, positions, inv_freq);
         stage_tile<HD>(v_tile, v, b, k0, T, n_kv_head, kv_head);
         __syncthreads();
         float s[8][4], dp[8][4];
@@ -260,7 +296,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
             }
         gemm_nn<HD>(acc, s, k_tile, lane);
     }
-    add_rows<HD>(dq, acc, scale, rows, b, T, n_head, h, lane);
+    add_rows<HD>(dq, acc, scale, rows, b, T, n_head, h, lane, positions, inv_freq);
 }
 
 // ----------------------------------------------------------------------------
@@ -270,8 +306,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
 template <int HD>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     flash_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D, const bf16 *q,
-                      const bf16 *k, const bf16 *v, const int32_t *seq_start, int T, int n_head, int n_kv_head,
-                      float scale) {
+                      const bf16 *k, const bf16 *v, const int32_t *seq_start, const int32_t *positions,
+                      const float *inv_freq, int T, int n_head, int n_kv_head, float scale) {
     extern __shared__ bf16 fa_smem[];
     const int tile_elems = FA_TILE * (HD + FA_PAD);
     bf16 *k_tile = fa_smem, *v_tile = k_tile + tile_elems, *q_tile = v_tile + tile_elems;
@@ -284,7 +320,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     int keys[2];  // this lane's key rows
 #pragma unroll
     for (int r = 0; r < 2; r++) keys[r] = key0 + 16 * warp + lane / 4 + 8 * r;
-    stage_tile<HD>(k_tile, k, b, key0, T, n_kv_head, kv_head);  // read after the first query tile's barriers
+    stage_tile<HD>(k_tile, k, b, key0, T, n_kv_head, kv_head, positions, inv_freq);  // read after the first barriers
     stage_tile<HD>(v_tile, v, b, key0, T, n_kv_head, kv_head);
 
     float dk_acc[HD / 8][4] = {}, dv_acc[HD / 8][4] = {};
@@ -293,7 +329,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
         for (int i0 = key0; i0 < T; i0 += FA_TILE) {  // causal: queries >= the block's first key
             if (first_key(seq_start, b, T, i0) > last_key) break;  // segments after every key of the block
             __syncthreads();
-            stage_tile<HD>(q_tile, q, b, i0, T, n_head, h);
+            stage_tile<HD>(q_tile, q, b, i0, T, n_head, h, positions, inv_freq);
             stage_tile<HD>(dout_tile, dout, b, i0, T, n_head, h);
             for (int i = threadIdx.x; i < FA_TILE; i += blockDim.x) {
                 bool active = i0 + i < T;
@@ -322,7 +358,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
             gemm_nn<HD>(dk_acc, dp, q_tile, lane);
         }
     }
-    add_rows<HD>(dk, dk_acc, scale, keys, b, T, n_kv_head, kv_head, lane);
+    add_rows<HD>(dk, dk_acc, scale, keys, b, T, n_kv_head, kv_head, lane, positions, inv_freq);
     add_rows<HD>(dv, dv_acc, 1.0f, keys, b, T, n_kv_head, kv_head, lane);
 }
 
@@ -339,32 +375,36 @@ static bool allow_shared(Kernel kernel, size_t bytes) {
 
 template <int HD>
 static void forward(CudaContext *ctx, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                    const int32_t *seq_start, int B, int T, int n_head, int n_kv_head) {
+                    const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head, int n_kv_head) {
     auto flash_forward = flash_forward_kernel<HD>;
     size_t smem = 3 * tile_bytes(HD);
     if (!allow_shared(flash_forward, smem)) return;
     dim3 grid(ceil_div(T, FA_TILE), n_head, B);
-    flash_forward<<<grid, FA_WARPS * 32, smem, ctx->stream>>>(out, lse, q, k, v, seq_start, T, n_head, n_kv_head,
+    flash_forward<<<grid, FA_WARPS * 32, smem, ctx->stream>>>(out, lse, q, k, v, seq_start,
+                                                              rope ? rope->positions : NULL,
+                                                              rope ? rope->inv_freq : NULL, T, n_head, n_kv_head,
                                                               1.0f / sqrtf((float)HD));
     launchCheck("flash_forward_kernel");
 }
 
 template <int HD>
 static void backward(CudaContext *ctx, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse,
-                     const float *D, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start, int B,
-                     int T, int n_head, int n_kv_head) {
+                     const float *D, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
+                     const AttentionRope *rope, int B, int T, int n_head, int n_kv_head) {
     float scale = 1.0f / sqrtf((float)HD);
+    const int32_t *positions = rope ? rope->positions : NULL;
+    const float *inv_freq = rope ? rope->inv_freq : NULL;
     auto flash_dq = flash_dq_kernel<HD>;
     size_t dq_smem = 4 * tile_bytes(HD);
     if (!allow_shared(flash_dq, dq_smem)) return;
     flash_dq<<<dim3(ceil_div(T, FA_TILE), n_head, B), FA_WARPS * 32, dq_smem, ctx->stream>>>(
-        dq, dout, lse, D, q, k, v, seq_start, T, n_head, n_kv_head, scale);
+        dq, dout, lse, D, q, k, v, seq_start, positions, inv_freq, T, n_head, n_kv_head, scale);
     if (!launchCheck("flash_dq_kernel")) return;
     auto flash_dkdv = flash_dkdv_kernel<HD>;
     size_t dkdv_smem = 4 * tile_bytes(HD) + FA_TILE * (2 * sizeof(float) + sizeof(int));
     if (!allow_shared(flash_dkdv, dkdv_smem)) return;
     flash_dkdv<<<dim3(ceil_div(T, FA_TILE), n_kv_head, B), FA_WARPS * 32, dkdv_smem, ctx->stream>>>(
-        dk, dv, dout, lse, D, q, k, v, seq_start, T, n_head, n_kv_head, scale);
+        dk, dv, dout, lse, D, q, k, v, seq_start, positions, inv_freq, T, n_head, n_kv_head, scale);
     launchCheck("flash_dkdv_kernel");
 }
 
@@ -373,25 +413,28 @@ bool cuda_flash_attention_supported(int head_dim) {
 }
 
 void cuda_flash_attention_forward(CudaContext *ctx, bf16 *out, float *lse, const bf16 *q, const bf16 *k,
-                                  const bf16 *v, const int32_t *seq_start, int B, int T, int n_head, int n_kv_head,
-                                  int head_dim) {
+                                  const bf16 *v, const int32_t *seq_start, const AttentionRope *rope, int B, int T,
+                                  int n_head, int n_kv_head, int head_dim) {
     switch (head_dim) {
-        case 64: forward<64>(ctx, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head); break;
-        case 80: forward<80>(ctx, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head); break;
-        case 96: forward<96>(ctx, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head); break;
-        case 128: forward<128>(ctx, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head); break;
+        case 64: forward<64>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
+        case 80: forward<80>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
+        case 96: forward<96>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
+        case 128: forward<128>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
         default: record_failure(__FILE__, __LINE__, "flash attention", "head_dim is not 64, 80, 96 or 128");
     }
 }
 
 void cuda_flash_attention_backward(CudaContext *ctx, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout,
                                    const float *lse, const float *D, const bf16 *q, const bf16 *k, const bf16 *v,
-                                   const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int head_dim) {
+                                   const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                                   int n_kv_head, int head_dim) {
     switch (head_dim) {
-        case 64: backward<64>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, B, T, n_head, n_kv_head); break;
-        case 80: backward<80>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, B, T, n_head, n_kv_head); break;
-        case 96: backward<96>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, B, T, n_head, n_kv_head); break;
-        case 128: backward<128>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, B, T, n_head, n_kv_head); break;
+        case 64: backward<64>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
+        case 80: backward<80>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
+        case 96: backward<96>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
+        case 128:
+            backward<128>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, rope, B, T, n_head, n_kv_head);
+            break;
         default: record_failure(__FILE__, __LINE__, "flash attention", "head_dim is not 64, 80, 96 or 128");
     }
 }

@@ -62,14 +62,15 @@ static void rope_backward(const Ops *ops, void *dx, const int32_t *positions, co
     round_to_bf16(dx, (size_t)N * n_head * hd);
 }
 static void attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
-                              const int32_t *seq_start, int B, int T, int n_head, int n_kv_head, int hd) {
-    fp32.attention_forward(&fp32, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, hd);
+                              const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                              int n_kv_head, int hd) {
+    cpu_attention_forward_bf16_rope(out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, hd);
     round_to_bf16(out, (size_t)B * T * n_head * hd);
 }
 static void attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                                const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
-                               int B, int T, int n_head, int n_kv_head, int hd) {
-    fp32.attention_backward(&fp32, dq, dk, dv, dout, out, lse, q, k, v, seq_start, B, T, n_head, n_kv_head, hd);
+                               const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int hd) {
+    cpu_attention_backward_bf16_rope(dq, dk, dv, dout, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, hd);
     round_to_bf16(dq, (size_t)B * T * n_head * hd);
     round_to_bf16(dk, (size_t)B * T * n_kv_head * hd);
     round_to_bf16(dv, (size_t)B * T * n_kv_head * hd);

@@ -32,6 +32,26 @@ void *gpu_alloc(size_t bytes);
 void *gpu_copy(const void *host, size_t bytes);          // the bytes as they are (fp32, int32, uint8)
 void *gpu_act(const float *host, size_t n);              // n floats stored as act_dtype
 void *gpu_poisoned(size_t n);                            // n act_dtype NaNs
+
+// ---- fused RoPE (AttentionRope) for the attention tests -------------------------
+// Positions (B T): 3 per token from its segment's start (seq_start (B, T) or NULL), plus b, so packed rows
+// restart; inv_freq (head_dim / 2) with Llama 3.1's scaling. host holds them in host memory, dev on the device.
+typedef struct RopeInputs {
+    AttentionRope host, dev;
+} RopeInputs;
+RopeInputs rope_inputs(int B, int T, int head_dim, const int32_t *seq_start);
+void rope_inputs_free(RopeInputs *rope);
+// The CPU oracle of cpu->attention_forward / _backward with rope (NULL: those ops as they are) that the kernels
+// match: q and k rotated by rope_forward and rounded to bf16, as the kernels stage them (as the unfused
+// model's rope_forward stored them); the backward's dq, dk rotated back by rope_backward and added.
+// ops_cpu_bf16 (cpu_bf16.c) attends through these too.
+void cpu_attention_forward_bf16_rope(float *out, float *lse, const float *q, const float *k, const float *v,
+                                     const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                                     int n_kv_head, int head_dim);
+void cpu_attention_backward_bf16_rope(float *dq, float *dk, float *dv, const float *dout, const float *out,
+                                      const float *lse, const float *q, const float *k, const float *v,
+                                      const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                                      int n_kv_head, int head_dim);
 // synchronize(), then fail the test with the backend's first asynchronous error, if any.
 void gpu_ok(void);
 float *gpu_act_result(const void *dev, size_t n);        // n act_dtype values as host floats, after gpu_ok

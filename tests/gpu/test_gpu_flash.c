@@ -61,12 +61,13 @@ typedef struct Shape {
 } Shape;
 
 // Packed rows: n_segments > 0 segment lengths laid end to end, row after row (test_gpu_ops's convention).
-static void check_flash(Shape s, const int *segments, int n_segments) {
+// With rope, q and k are rotated inside attention (AttentionRope).
+static void check_flash(Shape s, const int *segments, int n_segments, bool with_rope) {
     size_t n_q = (size_t)s.B * s.T * s.n_head * s.head_dim, n_kv = (size_t)s.B * s.T * s.n_kv_head * s.head_dim;
     size_t n_lse = (size_t)s.B * s.n_head * s.T;
     char what[128];
-    snprintf(what, sizeof what, "flash attention B=%d T=%d heads=%d/%d hd=%d segments=%d", s.B, s.T, s.n_head,
-             s.n_kv_head, s.head_dim, n_segments);
+    snprintf(what, sizeof what, "flash attention B=%d T=%d heads=%d/%d hd=%d segments=%d rope=%d", s.B, s.T,
+             s.n_head, s.n_kv_head, s.head_dim, n_segments, with_rope);
     print_message("%s\n", what);
     float *q = random_act(n_q, -2, 2), *k = random_act(n_kv, -2, 2), *v = random_act(n_kv, -1, 1);
     float *dout = random_act(n_q, -1, 1), *out = nan_array(n_q), *lse = nan_array(n_lse);
@@ -77,15 +78,17 @@ static void check_flash(Shape s, const int *segments, int n_segments) {
         packed_seq_start(seq_start, s.B, s.T, segments, n_segments);
         dev_seq_start = gpu_copy(seq_start, (size_t)s.B * s.T * sizeof(int32_t));
     }
+    RopeInputs rope_in = with_rope ? rope_inputs(s.B, s.T, s.head_dim, seq_start) : (RopeInputs){0};
+    const AttentionRope *rope = with_rope ? &rope_in.host : NULL, *dev_rope = with_rope ? &rope_in.dev : NULL;
     void *dev_q = gpu_act(q, n_q), *dev_k = gpu_act(k, n_kv), *dev_v = gpu_act(v, n_kv), *dev_dout = gpu_act(dout, n_q);
     void *dev_out = gpu_poisoned(n_q), *ref_out = gpu_poisoned(n_q);
     float *dev_lse = gpu_copy(lse, n_lse * sizeof(float)), *ref_lse = gpu_copy(lse, n_lse * sizeof(float));
 
-    cpu->attention_forward(cpu, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
-    gpu->attention_forward(gpu, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head,
+    cpu_attention_forward_bf16_rope(out, lse, q, k, v, seq_start, rope, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    gpu->attention_forward(gpu, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, dev_rope, s.B, s.T, s.n_head,
                            s.n_kv_head, s.head_dim);
-    cuda_attention_reference_forward(gpu, ref_out, ref_lse, dev_q, dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head,
-                                     s.n_kv_head, s.head_dim);
+    cuda_attention_reference_forward(gpu, ref_out, ref_lse, dev_q, dev_k, dev_v, dev_seq_start, dev_rope, s.B, s.T,
+                                     s.n_head, s.n_kv_head, s.head_dim);
     expect_act(dev_out, out, n_q, BF16_TOL, "forward out vs CPU");
     expect_f32(dev_lse, lse, n_lse, STAT_TOL, "forward lse vs CPU");
     float *ref = gpu_act_result(ref_out, n_q), *ref_l = gpu_f32_result(ref_lse, n_lse);
@@ -105,12 +108,13 @@ static void check_flash(Shape s, const int *segments, int n_segments) {
         dev_grad[i] = gpu_act(start[i], sizes[i]);
         ref_grad[i] = gpu_act(start[i], sizes[i]);
     }
-    cpu->attention_backward(cpu, grad[0], grad[1], grad[2], dout, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head,
-                            s.n_kv_head, s.head_dim);
+    cpu_attention_backward_bf16_rope(grad[0], grad[1], grad[2], dout, out, lse, q, k, v, seq_start, rope, s.B, s.T,
+                                     s.n_head, s.n_kv_head, s.head_dim);
     gpu->attention_backward(gpu, dev_grad[0], dev_grad[1], dev_grad[2], dev_dout, dev_out, dev_lse, dev_q, dev_k,
-                            dev_v, dev_seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+                            dev_v, dev_seq_start, dev_rope, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
     cuda_attention_reference_backward(gpu, ref_grad[0], ref_grad[1], ref_grad[2], dev_dout, dev_out, dev_lse, dev_q,
-                                      dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+                                      dev_k, dev_v, dev_seq_start, dev_rope, s.B, s.T, s.n_head, s.n_kv_head,
+                                      s.head_dim);
     const char *names[3] = {"dq", "dk", "dv"};
     for (int i = 0; i < 3; i++) {
         // the gradient alone, without its starting values, so the bound is on what the kernels add
@@ -135,6 +139,7 @@ static void check_flash(Shape s, const int *segments, int n_segments) {
     for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
     if (dev_seq_start) gpu->free(gpu, dev_seq_start);
     free(seq_start);
+    if (with_rope) rope_inputs_free(&rope_in);
 }
 
 // Every head size, T off the 64-row tiles (1, 17, 70, 130), GQA ratios 1, 4 and 8, B > 1.
@@ -146,20 +151,31 @@ static void test_flash_shapes(void **state) {
         {1, 130, 2, 2, 128},  // MHA, three tiles
         {2, 70, 4, 4, 64},    // MHA, B = 2
     };
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_flash(shapes[i], NULL, 0);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_flash(shapes[i], NULL, 0, false);
 }
 
 // Packed rows: segments across tiles, segments of one token, a row that is one segment, segments that leave
 // whole tiles to skip.
 static void test_flash_packed(void **state) {
     const int across_tiles[] = {10, 1, 1, 53, 5, 70};
-    check_flash((Shape){2, 70, 4, 1, 64}, across_tiles, 6);
+    check_flash((Shape){2, 70, 4, 1, 64}, across_tiles, 6, false);
     const int skip_tiles[] = {60, 1, 5, 64};
-    check_flash((Shape){1, 130, 8, 1, 128}, skip_tiles, 4);
+    check_flash((Shape){1, 130, 8, 1, 128}, skip_tiles, 4, false);
     const int single_tokens[] = {3, 1, 1, 1, 11, 17};
-    check_flash((Shape){2, 17, 4, 4, 96}, single_tokens, 6);
+    check_flash((Shape){2, 17, 4, 4, 96}, single_tokens, 6, false);
     const int mixed[] = {30, 40};
-    check_flash((Shape){1, 70, 8, 2, 80}, mixed, 2);
+    check_flash((Shape){1, 70, 8, 2, 80}, mixed, 2, false);
+}
+
+// Fused RoPE: every head size, T off the tiles, GQA 1, 4 and 8, packed rows whose positions restart; against
+// rope_forward rounded to bf16 + attention on the CPU, and the CUDA-core kernels with the same AttentionRope.
+static void test_flash_rope(void **state) {
+    check_flash((Shape){2, 70, 4, 4, 64}, NULL, 0, true);     // MHA, B = 2, two tiles
+    check_flash((Shape){2, 17, 4, 1, 80}, NULL, 0, true);     // GQA 4, less than one tile
+    const int mixed[] = {30, 40};
+    check_flash((Shape){1, 70, 8, 1, 96}, mixed, 2, true);    // GQA 8, packed
+    const int skip_tiles[] = {60, 1, 5, 64};
+    check_flash((Shape){1, 130, 8, 2, 128}, skip_tiles, 4, true);  // GQA 4, packed, three tiles
 }
 
 int main(void) {
@@ -167,6 +183,7 @@ int main(void) {
         cmocka_unit_test(test_mma_fragments),
         cmocka_unit_test(test_flash_shapes),
         cmocka_unit_test(test_flash_packed),
+        cmocka_unit_test(test_flash_rope),
     };
     if (!gpu_tests_init("the flash attention tests")) return GPU_TESTS_SKIPPED;
     rng_seed(&test_rng, 20261205);

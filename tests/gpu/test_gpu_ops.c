@@ -493,8 +493,9 @@ typedef struct AttentionShape {
     int B, T, n_head, n_kv_head, head_dim;
 } AttentionShape;
 
-// Packed rows: n_segments > 0 segment lengths laid end to end, row after row.
-static void check_attention(AttentionShape s, const int *segments, int n_segments) {
+// Packed rows: n_segments > 0 segment lengths laid end to end, row after row. With rope, q and k are
+// rotated inside attention (AttentionRope), positions restarting at each segment.
+static void check_attention(AttentionShape s, const int *segments, int n_segments, bool with_rope) {
     size_t n_q = (size_t)s.B * s.T * s.n_head * s.head_dim, n_kv = (size_t)s.B * s.T * s.n_kv_head * s.head_dim;
     size_t n_lse = (size_t)s.B * s.n_head * s.T;
     float *q = random_act(n_q, -2, 2), *k = random_act(n_kv, -2, 2), *v = random_act(n_kv, -1, 1);
@@ -506,15 +507,17 @@ static void check_attention(AttentionShape s, const int *segments, int n_segment
         packed_seq_start(seq_start, s.B, s.T, segments, n_segments);
         dev_seq_start = gpu_copy(seq_start, (size_t)s.B * s.T * sizeof(int32_t));
     }
+    RopeInputs rope_in = with_rope ? rope_inputs(s.B, s.T, s.head_dim, seq_start) : (RopeInputs){0};
+    const AttentionRope *rope = with_rope ? &rope_in.host : NULL, *dev_rope = with_rope ? &rope_in.dev : NULL;
     void *dev_q = gpu_act(q, n_q), *dev_k = gpu_act(k, n_kv), *dev_v = gpu_act(v, n_kv);
     void *dev_out = gpu_act(out, n_q), *dev_dout = gpu_act(dout, n_q);
     float *dev_lse = gpu_copy(lse, n_lse * sizeof(float));
-    cpu->attention_forward(cpu, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
-    gpu->attention_forward(gpu, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, s.B, s.T, s.n_head, s.n_kv_head,
-                           s.head_dim);
+    cpu_attention_forward_bf16_rope(out, lse, q, k, v, seq_start, rope, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    gpu->attention_forward(gpu, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, dev_rope, s.B, s.T, s.n_head,
+                           s.n_kv_head, s.head_dim);
     char what[128];
-    snprintf(what, sizeof what, "attention B=%d T=%d heads=%d/%d hd=%d segments=%d", s.B, s.T, s.n_head,
-             s.n_kv_head, s.head_dim, n_segments);
+    snprintf(what, sizeof what, "attention B=%d T=%d heads=%d/%d hd=%d segments=%d rope=%d", s.B, s.T, s.n_head,
+             s.n_kv_head, s.head_dim, n_segments, with_rope);
     print_message("%s\n", what);
     expect_act(dev_out, out, n_q, BF16_TOL, "attention_forward out");
     expect_f32(dev_lse, lse, n_lse, STAT_TOL, "attention_forward lse");
@@ -522,15 +525,15 @@ static void check_attention(AttentionShape s, const int *segments, int n_segment
     float *dq_alone = calloc(n_q, sizeof(float)), *dk_alone = calloc(n_kv, sizeof(float));
     float *dv_alone = calloc(n_kv, sizeof(float));
     assert_true(dq_alone && dk_alone && dv_alone);
-    cpu->attention_backward(cpu, dq_alone, dk_alone, dv_alone, dout, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head,
-                            s.n_kv_head, s.head_dim);
+    cpu_attention_backward_bf16_rope(dq_alone, dk_alone, dv_alone, dout, out, lse, q, k, v, seq_start, rope, s.B, s.T,
+                                     s.n_head, s.n_kv_head, s.head_dim);
     float *dq = accumulator_like(dq_alone, n_q), *dk = accumulator_like(dk_alone, n_kv);
     float *dv = accumulator_like(dv_alone, n_kv);
     void *dev_dq = gpu_act(dq, n_q), *dev_dk = gpu_act(dk, n_kv), *dev_dv = gpu_act(dv, n_kv);
-    cpu->attention_backward(cpu, dq, dk, dv, dout, out, lse, q, k, v, seq_start, s.B, s.T, s.n_head, s.n_kv_head,
-                            s.head_dim);
+    cpu_attention_backward_bf16_rope(dq, dk, dv, dout, out, lse, q, k, v, seq_start, rope, s.B, s.T, s.n_head,
+                                     s.n_kv_head, s.head_dim);
     gpu->attention_backward(gpu, dev_dq, dev_dk, dev_dv, dev_dout, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start,
-                            s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+                            dev_rope, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
     expect_act(dev_dq, dq, n_q, BF16_TOL, "attention_backward dq");
     expect_act(dev_dk, dk, n_kv, BF16_TOL, "attention_backward dk");
     expect_act(dev_dv, dv, n_kv, BF16_TOL, "attention_backward dv");
@@ -541,6 +544,7 @@ static void check_attention(AttentionShape s, const int *segments, int n_segment
     for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
     if (dev_seq_start) gpu->free(gpu, dev_seq_start);
     free(seq_start);
+    if (with_rope) rope_inputs_free(&rope_in);
 }
 
 static void test_attention(void **state) {
@@ -552,19 +556,34 @@ static void test_attention(void **state) {
         {3, 9, 3, 3, 40},    // MHA
         {1, 130, 2, 1, 256}, // the largest head_dim
     };
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_attention(shapes[i], NULL, 0);
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_attention(shapes[i], NULL, 0, false);
 }
 
 // Packed rows: segments of length 1, rows that are one segment, segments across key tiles.
 static void test_attention_packed(void **state) {
     const int packed_then_whole[] = {1, 5, 30, 4, 40};
-    check_attention((AttentionShape){2, 40, 4, 2, 64}, packed_then_whole, 5);
+    check_attention((AttentionShape){2, 40, 4, 2, 64}, packed_then_whole, 5, false);
     const int across_tiles[] = {10, 1, 1, 33, 25};
-    check_attention((AttentionShape){1, 70, 8, 2, 128}, across_tiles, 5);
+    check_attention((AttentionShape){1, 70, 8, 2, 128}, across_tiles, 5, false);
     const int mqa[] = {3, 14, 1, 1, 1, 14};
-    check_attention((AttentionShape){2, 17, 6, 1, 80}, mqa, 6);
+    check_attention((AttentionShape){2, 17, 6, 1, 80}, mqa, 6, false);
     const int single_tokens[] = {9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 9};
-    check_attention((AttentionShape){3, 9, 3, 3, 40}, single_tokens, 11);
+    check_attention((AttentionShape){3, 9, 3, 3, 40}, single_tokens, 11, false);
+}
+
+// Fused RoPE: head sizes the CUDA-core kernels take (32, 40, 256) and two the flash kernels take, T off the
+// tiles, GQA 1, 4 and 8, packed rows whose positions restart.
+static void test_attention_rope(void **state) {
+    check_attention((AttentionShape){2, 17, 4, 1, 40}, NULL, 0, true);    // GQA 4, fallback
+    check_attention((AttentionShape){1, 1, 1, 1, 32}, NULL, 0, true);     // one token, fallback
+    const int across_tiles[] = {10, 1, 1, 33, 25};
+    check_attention((AttentionShape){1, 70, 8, 1, 32}, across_tiles, 5, true);  // GQA 8, packed, fallback
+    const int single_tokens[] = {9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 9};
+    check_attention((AttentionShape){3, 9, 3, 3, 40}, single_tokens, 11, true);  // MHA, packed, fallback
+    check_attention((AttentionShape){1, 40, 2, 1, 256}, NULL, 0, true);   // the largest head_dim, fallback
+    const int packed_then_whole[] = {1, 5, 30, 4, 40};
+    check_attention((AttentionShape){2, 40, 4, 2, 64}, packed_then_whole, 5, true);  // flash
+    check_attention((AttentionShape){1, 70, 8, 2, 128}, NULL, 0, true);   // flash, GQA 4
 }
 
 static void test_attention_rejects_large_head_dim(void **state) {
@@ -572,7 +591,7 @@ static void test_attention_rejects_large_head_dim(void **state) {
     float *x = random_act(n, -1, 1);
     void *dev_q = gpu_act(x, n), *dev_out = gpu_act(x, n);
     float *dev_lse = gpu_copy(x, 2 * sizeof(float));
-    gpu->attention_forward(gpu, dev_out, dev_lse, dev_q, dev_q, dev_q, NULL, 1, 2, 1, 1, 300);
+    gpu->attention_forward(gpu, dev_out, dev_lse, dev_q, dev_q, dev_q, NULL, NULL, 1, 2, 1, 1, 300);
     gpu->synchronize(gpu);
     Error err;
     assert_false(gpu->check(gpu, &err));
@@ -649,6 +668,7 @@ int main(void) {
         cmocka_unit_test(test_cross_entropy),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_packed),
+        cmocka_unit_test(test_attention_rope),
         cmocka_unit_test(test_attention_rejects_large_head_dim),
         cmocka_unit_test(test_sum_squares_and_scale),
         cmocka_unit_test(test_adamw),
