@@ -119,6 +119,9 @@ static int max_linear_in(const LlamaConfig *c) {
 
 static bool has_projector(const Model *m) { return m->options.projector_in > 0; }
 static bool is_openvla(const Model *m) { return has_projector(m) && m->options.projector_kind == PROJECTOR_OPENVLA; }
+static bool has_lora_towers(const Model *m) {
+    return is_openvla(m) && m->lora.target_towers && m->options.lora_towers != NULL;
+}
 
 // ----------------------------------------------------------------------------
 // memory layout: each layout function assigns pointers from an Arena over a
@@ -283,6 +286,7 @@ static bool build_param_table(Model *m, Error *err) {
     ParamTable *table = &m->params;
     // room for OpenVLA's projector adapters and for the mlp2x projector's four (+ 1 as before)
     size_t capacity = (size_t)per_layer * c->n_layers + 2 * FUSED_PROJECTOR_LINEARS + 5;
+    if (has_lora_towers(m)) capacity += (size_t)openvla_tower_lora_n_params(m->options.lora_towers);
     table->entries = checked_calloc(capacity, sizeof(ParamEntry), "parameter table", err);
     m->slots = checked_calloc((size_t)c->n_layers * LORA_TARGET_COUNT, sizeof(LoraSlot), "LoRA slots", err);
     if (!table->entries || !m->slots) return false;
@@ -308,6 +312,9 @@ static bool build_param_table(Model *m, Error *err) {
     }
     table->n_decoder_lora = table->count;
     if (is_openvla(m) && m->lora.target_projector) fused_projector_add_lora(&m->fused, table, m->lora.r);
+    int towers_first = table->count;
+    if (has_lora_towers(m)) openvla_tower_lora_add_params(m->options.lora_towers, m->lora.r, table);
+    table->n_tower_lora = table->count - towers_first;
     table->n_lora = table->count;
     if (has_projector(m) && !is_openvla(m))
         projector_add_params(&m->projector, table, m->options.projector_in, c->hidden_size);
@@ -548,6 +555,7 @@ const Ops *model_ops(const Model *m) { return m->ops; }
 const ParamTable *model_params(const Model *m) { return &m->params; }
 float *model_param_data(Model *m) { return m->param_data; }
 float *model_grad_data(Model *m) { return m->grad_data; }
+const void *model_param_act(const Model *m) { return m->param_act; }
 size_t model_activation_bytes(const Model *m) { return m->act_bytes; }
 
 bool model_frozen_tensor(Model *m, const char *name, Tensor *out, Error *err) {
@@ -852,12 +860,13 @@ static void lm_head_loss(Model *m, const StepState *st, float grad_scale) {
 }
 
 // [*begin, *end) of the flat buffer: layer l's LoRA tensors (every layer
-// targets the same linears), or with l = n_layers the projector's (adapters or weights).
+// targets the same linears), or with l = n_layers the projector's (adapters or weights), not the towers'
+// adapters after it (their gradients come from the towers' backward, after model_step).
 static void param_range(const Model *m, int l, size_t *begin, size_t *end) {
     const ParamTable *t = &m->params;
     int per_layer = t->n_decoder_lora / m->config.n_layers, first = l * per_layer;
     bool projector = l == m->config.n_layers;
-    int last = projector ? t->count - 1 : first + per_layer - 1;
+    int last = projector ? t->count - 1 - t->n_tower_lora : first + per_layer - 1;
     *begin = first <= last ? t->entries[first].offset : 0;
     *end = first <= last ? t->entries[last].offset + t->entries[last].numel : 0;
 }
