@@ -20,21 +20,20 @@
 enum { GRID = 4, CELL = 8, PICTURE = GRID * CELL, ACTION_DIM = 7, N_TRAIN = 500, N_HELD_OUT = 40, MAX_STEPS = GRID };
 
 // ----------------------------------------------------------------------------
-// the model: the one place that chooses it. Today's robot path (a CLIP-layout
-// tower, mlp2x_gelu projector, a tiny Llama); the OpenVLA-shaped model (two
-// timm towers, 3-layer projector) replaces these lines once it exists.
+// the model: the one place that chooses it. OpenVLA-shaped, written with random weights as an OpenVLA
+// folder (hf_save_openvla): two timm towers of test_openvla's fixture shapes (DINOv2-like with class and
+// register tokens, SigLIP-like) at 16 x 16 pixels in 4 x 4 patches (one patch per grid cell), features
+// side by side into the 3-layer projector, a tiny Llama; PEFT's all-linear trains adapters on all of them.
 
-static const char *const VLA_MODEL[] = {
-    "model.create_if_missing=demo", // the tower below is written with random weights when absent
-    "vision.tower_preset=tiny",     // 16 x 16 pixels, 4 x 4 patches: one patch per grid cell
-    "data.image_tokens=16",
-};
+static const char *const VLA_MODEL[] = {"data.image_tokens=16", "lora.target=all-linear"};
 static const char *const VLA_LLAMA_PRESET = "demo"; // its shape; the vocabulary is the demo tokenizer's
+enum { VLA_IMAGE = 16, VLA_PATCH = 4 };
+static const int VLA_TOWER_WIDTH[2] = {32, 24}, VLA_TOWER_MLP[2] = {128, 89}, VLA_TOWER_DEPTH[2] = {3, 4};
 
 // The training recipe over it (--set applies after these).
 static const char *const VLA_RECIPE[] = {
     "data.format=rlds", "data.max_seq_len=48", "data.shuffle_buffer=256", "lora.r=8", "lora.alpha=16",
-    "lora.dropout=0", "lora.target=all", "train.micro_batch=16", "train.max_steps=200", "train.lr=5e-3",
+    "lora.dropout=0", "train.micro_batch=16", "train.max_steps=200", "train.lr=5e-3",
     "train.schedule=cosine", "train.warmup=15", "train.weight_decay=0", "train.max_grad_norm=1", "train.seed=5",
     "train.log_every=50", "train.backend=cpu", "train.eval_every=0", "checkpoint.every_steps=0"};
 
@@ -196,8 +195,21 @@ static bool write_tokenizer(const char *dir, int *vocab_size, Error *err) {
     return ok || fail(err, "%s: cannot write: %s", path, json_util_get_last_err());
 }
 
-// dir/: a random Llama of VLA_LLAMA_PRESET's shape over the demo tokenizer
-// (its vocabulary and one more id, the image token), unless already there.
+// The towers: OpenVLA's presets at the demo's sizes.
+static bool demo_towers(ClipVisionConfig towers[2], Error *err) {
+    if (!clip_config_preset("dinov2-vit-l14-reg4", &towers[0], err) ||
+        !clip_config_preset("siglip-so400m-14", &towers[1], err))
+        return false;
+    for (int k = 0; k < 2; k++) {
+        ClipVisionConfig *c = &towers[k];
+        c->hidden_size = VLA_TOWER_WIDTH[k], c->intermediate_size = VLA_TOWER_MLP[k], c->n_layers = VLA_TOWER_DEPTH[k];
+        c->n_heads = 4, c->image_size = VLA_IMAGE, c->patch_size = VLA_PATCH;
+    }
+    return true;
+}
+
+// dir/: a random OpenVLA-shaped model, the Llama of VLA_LLAMA_PRESET's shape over the demo tokenizer
+// (its vocabulary and one more id, the image positions' placeholder), unless already there.
 static bool write_model(const char *dir, uint64_t seed, Error *err) {
     char path[1100];
     snprintf(path, sizeof path, "%s/config.json", dir);
@@ -207,15 +219,23 @@ static bool write_model(const char *dir, uint64_t seed, Error *err) {
     if (!make_dirs(dir, err) || !write_tokenizer(dir, &vocab, err) ||
         !llama_config_preset(VLA_LLAMA_PRESET, &config, err))
         return false;
+    ClipVisionConfig towers[2];
+    if (!demo_towers(towers, err)) return false;
     config.vocab_size = vocab + 1;
     config.bos_token_id = 1;
     config.eos_token_id = 2;
     ModelOptions options = {.ops = ops_cpu(), .config = config, .max_batch = 1, .max_seq_len = 1,
-                            .lora = {.r = 1, .alpha = 1}, .seed = seed};
+                            .lora = {.r = 1, .alpha = 1}, .seed = seed, .projector_kind = PROJECTOR_OPENVLA,
+                            .projector_in = VLA_TOWER_WIDTH[0] + VLA_TOWER_WIDTH[1], .image_token_id = vocab,
+                            .max_image_rows = 1};
     Model *model = model_create(&options, err);
-    if (!model) return false;
-    printf("creating a random '%s'-shaped Llama with a %d-token vocabulary in %s\n", VLA_LLAMA_PRESET, vocab, dir);
-    bool ok = model_init_random_base(model, seed, err) && hf_save_model_as(model, dir, DTYPE_F32, err);
+    FusedFeaturizer *featurizer = model ? fused_featurizer_create(ops_cpu(), towers, 1, err) : NULL;
+    bool ok = featurizer != NULL;
+    if (ok) printf("creating a random OpenVLA-shaped model ('%s'-shaped Llama, %d-token vocabulary) in %s\n",
+                   VLA_LLAMA_PRESET, vocab, dir);
+    for (int k = 0; ok && k < 2; k++) clip_tower_init_random(fused_featurizer_tower(featurizer, k), seed ^ (0xc11bULL + k));
+    ok = ok && model_init_random_base(model, seed, err) && hf_save_openvla(model, featurizer, dir, err);
+    fused_featurizer_destroy(featurizer);
     model_destroy(model);
     return ok;
 }
@@ -333,7 +353,6 @@ static bool vla_config(const char *dir, const char *const *settings, int n_setti
     snprintf(config->model.path, CONFIG_PATH_MAX, "%s/model", dir);
     snprintf(config->data.path, CONFIG_PATH_MAX, "%s/rlds/vla_demo", dir);
     snprintf(config->data.eval_path, CONFIG_PATH_MAX, "%s/rlds_held_out/vla_demo", dir);
-    snprintf(config->vision.tower, CONFIG_PATH_MAX, "%s/tower.safetensors", dir);
     snprintf(config->checkpoint.dir, CONFIG_PATH_MAX, "%s/out", dir);
     return set_all(config, VLA_MODEL, (int)(sizeof VLA_MODEL / sizeof *VLA_MODEL), err) &&
            set_all(config, VLA_RECIPE, (int)(sizeof VLA_RECIPE / sizeof *VLA_RECIPE), err) &&
