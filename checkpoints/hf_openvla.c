@@ -58,7 +58,8 @@ enum { N_TOWER_SHAPE_KEYS = sizeof TOWER_SHAPE_KEYS / sizeof TOWER_SHAPE_KEYS[0]
 
 static bool read_tower_shape(json_object *shape, const char *path, int i, ClipVisionConfig *tower, Error *err) {
     if (!shape) return true;
-    if (!json_object_is_type(shape, json_type_object)) return fail(err, "%s: tower_shapes[%d] must be an object", path, i);
+    if (!json_object_is_type(shape, json_type_object))
+        return fail(err, "%s: tower_shapes[%d] must be an object", path, i);
     for (int k = 0; k < N_TOWER_SHAPE_KEYS; k++) {
         json_object *value = member(shape, TOWER_SHAPE_KEYS[k].key);
         if (value && !json_object_is_type(value, json_type_int))
@@ -144,8 +145,8 @@ static json_object *openvla_config_json(const Model *model, const OpenVlaVision 
     json_object_object_add(root, "architectures", architectures);
     json_object_object_add(root, "model_type", json_object_new_string("openvla"));
     json_object_object_add(root, "use_fused_vision_backbone", json_object_new_boolean(true));
-    json_object_object_add(root, "timm_model_ids", pair_json(json_object_new_string("vit_large_patch14_reg4_dinov2.lvd142m"),
-                                                             json_object_new_string("vit_so400m_patch14_siglip_224")));
+    json_object *dinov2 = json_object_new_string("vit_large_patch14_reg4_dinov2.lvd142m");
+    json_object_object_add(root, "timm_model_ids", pair_json(dinov2, json_object_new_string("vit_so400m_patch14_siglip_224")));
     json_object_object_add(root, "timm_override_act_layers", pair_json(NULL, NULL));
     json_object_object_add(root, "image_sizes", pair_json(json_object_new_int(vision->towers[0].image_size),
                                                           json_object_new_int(vision->towers[1].image_size)));

@@ -160,7 +160,8 @@ static bool load_image(RobotLoader *loader, int64_t i, float *out, bool *skipped
     Error why = {{0}};
     const RobotSampleOptions *robot = &loader->robot;
     size_t plane = (size_t)3 * robot->preprocess.size * robot->preprocess.size;
-    bool ok = robot_dataset_image(loader->dataset, i, &image, &why) && image_preprocess(&image, &robot->preprocess, out, &why) &&
+    bool ok = robot_dataset_image(loader->dataset, i, &image, &why) &&
+              image_preprocess(&image, &robot->preprocess, out, &why) &&
               (!robot->fused || image_preprocess(&image, &robot->fused_preprocess, out + plane, &why));
     image_free(&image);
     if (ok) return true;

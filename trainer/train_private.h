@@ -59,7 +59,7 @@ typedef struct Run {
     TrainerState progress; // losses and step counts so far (position fields filled at save time)
     // vision-language runs (train_vlm.c); NULL otherwise, and then dataset serves
     ClipTower *tower;
-    FusedFeaturizer *featurizer; // an OpenVLA model.path's two towers in place of tower (with adapters under all-linear)
+    FusedFeaturizer *featurizer; // an OpenVLA model.path's two towers in place of tower (adapters under all-linear)
     OpenVlaVision openvla;       // its config.json's towers (is_openvla); the model's lora_towers point here
     bool is_openvla;
     int n_micro_images;          // images in the micro-batch vlm_micro_features ran (the towers' backward)
