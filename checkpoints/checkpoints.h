@@ -114,6 +114,10 @@ typedef struct OpenVlaVision {
 bool hf_read_openvla(const char *model_dir, bool *is_openvla, OpenVlaVision *out, Error *err);
 // Both towers' weights from the folder (vision_backbone.featurizer. / .fused_featurizer.).
 bool openvla_load_towers(FusedFeaturizer *featurizer, const char *model_dir, Error *err);
+// A random OpenVLA-shaped folder (tests, demo): config.json with OpenVLA's keys, the Llama as text_config
+// and lora-train's "tower_shapes" (the towers' sizes where they are not the presets'; hf_read_openvla reads
+// them), model.safetensors in OpenVLA's names (language_model., projector.fcK, vision_backbone.).
+bool hf_save_openvla(Model *model, FusedFeaturizer *featurizer, const char *model_dir, Error *err);
 
 // ----------------------------------------------------------------------------
 // PEFT adapters

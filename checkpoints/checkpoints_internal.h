@@ -16,6 +16,10 @@ bool join_path(char *buf, size_t size, const char *dir, const char *file, Error 
 json_object *read_json_object(const char *path, Error *err);
 // Writes obj pretty-printed (2 spaces, no escaped slashes) to path.
 bool write_json_file(const char *path, json_object *obj, Error *err);
+// A Llama's config.json object as transformers writes it (hf_model.c); OpenVLA's text_config.
+json_object *llama_config_json(const LlamaConfig *config);
+// model.safetensors of an OpenVLA folder: the model's frozen tensors in OpenVLA's names and both towers' (vlm.c).
+bool hf_save_openvla_weights(Model *model, FusedFeaturizer *featurizer, const char *path, Error *err);
 
 // The tensors of a Hugging Face model folder: model.safetensors, or every shard
 // that model.safetensors.index.json's weight_map lists, each mapped once; or of

@@ -64,11 +64,13 @@ typedef struct Merge {
 } Merge;
 
 // Adapter key of base tensor `name` ("...q_proj.weight" -> "...q_proj.lora_A.weight"), or false when
-// the tensor is outside the language model's decoder (and OpenVLA's projector, whose keys keep its names).
+// the tensor is outside the language model's decoder (and OpenVLA's projector and towers, whose keys keep
+// their names).
 static bool lora_key(const Merge *m, const char *name, char which, char *out, size_t size) {
     const char *prefix = hf_layout_decoder_prefix(m->base_layout);
     const char *adapter_prefix = hf_layout_decoder_prefix(m->adapter_layout);
-    if (m->base_layout == HF_LAYOUT_OPENVLA && strncmp(name, "projector.", 10) == 0) prefix = adapter_prefix = "";
+    bool top_level = strncmp(name, "projector.", 10) == 0 || strncmp(name, "vision_backbone.", 16) == 0;
+    if (m->base_layout == HF_LAYOUT_OPENVLA && top_level) prefix = adapter_prefix = ""; // timm's fused qkv: one module
     size_t prefix_len = strlen(prefix), len = strlen(name);
     if (strncmp(name, prefix, prefix_len) != 0 || len < prefix_len + 7 || strcmp(name + len - 7, ".weight") != 0) return false;
     int n = snprintf(out, size, PEFT_KEY_PREFIX "%s%.*s.lora_%c.weight", adapter_prefix, (int)(len - 7 - prefix_len),

@@ -202,7 +202,7 @@ static json_object *rope_scaling_json(const RopeScaling *s) {
 }
 
 // config.json as transformers writes it, with the legacy rope keys every version reads.
-static json_object *llama_config_json(const LlamaConfig *c) {
+json_object *llama_config_json(const LlamaConfig *c) {
     json_object *obj = json_object_new_object(), *architectures = json_object_new_array();
     json_object_array_add(architectures, json_object_new_string("LlamaForCausalLM"));
     json_object_object_add(obj, "architectures", architectures);

@@ -5,6 +5,7 @@
 #include "checkpoints.h"
 #include "checkpoints_internal.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -43,6 +44,31 @@ static json_object *pair_item(json_object *root, const char *key, int i) {
     return json_object_array_get_idx(list, (size_t)i);
 }
 
+// lora-train's "tower_shapes" (tiny folders of tests and the demo; OpenVLA's own have none): the
+// preset's sizes replaced by those given.
+static const struct {
+    const char *key;
+    size_t offset;
+} TOWER_SHAPE_KEYS[] = {{"hidden_size", offsetof(ClipVisionConfig, hidden_size)},
+                        {"intermediate_size", offsetof(ClipVisionConfig, intermediate_size)},
+                        {"num_hidden_layers", offsetof(ClipVisionConfig, n_layers)},
+                        {"num_attention_heads", offsetof(ClipVisionConfig, n_heads)},
+                        {"patch_size", offsetof(ClipVisionConfig, patch_size)}};
+enum { N_TOWER_SHAPE_KEYS = sizeof TOWER_SHAPE_KEYS / sizeof TOWER_SHAPE_KEYS[0] };
+
+static bool read_tower_shape(json_object *shape, const char *path, int i, ClipVisionConfig *tower, Error *err) {
+    if (!shape) return true;
+    if (!json_object_is_type(shape, json_type_object))
+        return fail(err, "%s: tower_shapes[%d] must be an object", path, i);
+    for (int k = 0; k < N_TOWER_SHAPE_KEYS; k++) {
+        json_object *value = member(shape, TOWER_SHAPE_KEYS[k].key);
+        if (value && !json_object_is_type(value, json_type_int))
+            return fail(err, "%s: tower_shapes[%d].%s must be an integer", path, i, TOWER_SHAPE_KEYS[k].key);
+        if (value) *(int *)((char *)tower + TOWER_SHAPE_KEYS[k].offset) = json_object_get_int(value);
+    }
+    return clip_config_validate(tower, err) || fail_context(err, "%s: tower_shapes[%d]: ", path, i);
+}
+
 static bool read_towers(json_object *root, const char *path, OpenVlaVision *out, Error *err) {
     json_object *fused = member(root, "use_fused_vision_backbone");
     if (!fused || !json_object_get_boolean(fused))
@@ -62,6 +88,7 @@ static bool read_towers(json_object *root, const char *path, OpenVlaVision *out,
                         i);
         if (!clip_config_preset(preset, &out->towers[i], err)) return false;
         out->towers[i].image_size = json_object_get_int(size);
+        if (!read_tower_shape(pair_item(root, "tower_shapes", i), path, i, &out->towers[i], err)) return false;
     }
     if (out->towers[0].image_size != out->towers[1].image_size)
         return fail(err, "%s: image_sizes %d and %d differ; the fused towers take one image size", path,
@@ -92,4 +119,54 @@ bool openvla_load_towers(FusedFeaturizer *featurizer, const char *model_dir, Err
         if (!clip_load_weights_under(fused_featurizer_tower(featurizer, k), model_dir, prefixes[k], err)) return false;
     }
     return true;
+}
+
+// ----------------------------------------------------------------------------
+// writing (tests and the demo: random OpenVLA-shaped folders)
+
+static json_object *pair_json(json_object *a, json_object *b) {
+    json_object *list = json_object_new_array();
+    json_object_array_add(list, a);
+    json_object_array_add(list, b);
+    return list;
+}
+
+static json_object *tower_shape_json(const ClipVisionConfig *tower) {
+    json_object *shape = json_object_new_object();
+    for (int k = 0; k < N_TOWER_SHAPE_KEYS; k++)
+        json_object_object_add(shape, TOWER_SHAPE_KEYS[k].key,
+                               json_object_new_int(*(const int *)((const char *)tower + TOWER_SHAPE_KEYS[k].offset)));
+    return shape;
+}
+
+static json_object *openvla_config_json(const Model *model, const OpenVlaVision *vision) {
+    json_object *root = json_object_new_object(), *architectures = json_object_new_array();
+    json_object_array_add(architectures, json_object_new_string("OpenVLAForActionPrediction"));
+    json_object_object_add(root, "architectures", architectures);
+    json_object_object_add(root, "model_type", json_object_new_string("openvla"));
+    json_object_object_add(root, "use_fused_vision_backbone", json_object_new_boolean(true));
+    json_object *dinov2 = json_object_new_string("vit_large_patch14_reg4_dinov2.lvd142m");
+    json_object_object_add(root, "timm_model_ids", pair_json(dinov2, json_object_new_string("vit_so400m_patch14_siglip_224")));
+    json_object_object_add(root, "timm_override_act_layers", pair_json(NULL, NULL));
+    json_object_object_add(root, "image_sizes", pair_json(json_object_new_int(vision->towers[0].image_size),
+                                                          json_object_new_int(vision->towers[1].image_size)));
+    json_object_object_add(root, "image_resize_strategy", json_object_new_string("resize-naive"));
+    json_object_object_add(root, "n_action_bins", json_object_new_int(vision->n_action_bins));
+    json_object_object_add(root, "tower_shapes",
+                           pair_json(tower_shape_json(&vision->towers[0]), tower_shape_json(&vision->towers[1])));
+    json_object_object_add(root, "text_config", llama_config_json(model_config(model)));
+    return root;
+}
+
+bool hf_save_openvla(Model *model, FusedFeaturizer *featurizer, const char *model_dir, Error *err) {
+    char config_path[CHECKPOINT_PATH_MAX], weights_path[CHECKPOINT_PATH_MAX];
+    if (!make_dirs(model_dir, err) || !join_path(config_path, sizeof config_path, model_dir, "config.json", err) ||
+        !join_path(weights_path, sizeof weights_path, model_dir, "model.safetensors", err))
+        return false;
+    OpenVlaVision vision = {.n_action_bins = 256};
+    for (int k = 0; k < 2; k++) vision.towers[k] = *clip_tower_config(fused_featurizer_tower(featurizer, k));
+    json_object *config = openvla_config_json(model, &vision);
+    bool ok = write_json_file(config_path, config, err);
+    json_object_put(config);
+    return ok && hf_save_openvla_weights(model, featurizer, weights_path, err);
 }

@@ -173,10 +173,10 @@ bool hf_layout_key(HfLayout layout, const char *canonical, bool alternative, cha
         n = snprintf(out, size, "%s", lm_head_key(layout, alternative));
     } else if (strncmp(canonical, "model.", 6) == 0) {
         n = snprintf(out, size, "%s%s", hf_layout_decoder_prefix(layout), canonical + 6);
-    } else if (strncmp(canonical, "projector.", 10) == 0) { // OpenVLA's, at the top level
-        n = snprintf(out, size, "%s", canonical);
+    } else if (strncmp(canonical, "projector.", 10) == 0 || strncmp(canonical, "vision_backbone.", 16) == 0) {
+        n = snprintf(out, size, "%s", canonical); // OpenVLA's projector and towers, at the top level
     } else {
-        return fail(err, "tensor name %s is not under model., projector. or lm_head", canonical);
+        return fail(err, "tensor name %s is not under model., projector., vision_backbone. or lm_head", canonical);
     }
     if (n < 0 || (size_t)n >= size) return fail(err, "tensor name too long: %s", canonical);
     return true;

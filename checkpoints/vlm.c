@@ -173,6 +173,8 @@ bool clip_load_weights(ClipTower *tower, const char *path, Error *err) {
 
 typedef struct ClipSaver {
     const Ops *ops;
+    const char *prefix; // before every name (OpenVLA's towers), or ""
+    HfLayout layout;    // the model's frozen tensors' names (hf_save_openvla)
     SafetensorsEntry *entries;
     char (*names)[128];
     int count, capacity;
@@ -193,22 +195,44 @@ static bool save_clip_tensor(void *context, const char *name, const Tensor *tens
     void *host = checked_malloc(bytes + 1, name, err);
     if (!host) return false;
     saver->ops->download(saver->ops, host, tensor->data, bytes);
-    snprintf(saver->names[saver->count], sizeof saver->names[0], "%s", name);
+    snprintf(saver->names[saver->count], sizeof saver->names[0], "%s%s", saver->prefix, name);
     saver->entries[saver->count] = (SafetensorsEntry){NULL, *tensor}; // named once the list stops growing
     saver->entries[saver->count].tensor.data = host;
     saver->count++;
     return true;
 }
 
-bool clip_save_weights(ClipTower *tower, const char *path, Error *err) {
-    ClipSaver saver = {.ops = clip_tower_ops(tower)};
-    bool ok = clip_tower_visit(tower, save_clip_tensor, &saver, err);
-    saver.ops->synchronize(saver.ops);
-    for (int i = 0; i < saver.count; i++) saver.entries[i].name = saver.names[i];
+static bool save_model_tensor(void *context, const char *name, const Tensor *tensor, Error *err) {
+    ClipSaver *saver = context;
+    char key[PARAM_NAME_MAX + 32];
+    return hf_layout_key(saver->layout, name, false, key, sizeof key, err) && save_clip_tensor(saver, key, tensor, err);
+}
+
+// The collected tensors into path (safetensors), freed.
+static bool write_saved(ClipSaver *saver, const char *path, bool ok, Error *err) {
+    saver->ops->synchronize(saver->ops);
+    for (int i = 0; i < saver->count; i++) saver->entries[i].name = saver->names[i];
     const char *metadata[] = {"format", "pt"};
-    ok = ok && safetensors_write(path, saver.entries, saver.count, metadata, 1, err);
-    for (int i = 0; i < saver.count; i++) free(saver.entries[i].tensor.data);
-    free(saver.entries);
-    free(saver.names);
+    ok = ok && safetensors_write(path, saver->entries, saver->count, metadata, 1, err);
+    for (int i = 0; i < saver->count; i++) free(saver->entries[i].tensor.data);
+    free(saver->entries);
+    free(saver->names);
     return ok;
+}
+
+bool hf_save_openvla_weights(Model *model, FusedFeaturizer *featurizer, const char *path, Error *err) {
+    static const char *const prefixes[2] = {"vision_backbone.featurizer.", "vision_backbone.fused_featurizer."};
+    ClipSaver saver = {.ops = model_ops(model), .prefix = "", .layout = HF_LAYOUT_OPENVLA};
+    bool ok = model_visit_frozen(model, save_model_tensor, &saver, err);
+    for (int k = 0; ok && k < 2; k++) {
+        saver.prefix = prefixes[k];
+        ok = clip_tower_visit(fused_featurizer_tower(featurizer, k), save_clip_tensor, &saver, err);
+    }
+    return write_saved(&saver, path, ok, err);
+}
+
+bool clip_save_weights(ClipTower *tower, const char *path, Error *err) {
+    ClipSaver saver = {.ops = clip_tower_ops(tower), .prefix = ""};
+    bool ok = clip_tower_visit(tower, save_clip_tensor, &saver, err);
+    return write_saved(&saver, path, ok, err);
 }

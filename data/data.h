@@ -157,7 +157,8 @@ typedef struct StepBatch {
     int epoch;              // the epoch the step's first sample came from
     // vision-language steps (VlmLoader); 0 / NULL for text steps
     int image_size;         // S
-    float *images;          // (n_micro, B, 3, S, S) preprocessed, zeros where a row has no image
+    int image_channels;     // 3, or 6 for OpenVLA's fused towers (RobotSampleOptions.fused)
+    float *images;          // (n_micro, B, image_channels, S, S) preprocessed, zeros where a row has no image
     uint8_t *has_image;     // (n_micro, B)
 } StepBatch;
 

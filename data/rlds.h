@@ -292,6 +292,10 @@ typedef struct RobotSampleOptions {
     int n_image_tokens;         // placeholders right after BOS, where the projected patches go
     int32_t image_token_id;     // their id
     ImagePreprocess preprocess; // the step's image into (3, S, S)
+    // OpenVLA's fused towers: the image also through this second preprocessing (the same size), the
+    // row's pixels (6, S, S) = [preprocess | fused_preprocess] as PrismaticImageProcessor stacks them
+    bool fused;
+    ImagePreprocess fused_preprocess;
     int shuffle_buffer;         // bounded shuffle buffer of steps; 0 or 1: data order
 } RobotSampleOptions;
 

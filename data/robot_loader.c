@@ -91,6 +91,9 @@ static bool check_options(const DataLoaderOptions *o, const RobotSampleOptions *
     if (robot->shuffle_buffer < 0 || robot->n_image_tokens < 0 || robot->preprocess.size < 1)
         return fail(err, "robot loader: shuffle_buffer (%d), image tokens (%d) and image size (%d) are out of range",
                     robot->shuffle_buffer, robot->n_image_tokens, robot->preprocess.size);
+    if (robot->fused && robot->fused_preprocess.size != robot->preprocess.size)
+        return fail(err, "robot loader: the fused towers' preprocessing makes %d and %d pixels; they must agree",
+                    robot->preprocess.size, robot->fused_preprocess.size);
     int64_t per_step = (int64_t)o->micro_batch * o->grad_accum * o->world_size;
     if (n_samples < per_step)
         return fail(err, "robot loader: the dataset's %lld usable steps are fewer than one optimizer step's %lld",
@@ -104,13 +107,15 @@ static bool allocate(RobotLoader *loader, Error *err) {
     int S = loader->robot.preprocess.size;
     int64_t buffer = loader->robot.shuffle_buffer < loader->n_samples ? loader->robot.shuffle_buffer : loader->n_samples;
     StepBatch *batch = &loader->batch;
-    *batch = (StepBatch){.n_micro = o->grad_accum, .B = o->micro_batch, .T = o->max_seq_len, .image_size = S};
+    int channels = loader->robot.fused ? 6 : 3;
+    *batch = (StepBatch){.n_micro = o->grad_accum, .B = o->micro_batch, .T = o->max_seq_len, .image_size = S,
+                         .image_channels = channels};
     loader->order = checked_malloc((size_t)loader->n_samples * sizeof *loader->order, "the epoch order", err);
     loader->bad_image = checked_calloc((size_t)robot_dataset_size(loader->dataset), 1, "image flags", err);
     loader->buffer = checked_malloc((size_t)(buffer > 0 ? buffer : 1) * sizeof *loader->buffer, "the shuffle buffer", err);
     batch->tokens = checked_malloc(rows * T * sizeof(int32_t), "batch tokens", err);
     batch->targets = checked_malloc(rows * T * sizeof(int32_t), "batch targets", err);
-    batch->images = checked_malloc(rows * 3 * (size_t)S * (size_t)S * sizeof(float), "batch images", err);
+    batch->images = checked_malloc(rows * channels * (size_t)S * (size_t)S * sizeof(float), "batch images", err);
     batch->has_image = checked_malloc(rows, "batch image flags", err);
     return loader->order && loader->bad_image && loader->buffer && batch->tokens && batch->targets && batch->images &&
            batch->has_image;
@@ -153,8 +158,11 @@ static bool load_image(RobotLoader *loader, int64_t i, float *out, bool *skipped
     if (*skipped) return false;
     Image image;
     Error why = {{0}};
+    const RobotSampleOptions *robot = &loader->robot;
+    size_t plane = (size_t)3 * robot->preprocess.size * robot->preprocess.size;
     bool ok = robot_dataset_image(loader->dataset, i, &image, &why) &&
-              image_preprocess(&image, &loader->robot.preprocess, out, &why);
+              image_preprocess(&image, &robot->preprocess, out, &why) &&
+              (!robot->fused || image_preprocess(&image, &robot->fused_preprocess, out + plane, &why));
     image_free(&image);
     if (ok) return true;
     RobotStep step = robot_dataset_step(loader->dataset, i);
@@ -168,7 +176,7 @@ static bool load_image(RobotLoader *loader, int64_t i, float *out, bool *skipped
 // next one (wrapping) whose image loads; returns its label-token count, or -1 on failure.
 static int64_t fill_row(RobotLoader *loader, int64_t row, int64_t position, Error *err) {
     StepBatch *batch = &loader->batch;
-    float *image = batch->images + (size_t)row * 3 * (size_t)batch->image_size * (size_t)batch->image_size;
+    float *image = batch->images + (size_t)row * batch->image_channels * (size_t)batch->image_size * batch->image_size;
     int64_t i = -1;
     for (int64_t tried = 0; tried < loader->n_samples && i < 0; tried++) {
         int64_t candidate = loader->order[(position + tried) % loader->n_samples];

@@ -42,7 +42,8 @@ static bool allocate_batch(VlmLoader *loader, int image_size, Error *err) {
     size_t rows = (size_t)o->grad_accum * o->micro_batch;
     size_t image_floats = 3 * (size_t)image_size * (size_t)image_size;
     StepBatch *batch = &loader->batch;
-    *batch = (StepBatch){.n_micro = o->grad_accum, .B = o->micro_batch, .T = o->max_seq_len, .image_size = image_size};
+    *batch = (StepBatch){.n_micro = o->grad_accum, .B = o->micro_batch, .T = o->max_seq_len, .image_size = image_size,
+                         .image_channels = 3};
     batch->tokens = checked_malloc(rows * (size_t)o->max_seq_len * sizeof(int32_t), "batch tokens", err);
     batch->targets = batch->tokens ? checked_malloc(rows * (size_t)o->max_seq_len * sizeof(int32_t), "batch targets", err) : NULL;
     batch->images = batch->targets ? checked_malloc(rows * image_floats * sizeof(float), "batch images", err) : NULL;

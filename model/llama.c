@@ -259,12 +259,13 @@ static void lm_head_loss(Model *m, const StepState *st, float grad_scale) {
 }
 
 // [*begin, *end) of the flat buffer: layer l's LoRA tensors (every layer
-// targets the same linears), or with l = n_layers the projector's (adapters or weights).
+// targets the same linears), or with l = n_layers the projector's (adapters or weights), not the towers'
+// adapters after it (their gradients come from the towers' backward, after model_step).
 static void param_range(const Model *m, int l, size_t *begin, size_t *end) {
     const ParamTable *t = &m->params;
     int per_layer = t->n_decoder_lora / m->config.n_layers, first = l * per_layer;
     bool projector = l == m->config.n_layers;
-    int last = projector ? t->count - 1 : first + per_layer - 1;
+    int last = projector ? t->count - 1 - t->n_tower_lora : first + per_layer - 1;
     *begin = first <= last ? t->entries[first].offset : 0;
     *end = first <= last ? t->entries[last].offset + t->entries[last].numel : 0;
 }

@@ -148,4 +148,5 @@ const Ops *model_ops(const Model *m) { return m->ops; }
 const ParamTable *model_params(const Model *m) { return &m->params; }
 float *model_param_data(Model *m) { return m->param_data; }
 float *model_grad_data(Model *m) { return m->grad_data; }
+const void *model_param_act(const Model *m) { return m->param_act; }
 size_t model_activation_bytes(const Model *m) { return m->act_bytes; }

@@ -79,6 +79,8 @@ typedef struct ParamTable {
     int n_lora;                // entries[0, n_lora) are LoRA A/B; then the trainable projector's, if any
     int n_decoder_lora;        // entries[0, n_decoder_lora) the decoder's, layer by layer; then OpenVLA's
                                // projector adapters (projector.fc1.lora_A.weight, ...) up to n_lora
+    int n_tower_lora;          // the last n_tower_lora of [0, n_lora): OpenVLA's towers' adapters
+                               // (vision_backbone.featurizer.blocks.N..., then .fused_featurizer.), else 0
     size_t total;              // floats in the flat buffer
 } ParamTable;
 
@@ -122,6 +124,9 @@ typedef struct ModelOptions {
     // with LoRA adapters when lora.target_projector.
     ProjectorKind projector_kind;
     bool image_feature_grads; // the backward also gives dL/d(image features) (model_image_feature_grads)
+    // PROJECTOR_OPENVLA with lora.target_towers: the two towers' shapes (read at creation only);
+    // their adapters follow the projector's in the ParamTable (openvla_tower_lora_add_params).
+    const struct ClipVisionConfig *lora_towers;
     int image_token_id;
     int max_image_rows;       // image feature rows (images x patches) per micro-batch
     int flat_shards;          // the flat parameter and gradient buffers are padded (with zeros) to a
@@ -155,6 +160,7 @@ const Ops *model_ops(const Model *model);
 const ParamTable *model_params(const Model *model);
 float *model_param_data(Model *model);   // fp32 masters (backend memory), ParamTable layout, then flat_shards' padding
 float *model_grad_data(Model *model);    // fp32 gradients, same layout
+const void *model_param_act(const Model *model); // the act_dtype compute copy (ParamTable layout): the towers' adapters
 size_t model_activation_bytes(const Model *model);
 
 // Frozen weight by Hugging Face name ("model.embed_tokens.weight",
@@ -389,6 +395,9 @@ typedef struct FusedFeaturizer FusedFeaturizer;
 
 FusedFeaturizer *fused_featurizer_create(const Ops *ops, const ClipVisionConfig configs[2], int max_images, Error *err);
 void fused_featurizer_destroy(FusedFeaturizer *featurizer);
+// With ClipTowerOptions (NULL: frozen) for both towers: lora_r, train, activation checkpointing.
+FusedFeaturizer *fused_featurizer_create_with(const Ops *ops, const ClipVisionConfig configs[2], int max_images,
+                                              const ClipTowerOptions *options, Error *err);
 // Tower 0 (featurizer) or 1 (fused_featurizer): for loading, and the towers' backward, which
 // takes its columns of model_image_feature_grads (copy_columns: tower 0 columns [0, D0), tower 1 [D0, D0 + D1)).
 ClipTower *fused_featurizer_tower(FusedFeaturizer *featurizer, int which);
@@ -397,3 +406,18 @@ int fused_featurizer_n_features(const FusedFeaturizer *featurizer); // P per ima
 // pixels: host fp32 (n_images, 6, S, S); features: backend memory (n_images P, D0 + D1), act_dtype.
 bool fused_featurizer_forward(FusedFeaturizer *featurizer, const float *pixels, int n_images, void *features,
                               Error *err);
+// Trained towers (PEFT all-linear): the towers' adapters in a model's ParamTable under OpenVLA's module
+// prefixes, OPENVLA_TOWER_PREFIXES[k] ("vision_backbone.featurizer.", "vision_backbone.fused_featurizer.").
+extern const char *const OPENVLA_TOWER_PREFIXES[2];
+int openvla_tower_lora_n_params(const ClipVisionConfig configs[2]);
+void openvla_tower_lora_add_params(const ClipVisionConfig configs[2], int r, ParamTable *table);
+// [*begin, *end) of the flat buffer holding the towers' adapters (table->n_tower_lora entries; 0, 0 without).
+void openvla_tower_lora_range(const ParamTable *table, size_t *begin, size_t *end);
+bool fused_featurizer_bind_lora(FusedFeaturizer *featurizer, const ParamTable *table, float scale, Error *err);
+// fused_featurizer_forward with the bound adapters from param_act (the model's compute copy).
+bool fused_featurizer_forward_lora(FusedFeaturizer *featurizer, const void *param_act, const float *pixels,
+                                   int n_images, void *features, Error *err);
+// After a forward_lora of towers created with train: d_features (n_images P, D0 + D1), backend memory,
+// act_dtype (model_image_feature_grads) back through both towers, ADDING their adapters' fp32 gradients into grads.
+bool fused_featurizer_backward(FusedFeaturizer *featurizer, const void *param_act, float *grads,
+                               const void *d_features, int n_images, Error *err);

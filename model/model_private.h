@@ -132,6 +132,9 @@ static inline bool has_projector(const Model *m) { return m->options.projector_i
 static inline bool is_openvla(const Model *m) {
     return has_projector(m) && m->options.projector_kind == PROJECTOR_OPENVLA;
 }
+static inline bool has_lora_towers(const Model *m) {
+    return is_openvla(m) && m->lora.target_towers && m->options.lora_towers != NULL;
+}
 
 static inline int lm_head_chunk(const Model *m) {
     int N = m->options.max_batch * m->options.max_seq_len;

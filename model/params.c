@@ -12,6 +12,7 @@ bool build_param_table(Model *m, Error *err) {
     ParamTable *table = &m->params;
     // room for OpenVLA's projector adapters and for the mlp2x projector's four (+ 1 as before)
     size_t capacity = (size_t)per_layer * c->n_layers + 2 * FUSED_PROJECTOR_LINEARS + 5;
+    if (has_lora_towers(m)) capacity += (size_t)openvla_tower_lora_n_params(m->options.lora_towers);
     table->entries = checked_calloc(capacity, sizeof(ParamEntry), "parameter table", err);
     m->slots = checked_calloc((size_t)c->n_layers * LORA_TARGET_COUNT, sizeof(LoraSlot), "LoRA slots", err);
     if (!table->entries || !m->slots) return false;
@@ -37,6 +38,9 @@ bool build_param_table(Model *m, Error *err) {
     }
     table->n_decoder_lora = table->count;
     if (is_openvla(m) && m->lora.target_projector) fused_projector_add_lora(&m->fused, table, m->lora.r);
+    int towers_first = table->count;
+    if (has_lora_towers(m)) openvla_tower_lora_add_params(m->options.lora_towers, m->lora.r, table);
+    table->n_tower_lora = table->count - towers_first;
     table->n_lora = table->count;
     if (has_projector(m) && !is_openvla(m))
         projector_add_params(&m->projector, table, m->options.projector_in, c->hidden_size);

@@ -113,15 +113,19 @@ static void test_reads_the_config(void **state) {
     assert_false(is_openvla);
 }
 
-static Model *openvla_model(int projector_in, Error *err) {
+// towers: the two towers' shapes for their adapters in the flat buffer (lora.target_towers), or NULL.
+static Model *openvla_model_with(int projector_in, const ClipVisionConfig *towers, Error *err) {
     ModelOptions options = {.ops = ops_cpu(), .max_batch = B, .max_seq_len = T, .seed = 1,
                             .projector_in = projector_in, .projector_kind = PROJECTOR_OPENVLA,
                             .image_feature_grads = true, .image_token_id = PLACEHOLDER, .max_image_rows = B * P,
-                            .lora = {.r = 4, .alpha = 8, .target_projector = true}};
+                            .lora = {.r = 4, .alpha = 8, .target_projector = true, .target_towers = towers != NULL},
+                            .lora_towers = towers};
     for (int t = 0; t < LORA_TARGET_COUNT; t++) options.lora.targets[t] = true;
     if (!hf_read_llama_config(MODEL_DIR, &options.config, err)) return NULL;
     return model_create(&options, err);
 }
+
+static Model *openvla_model(int projector_in, Error *err) { return openvla_model_with(projector_in, NULL, err); }
 
 // OpenVLA's sequence with the image's placeholders right after BOS, as RobotLoader makes it;
 // targets: the reference's labels with the patches' IGNORE_INDEX, shifted by one.
@@ -224,6 +228,110 @@ static void test_matches_the_reference(void **state) {
     model_destroy(model);
     fused_featurizer_destroy(featurizer);
     free(pixels), free(features), free(column), free(logits), free(projected), free(d_features);
+    safetensors_close(ref);
+}
+
+static float *reference_features(SafetensorsFile *ref);
+
+// The model's fp32 masters onto the host (malloc'd).
+static float *download_params(Model *model) {
+    size_t n = model_params(model)->total;
+    float *host = malloc(n * sizeof(float));
+    assert_non_null(host);
+    model_ops(model)->download(model_ops(model), host, model_param_data(model), n * sizeof(float));
+    return host;
+}
+
+// The towers_b pass: the towers' adapters (random lora_B) as entries of the model's ParamTable after the
+// decoder's and the projector's; one step (the featurizer's forward with adapters, model_step, the towers'
+// backward from dL/d(features)) gives the loss and every LoRA gradient, decoder, projector and both towers.
+static void test_trains_the_towers(void **state) {
+    SafetensorsFile *ref = open_reference();
+    OpenVlaVision vision = read_vision();
+    tiny_towers(&vision);
+    Error err;
+    ClipTowerOptions tower_options = {.lora_r = 4, .train = true};
+    FusedFeaturizer *featurizer = fused_featurizer_create_with(ops_cpu(), vision.towers, B, &tower_options, &err);
+    if (!featurizer || !openvla_load_towers(featurizer, MODEL_DIR, &err)) fail_msg("%s", err.message);
+
+    // the decoder's and projector's adapters from the fixture (through a model without the towers'), the
+    // towers' from the reference
+    Model *plain = openvla_model(D, &err), *model = openvla_model_with(D, vision.towers, &err);
+    if (!plain || !model || !hf_load_weights(plain, MODEL_DIR, &err) || !adapter_load(plain, ADAPTER_DIR, &err) ||
+        !hf_load_weights(model, MODEL_DIR, &err))
+        fail_msg("%s", err.message);
+    const ParamTable *params = model_params(model), *plain_params = model_params(plain);
+    assert_int_equal(params->n_tower_lora, openvla_tower_lora_n_params(vision.towers));
+    assert_int_equal(params->n_tower_lora, 2 * 4 * (2 + 3)); // qkv, proj, fc1, fc2 of the used blocks: 2 + 3
+    assert_int_equal(params->n_lora, params->count);
+    assert_int_equal(params->count, plain_params->count + params->n_tower_lora);
+    const ParamEntry *first_tower = &params->entries[params->n_lora - params->n_tower_lora];
+    assert_string_equal(first_tower->name, "vision_backbone.featurizer.blocks.0.attn.qkv.lora_A.weight");
+    assert_int_equal(first_tower->offset, plain_params->total);
+    float *host = download_params(model), *plain_host = download_params(plain);
+    memcpy(host, plain_host, plain_params->total * sizeof(float));
+    for (int i = params->n_lora - params->n_tower_lora; i < params->n_lora; i++) {
+        const ParamEntry *e = &params->entries[i];
+        char key[PARAM_NAME_MAX + 64];
+        snprintf(key, sizeof key, "towers_b.base_model.model.%s", e->name);
+        float *value = reference_floats(ref, key, e->numel);
+        memcpy(host + e->offset, value, e->numel * sizeof(float));
+        free(value);
+    }
+    model_ops(model)->upload(model_ops(model), model_param_data(model), host, params->total * sizeof(float));
+    model_sync_params(model);
+    if (!fused_featurizer_bind_lora(featurizer, params, lora_scale(model_lora(model)), &err))
+        fail_msg("%s", err.message);
+
+    float *pixels = reference_floats(ref, "pixel_values", B * 6 * 16 * 16);
+    float *features = malloc(B * P * D * sizeof(float));
+    if (!fused_featurizer_forward_lora(featurizer, model_param_act(model), pixels, B, features, &err))
+        fail_msg("%s", err.message);
+    float *want = reference_features(ref), *dinov2 = reference_floats(ref, "towers_b.dinov2_features", B * P * D0);
+    assert_true(relative_l2(features, want, B * P * D) > 100 * TOLERANCE); // the adapters change the features
+    free(want);
+    float *column = malloc(B * P * D0 * sizeof(float));
+    for (int r = 0; r < B * P; r++) memcpy(column + r * D0, features + r * D, D0 * sizeof(float));
+    expect_close(column, dinov2, B * P * D0, "towers_b.dinov2_features");
+    free(dinov2), free(column);
+
+    int32_t tokens[B * T], targets[B * T];
+    robot_batch(ref, tokens, targets);
+    Batch batch = {.B = B, .T = T, .tokens = tokens, .targets = targets, .n_image_rows = B * P,
+                   .image_features = features};
+    int n_labels = 0;
+    for (int i = 0; i < B * T; i++) n_labels += targets[i] != -100;
+    StepOptions step = {.grad_scale = 1.0f / n_labels, .train = true};
+    double loss_sum;
+    model_zero_grads(model);
+    if (!model_step(model, &batch, &step, &err) || !model_loss_sum(model, &loss_sum, &err) ||
+        !fused_featurizer_backward(featurizer, model_param_act(model), model_grad_data(model),
+                                   model_image_feature_grads(model), B, &err))
+        fail_msg("%s", err.message);
+    float loss = (float)(loss_sum / n_labels);
+    want = reference_floats(ref, "towers_b.loss", 1);
+    expect_close(&loss, want, 1, "towers_b.loss");
+    free(want);
+    float *grads = malloc(params->total * sizeof(float));
+    ops_cpu()->download(ops_cpu(), grads, model_grad_data(model), params->total * sizeof(float));
+    int n_towers_checked = 0;
+    for (int i = 0; i < params->count; i++) {
+        const ParamEntry *e = &params->entries[i];
+        char key[PARAM_NAME_MAX + 64];
+        snprintf(key, sizeof key, "towers_b.");
+        peft_key(e->name, key + 9, sizeof key - 9);
+        want = reference_floats(ref, key, e->numel);
+        double norm = 0;
+        for (size_t j = 0; j < e->numel; j++) norm += (double)want[j] * want[j];
+        assert_true(norm > 0);
+        expect_close(grads + e->offset, want, e->numel, key + 14);
+        n_towers_checked += strncmp(e->name, "vision_backbone.", 16) == 0;
+        free(want);
+    }
+    assert_int_equal(n_towers_checked, params->n_tower_lora);
+    model_destroy(model), model_destroy(plain);
+    fused_featurizer_destroy(featurizer);
+    free(host), free(plain_host), free(pixels), free(features), free(grads);
     safetensors_close(ref);
 }
 
@@ -351,6 +459,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reads_the_config),
         cmocka_unit_test(test_matches_the_reference),
+        cmocka_unit_test(test_trains_the_towers),
         cmocka_unit_test(test_saved_adapter_loads_in_peft),
         cmocka_unit_test(test_load_errors_name_the_tensor),
     };

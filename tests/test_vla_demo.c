@@ -48,7 +48,7 @@ static void test_vla_demo_learns(void **state) {
     free(metrics);
 }
 
-// configs/openvla.yaml uses today's keys alone (the OpenVLA model's are comments), with finetune.py's defaults.
+// configs/openvla.yaml loads, with finetune.py's defaults.
 static void test_openvla_config_loads(void **state) {
     (void)state;
     Config config;

@@ -220,6 +220,8 @@ static bool plan_openvla(const Config *config, const OpenVlaVision *vla, ModelOp
     DType act_dtype = options->ops->act_dtype;
     int micro = config->train.micro_batch;
     vlm_openvla_model_options(config, vla, options);
+    options->lora_towers = vla->towers; // their adapters in the flat buffer under all-linear, as a run's
+    options->image_feature_grads = options->lora.target_towers;
     plan->tower_bytes = (size_t)options->max_image_rows * options->projector_in * dtype_size(act_dtype);
     // all-linear puts adapters on the towers, which then keep what their backward needs
     ClipTowerOptions training = {.lora_r = config->lora.r, .train = true,
@@ -234,12 +236,12 @@ static bool plan_openvla(const Config *config, const OpenVlaVision *vla, ModelOp
 }
 
 // An image-text run adds the projector to the model, and beside it the frozen
-// tower and the buffer of its features; an OpenVLA model.path, its two towers.
-static bool plan_vision(const Config *config, ModelOptions *options, RunPlan *plan, Error *err) {
+// tower and the buffer of its features; an OpenVLA model.path, its two towers (read into *vla, which
+// options->lora_towers then points at: the caller keeps it while it uses options).
+static bool plan_vision(const Config *config, ModelOptions *options, OpenVlaVision *vla, RunPlan *plan, Error *err) {
     bool is_openvla;
-    OpenVlaVision vla;
-    if (!vlm_read_openvla(config, &is_openvla, &vla, err)) return false;
-    if (is_openvla) return plan_openvla(config, &vla, options, plan, err);
+    if (!vlm_read_openvla(config, &is_openvla, vla, err)) return false;
+    if (is_openvla) return plan_openvla(config, vla, options, plan, err);
     if (!run_is_vlm(config)) return true;
     ClipVisionConfig clip;
     DType act_dtype = options->ops->act_dtype;
@@ -261,7 +263,8 @@ bool run_plan_memory(const Config *config, int world_size, RunPlan *plan, Error 
     planning_ops.act_dtype = plan->gpu ? DTYPE_BF16 : DTYPE_F32;
     ModelOptions options = train_model_options(config, &planning_ops, &llama);
     options.flat_shards = plan->world_size;
-    if (!plan_vision(config, &options, plan, err) || !plan_memory(config, &options, plan, err))
+    OpenVlaVision vla;
+    if (!plan_vision(config, &options, &vla, plan, err) || !plan_memory(config, &options, plan, err))
         return fail_context(err, "plan: ");
     plan->tokens_per_step = (int64_t)config->train.micro_batch * config->data.max_seq_len *
                             config->train.grad_accum * plan->world_size;
@@ -276,7 +279,8 @@ bool run_plan(const Config *config, int world_size, RunPlan *plan, Error *err) {
     planning_ops.act_dtype = plan->gpu ? DTYPE_BF16 : DTYPE_F32;
     if (!config_llama_config(config, &llama, &layout, err)) return fail_context(err, "plan: ");
     ModelOptions options = train_model_options(config, &planning_ops, &llama);
-    if (!plan_vision(config, &options, &(RunPlan){0}, err)) return fail_context(err, "plan: ");
+    OpenVlaVision vla;
+    if (!plan_vision(config, &options, &vla, &(RunPlan){0}, err)) return fail_context(err, "plan: ");
     if (!plan_total_steps(config, plan->world_size, &plan->total_steps, err) ||
         !plan_checkpoint_bytes(config, &options, layout, plan->total_steps, &plan->checkpoint_bytes, err))
         return fail_context(err, "plan: ");

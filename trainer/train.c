@@ -49,7 +49,7 @@ static LoraConfig lora_config_from(const Config *config) {
                        .init = strcmp(config->lora.init, "gaussian") == 0 ? LORA_INIT_GAUSSIAN : LORA_INIT_KAIMING};
     memcpy(lora.targets, config->lora.targets, sizeof lora.targets);
     lora.target_projector = config->lora.all_linear;
-    lora.target_towers = config->lora.all_linear; // hook (#15): the towers' adapters, once they exist, read this
+    lora.target_towers = config->lora.all_linear; // OpenVLA's towers' adapters (ModelOptions.lora_towers)
     return lora;
 }
 
@@ -362,7 +362,7 @@ static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batc
         options.accumulate_loss = micro > 0;
         if (!vlm_micro_features(run, batch, micro, &micro_batch, err)) return false;
         if (zero) zero_begin_micro_batch(zero, micro + 1 == batch->n_micro);
-        if (!model_step(model, &micro_batch, &options, err)) return false;
+        if (!model_step(model, &micro_batch, &options, err) || !vlm_micro_backward(run, &options, err)) return false;
         if (zero && !zero_reduce_micro_batch(zero, model_grad_data(model), err)) return false;
         if (one_rank && stop_signal && micro + 1 < batch->n_micro) {
             *interrupted = true;

@@ -59,11 +59,15 @@ typedef struct Run {
     TrainerState progress; // losses and step counts so far (position fields filled at save time)
     // vision-language runs (train_vlm.c); NULL otherwise, and then dataset serves
     ClipTower *tower;
+    FusedFeaturizer *featurizer; // an OpenVLA model.path's two towers in place of tower (adapters under all-linear)
+    OpenVlaVision openvla;       // its config.json's towers (is_openvla); the model's lora_towers point here
+    bool is_openvla;
+    int n_micro_images;          // images in the micro-batch vlm_micro_features ran (the towers' backward)
     VlmDataset *vlm_dataset;
     RobotDataset *robot_dataset; // robot data (rlds, robot_jsonl) in place of vlm_dataset
     ActionStats action_stats;    // its actions' statistics, for normalisation and dataset_statistics.json
     int32_t image_token_id;
-    float *image_scratch;  // (micro_batch, 3, S, S) host: the images of one micro-batch
+    float *image_scratch;  // (micro_batch, channels, S, S) host: the images of one micro-batch
     void *image_features;  // (micro_batch * P, D) backend memory: the tower's output
     Evaluation eval;
     EvalResult last_eval;  // the latest evaluation (eval.n_done > 0)
@@ -137,6 +141,9 @@ size_t vlm_feature_bytes(const Config *config, const ClipVisionConfig *clip, DTy
 bool vlm_load(Run *run, Error *err);
 // Image features of micro-batch micro into out (nothing for a text run: run NULL or no tower).
 bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out, Error *err);
+// After model_step of that micro-batch: OpenVLA's towers' backward from model_image_feature_grads into the
+// model's gradients when they have adapters, then grads_ready for their range (every micro-batch, every rank).
+bool vlm_micro_backward(Run *run, const StepOptions *options, Error *err);
 void vlm_destroy(Run *run);
 // A StepLoader over the run's data (robot_dataset, vlm_dataset or dataset,
 // whichever is set) or, for evaluation, over held_out: the held-out dataset of

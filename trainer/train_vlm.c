@@ -98,13 +98,28 @@ void vlm_openvla_model_options(const Config *config, const OpenVlaVision *vla, M
     options->max_image_rows = config->train.micro_batch * clip_n_features(&vla->towers[0]);
 }
 
+// OpenVLA has no image token: the placeholders after BOS take an id the tokenizer never gives
+// (llava_image_token_id: past its vocabulary), and the model splices the features at them.
+static bool openvla_model_options(Run *run, const OpenVlaVision *vla, const LlamaConfig *llama,
+                                  ModelOptions *options, Error *err) {
+    if (!config_is_robot_data(run->config))
+        return fail(err, "%s: an OpenVLA folder trains on robot data (data.format rlds or robot_jsonl)",
+                    run->config->model.path);
+    run->is_openvla = true;
+    run->openvla = *vla;
+    vlm_openvla_model_options(run->config, vla, options);
+    options->lora_towers = run->openvla.towers;
+    options->image_feature_grads = options->lora.target_towers;
+    run->image_token_id = llava_image_token_id(run->tokenizer, llama->vocab_size);
+    options->image_token_id = run->image_token_id;
+    return true;
+}
+
 bool vlm_model_options(Run *run, const LlamaConfig *llama, ModelOptions *options, Error *err) {
     bool is_openvla;
     OpenVlaVision vla;
     if (!vlm_read_openvla(run->config, &is_openvla, &vla, err)) return false;
-    if (is_openvla) // the model, its loading and plan know OpenVLA; the run's images and towers do not yet
-        return fail(err, "%s: an OpenVLA folder; training it needs the fused towers and 6-channel images in the "
-                         "run, which are not wired in yet (lora-train plan reads it)", run->config->model.path);
+    if (is_openvla) return openvla_model_options(run, &vla, llama, options, err);
     if (!run_is_vlm(run->config)) return true;
     ClipVisionConfig clip;
     VlmSetup setup;
@@ -201,10 +216,33 @@ size_t vlm_feature_bytes(const Config *config, const ClipVisionConfig *clip, DTy
     return (size_t)config->train.micro_batch * clip_n_features(clip) * clip->hidden_size * dtype_size(act_dtype);
 }
 
+// OpenVLA's two towers from model.path, with adapters bound to the model's flat buffer under all-linear,
+// and the buffers of one micro-batch's 6-channel pixels and features side by side.
+static bool load_openvla(Run *run, Error *err) {
+    const Config *config = run->config;
+    bool train = model_lora(run->model)->target_towers;
+    ClipTowerOptions options = {.lora_r = config->lora.r, .train = true,
+                                .activation_checkpointing = config->train.activation_checkpointing};
+    int micro = config->train.micro_batch;
+    run->featurizer = fused_featurizer_create_with(run->ops, run->openvla.towers, micro, train ? &options : NULL, err);
+    if (!run->featurizer || !openvla_load_towers(run->featurizer, config->model.path, err)) return false;
+    if (train && !fused_featurizer_bind_lora(run->featurizer, model_params(run->model),
+                                             lora_scale(model_lora(run->model)), err))
+        return false;
+    if (!open_vlm_dataset(run, err)) return false;
+    int S = run->openvla.towers[0].image_size;
+    size_t pixels = (size_t)micro * 6 * S * S, rows = (size_t)micro * fused_featurizer_n_features(run->featurizer);
+    run->image_scratch = checked_malloc(pixels * sizeof(float), "images", err);
+    size_t bytes = rows * fused_featurizer_width(run->featurizer) * dtype_size(run->ops->act_dtype);
+    run->image_features = run->image_scratch ? run->ops->alloc(run->ops, bytes, err) : NULL;
+    return run->image_features != NULL;
+}
+
 // The tower, the starting projector (vision.projector_init, or the llava-hf
-// model folder's) and the dataset.
+// model folder's) and the dataset; OpenVLA's towers (load_openvla).
 bool vlm_load(Run *run, Error *err) {
     const Config *config = run->config;
+    if (run->is_openvla) return load_openvla(run, err);
     VlmSetup setup;
     if (!vlm_setup(config, &setup, err)) return false;
     if (setup.projector_init[0] && !projector_load(run->model, setup.projector_init, err)) return false;
@@ -222,9 +260,9 @@ bool vlm_load(Run *run, Error *err) {
 // image, in row order, give (n_images * P, D) feature rows, the order in which
 // their image tokens appear in the (B, T) tokens.
 bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out, Error *err) {
-    if (!run || !run->tower) return true;
-    const ClipVisionConfig *clip = clip_tower_config(run->tower);
-    size_t pixels = (size_t)3 * batch->image_size * batch->image_size;
+    if (run) run->n_micro_images = 0;
+    if (!run || (!run->tower && !run->featurizer)) return true;
+    size_t pixels = (size_t)batch->image_channels * batch->image_size * batch->image_size;
     int n_images = 0;
     for (int b = 0; b < batch->B; b++) {
         size_t row = (size_t)micro * batch->B + b;
@@ -232,9 +270,27 @@ bool vlm_micro_features(Run *run, const StepBatch *batch, int micro, Batch *out,
         memcpy(run->image_scratch + n_images * pixels, batch->images + row * pixels, pixels * sizeof(float));
         n_images++;
     }
-    out->n_image_rows = n_images * clip_n_features(clip);
+    run->n_micro_images = n_images;
     out->image_features = n_images ? run->image_features : NULL;
+    if (run->featurizer) {
+        out->n_image_rows = n_images * fused_featurizer_n_features(run->featurizer);
+        return n_images == 0 || fused_featurizer_forward_lora(run->featurizer, model_param_act(run->model),
+                                                              run->image_scratch, n_images, run->image_features, err);
+    }
+    out->n_image_rows = n_images * clip_n_features(clip_tower_config(run->tower));
     return n_images == 0 || clip_tower_forward(run->tower, run->image_scratch, n_images, run->image_features, err);
+}
+
+bool vlm_micro_backward(Run *run, const StepOptions *options, Error *err) {
+    if (!run || !run->featurizer || !model_lora(run->model)->target_towers) return true;
+    if (options->train && run->n_micro_images > 0 &&
+        !fused_featurizer_backward(run->featurizer, model_param_act(run->model), model_grad_data(run->model),
+                                   model_image_feature_grads(run->model), run->n_micro_images, err))
+        return false;
+    size_t begin, end;
+    openvla_tower_lora_range(model_params(run->model), &begin, &end);
+    if (options->grads_ready && end > begin) options->grads_ready(options->grads_ready_context, begin, end);
+    return true;
 }
 
 void vlm_destroy(Run *run) {
@@ -243,10 +299,29 @@ void vlm_destroy(Run *run) {
     vlm_dataset_destroy(run->vlm_dataset);
     robot_dataset_destroy(run->robot_dataset);
     clip_tower_destroy(run->tower);
+    fused_featurizer_destroy(run->featurizer);
+}
+
+// OpenVLA's PrismaticImageProcessor with image_resize_strategy resize-naive: each tower's input
+// transform, a bicubic resize to S x S (timm's data config for both towers; the center crop of S is
+// then a no-op) and its own mean / std: DINOv2's ImageNet values, SigLIP's 0.5; channels 0:3 and 3:6.
+static bool openvla_sample_options(const Run *run, RobotSampleOptions *out) {
+    static const float imagenet_mean[3] = {0.485f, 0.456f, 0.406f}, imagenet_std[3] = {0.229f, 0.224f, 0.225f};
+    static const float siglip_mean[3] = {0.5f, 0.5f, 0.5f}, siglip_std[3] = {0.5f, 0.5f, 0.5f};
+    int S = run->openvla.towers[0].image_size;
+    *out = (RobotSampleOptions){.tok = run->tokenizer, .stats = run->action_stats,
+                                .action_vocab_size = tokenizer_base_vocab_size(run->tokenizer),
+                                .n_image_tokens = clip_n_features(&run->openvla.towers[0]),
+                                .image_token_id = run->image_token_id,
+                                .preprocess = image_preprocess_square(S, imagenet_mean, imagenet_std), .fused = true,
+                                .fused_preprocess = image_preprocess_square(S, siglip_mean, siglip_std),
+                                .shuffle_buffer = run->config->data.shuffle_buffer};
+    return true;
 }
 
 // The robot samples as vlm_setup's tower and preprocessing need them.
 static bool robot_sample_options(const Run *run, RobotSampleOptions *out, Error *err) {
+    if (run->is_openvla) return openvla_sample_options(run, out);
     VlmSetup setup;
     if (!vlm_setup(run->config, &setup, err)) return false;
     *out = (RobotSampleOptions){.tok = run->tokenizer, .stats = run->action_stats,

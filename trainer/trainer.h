@@ -274,3 +274,9 @@ typedef struct VlaDemoResult {
     double seconds;                         // the whole demo: data, model, training, evaluations
 } VlaDemoResult;
 bool vla_demo_run(const char *dir, const char *const *settings, int n_settings, VlaDemoResult *result, Error *err);
+// Its data (RLDS under dir), a random model of either shape (dir/model; the demo's is LLaVA-shaped, a CLIP tower
+// and the mlp2x projector; OpenVLA-shaped: an OpenVLA folder, two timm towers and the 3-layer projector,
+// all-linear) and the config with the settings applied, validated: for tests.
+typedef enum VlaModelShape { VLA_MODEL_LLAVA, VLA_MODEL_OPENVLA } VlaModelShape;
+bool vla_demo_prepare(const char *dir, VlaModelShape shape, const char *const *settings, int n_settings,
+                      Config *config, Error *err);
