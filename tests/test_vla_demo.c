@@ -1,5 +1,5 @@
-// `lora-train demo --vla` (trainer/vla_demo.c), shortened to 80 steps: the
-// episodes it writes are a genuine RLDS folder the reader opens, and after
+// `lora-train demo --vla` (trainer/vla_demo.c) as it runs, 200 steps of the
+// OpenVLA-shaped model (about 10 s on 2 idle cores): the episodes it writes are a genuine RLDS folder the reader opens, and after
 // training the held-out action-token accuracy and L1 (OpenVLA's finetune.py
 // metrics, logged in metrics.jsonl) are far better than before and than a
 // model blind to the picture. configs/openvla.yaml loads.
@@ -16,10 +16,10 @@ static void test_vla_demo_learns(void **state) {
     (void)state;
     char dir[512], path[700];
     snprintf(dir, sizeof dir, "%s", make_temp_dir("vla_demo"));
-    const char *settings[] = {"train.max_steps=80", "train.warmup=8", "train.log_every=20"};
+    const char *settings[] = {"train.log_every=50"};
     VlaDemoResult result;
     Error err = {{0}};
-    if (!vla_demo_run(dir, settings, 3, &result, &err)) fail_msg("demo --vla: %s", err.message);
+    if (!vla_demo_run(dir, settings, 1, &result, &err)) fail_msg("demo --vla: %s", err.message);
     print_message("action-token accuracy %.3f -> %.3f (blind %.3f), L1 %.3f -> %.3f (blind %.3f), %.0f s\n",
                   result.accuracy_before, result.accuracy_after, result.accuracy_blind, result.l1_before,
                   result.l1_after, result.l1_blind, result.seconds);
