@@ -296,6 +296,9 @@ typedef struct RobotSampleOptions {
     // row's pixels (6, S, S) = [preprocess | fused_preprocess] as PrismaticImageProcessor stacks them
     bool fused;
     ImagePreprocess fused_preprocess;
+    // OpenVLA's RLDS pipeline (Octo's dlimp): the decoded image first resized to S x S by TensorFlow's
+    // lanczos3 with antialias, rounded to 8 bits (image_resize_lanczos3_tf), then preprocessed
+    bool dlimp_resize;
     int shuffle_buffer;         // bounded shuffle buffer of steps; 0 or 1: data order
 } RobotSampleOptions;
 

@@ -151,16 +151,27 @@ static void build_order(RobotLoader *loader, int epoch) {
     loader->order_epoch = epoch;
 }
 
+// With robot->dlimp_resize, image resized in place to S x S as OpenVLA's RLDS pipeline does.
+static bool dlimp_resize(const RobotSampleOptions *robot, Image *image, Error *err) {
+    int S = robot->preprocess.size;
+    if (!robot->dlimp_resize || (image->width == S && image->height == S)) return true;
+    Image resized;
+    if (!image_resize_lanczos3_tf(image, S, S, &resized, err)) return false;
+    image_free(image);
+    *image = resized;
+    return true;
+}
+
 // Step i's image preprocessed into out; false with *skipped when it does not
 // load (recorded in the dataset's skips the first time), false alone on other errors.
 static bool load_image(RobotLoader *loader, int64_t i, float *out, bool *skipped, Error *err) {
     *skipped = loader->bad_image[i] != 0;
     if (*skipped) return false;
-    Image image;
+    Image image = {0};
     Error why = {{0}};
     const RobotSampleOptions *robot = &loader->robot;
     size_t plane = (size_t)3 * robot->preprocess.size * robot->preprocess.size;
-    bool ok = robot_dataset_image(loader->dataset, i, &image, &why) &&
+    bool ok = robot_dataset_image(loader->dataset, i, &image, &why) && dlimp_resize(robot, &image, &why) &&
               image_preprocess(&image, &robot->preprocess, out, &why) &&
               (!robot->fused || image_preprocess(&image, &robot->fused_preprocess, out + plane, &why));
     image_free(&image);

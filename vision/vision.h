@@ -51,6 +51,10 @@ bool image_encode_jpeg(const Image *image, int quality, uint8_t **data, size_t *
 // Pillow's Image.resize(size, BICUBIC): separable, horizontal pass then
 // vertical, 22-bit fixed-point weights, 8-bit clipping between passes.
 bool image_resize_bicubic(const Image *in, int width, int height, Image *out, Error *err);
+// TensorFlow's tf.image.resize(method="lanczos3", antialias=True), rounded half to
+// even and clipped to 8 bits: OpenVLA's RLDS pipeline (Octo's dlimp) resizes every
+// training image so before its image processor (resize_lanczos.c).
+bool image_resize_lanczos3_tf(const Image *in, int width, int height, Image *out, Error *err);
 // LLaVA's expand2square: the image centred on a square of the background
 // colour, offset (long - short) / 2 along the short side.
 bool image_expand_to_square(const Image *in, const uint8_t background[3], Image *out,
