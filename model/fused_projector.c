@@ -7,13 +7,8 @@
 #include "fused_projector.h"
 
 static const ParamEntry *add_entry(ParamTable *table, int k, char which, int64_t rows, int64_t cols) {
-    ParamEntry *e = &table->entries[table->count++];
+    ParamEntry *e = param_table_append(table, rows, cols);
     snprintf(e->name, sizeof e->name, "projector.fc%d.lora_%c.weight", k + 1, which);
-    e->shape[0] = rows;
-    e->shape[1] = cols;
-    e->numel = (size_t)(rows * cols);
-    e->offset = table->total;
-    table->total += e->numel;
     return e;
 }
 

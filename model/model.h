@@ -85,6 +85,9 @@ typedef struct ParamTable {
 } ParamTable;
 
 const ParamEntry *param_table_find(const ParamTable *table, const char *name);
+// A (rows, cols) entry at the end of the table and of its flat buffer (entries must
+// have room); the caller names it.
+ParamEntry *param_table_append(ParamTable *table, int64_t rows, int64_t cols);
 
 // ----------------------------------------------------------------------------
 // frozen weights: Hugging Face names, one tensor each

@@ -22,14 +22,9 @@ bool build_param_table(Model *m, Error *err) {
             int in, out;
             linear_shape(c, (LoraTarget)t, &in, &out);
             for (int which = 0; which < 2; which++) { // lora_A (r, in), then lora_B (out, r)
-                ParamEntry *e = &table->entries[table->count++];
+                ParamEntry *e = param_table_append(table, which ? out : m->lora.r, which ? m->lora.r : in);
                 snprintf(e->name, sizeof e->name, "model.layers.%d.%s.%s.lora_%c.weight", l, module_group(t),
                          LORA_TARGET_NAMES[t], which ? 'B' : 'A');
-                e->shape[0] = which ? out : m->lora.r;
-                e->shape[1] = which ? m->lora.r : in;
-                e->numel = (size_t)(e->shape[0] * e->shape[1]);
-                e->offset = table->total;
-                table->total += e->numel;
             }
             LoraSlot *slot = &m->slots[l * LORA_TARGET_COUNT + t];
             slot->A = &table->entries[table->count - 2];
@@ -45,6 +40,16 @@ bool build_param_table(Model *m, Error *err) {
     if (has_projector(m) && !is_openvla(m))
         projector_add_params(&m->projector, table, m->options.projector_in, c->hidden_size);
     return true;
+}
+
+ParamEntry *param_table_append(ParamTable *table, int64_t rows, int64_t cols) {
+    ParamEntry *e = &table->entries[table->count++];
+    e->shape[0] = rows;
+    e->shape[1] = cols;
+    e->numel = (size_t)(rows * cols);
+    e->offset = table->total;
+    table->total += e->numel;
+    return e;
 }
 
 const ParamEntry *param_table_find(const ParamTable *table, const char *name) {

@@ -8,13 +8,8 @@
 #include "projector.h"
 
 static const ParamEntry *add_entry(ParamTable *table, const char *name, int64_t rows, int64_t cols) {
-    ParamEntry *e = &table->entries[table->count++];
+    ParamEntry *e = param_table_append(table, rows, cols);
     snprintf(e->name, sizeof e->name, "multi_modal_projector.%s", name);
-    e->shape[0] = rows;
-    e->shape[1] = cols;
-    e->numel = (size_t)(rows * cols);
-    e->offset = table->total;
-    table->total += e->numel;
     return e;
 }
 

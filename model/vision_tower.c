@@ -532,13 +532,8 @@ void clip_lora_add_params(const ClipVisionConfig *c, int r, const char *prefix, 
             int in, out;
             lora_module_shape(c, p, &in, &out);
             for (int which = 0; which < 2; which++) { // lora_A (r, in), then lora_B (out, r)
-                ParamEntry *e = &table->entries[table->count++];
+                ParamEntry *e = param_table_append(table, which ? out : r, which ? r : in);
                 lora_name(e->name, sizeof e->name, c, prefix, l, p, which ? 'B' : 'A');
-                e->shape[0] = which ? out : r;
-                e->shape[1] = which ? r : in;
-                e->numel = (size_t)(e->shape[0] * e->shape[1]);
-                e->offset = table->total;
-                table->total += e->numel;
             }
         }
     }
