@@ -456,19 +456,23 @@ static void test_image_text_config_trains(void **state) {
     assert_file(dir, "out/adapter/adapter_model.safetensors");
 }
 
-// SIGTERM while lora-train is still setting up (its model folder just
-// created): the handlers are already there, so the run stops at its first
-// step with a checkpoint and exits 0 (it was killed, 143, with nothing saved).
-static void test_signal_during_setup_saves(void **state) {
-    const char *dir = make_temp_dir("cli_early_signal");
+// Runs `lora-train --config run.yaml` in dir in the background under
+// `timeout [timeout_options] -s KILL 120`, waits until its model folder exists
+// (it is still setting up), then runs signal_commands with $P the pid of
+// timeout (which passes the signals it gets on to lora-train) and returns the
+// exit status. The run's output is in dir/out.txt.
+static int signal_during_setup(const char *dir, const char *timeout_options, const char *signal_commands) {
     char yaml[1024], command[4096];
     snprintf(yaml, sizeof yaml, "%strain:\n  max_steps: 100000\n  backend: cpu\n", VALID_PREFIX);
     write_text(dir, "run.yaml", yaml);
     snprintf(command, sizeof command,
-             "cd '%s' && { timeout -s KILL 120 '%s' --config run.yaml > out.txt 2>&1 & P=$!; "
-             "i=0; while [ ! -d model ] && [ $i -lt 5000000 ]; do i=$((i + 1)); done; kill -TERM $P; wait $P; }",
-             dir, getenv("LORA_TRAIN_BIN"));
-    int status = run_command(command);
+             "cd '%s' && { timeout %s -s KILL 120 '%s' --config run.yaml > out.txt 2>&1 & P=$!; "
+             "i=0; while [ ! -d model ] && [ $i -lt 5000000 ]; do i=$((i + 1)); done; %s; wait $P; }",
+             dir, timeout_options, getenv("LORA_TRAIN_BIN"), signal_commands);
+    return run_command(command);
+}
+
+static void assert_saved_after_signal(const char *dir, int status) {
     char path[1024], *output;
     size_t size;
     snprintf(path, sizeof path, "%s/out.txt", dir);
@@ -478,6 +482,24 @@ static void test_signal_during_setup_saves(void **state) {
     assert_int_equal(status, 0);
     assert_non_null(strstr(output, "checkpoint saved to"));
     free(output);
+}
+
+// SIGTERM while lora-train is still setting up (its model folder just
+// created): the handlers are already there, so the run stops at its first
+// step with a checkpoint and exits 0 (it was killed, 143, with nothing saved).
+static void test_signal_during_setup_saves(void **state) {
+    const char *dir = make_temp_dir("cli_early_signal");
+    assert_saved_after_signal(dir, signal_during_setup(dir, "", "kill -TERM $P"));
+}
+
+// The same signal twice within a second is one request to stop, not a
+// second that ends the process. Without --foreground, timeout itself passes
+// every signal on twice (to its child, then to its process group); here each
+// of the two is passed on once.
+static void test_signal_delivered_twice_saves(void **state) {
+    const char *dir = make_temp_dir("cli_double_signal");
+    int status = signal_during_setup(dir, "--foreground", "kill -TERM $P; sleep 0.05; kill -TERM $P");
+    assert_saved_after_signal(dir, status);
 }
 
 // A signal once the run's outputs are complete (here: as lora_train_main
@@ -523,6 +545,7 @@ int main(void) {
         cmocka_unit_test(test_base_model_path_and_export_base),
         cmocka_unit_test(test_image_text_config_trains),
         cmocka_unit_test(test_signal_during_setup_saves),
+        cmocka_unit_test(test_signal_delivered_twice_saves),
         cmocka_unit_test(test_signal_after_done_exits_0),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

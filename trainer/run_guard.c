@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #define LOW_DISK_RECHECK_SECONDS 30
@@ -14,20 +15,37 @@
 
 // ----------------------------------------------------------------------------
 // signals: the first asks the loop to stop; with one rank a second ends the
-// process. With several, repeats are ignored: a terminal or Slurm signals
-// every rank and lora-launch forwards the same signal (it turns a second one
-// into SIGKILL).
+// process, unless it comes within REPEAT_WINDOW_SECONDS of the first: that is
+// the same signal delivered twice (coreutils timeout signals its child and
+// then its process group; a shell's kill of a job does the same). With
+// several ranks, repeats are ignored: a terminal or Slurm signals every rank
+// and lora-launch forwards the same signal (it turns a second one into
+// SIGKILL).
+
+#define REPEAT_WINDOW_SECONDS 1.0
 
 volatile sig_atomic_t stop_signal;
 static bool handlers_installed, repeat_ends_process;
 static struct sigaction previous_int, previous_term;
+static struct timespec first_signal_time;
 
+static double seconds_since(struct timespec then) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now); // async-signal-safe
+    return (double)(now.tv_sec - then.tv_sec) + 1e-9 * (double)(now.tv_nsec - then.tv_nsec);
+}
+
+// A repeat after the window ends the process as the default action would.
 static void on_stop_signal(int signal_number) {
-    stop_signal = signal_number;
-    if (!repeat_ends_process) return;
+    if (!stop_signal) {
+        stop_signal = signal_number;
+        clock_gettime(CLOCK_MONOTONIC, &first_signal_time);
+        return;
+    }
+    if (!repeat_ends_process || seconds_since(first_signal_time) < REPEAT_WINDOW_SECONDS) return;
     struct sigaction immediate = {.sa_handler = SIG_DFL};
-    sigaction(SIGINT, &immediate, NULL);
-    sigaction(SIGTERM, &immediate, NULL);
+    sigaction(signal_number, &immediate, NULL);
+    raise(signal_number);
 }
 
 static bool one_rank(void) {
