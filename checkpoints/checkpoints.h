@@ -104,9 +104,14 @@ bool hf_read_llava_vision(const char *model_dir, bool *is_llava, LlavaVision *ou
 // shapes from timm_model_ids (vit_large_patch14_reg4_dinov2* -> dinov2-vit-l14-reg4,
 // vit_so400m_patch14_siglip_224* -> siglip-so400m-14) at image_sizes, n_action_bins and
 // pad_to_multiple_of. Refused, naming config.json: a single (unfused) tower, other timm models,
-// timm_override_act_layers, image sizes that differ.
+// timm_override_act_layers, image sizes that differ. Each tower's preprocessing from the folder's
+// preprocessor_config.json (PrismaticImageProcessor: tvf_normalize_params, else means / stds, at
+// input_sizes), else openvla/openvla-7b's; refused, naming the file and key, where it asks for what
+// lora-train does not implement: a strategy other than resize-naive, letterbox, a resize other than
+// bicubic to the towers' image size, a crop that crops.
 typedef struct OpenVlaVision {
-    ClipVisionConfig towers[2]; // vision_backbone.featurizer, vision_backbone.fused_featurizer
+    ClipVisionConfig towers[2];    // vision_backbone.featurizer, vision_backbone.fused_featurizer
+    ImagePreprocess preprocess[2]; // each tower's square resize and mean / std
     int n_action_bins;
     int pad_to_multiple_of;
 } OpenVlaVision;
@@ -116,7 +121,8 @@ bool hf_read_openvla(const char *model_dir, bool *is_openvla, OpenVlaVision *out
 bool openvla_load_towers(FusedFeaturizer *featurizer, const char *model_dir, Error *err);
 // A random OpenVLA-shaped folder (tests, demo): config.json with OpenVLA's keys, the Llama as text_config
 // and lora-train's "tower_shapes" (the towers' sizes where they are not the presets'; hf_read_openvla reads
-// them), model.safetensors in OpenVLA's names (language_model., projector.fcK, vision_backbone.).
+// them), preprocessor_config.json as openvla/openvla-7b's at the towers' image size, model.safetensors in
+// OpenVLA's names (language_model., projector.fcK, vision_backbone.).
 bool hf_save_openvla(Model *model, FusedFeaturizer *featurizer, const char *model_dir, Error *err);
 
 // ----------------------------------------------------------------------------

@@ -304,19 +304,17 @@ void vlm_destroy(Run *run) {
 
 // OpenVLA's training images: resized to S x S by its RLDS pipeline (TensorFlow's lanczos3 with
 // antialias, rounded to 8 bits), then PrismaticImageProcessor with image_resize_strategy resize-naive:
-// each tower's input transform, a bicubic resize to S x S (then the identity; timm's data config for
-// both towers, whose center crop of S is a no-op too) and its own mean / std: DINOv2's ImageNet values,
-// SigLIP's 0.5; channels 0:3 and 3:6.
+// each tower's bicubic resize to S x S (then the identity) and its own mean / std (hf_read_openvla:
+// the folder's preprocessor_config.json, else openvla-7b's); channels 0:3 and 3:6.
 static bool openvla_sample_options(const Run *run, RobotSampleOptions *out) {
-    static const float imagenet_mean[3] = {0.485f, 0.456f, 0.406f}, imagenet_std[3] = {0.229f, 0.224f, 0.225f};
-    static const float siglip_mean[3] = {0.5f, 0.5f, 0.5f}, siglip_std[3] = {0.5f, 0.5f, 0.5f};
-    int S = run->openvla.towers[0].image_size;
-    *out = (RobotSampleOptions){.tok = run->tokenizer, .stats = run->action_stats,
+    *out = (RobotSampleOptions){.tok = run->tokenizer,
+                                .stats = run->action_stats,
                                 .action_vocab_size = tokenizer_base_vocab_size(run->tokenizer),
                                 .n_image_tokens = clip_n_features(&run->openvla.towers[0]),
                                 .image_token_id = run->image_token_id,
-                                .preprocess = image_preprocess_square(S, imagenet_mean, imagenet_std), .fused = true,
-                                .fused_preprocess = image_preprocess_square(S, siglip_mean, siglip_std),
+                                .preprocess = run->openvla.preprocess[0],
+                                .fused = true,
+                                .fused_preprocess = run->openvla.preprocess[1],
                                 .dlimp_resize = true,
                                 .shuffle_buffer = run->config->data.shuffle_buffer};
     return true;
