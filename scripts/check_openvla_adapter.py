@@ -90,9 +90,13 @@ def unused_tower_modules(depths):
     return modules + [f"{TOWERS[0]}.norm", f"{TOWERS[1]}.norm", f"{TOWERS[1]}.attn_pool"]
 
 
-def build_model(model_dir, inputs):
+def read_config(model_dir):
     with open(os.path.join(model_dir, "config.json")) as f:
-        config = json.load(f)
+        return json.load(f)
+
+
+def build_model(model_dir, inputs):
+    config = read_config(model_dir)
     text = config["text_config"]
     if "pixel_values" in inputs:
         towers, patch, image = tower_shapes(config)
@@ -162,7 +166,7 @@ def main():
           f"logits {tuple(logits.shape)}")
 
     if "pixel_values" in inputs:
-        towers, patch, image = tower_shapes(json.load(open(os.path.join(model_dir, "config.json"))))
+        towers, patch, image = tower_shapes(read_config(model_dir))
         all_linear = all_linear_modules(TinyOpenVLA, towers, text, image, patch)
         assert modules <= all_linear, sorted(modules - all_linear)
         expected = {f"{tower}.blocks.{t['depth'] - 1}.{linear}" for tower, t in zip(TOWERS, towers)
