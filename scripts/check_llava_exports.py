@@ -15,7 +15,9 @@ expand one <image> to as many image tokens as INPUTS holds. OUT: safetensors wit
 (F32, (1, T, V)). Forward in fp32 on the CPU. --grads: INPUTS also holds labels (I32, (1, T),
 -100 = none, unshifted as transformers takes them); OUT holds loss (F32, (1,)) and, for every
 trainable tensor (LoRA and the modules_to_save projector), "<adapter key>.grad". --processor: OUT holds pixel_values (F32,
-(1, 3, S, S)) of the image file IMAGE as AutoProcessor.from_pretrained(MODEL_DIR) makes them.
+(1, 3, S, S)) of the image file IMAGE as AutoProcessor.from_pretrained(MODEL_DIR, backend="pil") makes them:
+Pillow's image processor, whose arithmetic lora-train's preprocessing follows (with torchvision installed,
+transformers would pick its torchvision one, whose resize differs by up to 2 / 255).
 """
 import argparse
 
@@ -27,7 +29,7 @@ from transformers import AutoProcessor, LlavaForConditionalGeneration
 
 
 def check_processor(merged_dir, input_ids, image_token_index):
-    processor = AutoProcessor.from_pretrained(merged_dir)
+    processor = AutoProcessor.from_pretrained(merged_dir, backend="pil")
     image = torch.zeros(3, 40, 30, dtype=torch.uint8)
     batch = processor(images=[image], text=["<image> hi"], return_tensors="pt")
     expanded = int((batch["input_ids"] == image_token_index).sum())
@@ -59,7 +61,7 @@ def main():
     parser.add_argument("--grads", action="store_true")
     args = parser.parse_args()
     if args.processor:
-        processor = AutoProcessor.from_pretrained(args.processor)
+        processor = AutoProcessor.from_pretrained(args.processor, backend="pil")
         pixels = processor.image_processor(images=[Image.open(args.inputs).convert("RGB")], return_tensors="pt")
         save_file({"pixel_values": pixels["pixel_values"].float().contiguous()}, args.out)
         return

@@ -10,10 +10,12 @@ each tower on its 3 of the 6 channels, get_intermediate_layers(n={depth - 2}) (t
 block, prefix tokens dropped), the two concatenated along channels (DINOv2 first), projected, inserted
 right after BOS; labels IGNORE_INDEX on the patches; transformers shifts them for the loss.
 
-Runs in /work/venv-towers (torch, timm 1.0.31), with transformers==5.25.0 peft==0.21.2 safetensors
-installed there; the outputs are committed and the tests need none of it:
+Runs in the test venv (.venv/, scripts/python_env.sh: torch, timm 1.0.31, transformers, peft, safetensors as
+scripts/requirements-test.txt pins them), which gives the committed outputs bit for bit (adapter_config.json's
+target_modules aside, a set in PEFT's own order); the tests read the outputs, and scripts/check_openvla_adapter.py
+builds on this script's modules:
 
-    /work/venv-towers/bin/python scripts/ref_openvla.py
+    .venv/bin/python3 scripts/ref_openvla.py
 
 Writes tests/fixtures/openvla/:
   model/config.json        OpenVLA's keys (architectures, model_type openvla, use_fused_vision_backbone,
@@ -58,13 +60,15 @@ class TinyOpenVLAConfig(PretrainedConfig):
 
 
 class Backbone(torch.nn.Module):
-    """PrismaticVisionBackbone's fused forward: each tower on its 3 channels, features side by side."""
+    """PrismaticVisionBackbone's fused forward: each tower on its 3 channels, features side by side.
+    towers: timm.create_model's shape arguments of each (embed_dim, depth, num_heads, and mlp_ratio where not
+    the model's own)."""
 
-    def __init__(self):
+    def __init__(self, towers=TOWERS, image=IMAGE, patch=PATCH):
         super().__init__()
         self.featurizer, self.fused_featurizer = (
-            timm.create_model(name.split(".")[0], pretrained=False, img_size=IMAGE, patch_size=PATCH, num_classes=0,
-                              **shape) for name, shape in zip(TIMM_IDS, TOWERS))
+            timm.create_model(name.split(".")[0], pretrained=False, img_size=image, patch_size=patch, num_classes=0,
+                              **shape) for name, shape in zip(TIMM_IDS, towers))
 
     @staticmethod
     def features(tower, pixels):
@@ -89,29 +93,32 @@ class Projector(torch.nn.Module):
 
 
 class TinyOpenVLA(PreTrainedModel):
-    """OpenVLAForActionPrediction's module names and multimodal forward (PEFT all-linear needs a PreTrainedModel)."""
+    """OpenVLAForActionPrediction's module names and multimodal forward (PEFT all-linear needs a PreTrainedModel).
+    The shapes default to this script's; scripts/check_openvla_adapter.py passes a folder's."""
     config_class = TinyOpenVLAConfig
 
-    def __init__(self, config):
+    def __init__(self, config, towers=TOWERS, text=TEXT, image=IMAGE, patch=PATCH):
         super().__init__(config)
-        self.vision_backbone = Backbone()
-        self.projector = Projector(sum(t["embed_dim"] for t in TOWERS), TEXT["hidden_size"])
-        text = LlamaConfig(**TEXT)
+        self.vision_backbone = Backbone(towers, image, patch)
+        self.projector = Projector(sum(t["embed_dim"] for t in towers), text["hidden_size"])
+        text = LlamaConfig(**text)
         text._attn_implementation = "eager"
         self.language_model = LlamaForCausalLM(text)
 
     def get_output_embeddings(self):
         return self.language_model.get_output_embeddings()
 
-    def forward(self, input_ids, pixel_values, labels):
+    def forward(self, input_ids, pixel_values, labels=None):
         dinov2, siglip = self.vision_backbone(pixel_values)
         features = torch.cat([dinov2, siglip], dim=2)
-        features.retain_grad()
+        if features.requires_grad:
+            features.retain_grad()
         projected = self.projector(features)
         embeddings = self.language_model.get_input_embeddings()(input_ids)
         embeddings = torch.cat([embeddings[:, :1], projected, embeddings[:, 1:]], dim=1)
-        patch_labels = torch.full(projected.shape[:2], IGNORE, dtype=labels.dtype)
-        labels = torch.cat([labels[:, :1], patch_labels, labels[:, 1:]], dim=1)
+        if labels is not None:
+            patch_labels = torch.full(projected.shape[:2], IGNORE, dtype=labels.dtype)
+            labels = torch.cat([labels[:, :1], patch_labels, labels[:, 1:]], dim=1)
         out = self.language_model(inputs_embeds=embeddings, labels=labels)
         return dict(dinov2=dinov2, siglip=siglip, features=features, projector=projected, logits=out.logits,
                     loss=out.loss)

@@ -336,8 +336,9 @@ static void test_trains_the_towers(void **state) {
 }
 
 static bool python_ready(void) {
-    if (run_command("python3 -c 'import peft, transformers, safetensors' 2>/dev/null") == 0) return true;
-    print_message("python3 with transformers, peft and safetensors is not available\n");
+    // scripts/check_openvla_adapter.py builds on scripts/ref_openvla.py's modules, which import timm
+    if (run_command("python3 -c 'import timm, peft, transformers, safetensors' 2>/dev/null") == 0) return true;
+    print_message("python3 with timm, transformers, peft and safetensors is not available\n");
     return false;
 }
 
@@ -370,7 +371,9 @@ static void write_peft_inputs(SafetensorsFile *ref, const float *features, const
 }
 
 // The adapter lora-train saves for an OpenVLA base is one PEFT puts into OpenVLA's modules
-// (every tensor a module's, every LoRA module given its tensor) and gives lora-train's logits.
+// (every tensor a module's, every LoRA module given its tensor) and gives lora-train's logits; the
+// towers' features go in (the fixture's folder has no tower_shapes: test_openvla_train checks an adapter
+// with the towers' adapters through timm's towers).
 static void test_saved_adapter_loads_in_peft(void **state) {
     if (!python_ready()) skip();
     SafetensorsFile *ref = open_reference();

@@ -1,7 +1,9 @@
 // An OpenVLA folder trained end to end through train_run_with on the CPU backend: demo --vla's random
 // OpenVLA-shaped model (two timm towers, the 3-layer projector) and RLDS episodes, all-linear LoRA.
 // The run trains, its adapter holds the towers' adapters in OpenVLA's PEFT names, and a run resumed
-// from its step-2 checkpoint logs the same losses and saves the same adapter bytes. lora-launch's 2 ranks
+// from its step-2 checkpoint logs the same losses and saves the same adapter bytes; the adapter, the
+// towers' included, loads with PeftModel.from_pretrained onto the model built of timm's towers and
+// transformers' Llama (scripts/check_openvla_adapter.py) and gives lora-train's logits. lora-launch's 2 ranks
 // at ZeRO stage 2 (CPU collectives) train the adapter, the towers' included, 1 process does.
 #include "run_util.h"
 
@@ -11,6 +13,7 @@
 #include <string.h>
 
 #include "checkpoints/checkpoints.h"
+#include "model/model.h"
 #include "trainer/trainer.h"
 
 #define TOTAL_STEPS 4
@@ -199,9 +202,155 @@ static void test_two_ranks_zero2_match_one_process(void **state) {
     }
 }
 
+// ||got - want|| / ||want||, and the largest |got - want| into *max_abs.
+static double relative_l2(const float *got, const float *want, size_t n, double *max_abs) {
+    double diff = 0, norm = 0;
+    *max_abs = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)got[i] - want[i];
+        diff += d * d, norm += (double)want[i] * want[i];
+        if (fabs(d) > *max_abs) *max_abs = fabs(d);
+    }
+    return sqrt(diff / (norm > 0 ? norm : 1));
+}
+
+enum { PEFT_B = 2, PEFT_TEXT_T = 10 };
+#define PEFT_TOLERANCE 1e-5 // relative L2, fp32 against fp32, as test_openvla's checks
+
+// The trained folder's model with the run's adapter, the towers' included: the decoder and projector
+// (a Model with the towers' adapters in its ParamTable) and the towers bound to them.
+typedef struct Trained {
+    Model *model;
+    FusedFeaturizer *featurizer;
+    OpenVlaVision vision;
+    int P, vocab;
+} Trained;
+
+// *t stays where it is while the model lives (ModelOptions.lora_towers points into it).
+static void load_trained(const Config *config, const char *adapter_dir, int max_seq_len, Trained *t) {
+    *t = (Trained){0};
+    bool is_openvla = false;
+    Error err;
+    if (!hf_read_openvla(config->model.path, &is_openvla, &t->vision, &err)) fail_msg("%s", err.message);
+    assert_true(is_openvla);
+    t->P = clip_n_features(&t->vision.towers[0]);
+    ModelOptions options = {.ops = ops_cpu(), .max_batch = PEFT_B, .max_seq_len = max_seq_len, .seed = 1,
+                            .projector_kind = PROJECTOR_OPENVLA,
+                            .projector_in = t->vision.towers[0].hidden_size + t->vision.towers[1].hidden_size,
+                            .max_image_rows = PEFT_B * t->P, .lora_towers = t->vision.towers,
+                            .lora = {.r = config->lora.r, .alpha = config->lora.alpha, .target_projector = true,
+                                     .target_towers = true}};
+    for (int k = 0; k < LORA_TARGET_COUNT; k++) options.lora.targets[k] = true;
+    if (!hf_read_llama_config(config->model.path, &options.config, &err)) fail_msg("%s", err.message);
+    t->vocab = options.config.vocab_size;
+    options.image_token_id = t->vocab - 1; // the placeholder: the id past the tokenizer's vocabulary
+    t->model = model_create(&options, &err);
+    ClipTowerOptions towers = {.lora_r = config->lora.r, .train = true};
+    t->featurizer = t->model ? fused_featurizer_create_with(ops_cpu(), t->vision.towers, PEFT_B, &towers, &err) : NULL;
+    if (!t->featurizer || !openvla_load_towers(t->featurizer, config->model.path, &err) ||
+        !hf_load_weights(t->model, config->model.path, &err) || !adapter_load(t->model, adapter_dir, &err) ||
+        !fused_featurizer_bind_lora(t->featurizer, model_params(t->model), lora_scale(model_lora(t->model)), &err))
+        fail_msg("%s", err.message);
+    assert_int_equal(model_params(t->model)->n_tower_lora, 2 * 4 * (2 + 3));
+}
+
+// The run's adapter, the towers' adapters included, is one PEFT loads onto the reference model (timm's
+// towers, the projector, transformers' Llama, their weights the folder's) with PeftModel.from_pretrained,
+// every tensor onto its module, and it gives lora-train's logits for the same pixels and ids.
+static void test_trained_adapter_loads_in_peft(void **state) {
+    (void)state;
+    if (run_command("python3 -c 'import timm, peft, transformers, safetensors' 2>/dev/null") != 0) {
+        print_message("python3 with timm, transformers, peft and safetensors is not available\n");
+        skip();
+    }
+    const char *dir = make_temp_dir("openvla_train_peft");
+    Config config = openvla_config(dir, "zero.offload=none");
+    TrainSummary summary;
+    Error err = {{0}};
+    if (!train_run_with(&config, &(TrainControl){0}, &summary, &err)) fail_msg("%s", err.message);
+    Trained t;
+    load_trained(&config, summary.adapter_dir, PEFT_TEXT_T + 16, &t);
+    const int P = t.P, T = PEFT_TEXT_T + P, S = t.vision.towers[0].image_size, D = fused_featurizer_width(t.featurizer);
+    assert_int_equal(P, 16);
+
+    // the inputs: random pixels (6 channels: DINOv2's and SigLIP's halves) and ids; BOS, then the
+    // placeholders, then the text, as RobotLoader lays them out
+    size_t n_pixels = (size_t)PEFT_B * 6 * S * S, n_logits = (size_t)PEFT_B * T * t.vocab;
+    float *pixels = malloc(n_pixels * sizeof(float)), *features = malloc((size_t)PEFT_B * P * D * sizeof(float));
+    float *frozen = malloc((size_t)PEFT_B * P * D * sizeof(float));
+    float *logits = malloc(n_logits * sizeof(float)), *frozen_logits = malloc(n_logits * sizeof(float));
+    assert_non_null(pixels), assert_non_null(features), assert_non_null(frozen), assert_non_null(logits);
+    assert_non_null(frozen_logits);
+    uint64_t rng = 0x9e3779b97f4a7c15ULL;
+    for (size_t i = 0; i < n_pixels; i++) {
+        rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+        pixels[i] = (float)((double)(rng >> 11) / 9007199254740992.0 * 4.0 - 2.0);
+    }
+    int32_t text[PEFT_B * PEFT_TEXT_T], tokens[PEFT_B * 64], targets[PEFT_B * 64];
+    assert_true(T <= 64);
+    for (int b = 0; b < PEFT_B; b++) {
+        for (int i = 0; i < PEFT_TEXT_T; i++) {
+            rng = rng * 6364136223846793005ULL + 1442695040888963407ULL;
+            int32_t id = 3 + (int32_t)((rng >> 33) % (uint64_t)(t.vocab - 4)); // below the placeholder
+            text[b * PEFT_TEXT_T + i] = i == 0 ? model_config(t.model)->bos_token_id : id;
+        }
+        for (int i = 0; i < T; i++) {
+            tokens[b * T + i] = i == 0 ? text[b * PEFT_TEXT_T] : i <= P ? t.vocab - 1 : text[b * PEFT_TEXT_T + i - P];
+            targets[b * T + i] = -100;
+        }
+    }
+    FusedFeaturizer *plain = fused_featurizer_create(ops_cpu(), t.vision.towers, PEFT_B, &err); // no adapters
+    if (!plain || !openvla_load_towers(plain, config.model.path, &err) ||
+        !fused_featurizer_forward(plain, pixels, PEFT_B, frozen, &err) ||
+        !fused_featurizer_forward_lora(t.featurizer, model_param_act(t.model), pixels, PEFT_B, features, &err))
+        fail_msg("%s", err.message);
+    fused_featurizer_destroy(plain);
+    Batch batch = {.B = PEFT_B, .T = T, .tokens = tokens, .targets = targets, .n_image_rows = PEFT_B * P,
+                   .image_features = frozen};
+    if (!model_logits(t.model, &batch, frozen_logits, &err)) fail_msg("%s", err.message);
+    batch.image_features = features;
+    if (!model_logits(t.model, &batch, logits, &err)) fail_msg("%s", err.message);
+
+    char inputs[2200], out[2200], command[8192];
+    snprintf(inputs, sizeof inputs, "%s/peft_inputs.safetensors", dir);
+    snprintf(out, sizeof out, "%s/peft_logits.safetensors", dir);
+    SafetensorsEntry entries[2] = {
+        {"pixel_values", {DTYPE_F32, 4, {PEFT_B, 6, S, S}, pixels}},
+        {"input_ids", {DTYPE_I32, 2, {PEFT_B, PEFT_TEXT_T}, text}},
+    };
+    if (!safetensors_write(inputs, entries, 2, NULL, 0, &err)) fail_msg("%s", err.message);
+    snprintf(command, sizeof command, "python3 scripts/check_openvla_adapter.py %s %s %s %s > %s/peft.log 2>&1",
+             config.model.path, summary.adapter_dir, inputs, out, dir);
+    int rc = run_command(command);
+    snprintf(command, sizeof command, "grep -v Warning %s/peft.log | grep -v warnings.warn", dir);
+    run_command(command);
+    if (rc != 0) fail_msg("scripts/check_openvla_adapter.py failed (see %s/peft.log)", dir);
+
+    SafetensorsFile *peft = safetensors_open(out, &err);
+    if (!peft) fail_msg("%s", err.message);
+    Tensor got;
+    if (!safetensors_get(peft, "logits", &got, &err)) fail_msg("%s", err.message);
+    assert_int_equal(tensor_numel(&got), n_logits);
+    assert_int_equal(got.dtype, DTYPE_F32);
+    const float *peft_logits = got.data;
+    assert_all_finite(logits, n_logits);
+    double max_abs, frozen_max;
+    double error = relative_l2(logits, peft_logits, n_logits, &max_abs);
+    double towers_effect = relative_l2(frozen_logits, peft_logits, n_logits, &frozen_max);
+    print_message("logits vs PEFT with the trained adapter: relative L2 %.3g, max |diff| %.3g; without the towers' "
+                  "adapters: %.3g (max %.3g)\n", error, max_abs, towers_effect, frozen_max);
+    assert_true(error < PEFT_TOLERANCE);
+    assert_true(towers_effect > 100 * PEFT_TOLERANCE); // the towers' adapters take part in what is compared
+    safetensors_close(peft);
+    fused_featurizer_destroy(t.featurizer);
+    model_destroy(t.model);
+    free(pixels), free(features), free(frozen), free(logits), free(frozen_logits);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_trains_and_resumes),
                                        cmocka_unit_test(test_offload_trains_the_same_adapter),
-                                       cmocka_unit_test(test_two_ranks_zero2_match_one_process)};
+                                       cmocka_unit_test(test_two_ranks_zero2_match_one_process),
+                                       cmocka_unit_test(test_trained_adapter_loads_in_peft)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
