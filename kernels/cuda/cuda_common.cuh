@@ -197,15 +197,15 @@ void cuda_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, 
                                   const float *lse, const void *q, const void *k, const void *v, int B, int T,
                                   int n_head, int head_dim);
 // flash_attention.cu: the tensor-core attention attention.cu dispatches to (head_dim 64, 80, 96, 128);
-// D (B, n_head, T) = rowsum(dout * out)
+// D (B, n_head, T) = rowsum(dout * out); causal false (bidirectional) takes seq_start NULL
 bool cuda_flash_attention_supported(int head_dim);
 void cuda_flash_attention_forward(CudaContext *ctx, bf16 *out, float *lse, const bf16 *q, const bf16 *k,
                                   const bf16 *v, const int32_t *seq_start, const AttentionRope *rope, int B, int T,
-                                  int n_head, int n_kv_head, int head_dim);
+                                  int n_head, int n_kv_head, int head_dim, bool causal);
 void cuda_flash_attention_backward(CudaContext *ctx, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout,
                                    const float *lse, const float *D, const bf16 *q, const bf16 *k, const bf16 *v,
                                    const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
-                                   int n_kv_head, int head_dim);
+                                   int n_kv_head, int head_dim, bool causal);
 // loss_optim.cu
 void cuda_cross_entropy(const Ops *ops, float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
                         int N, int V, float grad_scale);
