@@ -102,11 +102,13 @@ __device__ __forceinline__ size_t packs_of(size_t n, const void *a, const void *
     return aligned ? n / 8 : 0;
 }
 
-// Pack `pack` of p (16-byte aligned): one ld.global.v4 / st.global.v4. The emulation
-// copies bytes instead, as g++ has no licence to read bf16 objects through a struct.
+// Pack `pack` of p (16-byte aligned): one ld.v4 / st.v4 (global or shared memory). The emulation
+// copies bytes instead, as g++ has no licence to read bf16 objects through a struct, after checking
+// the alignment a GPU faults without.
 __device__ __forceinline__ Bf16x8 load8(const bf16 *p, size_t pack) {
 #ifdef LORA_TRAIN_CUDA_EMU
     Bf16x8 x;
+    ::emu::check_vector_access(p + pack * 8, sizeof x);
     memcpy(&x, p + pack * 8, sizeof x);
     return x;
 #else
@@ -115,6 +117,7 @@ __device__ __forceinline__ Bf16x8 load8(const bf16 *p, size_t pack) {
 }
 __device__ __forceinline__ void store8(bf16 *p, size_t pack, Bf16x8 x) {
 #ifdef LORA_TRAIN_CUDA_EMU
+    ::emu::check_vector_access(p + pack * 8, sizeof x);
     memcpy(p + pack * 8, &x, sizeof x);
 #else
     ((Bf16x8 *)p)[pack] = x;
