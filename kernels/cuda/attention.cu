@@ -407,11 +407,12 @@ void cuda_attention_reference_backward(const Ops *ops, void *dq, void *dk, void 
                     causal);
 }
 
-// The tensor-core kernels (flash_attention.cu) for the head sizes they take, these kernels for the others.
+// The tensor-core kernels (flash_attention.cu) for the head sizes and alignments they take, these kernels for
+// the others.
 static void dispatch_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
                              const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
                              int n_kv_head, int head_dim, bool causal) {
-    if (!cuda_flash_attention_supported(head_dim)) {
+    if (!cuda_flash_attention_supported(head_dim, q, k, v, NULL)) {
         launch_forward(ops, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim, causal);
         return;
     }
@@ -425,7 +426,7 @@ static void dispatch_backward(const Ops *ops, void *dq, void *dk, void *dv, cons
                               const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
                               const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int head_dim,
                               bool causal) {
-    if (!cuda_flash_attention_supported(head_dim)) {
+    if (!cuda_flash_attention_supported(head_dim, q, k, v, dout)) {
         launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim,
                         causal);
         return;

@@ -200,8 +200,9 @@ void cuda_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, 
                                   const float *lse, const void *q, const void *k, const void *v, int B, int T,
                                   int n_head, int head_dim);
 // flash_attention.cu: the tensor-core attention attention.cu dispatches to (head_dim 64, 80, 96, 128);
-// D (B, n_head, T) = rowsum(dout * out); causal false (bidirectional) takes seq_start NULL
-bool cuda_flash_attention_supported(int head_dim);
+// D (B, n_head, T) = rowsum(dout * out); causal false (bidirectional) takes seq_start NULL. Supported: head_dim
+// 64, 80, 96 or 128 and q, k, v, dout (NULL for the forward) 16-byte aligned.
+bool cuda_flash_attention_supported(int head_dim, const void *q, const void *k, const void *v, const void *dout);
 void cuda_flash_attention_forward(CudaContext *ctx, bf16 *out, float *lse, const bf16 *q, const bf16 *k,
                                   const bf16 *v, const int32_t *seq_start, const AttentionRope *rope, int B, int T,
                                   int n_head, int n_kv_head, int head_dim, bool causal);

@@ -20,10 +20,12 @@
 //     block's last key: S^T = K Q^T, dP^T = V dO^T, dv += P^T dO, dk += scale dS^T Q.
 // dq and dk/dv are separate passes (dq recomputes P once more), so every gradient is written once, by one
 // block, in a fixed order: no atomics, no (T, T) matrix and no scratch beyond D.
-// Fused RoPE (positions not NULL): q and k tiles are rotated as they are staged (rope_kernel's rotation,
-// sincosf of position * inv_freq on the fly, rounded to bf16 as rope_forward stores), and dq, dk are
-// rotated back (by -angle) in registers before they are added: a lane's C fragments hold columns d and
-// d + HD / 2 both (fragment n and n + HD / 16).
+// Tiles are staged 8 bf16 (16 bytes) per load and store (Bf16x8): q, k, v and dout 16-byte aligned, which
+// cuda_flash_attention_supported checks (attention.cu takes its own kernels otherwise).
+// Fused RoPE (positions not NULL): q and k tiles are rotated as they are staged (rope_kernel's rotation of a
+// pack of 8 with its partner pack HD / 2 away, sincosf of position * inv_freq on the fly, rounded to bf16 as
+// rope_forward stores), and dq, dk are rotated back (by -angle) in registers before they are added: a lane's
+// C fragments hold columns d and d + HD / 2 both (fragment n and n + HD / 16).
 #include <math.h>
 
 #include "cuda_common.cuh"
@@ -46,28 +48,44 @@ __device__ __forceinline__ bool visible(int query, int lo, int key, int T, bool 
     return key >= lo && (!causal || key <= query) && key < T;
 }
 
-// tile (FA_TILE, HD + FA_PAD) = rows [first, first + FA_TILE) of a (B, T, n_heads, HD) tensor at (b, head);
-// rows >= T are zero (they meet masked probabilities, and 0 * NaN would not vanish). With positions, each
-// row is rotated: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, angle = positions[b T + t] inv_freq[d % HD/2].
+// x rotated as rope_kernel rotates elements [d0, d0 + 8) of a row whose partners d +- HD/2 are `partner`
+// (rounded to bf16 as rope_forward stores): x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin,
+// angle = position inv_freq[d % HD/2]. HD/2 is a multiple of 8: the 8 elements lie in one half.
+template <int HD>
+__device__ __forceinline__ Bf16x8 rotate8(Bf16x8 x, Bf16x8 partner, int d0, float position, const float *inv_freq) {
+    const int half = HD / 2;
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        float sin_a, cos_a;
+        sincosf(position * inv_freq[(d0 + e) % half], &sin_a, &cos_a);
+        float x1 = __bfloat162float(x.v[e]), x2 = __bfloat162float(partner.v[e]);
+        x.v[e] = __float2bfloat16_rn(d0 < half ? x1 * cos_a - x2 * sin_a : x1 * cos_a + x2 * sin_a);
+    }
+    return x;
+}
+
+// tile (FA_TILE, HD + FA_PAD) = rows [first, first + FA_TILE) of a (B, T, n_heads, HD) tensor at (b, head),
+// 8 bf16 (16 bytes) per load and store: src 16-byte aligned, HD a multiple of 8. Rows >= T are zero (they
+// meet masked probabilities, and 0 * NaN would not vanish). With positions, each row is rotated (rotate8).
 template <int HD>
 __device__ __forceinline__ void stage_tile(bf16 *tile, const bf16 *src, int b, int first, int T, int n_heads,
                                            int head, const int32_t *positions = NULL,
                                            const float *inv_freq = NULL) {
-    for (int idx = threadIdx.x; idx < FA_TILE * HD; idx += blockDim.x) {
-        int row = idx / HD, d = idx % HD, t = first + row;
-        bf16 x = __float2bfloat16_rn(0.0f);
+    const int packs = HD / 8;  // per row; a pack's partner is packs / 2 away
+    for (int idx = threadIdx.x; idx < FA_TILE * packs; idx += blockDim.x) {
+        int row = idx / packs, pack = idx % packs, t = first + row;
+        Bf16x8 x;
         if (t < T) {
             const bf16 *src_row = src + (((size_t)b * T + t) * n_heads + head) * HD;
-            x = src_row[d];
-            if (positions) {
-                const int half = HD / 2;
-                float sin_a, cos_a;
-                sincosf((float)positions[(size_t)b * T + t] * inv_freq[d % half], &sin_a, &cos_a);
-                float x1 = __bfloat162float(x), x2 = __bfloat162float(src_row[d < half ? d + half : d - half]);
-                x = __float2bfloat16_rn(d < half ? x1 * cos_a - x2 * sin_a : x1 * cos_a + x2 * sin_a);
-            }
+            x = load8(src_row, pack);
+            if (positions)
+                x = rotate8<HD>(x, load8(src_row, (pack + packs / 2) % packs), 8 * pack,
+                                (float)positions[(size_t)b * T + t], inv_freq);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) x.v[e] = __float2bfloat16_rn(0.0f);
         }
-        tile[row * (HD + FA_PAD) + d] = x;
+        store8(tile + row * (HD + FA_PAD), pack, x);
     }
 }
 
@@ -417,8 +435,9 @@ static void backward(CudaContext *ctx, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 
     launchCheck("flash_dkdv_kernel");
 }
 
-bool cuda_flash_attention_supported(int head_dim) {
-    return head_dim == 64 || head_dim == 80 || head_dim == 96 || head_dim == 128;
+bool cuda_flash_attention_supported(int head_dim, const void *q, const void *k, const void *v, const void *dout) {
+    bool aligned = ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout) % 16 == 0;
+    return aligned && (head_dim == 64 || head_dim == 80 || head_dim == 96 || head_dim == 128);
 }
 
 void cuda_flash_attention_forward(CudaContext *ctx, bf16 *out, float *lse, const bf16 *q, const bf16 *k,
