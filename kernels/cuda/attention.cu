@@ -1,6 +1,6 @@
 // Self-attention with grouped-query heads on CUDA cores, flash-attention style, causal (the decoder's) or
 // bidirectional (the vision towers': every query sees all T keys); the tensor-core kernels of
-// flash_attention.cu take the causal head_dim 64, 80, 96 and 128, these every head_dim <= 256:
+// flash_attention.cu take head_dim 64, 80, 96 and 128 (causal or not), these every head_dim <= 256:
 // the (T, T) score matrix is never stored. The forward keeps a running max
 // and sum per query row (online softmax) and saves lse; the backward
 // recomputes P = exp(s - lse) from q, k and lse.
@@ -392,41 +392,43 @@ static void launch_backward(const Ops *ops, void *dq, void *dk, void *dv, const 
     launchCheck("attention_dkdv_kernel");
 }
 
-// The CUDA-core kernels alone, causal: the fallback's entry for the tests (kernels/cuda_testing.h).
+// The CUDA-core kernels alone: the fallback's entry for the tests (kernels/cuda_testing.h).
 void cuda_attention_reference_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k,
                                       const void *v, const int32_t *seq_start, const AttentionRope *rope, int B, int T,
-                                      int n_head, int n_kv_head, int head_dim) {
-    launch_forward(ops, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim, true);
+                                      int n_head, int n_kv_head, int head_dim, bool causal) {
+    launch_forward(ops, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim, causal);
 }
 
 void cuda_attention_reference_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout,
                                        const void *out, const float *lse, const void *q, const void *k, const void *v,
                                        const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
-                                       int n_kv_head, int head_dim) {
+                                       int n_kv_head, int head_dim, bool causal) {
     launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim,
-                    true);
+                    causal);
 }
 
-// The tensor-core kernels (flash_attention.cu) for the head sizes they take, these kernels for the others.
-void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
-                            const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
-                            int n_kv_head, int head_dim) {
-    if (!cuda_flash_attention_supported(head_dim)) {
-        launch_forward(ops, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim, true);
+// The tensor-core kernels (flash_attention.cu) for the head sizes and alignments they take, these kernels for
+// the others.
+static void dispatch_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                             const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                             int n_kv_head, int head_dim, bool causal) {
+    if (!cuda_flash_attention_supported(head_dim, q, k, v, NULL)) {
+        launch_forward(ops, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim, causal);
         return;
     }
     if (B == 0 || T == 0 || n_head == 0) return;
     if (!shapes_supported(n_head, n_kv_head, head_dim)) return;
     cuda_flash_attention_forward(cuda_context(ops), (bf16 *)out, lse, (const bf16 *)q, (const bf16 *)k,
-                                 (const bf16 *)v, seq_start, rope, B, T, n_head, n_kv_head, head_dim);
+                                 (const bf16 *)v, seq_start, rope, B, T, n_head, n_kv_head, head_dim, causal);
 }
 
-void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
-                             const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
-                             const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int head_dim) {
-    if (!cuda_flash_attention_supported(head_dim)) {
+static void dispatch_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                              const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
+                              const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int head_dim,
+                              bool causal) {
+    if (!cuda_flash_attention_supported(head_dim, q, k, v, dout)) {
         launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim,
-                        true);
+                        causal);
         return;
     }
     if (B == 0 || T == 0 || n_head == 0) return;
@@ -436,17 +438,31 @@ void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const
     if (!D) return;
     cuda_flash_attention_backward(ctx, (bf16 *)dq, (bf16 *)dk, (bf16 *)dv, (const bf16 *)dout, lse, D,
                                   (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, seq_start, rope, B, T, n_head,
-                                  n_kv_head, head_dim);
+                                  n_kv_head, head_dim, causal);
 }
 
-// Bidirectional: the CUDA-core kernels with the causal mask off (the flash kernels are causal only).
+void cuda_attention_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
+                            const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
+                            int n_kv_head, int head_dim) {
+    dispatch_forward(ops, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim, true);
+}
+
+void cuda_attention_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
+                             const float *lse, const void *q, const void *k, const void *v, const int32_t *seq_start,
+                             const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, int head_dim) {
+    dispatch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, head_dim,
+                      true);
+}
+
+// Bidirectional (the vision towers', n_kv_head = n_head): the same dispatch with the causal mask off, flash
+// for head_dim 64, 80, 96 and 128 (CLIP-L, DINOv2-L: 64), the CUDA-core kernels for the others (SigLIP: 72).
 void cuda_attention_full_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k, const void *v,
                                  int B, int T, int n_head, int head_dim) {
-    launch_forward(ops, out, lse, q, k, v, NULL, NULL, B, T, n_head, n_head, head_dim, false);
+    dispatch_forward(ops, out, lse, q, k, v, NULL, NULL, B, T, n_head, n_head, head_dim, false);
 }
 
 void cuda_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout, const void *out,
                                   const float *lse, const void *q, const void *k, const void *v, int B, int T,
                                   int n_head, int head_dim) {
-    launch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, NULL, NULL, B, T, n_head, n_head, head_dim, false);
+    dispatch_backward(ops, dq, dk, dv, dout, out, lse, q, k, v, NULL, NULL, B, T, n_head, n_head, head_dim, false);
 }

@@ -102,11 +102,13 @@ __device__ __forceinline__ size_t packs_of(size_t n, const void *a, const void *
     return aligned ? n / 8 : 0;
 }
 
-// Pack `pack` of p (16-byte aligned): one ld.global.v4 / st.global.v4. The emulation
-// copies bytes instead, as g++ has no licence to read bf16 objects through a struct.
+// Pack `pack` of p (16-byte aligned): one ld.v4 / st.v4 (global or shared memory). The emulation
+// copies bytes instead, as g++ has no licence to read bf16 objects through a struct, after checking
+// the alignment a GPU faults without.
 __device__ __forceinline__ Bf16x8 load8(const bf16 *p, size_t pack) {
 #ifdef LORA_TRAIN_CUDA_EMU
     Bf16x8 x;
+    ::emu::check_vector_access(p + pack * 8, sizeof x);
     memcpy(&x, p + pack * 8, sizeof x);
     return x;
 #else
@@ -115,6 +117,7 @@ __device__ __forceinline__ Bf16x8 load8(const bf16 *p, size_t pack) {
 }
 __device__ __forceinline__ void store8(bf16 *p, size_t pack, Bf16x8 x) {
 #ifdef LORA_TRAIN_CUDA_EMU
+    ::emu::check_vector_access(p + pack * 8, sizeof x);
     memcpy(p + pack * 8, &x, sizeof x);
 #else
     ((Bf16x8 *)p)[pack] = x;
@@ -197,15 +200,16 @@ void cuda_attention_full_backward(const Ops *ops, void *dq, void *dk, void *dv, 
                                   const float *lse, const void *q, const void *k, const void *v, int B, int T,
                                   int n_head, int head_dim);
 // flash_attention.cu: the tensor-core attention attention.cu dispatches to (head_dim 64, 80, 96, 128);
-// D (B, n_head, T) = rowsum(dout * out)
-bool cuda_flash_attention_supported(int head_dim);
+// D (B, n_head, T) = rowsum(dout * out); causal false (bidirectional) takes seq_start NULL. Supported: head_dim
+// 64, 80, 96 or 128 and q, k, v, dout (NULL for the forward) 16-byte aligned.
+bool cuda_flash_attention_supported(int head_dim, const void *q, const void *k, const void *v, const void *dout);
 void cuda_flash_attention_forward(CudaContext *ctx, bf16 *out, float *lse, const bf16 *q, const bf16 *k,
                                   const bf16 *v, const int32_t *seq_start, const AttentionRope *rope, int B, int T,
-                                  int n_head, int n_kv_head, int head_dim);
+                                  int n_head, int n_kv_head, int head_dim, bool causal);
 void cuda_flash_attention_backward(CudaContext *ctx, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout,
                                    const float *lse, const float *D, const bf16 *q, const bf16 *k, const bf16 *v,
                                    const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
-                                   int n_kv_head, int head_dim);
+                                   int n_kv_head, int head_dim, bool causal);
 // loss_optim.cu
 void cuda_cross_entropy(const Ops *ops, float *loss_sum, void *dlogits, const void *logits, const int32_t *targets,
                         int N, int V, float grad_scale);

@@ -1,25 +1,31 @@
-// Causal GQA attention on tensor cores, FlashAttention-2's algorithm (Dao, 2023), for head_dim 64, 80, 96
-// and 128 in bf16 with fp32 accumulation; attention.cu dispatches here and keeps its CUDA-core kernels for
-// other head sizes. Layouts and the packed-row seq_start as in attention.cu: q, out (B, T, n_head, hd);
-// k, v (B, T, n_kv_head, hd); lse, D (B, n_head, T); query t attends to keys seq_start[b, t] <= u <= t.
+// GQA attention on tensor cores, FlashAttention-2's algorithm (Dao, 2023), for head_dim 64, 80, 96 and 128
+// in bf16 with fp32 accumulation, causal (the decoder's) or bidirectional (the vision towers'); attention.cu
+// dispatches here and keeps its CUDA-core kernels for other head sizes. Layouts and the packed-row seq_start
+// as in attention.cu: q, out (B, T, n_head, hd); k, v (B, T, n_kv_head, hd); lse, D (B, n_head, T). Causal:
+// query t attends to keys seq_start[b, t] <= u <= t. Bidirectional (causal false, seq_start NULL): every
+// query attends to keys 0 <= u < T; keys >= T in the last tile are masked to -inf (causal, the diagonal
+// masks them already) and queries >= T of the last query tile are invisible to the dk, dv pass.
 //
 // A block is 4 warps and owns a tile of 64 rows (16 per warp); the other side streams through shared memory
 // in tiles of 64 rows. Every product is mma.m16n8k16 (mma.cuh): a warp's (16 x 64) scores are 8 C fragments;
 // exponentiated, they become A fragments in registers for the next product (c_to_a, P rounded to bf16).
 //   forward (a block per query tile): S = Q K^T, online softmax (running max m and sum l per row), O += P V;
-//     out = O / l, lse = m + log l. Key tiles start at the block's first query's segment start and end at
-//     its last query: tiles above the diagonal and before the segment are never read.
+//     out = O / l, lse = m + log l. Causal, key tiles start at the block's first query's segment start and
+//     end at its last query: tiles above the diagonal and before the segment are never read. Bidirectional,
+//     all ceil(T / 64) key tiles.
 //   dq (a block per query tile): S = Q K^T, P = exp(scale S - lse), dP = dO V^T, dS = P (dP - D),
 //     dq += scale dS K; the same key tiles as the forward.
 //   dk, dv (a block per key tile of one kv head): for every query head of its group and every query tile
-//     from the diagonal on, until the tiles' segments start after the block's last key: S^T = K Q^T,
-//     dP^T = V dO^T, dv += P^T dO, dk += scale dS^T Q.
+//     from the diagonal on (causal; bidirectional, from tile 0), until the tiles' segments start after the
+//     block's last key: S^T = K Q^T, dP^T = V dO^T, dv += P^T dO, dk += scale dS^T Q.
 // dq and dk/dv are separate passes (dq recomputes P once more), so every gradient is written once, by one
 // block, in a fixed order: no atomics, no (T, T) matrix and no scratch beyond D.
-// Fused RoPE (positions not NULL): q and k tiles are rotated as they are staged (rope_kernel's rotation,
-// sincosf of position * inv_freq on the fly, rounded to bf16 as rope_forward stores), and dq, dk are
-// rotated back (by -angle) in registers before they are added: a lane's C fragments hold columns d and
-// d + HD / 2 both (fragment n and n + HD / 16).
+// Tiles are staged 8 bf16 (16 bytes) per load and store (Bf16x8): q, k, v and dout 16-byte aligned, which
+// cuda_flash_attention_supported checks (attention.cu takes its own kernels otherwise).
+// Fused RoPE (positions not NULL): q and k tiles are rotated as they are staged (rope_kernel's rotation of a
+// pack of 8 with its partner pack HD / 2 away, sincosf of position * inv_freq on the fly, rounded to bf16 as
+// rope_forward stores), and dq, dk are rotated back (by -angle) in registers before they are added: a lane's
+// C fragments hold columns d and d + HD / 2 both (fragment n and n + HD / 16).
 #include <math.h>
 
 #include "cuda_common.cuh"
@@ -36,28 +42,50 @@ __device__ __forceinline__ int first_key(const int32_t *seq_start, int b, int T,
     return seq_start ? seq_start[(size_t)b * T + t] : 0;
 }
 
-// tile (FA_TILE, HD + FA_PAD) = rows [first, first + FA_TILE) of a (B, T, n_heads, HD) tensor at (b, head);
-// rows >= T are zero (they meet masked probabilities, and 0 * NaN would not vanish). With positions, each
-// row is rotated: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin, angle = positions[b T + t] inv_freq[d % HD/2].
+// Whether query `query` (first key `lo`) sees key `key`: keys of its segment up to itself (causal) or every
+// key < T (bidirectional, lo = 0).
+__device__ __forceinline__ bool visible(int query, int lo, int key, int T, bool causal) {
+    return key >= lo && (!causal || key <= query) && key < T;
+}
+
+// x rotated as rope_kernel rotates elements [d0, d0 + 8) of a row whose partners d +- HD/2 are `partner`
+// (rounded to bf16 as rope_forward stores): x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin,
+// angle = position inv_freq[d % HD/2]. HD/2 is a multiple of 8: the 8 elements lie in one half.
+template <int HD>
+__device__ __forceinline__ Bf16x8 rotate8(Bf16x8 x, Bf16x8 partner, int d0, float position, const float *inv_freq) {
+    const int half = HD / 2;
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        float sin_a, cos_a;
+        sincosf(position * inv_freq[(d0 + e) % half], &sin_a, &cos_a);
+        float x1 = __bfloat162float(x.v[e]), x2 = __bfloat162float(partner.v[e]);
+        x.v[e] = __float2bfloat16_rn(d0 < half ? x1 * cos_a - x2 * sin_a : x1 * cos_a + x2 * sin_a);
+    }
+    return x;
+}
+
+// tile (FA_TILE, HD + FA_PAD) = rows [first, first + FA_TILE) of a (B, T, n_heads, HD) tensor at (b, head),
+// 8 bf16 (16 bytes) per load and store: src 16-byte aligned, HD a multiple of 8. Rows >= T are zero (they
+// meet masked probabilities, and 0 * NaN would not vanish). With positions, each row is rotated (rotate8).
 template <int HD>
 __device__ __forceinline__ void stage_tile(bf16 *tile, const bf16 *src, int b, int first, int T, int n_heads,
                                            int head, const int32_t *positions = NULL,
                                            const float *inv_freq = NULL) {
-    for (int idx = threadIdx.x; idx < FA_TILE * HD; idx += blockDim.x) {
-        int row = idx / HD, d = idx % HD, t = first + row;
-        bf16 x = __float2bfloat16_rn(0.0f);
+    const int packs = HD / 8;  // per row; a pack's partner is packs / 2 away
+    for (int idx = threadIdx.x; idx < FA_TILE * packs; idx += blockDim.x) {
+        int row = idx / packs, pack = idx % packs, t = first + row;
+        Bf16x8 x;
         if (t < T) {
             const bf16 *src_row = src + (((size_t)b * T + t) * n_heads + head) * HD;
-            x = src_row[d];
-            if (positions) {
-                const int half = HD / 2;
-                float sin_a, cos_a;
-                sincosf((float)positions[(size_t)b * T + t] * inv_freq[d % half], &sin_a, &cos_a);
-                float x1 = __bfloat162float(x), x2 = __bfloat162float(src_row[d < half ? d + half : d - half]);
-                x = __float2bfloat16_rn(d < half ? x1 * cos_a - x2 * sin_a : x1 * cos_a + x2 * sin_a);
-            }
+            x = load8(src_row, pack);
+            if (positions)
+                x = rotate8<HD>(x, load8(src_row, (pack + packs / 2) % packs), 8 * pack,
+                                (float)positions[(size_t)b * T + t], inv_freq);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; e++) x.v[e] = __float2bfloat16_rn(0.0f);
         }
-        tile[row * (HD + FA_PAD) + d] = x;
+        store8(tile + row * (HD + FA_PAD), pack, x);
     }
 }
 
@@ -172,13 +200,13 @@ template <int HD>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     flash_forward_kernel(bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
                          const int32_t *seq_start, const int32_t *positions, const float *inv_freq, int T,
-                         int n_head, int n_kv_head, float scale) {
+                         int n_head, int n_kv_head, float scale, bool causal) {
     extern __shared__ bf16 fa_smem[];
     bf16 *q_tile = fa_smem, *k_tile = q_tile + FA_TILE * (HD + FA_PAD), *v_tile = k_tile + FA_TILE * (HD + FA_PAD);
     int b = blockIdx.z, h = blockIdx.y, kv_head = h / (n_head / n_kv_head);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int q0 = blockIdx.x * FA_TILE;
-    int keys_begin = first_key(seq_start, b, T, q0), keys_end = min(T, q0 + FA_TILE);
+    int keys_begin = first_key(seq_start, b, T, q0), keys_end = causal ? min(T, q0 + FA_TILE) : T;
     int rows[2], lo[2];  // this lane's query rows (g and g + 8 of its warp's 16) and their first keys
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -204,8 +232,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 int r = i / 2, u = k0 + 8 * j + 2 * (lane % 4) + i % 2;
-                bool visible = u >= lo[r] && u <= rows[r] && u < T;
-                s[j][i] = visible ? s[j][i] * scale : -INFINITY;
+                s[j][i] = visible(rows[r], lo[r], u, T, causal) ? s[j][i] * scale : -INFINITY;
                 tile_max[r] = fmaxf(tile_max[r], s[j][i]);
             }
         float base[2], tile_sum[2] = {0.0f, 0.0f};
@@ -249,7 +276,7 @@ template <int HD>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     flash_dq_kernel(bf16 *dq, const bf16 *dout, const float *lse, const float *D, const bf16 *q, const bf16 *k,
                     const bf16 *v, const int32_t *seq_start, const int32_t *positions, const float *inv_freq, int T,
-                    int n_head, int n_kv_head, float scale) {
+                    int n_head, int n_kv_head, float scale, bool causal) {
     extern __shared__ bf16 fa_smem[];
     const int tile_elems = FA_TILE * (HD + FA_PAD);
     bf16 *q_tile = fa_smem, *dout_tile = q_tile + tile_elems, *k_tile = dout_tile + tile_elems;
@@ -257,7 +284,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     int b = blockIdx.z, h = blockIdx.y, kv_head = h / (n_head / n_kv_head);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int q0 = blockIdx.x * FA_TILE;
-    int keys_begin = first_key(seq_start, b, T, q0), keys_end = min(T, q0 + FA_TILE);
+    int keys_begin = first_key(seq_start, b, T, q0), keys_end = causal ? min(T, q0 + FA_TILE) : T;
     int rows[2], lo[2];
     float row_lse[2], row_D[2];
 #pragma unroll
@@ -290,8 +317,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 int r = i / 2, u = k0 + 8 * j + 2 * (lane % 4) + i % 2;
-                bool visible = u >= lo[r] && u <= rows[r] && u < T;
-                float p = visible ? expf(s[j][i] * scale - row_lse[r]) : 0.0f;
+                float p = visible(rows[r], lo[r], u, T, causal) ? expf(s[j][i] * scale - row_lse[r]) : 0.0f;
                 s[j][i] = p * (dp[j][i] - row_D[r]);  // dS
             }
         gemm_nn<HD>(acc, s, k_tile, lane);
@@ -307,7 +333,7 @@ template <int HD>
 __global__ void __launch_bounds__(FA_WARPS * 32)
     flash_dkdv_kernel(bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse, const float *D, const bf16 *q,
                       const bf16 *k, const bf16 *v, const int32_t *seq_start, const int32_t *positions,
-                      const float *inv_freq, int T, int n_head, int n_kv_head, float scale) {
+                      const float *inv_freq, int T, int n_head, int n_kv_head, float scale, bool causal) {
     extern __shared__ bf16 fa_smem[];
     const int tile_elems = FA_TILE * (HD + FA_PAD);
     bf16 *k_tile = fa_smem, *v_tile = k_tile + tile_elems, *q_tile = v_tile + tile_elems;
@@ -326,7 +352,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
     float dk_acc[HD / 8][4] = {}, dv_acc[HD / 8][4] = {};
     for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
         const float *lse_bh = lse + ((size_t)b * n_head + h) * T, *D_bh = D + ((size_t)b * n_head + h) * T;
-        for (int i0 = key0; i0 < T; i0 += FA_TILE) {  // causal: queries >= the block's first key
+        for (int i0 = causal ? key0 : 0; i0 < T; i0 += FA_TILE) {  // causal: queries >= the block's first key
             if (first_key(seq_start, b, T, i0) > last_key) break;  // segments after every key of the block
             __syncthreads();
             stage_tile<HD>(q_tile, q, b, i0, T, n_head, h, positions, inv_freq);
@@ -335,7 +361,7 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
                 bool active = i0 + i < T;
                 lse_tile[i] = active ? lse_bh[i0 + i] : 0.0f;
                 D_tile[i] = active ? D_bh[i0 + i] : 0.0f;
-                lo_tile[i] = active ? first_key(seq_start, b, T, i0 + i) : T;  // past every key: invisible
+                lo_tile[i] = active ? first_key(seq_start, b, T, i0 + i) : T;  // queries >= T: past every key
             }
             __syncthreads();
             float s[8][4], dp[8][4];  // transposed: (16 keys x 64 queries)
@@ -349,8 +375,8 @@ __global__ void __launch_bounds__(FA_WARPS * 32)
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
                     int key = keys[i / 2], col = 8 * j + 2 * (lane % 4) + i % 2, query = i0 + col;
-                    bool visible = query >= key && lo_tile[col] <= key && key < T;
-                    float p = visible ? expf(s[j][i] * scale - lse_tile[col]) : 0.0f;
+                    bool seen = visible(query, lo_tile[col], key, T, causal);
+                    float p = seen ? expf(s[j][i] * scale - lse_tile[col]) : 0.0f;
                     s[j][i] = p;
                     dp[j][i] = p * (dp[j][i] - D_tile[col]);  // dS^T
                 }
@@ -375,7 +401,8 @@ static bool allow_shared(Kernel kernel, size_t bytes) {
 
 template <int HD>
 static void forward(CudaContext *ctx, bf16 *out, float *lse, const bf16 *q, const bf16 *k, const bf16 *v,
-                    const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head, int n_kv_head) {
+                    const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head, int n_kv_head,
+                    bool causal) {
     auto flash_forward = flash_forward_kernel<HD>;
     size_t smem = 3 * tile_bytes(HD);
     if (!allow_shared(flash_forward, smem)) return;
@@ -383,14 +410,14 @@ static void forward(CudaContext *ctx, bf16 *out, float *lse, const bf16 *q, cons
     flash_forward<<<grid, FA_WARPS * 32, smem, ctx->stream>>>(out, lse, q, k, v, seq_start,
                                                               rope ? rope->positions : NULL,
                                                               rope ? rope->inv_freq : NULL, T, n_head, n_kv_head,
-                                                              1.0f / sqrtf((float)HD));
+                                                              1.0f / sqrtf((float)HD), causal);
     launchCheck("flash_forward_kernel");
 }
 
 template <int HD>
 static void backward(CudaContext *ctx, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout, const float *lse,
                      const float *D, const bf16 *q, const bf16 *k, const bf16 *v, const int32_t *seq_start,
-                     const AttentionRope *rope, int B, int T, int n_head, int n_kv_head) {
+                     const AttentionRope *rope, int B, int T, int n_head, int n_kv_head, bool causal) {
     float scale = 1.0f / sqrtf((float)HD);
     const int32_t *positions = rope ? rope->positions : NULL;
     const float *inv_freq = rope ? rope->inv_freq : NULL;
@@ -398,28 +425,29 @@ static void backward(CudaContext *ctx, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 
     size_t dq_smem = 4 * tile_bytes(HD);
     if (!allow_shared(flash_dq, dq_smem)) return;
     flash_dq<<<dim3(ceil_div(T, FA_TILE), n_head, B), FA_WARPS * 32, dq_smem, ctx->stream>>>(
-        dq, dout, lse, D, q, k, v, seq_start, positions, inv_freq, T, n_head, n_kv_head, scale);
+        dq, dout, lse, D, q, k, v, seq_start, positions, inv_freq, T, n_head, n_kv_head, scale, causal);
     if (!launchCheck("flash_dq_kernel")) return;
     auto flash_dkdv = flash_dkdv_kernel<HD>;
     size_t dkdv_smem = 4 * tile_bytes(HD) + FA_TILE * (2 * sizeof(float) + sizeof(int));
     if (!allow_shared(flash_dkdv, dkdv_smem)) return;
     flash_dkdv<<<dim3(ceil_div(T, FA_TILE), n_kv_head, B), FA_WARPS * 32, dkdv_smem, ctx->stream>>>(
-        dk, dv, dout, lse, D, q, k, v, seq_start, positions, inv_freq, T, n_head, n_kv_head, scale);
+        dk, dv, dout, lse, D, q, k, v, seq_start, positions, inv_freq, T, n_head, n_kv_head, scale, causal);
     launchCheck("flash_dkdv_kernel");
 }
 
-bool cuda_flash_attention_supported(int head_dim) {
-    return head_dim == 64 || head_dim == 80 || head_dim == 96 || head_dim == 128;
+bool cuda_flash_attention_supported(int head_dim, const void *q, const void *k, const void *v, const void *dout) {
+    bool aligned = ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout) % 16 == 0;
+    return aligned && (head_dim == 64 || head_dim == 80 || head_dim == 96 || head_dim == 128);
 }
 
 void cuda_flash_attention_forward(CudaContext *ctx, bf16 *out, float *lse, const bf16 *q, const bf16 *k,
                                   const bf16 *v, const int32_t *seq_start, const AttentionRope *rope, int B, int T,
-                                  int n_head, int n_kv_head, int head_dim) {
+                                  int n_head, int n_kv_head, int head_dim, bool causal) {
     switch (head_dim) {
-        case 64: forward<64>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
-        case 80: forward<80>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
-        case 96: forward<96>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
-        case 128: forward<128>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
+        case 64: forward<64>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, causal); break;
+        case 80: forward<80>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, causal); break;
+        case 96: forward<96>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, causal); break;
+        case 128: forward<128>(ctx, out, lse, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, causal); break;
         default: record_failure(__FILE__, __LINE__, "flash attention", "head_dim is not 64, 80, 96 or 128");
     }
 }
@@ -427,14 +455,15 @@ void cuda_flash_attention_forward(CudaContext *ctx, bf16 *out, float *lse, const
 void cuda_flash_attention_backward(CudaContext *ctx, bf16 *dq, bf16 *dk, bf16 *dv, const bf16 *dout,
                                    const float *lse, const float *D, const bf16 *q, const bf16 *k, const bf16 *v,
                                    const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
-                                   int n_kv_head, int head_dim) {
+                                   int n_kv_head, int head_dim, bool causal) {
+#define FLASH_BACKWARD(HD) \
+    backward<HD>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, rope, B, T, n_head, n_kv_head, causal)
     switch (head_dim) {
-        case 64: backward<64>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
-        case 80: backward<80>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
-        case 96: backward<96>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, rope, B, T, n_head, n_kv_head); break;
-        case 128:
-            backward<128>(ctx, dq, dk, dv, dout, lse, D, q, k, v, seq_start, rope, B, T, n_head, n_kv_head);
-            break;
+        case 64: FLASH_BACKWARD(64); break;
+        case 80: FLASH_BACKWARD(80); break;
+        case 96: FLASH_BACKWARD(96); break;
+        case 128: FLASH_BACKWARD(128); break;
         default: record_failure(__FILE__, __LINE__, "flash attention", "head_dim is not 64, 80, 96 or 128");
     }
+#undef FLASH_BACKWARD
 }

@@ -16,9 +16,9 @@ void ops_cuda_info(CudaInfo *info) {
 // kernels/cuda_testing.h: never reached, the GPU tests stop at ops_cuda() without CUDA.
 void cuda_attention_reference_forward(const Ops *ops, void *out, float *lse, const void *q, const void *k,
                                       const void *v, const int32_t *seq_start, const AttentionRope *rope, int B, int T,
-                                      int n_head, int n_kv_head, int head_dim) {}
+                                      int n_head, int n_kv_head, int head_dim, bool causal) {}
 void cuda_attention_reference_backward(const Ops *ops, void *dq, void *dk, void *dv, const void *dout,
                                        const void *out, const float *lse, const void *q, const void *k, const void *v,
                                        const int32_t *seq_start, const AttentionRope *rope, int B, int T, int n_head,
-                                       int n_kv_head, int head_dim) {}
+                                       int n_kv_head, int head_dim, bool causal) {}
 void cuda_mma_probe(const Ops *ops, float *d, const void *a, const void *b, const float *c, int mode) {}

@@ -1,6 +1,7 @@
 // The tensor-core flash attention (kernels/cuda/flash_attention.cu) that attention_forward / attention_backward
-// take for head_dim 64, 80, 96 and 128, against two oracles on the same bf16-rounded inputs: the CPU backend
-// (fp32) and the CUDA-core kernels it replaces (kernels/cuda_testing.h). First the fragment functions of
+// (causal) and attention_full_forward / _backward (bidirectional) take for head_dim 64, 80, 96 and 128, against
+// two oracles on the same bf16-rounded inputs: the CPU backend (fp32) and the CUDA-core kernels it replaces
+// (kernels/cuda_testing.h). First the fragment functions of
 // kernels/cuda/mma.cuh alone, on small integers whose products and sums are exact, so a layout error is named
 // by its mode and element. ctest runs it twice on the emulation, the second time with CUDA_EMU_SCHEDULE=random:7.
 #include "gpu_test_util.h"
@@ -60,14 +61,55 @@ typedef struct Shape {
     int B, T, n_head, n_kv_head, head_dim;
 } Shape;
 
+static void cpu_forward(Shape s, bool causal, float *out, float *lse, const float *q, const float *k, const float *v,
+                        const int32_t *seq_start, const AttentionRope *rope) {
+    if (causal)
+        cpu_attention_forward_bf16_rope(out, lse, q, k, v, seq_start, rope, s.B, s.T, s.n_head, s.n_kv_head,
+                                        s.head_dim);
+    else
+        cpu->attention_full_forward(cpu, out, lse, q, k, v, s.B, s.T, s.n_head, s.head_dim);
+}
+
+static void gpu_forward(Shape s, bool causal, void *out, float *lse, const void *q, const void *k, const void *v,
+                        const int32_t *seq_start, const AttentionRope *rope) {
+    if (causal)
+        gpu->attention_forward(gpu, out, lse, q, k, v, seq_start, rope, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    else
+        gpu->attention_full_forward(gpu, out, lse, q, k, v, s.B, s.T, s.n_head, s.head_dim);
+}
+
+// grad[0..2] += dq, dk, dv
+static void cpu_backward(Shape s, bool causal, float *grad[3], const float *dout, const float *out, const float *lse,
+                         const float *q, const float *k, const float *v, const int32_t *seq_start,
+                         const AttentionRope *rope) {
+    if (causal)
+        cpu_attention_backward_bf16_rope(grad[0], grad[1], grad[2], dout, out, lse, q, k, v, seq_start, rope, s.B, s.T,
+                                         s.n_head, s.n_kv_head, s.head_dim);
+    else
+        cpu->attention_full_backward(cpu, grad[0], grad[1], grad[2], dout, out, lse, q, k, v, s.B, s.T, s.n_head,
+                                     s.head_dim);
+}
+
+static void gpu_backward(Shape s, bool causal, void *grad[3], const void *dout, const void *out, const float *lse,
+                         const void *q, const void *k, const void *v, const int32_t *seq_start,
+                         const AttentionRope *rope) {
+    if (causal)
+        gpu->attention_backward(gpu, grad[0], grad[1], grad[2], dout, out, lse, q, k, v, seq_start, rope, s.B, s.T,
+                                s.n_head, s.n_kv_head, s.head_dim);
+    else
+        gpu->attention_full_backward(gpu, grad[0], grad[1], grad[2], dout, out, lse, q, k, v, s.B, s.T, s.n_head,
+                                     s.head_dim);
+}
+
 // Packed rows: n_segments > 0 segment lengths laid end to end, row after row (test_gpu_ops's convention).
-// With rope, q and k are rotated inside attention (AttentionRope).
-static void check_flash(Shape s, const int *segments, int n_segments, bool with_rope) {
+// With rope, q and k are rotated inside attention (AttentionRope). Not causal: attention_full_forward /
+// _backward, n_kv_head = n_head, no segments, no rope.
+static void check_attention(Shape s, const int *segments, int n_segments, bool with_rope, bool causal) {
     size_t n_q = (size_t)s.B * s.T * s.n_head * s.head_dim, n_kv = (size_t)s.B * s.T * s.n_kv_head * s.head_dim;
     size_t n_lse = (size_t)s.B * s.n_head * s.T;
     char what[128];
-    snprintf(what, sizeof what, "flash attention B=%d T=%d heads=%d/%d hd=%d segments=%d rope=%d", s.B, s.T,
-             s.n_head, s.n_kv_head, s.head_dim, n_segments, with_rope);
+    snprintf(what, sizeof what, "flash attention B=%d T=%d heads=%d/%d hd=%d segments=%d rope=%d causal=%d", s.B, s.T,
+             s.n_head, s.n_kv_head, s.head_dim, n_segments, with_rope, causal);
     print_message("%s\n", what);
     float *q = random_act(n_q, -2, 2), *k = random_act(n_kv, -2, 2), *v = random_act(n_kv, -1, 1);
     float *dout = random_act(n_q, -1, 1), *out = nan_array(n_q), *lse = nan_array(n_lse);
@@ -84,11 +126,10 @@ static void check_flash(Shape s, const int *segments, int n_segments, bool with_
     void *dev_out = gpu_poisoned(n_q), *ref_out = gpu_poisoned(n_q);
     float *dev_lse = gpu_copy(lse, n_lse * sizeof(float)), *ref_lse = gpu_copy(lse, n_lse * sizeof(float));
 
-    cpu_attention_forward_bf16_rope(out, lse, q, k, v, seq_start, rope, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
-    gpu->attention_forward(gpu, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, dev_rope, s.B, s.T, s.n_head,
-                           s.n_kv_head, s.head_dim);
+    cpu_forward(s, causal, out, lse, q, k, v, seq_start, rope);
+    gpu_forward(s, causal, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, dev_rope);
     cuda_attention_reference_forward(gpu, ref_out, ref_lse, dev_q, dev_k, dev_v, dev_seq_start, dev_rope, s.B, s.T,
-                                     s.n_head, s.n_kv_head, s.head_dim);
+                                     s.n_head, s.n_kv_head, s.head_dim, causal);
     expect_act(dev_out, out, n_q, BF16_TOL, "forward out vs CPU");
     expect_f32(dev_lse, lse, n_lse, STAT_TOL, "forward lse vs CPU");
     float *ref = gpu_act_result(ref_out, n_q), *ref_l = gpu_f32_result(ref_lse, n_lse);
@@ -108,18 +149,19 @@ static void check_flash(Shape s, const int *segments, int n_segments, bool with_
         dev_grad[i] = gpu_act(start[i], sizes[i]);
         ref_grad[i] = gpu_act(start[i], sizes[i]);
     }
-    cpu_attention_backward_bf16_rope(grad[0], grad[1], grad[2], dout, out, lse, q, k, v, seq_start, rope, s.B, s.T,
-                                     s.n_head, s.n_kv_head, s.head_dim);
-    gpu->attention_backward(gpu, dev_grad[0], dev_grad[1], dev_grad[2], dev_dout, dev_out, dev_lse, dev_q, dev_k,
-                            dev_v, dev_seq_start, dev_rope, s.B, s.T, s.n_head, s.n_kv_head, s.head_dim);
+    cpu_backward(s, causal, grad, dout, out, lse, q, k, v, seq_start, rope);
+    gpu_backward(s, causal, dev_grad, dev_dout, dev_out, dev_lse, dev_q, dev_k, dev_v, dev_seq_start, dev_rope);
     cuda_attention_reference_backward(gpu, ref_grad[0], ref_grad[1], ref_grad[2], dev_dout, dev_out, dev_lse, dev_q,
                                       dev_k, dev_v, dev_seq_start, dev_rope, s.B, s.T, s.n_head, s.n_kv_head,
-                                      s.head_dim);
+                                      s.head_dim, causal);
     const char *names[3] = {"dq", "dk", "dv"};
     for (int i = 0; i < 3; i++) {
-        // the gradient alone, without its starting values, so the bound is on what the kernels add
+        // the gradient alone, without its starting values, so the bound is on what the kernels add; but with
+        // one token dq and dk are 0 (one key: dS = P (dP - D) = 0) up to rounding noise, against the values
         float *got = gpu_act_result(dev_grad[i], sizes[i]), *other = gpu_act_result(ref_grad[i], sizes[i]);
-        for (size_t j = 0; j < sizes[i]; j++) got[j] -= start[i][j], other[j] -= start[i][j], grad[i][j] -= start[i][j];
+        bool zero = s.T == 1 && i < 2;
+        for (size_t j = 0; j < sizes[i] && !zero; j++)
+            got[j] -= start[i][j], other[j] -= start[i][j], grad[i][j] -= start[i][j];
         char label[64];
         snprintf(label, sizeof label, "backward %s vs CPU", names[i]);
         expect_close(got, grad[i], sizes[i], BF16_TOL, label);
@@ -140,6 +182,10 @@ static void check_flash(Shape s, const int *segments, int n_segments, bool with_
     if (dev_seq_start) gpu->free(gpu, dev_seq_start);
     free(seq_start);
     if (with_rope) rope_inputs_free(&rope_in);
+}
+
+static void check_flash(Shape s, const int *segments, int n_segments, bool with_rope) {
+    check_attention(s, segments, n_segments, with_rope, true);
 }
 
 // Every head size, T off the 64-row tiles (1, 17, 70, 130), GQA ratios 1, 4 and 8, B > 1.
@@ -178,12 +224,49 @@ static void test_flash_rope(void **state) {
     check_flash((Shape){1, 130, 8, 2, 128}, skip_tiles, 4, true);  // GQA 4, packed, three tiles
 }
 
+// Bidirectional (the vision towers'): every head size, T off the tiles (1, 50, 130, 257) so the last key tile
+// has keys >= T to mask and the last query tile queries >= T that dk, dv must not see, B > 1.
+static void test_flash_full(void **state) {
+    const Shape shapes[] = {
+        {2, 1, 2, 2, 64},     // one token, B = 2
+        {2, 50, 4, 4, 80},    // less than one tile, B = 2
+        {1, 130, 2, 2, 96},   // three tiles
+        {1, 257, 1, 1, 128},  // five tiles, one key in the last
+        {3, 70, 2, 2, 64},    // B = 3, two tiles
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) check_attention(shapes[i], NULL, 0, false, false);
+}
+
+// q one element past 16-byte alignment: the op table takes the CUDA-core kernels (the flash kernels stage
+// 16 bytes at a time), causal and bidirectional, and still matches the CPU backend.
+static void test_flash_unaligned(void **state) {
+    const Shape s = {1, 70, 2, 2, 64};
+    size_t n = (size_t)s.B * s.T * s.n_head * s.head_dim, n_lse = (size_t)s.B * s.n_head * s.T;
+    float *q = random_act(n + 1, -2, 2), *k = random_act(n, -2, 2), *v = random_act(n, -1, 1);
+    float *out = host_alloc(n), *lse = host_alloc(n_lse);
+    void *dev_q = gpu_act(q, n + 1), *dev_k = gpu_act(k, n), *dev_v = gpu_act(v, n), *dev_out = gpu_poisoned(n);
+    float *dev_lse = gpu_alloc(n_lse * sizeof(float));
+    const void *q_off = (const char *)dev_q + dtype_size(gpu->act_dtype);
+    for (int causal = 0; causal < 2; causal++) {
+        cpu_forward(s, causal, out, lse, q + 1, k, v, NULL, NULL);
+        gpu_forward(s, causal, dev_out, dev_lse, q_off, dev_k, dev_v, NULL, NULL);
+        expect_act(dev_out, out, n, BF16_TOL, causal ? "unaligned q, causal: out vs CPU" : "unaligned q: out vs CPU");
+        expect_f32(dev_lse, lse, n_lse, STAT_TOL, "unaligned q: lse vs CPU");
+    }
+    void *devs[] = {dev_q, dev_k, dev_v, dev_out, dev_lse};
+    for (size_t i = 0; i < sizeof devs / sizeof devs[0]; i++) gpu->free(gpu, devs[i]);
+    float *hosts[] = {q, k, v, out, lse};
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) free(hosts[i]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mma_fragments),
         cmocka_unit_test(test_flash_shapes),
         cmocka_unit_test(test_flash_packed),
         cmocka_unit_test(test_flash_rope),
+        cmocka_unit_test(test_flash_full),
+        cmocka_unit_test(test_flash_unaligned),
     };
     if (!gpu_tests_init("the flash attention tests")) return GPU_TESTS_SKIPPED;
     rng_seed(&test_rng, 20261205);

@@ -154,7 +154,8 @@ static void check_attention_full(int B, int T, int n_head, int head_dim, bool ba
 static void test_attention_full(void **state) {
     check_attention_full(1, 1, 1, 8, true);
     check_attention_full(2, 17, 4, 8, true);
-    check_attention_full(1, 65, 4, 64, true); // several query and key tiles
+    check_attention_full(1, 65, 4, 64, true); // several query and key tiles, the tensor-core kernels
+    check_attention_full(1, 65, 2, 72, true); // SigLIP's head size: the CUDA-core kernels
     check_attention_full(1, 577, 16, 64, false);
 }
 

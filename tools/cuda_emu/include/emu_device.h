@@ -63,6 +63,10 @@ uint64_t warp_op(WarpOpKind kind, unsigned mask, uint64_t value, int param, int 
 void warp_mma_m16n8k16_bf16(float d[4], const uint32_t a[4], const uint32_t b[2]);
 void warp_ldmatrix(uint32_t *r, int n_matrices, bool trans, const void *row);
 
+// A vector load or store of `bytes` at p (ld / st .v4.b32: 16) faults unless p is a multiple of bytes, as on a
+// GPU (kernels/cuda/cuda_common.cuh's load8 / store8 call it).
+void check_vector_access(const void *p, size_t bytes);
+
 template <typename T>
 T shuffle(WarpOpKind kind, unsigned mask, T var, int param, int width) {
     static_assert(sizeof(T) <= sizeof(uint64_t) && std::is_trivially_copyable<T>::value, "shuffle of a large type");

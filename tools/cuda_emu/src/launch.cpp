@@ -496,6 +496,13 @@ void warp_ldmatrix(uint32_t *r, int n_matrices, bool trans, const void *row) {
     warp_op(LDMATRIX, FULL_WARP, (uint64_t)(uintptr_t)&lane, 0, 32);
 }
 
+void check_vector_access(const void *p, size_t bytes) {
+    if ((uintptr_t)p % bytes == 0) return;
+    char what[128];
+    snprintf(what, sizeof what, "misaligned address: a %zu-byte vector access at %p", bytes, p);
+    fiber_fault(what);
+}
+
 // ----------------------------------------------------------------------------
 // running a block
 
