@@ -7,17 +7,23 @@
 // timeout_s has passed. On a failure or a timeout the communicator is
 // aborted, so a dead or hung peer ends the job with a message instead of
 // blocking forever (ncclCommInitRank would wait forever for a rank that never
-// joins). Each collective is enqueued on the communication stream behind an
-// event recorded on the compute stream (the work that produced its data; the
-// host does not wait for it, nor for the rest of the device), and is done when
-// the event recorded after it is: the host polls that one. A background
-// reduction (reduce_scatter_range_start) is ordered the same way but not
-// waited for: `wait` finishes it as above; every later call is queued behind
-// it on the same stream; reductions_event lets the backend's copy stream wait
-// for the reductions started so far. Rank 0 creates the unique id and shares
-// it through the store. The communicator lives on the device ops_cuda
-// selected for this local rank (the calling thread's current device). Run on
-// the emulated CUDA backend (tools/cuda_emu) in CI; not yet on a GPU.
+// joins). Stream invariants: each collective is enqueued on the communication
+// stream behind an event recorded on the compute stream (the work that
+// produced its data), and the compute stream waits for an event recorded
+// after it (cudaStreamWaitEvent), so later kernels read its results without
+// the host waiting for the device. A background reduction
+// (reduce_scatter_range_start) is ordered after the compute the same way,
+// but the compute stream does not wait for it until join_reductions; every
+// later collective is queued behind it on the same stream; reductions_event
+// lets the backend's copy stream wait for the reductions started so far.
+// The host waits only in `wait` (and barrier, destroy): it polls an event
+// recorded after everything issued, together with the communicator's error,
+// against the deadline, aborting on a failure. Its callers wait there before
+// any blocking read of device memory, which behind a collective hung on a
+// dead peer would never return. Rank 0 creates the unique id and shares it
+// through the store. The communicator lives on the device ops_cuda selected
+// for this local rank (the calling thread's current device). Run on the
+// emulated CUDA backend (tools/cuda_emu) in CI; not yet on a GPU.
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdlib.h>
@@ -29,13 +35,14 @@
 typedef struct NcclState {
     ncclComm_t comm;     // NULL once aborted
     cudaStream_t stream;
-    cudaEvent_t done;
-    cudaEvent_t compute_ready;  // recorded on the compute stream before a background reduction
+    cudaEvent_t done;           // recorded after collectives, for the compute stream and `wait`
+    cudaEvent_t compute_ready;  // recorded on the compute stream before each collective
     cudaEvent_t reduced;        // recorded after the background reductions, for the backend's copy stream
     const Ops *ops;             // the CUDA backend: its compute stream
     float *barrier_scalar;      // device, all-reduced by barrier
     double timeout_s;
     size_t started, finished;   // background reductions
+    bool unwaited;              // collectives issued since the last `wait`
 } NcclState;
 
 static NcclState *state_of(Collectives *c) { return c->state; }
@@ -108,18 +115,19 @@ static bool begin_collective(Collectives *c, const char *what, Error *err) {
     return after_compute(state_of(c), err);
 }
 
-// After a collective: waits until it is enqueued, then until its stream has run it.
+// The compute stream waits for the communication stream's work so far; the host goes on.
+static bool compute_after_comm(NcclState *s, Error *err) {
+    cudaStream_t compute = (cudaStream_t)s->ops->stream(s->ops);
+    CUDA_TRY(cudaEventRecord(s->done, s->stream), "recording the collectives' event");
+    CUDA_TRY(cudaStreamWaitEvent(compute, s->done, 0), "ordering the compute stream after the collectives");
+    s->unwaited = true;
+    return true;
+}
+
+// After a collective: waits until the communicator has enqueued it (not
+// until it runs), then orders the later compute after it.
 static bool finish(Collectives *c, const char *what, Error *err) {
-    NcclState *s = state_of(c);
-    if (!wait_comm(c, what, err)) return false;
-    CUDA_TRY(cudaEventRecord(s->done, s->stream), "recording the collective's event");
-    double deadline = time_seconds() + s->timeout_s;
-    for (bool ready = false;; nap()) {
-        cudaError_t rc = cudaEventQuery(s->done);
-        if (rc == cudaSuccess) return true;
-        if (rc != cudaErrorNotReady) return fail(err, "CUDA during NCCL %s: %s", what, cudaGetErrorString(rc));
-        if (!poll_comm(c, what, deadline, &ready, err)) return false;
-    }
+    return wait_comm(c, what, err) && compute_after_comm(state_of(c), err);
 }
 
 static bool nccl_all_reduce(Collectives *c, void *x, size_t n, DType dtype, Error *err) {
@@ -166,21 +174,37 @@ static bool nccl_reduce_scatter(Collectives *c, float *x, size_t n, Error *err) 
 }
 
 // The communication stream waits for the compute issued so far, then reduces;
-// the host waits only until the nonblocking communicator has enqueued it.
+// the host waits only until the nonblocking communicator has enqueued it, the
+// compute stream not at all (until join_reductions).
 static bool nccl_reduce_scatter_range_start(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err) {
     NcclState *s = state_of(c);
     if (!begin_collective(c, "reduce_scatter", err) || !enqueue_reduce_scatter_range(c, x, n, begin, end, err) ||
         !wait_comm(c, "reduce_scatter", err))
         return false;
     s->started++;
+    s->unwaited = true;
     return true;
 }
 
+static bool nccl_join_reductions(Collectives *c, Error *err) { return compute_after_comm(state_of(c), err); }
+
+// The host's one wait: polls an event recorded after every collective issued
+// and the communicator's error until the event completes, the communicator
+// fails or the deadline passes (then it is aborted, and its kernels return).
 static bool nccl_wait(Collectives *c, Error *err) {
     NcclState *s = state_of(c);
-    if (s->started == s->finished) return true;
-    if (!finish(c, "background reduce_scatter", err)) return false;
+    if (!s->unwaited) return true;
+    if (!s->comm) return fail(err, "NCCL on rank %d: the communicator was aborted after an earlier failure", c->rank);
+    CUDA_TRY(cudaEventRecord(s->done, s->stream), "recording the collectives' event");
+    double deadline = time_seconds() + s->timeout_s;
+    for (bool ready = false;; nap()) {
+        cudaError_t rc = cudaEventQuery(s->done);
+        if (rc == cudaSuccess) break;
+        if (rc != cudaErrorNotReady) return fail(err, "CUDA during NCCL collectives: %s", cudaGetErrorString(rc));
+        if (!poll_comm(c, "collectives", deadline, &ready, err)) return false;
+    }
     s->finished = s->started;
+    s->unwaited = false;
     return true;
 }
 
@@ -209,7 +233,7 @@ static bool nccl_broadcast(Collectives *c, void *x, size_t bytes, int root, Erro
 }
 
 static bool nccl_barrier(Collectives *c, Error *err) {
-    return nccl_all_reduce(c, state_of(c)->barrier_scalar, 1, DTYPE_F32, err);
+    return nccl_all_reduce(c, state_of(c)->barrier_scalar, 1, DTYPE_F32, err) && nccl_wait(c, err);
 }
 
 // Finalize (collective: flushes every peer's calls) within the timeout, then
@@ -274,7 +298,8 @@ Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout
     *c = (Collectives){.name = "nccl", .rank = info->rank, .world_size = info->world_size, .state = s,
                        .all_reduce_sum = nccl_all_reduce, .reduce_scatter_sum = nccl_reduce_scatter,
                        .reduce_scatter_range_sum = nccl_reduce_scatter_range,
-                       .reduce_scatter_range_start = nccl_reduce_scatter_range_start, .wait = nccl_wait,
+                       .reduce_scatter_range_start = nccl_reduce_scatter_range_start,
+                       .join_reductions = nccl_join_reductions, .wait = nccl_wait,
                        .reductions_finished = nccl_reductions_finished, .reductions_event = nccl_reductions_event,
                        .all_gather = nccl_all_gather,
                        .broadcast = nccl_broadcast, .barrier = nccl_barrier, .destroy = nccl_destroy};
