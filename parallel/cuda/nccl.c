@@ -20,16 +20,20 @@
 // recorded after everything issued, together with the communicator's error,
 // against the deadline, aborting on a failure. Its callers wait there before
 // any blocking read of device memory, which behind a collective hung on a
-// dead peer would never return. Rank 0 creates the unique id and shares it
-// through the store. The communicator lives on the device ops_cuda selected
-// for this local rank (the calling thread's current device). Run on the
-// emulated CUDA backend (tools/cuda_emu) in CI; not yet on a GPU.
+// dead peer would never return. The CUDA backend's own wait inside a step
+// (the upload staging's) polls nccl_wait_check (kernels/cuda/wait_check.h),
+// which aborts the communicator the same way and keeps the reason for the
+// next call. Rank 0 creates the unique id and shares it through the store.
+// The communicator lives on the device ops_cuda selected for this local rank
+// (the calling thread's current device). Run on the emulated CUDA backend
+// (tools/cuda_emu) in CI; not yet on a GPU.
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "kernels/cuda/wait_check.h"
 #include "parallel/parallel.h"
 
 typedef struct NcclState {
@@ -43,6 +47,8 @@ typedef struct NcclState {
     double timeout_s;
     size_t started, finished;   // background reductions
     bool unwaited;              // collectives issued since the last `wait`
+    bool failed;                // the backend's wait check aborted the communicator: failure says why
+    Error failure;
 } NcclState;
 
 static NcclState *state_of(Collectives *c) { return c->state; }
@@ -107,12 +113,18 @@ static bool after_compute(NcclState *s, Error *err) {
     return true;
 }
 
+// Fails once the communicator is aborted, with the wait check's reason when it aborted it.
+static bool check_usable(Collectives *c, const char *what, Error *err) {
+    NcclState *s = state_of(c);
+    if (s->failed) return *err = s->failure, false;
+    return s->comm ||
+           fail(err, "NCCL %s on rank %d: the communicator was aborted after an earlier failure", what, c->rank);
+}
+
 // Before a collective: the communicator is usable and the collective will
 // run after the compute work that produced its data.
 static bool begin_collective(Collectives *c, const char *what, Error *err) {
-    if (!state_of(c)->comm)
-        return fail(err, "NCCL %s on rank %d: the communicator was aborted after an earlier failure", what, c->rank);
-    return after_compute(state_of(c), err);
+    return check_usable(c, what, err) && after_compute(state_of(c), err);
 }
 
 // The compute stream waits for the communication stream's work so far; the host goes on.
@@ -194,7 +206,7 @@ static bool nccl_join_reductions(Collectives *c, Error *err) { return compute_af
 static bool nccl_wait(Collectives *c, Error *err) {
     NcclState *s = state_of(c);
     if (!s->unwaited) return true;
-    if (!s->comm) return fail(err, "NCCL on rank %d: the communicator was aborted after an earlier failure", c->rank);
+    if (!check_usable(c, "collectives", err)) return false;
     CUDA_TRY(cudaEventRecord(s->done, s->stream), "recording the collectives' event");
     double deadline = time_seconds() + s->timeout_s;
     for (bool ready = false;; nap()) {
@@ -236,11 +248,25 @@ static bool nccl_barrier(Collectives *c, Error *err) {
     return nccl_all_reduce(c, state_of(c)->barrier_scalar, 1, DTYPE_F32, err) && nccl_wait(c, err);
 }
 
+// The CUDA backend's check while its own wait for the compute stream (which
+// may sit behind a collective) lasts: a communicator error, or timeout_s past
+// `since`, aborts the communicator, so the device goes on; `wait` and every
+// later call report why.
+static bool nccl_wait_check(void *context, double since) {
+    Collectives *c = context;
+    NcclState *s = state_of(c);
+    bool ready;
+    if (!s->comm || poll_comm(c, "collectives", since + s->timeout_s, &ready, &s->failure)) return s->comm != NULL;
+    s->failed = true;
+    return false;
+}
+
 // Finalize (collective: flushes every peer's calls) within the timeout, then
 // destroy; after a failure or a timeout, abort, which never waits on a peer.
 static void nccl_destroy(Collectives *c) {
     NcclState *s = state_of(c);
     Error ignored;  // nothing is left to report to: the caller is tearing down
+    if (s->ops) ops_cuda_set_wait_check(NULL, NULL);
     if (s->comm) {
         ncclResult_t rc = ncclCommFinalize(s->comm);
         if ((rc == ncclSuccess || rc == ncclInProgress) && wait_comm(c, "finalize", &ignored))
@@ -287,7 +313,9 @@ static bool nccl_init(Collectives *c, Store *store, const RankInfo *info, Error 
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
     NCCL_TRY(ncclCommInitRankConfig(&s->comm, info->world_size, id, info->rank, &config), "joining the communicator");
-    return wait_comm(c, "joining the communicator", err);
+    if (!wait_comm(c, "joining the communicator", err)) return false;
+    ops_cuda_set_wait_check(nccl_wait_check, c);
+    return true;
 }
 
 Collectives *collectives_nccl(Store *store, const RankInfo *info, double timeout_s, Error *err) {

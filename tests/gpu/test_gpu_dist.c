@@ -318,23 +318,25 @@ static Model *tiny_model(int world, Error *err) {
     return model;
 }
 
-// One step of MICRO micro-batches of this rank's tokens, as train.c runs it;
-// *waits: the host waits from the first micro-batch until the step is issued.
+// Micro-batch `micro` of a step of this rank's tokens: the backward, its gradient reduced.
+static bool tiny_micro_batch(Model *model, Zero *zero, int rank, int step, int micro, Error *err) {
+    int32_t tokens[MODEL_B * MODEL_T], targets[MODEL_B * MODEL_T];
+    int salt = (step * MICRO + micro) * 29 + rank * 13;
+    for (int i = 0; i < MODEL_B * MODEL_T; i++) tokens[i] = (i * 7 + salt) % 200, targets[i] = (i * 5 + salt) % 200;
+    Batch batch = {.B = MODEL_B, .T = MODEL_T, .tokens = tokens, .targets = targets};
+    StepOptions options = {.grad_scale = 1.0f / (MODEL_B * MODEL_T * MICRO), .train = true,
+                           .accumulate_loss = micro > 0, .grads_ready = zero_grads_ready, .grads_ready_context = zero};
+    zero_begin_micro_batch(zero, micro + 1 == MICRO);
+    return model_step(model, &batch, &options, err) && zero_reduce_micro_batch(zero, model_grad_data(model), err);
+}
+
+// One step of MICRO micro-batches, as train.c runs it; *waits: the host
+// waits from the first micro-batch until the step is issued.
 static bool tiny_model_step(Model *model, Zero *zero, int rank, int step, uint64_t *waits, float *norm, Error *err) {
     uint64_t before = host_waits();
     model_zero_grads(model);
-    for (int micro = 0; micro < MICRO; micro++) {
-        int32_t tokens[MODEL_B * MODEL_T], targets[MODEL_B * MODEL_T];
-        int salt = (step * MICRO + micro) * 29 + rank * 13;
-        for (int i = 0; i < MODEL_B * MODEL_T; i++) tokens[i] = (i * 7 + salt) % 200, targets[i] = (i * 5 + salt) % 200;
-        Batch batch = {.B = MODEL_B, .T = MODEL_T, .tokens = tokens, .targets = targets};
-        StepOptions options = {.grad_scale = 1.0f / (MODEL_B * MODEL_T * MICRO), .train = true,
-                               .accumulate_loss = micro > 0, .grads_ready = zero_grads_ready,
-                               .grads_ready_context = zero};
-        zero_begin_micro_batch(zero, micro + 1 == MICRO);
-        if (!model_step(model, &batch, &options, err) || !zero_reduce_micro_batch(zero, model_grad_data(model), err))
-            return false;
-    }
+    for (int micro = 0; micro < MICRO; micro++)
+        if (!tiny_micro_batch(model, zero, rank, step, micro, err)) return false;
     if (!zero_step_issue(zero, model_param_data(model), model_grad_data(model), 1e-2f, err)) return false;
     *waits = host_waits() - before;
     if (!zero_step_norm(zero, norm, err)) return false;
@@ -576,29 +578,55 @@ static bool two_rank_dead_peer(Collectives *c, Error *err) {
 
 enum { HUNG_TIMEOUT_S = 5 };
 
+// Rank 0's part with a silent peer: `steps` a step issued and its norm read,
+// else a micro-batch and then three halves of the upload staging through
+// upload_async, whose wait for the staging sits behind the hung reduction
+// until the backend's wait check aborts the communicator. Either must fail
+// with the timeout's message within a few timeouts, not block forever.
+static bool hung_peer_fails(Collectives *c, bool steps, Error *err) {
+    int rank = c->rank;
+    Model *model = tiny_model(c->world_size, err);
+    Zero *zero = model ? tiny_model_zero(model, c, true, err) : NULL;
+    size_t bytes = CUDA_UPLOAD_STAGING_BYTES / 2 * 3;
+    unsigned char *host = calloc(bytes, 1), *device = gpu_alloc(bytes);
+    double start = time_seconds();
+    uint64_t waits;
+    float norm;
+    bool done = zero && steps && tiny_model_step(model, zero, rank, 0, &waits, &norm, err);
+    if (zero && !steps) {
+        model_zero_grads(model);
+        done = tiny_micro_batch(model, zero, rank, 0, 0, err);
+        if (done) gpu->upload_async(gpu, device, host, bytes);
+        done = done && zero_wait(zero, err);
+    }
+    double waited = time_seconds() - start;
+    printf("rank 0, peer hung: %s %s after %.1f s: %s\n", steps ? "the step" : "an upload past the staging",
+           done ? "returned" : "failed", waited, done ? "" : err->message);
+    bool ok = zero && !done && waited < 3 * HUNG_TIMEOUT_S && strstr(err->message, "did not finish within");
+    gpu->free(gpu, device), free(host);
+    zero_destroy(zero), model_destroy(model);
+    CHECK(ok);
+    return true;
+}
+
 // Rank 1 joins and then stays silent past the timeout; rank 0's ZeRO-2 step
 // is issued without a host wait, and reading its norm fails within the
 // timeout (the communicator aborted), not blocks forever.
 static bool two_rank_hung_peer(Collectives *c, Error *err) {
-    int rank = c->rank;
-    if (rank == 1) {
+    if (c->rank == 1) {
         sleep(HUNG_TIMEOUT_S + 3);
         _exit(0);
     }
-    Model *model = tiny_model(c->world_size, err);
-    Zero *zero = model ? tiny_model_zero(model, c, true, err) : NULL;
-    bool ok = zero != NULL;
-    double start = time_seconds();
-    uint64_t waits;
-    float norm;
-    bool stepped = ok && tiny_model_step(model, zero, rank, 0, &waits, &norm, err);
-    double waited = time_seconds() - start;
-    printf("rank 0, peer hung: the step %s after %.1f s: %s\n", stepped ? "returned" : "failed", waited,
-           stepped ? "" : err->message);
-    ok = ok && !stepped && waited < 3 * HUNG_TIMEOUT_S && strstr(err->message, "did not finish within");
-    zero_destroy(zero), model_destroy(model);
-    CHECK(ok);
-    return true;
+    return hung_peer_fails(c, true, err);
+}
+
+// The same with the upload staging's wait in the way.
+static bool two_rank_hung_peer_upload(Collectives *c, Error *err) {
+    if (c->rank == 1) {
+        sleep(HUNG_TIMEOUT_S + 3);
+        _exit(0);
+    }
+    return hung_peer_fails(c, false, err);
 }
 
 typedef bool (*RankScenario)(Collectives *c, Error *err);
@@ -608,6 +636,7 @@ static RankScenario scenario_named(const char *name) {
     if (strcmp(name, "zero") == 0) return two_rank_zero;
     if (strcmp(name, "dead-peer") == 0) return two_rank_dead_peer;
     if (strcmp(name, "hung-peer") == 0) return two_rank_hung_peer;
+    if (strcmp(name, "hung-peer-upload") == 0) return two_rank_hung_peer_upload;
     if (strcmp(name, "no-host-wait") == 0) return steps_without_host_waits;
     return NULL;
 }
@@ -622,9 +651,9 @@ static int run_rank(const char *scenario_name) {
         fprintf(stderr, "rank: cannot run scenario %s: %s\n", scenario_name, err.message);
         return 1;
     }
-    double timeout_s = strcmp(scenario_name, "dead-peer") == 0   ? 10
-                       : strcmp(scenario_name, "hung-peer") == 0 ? HUNG_TIMEOUT_S
-                                                                 : 60;
+    double timeout_s = strcmp(scenario_name, "dead-peer") == 0       ? 10
+                       : strncmp(scenario_name, "hung-peer", 9) == 0 ? HUNG_TIMEOUT_S
+                                                                     : 60;
     Store *store = store_create(&info, timeout_s, &err);
     Collectives *nccl = store ? collectives_nccl(store, &info, timeout_s, &err) : NULL;
     bool ok = nccl && scenario(nccl, &err);
@@ -688,6 +717,11 @@ static void test_nccl_two_ranks_hung_peer_is_an_error(void **state) {
     assert_int_equal(run_two_ranks("hung-peer"), 0);
 }
 
+static void test_nccl_two_ranks_hung_peer_behind_the_upload_staging_is_an_error(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("hung-peer-upload"), 0);
+}
+
 static void test_nccl_two_ranks_step_issues_without_host_waits(void **state) {
     if (!two_devices_or_skip()) skip();
     assert_int_equal(run_two_ranks("no-host-wait"), 0);
@@ -705,6 +739,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_nccl_two_ranks_zero_follows_one_rank),
         cmocka_unit_test(test_nccl_two_ranks_dead_peer_is_an_error),
         cmocka_unit_test(test_nccl_two_ranks_hung_peer_is_an_error),
+        cmocka_unit_test(test_nccl_two_ranks_hung_peer_behind_the_upload_staging_is_an_error),
         cmocka_unit_test(test_nccl_step_issues_without_host_waits),
         cmocka_unit_test(test_nccl_two_ranks_step_issues_without_host_waits),
     };
