@@ -315,7 +315,9 @@ static bool run_entry(CUstream_st *s) {
 // streams whose next entry may run in the schedule's order. Blocking: waits
 // (napping) while the only runnable work waits on another process;
 // nonblocking: returns false then. False too after a fault.
-static uint64_t host_waits;  // drives (waits and polls) that found work to wait for, and NCCL polls in progress
+// Per thread: drives (waits and polls) that found work to wait for, and NCCL
+// polls in progress; a watchdog thread's polls are not the calling thread's waits.
+static thread_local uint64_t host_waits;
 
 void count_host_wait() { host_waits++; }
 
