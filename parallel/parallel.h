@@ -105,9 +105,10 @@ struct Collectives {
     // the CPU waits for them as `wait` does.
     bool (*join_reductions)(Collectives *c, Error *err);
     // Waits on the host until every collective issued has run; fails with the
-    // first error. NCCL: a peer that died or hung fails it within the timeout
-    // (counted from the call, so it covers the device work queued ahead too)
-    // and the communicator is aborted, so no later device work waits on it.
+    // first error. NCCL: a peer that died or hung fails it once its watchdog
+    // thread has aborted the communicator (on its error, or a collective
+    // without progress for the timeout, waited for or not), so no later
+    // device work waits on it.
     // Call before a blocking host read of anything a collective, or compute
     // ordered after one, writes: behind a hung collective that read never returns.
     bool (*wait)(Collectives *c, Error *err);

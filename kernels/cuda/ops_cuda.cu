@@ -5,10 +5,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "cuda_common.cuh"
-#include "wait_check.h"
 
 // ----------------------------------------------------------------------------
 // sticky error: the first failure since the last check. Process-wide, as the
@@ -147,40 +145,19 @@ static void download(const Ops *ops, void *dst_host, const void *src, size_t byt
     cudaCheck(cudaStreamSynchronize(ctx->stream));
 }
 
-// The check the staging's wait polls (wait_check.h); NULL: none.
-static CudaWaitCheck wait_check;
-static void *wait_check_context;
-
-extern "C" void ops_cuda_set_wait_check(CudaWaitCheck check, void *context) {
-    wait_check = check;
-    wait_check_context = context;
-}
-
-// Waits for an event of the compute stream. With a check, polls: the stream
-// may sit behind a collective of a hung peer until the check aborts it.
-static bool wait_for_event(cudaEvent_t event) {
-    if (!wait_check) return cudaCheck(cudaEventSynchronize(event));
-    double since = time_seconds();
-    struct timespec nap = {0, 100 * 1000};
-    for (bool checking = true;; nanosleep(&nap, NULL)) {
-        cudaError_t status = cudaEventQuery(event);
-        if (status != cudaErrorNotReady) return cudaCheck(status);
-        if (checking) checking = wait_check(wait_check_context, since);
-    }
-}
-
 // upload_async copies from pinned staging: a cudaMemcpyAsync from pageable
 // memory would be synchronous, and the caller's buffer may change once we
 // return. The staging is two halves taken in turn. A half is refilled only
 // once the stream has run its last copy (the event recorded after it): the
 // host waits there only when it is a whole half of uploads (several
 // micro-batches of tokens, targets and positions, or one of large images)
-// ahead of the stream, polling the wait check.
+// ahead of the stream. Behind a collective of a hung peer that wait ends
+// when NCCL's watchdog aborts the communicator (parallel/cuda/nccl.c).
 static unsigned char *upload_staging_take(CudaContext *ctx, size_t bytes) {
     if (ctx->upload_used + bytes > CUDA_UPLOAD_STAGING_BYTES / 2) {
         ctx->upload_half ^= 1;
         ctx->upload_used = 0;
-        if (!wait_for_event(ctx->upload_done[ctx->upload_half])) return NULL;
+        if (!cudaCheck(cudaEventSynchronize(ctx->upload_done[ctx->upload_half]))) return NULL;
     }
     unsigned char *slot = ctx->upload_staging + ctx->upload_half * (CUDA_UPLOAD_STAGING_BYTES / 2) + ctx->upload_used;
     ctx->upload_used += bytes;

@@ -581,7 +581,7 @@ enum { HUNG_TIMEOUT_S = 5 };
 // Rank 0's part with a silent peer: `steps` a step issued and its norm read,
 // else a micro-batch and then three halves of the upload staging through
 // upload_async, whose wait for the staging sits behind the hung reduction
-// until the backend's wait check aborts the communicator. Either must fail
+// until NCCL's watchdog aborts the communicator. Either must fail
 // with the timeout's message within a few timeouts, not block forever.
 static bool hung_peer_fails(Collectives *c, bool steps, Error *err) {
     int rank = c->rank;
