@@ -15,25 +15,26 @@
 // later collective is queued behind it on the same stream; reductions_event
 // lets the backend's copy stream wait for the reductions started so far.
 // A watchdog thread per communicator (as PyTorch's ProcessGroupNCCL's) looks
-// every WATCH_INTERVAL_MS at the communicator's error and at an event
-// recorded after each collective: an error, or a collective that has been the
-// oldest unfinished one for more than timeout_s, aborts the communicator, so
-// its kernels return and the streams behind them go on (and with them a host
-// blocked in a kernel launch on a full launch queue, or in the upload
-// staging's wait), and keeps the reason for the next call. The timeout thus
-// measures time without progress of the collectives, not the length of a
-// step. Thread invariants: `lock` guards the communicator, the failure and
-// the watchdog's ring; the main thread holds it while it calls NCCL, so an
-// abort never races a collective's enqueue, and stops and joins the watchdog
-// before it finalizes or destroys. Once aborted, the communicator is not used
-// again: every call returns the reason kept. The host waits only in `wait`
-// (and barrier, destroy): it polls an event recorded after everything issued
-// and the watchdog's verdict. Its callers wait there before any blocking read
-// of device memory. Rank 0 creates the unique id and shares it through the
-// store. The communicator lives on the device ops_cuda selected for this
-// local rank (the calling thread's current device; the watchdog selects it
-// too). Run on the emulated CUDA backend (tools/cuda_emu) in CI; not yet on
-// a GPU.
+// every WATCH_INTERVAL_MS at the communicator's error and at two events per
+// collective, on the compute stream where its data is ready and after it: an
+// error, or a collective that has been the oldest unfinished one, its data
+// ready, for more than timeout_s, aborts the communicator, so its kernels
+// return and the streams behind them go on (and with them a host blocked in
+// a kernel launch on a full launch queue, or in the upload staging's wait),
+// and keeps the reason for the next call. The timeout thus measures how long
+// a collective waits on its peers, not the length of a step or of the compute
+// between collectives. Thread invariants: `lock` guards the communicator, the
+// failure and the watchdog's events; the main thread holds it while it calls
+// NCCL, so an abort never races a collective's enqueue, and stops and joins
+// the watchdog before it finalizes or destroys. Once aborted, the
+// communicator is not used again: every call returns the reason kept. The
+// host waits only in `wait` (and barrier, destroy): it polls an event
+// recorded after everything issued and the watchdog's verdict. Its callers
+// wait there before any blocking read of device memory. Rank 0 creates the
+// unique id and shares it through the store. The communicator lives on the
+// device ops_cuda selected for this local rank (the calling thread's current
+// device; the watchdog selects it too). Run on the emulated CUDA backend
+// (tools/cuda_emu) in CI; not yet on a GPU.
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <pthread.h>
@@ -49,13 +50,14 @@ enum { WATCH_RING = 64, WATCH_INTERVAL_MS = 50 };
 typedef struct NcclState {
     // Guarded by lock, shared by the main thread and the watchdog:
     pthread_mutex_t lock;
-    ncclComm_t comm;               // NULL once aborted
-    bool failed;                   // aborted: failure says why
+    ncclComm_t comm;                // NULL once aborted
+    bool failed;                    // aborted: failure says why
     Error failure;
-    cudaEvent_t ring[WATCH_RING];  // recorded after collectives; [seen, tracked) not yet seen complete
+    cudaEvent_t began[WATCH_RING];  // on the compute stream where a collective's data is ready
+    cudaEvent_t ended[WATCH_RING];  // after it; [seen, tracked) not yet seen complete
     size_t tracked, seen;
-    double oldest_since;           // when the oldest unfinished collective became the oldest
-    bool stopping;                 // destroy asks the watchdog to return
+    double running_since;           // since when the oldest unfinished collective is the oldest, its data ready
+    bool stopping;                  // destroy asks the watchdog to return
     // The main thread's:
     pthread_t watchdog;
     bool watching;
@@ -147,21 +149,31 @@ static bool wait_comm(Collectives *c, const char *what, Error *err) {
     }
 }
 
+// Whether an event has completed; an error fails.
+static bool query(Collectives *c, cudaEvent_t event, bool *done, Error *err) {
+    cudaError_t rc = cudaEventQuery(event);
+    *done = rc == cudaSuccess;
+    return *done || rc == cudaErrorNotReady ||
+           fail(err, "CUDA during NCCL collectives on rank %d: %s", c->rank, cudaGetErrorString(rc));
+}
+
 // Lock held. Retires the collectives seen complete; fails on the
 // communicator's error, or when the oldest unfinished collective has been
-// the oldest for more than timeout_s.
+// the oldest, its data ready, for more than timeout_s. Before its data is
+// ready the device computes, which waits on no peer.
 static bool watch(Collectives *c, Error *err) {
     NcclState *s = state_of(c);
     ncclResult_t state;
+    bool done;
     if (!comm_state(c, "collectives", &state, err)) return false;
-    for (; s->seen < s->tracked; s->seen++, s->oldest_since = time_seconds()) {
-        cudaError_t rc = cudaEventQuery(s->ring[s->seen % WATCH_RING]);
-        if (rc == cudaErrorNotReady) break;
-        if (rc != cudaSuccess)
-            return fail(err, "CUDA during NCCL collectives on rank %d: %s", c->rank, cudaGetErrorString(rc));
+    for (; s->seen < s->tracked; s->seen++, s->running_since = time_seconds()) {
+        if (!query(c, s->ended[s->seen % WATCH_RING], &done, err)) return false;
+        if (!done) break;
     }
-    return s->seen == s->tracked || time_seconds() - s->oldest_since <= s->timeout_s ||
-           timed_out(c, "collectives", err);
+    if (s->seen == s->tracked) return true;
+    if (!query(c, s->began[s->seen % WATCH_RING], &done, err)) return false;
+    if (!done) s->running_since = time_seconds();
+    return time_seconds() - s->running_since <= s->timeout_s || timed_out(c, "collectives", err);
 }
 
 // The watchdog thread: every WATCH_INTERVAL_MS, until destroy stops it,
@@ -230,12 +242,17 @@ static bool compute_after_comm(NcclState *s, Error *err) {
     return true;
 }
 
-// Lock held. An event after the collective just enqueued, for the watchdog;
-// with the ring full, the newest is recorded again and stands for this one too.
+// Lock held, right after a collective's enqueue (nothing was issued on the
+// compute stream since after_compute): its events for the watchdog. With the
+// ring full, the newest slot's end is recorded again and stands for this one too.
 static bool track(NcclState *s, Error *err) {
-    if (s->tracked == s->seen) s->oldest_since = time_seconds();
-    if (s->tracked - s->seen < WATCH_RING) s->tracked++;
-    CUDA_TRY(cudaEventRecord(s->ring[(s->tracked - 1) % WATCH_RING], s->stream), "recording the watchdog's event");
+    if (s->tracked == s->seen) s->running_since = time_seconds();
+    if (s->tracked - s->seen < WATCH_RING) {
+        cudaStream_t compute = (cudaStream_t)s->ops->stream(s->ops);
+        CUDA_TRY(cudaEventRecord(s->began[s->tracked % WATCH_RING], compute), "recording the watchdog's event");
+        s->tracked++;
+    }
+    CUDA_TRY(cudaEventRecord(s->ended[(s->tracked - 1) % WATCH_RING], s->stream), "recording the watchdog's event");
     return true;
 }
 
@@ -402,8 +419,10 @@ static void nccl_destroy(Collectives *c) {
         abort_for(s, &ignored);
     if (s->stream) (void)cudaStreamSynchronize(s->stream); // after abort too: its collectives have returned
     if (s->barrier_scalar) (void)cudaFree(s->barrier_scalar);
-    for (int i = 0; i < WATCH_RING; i++)
-        if (s->ring[i]) (void)cudaEventDestroy(s->ring[i]);
+    for (int i = 0; i < WATCH_RING; i++) {
+        if (s->began[i]) (void)cudaEventDestroy(s->began[i]);
+        if (s->ended[i]) (void)cudaEventDestroy(s->ended[i]);
+    }
     if (s->done) (void)cudaEventDestroy(s->done);
     if (s->compute_ready) (void)cudaEventDestroy(s->compute_ready);
     if (s->reduced) (void)cudaEventDestroy(s->reduced);
@@ -435,8 +454,10 @@ static bool nccl_init(Collectives *c, Store *store, const RankInfo *info, Error 
     CUDA_TRY(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming), "creating the communication event");
     CUDA_TRY(cudaEventCreateWithFlags(&s->compute_ready, cudaEventDisableTiming), "creating the compute event");
     CUDA_TRY(cudaEventCreateWithFlags(&s->reduced, cudaEventDisableTiming), "creating the reductions' event");
-    for (int i = 0; i < WATCH_RING; i++)
-        CUDA_TRY(cudaEventCreateWithFlags(&s->ring[i], cudaEventDisableTiming), "creating the watchdog's events");
+    for (int i = 0; i < WATCH_RING; i++) {
+        CUDA_TRY(cudaEventCreateWithFlags(&s->began[i], cudaEventDisableTiming), "creating the watchdog's events");
+        CUDA_TRY(cudaEventCreateWithFlags(&s->ended[i], cudaEventDisableTiming), "creating the watchdog's events");
+    }
     CUDA_TRY(cudaMalloc((void **)&s->barrier_scalar, sizeof *s->barrier_scalar), "allocating the barrier's scalar");
     CUDA_TRY(cudaMemsetAsync(s->barrier_scalar, 0, sizeof *s->barrier_scalar, s->stream),
              "zeroing the barrier's scalar");
