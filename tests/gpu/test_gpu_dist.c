@@ -21,7 +21,10 @@
 // are issued without one host wait (on the emulation, which counts every wait
 // and poll that finds work pending); zero_step_norm's read is the step's
 // wait; both runs train the same bits. A peer that dies, or hangs, fails that
-// wait (and Collectives.wait) within the timeout with a message.
+// wait (and Collectives.wait) within the timeout with a message; a hung one
+// also while rank 0 does not wait (NCCL's watchdog thread aborts the
+// communicator, the next wait fails at once), and a slow one whose
+// collectives keep completing is not aborted past the timeout.
 // On a GPU the two ranks need two devices (LORA_TEST_TWO_GPUS=1); the
 // emulated backend always runs them.
 // Without a usable CUDA device the program prints why and exits 77 (skipped).
@@ -629,6 +632,60 @@ static bool two_rank_hung_peer_upload(Collectives *c, Error *err) {
     return hung_peer_fails(c, false, err);
 }
 
+// Rank 1 stays silent; rank 0 issues an all-reduce and then sleeps past the
+// timeout without waiting (as a host blocked in a kernel launch behind the
+// hung collective would): the watchdog aborts the communicator meanwhile, so
+// the next wait fails at once with the timeout's message, and so does the next collective.
+static bool two_rank_hung_peer_unwaited(Collectives *c, Error *err) {
+    int rank = c->rank;
+    if (rank == 1) {
+        sleep(HUNG_TIMEOUT_S + 3);
+        _exit(0);
+    }
+    float *x = gpu_alloc(N * sizeof(float));
+    gpu->zero(gpu, x, N * sizeof(float));
+    CHECK(c->all_reduce_sum(c, x, N, DTYPE_F32, err));
+    sleep(HUNG_TIMEOUT_S + 2);
+    double start = time_seconds();
+    bool reduced = c->wait(c, err);
+    double waited = time_seconds() - start;
+    printf("rank 0, peer hung, no wait until %d s: the wait %s after %.2f s: %s\n", HUNG_TIMEOUT_S + 2,
+           reduced ? "returned" : "failed", waited, reduced ? "" : err->message);
+    bool ok = !reduced && waited < 0.5 && strstr(err->message, "did not finish within");
+    Error again;
+    ok = ok && !c->all_reduce_sum(c, x, N, DTYPE_F32, &again) && strcmp(again.message, err->message) == 0;
+    gpu->free(gpu, x);
+    CHECK(ok);
+    return true;
+}
+
+enum { SLOW_TIMEOUT_S = 2, SLOW_COLLECTIVES = 4 };
+
+// Rank 1 issues each of SLOW_COLLECTIVES all-reduces 1 s after the one
+// before (a long step, but its collectives keep completing); rank 0 issues
+// them all at once and waits past the 2 s timeout: the watchdog measures each
+// collective's wait on its peer, so nothing is aborted, and the sums are right.
+static bool two_rank_slow_peer(Collectives *c, Error *err) {
+    int rank = c->rank;
+    float ones[SLOW_COLLECTIVES], sums[SLOW_COLLECTIVES];
+    for (int i = 0; i < SLOW_COLLECTIVES; i++) ones[i] = 1;
+    float *x = gpu_copy(ones, sizeof ones);
+    double start = time_seconds();
+    for (int i = 0; i < SLOW_COLLECTIVES; i++) {
+        if (rank == 1) sleep(1);
+        CHECK(c->all_reduce_sum(c, x + i, 1, DTYPE_F32, err));
+    }
+    bool reduced = c->wait(c, err);
+    double waited = time_seconds() - start;
+    if (reduced) gpu->download(gpu, sums, x, sizeof sums);
+    printf("rank %d, slow peer: %d all-reduces over %.1f s (timeout %d s): %s%s\n", rank, SLOW_COLLECTIVES, waited,
+           SLOW_TIMEOUT_S, reduced ? "reduced" : "failed: ", reduced ? "" : err->message);
+    gpu->free(gpu, x);
+    CHECK(reduced && waited > SLOW_TIMEOUT_S);
+    for (int i = 0; i < SLOW_COLLECTIVES; i++) CHECK(sums[i] == 2);
+    return true;
+}
+
 typedef bool (*RankScenario)(Collectives *c, Error *err);
 
 static RankScenario scenario_named(const char *name) {
@@ -637,6 +694,8 @@ static RankScenario scenario_named(const char *name) {
     if (strcmp(name, "dead-peer") == 0) return two_rank_dead_peer;
     if (strcmp(name, "hung-peer") == 0) return two_rank_hung_peer;
     if (strcmp(name, "hung-peer-upload") == 0) return two_rank_hung_peer_upload;
+    if (strcmp(name, "hung-peer-unwaited") == 0) return two_rank_hung_peer_unwaited;
+    if (strcmp(name, "slow-peer") == 0) return two_rank_slow_peer;
     if (strcmp(name, "no-host-wait") == 0) return steps_without_host_waits;
     return NULL;
 }
@@ -653,6 +712,7 @@ static int run_rank(const char *scenario_name) {
     }
     double timeout_s = strcmp(scenario_name, "dead-peer") == 0       ? 10
                        : strncmp(scenario_name, "hung-peer", 9) == 0 ? HUNG_TIMEOUT_S
+                       : strcmp(scenario_name, "slow-peer") == 0       ? SLOW_TIMEOUT_S
                                                                      : 60;
     Store *store = store_create(&info, timeout_s, &err);
     Collectives *nccl = store ? collectives_nccl(store, &info, timeout_s, &err) : NULL;
@@ -722,6 +782,16 @@ static void test_nccl_two_ranks_hung_peer_behind_the_upload_staging_is_an_error(
     assert_int_equal(run_two_ranks("hung-peer-upload"), 0);
 }
 
+static void test_nccl_two_ranks_hung_peer_is_aborted_without_a_wait(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("hung-peer-unwaited"), 0);
+}
+
+static void test_nccl_two_ranks_slow_peer_is_not_aborted(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("slow-peer"), 0);
+}
+
 static void test_nccl_two_ranks_step_issues_without_host_waits(void **state) {
     if (!two_devices_or_skip()) skip();
     assert_int_equal(run_two_ranks("no-host-wait"), 0);
@@ -740,6 +810,8 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_nccl_two_ranks_dead_peer_is_an_error),
         cmocka_unit_test(test_nccl_two_ranks_hung_peer_is_an_error),
         cmocka_unit_test(test_nccl_two_ranks_hung_peer_behind_the_upload_staging_is_an_error),
+        cmocka_unit_test(test_nccl_two_ranks_hung_peer_is_aborted_without_a_wait),
+        cmocka_unit_test(test_nccl_two_ranks_slow_peer_is_not_aborted),
         cmocka_unit_test(test_nccl_step_issues_without_host_waits),
         cmocka_unit_test(test_nccl_two_ranks_step_issues_without_host_waits),
     };
