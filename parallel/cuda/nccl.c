@@ -16,25 +16,28 @@
 // lets the backend's copy stream wait for the reductions started so far.
 // A watchdog thread per communicator (as PyTorch's ProcessGroupNCCL's) looks
 // every WATCH_INTERVAL_MS at the communicator's error and at two events per
-// collective, on the compute stream where its data is ready and after it: an
-// error, or a collective that has been the oldest unfinished one, its data
-// ready, for more than timeout_s, aborts the communicator, so its kernels
-// return and the streams behind them go on (and with them a host blocked in
-// a kernel launch on a full launch queue, or in the upload staging's wait),
-// and keeps the reason for the next call. The timeout thus measures how long
-// a collective waits on its peers, not the length of a step or of the compute
-// between collectives. Thread invariants: `lock` guards the communicator, the
-// failure and the watchdog's events; the main thread holds it while it calls
-// NCCL, so an abort never races a collective's enqueue, and stops and joins
-// the watchdog before it finalizes or destroys. Once aborted, the
-// communicator is not used again: every call returns the reason kept. The
-// host waits only in `wait` (and barrier, destroy): it polls an event
-// recorded after everything issued and the watchdog's verdict. Its callers
-// wait there before any blocking read of device memory. Rank 0 creates the
-// unique id and shares it through the store. The communicator lives on the
-// device ops_cuda selected for this local rank (the calling thread's current
-// device; the watchdog selects it too). Run on the emulated CUDA backend
-// (tools/cuda_emu) in CI; not yet on a GPU.
+// collective, on the communication stream where it begins (its data ready,
+// the collectives before it done) and after it: an error, or a collective
+// that has been the oldest unfinished one, begun, for more than timeout_s,
+// aborts the communicator, so its kernels return and the streams behind them
+// go on (and with them a host blocked in a kernel launch on a full launch
+// queue, or in the upload staging's wait), and keeps the reason for the next
+// call. The timeout thus measures how long a collective waits on its peers,
+// not the length of a step or of the compute between collectives. Thread
+// invariants: `lock` guards the communicator, the failure and the watchdog's
+// events; the main thread holds it while it calls NCCL, so an abort never
+// races a collective's enqueue, but not while it issues work on the compute
+// stream, where a full launch queue blocks the host until the watchdog's
+// abort lets the device go on; it stops and joins the watchdog before it
+// finalizes or destroys. Once aborted, the communicator is not used again:
+// every call returns the reason kept. The host waits only in `wait` (and
+// barrier, destroy): it polls an event recorded after everything issued and
+// the watchdog's verdict. Its callers wait there before any blocking read of
+// device memory. Rank 0 creates the unique id and shares it through the
+// store. The communicator lives on the device ops_cuda selected for this
+// local rank (the calling thread's current device; the watchdog selects it
+// too). Run on the emulated CUDA backend (tools/cuda_emu) in CI; not yet on
+// a GPU.
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <pthread.h>
@@ -53,10 +56,10 @@ typedef struct NcclState {
     ncclComm_t comm;                // NULL once aborted
     bool failed;                    // aborted: failure says why
     Error failure;
-    cudaEvent_t began[WATCH_RING];  // on the compute stream where a collective's data is ready
+    cudaEvent_t began[WATCH_RING];  // on the communication stream before a collective
     cudaEvent_t ended[WATCH_RING];  // after it; [seen, tracked) not yet seen complete
     size_t tracked, seen;
-    double running_since;           // since when the oldest unfinished collective is the oldest, its data ready
+    double running_since;           // since when the oldest unfinished collective has been the oldest and begun
     bool stopping;                  // destroy asks the watchdog to return
     // The main thread's:
     pthread_t watchdog;
@@ -159,8 +162,8 @@ static bool query(Collectives *c, cudaEvent_t event, bool *done, Error *err) {
 
 // Lock held. Retires the collectives seen complete; fails on the
 // communicator's error, or when the oldest unfinished collective has been
-// the oldest, its data ready, for more than timeout_s. Before its data is
-// ready the device computes, which waits on no peer.
+// the oldest and begun for more than timeout_s. Before it begins the device
+// computes its data, which waits on no peer.
 static bool watch(Collectives *c, Error *err) {
     NcclState *s = state_of(c);
     ncclResult_t state;
@@ -212,6 +215,8 @@ static void stop_watchdog(NcclState *s) {
     s->watching = false;
 }
 
+// Not under the lock, as compute_after_comm: a full launch queue may block a
+// push on the compute stream until the watchdog's abort lets the device go on.
 // Orders the communication stream after the compute work issued so far.
 static bool after_compute(NcclState *s, Error *err) {
     cudaStream_t compute = (cudaStream_t)s->ops->stream(s->ops);
@@ -227,10 +232,15 @@ static bool check_usable(Collectives *c, Error *err) {
     return true;
 }
 
-// Lock held. Before a collective: the communicator is usable and the
-// collective will run after the compute work that produced its data.
+// Lock held, after after_compute. Before a collective: the communicator is
+// usable; the event where it begins, for the watchdog (none with the ring
+// full: the newest slot then stands for it, see track).
 static bool begin_collective(Collectives *c, Error *err) {
-    return check_usable(c, err) && after_compute(state_of(c), err);
+    NcclState *s = state_of(c);
+    if (!check_usable(c, err)) return false;
+    if (s->tracked - s->seen < WATCH_RING)
+        CUDA_TRY(cudaEventRecord(s->began[s->tracked % WATCH_RING], s->stream), "recording the watchdog's event");
+    return true;
 }
 
 // The compute stream waits for the communication stream's work so far; the host goes on.
@@ -242,31 +252,27 @@ static bool compute_after_comm(NcclState *s, Error *err) {
     return true;
 }
 
-// Lock held, right after a collective's enqueue (nothing was issued on the
-// compute stream since after_compute): its events for the watchdog. With the
-// ring full, the newest slot's end is recorded again and stands for this one too.
+// Lock held (since begin_collective), right after a collective's enqueue:
+// the event after it, for the watchdog. With the ring full, the newest
+// slot's end is recorded again and stands for this one too.
 static bool track(NcclState *s, Error *err) {
     if (s->tracked == s->seen) s->running_since = time_seconds();
-    if (s->tracked - s->seen < WATCH_RING) {
-        cudaStream_t compute = (cudaStream_t)s->ops->stream(s->ops);
-        CUDA_TRY(cudaEventRecord(s->began[s->tracked % WATCH_RING], compute), "recording the watchdog's event");
-        s->tracked++;
-    }
+    if (s->tracked - s->seen < WATCH_RING) s->tracked++;
     CUDA_TRY(cudaEventRecord(s->ended[(s->tracked - 1) % WATCH_RING], s->stream), "recording the watchdog's event");
     return true;
 }
 
 // Lock held. After a collective: waits until the communicator has enqueued
-// it (not until it runs), shows it to the watchdog and orders the later
-// compute after it.
+// it (not until it runs) and shows it to the watchdog.
 static bool finish(Collectives *c, const char *what, Error *err) {
-    return wait_comm(c, what, err) && track(state_of(c), err) && compute_after_comm(state_of(c), err);
+    return wait_comm(c, what, err) && track(state_of(c), err);
 }
 
 static bool nccl_all_reduce(Collectives *c, void *x, size_t n, DType dtype, Error *err) {
     if (dtype != DTYPE_F32 && dtype != DTYPE_F64)
         return fail(err, "all_reduce_sum: dtype %s is not F32 or F64", dtype_name(dtype));
     NcclState *s = state_of(c);
+    if (!after_compute(s, err)) return false;
     lock(s);
     bool ok =
         begin_collective(c, err) &&
@@ -274,7 +280,7 @@ static bool nccl_all_reduce(Collectives *c, void *x, size_t n, DType dtype, Erro
                 "all_reduce", err) &&
         finish(c, "all_reduce", err);
     unlock(s);
-    return ok;
+    return ok && compute_after_comm(s, err);
 }
 
 // Lock held. A bucket: one grouped reduce per owner of a piece of x[begin,
@@ -298,11 +304,12 @@ static bool enqueue_reduce_scatter_range(Collectives *c, float *x, size_t n, siz
 
 static bool nccl_reduce_scatter_range(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err) {
     NcclState *s = state_of(c);
+    if (!after_compute(s, err)) return false;
     lock(s);
     bool ok = begin_collective(c, err) && enqueue_reduce_scatter_range(c, x, n, begin, end, err) &&
               finish(c, "reduce_scatter", err);
     unlock(s);
-    return ok;
+    return ok && compute_after_comm(s, err);
 }
 
 // Equal shards of the padded buffer: rank r's block [r S, (r + 1) S) of x
@@ -311,6 +318,7 @@ static bool nccl_reduce_scatter_range(Collectives *c, float *x, size_t n, size_t
 static bool nccl_reduce_scatter(Collectives *c, float *x, size_t n, Error *err) {
     NcclState *s = state_of(c);
     size_t shard = dist_padded_size(n, c->world_size) / (size_t)c->world_size;
+    if (!after_compute(s, err)) return false;
     lock(s);
     bool ok =
         begin_collective(c, err) &&
@@ -318,7 +326,7 @@ static bool nccl_reduce_scatter(Collectives *c, float *x, size_t n, Error *err) 
                 "reduce_scatter", err) &&
         finish(c, "reduce_scatter", err);
     unlock(s);
-    return ok;
+    return ok && compute_after_comm(s, err);
 }
 
 // The communication stream waits for the compute issued so far, then reduces;
@@ -326,6 +334,7 @@ static bool nccl_reduce_scatter(Collectives *c, float *x, size_t n, Error *err) 
 // compute stream not at all (until join_reductions).
 static bool nccl_reduce_scatter_range_start(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err) {
     NcclState *s = state_of(c);
+    if (!after_compute(s, err)) return false;
     lock(s);
     bool ok = begin_collective(c, err) && enqueue_reduce_scatter_range(c, x, n, begin, end, err) &&
               wait_comm(c, "reduce_scatter", err) && track(s, err);
@@ -359,9 +368,9 @@ static bool nccl_wait(Collectives *c, Error *err) {
     NcclState *s = state_of(c);
     if (!s->unwaited) return true;
     lock(s);
-    bool ok =
-        check_usable(c, err) && cuda_ok(cudaEventRecord(s->done, s->stream), "recording the collectives' event", err);
+    bool ok = check_usable(c, err);
     unlock(s);
+    ok = ok && cuda_ok(cudaEventRecord(s->done, s->stream), "recording the collectives' event", err);
     bool done = false;
     while (ok && (ok = collectives_done(c, &done, err)) && !done) nap();
     if (!ok) return false;
@@ -383,23 +392,25 @@ static bool nccl_reductions_event(Collectives *c, void **event, Error *err) {
 static bool nccl_all_gather(Collectives *c, float *x, size_t n, Error *err) {
     NcclState *s = state_of(c);
     size_t shard = dist_padded_size(n, c->world_size) / (size_t)c->world_size;
+    if (!after_compute(s, err)) return false;
     lock(s);
     bool ok = begin_collective(c, err) &&
               nccl_ok(ncclAllGather(x + (size_t)c->rank * shard, x, shard, ncclFloat32, s->comm, s->stream),
                       "all_gather", err) &&
               finish(c, "all_gather", err);
     unlock(s);
-    return ok;
+    return ok && compute_after_comm(s, err);
 }
 
 static bool nccl_broadcast(Collectives *c, void *x, size_t bytes, int root, Error *err) {
     NcclState *s = state_of(c);
+    if (!after_compute(s, err)) return false;
     lock(s);
     bool ok = begin_collective(c, err) &&
               nccl_ok(ncclBroadcast(x, x, bytes, ncclUint8, root, s->comm, s->stream), "broadcast", err) &&
               finish(c, "broadcast", err);
     unlock(s);
-    return ok;
+    return ok && compute_after_comm(s, err);
 }
 
 static bool nccl_barrier(Collectives *c, Error *err) {
