@@ -430,7 +430,8 @@ Collectives *collectives_cpu(Store *store, const RankInfo *info, double timeout_
     *c = (Collectives){.name = "cpu", .rank = info->rank, .world_size = info->world_size, .state = s,
                        .all_reduce_sum = cpu_all_reduce, .reduce_scatter_sum = cpu_reduce_scatter,
                        .reduce_scatter_range_sum = cpu_reduce_scatter_range,
-                       .reduce_scatter_range_start = cpu_reduce_scatter_range_start, .wait = cpu_wait,
+                       .reduce_scatter_range_start = cpu_reduce_scatter_range_start, .join_reductions = cpu_wait,
+                       .wait = cpu_wait,
                        .reductions_finished = cpu_reductions_finished, .reductions_event = cpu_reductions_event,
                        .all_gather = cpu_all_gather,
                        .broadcast = cpu_broadcast, .barrier = cpu_barrier, .destroy = cpu_destroy};

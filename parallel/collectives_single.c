@@ -35,7 +35,8 @@ Collectives *collectives_single(Error *err) {
     if (!s) return free(c), NULL;
     *c = (Collectives){.name = "single", .rank = 0, .world_size = 1, .state = s, .all_reduce_sum = single_all_reduce,
                        .reduce_scatter_sum = single_in_place, .reduce_scatter_range_sum = single_range,
-                       .reduce_scatter_range_start = single_range_start, .wait = single_wait,
+                       .reduce_scatter_range_start = single_range_start, .join_reductions = single_wait,
+                       .wait = single_wait,
                        .reductions_finished = single_reductions_finished, .reductions_event = host_reductions,
                        .all_gather = single_in_place,
                        .broadcast = single_broadcast, .barrier = single_barrier, .destroy = single_destroy};

@@ -69,9 +69,12 @@ bool store_wait(Store *store, const char *const *keys, int n_keys, Error *err);
 typedef struct Collectives Collectives;
 
 // Buffers are the backend's memory (host for the CPU, device for NCCL). On a
-// GPU the calls are ordered after the work already issued on the compute
-// stream and later compute waits for them (events); on the CPU they return
-// when done (reduce_scatter_range_start: when queued). An error (a peer gone or silent past the timeout) names the rank.
+// GPU the calls return once enqueued: each collective runs after the work
+// already issued on the compute stream, and the compute issued later waits
+// for it (events), so the host never waits for the device there; `wait` is
+// where it does, and checks the peers. On the CPU they return when done
+// (reduce_scatter_range_start: when queued). An error (a peer gone or silent
+// past the timeout) names the rank.
 struct Collectives {
     const char *name; // "single", "cpu" or "nccl"
     int rank, world_size;
@@ -94,9 +97,20 @@ struct Collectives {
     // a communication thread that owns the sockets until the queue drains;
     // NCCL: on the communication stream after the compute issued so far),
     // so the caller goes on computing. x[begin, end) must not be touched
-    // until wait; every other call waits for the started ones first.
+    // until join_reductions or wait; every other call is ordered after the
+    // started ones (the CPU: waits for them).
     bool (*reduce_scatter_range_start)(Collectives *c, float *x, size_t n, size_t begin, size_t end, Error *err);
-    // Waits for every reduction started; fails with the first one's error.
+    // The work issued next is ordered after every reduction started: NCCL
+    // makes the compute stream wait for them (an event, the host goes on);
+    // the CPU waits for them as `wait` does.
+    bool (*join_reductions)(Collectives *c, Error *err);
+    // Waits on the host until every collective issued has run; fails with the
+    // first error. NCCL: a peer that died or hung fails it once its watchdog
+    // thread has aborted the communicator (on its error, or a collective
+    // without progress for the timeout, waited for or not), so no later
+    // device work waits on it.
+    // Call before a blocking host read of anything a collective, or compute
+    // ordered after one, writes: behind a hung collective that read never returns.
     bool (*wait)(Collectives *c, Error *err);
     // How many started reductions are known to have finished since creation
     // (the CPU: as each finishes; NCCL: at wait). Tests observe overlap with it.
@@ -111,6 +125,7 @@ struct Collectives {
     bool (*all_gather)(Collectives *c, float *x, size_t n, Error *err);
     // bytes of x on root copied to every rank.
     bool (*broadcast)(Collectives *c, void *x, size_t bytes, int root, Error *err);
+    // Returns once every rank has reached it (NCCL: an all-reduce, waited for).
     bool (*barrier)(Collectives *c, Error *err);
     void (*destroy)(Collectives *c);
 };
@@ -170,20 +185,26 @@ bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_ou
 // The step of zero_step without reading its norm. Without offload the norm's
 // square stays on the device (all-reduced there at stage 2), the clip
 // coefficient and the skip are decided there (the clip_by_norm op, the adamw
-// op's skip rule), so the host does not wait for the device (the NCCL
-// collectives of stage 2 aside). With offload the host reads the norm first.
+// op's skip rule), and the collectives are ordered on the device, so the host
+// does not wait for the device. With offload the host reads the norm first
+// (zero_wait, then the download).
 bool zero_step_issue(Zero *zero, float *params, float *grads, float lr, Error *err);
-// The norm before clipping of the step issued last: its one download (without
-// offload), which waits for the step; counts the AdamW step when it was taken,
-// so zero_state's step (the bias correction) advances only for applied steps.
-// zero_step_issue fails until the norm has been read.
-float zero_step_norm(Zero *zero);
+// *norm: the norm before clipping of the step issued last: zero_wait, then its
+// one download (without offload), which waits for the step; counts the AdamW
+// step when it was taken, so zero_state's step (the bias correction) advances
+// only for applied steps. zero_step_issue fails until the norm has been read.
+// Fails when a collective of the step failed (a peer died or hung).
+bool zero_step_norm(Zero *zero, float *norm, Error *err);
+// Waits on the host for the collectives issued so far (Collectives.wait): a
+// dead or hung peer fails here within the timeout. Before a blocking host read
+// of device memory written after them (the loss, a checkpoint's parameters).
+bool zero_wait(Zero *zero, Error *err);
 // The norm above which the following zero_steps skip the update (INFINITY, the default: none);
 // set before zero_step_issue, not between it and zero_step_norm (which judges the step by it again).
 void zero_set_norm_limit(Zero *zero, float limit);
 // delayed_update: waits for the update in flight and writes it into params
-// (all ranks call it together); afterwards params and zero_state are current.
-// Without delayed_update it does nothing.
+// (all ranks call it together), then zero_wait; afterwards params and
+// zero_state are current. Without delayed_update it does nothing.
 bool zero_flush(Zero *zero, float *params, Error *err);
 // The model's gradient-ready hook (StepOptions.grads_ready, context: the
 // Zero): grads[begin, end) is final for this micro-batch. Stage 2 with
@@ -200,11 +221,13 @@ void zero_grads_ready(void *zero, size_t begin, size_t end);
 // downloads nothing. Without the call zero_step downloads the shard.
 void zero_begin_micro_batch(Zero *zero, bool last);
 // Stage 2, after each micro-batch's backward added into grads (n), on every
-// rank: reduce-scatters what the buckets did not cover and waits for the
-// buckets in flight, so this rank's shard holds its gradient summed over
+// rank: reduce-scatters what the buckets did not cover and orders what
+// follows after the buckets in flight (join_reductions: NCCL on the device,
+// without a host wait), so this rank's shard holds its gradient summed over
 // ranks and micro-batches so far, and zeroes the rest of grads (the next
 // backward adds into it); in a copying micro-batch (zero_begin_micro_batch)
-// it also waits for the copies, so the host holds the shard on return.
+// it waits on the host for the reductions and the copies, so the host holds
+// the shard on return.
 // Stage 0: does nothing.
 bool zero_reduce_micro_batch(Zero *zero, float *grads, Error *err);
 // With offload: the host buffer (zero_shard_size) the step's gradient shard

@@ -18,20 +18,30 @@
 // a bucket of bucket_elements or more (or one that the next range does not
 // touch) is reduce-scattered in the background (the CPU collectives'
 // communication thread, NCCL's communication stream) while the backward goes
-// on. zero_reduce_micro_batch closes the last bucket, reduce-scatters any
-// range no bucket covered, waits for all of them and zeroes what this rank
-// does not own. Stage 0 keeps one all-reduce of the whole buffer per step.
+// on. zero_reduce_micro_batch closes the last bucket, reduces any range no
+// bucket covered, orders what follows after all of them (join_reductions)
+// and zeroes what this rank does not own. Stage 0 keeps one all-reduce of the
+// whole buffer per step.
+//
+// Host waits: on NCCL every collective is ordered on the device (the compute
+// stream waits for the communication stream's events), so a step's
+// micro-batches, its grad-norm all-reduce and its parameters' all-gather are
+// issued without the host waiting. The host waits (Collectives.wait, which
+// fails within the timeout on a dead or hung peer) only where it reads device
+// memory anyway: zero_step_norm's download, the loss (zero_wait), the offload
+// path's host gradient and norm, zero_flush before a checkpoint.
 //
 // Offload with overlap: in the step's last micro-batch (zero_begin_micro_batch)
 // the owned piece of each bucket is copied into the host gradient buffer as
 // soon as its reduction is done, in order: on CUDA by the backend's copy
 // stream after the communication stream's event, on the CPU by a plain copy
 // once the communication thread has finished the bucket (seen at the next
-// zero_grads_ready); zero_reduce_micro_batch waits for the last ones. The
-// device accumulates the shard over the micro-batches and only the last one
-// is copied: the device holds the whole gradient buffer for the backward
-// anyway, so accumulating on the host would save no device memory and would
-// move the shard over PCIe once per micro-batch instead of once per step.
+// zero_grads_ready); zero_reduce_micro_batch waits on the host for the
+// reductions (it needs their data) and the last copies. The device
+// accumulates the shard over the micro-batches and only the last one is
+// copied: the device holds the whole gradient buffer for the backward anyway,
+// so accumulating on the host would save no device memory and would move the
+// shard over PCIe once per micro-batch instead of once per step.
 // zero_step then finds the gradient on the host and downloads nothing (it
 // still does at stage 0, without overlap, or without the last micro-batch
 // flagged). The norm is taken on the device, the clipping on the host copy.
@@ -82,7 +92,8 @@ size_t zero_shard_size(const Zero *zero) { return zero->end - zero->begin; }
 static bool init_optimizer(Zero *zero, const float *params, Error *err) {
     const ZeroOptions *o = &zero->options;
     size_t shard = zero_shard_size(zero);
-    if (o->offload_cpu) {
+    if (o->offload_cpu) { // its masters are downloaded from params: after the collectives that wrote them
+        if (!zero->coll->wait(zero->coll, err)) return false;
         AdamWHyper hyper = {.beta1 = o->beta1, .beta2 = o->beta2, .eps = o->eps, .weight_decay = o->weight_decay};
         return offload_init(&zero->offload, zero->ops, params + zero->begin, shard, &hyper, o->delayed_update, err);
     }
@@ -111,8 +122,8 @@ Zero *zero_create(const Ops *ops, Collectives *coll, const float *params, float 
 
 void zero_destroy(Zero *zero) {
     if (!zero) return;
-    Error ignored; // a failed step: no bucket may still be reading or writing the gradients
-    if (zero->n_started > 0) zero->coll->wait(zero->coll, &ignored);
+    Error ignored; // a failed step: no collective may still be reading or writing the buffers
+    zero->coll->wait(zero->coll, &ignored);
     zero->ops->synchronize_copies(zero->ops);
     free(zero->started), free(zero->copies);
     if (zero->adamw.m) adamw_destroy(&zero->adamw);
@@ -213,18 +224,22 @@ static bool start_uncovered(Zero *zero, Error *err) {
 }
 
 // Every element of the buffer reduced: the last bucket, the uncovered rest,
-// then the wait (always, so that no reduction outlives the call) and the
-// copies to the host of the buckets left (waited for, so none outlives it).
+// then the join (always, so that later work follows every reduction). A
+// copying micro-batch waits on the host instead (its copies read the
+// reductions' results, and a copy behind a hung one would never finish), then
+// copies the buckets left and waits for the copies, so none outlives the call.
 static bool finish_buckets(Zero *zero, Error *err) {
     close_bucket(zero);
     bool started = !zero->bucket_failed || (*err = zero->bucket_error, false);
     started = started && start_uncovered(zero, err);
     Error wait_error;
-    bool waited = zero->coll->wait(zero->coll, &wait_error);
+    bool copying = zero->copy_to_host;
+    Collectives *coll = zero->coll;
+    bool waited = copying ? coll->wait(coll, &wait_error) : coll->join_reductions(coll, &wait_error);
     if (started && !waited) *err = wait_error;
     bool copied = started && waited && copy_reduced_buckets(zero, err);
-    zero->ops->synchronize_copies(zero->ops);
-    zero->host_grads_ready = copied && zero->copy_to_host;
+    if (copying) zero->ops->synchronize_copies(zero->ops);
+    zero->host_grads_ready = copied && copying;
     zero->copy_to_host = false;
     zero->n_started = zero->n_copies = zero->n_copied = 0;
     zero->bucket_failed = false;
@@ -268,8 +283,10 @@ static bool issue_sum_squares(Zero *zero, const float *grads, Error *err) {
 // The shard's gradient on the host (copied per bucket during the backward,
 // else downloaded now), clipped there by the CPU backend's scale (host
 // memory, the same arithmetic), then the CPU AdamW, now or on the worker.
-// The host needs the norm first: the step's one download, mid-step.
+// The host needs the norm first: the step's one download, mid-step, after the
+// host's wait for the all-reduce.
 static bool offloaded_update(Zero *zero, float *params, const float *grads, bool on_host, float lr, Error *err) {
+    if (!zero_wait(zero, err)) return false;
     zero->ops->download(zero->ops, &zero->host_sum_squares, zero->sum_squares, sizeof(float));
     if (ops_step_skipped(zero->host_sum_squares, zero->norm_limit)) return true;
     Offload *offload = &zero->offload;
@@ -308,19 +325,22 @@ bool zero_step_issue(Zero *zero, float *params, float *grads, float lr, Error *e
     return device_update(zero, params, grads, lr, err);
 }
 
-float zero_step_norm(Zero *zero) {
+bool zero_wait(Zero *zero, Error *err) { return zero->coll->wait(zero->coll, err); }
+
+// The wait first: the download is queued behind the step's collectives.
+bool zero_step_norm(Zero *zero, float *norm, Error *err) {
     if (zero->step_pending && !zero->options.offload_cpu) {
+        if (!zero_wait(zero, err)) return false;
         zero->ops->download(zero->ops, &zero->host_sum_squares, zero->sum_squares, sizeof(float));
         if (!ops_step_skipped(zero->host_sum_squares, zero->norm_limit)) zero->adamw.step++;
     }
     zero->step_pending = false;
-    return sqrtf(zero->host_sum_squares);
+    *norm = sqrtf(zero->host_sum_squares);
+    return true;
 }
 
 bool zero_step(Zero *zero, float *params, float *grads, float lr, float *norm_out, Error *err) {
-    if (!zero_step_issue(zero, params, grads, lr, err)) return false;
-    *norm_out = zero_step_norm(zero);
-    return true;
+    return zero_step_issue(zero, params, grads, lr, err) && zero_step_norm(zero, norm_out, err);
 }
 
 void zero_set_norm_limit(Zero *zero, float limit) { zero->norm_limit = limit; }
@@ -328,7 +348,8 @@ void zero_set_norm_limit(Zero *zero, float limit) { zero->norm_limit = limit; }
 bool zero_flush(Zero *zero, float *params, Error *err) {
     if (!zero->options.delayed_update) return true;
     if (!offload_flush(&zero->offload, params + zero->begin, err)) return false;
-    return zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err);
+    return (zero->options.stage != 2 || zero->coll->all_gather(zero->coll, params, zero->n, err)) &&
+           zero_wait(zero, err);
 }
 
 const float *zero_offloaded_grads(const Zero *zero) {

@@ -27,7 +27,9 @@ bool all_reduce_host(DistContext *dist, double *values, int n, Error *err) {
     if (dist->info.world_size == 1) return true;
     size_t bytes = (size_t)n * sizeof(double);
     dist->ops->upload(dist->ops, dist->scalars, values, bytes);
-    if (!dist->coll->all_reduce_sum(dist->coll, dist->scalars, (size_t)n, DTYPE_F64, err)) return false;
+    if (!dist->coll->all_reduce_sum(dist->coll, dist->scalars, (size_t)n, DTYPE_F64, err) ||
+        !dist->coll->wait(dist->coll, err))
+        return false;
     dist->ops->download(dist->ops, values, dist->scalars, bytes);
     return true;
 }
@@ -37,7 +39,8 @@ bool all_gather_host_words(DistContext *dist, const uint64_t *words, int n_words
     size_t bytes = (size_t)n_words * sizeof(uint64_t);
     for (int root = 0; root < dist->info.world_size; root++) {
         if (root == dist->info.rank) dist->ops->upload(dist->ops, dist->scalars, words, bytes);
-        if (dist->info.world_size > 1 && !dist->coll->broadcast(dist->coll, dist->scalars, bytes, root, err))
+        if (dist->info.world_size > 1 && (!dist->coll->broadcast(dist->coll, dist->scalars, bytes, root, err) ||
+                                          !dist->coll->wait(dist->coll, err)))
             return false;
         dist->ops->download(dist->ops, all + (size_t)root * n_words, dist->scalars, bytes);
     }

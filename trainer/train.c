@@ -344,7 +344,8 @@ static bool log_and_record_step(Run *run, int step, const StepBatch *batch, doub
 // micro-batch's buckets copied to the host with --offload cpu); with one
 // rank, *interrupted when a stop signal arrived after one of them (the step
 // is then incomplete and not applied). The loss sum stays on the device
-// until all are issued: reading it is the step's one wait for the device here.
+// until all are issued: reading it is the step's one wait for the device here,
+// after zero_wait (the collectives: a dead peer fails there, not in the read).
 static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batch, uint64_t seed, int step,
                        double *mean_loss, bool *interrupted, Error *err) {
     model_zero_grads(model);
@@ -370,7 +371,7 @@ static bool accumulate(Run *run, Zero *zero, Model *model, const StepBatch *batc
         }
     }
     double loss_sum;
-    if (!model_loss_sum(model, &loss_sum, err)) return false;
+    if ((zero && !zero_wait(zero, err)) || !model_loss_sum(model, &loss_sum, err)) return false;
     *mean_loss = loss_sum / (double)batch->n_label_tokens;
     return true;
 }

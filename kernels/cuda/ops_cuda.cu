@@ -150,7 +150,9 @@ static void download(const Ops *ops, void *dst_host, const void *src, size_t byt
 // return. The staging is two halves taken in turn. A half is refilled only
 // once the stream has run its last copy (the event recorded after it): the
 // host waits there only when it is a whole half of uploads (several
-// micro-batches of tokens, targets and positions) ahead of the stream.
+// micro-batches of tokens, targets and positions, or one of large images)
+// ahead of the stream. Behind a collective of a hung peer that wait ends
+// when NCCL's watchdog aborts the communicator (parallel/cuda/nccl.c).
 static unsigned char *upload_staging_take(CudaContext *ctx, size_t bytes) {
     if (ctx->upload_used + bytes > CUDA_UPLOAD_STAGING_BYTES / 2) {
         ctx->upload_half ^= 1;

@@ -15,18 +15,33 @@
 // an odd-sized buffer (equal padded shards) gives the exact sums; ZeRO-2 over
 // the two, plain, bucketed and offloaded, gives the parameters of one rank
 // stepping on the summed gradient; a peer that dies is an error, not a hang.
+// No host stalls in a step (one rank and two): a tiny model's ZeRO-2 steps of
+// three micro-batches, their gradients reduced in buckets during the backward
+// or after it, then the grad-norm all-reduce and the parameters' all-gather,
+// are issued without one host wait (on the emulation, which counts every wait
+// and poll that finds work pending); zero_step_norm's read is the step's
+// wait; both runs train the same bits. A peer that dies, or hangs, fails that
+// wait (and Collectives.wait) within the timeout with a message; a hung one
+// also while rank 0 does not wait (NCCL's watchdog thread aborts the
+// communicator, the next wait fails at once), and a slow one whose
+// collectives keep completing is not aborted past the timeout.
 // On a GPU the two ranks need two devices (LORA_TEST_TWO_GPUS=1); the
 // emulated backend always runs them.
 // Without a usable CUDA device the program prints why and exits 77 (skipped).
 #include "gpu_test_util.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "model/model.h"
 #include "parallel/parallel.h"
+#ifdef LORA_TRAIN_CUDA_EMU
+#include <cuda_runtime.h> // cuda_emu_host_waits
+#endif
 
 #define F32_TOL 1e-5
 
@@ -168,7 +183,7 @@ static void zero_run_bucketed_step(ZeroRun *run, const float *grads_host, float 
     gpu->zero(gpu, run->grads, N * sizeof(float));
     for (size_t end = N; end > 0;) {
         size_t begin = end > LAYER ? end - LAYER : 0;
-        gpu->upload(gpu, run->grads + begin, grads_host + begin, (end - begin) * sizeof(float));
+        gpu->upload_async(gpu, run->grads + begin, grads_host + begin, (end - begin) * sizeof(float));
         gpu->scale_f32(gpu, run->grads + begin, 0.5f, end - begin);
         zero_grads_ready(run->zero, begin, end);
         end = begin;
@@ -272,6 +287,105 @@ static void test_nccl_buckets_give_the_unbucketed_parameters(void **state) {
     assert_true(error == 0 && offload_error == 0);
     zero_run_destroy(&bucketed), zero_run_destroy(&plain), zero_run_destroy(&offload_bucketed), zero_run_destroy(&offload_plain);
     free(initial), free(grads), free(halved);
+    nccl_world_destroy(&world);
+}
+
+// ----------------------------------------------------------------------------
+// no host stalls in a ZeRO-2 step
+
+enum { MODEL_B = 2, MODEL_T = 8, MICRO = 3, MODEL_STEPS = 3 };
+
+static uint64_t host_waits(void) {
+#ifdef LORA_TRAIN_CUDA_EMU
+    return cuda_emu_host_waits();
+#else
+    return 0; // a GPU cannot count them
+#endif
+}
+
+// The tiny preset with LoRA everywhere and non-zero adapters (B too), padded for world ranks.
+static Model *tiny_model(int world, Error *err) {
+    ModelOptions options = {.ops = gpu, .max_batch = MODEL_B, .max_seq_len = MODEL_T, .seed = 7,
+                            .lora = {.r = 4, .alpha = 8}, .flat_shards = world};
+    if (!llama_config_preset("tiny", &options.config, err)) return NULL;
+    for (int t = 0; t < LORA_TARGET_COUNT; t++) options.lora.targets[t] = true;
+    Model *model = model_create(&options, err);
+    if (!model || !model_init_random_base(model, 1234, err)) return model_destroy(model), NULL;
+    size_t n = model_params(model)->total, padded = dist_padded_size(n, world);
+    float *params = calloc(padded, sizeof *params);
+    assert_non_null(params);
+    for (size_t i = 0; i < n; i++) params[i] = 0.05f * sinf((float)i);
+    gpu->upload(gpu, model_param_data(model), params, padded * sizeof(float));
+    model_sync_params(model);
+    free(params);
+    return model;
+}
+
+// Micro-batch `micro` of a step of this rank's tokens: the backward, its gradient reduced.
+static bool tiny_micro_batch(Model *model, Zero *zero, int rank, int step, int micro, Error *err) {
+    int32_t tokens[MODEL_B * MODEL_T], targets[MODEL_B * MODEL_T];
+    int salt = (step * MICRO + micro) * 29 + rank * 13;
+    for (int i = 0; i < MODEL_B * MODEL_T; i++) tokens[i] = (i * 7 + salt) % 200, targets[i] = (i * 5 + salt) % 200;
+    Batch batch = {.B = MODEL_B, .T = MODEL_T, .tokens = tokens, .targets = targets};
+    StepOptions options = {.grad_scale = 1.0f / (MODEL_B * MODEL_T * MICRO), .train = true,
+                           .accumulate_loss = micro > 0, .grads_ready = zero_grads_ready, .grads_ready_context = zero};
+    zero_begin_micro_batch(zero, micro + 1 == MICRO);
+    return model_step(model, &batch, &options, err) && zero_reduce_micro_batch(zero, model_grad_data(model), err);
+}
+
+// One step of MICRO micro-batches, as train.c runs it; *waits: the host
+// waits from the first micro-batch until the step is issued.
+static bool tiny_model_step(Model *model, Zero *zero, int rank, int step, uint64_t *waits, float *norm, Error *err) {
+    uint64_t before = host_waits();
+    model_zero_grads(model);
+    for (int micro = 0; micro < MICRO; micro++)
+        if (!tiny_micro_batch(model, zero, rank, step, micro, err)) return false;
+    if (!zero_step_issue(zero, model_param_data(model), model_grad_data(model), 1e-2f, err)) return false;
+    *waits = host_waits() - before;
+    if (!zero_step_norm(zero, norm, err)) return false;
+    model_sync_params(model);
+    return true;
+}
+
+static Zero *tiny_model_zero(Model *model, Collectives *c, bool overlap, Error *err) {
+    ZeroOptions options = {.stage = 2, .overlap_comm = overlap, .bucket_elements = 2 * LAYER, .beta1 = 0.9f,
+                           .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.01f, .max_grad_norm = 1.0f};
+    return zero_create(gpu, c, model_param_data(model), model_grad_data(model), model_params(model)->total, &options,
+                       err);
+}
+
+// ZeRO-2 steps with buckets during the backward and with one reduce-scatter
+// per micro-batch: no host wait until the norm is read, the same parameters.
+static bool steps_without_host_waits(Collectives *c, Error *err) {
+    int rank = c->rank;
+    Model *models[2] = {tiny_model(c->world_size, err), NULL};
+    models[1] = models[0] ? tiny_model(c->world_size, err) : NULL;
+    Zero *zeros[2] = {NULL, NULL};
+    bool ok = models[1] && (zeros[0] = tiny_model_zero(models[0], c, true, err)) &&
+              (zeros[1] = tiny_model_zero(models[1], c, false, err));
+    for (int step = 0; ok && step < MODEL_STEPS; step++) {
+        for (int k = 0; ok && k < 2; k++) {
+            uint64_t waits;
+            float norm;
+            ok = tiny_model_step(models[k], zeros[k], rank, step, &waits, &norm, err);
+            if (ok) printf("rank %d, step %d, %s: %llu host waits until issued, norm %.6g\n", rank, step + 1,
+                           k == 0 ? "buckets" : "reduce-scatter", (unsigned long long)waits, norm);
+            ok = ok && (waits == 0 || (fail)(err, "rank %d: %llu host waits in a step", rank, (unsigned long long)waits));
+        }
+    }
+    size_t n = ok ? model_params(models[0])->total : 0;
+    float *a = ok ? gpu_f32_result(model_param_data(models[0]), n) : NULL;
+    float *b = ok ? gpu_f32_result(model_param_data(models[1]), n) : NULL;
+    ok = ok && (memcmp(a, b, n * sizeof(float)) == 0 || (fail)(err, "rank %d: the two runs' parameters differ", rank));
+    free(a), free(b);
+    for (int k = 0; k < 2; k++) zero_destroy(zeros[k]), model_destroy(models[k]);
+    return ok;
+}
+
+static void test_nccl_step_issues_without_host_waits(void **state) {
+    NcclWorld world = nccl_world_of_one();
+    Error err;
+    if (!steps_without_host_waits(world.nccl, &err)) fail_msg("%s", err.message);
     nccl_world_destroy(&world);
 }
 
@@ -445,20 +559,130 @@ static bool two_rank_zero(Collectives *c, Error *err) {
     return true;
 }
 
-// Rank 1 leaves right after joining; rank 0's next collective must fail
-// within the timeout, naming what it waited for, and not hang.
+// Rank 1 leaves right after joining; rank 0's next collective is enqueued
+// without a host wait, and the host's wait for it must fail within the
+// timeout, naming what it waited for, and not hang.
 static bool two_rank_dead_peer(Collectives *c, Error *err) {
     int rank = c->rank;
     if (rank == 1) _exit(0);
     float *x = gpu_alloc(N * sizeof(float));
     gpu->zero(gpu, x, N * sizeof(float));
     double start = time_seconds();
-    bool reduced = c->all_reduce_sum(c, x, N, DTYPE_F32, err);
+    uint64_t waits = host_waits();
+    CHECK(c->all_reduce_sum(c, x, N, DTYPE_F32, err) && host_waits() == waits);
+    bool reduced = c->wait(c, err);
     double waited = time_seconds() - start;
-    printf("rank 0, peer gone: all_reduce %s after %.1f s: %s\n", reduced ? "returned" : "failed", waited,
+    printf("rank 0, peer gone: all_reduce waited for: %s after %.1f s: %s\n", reduced ? "returned" : "failed", waited,
            reduced ? "" : err->message);
     gpu->free(gpu, x);
     CHECK(!reduced && waited < 30);
+    return true;
+}
+
+enum { HUNG_TIMEOUT_S = 5 };
+
+// Rank 0's part with a silent peer: `steps` a step issued and its norm read,
+// else a micro-batch and then three halves of the upload staging through
+// upload_async, whose wait for the staging sits behind the hung reduction
+// until NCCL's watchdog aborts the communicator. Either must fail
+// with the timeout's message within a few timeouts, not block forever.
+static bool hung_peer_fails(Collectives *c, bool steps, Error *err) {
+    int rank = c->rank;
+    Model *model = tiny_model(c->world_size, err);
+    Zero *zero = model ? tiny_model_zero(model, c, true, err) : NULL;
+    size_t bytes = CUDA_UPLOAD_STAGING_BYTES / 2 * 3;
+    unsigned char *host = calloc(bytes, 1), *device = gpu_alloc(bytes);
+    double start = time_seconds();
+    uint64_t waits;
+    float norm;
+    bool done = zero && steps && tiny_model_step(model, zero, rank, 0, &waits, &norm, err);
+    if (zero && !steps) {
+        model_zero_grads(model);
+        done = tiny_micro_batch(model, zero, rank, 0, 0, err);
+        if (done) gpu->upload_async(gpu, device, host, bytes);
+        done = done && zero_wait(zero, err);
+    }
+    double waited = time_seconds() - start;
+    printf("rank 0, peer hung: %s %s after %.1f s: %s\n", steps ? "the step" : "an upload past the staging",
+           done ? "returned" : "failed", waited, done ? "" : err->message);
+    bool ok = zero && !done && waited < 3 * HUNG_TIMEOUT_S && strstr(err->message, "did not finish within");
+    gpu->free(gpu, device), free(host);
+    zero_destroy(zero), model_destroy(model);
+    CHECK(ok);
+    return true;
+}
+
+// Rank 1 joins and then stays silent past the timeout; rank 0's ZeRO-2 step
+// is issued without a host wait, and reading its norm fails within the
+// timeout (the communicator aborted), not blocks forever.
+static bool two_rank_hung_peer(Collectives *c, Error *err) {
+    if (c->rank == 1) {
+        sleep(HUNG_TIMEOUT_S + 3);
+        _exit(0);
+    }
+    return hung_peer_fails(c, true, err);
+}
+
+// The same with the upload staging's wait in the way.
+static bool two_rank_hung_peer_upload(Collectives *c, Error *err) {
+    if (c->rank == 1) {
+        sleep(HUNG_TIMEOUT_S + 3);
+        _exit(0);
+    }
+    return hung_peer_fails(c, false, err);
+}
+
+// Rank 1 stays silent; rank 0 issues an all-reduce and then sleeps past the
+// timeout without waiting (as a host blocked in a kernel launch behind the
+// hung collective would): the watchdog aborts the communicator meanwhile, so
+// the next wait fails at once with the timeout's message, and so does the next collective.
+static bool two_rank_hung_peer_unwaited(Collectives *c, Error *err) {
+    int rank = c->rank;
+    if (rank == 1) {
+        sleep(HUNG_TIMEOUT_S + 3);
+        _exit(0);
+    }
+    float *x = gpu_alloc(N * sizeof(float));
+    gpu->zero(gpu, x, N * sizeof(float));
+    CHECK(c->all_reduce_sum(c, x, N, DTYPE_F32, err));
+    sleep(HUNG_TIMEOUT_S + 2);
+    double start = time_seconds();
+    bool reduced = c->wait(c, err);
+    double waited = time_seconds() - start;
+    printf("rank 0, peer hung, no wait until %d s: the wait %s after %.2f s: %s\n", HUNG_TIMEOUT_S + 2,
+           reduced ? "returned" : "failed", waited, reduced ? "" : err->message);
+    bool ok = !reduced && waited < 0.5 && strstr(err->message, "did not finish within");
+    Error again;
+    ok = ok && !c->all_reduce_sum(c, x, N, DTYPE_F32, &again) && strcmp(again.message, err->message) == 0;
+    gpu->free(gpu, x);
+    CHECK(ok);
+    return true;
+}
+
+enum { SLOW_TIMEOUT_S = 2, SLOW_COLLECTIVES = 4 };
+
+// Rank 1 issues each of SLOW_COLLECTIVES all-reduces 1 s after the one
+// before (a long step, but its collectives keep completing); rank 0 issues
+// them all at once and waits past the 2 s timeout: the watchdog measures each
+// collective's wait on its peer, so nothing is aborted, and the sums are right.
+static bool two_rank_slow_peer(Collectives *c, Error *err) {
+    int rank = c->rank;
+    float ones[SLOW_COLLECTIVES], sums[SLOW_COLLECTIVES];
+    for (int i = 0; i < SLOW_COLLECTIVES; i++) ones[i] = 1;
+    float *x = gpu_copy(ones, sizeof ones);
+    double start = time_seconds();
+    for (int i = 0; i < SLOW_COLLECTIVES; i++) {
+        if (rank == 1) sleep(1);
+        CHECK(c->all_reduce_sum(c, x + i, 1, DTYPE_F32, err));
+    }
+    bool reduced = c->wait(c, err);
+    double waited = time_seconds() - start;
+    if (reduced) gpu->download(gpu, sums, x, sizeof sums);
+    printf("rank %d, slow peer: %d all-reduces over %.1f s (timeout %d s): %s%s\n", rank, SLOW_COLLECTIVES, waited,
+           SLOW_TIMEOUT_S, reduced ? "reduced" : "failed: ", reduced ? "" : err->message);
+    gpu->free(gpu, x);
+    CHECK(reduced && waited > SLOW_TIMEOUT_S);
+    for (int i = 0; i < SLOW_COLLECTIVES; i++) CHECK(sums[i] == 2);
     return true;
 }
 
@@ -468,6 +692,11 @@ static RankScenario scenario_named(const char *name) {
     if (strcmp(name, "collectives") == 0) return two_rank_collectives;
     if (strcmp(name, "zero") == 0) return two_rank_zero;
     if (strcmp(name, "dead-peer") == 0) return two_rank_dead_peer;
+    if (strcmp(name, "hung-peer") == 0) return two_rank_hung_peer;
+    if (strcmp(name, "hung-peer-upload") == 0) return two_rank_hung_peer_upload;
+    if (strcmp(name, "hung-peer-unwaited") == 0) return two_rank_hung_peer_unwaited;
+    if (strcmp(name, "slow-peer") == 0) return two_rank_slow_peer;
+    if (strcmp(name, "no-host-wait") == 0) return steps_without_host_waits;
     return NULL;
 }
 
@@ -481,7 +710,10 @@ static int run_rank(const char *scenario_name) {
         fprintf(stderr, "rank: cannot run scenario %s: %s\n", scenario_name, err.message);
         return 1;
     }
-    double timeout_s = strcmp(scenario_name, "dead-peer") == 0 ? 10 : 60;
+    double timeout_s = strcmp(scenario_name, "dead-peer") == 0       ? 10
+                       : strncmp(scenario_name, "hung-peer", 9) == 0 ? HUNG_TIMEOUT_S
+                       : strcmp(scenario_name, "slow-peer") == 0       ? SLOW_TIMEOUT_S
+                                                                     : 60;
     Store *store = store_create(&info, timeout_s, &err);
     Collectives *nccl = store ? collectives_nccl(store, &info, timeout_s, &err) : NULL;
     bool ok = nccl && scenario(nccl, &err);
@@ -540,6 +772,31 @@ static void test_nccl_two_ranks_dead_peer_is_an_error(void **state) {
     assert_int_equal(run_two_ranks("dead-peer"), 0);
 }
 
+static void test_nccl_two_ranks_hung_peer_is_an_error(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("hung-peer"), 0);
+}
+
+static void test_nccl_two_ranks_hung_peer_behind_the_upload_staging_is_an_error(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("hung-peer-upload"), 0);
+}
+
+static void test_nccl_two_ranks_hung_peer_is_aborted_without_a_wait(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("hung-peer-unwaited"), 0);
+}
+
+static void test_nccl_two_ranks_slow_peer_is_not_aborted(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("slow-peer"), 0);
+}
+
+static void test_nccl_two_ranks_step_issues_without_host_waits(void **state) {
+    if (!two_devices_or_skip()) skip();
+    assert_int_equal(run_two_ranks("no-host-wait"), 0);
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "--rank") == 0) return run_rank(argv[2]);
     const struct CMUnitTest tests[] = {
@@ -551,6 +808,12 @@ int main(int argc, char **argv) {
         cmocka_unit_test(test_nccl_two_ranks_collectives),
         cmocka_unit_test(test_nccl_two_ranks_zero_follows_one_rank),
         cmocka_unit_test(test_nccl_two_ranks_dead_peer_is_an_error),
+        cmocka_unit_test(test_nccl_two_ranks_hung_peer_is_an_error),
+        cmocka_unit_test(test_nccl_two_ranks_hung_peer_behind_the_upload_staging_is_an_error),
+        cmocka_unit_test(test_nccl_two_ranks_hung_peer_is_aborted_without_a_wait),
+        cmocka_unit_test(test_nccl_two_ranks_slow_peer_is_not_aborted),
+        cmocka_unit_test(test_nccl_step_issues_without_host_waits),
+        cmocka_unit_test(test_nccl_two_ranks_step_issues_without_host_waits),
     };
     if (!gpu_tests_init("NCCL and offload GPU tests")) return GPU_TESTS_SKIPPED;
     return cmocka_run_group_tests(tests, NULL, NULL);

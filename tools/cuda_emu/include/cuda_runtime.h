@@ -122,8 +122,10 @@ cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
 
 // Emulator extras (not CUDA): the high-water mark of device allocations
 // since the process started, and the bytes allocated now; the times the host
-// has waited for queued work (a synchronize, event wait, blocking copy or free
-// that found the work it needs not yet run).
+// has waited for queued work (a synchronize, event wait, blocking copy or free,
+// or an event or stream query, that found the work it needs not yet run), and
+// polled an NCCL communicator still in progress (ncclCommGetAsyncError):
+// the calling thread's (another thread's polls, as a watchdog's, are not its waits).
 size_t cuda_emu_peak_device_bytes(void);
 size_t cuda_emu_live_device_bytes(void);
 uint64_t cuda_emu_host_waits(void);

@@ -70,6 +70,8 @@ struct Lock {
 };
 // Releases the lock for about 100 microseconds (a blocking wait polls with this).
 void nap();
+// Counts a host-side poll that found something not done (cuda_emu_host_waits).
+void count_host_wait();
 
 // After work on ptr's allocation: a fault naming `after` when its guard
 // bytes were overwritten. True when intact (or ptr is in no allocation).

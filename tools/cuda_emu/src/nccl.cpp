@@ -600,6 +600,7 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t comm, ncclResult_t *async_error) {
     if (!async_error) return refuse(c.get(), ncclInvalidArgument, "ncclCommGetAsyncError: asyncError is NULL");
     bool ready = poll_join(*c);
     *async_error = c->error != ncclSuccess ? c->error : ready ? ncclSuccess : ncclInProgress;
+    if (*async_error == ncclInProgress) emu::count_host_wait();  // the caller polls until it is not
     return ncclSuccess;
 }
 

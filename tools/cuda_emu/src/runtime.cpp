@@ -315,7 +315,11 @@ static bool run_entry(CUstream_st *s) {
 // streams whose next entry may run in the schedule's order. Blocking: waits
 // (napping) while the only runnable work waits on another process;
 // nonblocking: returns false then. False too after a fault.
-static uint64_t host_waits;  // blocking drives that found work to wait for
+// Per thread: drives (waits and polls) that found work to wait for, and NCCL
+// polls in progress; a watchdog thread's polls are not the calling thread's waits.
+static thread_local uint64_t host_waits;
+
+void count_host_wait() { host_waits++; }
 
 static bool drive(const std::vector<Target> &targets, bool blocking) {
     std::vector<uint64_t> need = needed_for(targets);
@@ -335,7 +339,7 @@ static bool drive(const std::vector<Target> &targets, bool blocking) {
             if (!stalled[s->id] && std::all_of(head.after.begin(), head.after.end(), satisfied)) ready.push_back(s);
         }
         if (done) return true;
-        if (first && blocking) host_waits++;
+        if (first) host_waits++;  // a poll (event or stream query) is the host waiting too
         if (ready.empty()) {
             if (!blocking) return false;
             nap();  // other threads may create streams meanwhile
