@@ -1,12 +1,10 @@
 #!/usr/bin/env python3
 """Reference numbers for OpenVLA's two vision towers in timm's layout, on tiny random configs.
 
-timm is not in scripts/requirements-test.txt (it needs torchvision, whose presence switches
-transformers' image processors to another backend there), so this runs in an environment of its
-own with timm and torchvision beside the pinned torch (made with timm 1.0.31); its outputs are
-committed and the tests need no timm:
+Runs in the test venv (.venv/, scripts/python_env.sh: timm 1.0.31 and torchvision beside the
+pinned torch); its outputs are committed and the tests need no timm:
 
-    python3 scripts/ref_timm_towers.py
+    .venv/bin/python3 scripts/ref_timm_towers.py
 
 Writes tests/fixtures/vlm/:
   timm_dinov2.safetensors   state dict of timm's vit_large_patch14_reg4_dinov2 (class token, 4

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Reference gradients of LoRA on OpenVLA's two vision towers in timm's layout (tests/test_tower_lora.c).
 
-Runs in the environment scripts/ref_timm_towers.py runs in (timm and torchvision beside the pinned
-torch, made with timm 1.0.31) with PEFT added there (peft 0.21.2, `pip install peft==0.21.2` into
-that environment, outside the repository); its output is committed and the tests need neither:
+Runs in the test venv (.venv/, scripts/python_env.sh: timm 1.0.31, peft 0.21.2); its output is
+committed and the tests need neither. Seeded (torch's global generator too, which PEFT's gaussian
+lora_A draws from), so a rerun writes the same bytes:
 
-    python3 scripts/ref_tower_lora.py
+    .venv/bin/python3 scripts/ref_tower_lora.py
 
 The towers are the tiny ones of scripts/ref_timm_towers.py, their weights read back from
 tests/fixtures/vlm/timm_{dinov2,siglip}.safetensors and the pixels from timm_io.safetensors.
@@ -81,6 +81,7 @@ def reference(key, pixels, generator):
 
 
 def main():
+    torch.manual_seed(15)  # PEFT's gaussian lora_A and timm's (overwritten) initialisation draw from it
     generator = torch.Generator().manual_seed(15)
     pixels = load_file(os.path.join(FIXTURES, "timm_io.safetensors"))["pixel_values"]
     fixture = {}
