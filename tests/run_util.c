@@ -42,6 +42,14 @@ void record_loss(void *context, int step, double loss) {
     if (step == recorder->signal_at_step) raise(SIGTERM);
 }
 
+char *adapter_file_bytes(const char *adapter_dir, size_t *size) {
+    char path[PATH_MAX], *data;
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", adapter_dir);
+    Error err;
+    if (!read_file(path, &data, size, &err)) fail_msg("%s", err.message);
+    return data;
+}
+
 double adapter_difference(const char *adapter_a, const char *adapter_b, double *max_abs) {
     char path_a[1024], path_b[1024];
     snprintf(path_a, sizeof path_a, "%s/adapter_model.safetensors", adapter_a);

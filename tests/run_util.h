@@ -22,6 +22,8 @@ typedef struct LossRecorder {
 } LossRecorder;
 void record_loss(void *context, int step, double loss);
 
+// The bytes of adapter_dir/adapter_model.safetensors (malloc'd; *size its length); fails the test if unreadable.
+char *adapter_file_bytes(const char *adapter_dir, size_t *size);
 // Largest ||a - b|| / ||b|| (L2) over the tensors of two adapter folders'
 // adapter_model.safetensors; *max_abs: the largest |a - b| / max|b| too.
 double adapter_difference(const char *adapter_a, const char *adapter_b, double *max_abs);

@@ -223,14 +223,6 @@ static void test_exact_answers_equal_direct_computation(void **state) {
     check_against_direct_computation(dir, true);
 }
 
-static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
-    char path[2048], *data;
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", summary->adapter_dir);
-    Error err;
-    if (!read_file(path, &data, size, &err)) fail_msg("%s", err.message);
-    return data;
-}
-
 // Evaluation after every step (data.eval_path) leaves training's losses and adapter bit for bit.
 static void test_training_identical_with_evaluation(void **state) {
     const char *dir = make_temp_dir("eval-identical");
@@ -255,7 +247,7 @@ static void test_training_identical_with_evaluation(void **state) {
     assert_int_equal(b.evaluations, 4);
     assert_memory_equal(losses_plain.losses, losses_evaluated.losses, sizeof losses_plain.losses);
     size_t size_a, size_b;
-    char *bytes_a = adapter_bytes(&a, &size_a), *bytes_b = adapter_bytes(&b, &size_b);
+    char *bytes_a = adapter_file_bytes(a.adapter_dir, &size_a), *bytes_b = adapter_file_bytes(b.adapter_dir, &size_b);
     assert_int_equal(size_a, size_b);
     assert_memory_equal(bytes_a, bytes_b, size_a);
     free(bytes_a);

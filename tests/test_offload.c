@@ -155,14 +155,6 @@ static void test_delayed_update_needs_the_offload(void **state) {
     model_destroy(model);
 }
 
-static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
-    char path[2048], *data;
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", summary->adapter_dir);
-    Error err;
-    if (!read_file(path, &data, size, &err)) fail_msg("%s", err.message);
-    return data;
-}
-
 // Through train_run, with a checkpoint at step 20 (which applies the update
 // in flight first): the loss falls, and a resume from that checkpoint gives
 // the same losses and the same adapter bytes as the run that saved it.
@@ -184,7 +176,7 @@ static void test_train_run_with_the_delayed_update_learns_and_resumes(void **sta
     assert_int_equal(summary.steps, TOTAL);
     assert_true(summary.last_loss < 0.7 * summary.first_loss);
     size_t straight_size, resumed_size;
-    char *straight_adapter = adapter_bytes(&summary, &straight_size);
+    char *straight_adapter = adapter_file_bytes(summary.adapter_dir, &straight_size);
 
     char checkpoint[2048];
     snprintf(checkpoint, sizeof checkpoint, "%s/out/step-%06d", dir, SAVED_AT);
@@ -194,7 +186,7 @@ static void test_train_run_with_the_delayed_update_learns_and_resumes(void **sta
     for (int step = SAVED_AT + 1; step <= TOTAL; step++)
         if (memcmp(&straight.losses[step], &resumed.losses[step], sizeof(double)) != 0)
             fail_msg("step %d: loss %.17g straight, %.17g resumed", step, straight.losses[step], resumed.losses[step]);
-    char *resumed_adapter = adapter_bytes(&summary, &resumed_size);
+    char *resumed_adapter = adapter_file_bytes(summary.adapter_dir, &resumed_size);
     assert_int_equal(resumed_size, straight_size);
     assert_memory_equal(resumed_adapter, straight_adapter, straight_size);
     free(straight_adapter), free(resumed_adapter);

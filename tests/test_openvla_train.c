@@ -32,14 +32,6 @@ static Config openvla_config(const char *dir, const char *offload) {
     return config;
 }
 
-static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
-    char path[2048], *data;
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", summary->adapter_dir);
-    Error err;
-    if (!read_file(path, &data, size, &err)) fail_msg("%s", err.message);
-    return data;
-}
-
 static void test_trains_and_resumes(void **state) {
     (void)state;
     const char *dir = make_temp_dir("openvla_train");
@@ -52,7 +44,7 @@ static void test_trains_and_resumes(void **state) {
     for (int step = 1; step <= TOTAL_STEPS; step++) print_message("step %d loss %.6f\n", step, straight.losses[step]);
     assert_true(straight.losses[TOTAL_STEPS] < straight.losses[1]);
     size_t size;
-    char *straight_adapter = adapter_bytes(&summary, &size);
+    char *straight_adapter = adapter_file_bytes(summary.adapter_dir, &size);
 
     // the adapter: every tower module's A and B in OpenVLA's names, besides the decoder's and the projector's
     char path[2048];
@@ -80,7 +72,7 @@ static void test_trains_and_resumes(void **state) {
             fail_msg("step %d: loss %.17g straight, %.17g resumed", step, straight.losses[step], resumed.losses[step]);
     }
     size_t resumed_size;
-    char *resumed_adapter = adapter_bytes(&summary, &resumed_size);
+    char *resumed_adapter = adapter_file_bytes(summary.adapter_dir, &resumed_size);
     assert_int_equal(resumed_size, size);
     assert_memory_equal(resumed_adapter, straight_adapter, size);
     free(straight_adapter), free(resumed_adapter);
@@ -95,10 +87,10 @@ static void test_offload_trains_the_same_adapter(void **state) {
     Config config = openvla_config(make_temp_dir("openvla_train"), "zero.offload=none");
     if (!train_run_with(&config, &(TrainControl){0}, &summary, &err)) fail_msg("%s", err.message);
     size_t size, offloaded_size;
-    char *adapter = adapter_bytes(&summary, &size);
+    char *adapter = adapter_file_bytes(summary.adapter_dir, &size);
     config = openvla_config(make_temp_dir("openvla_train_offload"), "zero.offload=cpu");
     if (!train_run_with(&config, &(TrainControl){0}, &summary, &err)) fail_msg("%s", err.message);
-    char *offloaded = adapter_bytes(&summary, &offloaded_size);
+    char *offloaded = adapter_file_bytes(summary.adapter_dir, &offloaded_size);
     assert_int_equal(offloaded_size, size);
     assert_memory_equal(offloaded, adapter, size);
     free(adapter), free(offloaded);

@@ -38,14 +38,6 @@ static void run(const Config *config, const TrainControl *control, TrainSummary 
     if (!train_run_with(config, control, summary, &err)) fail_msg("train_run_with: %s", err.message);
 }
 
-static char *adapter_bytes(const TrainSummary *summary, size_t *size) {
-    char path[2048], *data;
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", summary->adapter_dir);
-    Error err;
-    if (!read_file(path, &data, size, &err)) fail_msg("%s", err.message);
-    return data;
-}
-
 static void assert_losses_equal(const LossRecorder *a, const LossRecorder *b, int from, int to) {
     for (int step = from; step <= to; step++) {
         if (memcmp(&a->losses[step], &b->losses[step], sizeof(double)) != 0)
@@ -64,7 +56,7 @@ static void test_resume_is_bit_identical(void **state) {
     TrainSummary summary;
     run(&config, &(TrainControl){.on_step = record_loss, .context = &straight}, &summary);
     size_t straight_size;
-    char *straight_adapter = adapter_bytes(&summary, &straight_size);
+    char *straight_adapter = adapter_file_bytes(summary.adapter_dir, &straight_size);
     snprintf(straight_out, sizeof straight_out, "%s/out", dir);
     Error err;
     assert_true(remove_tree(straight_out, &err));
@@ -81,7 +73,7 @@ static void test_resume_is_bit_identical(void **state) {
     assert_int_equal(summary.steps, TOTAL_STEPS);
     assert_losses_equal(&straight, &resumed, 5, TOTAL_STEPS);
     size_t resumed_size;
-    char *resumed_adapter = adapter_bytes(&summary, &resumed_size);
+    char *resumed_adapter = adapter_file_bytes(summary.adapter_dir, &resumed_size);
     assert_int_equal(resumed_size, straight_size);
     assert_memory_equal(resumed_adapter, straight_adapter, straight_size);
     assert_true(summary.first_loss == straight.losses[1]);
@@ -92,7 +84,7 @@ static void test_resume_is_bit_identical(void **state) {
     assert_true(path_exists(path));
     for (int step = 1; step <= TOTAL_STEPS; step++) assert_true(resumed_latest.losses[step] == 0);
     free(resumed_adapter);
-    resumed_adapter = adapter_bytes(&summary, &resumed_size);
+    resumed_adapter = adapter_file_bytes(summary.adapter_dir, &resumed_size);
     assert_memory_equal(resumed_adapter, straight_adapter, straight_size);
     free(resumed_adapter);
     free(straight_adapter);
@@ -146,7 +138,7 @@ static void test_finished_run_continues_for_more_steps(void **state) {
     TrainSummary summary;
     run(&config, &(TrainControl){.on_step = record_loss, .context = &straight}, &summary);
     size_t straight_size, continued_size;
-    char *straight_adapter = adapter_bytes(&summary, &straight_size);
+    char *straight_adapter = adapter_file_bytes(summary.adapter_dir, &straight_size);
     snprintf(path, sizeof path, "%s/out", dir);
     Error err;
     assert_true(remove_tree(path, &err));
@@ -162,7 +154,7 @@ static void test_finished_run_continues_for_more_steps(void **state) {
     assert_int_equal(summary.steps, 8);
     assert_true(continued.losses[4] == 0);
     assert_losses_equal(&straight, &continued, 5, 8);
-    char *continued_adapter = adapter_bytes(&summary, &continued_size);
+    char *continued_adapter = adapter_file_bytes(summary.adapter_dir, &continued_size);
     assert_int_equal(continued_size, straight_size);
     assert_memory_equal(continued_adapter, straight_adapter, straight_size);
     free(continued_adapter);
@@ -281,7 +273,7 @@ static char *run_outliers(const char *dir, const Config *config, const TrainCont
     Error err;
     if (!control->resume && path_exists(out) && !remove_tree(out, &err)) fail_msg("%s", err.message);
     run(config, control, summary);
-    return summary->interrupted ? NULL : adapter_bytes(summary, size);
+    return summary->interrupted ? NULL : adapter_file_bytes(summary->adapter_dir, size);
 }
 
 // Off by default, the outlier batch is trained on; with train.skip_loss_zscore

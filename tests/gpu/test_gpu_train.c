@@ -147,17 +147,9 @@ static void test_image_text_follows_cpu(void **state) {
     expect_losses_close(&cuda_losses, &cpu_losses, STEPS, LOSS_TOL, "image-text, cuda against cpu");
 }
 
-static char *adapter_bytes(const char *adapter_dir, size_t *size) {
-    char path[PATH_MAX], *data;
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", adapter_dir);
-    Error err;
-    if (!read_file(path, &data, size, &err)) fail_msg("%s", err.message);
-    return data;
-}
-
 static void expect_same_adapter(const char *dir_a, const char *dir_b, const char *what) {
     size_t size_a, size_b;
-    char *a = adapter_bytes(dir_a, &size_a), *b = adapter_bytes(dir_b, &size_b);
+    char *a = adapter_file_bytes(dir_a, &size_a), *b = adapter_file_bytes(dir_b, &size_b);
     assert_int_equal(size_a, size_b);
     if (memcmp(a, b, size_a) != 0) fail_msg("%s: %s and %s differ", what, dir_a, dir_b);
     print_message("%s: adapters byte-identical (%zu bytes)\n", what, size_a);
